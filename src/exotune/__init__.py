@@ -1,0 +1,22 @@
+"""exotune: adapt foundation models you cannot open."""
+
+__version__ = "0.1.0"
+
+from exotune.boxes import Box, BoxSpec, TextEncoderBox, load_box  # noqa: E402
+from exotune.graybox import DGAConfig, GrayBoxModel  # noqa: E402
+from exotune.tasks.classification import ClassificationConfig, TextClassifier  # noqa: E402
+from exotune.train import TrainConfig, Trainer  # noqa: E402
+
+__all__ = [
+    "Box",
+    "BoxSpec",
+    "ClassificationConfig",
+    "DGAConfig",
+    "GrayBoxModel",
+    "TextClassifier",
+    "TextEncoderBox",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "load_box",
+]

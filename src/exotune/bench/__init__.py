@@ -1,0 +1,53 @@
+"""Comparison suites that write JSON, Markdown tables and plots to benchmarks/results/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from exotune.bench import classification
+from exotune.bench.common import RESULTS_DIR, aggregate, command_line, run_isolated, write_results
+
+SUITES = {"classification": classification}
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets", nargs="+", default=["banking77"], choices=classification.DATASETS)
+    p.add_argument("--methods", nargs="+", default=list(classification.METHODS), choices=list(classification.METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
+    p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
+    p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--out-dir", default=None, help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke test: small samples, one seed, one epoch")
+
+
+def run_suite(args) -> int:
+    suite = SUITES[args.suite]
+    budget = suite.Budget(epochs=args.epochs, max_train=args.max_train)
+    seeds = args.seeds
+    if args.quick:
+        budget = suite.Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
+        seeds = seeds[:1]
+    out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    from dataclasses import asdict
+
+    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick}
+    command = command_line()
+    records = []
+    for dataset in args.datasets:
+        for name in args.methods:
+            runs = []
+            for seed in seeds:
+                print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)
+                runs.append(run_isolated(suite.run_one, name, dataset, seed, args.data_dir, budget, args.backbone))
+                m = runs[-1]["metrics"]
+                print(f"[bench]   accuracy {m['accuracy']:.4f}, {runs[-1]['train_seconds']:.0f} s", file=sys.stderr)
+            records.append(aggregate(runs, "accuracy"))
+            records.append(aggregate(runs, "macro_f1"))
+            path = write_results(args.suite, records, out_dir, extra, command)  # after each method: nothing lost
+    print(path.with_suffix(".md").read_text())
+    print(f"results written to {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,114 @@
+"""What every suite shares: isolated runs, the results format, Markdown and plots."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shlex
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, no GPU ({platform.machine()}, Python {platform.python_version()})"
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_isolated(fn, *args):
+    """Run ``fn(*args)`` in a fresh process, so its peak memory is its own."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def aggregate(runs: list[dict], metric: str) -> dict:
+    """Mean and std over seeds of ``metric``; other numeric fields are averaged."""
+    first = runs[0]
+    values = [r["metrics"][metric] for r in runs]
+    rec = {k: v for k, v in first.items() if k not in ("metrics", "seed")}
+    rec.update(metric=metric, mean=float(np.mean(values)), std=float(np.std(values)),
+               seeds=[r["seed"] for r in runs], values=values)
+    for key in ("train_seconds", "seconds_per_step", "peak_memory_mb", "eval_examples_per_second"):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        rec[key] = float(np.mean(vals)) if vals else None
+    return rec
+
+
+def command_line() -> str:
+    return "exotune " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "exotune"
+
+
+def write_results(suite: str, records: list[dict], out_dir: Path, extra: dict, command: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"suite": suite, "command": command, "date": datetime.date.today().isoformat(),
+           "machine": machine(), **extra, "records": records}
+    path = out_dir / f"{suite}.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / f"{suite}.md").write_text(markdown_table(doc))
+    plot(doc, out_dir)
+    return path
+
+
+def _fmt(v, digits=1):
+    return "" if v is None else f"{v:,.{digits}f}"
+
+
+def markdown_table(doc: dict) -> str:
+    lines = [f"# {doc['suite']}", "", f"`{doc['command']}`", "",
+             f"{doc['date']}, {doc['machine']}, backbone {doc.get('backbone', '')}.", ""]
+    if doc.get("budget"):
+        lines += [f"Budget: {doc['budget']}", ""]
+    lines += ["| dataset | method | variant | access | metric | mean ± std | trainable params | train s | s/step | peak MB | eval ex/s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["records"]:
+        lines.append(
+            f"| {r['dataset']} | {r['method']} | {r['variant']} | {r['access']} | {r['metric']} | "
+            f"{r['mean']:.4f} ± {r['std']:.4f} | {r['trainable_params']:,} | {_fmt(r['train_seconds'])} | "
+            f"{_fmt(r['seconds_per_step'], 3)} | {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r.get('eval_examples_per_second'), 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, out_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots need the 'bench' extra; the JSON and table do not
+        print("matplotlib is not installed (pip install 'exotune[bench]'): no plots written", file=sys.stderr)
+        return
+    datasets = sorted({r["dataset"] for r in doc["records"]})
+    for xkey, xlabel, name in (("trainable_params", "trainable parameters", "params"),
+                               ("train_seconds", "training seconds", "time")):
+        fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+        for ax, ds in zip(axes[0], datasets, strict=True):
+            for r in doc["records"]:
+                if r["dataset"] != ds:
+                    continue
+                x = max(r.get(xkey) or 0, 1e-1 if xkey == "train_seconds" else 1)
+                ax.errorbar(x, r["mean"], yerr=r["std"], fmt="o", capsize=3)
+                ax.annotate(f"{r['method']} ({r['variant']})", (x, r["mean"]), fontsize=7,
+                            xytext=(4, 2), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(doc["records"][0]["metric"])
+            ax.set_title(f"{doc['suite']}: {ds}")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{doc['suite']}_{name}.png", dpi=110)
+        plt.close(fig)

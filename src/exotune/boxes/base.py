@@ -1,0 +1,85 @@
+"""The box interface: what adapter and training code may call. Nothing here returns weights."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from exotune.boxes.spec import BoxSpec
+from exotune.errors import AccessError, BoxLimitError
+
+
+@dataclass
+class TokenBatch:
+    """Token embeddings of a batch of texts, as the box's input layer expects them."""
+
+    embeds: torch.Tensor  # (B, T, D)
+    mask: torch.Tensor  # (B, T), 1 for real tokens
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+
+class Box(ABC):
+    """A hidden backbone seen from outside.
+
+    Subclasses keep the backbone private. Users get the spec, the tokeniser's embedding
+    lookup (``embed``, no gradient) and ``forward`` from input embeddings, differentiable only
+    with respect to those embeddings (and, at light-gray level, entry tokens).
+    """
+
+    spec: BoxSpec
+
+    @abstractmethod
+    def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
+        """Tokenise ``texts`` and look up their token embeddings (no gradient)."""
+
+    @abstractmethod
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run the backbone from input embeddings (B, T, D) to pooled outputs (B, O)."""
+
+    # -- built on the two operations above ------------------------------------------------
+
+    def require(self, *levels: str) -> None:
+        if self.spec.access not in levels:
+            raise AccessError(
+                f"this box is served at access level {self.spec.access!r}; "
+                f"the operation needs one of {levels}"
+            )
+
+    def check_input(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:
+        """Validate shapes against the spec and the owner's limits."""
+        limits = self.spec.limits
+        if embeds.ndim != 3 or embeds.shape[-1] != self.spec.input_dim:
+            raise BoxLimitError(
+                f"embeds must have shape (batch, length, {self.spec.input_dim}), got {tuple(embeds.shape)}"
+            )
+        if mask.shape != embeds.shape[:2]:
+            raise BoxLimitError(
+                f"mask must have shape {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}"
+            )
+        if embeds.shape[0] > limits.max_batch:
+            raise BoxLimitError(f"batch of {embeds.shape[0]} exceeds the box's max_batch {limits.max_batch}")
+        if embeds.shape[1] > limits.max_length:
+            raise BoxLimitError(
+                f"sequence of {embeds.shape[1]} tokens exceeds the box's max_length {limits.max_length}"
+            )
+
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        batch = self.embed(texts)
+        return self.forward(batch.embeds, batch.mask)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        """Outputs for ``texts`` (N, O), without gradients: the zero-shot path."""
+        batch_size = min(batch_size, self.spec.limits.max_batch)
+        outs = []
+        starts = range(0, len(texts), batch_size)
+        for i in tqdm(starts, desc="encode", disable=not progress or None, leave=False):
+            outs.append(self._encode_batch(texts[i : i + batch_size]))
+        if not outs:
+            return torch.zeros(0, self.spec.output_dim)
+        return torch.cat(outs)

@@ -1,0 +1,251 @@
+"""Command line: parses arguments into configs and calls the library. ``main(argv) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from exotune import __version__
+from exotune.errors import ExotuneError
+
+DEMO_DIR = "runs/demo"
+
+
+def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
+    g = p.add_argument_group("data")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="a known dataset: banking77, sst2")
+    src.add_argument("--file", help="a .csv, .tsv or .jsonl file of labelled texts")
+    g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
+    g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
+    g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
+    if split_default:
+        g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
+
+
+def _add_box_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default=None,
+                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
+    from exotune.graybox import VARIANTS, adapter_names
+    from exotune.tasks.heads import HEADS
+    from exotune.train import SCHEDULES
+
+    a = p.add_argument_group("adapters (DGA)")
+    a.add_argument("--variant", default="both", choices=VARIANTS, help="which sides are adapted (default: both)")
+    a.add_argument("--extra-tokens", type=int, default=1, help="learnable tokens inserted into each input (default: 1)")
+    a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
+    a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
+    a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
+    a.add_argument("--head", default="prototype", choices=HEADS, help="default: prototype (zero-shot at step 0)")
+    a.add_argument("--label-template", default="{}", help="text a class name is encoded as, e.g. 'a review that is {}'")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=epochs)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
+    t.add_argument("--warmup-ratio", type=float, default=0.06)
+    t.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    t.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exotune", description="Adapt foundation models you cannot open.")
+    parser.add_argument("--version", action="version", version=f"exotune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes",
+                       description="Train DGA adapters (both sides) on Banking77 through the packaged MiniLM "
+                                   "box and compare with zero-shot on the test split.")
+    p.add_argument("--data-dir", help="folder holding banking77/ (default: $EXOTUNE_DATA, else ./datasets)")
+    p.add_argument("--output-dir", default=DEMO_DIR, help=f"where the adapter goes (default: {DEMO_DIR})")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="train DGA adapters and a head on a labelled dataset")
+    _add_data_args(p)
+    _add_box_args(p)
+    _add_train_args(p)
+    p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
+    p.add_argument("--eval-test", action="store_true", help="after training, evaluate on the test split of --dataset")
+
+    p = sub.add_parser("eval", help="evaluate an adapter (or zero-shot) on a labelled dataset")
+    _add_data_args(p, split_default="test")
+    _add_box_args(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--adapter", help="adapter folder written by train")
+    who.add_argument("--zero-shot", action="store_true", help="class-name prototypes through the bare box")
+    p.add_argument("--label-template", default="{}", help="with --zero-shot: text a class name is encoded as")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+
+    p = sub.add_parser("predict", help="label texts with a trained adapter")
+    _add_box_args(p)
+    p.add_argument("--adapter", required=True, help="adapter folder written by train")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to label (repeatable)")
+    src.add_argument("--input-file", help="a file with one text per line")
+    p.add_argument("--top-k", type=int, default=1, help="labels to show per text")
+
+    p = sub.add_parser("bench", help="run a comparison suite and write benchmarks/results/")
+    from exotune.bench import SUITES, add_bench_args
+
+    p.add_argument("suite", choices=sorted(SUITES))
+    add_bench_args(p)
+    return parser
+
+
+def _load_data(args, split: str):
+    from exotune.data import load_dataset, load_text_file
+
+    if args.dataset:
+        return load_dataset(args.dataset, split, args.data_dir)
+    return load_text_file(args.file, args.text_column, args.label_column)
+
+
+def _dga_config(args):
+    from exotune.graybox import DGAConfig, ResidualMLPConfig, TextShiftConfig
+    from exotune.graybox.output_adapters import LinearOutputConfig
+
+    inp = TextShiftConfig(shift=not args.no_shift, extra_tokens=args.extra_tokens)
+    out = ResidualMLPConfig(hidden=args.mlp_hidden) if args.output_adapter == "mlp" else LinearOutputConfig()
+    return DGAConfig.variant(args.variant, inp, out)
+
+
+def _train_config(args):
+    from exotune.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed)
+
+
+def cmd_train(args) -> int:
+    from exotune.boxes import load_box
+    from exotune.tasks.classification import ClassificationConfig, TextClassifier
+    from exotune.train import Trainer
+
+    dga, train_cfg = _dga_config(args), _train_config(args)
+    cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template)
+    data = _load_data(args, "train")
+    train, val = data.split(args.val_fraction, seed=args.seed)
+    if args.max_train:
+        train = train.head(args.max_train, seed=args.seed)
+    box = load_box(args.backbone)
+    model = TextClassifier(box, data.label_names, dga, cls_cfg)
+    print(f"training DGA ({dga.variant_name}) on {len(train)} examples, validating on {len(val)}; "
+          f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
+    out = Path(args.output_dir)
+    result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
+    summary = {"best_val": result.best_metric, "best_epoch": result.best_epoch, "steps": result.steps,
+               "train_seconds": round(result.train_seconds, 1), "history": result.history,
+               "adapter": str(result.best_dir)}
+    if args.eval_test:
+        if not args.dataset:
+            print("warning: --eval-test needs --dataset; skipped", file=sys.stderr)
+        else:
+            summary["test"] = model.evaluate(_load_data(args, "test"), progress=not args.quiet)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from exotune.boxes import load_box
+    from exotune.tasks.classification import ClassificationConfig, TextClassifier
+
+    data = _load_data(args, args.split)
+    box = load_box(args.backbone)
+    if args.zero_shot:
+        model = TextClassifier(box, data.label_names, None, ClassificationConfig(label_template=args.label_template))
+    else:
+        model = TextClassifier.from_pretrained(args.adapter, box)
+    metrics = model.evaluate(data, progress=True)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} ({len(data)} examples)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from exotune.boxes import load_box
+    from exotune.data.text import read_text
+    from exotune.errors import DataError
+    from exotune.tasks.classification import TextClassifier
+
+    if args.text:
+        texts = args.text
+    else:
+        texts = [line for line in read_text(Path(args.input_file)).splitlines() if line.strip()]
+    if not texts or any(not t.strip() for t in texts):
+        raise DataError("predict needs non-empty texts")
+    model = TextClassifier.from_pretrained(args.adapter, load_box(args.backbone))
+    probs = model.predict_proba(texts)
+    k = max(1, min(args.top_k, len(model.label_names)))
+    for text, p in zip(texts, probs, strict=True):
+        top = p.topk(k)
+        labels = ", ".join(f"{model.label_names[i]} ({v:.3f})" for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        print(f"{labels}\t{text}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from exotune.boxes import load_box
+    from exotune.data import load_dataset
+    from exotune.graybox import DGAConfig
+    from exotune.tasks.classification import TextClassifier
+    from exotune.train import TrainConfig, Trainer
+
+    t0 = time.perf_counter()
+    data = load_dataset("banking77", "train", args.data_dir)
+    test = load_dataset("banking77", "test", args.data_dir)
+    train, val = data.split(0.1, seed=0)
+    if args.max_train:
+        train = train.head(args.max_train)
+    print("loading the hidden backbone (all-MiniLM-L6-v2) as a dark-gray box ...", file=sys.stderr)
+    box = load_box()
+    zero_shot = TextClassifier(box, data.label_names).evaluate(test, progress=not args.quiet)
+    print(f"zero-shot on Banking77 test: accuracy {zero_shot['accuracy']:.4f}", file=sys.stderr)
+    model = TextClassifier(box, data.label_names, DGAConfig())
+    print(f"training DGA input+output adapters ({model.num_trainable():,} parameters; the backbone's "
+          f"weights are never touched) on {len(train)} examples ...", file=sys.stderr)
+    out = Path(args.output_dir)
+    Trainer(TrainConfig(epochs=args.epochs), out, progress=not args.quiet).fit(model, train, val)
+    adapted = model.evaluate(test, progress=not args.quiet)
+    print(f"\nBanking77 test ({len(test)} examples), all-MiniLM-L6-v2 behind a dark-gray box")
+    print(f"  zero-shot      accuracy {zero_shot['accuracy']:.4f}   macro-F1 {zero_shot['macro_f1']:.4f}")
+    print(f"  DGA (both)     accuracy {adapted['accuracy']:.4f}   macro-F1 {adapted['macro_f1']:.4f}")
+    print(f"adapter saved to {out / 'best'} ({time.perf_counter() - t0:.0f} s in all)")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "bench":
+            from exotune.bench import run_suite
+
+            return run_suite(args)
+        return COMMANDS[args.command](args)
+    except ExotuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Labelled text: CSV/TSV/JSONL files, the shared Banking77 and SST-2 layouts, HF datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exotune.errors import DataError, DatasetNotFoundError
+
+DATA_ENV = "EXOTUNE_DATA"
+
+
+@dataclass
+class TextLabelData:
+    """Texts with integer labels into ``label_names``."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise DataError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels")
+        n = len(self.label_names)
+        bad = next((y for y in self.labels if not 0 <= y < n), None)
+        if bad is not None:
+            raise DataError(f"{self.name}: label index {bad} is outside 0..{n - 1}")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices, name: str | None = None) -> TextLabelData:
+        idx = [int(i) for i in indices]
+        return TextLabelData(
+            [self.texts[i] for i in idx], [self.labels[i] for i in idx], self.label_names, name or self.name
+        )
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[TextLabelData, TextLabelData]:
+        """Stratified split into (rest, held-out); the held-out part is ``fraction`` of the data."""
+        from sklearn.model_selection import train_test_split
+
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"split fraction must be in (0, 1), got {fraction}")
+        if len(self) < 2:
+            raise DataError(f"{self.name}: need at least 2 examples to split, got {len(self)}")
+        idx = np.arange(len(self))
+        counts = np.bincount(self.labels, minlength=len(self.label_names))
+        stratify = self.labels if counts[counts > 0].min() >= 2 else None
+        n_held = max(1, round(fraction * len(self)))
+        if stratify is not None and n_held < len(set(self.labels)):
+            stratify = None
+        if stratify is not None and len(self) - n_held < len(set(self.labels)):
+            stratify = None
+        if n_held >= len(self):
+            raise DataError(f"{self.name}: holding out {n_held} of {len(self)} examples leaves none to train on")
+        rest, held = train_test_split(idx, test_size=n_held, random_state=seed, stratify=stratify)
+        return self.subset(sorted(rest), f"{self.name}[train]"), self.subset(sorted(held), f"{self.name}[val]")
+
+    def head(self, n: int, seed: int = 0) -> TextLabelData:
+        """A random sample of ``n`` examples (all of them if ``n`` >= len)."""
+        if n < 0:
+            raise DataError(f"sample size must be >= 0, got {n}")
+        if n >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        return self.subset(sorted(rng.choice(len(self), size=n, replace=False)), self.name)
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; bad bytes give a DataError naming the file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        start = err.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
+        line = raw[:start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8 (byte {start}); re-save the file as UTF-8") from err
+
+
+def _rows(path: Path):
+    """Yield (line number, row dict) from a .csv, .tsv or .jsonl file."""
+    text = read_text(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {n}, column {err.colno}: invalid JSON ({err.msg})") from err
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
+        return
+    if suffix not in (".csv", ".tsv"):
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+    delimiter = "\t" if suffix == ".tsv" else ","
+    quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter, quoting=quoting)
+    if not reader.fieldnames:
+        raise DataError(f"{path}, line 1: the file is empty (no header)")
+    for row in reader:
+        if None in row:  # more cells than header columns
+            raise DataError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} cells, header has {len(reader.fieldnames)}")
+        yield reader.line_num, row
+
+
+def load_text_file(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: list[str] | None = None,
+) -> TextLabelData:
+    """Read a labelled text file; labels are names (or integers if ``label_names`` is given
+    and the column holds indices). Every problem names file, line and column."""
+    path = Path(path)
+    texts, raw_labels = [], []
+    for n, row in _rows(path):
+        for col in (text_column, label_column):
+            if col not in row:
+                raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)}")
+        text, label = row[text_column], row[label_column]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, line {n}, column {text_column!r}: empty or non-text value {text!r}")
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{path}, line {n}, column {label_column!r}: empty label")
+        texts.append(text)
+        raw_labels.append((n, str(label).strip()))
+    if not texts:
+        raise DataError(f"{path}: no examples (the file has a header but no rows)")
+    if label_names is None:
+        label_names = sorted({lab for _, lab in raw_labels})
+    index = {name: i for i, name in enumerate(label_names)}
+    labels = []
+    for n, lab in raw_labels:
+        if lab in index:
+            labels.append(index[lab])
+        elif lab.isdigit() and int(lab) < len(label_names):
+            labels.append(int(lab))
+        else:
+            raise DataError(
+                f"{path}, line {n}, column {label_column!r}: unknown label {lab!r}; "
+                f"known labels: {label_names[:10]}{' ...' if len(label_names) > 10 else ''}"
+            )
+    return TextLabelData(texts, labels, list(label_names), path.stem)
+
+
+def from_hf_dataset(dataset, text_column: str = "text", label_column: str = "label") -> TextLabelData:
+    """Accept a Hugging Face ``datasets.Dataset`` with a text column and a ClassLabel/str column."""
+    for col in (text_column, label_column):
+        if col not in dataset.column_names:
+            raise DataError(f"dataset has no column {col!r}; columns are {dataset.column_names}")
+    feature = dataset.features[label_column]
+    texts = list(dataset[text_column])
+    labels = list(dataset[label_column])
+    if hasattr(feature, "names"):
+        return TextLabelData(texts, [int(y) for y in labels], list(feature.names), "hf-dataset")
+    names = sorted({str(y) for y in labels})
+    index = {n: i for i, n in enumerate(names)}
+    return TextLabelData(texts, [index[str(y)] for y in labels], names, "hf-dataset")
+
+
+# -- known datasets -------------------------------------------------------------------------
+
+
+def data_root(data_dir: str | Path | None = None) -> Path:
+    """Where known datasets live: the argument, else ``$EXOTUNE_DATA``, else ``./datasets``."""
+    return Path(data_dir or os.environ.get(DATA_ENV) or "datasets").expanduser()
+
+
+def _banking77(root: Path, split: str) -> TextLabelData:
+    folder = root / "banking77"
+    names = json.loads(read_text(folder / "categories.json"))
+    data = load_text_file(folder / f"{split}.csv", "text", "category", names)
+    data.name = f"banking77-{split}"
+    return data
+
+
+def _sst2(root: Path, split: str) -> TextLabelData:
+    path = root / "sst2" / ("dev.tsv" if split == "test" else "train.tsv")
+    header = read_text(path).split("\n", 1)[0].split("\t")
+    text_column = "content" if "content" in header and "sentence" not in header else "sentence"
+    data = load_text_file(path, text_column, "label", ["negative", "positive"])
+    data.name = f"sst2-{split}"
+    return data
+
+
+KNOWN_DATASETS = {
+    "banking77": (_banking77, ["banking77/train.csv", "banking77/test.csv", "banking77/categories.json"]),
+    "sst2": (_sst2, ["sst2/train.tsv", "sst2/dev.tsv (used as the test split)"]),
+}
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None) -> TextLabelData:
+    """Load a known dataset (``banking77``, ``sst2``) split ``train`` or ``test``."""
+    if name not in KNOWN_DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {sorted(KNOWN_DATASETS)} (or pass a file)")
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    loader, files = KNOWN_DATASETS[name]
+    root = data_root(data_dir)
+    if not (root / name).is_dir():
+        raise DatasetNotFoundError(
+            f"dataset {name!r} is not at {root / name}. Put its files there ({', '.join(files)}), "
+            f"or point ${DATA_ENV} / --data-dir at the folder that holds '{name}/'."
+        )
+    return loader(root, split)

@@ -1,0 +1,43 @@
+"""One error hierarchy; each error is also the builtin it replaces."""
+
+from __future__ import annotations
+
+
+class ExotuneError(Exception):
+    """Base of every error exotune raises on purpose."""
+
+
+class ConfigError(ExotuneError, ValueError):
+    """A configuration value is not what it must be."""
+
+
+class DataError(ExotuneError, ValueError):
+    """A data file or dataset is malformed; the message names file, line and column."""
+
+
+class DatasetNotFoundError(ExotuneError, FileNotFoundError):
+    """A known dataset is not on disk; the message says where to put it."""
+
+
+class BackboneNotFoundError(ExotuneError, OSError):
+    """A backbone could not be loaded from a local path, the cache or the package."""
+
+
+class AccessError(ExotuneError, PermissionError):
+    """An operation is not allowed at the box's access level."""
+
+
+class BoxLimitError(ExotuneError, ValueError):
+    """A request exceeds the limits the box's owner set (batch, sequence length)."""
+
+
+class SpecMismatchError(ExotuneError, ValueError):
+    """An adapter was trained against a box whose spec differs from the given one."""
+
+
+class ArtifactError(ExotuneError, ValueError):
+    """An adapter folder or checkpoint is missing, corrupted or from another kind of model."""
+
+
+class NotFittedError(ExotuneError, AttributeError):
+    """A model was used before it was trained or loaded."""

@@ -1,0 +1,19 @@
+"""Gray-box adaptation (DGA): adapters trained through a hidden backbone."""
+
+from exotune.graybox import input_adapters, output_adapters  # noqa: F401  (registers adapters)
+from exotune.graybox.config import VARIANTS, DGAConfig
+from exotune.graybox.input_adapters import TextShiftConfig
+from exotune.graybox.model import GrayBoxModel
+from exotune.graybox.output_adapters import LinearOutputConfig, ResidualMLPConfig
+from exotune.graybox.registry import adapter_names, register_adapter
+
+__all__ = [
+    "VARIANTS",
+    "DGAConfig",
+    "GrayBoxModel",
+    "LinearOutputConfig",
+    "ResidualMLPConfig",
+    "TextShiftConfig",
+    "adapter_names",
+    "register_adapter",
+]

@@ -1,0 +1,75 @@
+"""The adapted model: input adapter -> hidden box -> output adapter."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from exotune.boxes.base import Box, TokenBatch
+from exotune.graybox.config import DGAConfig
+from exotune.graybox.registry import build_adapter
+
+_CACHE_LIMIT = 500_000
+
+
+class GrayBoxModel(nn.Module):
+    """DGA around a box. Holds the box as a plain attribute: its backbone is not a submodule,
+    so ``parameters()`` and ``state_dict()`` hold only what the user trains."""
+
+    def __init__(self, box: Box, config: DGAConfig | None = None) -> None:
+        super().__init__()
+        box.require("dark-gray", "light-gray")
+        self.box = box
+        self.config = config or DGAConfig()
+        spec = box.spec
+        cfg = self.config
+        self.input_adapter = None if cfg.input_adapter is None else build_adapter("input", cfg.input_adapter, spec)
+        self.output_adapter = None if cfg.output_adapter is None else build_adapter("output", cfg.output_adapter, spec)
+        # Without an input adapter the box's outputs for a text never change: cache them.
+        self._cache: dict[str, torch.Tensor] | None = {} if self.input_adapter is None else None
+
+    @property
+    def added_tokens(self) -> int:
+        return getattr(self.input_adapter, "added_tokens", 0)
+
+    def embed(self, texts: list[str]) -> TokenBatch:
+        spec = self.box.spec
+        room = min(spec.text_max_length, spec.limits.max_length - self.added_tokens)
+        return self.box.embed(texts, max_length=room)
+
+    def backbone_outputs(self, texts: list[str]) -> torch.Tensor:
+        """Box outputs (B, O) for ``texts``, gradients flowing into the input adapter."""
+        if self._cache is not None:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            if missing:
+                with torch.no_grad():
+                    batch = self.box.embed(missing)
+                    out = self.box.forward(batch.embeds, batch.mask)
+                if len(self._cache) + len(missing) <= _CACHE_LIMIT:
+                    self._cache.update(zip(missing, out, strict=True))
+                else:
+                    lookup = dict(zip(missing, out, strict=True))
+                    return torch.stack([self._cache.get(t, lookup.get(t)) for t in texts])
+            return torch.stack([self._cache[t] for t in texts])
+        batch = self.embed(texts)
+        embeds, mask = self.input_adapter(batch.embeds, batch.mask)  # (B, T + k, D)
+        return self.box.forward(embeds, mask)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        z = self.backbone_outputs(texts)  # (B, O)
+        if self.output_adapter is not None:
+            z = self.output_adapter(z)
+        return z
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        batch_size = min(batch_size, self.box.spec.limits.max_batch)
+        was_training = self.training
+        self.eval()
+        outs = [
+            self(texts[i : i + batch_size])
+            for i in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not progress or None, leave=False)
+        ]
+        self.train(was_training)
+        return torch.cat(outs) if outs else torch.zeros(0, self.box.spec.output_dim)

@@ -1,0 +1,1 @@
+"""Tasks: heads, losses and metrics."""

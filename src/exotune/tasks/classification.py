@@ -1,0 +1,178 @@
+"""Text classification on an adapted box: the model, its loss, evaluation and artifacts."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from exotune import __version__
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
+from exotune.boxes.base import Box
+from exotune.boxes.spec import BoxSpec
+from exotune.data.text import TextLabelData
+from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
+from exotune.graybox.config import DGAConfig
+from exotune.graybox.model import GrayBoxModel
+from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
+from exotune.tasks.metrics import classification_metrics
+
+ADAPTER_TYPE = "dga-classifier"
+
+
+@dataclass
+class ClassificationConfig:
+    head: str = "prototype"
+    label_template: str = "{}"  # how a class name becomes the text that is encoded
+    temperature: float = 0.05
+    learn_prototypes: bool = True
+    learn_temperature: bool = True
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if "{}" not in self.label_template:
+            raise ConfigError(f"label_template must contain '{{}}', got {self.label_template!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClassificationConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown classification config keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def label_texts(label_names: list[str], template: str = "{}") -> list[str]:
+    """``card_arrival`` -> ``card arrival``: class names as a person would write them."""
+    return [template.format(name.replace("_", " ")) for name in label_names]
+
+
+class TextClassifier(nn.Module):
+    """Adapted box + head. Everything in ``state_dict()`` belongs to the user."""
+
+    def __init__(
+        self,
+        box: Box,
+        label_names: list[str],
+        dga: DGAConfig | None = None,
+        config: ClassificationConfig | None = None,
+        _init_head: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(label_names) < 2:
+            raise ConfigError(f"need at least 2 classes, got {label_names!r}")
+        self.label_names = list(label_names)
+        self.dga = dga if dga is not None else DGAConfig.variant("none")
+        self.config = config or ClassificationConfig()
+        self.encoder = GrayBoxModel(box, self.dga)
+        dim, n = box.spec.output_dim, len(label_names)
+        if self.config.head == "prototype":
+            protos = (
+                box.encode(label_texts(label_names, self.config.label_template))
+                if _init_head
+                else torch.zeros(n, dim)
+            )
+            self.head = PrototypeHead(
+                protos, self.config.temperature, self.config.learn_prototypes, self.config.learn_temperature
+            )
+        else:
+            self.head = LinearHead(dim, n)
+
+    @property
+    def box(self) -> Box:
+        return self.encoder.box
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        return self.head(self.encoder(texts))  # (B, C)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # -- the training-loop protocol -------------------------------------------------------
+
+    def loss(self, data: TextLabelData) -> torch.Tensor:
+        logits = self(data.texts)
+        return nn.functional.cross_entropy(logits, torch.tensor(data.labels))
+
+    @torch.no_grad()
+    def predict_proba(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        out = [
+            self(texts[i : i + batch_size]).softmax(-1)
+            for i in tqdm(range(0, len(texts), batch_size), desc="predict", disable=not progress or None, leave=False)
+        ]
+        self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
+
+    def predict(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> list[str]:
+        idx = self.predict_proba(texts, batch_size, progress).argmax(-1).tolist()
+        return [self.label_names[i] for i in idx]
+
+    def evaluate(self, data: TextLabelData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
+        if data.label_names != self.label_names:
+            raise ConfigError(f"{data.name}'s label set differs from the model's ({len(data.label_names)} vs {len(self.label_names)} labels)")
+        pred = self.predict_proba(data.texts, batch_size, progress).argmax(-1).numpy()
+        return classification_metrics(np.asarray(data.labels), pred, len(self.label_names))
+
+    # -- artifacts --------------------------------------------------------------------------
+
+    def to_config_dict(self) -> dict:
+        spec = self.box.spec
+        return {
+            "type": ADAPTER_TYPE,
+            "library_version": __version__,
+            "access": "dark-gray",
+            "box_fingerprint": spec.fingerprint(),
+            "box_spec": spec.to_dict(),
+            "dga": self.dga.to_dict(),
+            "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
+        }
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, box: Box) -> TextClassifier:
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"adapter folder {path} does not exist")
+        cfg = read_json(path / CONFIG_NAME)
+        if cfg.get("type") != ADAPTER_TYPE:
+            raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {ADAPTER_TYPE!r}")
+        try:
+            saved_spec = BoxSpec.from_dict(cfg["box_spec"])
+            task = dict(cfg["task"])
+            labels = task.pop("labels")
+            task.pop("type", None)
+            dga = DGAConfig.from_dict(cfg["dga"])
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
+        if cfg.get("box_fingerprint") != box.spec.fingerprint():
+            diff = saved_spec.differences(box.spec)
+            raise SpecMismatchError(
+                f"adapter in {path} was trained against box {cfg.get('box_fingerprint')}, "
+                f"this box is {box.spec.fingerprint()}; differing: {', '.join(diff) or 'fingerprint'}"
+            )
+        model = cls(box, labels, dga, ClassificationConfig.from_dict(task), _init_head=False)
+        state = read_tensors(path / WEIGHTS_NAME)
+        expected = model.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+            raise ArtifactError(
+                f"{path / WEIGHTS_NAME} does not match its config: tensors "
+                f"{sorted(set(state) ^ set(expected)) or 'with other shapes'}"
+            )
+        model.load_state_dict(state)
+        return model

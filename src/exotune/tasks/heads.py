@@ -1,0 +1,40 @@
+"""Classification heads over the (adapted) box outputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PrototypeHead(nn.Module):
+    """Cosine similarity to class prototypes, times a learnable scale.
+
+    Prototypes start as the class names encoded through the box, so the head is the
+    zero-shot classifier at step 0.
+    """
+
+    def __init__(self, prototypes: torch.Tensor, temperature: float = 0.05, learn_prototypes: bool = True,
+                 learn_temperature: bool = True) -> None:
+        super().__init__()
+        protos = nn.functional.normalize(prototypes.detach().clone().float(), dim=-1)  # (C, O)
+        self.prototypes = nn.Parameter(protos, requires_grad=learn_prototypes)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.normalize(z, dim=-1)  # (B, O)
+        protos = nn.functional.normalize(self.prototypes, dim=-1)  # (C, O)
+        return self.log_scale.exp().clamp(max=100.0) * z @ protos.T  # (B, C)
+
+
+class LinearHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.proj(z)  # (B, C)
+
+
+HEADS = ("prototype", "linear")

@@ -1,0 +1,249 @@
+"""One training loop for everything with gradients.
+
+The model follows a small protocol: ``trainable_parameters()``, ``loss(data)``,
+``evaluate(data) -> dict`` and ``save_pretrained(dir)``; ``data`` has ``len`` and
+``subset(indices)``. Checkpoints hold only the user's tensors, optimiser and scheduler
+state (safetensors + JSON), written atomically, so a crash loses at most
+``checkpoint_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from exotune.artifacts import flatten_state, read_json, read_tensors, unflatten_state, write_folder
+from exotune.errors import ConfigError
+
+SCHEDULES = ("cosine", "onecycle", "linear", "constant")
+LAST, BEST = "last", "best"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0  # adapters start at identity: decay would pull them to zero
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.06
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    select_metric: str = "accuracy"  # higher is better; chosen on validation only
+    patience: int | None = 3  # epochs without improvement before stopping
+    eval_batch_size: int = 128
+    max_steps: int | None = None
+    checkpoint_every: int = 200  # steps
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    best_metric: float
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    train_seconds: float
+    seconds_per_step: float
+    history: list[dict] = field(default_factory=list)
+    best_dir: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _scheduler(optimizer, config: TrainConfig, total_steps: int):
+    warmup = int(config.warmup_ratio * total_steps)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=max(total_steps, 2), pct_start=max(config.warmup_ratio, 0.01)
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """Fits a model; with ``output_dir`` it keeps ``last/`` (resume) and ``best/`` (artifact)."""
+
+    def __init__(self, config: TrainConfig | None = None, output_dir: str | Path | None = None,
+                 progress: bool = True) -> None:
+        self.config = config or TrainConfig()
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.progress = progress
+
+    def _batches(self, n: int, epoch: int) -> list[np.ndarray]:
+        g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)  # same order on resume
+        order = torch.randperm(n, generator=g).numpy()
+        bs = self.config.batch_size
+        return [order[i : i + bs] for i in range(0, n, bs)]
+
+    def fit(self, model, train, val, resume: bool = False) -> TrainResult:
+        cfg = self.config
+        if len(train) == 0 or len(val) == 0:
+            raise ConfigError(f"train and validation data must be non-empty, got {len(train)} and {len(val)}")
+        params = model.trainable_parameters()
+        if not params:
+            raise ConfigError("the model has no trainable parameters")
+        seed_everything(cfg.seed)
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            total = min(total, cfg.max_steps)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = _scheduler(optimizer, cfg, total)
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": -math.inf,
+                 "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0, "done": False}
+        self._best_state = None
+        if resume:
+            state, self._best_state = self._load_last(model, optimizer, scheduler, state)
+        model.train()
+        t_start = time.perf_counter() - state["train_seconds"]
+        step_seconds = []
+        try:
+            self._loop(model, train, val, optimizer, scheduler, params, total, state, t_start, step_seconds)
+        except KeyboardInterrupt:
+            if self.output_dir:  # nothing lost: the next run resumes from here
+                state["train_seconds"] = time.perf_counter() - t_start
+                self._save_last(model, optimizer, scheduler, state, self._best_state)
+                tqdm.write(f"interrupted; checkpoint saved to {self.output_dir / LAST} (resume to continue)")
+            raise
+        best_state = self._best_state
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        return TrainResult(
+            best_metric=state["best_metric"],
+            best_epoch=state["best_epoch"],
+            epochs_run=state["epoch"],
+            steps=state["global_step"],
+            train_seconds=state["train_seconds"],
+            seconds_per_step=float(np.median(step_seconds)) if step_seconds else float("nan"),
+            history=state["history"],
+            best_dir=self.output_dir / BEST if self.output_dir else None,
+        )
+
+    def _loop(self, model, train, val, optimizer, scheduler, params, total, state, t_start, step_seconds) -> None:
+        cfg = self.config
+        while not state["done"] and state["epoch"] < cfg.epochs and state["global_step"] < total:
+            epoch = state["epoch"]
+            batches = self._batches(len(train), epoch)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=state["step_in_epoch"],
+                       total=len(batches), disable=not self.progress or None, leave=False)
+            losses = []
+            for idx in batches[state["step_in_epoch"] :]:
+                t0 = time.perf_counter()
+                loss = model.loss(train.subset(idx))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {state['global_step']}; lower the lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step_seconds.append(time.perf_counter() - t0)
+                losses.append(loss.item())
+                state["step_in_epoch"] += 1
+                state["global_step"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                if state["global_step"] >= total:
+                    break
+                if self.output_dir and state["global_step"] % cfg.checkpoint_every == 0:
+                    state["train_seconds"] = time.perf_counter() - t_start
+                    self._save_last(model, optimizer, scheduler, state, self._best_state)
+            bar.close()
+            metrics = model.evaluate(val, batch_size=cfg.eval_batch_size)
+            if cfg.select_metric not in metrics:
+                raise ConfigError(f"select_metric {cfg.select_metric!r} not in {sorted(metrics)}")
+            score = metrics[cfg.select_metric]
+            state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                                     **{f"val_{k}": v for k, v in metrics.items()}})
+            if score > state["best_metric"]:
+                state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
+                self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if self.output_dir:
+                    model.save_pretrained(self.output_dir / BEST)
+            else:
+                state["bad_epochs"] += 1
+            if self.progress:
+                tqdm.write(f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
+                           f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})")
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+            if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+                state["done"] = True
+            state["train_seconds"] = time.perf_counter() - t_start
+            if self.output_dir:
+                self._save_last(model, optimizer, scheduler, state, self._best_state)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _save_last(self, model, optimizer, scheduler, state, best_state) -> None:
+        tree = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "best": best_state, "rng": torch.get_rng_state()}
+        skeleton, tensors = flatten_state(tree)
+        meta = {"state": state, "config": asdict(self.config), "skeleton": skeleton}
+        write_folder(self.output_dir / LAST, {"trainer_state.json": meta, "checkpoint.safetensors": tensors})
+
+    def _load_last(self, model, optimizer, scheduler, state):
+        if self.output_dir is None:
+            raise ConfigError("resume needs an output_dir that holds a checkpoint")
+        folder = self.output_dir / LAST
+        if not folder.is_dir():
+            warnings.warn(f"no checkpoint at {folder}; starting from scratch", stacklevel=3)
+            return state, None
+        meta = read_json(folder / "trainer_state.json")
+        saved = TrainConfig.from_dict(meta.get("config", {}))
+        if saved != self.config:
+            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
+            raise ConfigError(f"cannot resume from {folder}: training settings differ ({', '.join(changed)})")
+        tree = unflatten_state(meta["skeleton"], read_tensors(folder / "checkpoint.safetensors"))
+        model.load_state_dict(tree["model"])
+        optimizer.load_state_dict(tree["optimizer"])
+        scheduler.load_state_dict(tree["scheduler"])
+        torch.set_rng_state(tree["rng"])
+        if self.progress:
+            tqdm.write(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
+                       f"step {meta['state']['global_step']}")
+        return meta["state"], tree["best"]

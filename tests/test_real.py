@@ -1,0 +1,83 @@
+"""A few tests with the packaged all-MiniLM-L6-v2 and the shared datasets (marked ``real``)."""
+
+import json
+
+import pytest
+import torch
+
+from exotune.boxes import load_box
+from exotune.boxes.text import _model_digest
+from exotune.cli import main
+from exotune.data import load_dataset
+from exotune.graybox import DGAConfig
+from exotune.tasks.classification import TextClassifier
+from exotune.train import Trainer, TrainConfig
+
+from .conftest import backbone_module
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_box()
+
+
+@pytest.fixture(scope="module")
+def banking(shared_data):
+    train = load_dataset("banking77", "train", shared_data)
+    test = load_dataset("banking77", "test", shared_data)
+    return train, test
+
+
+def test_minilm_spec(minilm):
+    spec = minilm.spec
+    assert (spec.output_dim, spec.input_dim, spec.pooling, spec.normalized) == (384, 384, "mean", True)
+    assert spec.text_max_length == 256
+    out = minilm.encode(["How do I top up my card?"])
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(1))
+
+
+def test_zero_shot_and_short_dga_training(minilm, banking):
+    train, test = banking
+    tr, val = train.split(0.1, seed=0)
+    tr, val, test = tr.head(640, 0), val.head(300, 0), test.head(400, 0)
+    zero = TextClassifier(minilm, train.label_names).evaluate(test)["accuracy"]
+    assert 0.5 < zero < 0.75  # about 0.62 on the full test split
+    model = TextClassifier(minilm, train.label_names, DGAConfig())
+    Trainer(TrainConfig(epochs=2, lr=3e-3, patience=None), progress=False).fit(model, tr, val)
+    adapted = model.evaluate(test)["accuracy"]
+    assert adapted > zero + 0.05
+    # the hidden weights are bit-identical and never got a gradient
+    assert _model_digest(backbone_module(minilm)) == minilm.spec.model_digest
+    assert all(p.grad is None for p in backbone_module(minilm).parameters())
+
+
+def test_cli_train_eval_predict(shared_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--dataset", "banking77", "--data-dir", str(shared_data)]
+    assert main(["train", *common, "--variant", "output-only", "--max-train", "300", "--epochs", "1",
+                 "--output-dir", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 10 and (run / "best" / "adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["eval", *common, "--adapter", str(run / "best"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.3 < metrics["accuracy"] <= 1.0
+    assert main(["predict", "--adapter", str(run / "best"), "--text", "my card has not arrived yet",
+                 "--top-k", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "card" in first.split("\t")[0]
+
+
+def test_bench_quick_smoke(shared_data, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["bench", "classification", "--quick", "--data-dir", str(shared_data),
+                 "--out-dir", str(out), "--methods", "zero-shot", "linear-probe", "dga-both"]) == 0
+    doc = json.loads((out / "classification.json").read_text())
+    required = {"dataset", "split", "method", "variant", "access", "metric", "mean", "std", "seeds",
+                "trainable_params", "train_seconds", "seconds_per_step", "peak_memory_mb"}
+    assert {"suite", "command", "date", "machine", "backbone", "records"} <= set(doc)
+    assert all(required <= set(r) for r in doc["records"])
+    assert {r["method"] for r in doc["records"]} == {"zero-shot", "linear-probe", "dga"}
+    assert (out / "classification.md").is_file() and (out / "classification_params.png").is_file()
