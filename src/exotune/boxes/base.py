@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +39,18 @@ class Box(ABC):
         """Tokenise ``texts`` and look up their token embeddings (no gradient)."""
 
     @abstractmethod
-    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Run the backbone from input embeddings (B, T, D) to pooled outputs (B, O)."""
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        entry_tokens: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Run the backbone from input embeddings (B, T, D) to pooled outputs (B, O).
+
+        ``entry_tokens`` (light-gray boxes only) maps an entry point's name (see
+        ``spec.entry_points``) to tokens (n, D) that the box injects at that point; the
+        result is differentiable with respect to ``embeds`` and every entry token.
+        """
 
     # -- built on the two operations above ------------------------------------------------
 

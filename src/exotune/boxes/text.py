@@ -83,9 +83,11 @@ class TextEncoderBox(Box):
         self.require("dark-gray", "light-gray")
         return self._embed(texts, max_length)
 
-    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require("dark-gray", "light-gray")
         self.check_input(embeds, mask)
+        if entry_tokens:
+            self.require("light-gray")
         return self._forward(embeds, mask)
 
     # -- private ------------------------------------------------------------------------------
