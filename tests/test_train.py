@@ -140,3 +140,29 @@ def test_empty_data_is_refused(tiny_box):
     model = TextClassifier(tiny_box, train.label_names, DGAConfig())
     with pytest.raises(ConfigError, match="non-empty"):
         Trainer(progress=False).fit(model, train, train.subset([]))
+
+
+def test_grouped_batches_cover_every_example_once_with_little_padding():
+    import numpy as np
+
+    from exotune.batching import grouped_batches, length_sorted
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=1000)
+    g = torch.Generator().manual_seed(0)
+    batches = grouped_batches(lengths, 16, g, group=10)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 20  # random batches of 16 would spread over ~90
+    again = grouped_batches(lengths, 16, torch.Generator().manual_seed(0), group=10)
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))
+    texts = ["a" * int(n) for n in lengths[:50]]
+    order = np.concatenate(length_sorted(texts, 7))
+    assert sorted(order.tolist()) == list(range(50))
+
+
+def test_inference_order_is_restored(tiny_box):
+    texts = ["the red car is very fast and big", "blue", "a sky", "green leaf is small today"]
+    together = tiny_box.encode(texts, batch_size=2)
+    one_by_one = torch.cat([tiny_box.encode([t]) for t in texts])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-5)

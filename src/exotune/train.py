@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from exotune.artifacts import flatten_state, read_json, read_tensors, unflatten_state, write_folder
+from exotune.batching import grouped_batches
 from exotune.errors import ConfigError
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
@@ -42,6 +43,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_steps: int | None = None
     checkpoint_every: int = 200  # steps
+    group_by_length: bool = True  # batches of similar-length examples when the data has lengths()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
@@ -111,11 +113,13 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
 
-    def _batches(self, n: int, epoch: int) -> list[np.ndarray]:
+    def _batches(self, data, epoch: int) -> list[np.ndarray]:
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)  # same order on resume
-        order = torch.randperm(n, generator=g).numpy()
         bs = self.config.batch_size
-        return [order[i : i + bs] for i in range(0, n, bs)]
+        if self.config.group_by_length and hasattr(data, "lengths"):
+            return grouped_batches(data.lengths(), bs, g)
+        order = torch.randperm(len(data), generator=g).numpy()
+        return [order[i : i + bs] for i in range(0, len(data), bs)]
 
     def fit(self, model, train, val, resume: bool = False) -> TrainResult:
         cfg = self.config
@@ -166,7 +170,7 @@ class Trainer:
         cfg = self.config
         while not state["done"] and state["epoch"] < cfg.epochs and state["global_step"] < total:
             epoch = state["epoch"]
-            batches = self._batches(len(train), epoch)
+            batches = self._batches(train, epoch)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=state["step_in_epoch"],
                        total=len(batches), disable=not self.progress or None, leave=False)
             losses = []

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from exotune.bench import classification
-from exotune.bench.common import RESULTS_DIR, aggregate, command_line, run_isolated, write_results
+from exotune.bench.common import (
+    RESULTS_DIR,
+    RunLog,
+    aggregate,
+    command_line,
+    run_isolated,
+    write_results,
+)
 
 SUITES = {"classification": classification}
 
@@ -22,6 +29,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--out-dir", default=None, help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: small samples, one seed, one epoch")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore finished runs logged by an earlier, interrupted call with the same settings")
 
 
 def run_suite(args) -> int:
@@ -36,15 +45,22 @@ def run_suite(args) -> int:
 
     extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick}
     command = command_line()
+    log = RunLog(out_dir / f".{args.suite}.runs.jsonl", fresh=args.fresh)
     records = []
     for dataset in args.datasets:
         for name in args.methods:
             runs = []
             for seed in seeds:
-                print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)
-                runs.append(run_isolated(suite.run_one, name, dataset, seed, args.data_dir, budget, args.backbone))
-                m = runs[-1]["metrics"]
-                print(f"[bench]   accuracy {m['accuracy']:.4f}, {runs[-1]['train_seconds']:.0f} s", file=sys.stderr)
+                key = {"dataset": dataset, "method": name, "seed": seed, **extra}
+                run = log.get(key)
+                if run is None:
+                    print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)
+                    run = run_isolated(suite.run_one, name, dataset, seed, args.data_dir, budget, args.backbone)
+                    log.add(key, run)
+                else:
+                    print(f"[bench] {dataset} {name} seed {seed}: logged earlier, reused", file=sys.stderr)
+                runs.append(run)
+                print(f"[bench]   accuracy {run['metrics']['accuracy']:.4f}, {run['train_seconds']:.0f} s", file=sys.stderr)
             records.append(aggregate(runs, "accuracy"))
             records.append(aggregate(runs, "macro_f1"))
             path = write_results(args.suite, records, out_dir, extra, command)  # after each method: nothing lost

@@ -35,6 +35,37 @@ def run_isolated(fn, *args):
         return pool.submit(fn, *args).result()
 
 
+class RunLog:
+    """Finished runs, one JSON line each, so an interrupted suite resumes where it stopped."""
+
+    def __init__(self, path: Path, fresh: bool = False) -> None:
+        self.path = path
+        self.runs: dict[str, dict] = {}
+        if fresh and path.exists():
+            path.unlink()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.runs[entry["key"]] = entry["run"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by a crash: that run is simply redone
+
+    @staticmethod
+    def _key(key: dict) -> str:
+        return json.dumps(key, sort_keys=True)
+
+    def get(self, key: dict) -> dict | None:
+        return self.runs.get(self._key(key))
+
+    def add(self, key: dict, run: dict) -> None:
+        k = self._key(key)
+        self.runs[k] = run
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"key": k, "run": run}) + "\n")
+
+
 def aggregate(runs: list[dict], metric: str) -> dict:
     """Mean and std over seeds of ``metric``; other numeric fields are averaged."""
     first = runs[0]

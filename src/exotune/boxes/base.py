@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from exotune.batching import length_sorted
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import AccessError, BoxLimitError
 
@@ -86,11 +87,13 @@ class Box(ABC):
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         """Outputs for ``texts`` (N, O), without gradients: the zero-shot path."""
-        batch_size = min(batch_size, self.spec.limits.max_batch)
-        outs = []
-        starts = range(0, len(texts), batch_size)
-        for i in tqdm(starts, desc="encode", disable=not progress or None, leave=False):
-            outs.append(self._encode_batch(texts[i : i + batch_size]))
-        if not outs:
-            return torch.zeros(0, self.spec.output_dim)
-        return torch.cat(outs)
+        return encode_sorted(self._encode_batch, texts, min(batch_size, self.spec.limits.max_batch),
+                             self.spec.output_dim, progress)
+
+
+def encode_sorted(fn, texts: list[str], batch_size: int, dim: int, progress: bool = False) -> torch.Tensor:
+    """``fn`` over length-sorted batches of ``texts``; rows come back in the input order."""
+    out = torch.zeros(len(texts), dim)
+    for idx in tqdm(length_sorted(texts, batch_size), desc="encode", disable=not progress or None, leave=False):
+        out[torch.as_tensor(idx)] = fn([texts[i] for i in idx]).float()
+    return out

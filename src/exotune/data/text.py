@@ -35,6 +35,10 @@ class TextLabelData:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def lengths(self) -> list[int]:
+        """Text lengths in characters: a cheap proxy for token counts, to batch by length."""
+        return [len(t) for t in self.texts]
+
     def subset(self, indices, name: str | None = None) -> TextLabelData:
         idx = [int(i) for i in indices]
         return TextLabelData(

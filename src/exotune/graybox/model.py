@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from exotune.boxes.base import Box, TokenBatch
+from exotune.boxes.base import Box, TokenBatch, encode_sorted
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.registry import build_adapter
 
@@ -64,12 +63,8 @@ class GrayBoxModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        batch_size = min(batch_size, self.box.spec.limits.max_batch)
         was_training = self.training
         self.eval()
-        outs = [
-            self(texts[i : i + batch_size])
-            for i in tqdm(range(0, len(texts), batch_size), desc="encode", disable=not progress or None, leave=False)
-        ]
+        out = encode_sorted(self, texts, min(batch_size, self.box.spec.limits.max_batch), self.box.spec.output_dim, progress)
         self.train(was_training)
-        return torch.cat(outs) if outs else torch.zeros(0, self.box.spec.output_dim)
+        return out

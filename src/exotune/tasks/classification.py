@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
-from exotune.boxes.base import Box
+from exotune.boxes.base import Box, encode_sorted
 from exotune.boxes.spec import BoxSpec
 from exotune.data.text import TextLabelData
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
@@ -109,12 +108,9 @@ class TextClassifier(nn.Module):
     def predict_proba(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         was_training = self.training
         self.eval()
-        out = [
-            self(texts[i : i + batch_size]).softmax(-1)
-            for i in tqdm(range(0, len(texts), batch_size), desc="predict", disable=not progress or None, leave=False)
-        ]
+        out = encode_sorted(lambda batch: self(batch).softmax(-1), texts, batch_size, len(self.label_names), progress)
         self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, len(self.label_names))
+        return out
 
     def predict(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> list[str]:
         idx = self.predict_proba(texts, batch_size, progress).argmax(-1).tolist()
