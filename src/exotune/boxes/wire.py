@@ -39,11 +39,15 @@ class Message:
 def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
     """Serialise ``tensors`` (float32 or int64, any device) and string metadata."""
     allowed = set(DTYPES.values())
-    out = {}
+    out, seen = {}, set()
     for name, t in tensors.items():
         if t.dtype not in allowed:
             raise WireError(f"tensor {name!r} has dtype {t.dtype}; the wire carries float32 and int64 only")
-        out[name] = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen:  # safetensors refuses tensors sharing memory
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
     meta = {str(k): str(v) for k, v in (meta or {}).items()}
     return save(out, metadata=meta or None)
 
