@@ -7,6 +7,14 @@ from exotune.graybox import DGAConfig, GrayBoxModel  # noqa: E402
 from exotune.tasks.classification import ClassificationConfig, TextClassifier  # noqa: E402
 from exotune.train import TrainConfig, Trainer  # noqa: E402
 
+
+def connect(url: str, token: str | None = None, **kwargs):
+    """A ``RemoteBox`` for the box served at ``url`` (needs the 'serve' extra: httpx)."""
+    from exotune.boxes.remote import connect as _connect
+
+    return _connect(url, token, **kwargs)
+
+
 __all__ = [
     "Box",
     "BoxSpec",
@@ -18,5 +26,6 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "__version__",
+    "connect",
     "load_box",
 ]

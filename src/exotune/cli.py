@@ -12,6 +12,7 @@ from exotune import __version__
 from exotune.errors import ExotuneError
 
 DEMO_DIR = "runs/demo"
+TOKENS_ENV = "EXOTUNE_TOKENS"
 
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
@@ -57,6 +58,30 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    from exotune.boxes.spec import ACCESS_LEVELS
+
+    p.add_argument("--model", default=None,
+                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
+    p.add_argument("--entry-points", nargs="+", default=None, help="light-gray: entry points the box exposes")
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--tokens-file", help=f"file with one bearer token per line (else ${TOKENS_ENV})")
+    auth.add_argument("--no-auth", action="store_true", help="serve without tokens: anyone who reaches the port may call")
+    p.add_argument("--stateless", action="store_true", help="keep no graphs: backward sends the inputs again")
+    p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
+    p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
+    p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
+    p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
+    p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
+    p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exotune", description="Adapt foundation models you cannot open.")
     parser.add_argument("--version", action="version", version=f"exotune {__version__}")
@@ -95,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", action="append", help="a text to label (repeatable)")
     src.add_argument("--input-file", help="a file with one text per line")
     p.add_argument("--top-k", type=int, default=1, help="labels to show per text")
+
+    p = sub.add_parser("serve", help="serve a box over HTTP at a chosen access level",
+                       description="Serve a backbone as a box: dark-gray and light-gray expose forward and "
+                                   "input gradients, black only outputs. Tokens come from --tokens-file or "
+                                   f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
+                                   "unless --no-auth is given.")
+    _add_serve_args(p)
 
     p = sub.add_parser("bench", help="run a comparison suite and write benchmarks/results/")
     from exotune.bench import SUITES, add_bench_args
@@ -228,7 +260,71 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+def _serve_tokens(args) -> list[str]:
+    import os
+
+    from exotune.errors import ConfigError
+
+    if args.tokens_file:
+        path = Path(args.tokens_file)
+        if not path.is_file():
+            raise ConfigError(f"--tokens-file {path} does not exist")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [t.strip() for t in lines if t.strip() and not t.strip().startswith("#")]
+    if args.no_auth:
+        return []
+    return [t.strip() for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
+
+
+def build_server(args):
+    """Parsed ``serve`` arguments -> the app to run (without running it)."""
+    import inspect
+
+    from exotune.boxes import TextEncoderBox, load_box
+    from exotune.errors import ConfigError
+    from exotune.serve import ServeConfig, create_app
+
+    tokens = _serve_tokens(args)
+    if not tokens and not args.no_auth:
+        raise ConfigError(f"refusing to serve without a token: put tokens in --tokens-file or ${TOKENS_ENV}, "
+                          "or pass --no-auth explicitly")
+    config = ServeConfig(stateless=args.stateless, no_auth=args.no_auth, max_batch=args.max_batch,
+                         max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
+                         rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
+                         handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
+                         max_handle_bytes=int(args.max_handle_mb * 2**20))
+    kwargs = {"access": args.level}
+    if args.entry_points:
+        if args.level != "light-gray":
+            raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
+        if "entry_points" not in inspect.signature(TextEncoderBox.__init__).parameters:
+            raise ConfigError("this version's text-encoder box exposes no entry points; serve at dark-gray")
+        kwargs["entry_points"] = tuple(args.entry_points)
+    return create_app(load_box(args.model, **kwargs), tokens, config)
+
+
+def _run_server(app, host: str, port: int) -> None:  # pragma: no cover - blocks; tests replace it
+    try:
+        import uvicorn
+    except ImportError as err:
+        from exotune.errors import MissingDependencyError
+
+        raise MissingDependencyError("exotune serve needs uvicorn: pip install 'exotune[serve]'") from err
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def cmd_serve(args) -> int:
+    app = build_server(args)
+    spec = app.state.service.spec
+    if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
+    print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/",
+          file=sys.stderr)
+    _run_server(app, args.host, args.port)
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,3 +41,36 @@ class ArtifactError(ExotuneError, ValueError):
 
 class NotFittedError(ExotuneError, AttributeError):
     """A model was used before it was trained or loaded."""
+
+
+class MissingDependencyError(ExotuneError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class WireError(ExotuneError, ValueError):
+    """Bytes on the wire are not a valid message: truncated, malformed, too large, wrong dtype."""
+
+
+class RemoteError(ExotuneError, ConnectionError):
+    """A served box could not be reached, or answered with a server error or a refusal."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class AuthenticationError(RemoteError, PermissionError):
+    """The served box rejected the bearer token (HTTP 401)."""
+
+
+class RequestRejectedError(RemoteError, ValueError):
+    """The served box refused a request as invalid (HTTP 4xx); the message is the server's."""
+
+
+class RateLimitError(RemoteError):
+    """The served box refused a call: too many requests, or the gradient budget is spent (HTTP 429)."""
+
+
+class HandleExpiredError(RemoteError):
+    """A forward handle is unknown, expired or already used; replay the forward."""

@@ -1,0 +1,189 @@
+"""The HTTP face of a served box (FastAPI). Routes are thin: auth, a bounded read, the service.
+
+Torch work runs in the thread pool; answers are safetensors bytes or small JSON. Errors are
+JSON ``{"error": code, "message": text}``; anything unexpected is logged here and answered
+with a generic 500, so no stack trace or server internal reaches a client.
+"""
+
+import json  # no "from __future__ import annotations": FastAPI reads the route annotations
+import logging
+import math
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from exotune import __version__
+from exotune.boxes import wire
+from exotune.boxes.base import Box
+from exotune.errors import AccessError, BoxLimitError, ConfigError, ExotuneError
+from exotune.serve.auth import TokenGate
+from exotune.serve.config import ServeConfig
+from exotune.serve.errors import ApiError
+from exotune.serve.service import BoxService
+
+log = logging.getLogger("exotune.serve")
+
+_TENSOR_BODY = {"requestBody": {"required": True, "content": {
+    wire.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def _json_body(properties: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "properties": properties}}}}}
+
+
+_TEXTS = {"texts": {"type": "array", "items": {"type": "string"}}}
+
+
+def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+class _Guard:
+    """Outermost ASGI layer: refuse bodies announced as too large before reading them, and
+    turn any unhandled exception into a generic 500 (logged with its trace, server-side)."""
+
+    def __init__(self, app, max_body_bytes: int) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            msg = (f"request body of {length.decode(errors='replace')} bytes exceeds the limit of "
+                   f"{self.max_body_bytes} bytes") if length.isdigit() else "invalid Content-Length"
+            await error_response(413 if length.isdigit() else 400, "limit", msg)(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await error_response(500, "internal", "internal server error")(scope, receive, send)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes, whatever Content-Length said (chunked bodies included)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "limit", f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    body = await read_body(request, limit)
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "request body must be a JSON object")
+    return data
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(request, err: ApiError):
+        return error_response(err.status, err.code, err.message, err.retry_after)
+
+    async def exotune_error(request, err: ExotuneError):
+        # raised by the box on a request it refuses; messages describe the request only
+        if isinstance(err, AccessError):
+            return error_response(403, "access", str(err))
+        if isinstance(err, (BoxLimitError, ConfigError)):
+            return error_response(422, "limit" if isinstance(err, BoxLimitError) else "invalid", str(err))
+        log.error("box refused a request: %r", err)
+        return error_response(422, "invalid", "the box refused the request")
+
+    async def validation_error(request, err: RequestValidationError):
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in err.errors())
+        return error_response(422, "invalid", f"invalid request parameters: {where}")
+
+    async def http_error(request, err: StarletteHTTPException):
+        return error_response(err.status_code, "http", str(err.detail))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(ExotuneError, exotune_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None) -> FastAPI:
+    """An ASGI app serving ``box`` at its access level to holders of ``tokens``."""
+    config = config or ServeConfig()
+    if not tokens and not config.no_auth:
+        raise ConfigError("serving a box needs at least one token (or no_auth=True, explicitly)")
+    if tokens and config.no_auth:
+        raise ConfigError("no_auth=True contradicts the tokens given; pass one or the other")
+    gate = TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget)
+    service = BoxService(box, config, gate)
+    app = FastAPI(title="exotune served box", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.add_middleware(_Guard, max_body_bytes=config.max_body_bytes)
+    _install_error_handlers(app)
+    limit = config.max_body_bytes
+
+    def caller(request: Request) -> str:
+        who = gate.identify(request.headers.get("authorization"))
+        gate.admit(who)
+        return who
+
+    Caller = Annotated[str, Depends(caller)]
+
+    def tensors(data: bytes) -> Response:
+        return Response(content=data, media_type=wire.MEDIA_TYPE)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/spec")
+    def spec(who: Caller) -> dict:
+        return service.describe()
+
+    @app.post("/v1/embed", openapi_extra=_json_body({**_TEXTS, "max_length": {"type": "integer"}}))
+    async def embed(request: Request, who: Caller) -> Response:
+        body = await read_json(request, limit)
+        return tensors(await run_in_threadpool(service.embed, body))
+
+    @app.post("/v1/forward", openapi_extra=_TENSOR_BODY)
+    async def forward(request: Request, who: Caller, train: bool = False) -> Response:
+        body = await read_body(request, limit)
+        return tensors(await run_in_threadpool(service.forward, who, body, train))
+
+    @app.post("/v1/backward", openapi_extra=_TENSOR_BODY)
+    async def backward(request: Request, who: Caller) -> Response:
+        body = await read_body(request, limit)
+        return tensors(await run_in_threadpool(service.backward, who, body))
+
+    @app.post("/v1/encode", openapi_extra=_json_body(_TEXTS))
+    async def encode(request: Request, who: Caller) -> Response:
+        body = await read_json(request, limit)
+        return tensors(await run_in_threadpool(service.encode, body))
+
+    @app.post("/v1/scores", openapi_extra=_json_body({**_TEXTS, "labels": _TEXTS["texts"]}))
+    async def scores(request: Request, who: Caller) -> Response:
+        body = await read_json(request, limit)
+        return tensors(await run_in_threadpool(service.scores, body))
+
+    return app

@@ -1,0 +1,56 @@
+"""What the serve and remote tests share: a fake light-gray box and client factories."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from exotune.boxes import Box, EntryPoint
+from exotune.serve import ServeConfig, create_app
+
+TOKEN, OTHER = "token-alpha-123", "token-bravo-456"
+
+
+class EntryBox(Box):
+    """A light-gray box for tests: a tiny BERT box plus entry tokens whose mean is mapped
+    linearly into the output (a stand-in until the text box injects them inside)."""
+
+    def __init__(self, inner: Box, max_tokens: int = 3) -> None:
+        self.inner = inner
+        d, o = inner.spec.input_dim, inner.spec.output_dim
+        g = torch.Generator().manual_seed(0)
+        self.proj = {"layer.1": torch.randn(d, o, generator=g), "layer.2": torch.randn(d, o, generator=g)}
+        points = tuple(EntryPoint(n, max_tokens) for n in self.proj)
+        self.spec = replace(inner.spec, access="light-gray", entry_points=points)
+
+    def embed(self, texts, max_length=None):
+        return self.inner.embed(texts, max_length)
+
+    def forward(self, embeds, mask, entry_tokens=None):
+        self.require("dark-gray", "light-gray")
+        self.check_input(embeds, mask)
+        out = self.inner.forward(embeds, mask)  # (B, O)
+        for name, tokens in sorted((entry_tokens or {}).items()):
+            out = out + torch.tanh(tokens.mean(0) @ self.proj[name])  # (O,) broadcast over B
+        return out
+
+
+def make_app(box, tokens=(TOKEN,), **config):
+    return create_app(box, list(tokens), ServeConfig(**config))
+
+
+def make_client(app, token: str | None = TOKEN):
+    from fastapi.testclient import TestClient
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return TestClient(app, headers=headers)
+
+
+def remote(app, token: str | None = TOKEN, **kwargs):
+    """A RemoteBox talking to ``app`` in-process (TestClient is an httpx client)."""
+    from fastapi.testclient import TestClient
+
+    import exotune
+
+    return exotune.connect("http://testserver", token=token, client=TestClient(app), **kwargs)

@@ -1,0 +1,250 @@
+"""RemoteBox against a served box: same gradients and training as local, errors, replays, CLI."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from exotune.cli import main
+from exotune.errors import (
+    AccessError,
+    AuthenticationError,
+    BoxLimitError,
+    RateLimitError,
+    RemoteError,
+)
+from exotune.graybox import DGAConfig, GrayBoxModel
+from exotune.tasks.classification import ClassificationConfig, TextClassifier
+from exotune.train import TrainConfig, Trainer
+
+from .conftest import colour_data
+from .serve_helpers import TOKEN, EntryBox, make_app, remote
+
+pytest.importorskip("fastapi")
+TEXTS = ["the car is red", "a blue sky is big", "green leaf"]
+
+
+def _grads(box, ref_box, entries: dict | None = None):
+    """Outputs and gradients of a random linear loss, w.r.t. embeds and entry tokens."""
+    batch = ref_box.embed(TEXTS)
+    embeds = batch.embeds.clone().requires_grad_(True)
+    tokens = {k: v.clone().requires_grad_(True) for k, v in (entries or {}).items()}
+    w = torch.randn(box.spec.output_dim, generator=torch.Generator().manual_seed(1))
+    out = box.forward(embeds, batch.mask, tokens or None)
+    (out @ w).pow(2).sum().backward()
+    return out.detach(), embeds.grad, {k: t.grad for k, t in tokens.items()}
+
+
+def _assert_same(a, b, tol=1e-6):
+    assert (a[0] - b[0]).abs().max() <= tol
+    assert (a[1] - b[1]).abs().max() <= tol
+    assert a[2].keys() == b[2].keys()
+    assert all((a[2][k] - b[2][k]).abs().max() <= tol for k in a[2])
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+def test_dark_gray_gradients_match_the_local_box(tiny_box, stateless):
+    box = remote(make_app(tiny_box, stateless=stateless))
+    assert box.spec.fingerprint() == tiny_box.spec.fingerprint()
+    _assert_same(_grads(box, tiny_box), _grads(tiny_box, tiny_box))
+    rb = box.embed(TEXTS)
+    lb = tiny_box.embed(TEXTS)
+    assert torch.equal(rb.embeds, lb.embeds) and torch.equal(rb.mask, lb.mask)
+    assert torch.allclose(box.encode(TEXTS), tiny_box.encode(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+def test_light_gray_gradients_match_with_entry_tokens(tiny_box, stateless):
+    local = EntryBox(tiny_box)
+    box = remote(make_app(local, stateless=stateless))
+    assert [e.name for e in box.spec.entry_points] == ["layer.1", "layer.2"]
+    entries = {"layer.2": torch.randn(3, 16), "layer.1": torch.randn(1, 16)}
+    r, loc = _grads(box, tiny_box, entries), _grads(local, tiny_box, entries)
+    _assert_same(r, loc)
+    assert all(g.abs().sum() > 0 for g in r[2].values())  # the entry tokens got gradients
+
+
+def _classifier(box, seed=0):
+    torch.manual_seed(seed)
+    return TextClassifier(box, ["red", "blue", "green"], DGAConfig(), ClassificationConfig(head="prototype"))
+
+
+def _fit(model, max_steps=4):
+    train, val = colour_data(48, seed=0), colour_data(12, seed=1)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=2e-2, patience=None, max_steps=max_steps)
+    return Trainer(cfg, progress=False).fit(model, train, val)
+
+
+def test_dga_training_through_the_remote_box_matches_local(tiny_box):
+    local = _classifier(tiny_box)
+    start = {k: v.clone() for k, v in local.state_dict().items()}
+    _fit(local)
+    assert not torch.equal(start["encoder.input_adapter.shift"], local.state_dict()["encoder.input_adapter.shift"])
+    box = remote(make_app(tiny_box))
+    far = _classifier(box)
+    _fit(far)
+    a, b = local.state_dict(), far.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert box.stats["replays"] == 0 and box.stats["retries"] == 0
+
+
+def test_expired_handles_are_replayed_and_training_continues(tiny_box):
+    local = _classifier(tiny_box)
+    _fit(local, max_steps=3)
+    app = make_app(tiny_box)
+    box = remote(app)
+    far = _classifier(box)
+    original = far.loss
+
+    def loss_then_expire(data):  # every handle expires between forward and backward
+        value = original(data)
+        app.state.service.handles.expire_all()
+        return value
+
+    far.loss = loss_then_expire
+    _fit(far, max_steps=3)
+    assert box.stats["replays"] == 3
+    a, b = local.state_dict(), far.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_remote_errors_are_clear(tiny_backbone, tiny_box):
+    from exotune.boxes import load_box
+
+    app = make_app(tiny_box, max_batch=2, grad_budget=1)
+    with pytest.raises(AuthenticationError, match="invalid bearer token"):
+        remote(app, token="wrong-token-999")
+    with pytest.raises(AuthenticationError, match="missing bearer token"):
+        remote(app, token="")
+    box = remote(app)
+    batch = tiny_box.embed(TEXTS[:2])
+    with pytest.raises(BoxLimitError, match="at most 2"):
+        box.embed(TEXTS)
+    box.forward(batch.embeds.clone().requires_grad_(True), batch.mask).sum().backward()
+    with pytest.raises(RateLimitError, match="budget"):
+        box.forward(batch.embeds.clone().requires_grad_(True), batch.mask).sum().backward()
+    assert box.stats["retries"] == 0  # a spent budget is not retried
+    black = remote(make_app(load_box(str(tiny_backbone), access="black")))
+    with pytest.raises(AccessError):
+        black.embed(["red"])
+    with pytest.raises(AccessError):
+        GrayBoxModel(black)
+    assert black.encode(TEXTS).shape == (3, 16)
+    assert black.scores(TEXTS, ["red", "blue"]).shape == (3, 2)
+
+
+def test_retries_on_503_and_rate_limits_then_succeeds(tiny_box):
+    import httpx
+    from fastapi.testclient import TestClient
+
+    inner = TestClient(make_app(tiny_box))
+    answers = iter([503, 429])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status = next(answers, None)
+        if status == 429:
+            return httpx.Response(429, json={"error": "rate_limited", "message": "slow down"}, headers={"Retry-After": "0"})
+        if status == 503:
+            return httpx.Response(503, json={"error": "busy", "message": "busy"})
+        r = inner.request(request.method, request.url.path, headers=request.headers, content=request.content)
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+    from exotune.boxes.remote import RemoteBox, RemoteConfig
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    box = RemoteBox("http://testserver", TOKEN, client=client, config=RemoteConfig(backoff_s=0.0))
+    assert box.stats["retries"] == 2 and box.spec.output_dim == 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_errors_raise_after_bounded_retries():
+    import exotune
+    from exotune.boxes.remote import RemoteConfig
+
+    t0 = time.perf_counter()
+    with pytest.raises(RemoteError, match="after 3 tries"):
+        exotune.connect(f"http://127.0.0.1:{_free_port()}", token=TOKEN,
+                        config=RemoteConfig(retries=2, backoff_s=0.01, timeout_s=2))
+    assert time.perf_counter() - t0 < 10
+
+
+def test_a_real_uvicorn_server_on_loopback(tiny_box):
+    import uvicorn
+
+    import exotune
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(make_app(tiny_box), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):  # at most 10 s for the server to start
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        url = f"http://127.0.0.1:{port}"
+        with exotune.connect(url, token=TOKEN) as box:
+            _assert_same(_grads(box, tiny_box), _grads(tiny_box, tiny_box))
+            assert TOKEN not in repr(box)
+        with pytest.raises(AuthenticationError):
+            exotune.connect(url, token="wrong-token-999")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(monkeypatch):
+    from exotune import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_run_server", lambda app, host, port: calls.append((app, host, port)))
+    monkeypatch.delenv("EXOTUNE_TOKENS", raising=False)
+    return calls
+
+
+def test_serve_refuses_to_start_without_a_token(tiny_backbone, served, capsys):
+    assert main(["serve", "--model", str(tiny_backbone)]) == 2
+    assert "refusing to serve without a token" in capsys.readouterr().err
+    assert served == []
+
+
+def test_serve_with_tokens_file_env_or_no_auth(tiny_backbone, served, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# owner's tokens\n{TOKEN}\n")
+    argv = ["serve", "--model", str(tiny_backbone), "--port", "8123", "--max-batch", "4", "--stateless"]
+    assert main([*argv, "--tokens-file", str(tokens), "--level", "black"]) == 0
+    app, host, port = served[-1]
+    assert (host, port) == ("127.0.0.1", 8123)
+    spec = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}).get("/v1/spec").json()
+    assert spec["spec"]["access"] == "black" and spec["spec"]["limits"]["max_batch"] == 4
+    assert spec["server"]["stateless"] is True
+    monkeypatch.setenv("EXOTUNE_TOKENS", f"{TOKEN},another-token-1")
+    assert main(argv) == 0
+    assert TestClient(served[-1][0]).get("/v1/spec").status_code == 401
+    monkeypatch.delenv("EXOTUNE_TOKENS")
+    assert main([*argv, "--no-auth"]) == 0
+    assert TestClient(served[-1][0]).get("/v1/spec").status_code == 200
+
+
+def test_serve_entry_points_need_light_gray(tiny_backbone, served, capsys):
+    argv = ["serve", "--model", str(tiny_backbone), "--no-auth", "--entry-points", "layer.1"]
+    assert main(argv) == 2
+    assert "light-gray" in capsys.readouterr().err
