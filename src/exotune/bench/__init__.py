@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from exotune.bench import classification
+from exotune.bench import classification, remote
 from exotune.bench.common import (
     RESULTS_DIR,
     RunLog,
@@ -16,7 +16,7 @@ from exotune.bench.common import (
     write_results,
 )
 
-SUITES = {"classification": classification}
+SUITES = {"classification": classification, "remote": remote}
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -35,6 +35,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
 def run_suite(args) -> int:
     suite = SUITES[args.suite]
+    if hasattr(suite, "run"):  # a suite with its own driver
+        return suite.run(args)
     budget = suite.Budget(epochs=args.epochs, max_train=args.max_train)
     seeds = args.seeds
     if args.quick:
