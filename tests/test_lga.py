@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from exotune.boxes import BoxLimits, BoxSpec, TextEncoderBox, load_box
-from exotune.boxes.text import entry_point_options
+from exotune.boxes.entry_points import entry_point_options
 from exotune.cli import main
 from exotune.errors import AccessError, BoxLimitError, ConfigError, SpecMismatchError
 from exotune.graybox import DGAConfig, EntryTokensConfig, GrayBoxModel

@@ -5,20 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch
+from exotune.boxes.entry_points import ENTRY_PREFIX, entry_layers, find_layers, inject
 from exotune.boxes.spec import BoxLimits, BoxSpec, EntryPoint
 from exotune.errors import BoxLimitError, ConfigError
 
 POOLINGS = ("mean", "cls")
-ENTRY_PREFIX = "layer."  # entry point "layer.i": the input of transformer layer i
-# Where BERT-family models in transformers keep their list of transformer layers.
-_LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
 
 
 def _model_digest(model: nn.Module) -> str:
@@ -28,49 +25,6 @@ def _model_digest(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _find_layers(model: nn.Module) -> nn.ModuleList:
-    """The encoder's transformer layers, found by the usual attribute paths."""
-    for path in _LAYER_PATHS:
-        node = model
-        for attr in path.split("."):
-            node = getattr(node, attr, None)
-        if isinstance(node, nn.ModuleList) and len(node) > 0:
-            return node
-    raise ConfigError(
-        f"entry_points: cannot find a list of transformer layers in this backbone (looked for "
-        f"{', '.join(_LAYER_PATHS)}); it can only be served without entry points (dark-gray)"
-    )
-
-
-def _entry_layers(entry_points, n_layers: int) -> tuple[int, ...]:
-    """``"all"`` or layer indices -> sorted, checked indices."""
-    if entry_points == "all":
-        return tuple(range(n_layers))
-    if isinstance(entry_points, (str, bytes)) or not isinstance(entry_points, Sequence) or not entry_points:
-        raise ConfigError(f"entry_points must be 'all' or a non-empty list of layer indices, got {entry_points!r}")
-    bad = [i for i in entry_points if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layers]
-    if bad:
-        raise ConfigError(f"entry_points must be layer indices in [0, {n_layers - 1}], got {bad!r}")
-    if len(set(entry_points)) != len(entry_points):
-        raise ConfigError(f"entry_points lists a layer twice: {list(entry_points)!r}")
-    return tuple(sorted(entry_points))
-
-
-def entry_point_options(entry_points: Sequence[EntryPoint]) -> dict:
-    """Constructor options that rebuild a box exposing ``entry_points`` (e.g. from a saved spec)."""
-    if not entry_points:
-        return {}
-    layers, limits = [], {e.max_tokens for e in entry_points}
-    for e in entry_points:
-        index = e.name[len(ENTRY_PREFIX):]
-        if not e.name.startswith(ENTRY_PREFIX) or not index.isdigit():
-            raise ConfigError(f"entry point {e.name!r} is not a text-encoder layer ('{ENTRY_PREFIX}<index>')")
-        layers.append(int(index))
-    if len(limits) != 1:
-        raise ConfigError(f"entry points with different max_tokens {sorted(limits)} cannot be rebuilt")
-    return {"entry_points": layers, "entry_tokens_max": limits.pop()}
 
 
 class TextEncoderBox(Box):
@@ -113,8 +67,8 @@ class TextEncoderBox(Box):
                     f"entry_points need token embeddings as wide as the hidden states; this backbone has "
                     f"{embedding_dim} vs {model.config.hidden_size}"
                 )
-            layers = _find_layers(model)
-            indices = _entry_layers(entry_points, len(layers))
+            layers = find_layers(model)
+            indices = entry_layers(entry_points, len(layers))
             self.__layers = {f"{ENTRY_PREFIX}{i}": layers[i] for i in indices}
             points = tuple(EntryPoint(name, entry_tokens_max) for name in self.__layers)
         access = access or "dark-gray"
@@ -207,31 +161,6 @@ class TextEncoderBox(Box):
             )
         return n
 
-    @contextmanager
-    def _injecting(self, entry_tokens: Mapping[str, torch.Tensor], n: int):
-        """Overwrite positions 1..n at the input of each entry layer, for the duration of one call."""
-
-        def hook_for(tokens: torch.Tensor):
-            def hook(module, args, kwargs):
-                hidden = args[0] if args else kwargs["hidden_states"]  # (B, n + T, H)
-                rows = tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], n, -1)  # (B, n, H)
-                hidden = torch.cat([hidden[:, :1], rows, hidden[:, 1 + n :]], dim=1)
-                if args:
-                    return (hidden, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": hidden}
-
-            return hook
-
-        handles = [
-            self.__layers[name].register_forward_pre_hook(hook_for(tokens), with_kwargs=True)
-            for name, tokens in entry_tokens.items()
-        ]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
     def _forward_with_entry_tokens(self, embeds, mask, entry_tokens, n: int) -> torch.Tensor:
         # VPT-deep: n reserved positions right after [CLS] ride through every layer; each entry
         # layer overwrites them with its own tokens, layers without tokens carry them through.
@@ -240,13 +169,13 @@ class TextEncoderBox(Box):
         embeds = torch.cat([embeds[:, :1], slots, embeds[:, 1:]], dim=1)  # (B, n + T, D)
         ones = mask.new_ones(b, n)
         full_mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, n + T)
-        with self._injecting(entry_tokens, n):
+        with inject(self.__layers, entry_tokens, n):
             hidden = self.__model(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
-        # Pooling leaves the reserved positions out: they are the owner's scratch space, and the
-        # tokens act on the text through attention only, as in VPT-deep where prompt outputs are
-        # dropped. Their last-layer states are one layer's transform of learned constants, a
-        # bias the output adapter can learn anyway; the pooled output stays a pooling of the
-        # input's own tokens (the spec's ``pooling``) and stays comparable with DGA's.
+        # Pooling leaves the reserved positions out, as VPT-deep drops the prompts' outputs: the
+        # tokens act on the text through attention, and the pooled output stays a pooling of the
+        # input's own tokens (the spec's ``pooling``), so it does not depend on how many tokens
+        # the user chose and compares directly with a dark-gray forward. ("cls" reads position
+        # 0, which precedes them.)
         hidden = torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1)  # (B, T, H)
         return self._pool(hidden, mask)
 

@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
 from exotune.boxes.base import Box
+from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
-from exotune.boxes.text import entry_point_options
 from exotune.data.text import TextLabelData
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
 from exotune.graybox.config import DGAConfig
