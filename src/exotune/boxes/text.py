@@ -165,7 +165,7 @@ class TextEncoderBox(Box):
         # VPT-deep: n reserved positions right after [CLS] ride through every layer; each entry
         # layer overwrites them with its own tokens, layers without tokens carry them through.
         b = embeds.shape[0]
-        slots = embeds.new_zeros(b, n, embeds.shape[2])  # (B, n, D), replaced at the first entry layer
+        slots = embeds.new_zeros(b, n, embeds.shape[2])  # (B, n, D): zeros until a layer given tokens
         embeds = torch.cat([embeds[:, :1], slots, embeds[:, 1:]], dim=1)  # (B, n + T, D)
         ones = mask.new_ones(b, n)
         full_mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, n + T)
