@@ -68,6 +68,19 @@ def test_light_gray_gradients_match_with_entry_tokens(tiny_box, stateless):
     assert all(g.abs().sum() > 0 for g in r[2].values())  # the entry tokens got gradients
 
 
+@pytest.mark.parametrize("stateless", [False, True])
+def test_light_gray_text_box_gradients_match(tiny_backbone, stateless):
+    from exotune.boxes import load_box
+
+    local = load_box(str(tiny_backbone), entry_points="all", entry_tokens_max=4)
+    box = remote(make_app(local, stateless=stateless))
+    assert box.spec.fingerprint() == local.spec.fingerprint()
+    entries = {"layer.0": torch.randn(2, 16), "layer.1": torch.randn(2, 16)}
+    r, loc = _grads(box, local, entries), _grads(local, local, entries)
+    _assert_same(r, loc)
+    assert all(g.abs().sum() > 0 for g in r[2].values())
+
+
 def _classifier(box, seed=0):
     torch.manual_seed(seed)
     return TextClassifier(box, ["red", "blue", "green"], DGAConfig(), ClassificationConfig(head="prototype"))
@@ -245,6 +258,11 @@ def test_serve_with_tokens_file_env_or_no_auth(tiny_backbone, served, tmp_path, 
 
 
 def test_serve_entry_points_need_light_gray(tiny_backbone, served, capsys):
-    argv = ["serve", "--model", str(tiny_backbone), "--no-auth", "--entry-points", "layer.1"]
+    from fastapi.testclient import TestClient
+
+    argv = ["serve", "--model", str(tiny_backbone), "--no-auth", "--entry-points", "1"]
     assert main(argv) == 2
     assert "light-gray" in capsys.readouterr().err
+    assert main([*argv, "--level", "light-gray"]) == 0
+    spec = TestClient(served[-1][0]).get("/v1/spec").json()["spec"]
+    assert [e["name"] for e in spec["entry_points"]] == ["layer.1"]

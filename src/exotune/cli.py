@@ -13,6 +13,8 @@ from exotune.errors import ExotuneError
 
 DEMO_DIR = "runs/demo"
 TOKENS_ENV = "EXOTUNE_TOKENS"
+ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
+ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
 
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
@@ -32,6 +34,29 @@ def _add_box_args(p: argparse.ArgumentParser) -> None:
                    help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
 
 
+def _entry_points_arg(value: str) -> str | list[int]:
+    """``all`` or comma-separated layer indices, e.g. ``0,2,5``."""
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        layers = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or comma-separated layer indices, got {value!r}") from None
+    if any(i < 0 for i in layers):
+        raise argparse.ArgumentTypeError(f"layer indices must be >= 0, got {value!r}")
+    return layers
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return number
+
+
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     from exotune.graybox import VARIANTS, adapter_names
     from exotune.tasks.heads import HEADS
@@ -45,6 +70,12 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
     a.add_argument("--head", default="prototype", choices=HEADS, help="default: prototype (zero-shot at step 0)")
     a.add_argument("--label-template", default="{}", help="text a class name is encoded as, e.g. 'a review that is {}'")
+    g = p.add_argument_group("entry tokens (LGA: the box is loaded light-gray)")
+    g.add_argument("--entry-points", type=_entry_points_arg, default=None,
+                   help="layers that accept tokens: 'all' or comma-separated indices, e.g. 0,2,5 (default with "
+                        "--entry-tokens: all)")
+    g.add_argument("--entry-tokens", type=_positive_int, default=None, metavar="N",
+                   help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=epochs)
     t.add_argument("--batch-size", type=int, default=32)
@@ -64,7 +95,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
-    p.add_argument("--entry-points", nargs="+", default=None, help="light-gray: entry points the box exposes")
+    p.add_argument("--entry-points", type=_entry_points_arg, default=None,
+                   help="light-gray: 'all' or comma-separated layer indices that accept tokens")
+    p.add_argument("--entry-tokens-max", type=_positive_int, default=ENTRY_TOKENS_MAX,
+                   help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
     auth = p.add_mutually_exclusive_group()
@@ -96,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("train", help="train DGA adapters and a head on a labelled dataset")
+    p = sub.add_parser("train", help="train DGA adapters (LGA with --entry-points) and a head on a labelled dataset")
     _add_data_args(p)
     _add_box_args(p)
     _add_train_args(p)
@@ -150,7 +184,36 @@ def _dga_config(args):
 
     inp = TextShiftConfig(shift=not args.no_shift, extra_tokens=args.extra_tokens)
     out = ResidualMLPConfig(hidden=args.mlp_hidden) if args.output_adapter == "mlp" else LinearOutputConfig()
-    return DGAConfig.variant(args.variant, inp, out)
+    return DGAConfig.variant(args.variant, inp, out, _entry_tokens_config(args))
+
+
+def _lga(args) -> bool:
+    return args.entry_points is not None or args.entry_tokens is not None
+
+
+def _entry_tokens_config(args):
+    from exotune.graybox import EntryTokensConfig
+
+    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS) if _lga(args) else None
+
+
+def _train_box(args):
+    """The local box to train against: light-gray with the chosen entry points for LGA."""
+    from exotune.boxes import load_box
+
+    if not _lga(args):
+        return load_box(args.backbone)
+    n = args.entry_tokens or ENTRY_TOKENS
+    return load_box(args.backbone, entry_points=args.entry_points or "all",
+                    entry_tokens_max=max(ENTRY_TOKENS_MAX, n))
+
+
+def _adapter_box(args):
+    """The local box an adapter was trained against, rebuilt with the same entry points."""
+    from exotune.boxes import load_box
+    from exotune.tasks.classification import saved_box_options
+
+    return load_box(args.backbone, **saved_box_options(args.adapter))
 
 
 def _train_config(args):
@@ -161,7 +224,6 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from exotune.boxes import load_box
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
     from exotune.train import Trainer
 
@@ -171,9 +233,9 @@ def cmd_train(args) -> int:
     train, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
         train = train.head(args.max_train, seed=args.seed)
-    box = load_box(args.backbone)
+    box = _train_box(args)
     model = TextClassifier(box, data.label_names, dga, cls_cfg)
-    print(f"training DGA ({dga.variant_name}) on {len(train)} examples, validating on {len(val)}; "
+    print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
           f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
     out = Path(args.output_dir)
     result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
@@ -195,11 +257,11 @@ def cmd_eval(args) -> int:
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
 
     data = _load_data(args, args.split)
-    box = load_box(args.backbone)
     if args.zero_shot:
+        box = load_box(args.backbone)
         model = TextClassifier(box, data.label_names, None, ClassificationConfig(label_template=args.label_template))
     else:
-        model = TextClassifier.from_pretrained(args.adapter, box)
+        model = TextClassifier.from_pretrained(args.adapter, _adapter_box(args))
     metrics = model.evaluate(data, progress=True)
     if args.json:
         print(json.dumps(metrics))
@@ -209,7 +271,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from exotune.boxes import load_box
     from exotune.data.text import read_text
     from exotune.errors import DataError
     from exotune.tasks.classification import TextClassifier
@@ -220,7 +281,7 @@ def cmd_predict(args) -> int:
         texts = [line for line in read_text(Path(args.input_file)).splitlines() if line.strip()]
     if not texts or any(not t.strip() for t in texts):
         raise DataError("predict needs non-empty texts")
-    model = TextClassifier.from_pretrained(args.adapter, load_box(args.backbone))
+    model = TextClassifier.from_pretrained(args.adapter, _adapter_box(args))
     probs = model.predict_proba(texts)
     k = max(1, min(args.top_k, len(model.label_names)))
     for text, p in zip(texts, probs, strict=True):
@@ -278,9 +339,8 @@ def _serve_tokens(args) -> list[str]:
 
 def build_server(args):
     """Parsed ``serve`` arguments -> the app to run (without running it)."""
-    import inspect
 
-    from exotune.boxes import TextEncoderBox, load_box
+    from exotune.boxes import load_box
     from exotune.errors import ConfigError
     from exotune.serve import ServeConfig, create_app
 
@@ -297,9 +357,7 @@ def build_server(args):
     if args.entry_points:
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
-        if "entry_points" not in inspect.signature(TextEncoderBox.__init__).parameters:
-            raise ConfigError("this version's text-encoder box exposes no entry points; serve at dark-gray")
-        kwargs["entry_points"] = tuple(args.entry_points)
+        kwargs.update(entry_points=args.entry_points, entry_tokens_max=args.entry_tokens_max)
     return create_app(load_box(args.model, **kwargs), tokens, config)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch
-from exotune.boxes.spec import BoxLimits, BoxSpec
-from exotune.errors import ConfigError
+from exotune.boxes.entry_points import ENTRY_PREFIX, entry_layers, find_layers, inject
+from exotune.boxes.spec import BoxLimits, BoxSpec, EntryPoint
+from exotune.errors import BoxLimitError, ConfigError
 
 POOLINGS = ("mean", "cls")
 
@@ -30,6 +32,10 @@ class TextEncoderBox(Box):
 
     The encoder is stored under a name-mangled attribute and is never returned; the box is
     not an ``nn.Module``, so an adapter holding it does not see the backbone's parameters.
+
+    ``entry_points`` (``"all"`` or layer indices) makes it a light-gray box: the input of each
+    named transformer layer accepts up to ``entry_tokens_max`` tokens (VPT-deep), exposed as
+    ``spec.entry_points`` named ``"layer.<i>"``.
     """
 
     def __init__(
@@ -40,11 +46,32 @@ class TextEncoderBox(Box):
         pooling: str = "mean",
         normalize: bool = False,
         max_length: int | None = None,
-        access: str = "dark-gray",
+        access: str | None = None,  # default: "light-gray" with entry points, else "dark-gray"
         limits: BoxLimits | None = None,
+        entry_points: str | Sequence[int] | None = None,
+        entry_tokens_max: int = 8,
     ) -> None:
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        points: tuple[EntryPoint, ...] = ()
+        self.__layers: dict[str, nn.Module] = {}
+        if entry_points is not None:
+            access = access or "light-gray"
+            if access != "light-gray":
+                raise ConfigError(f"entry_points need access='light-gray', got access={access!r}")
+            if isinstance(entry_tokens_max, bool) or not isinstance(entry_tokens_max, int) or entry_tokens_max < 1:
+                raise ConfigError(f"entry_tokens_max must be an integer >= 1, got {entry_tokens_max!r}")
+            embedding_dim = model.get_input_embeddings().embedding_dim
+            if embedding_dim != model.config.hidden_size:
+                raise ConfigError(
+                    f"entry_points need token embeddings as wide as the hidden states; this backbone has "
+                    f"{embedding_dim} vs {model.config.hidden_size}"
+                )
+            layers = find_layers(model)
+            indices = entry_layers(entry_points, len(layers))
+            self.__layers = {f"{ENTRY_PREFIX}{i}": layers[i] for i in indices}
+            points = tuple(EntryPoint(name, entry_tokens_max) for name in self.__layers)
+        access = access or "dark-gray"
         model.eval()
         model.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self.__model = model
@@ -65,6 +92,7 @@ class TextEncoderBox(Box):
             text_max_length=max_length,
             pooling=pooling,
             normalized=normalize,
+            entry_points=points,
             limits=limits,
         )
 
@@ -88,6 +116,8 @@ class TextEncoderBox(Box):
         self.check_input(embeds, mask)
         if entry_tokens:
             self.require("light-gray")
+            n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
+            return self._forward_with_entry_tokens(embeds, mask, entry_tokens, n)
         return self._forward(embeds, mask)
 
     # -- private ------------------------------------------------------------------------------
@@ -102,8 +132,58 @@ class TextEncoderBox(Box):
         embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
         return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
 
+    def _check_entry_tokens(self, entry_tokens: Mapping[str, torch.Tensor], length: int) -> int:
+        """Validate names, shapes and counts; return n, the tokens per entry point."""
+        if not isinstance(entry_tokens, Mapping):
+            raise ConfigError(f"entry_tokens must map entry point names to tensors, got {type(entry_tokens).__name__}")
+        points = {e.name: e for e in self.spec.entry_points}
+        counts = {}
+        for name, tokens in entry_tokens.items():
+            if name not in points:
+                raise ConfigError(f"entry_tokens: unknown entry point {name!r}; this box exposes {sorted(points) or 'none'}")
+            dim = self.spec.input_dim
+            if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != dim or not len(tokens):
+                shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+                raise BoxLimitError(f"entry_tokens[{name!r}] must have shape (n, {dim}) with n >= 1, got {shape}")
+            if len(tokens) > points[name].max_tokens:
+                raise BoxLimitError(
+                    f"entry_tokens[{name!r}] has {len(tokens)} tokens; the entry point takes at most "
+                    f"{points[name].max_tokens}"
+                )
+            counts[name] = len(tokens)
+        if len(set(counts.values())) > 1:
+            raise BoxLimitError(f"entry_tokens must give the same number of tokens to every entry point, got {counts}")
+        n = next(iter(counts.values()))
+        if length + n > self.spec.limits.max_length:
+            raise BoxLimitError(
+                f"sequence of {length} tokens plus {n} entry tokens exceeds the box's max_length "
+                f"{self.spec.limits.max_length}"
+            )
+        return n
+
+    def _forward_with_entry_tokens(self, embeds, mask, entry_tokens, n: int) -> torch.Tensor:
+        # VPT-deep: n reserved positions right after [CLS] ride through every layer; each entry
+        # layer overwrites them with its own tokens, layers without tokens carry them through.
+        b = embeds.shape[0]
+        slots = embeds.new_zeros(b, n, embeds.shape[2])  # (B, n, D): zeros until a layer given tokens
+        embeds = torch.cat([embeds[:, :1], slots, embeds[:, 1:]], dim=1)  # (B, n + T, D)
+        ones = mask.new_ones(b, n)
+        full_mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, n + T)
+        with inject(self.__layers, entry_tokens, n):
+            hidden = self.__model(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+        # Pooling leaves the reserved positions out, as VPT-deep drops the prompts' outputs: the
+        # tokens act on the text through attention, and the pooled output stays a pooling of the
+        # input's own tokens (the spec's ``pooling``), so it does not depend on how many tokens
+        # the user chose and compares directly with a dark-gray forward. ("cls" reads position
+        # 0, which precedes them.)
+        hidden = torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1)  # (B, T, H)
+        return self._pool(hidden, mask)
+
     def _forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = self.__model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, T, H)
+        return self._pool(hidden, mask)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:

@@ -1,10 +1,11 @@
-"""DGA configuration: which input and output adapters, with their options."""
+"""DGA / LGA configuration: which input and output adapters, and entry tokens, with their options."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from exotune.errors import ConfigError
+from exotune.graybox.entry_tokens import EntryTokensConfig
 from exotune.graybox.input_adapters import TextShiftConfig
 from exotune.graybox.output_adapters import LinearOutputConfig
 from exotune.graybox.registry import config_from_dict, config_to_dict
@@ -14,22 +15,31 @@ VARIANTS = ("both", "input-only", "output-only", "none")
 
 @dataclass
 class DGAConfig:
-    """Adapters on either side of the hidden backbone; ``None`` switches a side off."""
+    """Adapters on either side of the hidden backbone; ``None`` switches a side off.
+
+    With ``entry_tokens`` set this is LGA (DGA plus tokens at a light-gray box's entry points).
+    """
 
     input_adapter: object | None = field(default_factory=TextShiftConfig)
     output_adapter: object | None = field(default_factory=LinearOutputConfig)
+    entry_tokens: EntryTokensConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.input_adapter, dict):
             self.input_adapter = config_from_dict("input", self.input_adapter)
         if isinstance(self.output_adapter, dict):
             self.output_adapter = config_from_dict("output", self.output_adapter)
+        if isinstance(self.entry_tokens, dict):
+            self.entry_tokens = EntryTokensConfig.from_dict(self.entry_tokens)
+        if self.entry_tokens is not None and not isinstance(self.entry_tokens, EntryTokensConfig):
+            raise ConfigError(f"entry_tokens must be an EntryTokensConfig or None, got {self.entry_tokens!r}")
         # validates that both are registered configs
         self.to_dict()
 
     @classmethod
-    def variant(cls, name: str, input_adapter=None, output_adapter=None) -> DGAConfig:
-        """The ablation forms: ``both``, ``input-only``, ``output-only`` (``none``: head only)."""
+    def variant(cls, name: str, input_adapter=None, output_adapter=None, entry_tokens=None) -> DGAConfig:
+        """The ablation forms: ``both``, ``input-only``, ``output-only`` (``none``: head only);
+        with ``entry_tokens`` (an ``EntryTokensConfig``), the LGA form of each."""
         if name not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {name!r}")
         use_in = name in ("both", "input-only")
@@ -37,10 +47,28 @@ class DGAConfig:
         return cls(
             input_adapter=(input_adapter or TextShiftConfig()) if use_in else None,
             output_adapter=(output_adapter or LinearOutputConfig()) if use_out else None,
+            entry_tokens=entry_tokens,
         )
 
     @property
+    def method(self) -> str:
+        """``lga`` with entry tokens, else ``dga`` (the benchmark records' ``method``)."""
+        return "dga" if self.entry_tokens is None else "lga"
+
+    @property
+    def access(self) -> str:
+        """The access level a box must grant to train this configuration."""
+        return "dark-gray" if self.entry_tokens is None else "light-gray"
+
+    @property
+    def description(self) -> str:
+        """For people: ``DGA (both)``, ``LGA (output-only, tokens=2)``."""
+        parts = [self.variant_name] + ([] if self.entry_tokens is None else [self.entry_tokens.variant_name])
+        return f"{self.method.upper()} ({', '.join(parts)})"
+
+    @property
     def variant_name(self) -> str:
+        """Which sides are adapted (entry tokens aside: see ``method``)."""
         return {
             (True, True): "both",
             (True, False): "input-only",
@@ -52,8 +80,13 @@ class DGAConfig:
         return {
             "input_adapter": None if self.input_adapter is None else config_to_dict("input", self.input_adapter),
             "output_adapter": None if self.output_adapter is None else config_to_dict("output", self.output_adapter),
+            "entry_tokens": None if self.entry_tokens is None else self.entry_tokens.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> DGAConfig:
-        return cls(input_adapter=data.get("input_adapter"), output_adapter=data.get("output_adapter"))
+        return cls(
+            input_adapter=data.get("input_adapter"),
+            output_adapter=data.get("output_adapter"),
+            entry_tokens=data.get("entry_tokens"),  # absent in DGA adapters saved before LGA
+        )

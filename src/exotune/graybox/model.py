@@ -1,4 +1,4 @@
-"""The adapted model: input adapter -> hidden box -> output adapter."""
+"""The adapted model: input adapter -> hidden box (+ entry tokens, LGA) -> output adapter."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch, encode_sorted
 from exotune.graybox.config import DGAConfig
+from exotune.graybox.entry_tokens import EntryTokens
 from exotune.graybox.registry import build_adapter
 
 _CACHE_LIMIT = 500_000
 
 
 class GrayBoxModel(nn.Module):
-    """DGA around a box. Holds the box as a plain attribute: its backbone is not a submodule,
+    """DGA (or LGA) around a box. Holds the box as a plain attribute: its backbone is not a submodule,
     so ``parameters()`` and ``state_dict()`` hold only what the user trains."""
 
     def __init__(self, box: Box, config: DGAConfig | None = None) -> None:
@@ -25,12 +26,15 @@ class GrayBoxModel(nn.Module):
         cfg = self.config
         self.input_adapter = None if cfg.input_adapter is None else build_adapter("input", cfg.input_adapter, spec)
         self.output_adapter = None if cfg.output_adapter is None else build_adapter("output", cfg.output_adapter, spec)
-        # Without an input adapter the box's outputs for a text never change: cache them.
-        self._cache: dict[str, torch.Tensor] | None = {} if self.input_adapter is None else None
+        self.entry_tokens = None if cfg.entry_tokens is None else EntryTokens(cfg.entry_tokens, spec)
+        # With nothing trained before or inside the box, its outputs for a text never change: cache them.
+        frozen_box = self.input_adapter is None and self.entry_tokens is None
+        self._cache: dict[str, torch.Tensor] | None = {} if frozen_box else None
 
     @property
     def added_tokens(self) -> int:
-        return getattr(self.input_adapter, "added_tokens", 0)
+        """Sequence positions the adapters add to each text (input tokens and entry tokens)."""
+        return sum(getattr(m, "added_tokens", 0) for m in (self.input_adapter, self.entry_tokens) if m is not None)
 
     def embed(self, texts: list[str]) -> TokenBatch:
         spec = self.box.spec
@@ -52,8 +56,11 @@ class GrayBoxModel(nn.Module):
                     return torch.stack([self._cache.get(t, lookup.get(t)) for t in texts])
             return torch.stack([self._cache[t] for t in texts])
         batch = self.embed(texts)
-        embeds, mask = self.input_adapter(batch.embeds, batch.mask)  # (B, T + k, D)
-        return self.box.forward(embeds, mask)
+        embeds, mask = batch.embeds, batch.mask  # (B, T, D), (B, T)
+        if self.input_adapter is not None:
+            embeds, mask = self.input_adapter(embeds, mask)  # (B, T + k, D)
+        tokens = None if self.entry_tokens is None else self.entry_tokens()  # name -> (n, D)
+        return self.box.forward(embeds, mask, tokens)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         z = self.backbone_outputs(texts)  # (B, O)

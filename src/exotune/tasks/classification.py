@@ -13,6 +13,7 @@ from torch import nn
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
 from exotune.boxes.base import Box, encode_sorted
+from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
 from exotune.data.text import TextLabelData
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
@@ -52,6 +53,20 @@ class ClassificationConfig:
 def label_texts(label_names: list[str], template: str = "{}") -> list[str]:
     """``card_arrival`` -> ``card arrival``: class names as a person would write them."""
     return [template.format(name.replace("_", " ")) for name in label_names]
+
+
+def saved_box_options(path: str | Path) -> dict:
+    """``load_box`` options that rebuild the box an adapter was trained against: its entry
+    points (they are part of the spec's fingerprint). Empty for a DGA adapter."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"adapter folder {path} does not exist")
+    cfg = read_json(path / CONFIG_NAME)
+    try:
+        spec = BoxSpec.from_dict(cfg["box_spec"])
+    except (KeyError, TypeError) as err:
+        raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles its box_spec: {err}") from err
+    return entry_point_options(spec.entry_points)
 
 
 class TextClassifier(nn.Module):
@@ -129,7 +144,7 @@ class TextClassifier(nn.Module):
         return {
             "type": ADAPTER_TYPE,
             "library_version": __version__,
-            "access": "dark-gray",
+            "access": self.dga.access,
             "box_fingerprint": spec.fingerprint(),
             "box_spec": spec.to_dict(),
             "dga": self.dga.to_dict(),

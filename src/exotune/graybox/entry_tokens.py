@@ -1,0 +1,93 @@
+"""LGA entry tokens: an independent set of learnable tokens per entry point of a light-gray box."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from exotune.boxes.spec import BoxSpec
+from exotune.errors import AccessError, ConfigError
+
+
+@dataclass
+class EntryTokensConfig:
+    """Which entry points get tokens (``"all"`` or names from ``spec.entry_points``), how many
+    tokens each (the same count everywhere: the box reserves one set of positions), and the
+    std of their random initialisation (0: zeros)."""
+
+    points: str | list[str] = "all"
+    tokens: int = 2
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.points != "all":
+            if isinstance(self.points, str) or not isinstance(self.points, (list, tuple)) or not self.points:
+                raise ConfigError(f"points must be 'all' or a non-empty list of entry point names, got {self.points!r}")
+            if not all(isinstance(p, str) and p for p in self.points):
+                raise ConfigError(f"points must hold entry point names (strings), got {self.points!r}")
+            if len(set(self.points)) != len(self.points):
+                raise ConfigError(f"points lists an entry point twice: {list(self.points)!r}")
+            self.points = list(self.points)  # JSON gives lists: keep round trips equal
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
+            raise ConfigError(f"tokens (per entry point) must be an integer >= 1, got {self.tokens!r}")
+        if not self.init_std >= 0:
+            raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
+
+    @property
+    def variant_name(self) -> str:
+        return f"tokens={self.tokens}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EntryTokensConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown entry token config keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_points(config: EntryTokensConfig, spec: BoxSpec) -> list[str]:
+    """The entry point names ``config`` asks for, checked against what the box exposes."""
+    if spec.access != "light-gray" or not spec.entry_points:
+        raise AccessError(
+            f"entry tokens (LGA) need a light-gray box with entry points; this box is {spec.access} and "
+            "exposes no entry points. Load it with entry points (e.g. load_box(..., entry_points='all')) "
+            "or train DGA (entry_tokens=None)"
+        )
+    exposed = {e.name: e for e in spec.entry_points}
+    names = list(exposed) if config.points == "all" else config.points
+    unknown = [n for n in names if n not in exposed]
+    if unknown:
+        raise ConfigError(f"points: unknown entry points {unknown}; the box exposes {list(exposed)}")
+    too_few = {n: exposed[n].max_tokens for n in names if exposed[n].max_tokens < config.tokens}
+    if too_few:
+        raise ConfigError(f"tokens={config.tokens} exceeds what these entry points accept: {too_few}")
+    return names
+
+
+class EntryTokens(nn.Module):
+    """One independent ``nn.Parameter`` (n, D) per entry point: no shared re-parameterisation."""
+
+    def __init__(self, config: EntryTokensConfig, spec: BoxSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.names = resolve_points(config, spec)
+        # A list, not a ParameterDict: entry point names ("layer.0") are not valid attribute names.
+        self.tokens = nn.ParameterList(
+            nn.Parameter(torch.randn(config.tokens, spec.input_dim) * config.init_std) for _ in self.names
+        )
+
+    @property
+    def added_tokens(self) -> int:
+        """Sequence positions the box reserves for the tokens."""
+        return self.config.tokens
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.tokens, strict=True))  # name -> (n, D)
