@@ -41,3 +41,15 @@ class ArtifactError(ExotuneError, ValueError):
 
 class NotFittedError(ExotuneError, AttributeError):
     """A model was used before it was trained or loaded."""
+
+
+class MissingExtraError(ExotuneError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class BlackBoxError(ExotuneError, RuntimeError):
+    """A black-box call failed for good (after retries, or with an error that retrying cannot fix)."""
+
+
+class TransientBlackBoxError(BlackBoxError):
+    """A black-box call failed in a way worth retrying: rate limit, server error, timeout, lost connection."""
