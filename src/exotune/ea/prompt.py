@@ -52,8 +52,9 @@ def parse_label(answer: str | None, label_names: list[str], cutoff: float = 0.85
     contained = [n for n in norm if n and re.search(rf"\b{re.escape(n)}\b", a)]
     if contained:
         best = max(contained, key=len)
-        if sum(len(n) == len(best) for n in contained) == 1:
+        if all(n in best for n in contained):  # "card" inside "card arrival" is no rival
             return norm[best]
+        return None  # two labels named: ambiguous
     close = difflib.get_close_matches(a, list(norm), n=1, cutoff=cutoff)
     return norm[close[0]] if close else None
 
