@@ -31,7 +31,8 @@ def wilson(k: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     p = k / n
     mid = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, mid - half), min(1.0, mid + half)
+    lo, hi = max(0.0, mid - half), min(1.0, mid + half)
+    return (0.0 if k <= 0 else lo), (1.0 if k >= n else hi)  # exact at the ends, not 0.9999...
 
 
 class LSAFeaturizer(TransformerMixin, BaseEstimator):
@@ -108,7 +109,7 @@ class Regions(BaseEstimator):
                     continue
                 lo, hi = wilson(ks[r], ns[r], self.confidence)
                 ssm = float(ssm_correct[ids == r].mean())
-                flags[r] = hi < ssm
+                flags[r] = hi < ssm - 1e-9
                 name = label_names[r] if kind == "class" and label_names else f"cluster {r}"
                 rows.append({"kind": kind, "region": int(r), "name": name, "n": int(ns[r]),
                              "lm_accuracy": float(ks[r] / ns[r]), "lm_low": float(lo), "lm_high": float(hi),
