@@ -11,6 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import pytest
 
 from exotune.data import TextLabelData
 
@@ -118,3 +119,12 @@ class FakeOpenAI:
 def _chat_text(body) -> str:
     user = body["messages"][-1]["content"]
     return re.findall(r"Text: (.*)\nLabel:", user)[-1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """Small matrices, busy machine: BLAS threads only fight each other (SVD 5 s -> 20 ms)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -17,7 +17,7 @@ from exotune.ea import (
 from exotune.ea.prompt import PromptTemplate, scores_from_logprobs
 from exotune.errors import BlackBoxError, ConfigError, DataError
 
-from .ea_fakes import COLOURS, FakeOpenAI, colour_task
+from .ea_fakes import COLOURS, FakeOpenAI, colour_task, one_blas_thread  # noqa: F401
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05, "timeout": 2.0}
 

@@ -13,7 +13,7 @@ from exotune.data import TextLabelData
 from exotune.ea import CallableClient, EasyAdapter
 from exotune.errors import ArtifactError, ConfigError, DataError, NotFittedError
 
-from .ea_fakes import COLOURS, colour_of, colour_task
+from .ea_fakes import COLOURS, colour_of, colour_task, one_blas_thread  # noqa: F401
 
 SPY_LOG: list[tuple] = []
 

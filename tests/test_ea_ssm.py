@@ -14,7 +14,7 @@ from exotune.ea import SSMS, Router, SklearnSSM, make_ssm, register_ssm, wilson
 from exotune.ea.regions import Regions
 from exotune.errors import ConfigError, NotFittedError
 
-from .ea_fakes import colour_task, embed
+from .ea_fakes import colour_task, embed, one_blas_thread  # noqa: F401
 
 CASES = {name: name for name in SSMS}
 CASES["sklearn-text-nb"] = SklearnSSM(make_pipeline(CountVectorizer(), MultinomialNB()))
