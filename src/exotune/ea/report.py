@@ -26,7 +26,6 @@ def evaluation(model, data, compare: bool = True) -> dict:
         calls = max(r.ledger.calls + r.ledger.cache_hits, 1)
         cost_per_call = r.ledger.cost / calls
         # the curve asks nothing new: every input's LM answer is known here
-        from exotune.ea.model import LMAnswers  # noqa: F401  (kept for readers: the curve's inputs)
         out["curve"] = _curve(model, data.texts, y, r, cost_per_call)
     out["regions"] = model.regions_.table_
     return out
