@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from exotune import __version__
 from exotune.artifacts import read_json, write_folder
 from exotune.errors import ArtifactError
@@ -109,7 +107,7 @@ def load(cls, path, lm=None, embedder=None, trusted=()):
     model.router_ = _load_skops(path / "router.skops", extra)
     model.regions_ = _load_skops(path / "regions.skops", extra)
     model.val_accuracy_ = config.get("val_accuracy", {})
-    if not np.isfinite(model.router_.threshold_) and model.router_.threshold_ != config["router"]["threshold"]:
+    if float(model.router_.threshold_) != float(config["router"]["threshold"]):  # inf round-trips as Infinity
         raise ArtifactError(f"{path}: router.skops does not match {CONFIG}")
     return model
 
