@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("suite", choices=sorted(SUITES))
     add_bench_args(p)
+
+    from exotune.ea.cli import add_ea_parser
+
+    add_ea_parser(sub)
     return parser
 
 
@@ -382,7 +386,14 @@ def cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+def cmd_ea(args) -> int:
+    from exotune.ea.cli import run
+
+    return run(args)
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "serve": cmd_serve,
+            "ea": cmd_ea}
 
 
 def main(argv: list[str] | None = None) -> int:

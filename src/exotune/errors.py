@@ -74,3 +74,11 @@ class RateLimitError(RemoteError):
 
 class HandleExpiredError(RemoteError):
     """A forward handle is unknown, expired or already used; replay the forward."""
+
+
+class BlackBoxError(ExotuneError, RuntimeError):
+    """A black-box call failed for good (after retries, or with an error that retrying cannot fix)."""
+
+
+class TransientBlackBoxError(BlackBoxError):
+    """A black-box call failed in a way worth retrying: rate limit, server error, timeout, lost connection."""

@@ -1,0 +1,145 @@
+"""``exotune ea fit | predict | report``: argument groups and command bodies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from exotune.errors import ConfigError, DataError
+
+LM_KINDS = ("openai-chat", "openai-embeddings")
+LM_FILE = "lm.json"  # how the CLI reached the LM (never the key itself)
+
+
+def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("the black-box LM" + ("" if required else " (default: as at fit time)"))
+    g.add_argument("--lm", choices=LM_KINDS, required=required, help="what kind of API serves the LM")
+    g.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--model", help="model name as the server knows it")
+    g.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default: OPENAI_API_KEY)")
+    g.add_argument("--cache", default=None, help="SQLite response cache (default: OUTPUT_DIR.responses.sqlite)")
+    g.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
+    g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts (default: 4)")
+
+
+def add_ea_parser(sub) -> None:
+    from exotune.cli import _add_data_args
+    from exotune.ea.router import POLICIES
+    from exotune.ea.ssm import SSMS
+
+    ea = sub.add_parser("ea", help="Easy Adaptation: a black-box LM plus small local models and a router")
+    cmds = ea.add_subparsers(dest="ea_command", required=True, metavar="EA_COMMAND")
+    p = cmds.add_parser("fit", help="probe the LM, train SSMs and the router, save the adapter")
+    _add_data_args(p)
+    _add_lm_args(p, required=True)
+    p.add_argument("--output-dir", required=True, help="where the EA adapter goes")
+    p.add_argument("--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)")
+    p.add_argument("--policy", default="ssm-first", choices=POLICIES)
+    p.add_argument("--budget", type=float, default=0.3, help="largest share of inputs sent to the LM (default: 0.3)")
+    p.add_argument("--clusters", type=int, default=8, help="k-means regions (default: 8)")
+    p.add_argument("--cv-folds", type=int, default=5)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    p.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
+    p.add_argument("--seed", type=int, default=0)
+    p = cmds.add_parser("predict", help="label texts with a saved EA adapter")
+    p.add_argument("--adapter", required=True, help="folder written by 'ea fit'")
+    _add_lm_args(p, required=False)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to label (repeatable)")
+    src.add_argument("--input-file", help="a file with one text per line")
+    p = cmds.add_parser("report", help="LM alone vs SSM alone vs EA, regions table, cost-quality curve")
+    p.add_argument("--adapter", required=True, help="folder written by 'ea fit'")
+    _add_lm_args(p, required=False)
+    _add_data_args(p, split_default="test")
+    p.add_argument("--out-dir", default=None, help="where report.json/.md/.png go (default: ADAPTER-report)")
+    p.add_argument("--no-compare", action="store_true", help="do not ask the LM about every input")
+
+
+def _lm_settings(args, adapter: Path | None) -> dict:
+    saved = json.loads((adapter / LM_FILE).read_text()) if adapter and (adapter / LM_FILE).is_file() else {}
+    cfg = {k: getattr(args, k, None) or saved.get(k) for k in ("lm", "base_url", "model", "api_key_env", "cache")}
+    if not cfg["lm"] or not cfg["model"]:
+        raise ConfigError("name the LM with --lm and --model (no lm.json beside the adapter to take them from)")
+    return cfg
+
+
+def make_client(cfg: dict, args):
+    from exotune.ea.cache import ResponseCache
+    from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient
+
+    cls = OpenAIChatClient if cfg["lm"] == "openai-chat" else OpenAIEmbeddingClient
+    return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or "OPENAI_API_KEY",
+               cache=ResponseCache(cfg["cache"]), max_concurrency=args.concurrency, timeout=args.timeout,
+               max_retries=args.max_retries)
+
+
+def cmd_fit(args) -> int:
+    from exotune.cli import _load_data
+    from exotune.ea.model import EasyAdapter
+
+    out = Path(args.output_dir)
+    args.cache = args.cache or str(out.with_name(out.name + ".responses.sqlite"))
+    cfg = _lm_settings(args, None)
+    data = _load_data(args, "train")
+    train, val = data.split(args.val_fraction, seed=args.seed)
+    if args.max_train:
+        train = train.head(args.max_train, seed=args.seed)
+    model = EasyAdapter(make_client(cfg, args), ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
+                        budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
+    print(f"EA: probing {cfg['model']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
+    model.fit(train, val)
+    model.save_pretrained(out)
+    (out / LM_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    summary = {"adapter": str(out), "val_accuracy": model.val_accuracy_, "lm_call_share": model.router_.share_,
+               "fit_seconds": round(model.fit_seconds_, 1),
+               "probe": model.ledgers_["probe"].to_dict()}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load(args):
+    from exotune.ea.model import EasyAdapter
+
+    adapter = Path(args.adapter)
+    cfg = _lm_settings(args, adapter)
+    cfg["cache"] = cfg["cache"] or str(adapter.with_name(adapter.name + ".responses.sqlite"))
+    return EasyAdapter.from_pretrained(adapter, lm=make_client(cfg, args))
+
+
+def cmd_predict(args) -> int:
+    from exotune.data.text import read_text
+
+    texts = args.text or [t for t in read_text(Path(args.input_file)).splitlines() if t.strip()]
+    if not texts or any(not t.strip() for t in texts):
+        raise DataError("predict needs non-empty texts")
+    model = _load(args)
+    r = model.route(texts)
+    for text, y, used in zip(texts, r.labels, r.used_lm, strict=True):
+        print(f"{model.label_names_[y]}\t{'lm' if used else 'ssm'}\t{text}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from exotune.cli import _load_data
+    from exotune.ea.report import markdown, write_report
+
+    model = _load(args)
+    data = _load_data(args, args.split)
+    if data.label_names != model.label_names_:
+        raise DataError(f"{data.name} has other labels than the adapter ({len(data.label_names)} vs "
+                        f"{len(model.label_names_)})")
+    report = model.evaluate(data, compare=not args.no_compare)
+    out = write_report(report, args.out_dir or f"{args.adapter.rstrip('/')}-report")
+    print(markdown(report).split("\n\n| region")[0])
+    print(f"report written to {out}", file=sys.stderr)
+    return 0
+
+
+EA_COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "report": cmd_report}
+
+
+def run(args) -> int:
+    return EA_COMMANDS[args.ea_command](args)

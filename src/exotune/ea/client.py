@@ -1,0 +1,209 @@
+"""The black-box client interface: texts in, outputs out, async and batched.
+
+A subclass implements one coroutine, ``_request(texts, label_names)``, for one batch. The base
+class adds what every remote model needs: the response cache, a concurrency limit, a timeout
+per request, retries with exponential backoff and jitter on transient errors, and a ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
+
+import numpy as np
+
+from exotune.errors import BlackBoxError, ConfigError, DataError, TransientBlackBoxError
+
+
+@dataclass
+class BlackBoxOutput:
+    """What the box said about one input. ``label`` is None when the answer could not be parsed."""
+
+    label: int | None = None
+    scores: list[float] | None = None  # one per label, summing to 1, when the box gives them
+    confidence: float | None = None  # the box's own probability of its answer (e.g. from logprobs)
+    embedding: list[float] | None = None
+    text: str | None = None  # the raw answer
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str) -> BlackBoxOutput:
+        data = json.loads(raw)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class Ledger:
+    """Calls, tokens, cost and time of one run (a probe, a prediction)."""
+
+    calls: int = 0  # inputs the box answered (cache hits excluded)
+    requests: int = 0  # HTTP requests or function calls sent, retries included
+    retries: int = 0
+    cache_hits: int = 0
+    unparseable: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts) -> None:
+        with self._lock:
+            for key, value in counts.items():
+                setattr(self, key, getattr(self, key) + value)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+def labels_from_embeddings(emb: np.ndarray, protos: np.ndarray, temperature: float = 0.05):
+    """Zero-shot labels for an encoder box: cosine similarity to the label names' embeddings."""
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    protos = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+    logits = emb @ protos.T / temperature  # (N, C)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs.argmax(axis=1), probs
+
+
+class BlackBoxClient(ABC):
+    """A model seen only through its outputs. Subclasses implement ``_request``."""
+
+    #: what the outputs carry: "labels", "scores", "embeddings"
+    provides: ClassVar[frozenset[str]] = frozenset({"labels"})
+
+    def __init__(self, *, batch_size: int = 1, max_concurrency: int = 4, timeout: float = 60.0,
+                 max_retries: int = 4, backoff: float = 0.5, backoff_max: float = 20.0,
+                 cache=None, seed: int | None = None):
+        for name, value, low in (("batch_size", batch_size, 1), ("max_concurrency", max_concurrency, 1),
+                                 ("max_retries", max_retries, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not timeout > 0 or backoff < 0:
+            raise ConfigError(f"timeout must be > 0 and backoff >= 0, got {timeout!r} and {backoff!r}")
+        self.batch_size, self.max_concurrency, self.timeout = batch_size, max_concurrency, timeout
+        self.max_retries, self.backoff, self.backoff_max = max_retries, backoff, backoff_max
+        self.cache = cache
+        self.ledger = Ledger()  # everything this client has done, all runs together
+        self._rng = random.Random(seed)
+
+    # -- what subclasses provide ---------------------------------------------------------------
+
+    @abstractmethod
+    async def _request(self, texts: list[str], label_names: list[str]) -> list[BlackBoxOutput]:
+        """Ask the box about one batch. Raise TransientBlackBoxError for what is worth retrying."""
+
+    def describe(self) -> dict:
+        """JSON-able identity of the answers (model, prompt template...): it keys the cache."""
+        return {"client": type(self).__name__}
+
+    async def _open(self, label_names: list[str], ledger: Ledger) -> None:  # noqa: B027
+        """Hook run once per run inside the event loop (open an SDK client, embed label names)."""
+
+    async def _close(self) -> None:  # noqa: B027
+        """Hook run once per run at its end."""
+
+    # -- what the base class does --------------------------------------------------------------
+
+    def fingerprint(self, label_names: list[str]) -> str:
+        key = json.dumps({**self.describe(), "labels": list(label_names)}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def run(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None) -> list[BlackBoxOutput]:
+        """Blocking form of :meth:`arun` (works inside a running event loop too, via a thread)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(texts, label_names, ledger))
+        result: dict = {}
+
+        def target():
+            try:
+                result["out"] = asyncio.run(self.arun(texts, label_names, ledger))
+            except BaseException as err:  # re-raised in the caller's thread
+                result["err"] = err
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+        if "err" in result:
+            raise result["err"]
+        return result["out"]
+
+    async def arun(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None) -> list[BlackBoxOutput]:
+        """Outputs for ``texts``, one per text; cached answers are never asked for again."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"input {i} must be a non-empty string, got {t!r}")
+        ledger = ledger if ledger is not None else Ledger()
+        before, t0 = ledger.to_dict(), time.perf_counter()
+        fp = self.fingerprint(label_names)
+        known = self.cache.get_many(fp, texts) if self.cache is not None else {}
+        todo = list(dict.fromkeys(t for t in texts if t not in known))  # unique, in order
+        ledger.add(cache_hits=len(texts) - sum(1 for t in texts if t not in known))
+        if todo:
+            await self._open(list(label_names), ledger)
+            try:
+                known.update(await self._run_batches(todo, list(label_names), fp, ledger))
+            finally:
+                await self._close()
+        ledger.add(seconds=time.perf_counter() - t0)
+        self.ledger.add(**{k: v - before[k] for k, v in ledger.to_dict().items()})
+        return [known[t] for t in texts]
+
+    async def _run_batches(self, todo, label_names, fp, ledger) -> dict[str, BlackBoxOutput]:
+        sem = asyncio.Semaphore(self.max_concurrency)
+        done: dict[str, BlackBoxOutput] = {}
+
+        async def one(batch):
+            async with sem:
+                outs = await self._with_retries(batch, label_names, ledger)
+            if self.cache is not None:
+                self.cache.put_many(fp, batch, outs)  # at once: a crash later loses nothing paid for
+            done.update(zip(batch, outs, strict=True))
+            ledger.add(calls=len(batch), unparseable=sum(o.label is None for o in outs),
+                       prompt_tokens=sum(o.prompt_tokens for o in outs),
+                       completion_tokens=sum(o.completion_tokens for o in outs), cost=sum(o.cost for o in outs))
+
+        tasks = [asyncio.ensure_future(one(todo[i:i + self.batch_size])) for i in range(0, len(todo), self.batch_size)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return done
+
+    async def _with_retries(self, batch, label_names, ledger) -> list[BlackBoxOutput]:
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * (0.5 + 0.5 * self._rng.random()))  # equal jitter
+                ledger.add(retries=1)
+            ledger.add(requests=1)
+            try:
+                outs = await asyncio.wait_for(self._request(batch, label_names), self.timeout)
+            except (TransientBlackBoxError, asyncio.TimeoutError, ConnectionError) as err:
+                last = err
+                continue
+            if len(outs) != len(batch):
+                raise BlackBoxError(f"{type(self).__name__} returned {len(outs)} outputs for {len(batch)} inputs")
+            return list(outs)
+        kind = "timed out" if isinstance(last, asyncio.TimeoutError) else str(last)
+        raise BlackBoxError(f"{type(self).__name__}: request failed after {self.max_retries + 1} attempts "
+                            f"(last error: {kind or type(last).__name__})") from last

@@ -1,0 +1,228 @@
+"""Concrete black-box clients: OpenAI-compatible chat and embeddings, and a plain callable."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import os
+
+import numpy as np
+
+from exotune.ea.client import BlackBoxClient, BlackBoxOutput, Ledger, labels_from_embeddings
+from exotune.ea.prompt import PromptTemplate, parse_label, scores_from_logprobs
+from exotune.errors import (
+    BlackBoxError,
+    ConfigError,
+    MissingDependencyError,
+    TransientBlackBoxError,
+)
+
+
+def _openai():
+    try:
+        import openai
+    except ImportError as err:
+        raise MissingDependencyError("the OpenAI clients need the 'openai' package: pip install 'exotune[ea]'") from err
+    return openai
+
+
+def _translate(openai, err: Exception) -> Exception:
+    """SDK errors -> ours: rate limits, 5xx, timeouts and lost connections are worth retrying."""
+    if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
+        return TransientBlackBoxError(f"{type(err).__name__}: {err}")
+    if isinstance(err, openai.APIStatusError):
+        status = err.status_code
+        if status in (408, 409, 429) or status >= 500:
+            return TransientBlackBoxError(f"HTTP {status}: {err.message}")
+        return BlackBoxError(f"HTTP {status}: {err.message}")
+    return err
+
+
+class _OpenAIBase(BlackBoxClient):
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", price_in: float = 0.0, price_out: float = 0.0,
+                 client=None, **common):
+        super().__init__(**common)
+        if not model:
+            raise ConfigError("model must name the served model, got an empty value")
+        self.model, self.base_url, self.api_key, self.api_key_env = model, base_url, api_key, api_key_env
+        self.price_in, self.price_out = price_in, price_out  # per million tokens
+        self.client = client  # an openai.AsyncOpenAI; built per run when not given
+        self._sdk = None
+
+    def _cost(self, prompt: int, completion: int) -> float:
+        return (prompt * self.price_in + completion * self.price_out) / 1e6
+
+    async def _open(self, label_names, ledger) -> None:
+        openai = _openai()
+        if self.client is not None:
+            self._sdk = self.client
+            return
+        key = self.api_key or os.environ.get(self.api_key_env) or "none"  # local servers need no key
+        # the SDK's own retries are off: ours count, back off and report in one place
+        self._sdk = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.timeout)
+
+    async def _close(self) -> None:
+        if self._sdk is not None and self._sdk is not self.client:
+            await self._sdk.close()
+        self._sdk = None
+
+    async def _call(self, fn, **kwargs):
+        openai = _openai()
+        try:
+            return await fn(**kwargs)
+        except openai.OpenAIError as err:
+            raise _translate(openai, err) from err
+
+
+class OpenAIChatClient(_OpenAIBase):
+    """Chat completions: the prompt lists the labels; the answer is parsed to a label; label scores
+    come from the first token's ``logprobs`` when the server gives them."""
+
+    provides = frozenset({"labels", "scores"})
+
+    def __init__(self, model: str, *, prompt: PromptTemplate | None = None, logprobs: bool = True,
+                 top_logprobs: int = 10, temperature: float = 0.0, max_tokens: int = 24, **kwargs):
+        kwargs.setdefault("batch_size", 1)
+        super().__init__(model, **kwargs)
+        self.prompt = prompt or PromptTemplate()
+        self.logprobs, self.top_logprobs = logprobs, top_logprobs
+        self.temperature, self.max_tokens = temperature, max_tokens
+
+    def describe(self) -> dict:
+        p = self.prompt
+        return {"client": "openai-chat", "model": self.model, "template": p.template, "system": p.system,
+                "examples": p.examples, "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    async def _request(self, texts, label_names):
+        return list(await asyncio.gather(*(self._one(t, label_names) for t in texts)))
+
+    async def _one(self, text: str, label_names: list[str]) -> BlackBoxOutput:
+        kwargs = {"model": self.model, "messages": self.prompt.render(text, label_names),
+                  "temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.logprobs:
+            kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
+        resp = await self._call(self._sdk.chat.completions.create, **kwargs)
+        usage = getattr(resp, "usage", None)
+        pt, ct = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
+        choice = resp.choices[0] if resp.choices else None
+        answer = (choice.message.content or "") if choice and choice.message else ""
+        out = BlackBoxOutput(label=parse_label(answer, label_names), text=answer, prompt_tokens=pt,
+                             completion_tokens=ct, cost=self._cost(pt, ct))
+        content = getattr(getattr(choice, "logprobs", None), "content", None) if choice else None
+        if content:
+            out.confidence = math.exp(sum(t.logprob for t in content))
+            first = content[0]
+            top = [(a.token, a.logprob) for a in (first.top_logprobs or [])] or [(first.token, first.logprob)]
+            out.scores = scores_from_logprobs(top, label_names)
+        return out
+
+
+class OpenAIEmbeddingClient(_OpenAIBase):
+    """Embeddings; labels and scores by cosine similarity to the embedded label names."""
+
+    provides = frozenset({"labels", "scores", "embeddings"})
+
+    def __init__(self, model: str, *, label_template: str = "{}", temperature: float = 0.05, **kwargs):
+        kwargs.setdefault("batch_size", 64)
+        super().__init__(model, **kwargs)
+        self.label_template, self.temperature = label_template, temperature
+        self._protos: np.ndarray | None = None
+
+    def describe(self) -> dict:
+        return {"client": "openai-embeddings", "model": self.model, "label_template": self.label_template,
+                "temperature": self.temperature}
+
+    async def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        resp = await self._call(self._sdk.embeddings.create, model=self.model, input=texts)
+        data = sorted(resp.data, key=lambda d: d.index)
+        usage = getattr(resp, "usage", None)
+        return np.asarray([d.embedding for d in data], dtype=np.float64), (usage.prompt_tokens if usage else 0)
+
+    async def _open(self, label_names, ledger: Ledger) -> None:
+        await super()._open(label_names, ledger)
+        names = [self.label_template.format(n) for n in label_names]
+        self._protos, tokens = await self._embed(names)
+        ledger.add(requests=1, prompt_tokens=tokens, cost=self._cost(tokens, 0))
+
+    async def _request(self, texts, label_names):
+        emb, tokens = await self._embed(texts)
+        if emb.shape[0] != len(texts):
+            raise BlackBoxError(f"the embeddings endpoint returned {emb.shape[0]} vectors for {len(texts)} texts")
+        labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
+        share = tokens / max(len(texts), 1)
+        return [BlackBoxOutput(label=int(y), scores=p.tolist(), confidence=float(p.max()), embedding=e.tolist(),
+                               prompt_tokens=round(share), cost=self._cost(share, 0))
+                for y, p, e in zip(labels, probs, emb, strict=True)]
+
+
+class CallableClient(BlackBoxClient):
+    """A plain Python function as the black box: ``fn(text, label_names)`` (or, with ``batched``,
+    ``fn(texts, label_names)`` returning a list). It returns, per ``returns``: a label name or
+    index ("labels"), a score vector ("scores") or an embedding ("embeddings"); a BlackBoxOutput
+    or a dict of its fields is taken as it is. Sync functions run in a worker thread."""
+
+    def __init__(self, fn, *, returns: str = "labels", batched: bool = False, name: str | None = None,
+                 cost_per_call: float = 0.0, temperature: float = 0.05, **common):
+        if returns not in ("labels", "scores", "embeddings"):
+            raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
+        if not callable(fn):
+            raise ConfigError(f"fn must be callable, got {type(fn).__name__}")
+        common.setdefault("batch_size", 32 if batched else 1)
+        super().__init__(**common)
+        self.fn, self.returns, self.batched, self.cost_per_call = fn, returns, batched, cost_per_call
+        self.name = name or getattr(fn, "__qualname__", type(fn).__name__)
+        self.temperature = temperature
+        self._protos = None
+        self.provides = frozenset({"labels", "scores", "embeddings"} if returns == "embeddings"
+                                  else {"labels", "scores"} if returns == "scores" else {"labels"})
+
+    def describe(self) -> dict:
+        return {"client": "callable", "name": self.name, "returns": self.returns}
+
+    async def _invoke(self, arg, label_names):
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(arg, label_names)
+        return await asyncio.to_thread(self.fn, arg, label_names)
+
+    async def _open(self, label_names, ledger) -> None:
+        if self.returns == "embeddings":
+            self._protos = np.asarray([await self._invoke(n, label_names) for n in label_names], dtype=np.float64)
+
+    async def _request(self, texts, label_names):
+        if self.batched:
+            raw = list(await self._invoke(list(texts), label_names))
+        else:
+            raw = list(await asyncio.gather(*(self._invoke(t, label_names) for t in texts)))
+        return [self._output(r, label_names) for r in raw]
+
+    def _output(self, r, label_names) -> BlackBoxOutput:
+        if isinstance(r, BlackBoxOutput):
+            out = r
+        elif isinstance(r, dict):
+            out = BlackBoxOutput(**r)
+        elif self.returns == "labels":
+            if isinstance(r, (int, np.integer)) and not isinstance(r, bool):
+                out = BlackBoxOutput(label=int(r) if 0 <= int(r) < len(label_names) else None, text=str(r))
+            else:
+                out = BlackBoxOutput(text=None if r is None else str(r))
+        elif self.returns == "scores":
+            s = np.clip(np.asarray(r, dtype=np.float64), 0, None)
+            if s.shape != (len(label_names),) or s.sum() <= 0:
+                raise BlackBoxError(f"fn must return {len(label_names)} non-negative scores, got shape {s.shape}")
+            out = BlackBoxOutput(scores=(s / s.sum()).tolist())
+        else:
+            emb = np.asarray(r, dtype=np.float64)[None, :]
+            labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
+            out = BlackBoxOutput(label=int(labels[0]), scores=probs[0].tolist(), embedding=emb[0].tolist())
+        if isinstance(out.label, str):
+            out.label = parse_label(out.label, label_names)
+        if out.label is None and out.scores is not None:
+            out.label = int(np.argmax(out.scores))
+        if out.label is None and out.text is not None:
+            out.label = parse_label(out.text, label_names)
+        if out.confidence is None and out.scores is not None and out.label is not None:
+            out.confidence = float(out.scores[out.label])
+        out.cost = out.cost or self.cost_per_call
+        return out

@@ -1,0 +1,116 @@
+"""Save and load an EasyAdapter: JSON config, skops for scikit-learn parts; no pickle.
+
+Loading checks every type in a skops file against an explicit list (plus what the caller adds
+with ``trusted``) and refuses anything else, instead of trusting all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from exotune import __version__
+from exotune.artifacts import read_json, write_folder
+from exotune.errors import ArtifactError
+
+CONFIG = "ea_config.json"
+TYPE = "easy-adaptation"
+
+#: types beyond skops' defaults that exotune's own EA parts are made of
+TRUSTED_TYPES = frozenset({
+    "exotune.ea.ssm.TfidfLogRegSSM", "exotune.ea.ssm.EmbeddingMLPSSM", "exotune.ea.ssm.EmbeddingLogRegSSM",
+    "exotune.ea.ssm.SklearnSSM", "exotune.ea.regions.LSAFeaturizer", "exotune.ea.regions.Regions",
+    "exotune.ea.router.Router",
+    "builtins.float", "builtins.int", "builtins.str", "builtins.dict", "builtins.list", "builtins.tuple",
+    "numpy.dtype", "numpy.float64", "numpy.int64", "numpy.int32", "numpy.ndarray", "numpy.bool_",
+    "numpy.random.mtrand.RandomState", "sklearn.utils._bunch.Bunch", "scipy.sparse._csr.csr_matrix",
+    "collections.defaultdict", "collections.OrderedDict", "builtins.set", "builtins.bool",
+})
+
+PARAMS = ("ssms", "featurizer", "n_clusters", "policy", "budget", "cv_folds", "underfit_weight",
+          "per_region_ssm", "min_region_size", "confidence", "random_state")
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return f"custom:{type(value).__name__}"  # a custom SSM / featurizer: its fitted form is in the skops files
+
+
+def save(model, path) -> Path:
+    import skops.io as sio
+
+    system = model.ssms_system_
+    files = {}
+    for i, m in enumerate(system["global"]):
+        files[f"ssm_{i}.skops"] = sio.dumps(m)
+    for region, m in system["special"].items():
+        files[f"ssm_region_{region}.skops"] = sio.dumps(m)
+    files["router.skops"] = sio.dumps(model.router_)
+    files["regions.skops"] = sio.dumps(model.regions_)
+    config = {
+        "type": TYPE, "version": __version__, "access": "black",
+        "params": {k: _jsonable(getattr(model, k)) for k in PARAMS},
+        "label_names": model.label_names_, "n_global_ssms": len(system["global"]),
+        "special_regions": sorted(int(r) for r in system["special"]),
+        "lm": model.lm.describe() if model.lm is not None else None,
+        "val_accuracy": model.val_accuracy_, "regions": model.regions_.table_,
+        "router": {"threshold": float(model.router_.threshold_), "share": model.router_.share_,
+                   "val_curve": model.router_.val_curve_},
+    }
+    path = write_folder(path, {CONFIG: config})
+    for name, blob in files.items():
+        (path / name).write_bytes(blob)
+    return path
+
+
+def _load_skops(path: Path, extra: frozenset):
+    import skops.io as sio
+
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing")
+    try:
+        types = sio.get_untrusted_types(file=path)
+    except Exception as err:  # skops raises many kinds on a damaged zip
+        raise ArtifactError(f"{path} is not a readable skops file ({err})") from err
+    bad = sorted(set(types) - TRUSTED_TYPES - extra)
+    if bad:
+        raise ArtifactError(f"{path} holds types that are not trusted: {bad}; if you wrote this file, "
+                            f"pass them in trusted=[...]")
+    try:
+        return sio.load(path, trusted=list(types))
+    except Exception as err:
+        raise ArtifactError(f"{path} could not be loaded ({err})") from err
+
+
+def load(cls, path, lm=None, embedder=None, trusted=()):
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not an EasyAdapter folder (missing)")
+    config = read_json(path / CONFIG)
+    if config.get("type") != TYPE:
+        raise ArtifactError(f"{path / CONFIG} is a {config.get('type')!r} artifact, not {TYPE!r}")
+    extra = frozenset(trusted)
+    params = {k: v for k, v in config["params"].items() if k in PARAMS}
+    ssms = [_load_skops(path / f"ssm_{i}.skops", extra) for i in range(config["n_global_ssms"])]
+    special = {r: _load_skops(path / f"ssm_region_{r}.skops", extra) for r in config["special_regions"]}
+    if any(isinstance(s, str) and s.startswith("custom:") for s in params["ssms"]):
+        params["ssms"] = tuple(ssms)  # refitting would clone the loaded SSMs
+    if isinstance(params["featurizer"], str) and params["featurizer"].startswith("custom:"):
+        params["featurizer"] = "tfidf"
+    model = cls(lm=lm, embedder=embedder, **{**params, "ssms": tuple(params["ssms"])})
+    model.label_names_ = list(config["label_names"])
+    model.ssms_system_ = {"global": ssms, "special": special}
+    model.ssms_ = ssms
+    model.router_ = _load_skops(path / "router.skops", extra)
+    model.regions_ = _load_skops(path / "regions.skops", extra)
+    model.val_accuracy_ = config.get("val_accuracy", {})
+    if float(model.router_.threshold_) != float(config["router"]["threshold"]):  # inf round-trips as Infinity
+        raise ArtifactError(f"{path}: router.skops does not match {CONFIG}")
+    return model
+
+
+def describe(path) -> str:
+    return json.dumps(read_json(Path(path) / CONFIG), indent=2)

@@ -1,0 +1,288 @@
+"""EasyAdapter: a black-box LM, specific small models where it underfits, and a router."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import StratifiedKFold
+
+from exotune.data.text import TextLabelData
+from exotune.ea.client import BlackBoxOutput, Ledger
+from exotune.ea.regions import Regions
+from exotune.ea.router import Router, full_features, gate_features
+from exotune.ea.ssm import full_proba, make_ssm
+from exotune.errors import ConfigError, DataError, NotFittedError
+
+
+@dataclass
+class LMAnswers:
+    """The LM's outputs for some inputs, as arrays."""
+
+    labels: np.ndarray  # (N,) int, -1 where unparseable
+    scores: np.ndarray | None  # (N, C), NaN rows where none
+    confidence: np.ndarray  # (N,), NaN where none
+    embeddings: np.ndarray | None = None
+
+    @classmethod
+    def from_outputs(cls, outs: list[BlackBoxOutput], num_classes: int) -> LMAnswers:
+        labels = np.array([-1 if o.label is None else o.label for o in outs], dtype=int)
+        scores = None
+        if any(o.scores is not None for o in outs):
+            scores = np.array([o.scores if o.scores is not None and len(o.scores) == num_classes
+                               else [np.nan] * num_classes for o in outs], dtype=float)
+        conf = np.array([np.nan if o.confidence is None else o.confidence for o in outs], dtype=float)
+        emb = None
+        if outs and all(o.embedding is not None for o in outs):
+            emb = np.asarray([o.embedding for o in outs], dtype=np.float64)
+        return cls(labels, scores, conf, emb)
+
+
+@dataclass
+class Routing:
+    """What :meth:`EasyAdapter.route` decided for each input."""
+
+    labels: np.ndarray  # (N,) final answers
+    proba: np.ndarray  # (N, C)
+    ssm_labels: np.ndarray  # (N,)
+    asked_lm: np.ndarray  # (N,) bool: the LM was called
+    used_lm: np.ndarray  # (N,) bool: the LM's answer was kept
+    lm_labels: np.ndarray  # (N,) -1 where not asked or unparseable
+    ledger: Ledger = field(default_factory=Ledger)
+    seconds: float = 0.0
+
+
+def check_data(data, name: str) -> TextLabelData:
+    if not isinstance(data, TextLabelData):
+        raise DataError(f"{name} must be a TextLabelData, got {type(data).__name__}")
+    if len(data) == 0:
+        raise DataError(f"{name} is empty")
+    check_texts(data.texts, name)
+    return data
+
+
+def check_texts(texts, name: str = "texts") -> list[str]:
+    if isinstance(texts, str) or not hasattr(texts, "__len__"):
+        raise DataError(f"{name} must be a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(f"{name}[{i}] must be a non-empty string, got {t!r}")
+    return texts
+
+
+class EasyAdapter(BaseEstimator):
+    """Easy Adaptation (arXiv 2512.17771). ``lm``: a black-box client that labels texts;
+    ``embedder``: an optional client giving embeddings (the LM itself if it provides them)."""
+
+    def __init__(self, lm=None, embedder=None, ssms=("tfidf-lr",), featurizer="tfidf", n_clusters: int = 8,
+                 policy: str = "ssm-first", budget: float = 0.3, cv_folds: int = 5, underfit_weight: float = 1.0,
+                 per_region_ssm: bool = False, min_region_size: int = 50, confidence: float = 0.95,
+                 random_state: int = 0):
+        self.lm, self.embedder, self.ssms, self.featurizer = lm, embedder, ssms, featurizer
+        self.n_clusters, self.policy, self.budget, self.cv_folds = n_clusters, policy, budget, cv_folds
+        self.underfit_weight, self.per_region_ssm, self.min_region_size = underfit_weight, per_region_ssm, min_region_size
+        self.confidence, self.random_state = confidence, random_state
+
+    # -- black-box calls -------------------------------------------------------------------------
+
+    def _embedding_source(self):
+        if self.embedder is not None:
+            return self.embedder
+        if self.lm is not None and "embeddings" in getattr(self.lm, "provides", ()):
+            return self.lm
+        return None
+
+    def _needs_embeddings(self) -> bool:
+        kinds = {getattr(s, "input_kind", "text") for s in getattr(self, "ssms_", [make_ssm(s) for s in self.ssms])}
+        return "embedding" in kinds or self.featurizer == "blackbox"
+
+    def _embed(self, texts, ledger: Ledger) -> np.ndarray | None:
+        if not self._needs_embeddings():
+            return None
+        src = self._embedding_source()
+        if src is None:
+            raise ConfigError("an SSM or the featurizer reads embeddings, but neither embedder nor lm provides them")
+        outs = src.run(texts, self.label_names_, ledger)
+        if any(o.embedding is None for o in outs):
+            raise ConfigError(f"{type(src).__name__} returned no embeddings")
+        return np.asarray([o.embedding for o in outs], dtype=np.float64)
+
+    def _ask_lm(self, texts, ledger: Ledger) -> LMAnswers:
+        if self.lm is None:
+            raise ConfigError("this EasyAdapter has no lm client; pass lm=... (from_pretrained(path, lm=...))")
+        return LMAnswers.from_outputs(self.lm.run(texts, self.label_names_, ledger), len(self.label_names_))
+
+    # -- the small models ------------------------------------------------------------------------
+
+    def _views(self, texts, emb):
+        return {"text": list(texts), "embedding": emb}
+
+    def _take(self, views, idx):
+        return {"text": [views["text"][i] for i in idx],
+                "embedding": None if views["embedding"] is None else views["embedding"][idx]}
+
+    def _fit_system(self, views, y, w, clusters) -> dict:
+        """Global SSMs on all given rows, plus one specialist per large underfit cluster."""
+        system = {"global": [], "special": {}}
+        for spec in self.ssms:
+            ssm = make_ssm(spec)
+            system["global"].append(ssm.fit(views[ssm.input_kind], y, sample_weight=w))
+        if self.per_region_ssm:
+            for c in np.flatnonzero(self.regions_.underfit_cluster_):
+                idx = np.flatnonzero(clusters == c)
+                if len(idx) >= self.min_region_size and len(np.unique(y[idx])) > 1:
+                    ssm = make_ssm(self.ssms[0])
+                    system["special"][int(c)] = ssm.fit(self._take(views, idx)[ssm.input_kind], y[idx],
+                                                        sample_weight=w[idx])
+        return system
+
+    def _system_proba(self, system, views, clusters) -> np.ndarray:
+        c = len(self.label_names_)
+        P = np.mean([full_proba(m, views[m.input_kind], c) for m in system["global"]], axis=0)
+        for region, m in system["special"].items():
+            idx = np.flatnonzero(clusters == region)
+            if len(idx):
+                P[idx] = (P[idx] + full_proba(m, self._take(views, idx)[m.input_kind], c)) / 2
+        return P
+
+    def _oof(self, views, y, w, clusters) -> np.ndarray:
+        P = np.zeros((len(y), len(self.label_names_)))
+        for fit_idx, held_idx in self.oof_folds_:
+            system = self._fit_system(self._take(views, fit_idx), y[fit_idx], w[fit_idx], clusters[fit_idx])
+            P[held_idx] = self._system_proba(system, self._take(views, held_idx), clusters[held_idx])
+        return P
+
+    # -- fit ---------------------------------------------------------------------------------------
+
+    def fit(self, train: TextLabelData, val: TextLabelData) -> EasyAdapter:
+        check_data(train, "train")
+        check_data(val, "val")
+        if list(train.label_names) != list(val.label_names):
+            raise DataError("train and val must share label_names (same labels, same order)")
+        Router(self.policy, self.budget)._validate()
+        if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
+            raise ConfigError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
+        self.label_names_ = list(train.label_names)
+        self.ledgers_ = {"probe": Ledger(), "embed": Ledger()}
+        t0 = time.perf_counter()
+        n_tr = len(train)
+        texts = list(train.texts) + list(val.texts)
+        lm = self._ask_lm(texts, self.ledgers_["probe"])
+        emb = self._embed(texts, self.ledgers_["embed"])
+        y, y_val = np.asarray(train.labels), np.asarray(val.labels)
+        lm_ok = lm.labels[:n_tr] == y
+        views_all = self._views(texts, emb)
+        views, views_val = self._take(views_all, range(n_tr)), self._take(views_all, range(n_tr, len(texts)))
+        region_in = emb if self.featurizer == "blackbox" else texts
+        self.regions_ = Regions(self.n_clusters, self.featurizer, self.confidence, self.random_state)
+        self.regions_.fit(region_in[:n_tr], y, lm_ok)
+        clusters, clusters_val = self.regions_.assign(region_in[:n_tr]), self.regions_.assign(region_in[n_tr:])
+        folds = max(2, min(self.cv_folds, int(np.bincount(y).max())))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # classes smaller than the number of folds
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            self.oof_folds_ = [(a, b) for a, b in splitter.split(np.zeros(n_tr), y)]
+        # pass 1: where is the SSM better than the LM? pass 2: with weights on those regions
+        w = np.ones(n_tr)
+        P = self._oof(views, y, w, clusters)
+        self.regions_.mark(y, clusters, P.argmax(1) == y, self.label_names_)
+        if self.underfit_weight > 0 and (self.regions_.underfit_class_.any() or self.regions_.underfit_cluster_.any()):
+            w = self.regions_.weights(y, clusters, self.underfit_weight)
+            P = self._oof(views, y, w, clusters)
+        # the router learns only from out-of-fold predictions
+        acc = self.regions_.lm_accuracy(P.argmax(1), clusters, own_y=y, own_correct=lm_ok)
+        G = gate_features(P, acc)
+        F = full_features(P, acc, lm.labels[:n_tr], _rows(lm.scores, 0, n_tr), lm.confidence[:n_tr])
+        self.router_ = Router(self.policy, self.budget).fit(G, F, P.argmax(1) == y, lm_ok)
+        self.router_rows_ = np.concatenate([b for _, b in self.oof_folds_])
+        self.ssms_system_ = self._fit_system(views, y, w, clusters)
+        self.ssms_ = self.ssms_system_["global"]
+        # calibrate the budget threshold on validation, with the SSMs a user will get
+        Pv = self._system_proba(self.ssms_system_, views_val, clusters_val)
+        acc_v = self.regions_.lm_accuracy(Pv.argmax(1), clusters_val)
+        Gv = gate_features(Pv, acc_v)
+        Fv = full_features(Pv, acc_v, lm.labels[n_tr:], _rows(lm.scores, n_tr, None), lm.confidence[n_tr:])
+        self.router_.calibrate(Gv, Fv, Pv.argmax(1) == y_val, lm.labels[n_tr:] == y_val)
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.val_accuracy_ = {"lm": float((lm.labels[n_tr:] == y_val).mean()),
+                              "ssm": float((Pv.argmax(1) == y_val).mean()),
+                              "ea": max(c["accuracy"] for c in self.router_.val_curve_ if c["share"] == self.router_.share_)}
+        return self
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def _check_fitted(self):
+        if not hasattr(self, "router_"):
+            raise NotFittedError("this EasyAdapter is not fitted yet; call fit(train, val) or from_pretrained(path)")
+
+    def route(self, texts, ask_all: bool = False) -> Routing:
+        """Answer ``texts``: SSMs first or LM first per the policy. ``ask_all`` asks the LM about
+        every input (to compare with the LM alone); routing decisions are unchanged by it."""
+        self._check_fitted()
+        texts = check_texts(texts)
+        t0, ledger = time.perf_counter(), Ledger()
+        n, c = len(texts), len(self.label_names_)
+        if n == 0:
+            e = np.zeros(0, dtype=int)
+            return Routing(e, np.zeros((0, c)), e, e.astype(bool), e.astype(bool), e, ledger, 0.0)
+        emb = self._embed(texts, ledger)
+        views = self._views(texts, emb)
+        clusters = self.regions_.assign(emb if self.featurizer == "blackbox" else texts)
+        P = self._system_proba(self.ssms_system_, views, clusters)
+        ssm_pred = P.argmax(1)
+        acc = self.regions_.lm_accuracy(ssm_pred, clusters)
+        asked = self.router_.defer(gate_features(P, acc))
+        ask_idx = np.arange(n) if ask_all else np.flatnonzero(asked)
+        labels, proba, used = ssm_pred.copy(), P.copy(), np.zeros(n, dtype=bool)
+        lm_labels = np.full(n, -1)
+        if len(ask_idx):
+            lm = self._ask_lm([texts[i] for i in ask_idx], ledger)
+            lm_labels[ask_idx] = lm.labels
+            F = full_features(P[ask_idx], acc[ask_idx], lm.labels, lm.scores, lm.confidence)
+            take_lm = ~self.router_.keep_ssm(F) & (lm.labels >= 0) & asked[ask_idx]
+            rows = ask_idx[take_lm]
+            used[rows] = True
+            labels[rows] = lm.labels[take_lm]
+            pi = 1 - np.clip(_p_keep(self.router_, F[take_lm]), 0, 0.5)  # P(LM better) > 0.5 here
+            onehot = np.eye(c)[lm.labels[take_lm]]
+            proba[rows] = pi[:, None] * onehot + (1 - pi[:, None]) * P[rows]
+        return Routing(labels, proba, ssm_pred, asked, used, lm_labels, ledger, time.perf_counter() - t0)
+
+    def predict(self, texts) -> np.ndarray:
+        return self.route(texts).labels
+
+    def predict_proba(self, texts) -> np.ndarray:
+        return self.route(texts).proba
+
+    def evaluate(self, data: TextLabelData, compare: bool = True) -> dict:
+        """EA's metrics on ``data``; with ``compare``, also LM alone and the cost-quality curve
+        (the LM is then asked about every input)."""
+        from exotune.ea.report import evaluation
+
+        return evaluation(self, check_data(data, "data"), compare)
+
+    def save_pretrained(self, path):
+        from exotune.ea.io import save
+
+        self._check_fitted()
+        return save(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path, lm=None, embedder=None, trusted=()) -> EasyAdapter:
+        from exotune.ea.io import load
+
+        return load(cls, path, lm, embedder, trusted)
+
+
+def _rows(a, start, stop):
+    return None if a is None else a[start:stop]
+
+
+def _p_keep(router, F):
+    from exotune.ea.router import _p1
+
+    return _p1(router.chooser_, F)

@@ -1,0 +1,58 @@
+"""``exotune ea fit | predict | report`` against a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exotune.cli import main
+
+from .ea_fakes import FakeOpenAI, colour_task, one_blas_thread  # noqa: F401
+
+
+def write_csv(path, data):
+    path.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n"
+                                             for t, y in zip(data.texts, data.labels, strict=True)))
+    return path
+
+
+@pytest.mark.parametrize("cmd", ["fit", "predict", "report"])
+def test_ea_help(capsys, cmd):
+    with pytest.raises(SystemExit) as info:
+        main(["ea", cmd, "--help"])
+    assert info.value.code == 0
+    assert f"usage: exotune ea {cmd}" in capsys.readouterr().out
+
+
+def test_ea_fit_predict_report(tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", colour_task(100, seed=1))
+    test = write_csv(tmp_path / "test.csv", colour_task(30, seed=3))
+    out = tmp_path / "ea"
+    with FakeOpenAI() as server:
+        lm = ["--lm", "openai-chat", "--base-url", server.base_url, "--model", "fake", "--max-retries", "1"]
+        assert main(["ea", "fit", "--file", str(train), *lm, "--output-dir", str(out), "--clusters", "2",
+                     "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["probe"]["calls"] == 100 and len(server.calls("chat")) == 100
+        assert (out / "lm.json").is_file() and '"api_key"' not in (out / "lm.json").read_text()
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9"]) == 0
+        assert capsys.readouterr().out.startswith("green\t")
+        assert main(["ea", "report", "--adapter", str(out), "--file", str(test),
+                     "--out-dir", str(tmp_path / "rep")]) == 0
+        assert "| EA |" in capsys.readouterr().out
+        for name in ("report.json", "report.md", "cost_quality.png"):
+            assert (tmp_path / "rep" / name).is_file()
+        before = len(server.calls("chat"))
+        assert main(["ea", "report", "--adapter", str(out), "--file", str(test),
+                     "--out-dir", str(tmp_path / "rep2")]) == 0
+        assert len(server.calls("chat")) == before  # all answers come from the cache
+
+
+def test_ea_fit_unreachable_server_is_a_clean_error(tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", colour_task(20))
+    argv = ["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", "http://127.0.0.1:9/v1",
+            "--model", "m", "--max-retries", "0", "--timeout", "2", "--output-dir", str(tmp_path / "ea")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err and "attempt" in err

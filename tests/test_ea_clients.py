@@ -1,0 +1,191 @@
+"""Black-box clients over real HTTP (the openai SDK against a local server), the cache, retries."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exotune.ea import (
+    CallableClient,
+    Ledger,
+    OpenAIChatClient,
+    OpenAIEmbeddingClient,
+    ResponseCache,
+    parse_label,
+)
+from exotune.ea.prompt import PromptTemplate, scores_from_logprobs
+from exotune.errors import BlackBoxError, ConfigError, DataError
+
+from .ea_fakes import COLOURS, FakeOpenAI, colour_task, one_blas_thread  # noqa: F401
+
+FAST = {"backoff": 0.01, "backoff_max": 0.05, "timeout": 2.0}
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAI() as s:
+        yield s
+
+
+def chat(server, **kw):
+    return OpenAIChatClient("fake-model", base_url=server.base_url, api_key="k", **{**FAST, **kw})
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("blue", 1), (" Blue. ", 1), ("'green'", 2), ("Label: red", 0), ("The label is green", 2),
+    ("it is clearly blue!", 1), ("bluee", 1), ("purple", None), ("", None), (None, None),
+    ("red or blue", None),
+])
+def test_parse_label(answer, expected):
+    assert parse_label(answer, COLOURS) == expected
+
+
+def test_parse_label_prefers_longest_name():
+    names = ["card", "card_arrival", "card_linking"]
+    assert parse_label("card arrival", names) == 1
+    assert parse_label("card_linking", names) == 2
+
+
+def test_scores_from_logprobs():
+    s = scores_from_logprobs([("card", -0.1), (" top", -3.0), ("zzz", -1.0)], ["card_a", "card_b", "top_up"])
+    assert s is not None and abs(sum(s) - 1) < 1e-9 and s[0] == s[1] > s[2] > 0
+    assert scores_from_logprobs([("zzz", -0.1)], COLOURS) is None
+
+
+def test_prompt_lists_labels_and_examples():
+    msgs = PromptTemplate(examples=[("a red car", "red")]).render("the sky", COLOURS)
+    assert "- green" in msgs[1]["content"] and "Label: red" in msgs[1]["content"]
+    with pytest.raises(ConfigError, match="text"):
+        PromptTemplate(template="no field")
+
+
+def test_chat_labels_scores_and_ledger(server):
+    data = colour_task(6)
+    client = chat(server, price_in=1.0, price_out=2.0)
+    ledger = Ledger()
+    outs = client.run(data.texts, COLOURS, ledger)
+    assert [o.label for o in outs] == data.labels
+    assert all(o.scores is not None and o.confidence is not None for o in outs)
+    assert len(server.calls("chat")) == 6
+    assert (ledger.calls, ledger.requests, ledger.prompt_tokens, ledger.completion_tokens) == (6, 6, 120, 12)
+    assert ledger.cost == pytest.approx((120 * 1 + 12 * 2) / 1e6)
+
+
+def test_chat_without_logprobs_gives_no_scores(server):
+    server.logprobs = False
+    outs = chat(server).run(colour_task(3).texts, COLOURS)
+    assert all(o.scores is None and o.confidence is None and o.label is not None for o in outs)
+
+
+def test_garbage_answer_is_recorded_not_raised(server):
+    server.faults = ["garbage"]
+    ledger = Ledger()
+    outs = chat(server, max_concurrency=1).run(colour_task(3).texts, COLOURS, ledger)
+    assert outs[0].label is None and "purple" in outs[0].text
+    assert ledger.unparseable == 1 and outs[1].label is not None
+
+
+def test_retries_on_429_500_and_timeout(server):
+    server.faults = ["429", "500", "sleep"]
+    ledger = Ledger()
+    out = chat(server, timeout=0.3).run(["the sky is blue"], COLOURS, ledger)
+    assert out[0].label == 1
+    assert len(server.calls("chat")) == 4
+    assert (ledger.requests, ledger.retries, ledger.calls) == (4, 3, 1)
+
+
+def test_persistent_5xx_gives_clear_error(server):
+    server.faults = ["500"] * 10
+    with pytest.raises(BlackBoxError, match="after 3 attempts.*500"):
+        chat(server, max_retries=2).run(["the sky is blue"], COLOURS)
+    assert len(server.calls("chat")) == 3
+
+
+def test_client_error_is_not_retried(server):
+    server.faults = ["400"]
+    with pytest.raises(BlackBoxError, match="400"):
+        chat(server).run(["the sky is blue"], COLOURS)
+    assert len(server.calls("chat")) == 1
+
+
+def test_cache_resumes_after_crash_without_repeating_calls(server, tmp_path):
+    texts = colour_task(8).texts
+    server.faults = [None, None, None, "400"]  # the 4th request fails for good: the run "crashes"
+    with pytest.raises(BlackBoxError):
+        chat(server, max_concurrency=1, cache=ResponseCache(tmp_path / "c.sqlite")).run(texts, COLOURS)
+    assert len(server.calls("chat")) == 4
+    ledger = Ledger()  # a new process: a new client and cache object over the same file
+    outs = chat(server, max_concurrency=1, cache=ResponseCache(tmp_path / "c.sqlite")).run(texts, COLOURS, ledger)
+    assert [o.label for o in outs] == colour_task(8).labels
+    answered = [t for t in server.calls("chat")]
+    assert len(answered) == 4 + 5 and ledger.cache_hits == 3 and ledger.calls == 5
+    assert len(set(answered[:3] + answered[4:])) == 8  # nothing answered was asked again
+    chat(server, cache=ResponseCache(tmp_path / "c.sqlite")).run(texts, COLOURS)
+    assert len(server.calls("chat")) == 9
+
+
+def test_cache_key_includes_prompt(server, tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    chat(server, cache=cache).run(["the sky is blue"], COLOURS)
+    chat(server, cache=cache, prompt=PromptTemplate(system="Be brief.")).run(["the sky is blue"], COLOURS)
+    assert len(server.calls("chat")) == 2
+
+
+def test_duplicate_inputs_are_asked_once(server):
+    outs = chat(server).run(["a red cup", "a red cup", "a blue cup"], COLOURS)
+    assert [o.label for o in outs] == [0, 0, 1] and len(server.calls("chat")) == 2
+
+
+def test_embeddings_client_batches_and_labels(server):
+    data = colour_task(10)
+    client = OpenAIEmbeddingClient("emb", base_url=server.base_url, api_key="k", batch_size=4, **FAST)
+    outs = client.run(data.texts, COLOURS)
+    assert len(server.calls("embeddings")) == 1 + 3  # the label names, then 3 batches
+    assert all(len(o.embedding) == 8 and abs(sum(o.scores) - 1) < 1e-6 for o in outs)
+    assert sum(o.label == y for o, y in zip(outs, data.labels, strict=True)) >= 7
+
+
+def test_empty_text_is_rejected_before_any_call(server):
+    with pytest.raises(DataError, match="input 1"):
+        chat(server).run(["fine", "  "], COLOURS)
+    assert server.calls() == []
+
+
+def test_callable_client_forms():
+    texts = ["a red cup", "a blue cup"]
+    by_name = CallableClient(lambda t, labels: "red" if "red" in t else "blue")
+    assert [o.label for o in by_name.run(texts, COLOURS)] == [0, 1]
+    by_index = CallableClient(lambda ts, labels: [0 if "red" in t else 1 for t in ts], batched=True)
+    assert [o.label for o in by_index.run(texts, COLOURS)] == [0, 1]
+    scores = CallableClient(lambda t, labels: [0.1, 0.7, 0.2], returns="scores").run(texts, COLOURS)
+    assert scores[0].label == 1 and scores[0].confidence == pytest.approx(0.7)
+    with pytest.raises(ConfigError, match="returns"):
+        CallableClient(len, returns="bogus")
+
+
+def test_callable_concurrency_limit_and_timeout():
+    state = {"now": 0, "max": 0}
+
+    async def slow(text, labels):
+        state["now"] += 1
+        state["max"] = max(state["max"], state["now"])
+        await asyncio.sleep(0.02)
+        state["now"] -= 1
+        return "red"
+
+    CallableClient(slow, max_concurrency=3).run([f"t{i}" for i in range(12)], COLOURS)
+    assert state["max"] == 3
+
+    async def hang(text, labels):
+        await asyncio.sleep(5)
+
+    with pytest.raises(BlackBoxError, match="timed out"):
+        CallableClient(hang, timeout=0.05, max_retries=1, backoff=0.01).run(["x"], COLOURS)
+
+
+def test_run_inside_an_event_loop():
+    async def main():
+        return CallableClient(lambda t, labels: "blue").run(["x"], COLOURS)
+
+    assert asyncio.run(main())[0].label == 1

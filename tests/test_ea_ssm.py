@@ -1,0 +1,95 @@
+"""One conformance suite that every specific small model passes, plus regions and the router."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.naive_bayes import MultinomialNB
+from sklearn.pipeline import make_pipeline
+
+from exotune.ea import SSMS, Router, SklearnSSM, make_ssm, register_ssm, wilson
+from exotune.ea.regions import Regions
+from exotune.errors import ConfigError, NotFittedError
+
+from .ea_fakes import colour_task, embed, one_blas_thread  # noqa: F401
+
+CASES = {name: name for name in SSMS}
+CASES["sklearn-text-nb"] = SklearnSSM(make_pipeline(CountVectorizer(), MultinomialNB()))
+CASES["sklearn-embedding-lr"] = SklearnSSM(LogisticRegression(), input_kind="embedding")
+
+
+def inputs_for(ssm, data):
+    return data.texts if ssm.input_kind == "text" else np.array([embed(t) for t in data.texts])
+
+
+@pytest.mark.parametrize("spec", list(CASES.values()), ids=list(CASES))
+def test_ssm_conformance(spec):
+    data = colour_task(60)
+    ssm = make_ssm(spec)
+    X, y = inputs_for(ssm, data), np.array(data.labels)
+    with pytest.raises(NotFittedError):
+        ssm.predict_proba(X)
+    unfitted = clone(ssm)
+    assert ssm.fit(X, y) is ssm
+    p = ssm.predict_proba(X)
+    assert p.shape == (60, 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    assert (ssm.predict(X) == y).mean() > 0.8
+    assert list(ssm.classes_) == [0, 1, 2]
+    assert not hasattr(unfitted, "model_") and unfitted.get_params().keys() == ssm.get_params().keys()
+    w = np.where(y == 2, 3.0, 1.0)
+    assert clone(ssm).fit(X, y, sample_weight=w).predict_proba(X).shape == (60, 3)
+
+
+def test_registry_rejects_duplicates_and_unknown():
+    with pytest.raises(ConfigError, match="new"):
+        register_ssm("tfidf-lr", SklearnSSM)
+    with pytest.raises(ConfigError, match="unknown SSM"):
+        make_ssm("no-such-ssm")
+    with pytest.raises(ConfigError, match="predict_proba"):
+        make_ssm(42)
+
+
+def test_wilson_interval():
+    lo, hi = wilson(8, 10)
+    assert 0.44 < lo < 0.5 and 0.94 < hi < 0.98
+    assert wilson(0, 0) == (0.0, 1.0)
+    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
+
+
+def test_regions_flag_where_lm_underfits():
+    data = colour_task(90)
+    y = np.array(data.labels)
+    lm_ok = y != 2  # the LM never gets "green" right
+    regions = Regions(n_clusters=3).fit(data.texts, y, lm_ok)
+    clusters = regions.assign(data.texts)
+    regions.mark(y, clusters, np.ones(len(y), dtype=bool), data.label_names)
+    flagged = {r["name"] for r in regions.table_ if r["kind"] == "class" and r["underfit"]}
+    assert flagged == {"green"}
+    w = regions.weights(y, clusters, 2.0)
+    assert (w[y == 2] == 3.0).all()
+    # leave-one-out: a training row's own outcome does not feed its region accuracy
+    acc = regions.lm_accuracy(y, clusters, own_y=y, own_correct=lm_ok)
+    assert acc[y == 2, 0].max() < 0.1 and acc[y == 0, 0].min() > 0.9
+
+
+def test_router_budget_and_policies():
+    rng = np.random.default_rng(0)
+    n = 200
+    G = rng.normal(size=(n, 5))
+    ssm_ok = (G[:, 0] > -0.5).astype(int)  # the gate can learn who is right
+    lm_ok = rng.random(n) < 0.7
+    F = np.column_stack([G, rng.normal(size=(n, 8))])
+    r = Router("ssm-first", budget=0.2).fit(G, F, ssm_ok, lm_ok).calibrate(G, F, ssm_ok, lm_ok)
+    assert r.share_ <= 0.2 and r.defer(G).mean() <= 0.2 + 0.01
+    assert Router("ssm-first", budget=0.0).fit(G, F, ssm_ok, lm_ok).calibrate(G, F, ssm_ok, lm_ok).defer(G).sum() == 0
+    assert Router("lm-first").fit(G, F, ssm_ok, lm_ok).defer(G).all()
+    with pytest.raises(ConfigError, match="policy"):
+        Router("both").fit(G, F, ssm_ok, lm_ok)
+    with pytest.raises(ConfigError, match="budget"):
+        Router(budget=1.5).fit(G, F, ssm_ok, lm_ok)
+    with pytest.raises(NotFittedError):
+        Router().defer(G)
