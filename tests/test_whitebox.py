@@ -263,3 +263,29 @@ def test_bench_quick_white_box(shared_data, tmp_path):
     assert by["full-ft"]["trainable_params"] > 20_000_000  # all of MiniLM-L6 but its pooler
     assert all(r["steps"] <= 8 for r in by.values())
     assert (out / "classification_step_time.png").is_file()
+
+
+def test_bench_cli_learning_rates_reach_the_budget(monkeypatch, tmp_path, capsys):
+    import exotune.bench as bench
+    from exotune.cli import main
+
+    seen = []
+
+    def fake_run(fn, name, dataset, seed, data_dir, budget, backbone):
+        seen.append((name, budget.lr_for(bench.classification.METHODS[name][0]), budget.train_cap(dataset)))
+        method, variant, access = bench.classification.METHODS[name]
+        return {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
+                "seed": seed, "trainable_params": 1, "train_seconds": 1.0, "seconds_per_step": 0.1,
+                "peak_memory_mb": 1.0, "metrics": {"accuracy": 0.5, "macro_f1": 0.4}}
+
+    monkeypatch.setattr(bench, "run_isolated", fake_run)
+    argv = ["bench", "classification", "--datasets", "sst2", "--methods", "dga-both", "lora", "full-ft",
+            "--seeds", "0", "--lr", "lora=5e-4", "dga=3e-3", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert seen == [("dga-both", 3e-3, 8000), ("lora", 5e-4, 8000), ("full-ft", 1e-4, 8000)]
+    doc = json.loads((tmp_path / "classification.json").read_text())
+    assert doc["budget"]["method_lr"]["lora"] == 5e-4 and doc["budget"]["dataset_max_train"] == {"sst2": 8000}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["bench", "classification", "--lr", "lora"])
+    assert "METHOD=LR" in capsys.readouterr().err
