@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,14 +23,20 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-def write_folder(path: str | Path, files: dict[str, dict | dict[str, torch.Tensor]]) -> Path:
-    """Write ``{filename: json-able dict | tensors}`` into ``path``, replacing it atomically."""
+def write_folder(path: str | Path, files: dict[str, dict | dict[str, torch.Tensor] | Callable[[Path], None]]) -> Path:
+    """Write ``{filename: json-able dict | tensors | writer}`` into ``path``, replacing it atomically.
+
+    A writer is called with the target path inside the temporary folder (e.g. a Hugging Face
+    ``save_pretrained`` for a sub-folder), so it too is replaced all at once.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         for name, content in files.items():
-            if name.endswith(".safetensors"):
+            if callable(content):
+                content(tmp / name)
+            elif name.endswith(".safetensors"):
                 tensors = {k: v.detach().cpu().contiguous() for k, v in content.items()}
                 save_file(tensors, str(tmp / name))
             else:

@@ -24,13 +24,28 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=list(classification.METHODS), choices=list(classification.METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="train on a sample of this many examples (default: all; sst2: 8000)")
+    p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
+                   help="learning rate of a method, e.g. lora=5e-4 full-ft=5e-5 dga=3e-3 "
+                        "(defaults: dga 2e-3, lora 1e-3, full-ft 1e-4)")
     p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--out-dir", default=None, help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: small samples, one seed, one epoch")
     p.add_argument("--fresh", action="store_true",
                    help="ignore finished runs logged by an earlier, interrupted call with the same settings")
+
+
+def _method_lr(text: str) -> tuple[str, float]:
+    method, sep, value = text.partition("=")
+    try:
+        lr = float(value)
+    except ValueError:
+        lr = -1.0
+    if not sep or not method or not lr > 0:
+        raise argparse.ArgumentTypeError(f"expected METHOD=LR with LR > 0 (e.g. lora=5e-4), got {text!r}")
+    return method, lr
 
 
 def run_suite(args) -> int:
@@ -42,6 +57,11 @@ def run_suite(args) -> int:
     if args.quick:
         budget = suite.Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
         seeds = seeds[:1]
+    for method, lr in args.lr:
+        if method == "dga":
+            budget.lr = lr
+        else:
+            budget.method_lr[method] = lr
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     from dataclasses import asdict
 

@@ -1,8 +1,11 @@
-"""Classification suite: zero-shot, linear probe and DGA variants on real datasets.
+"""Classification suite: zero-shot, linear probe, DGA variants and the white-box baselines
+(LoRA, full fine-tuning) on real datasets.
 
 Every gradient method gets the same budget (epochs, batch size, validation share,
-early-stopping patience); every choice (epoch, probe regularisation) is made on the
-validation split carved from train; test is touched once per run, at the end.
+early-stopping patience, training sample); only the learning rate is per method, because
+LoRA, full fine-tuning and adapters live at different scales. Every choice (epoch, probe
+regularisation) is made on the validation split carved from train; test is touched once per
+run, at the end.
 """
 
 from __future__ import annotations
@@ -21,21 +24,43 @@ METHODS = {
     "dga-input-only": ("dga", "input-only", "dark-gray"),
     "dga-output-only": ("dga", "output-only", "dark-gray"),
     "dga-both": ("dga", "both", "dark-gray"),
+    "lga": ("lga", "tokens=2", "light-gray"),  # DGA (both) + 2 tokens at every layer's input
+    "lora": ("lora", "r=8", "white"),
+    "full-ft": ("full-ft", "all", "white"),
 }
 DATASETS = ("banking77", "sst2")
+# What a class name is encoded as for the prototype head (zero-shot, DGA, LoRA, full-FT alike):
+# "negative"/"positive" alone say little; as a movie review they are what SST-2 means.
+LABEL_TEMPLATES = {"banking77": "{}", "sst2": "a {} movie review"}
 
 
 @dataclass
 class Budget:
     epochs: int = 5
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 2e-3  # gray-box adapters (dga); other methods: method_lr
+    # White-box scales (see exotune.whitebox): LoRA's B starts at zero and needs ~1e-3 to move
+    # in a few epochs; full fine-tuning of every weight wants the usual BERT-style 1e-4 or less.
+    method_lr: dict[str, float] = field(default_factory=lambda: {"lora": 1e-3, "full-ft": 1e-4})
     val_fraction: float = 0.1
     patience: int = 2
-    max_train: int | None = None  # sample of train (after carving validation)
+    max_train: int | None = None  # sample of train (after carving validation); overrides the per-dataset caps
     max_val: int | None = None
     max_test: int | None = None
+    # SST-2 has 67k training phrases: a fixed sample keeps the suite (full FT included) in a few
+    # CPU hours; every method and seed sees the same sample for a given seed.
+    dataset_max_train: dict[str, int] = field(default_factory=lambda: {"sst2": 8000})
+    dataset_max_val: dict[str, int] = field(default_factory=lambda: {"sst2": 2000})
     probe_cs: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+
+    def lr_for(self, method: str) -> float:
+        return self.method_lr.get(method, self.lr)
+
+    def train_cap(self, dataset: str) -> int | None:
+        return self.max_train or self.dataset_max_train.get(dataset)
+
+    def val_cap(self, dataset: str) -> int | None:
+        return self.max_val or self.dataset_max_val.get(dataset)
 
 
 def _data(dataset: str, data_dir, budget: Budget, seed: int):
@@ -44,10 +69,10 @@ def _data(dataset: str, data_dir, budget: Budget, seed: int):
     full = load_dataset(dataset, "train", data_dir)
     train, val = full.split(budget.val_fraction, seed=seed)
     test = load_dataset(dataset, "test", data_dir)
-    if budget.max_train:
-        train = train.head(budget.max_train, seed)
-    if budget.max_val:
-        val = val.head(budget.max_val, seed)
+    if budget.train_cap(dataset):
+        train = train.head(budget.train_cap(dataset), seed)
+    if budget.val_cap(dataset):
+        val = val.head(budget.val_cap(dataset), seed)
     if budget.max_test:
         test = test.head(budget.max_test, 0)
     return train, val, test
@@ -65,32 +90,62 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
 
     from exotune.boxes import load_box
     from exotune.graybox import DGAConfig
-    from exotune.tasks.classification import TextClassifier
-    from exotune.train import TrainConfig, Trainer, seed_everything
+    from exotune.graybox.entry_tokens import EntryTokensConfig
+    from exotune.tasks.classification import ClassificationConfig, TextClassifier
+    from exotune.train import seed_everything
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seed_everything(seed)
     method, variant, access = METHODS[name]
     train, val, test = _data(dataset, data_dir, budget, seed)
-    box = load_box(backbone)
+    task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
-           "seed": seed, "train_seconds": 0.0, "seconds_per_step": None}
+           "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None,
+           "n_train": len(train), "n_val": len(val), "n_test": len(test),
+           "label_template": None if method == "linear-probe" else task.label_template}
+    if access == "white":
+        rec.update(_white_box(method, train, val, test, budget, seed, backbone, task))
+        rec["peak_memory_mb"] = peak_memory_mb()
+        return rec
+    lga = method == "lga"
+    box = load_box(backbone, entry_points="all") if lga else load_box(backbone)
     if method == "zero-shot":
-        model = TextClassifier(box, train.label_names)
+        model = TextClassifier(box, train.label_names, config=task)
         rec["trainable_params"] = 0
         rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
     elif method == "linear-probe":
         rec.update(_linear_probe(box, train, val, test, budget, seed))
     else:
-        model = TextClassifier(box, train.label_names, DGAConfig.variant(variant))
-        cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr,
-                          patience=budget.patience, seed=seed)
-        result = Trainer(cfg, progress=False).fit(model, train, val)
-        rec.update(trainable_params=model.num_trainable(), train_seconds=result.train_seconds,
-                   seconds_per_step=result.seconds_per_step, best_epoch=result.best_epoch,
-                   val_accuracy=result.best_metric)
-        rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
+        tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
+        dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
+        model = TextClassifier(box, train.label_names, dga, task)
+        rec.update(_fit(model, train, val, test, budget, budget.lr_for(method), seed))
     rec["peak_memory_mb"] = peak_memory_mb()
+    return rec
+
+
+def _fit(model, train, val, test, budget: Budget, lr: float, seed: int) -> dict:
+    """The shared gradient protocol: the same Trainer, budget and selection for every method."""
+    from exotune.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=lr,
+                      patience=budget.patience, seed=seed)
+    result = Trainer(cfg, progress=False).fit(model, train, val)
+    rec = {"trainable_params": model.num_trainable(), "train_seconds": result.train_seconds,
+           "seconds_per_step": result.seconds_per_step, "steps": result.steps, "lr": lr,
+           "best_epoch": result.best_epoch, "val_accuracy": result.best_metric}
+    rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
+    return rec
+
+
+def _white_box(method, train, val, test, budget: Budget, seed: int, backbone, task) -> dict:
+    """LoRA or full fine-tuning of the same encoder, loaded as the box loads it."""
+    from exotune.whitebox import WhiteBoxClassifier, WhiteBoxConfig
+
+    wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
+    model = WhiteBoxClassifier.from_backbone(backbone, train.label_names, wb, task)
+    rec = {"variant": wb.variant_name, "whitebox": wb.to_dict()}
+    rec.update(_fit(model, train, val, test, budget, budget.lr_for(method), seed))
     return rec
 
 

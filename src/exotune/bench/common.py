@@ -98,20 +98,46 @@ def _fmt(v, digits=1):
     return "" if v is None else f"{v:,.{digits}f}"
 
 
+def _dataset_line(records: list[dict]) -> str | None:
+    """What the runs of one dataset saw: sample sizes and the label template."""
+    r = next((r for r in records if r.get("n_train") is not None), None)
+    if r is None:
+        return None
+    line = f"train {r['n_train']:,}, validation {r['n_val']:,}, test {r['n_test']:,} examples"
+    template = next((x["label_template"] for x in records if x.get("label_template")), None)
+    return line + (f"; class names encoded as `{template}`." if template else ".")
+
+
 def markdown_table(doc: dict) -> str:
     lines = [f"# {doc['suite']}", "", f"`{doc['command']}`", "",
              f"{doc['date']}, {doc['machine']}, backbone {doc.get('backbone', '')}.", ""]
     if doc.get("budget"):
         lines += [f"Budget: {doc['budget']}", ""]
-    lines += ["| dataset | method | variant | access | metric | mean ± std | trainable params | train s | s/step | peak MB | eval ex/s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in doc["records"]:
-        lines.append(
-            f"| {r['dataset']} | {r['method']} | {r['variant']} | {r['access']} | {r['metric']} | "
-            f"{r['mean']:.4f} ± {r['std']:.4f} | {r['trainable_params']:,} | {_fmt(r['train_seconds'])} | "
-            f"{_fmt(r['seconds_per_step'], 3)} | {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r.get('eval_examples_per_second'), 0)} |"
-        )
-    return "\n".join(lines) + "\n"
+    datasets = list(dict.fromkeys(r["dataset"] for r in doc["records"]))
+    for ds in datasets:
+        records = [r for r in doc["records"] if r["dataset"] == ds]
+        lines += [f"## {ds}", ""]
+        about = _dataset_line(records)
+        if about:
+            lines += [about, ""]
+        lines += ["| method | variant | access | metric | mean ± std | trainable params | lr | train s | s/step | peak MB | eval ex/s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in records:
+            lr = "" if r.get("lr") is None else f"{r['lr']:g}"
+            lines.append(
+                f"| {r['method']} | {r['variant']} | {r['access']} | {r['metric']} | "
+                f"{r['mean']:.4f} ± {r['std']:.4f} | {r['trainable_params']:,} | {lr} | {_fmt(r['train_seconds'])} | "
+                f"{_fmt(r['seconds_per_step'], 3)} | {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r.get('eval_examples_per_second'), 0)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+PLOTS = (  # x axis key, label, file suffix; the y axis is the suite's first metric
+    ("trainable_params", "trainable parameters", "params"),
+    ("train_seconds", "training seconds", "time"),
+    ("seconds_per_step", "seconds per training step (same batch size)", "step_time"),
+)
 
 
 def plot(doc: dict, out_dir: Path) -> None:
@@ -123,21 +149,29 @@ def plot(doc: dict, out_dir: Path) -> None:
     except ImportError:  # plots need the 'bench' extra; the JSON and table do not
         print("matplotlib is not installed (pip install 'exotune[bench]'): no plots written", file=sys.stderr)
         return
-    datasets = sorted({r["dataset"] for r in doc["records"]})
-    for xkey, xlabel, name in (("trainable_params", "trainable parameters", "params"),
-                               ("train_seconds", "training seconds", "time")):
+    if not doc["records"]:
+        return
+    metric = doc["records"][0]["metric"]
+    records = [r for r in doc["records"] if r["metric"] == metric]
+    datasets = sorted({r["dataset"] for r in records})
+    for xkey, xlabel, name in PLOTS:
         fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
         for ax, ds in zip(axes[0], datasets, strict=True):
-            for r in doc["records"]:
+            for r in records:
                 if r["dataset"] != ds:
                     continue
-                x = max(r.get(xkey) or 0, 1e-1 if xkey == "train_seconds" else 1)
+                x = r.get(xkey)
+                if xkey == "seconds_per_step":
+                    if not x:
+                        continue  # no training steps (zero-shot, linear probe): nothing to place
+                else:
+                    x = max(x or 0, 1e-1 if xkey == "train_seconds" else 1)  # log axis: 0 sits at the left
                 ax.errorbar(x, r["mean"], yerr=r["std"], fmt="o", capsize=3)
                 ax.annotate(f"{r['method']} ({r['variant']})", (x, r["mean"]), fontsize=7,
                             xytext=(4, 2), textcoords="offset points")
             ax.set_xscale("log")
             ax.set_xlabel(xlabel)
-            ax.set_ylabel(doc["records"][0]["metric"])
+            ax.set_ylabel(metric)
             ax.set_title(f"{doc['suite']}: {ds}")
             ax.grid(alpha=0.3)
         fig.tight_layout()

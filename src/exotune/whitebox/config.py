@@ -1,0 +1,70 @@
+"""White-box configuration: LoRA (through Hugging Face PEFT) or full fine-tuning."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+from exotune.errors import ConfigError
+
+MODES = ("lora", "full-ft")
+# Attention projections of the BERT family (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM); "dense"
+# adds the attention-output and feed-forward projections of every layer.
+DEFAULT_TARGETS = ("query", "key", "value")
+
+
+@dataclass
+class WhiteBoxConfig:
+    """How the owned encoder is trained. ``r``, ``alpha``, ``dropout`` and ``target_modules``
+    apply to ``lora`` only; ``full-ft`` trains every encoder weight."""
+
+    mode: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        self.target_modules = tuple(self.target_modules)
+        if self.mode == "lora":
+            if not isinstance(self.r, int) or self.r < 1:
+                raise ConfigError(f"r (the LoRA rank) must be an integer >= 1, got {self.r!r}")
+            if not self.alpha > 0:
+                raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+            if not 0.0 <= self.dropout < 1.0:
+                raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+                raise ConfigError(f"target_modules must be non-empty module names, got {self.target_modules!r}")
+
+    @classmethod
+    def lora(cls, r: int = 8, alpha: float | None = None, dropout: float = 0.1, dense: bool = False) -> WhiteBoxConfig:
+        """LoRA on query/key/value (plus every ``dense`` projection if asked); alpha = 2r by default."""
+        targets = (*DEFAULT_TARGETS, "dense") if dense else DEFAULT_TARGETS
+        return cls("lora", r, float(alpha if alpha is not None else 2 * r), dropout, targets)
+
+    @classmethod
+    def full_ft(cls) -> WhiteBoxConfig:
+        return cls(mode="full-ft")
+
+    @property
+    def variant_name(self) -> str:
+        if self.mode == "full-ft":
+            return "all"
+        return f"r={self.r}" + (",dense" if "dense" in self.target_modules else "")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WhiteBoxConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown white-box config keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})

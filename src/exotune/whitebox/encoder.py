@@ -1,0 +1,109 @@
+"""An owned text encoder: the same tokenisation, pooling and normalisation as the box, but
+the weights are a submodule the user trains (LoRA through PEFT, or all of them)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from exotune.boxes.text import POOLINGS
+from exotune.errors import ConfigError
+from exotune.whitebox.config import WhiteBoxConfig
+
+LORA_MARK = "lora_"  # PEFT's LoRA tensors are named ``...lora_A.<adapter>.weight`` / ``lora_B``
+
+
+def _import_peft():
+    try:
+        import peft
+    except ImportError as err:
+        raise ConfigError("LoRA needs Hugging Face PEFT: pip install 'exotune[bench]'") from err
+    return peft
+
+
+def _unused(name: str) -> bool:
+    # BERT's pooler (tanh over [CLS]) is never on the path: we pool last_hidden_state like the box.
+    return name == "pooler" or name.startswith("pooler.")
+
+
+def lora_target_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """Full names of the linear layers whose last name is in ``targets`` (pooler excluded)."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets and not _unused(name)
+    ]
+    if not names:
+        raise ConfigError(f"no linear layer of this encoder is named one of {list(targets)}; "
+                          "pass target_modules that exist (e.g. q_lin, k_lin, v_lin for DistilBERT)")
+    return names
+
+
+def add_lora(model: nn.Module, config: WhiteBoxConfig) -> nn.Module:
+    """Inject LoRA layers in place; afterwards only the LoRA tensors require grad."""
+    peft = _import_peft()
+    lora = peft.LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        # full names, so that "dense" never reaches the unused pooler
+        target_modules=lora_target_names(model, config.target_modules),
+        bias="none",
+    )
+    model = peft.inject_adapter_in_model(lora, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(LORA_MARK in name)
+    return model
+
+
+class WhiteBoxEncoder(nn.Module):
+    """texts -> pooled (and optionally L2-normalised) outputs (B, H), differentiable in the weights."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: WhiteBoxConfig, *, pooling: str = "mean",
+                 normalize: bool = False, max_length: int | None = None) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        positions = int(getattr(model.config, "max_position_embeddings", 512))
+        self.config = config
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = min(max_length or positions, positions)  # as the box clips it
+        self.tokenizer = tokenizer
+        if config.mode == "lora":
+            model = add_lora(model, config)
+        else:
+            for name, p in model.named_parameters():
+                p.requires_grad_(not _unused(name))
+        self.model = model
+        self.output_dim = int(model.config.hidden_size)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ConfigError("texts must be a list of strings")
+        device = next(self.model.parameters()).device
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        hidden = self.model(**enc).last_hidden_state  # (B, T, H)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
+        return pooled  # (B, H)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+        """Outputs without gradients, in eval mode (no dropout)."""
+        was_training = self.training
+        self.eval()
+        outs = [self(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        self.train(was_training)
+        return torch.cat(outs) if outs else torch.zeros(0, self.output_dim)
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the LoRA tensors, keyed as in ``self.model.state_dict()``."""
+        return {k: v for k, v in self.model.state_dict().items() if LORA_MARK in k}

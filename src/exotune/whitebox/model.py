@@ -1,0 +1,191 @@
+"""The white-box baseline classifier: an owned encoder (LoRA or fully fine-tuned) + a head.
+
+The same heads, tokenisation, pooling and training-loop protocol as the gray-box
+``TextClassifier``, so that ``Trainer`` fits both unchanged and the comparison is about
+access, not about plumbing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from exotune import __version__
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
+from exotune.boxes.loading import DEFAULT_BACKBONE, load_text_encoder
+from exotune.boxes.text import _model_digest
+from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
+from exotune.tasks.classification import ClassificationConfig, TextClassifier, label_texts
+from exotune.tasks.heads import LinearHead, PrototypeHead
+from exotune.whitebox.config import WhiteBoxConfig
+from exotune.whitebox.encoder import LORA_MARK, WhiteBoxEncoder
+
+ARTIFACT_TYPE = "whitebox-classifier"
+ENCODER_DIR = "encoder"  # full-ft only: the whole fine-tuned encoder, Hugging Face layout
+_BASE = "encoder.model."  # prefix of the encoder's own tensors in state_dict()
+
+
+class WhiteBoxClassifier(nn.Module):
+    """Owned encoder + head. In ``lora`` mode ``state_dict()`` holds only what is trained
+    (LoRA tensors and head), like the gray-box classifier; in ``full-ft`` mode, everything."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        label_names: list[str],
+        whitebox: WhiteBoxConfig | None = None,
+        config: ClassificationConfig | None = None,
+        *,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int | None = None,
+        base_model: str | None = None,
+        _init_head: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(label_names) < 2:
+            raise ConfigError(f"need at least 2 classes, got {label_names!r}")
+        self.label_names = list(label_names)
+        self.whitebox = whitebox or WhiteBoxConfig()
+        self.config = config or ClassificationConfig()
+        self.base_model = base_model
+        # LoRA leaves the base weights untouched: their digest ties a saved adapter to them.
+        self.base_digest = _model_digest(model) if self.whitebox.mode == "lora" else None
+        self.encoder = WhiteBoxEncoder(model, tokenizer, self.whitebox, pooling=pooling,
+                                       normalize=normalize, max_length=max_length)
+        dim, n = self.encoder.output_dim, len(label_names)
+        if self.config.head == "prototype":
+            # LoRA's B starts at zero and nothing is trained yet: this is the frozen encoder,
+            # so step 0 is the zero-shot classifier, exactly as for the gray box.
+            protos = (self.encoder.encode(label_texts(label_names, self.config.label_template))
+                      if _init_head else torch.zeros(n, dim))
+            self.head = PrototypeHead(protos, self.config.temperature, self.config.learn_prototypes,
+                                      self.config.learn_temperature)
+        else:
+            self.head = LinearHead(dim, n)
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str | None, label_names: list[str], whitebox: WhiteBoxConfig | None = None,
+                      config: ClassificationConfig | None = None, **encoder_kwargs) -> WhiteBoxClassifier:
+        """Load the encoder as ``load_box`` would (same pooling, normalisation, max length)."""
+        model, tokenizer, defaults = load_text_encoder(name_or_path)
+        return cls(model, tokenizer, label_names, whitebox, config, base_model=name_or_path or DEFAULT_BACKBONE,
+                   **{**defaults, **encoder_kwargs})
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        return self.head(self.encoder(texts))  # (B, C)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # -- the training-loop protocol: the gray-box classifier's, shared rather than copied ----
+
+    loss = TextClassifier.loss
+    predict_proba = TextClassifier.predict_proba
+    predict = TextClassifier.predict
+    evaluate = TextClassifier.evaluate
+
+    # -- state: in lora mode only the user's tensors ------------------------------------------
+
+    def _frozen_key(self, key: str, prefix: str = "") -> bool:
+        return (self.whitebox.mode == "lora" and key.startswith(prefix + _BASE)
+                and LORA_MARK not in key)
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for key in [k for k in state if self._frozen_key(k, prefix)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.whitebox.mode != "lora":
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not self._frozen_key(k)]
+        frozen = [k for k in state_dict if self._frozen_key(k)]
+        if strict and (missing or result.unexpected_keys or frozen):
+            raise ArtifactError(f"LoRA state does not match the model: missing {missing}, "
+                                f"unexpected {list(result.unexpected_keys) + frozen}")
+        return result
+
+    # -- artifacts ------------------------------------------------------------------------------
+
+    def to_config_dict(self) -> dict:
+        enc = self.encoder
+        return {
+            "type": ARTIFACT_TYPE,
+            "library_version": __version__,
+            "access": "white",
+            "whitebox": self.whitebox.to_dict(),
+            "base_model": self.base_model,
+            "base_digest": self.base_digest,
+            "encoder": {"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length},
+            "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
+        }
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """``lora``: config + LoRA and head tensors only (never the base weights).
+        ``full-ft``: config + head tensors + ``encoder/``, the whole model and tokenizer."""
+        files = {CONFIG_NAME: self.to_config_dict()}
+        if self.whitebox.mode == "lora":
+            files[WEIGHTS_NAME] = self.state_dict()
+        else:
+            files[WEIGHTS_NAME] = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+            def write_encoder(folder: Path) -> None:
+                self.encoder.model.save_pretrained(folder)  # safetensors
+                self.encoder.tokenizer.save_pretrained(folder)
+
+            files[ENCODER_DIR] = write_encoder
+        return write_folder(path, files)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backbone: str | None = None) -> WhiteBoxClassifier:
+        """Load a saved classifier; a LoRA one loads its base from ``backbone`` (default: the
+        base it was trained on) and fails if those weights differ."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"white-box folder {path} does not exist")
+        cfg = read_json(path / CONFIG_NAME)
+        if cfg.get("type") != ARTIFACT_TYPE:
+            raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {ARTIFACT_TYPE!r}")
+        try:
+            whitebox = WhiteBoxConfig.from_dict(cfg["whitebox"])
+            task = dict(cfg["task"])
+            labels = task.pop("labels")
+            task.pop("type", None)
+            encoder_kwargs = dict(cfg["encoder"])
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
+        if whitebox.mode == "lora":
+            source = backbone or cfg.get("base_model")
+            model, tokenizer, _ = load_text_encoder(source)
+            digest = _model_digest(model)
+            if digest != cfg.get("base_digest"):
+                raise SpecMismatchError(f"LoRA weights in {path} were trained on base weights {cfg.get('base_digest')}, "
+                                        f"{source!r} has {digest}")
+        else:
+            model, tokenizer, _ = load_text_encoder(str(path / ENCODER_DIR))
+            source = cfg.get("base_model")
+        clf = cls(model, tokenizer, labels, whitebox, ClassificationConfig.from_dict(task), base_model=source,
+                  _init_head=False, **encoder_kwargs)
+        state = read_tensors(path / WEIGHTS_NAME)
+        expected = {k: v for k, v in clf.state_dict().items()
+                    if whitebox.mode == "lora" or not k.startswith("encoder.")}
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+            raise ArtifactError(f"{path / WEIGHTS_NAME} does not match its config: tensors "
+                                f"{sorted(set(state) ^ set(expected)) or 'with other shapes'}")
+        if whitebox.mode == "lora":
+            clf.load_state_dict(state)
+        else:
+            clf.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
+        clf.eval()
+        return clf
