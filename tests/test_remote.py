@@ -223,10 +223,10 @@ def test_a_real_uvicorn_server_on_loopback(tiny_box):
 
 @pytest.fixture
 def served(monkeypatch):
-    from exotune import cli
+    from exotune.serve import cli as serve_cli
 
     calls = []
-    monkeypatch.setattr(cli, "_run_server", lambda app, host, port: calls.append((app, host, port)))
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: calls.append((app, host, port)))
     monkeypatch.delenv("EXOTUNE_TOKENS", raising=False)
     return calls
 

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from exotune import __version__
+from exotune.argtypes import entry_points_arg, positive_int
 from exotune.errors import ExotuneError
+from exotune.serve.cli import TOKENS_ENV, add_serve_args
 
 DEMO_DIR = "runs/demo"
-TOKENS_ENV = "EXOTUNE_TOKENS"
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
 
@@ -34,29 +35,6 @@ def _add_box_args(p: argparse.ArgumentParser) -> None:
                    help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
 
 
-def _entry_points_arg(value: str) -> str | list[int]:
-    """``all`` or comma-separated layer indices, e.g. ``0,2,5``."""
-    if value.strip().lower() == "all":
-        return "all"
-    try:
-        layers = [int(v) for v in value.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'all' or comma-separated layer indices, got {value!r}") from None
-    if any(i < 0 for i in layers):
-        raise argparse.ArgumentTypeError(f"layer indices must be >= 0, got {value!r}")
-    return layers
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
-    return number
-
-
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     from exotune.graybox import VARIANTS, adapter_names
     from exotune.tasks.heads import HEADS
@@ -71,10 +49,10 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     a.add_argument("--head", default="prototype", choices=HEADS, help="default: prototype (zero-shot at step 0)")
     a.add_argument("--label-template", default="{}", help="text a class name is encoded as, e.g. 'a review that is {}'")
     g = p.add_argument_group("entry tokens (LGA: the box is loaded light-gray)")
-    g.add_argument("--entry-points", type=_entry_points_arg, default=None,
+    g.add_argument("--entry-points", type=entry_points_arg, default=None,
                    help="layers that accept tokens: 'all' or comma-separated indices, e.g. 0,2,5 (default with "
                         "--entry-tokens: all)")
-    g.add_argument("--entry-tokens", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--entry-tokens", type=positive_int, default=None, metavar="N",
                    help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=epochs)
@@ -87,33 +65,6 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     t.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
     t.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_serve_args(p: argparse.ArgumentParser) -> None:
-    from exotune.boxes.spec import ACCESS_LEVELS
-
-    p.add_argument("--model", default=None,
-                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
-    p.add_argument("--entry-points", type=_entry_points_arg, default=None,
-                   help="light-gray: 'all' or comma-separated layer indices that accept tokens")
-    p.add_argument("--entry-tokens-max", type=_positive_int, default=ENTRY_TOKENS_MAX,
-                   help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})")
-    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    auth = p.add_mutually_exclusive_group()
-    auth.add_argument("--tokens-file", help=f"file with one bearer token per line (else ${TOKENS_ENV})")
-    auth.add_argument("--no-auth", action="store_true", help="serve without tokens: anyone who reaches the port may call")
-    p.add_argument("--stateless", action="store_true", help="keep no graphs: backward sends the inputs again")
-    p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
-    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
-    p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
-    p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
-    p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
-    p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
-    p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
-    p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "input gradients, black only outputs. Tokens come from --tokens-file or "
                                    f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
                                    "unless --no-auth is given.")
-    _add_serve_args(p)
+    add_serve_args(p)
 
     p = sub.add_parser("bench", help="run a comparison suite and write benchmarks/results/")
     from exotune.bench import SUITES, add_bench_args
@@ -325,65 +276,10 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _serve_tokens(args) -> list[str]:
-    import os
-
-    from exotune.errors import ConfigError
-
-    if args.tokens_file:
-        path = Path(args.tokens_file)
-        if not path.is_file():
-            raise ConfigError(f"--tokens-file {path} does not exist")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [t.strip() for t in lines if t.strip() and not t.strip().startswith("#")]
-    if args.no_auth:
-        return []
-    return [t.strip() for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
-
-
-def build_server(args):
-    """Parsed ``serve`` arguments -> the app to run (without running it)."""
-
-    from exotune.boxes import load_box
-    from exotune.errors import ConfigError
-    from exotune.serve import ServeConfig, create_app
-
-    tokens = _serve_tokens(args)
-    if not tokens and not args.no_auth:
-        raise ConfigError(f"refusing to serve without a token: put tokens in --tokens-file or ${TOKENS_ENV}, "
-                          "or pass --no-auth explicitly")
-    config = ServeConfig(stateless=args.stateless, no_auth=args.no_auth, max_batch=args.max_batch,
-                         max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
-                         rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
-                         handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
-                         max_handle_bytes=int(args.max_handle_mb * 2**20))
-    kwargs = {"access": args.level}
-    if args.entry_points:
-        if args.level != "light-gray":
-            raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
-        kwargs.update(entry_points=args.entry_points, entry_tokens_max=args.entry_tokens_max)
-    return create_app(load_box(args.model, **kwargs), tokens, config)
-
-
-def _run_server(app, host: str, port: int) -> None:  # pragma: no cover - blocks; tests replace it
-    try:
-        import uvicorn
-    except ImportError as err:
-        from exotune.errors import MissingDependencyError
-
-        raise MissingDependencyError("exotune serve needs uvicorn: pip install 'exotune[serve]'") from err
-    uvicorn.run(app, host=host, port=port, log_level="info")
-
-
 def cmd_serve(args) -> int:
-    app = build_server(args)
-    spec = app.state.service.spec
-    if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
-    print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/",
-          file=sys.stderr)
-    _run_server(app, args.host, args.port)
-    return 0
+    from exotune.serve.cli import cmd_serve as run
+
+    return run(args)
 
 
 def cmd_ea(args) -> int:

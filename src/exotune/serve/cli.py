@@ -1,0 +1,99 @@
+"""``exotune serve``: arguments -> a configured app -> uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from exotune.argtypes import entry_points_arg, positive_int
+from exotune.errors import ConfigError
+
+TOKENS_ENV = "EXOTUNE_TOKENS"
+ENTRY_TOKENS_MAX = 8  # tokens each served entry point accepts by default
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    from exotune.boxes.spec import ACCESS_LEVELS
+
+    p.add_argument("--model", default=None,
+                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
+    p.add_argument("--entry-points", type=entry_points_arg, default=None,
+                   help="light-gray: 'all' or comma-separated layer indices that accept tokens")
+    p.add_argument("--entry-tokens-max", type=positive_int, default=ENTRY_TOKENS_MAX,
+                   help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})")
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--tokens-file", help=f"file with one bearer token per line (else ${TOKENS_ENV})")
+    auth.add_argument("--no-auth", action="store_true", help="serve without tokens: anyone who reaches the port may call")
+    p.add_argument("--stateless", action="store_true", help="keep no graphs: backward sends the inputs again")
+    p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
+    p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
+    p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
+    p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
+    p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
+    p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
+
+
+def _serve_tokens(args) -> list[str]:
+    if args.tokens_file:
+        path = Path(args.tokens_file)
+        if not path.is_file():
+            raise ConfigError(f"--tokens-file {path} does not exist")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [t.strip() for t in lines if t.strip() and not t.strip().startswith("#")]
+    if args.no_auth:
+        return []
+    return [t.strip() for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
+
+
+def build_server(args):
+    """Parsed ``serve`` arguments -> the app to run (without running it)."""
+
+    from exotune.boxes import load_box
+    from exotune.serve import ServeConfig, create_app
+
+    tokens = _serve_tokens(args)
+    if not tokens and not args.no_auth:
+        raise ConfigError(f"refusing to serve without a token: put tokens in --tokens-file or ${TOKENS_ENV}, "
+                          "or pass --no-auth explicitly")
+    config = ServeConfig(stateless=args.stateless, no_auth=args.no_auth, max_batch=args.max_batch,
+                         max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
+                         rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
+                         handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
+                         max_handle_bytes=int(args.max_handle_mb * 2**20))
+    kwargs = {"access": args.level}
+    if args.entry_points:
+        if args.level != "light-gray":
+            raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
+        kwargs.update(entry_points=args.entry_points, entry_tokens_max=args.entry_tokens_max)
+    return create_app(load_box(args.model, **kwargs), tokens, config)
+
+
+def run_server(app, host: str, port: int) -> None:  # pragma: no cover - blocks; tests replace it
+    try:
+        import uvicorn
+    except ImportError as err:
+        from exotune.errors import MissingDependencyError
+
+        raise MissingDependencyError("exotune serve needs uvicorn: pip install 'exotune[serve]'") from err
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def cmd_serve(args) -> int:
+    app = build_server(args)
+    spec = app.state.service.spec
+    if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
+    print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/",
+          file=sys.stderr)
+    run_server(app, args.host, args.port)
+    return 0
+
+
