@@ -3,7 +3,12 @@ models, underfit regions, router and the adapted model."""
 
 from exotune.ea.cache import ResponseCache
 from exotune.ea.client import BlackBoxClient, BlackBoxOutput, Ledger
-from exotune.ea.clients import CallableClient, OpenAIChatClient, OpenAIEmbeddingClient
+from exotune.ea.clients import (
+    CallableClient,
+    OpenAIChatClient,
+    OpenAIEmbeddingClient,
+    ServedBoxClient,
+)
 from exotune.ea.model import EasyAdapter, Routing
 from exotune.ea.prompt import PromptTemplate, parse_label
 from exotune.ea.regions import Regions, wilson
@@ -21,6 +26,7 @@ from exotune.ea.ssm import (
 __all__ = [
     "POLICIES",
     "SSMS",
+    "ServedBoxClient",
     "BlackBoxClient",
     "BlackBoxOutput",
     "CallableClient",

@@ -226,3 +226,76 @@ class CallableClient(BlackBoxClient):
             out.confidence = float(out.scores[out.label])
         out.cost = out.cost or self.cost_per_call
         return out
+
+
+class ServedBoxClient(BlackBoxClient):
+    """exotune's own served box as the black box (``exotune serve --level black``).
+
+    ``returns="labels"``: the box answers with a label only (zero-shot: the label name whose
+    encoding is most similar, from ``POST /v1/scores``); ``"scores"`` adds the softmax of those
+    similarities; ``"embeddings"`` returns the box's outputs (``POST /v1/encode``) with the
+    zero-shot label and scores. The served box's own retries handle 429/503 and lost
+    connections; what still fails is reported as transient (retried here) or final.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, box=None, returns: str = "labels",
+                 temperature: float = 0.05, label_template: str = "{}", **common):
+        if returns not in ("labels", "scores", "embeddings"):
+            raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
+        if "{}" not in label_template:
+            raise ConfigError(f"label_template must contain '{{}}', got {label_template!r}")
+        common.setdefault("batch_size", 64)
+        super().__init__(**common)
+        self.url, self.returns, self.temperature, self.label_template = url, returns, temperature, label_template
+        if (url is None) == (box is None):
+            raise ConfigError("ServedBoxClient needs either url (and token) or a connected box, not both")
+        self._token = token
+        self._box = box  # with a url: connected on first use, never in __init__
+        self._protos = None
+        self.provides = frozenset({"labels", "scores", "embeddings"} if returns == "embeddings"
+                                  else {"labels", "scores"} if returns == "scores" else {"labels"})
+
+    def _connect(self):
+        if self._box is None:
+            from exotune.boxes.remote import connect
+
+            self._box = connect(self.url, token=self._token)
+        return self._box
+
+    def describe(self) -> dict:
+        spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
+        return {"client": "served-box", "model_digest": spec.model_digest, "pooling": spec.pooling,
+                "returns": self.returns, "temperature": self.temperature, "label_template": self.label_template}
+
+    def _label_texts(self, label_names):
+        return [self.label_template.format(n.replace("_", " ")) for n in label_names]
+
+    async def _call(self, fn, *args):
+        from exotune.errors import RemoteError
+
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except RemoteError as err:
+            if err.status is None or err.status == 429 or err.status >= 500:
+                raise TransientBlackBoxError(str(err)) from err
+            raise BlackBoxError(str(err)) from err
+
+    async def _open(self, label_names, ledger) -> None:
+        if self.returns == "embeddings":
+            box = self._connect()
+            self._protos = (await self._call(box.encode, self._label_texts(label_names))).numpy().astype(np.float64)
+
+    async def _request(self, texts, label_names):
+        box = self._connect()
+        if self.returns == "embeddings":
+            emb = (await self._call(box.encode, list(texts))).numpy().astype(np.float64)
+            labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
+            return [BlackBoxOutput(label=int(y), scores=p.tolist(), embedding=e.tolist())
+                    for y, p, e in zip(labels, probs, emb, strict=True)]
+        sims = (await self._call(box.scores, list(texts), self._label_texts(label_names))).numpy()
+        logits = sims / self.temperature
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        if self.returns == "labels":
+            return [BlackBoxOutput(label=int(p.argmax())) for p in probs]
+        return [BlackBoxOutput(label=int(p.argmax()), scores=p.tolist()) for p in probs]
