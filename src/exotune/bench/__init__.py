@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, remote
+from exotune.bench import classification, ea, remote
 from exotune.bench.common import (
     RESULTS_DIR,
     RunLog,
@@ -16,7 +16,7 @@ from exotune.bench.common import (
     write_results,
 )
 
-SUITES = {"classification": classification, "remote": remote}
+SUITES = {"classification": classification, "remote": remote, "ea": ea}
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served_box(backbone: str | None, stateless: bool = False, timeout_s: float = 180.0):
+def served_box(backbone: str | None, stateless: bool = False, level: str = "dark-gray", timeout_s: float = 180.0):
     """Start ``exotune serve`` on 127.0.0.1 in a subprocess; yield (url, token, process)."""
     import httpx
 
@@ -56,7 +56,7 @@ def served_box(backbone: str | None, stateless: bool = False, timeout_s: float =
         tokens = Path(tmp) / "tokens"
         tokens.write_text(token + "\n")
         cmd = [sys.executable, "-m", "exotune.cli", "serve", "--port", str(port), "--tokens-file", str(tokens),
-               "--rate", "100000", "--burst", "100000"]
+               "--rate", "100000", "--burst", "100000", "--level", level]
         if backbone:
             cmd += ["--model", backbone]
         if stateless:

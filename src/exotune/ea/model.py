@@ -206,11 +206,26 @@ class EasyAdapter(BaseEstimator):
         acc_v = self.regions_.lm_accuracy(Pv.argmax(1), clusters_val)
         Gv = gate_features(Pv, acc_v)
         Fv = full_features(Pv, acc_v, lm.labels[n_tr:], _rows(lm.scores, n_tr, None), lm.confidence[n_tr:])
-        self.router_.calibrate(Gv, Fv, Pv.argmax(1) == y_val, lm.labels[n_tr:] == y_val)
+        self.val_features_ = (Gv, Fv, Pv.argmax(1) == y_val, lm.labels[n_tr:] == y_val)
+        self.router_.calibrate(*self.val_features_)
         self.fit_seconds_ = time.perf_counter() - t0
         self.val_accuracy_ = {"lm": float((lm.labels[n_tr:] == y_val).mean()),
                               "ssm": float((Pv.argmax(1) == y_val).mean()),
                               "ea": max(c["accuracy"] for c in self.router_.val_curve_ if c["share"] == self.router_.share_)}
+        return self
+
+    def recalibrate(self, budget: float, policy: str | None = None) -> EasyAdapter:
+        """Another LM budget (and policy) without refitting: the budget only moves the routing
+        threshold, which is chosen again on the validation features kept by ``fit``."""
+        self._check_fitted()
+        if not hasattr(self, "val_features_"):
+            raise NotFittedError("recalibrate needs the validation features of fit(); a loaded adapter has none")
+        policy = policy or self.policy
+        Router(policy, budget)._validate()
+        self.policy, self.budget = policy, budget
+        self.router_.policy, self.router_.budget = policy, budget
+        self.router_.threshold_ = np.inf if policy == "lm-first" else -np.inf
+        self.router_.calibrate(*self.val_features_)
         return self
 
     # -- inference ---------------------------------------------------------------------------------

@@ -1,0 +1,196 @@
+"""EA suite: Easy Adaptation around MiniLM served at level ``black``, against LoRA.
+
+The LM is ``exotune serve --level black`` in its own process, as an API would be: the
+user's process pays neither its memory nor its weights. Two settings, as in the issue:
+``label-only`` (the LM answers with a label, zero-shot by similarity to the label names)
+and ``embeddings`` (it returns embeddings, which the SSMs may read). Each setting is fitted
+once in a fresh process (probe included in its training seconds); the budgets are then
+chosen again on validation (``EasyAdapter.recalibrate``), which is all a budget changes.
+Test is touched only to report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from exotune.bench.common import command_line, machine, peak_memory_mb, run_isolated
+
+SETTINGS = {
+    # setting: (what the served box returns, the SSMs)
+    "label-only": ("labels", ("tfidf-lr",)),
+    "embeddings": ("embeddings", ("tfidf-lr", "embedding-lr")),
+}
+
+
+@dataclass
+class Budget:
+    val_fraction: float = 0.1
+    budgets: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
+    policies: tuple[str, ...] = ("ssm-first", "lm-first")
+    n_clusters: int = 8
+    cv_folds: int = 5
+    max_train: int | None = None
+    max_val: int | None = None
+    max_test: int | None = None
+    lora: dict = field(default_factory=lambda: {"epochs": 5})
+
+
+def _data(data_dir, budget: Budget, seed: int):
+    from exotune.data import load_dataset
+
+    train, val = load_dataset("banking77", "train", data_dir).split(budget.val_fraction, seed=seed)
+    test = load_dataset("banking77", "test", data_dir)
+    if budget.max_train:
+        train = train.head(budget.max_train, seed)
+    if budget.max_val:
+        val = val.head(budget.max_val, seed)
+    if budget.max_test:
+        test = test.head(budget.max_test, 0)
+    return train, val, test
+
+
+def ea_run(setting: str, url: str, token: str, seed: int, data_dir, budget: Budget) -> list[dict]:
+    """Fit EA for one setting (a cold cache: the probe is paid and timed), then report every
+    policy and budget; LM alone and SSM alone come from the same evaluation."""
+    from exotune.ea import EasyAdapter, ResponseCache, ServedBoxClient
+    from exotune.ea.report import evaluation
+
+    returns, ssms = SETTINGS[setting]
+    train, val, test = _data(data_dir, budget, seed)
+    base = {"dataset": "banking77", "split": "test", "access": "black", "seed": seed, "n_train": len(train),
+            "n_val": len(val), "n_test": len(test), "lm": "all-MiniLM-L6-v2 served at level black"}
+    with tempfile.TemporaryDirectory() as tmp:
+        lm = ServedBoxClient(url, token, returns=returns, cache=ResponseCache(Path(tmp) / "cache.sqlite"))
+        t0 = time.perf_counter()
+        model = EasyAdapter(lm=lm, ssms=ssms, n_clusters=budget.n_clusters, cv_folds=budget.cv_folds,
+                            policy="ssm-first", budget=1.0, random_state=seed).fit(train, val)
+        fit_seconds = time.perf_counter() - t0
+        probe = model.ledgers_["probe"].to_dict()
+        out, alone = [], None
+        for policy in budget.policies:
+            for share in budget.budgets if policy == "ssm-first" else (1.0,):
+                model.recalibrate(share, policy)
+                report = evaluation(model, test, compare=True)
+                if alone is None:
+                    alone = report
+                out.append({**base, "method": "ea", "variant": f"{setting}, {policy}, budget={share:g}",
+                            "setting": setting, "policy": policy, "budget": share,
+                            "metrics": report["ea"], "lm_call_share": report["lm_call_share"],
+                            "lm_answer_share": report["lm_answer_share"],
+                            "val_accuracy": model.val_accuracy_, "curve": report.get("curve"),
+                            "seconds_per_input": report["seconds_per_input"]})
+        for r in out:
+            r.update(train_seconds=fit_seconds, probe_seconds=probe["seconds"], probe_calls=probe["calls"],
+                     trainable_params=None, seconds_per_step=None, peak_memory_mb=peak_memory_mb())
+        out.append({**base, "method": "lm", "variant": setting, "setting": setting, "metrics": alone["lm"],
+                    "train_seconds": 0.0, "trainable_params": 0, "seconds_per_step": None, "lm_call_share": 1.0,
+                    "peak_memory_mb": None})
+        out.append({**base, "method": "ssm", "variant": f"{setting}: {'+'.join(ssms)}", "setting": setting,
+                    "metrics": alone["ssm"], "train_seconds": fit_seconds, "trainable_params": None,
+                    "seconds_per_step": None, "lm_call_share": 0.0, "peak_memory_mb": peak_memory_mb(),
+                    "regions": alone["regions"]})
+    return out
+
+
+def lora_run(seed: int, data_dir, budget: Budget, backbone) -> dict:
+    from exotune.bench import classification
+
+    cb = classification.Budget(**budget.lora, max_train=budget.max_train, max_val=budget.max_val,
+                               max_test=budget.max_test)
+    return classification.run_one("lora", "banking77", seed, data_dir, cb, backbone)
+
+
+def _record(run: dict, metric: str) -> dict:
+    rec = {k: v for k, v in run.items() if k not in ("metrics", "seed", "curve", "regions")}
+    value = run["metrics"][metric]
+    return {**rec, "metric": metric, "mean": value, "std": 0.0, "seeds": [run["seed"]], "values": [value]}
+
+
+def run(args) -> int:
+    from exotune.bench.remote import served_box
+
+    budget = Budget(max_train=args.max_train)
+    if args.quick:
+        budget = Budget(max_train=600, max_val=200, max_test=300, budgets=(0.3, 1.0), cv_folds=3,
+                        n_clusters=4, lora={"epochs": 1})
+    seed = args.seeds[0]
+    out_dir = Path(args.out_dir) if args.out_dir else Path("benchmarks/results") / ("quick" if args.quick else "")
+    runs: list[dict] = []
+    with served_box(args.backbone, level="black") as (url, token, proc):
+        for setting in SETTINGS:
+            print(f"[bench] EA, {setting} ...", file=sys.stderr, flush=True)
+            runs += run_isolated(ea_run, setting, url, token, seed, args.data_dir, budget)
+        server_peak = None
+        from exotune.bench.remote import process_peak_mb
+
+        server_peak = process_peak_mb(proc.pid)
+    print("[bench] LoRA ...", file=sys.stderr, flush=True)
+    runs.append(run_isolated(lora_run, seed, args.data_dir, budget, args.backbone))
+    for r in runs:
+        print(f"[bench]   {r['method']:4} {r['variant']:40} accuracy {r['metrics']['accuracy']:.4f}", file=sys.stderr)
+    records = [_record(r, m) for r in runs for m in ("accuracy", "macro_f1")]
+    curves = {r["variant"]: r["curve"] for r in runs if r.get("curve")}
+    regions = {r["setting"]: r["regions"] for r in runs if r.get("regions")}
+    doc = {"suite": "ea", "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick,
+           "lm": "all-MiniLM-L6-v2 served by exotune serve --level black in its own process (loopback)",
+           "lm_server_peak_memory_mb": server_peak, "records": records, "test_curves": curves,
+           "regions": regions}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ea.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / "ea.md").write_text(markdown(doc))
+    plot(doc, out_dir)
+    print((out_dir / "ea.md").read_text())
+    return 0
+
+
+def markdown(doc: dict) -> str:
+    lines = [f"# ea\n\n`{doc['command']}`\n", f"{doc['date']}, {doc['machine']}. LM: {doc['lm']}.\n",
+             "| method | variant | accuracy | macro-F1 | LM-call share | train s | peak MB (user process) |",
+             "|---|---|---|---|---|---|---|"]
+    by = {}
+    for r in doc["records"]:
+        by.setdefault((r["method"], r["variant"]), {})[r["metric"]] = r
+    for (method, variant), m in by.items():
+        a, f = m["accuracy"], m["macro_f1"]
+        share = a.get("lm_call_share")
+        lines.append(f"| {method} | {variant} | {a['mean']:.4f} | {f['mean']:.4f} | "
+                     f"{'' if share is None else f'{share:.2f}'} | {a['train_seconds']:.0f} | "
+                     f"{'' if a.get('peak_memory_mb') is None else format(a['peak_memory_mb'], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, out_dir: Path) -> None:
+    """Cost-quality: accuracy against the share of inputs sent to the LM, per setting."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    acc = [r for r in doc["records"] if r["metric"] == "accuracy"]
+    for setting, marker in (("label-only", "o"), ("embeddings", "s")):
+        pts = sorted((r["lm_call_share"], r["mean"]) for r in acc
+                     if r["method"] == "ea" and r.get("setting") == setting and r.get("policy") == "ssm-first")
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker + "-", label=f"EA ssm-first ({setting})")
+        for r in acc:
+            if r["method"] == "lm" and r.get("setting") == setting:
+                ax.axhline(r["mean"], ls="--", color="gray", alpha=0.6)
+    for r in acc:
+        if r["method"] == "lora":
+            ax.axhline(r["mean"], ls=":", color="black", label="LoRA (white-box)")
+    ax.set_xlabel("share of test inputs sent to the LM (cost)")
+    ax.set_ylabel("accuracy, Banking77 test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "ea_cost_quality.png", dpi=110)
+    plt.close(fig)
