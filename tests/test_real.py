@@ -11,7 +11,7 @@ from exotune.cli import main
 from exotune.data import load_dataset
 from exotune.graybox import DGAConfig
 from exotune.tasks.classification import TextClassifier
-from exotune.train import Trainer, TrainConfig
+from exotune.train import TrainConfig, Trainer
 
 from .conftest import backbone_module
 
