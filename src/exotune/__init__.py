@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from exotune.boxes import Box, BoxSpec, TextEncoderBox, load_box  # noqa: E402
 from exotune.graybox import DGAConfig, GrayBoxModel  # noqa: E402
 from exotune.tasks.classification import ClassificationConfig, TextClassifier  # noqa: E402
+from exotune.tasks.retrieval import DualEncoder, RetrievalConfig  # noqa: E402
 from exotune.train import TrainConfig, Trainer  # noqa: E402
 
 
@@ -20,7 +21,9 @@ __all__ = [
     "BoxSpec",
     "ClassificationConfig",
     "DGAConfig",
+    "DualEncoder",
     "GrayBoxModel",
+    "RetrievalConfig",
     "TextClassifier",
     "TextEncoderBox",
     "TrainConfig",

@@ -10,24 +10,30 @@ from pathlib import Path
 
 from exotune import __version__
 from exotune.argtypes import entry_points_arg, positive_int
+from exotune.cli_retrieval import add_retrieval_args
 from exotune.errors import ExotuneError
 from exotune.serve.cli import TOKENS_ENV, add_serve_args
 
 DEMO_DIR = "runs/demo"
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
+TASKS = ("classification", "retrieval")
 
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
     g = p.add_argument_group("data")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="a known dataset: banking77, sst2")
+    src.add_argument("--dataset", help="a known dataset: banking77, sst2 (classification); scifact (retrieval)")
     src.add_argument("--file", help="a .csv, .tsv or .jsonl file of labelled texts")
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
     if split_default:
         g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
+
+
+def _add_task_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="classification", choices=TASKS, help="default: classification")
 
 
 def _add_box_args(p: argparse.ArgumentParser) -> None:
@@ -81,20 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("train", help="train DGA adapters (LGA with --entry-points) and a head on a labelled dataset")
+    p = sub.add_parser("train", help="train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)")
+    _add_task_arg(p)
     _add_data_args(p)
     _add_box_args(p)
     _add_train_args(p)
+    add_retrieval_args(p)
     p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
     p.add_argument("--eval-test", action="store_true", help="after training, evaluate on the test split of --dataset")
 
-    p = sub.add_parser("eval", help="evaluate an adapter (or zero-shot) on a labelled dataset")
+    p = sub.add_parser("eval", help="evaluate an adapter (or zero-shot) on a labelled or retrieval dataset")
+    _add_task_arg(p)
     _add_data_args(p, split_default="test")
     _add_box_args(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--adapter", help="adapter folder written by train")
-    who.add_argument("--zero-shot", action="store_true", help="class-name prototypes through the bare box")
+    who.add_argument("--zero-shot", action="store_true",
+                     help="the bare box: class-name prototypes, or plain embeddings for retrieval")
     p.add_argument("--label-template", default="{}", help="with --zero-shot: text a class name is encoded as")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
@@ -183,6 +193,10 @@ def cmd_train(args) -> int:
     from exotune.train import Trainer
 
     dga, train_cfg = _dga_config(args), _train_config(args)
+    if args.task == "retrieval":
+        from exotune import cli_retrieval
+
+        return cli_retrieval.train(args, dga, train_cfg)
     cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template)
     data = _load_data(args, "train")
     train, val = data.split(args.val_fraction, seed=args.seed)
@@ -211,6 +225,10 @@ def cmd_eval(args) -> int:
     from exotune.boxes import load_box
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
 
+    if args.task == "retrieval":
+        from exotune import cli_retrieval
+
+        return cli_retrieval.evaluate(args)
     data = _load_data(args, args.split)
     if args.zero_shot:
         box = load_box(args.backbone)

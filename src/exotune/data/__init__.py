@@ -1,5 +1,12 @@
 """Dataset loaders."""
 
+from exotune.data.beir import (
+    KNOWN_RETRIEVAL_DATASETS,
+    Corpus,
+    RetrievalData,
+    load_beir,
+    load_retrieval_dataset,
+)
 from exotune.data.text import (
     DATA_ENV,
     KNOWN_DATASETS,
@@ -13,9 +20,14 @@ from exotune.data.text import (
 __all__ = [
     "DATA_ENV",
     "KNOWN_DATASETS",
+    "KNOWN_RETRIEVAL_DATASETS",
+    "Corpus",
+    "RetrievalData",
     "TextLabelData",
     "data_root",
     "from_hf_dataset",
+    "load_beir",
     "load_dataset",
+    "load_retrieval_dataset",
     "load_text_file",
 ]

@@ -210,14 +210,24 @@ KNOWN_DATASETS = {
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None) -> TextLabelData:
     """Load a known dataset (``banking77``, ``sst2``) split ``train`` or ``test``."""
     if name not in KNOWN_DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {sorted(KNOWN_DATASETS)} (or pass a file)")
+        hint = " (a retrieval dataset: use load_retrieval_dataset / --task retrieval)" if name in RETRIEVAL_NAMES else ""
+        raise DataError(f"unknown dataset {name!r}; known: {sorted(KNOWN_DATASETS)} (or pass a file){hint}")
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     loader, files = KNOWN_DATASETS[name]
+    root = dataset_root(name, files, data_dir)
+    return loader(root, split)
+
+
+RETRIEVAL_NAMES = ("scifact",)  # loaded by exotune.data.beir; named here for a helpful error
+
+
+def dataset_root(name: str, files: list[str], data_dir: str | Path | None = None) -> Path:
+    """The data root holding ``name/``; a clear DatasetNotFoundError when it is absent."""
     root = data_root(data_dir)
     if not (root / name).is_dir():
         raise DatasetNotFoundError(
             f"dataset {name!r} is not at {root / name}. Put its files there ({', '.join(files)}), "
             f"or point ${DATA_ENV} / --data-dir at the folder that holds '{name}/'."
         )
-    return loader(root, split)
+    return root

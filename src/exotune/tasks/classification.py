@@ -11,14 +11,15 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, write_folder
 from exotune.boxes.base import Box, encode_sorted
 from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
 from exotune.data.text import TextLabelData
-from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
+from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
+from exotune.tasks.artifacts import load_trained_state, read_adapter_config
 from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
 from exotune.tasks.metrics import classification_metrics
 
@@ -158,32 +159,14 @@ class TextClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, box: Box) -> TextClassifier:
         path = Path(path)
-        if not path.is_dir():
-            raise ArtifactError(f"adapter folder {path} does not exist")
-        cfg = read_json(path / CONFIG_NAME)
-        if cfg.get("type") != ADAPTER_TYPE:
-            raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {ADAPTER_TYPE!r}")
+        cfg = read_adapter_config(path, ADAPTER_TYPE, box)
         try:
-            saved_spec = BoxSpec.from_dict(cfg["box_spec"])
             task = dict(cfg["task"])
             labels = task.pop("labels")
             task.pop("type", None)
             dga = DGAConfig.from_dict(cfg["dga"])
         except (KeyError, TypeError) as err:
             raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
-        if cfg.get("box_fingerprint") != box.spec.fingerprint():
-            diff = saved_spec.differences(box.spec)
-            raise SpecMismatchError(
-                f"adapter in {path} was trained against box {cfg.get('box_fingerprint')}, "
-                f"this box is {box.spec.fingerprint()}; differing: {', '.join(diff) or 'fingerprint'}"
-            )
         model = cls(box, labels, dga, ClassificationConfig.from_dict(task), _init_head=False)
-        state = read_tensors(path / WEIGHTS_NAME)
-        expected = model.state_dict()
-        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-            raise ArtifactError(
-                f"{path / WEIGHTS_NAME} does not match its config: tensors "
-                f"{sorted(set(state) ^ set(expected)) or 'with other shapes'}"
-            )
-        model.load_state_dict(state)
+        load_trained_state(model, path)
         return model

@@ -1,0 +1,244 @@
+"""Dual-encoder retrieval on one hidden box: query and document towers, InfoNCE, exact search."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from exotune import __version__
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
+from exotune.boxes.base import Box
+from exotune.data.beir import Corpus, RetrievalData
+from exotune.errors import ArtifactError, ConfigError, DataError
+from exotune.graybox.config import DGAConfig
+from exotune.graybox.model import GrayBoxModel
+from exotune.tasks.artifacts import load_trained_state, read_adapter_config
+from exotune.tasks.metrics import retrieval_metrics
+
+ADAPTER_TYPE = "dga-retriever"
+SEARCH_DEPTH = 100  # documents ranked per query: enough for Recall@100
+_QUERY_CHUNK = 1024  # queries scored against the corpus at once, to bound the (Q, N) matrix
+
+
+@dataclass
+class RetrievalConfig:
+    shared_towers: bool = False  # one adapted encoder for queries and documents
+    temperature: float = 0.05
+    learn_temperature: bool = True
+    hard_negatives: int = 0  # per query: top non-relevant docs of the zero-shot ranking
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
+            raise ConfigError(f"hard_negatives must be an integer >= 0, got {self.hard_negatives!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RetrievalConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown retrieval config keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def state_digest(module: nn.Module) -> str:
+    """Hash of a module's tensors: equal digests mean equal outputs for the same inputs."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def encode_sorted(fn: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int,
+                  progress: bool = False, desc: str = "encode") -> torch.Tensor:
+    """``fn`` over ``texts`` in batches of similar length (less padding), in input order, L2-normalised."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    outs = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress or None, leave=False):
+        outs.append(fn([texts[i] for i in order[start : start + batch_size]]).float())
+    if not outs:
+        return torch.zeros(0, 0)
+    z = torch.empty_like(torch.cat(outs))  # (N, O)
+    z[torch.tensor(order)] = torch.cat(outs)
+    return nn.functional.normalize(z, dim=-1)
+
+
+def exact_search(queries: torch.Tensor, docs: torch.Tensor, k: int = SEARCH_DEPTH) -> torch.Tensor:
+    """Indices (Q, min(k, N)) of the best documents per query by inner product."""
+    k = min(k, docs.shape[0])
+    if len(queries) == 0:
+        return torch.zeros(0, k, dtype=torch.long)
+    # (q, O) @ (O, N) -> (q, N) scores -> (q, k) indices, a chunk of queries at a time
+    return torch.cat([(chunk @ docs.T).topk(k, dim=-1).indices for chunk in queries.split(_QUERY_CHUNK)])
+
+
+class DualEncoder(nn.Module):
+    """A query tower and a document tower over the same box, each with its own DGA adapters
+    (or one shared tower). Everything in ``state_dict()`` belongs to the user."""
+
+    def __init__(self, box: Box, dga: DGAConfig | None = None, config: RetrievalConfig | None = None) -> None:
+        super().__init__()
+        self.dga = dga if dga is not None else DGAConfig()
+        self.config = config or RetrievalConfig()
+        self.query_tower = GrayBoxModel(box, self.dga)
+        # shared: not registered twice, so the state dict holds each tensor once
+        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(box, self.dga)
+        scale = torch.tensor(math.log(1.0 / self.config.temperature))
+        self.log_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
+        self.progress = False  # run-time knob: progress bars while evaluating (not saved)
+        self.corpus_encodings = 0  # how often the corpus went through the document tower
+        self._corpus_cache: tuple[tuple[str, str], torch.Tensor] | None = None
+        self._zero_shot_docs: tuple[str, torch.Tensor] | None = None
+        self._negatives: dict[str, list[str]] = {}
+
+    @property
+    def box(self) -> Box:
+        return self.query_tower.box
+
+    @property
+    def doc_encoder(self) -> GrayBoxModel:
+        return self.query_tower if self.doc_tower is None else self.doc_tower
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # -- encoding and search ----------------------------------------------------------------
+
+    def _tower_fn(self, tower: GrayBoxModel) -> Callable[[list[str]], torch.Tensor]:
+        def fn(texts: list[str]) -> torch.Tensor:
+            with torch.no_grad():
+                return tower(texts)  # (b, O)
+
+        return fn
+
+    def _encode(self, tower: GrayBoxModel, texts: list[str], batch_size: int, progress: bool, desc: str):
+        was_training = self.training
+        self.eval()
+        try:
+            return encode_sorted(self._tower_fn(tower), texts, min(batch_size, self.box.spec.limits.max_batch),
+                                 progress, desc)
+        finally:
+            self.train(was_training)
+
+    def encode_queries(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        return self._encode(self.query_tower, texts, batch_size, progress, "encode queries")  # (Q, O)
+
+    def encode_corpus(self, corpus: Corpus, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        """L2-normalised document embeddings (N, O), reused while the document tower is unchanged."""
+        key = (corpus.fingerprint, state_digest(self.doc_encoder))
+        if self._corpus_cache is None or self._corpus_cache[0] != key:
+            docs = self._encode(self.doc_encoder, corpus.documents(), batch_size, progress, "encode corpus")
+            self._corpus_cache = (key, docs)
+            self.corpus_encodings += 1
+        return self._corpus_cache[1]
+
+    @torch.no_grad()
+    def rank(self, data: RetrievalData, k: int = SEARCH_DEPTH, batch_size: int = 128,
+             progress: bool = False) -> list[list[str]]:
+        """The top ``k`` document ids per query, by exact search over the full corpus."""
+        docs = self.encode_corpus(data.corpus, batch_size, progress)
+        queries = self.encode_queries(data.queries, batch_size, progress)
+        ids = data.corpus.ids
+        return [[ids[j] for j in row] for row in exact_search(queries, docs, k).tolist()]
+
+    def evaluate(self, data: RetrievalData, batch_size: int = 128, progress: bool | None = None) -> dict[str, float]:
+        """nDCG@10, Recall@10, Recall@100 and MRR@10 over the full corpus."""
+        progress = self.progress if progress is None else progress
+        return retrieval_metrics(self.rank(data, SEARCH_DEPTH, batch_size, progress), data.qrels)
+
+    # -- training ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def mine_hard_negatives(self, data: RetrievalData, batch_size: int = 128, progress: bool = False) -> None:
+        """Remember, per query, the top ``hard_negatives`` non-relevant docs of the bare box."""
+        k = self.config.hard_negatives
+        todo = [i for i, qid in enumerate(data.query_ids) if qid not in self._negatives]
+        if k == 0 or not todo:
+            return
+        corpus = data.corpus
+        if self._zero_shot_docs is None or self._zero_shot_docs[0] != corpus.fingerprint:
+            docs = encode_sorted(self.box.encode, corpus.documents(), batch_size, progress, "mine: encode corpus")
+            self._zero_shot_docs = (corpus.fingerprint, docs)
+        docs = self._zero_shot_docs[1]
+        queries = encode_sorted(self.box.encode, [data.queries[i] for i in todo], batch_size)
+        depth = k + max(len(data.positives(i)) for i in todo)
+        for i, row in zip(todo, exact_search(queries, docs, depth).tolist(), strict=True):
+            relevant = set(data.positives(i))
+            self._negatives[data.query_ids[i]] = [corpus.ids[j] for j in row if corpus.ids[j] not in relevant][:k]
+
+    def loss(self, data: RetrievalData) -> torch.Tensor:
+        """InfoNCE: each query against its positive and every other candidate in the batch."""
+        rows = [i for i in range(len(data)) if data.positives(i)]
+        if not rows:
+            raise DataError(f"{data.name}: no query in the batch has a relevant document")
+        targets = []
+        for i in rows:  # several positives: a random one per step
+            pos = data.positives(i)
+            targets.append(pos[int(torch.randint(len(pos), ()))] if len(pos) > 1 else pos[0])
+        candidates = list(dict.fromkeys(targets))
+        if self.config.hard_negatives:
+            self.mine_hard_negatives(data)
+            negs = [d for i in rows for d in self._negatives[data.query_ids[i]]]
+            candidates = list(dict.fromkeys(candidates + negs))
+        column = {d: j for j, d in enumerate(candidates)}
+        q = nn.functional.normalize(self._forward(self.query_tower, [data.queries[i] for i in rows]), dim=-1)  # (B, O)
+        d = nn.functional.normalize(
+            self._forward(self.doc_encoder, [data.corpus.document(c) for c in candidates]), dim=-1)  # (C, O)
+        logits = self.log_scale.exp().clamp(max=100.0) * q @ d.T  # (B, C)
+        # the query's other positives among the candidates are not negatives: leave them out
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        for b, (i, target) in enumerate(zip(rows, targets, strict=True)):
+            for p in data.positives(i):
+                if p != target and p in column:
+                    mask[b, column[p]] = True
+        logits = logits.masked_fill(mask, float("-inf"))
+        return nn.functional.cross_entropy(logits, torch.tensor([column[t] for t in targets]))
+
+    def _forward(self, tower: GrayBoxModel, texts: list[str]) -> torch.Tensor:
+        step = self.box.spec.limits.max_batch  # the owner's limit: split larger candidate sets
+        return torch.cat([tower(texts[i : i + step]) for i in range(0, len(texts), step)])
+
+    # -- artifacts --------------------------------------------------------------------------
+
+    def to_config_dict(self) -> dict:
+        spec = self.box.spec
+        return {
+            "type": ADAPTER_TYPE,
+            "library_version": __version__,
+            "access": "dark-gray",
+            "box_fingerprint": spec.fingerprint(),
+            "box_spec": spec.to_dict(),
+            "dga": self.dga.to_dict(),
+            "task": {"type": "retrieval", **asdict(self.config)},
+        }
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, box: Box) -> DualEncoder:
+        path = Path(path)
+        cfg = read_adapter_config(path, ADAPTER_TYPE, box)
+        try:
+            task = dict(cfg["task"])
+            task.pop("type", None)
+            dga = DGAConfig.from_dict(cfg["dga"])
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
+        model = cls(box, dga, RetrievalConfig.from_dict(task))
+        load_trained_state(model, path)
+        return model
