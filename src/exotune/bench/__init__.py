@@ -48,6 +48,23 @@ def _method_lr(text: str) -> tuple[str, float]:
     return method, lr
 
 
+def _write(suite_name: str, suite, log: RunLog, extra: dict, out_dir: Path) -> Path:
+    """The results file from every logged run with these settings (earlier invocations too:
+    methods may be run in separate calls, e.g. with different seeds); the commands are listed."""
+    groups: dict[tuple, list[dict]] = {}
+    for key, run in log.matching(**extra):
+        groups.setdefault((key["dataset"], key["method"]), []).append(run)
+    order = {m: i for i, m in enumerate(suite.METHODS)}
+    records = []
+    for (_, _), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        records += [aggregate(runs, "accuracy"), aggregate(runs, "macro_f1")]
+    commands = list(dict.fromkeys(r.get("command", "") for runs in groups.values() for r in runs))
+    for rec in records:
+        rec.pop("command", None)
+    return write_results(suite_name, records, out_dir, extra, " && ".join(c for c in commands if c))
+
+
 def run_suite(args) -> int:
     suite = SUITES[args.suite]
     if hasattr(suite, "run"):  # a suite with its own driver
@@ -68,24 +85,19 @@ def run_suite(args) -> int:
     extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick}
     command = command_line()
     log = RunLog(out_dir / f".{args.suite}.runs.jsonl", fresh=args.fresh)
-    records = []
     for dataset in args.datasets:
         for name in args.methods:
-            runs = []
             for seed in seeds:
                 key = {"dataset": dataset, "method": name, "seed": seed, **extra}
                 run = log.get(key)
                 if run is None:
                     print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)
                     run = run_isolated(suite.run_one, name, dataset, seed, args.data_dir, budget, args.backbone)
-                    log.add(key, run)
+                    log.add(key, {**run, "command": command})
                 else:
                     print(f"[bench] {dataset} {name} seed {seed}: logged earlier, reused", file=sys.stderr)
-                runs.append(run)
                 print(f"[bench]   accuracy {run['metrics']['accuracy']:.4f}, {run['train_seconds']:.0f} s", file=sys.stderr)
-            records.append(aggregate(runs, "accuracy"))
-            records.append(aggregate(runs, "macro_f1"))
-            path = write_results(args.suite, records, out_dir, extra, command)  # after each method: nothing lost
+            path = _write(args.suite, suite, log, extra, out_dir)  # after each method: nothing lost
     print(path.with_suffix(".md").read_text())
     print(f"results written to {path}", file=sys.stderr)
     return 0

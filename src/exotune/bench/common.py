@@ -65,6 +65,15 @@ class RunLog:
         with self.path.open("a") as f:
             f.write(json.dumps({"key": k, "run": run}) + "\n")
 
+    def matching(self, **fields) -> list[tuple[dict, dict]]:
+        """(key, run) of every logged run whose key has these field values."""
+        out = []
+        for k, run in self.runs.items():
+            key = json.loads(k)
+            if all(key.get(f) == v for f, v in fields.items()):
+                out.append((key, run))
+        return out
+
 
 def aggregate(runs: list[dict], metric: str) -> dict:
     """Mean and std over seeds of ``metric``; other numeric fields are averaged."""
