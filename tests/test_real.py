@@ -81,3 +81,40 @@ def test_bench_quick_smoke(shared_data, tmp_path, capsys):
     assert all(required <= set(r) for r in doc["records"])
     assert {r["method"] for r in doc["records"]} == {"zero-shot", "linear-probe", "dga"}
     assert (out / "classification.md").is_file() and (out / "classification_params.png").is_file()
+
+
+REQUIRED = {"dataset", "split", "method", "variant", "access", "metric", "mean", "std", "seeds",
+            "trainable_params", "train_seconds", "seconds_per_step", "peak_memory_mb"}
+
+
+def _doc(out, suite):
+    doc = json.loads((out / f"{suite}.json").read_text())
+    assert {"suite", "command", "date", "machine", "backbone", "records"} <= set(doc)
+    assert all(set(r) >= REQUIRED for r in doc["records"])
+    return doc
+
+
+def test_bench_retrieval_quick_smoke(shared_data, tmp_path):
+    out = tmp_path / "results"
+    assert main(["bench", "retrieval", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out),
+                 "--methods", "zero-shot", "dga-output-only"]) == 0
+    doc = _doc(out, "retrieval")
+    assert {r["metric"] for r in doc["records"]} == {"ndcg@10", "recall@10", "recall@100", "mrr@10"}
+
+
+def test_bench_remote_quick_smoke(shared_data, tmp_path):
+    out = tmp_path / "results"
+    assert main(["bench", "remote", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out)]) == 0
+    doc = _doc(out, "remote")
+    acc = {r["variant"]: r["mean"] for r in doc["records"] if r["metric"] == "accuracy"}
+    assert abs(acc["local"] - acc["remote"]) <= 0.005  # same seed, same batches, same gradients
+    assert all(t["failed"] == 0 for t in doc["throughput"])
+
+
+def test_bench_ea_quick_smoke(shared_data, tmp_path):
+    out = tmp_path / "results"
+    assert main(["bench", "ea", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out)]) == 0
+    doc = _doc(out, "ea")
+    methods = {r["method"] for r in doc["records"]}
+    assert methods == {"ea", "lm", "ssm", "lora"}
+    assert (out / "ea_cost_quality.png").is_file()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, ea, remote
+from exotune.bench import classification, ea, remote, retrieval
 from exotune.bench.common import (
     RESULTS_DIR,
     RunLog,
@@ -15,15 +15,20 @@ from exotune.bench.common import (
     run_isolated,
     write_results,
 )
+from exotune.errors import ConfigError
 
-SUITES = {"classification": classification, "remote": remote, "ea": ea}
+SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea}
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datasets", nargs="+", default=["banking77"], choices=classification.DATASETS)
-    p.add_argument("--methods", nargs="+", default=list(classification.METHODS), choices=list(classification.METHODS))
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help=f"default: the suite's first (classification: {', '.join(classification.DATASETS)}; "
+                        f"retrieval: {', '.join(retrieval.DATASETS)})")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"default: all of the suite's (classification: {', '.join(classification.METHODS)}; "
+                        f"retrieval: {', '.join(retrieval.METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=None, help="default: the suite's (classification 5, retrieval 3)")
     p.add_argument("--max-train", type=int, default=None,
                    help="train on a sample of this many examples (default: all; sst2: 8000)")
     p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
@@ -58,7 +63,7 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, out_dir: Path) -> P
     records = []
     for (_, _), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
         runs = sorted(runs, key=lambda r: r["seed"])
-        records += [aggregate(runs, "accuracy"), aggregate(runs, "macro_f1")]
+        records += [aggregate(runs, metric) for metric in suite.METRICS]
     commands = list(dict.fromkeys(r.get("command", "") for runs in groups.values() for r in runs))
     for rec in records:
         rec.pop("command", None)
@@ -69,13 +74,19 @@ def run_suite(args) -> int:
     suite = SUITES[args.suite]
     if hasattr(suite, "run"):  # a suite with its own driver
         return suite.run(args)
-    budget = suite.Budget(epochs=args.epochs, max_train=args.max_train)
+    datasets = args.datasets or list(suite.DATASETS[:1])
+    methods = args.methods or list(suite.METHODS)
+    for kind, given, known in (("dataset", datasets, suite.DATASETS), ("method", methods, suite.METHODS)):
+        bad = [x for x in given if x not in known]
+        if bad:
+            raise ConfigError(f"suite {args.suite!r} has no {kind} {bad}; choose from {list(known)}")
+    budget = suite.Budget(**({"epochs": args.epochs} if args.epochs else {}), max_train=args.max_train)
     seeds = args.seeds
     if args.quick:
-        budget = suite.Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
+        budget = suite.quick_budget()
         seeds = seeds[:1]
     for method, lr in args.lr:
-        if method == "dga":
+        if method == "dga" or not hasattr(budget, "method_lr"):
             budget.lr = lr
         else:
             budget.method_lr[method] = lr
@@ -85,8 +96,8 @@ def run_suite(args) -> int:
     extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick}
     command = command_line()
     log = RunLog(out_dir / f".{args.suite}.runs.jsonl", fresh=args.fresh)
-    for dataset in args.datasets:
-        for name in args.methods:
+    for dataset in datasets:
+        for name in methods:
             for seed in seeds:
                 key = {"dataset": dataset, "method": name, "seed": seed, **extra}
                 run = log.get(key)
@@ -96,7 +107,8 @@ def run_suite(args) -> int:
                     log.add(key, {**run, "command": command})
                 else:
                     print(f"[bench] {dataset} {name} seed {seed}: logged earlier, reused", file=sys.stderr)
-                print(f"[bench]   accuracy {run['metrics']['accuracy']:.4f}, {run['train_seconds']:.0f} s", file=sys.stderr)
+                main = suite.METRICS[0]
+                print(f"[bench]   {main} {run['metrics'][main]:.4f}, {run['train_seconds']:.0f} s", file=sys.stderr)
             path = _write(args.suite, suite, log, extra, out_dir)  # after each method: nothing lost
     print(path.with_suffix(".md").read_text())
     print(f"results written to {path}", file=sys.stderr)

@@ -29,6 +29,7 @@ METHODS = {
     "full-ft": ("full-ft", "all", "white"),
 }
 DATASETS = ("banking77", "sst2")
+METRICS = ("accuracy", "macro_f1")
 # What a class name is encoded as for the prototype head (zero-shot, DGA, LoRA, full-FT alike):
 # "negative"/"positive" alone say little; as a movie review they are what SST-2 means.
 LABEL_TEMPLATES = {"banking77": "{}", "sst2": "a {} movie review"}
@@ -61,6 +62,10 @@ class Budget:
 
     def val_cap(self, dataset: str) -> int | None:
         return self.max_val or self.dataset_max_val.get(dataset)
+
+
+def quick_budget() -> Budget:
+    return Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
 
 
 def _data(dataset: str, data_dir, budget: Budget, seed: int):

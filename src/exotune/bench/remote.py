@@ -185,7 +185,7 @@ def _record(run: dict, metric: str) -> dict:
 
 
 def run(args) -> int:
-    budget = Budget(epochs=args.epochs, max_train=args.max_train)
+    budget = Budget(**({"epochs": args.epochs} if args.epochs else {}), max_train=args.max_train)
     if args.quick:
         budget = Budget(epochs=1, max_train=256, max_val=128, max_test=256, pairs_per_client=2, concurrency=(1, 4))
     seed = args.seeds[0]
