@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exotune.plotting import pyplot
+
 RESULTS_DIR = Path("benchmarks/results")
 
 
@@ -150,13 +152,8 @@ PLOTS = (  # x axis key, label, file suffix; the y axis is the suite's first met
 
 
 def plot(doc: dict, out_dir: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # plots need the 'bench' extra; the JSON and table do not
-        print("matplotlib is not installed (pip install 'exotune[bench]'): no plots written", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     if not doc["records"]:
         return

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from exotune.bench.common import command_line, machine, peak_memory_mb, run_isolated
+from exotune.plotting import pyplot
 
 SETTINGS = {
     # setting: (what the served box returns, the SSMs)
@@ -167,12 +168,8 @@ def markdown(doc: dict) -> str:
 
 def plot(doc: dict, out_dir: Path) -> None:
     """Cost-quality: accuracy against the share of inputs sent to the LM, per setting."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     acc = [r for r in doc["records"] if r["metric"] == "accuracy"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from exotune.bench.common import command_line, machine, peak_memory_mb, run_isolated
+from exotune.plotting import pyplot
 
 
 @dataclass
@@ -235,12 +236,8 @@ def markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, out_dir: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     t = doc["throughput"]
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -91,9 +91,10 @@ class Box(ABC):
                              self.spec.output_dim, progress)
 
 
-def encode_sorted(fn, texts: list[str], batch_size: int, dim: int, progress: bool = False) -> torch.Tensor:
+def encode_sorted(fn, texts: list[str], batch_size: int, dim: int, progress: bool = False,
+                  desc: str = "encode") -> torch.Tensor:
     """``fn`` over length-sorted batches of ``texts``; rows come back in the input order."""
     out = torch.zeros(len(texts), dim)
-    for idx in tqdm(length_sorted(texts, batch_size), desc="encode", disable=not progress or None, leave=False):
+    for idx in tqdm(length_sorted(texts, batch_size), desc=desc, disable=not progress or None, leave=False):
         out[torch.as_tensor(idx)] = fn([texts[i] for i in idx]).float()
     return out

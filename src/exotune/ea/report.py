@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from exotune.plotting import pyplot
 from exotune.tasks.metrics import classification_metrics
 
 
@@ -74,13 +74,8 @@ def write_report(report: dict, out_dir) -> Path:
 
 
 def plot_curve(report: dict, path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'exotune[bench]'): no plot written", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5.5, 4))
     xs = [p["share"] for p in report["curve"]]

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
-from exotune.boxes.base import Box
+from exotune.boxes.base import Box, encode_sorted
 from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ArtifactError, ConfigError, DataError
 from exotune.graybox.config import DGAConfig
@@ -59,18 +58,10 @@ def state_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def encode_sorted(fn: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int,
-                  progress: bool = False, desc: str = "encode") -> torch.Tensor:
-    """``fn`` over ``texts`` in batches of similar length (less padding), in input order, L2-normalised."""
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    outs = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress or None, leave=False):
-        outs.append(fn([texts[i] for i in order[start : start + batch_size]]).float())
-    if not outs:
-        return torch.zeros(0, 0)
-    z = torch.empty_like(torch.cat(outs))  # (N, O)
-    z[torch.tensor(order)] = torch.cat(outs)
-    return nn.functional.normalize(z, dim=-1)
+def encode_normalized(fn: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int, dim: int,
+                      progress: bool = False, desc: str = "encode") -> torch.Tensor:
+    """``fn`` over ``texts`` in batches of similar length, in input order, L2-normalised (N, O)."""
+    return nn.functional.normalize(encode_sorted(fn, texts, batch_size, dim, progress, desc), dim=-1)
 
 
 def exact_search(queries: torch.Tensor, docs: torch.Tensor, k: int = SEARCH_DEPTH) -> torch.Tensor:
@@ -128,8 +119,8 @@ class DualEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return encode_sorted(self._tower_fn(tower), texts, min(batch_size, self.box.spec.limits.max_batch),
-                                 progress, desc)
+            return encode_normalized(self._tower_fn(tower), texts, min(batch_size, self.box.spec.limits.max_batch),
+                                     self.box.spec.output_dim, progress, desc)
         finally:
             self.train(was_training)
 
@@ -170,10 +161,12 @@ class DualEncoder(nn.Module):
             return
         corpus = data.corpus
         if self._zero_shot_docs is None or self._zero_shot_docs[0] != corpus.fingerprint:
-            docs = encode_sorted(self.box.encode, corpus.documents(), batch_size, progress, "mine: encode corpus")
+            docs = encode_normalized(self.box.encode, corpus.documents(), batch_size, self.box.spec.output_dim,
+                                     progress, "mine: encode corpus")
             self._zero_shot_docs = (corpus.fingerprint, docs)
         docs = self._zero_shot_docs[1]
-        queries = encode_sorted(self.box.encode, [data.queries[i] for i in todo], batch_size)
+        queries = encode_normalized(self.box.encode, [data.queries[i] for i in todo], batch_size,
+                                    self.box.spec.output_dim)
         depth = k + max(len(data.positives(i)) for i in todo)
         for i, row in zip(todo, exact_search(queries, docs, depth).tolist(), strict=True):
             relevant = set(data.positives(i))
