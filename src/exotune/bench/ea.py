@@ -38,7 +38,7 @@ class Budget:
     max_train: int | None = None
     max_val: int | None = None
     max_test: int | None = None
-    lora: dict = field(default_factory=lambda: {"epochs": 5})
+    lora: dict = field(default_factory=lambda: {"epochs": 5, "method_lr": {"lora": 1e-3}})
 
 
 def _data(data_dir, budget: Budget, seed: int):
@@ -118,7 +118,9 @@ def run(args) -> int:
     budget = Budget(max_train=args.max_train)
     if args.quick:
         budget = Budget(max_train=600, max_val=200, max_test=300, budgets=(0.3, 1.0), cv_folds=3,
-                        n_clusters=4, lora={"epochs": 1})
+                        n_clusters=4, lora={"epochs": 1, "method_lr": {"lora": 1e-3}})
+    if "lora" in dict(args.lr):
+        budget.lora["method_lr"] = {"lora": dict(args.lr)["lora"]}
     seed = args.seeds[0]
     out_dir = Path(args.out_dir) if args.out_dir else Path("benchmarks/results") / ("quick" if args.quick else "")
     runs: list[dict] = []

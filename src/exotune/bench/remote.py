@@ -189,6 +189,7 @@ def run(args) -> int:
     budget = Budget(**({"epochs": args.epochs} if args.epochs else {}), max_train=args.max_train)
     if args.quick:
         budget = Budget(epochs=1, max_train=256, max_val=128, max_test=256, pairs_per_client=2, concurrency=(1, 4))
+    budget.lr = dict(args.lr).get("dga", budget.lr)
     seed = args.seeds[0]
     out_dir = Path(args.out_dir) if args.out_dir else Path("benchmarks/results") / ("quick" if args.quick else "")
     print("[bench] local run ...", file=sys.stderr, flush=True)
