@@ -15,6 +15,7 @@ from exotune.errors import ExotuneError
 from exotune.serve.cli import TOKENS_ENV, add_serve_args
 
 DEMO_DIR = "runs/demo"
+DGA_LR = 5e-3  # best validation accuracy of the sweep in benchmarks/lr-sweep
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
 TASKS = ("classification", "retrieval")
@@ -63,7 +64,8 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=epochs)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=DGA_LR,
+                   help=f"peak learning rate (default: {DGA_LR}, chosen on Banking77 validation: benchmarks/lr-sweep)")
     t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
     t.add_argument("--warmup-ratio", type=float, default=0.06)
     t.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
@@ -285,7 +287,7 @@ def cmd_demo(args) -> int:
     print(f"training DGA input+output adapters ({model.num_trainable():,} parameters; the backbone's "
           f"weights are never touched) on {len(train)} examples ...", file=sys.stderr)
     out = Path(args.output_dir)
-    Trainer(TrainConfig(epochs=args.epochs), out, progress=not args.quiet).fit(model, train, val)
+    Trainer(TrainConfig(epochs=args.epochs, lr=DGA_LR), out, progress=not args.quiet).fit(model, train, val)
     adapted = model.evaluate(test, progress=not args.quiet)
     print(f"\nBanking77 test ({len(test)} examples), all-MiniLM-L6-v2 behind a dark-gray box")
     print(f"  zero-shot      accuracy {zero_shot['accuracy']:.4f}   macro-F1 {zero_shot['macro_f1']:.4f}")
