@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -54,3 +55,31 @@ def remote(app, token: str | None = TOKEN, **kwargs):
     import exotune
 
     return exotune.connect("http://testserver", token=token, client=TestClient(app), **kwargs)
+
+
+@contextmanager
+def running_server(app):
+    """``app`` on a real uvicorn server on 127.0.0.1 in a thread; yields its URL, stops it after."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):  # at most 10 s for the server to start
+            if server.started:
+                break
+            time.sleep(0.05)
+        if not server.started:
+            raise RuntimeError("the test server did not start within 10 s")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

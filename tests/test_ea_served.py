@@ -51,3 +51,27 @@ def test_unreachable_server_is_a_clear_error():
     client = ServedBoxClient("http://127.0.0.1:9", token="x" * 12, max_retries=0)
     with pytest.raises((BlackBoxError, ConnectionError), match="127.0.0.1:9"):
         client.run(TEXTS, LABELS)
+
+
+def test_ea_cli_with_a_served_black_box(tiny_backbone, tmp_path, capsys, monkeypatch):
+    from exotune.cli import main
+
+    from .conftest import colour_data
+    from .serve_helpers import TOKEN, running_server
+
+    data = colour_data(90, seed=1)
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n"
+                                               for t, y in zip(data.texts, data.labels, strict=True)))
+    monkeypatch.setenv("EXOTUNE_TOKEN", TOKEN)
+    out = tmp_path / "ea"
+    with running_server(make_app(load_box(str(tiny_backbone), access="black"))) as url:
+        lm = ["--lm", "served-box", "--base-url", url, "--returns", "scores", "--max-retries", "1"]
+        assert main(["ea", "fit", "--file", str(train), *lm, "--output-dir", str(out), "--clusters", "2",
+                     "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+        assert capsys.readouterr().out.count('"calls": 90') == 1
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "the car is red"]) == 0
+        assert capsys.readouterr().out.split("\t")[0] in data.label_names
+    with pytest.raises(SystemExit):
+        main(["ea", "fit", "--file", str(train), "--lm", "served-box", "--output-dir", str(out), "--returns", "x"])
+    assert main(["ea", "fit", "--file", str(train), "--lm", "served-box", "--output-dir", str(out)]) == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
@@ -22,7 +21,7 @@ from exotune.tasks.classification import ClassificationConfig, TextClassifier
 from exotune.train import TrainConfig, Trainer
 
 from .conftest import colour_data
-from .serve_helpers import TOKEN, EntryBox, make_app, remote
+from .serve_helpers import TOKEN, EntryBox, make_app, remote, running_server
 
 pytest.importorskip("fastapi")
 TEXTS = ["the car is red", "a blue sky is big", "green leaf"]
@@ -192,30 +191,14 @@ def test_connection_errors_raise_after_bounded_retries():
 
 
 def test_a_real_uvicorn_server_on_loopback(tiny_box):
-    import uvicorn
-
     import exotune
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(tiny_box), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):  # at most 10 s for the server to start
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
-        url = f"http://127.0.0.1:{port}"
+    with running_server(make_app(tiny_box)) as url:
         with exotune.connect(url, token=TOKEN) as box:
             _assert_same(_grads(box, tiny_box), _grads(tiny_box, tiny_box))
             assert TOKEN not in repr(box)
         with pytest.raises(AuthenticationError):
             exotune.connect(url, token="wrong-token-999")
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 # -- the command line -------------------------------------------------------------------------

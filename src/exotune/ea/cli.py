@@ -9,16 +9,21 @@ from pathlib import Path
 
 from exotune.errors import ConfigError, DataError
 
-LM_KINDS = ("openai-chat", "openai-embeddings")
+LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
 LM_FILE = "lm.json"  # how the CLI reached the LM (never the key itself)
 
 
 def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("the black-box LM" + ("" if required else " (default: as at fit time)"))
     g.add_argument("--lm", choices=LM_KINDS, required=required, help="what kind of API serves the LM")
-    g.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--model", help="model name as the server knows it")
-    g.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default: OPENAI_API_KEY)")
+    g.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
+                                      "served-box: the root of an 'exotune serve', e.g. http://127.0.0.1:8000")
+    g.add_argument("--model", help="model name as the server knows it (not for served-box)")
+    g.add_argument("--returns", choices=("labels", "scores", "embeddings"), default=None,
+                   help="served-box: what the box answers with (default: labels)")
+    g.add_argument("--api-key-env", default=None,
+                   help="environment variable holding the API key or bearer token "
+                        "(default: OPENAI_API_KEY; served-box: EXOTUNE_TOKEN)")
     g.add_argument("--cache", default=None, help="SQLite response cache (default: OUTPUT_DIR.responses.sqlite)")
     g.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
@@ -60,16 +65,27 @@ def add_ea_parser(sub) -> None:
 
 def _lm_settings(args, adapter: Path | None) -> dict:
     saved = json.loads((adapter / LM_FILE).read_text()) if adapter and (adapter / LM_FILE).is_file() else {}
-    cfg = {k: getattr(args, k, None) or saved.get(k) for k in ("lm", "base_url", "model", "api_key_env", "cache")}
-    if not cfg["lm"] or not cfg["model"]:
+    keys = ("lm", "base_url", "model", "returns", "api_key_env", "cache")
+    cfg = {k: getattr(args, k, None) or saved.get(k) for k in keys}
+    if cfg["lm"] == "served-box":
+        if not cfg["base_url"]:
+            raise ConfigError("--lm served-box needs --base-url (the root of an 'exotune serve')")
+    elif not cfg["lm"] or not cfg["model"]:
         raise ConfigError("name the LM with --lm and --model (no lm.json beside the adapter to take them from)")
     return cfg
 
 
 def make_client(cfg: dict, args):
-    from exotune.ea.cache import ResponseCache
-    from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient
+    import os
 
+    from exotune.ea.cache import ResponseCache
+    from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient, ServedBoxClient
+
+    if cfg["lm"] == "served-box":
+        token = os.environ.get(cfg["api_key_env"] or "EXOTUNE_TOKEN")
+        return ServedBoxClient(cfg["base_url"], token, returns=cfg["returns"] or "labels",
+                               cache=ResponseCache(cfg["cache"]), max_concurrency=args.concurrency,
+                               timeout=args.timeout, max_retries=args.max_retries)
     cls = OpenAIChatClient if cfg["lm"] == "openai-chat" else OpenAIEmbeddingClient
     return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or "OPENAI_API_KEY",
                cache=ResponseCache(cfg["cache"]), max_concurrency=args.concurrency, timeout=args.timeout,
@@ -89,7 +105,7 @@ def cmd_fit(args) -> int:
         train = train.head(args.max_train, seed=args.seed)
     model = EasyAdapter(make_client(cfg, args), ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
                         budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
-    print(f"EA: probing {cfg['model']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
+    print(f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
     model.fit(train, val)
     model.save_pretrained(out)
     (out / LM_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
