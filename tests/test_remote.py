@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 import torch
@@ -183,11 +182,9 @@ def test_connection_errors_raise_after_bounded_retries():
     import exotune
     from exotune.boxes.remote import RemoteConfig
 
-    t0 = time.perf_counter()
-    with pytest.raises(RemoteError, match="after 3 tries"):
+    with pytest.raises(RemoteError, match="after 3 tries"):  # 1 try + 2 retries, then a clear error
         exotune.connect(f"http://127.0.0.1:{_free_port()}", token=TOKEN,
                         config=RemoteConfig(retries=2, backoff_s=0.01, timeout_s=2))
-    assert time.perf_counter() - t0 < 10
 
 
 def test_a_real_uvicorn_server_on_loopback(tiny_box):
