@@ -57,9 +57,16 @@ def remote(app, token: str | None = TOKEN, **kwargs):
     return exotune.connect("http://testserver", token=token, client=TestClient(app), **kwargs)
 
 
+class Served(str):
+    """The URL of a running test server, with ``stop()`` to shut it down early."""
+
+    stop: callable
+
+
 @contextmanager
 def running_server(app):
-    """``app`` on a real uvicorn server on 127.0.0.1 in a thread; yields its URL, stops it after."""
+    """``app`` on a real uvicorn server on 127.0.0.1 in a thread; yields its URL (a ``Served``),
+    stops it after."""
     import socket
     import threading
     import time
@@ -79,7 +86,14 @@ def running_server(app):
             time.sleep(0.05)
         if not server.started:
             raise RuntimeError("the test server did not start within 10 s")
-        yield f"http://127.0.0.1:{port}"
+        served = Served(f"http://127.0.0.1:{port}")
+
+        def stop():
+            server.should_exit = True
+            thread.join(timeout=10)
+
+        served.stop = stop
+        yield served
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -246,3 +247,46 @@ def test_serve_entry_points_need_light_gray(tiny_backbone, served, capsys):
     assert main([*argv, "--level", "light-gray"]) == 0
     spec = TestClient(served[-1][0]).get("/v1/spec").json()["spec"]
     assert [e["name"] for e in spec["entry_points"]] == ["layer.1"]
+
+
+def test_server_restart_mid_training_errors_clearly_then_resumes(tiny_box, tmp_path):
+    """The served box goes away mid-training: the client raises a clear RemoteError, the
+    trainer has saved the last completed step, and training resumes against a new server
+    to the same weights as an uninterrupted run."""
+    import exotune
+    from exotune.boxes.remote import RemoteConfig
+    from exotune.train import TrainConfig, Trainer
+
+    from .conftest import colour_data
+
+    train, val = colour_data(80, seed=0), colour_data(30, seed=1)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, patience=None, checkpoint_every=100)
+    fast = RemoteConfig(retries=1, backoff_s=0.01, timeout_s=5)
+
+    reference = _classifier(tiny_box)
+    Trainer(cfg, progress=False).fit(reference, train, val)
+
+    with running_server(make_app(tiny_box)) as url:
+        box = exotune.connect(url, token=TOKEN, config=fast)
+        model = _classifier(box)
+        stop = {}
+        original = model.loss
+
+        def loss(data):  # the server goes down before the 7th step
+            stop["n"] = stop.get("n", 0) + 1
+            if stop["n"] == 7:
+                url.stop()
+            return original(data)
+
+        model.loss = loss
+        with pytest.raises(RemoteError, match="after 2 tries"):
+            Trainer(cfg, tmp_path, progress=False).fit(model, train, val)
+    state = json.loads((tmp_path / "last" / "trainer_state.json").read_text())["state"]
+    assert state["global_step"] == 6  # the six completed steps were saved on the way out
+
+    with running_server(make_app(tiny_box)) as url:  # a new server: no handle survives
+        resumed = _classifier(exotune.connect(url, token=TOKEN, config=fast))
+        result = Trainer(cfg, tmp_path, progress=False).fit(resumed, train, val, resume=True)
+    assert result.steps == 10
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-5, rtol=1e-4)

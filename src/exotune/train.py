@@ -145,11 +145,18 @@ class Trainer:
         step_seconds = []
         try:
             self._loop(model, train, val, optimizer, scheduler, params, total, state, t_start, step_seconds)
-        except KeyboardInterrupt:
-            if self.output_dir:  # nothing lost: the next run resumes from here
+        except BaseException as err:
+            # Interrupted or failed (e.g. a served box went away): the weights are those of the
+            # last completed step, so save them; the next run resumes from here, nothing lost.
+            if self.output_dir:
                 state["train_seconds"] = time.perf_counter() - t_start
-                self._save_last(model, optimizer, scheduler, state, self._best_state)
-                tqdm.write(f"interrupted; checkpoint saved to {self.output_dir / LAST} (resume to continue)")
+                try:
+                    self._save_last(model, optimizer, scheduler, state, self._best_state)
+                except Exception as save_err:  # never hide the original error
+                    tqdm.write(f"could not save a checkpoint ({save_err})")
+                else:
+                    tqdm.write(f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
+                               f"{self.output_dir / LAST} (resume to continue)")
             raise
         best_state = self._best_state
         if best_state is not None:
