@@ -208,8 +208,9 @@ def cmd_train(args) -> int:
         train = train.head(args.max_train, seed=args.seed)
     box = _train_box(args)
     model = TextClassifier(box, data.label_names, dga, cls_cfg)
-    print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
-          f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
+    if distributed.is_main():
+        print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
+              f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
     out = Path(args.output_dir)
     result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
     if not distributed.is_main():
