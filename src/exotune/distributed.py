@@ -32,16 +32,16 @@ def launched_by_torchrun() -> bool:
 def setup() -> bool:
     """Join the process group torchrun describes (idempotent); True when running distributed.
 
-    Backend gloo for CPU tensors, plus nccl for CUDA tensors when CUDA is available (each
-    rank on the GPU ``LOCAL_RANK``, set before the box is loaded).
+    Backend gloo for CPU tensors, plus nccl for CUDA tensors when there is a GPU per rank
+    (rank on GPU ``LOCAL_RANK``, set before the box is loaded).
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
     if not (dist.is_available() and launched_by_torchrun()) or int(os.environ["WORLD_SIZE"]) < 2:
         return False
-    backend = "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    backend, local_rank = "gloo", int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():  # one GPU per rank
+        torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend)
     atexit.register(_teardown)  # we opened it, so we close it; a user's own group is theirs
