@@ -39,9 +39,9 @@ def setup() -> bool:
         return dist.get_world_size() > 1
     if not (dist.is_available() and launched_by_torchrun()) or int(os.environ["WORLD_SIZE"]) < 2:
         return False
-    backend, local_rank = "gloo", int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():  # one GPU per rank
-        torch.cuda.set_device(local_rank)
+    backend, local_ranks = "gloo", int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if torch.cuda.is_available() and torch.cuda.device_count() >= local_ranks:  # same choice on every rank
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend)
     atexit.register(_teardown)  # we opened it, so we close it; a user's own group is theirs
