@@ -97,3 +97,41 @@ def running_server(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# Headers a proxy must not copy: they describe one hop, and httpx has already decoded the body.
+HOP_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
+               "proxy-connection", "te", "trailer", "upgrade"}
+
+
+class RoundRobinProxy:
+    """A test stand-in for nginx: forwards each request, body unchanged, to the next of
+    ``upstreams`` in turn. ``seen`` counts (upstream index, path) of what was forwarded."""
+
+    def __init__(self, upstreams: list[str]) -> None:
+        from collections import Counter
+
+        self.upstreams = list(upstreams)
+        self.seen: Counter = Counter()
+        self._turn = 0
+
+    def app(self):
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        async def forward(request):
+            i, self._turn = self._turn, (self._turn + 1) % len(self.upstreams)
+            self.seen[(i, request.url.path)] += 1
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+            async with httpx.AsyncClient(base_url=self.upstreams[i], timeout=30.0) as client:
+                answer = await client.request(request.method, request.url.path, params=request.query_params,
+                                              content=await request.body(), headers=headers)
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
+            return Response(answer.content, status_code=answer.status_code, headers=kept)
+
+        return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "PUT", "DELETE"])])
+
+    def hits(self, upstream: int, prefix: str = "/") -> int:
+        return sum(n for (i, path), n in self.seen.items() if i == upstream and path.startswith(prefix))

@@ -191,9 +191,11 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    from exotune import distributed
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
     from exotune.train import Trainer
 
+    distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
     dga, train_cfg = _dga_config(args), _train_config(args)
     if args.task == "retrieval":
         from exotune import cli_retrieval
@@ -206,10 +208,13 @@ def cmd_train(args) -> int:
         train = train.head(args.max_train, seed=args.seed)
     box = _train_box(args)
     model = TextClassifier(box, data.label_names, dga, cls_cfg)
-    print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
-          f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
+    if distributed.is_main():
+        print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
+              f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
     out = Path(args.output_dir)
     result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
+    if not distributed.is_main():
+        return 0  # rank 0 reports and writes
     summary = {"best_val": result.best_metric, "best_epoch": result.best_epoch, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 1), "history": result.history,
                "adapter": str(result.best_dir)}

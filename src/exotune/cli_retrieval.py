@@ -36,6 +36,7 @@ def _print_metrics(name: str, data, metrics: dict) -> None:
 def train(args, dga, train_cfg) -> int:
     from dataclasses import replace
 
+    from exotune import distributed
     from exotune.boxes import load_box
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
     from exotune.train import Trainer
@@ -56,6 +57,8 @@ def train(args, dga, train_cfg) -> int:
     model.mine_hard_negatives(train_data, progress=not args.quiet)
     out = Path(args.output_dir)
     result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train_data, val, resume=args.resume)
+    if not distributed.is_main():
+        return 0  # rank 0 reports and writes
     summary = {"best_val": result.best_metric, "best_epoch": result.best_epoch, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 1), "history": result.history,
                "adapter": str(result.best_dir)}

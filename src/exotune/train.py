@@ -2,7 +2,8 @@
 
 The model follows a small protocol: ``trainable_parameters()``, ``loss(data)``,
 ``evaluate(data) -> dict`` and ``save_pretrained(dir)``; ``data`` has ``len`` and
-``subset(indices)``. Checkpoints hold only the user's tensors, optimiser and scheduler
+``subset(indices)``. Under ``torchrun`` it trains data-parallel (see ``exotune.distributed``):
+each rank takes its slice of every global batch and only rank 0 writes. Checkpoints hold only the user's tensors, optimiser and scheduler
 state (safetensors + JSON), written atomically, so a crash loses at most
 ``checkpoint_every`` steps.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from exotune import distributed
 from exotune.artifacts import flatten_state, read_json, read_tensors, unflatten_state, write_folder
 from exotune.batching import grouped_batches
 from exotune.errors import ConfigError
@@ -128,6 +130,9 @@ class Trainer:
         params = model.trainable_parameters()
         if not params:
             raise ConfigError("the model has no trainable parameters")
+        distributed.setup()
+        self._writes = self.output_dir is not None and distributed.is_main()
+        self._show = self.progress and distributed.is_main()
         seed_everything(cfg.seed)
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
@@ -140,6 +145,7 @@ class Trainer:
         self._best_state = None
         if resume:
             state, self._best_state = self._load_last(model, optimizer, scheduler, state)
+        distributed.broadcast_parameters(params)
         model.train()
         t_start = time.perf_counter() - state["train_seconds"]
         step_seconds = []
@@ -148,7 +154,7 @@ class Trainer:
         except BaseException as err:
             # Interrupted or failed (e.g. a served box went away): the weights are those of the
             # last completed step, so save them; the next run resumes from here, nothing lost.
-            if self.output_dir:
+            if self._writes:
                 state["train_seconds"] = time.perf_counter() - t_start
                 try:
                     self._save_last(model, optimizer, scheduler, state, self._best_state)
@@ -179,15 +185,14 @@ class Trainer:
             epoch = state["epoch"]
             batches = self._batches(train, epoch)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=state["step_in_epoch"],
-                       total=len(batches), disable=not self.progress or None, leave=False)
+                       total=len(batches), disable=not self._show or None, leave=False)
             losses = []
             for idx in batches[state["step_in_epoch"] :]:
                 t0 = time.perf_counter()
-                loss = model.loss(train.subset(idx))
+                optimizer.zero_grad(set_to_none=True)
+                loss = self._backward(model, train, idx, params)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at step {state['global_step']}; lower the lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -200,11 +205,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 if state["global_step"] >= total:
                     break
-                if self.output_dir and state["global_step"] % cfg.checkpoint_every == 0:
+                if self._writes and state["global_step"] % cfg.checkpoint_every == 0:
                     state["train_seconds"] = time.perf_counter() - t_start
                     self._save_last(model, optimizer, scheduler, state, self._best_state)
             bar.close()
-            metrics = model.evaluate(val, batch_size=cfg.eval_batch_size)
+            # rank 0 evaluates and tells the others, so that every rank takes the same decisions
+            metrics = distributed.agree(model.evaluate, val, batch_size=cfg.eval_batch_size)
             if cfg.select_metric not in metrics:
                 raise ConfigError(f"select_metric {cfg.select_metric!r} not in {sorted(metrics)}")
             score = metrics[cfg.select_metric]
@@ -213,11 +219,11 @@ class Trainer:
             if score > state["best_metric"]:
                 state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if self.output_dir:
+                if self._writes:
                     model.save_pretrained(self.output_dir / BEST)
             else:
                 state["bad_epochs"] += 1
-            if self.progress:
+            if self._show:
                 tqdm.write(f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
                            f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})")
             state["epoch"] += 1
@@ -225,8 +231,24 @@ class Trainer:
             if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                 state["done"] = True
             state["train_seconds"] = time.perf_counter() - t_start
-            if self.output_dir:
+            if self._writes:
                 self._save_last(model, optimizer, scheduler, state, self._best_state)
+
+    @staticmethod
+    def _backward(model, train, idx, params) -> torch.Tensor:
+        """Gradients of the mean loss over the global batch ``idx``; returns that loss.
+
+        Distributed, this rank's loss covers only its slice, weighted by its share of the
+        examples, and the gradients are summed over ranks.
+        """
+        part, share = distributed.shard(idx)
+        loss = None
+        if len(part):
+            loss = model.loss(train.subset(part))
+            if share != 1.0:
+                loss = loss * share
+            loss.backward()
+        return distributed.reduce_gradients(params, loss)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -254,7 +276,7 @@ class Trainer:
         optimizer.load_state_dict(tree["optimizer"])
         scheduler.load_state_dict(tree["scheduler"])
         torch.set_rng_state(tree["rng"])
-        if self.progress:
+        if self._show:
             tqdm.write(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
                        f"step {meta['state']['global_step']}")
         return meta["state"], tree["best"]
