@@ -151,6 +151,9 @@ PLOTS = (  # x axis key, label, file suffix; the y axis is the suite's first met
 )
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+
+
 def plot(doc: dict, out_dir: Path) -> None:
     plt = pyplot()
     if plt is None:
@@ -163,19 +166,17 @@ def plot(doc: dict, out_dir: Path) -> None:
     for xkey, xlabel, name in PLOTS:
         fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
         for ax, ds in zip(axes[0], datasets, strict=True):
-            for r in records:
-                if r["dataset"] != ds:
-                    continue
+            for i, r in enumerate(r for r in records if r["dataset"] == ds):
                 x = r.get(xkey)
                 if xkey == "seconds_per_step":
                     if not x:
                         continue  # no training steps (zero-shot, linear probe): nothing to place
                 else:
                     x = max(x or 0, 1e-1 if xkey == "train_seconds" else 1)  # log axis: 0 sits at the left
-                ax.errorbar(x, r["mean"], yerr=r["std"], fmt="o", capsize=3)
-                ax.annotate(f"{r['method']} ({r['variant']})", (x, r["mean"]), fontsize=7,
-                            xytext=(4, 2), textcoords="offset points")
+                ax.errorbar(x, r["mean"], yerr=r["std"], fmt=MARKERS[i % len(MARKERS)], capsize=3,
+                            label=f"{r['method']} ({r['variant']}, {r['access']})")
             ax.set_xscale("log")
+            ax.legend(fontsize=7, loc="best")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(metric)
             ax.set_title(f"{doc['suite']}: {ds}")
