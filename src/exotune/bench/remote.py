@@ -100,14 +100,17 @@ def process_peak_mb(pid: int) -> float | None:
 def train_run(variant: str, url: str | None, token: str | None, seed: int, data_dir, budget: Budget,
               backbone) -> dict:
     """One DGA (both sides) run on Banking77, against a local or a remote box."""
-    from exotune.bench.classification import _data, _timed_eval
+    from exotune.bench import classification
+    from exotune.bench.classification import _timed_eval
     from exotune.boxes import load_box
     from exotune.graybox import DGAConfig
     from exotune.tasks.classification import TextClassifier
     from exotune.train import TrainConfig, Trainer, seed_everything
 
     seed_everything(seed)
-    train, val, test = _data("banking77", data_dir, budget, seed)
+    split = classification.Budget(val_fraction=budget.val_fraction, max_train=budget.max_train,
+                                  max_val=budget.max_val, max_test=budget.max_test)
+    train, val, test = classification._data("banking77", data_dir, split, seed)
     if url is None:
         box = load_box(backbone)
     else:
