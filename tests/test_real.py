@@ -118,3 +118,30 @@ def test_bench_ea_quick_smoke(shared_data, tmp_path):
     methods = {r["method"] for r in doc["records"]}
     assert methods == {"ea", "lm", "ssm", "lora"}
     assert (out / "ea_cost_quality.png").is_file()
+
+
+@pytest.mark.parametrize("level", ["dark-gray", "light-gray"])
+def test_remote_minilm_gradients_equal_the_local_box(level):
+    """The served MiniLM gives the local box's outputs and gradients (float tolerance)."""
+    pytest.importorskip("fastapi")
+    from .serve_helpers import make_app, remote
+
+    kwargs = {"entry_points": "all", "entry_tokens_max": 4} if level == "light-gray" else {}
+    local = load_box(**kwargs)
+    box = remote(make_app(local))
+    texts = ["my card has not arrived yet", "how do I top up by bank transfer?"]
+    g = torch.Generator().manual_seed(0)
+    tokens = {"layer.0": torch.randn(2, 384, generator=g) * 0.02, "layer.3": torch.randn(2, 384, generator=g) * 0.02}
+    w = torch.randn(384, generator=g)
+    results = []
+    for b in (local, box):
+        batch = local.embed(texts)
+        embeds = batch.embeds.clone().requires_grad_(True)
+        entry = {k: v.clone().requires_grad_(True) for k, v in tokens.items()} if level == "light-gray" else {}
+        out = b.forward(embeds, batch.mask, entry or None)
+        (out @ w).pow(2).sum().backward()
+        results.append((out.detach(), embeds.grad, {k: v.grad for k, v in entry.items()}))
+    (o1, g1, e1), (o2, g2, e2) = results
+    assert (o1 - o2).abs().max() < 1e-5
+    assert (g1 - g2).abs().max() < 1e-5 and g1.abs().sum() > 0
+    assert e1.keys() == e2.keys() and all((e1[k] - e2[k]).abs().max() < 1e-5 for k in e1)

@@ -176,7 +176,8 @@ def plot(doc: dict, out_dir: Path) -> None:
                 ax.errorbar(x, r["mean"], yerr=r["std"], fmt=MARKERS[i % len(MARKERS)], capsize=3,
                             label=f"{r['method']} ({r['variant']}, {r['access']})")
             ax.set_xscale("log")
-            ax.legend(fontsize=7, loc="best")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="best")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(metric)
             ax.set_title(f"{doc['suite']}: {ds}")
