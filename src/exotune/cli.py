@@ -215,9 +215,7 @@ def cmd_train(args) -> int:
     result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
     if not distributed.is_main():
         return 0  # rank 0 reports and writes
-    summary = {"best_val": result.best_metric, "best_epoch": result.best_epoch, "steps": result.steps,
-               "train_seconds": round(result.train_seconds, 1), "history": result.history,
-               "adapter": str(result.best_dir)}
+    summary = result.summary()
     if args.eval_test:
         if not args.dataset:
             print("warning: --eval-test needs --dataset; skipped", file=sys.stderr)

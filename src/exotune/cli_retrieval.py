@@ -59,9 +59,7 @@ def train(args, dga, train_cfg) -> int:
     result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train_data, val, resume=args.resume)
     if not distributed.is_main():
         return 0  # rank 0 reports and writes
-    summary = {"best_val": result.best_metric, "best_epoch": result.best_epoch, "steps": result.steps,
-               "train_seconds": round(result.train_seconds, 1), "history": result.history,
-               "adapter": str(result.best_dir)}
+    summary = result.summary()
     if args.eval_test:
         summary["test"] = model.evaluate(_load(args, "test", corpus=data.corpus))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

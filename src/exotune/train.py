@@ -79,6 +79,12 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_dir: Path | None = None
 
+    def summary(self) -> dict:
+        """What a run reports (and ``exotune train`` writes to summary.json)."""
+        return {"best_val": self.best_metric, "best_epoch": self.best_epoch, "steps": self.steps,
+                "train_seconds": round(self.train_seconds, 1), "history": self.history,
+                "adapter": str(self.best_dir)}
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
