@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exotune.data.text import _rows, dataset_root, read_text
+from exotune.data.text import _rows, dataset_root, read_text, sample
 from exotune.errors import DataError
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -114,12 +114,7 @@ class RetrievalData:
 
     def head(self, n: int, seed: int = 0) -> RetrievalData:
         """A random sample of ``n`` queries (all of them if ``n`` >= len)."""
-        if n < 0:
-            raise DataError(f"sample size must be >= 0, got {n}")
-        if n >= len(self):
-            return self
-        rng = np.random.default_rng(seed)
-        return self.subset(sorted(rng.choice(len(self), size=n, replace=False)), self.name)
+        return sample(self, n, seed)
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -68,12 +68,17 @@ class TextLabelData:
 
     def head(self, n: int, seed: int = 0) -> TextLabelData:
         """A random sample of ``n`` examples (all of them if ``n`` >= len)."""
-        if n < 0:
-            raise DataError(f"sample size must be >= 0, got {n}")
-        if n >= len(self):
-            return self
-        rng = np.random.default_rng(seed)
-        return self.subset(sorted(rng.choice(len(self), size=n, replace=False)), self.name)
+        return sample(self, n, seed)
+
+
+def sample(data, n: int, seed: int = 0):
+    """``data`` itself if ``n`` >= len, else ``n`` of its items drawn at random (kept in order)."""
+    if n < 0:
+        raise DataError(f"sample size must be >= 0, got {n}")
+    if n >= len(data):
+        return data
+    rng = np.random.default_rng(seed)
+    return data.subset(sorted(rng.choice(len(data), size=n, replace=False)), data.name)
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, write_folder
 from exotune.boxes.base import Box, encode_sorted
 from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import from_known_keys
 from exotune.data.text import TextLabelData
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
@@ -44,11 +44,7 @@ class ClassificationConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ClassificationConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(f"ignoring unknown classification config keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_known_keys(cls, data, "classification")
 
 
 def label_texts(label_names: list[str], template: str = "{}") -> list[str]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
 from exotune.boxes.base import Box, encode_sorted
+from exotune.configs import from_known_keys
 from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ArtifactError, ConfigError, DataError
 from exotune.graybox.config import DGAConfig
@@ -42,11 +42,7 @@ class RetrievalConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RetrievalConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(f"ignoring unknown retrieval config keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_known_keys(cls, data, "retrieval")
 
 
 def state_digest(module: nn.Module) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from exotune.configs import from_known_keys
 from exotune.errors import ConfigError
 
 MODES = ("lora", "full-ft")
@@ -63,8 +63,4 @@ class WhiteBoxConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> WhiteBoxConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(f"ignoring unknown white-box config keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_known_keys(cls, data, "white-box")
