@@ -186,6 +186,72 @@ def test_corpus_cache(tiny_box, beir):
     assert shared.corpus_encodings == 2
 
 
+def _count_box_rows(box, monkeypatch) -> list[int]:
+    """Rows sent through ``box.forward`` per call, recorded in the returned list."""
+    rows: list[int] = []
+    forward = box.forward
+
+    def counted(embeds, mask, *args, **kwargs):
+        rows.append(embeds.shape[0])
+        return forward(embeds, mask, *args, **kwargs)
+
+    monkeypatch.setattr(box, "forward", counted)
+    return rows
+
+
+def test_doc_side_output_only(tiny_box, beir, monkeypatch):
+    from exotune import cli_retrieval
+    from exotune.tasks import retrieval
+
+    assert cli_retrieval.DOC_SIDES == retrieval.DOC_SIDES
+    with pytest.raises(ConfigError, match="doc_side"):
+        RetrievalConfig(doc_side="left")
+    with pytest.raises(ConfigError, match="shared_towers"):
+        RetrievalConfig(shared_towers=True, doc_side="output-only")
+    train, test = beir
+    model = DualEncoder(tiny_box, DGAConfig(), RetrievalConfig(doc_side="output-only"))
+    assert model.doc_tower.input_adapter is None and model.doc_tower.output_adapter is not None
+    assert model.query_tower.input_adapter is not None and model.doc_encoder.caches_box_outputs
+    rows = _count_box_rows(tiny_box, monkeypatch)
+    first = model.evaluate(test)
+    n_docs, n_queries = len(test.corpus), len(test)
+    assert sum(rows) == n_docs + n_queries
+    # training steps and a changed document tower: the corpus never crosses the box again
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model.loss(train).backward()
+        opt.step()
+    rows.clear()
+    assert model.evaluate(test) != first and model.corpus_encodings == 2
+    assert sum(rows) == n_queries
+    assert all(p.grad is not None for p in model.doc_tower.output_adapter.parameters())
+
+
+def test_remember_seeds_the_box_output_cache(tiny_box, beir, monkeypatch, tmp_path):
+    from exotune.bench.retrieval import box_corpus_outputs
+
+    _, test = beir
+    docs = test.corpus.documents()
+    model = DualEncoder(tiny_box, DGAConfig.variant("output-only"), RetrievalConfig(doc_side="output-only"))
+    seconds, from_disk = box_corpus_outputs(model, test.corpus, tmp_path)
+    assert not from_disk and seconds > 0 and len(list(tmp_path.glob("*.safetensors"))) == 1
+    expected = model.rank(test)
+    fresh = DualEncoder(tiny_box, DGAConfig.variant("output-only"), RetrievalConfig(doc_side="output-only"))
+    rows = _count_box_rows(tiny_box, monkeypatch)
+    assert box_corpus_outputs(fresh, test.corpus, tmp_path) == (pytest.approx(seconds, abs=1e-3), True)
+    assert fresh.rank(test) == expected
+    assert sum(rows) == len(test)  # the queries only: the documents came from disk
+    # what is remembered is what the tower answers with
+    fake = torch.randn(len(docs), tiny_box.spec.output_dim)
+    fresh.doc_tower.remember(docs, fake)
+    assert torch.equal(fresh.doc_tower.backbone_outputs(docs[:2]), fake[:2])
+    with pytest.raises(ConfigError, match="shape"):
+        fresh.doc_tower.remember(docs, fake[:-1])
+    with pytest.raises(ConfigError, match="caches box outputs"):
+        DualEncoder(tiny_box, DGAConfig()).query_tower.remember(docs, fake)  # it has an input adapter
+
+
 def test_save_load_identical_rankings(tiny_box, beir, tmp_path):
     train, test = beir
     torch.manual_seed(1)
@@ -235,6 +301,25 @@ def test_cli_train_and_eval(tiny_backbone, tmp_path, capsys):
     assert main(["eval", *common, "--zero-shot"]) == 0
     out = capsys.readouterr().out
     assert "scifact-test: nDCG@10" in out and "9 documents" in out
+
+
+def test_cli_lga_retrieval(tiny_backbone, tmp_path, capsys):
+    """Entry tokens through the command line: trained on a light-gray box, evaluated on the
+    box rebuilt from the adapter's spec; the document tower without them (--doc-side)."""
+    synthetic_beir(tmp_path / "data" / "scifact")
+    common = ["--task", "retrieval", "--dataset", "scifact", "--data-dir", str(tmp_path / "data"),
+              "--backbone", str(tiny_backbone)]
+    run = tmp_path / "run"
+    assert main(["train", *common, "--epochs", "1", "--batch-size", "8", "--entry-points", "all",
+                 "--entry-tokens", "2", "--doc-side", "output-only", "--output-dir", str(run),
+                 "--quiet", "--eval-test"]) == 0
+    config = json.loads((run / "best" / "adapter_config.json").read_text())
+    assert config["access"] == "light-gray" and config["task"]["doc_side"] == "output-only"
+    assert config["dga"]["entry_tokens"]["tokens"] == 2 and config["box_spec"]["entry_points"]
+    summary = json.loads((run / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", *common, "--adapter", str(run / "best"), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(summary["test"])
 
 
 def test_cli_retrieval_errors(tiny_backbone, tmp_path, capsys):

@@ -200,7 +200,7 @@ def cmd_train(args) -> int:
     if args.task == "retrieval":
         from exotune import cli_retrieval
 
-        return cli_retrieval.train(args, dga, train_cfg)
+        return cli_retrieval.train(args, dga, train_cfg, _train_box(args))
     cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template)
     data = _load_data(args, "train")
     train, val = data.split(args.val_fraction, seed=args.seed)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from exotune.errors import ConfigError
 
+DOC_SIDES = ("same", "output-only")  # RetrievalConfig.doc_side (a test keeps the two equal); no torch at parse time
+
 
 def add_retrieval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("retrieval (--task retrieval)")
@@ -17,6 +19,9 @@ def add_retrieval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fixed-temperature", action="store_true", help="do not learn the temperature")
     g.add_argument("--hard-negatives", type=int, default=0,
                    help="per query, top non-relevant docs of the zero-shot ranking added to each batch")
+    g.add_argument("--doc-side", choices=DOC_SIDES, default="same",
+                   help="adapters on the document tower: the same as the query tower's (default), or the "
+                        "output adapter only, so the corpus crosses the box once and is never re-sent")
 
 
 def _load(args, split: str, corpus=None):
@@ -33,25 +38,25 @@ def _print_metrics(name: str, data, metrics: dict) -> None:
           f"({len(data)} queries, {len(data.corpus)} documents)")
 
 
-def train(args, dga, train_cfg) -> int:
+def train(args, dga, train_cfg, box) -> int:
     from dataclasses import replace
 
     from exotune import distributed
-    from exotune.boxes import load_box
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
     from exotune.train import Trainer
 
     cfg = RetrievalConfig(shared_towers=args.shared_towers, temperature=args.temperature,
-                          learn_temperature=not args.fixed_temperature, hard_negatives=args.hard_negatives)
+                          learn_temperature=not args.fixed_temperature, hard_negatives=args.hard_negatives,
+                          doc_side=args.doc_side)
     train_cfg = replace(train_cfg, select_metric="ndcg@10")
     data = _load(args, "train")
     train_data, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
         train_data = train_data.head(args.max_train, seed=args.seed)
-    model = DualEncoder(load_box(args.backbone), dga, cfg)
+    model = DualEncoder(box, dga, cfg)
     model.progress = not args.quiet
-    towers = "one shared tower" if cfg.shared_towers else "query and document towers"
-    print(f"training DGA ({dga.variant_name}, {towers}) on {len(train_data)} queries, validating on "
+    towers = "one shared tower" if cfg.shared_towers else f"query and document towers, doc side {cfg.doc_side}"
+    print(f"training {dga.description} ({towers}) on {len(train_data)} queries, validating on "
           f"{len(val)} over {len(data.corpus)} documents; {model.num_trainable():,} trainable parameters",
           file=sys.stderr)
     model.mine_hard_negatives(train_data, progress=not args.quiet)
@@ -70,11 +75,14 @@ def train(args, dga, train_cfg) -> int:
 def evaluate(args) -> int:
     from exotune.boxes import load_box
     from exotune.graybox import DGAConfig
+    from exotune.tasks.classification import saved_box_options
     from exotune.tasks.retrieval import DualEncoder
 
     data = _load(args, args.split)
-    box = load_box(args.backbone)
-    model = DualEncoder(box, DGAConfig.variant("none")) if args.zero_shot else DualEncoder.from_pretrained(args.adapter, box)
+    if args.zero_shot:
+        model = DualEncoder(load_box(args.backbone), DGAConfig.variant("none"))
+    else:  # the box the adapter was trained against: its entry points, for LGA
+        model = DualEncoder.from_pretrained(args.adapter, load_box(args.backbone, **saved_box_options(args.adapter)))
     metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
     if args.json:
         print(json.dumps(metrics))

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch, encode_sorted
+from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.entry_tokens import EntryTokens
 from exotune.graybox.registry import build_adapter
@@ -61,6 +62,23 @@ class GrayBoxModel(nn.Module):
             embeds, mask = self.input_adapter(embeds, mask)  # (B, T + k, D)
         tokens = None if self.entry_tokens is None else self.entry_tokens()  # name -> (n, D)
         return self.box.forward(embeds, mask, tokens)
+
+    @property
+    def caches_box_outputs(self) -> bool:
+        """Nothing trained before or inside the box: its output for a text never changes."""
+        return self._cache is not None
+
+    def remember(self, texts: list[str], outputs: torch.Tensor) -> None:
+        """Seed the box-output cache with outputs (N, O) computed earlier by this box, e.g. a
+        corpus saved to disk, so that those texts are not sent through the box again."""
+        if self._cache is None:
+            raise ConfigError("only a tower with nothing trained before or inside the box caches box outputs")
+        if outputs.ndim != 2 or outputs.shape != (len(texts), self.box.spec.output_dim):
+            raise ConfigError(f"expected outputs of shape ({len(texts)}, {self.box.spec.output_dim}), "
+                              f"got {tuple(outputs.shape)}")
+        if len(self._cache) + len(texts) > _CACHE_LIMIT:
+            raise ConfigError(f"the box-output cache holds at most {_CACHE_LIMIT:,} texts")
+        self._cache.update(zip(texts, outputs.detach(), strict=True))
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         z = self.backbone_outputs(texts)  # (B, O)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from exotune.tasks.metrics import retrieval_metrics
 ADAPTER_TYPE = "dga-retriever"
 SEARCH_DEPTH = 100  # documents ranked per query: enough for Recall@100
 _QUERY_CHUNK = 1024  # queries scored against the corpus at once, to bound the (Q, N) matrix
+DOC_SIDES = ("same", "output-only")
 
 
 @dataclass
@@ -33,8 +34,16 @@ class RetrievalConfig:
     temperature: float = 0.05
     learn_temperature: bool = True
     hard_negatives: int = 0  # per query: top non-relevant docs of the zero-shot ranking
+    # "same": the document tower carries every adapter the query tower does; "output-only": only
+    # the output adapter, so documents cross the box unchanged and their box outputs are computed
+    # once (an owner's box is paid per call: the corpus is not sent again when adapters change)
+    doc_side: str = "same"
 
     def __post_init__(self) -> None:
+        if self.doc_side not in DOC_SIDES:
+            raise ConfigError(f"doc_side must be one of {DOC_SIDES}, got {self.doc_side!r}")
+        if self.shared_towers and self.doc_side != "same":
+            raise ConfigError("shared_towers needs doc_side 'same': one tower cannot be two")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
@@ -79,7 +88,8 @@ class DualEncoder(nn.Module):
         self.config = config or RetrievalConfig()
         self.query_tower = GrayBoxModel(box, self.dga)
         # shared: not registered twice, so the state dict holds each tensor once
-        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(box, self.dga)
+        doc_dga = self.dga if self.config.doc_side == "same" else replace(self.dga, input_adapter=None, entry_tokens=None)
+        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(box, doc_dga)
         scale = torch.tensor(math.log(1.0 / self.config.temperature))
         self.log_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
         self.progress = False  # run-time knob: progress bars while evaluating (not saved)
@@ -207,7 +217,7 @@ class DualEncoder(nn.Module):
         return {
             "type": ADAPTER_TYPE,
             "library_version": __version__,
-            "access": "dark-gray",
+            "access": "light-gray" if self.dga.entry_tokens is not None else "dark-gray",
             "box_fingerprint": spec.fingerprint(),
             "box_spec": spec.to_dict(),
             "dga": self.dga.to_dict(),
