@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from exotune.bench.common import command_line, machine, peak_memory_mb, run_isolated
+from exotune.bench.common import RESULTS_DIR, command_line, machine, peak_memory_mb, run_isolated
 from exotune.plotting import pyplot
 
 SETTINGS = {
@@ -98,12 +98,38 @@ def ea_run(setting: str, url: str, token: str, seed: int, data_dir, budget: Budg
     return out
 
 
+def _lora_budget(budget: Budget):
+    from exotune.bench import classification
+
+    return classification.Budget(**budget.lora, max_train=budget.max_train, max_val=budget.max_val,
+                                 max_test=budget.max_test)
+
+
 def lora_run(seed: int, data_dir, budget: Budget, backbone) -> dict:
     from exotune.bench import classification
 
-    cb = classification.Budget(**budget.lora, max_train=budget.max_train, max_val=budget.max_val,
-                               max_test=budget.max_test)
-    return classification.run_one("lora", "banking77", seed, data_dir, cb, backbone)
+    return classification.run_one("lora", "banking77", seed, data_dir, _lora_budget(budget), backbone)
+
+
+def logged_lora(seed: int, budget: Budget, backbone, log_path: Path) -> dict | None:
+    """The classification suite's LoRA run on Banking77 with this seed and the same LoRA budget
+    (epochs, batch, LoRA learning rate, split and samples), if its run log holds one: the
+    same run, not paid twice. The DGA learning rate and other methods' do not matter here."""
+    from exotune.bench.common import RunLog
+
+    if not log_path.is_file():
+        return None
+    want = asdict(_lora_budget(budget))
+
+    def relevant(b: dict) -> dict:
+        return {**{k: v for k, v in b.items() if k not in ("lr", "method_lr", "probe_cs")},
+                "lora_lr": b.get("method_lr", {}).get("lora")}
+
+    for key, run in RunLog(log_path).matching(dataset="banking77", method="lora", seed=seed, quick=False,
+                                              backbone=backbone or "all-MiniLM-L6-v2"):
+        if relevant(key["budget"]) == relevant(want):
+            return run
+    return None
 
 
 def _record(run: dict, metric: str) -> dict:
@@ -132,8 +158,13 @@ def run(args) -> int:
         from exotune.bench.remote import process_peak_mb
 
         server_peak = process_peak_mb(proc.pid)
-    print("[bench] LoRA ...", file=sys.stderr, flush=True)
-    runs.append(run_isolated(lora_run, seed, args.data_dir, budget, args.backbone))
+    lora = None if args.quick else logged_lora(seed, budget, args.backbone, RESULTS_DIR / ".classification.runs.jsonl")
+    if lora is None:
+        print("[bench] LoRA ...", file=sys.stderr, flush=True)
+        lora = run_isolated(lora_run, seed, args.data_dir, budget, args.backbone)
+    else:
+        print("[bench] LoRA: the classification suite's run with this budget, reused", file=sys.stderr)
+    runs.append({k: v for k, v in lora.items() if k != "command"})
     for r in runs:
         print(f"[bench]   {r['method']:4} {r['variant']:40} accuracy {r['metrics']['accuracy']:.4f}", file=sys.stderr)
     records = [_record(r, m) for r in runs for m in ("accuracy", "macro_f1")]

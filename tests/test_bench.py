@@ -1,0 +1,29 @@
+"""Benchmark-suite logic that needs no model: reusing logged runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from exotune.bench import classification
+from exotune.bench.common import RunLog
+from exotune.bench.ea import Budget, logged_lora
+
+
+def test_ea_reuses_the_classification_lora_run(tmp_path):
+    log_path = tmp_path / ".classification.runs.jsonl"
+    budget = Budget()
+    budget.lora["method_lr"] = {"lora": 2e-3}
+    assert logged_lora(0, budget, None, log_path) is None  # no log yet
+    same = asdict(classification.Budget(epochs=5, lr=5e-3, method_lr={"lora": 2e-3, "full-ft": 2e-4}))
+    other_lr = asdict(classification.Budget(epochs=5, method_lr={"lora": 1e-3}))
+    other_epochs = asdict(classification.Budget(epochs=3, method_lr={"lora": 2e-3}))
+    log = RunLog(log_path)
+    key = {"dataset": "banking77", "method": "lora", "backbone": "all-MiniLM-L6-v2", "quick": False}
+    log.add({**key, "seed": 0, "budget": other_lr}, {"tag": "other lr"})
+    log.add({**key, "seed": 0, "budget": other_epochs}, {"tag": "other epochs"})
+    log.add({**key, "seed": 1, "budget": same}, {"tag": "other seed"})
+    log.add({**key, "method": "dga", "seed": 0, "budget": same}, {"tag": "other method"})
+    assert logged_lora(0, budget, None, log_path) is None
+    log.add({**key, "seed": 0, "budget": same}, {"tag": "this one"})
+    assert logged_lora(0, budget, None, log_path) == {"tag": "this one"}  # the DGA lr does not matter
+    assert logged_lora(0, budget, "/some/other/backbone", log_path) is None
