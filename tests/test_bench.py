@@ -27,3 +27,18 @@ def test_ea_reuses_the_classification_lora_run(tmp_path):
     log.add({**key, "seed": 0, "budget": same}, {"tag": "this one"})
     assert logged_lora(0, budget, None, log_path) == {"tag": "this one"}  # the DGA lr does not matter
     assert logged_lora(0, budget, "/some/other/backbone", log_path) is None
+
+
+def test_aggregate_and_table_carry_run_notes():
+    from exotune.bench.common import aggregate, markdown_table
+
+    runs = [{"dataset": "d", "method": "lga", "variant": "tokens=2", "access": "light-gray", "seed": s,
+             "metrics": {"accuracy": a}, "trainable_params": 10, "lr": 1e-3, "train_seconds": t,
+             "seconds_per_step": t / 100, "peak_memory_mb": 100.0, **({"note": "shared CPU"} if s == 1 else {})}
+            for s, a, t in ((0, 0.5, 10.0), (1, 0.7, 30.0))]
+    rec = aggregate(runs, "accuracy")
+    assert rec["mean"] == 0.6 and rec["train_seconds"] == 20.0 and rec["notes"] == ["seed 1: shared CPU"]
+    assert "note" not in rec
+    table = markdown_table({"suite": "s", "command": "c", "date": "today", "machine": "m", "records": [rec]})
+    assert "| lga | tokens=2 | light-gray | accuracy | 0.6000 ± 0.1000 |" in table
+    assert "- lga (tokens=2), seed 1: shared CPU" in table

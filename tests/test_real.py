@@ -120,6 +120,17 @@ def test_bench_ea_quick_smoke(shared_data, tmp_path):
     assert (out / "ea_cost_quality.png").is_file()
 
 
+def test_bench_steps_quick_smoke(shared_data, tmp_path):
+    out = tmp_path / "results"
+    assert main(["bench", "steps", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out),
+                 "--methods", "dga-both", "lora"]) == 0
+    doc = _doc(out, "steps")
+    by = {r["method"]: r for r in doc["records"]}
+    assert set(by) == {"dga", "lora"} and all(r["batch_size"] == 8 and r["seconds_per_step"] > 0 for r in by.values())
+    assert all(r["trainable_params"] > 0 and r["peak_memory_mb"] > 0 for r in by.values())
+    assert (out / "steps.png").is_file() and "| banking77 | lora |" in (out / "steps.md").read_text()
+
+
 @pytest.mark.parametrize("level", ["dark-gray", "light-gray"])
 def test_remote_minilm_gradients_equal_the_local_box(level):
     """The served MiniLM gives the local box's outputs and gradients (float tolerance)."""

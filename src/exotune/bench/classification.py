@@ -89,13 +89,32 @@ def _timed_eval(model, data, batch_size=128):
     return metrics, len(data) / (time.perf_counter() - t)
 
 
+def _gradient_model(name: str, train, task, backbone):
+    """The model a gradient method trains (DGA, LGA, LoRA, full FT) and its extra record fields."""
+    from exotune.boxes import load_box
+    from exotune.graybox import DGAConfig
+    from exotune.graybox.entry_tokens import EntryTokensConfig
+    from exotune.tasks.classification import TextClassifier
+
+    method, variant, access = METHODS[name]
+    if access == "white":
+        from exotune.whitebox import WhiteBoxClassifier, WhiteBoxConfig
+
+        wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
+        model = WhiteBoxClassifier.from_backbone(backbone, train.label_names, wb, task)
+        return model, {"variant": wb.variant_name, "whitebox": wb.to_dict()}
+    lga = method == "lga"
+    box = load_box(backbone, entry_points="all") if lga else load_box(backbone)
+    tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
+    dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
+    return TextClassifier(box, train.label_names, dga, task), {}
+
+
 def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
     """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
     import torch
 
     from exotune.boxes import load_box
-    from exotune.graybox import DGAConfig
-    from exotune.graybox.entry_tokens import EntryTokensConfig
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
     from exotune.train import seed_everything
 
@@ -108,25 +127,54 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None,
            "n_train": len(train), "n_val": len(val), "n_test": len(test),
            "label_template": None if method == "linear-probe" else task.label_template}
-    if access == "white":
-        rec.update(_white_box(method, train, val, test, budget, seed, backbone, task))
-        rec["peak_memory_mb"] = peak_memory_mb()
-        return rec
-    lga = method == "lga"
-    box = load_box(backbone, entry_points="all") if lga else load_box(backbone)
     if method == "zero-shot":
-        model = TextClassifier(box, train.label_names, config=task)
+        model = TextClassifier(load_box(backbone), train.label_names, config=task)
         rec["trainable_params"] = 0
         rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
     elif method == "linear-probe":
-        rec.update(_linear_probe(box, train, val, test, budget, seed))
+        rec.update(_linear_probe(load_box(backbone), train, val, test, budget, seed))
     else:
-        tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
-        dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
-        model = TextClassifier(box, train.label_names, dga, task)
+        model, extra = _gradient_model(name, train, task, backbone)
+        rec.update(extra)
         rec.update(_fit(model, train, val, test, budget, budget.lr_for(method), seed))
     rec["peak_memory_mb"] = peak_memory_mb()
     return rec
+
+
+def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps: int = 30, warmup: int = 3) -> dict:
+    """Seconds per training step of one gradient method on one fixed batch (``budget.batch_size``
+    examples drawn once with seed 0, the same for every method): forward, backward and the
+    optimiser step, as the training loop takes them; the median over ``steps`` after ``warmup``.
+    Meant for a fresh process: the peak memory is this method's alone."""
+    import statistics
+
+    import torch
+
+    from exotune.tasks.classification import ClassificationConfig
+    from exotune.train import seed_everything
+
+    seed_everything(0)
+    method, variant, access = METHODS[name]
+    train, _, _ = _data(dataset, data_dir, budget, 0)
+    batch = train.head(budget.batch_size, 0)
+    model, extra = _gradient_model(name, train, ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}")),
+                                   backbone)
+    model.train()
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=budget.lr_for(method))
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(batch).backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return {"dataset": dataset, "method": method, "variant": extra.get("variant", variant), "access": access,
+            "batch_size": len(batch),
+            "trainable_params": sum(p.numel() for p in params), "steps": steps,
+            "seconds_per_step": statistics.median(times), "seconds_per_step_p90": float(np.percentile(times, 90)),
+            "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}
 
 
 def _fit(model, train, val, test, budget: Budget, lr: float, seed: int) -> dict:
@@ -140,17 +188,6 @@ def _fit(model, train, val, test, budget: Budget, lr: float, seed: int) -> dict:
            "seconds_per_step": result.seconds_per_step, "steps": result.steps, "lr": lr,
            "best_epoch": result.best_epoch, "val_accuracy": result.best_metric}
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
-    return rec
-
-
-def _white_box(method, train, val, test, budget: Budget, seed: int, backbone, task) -> dict:
-    """LoRA or full fine-tuning of the same encoder, loaded as the box loads it."""
-    from exotune.whitebox import WhiteBoxClassifier, WhiteBoxConfig
-
-    wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
-    model = WhiteBoxClassifier.from_backbone(backbone, train.label_names, wb, task)
-    rec = {"variant": wb.variant_name, "whitebox": wb.to_dict()}
-    rec.update(_fit(model, train, val, test, budget, budget.lr_for(method), seed))
     return rec
 
 

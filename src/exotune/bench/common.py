@@ -81,9 +81,12 @@ def aggregate(runs: list[dict], metric: str) -> dict:
     """Mean and std over seeds of ``metric``; other numeric fields are averaged."""
     first = runs[0]
     values = [r["metrics"][metric] for r in runs]
-    rec = {k: v for k, v in first.items() if k not in ("metrics", "seed")}
+    rec = {k: v for k, v in first.items() if k not in ("metrics", "seed", "note")}
     rec.update(metric=metric, mean=float(np.mean(values)), std=float(np.std(values)),
                seeds=[r["seed"] for r in runs], values=values)
+    notes = [f"seed {r['seed']}: {r['note']}" for r in runs if r.get("note")]
+    if notes:  # what a reader must know about a run (added to its run-log entry by hand)
+        rec["notes"] = notes
     for key in ("train_seconds", "seconds_per_step", "peak_memory_mb", "eval_examples_per_second"):
         vals = [r[key] for r in runs if r.get(key) is not None]
         rec[key] = float(np.mean(vals)) if vals else None
@@ -141,6 +144,10 @@ def markdown_table(doc: dict) -> str:
                 f"{_fmt(r['seconds_per_step'], 3)} | {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r.get('eval_examples_per_second'), 0)} |"
             )
         lines.append("")
+        notes = [f"- {r['method']} ({r['variant']}), {n}" for r in records if r["metric"] == records[0]["metric"]
+                 for n in r.get("notes", [])]
+        if notes:
+            lines += ["Notes:", "", *notes, ""]
     return "\n".join(lines)
 
 
