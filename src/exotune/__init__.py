@@ -2,11 +2,29 @@
 
 __version__ = "0.1.0"
 
-from exotune.boxes import Box, BoxSpec, TextEncoderBox, load_box  # noqa: E402
-from exotune.graybox import DGAConfig, GrayBoxModel  # noqa: E402
-from exotune.tasks.classification import ClassificationConfig, TextClassifier  # noqa: E402
-from exotune.tasks.retrieval import DualEncoder, RetrievalConfig  # noqa: E402
-from exotune.train import TrainConfig, Trainer  # noqa: E402
+# The public names resolve on first use (PEP 562): importing exotune, or a torch-free part of
+# it such as exotune.ea with a black-box API, does not pay for torch.
+_LAZY = {
+    "Box": "exotune.boxes", "BoxSpec": "exotune.boxes", "TextEncoderBox": "exotune.boxes", "load_box": "exotune.boxes",
+    "DGAConfig": "exotune.graybox", "GrayBoxModel": "exotune.graybox",
+    "ClassificationConfig": "exotune.tasks.classification", "TextClassifier": "exotune.tasks.classification",
+    "DualEncoder": "exotune.tasks.retrieval", "RetrievalConfig": "exotune.tasks.retrieval",
+    "TrainConfig": "exotune.train", "Trainer": "exotune.train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'exotune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def connect(url: str, token: str | None = None, **kwargs):
