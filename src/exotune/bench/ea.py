@@ -206,18 +206,26 @@ def plot(doc: dict, out_dir: Path) -> None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     acc = [r for r in doc["records"] if r["metric"] == "accuracy"]
-    for setting, marker in (("label-only", "o"), ("embeddings", "s")):
+    curves = doc.get("test_curves") or {}
+    for (setting, marker), colour in zip((("label-only", "o"), ("embeddings", "s")), ("tab:blue", "tab:orange"),
+                                         strict=True):
+        # the whole trade-off: the router's least confident inputs sent to the LM, share by share
+        curve = next((c for name, c in curves.items() if name.startswith(f"{setting}, ssm-first")), None)
+        if curve:
+            ax.plot([p["share"] for p in curve], [p["accuracy"] for p in curve], "-", color=colour, alpha=0.7,
+                    label=f"EA, forced LM share ({setting})")
         pts = sorted((r["lm_call_share"], r["mean"]) for r in acc
                      if r["method"] == "ea" and r.get("setting") == setting and r.get("policy") == "ssm-first")
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker + "-", label=f"EA ssm-first ({setting})")
+            ax.plot(*zip(*pts, strict=True), marker, color=colour, markersize=8,
+                    label=f"EA ssm-first, budgets chosen on validation ({setting})")
         for r in acc:
             if r["method"] == "lm" and r.get("setting") == setting:
                 ax.axhline(r["mean"], ls="--", color="gray", alpha=0.6)
     for r in acc:
         if r["method"] == "lora":
             ax.axhline(r["mean"], ls=":", color="black", label="LoRA (white-box)")
-    ax.set_xlabel("share of test inputs sent to the LM (cost)")
+    ax.set_xlabel("share of test inputs sent to the LM (cost); dashed: the LM alone")
     ax.set_ylabel("accuracy, Banking77 test")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
