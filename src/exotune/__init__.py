@@ -2,9 +2,11 @@
 
 __version__ = "0.1.0"
 
-from exotune.boxes import Box, BoxSpec, TextEncoderBox, load_box  # noqa: E402
+from exotune.boxes import Box, BoxSpec, TextEncoderBox, load_box, load_clip_boxes, load_image_box  # noqa: E402
 from exotune.graybox import DGAConfig, GrayBoxModel  # noqa: E402
 from exotune.tasks.classification import ClassificationConfig, TextClassifier  # noqa: E402
+from exotune.tasks.image_classification import ImageClassifier  # noqa: E402
+from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever  # noqa: E402
 from exotune.tasks.retrieval import DualEncoder, RetrievalConfig  # noqa: E402
 from exotune.train import TrainConfig, Trainer  # noqa: E402
 
@@ -23,6 +25,9 @@ __all__ = [
     "DGAConfig",
     "DualEncoder",
     "GrayBoxModel",
+    "ImageClassifier",
+    "ImageTextConfig",
+    "ImageTextRetriever",
     "RetrievalConfig",
     "TextClassifier",
     "TextEncoderBox",
@@ -31,4 +36,6 @@ __all__ = [
     "__version__",
     "connect",
     "load_box",
+    "load_clip_boxes",
+    "load_image_box",
 ]
