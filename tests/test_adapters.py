@@ -1,6 +1,7 @@
 """A shared conformance suite that every registered adapter passes, plus the DGA config."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -24,34 +25,52 @@ INPUT_ADAPTERS = adapter_names("input")
 
 def test_registry_lists_the_builtin_adapters():
     assert {"linear", "mlp"} <= set(OUTPUT_ADAPTERS)
-    assert "text-shift" in INPUT_ADAPTERS
+    assert {"text-shift", "pixel-conv", "pixel-residual"} <= set(INPUT_ADAPTERS)
+    assert adapter_names("input", "image") == ["pixel-conv", "pixel-residual"]
+    assert adapter_names("input", "text") == ["text-shift"]
 
 
 @pytest.mark.parametrize("name", OUTPUT_ADAPTERS)
-def test_output_adapter_conformance(name, tiny_box):
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_output_adapter_conformance(name, modality, tiny_box, tiny_image_box):
+    box = tiny_box if modality == "text" else tiny_image_box
     entry = get_entry("output", name)
     config = entry.config_cls()
     assert config_from_dict("output", config_to_dict("output", config)) == config
-    adapter = build_adapter("output", config, tiny_box.spec)
-    z = torch.randn(4, tiny_box.spec.output_dim)
+    adapter = build_adapter("output", config, box.spec)
+    z = torch.randn(4, box.spec.output_dim)
     torch.testing.assert_close(adapter(z), z)  # identity at start
     assert sum(p.numel() for p in adapter.parameters() if p.requires_grad) > 0
     adapter(z).sum().backward()
     assert any(p.grad is not None for p in adapter.parameters())
 
 
+def _adapt_and_run(adapter, box):
+    """The adapter's output through the box, for the input kind of the box."""
+    if box.spec.modality == "image":
+        pixels = torch.randn(2, *box.spec.input_shape)
+        out = adapter(pixels)
+        assert out.shape == pixels.shape
+        torch.testing.assert_close(out, pixels)  # identity at start
+        return box.forward(out)
+    batch = box.embed(["the red car", "blue sky is big"])
+    embeds, mask = adapter(batch.embeds, batch.mask)
+    assert embeds.shape[0] == 2 and embeds.shape[2] == box.spec.input_dim
+    assert mask.shape == embeds.shape[:2]
+    return box.forward(embeds, mask)
+
+
 @pytest.mark.parametrize("name", INPUT_ADAPTERS)
-def test_input_adapter_conformance(name, tiny_box):
+def test_input_adapter_conformance(name, tiny_box, tiny_image_box):
     entry = get_entry("input", name)
+    box, other = (tiny_image_box, tiny_box) if "image" in entry.modalities else (tiny_box, tiny_image_box)
     config = entry.config_cls()
     assert config_from_dict("input", config_to_dict("input", config)) == config
-    adapter = build_adapter("input", config, tiny_box.spec)
-    batch = tiny_box.embed(["the red car", "blue sky is big"])
-    embeds, mask = adapter(batch.embeds, batch.mask)
-    assert embeds.shape[0] == 2 and embeds.shape[2] == tiny_box.spec.input_dim
-    assert mask.shape == embeds.shape[:2]
-    tiny_box.forward(embeds, mask).sum().backward()
+    adapter = build_adapter("input", config, box.spec)
+    _adapt_and_run(adapter, box).sum().backward()
     assert all(p.grad is not None for p in adapter.parameters())
+    with pytest.raises(ConfigError, match=re.escape(f"works on {entry.modalities}")):
+        build_adapter("input", config, other.spec)
 
 
 def test_shift_only_is_identity_at_start(tiny_box):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from exotune.boxes import load_box
-from exotune.boxes.text import _model_digest
+from exotune.boxes.base import model_digest
 from exotune.cli import main
 from exotune.data import load_dataset
 from exotune.graybox import DGAConfig
@@ -49,7 +49,7 @@ def test_zero_shot_and_short_dga_training(minilm, banking):
     adapted = model.evaluate(test)["accuracy"]
     assert adapted > zero + 0.05
     # the hidden weights are bit-identical and never got a gradient
-    assert _model_digest(backbone_module(minilm)) == minilm.spec.model_digest
+    assert model_digest(backbone_module(minilm)) == minilm.spec.model_digest
     assert all(p.grad is None for p in backbone_module(minilm).parameters())
 
 

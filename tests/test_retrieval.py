@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from exotune.boxes.text import _model_digest
+from exotune.boxes.base import model_digest
 from exotune.cli import main
 from exotune.data import load_beir
 from exotune.errors import ConfigError, SpecMismatchError
@@ -110,11 +110,11 @@ def test_gradients_reach_only_adapters(tiny_box, beir):
     train, _ = beir
     model = DualEncoder(tiny_box, DGAConfig())
     module = backbone_module(tiny_box)
-    digest = _model_digest(module)
+    digest = model_digest(module)
     model.loss(train.subset(range(8))).backward()
     assert all(p.grad is not None for p in model.trainable_parameters())
     assert all(p.grad is None and not p.requires_grad for p in module.parameters())
-    assert _model_digest(module) == digest == tiny_box.spec.model_digest
+    assert model_digest(module) == digest == tiny_box.spec.model_digest
 
 
 def test_several_positives_are_masked(tiny_box, tmp_path):

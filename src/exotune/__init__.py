@@ -10,6 +10,9 @@ _LAZY = {
     "ClassificationConfig": "exotune.tasks.classification", "TextClassifier": "exotune.tasks.classification",
     "DualEncoder": "exotune.tasks.retrieval", "RetrievalConfig": "exotune.tasks.retrieval",
     "TrainConfig": "exotune.train", "Trainer": "exotune.train",
+    "load_clip_boxes": "exotune.boxes", "load_image_box": "exotune.boxes",
+    "ImageClassifier": "exotune.tasks.image_classification",
+    "ImageTextConfig": "exotune.tasks.image_text", "ImageTextRetriever": "exotune.tasks.image_text",
 }
 
 
@@ -41,6 +44,9 @@ __all__ = [
     "DGAConfig",
     "DualEncoder",
     "GrayBoxModel",
+    "ImageClassifier",
+    "ImageTextConfig",
+    "ImageTextRetriever",
     "RetrievalConfig",
     "TextClassifier",
     "TextEncoderBox",
@@ -49,4 +55,6 @@ __all__ = [
     "__version__",
     "connect",
     "load_box",
+    "load_clip_boxes",
+    "load_image_box",
 ]

@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 
-def length_sorted(texts: list[str], batch_size: int) -> list[np.ndarray]:
-    """Index batches in order of text length (for inference; callers restore the order)."""
-    order = np.argsort([len(t) for t in texts], kind="stable")
+def length_sorted(texts: list, batch_size: int) -> list[np.ndarray]:
+    """Index batches in order of text length (for inference; callers restore the order).
+    Items that are not strings (images) count as equally long: they keep their order."""
+    order = np.argsort([len(t) if isinstance(t, str) else 0 for t in texts], kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 

@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from exotune import __version__
+from exotune import __version__, cli_images
 from exotune.argtypes import entry_points_arg, positive_int
 from exotune.cli_retrieval import add_retrieval_args
+from exotune.cli_run import fit_and_report
 from exotune.errors import ExotuneError
 from exotune.serve.cli import TOKENS_ENV, add_serve_args
 
@@ -18,7 +19,7 @@ DEMO_DIR = "runs/demo"
 DGA_LR = 5e-3  # best validation accuracy of the sweep in benchmarks/lr-sweep
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
-TASKS = ("classification", "retrieval")
+TASKS = ("classification", "retrieval", "image-retrieval", "image-classification")
 
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
@@ -26,6 +27,9 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None = None)
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a known dataset: banking77, sst2 (classification); scifact (retrieval)")
     src.add_argument("--file", help="a .csv, .tsv or .jsonl file of labelled texts")
+    src.add_argument("--images", metavar="DIR",
+                     help="a folder of images: one sub-folder per class (--task image-classification), or the "
+                          "images that --captions names (--task image-retrieval)")
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
@@ -39,7 +43,9 @@ def _add_task_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_box_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None,
-                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
+                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2); "
+                        "for image tasks a CLIP, ViT or DINOv2 checkpoint (e.g. openai/clip-vit-base-patch16) or "
+                        "open_clip:MODEL@PRETRAINED")
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
@@ -53,8 +59,14 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
     a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
+    a.add_argument("--pixel-adapter", default="pixel-conv", choices=adapter_names("input", "image"),
+                   help="input adapter of an image box (default: pixel-conv, an identity-initialised convolution)")
+    a.add_argument("--kernel-size", type=int, default=3, help="kernel of the pixel adapter's convolution (odd)")
+    a.add_argument("--pixel-channels", type=int, default=8, help="hidden channels of the pixel-residual adapter")
     a.add_argument("--head", default="prototype", choices=HEADS, help="default: prototype (zero-shot at step 0)")
-    a.add_argument("--label-template", default="{}", help="text a class name is encoded as, e.g. 'a review that is {}'")
+    a.add_argument("--label-template", default=None,
+                   help="text a class name is encoded as, e.g. 'a review that is {}' (default: '{}'; for "
+                        "image classification 'a photo of a {}.')")
     g = p.add_argument_group("entry tokens (LGA: the box is loaded light-gray)")
     g.add_argument("--entry-points", type=entry_points_arg, default=None,
                    help="layers that accept tokens: 'all' or comma-separated indices, e.g. 0,2,5 (default with "
@@ -95,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_box_args(p)
     _add_train_args(p)
     add_retrieval_args(p)
+    cli_images.add_image_args(p)
     p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
     p.add_argument("--eval-test", action="store_true", help="after training, evaluate on the test split of --dataset")
@@ -107,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--adapter", help="adapter folder written by train")
     who.add_argument("--zero-shot", action="store_true",
                      help="the bare box: class-name prototypes, or plain embeddings for retrieval")
-    p.add_argument("--label-template", default="{}", help="with --zero-shot: text a class name is encoded as")
+    p.add_argument("--label-template", default=None,
+                   help="with --zero-shot: text a class name is encoded as (default: '{}'; images: 'a photo of a {}.')")
+    cli_images.add_image_args(p)
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
 
     p = sub.add_parser("predict", help="label texts with a trained adapter")
@@ -145,13 +160,23 @@ def _load_data(args, split: str):
     return load_text_file(args.file, args.text_column, args.label_column)
 
 
-def _dga_config(args):
-    from exotune.graybox import DGAConfig, ResidualMLPConfig, TextShiftConfig
+def _dga_config(args, modality: str = "text"):
+    from exotune.graybox import (
+        DGAConfig,
+        PixelConvConfig,
+        PixelResidualConfig,
+        ResidualMLPConfig,
+        TextShiftConfig,
+    )
     from exotune.graybox.output_adapters import LinearOutputConfig
 
-    inp = TextShiftConfig(shift=not args.no_shift, extra_tokens=args.extra_tokens)
+    if modality == "image":
+        inp = (PixelResidualConfig(kernel_size=args.kernel_size, channels=args.pixel_channels)
+               if args.pixel_adapter == "pixel-residual" else PixelConvConfig(kernel_size=args.kernel_size))
+    else:
+        inp = TextShiftConfig(shift=not args.no_shift, extra_tokens=args.extra_tokens)
     out = ResidualMLPConfig(hidden=args.mlp_hidden) if args.output_adapter == "mlp" else LinearOutputConfig()
-    return DGAConfig.variant(args.variant, inp, out, _entry_tokens_config(args))
+    return DGAConfig.variant(args.variant, inp, out, _entry_tokens_config(args), modality)
 
 
 def _lga(args) -> bool:
@@ -164,15 +189,19 @@ def _entry_tokens_config(args):
     return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS) if _lga(args) else None
 
 
+def _lga_box_options(args) -> dict:
+    """Box options for training: light-gray with the chosen entry points for LGA."""
+    if not _lga(args):
+        return {}
+    n = args.entry_tokens or ENTRY_TOKENS
+    return {"entry_points": args.entry_points or "all", "entry_tokens_max": max(ENTRY_TOKENS_MAX, n)}
+
+
 def _train_box(args):
     """The local box to train against: light-gray with the chosen entry points for LGA."""
     from exotune.boxes import load_box
 
-    if not _lga(args):
-        return load_box(args.backbone)
-    n = args.entry_tokens or ENTRY_TOKENS
-    return load_box(args.backbone, entry_points=args.entry_points or "all",
-                    entry_tokens_max=max(ENTRY_TOKENS_MAX, n))
+    return load_box(args.backbone, **_lga_box_options(args))
 
 
 def _adapter_box(args):
@@ -193,15 +222,17 @@ def _train_config(args):
 def cmd_train(args) -> int:
     from exotune import distributed
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
-    from exotune.train import Trainer
 
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
     dga, train_cfg = _dga_config(args), _train_config(args)
+    if args.task.startswith("image-"):
+        return cli_images.train(args, train_cfg)
+    cli_images.refuse_images(args)
     if args.task == "retrieval":
         from exotune import cli_retrieval
 
         return cli_retrieval.train(args, dga, train_cfg, _train_box(args))
-    cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template)
+    cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template or "{}")
     data = _load_data(args, "train")
     train, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
@@ -211,25 +242,22 @@ def cmd_train(args) -> int:
     if distributed.is_main():
         print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
               f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
-    out = Path(args.output_dir)
-    result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
-    if not distributed.is_main():
-        return 0  # rank 0 reports and writes
-    summary = result.summary()
-    if args.eval_test:
-        if not args.dataset:
+        if args.eval_test and not args.dataset:
             print("warning: --eval-test needs --dataset; skipped", file=sys.stderr)
-        else:
-            summary["test"] = model.evaluate(_load_data(args, "test"), progress=not args.quiet)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
-    return 0
+
+    def test():
+        return model.evaluate(_load_data(args, "test"), progress=not args.quiet)
+
+    return fit_and_report(args, model, train, val, train_cfg, test if args.eval_test and args.dataset else None)
 
 
 def cmd_eval(args) -> int:
     from exotune.boxes import load_box
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
 
+    if args.task.startswith("image-"):
+        return cli_images.evaluate(args)
+    cli_images.refuse_images(args)
     if args.task == "retrieval":
         from exotune import cli_retrieval
 
@@ -237,7 +265,8 @@ def cmd_eval(args) -> int:
     data = _load_data(args, args.split)
     if args.zero_shot:
         box = load_box(args.backbone)
-        model = TextClassifier(box, data.label_names, None, ClassificationConfig(label_template=args.label_template))
+        model = TextClassifier(box, data.label_names, None,
+                               ClassificationConfig(label_template=args.label_template or "{}"))
     else:
         model = TextClassifier.from_pretrained(args.adapter, _adapter_box(args))
     metrics = model.evaluate(data, progress=True)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from exotune.cli_run import fit_and_report
 from exotune.errors import ConfigError
 
 DOC_SIDES = ("same", "output-only")  # RetrievalConfig.doc_side (a test keeps the two equal); no torch at parse time
 
 
 def add_retrieval_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("retrieval (--task retrieval)")
+    g = p.add_argument_group("retrieval (--task retrieval, image-retrieval)")
     g.add_argument("--shared-towers", action="store_true", help="one adapted encoder for queries and documents")
-    g.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature at start (default: 0.05)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="InfoNCE temperature at start (default: 0.05; image-retrieval: 0.02)")
     g.add_argument("--fixed-temperature", action="store_true", help="do not learn the temperature")
     g.add_argument("--hard-negatives", type=int, default=0,
                    help="per query, top non-relevant docs of the zero-shot ranking added to each batch")
@@ -41,11 +42,10 @@ def _print_metrics(name: str, data, metrics: dict) -> None:
 def train(args, dga, train_cfg, box) -> int:
     from dataclasses import replace
 
-    from exotune import distributed
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
-    from exotune.train import Trainer
 
-    cfg = RetrievalConfig(shared_towers=args.shared_towers, temperature=args.temperature,
+    temperature = args.temperature if args.temperature is not None else RetrievalConfig.temperature
+    cfg = RetrievalConfig(shared_towers=args.shared_towers, temperature=temperature,
                           learn_temperature=not args.fixed_temperature, hard_negatives=args.hard_negatives,
                           doc_side=args.doc_side)
     train_cfg = replace(train_cfg, select_metric="ndcg@10")
@@ -60,16 +60,11 @@ def train(args, dga, train_cfg, box) -> int:
           f"{len(val)} over {len(data.corpus)} documents; {model.num_trainable():,} trainable parameters",
           file=sys.stderr)
     model.mine_hard_negatives(train_data, progress=not args.quiet)
-    out = Path(args.output_dir)
-    result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train_data, val, resume=args.resume)
-    if not distributed.is_main():
-        return 0  # rank 0 reports and writes
-    summary = result.summary()
-    if args.eval_test:
-        summary["test"] = model.evaluate(_load(args, "test", corpus=data.corpus))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
-    return 0
+
+    def test():
+        return model.evaluate(_load(args, "test", corpus=data.corpus))
+
+    return fit_and_report(args, model, train_data, val, train_cfg, test if args.eval_test else None)
 
 
 def evaluate(args) -> int:

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from exotune.batching import length_sorted
 from exotune.boxes.spec import BoxSpec
-from exotune.errors import AccessError, BoxLimitError
+from exotune.errors import AccessError, BoxLimitError, ConfigError
+
+
+def model_digest(model: nn.Module) -> str:
+    """Identify the weights without revealing them: a hash over every tensor's bytes (equal
+    digests: equal outputs for the same inputs)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_texts(texts) -> None:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ConfigError("texts must be a list of strings")
 
 
 @dataclass
@@ -25,15 +42,27 @@ class TokenBatch:
         return self.embeds.shape[0]
 
 
-class Box(ABC):
-    """A hidden backbone seen from outside.
+class BoxBase(ABC):
+    """What every box shares, whatever it takes as input: its spec and the access check."""
+
+    spec: BoxSpec
+
+    def require(self, *levels: str) -> None:
+        if self.spec.access not in levels:
+            raise AccessError(
+                f"this box is served at access level {self.spec.access!r}; "
+                f"the operation needs one of {levels}"
+            )
+
+
+class Box(BoxBase):
+    """A hidden text backbone seen from outside.
 
     Subclasses keep the backbone private. Users get the spec, the tokeniser's embedding
     lookup (``embed``, no gradient) and ``forward`` from input embeddings, differentiable only
-    with respect to those embeddings (and, at light-gray level, entry tokens).
+    with respect to those embeddings (and, at light-gray level, entry tokens). Image
+    backbones are ``exotune.boxes.image.ImageBox``: pixels in, the same outputs out.
     """
-
-    spec: BoxSpec
 
     @abstractmethod
     def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
@@ -54,13 +83,6 @@ class Box(ABC):
         """
 
     # -- built on the two operations above ------------------------------------------------
-
-    def require(self, *levels: str) -> None:
-        if self.spec.access not in levels:
-            raise AccessError(
-                f"this box is served at access level {self.spec.access!r}; "
-                f"the operation needs one of {levels}"
-            )
 
     def check_input(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:
         """Validate shapes against the spec and the owner's limits."""
@@ -91,9 +113,10 @@ class Box(ABC):
                              self.spec.output_dim, progress)
 
 
-def encode_sorted(fn, texts: list[str], batch_size: int, dim: int, progress: bool = False,
+def encode_sorted(fn, texts: list, batch_size: int, dim: int, progress: bool = False,
                   desc: str = "encode") -> torch.Tensor:
-    """``fn`` over length-sorted batches of ``texts``; rows come back in the input order."""
+    """``fn`` over length-sorted batches of ``texts`` (images keep their order); rows come back
+    in the input order."""
     out = torch.zeros(len(texts), dim)
     for idx in tqdm(length_sorted(texts, batch_size), desc=desc, disable=not progress or None, leave=False):
         out[torch.as_tensor(idx)] = fn([texts[i] for i in idx]).float()

@@ -1,8 +1,11 @@
-"""Entry points of a text-encoder box: where its layers are, and tokens injected at their inputs.
+"""Entry points of a transformer box (text or vision): where its layers are, and tokens
+injected at their inputs.
 
 Entry point ``"layer.<i>"`` is the input of transformer layer i. Tokens occupy n reserved
-positions right after [CLS]; at each entry layer a forward pre-hook overwrites those positions'
-hidden states with that layer's tokens (VPT-deep).
+positions right after the first token ([CLS], or a text's start token); at each entry layer a
+forward pre-hook overwrites those positions' hidden states with that layer's tokens
+(VPT-deep). A text box reserves the positions in its input embeddings (``reserve``); a vision
+box, whose input is pixels, inserts them at the input of its first layer (``insert``).
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from exotune.boxes.spec import EntryPoint
-from exotune.errors import ConfigError
+from exotune.boxes.spec import BoxSpec, EntryPoint
+from exotune.errors import BoxLimitError, ConfigError
 
 ENTRY_PREFIX = "layer."
-# Where BERT-family models in transformers keep their list of transformer layers.
+# Where BERT-family, CLIP, ViT and DINOv2 models in transformers keep their transformer layers.
 _LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
 
 
@@ -50,6 +53,67 @@ def entry_layers(entry_points, n_layers: int) -> tuple[int, ...]:
     return tuple(sorted(entry_points))
 
 
+def expose(model: nn.Module, entry_points, entry_tokens_max: int, access: str | None):
+    """The owner's entry point options, checked: (access, entry layers by name, spec entry points).
+
+    Without ``entry_points`` the box is dark-gray (unless ``access`` says otherwise) and
+    exposes nothing; with them it must be light-gray.
+    """
+    if entry_points is None:
+        return access or "dark-gray", {}, ()
+    access = access or "light-gray"
+    if access != "light-gray":
+        raise ConfigError(f"entry_points need access='light-gray', got access={access!r}")
+    if isinstance(entry_tokens_max, bool) or not isinstance(entry_tokens_max, int) or entry_tokens_max < 1:
+        raise ConfigError(f"entry_tokens_max must be an integer >= 1, got {entry_tokens_max!r}")
+    layers = find_layers(model)
+    named = {f"{ENTRY_PREFIX}{i}": layers[i] for i in entry_layers(entry_points, len(layers))}
+    return access, named, tuple(EntryPoint(name, entry_tokens_max) for name in named)
+
+
+def check_entry_tokens(spec: BoxSpec, entry_tokens: Mapping[str, torch.Tensor], length: int | None = None) -> int:
+    """Validate names, shapes and counts against ``spec``; return n, the tokens per entry point.
+
+    ``length`` (a text box's sequence length) is checked, with the tokens, against the
+    owner's ``max_length``.
+    """
+    if not isinstance(entry_tokens, Mapping):
+        raise ConfigError(f"entry_tokens must map entry point names to tensors, got {type(entry_tokens).__name__}")
+    points = {e.name: e for e in spec.entry_points}
+    dim = spec.entry_dim
+    counts = {}
+    for name, tokens in entry_tokens.items():
+        if name not in points:
+            raise ConfigError(f"entry_tokens: unknown entry point {name!r}; this box exposes {sorted(points) or 'none'}")
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != dim or not len(tokens):
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise BoxLimitError(f"entry_tokens[{name!r}] must have shape (n, {dim}) with n >= 1, got {shape}")
+        if len(tokens) > points[name].max_tokens:
+            raise BoxLimitError(
+                f"entry_tokens[{name!r}] has {len(tokens)} tokens; the entry point takes at most "
+                f"{points[name].max_tokens}"
+            )
+        counts[name] = len(tokens)
+    if len(set(counts.values())) > 1:
+        raise BoxLimitError(f"entry_tokens must give the same number of tokens to every entry point, got {counts}")
+    n = next(iter(counts.values()))
+    if length is not None and length + n > spec.limits.max_length:
+        raise BoxLimitError(
+            f"sequence of {length} tokens plus {n} entry tokens exceeds the box's max_length "
+            f"{spec.limits.max_length}"
+        )
+    return n
+
+
+def reserve(embeds: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n zero positions right after the first token, unmasked: where entry tokens will ride."""
+    b = embeds.shape[0]
+    slots = embeds.new_zeros(b, n, embeds.shape[2])  # (B, n, D): zeros until a layer gives tokens
+    embeds = torch.cat([embeds[:, :1], slots, embeds[:, 1:]], dim=1)  # (B, n + T, D)
+    full_mask = torch.cat([mask[:, :1], mask.new_ones(b, n), mask[:, 1:]], dim=1)  # (B, n + T)
+    return embeds, full_mask
+
+
 def entry_point_options(entry_points: Sequence[EntryPoint]) -> dict:
     """Constructor options that rebuild a box exposing ``entry_points`` (e.g. from a saved spec)."""
     if not entry_points:
@@ -58,11 +122,44 @@ def entry_point_options(entry_points: Sequence[EntryPoint]) -> dict:
     for e in entry_points:
         index = e.name[len(ENTRY_PREFIX):]
         if not e.name.startswith(ENTRY_PREFIX) or not index.isdigit():
-            raise ConfigError(f"entry point {e.name!r} is not a text-encoder layer ('{ENTRY_PREFIX}<index>')")
+            raise ConfigError(f"entry point {e.name!r} is not a transformer layer ('{ENTRY_PREFIX}<index>')")
         layers.append(int(index))
     if len(limits) != 1:
         raise ConfigError(f"entry points with different max_tokens {sorted(limits)} cannot be rebuilt")
     return {"entry_points": layers, "entry_tokens_max": limits.pop()}
+
+
+def _hidden_of(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args, kwargs, hidden: torch.Tensor):
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+@contextmanager
+def insert(first_layer: nn.Module, n: int):
+    """Insert n zero positions after position 0 at the input of ``first_layer``, for one call.
+
+    Registered before ``inject``'s hooks, so that an entry token set for that layer lands in
+    them. As in VPT-deep the positions get no position embedding. Calling thread only.
+    """
+    caller = threading.get_ident()
+
+    def hook(module, args, kwargs):
+        if threading.get_ident() != caller:
+            return None
+        hidden = _hidden_of(args, kwargs)  # (B, 1 + P, H)
+        slots = hidden.new_zeros(hidden.shape[0], n, hidden.shape[2])  # (B, n, H)
+        return _with_hidden(args, kwargs, torch.cat([hidden[:, :1], slots, hidden[:, 1:]], dim=1))
+
+    handle = first_layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextmanager
@@ -78,12 +175,9 @@ def inject(layers: Mapping[str, nn.Module], entry_tokens: Mapping[str, torch.Ten
         def hook(module, args, kwargs):
             if threading.get_ident() != caller:
                 return None
-            hidden = args[0] if args else kwargs["hidden_states"]  # (B, n + T, H)
+            hidden = _hidden_of(args, kwargs)  # (B, n + T, H)
             rows = tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], n, -1)  # (B, n, H)
-            hidden = torch.cat([hidden[:, :1], rows, hidden[:, 1 + n :]], dim=1)
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+            return _with_hidden(args, kwargs, torch.cat([hidden[:, :1], rows, hidden[:, 1 + n :]], dim=1))
 
         return hook
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exotune.errors import BackboneNotFoundError
+from exotune.errors import BackboneNotFoundError, ConfigError
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {
@@ -28,22 +28,23 @@ def resolve_backbone(name_or_path: str | None) -> str:
     return name
 
 
-def load_text_encoder(name_or_path: str | None):
-    """Return (model, tokenizer, box defaults) for a BERT-family encoder."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from exotune.boxes.text import read_sentence_transformers_defaults
-
+def _local_source(name_or_path: str | None) -> tuple[str, Path, bool]:
+    """(source, its path, whether it is a local folder); a path-like name that is no folder fails."""
     source = resolve_backbone(name_or_path)
-    path = Path(source)
+    path = Path(source).expanduser()
     local = path.is_dir()
     looks_like_path = path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
     if not local and looks_like_path:
         raise BackboneNotFoundError(f"backbone folder {source!r} does not exist")
+    return (str(path) if local else source), path, local
+
+
+def from_pretrained(source: str, local: bool, *loaders):
+    """Call each ``loader(source)`` (the libraries' own ``from_pretrained``); a model that cannot be
+    found, locally or offline, becomes a BackboneNotFoundError that says what to do."""
     try:
         # A hub id loads from the local cache only when offline; transformers reads HF_HUB_OFFLINE.
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source)
+        return tuple(loader(source) for loader in loaders)
     except (OSError, ValueError) as err:
         where = "the folder" if local else "the local Hugging Face cache or the hub"
         raise BackboneNotFoundError(
@@ -51,6 +52,16 @@ def load_text_encoder(name_or_path: str | None):
             f"{str(err).splitlines()[0] if str(err) else ''}. Without a network, download the model "
             "elsewhere and pass its folder (e.g. --backbone /path/to/model)."
         ) from err
+
+
+def load_text_encoder(name_or_path: str | None):
+    """Return (model, tokenizer, box defaults) for a BERT-family encoder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from exotune.boxes.text import read_sentence_transformers_defaults
+
+    source, path, local = _local_source(name_or_path)
+    tokenizer, model = from_pretrained(source, local, AutoTokenizer.from_pretrained, AutoModel.from_pretrained)
     defaults = read_sentence_transformers_defaults(path) if local else {}
     return model, tokenizer, defaults
 
@@ -60,3 +71,117 @@ def load_box(name_or_path: str | None = None, **kwargs):
     from exotune.boxes.text import TextEncoderBox
 
     return TextEncoderBox.from_pretrained(name_or_path, **kwargs)
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def _is_open_clip(name: str | None) -> bool:
+    from exotune.boxes.open_clip import PREFIX
+
+    return bool(name) and name.startswith(PREFIX)
+
+
+def is_clip(name_or_path: str) -> bool:
+    """Whether the named backbone is an image-text (CLIP) model, with a text tower."""
+    if _is_open_clip(name_or_path):
+        return True
+    source, _, local = _local_source(name_or_path)
+    return _model_type(source, local) == "clip"
+
+
+def load_clip_boxes(name_or_path: str, **options):
+    """A CLIP checkpoint as a (text, image) ``BoxPair``.
+
+    ``name_or_path``: a Hugging Face ``CLIPModel`` (``openai/clip-vit-base-patch16``, a local
+    folder) or ``open_clip:MODEL[@PRETRAINED]`` (``open_clip:ViT-B-32@laion2b_s34b_b79k``, the
+    'open-clip' extra). ``options`` as for ``clip_boxes``. The weights must be in a local folder
+    or cache, or reachable on the hub.
+    """
+    from exotune.boxes.clip import clip_boxes
+
+    if not name_or_path:
+        raise ConfigError("a CLIP backbone must be named, e.g. 'openai/clip-vit-base-patch16'")
+    if _is_open_clip(name_or_path):
+        from exotune.boxes.open_clip import load_open_clip_boxes, parse_name
+
+        return load_open_clip_boxes(*parse_name(name_or_path), **options)
+    from transformers import AutoTokenizer, CLIPModel
+
+    source, _, local = _local_source(name_or_path)
+    config = _model_type(source, local)
+    if config != "clip":
+        raise ConfigError(f"backbone {name_or_path!r} is a {config!r} model, not CLIP: it has no text tower")
+    model, tokenizer = from_pretrained(source, local, CLIPModel.from_pretrained, AutoTokenizer.from_pretrained)
+    return clip_boxes(model, tokenizer, image=processor_image_spec(source), **options)
+
+
+def load_image_box(name_or_path: str, **options):
+    """An image box: a ViT / DINOv2 checkpoint, or the image tower of a CLIP one (its projected
+    embedding). ``options`` as for ``VisionEncoderBox`` (``entry_points``, ``pooling``...)."""
+    if not name_or_path:
+        raise ConfigError("an image backbone must be named, e.g. 'google/vit-base-patch16-224-in21k'")
+    if _is_open_clip(name_or_path):
+        return load_clip_boxes(name_or_path, **options).image
+    from transformers import AutoModel
+
+    from exotune.boxes.image import VisionEncoderBox
+
+    source, _, local = _local_source(name_or_path)
+    if _model_type(source, local) == "clip":
+        return load_clip_boxes(source, **options).image
+    (model,) = from_pretrained(source, local, AutoModel.from_pretrained)
+    image = processor_image_spec(source)
+    size = _processor_size(source)
+    return VisionEncoderBox(model, image=image, image_size=size, **options)
+
+
+def _model_type(source: str, local: bool) -> str:
+    from transformers import AutoConfig
+
+    (config,) = from_pretrained(source, local, AutoConfig.from_pretrained)
+    return str(getattr(config, "model_type", ""))
+
+
+def _processor_dict(source: str) -> dict:
+    """The checkpoint's ``preprocessor_config.json``, or {} when it has none."""
+    from transformers import ImageProcessingMixin
+
+    try:
+        data, _ = ImageProcessingMixin.get_image_processor_dict(source)
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's resampling codes
+
+
+def _processor_size(source: str) -> tuple[int, int] | None:
+    """The input size the checkpoint's image processor produces, if it says."""
+    data = _processor_dict(source)
+    size = data.get("crop_size") if data.get("do_center_crop") else data.get("size")
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, dict):
+        if "height" in size:
+            return int(size["height"]), int(size["width"])
+        if "shortest_edge" in size:
+            return int(size["shortest_edge"]), int(size["shortest_edge"])
+    return None
+
+
+def processor_image_spec(source: str):
+    """The owner's preprocessing as the checkpoint's ``preprocessor_config.json`` describes it
+    (None without one: the box then uses its default)."""
+    from exotune.boxes.spec import ImageSpec
+
+    data = _processor_dict(source)
+    if not data.get("image_mean") or not data.get("image_std"):
+        return None
+    size = data.get("size")
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else (size if isinstance(size, int) else None)
+    crop = bool(data.get("do_center_crop")) and shortest
+    return ImageSpec(mean=tuple(data["image_mean"]), std=tuple(data["image_std"]),
+                     resize=int(shortest) if crop else 0,
+                     interpolation=_RESAMPLE.get(data.get("resample"), "bicubic"))

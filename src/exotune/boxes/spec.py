@@ -11,6 +11,7 @@ from exotune.errors import ConfigError
 
 ACCESS_LEVELS = ("black", "dark-gray", "light-gray")
 MODALITIES = ("text", "image")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,47 @@ class BoxLimits:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """How the owner turns an image into the pixels its backbone takes.
+
+    The image is resized so that its shorter side is ``resize`` pixels and centre-cropped to
+    the input size (``resize=0``: resized straight to the input size), scaled to [0, 1], then
+    normalised per channel with ``mean`` and ``std``. The owner applies it; the spec tells it
+    so that a user can reason about (or reproduce) the pixels an input adapter sees.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int = 0
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))  # JSON gives lists
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if not self.mean or len(self.mean) != len(self.std) or not all(s > 0 for s in self.std):
+            raise ConfigError(
+                f"ImageSpec needs one mean and one std > 0 per channel, got mean={self.mean}, std={self.std}"
+            )
+        if isinstance(self.resize, bool) or not isinstance(self.resize, int) or self.resize < 0:
+            raise ConfigError(f"ImageSpec.resize must be an integer >= 0, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"ImageSpec.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+
+
+# Fields added after specs were first saved: left out of ``to_dict`` while they hold these
+# defaults, so that the fingerprints of earlier (text) specs, and their adapters, stay valid.
+_ADDED_FIELDS = {"token_dim": 0, "image": None}
+
+
+@dataclass(frozen=True)
 class BoxSpec:
     """The public description of a hidden backbone.
 
     ``input_shape`` is the shape of one input without the batch dimension; ``None`` marks a
-    free dimension (the sequence length of a text encoder).
+    free dimension (the sequence length of a text encoder). An image box takes pixels,
+    ``input_shape`` (channels, height, width), and describes its preprocessing in ``image``.
+    ``token_dim`` is the width of the tokens its entry points accept when that is not the
+    input width (a vision transformer's hidden size); 0 means ``input_dim``.
     """
 
     modality: str
@@ -60,10 +97,22 @@ class BoxSpec:
     normalized: bool = False
     entry_points: tuple[EntryPoint, ...] = ()
     limits: BoxLimits = field(default_factory=BoxLimits)
+    token_dim: int = 0
+    image: ImageSpec | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ConfigError(f"BoxSpec.modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.modality == "image":
+            if self.image is None or len(self.input_shape) != 3 or None in self.input_shape:
+                raise ConfigError(
+                    f"an image BoxSpec needs input_shape (channels, height, width) and an ImageSpec, got "
+                    f"{self.input_shape} and {self.image}"
+                )
+            if len(self.image.mean) != self.input_shape[0]:
+                raise ConfigError(
+                    f"ImageSpec has {len(self.image.mean)} channel means for {self.input_shape[0]} channels"
+                )
         if self.access not in ACCESS_LEVELS:
             raise ConfigError(f"BoxSpec.access must be one of {ACCESS_LEVELS}, got {self.access!r}")
         if self.output_dim < 1:
@@ -74,8 +123,22 @@ class BoxSpec:
         """Width of one input token (the last dimension of ``input_shape``)."""
         return int(self.input_shape[-1])  # type: ignore[arg-type]
 
+    @property
+    def entry_dim(self) -> int:
+        """Width of the tokens the entry points accept."""
+        return self.token_dim or self.input_dim
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the pixels an image box takes."""
+        return int(self.input_shape[1]), int(self.input_shape[2])  # type: ignore[arg-type]
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for name, default in _ADDED_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> BoxSpec:
@@ -83,6 +146,8 @@ class BoxSpec:
         data["input_shape"] = tuple(data["input_shape"])
         data["entry_points"] = tuple(EntryPoint(**e) for e in data.get("entry_points", ()))
         data["limits"] = BoxLimits(**data.get("limits", {}))
+        if data.get("image") is not None:
+            data["image"] = ImageSpec(**data["image"])
         return cls(**data)
 
     def fingerprint(self) -> str:
@@ -95,4 +160,4 @@ class BoxSpec:
     def differences(self, other: BoxSpec) -> list[str]:
         """Names of the fingerprinted fields whose values differ, for error messages."""
         a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k != "limits" and a[k] != b[k]]
+        return [k for k in dict.fromkeys([*a, *b]) if k != "limits" and a.get(k) != b.get(k)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,21 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exotune.boxes.base import Box, TokenBatch
-from exotune.boxes.entry_points import ENTRY_PREFIX, entry_layers, find_layers, inject
-from exotune.boxes.spec import BoxLimits, BoxSpec, EntryPoint
-from exotune.errors import BoxLimitError, ConfigError
+from exotune.boxes.base import Box, TokenBatch, check_texts, model_digest
+from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.spec import BoxLimits, BoxSpec
+from exotune.errors import ConfigError
 
 POOLINGS = ("mean", "cls")
-
-
-def _model_digest(model: nn.Module) -> str:
-    """Identify the weights without revealing them: a hash over every tensor's bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class TextEncoderBox(Box):
@@ -53,25 +43,14 @@ class TextEncoderBox(Box):
     ) -> None:
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        points: tuple[EntryPoint, ...] = ()
-        self.__layers: dict[str, nn.Module] = {}
         if entry_points is not None:
-            access = access or "light-gray"
-            if access != "light-gray":
-                raise ConfigError(f"entry_points need access='light-gray', got access={access!r}")
-            if isinstance(entry_tokens_max, bool) or not isinstance(entry_tokens_max, int) or entry_tokens_max < 1:
-                raise ConfigError(f"entry_tokens_max must be an integer >= 1, got {entry_tokens_max!r}")
             embedding_dim = model.get_input_embeddings().embedding_dim
             if embedding_dim != model.config.hidden_size:
                 raise ConfigError(
                     f"entry_points need token embeddings as wide as the hidden states; this backbone has "
                     f"{embedding_dim} vs {model.config.hidden_size}"
                 )
-            layers = find_layers(model)
-            indices = entry_layers(entry_points, len(layers))
-            self.__layers = {f"{ENTRY_PREFIX}{i}": layers[i] for i in indices}
-            points = tuple(EntryPoint(name, entry_tokens_max) for name in self.__layers)
-        access = access or "dark-gray"
+        access, self.__layers, points = expose(model, entry_points, entry_tokens_max, access)
         model.eval()
         model.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self.__model = model
@@ -88,7 +67,7 @@ class TextEncoderBox(Box):
             input_shape=(None, int(self.__embeddings.embedding_dim)),
             output_dim=int(model.config.hidden_size),
             access=access,
-            model_digest=_model_digest(model),
+            model_digest=model_digest(model),
             text_max_length=max_length,
             pooling=pooling,
             normalized=normalize,
@@ -123,8 +102,7 @@ class TextEncoderBox(Box):
     # -- private ------------------------------------------------------------------------------
 
     def _embed(self, texts: list[str], max_length: int | None) -> TokenBatch:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise ConfigError("texts must be a list of strings")
+        check_texts(texts)
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
         enc = self.__tokenizer(
             list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
@@ -133,42 +111,12 @@ class TextEncoderBox(Box):
         return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
 
     def _check_entry_tokens(self, entry_tokens: Mapping[str, torch.Tensor], length: int) -> int:
-        """Validate names, shapes and counts; return n, the tokens per entry point."""
-        if not isinstance(entry_tokens, Mapping):
-            raise ConfigError(f"entry_tokens must map entry point names to tensors, got {type(entry_tokens).__name__}")
-        points = {e.name: e for e in self.spec.entry_points}
-        counts = {}
-        for name, tokens in entry_tokens.items():
-            if name not in points:
-                raise ConfigError(f"entry_tokens: unknown entry point {name!r}; this box exposes {sorted(points) or 'none'}")
-            dim = self.spec.input_dim
-            if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != dim or not len(tokens):
-                shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-                raise BoxLimitError(f"entry_tokens[{name!r}] must have shape (n, {dim}) with n >= 1, got {shape}")
-            if len(tokens) > points[name].max_tokens:
-                raise BoxLimitError(
-                    f"entry_tokens[{name!r}] has {len(tokens)} tokens; the entry point takes at most "
-                    f"{points[name].max_tokens}"
-                )
-            counts[name] = len(tokens)
-        if len(set(counts.values())) > 1:
-            raise BoxLimitError(f"entry_tokens must give the same number of tokens to every entry point, got {counts}")
-        n = next(iter(counts.values()))
-        if length + n > self.spec.limits.max_length:
-            raise BoxLimitError(
-                f"sequence of {length} tokens plus {n} entry tokens exceeds the box's max_length "
-                f"{self.spec.limits.max_length}"
-            )
-        return n
+        return check_entry_tokens(self.spec, entry_tokens, length)
 
     def _forward_with_entry_tokens(self, embeds, mask, entry_tokens, n: int) -> torch.Tensor:
         # VPT-deep: n reserved positions right after [CLS] ride through every layer; each entry
         # layer overwrites them with its own tokens, layers without tokens carry them through.
-        b = embeds.shape[0]
-        slots = embeds.new_zeros(b, n, embeds.shape[2])  # (B, n, D): zeros until a layer given tokens
-        embeds = torch.cat([embeds[:, :1], slots, embeds[:, 1:]], dim=1)  # (B, n + T, D)
-        ones = mask.new_ones(b, n)
-        full_mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, n + T)
+        embeds, full_mask = reserve(embeds, mask, n)  # (B, n + T, D), (B, n + T)
         with inject(self.__layers, entry_tokens, n):
             hidden = self.__model(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
         # Pooling leaves the reserved positions out, as VPT-deep drops the prompts' outputs: the

@@ -7,6 +7,12 @@ from exotune.data.beir import (
     load_beir,
     load_retrieval_dataset,
 )
+from exotune.data.images import (
+    ImageCaptionData,
+    ImageLabelData,
+    load_image_captions,
+    load_image_folder,
+)
 from exotune.data.text import (
     DATA_ENV,
     KNOWN_DATASETS,
@@ -22,12 +28,16 @@ __all__ = [
     "KNOWN_DATASETS",
     "KNOWN_RETRIEVAL_DATASETS",
     "Corpus",
+    "ImageCaptionData",
+    "ImageLabelData",
     "RetrievalData",
     "TextLabelData",
     "data_root",
     "from_hf_dataset",
     "load_beir",
     "load_dataset",
+    "load_image_captions",
+    "load_image_folder",
     "load_retrieval_dataset",
     "load_text_file",
 ]

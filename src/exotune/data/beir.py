@@ -13,9 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from exotune.data.text import _rows, dataset_root, read_text, sample
+from exotune.data.text import _rows, dataset_root, held_out, read_text, sample
 from exotune.errors import DataError
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -103,13 +101,7 @@ class RetrievalData:
 
     def split(self, fraction: float, seed: int = 0) -> tuple[RetrievalData, RetrievalData]:
         """Query-level random split into (rest, held-out); the corpus stays shared."""
-        if not 0.0 < fraction < 1.0:
-            raise DataError(f"split fraction must be in (0, 1), got {fraction}")
-        n_held = max(1, round(fraction * len(self)))
-        if n_held >= len(self):
-            raise DataError(f"{self.name}: holding out {n_held} of {len(self)} queries leaves none to train on")
-        order = np.random.default_rng(seed).permutation(len(self))
-        held, rest = sorted(order[:n_held]), sorted(order[n_held:])
+        rest, held = held_out(len(self), fraction, seed, self.name, "queries")
         return self.subset(rest, f"{self.name}[train]"), self.subset(held, f"{self.name}[val]")
 
     def head(self, n: int, seed: int = 0) -> RetrievalData:

@@ -15,37 +15,26 @@ from exotune.errors import DataError, DatasetNotFoundError
 DATA_ENV = "EXOTUNE_DATA"
 
 
-@dataclass
-class TextLabelData:
-    """Texts with integer labels into ``label_names``."""
+class Labelled:
+    """What labelled texts and labelled images share: checks, a stratified split, a sample.
 
-    texts: list[str]
+    A subclass has ``labels`` (indices into ``label_names``), ``name``, ``inputs`` (what the
+    model reads: texts or images), ``__len__`` and ``subset``.
+    """
+
     labels: list[int]
     label_names: list[str]
-    name: str = "data"
+    name: str
 
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels):
-            raise DataError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels")
+    def _check_labels(self, what: str, count: int) -> None:
+        if count != len(self.labels):
+            raise DataError(f"{self.name}: {count} {what} but {len(self.labels)} labels")
         n = len(self.label_names)
         bad = next((y for y in self.labels if not 0 <= y < n), None)
         if bad is not None:
             raise DataError(f"{self.name}: label index {bad} is outside 0..{n - 1}")
 
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def lengths(self) -> list[int]:
-        """Text lengths in characters: a cheap proxy for token counts, to batch by length."""
-        return [len(t) for t in self.texts]
-
-    def subset(self, indices, name: str | None = None) -> TextLabelData:
-        idx = [int(i) for i in indices]
-        return TextLabelData(
-            [self.texts[i] for i in idx], [self.labels[i] for i in idx], self.label_names, name or self.name
-        )
-
-    def split(self, fraction: float, seed: int = 0) -> tuple[TextLabelData, TextLabelData]:
+    def split(self, fraction: float, seed: int = 0):
         """Stratified split into (rest, held-out); the held-out part is ``fraction`` of the data."""
         from sklearn.model_selection import train_test_split
 
@@ -66,9 +55,50 @@ class TextLabelData:
         rest, held = train_test_split(idx, test_size=n_held, random_state=seed, stratify=stratify)
         return self.subset(sorted(rest), f"{self.name}[train]"), self.subset(sorted(held), f"{self.name}[val]")
 
-    def head(self, n: int, seed: int = 0) -> TextLabelData:
+    def head(self, n: int, seed: int = 0):
         """A random sample of ``n`` examples (all of them if ``n`` >= len)."""
         return sample(self, n, seed)
+
+
+@dataclass
+class TextLabelData(Labelled):
+    """Texts with integer labels into ``label_names``."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        self._check_labels("texts", len(self.texts))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.texts
+
+    def lengths(self) -> list[int]:
+        """Text lengths in characters: a cheap proxy for token counts, to batch by length."""
+        return [len(t) for t in self.texts]
+
+    def subset(self, indices, name: str | None = None) -> TextLabelData:
+        idx = [int(i) for i in indices]
+        return TextLabelData(
+            [self.texts[i] for i in idx], [self.labels[i] for i in idx], self.label_names, name or self.name
+        )
+
+
+def held_out(n: int, fraction: float, seed: int, name: str, what: str) -> tuple[list[int], list[int]]:
+    """A random (rest, held-out) split of ``range(n)``; the held-out part is ``fraction`` of it."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"split fraction must be in (0, 1), got {fraction}")
+    n_held = max(1, round(fraction * n))
+    if n_held >= n:
+        raise DataError(f"{name}: holding out {n_held} of {n} {what} leaves none to train on")
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(order[n_held:]), sorted(order[:n_held])
 
 
 def sample(data, n: int, seed: int = 0):

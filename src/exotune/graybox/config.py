@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from exotune.errors import ConfigError
 from exotune.graybox.entry_tokens import EntryTokensConfig
-from exotune.graybox.input_adapters import TextShiftConfig
+from exotune.graybox.input_adapters import PixelConvConfig, TextShiftConfig
 from exotune.graybox.output_adapters import LinearOutputConfig
 from exotune.graybox.registry import config_from_dict, config_to_dict
 
 VARIANTS = ("both", "input-only", "output-only", "none")
+# The paper's input adapter for each kind of box input
+DEFAULT_INPUT_ADAPTERS = {"text": TextShiftConfig, "image": PixelConvConfig}
 
 
 @dataclass
@@ -37,15 +39,20 @@ class DGAConfig:
         self.to_dict()
 
     @classmethod
-    def variant(cls, name: str, input_adapter=None, output_adapter=None, entry_tokens=None) -> DGAConfig:
+    def variant(cls, name: str, input_adapter=None, output_adapter=None, entry_tokens=None,
+                modality: str = "text") -> DGAConfig:
         """The ablation forms: ``both``, ``input-only``, ``output-only`` (``none``: head only);
-        with ``entry_tokens`` (an ``EntryTokensConfig``), the LGA form of each."""
+        with ``entry_tokens`` (an ``EntryTokensConfig``), the LGA form of each. The input
+        adapter defaults to the paper's for ``modality``: a shift token and an extra token
+        for text, an identity-initialised pixel convolution for images."""
         if name not in VARIANTS:
             raise ConfigError(f"variant must be one of {VARIANTS}, got {name!r}")
+        if modality not in DEFAULT_INPUT_ADAPTERS:
+            raise ConfigError(f"modality must be one of {sorted(DEFAULT_INPUT_ADAPTERS)}, got {modality!r}")
         use_in = name in ("both", "input-only")
         use_out = name in ("both", "output-only")
         return cls(
-            input_adapter=(input_adapter or TextShiftConfig()) if use_in else None,
+            input_adapter=(input_adapter or DEFAULT_INPUT_ADAPTERS[modality]()) if use_in else None,
             output_adapter=(output_adapter or LinearOutputConfig()) if use_out else None,
             entry_tokens=entry_tokens,
         )

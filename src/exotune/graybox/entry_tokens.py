@@ -81,7 +81,7 @@ class EntryTokens(nn.Module):
         self.names = resolve_points(config, spec)
         # A list, not a ParameterDict: entry point names ("layer.0") are not valid attribute names.
         self.tokens = nn.ParameterList(
-            nn.Parameter(torch.randn(config.tokens, spec.input_dim) * config.init_std) for _ in self.names
+            nn.Parameter(torch.randn(config.tokens, spec.entry_dim) * config.init_std) for _ in self.names
         )
 
     @property

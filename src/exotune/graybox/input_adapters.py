@@ -1,4 +1,8 @@
-"""Input adapters: learnable maps whose output has the shape of the backbone's input."""
+"""Input adapters: learnable maps whose output has the shape of the backbone's input.
+
+Text adapters map (embeds, mask) to (embeds, mask); image adapters map pixels (B, C, H, W) to
+pixels of the same shape. Each registers the modalities it works on.
+"""
 
 from __future__ import annotations
 
@@ -61,3 +65,82 @@ class TextShiftAdapter(nn.Module):
             ones = torch.ones(b, k, dtype=mask.dtype, device=mask.device)
             mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, T + k)
         return embeds, mask
+
+
+# -- images: maps of the pixels ---------------------------------------------------------------
+
+
+def _check_kernel(kernel_size) -> None:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ConfigError(f"kernel_size must be an odd integer >= 1 (the image keeps its size), got {kernel_size!r}")
+
+
+@dataclass
+class PixelConvConfig:
+    """The paper's image input adapter: one 2-D convolution of the pixels, no activation."""
+
+    kernel_size: int = 3
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        _check_kernel(self.kernel_size)
+
+
+@register_adapter("input", "pixel-conv", PixelConvConfig, modalities=("image",))
+class PixelConvAdapter(nn.Module):
+    """An affine map of the image, channels to channels, initialised to the identity (a centred
+    unit tap per channel): at step 0 the box sees exactly the owner's pixels."""
+
+    def __init__(self, config: PixelConvConfig, spec: BoxSpec) -> None:
+        super().__init__()
+        self.config = config
+        c, k = spec.input_shape[0], config.kernel_size
+        self.conv = nn.Conv2d(c, c, k, padding=k // 2, bias=config.bias)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[torch.arange(c), torch.arange(c), k // 2, k // 2] = 1.0
+            if self.conv.bias is not None:
+                self.conv.bias.zero_()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.conv(pixels)  # (B, C, H, W)
+
+
+PIXEL_ACTIVATIONS = ("none", "gelu")
+
+
+@dataclass
+class PixelResidualConfig:
+    """pixels + up(act(down(pixels))): ``channels`` hidden channels, ``kernel_size`` for down,
+    a 1x1 up projection; ``activation="none"`` keeps it affine."""
+
+    kernel_size: int = 3
+    channels: int = 8
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        _check_kernel(self.kernel_size)
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 1:
+            raise ConfigError(f"channels must be an integer >= 1, got {self.channels!r}")
+        if self.activation not in PIXEL_ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {PIXEL_ACTIVATIONS}, got {self.activation!r}")
+
+
+@register_adapter("input", "pixel-residual", PixelResidualConfig, modalities=("image",))
+class PixelResidualAdapter(nn.Module):
+    """A small residual convolution; ``up`` starts at zero, so the adapter starts as the identity."""
+
+    def __init__(self, config: PixelResidualConfig, spec: BoxSpec) -> None:
+        super().__init__()
+        self.config = config
+        c, k = spec.input_shape[0], config.kernel_size
+        self.down = nn.Conv2d(c, config.channels, k, padding=k // 2)
+        self.up = nn.Conv2d(config.channels, c, 1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        hidden = self.down(pixels)  # (B, channels, H, W)
+        if self.config.activation == "gelu":
+            hidden = nn.functional.gelu(hidden)
+        return pixels + self.up(hidden)  # (B, C, H, W)

@@ -1,11 +1,17 @@
-"""The adapted model: input adapter -> hidden box (+ entry tokens, LGA) -> output adapter."""
+"""The adapted model: input adapter -> hidden box (+ entry tokens, LGA) -> output adapter.
+
+A text box takes texts (embedded by the box, then adapted); an image box takes images
+(paths or PIL images, preprocessed by the box into pixels, then adapted).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from exotune.boxes.base import Box, TokenBatch, encode_sorted
+from exotune.boxes.base import BoxBase, TokenBatch, encode_sorted
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.entry_tokens import EntryTokens
@@ -18,17 +24,19 @@ class GrayBoxModel(nn.Module):
     """DGA (or LGA) around a box. Holds the box as a plain attribute: its backbone is not a submodule,
     so ``parameters()`` and ``state_dict()`` hold only what the user trains."""
 
-    def __init__(self, box: Box, config: DGAConfig | None = None) -> None:
+    def __init__(self, box: BoxBase, config: DGAConfig | None = None) -> None:
         super().__init__()
         box.require("dark-gray", "light-gray")
         self.box = box
-        self.config = config or DGAConfig()
+        self.config = config or DGAConfig.variant("both", modality=box.spec.modality)
         spec = box.spec
         cfg = self.config
         self.input_adapter = None if cfg.input_adapter is None else build_adapter("input", cfg.input_adapter, spec)
         self.output_adapter = None if cfg.output_adapter is None else build_adapter("output", cfg.output_adapter, spec)
         self.entry_tokens = None if cfg.entry_tokens is None else EntryTokens(cfg.entry_tokens, spec)
-        # With nothing trained before or inside the box, its outputs for a text never change: cache them.
+        self.images = spec.modality == "image"
+        # With nothing trained before or inside the box, its outputs for an input never change:
+        # cache them (texts by their text, images by their file path).
         frozen_box = self.input_adapter is None and self.entry_tokens is None
         self._cache: dict[str, torch.Tensor] | None = {} if frozen_box else None
 
@@ -42,25 +50,36 @@ class GrayBoxModel(nn.Module):
         room = min(spec.text_max_length, spec.limits.max_length - self.added_tokens)
         return self.box.embed(texts, max_length=room)
 
-    def backbone_outputs(self, texts: list[str]) -> torch.Tensor:
-        """Box outputs (B, O) for ``texts``, gradients flowing into the input adapter."""
-        if self._cache is not None:
-            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+    def backbone_outputs(self, inputs: list) -> torch.Tensor:
+        """Box outputs (B, O) for ``inputs`` (texts, or images), gradients flowing into the input
+        adapter and entry tokens."""
+        keys = [_cache_key(x) for x in inputs] if self._cache is not None else None
+        if keys is not None and None not in keys:
+            cache = self._cache
+            first = dict(zip(keys, inputs, strict=True))  # key -> an input it stands for
+            missing = [k for k in first if k not in cache]
             if missing:
                 with torch.no_grad():
-                    batch = self.box.embed(missing)
-                    out = self.box.forward(batch.embeds, batch.mask)
-                if len(self._cache) + len(missing) <= _CACHE_LIMIT:
-                    self._cache.update(zip(missing, out, strict=True))
+                    out = self._box_outputs([first[k] for k in missing])
+                if len(cache) + len(missing) <= _CACHE_LIMIT:
+                    cache.update(zip(missing, out, strict=True))
                 else:
                     lookup = dict(zip(missing, out, strict=True))
-                    return torch.stack([self._cache.get(t, lookup.get(t)) for t in texts])
-            return torch.stack([self._cache[t] for t in texts])
-        batch = self.embed(texts)
+                    return torch.stack([cache.get(k, lookup.get(k)) for k in keys])
+            return torch.stack([cache[k] for k in keys])
+        return self._box_outputs(inputs)
+
+    def _box_outputs(self, inputs: list) -> torch.Tensor:
+        tokens = None if self.entry_tokens is None else self.entry_tokens()  # name -> (n, D)
+        if self.images:
+            pixels = self.box.preprocess(inputs)  # (B, C, H, W), the owner's preprocessing
+            if self.input_adapter is not None:
+                pixels = self.input_adapter(pixels)  # (B, C, H, W)
+            return self.box.forward(pixels, tokens)
+        batch = self.embed(inputs)
         embeds, mask = batch.embeds, batch.mask  # (B, T, D), (B, T)
         if self.input_adapter is not None:
             embeds, mask = self.input_adapter(embeds, mask)  # (B, T + k, D)
-        tokens = None if self.entry_tokens is None else self.entry_tokens()  # name -> (n, D)
         return self.box.forward(embeds, mask, tokens)
 
     @property
@@ -80,16 +99,23 @@ class GrayBoxModel(nn.Module):
             raise ConfigError(f"the box-output cache holds at most {_CACHE_LIMIT:,} texts")
         self._cache.update(zip(texts, outputs.detach(), strict=True))
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        z = self.backbone_outputs(texts)  # (B, O)
+    def forward(self, inputs: list) -> torch.Tensor:
+        z = self.backbone_outputs(inputs)  # (B, O)
         if self.output_adapter is not None:
             z = self.output_adapter(z)
         return z
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    def encode(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         was_training = self.training
         self.eval()
-        out = encode_sorted(self, texts, min(batch_size, self.box.spec.limits.max_batch), self.box.spec.output_dim, progress)
+        out = encode_sorted(self, inputs, min(batch_size, self.box.spec.limits.max_batch), self.box.spec.output_dim, progress)
         self.train(was_training)
         return out
+
+
+def _cache_key(item) -> str | None:
+    """A text is its own key, an image file its path; an in-memory image has none (not cached)."""
+    if isinstance(item, str):
+        return item
+    return str(item) if isinstance(item, Path) else None

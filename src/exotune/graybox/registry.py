@@ -46,8 +46,9 @@ def register_adapter(kind: str, name: str, config_cls: type, modalities=("text",
     return deco
 
 
-def adapter_names(kind: str) -> list[str]:
-    return sorted(n for k, n in _REGISTRY if k == kind)
+def adapter_names(kind: str, modality: str | None = None) -> list[str]:
+    """Registered ``kind`` adapters, those that work on ``modality`` boxes if given."""
+    return sorted(n for (k, n), e in _REGISTRY.items() if k == kind and (modality is None or modality in e.modalities))
 
 
 def get_entry(kind: str, name: str) -> AdapterEntry:

@@ -7,30 +7,39 @@ from pathlib import Path
 from torch import nn
 
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors
-from exotune.boxes.base import Box
+from exotune.boxes.base import BoxBase
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import ArtifactError, SpecMismatchError
 
 
-def read_adapter_config(path: str | Path, adapter_type: str, box: Box) -> dict:
-    """The folder's config, checked for ``adapter_type`` and for the box it was trained on."""
+def read_adapter_config(path: str | Path, adapter_type: str, box: BoxBase, **other_boxes: BoxBase) -> dict:
+    """The folder's config, checked for ``adapter_type`` and for the box it was trained on
+    (``box_spec`` / ``box_fingerprint``); ``other_boxes`` are further boxes under their own keys
+    (``text_box=...`` checks ``text_box_spec`` / ``text_box_fingerprint``)."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"adapter folder {path} does not exist")
     cfg = read_json(path / CONFIG_NAME)
     if cfg.get("type") != adapter_type:
         raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {adapter_type!r}")
-    try:
-        saved_spec = BoxSpec.from_dict(cfg["box_spec"])
-    except (KeyError, TypeError) as err:
-        raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
-    if cfg.get("box_fingerprint") != box.spec.fingerprint():
-        diff = saved_spec.differences(box.spec)
-        raise SpecMismatchError(
-            f"adapter in {path} was trained against box {cfg.get('box_fingerprint')}, "
-            f"this box is {box.spec.fingerprint()}; differing: {', '.join(diff) or 'fingerprint'}"
-        )
+    for key, each in {"box": box, **other_boxes}.items():
+        try:
+            saved_spec = BoxSpec.from_dict(cfg[f"{key}_spec"])
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
+        if cfg.get(f"{key}_fingerprint") != each.spec.fingerprint():
+            diff = saved_spec.differences(each.spec)
+            what = "box" if key == "box" else key.replace("_", " ")
+            raise SpecMismatchError(
+                f"adapter in {path} was trained against {what} {cfg.get(f'{key}_fingerprint')}, "
+                f"this {what} is {each.spec.fingerprint()}; differing: {', '.join(diff) or 'fingerprint'}"
+            )
     return cfg
+
+
+def box_entries(key: str, box: BoxBase) -> dict:
+    """What an adapter config records about a box it was trained against."""
+    return {f"{key}_fingerprint": box.spec.fingerprint(), f"{key}_spec": box.spec.to_dict()}
 
 
 def load_trained_state(model: nn.Module, path: str | Path) -> None:

@@ -1,4 +1,8 @@
-"""Text classification on an adapted box: the model, its loss, evaluation and artifacts."""
+"""Classification on an adapted box: the model, its loss, evaluation and artifacts.
+
+``TextClassifier`` reads texts; ``exotune.tasks.image_classification.ImageClassifier`` builds
+on it to read images, with class prototypes from a text tower.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from torch import nn
 
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, write_folder
-from exotune.boxes.base import Box, encode_sorted
+from exotune.boxes.base import Box, BoxBase, encode_sorted
 from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
 from exotune.configs import from_known_keys
@@ -19,7 +23,7 @@ from exotune.data.text import TextLabelData
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import load_trained_state, read_adapter_config
+from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
 from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
 from exotune.tasks.metrics import classification_metrics
 
@@ -52,30 +56,38 @@ def label_texts(label_names: list[str], template: str = "{}") -> list[str]:
     return [template.format(name.replace("_", " ")) for name in label_names]
 
 
-def saved_box_options(path: str | Path) -> dict:
+def saved_box_options(path: str | Path, key: str = "box") -> dict:
     """``load_box`` options that rebuild the box an adapter was trained against: its entry
-    points (they are part of the spec's fingerprint). Empty for a DGA adapter."""
+    points (they are part of the spec's fingerprint). Empty for a DGA adapter. ``key`` names
+    the box in a folder trained against two (``"text_box"`` of an image-text retriever)."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"adapter folder {path} does not exist")
     cfg = read_json(path / CONFIG_NAME)
     try:
-        spec = BoxSpec.from_dict(cfg["box_spec"])
+        spec = BoxSpec.from_dict(cfg[f"{key}_spec"])
     except (KeyError, TypeError) as err:
-        raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles its box_spec: {err}") from err
+        raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles its {key}_spec: {err}") from err
     return entry_point_options(spec.entry_points)
 
 
 class TextClassifier(nn.Module):
-    """Adapted box + head. Everything in ``state_dict()`` belongs to the user."""
+    """Adapted box + head. Everything in ``state_dict()`` belongs to the user.
+
+    The prototype head starts from the class names encoded by ``label_box`` (default: the box
+    itself), which must give outputs as wide as the box's.
+    """
+
+    adapter_type = ADAPTER_TYPE
 
     def __init__(
         self,
-        box: Box,
+        box: BoxBase,
         label_names: list[str],
         dga: DGAConfig | None = None,
         config: ClassificationConfig | None = None,
         _init_head: bool = True,
+        label_box: Box | None = None,
     ) -> None:
         super().__init__()
         if len(label_names) < 2:
@@ -86,8 +98,12 @@ class TextClassifier(nn.Module):
         self.encoder = GrayBoxModel(box, self.dga)
         dim, n = box.spec.output_dim, len(label_names)
         if self.config.head == "prototype":
+            label_box = label_box or box
+            if label_box.spec.output_dim != dim:
+                raise ConfigError(f"class prototypes from a box with outputs of {label_box.spec.output_dim} cannot "
+                                  f"score outputs of {dim}")
             protos = (
-                box.encode(label_texts(label_names, self.config.label_template))
+                label_box.encode(label_texts(label_names, self.config.label_template))
                 if _init_head
                 else torch.zeros(n, dim)
             )
@@ -98,11 +114,11 @@ class TextClassifier(nn.Module):
             self.head = LinearHead(dim, n)
 
     @property
-    def box(self) -> Box:
+    def box(self) -> BoxBase:
         return self.encoder.box
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        return self.head(self.encoder(texts))  # (B, C)
+    def forward(self, inputs: list) -> torch.Tensor:
+        return self.head(self.encoder(inputs))  # (B, C)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -113,37 +129,36 @@ class TextClassifier(nn.Module):
     # -- the training-loop protocol -------------------------------------------------------
 
     def loss(self, data: TextLabelData) -> torch.Tensor:
-        logits = self(data.texts)
+        logits = self(data.inputs)
         return nn.functional.cross_entropy(logits, torch.tensor(data.labels))
 
     @torch.no_grad()
-    def predict_proba(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    def predict_proba(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         was_training = self.training
         self.eval()
-        out = encode_sorted(lambda batch: self(batch).softmax(-1), texts, batch_size, len(self.label_names), progress)
+        batch_size = min(batch_size, self.box.spec.limits.max_batch)
+        out = encode_sorted(lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress)
         self.train(was_training)
         return out
 
-    def predict(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> list[str]:
-        idx = self.predict_proba(texts, batch_size, progress).argmax(-1).tolist()
+    def predict(self, inputs: list, batch_size: int = 128, progress: bool = False) -> list[str]:
+        idx = self.predict_proba(inputs, batch_size, progress).argmax(-1).tolist()
         return [self.label_names[i] for i in idx]
 
     def evaluate(self, data: TextLabelData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
         if data.label_names != self.label_names:
             raise ConfigError(f"{data.name}'s label set differs from the model's ({len(data.label_names)} vs {len(self.label_names)} labels)")
-        pred = self.predict_proba(data.texts, batch_size, progress).argmax(-1).numpy()
+        pred = self.predict_proba(data.inputs, batch_size, progress).argmax(-1).numpy()
         return classification_metrics(np.asarray(data.labels), pred, len(self.label_names))
 
     # -- artifacts --------------------------------------------------------------------------
 
     def to_config_dict(self) -> dict:
-        spec = self.box.spec
         return {
-            "type": ADAPTER_TYPE,
+            "type": self.adapter_type,
             "library_version": __version__,
             "access": self.dga.access,
-            "box_fingerprint": spec.fingerprint(),
-            "box_spec": spec.to_dict(),
+            **box_entries("box", self.box),
             "dga": self.dga.to_dict(),
             "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
         }
@@ -153,9 +168,9 @@ class TextClassifier(nn.Module):
         return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, box: Box) -> TextClassifier:
+    def from_pretrained(cls, path: str | Path, box: BoxBase) -> TextClassifier:
         path = Path(path)
-        cfg = read_adapter_config(path, ADAPTER_TYPE, box)
+        cfg = read_adapter_config(path, cls.adapter_type, box)
         try:
             task = dict(cfg["task"])
             labels = task.pop("labels")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from sklearn.metrics import f1_score
 
 from exotune.errors import DataError
@@ -61,3 +62,43 @@ def retrieval_metrics(rankings: list[list[str]], qrels: list[dict[str, int]]) ->
         "mrr@10": [mrr_at_k(r, q, 10) for r, q in zip(rankings, qrels, strict=True)],
     }
     return {name: float(np.mean(values)) for name, values in per_query.items()}
+
+
+# -- image-text retrieval -------------------------------------------------------------------
+
+RECALL_KS = (1, 5, 10)
+IMAGE_TEXT_METRICS = (*(f"{d}_recall@{k}" for d in ("t2i", "i2t") for k in RECALL_KS), "mean_recall")
+_CHUNK = 1024  # rows of the similarity matrix held at once
+
+
+def image_text_recalls(texts: torch.Tensor, images: torch.Tensor, caption_image: list[int]) -> dict[str, float]:
+    """Recall@1/5/10 both ways, from L2-normalised caption (N, O) and image (M, O) embeddings.
+
+    Text to image: is the caption's image among its top k images. Image to text (the COCO /
+    Flickr30K protocol): is any of the image's captions among its top k captions; images
+    without a caption are left out of that direction. ``mean_recall``: the mean of the six.
+    """
+    if len(texts) != len(caption_image):
+        raise DataError(f"{len(texts)} caption embeddings but {len(caption_image)} caption-image links")
+    if not len(texts):
+        return dict.fromkeys(IMAGE_TEXT_METRICS, float("nan"))
+    target = torch.as_tensor(caption_image)
+    # a rank is how many candidates score strictly higher than the best true one
+    t2i = []
+    for chunk, t in zip(texts.split(_CHUNK), target.split(_CHUNK), strict=True):
+        scores = chunk @ images.T  # (n, M)
+        t2i.append((scores > scores.gather(1, t.unsqueeze(1))).sum(1))
+    t2i = torch.cat(t2i)  # (N,)
+    i2t = []
+    for start in range(0, len(images), _CHUNK):
+        scores = images[start : start + _CHUNK] @ texts.T  # (m, N)
+        own = target.unsqueeze(0) == torch.arange(start, start + len(scores)).unsqueeze(1)  # (m, N)
+        best = scores.masked_fill(~own, float("-inf")).max(1, keepdim=True).values  # (m, 1)
+        i2t.append(((scores > best).sum(1))[own.any(1)])
+    i2t = torch.cat(i2t)
+    out = {}
+    for direction, ranks in (("t2i", t2i), ("i2t", i2t)):
+        for k in RECALL_KS:
+            out[f"{direction}_recall@{k}"] = float((ranks < k).float().mean()) if len(ranks) else float("nan")
+    out["mean_recall"] = float(np.mean([out[m] for m in IMAGE_TEXT_METRICS[:-1]]))
+    return out

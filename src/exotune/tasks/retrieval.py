@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -13,13 +12,13 @@ from torch import nn
 
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
-from exotune.boxes.base import Box, encode_sorted
+from exotune.boxes.base import Box, encode_sorted, model_digest
 from exotune.configs import from_known_keys
 from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ArtifactError, ConfigError, DataError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import load_trained_state, read_adapter_config
+from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
 from exotune.tasks.metrics import retrieval_metrics
 
 ADAPTER_TYPE = "dga-retriever"
@@ -52,15 +51,6 @@ class RetrievalConfig:
     @classmethod
     def from_dict(cls, data: dict) -> RetrievalConfig:
         return from_known_keys(cls, data, "retrieval")
-
-
-def state_digest(module: nn.Module) -> str:
-    """Hash of a module's tensors: equal digests mean equal outputs for the same inputs."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def encode_normalized(fn: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int, dim: int,
@@ -135,7 +125,7 @@ class DualEncoder(nn.Module):
 
     def encode_corpus(self, corpus: Corpus, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         """L2-normalised document embeddings (N, O), reused while the document tower is unchanged."""
-        key = (corpus.fingerprint, state_digest(self.doc_encoder))
+        key = (corpus.fingerprint, model_digest(self.doc_encoder))
         if self._corpus_cache is None or self._corpus_cache[0] != key:
             docs = self._encode(self.doc_encoder, corpus.documents(), batch_size, progress, "encode corpus")
             self._corpus_cache = (key, docs)
@@ -213,13 +203,11 @@ class DualEncoder(nn.Module):
     # -- artifacts --------------------------------------------------------------------------
 
     def to_config_dict(self) -> dict:
-        spec = self.box.spec
         return {
             "type": ADAPTER_TYPE,
             "library_version": __version__,
             "access": "light-gray" if self.dga.entry_tokens is not None else "dark-gray",
-            "box_fingerprint": spec.fingerprint(),
-            "box_spec": spec.to_dict(),
+            **box_entries("box", self.box),
             "dga": self.dga.to_dict(),
             "task": {"type": "retrieval", **asdict(self.config)},
         }

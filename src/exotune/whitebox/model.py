@@ -15,8 +15,8 @@ from torch import nn
 
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
+from exotune.boxes.base import model_digest
 from exotune.boxes.loading import DEFAULT_BACKBONE, load_text_encoder
-from exotune.boxes.text import _model_digest
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
 from exotune.tasks.classification import ClassificationConfig, TextClassifier, label_texts
 from exotune.tasks.heads import LinearHead, PrototypeHead
@@ -54,7 +54,7 @@ class WhiteBoxClassifier(nn.Module):
         self.config = config or ClassificationConfig()
         self.base_model = base_model
         # LoRA leaves the base weights untouched: their digest ties a saved adapter to them.
-        self.base_digest = _model_digest(model) if self.whitebox.mode == "lora" else None
+        self.base_digest = model_digest(model) if self.whitebox.mode == "lora" else None
         self.encoder = WhiteBoxEncoder(model, tokenizer, self.whitebox, pooling=pooling,
                                        normalize=normalize, max_length=max_length)
         dim, n = self.encoder.output_dim, len(label_names)
@@ -168,7 +168,7 @@ class WhiteBoxClassifier(nn.Module):
         if whitebox.mode == "lora":
             source = backbone or cfg.get("base_model")
             model, tokenizer, _ = load_text_encoder(source)
-            digest = _model_digest(model)
+            digest = model_digest(model)
             if digest != cfg.get("base_digest"):
                 raise SpecMismatchError(f"LoRA weights in {path} were trained on base weights {cfg.get('base_digest')}, "
                                         f"{source!r} has {digest}")

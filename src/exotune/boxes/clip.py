@@ -1,0 +1,216 @@
+"""A CLIP model as two boxes: a text tower and an image tower that share one embedding space.
+
+Both boxes carry the digest of the whole model, so their specs name the same backbone; each
+has its own input (token embeddings, pixels), adapters and, light-gray, entry points.
+
+The text tower runs through the library's own forward (Hugging Face ``CLIPModel``, or an
+open_clip model's ``encode_text``) so that its masks, position embeddings and pooling stay the
+owner's: during a call, the token-embedding lookup returns the (adapted) embeddings, and the
+token ids the tower sees only mark where each text ends, which is where CLIP pools.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from exotune.boxes.base import Box, TokenBatch, check_texts
+from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.image import ImageBox, VisionEncoderBox
+from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
+
+# The OpenAI CLIP preprocessing (and most open_clip models'): shorter side to the input size,
+# centre crop, bicubic, these channel statistics.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def openai_image_spec(size: int) -> ImageSpec:
+    return ImageSpec(mean=OPENAI_MEAN, std=OPENAI_STD, resize=size, interpolation="bicubic")
+
+
+@dataclass(frozen=True)
+class BoxPair:
+    """The two towers of one image-text model."""
+
+    text: Box
+    image: ImageBox
+
+    def __iter__(self):  # text_box, image_box = pair
+        return iter((self.text, self.image))
+
+
+@dataclass
+class TextTower:
+    """How the owner drives a CLIP-style text tower from token embeddings (never shown to users).
+
+    ``run(ids, mask)`` is the library's forward to the projected, pooled output (B, O); it
+    looks the ids up in ``embeddings``, whose output the box replaces. ``marker`` is the id
+    written at each text's last real token (where the tower pools: its end-of-text token);
+    ``filler`` goes on the other real tokens and ``pad`` on padding. ``pad_to_context``: the
+    tower only takes sequences of exactly ``context_length`` (open_clip).
+    """
+
+    module: nn.Module
+    embeddings: nn.Embedding
+    tokenize: Callable[[list[str], int], tuple[torch.Tensor, torch.Tensor]]
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    context_length: int
+    marker: int
+    filler: int
+    pad: int
+    pad_to_context: bool = False
+
+
+def pick_filler(*taken: int) -> int:
+    """A small token id that is none of ``taken``: below any end-of-text marker."""
+    return next(i for i in range(len(taken) + 1) if i not in taken)
+
+
+def hf_text_tower(model: nn.Module, tokenizer) -> TextTower:
+    """The text tower of a Hugging Face ``CLIPModel`` (or ``CLIPTextModelWithProjection``)."""
+    text_model, projection = model.text_model, model.text_projection
+    config = text_model.config
+    # transformers pools at the first eos_token_id, or, for configs that still say 2, at the
+    # largest id (the end-of-text token is the last of the vocabulary)
+    eos = int(config.eos_token_id)
+    marker = eos if eos != 2 else int(config.vocab_size) - 1
+    filler = pick_filler(marker)
+
+    def tokenize(texts: list[str], limit: int):
+        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return projection(text_model(input_ids=ids, attention_mask=mask).pooler_output)  # (B, O)
+
+    return TextTower(module=model, embeddings=text_model.embeddings.token_embedding, tokenize=tokenize, run=run,
+                     context_length=int(config.max_position_embeddings), marker=marker, filler=filler, pad=filler)
+
+
+@contextmanager
+def _feed(embeddings: nn.Module, embeds: torch.Tensor):
+    """For one call in this thread, the embedding lookup returns ``embeds`` whatever the ids."""
+    caller = threading.get_ident()
+
+    def hook(module, args, output):
+        if threading.get_ident() != caller:
+            return None
+        if output.shape != embeds.shape:
+            raise RuntimeError(f"the text tower looked up {tuple(output.shape)} embeddings, the box fed {tuple(embeds.shape)}")
+        return embeds.to(output.dtype)
+
+    handle = embeddings.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class CLIPTextBox(Box):
+    """Owner-side wrapper of a CLIP text tower: token embeddings in, the projected text embedding out.
+
+    Like ``TextEncoderBox``: private and frozen, ``embed`` and ``forward`` from embeddings,
+    light-gray with ``entry_points`` (Hugging Face towers; n positions after the start token).
+    The spec's pooling is ``"eos"``: the output is the state at each text's last token.
+    """
+
+    def __init__(
+        self,
+        tower: TextTower,
+        *,
+        digest: str,
+        layers_of: nn.Module | None = None,
+        access: str | None = None,
+        limits: BoxLimits | None = None,
+        entry_points: str | Sequence[int] | None = None,
+        entry_tokens_max: int = 8,
+    ) -> None:
+        access, self.__layers, points = expose(layers_of or tower.module, entry_points, entry_tokens_max, access)
+        tower.module.eval()
+        tower.module.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
+        self.__tower = tower
+        with torch.no_grad():
+            ids, mask = tower.tokenize(["a"], tower.context_length)
+            output_dim = self._run(tower.embeddings(ids), mask).shape[-1]
+        ctx = tower.context_length
+        self.spec = BoxSpec(
+            modality="text",
+            input_kind="token-embeddings",
+            input_shape=(None, int(tower.embeddings.embedding_dim)),
+            output_dim=int(output_dim),
+            access=access,
+            model_digest=digest,
+            text_max_length=ctx,
+            pooling="eos",
+            entry_points=points,
+            limits=limits or BoxLimits(max_length=ctx),
+        )
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
+        self.require("dark-gray", "light-gray")
+        check_texts(texts)
+        limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
+        ids, mask = self.__tower.tokenize(list(texts), limit)
+        return TokenBatch(embeds=self.__tower.embeddings(ids).detach(), mask=mask)  # (B, T, D), (B, T)
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
+        self.require("dark-gray", "light-gray")
+        self.check_input(embeds, mask)
+        if entry_tokens:
+            self.require("light-gray")
+            n = check_entry_tokens(self.spec, entry_tokens, embeds.shape[1])
+            embeds, mask = reserve(embeds, mask, n)  # (B, n + T, D): slots after the start token
+            with inject(self.__layers, entry_tokens, n):
+                return self._run(embeds, mask)
+        return self._run(embeds, mask)
+
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        tower = self.__tower
+        b, t = mask.shape
+        if tower.pad_to_context and t < tower.context_length:
+            # the causal mask keeps the padding after a text's end from reaching where it pools
+            pad_row = tower.embeddings(torch.tensor([tower.pad], device=embeds.device)).detach()  # (1, D)
+            rest = tower.context_length - t
+            embeds = torch.cat([embeds, pad_row.expand(b, rest, -1).to(embeds.dtype)], dim=1)  # (B, ctx, D)
+            mask = torch.cat([mask, mask.new_zeros(b, rest)], dim=1)  # (B, ctx)
+        ids = torch.where(mask.bool(), tower.filler, tower.pad)  # (B, T)
+        last = (mask.sum(1) - 1).clamp(min=0)  # the end-of-text position of each text
+        ids[torch.arange(b), last] = tower.marker
+        with _feed(tower.embeddings, embeds):
+            return tower.run(ids, mask)
+
+    def __repr__(self) -> str:  # never show the module
+        s = self.spec
+        return f"CLIPTextBox(access={s.access!r}, dim={s.output_dim}, digest={s.model_digest})"
+
+
+def _tower_options(options: Mapping, tower: Mapping | None) -> dict:
+    return {**options, **(tower or {})}
+
+
+def clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
+               text_options: Mapping | None = None, image_options: Mapping | None = None,
+               **options) -> BoxPair:
+    """A Hugging Face ``CLIPModel`` as a (text, image) pair of boxes.
+
+    ``options`` (``access``, ``entry_points``, ``entry_tokens_max``, ``limits``) apply to both
+    towers; ``text_options`` / ``image_options`` override them for one. ``image`` describes the
+    preprocessing (default: OpenAI CLIP's at the model's input size).
+    """
+    from exotune.boxes.base import model_digest
+
+    digest = digest or model_digest(model)
+    size = model.vision_model.config.image_size
+    image = image or openai_image_spec(size if isinstance(size, int) else min(size))
+    text = CLIPTextBox(hf_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
+                       **_tower_options(options, text_options))
+    vision = VisionEncoderBox(model.vision_model, projection=model.visual_projection, image=image, digest=digest,
+                              **_tower_options(options, image_options))
+    return BoxPair(text, vision)

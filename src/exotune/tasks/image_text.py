@@ -1,0 +1,166 @@
+"""Image-text retrieval on a pair of boxes (a CLIP model's text and image towers).
+
+Each tower has its own DGA/LGA adapters; the loss is CLIP's symmetric InfoNCE over a batch of
+caption-image pairs; evaluation ranks every image for each caption and every caption for
+each image (Recall@1/5/10 both ways).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from exotune import __version__
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
+from exotune.boxes.base import BoxBase
+from exotune.configs import from_known_keys
+from exotune.data.images import ImageCaptionData
+from exotune.errors import ArtifactError, ConfigError
+from exotune.graybox.config import DGAConfig
+from exotune.graybox.model import GrayBoxModel
+from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
+from exotune.tasks.metrics import image_text_recalls
+from exotune.tasks.retrieval import encode_normalized
+
+ADAPTER_TYPE = "dga-image-text-retriever"
+
+
+@dataclass
+class ImageTextConfig:
+    # CLIP's logit scale ends at its ceiling, 100 (temperature 0.01); start below it, where the
+    # clamped scale still has a gradient both ways
+    temperature: float = 0.02
+    learn_temperature: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageTextConfig:
+        return from_known_keys(cls, data, "image-text")
+
+
+class ImageTextRetriever(nn.Module):
+    """A text tower and an image tower, each adapted; everything in ``state_dict()`` is the user's.
+
+    The adapters default to the paper's DGA for each side: a shift token and an extra token
+    for text, an identity-initialised pixel convolution for images, linear output adapters.
+    """
+
+    def __init__(self, text_box: BoxBase, image_box: BoxBase, text_dga: DGAConfig | None = None,
+                 image_dga: DGAConfig | None = None, config: ImageTextConfig | None = None) -> None:
+        super().__init__()
+        if text_box.spec.modality != "text" or image_box.spec.modality != "image":
+            raise ConfigError(f"need a text box and an image box, got {text_box.spec.modality!r} and "
+                              f"{image_box.spec.modality!r}")
+        if text_box.spec.output_dim != image_box.spec.output_dim:
+            raise ConfigError(f"the towers' outputs differ in width ({text_box.spec.output_dim} vs "
+                              f"{image_box.spec.output_dim}): they do not share an embedding space")
+        self.text_dga = text_dga if text_dga is not None else DGAConfig.variant("both", modality="text")
+        self.image_dga = image_dga if image_dga is not None else DGAConfig.variant("both", modality="image")
+        self.config = config or ImageTextConfig()
+        self.text_tower = GrayBoxModel(text_box, self.text_dga)
+        self.image_tower = GrayBoxModel(image_box, self.image_dga)
+        scale = torch.tensor(math.log(1.0 / self.config.temperature))
+        self.log_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
+
+    @property
+    def text_box(self) -> BoxBase:
+        return self.text_tower.box
+
+    @property
+    def image_box(self) -> BoxBase:
+        return self.image_tower.box
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def _encode(self, tower: GrayBoxModel, inputs: list, batch_size: int, progress: bool, desc: str):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return encode_normalized(tower, inputs, min(batch_size, tower.box.spec.limits.max_batch),
+                                         tower.box.spec.output_dim, progress, desc)
+        finally:
+            self.train(was_training)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        """L2-normalised caption embeddings (N, O)."""
+        return self._encode(self.text_tower, texts, batch_size, progress, "encode captions")
+
+    def encode_images(self, images: list, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """L2-normalised image embeddings (M, O) for file paths or PIL images."""
+        return self._encode(self.image_tower, images, batch_size, progress, "encode images")
+
+    def evaluate(self, data: ImageCaptionData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
+        """Recall@1/5/10 text-to-image and image-to-text, and their mean, over all of ``data``."""
+        texts = self.encode_texts(data.captions, batch_size, progress)
+        images = self.encode_images(data.images, batch_size, progress)
+        return image_text_recalls(texts, images, data.caption_image)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def loss(self, data: ImageCaptionData) -> torch.Tensor:
+        """Symmetric InfoNCE: each caption against the batch's images, each image against the
+        batch's captions. An image with several captions in the batch takes a random one as its
+        target; its other captions are no negatives."""
+        t = nn.functional.normalize(self._forward(self.text_tower, data.captions), dim=-1)  # (B, O)
+        v = nn.functional.normalize(self._forward(self.image_tower, data.images), dim=-1)  # (M, O)
+        logits = self.log_scale.exp().clamp(max=100.0) * t @ v.T  # (B, M)
+        owner = torch.as_tensor(data.caption_image)  # (B,): each caption's image
+        text_loss = nn.functional.cross_entropy(logits, owner)
+        own = owner.unsqueeze(0) == torch.arange(len(data.images)).unsqueeze(1)  # (M, B)
+        pick = torch.rand(own.shape).masked_fill(~own, -1.0).argmax(1)  # (M,): a random own caption
+        others = own.clone()
+        others[torch.arange(len(pick)), pick] = False
+        image_loss = nn.functional.cross_entropy(logits.T.masked_fill(others, float("-inf")), pick)
+        return (text_loss + image_loss) / 2
+
+    @staticmethod
+    def _forward(tower: GrayBoxModel, inputs: list) -> torch.Tensor:
+        step = tower.box.spec.limits.max_batch  # the owner's limit: split larger batches
+        return torch.cat([tower(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+
+    # -- artifacts ------------------------------------------------------------------------------
+
+    def to_config_dict(self) -> dict:
+        light = "light-gray" in (self.text_dga.access, self.image_dga.access)
+        return {
+            "type": ADAPTER_TYPE,
+            "library_version": __version__,
+            "access": "light-gray" if light else "dark-gray",
+            **box_entries("box", self.image_box),
+            **box_entries("text_box", self.text_box),
+            "dga": self.image_dga.to_dict(),
+            "text_dga": self.text_dga.to_dict(),
+            "task": {"type": "image-text-retrieval", **asdict(self.config)},
+        }
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, text_box: BoxBase, image_box: BoxBase) -> ImageTextRetriever:
+        path = Path(path)
+        cfg = read_adapter_config(path, ADAPTER_TYPE, image_box, text_box=text_box)
+        try:
+            task = dict(cfg["task"])
+            task.pop("type", None)
+            image_dga, text_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["text_dga"])
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
+        model = cls(text_box, image_box, text_dga, image_dga, ImageTextConfig.from_dict(task))
+        load_trained_state(model, path)
+        return model
