@@ -136,7 +136,6 @@ class TextClassifier(nn.Module):
     def predict_proba(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         was_training = self.training
         self.eval()
-        batch_size = min(batch_size, self.box.spec.limits.max_batch)
         out = encode_sorted(lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress)
         self.train(was_training)
         return out
