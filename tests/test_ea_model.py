@@ -182,3 +182,23 @@ def test_embedding_ssm_needs_an_embedding_source(split):
     train, val, _ = split
     with pytest.raises(ConfigError, match="embeddings"):
         EasyAdapter(CallableClient(weak_on_green), ssms=("embedding-lr",)).fit(train, val)
+
+
+def test_an_embedding_lm_is_asked_once_per_input(split):
+    """When the LM also gives the embeddings, fit and route take both from one answer: without a
+    cache, no input is sent twice."""
+    train, val, test = split
+
+    def embed(text, labels):
+        v = np.zeros(len(COLOURS) + 1)
+        v[COLOURS.index(colour_of(text)) if colour_of(text) in COLOURS else -1] = 1.0
+        return v + 0.01 * len(text)
+
+    fn = counting(embed)
+    model = EasyAdapter(CallableClient(fn, returns="embeddings"), ssms=("embedding-lr",), n_clusters=2, cv_folds=2,
+                        policy="lm-first").fit(train, val)
+    assert fn.calls == len(COLOURS) + len(train) + len(val)  # the label names, then each input once
+    fn.calls = 0
+    r = model.route(test.texts)
+    assert fn.calls == len(COLOURS) + len(test) and r.asked_lm.all()
+    assert model.predict(test.texts).shape == (len(test),)

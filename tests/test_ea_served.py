@@ -7,7 +7,7 @@ from exotune.boxes import load_box
 from exotune.ea import ServedBoxClient
 from exotune.errors import BlackBoxError, ConfigError
 
-from .serve_helpers import make_app, remote
+from .serve_helpers import TOKEN, make_app, remote
 
 pytest.importorskip("fastapi")
 LABELS = ["red", "blue", "green"]
@@ -19,10 +19,22 @@ def black_remote(tiny_backbone):
     return remote(make_app(load_box(str(tiny_backbone), access="black")))
 
 
+@pytest.fixture
+def black_app(tiny_backbone):
+    return make_app(load_box(str(tiny_backbone), access="black"))
+
+
+@pytest.mark.parametrize("way", ["http", "box"])
 @pytest.mark.parametrize("returns", ["labels", "scores", "embeddings"])
-def test_served_black_box_answers_like_the_local_zero_shot(tiny_backbone, black_remote, returns):
+def test_served_black_box_answers_like_the_local_zero_shot(tiny_backbone, black_app, returns, way):
+    from fastapi.testclient import TestClient
+
     local = load_box(str(tiny_backbone))
-    client = ServedBoxClient(box=black_remote, returns=returns, max_retries=0)
+    if way == "http":  # the torch-free path: safetensors answers read as numpy arrays
+        client = ServedBoxClient("http://testserver", TOKEN, http_client=TestClient(black_app), returns=returns,
+                                 max_retries=0)
+    else:
+        client = ServedBoxClient(box=remote(black_app), returns=returns, max_retries=0)
     outs = client.run(TEXTS, LABELS)
     z = local.encode(TEXTS).numpy()
     p = local.encode(LABELS).numpy()
@@ -45,6 +57,65 @@ def test_served_client_needs_one_way_in(black_remote):
         ServedBoxClient("http://127.0.0.1:1", box=black_remote)
     with pytest.raises(ConfigError, match="returns"):
         ServedBoxClient(box=black_remote, returns="logits")
+
+
+def test_http_answers_are_checked(tiny_backbone, black_app):
+    """A truncated tensor message, or one of the wrong shape, is a clear error, not garbage."""
+    import httpx
+    from fastapi.testclient import TestClient
+
+    inner = TestClient(black_app)
+
+    def handler(request):
+        r = inner.request(request.method, str(request.url), headers=request.headers, content=request.content)
+        body = r.content[:-8] if request.url.path == "/v1/scores" else r.content
+        return httpx.Response(r.status_code, headers={"content-type": r.headers["content-type"]}, content=body)
+
+    client = ServedBoxClient("http://testserver", TOKEN, http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+                             max_retries=0)
+    with pytest.raises(BlackBoxError, match="not a valid tensor message"):
+        client.run(TEXTS, LABELS)
+
+
+def test_ea_and_a_served_client_leave_torch_out(tiny_backbone, black_app):
+    """The user's process of a black-box EA run never imports torch (about 200 MB)."""
+    import json
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+    from safetensors.numpy import load
+
+    inner = TestClient(black_app)
+    spec = inner.get("/v1/spec", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    enc = inner.post("/v1/encode", json={"texts": TEXTS + LABELS}, headers={"Authorization": f"Bearer {TOKEN}"})
+    outputs = load(enc.content)["outputs"].tolist()
+    code = f"""
+import json, sys
+import httpx
+from safetensors.numpy import save
+import numpy as np
+import exotune.ea
+from exotune.ea import ServedBoxClient
+spec, outputs, texts = json.loads({json.dumps([spec, outputs, TEXTS + LABELS])!r})
+def handler(request):
+    if request.url.path == "/v1/spec":
+        return httpx.Response(200, json=spec)
+    asked = json.loads(request.content)["texts"]
+    rows = np.asarray([outputs[texts.index(t)] for t in asked], dtype=np.float32)
+    return httpx.Response(200, content=save({{"outputs": rows}}))
+client = ServedBoxClient("http://testserver", "t" * 12, returns="embeddings", max_retries=0,
+                         http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+outs = client.run({TEXTS!r}, {LABELS!r})
+print(json.dumps({{"torch": "torch" in sys.modules, "labels": [o.label for o in outs]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    z, p = np.asarray(outputs[:3]), np.asarray(outputs[3:])
+    cos = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (p / np.linalg.norm(p, axis=1, keepdims=True)).T
+    assert got["labels"] == cos.argmax(1).tolist()
 
 
 def test_unreachable_server_is_a_clear_error():

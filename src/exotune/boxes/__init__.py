@@ -1,11 +1,33 @@
-"""The owner's side of the boundary: what a hidden model exposes."""
+"""The owner's side of the boundary: what a hidden model exposes.
 
-from exotune.boxes.base import Box, BoxBase, TokenBatch
-from exotune.boxes.clip import BoxPair, CLIPTextBox, clip_boxes
-from exotune.boxes.image import ImageBox, VisionEncoderBox
-from exotune.boxes.loading import DEFAULT_BACKBONE, load_box, load_clip_boxes, load_image_box
-from exotune.boxes.spec import ACCESS_LEVELS, BoxLimits, BoxSpec, EntryPoint, ImageSpec
-from exotune.boxes.text import TextEncoderBox
+The names resolve on first use (PEP 562), so that the torch-free parts (``spec``, ``wire``,
+``http``) can be imported by a black-box client without paying for torch.
+"""
+
+_LAZY = {
+    "Box": "exotune.boxes.base", "BoxBase": "exotune.boxes.base", "TokenBatch": "exotune.boxes.base",
+    "BoxPair": "exotune.boxes.clip", "CLIPTextBox": "exotune.boxes.clip", "clip_boxes": "exotune.boxes.clip",
+    "ImageBox": "exotune.boxes.image", "VisionEncoderBox": "exotune.boxes.image",
+    "DEFAULT_BACKBONE": "exotune.boxes.loading", "load_box": "exotune.boxes.loading",
+    "load_clip_boxes": "exotune.boxes.loading", "load_image_box": "exotune.boxes.loading",
+    "ACCESS_LEVELS": "exotune.boxes.spec", "BoxLimits": "exotune.boxes.spec", "BoxSpec": "exotune.boxes.spec",
+    "EntryPoint": "exotune.boxes.spec", "ImageSpec": "exotune.boxes.spec", "TextEncoderBox": "exotune.boxes.text",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'exotune.boxes' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ACCESS_LEVELS",

@@ -8,56 +8,18 @@ the forward is replayed once. Needs the 'serve' extra (httpx), imported only whe
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from exotune.boxes import wire
 from exotune.boxes.base import Box, TokenBatch
-from exotune.boxes.spec import BoxSpec
-from exotune.errors import (
-    AccessError,
-    AuthenticationError,
-    BoxLimitError,
-    ConfigError,
-    HandleExpiredError,
-    MissingDependencyError,
-    RateLimitError,
-    RemoteError,
-    RequestRejectedError,
-)
+from exotune.boxes.http import TOKEN_ENV, Channel, RemoteConfig, check_texts, get
+from exotune.errors import HandleExpiredError
 
+__all__ = ["TOKEN_ENV", "RemoteBox", "RemoteConfig", "connect"]
 GRAY = ("dark-gray", "light-gray")
-TOKEN_ENV = "EXOTUNE_TOKEN"
-
-
-def _httpx():
-    try:
-        import httpx
-    except ImportError as err:
-        raise MissingDependencyError("a remote box needs httpx: pip install 'exotune[serve]'") from err
-    return httpx
-
-
-@dataclass
-class RemoteConfig:
-    """Client-side knobs (never saved with an adapter)."""
-
-    timeout_s: float = 60.0
-    retries: int = 3  # on connection errors, 503 and rate-limit answers
-    backoff_s: float = 0.25  # doubled after each retry ...
-    max_wait_s: float = 10.0  # ... and never more than this per wait
-    max_response_bytes: int = 256 * 2**20
-
-    def __post_init__(self) -> None:
-        if not self.timeout_s > 0 or self.backoff_s < 0 or self.max_wait_s < 0:
-            raise ConfigError(f"RemoteConfig needs timeout_s > 0 and backoff_s, max_wait_s >= 0, got {self}")
-        if not isinstance(self.retries, int) or self.retries < 0:
-            raise ConfigError(f"RemoteConfig.retries must be an integer >= 0, got {self.retries!r}")
 
 
 class _RemoteForward(torch.autograd.Function):
@@ -85,26 +47,15 @@ class RemoteBox(Box):
 
     def __init__(self, url: str, token: str | None = None, *, config: RemoteConfig | None = None,
                  client=None) -> None:
-        httpx = _httpx()
-        self.url = url.rstrip("/")
-        self.config = config or RemoteConfig()
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._owns_client = client is None  # a client passed in keeps its own timeouts
-        self._client = client if client is not None else httpx.Client(timeout=self.config.timeout_s)
-        self.stats = {"requests": 0, "retries": 0, "replays": 0}
-        info = self._request("GET", "/v1/spec").json()
-        try:
-            self.spec = BoxSpec.from_dict(info["spec"])
-            self.server = dict(info.get("server") or {})
-        except (KeyError, TypeError, ValueError) as err:
-            raise RemoteError(f"{self.url}/v1/spec did not describe a box ({err})") from err
+        self._http = Channel(url, token, config=config, client=client)
+        self.url, self.config, self.stats = self._http.url, self._http.config, self._http.stats
+        self.spec, self.server = self._http.spec, self._http.server
 
     # -- the box interface ------------------------------------------------------------------
 
     def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
         self.require(*GRAY)
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         msg = self._tensors("POST", "/v1/embed", json={"texts": texts, "max_length": max_length})
         return TokenBatch(embeds=self._get(msg, "embeds"), mask=self._get(msg, "mask"))
 
@@ -122,21 +73,20 @@ class RemoteBox(Box):
         return _RemoteForward.apply(self, mask, names, embeds, *entries)
 
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
-        msg = self._tensors("POST", "/v1/encode", json={"texts": _check_texts(texts)})
+        msg = self._tensors("POST", "/v1/encode", json={"texts": check_texts(texts)})
         return self._get(msg, "outputs")
 
     @torch.no_grad()
     def scores(self, texts: list[str], labels: list[str]) -> torch.Tensor:
         """Cosine similarity (N, L) of each text's output with each label text's: zero-shot."""
-        texts, labels = _check_texts(texts), _check_texts(labels)
+        texts, labels = check_texts(texts), check_texts(labels)
         step = self.spec.limits.max_batch
         outs = [self._get(self._tensors("POST", "/v1/scores", json={"texts": texts[i : i + step], "labels": labels}),
                           "scores") for i in range(0, len(texts), step)]
         return torch.cat(outs) if outs else torch.zeros(0, len(labels))
 
     def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
+        self._http.close()
 
     def __enter__(self) -> RemoteBox:
         return self
@@ -186,89 +136,10 @@ class RemoteBox(Box):
     # -- HTTP -------------------------------------------------------------------------------
 
     def _tensors(self, method: str, path: str, **kwargs) -> wire.Message:
-        r = self._request(method, path, **kwargs)
-        try:
-            return wire.decode(r.content, self.config.max_response_bytes)
-        except ValueError as err:
-            raise RemoteError(f"{path}: the server's answer is not a valid tensor message ({err})") from err
+        return self._http.message(method, path, **kwargs)
 
     def _get(self, msg: wire.Message, name: str, shape: tuple | None = None) -> torch.Tensor:
-        t = msg.tensors.get(name)
-        if t is None or (shape is not None and tuple(t.shape) != tuple(shape)):
-            got = None if t is None else tuple(t.shape)
-            raise RemoteError(f"the server's answer lacks tensor {name!r} of shape {shape} (got {got})")
-        return t
-
-    def _request(self, method: str, path: str, *, json=None, content: bytes | None = None, params=None):
-        httpx, cfg = _httpx(), self.config
-        headers = dict(self._headers)
-        if content is not None:
-            headers["Content-Type"] = wire.MEDIA_TYPE
-        for attempt in range(cfg.retries + 1):
-            wait = min(cfg.max_wait_s, cfg.backoff_s * 2**attempt)
-            self.stats["requests"] += 1
-            try:
-                r = self._client.request(method, self.url + path, json=json, content=content,
-                                         params=params, headers=headers)
-            except httpx.TransportError as err:
-                if attempt == cfg.retries:
-                    raise RemoteError(f"could not reach {self.url}{path} after {attempt + 1} tries: "
-                                      f"{err.__class__.__name__}: {err}") from err
-            else:
-                code = _error_code(r)
-                retryable = r.status_code == 503 or (r.status_code == 429 and code == "rate_limited")
-                if not retryable or attempt == cfg.retries:
-                    if r.status_code >= 400:
-                        raise _error(r, path, code)
-                    return r
-                wait = min(cfg.max_wait_s, max(wait, _retry_after(r)))
-            self.stats["retries"] += 1
-            time.sleep(wait)
-        raise RemoteError(f"{path}: no answer")  # not reached: the loop returns or raises
-
-
-def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ConfigError("texts must be a list of strings")
-    return list(texts)
-
-
-def _error_code(r) -> str | None:
-    if r.status_code < 400:
-        return None
-    try:
-        return str(r.json().get("error"))
-    except (ValueError, AttributeError):
-        return None
-
-
-def _retry_after(r) -> float:
-    try:
-        return float(r.headers.get("Retry-After", 0))
-    except ValueError:
-        return 0.0
-
-
-def _error(r, path: str, code: str | None) -> Exception:
-    try:
-        detail = str(r.json().get("message"))
-    except (ValueError, AttributeError):
-        detail = r.text[:200]
-    status = r.status_code
-    text = f"{path}: {detail} (HTTP {status})"
-    if status == 401:
-        return AuthenticationError(text, status, code)
-    if status == 403:
-        return AccessError(text)
-    if status in (404, 410) and code in ("handle_expired", "handle_unknown"):
-        return HandleExpiredError(text, status, code)
-    if status == 413 or code == "limit":
-        return BoxLimitError(text)
-    if status == 429:
-        return RateLimitError(text, status, code)
-    if status < 500:
-        return RequestRejectedError(text, status, code)
-    return RemoteError(text, status, code)
+        return get(msg, name, shape)
 
 
 def connect(url: str, token: str | None = None, **kwargs) -> RemoteBox:

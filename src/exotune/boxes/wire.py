@@ -1,9 +1,10 @@
 """The wire codec of a served box: tensors as safetensors bytes, small metadata as strings.
 
-Shared by the server (``exotune.serve``) and the client (``exotune.boxes.remote``), so that
-nothing below ``serve/`` imports from it. Decoding is strict: the header is parsed and
-checked (size, dtype whitelist, shapes against byte ranges) before safetensors reads the
-data, and every failure is a ``WireError`` saying what was wrong. Never pickle.
+Shared by the server (``exotune.serve``) and the clients (``exotune.boxes.remote``, and the
+torch-free ``exotune.boxes.http`` that reads answers as numpy arrays), so that nothing below
+``serve/`` imports from it. Decoding is strict: the header is parsed and checked (size, dtype
+whitelist, shapes against byte ranges) before safetensors reads the data, and every failure is
+a ``WireError`` saying what was wrong. Never pickle. torch is imported only by the torch forms.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save
 
 from exotune.errors import WireError
 
+if TYPE_CHECKING:
+    import torch
+
 MEDIA_TYPE = "application/vnd.exotune.safetensors"
 # dtypes allowed on the wire: float32 for embeddings, outputs and gradients; int64 for masks
-DTYPES = {"F32": torch.float32, "I64": torch.int64}
+DTYPES = {"F32": "float32", "I64": "int64"}
 _ITEMSIZE = {"F32": 4, "I64": 8}
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 64
@@ -32,13 +35,16 @@ MAX_META_CHARS = 4096
 class Message:
     """What one request or response body carries."""
 
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    tensors: dict[str, Any] = field(default_factory=dict)  # torch.Tensor, or np.ndarray from decode_arrays
     meta: dict[str, str] = field(default_factory=dict)
 
 
 def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> bytes:
     """Serialise ``tensors`` (float32 or int64, any device) and string metadata."""
-    allowed = set(DTYPES.values())
+    import torch
+    from safetensors.torch import save
+
+    allowed = {getattr(torch, name) for name in DTYPES.values()}
     out, seen = {}, set()
     for name, t in tensors.items():
         if t.dtype not in allowed:
@@ -88,8 +94,8 @@ def _check_entry(name: str, entry, body_bytes: int) -> None:
         raise WireError(f"tensor {name!r}: shape {shape} does not match its {offsets[1] - offsets[0]} bytes")
 
 
-def decode(data: bytes, max_bytes: int = 64 * 2**20) -> Message:
-    """Parse a message; raise ``WireError`` on anything malformed, oversize or of another dtype."""
+def check(data: bytes, max_bytes: int) -> dict[str, str]:
+    """Validate a message without reading its data; return its metadata. Needs no torch."""
     header = _header(data, max_bytes)
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
@@ -101,8 +107,28 @@ def decode(data: bytes, max_bytes: int = 64 * 2**20) -> Message:
     body_bytes = len(data) - 8 - struct.unpack("<Q", data[:8])[0]
     for name, entry in header.items():
         _check_entry(name, entry, body_bytes)
+    return dict(meta)
+
+
+def _load(load, data: bytes, meta: dict[str, str]) -> Message:
     try:
         tensors = load(bytes(data))
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise WireError(f"not a readable safetensors message ({err})") from err
-    return Message(tensors=dict(tensors), meta=dict(meta))
+    return Message(tensors=dict(tensors), meta=meta)
+
+
+def decode(data: bytes, max_bytes: int = 64 * 2**20) -> Message:
+    """Parse a message into torch tensors; raise ``WireError`` on anything malformed, oversize
+    or of another dtype."""
+    from safetensors.torch import load
+
+    return _load(load, data, check(data, max_bytes))
+
+
+def decode_arrays(data: bytes, max_bytes: int = 64 * 2**20) -> Message:
+    """As :func:`decode`, with numpy arrays instead of tensors: the client side of a black box
+    needs no torch."""
+    from safetensors.numpy import load
+
+    return _load(load, data, check(data, max_bytes))

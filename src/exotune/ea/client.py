@@ -70,6 +70,7 @@ class Ledger:
 
 def labels_from_embeddings(emb: np.ndarray, protos: np.ndarray, temperature: float = 0.05):
     """Zero-shot labels for an encoder box: cosine similarity to the label names' embeddings."""
+    emb, protos = np.asarray(emb, dtype=np.float64), np.asarray(protos, dtype=np.float64)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     protos = protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
     logits = emb @ protos.T / temperature  # (N, C)

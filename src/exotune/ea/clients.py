@@ -234,12 +234,14 @@ class ServedBoxClient(BlackBoxClient):
     ``returns="labels"``: the box answers with a label only (zero-shot: the label name whose
     encoding is most similar, from ``POST /v1/scores``); ``"scores"`` adds the softmax of those
     similarities; ``"embeddings"`` returns the box's outputs (``POST /v1/encode``) with the
-    zero-shot label and scores. The served box's own retries handle 429/503 and lost
+    zero-shot label and scores. With a ``url`` the answers are read over HTTP as numpy arrays,
+    without torch (``http_client``: an ``httpx.Client`` to use instead of a new one); ``box``
+    takes any connected box instead. The HTTP layer's own retries handle 429/503 and lost
     connections; what still fails is reported as transient (retried here) or final.
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, box=None, returns: str = "labels",
-                 temperature: float = 0.05, label_template: str = "{}", **common):
+    def __init__(self, url: str | None = None, token: str | None = None, *, box=None, http_client=None,
+                 returns: str = "labels", temperature: float = 0.05, label_template: str = "{}", **common):
         if returns not in ("labels", "scores", "embeddings"):
             raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
         if "{}" not in label_template:
@@ -249,17 +251,17 @@ class ServedBoxClient(BlackBoxClient):
         self.url, self.returns, self.temperature, self.label_template = url, returns, temperature, label_template
         if (url is None) == (box is None):
             raise ConfigError("ServedBoxClient needs either url (and token) or a connected box, not both")
-        self._token = token
-        self._box = box  # with a url: connected on first use, never in __init__
+        self._token, self._http_client = token, http_client
+        self._box = box  # with a url: an HTTP channel, connected on first use, never in __init__
         self._protos = None
         self.provides = frozenset({"labels", "scores", "embeddings"} if returns == "embeddings"
                                   else {"labels", "scores"} if returns == "scores" else {"labels"})
 
     def _connect(self):
         if self._box is None:
-            from exotune.boxes.remote import connect
+            from exotune.boxes.http import Channel
 
-            self._box = connect(self.url, token=self._token)
+            self._box = Channel(self.url, token=self._token, client=self._http_client)
         return self._box
 
     def describe(self) -> dict:
@@ -269,6 +271,29 @@ class ServedBoxClient(BlackBoxClient):
 
     def _label_texts(self, label_names):
         return [self.label_template.format(n.replace("_", " ")) for n in label_names]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """(N, O) float32 outputs of the box."""
+        box = self._connect()
+        if not hasattr(box, "message"):
+            return box.encode(texts).numpy()
+        return self._post(box, "/v1/encode", "outputs", texts, box.spec.output_dim)
+
+    def _scores(self, texts: list[str], labels: list[str]) -> np.ndarray:
+        """(N, L) cosine similarities of texts and label texts, computed by the box."""
+        box = self._connect()
+        if not hasattr(box, "message"):
+            return box.scores(texts, labels).numpy()
+        return self._post(box, "/v1/scores", "scores", texts, len(labels), labels=labels)
+
+    @staticmethod
+    def _post(channel, path: str, name: str, texts: list[str], width: int, **body) -> np.ndarray:
+        from exotune.boxes.http import get
+
+        step = channel.spec.limits.max_batch
+        parts = [get(channel.message("POST", path, arrays=True, json={"texts": texts[i:i + step], **body}),
+                     name, (len(texts[i:i + step]), width)) for i in range(0, len(texts), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
 
     async def _call(self, fn, *args):
         from exotune.errors import RemoteError
@@ -282,17 +307,15 @@ class ServedBoxClient(BlackBoxClient):
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            box = self._connect()
-            self._protos = (await self._call(box.encode, self._label_texts(label_names))).numpy().astype(np.float64)
+            self._protos = await self._call(self._encode, self._label_texts(label_names))
 
     async def _request(self, texts, label_names):
-        box = self._connect()
         if self.returns == "embeddings":
-            emb = (await self._call(box.encode, list(texts))).numpy().astype(np.float64)
+            emb = await self._call(self._encode, list(texts))
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
             return [BlackBoxOutput(label=int(y), scores=p.tolist(), embedding=e.tolist())
                     for y, p, e in zip(labels, probs, emb, strict=True)]
-        sims = (await self._call(box.scores, list(texts), self._label_texts(label_names))).numpy()
+        sims = (await self._call(self._scores, list(texts), self._label_texts(label_names))).astype(np.float64)
         logits = sims / self.temperature
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)

@@ -37,8 +37,13 @@ class LMAnswers:
         conf = np.array([np.nan if o.confidence is None else o.confidence for o in outs], dtype=float)
         emb = None
         if outs and all(o.embedding is not None for o in outs):
-            emb = np.asarray([o.embedding for o in outs], dtype=np.float64)
+            emb = np.asarray([o.embedding for o in outs], dtype=np.float32)  # the wire's precision
         return cls(labels, scores, conf, emb)
+
+    def take(self, idx) -> LMAnswers:
+        rows = np.asarray(idx, dtype=int)
+        return LMAnswers(self.labels[rows], None if self.scores is None else self.scores[rows], self.confidence[rows],
+                         None if self.embeddings is None else self.embeddings[rows])
 
 
 @dataclass
@@ -100,16 +105,20 @@ class EasyAdapter(BaseEstimator):
         kinds = {getattr(s, "input_kind", "text") for s in getattr(self, "ssms_", [make_ssm(s) for s in self.ssms])}
         return "embedding" in kinds or self.featurizer == "blackbox"
 
-    def _embed(self, texts, ledger: Ledger) -> np.ndarray | None:
+    def _embed(self, texts, ledger: Ledger, lm: LMAnswers | None = None) -> np.ndarray | None:
+        """(N, D) float32 embeddings, or None when nothing reads them. ``lm``: the LM's answers
+        for the same texts, whose embeddings are taken when the LM is the source (no second pass)."""
         if not self._needs_embeddings():
             return None
         src = self._embedding_source()
         if src is None:
             raise ConfigError("an SSM or the featurizer reads embeddings, but neither embedder nor lm provides them")
+        if src is self.lm and lm is not None and lm.embeddings is not None:
+            return lm.embeddings
         outs = src.run(texts, self.label_names_, ledger)
         if any(o.embedding is None for o in outs):
             raise ConfigError(f"{type(src).__name__} returned no embeddings")
-        return np.asarray([o.embedding for o in outs], dtype=np.float64)
+        return np.asarray([o.embedding for o in outs], dtype=np.float32)
 
     def _ask_lm(self, texts, ledger: Ledger) -> LMAnswers:
         if self.lm is None:
@@ -172,7 +181,7 @@ class EasyAdapter(BaseEstimator):
         n_tr = len(train)
         texts = list(train.texts) + list(val.texts)
         lm = self._ask_lm(texts, self.ledgers_["probe"])
-        emb = self._embed(texts, self.ledgers_["embed"])
+        emb = self._embed(texts, self.ledgers_["embed"], lm)
         y, y_val = np.asarray(train.labels), np.asarray(val.labels)
         lm_ok = lm.labels[:n_tr] == y
         views_all = self._views(texts, emb)
@@ -244,7 +253,9 @@ class EasyAdapter(BaseEstimator):
         if n == 0:
             e = np.zeros(0, dtype=int)
             return Routing(e, np.zeros((0, c)), e, e.astype(bool), e.astype(bool), e, ledger, 0.0)
-        emb = self._embed(texts, ledger)
+        # when the LM is the embedder, its answers come with the embeddings: one pass, not two
+        known = self._ask_lm(texts, ledger) if self._needs_embeddings() and self._embedding_source() is self.lm else None
+        emb = self._embed(texts, ledger, known)
         views = self._views(texts, emb)
         clusters = self.regions_.assign(emb if self.featurizer == "blackbox" else texts)
         P = self._system_proba(self.ssms_system_, views, clusters)
@@ -255,7 +266,7 @@ class EasyAdapter(BaseEstimator):
         labels, proba, used = ssm_pred.copy(), P.copy(), np.zeros(n, dtype=bool)
         lm_labels = np.full(n, -1)
         if len(ask_idx):
-            lm = self._ask_lm([texts[i] for i in ask_idx], ledger)
+            lm = known.take(ask_idx) if known is not None else self._ask_lm([texts[i] for i in ask_idx], ledger)
             lm_labels[ask_idx] = lm.labels
             F = full_features(P[ask_idx], acc[ask_idx], lm.labels, lm.scores, lm.confidence)
             take_lm = ~self.router_.keep_ssm(F) & (lm.labels >= 0) & asked[ask_idx]
