@@ -4,6 +4,8 @@ __version__ = "0.1.0"
 
 # The public names resolve on first use (PEP 562): importing exotune, or a torch-free part of
 # it such as exotune.ea with a black-box API, does not pay for torch.
+from exotune._lazy import lazy_names  # noqa: E402
+
 _LAZY = {
     "Box": "exotune.boxes", "BoxSpec": "exotune.boxes", "TextEncoderBox": "exotune.boxes", "load_box": "exotune.boxes",
     "DGAConfig": "exotune.graybox", "GrayBoxModel": "exotune.graybox",
@@ -16,18 +18,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'exotune' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 def connect(url: str, token: str | None = None, **kwargs):

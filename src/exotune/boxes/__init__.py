@@ -4,6 +4,8 @@ The names resolve on first use (PEP 562), so that the torch-free parts (``spec``
 ``http``) can be imported by a black-box client without paying for torch.
 """
 
+from exotune._lazy import lazy_names
+
 _LAZY = {
     "Box": "exotune.boxes.base", "BoxBase": "exotune.boxes.base", "TokenBatch": "exotune.boxes.base",
     "BoxPair": "exotune.boxes.clip", "CLIPTextBox": "exotune.boxes.clip", "clip_boxes": "exotune.boxes.clip",
@@ -15,18 +17,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'exotune.boxes' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [
