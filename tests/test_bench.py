@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from exotune.bench import classification
 from exotune.bench.common import RunLog
 from exotune.bench.ea import Budget, logged_lora
@@ -14,9 +12,9 @@ def test_ea_reuses_the_classification_lora_run(tmp_path):
     budget = Budget()
     budget.lora["method_lr"] = {"lora": 2e-3}
     assert logged_lora(0, budget, None, log_path) is None  # no log yet
-    same = asdict(classification.Budget(epochs=5, lr=5e-3, method_lr={"lora": 2e-3, "full-ft": 2e-4}))
-    other_lr = asdict(classification.Budget(epochs=5, method_lr={"lora": 1e-3}))
-    other_epochs = asdict(classification.Budget(epochs=3, method_lr={"lora": 2e-3}))
+    same = classification.Budget(epochs=5, lr=5e-3, method_lr={"lora": 2e-3, "full-ft": 2e-4}).for_dataset("banking77")
+    other_lr = classification.Budget(epochs=5, method_lr={"lora": 1e-3}).for_dataset("banking77")
+    other_epochs = classification.Budget(epochs=3, method_lr={"lora": 2e-3}).for_dataset("banking77")
     log = RunLog(log_path)
     key = {"dataset": "banking77", "method": "lora", "backbone": "all-MiniLM-L6-v2", "quick": False}
     log.add({**key, "seed": 0, "budget": other_lr}, {"tag": "other lr"})
@@ -42,3 +40,12 @@ def test_aggregate_and_table_carry_run_notes():
     table = markdown_table({"suite": "s", "command": "c", "date": "today", "machine": "m", "records": [rec]})
     assert "| lga | tokens=2 | light-gray | accuracy | 0.6000 ± 0.1000 |" in table
     assert "- lga (tokens=2), seed 1: shared CPU" in table
+
+
+def test_a_dataset_cap_keys_only_that_dataset():
+    """Changing SST-2's sample must not orphan Banking77's logged runs (and vice versa)."""
+    base, other = classification.Budget(), classification.Budget(dataset_max_train={"sst2": 123})
+    assert base.for_dataset("banking77") == other.for_dataset("banking77")
+    assert base.for_dataset("sst2") != other.for_dataset("sst2")
+    assert other.for_dataset("sst2")["train_cap"] == 123
+    assert classification.Budget(max_train=7).for_dataset("banking77")["train_cap"] == 7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -53,12 +54,22 @@ def _method_lr(text: str) -> tuple[str, float]:
     return method, lr
 
 
-def _write(suite_name: str, suite, log: RunLog, extra: dict, out_dir: Path) -> Path:
+def _budget_for(budget, dataset: str) -> dict:
+    """The budget a dataset's runs are logged under (per-dataset caps resolved where the suite has them)."""
+    from dataclasses import asdict
+
+    return budget.for_dataset(dataset) if hasattr(budget, "for_dataset") else asdict(budget)
+
+
+def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path) -> Path:
     """The results file from every logged run with these settings (earlier invocations too:
-    methods may be run in separate calls, e.g. with different seeds); the commands are listed."""
+    methods and datasets may be run in separate calls); the commands are listed."""
     groups: dict[tuple, list[dict]] = {}
-    for key, run in log.matching(**extra):
-        groups.setdefault((key["dataset"], key["method"]), []).append(run)
+    budgets = {}
+    for dataset in suite.DATASETS:
+        for key, run in log.matching(**extra, dataset=dataset, budget=_budget_for(budget, dataset)):
+            groups.setdefault((key["dataset"], key["method"]), []).append(run)
+            budgets[dataset] = key["budget"]
     order = {m: i for i, m in enumerate(suite.METHODS)}
     records = []
     for (_, _), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
@@ -67,7 +78,10 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, out_dir: Path) -> P
     commands = list(dict.fromkeys(r.get("command", "") for runs in groups.values() for r in runs))
     for rec in records:
         rec.pop("command", None)
-    return write_results(suite_name, records, out_dir, extra, " && ".join(c for c in commands if c))
+    one = list(dict.fromkeys(json.dumps(b, sort_keys=True) for b in budgets.values()))
+    doc_budget = next(iter(budgets.values())) if len(one) == 1 else budgets
+    return write_results(suite_name, records, out_dir, {**extra, "budget": doc_budget},
+                         " && ".join(c for c in commands if c))
 
 
 def run_suite(args) -> int:
@@ -91,15 +105,14 @@ def run_suite(args) -> int:
         else:
             budget.method_lr[method] = lr
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
-    from dataclasses import asdict
-
-    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick}
+    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick}
     command = command_line()
     log = RunLog(out_dir / f".{args.suite}.runs.jsonl", fresh=args.fresh)
     for dataset in datasets:
         for name in methods:
             for seed in seeds:
-                key = {"dataset": dataset, "method": name, "seed": seed, **extra}
+                key = {"dataset": dataset, "method": name, "seed": seed, **extra,
+                       "budget": _budget_for(budget, dataset)}
                 run = log.get(key)
                 if run is None:
                     print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)
@@ -109,7 +122,7 @@ def run_suite(args) -> int:
                     print(f"[bench] {dataset} {name} seed {seed}: logged earlier, reused", file=sys.stderr)
                 main = suite.METRICS[0]
                 print(f"[bench]   {main} {run['metrics'][main]:.4f}, {run['train_seconds']:.0f} s", file=sys.stderr)
-            path = _write(args.suite, suite, log, extra, out_dir)  # after each method: nothing lost
+            path = _write(args.suite, suite, log, extra, budget, out_dir)  # after each method: nothing lost
     print(path.with_suffix(".md").read_text())
     print(f"results written to {path}", file=sys.stderr)
     return 0

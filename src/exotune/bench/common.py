@@ -118,6 +118,9 @@ def _dataset_line(records: list[dict]) -> str | None:
     if r is None:
         return None
     line = f"train {r['n_train']:,}, validation {r['n_val']:,}, test {r['n_test']:,} examples"
+    threads = sorted({x["threads"] for x in records if x.get("threads")})
+    if threads:  # training seconds depend on it
+        line += f"; {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''}"
     template = next((x["label_template"] for x in records if x.get("label_template")), None)
     return line + (f"; class names encoded as `{template}`." if template else ".")
 

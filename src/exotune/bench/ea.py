@@ -119,7 +119,7 @@ def logged_lora(seed: int, budget: Budget, backbone, log_path: Path) -> dict | N
 
     if not log_path.is_file():
         return None
-    want = asdict(_lora_budget(budget))
+    want = _lora_budget(budget).for_dataset("banking77")
 
     def relevant(b: dict) -> dict:
         return {**{k: v for k, v in b.items() if k not in ("lr", "method_lr", "probe_cs")},
