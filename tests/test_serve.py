@@ -276,6 +276,25 @@ def test_handle_store_bounds():
     del h3
 
 
+def test_graphs_never_backpropagated_are_freed(tiny_box):
+    """An evicted (or expired) forward's graph must be freed: a soak run once found each
+    abandoned forward held for good (a reference cycle through the saved-tensor hook)."""
+    import gc
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(type(o) is torch.Tensor for o in gc.get_objects())
+
+    app = make_app(tiny_box, max_handles=1)
+    client = make_client(app)
+    body = _inputs(tiny_box)
+    _forward(client, body, train=True)
+    before = live_tensors()
+    for _ in range(10):
+        _forward(client, body, train=True)  # each evicts the one before
+    assert live_tensors() - before < 10
+
+
 def test_handle_bytes_are_bounded_on_the_server(tiny_box):
     client = make_client(make_app(tiny_box, max_handle_bytes=1000))
     _error(_forward(client, _inputs(tiny_box), train=True), 413, "limit", "smaller batches")

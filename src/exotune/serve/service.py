@@ -229,7 +229,9 @@ class BoxService:
         def pack(t: torch.Tensor) -> torch.Tensor:
             if t.requires_grad:  # activations; frozen weights do not require grad
                 saved[0] += t.numel() * t.element_size()
-            return t
+            # detached: an output saved for its own backward, kept as itself, would hold its
+            # graph in a reference cycle, and a graph never backpropagated would never be freed
+            return t.detach()
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             ent = {n[len(ENTRY):]: t for n, t in leaves.items() if n.startswith(ENTRY)}
