@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
 
+from exotune.bench.served import free_port
 from exotune.cli import main
 from exotune.errors import (
     AccessError,
@@ -173,18 +173,12 @@ def test_retries_on_503_and_rate_limits_then_succeeds(tiny_box):
     assert box.stats["retries"] == 2 and box.spec.output_dim == 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_connection_errors_raise_after_bounded_retries():
     import exotune
     from exotune.boxes.remote import RemoteConfig
 
     with pytest.raises(RemoteError, match="after 3 tries"):  # 1 try + 2 retries, then a clear error
-        exotune.connect(f"http://127.0.0.1:{_free_port()}", token=TOKEN,
+        exotune.connect(f"http://127.0.0.1:{free_port()}", token=TOKEN,
                         config=RemoteConfig(retries=2, backoff_s=0.01, timeout_s=2))
 
 
@@ -290,3 +284,4 @@ def test_server_restart_mid_training_errors_clearly_then_resumes(tiny_box, tmp_p
     assert result.steps == 10
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-5, rtol=1e-4)
+
