@@ -37,9 +37,9 @@ def train(args, dga, train_cfg) -> int:
     from dataclasses import replace
 
     from exotune import distributed
-    from exotune.boxes import load_box
+    from exotune.cli import open_box
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
-    from exotune.train import Trainer
+    from exotune.train import Trainer, seed_everything
 
     cfg = RetrievalConfig(shared_towers=args.shared_towers, temperature=args.temperature,
                           learn_temperature=not args.fixed_temperature, hard_negatives=args.hard_negatives)
@@ -48,7 +48,9 @@ def train(args, dga, train_cfg) -> int:
     train_data, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
         train_data = train_data.head(args.max_train, seed=args.seed)
-    model = DualEncoder(load_box(args.backbone), dga, cfg)
+    box = open_box(args)
+    seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
+    model = DualEncoder(box, dga, cfg)
     model.progress = not args.quiet
     towers = "one shared tower" if cfg.shared_towers else "query and document towers"
     print(f"training DGA ({dga.variant_name}, {towers}) on {len(train_data)} queries, validating on "
@@ -68,12 +70,12 @@ def train(args, dga, train_cfg) -> int:
 
 
 def evaluate(args) -> int:
-    from exotune.boxes import load_box
+    from exotune.cli import open_box
     from exotune.graybox import DGAConfig
     from exotune.tasks.retrieval import DualEncoder
 
     data = _load(args, args.split)
-    box = load_box(args.backbone)
+    box = open_box(args)
     model = DualEncoder(box, DGAConfig.variant("none")) if args.zero_shot else DualEncoder.from_pretrained(args.adapter, box)
     metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
     if args.json:
