@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, ea, remote, retrieval
+from exotune.bench import classification, ea, reliability, remote, retrieval
 from exotune.bench.common import (
     RESULTS_DIR,
     RunLog,
@@ -17,7 +17,8 @@ from exotune.bench.common import (
 )
 from exotune.errors import ConfigError
 
-SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea}
+SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea,
+          "reliability": reliability}
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
