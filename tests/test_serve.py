@@ -406,3 +406,16 @@ def test_no_route_reveals_the_backbone(tiny_box):
     body = client.post("/v1/embed", json={"texts": ["red"]}).content
     assert any(body[i : i + 8] in all_windows for i in range(len(body) - 7))
     assert "Bert" not in json.dumps(app.openapi())
+
+
+def test_serve_limits_malloc_arenas_unless_the_environment_chose(monkeypatch):
+    import platform
+    import sys
+
+    from exotune.serve.cli import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the owner's own setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert limit_malloc_arenas() is glibc
