@@ -21,6 +21,7 @@ Needs the 'serve' extra and hypothesis + schemathesis (the 'dev' extra).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -91,7 +92,7 @@ def run(args) -> int:
 
     budget = quick_budget() if args.quick else Budget()
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
-    t0 = time.perf_counter()
+    t0, load_start = time.perf_counter(), os.getloadavg()[0]
     local = load_box(args.backbone)  # the reference every gradient is compared with
     data = task_data(args.data_dir, budget.load_clients * budget.load_steps * budget.load_batch)
     extra = ("--max-handles", str(budget.max_handles), "--handle-ttl", f"{budget.handle_ttl_s:g}")
@@ -104,7 +105,8 @@ def run(args) -> int:
         sections["faults"] = _section("faults", faults.run, server, local, args.backbone, budget)
     doc = {"suite": "reliability", "command": command_line(), "date": time.strftime("%Y-%m-%d"),
            "machine": machine(), "backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick,
-           "budget": asdict(budget), "seconds": round(time.perf_counter() - t0, 1),
+           "budget": asdict(budget), "seconds": round(time.perf_counter() - t0, 1), "cpus": os.cpu_count(),
+           "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
            "ok": all(s["ok"] for s in sections.values()), "summary": summary(sections), "sections": sections,
            "records": []}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,10 @@ def markdown(doc: dict) -> str:
     lines = [f"# reliability{' (quick)' if doc['quick'] else ''}", "", f"`{doc['command']}`", "",
              f"{doc['date']}, {doc['machine']}, backbone {doc['backbone']}; server and clients on 127.0.0.1, "
              f"on the same cores; {doc['seconds']:.0f} s in all.", ""]
+    if doc.get("load_average"):
+        start, end = doc["load_average"]
+        lines += [f"Latency and throughput depend on what else the machine runs: its load average was {start:.1f} "
+                  f"when the run began and {end:.1f} when it ended, on {doc.get('cpus', '?')} cores.", ""]
     if doc.get("note"):
         lines += [doc["note"], ""]
     lines += ["| question | answer |", "|---|---|",
@@ -50,7 +54,10 @@ def markdown(doc: dict) -> str:
               f"{soak.get('garbage_refused')} | {soak.get('unexpected_failures')} | {_v(soak.get('rss_start_mb'))} -> "
               f"{_v(soak.get('rss_end_mb'))} ({_v(soak.get('rss_max_mb'))}) | {_v(soak.get('rss_slope_mb_per_min'), 2)} | "
               f"{soak.get('handles_max')} / {soak.get('handles_bound')} | {soak.get('handles_after_ttl')} | "
-              f"{soak.get('fds_before')} -> {soak.get('fds_after')} |", ""]
+              f"{soak.get('fds_before')} -> {soak.get('fds_after')} |", "",
+              "RSS start and end are the server's resident memory after warm-up (the first 40% of the run) and at "
+              f"the end, allowed to differ by {_v(soak.get('memory_tolerance_mb'))} MB; handles and descriptors are "
+              "counted again once the clients are gone and the handle ttl has passed.", ""]
     lines += ["## Bad input", "", f"Routes: {', '.join(fuzz.get('operations', []))}. After fuzzing: health "
               f"{fuzz.get('health_after')}, gradient vs local reference {_e(fuzz.get('relative_gradient_error_after'))}.", ""]
     lines += ["## Access", "", f"{access.get('checks', 0)} checks over {', '.join(access.get('routes', []))}; every "

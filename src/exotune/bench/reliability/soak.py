@@ -1,7 +1,7 @@
 """Soak: a few clients train against the served box for minutes; some forwards are abandoned
 (as by a client that crashes between forward and backward) and some requests are garbage.
 Every second the server's resident memory, open file descriptors and handle store are read.
-Held when memory is flat after warm-up, the handle store never exceeds its bound and is empty
+Held when memory is flat after warm-up (the first 40% of the run), the handle store never exceeds its bound and is empty
 once the clients are gone and the ttl has passed, and the descriptors return to their count
 before the clients came."""
 
@@ -19,7 +19,8 @@ from exotune.boxes import wire
 
 ABANDON_EVERY = 4  # every 4th forward made for training never gets its backward
 GARBAGE_EVERY = 10  # every 10th request is not a tensor message
-MEMORY_SLACK_MB, MEMORY_SLACK_SHARE = 64.0, 0.10
+WARM_UP_SHARE = 0.4  # allocator pools and the handle store fill first; flat means flat after that
+MEMORY_SLACK_MB, MEMORY_SLACK_SHARE = 64.0, 0.05
 FD_SLACK = 2
 
 
@@ -95,7 +96,7 @@ def run(server, local, data, budget) -> dict:
     final = server.handle_stats() or {}
 
     rss = [s["rss_mb"] for s in samples[:during] if s["rss_mb"] is not None]
-    warm = max(1, len(rss) // 5)  # the first fifth warms up: allocator pools, the handle store filling
+    warm = max(1, int(len(rss) * WARM_UP_SHARE))
     steady = rss[warm:] or rss
     k = max(1, min(5, len(steady) // 4))
     start_mb, end_mb = float(np.median(steady[:k])), float(np.median(steady[-k:]))
