@@ -39,13 +39,13 @@ class Budget:
     load_clients: int = 16
     load_steps: int = 8  # training steps per client
     load_batch: int = 16
-    soak_seconds: float = 150.0
+    soak_seconds: float = 120.0
     soak_clients: int = 4
     soak_batch: int = 8
     max_handles: int = 48  # the served box's handle store, small so that eviction is exercised
     handle_ttl_s: float = 10.0
     fuzz_examples: int = 40  # per OpenAPI operation and generation mode (positive, negative)
-    wire_examples: int = 400  # hypothesis payloads for the tensor and JSON routes
+    wire_examples: int = 600  # hypothesis payloads for the tensor and JSON routes
     train_rows: int = 96  # the kill-and-resume drill: rows of its CSV
     train_epochs: int = 2
     train_batch: int = 16

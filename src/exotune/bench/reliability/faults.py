@@ -255,6 +255,10 @@ def run(server, local, backbone, budget) -> dict:
             drills.append(probing_crash(budget, work, concurrency))
         drills += corrupted_files(work / "run" / "best", local, server, budget, work,
                                   work / "run", work / f"ea{budget.probe_concurrency[-1]}")
+    for d in drills:  # the temporary folder's name says nothing: keep the messages short
+        for key in ("api", "cli", "client_error", "rerun_error", "resume_error"):
+            if isinstance(d.get(key), str):
+                d[key] = d[key].replace(f"{work}/", "")
     silent = [d["drill"] for d in drills if d.get("api") == "LOADED"]
     killed = drills[0]
     probes = [d for d in drills if d["drill"].startswith("probing crash")]

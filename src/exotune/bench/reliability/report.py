@@ -103,4 +103,6 @@ def _detail(d: dict) -> str:
         return (f"killed at request {d.get('killed_at_request')}; {d.get('stored_before_kill')} answers stored; rerun asked "
                 f"{d.get('asked_on_rerun')}, of them stored before: {d.get('stored_asked_again')}, in flight at the kill: "
                 f"{d.get('in_flight_asked_again')}")
-    return f"{d.get('api', '')[:120]}" + (f"; CLI: `{d['cli'][:80]}`" if d.get("cli") else "")
+    parts = [d["api"][:120]] if d.get("api") else []
+    parts += [f"CLI: `{d['cli'][:100]}`"] if d.get("cli") else []
+    return "; ".join(parts)
