@@ -67,15 +67,14 @@ class Served(str):
 def running_server(app):
     """``app`` on a real uvicorn server on 127.0.0.1 in a thread; yields its URL (a ``Served``),
     stops it after."""
-    import socket
     import threading
     import time
 
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from exotune.bench.served import free_port
+
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

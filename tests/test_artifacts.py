@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from exotune.artifacts import flatten_state, unflatten_state
+from exotune.artifacts import flatten_state, unflatten_state, write_checksums
 from exotune.boxes import load_box
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
 from exotune.graybox import DGAConfig, ResidualMLPConfig, TextShiftConfig
@@ -35,7 +35,8 @@ def test_round_trip_gives_identical_predictions(trained, tiny_box):
 
 def test_folder_holds_only_what_was_trained(trained, tiny_box):
     model, folder, _ = trained
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                        "checksums.sha256"]
     from safetensors.torch import load_file
 
     saved = load_file(str(folder / "adapter_model.safetensors"))
@@ -57,12 +58,15 @@ def test_loading_against_another_box_fails(trained, tmp_path):
 
 
 def test_corrupted_files_fail_loudly(trained, tiny_box):
+    """Parsers catch what is malformed even when the checksums are re-recorded over it."""
     _, folder, _ = trained
     weights = folder / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-7])
+    write_checksums(folder)
     with pytest.raises(ArtifactError, match="safetensors"):
         TextClassifier.from_pretrained(folder, tiny_box)
     (folder / "adapter_config.json").write_text('{"type": "dga-classifier", ')
+    write_checksums(folder)
     with pytest.raises(ArtifactError, match="JSON"):
         TextClassifier.from_pretrained(folder, tiny_box)
 
@@ -73,6 +77,7 @@ def test_missing_or_foreign_folders(tiny_box, tmp_path, trained):
     _, folder, _ = trained
     cfg = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**cfg, "type": "something-else"}))
+    write_checksums(folder)
     with pytest.raises(ArtifactError, match="type"):
         TextClassifier.from_pretrained(folder, tiny_box)
 
@@ -82,6 +87,7 @@ def test_tensors_must_match_config(trained, tiny_box):
     cfg = json.loads((folder / "adapter_config.json").read_text())
     cfg["dga"]["input_adapter"]["extra_tokens"] = 5
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    write_checksums(folder)
     with pytest.raises(ArtifactError, match="does not match"):
         TextClassifier.from_pretrained(folder, tiny_box)
 
@@ -114,3 +120,17 @@ def test_zero_shot_head_starts_as_class_name_similarity(tiny_box):
     p = torch.nn.functional.normalize(tiny_box.encode(data.label_names), dim=-1)
     expected = (z @ p.T).argmax(-1)
     assert model.predict_proba(data.texts).argmax(-1).tolist() == expected.tolist()
+
+
+def test_a_flipped_byte_inside_tensor_data_is_caught(trained, tiny_box):
+    """No parser notices a changed weight value: the recorded checksum does."""
+    _, folder, _ = trained
+    weights = folder / "adapter_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0x01  # inside the last tensor's data: still a valid safetensors file
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="corrupted: its SHA-256 differs"):
+        TextClassifier.from_pretrained(folder, tiny_box)
+    (folder / "checksums.sha256").unlink()  # a folder from before checksums: loads, with a warning
+    with pytest.warns(UserWarning, match="checksums"):
+        TextClassifier.from_pretrained(folder, tiny_box)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from exotune import cli
 from exotune.cli import COMMANDS, main
@@ -369,3 +370,18 @@ def test_train_val_fraction_leaves_too_few(tmp_path, capsys):
     ]
     assert main(argv) == 2
     assert_clean_error(capsys)
+
+
+def test_train_with_the_same_seed_repeats_itself(tiny_backbone, good_csv, tmp_path):
+    """The adapters start from random tokens: --seed must fix them too, or a resumed run could
+    never be compared with an uninterrupted one."""
+    from exotune.artifacts import read_tensors
+
+    argv = ["train", "--file", str(good_csv), "--backbone", str(tiny_backbone), "--epochs", "1", "--batch-size", "8",
+            "--extra-tokens", "2", "--quiet", "--seed", "3"]
+    runs = []
+    for name in ("a", "b"):
+        assert main([*argv, "--output-dir", str(tmp_path / name)]) == 0
+        runs.append(read_tensors(tmp_path / name / "best" / "adapter_model.safetensors"))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

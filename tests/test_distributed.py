@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from exotune.bench.served import free_port
 from exotune.graybox import DGAConfig
 from exotune.tasks.classification import TextClassifier
 from exotune.train import TrainConfig, Trainer
@@ -80,17 +80,11 @@ def _worker(rank: int, port: int, backbone: str, tmp: str) -> None:
     _save(model, result.history, tmp / "results" / f"resumed{rank}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(backbone: Path, tmp: Path, timeout_s: float = 120.0) -> None:
     import torch.multiprocessing as mp
 
     (tmp / "results").mkdir()
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(backbone), str(tmp)), nprocs=WORLD,
+    ctx = mp.start_processes(_worker, args=(free_port(), str(backbone), str(tmp)), nprocs=WORLD,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=2):  # raises if a rank failed
@@ -128,7 +122,8 @@ def test_two_processes_equal_one_over_the_same_global_batch(tiny_backbone, tiny_
                 assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-5)
     # only rank 0 wrote: its own folder is complete, rank 1's was never created
     assert _files(tmp_path / "full" / "rank0") == ["best/adapter_config.json", "best/adapter_model.safetensors",
-                                                   "last/checkpoint.safetensors", "last/trainer_state.json"]
+                                                   "best/checksums.sha256", "last/checkpoint.safetensors",
+                                                   "last/checksums.sha256", "last/trainer_state.json"]
     assert not (tmp_path / "full" / "rank1").exists()
     state = json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())["state"]
     assert state["global_step"] == 8 and state["epoch"] == 2  # the resumed run finished

@@ -15,6 +15,7 @@ from exotune.ea import (
     parse_label,
 )
 from exotune.ea.prompt import PromptTemplate, scores_from_logprobs
+from exotune.ea.testing import FAULT_DRILLS, fault_drill
 from exotune.errors import BlackBoxError, ConfigError, DataError
 
 from .ea_fakes import COLOURS, FakeOpenAI, colour_task, one_blas_thread  # noqa: F401
@@ -100,6 +101,15 @@ def test_persistent_5xx_gives_clear_error(server):
     with pytest.raises(BlackBoxError, match="after 3 attempts.*500"):
         chat(server, max_retries=2).run(["the sky is blue"], COLOURS)
     assert len(server.calls("chat")) == 3
+
+
+@pytest.mark.parametrize(("kind", "client"), FAULT_DRILLS)
+def test_every_fault_is_retried_then_reported_clearly(kind, client):
+    """Rate limits, 5xx, timeouts, reset connections and malformed 200 answers (HTML, cut JSON,
+    an empty object: once raw AttributeErrors and JSONDecodeErrors) are retried to the right
+    answer once, and end in a BlackBoxError when they persist; a 400 is reported at once."""
+    result = fault_drill(kind, client)
+    assert result["ok"], result
 
 
 def test_client_error_is_not_retried(server):

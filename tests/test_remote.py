@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
 
+from exotune.bench.served import free_port
 from exotune.cli import main
 from exotune.errors import (
     AccessError,
@@ -173,18 +173,12 @@ def test_retries_on_503_and_rate_limits_then_succeeds(tiny_box):
     assert box.stats["retries"] == 2 and box.spec.output_dim == 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_connection_errors_raise_after_bounded_retries():
     import exotune
     from exotune.boxes.remote import RemoteConfig
 
     with pytest.raises(RemoteError, match="after 3 tries"):  # 1 try + 2 retries, then a clear error
-        exotune.connect(f"http://127.0.0.1:{_free_port()}", token=TOKEN,
+        exotune.connect(f"http://127.0.0.1:{free_port()}", token=TOKEN,
                         config=RemoteConfig(retries=2, backoff_s=0.01, timeout_s=2))
 
 
@@ -290,3 +284,28 @@ def test_server_restart_mid_training_errors_clearly_then_resumes(tiny_box, tmp_p
     assert result.steps == 10
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_train_eval_and_predict_through_a_served_box(tiny_box, tmp_path, monkeypatch, capsys):
+    """``--remote URL`` trains, evaluates and predicts against a served box (token from
+    $EXOTUNE_TOKEN): the same adapter a local box gives, loadable against either."""
+    from exotune.tasks.classification import TextClassifier
+
+    from .conftest import colour_data
+
+    data = colour_data(40, seed=0)
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True)))
+    monkeypatch.setenv("EXOTUNE_TOKEN", TOKEN)
+    with running_server(make_app(tiny_box)) as url:
+        argv = ["train", "--file", str(csv), "--epochs", "1", "--batch-size", "16", "--quiet"]
+        assert main([*argv, "--remote", url, "--output-dir", str(tmp_path / "run")]) == 0
+        assert main(["eval", "--file", str(csv), "--remote", url, "--adapter", str(tmp_path / "run" / "best"),
+                     "--json"]) == 0
+        assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] <= 1
+        assert main(["predict", "--remote", url, "--adapter", str(tmp_path / "run" / "best"), "--text", "a red car"]) == 0
+        assert capsys.readouterr().out.split("\t")[0].split(" (")[0] in data.label_names
+        assert main([*argv, "--remote", url, "--output-dir", str(tmp_path / "x"), "--entry-points", "1"]) == 2
+        assert "owner chose" in capsys.readouterr().err
+    local = TextClassifier.from_pretrained(tmp_path / "run" / "best", tiny_box)  # the same box, locally
+    assert local.predict(["a red car"])[0] in data.label_names

@@ -183,6 +183,43 @@ def test_bad_json_bodies(tiny_box):
     _error(client.post("/v1/forward?train=maybe", content=b""), 422, "invalid")
 
 
+@pytest.mark.parametrize("path, body, status, code, fragment", [
+    ("/v1/encode", b'{"texts": ["\\ud800"]}', 422, "invalid", "lone surrogate"),  # a JSON escape
+    ("/v1/embed", b'{"texts": ["ok", "\\udfffx"]}', 422, "invalid", "text 1"),
+    ("/v1/scores", b'{"texts": ["a"], "labels": ["\\ud800"]}', 422, "invalid", "'labels'"),
+    ("/v1/encode", b"[" * 50_000 + b"]" * 50_000, 400, "bad_json", "nested too deep"),
+    ("/v1/embed", b'{"texts": ["a"], "max_length": ' + b"9" * 5000 + b"}", 400, "bad_json", "number too long"),
+    ("/v1/forward", struct.pack("<Q", 60_000) + b"[" * 30_000 + b"]" * 30_000, 400, "bad_tensors", "nested too deep"),
+    ("/v1/backward", struct.pack("<Q", 5006) + b"[" + b"7" * 5000 + b"]     ", 400, "bad_tensors", "number too long"),
+])
+def test_hostile_bodies_are_refused_not_crashed_on(tiny_box, path, body, status, code, fragment):
+    """Each of these once made the server answer 500 (an exception no handler expected)."""
+    client = make_client(make_app(tiny_box))
+    _error(client.post(path, content=body), status, code, fragment)
+    assert client.get("/v1/spec").status_code == 200
+
+
+def test_inputs_that_overflow_or_hold_no_token_are_refused(tiny_box):
+    client = make_client(make_app(tiny_box))
+    t = _inputs(tiny_box)
+    _error(_forward(client, {**t, "embeds": torch.full_like(t["embeds"], 3e38)}), 422, "invalid", "infinite outputs")
+    _error(_forward(client, {**t, "mask": torch.zeros_like(t["mask"])}), 422, "invalid", "at least one 1")
+    handle = wire.decode(_forward(client, t, train=True).content).meta["handle"]
+    huge = wire.encode({"grad_outputs": torch.full((2, 16), 3e38)}, {"handle": handle})
+    _error(client.post("/v1/backward", content=huge), 422, "invalid", "overflowed")
+
+
+def test_a_declared_content_type_must_be_the_routes(tiny_box):
+    client = make_client(make_app(tiny_box))
+    body = wire.encode(_inputs(tiny_box))
+    _error(client.post("/v1/forward", content=body, headers={"Content-Type": "text/plain"}), 415, "media_type")
+    _error(client.post("/v1/encode", content=b'{"texts": ["a"]}', headers={"Content-Type": wire.MEDIA_TYPE}),
+           415, "media_type", "application/json")
+    ok = {"Content-Type": f"{wire.MEDIA_TYPE}; charset=binary"}  # parameters are ignored; absent is accepted
+    assert client.post("/v1/forward", content=body, headers=ok).status_code == 200
+    assert client.post("/v1/forward", content=body).status_code == 200
+
+
 def test_unexpected_errors_give_a_generic_500(tiny_box):
     class Broken(EntryBox):
         def forward(self, embeds, mask, entry_tokens=None):
@@ -237,6 +274,25 @@ def test_handle_store_bounds():
         store.put(pending(nbytes=101))
     assert info.value.status == 413
     del h3
+
+
+def test_graphs_never_backpropagated_are_freed(tiny_box):
+    """An evicted (or expired) forward's graph must be freed: a soak run once found each
+    abandoned forward held for good (a reference cycle through the saved-tensor hook)."""
+    import gc
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(type(o) is torch.Tensor for o in gc.get_objects())
+
+    app = make_app(tiny_box, max_handles=1)
+    client = make_client(app)
+    body = _inputs(tiny_box)
+    _forward(client, body, train=True)
+    before = live_tensors()
+    for _ in range(10):
+        _forward(client, body, train=True)  # each evicts the one before
+    assert live_tensors() - before < 10
 
 
 def test_handle_bytes_are_bounded_on_the_server(tiny_box):
@@ -350,3 +406,16 @@ def test_no_route_reveals_the_backbone(tiny_box):
     body = client.post("/v1/embed", json={"texts": ["red"]}).content
     assert any(body[i : i + 8] in all_windows for i in range(len(body) - 7))
     assert "Bert" not in json.dumps(app.openapi())
+
+
+def test_serve_limits_malloc_arenas_unless_the_environment_chose(monkeypatch):
+    import platform
+    import sys
+
+    from exotune.serve.cli import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the owner's own setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert limit_malloc_arenas() is glibc

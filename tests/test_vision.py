@@ -317,7 +317,7 @@ def test_retriever_save_load_round_trip(clip, pair, shapes, tmp_path):
                      tmp_path / "run", progress=False).fit(model, *train.split(0.2))
     assert result.steps > 0 and "val_t2i_recall@1" in result.history[0]
     folder = tmp_path / "run" / "best"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "checksums.sha256"]
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["type"] == "dga-image-text-retriever" and cfg["dga"]["input_adapter"]["type"] == "pixel-residual"
     loaded = ImageTextRetriever.from_pretrained(folder, *pair)
@@ -574,8 +574,11 @@ def test_cli_image_classification(clip_folder, shape_folder, tmp_path, capsys):
        "{clip}"], "no.csv: file not found"),
      (["--task", "classification", "--images", "{images}"], "--images is for --task image-retrieval"),
      (["--task", "image-classification", "--images", "{images}", "--backbone", "{clip}", "--kernel-size", "2"],
-      "odd")],
-    ids=["no-captions", "no-backbone", "vit-prototypes", "missing-captions", "images-for-text", "even-kernel"])
+      "odd"),
+     (["--task", "image-classification", "--images", "{images}", "--remote", "http://127.0.0.1:9"],
+      "cannot be served yet")],
+    ids=["no-captions", "no-backbone", "vit-prototypes", "missing-captions", "images-for-text", "even-kernel",
+         "remote-image-box"])
 def test_cli_image_errors(argv, fragment, clip_folder, shape_folder, tmp_path, capsys):
     vit = tmp_path / "vit"
     tiny_vision().save_pretrained(vit)

@@ -160,7 +160,7 @@ def test_save_load_round_trip(tiny_backbone, tmp_path, wb):
     assert cfg["access"] == "white" and cfg["whitebox"]["mode"] == wb.mode
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     if wb.mode == "lora":  # never the base weights
-        assert files == {"adapter_config.json", "adapter_model.safetensors"}
+        assert files == {"adapter_config.json", "adapter_model.safetensors", "checksums.sha256"}
     else:
         assert {"encoder/model.safetensors", "encoder/config.json"} <= files
 
@@ -239,7 +239,7 @@ def test_budget_caps_and_learning_rates():
     from exotune.bench.classification import Budget
 
     b = Budget()
-    assert (b.train_cap("banking77"), b.train_cap("sst2"), b.val_cap("sst2")) == (None, 8000, 2000)
+    assert (b.train_cap("banking77"), b.train_cap("sst2"), b.val_cap("sst2")) == (None, 4000, 2000)
     assert Budget(max_train=256).train_cap("sst2") == 256
     assert (b.lr_for("dga"), b.lr_for("lora"), b.lr_for("full-ft")) == (2e-3, 1e-3, 1e-4)
 
@@ -282,9 +282,9 @@ def test_bench_cli_learning_rates_reach_the_budget(monkeypatch, tmp_path, capsys
     argv = ["bench", "classification", "--datasets", "sst2", "--methods", "dga-both", "lora", "full-ft",
             "--seeds", "0", "--lr", "lora=5e-4", "dga=3e-3", "--out-dir", str(tmp_path)]
     assert main(argv) == 0
-    assert seen == [("dga-both", 3e-3, 8000), ("lora", 5e-4, 8000), ("full-ft", 1e-4, 8000)]
+    assert seen == [("dga-both", 3e-3, 4000), ("lora", 5e-4, 4000), ("full-ft", 1e-4, 4000)]
     doc = json.loads((tmp_path / "classification.json").read_text())
-    assert doc["budget"]["method_lr"]["lora"] == 5e-4 and doc["budget"]["dataset_max_train"] == {"sst2": 8000}
+    assert doc["budget"]["method_lr"]["lora"] == 5e-4 and doc["budget"]["train_cap"] == 4000
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["bench", "classification", "--lr", "lora"])

@@ -2,14 +2,19 @@
 
 Nothing here uses pickle: optimiser and scheduler state are flattened into safetensors
 (tensors) and JSON (everything else), so a checkpoint cannot execute code when loaded.
+Every folder carries ``checksums.sha256`` (the ``sha256sum`` format), checked on load: a
+flipped byte inside a tensor's data, which no parser could notice, is refused too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +26,14 @@ from exotune.errors import ArtifactError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+CHECKSUMS_NAME = "checksums.sha256"
+_CHECKSUM_LINE = re.compile(r"([0-9a-f]{64})  (\S.*)")
 
 
-def write_folder(path: str | Path, files: dict[str, dict | dict[str, torch.Tensor] | Callable[[Path], None]]) -> Path:
-    """Write ``{filename: json-able dict | tensors | writer}`` into ``path``, replacing it atomically.
+def write_folder(path: str | Path,
+                 files: dict[str, dict | dict[str, torch.Tensor] | bytes | Callable[[Path], None]]) -> Path:
+    """Write ``{filename: json-able dict | tensors | bytes | writer}`` into ``path``, replacing it
+    atomically, with the SHA-256 of every file written in ``checksums.sha256``.
 
     A writer is called with the target path inside the temporary folder (e.g. a Hugging Face
     ``save_pretrained`` for a sub-folder), so it too is replaced all at once.
@@ -36,11 +45,14 @@ def write_folder(path: str | Path, files: dict[str, dict | dict[str, torch.Tenso
         for name, content in files.items():
             if callable(content):
                 content(tmp / name)
+            elif isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
             elif name.endswith(".safetensors"):
                 tensors = {k: v.detach().cpu().contiguous() for k, v in content.items()}
                 save_file(tensors, str(tmp / name))
             else:
                 (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        write_checksums(tmp)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -50,6 +62,54 @@ def write_folder(path: str | Path, files: dict[str, dict | dict[str, torch.Tenso
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(path: str | Path) -> Path:
+    """(Re)write ``path/checksums.sha256`` from the files now in ``path``: ``write_folder`` does
+    it on every save; call it yourself only after changing a file on purpose."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != CHECKSUMS_NAME)
+    listing = path / CHECKSUMS_NAME
+    listing.write_text("".join(f"{_sha256(p)}  {p.relative_to(path).as_posix()}\n" for p in files))
+    return listing
+
+
+def verify_folder(path: str | Path) -> None:
+    """Check every file listed in ``path/checksums.sha256``; raise ``ArtifactError`` naming the
+    first one that is missing or differs. A folder without the list (written before it
+    existed) loads with a warning, never silently."""
+    path = Path(path)
+    listing = path / CHECKSUMS_NAME
+    if not listing.is_file():
+        warnings.warn(f"{path} has no {CHECKSUMS_NAME} (written by an older exotune?): "
+                      "its files cannot be checked for corruption", stacklevel=3)
+        return
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{listing} is unreadable ({err}); the folder is corrupted") from err
+    entries = [_CHECKSUM_LINE.fullmatch(line) for line in lines if line.strip()]
+    if not entries or not all(entries):
+        raise ArtifactError(f"{listing} is malformed (expected lines '<sha256>  <file>'); the folder is corrupted")
+    for match in entries:
+        digest, name = match.groups()
+        file = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ArtifactError(f"{listing} names a file outside its folder: {name!r}")
+        if not file.is_file():
+            raise ArtifactError(f"{file} is missing (it is listed in {CHECKSUMS_NAME})")
+        if _sha256(file) != digest:
+            raise ArtifactError(f"{file} is corrupted: its SHA-256 differs from the one recorded in "
+                                f"{CHECKSUMS_NAME} when it was written (after a deliberate edit, "
+                                "exotune.artifacts.write_checksums(folder) records the new content)")
 
 
 def read_json(path: str | Path) -> dict:

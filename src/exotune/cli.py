@@ -12,7 +12,7 @@ from exotune import __version__, cli_images
 from exotune.argtypes import entry_points_arg, positive_int
 from exotune.cli_retrieval import add_retrieval_args
 from exotune.cli_run import fit_and_report
-from exotune.errors import ExotuneError
+from exotune.errors import ConfigError, ExotuneError
 from exotune.serve.cli import TOKENS_ENV, add_serve_args
 
 DEMO_DIR = "runs/demo"
@@ -42,10 +42,24 @@ def _add_task_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_box_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default=None,
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--backbone", default=None,
                    help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2); "
                         "for image tasks a CLIP, ViT or DINOv2 checkpoint (e.g. openai/clip-vit-base-patch16) or "
                         "open_clip:MODEL@PRETRAINED")
+    g.add_argument("--remote", default=None, metavar="URL",
+                   help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
+
+
+def open_box(args, **load_kwargs):
+    """The box the arguments name: served (``--remote``) or loaded here (``--backbone``)."""
+    if getattr(args, "remote", None):
+        from exotune.boxes.remote import connect
+
+        return connect(args.remote)
+    from exotune.boxes import load_box
+
+    return load_box(args.backbone, **load_kwargs)
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
@@ -198,18 +212,23 @@ def _lga_box_options(args) -> dict:
 
 
 def _train_box(args):
-    """The local box to train against: light-gray with the chosen entry points for LGA."""
-    from exotune.boxes import load_box
-
-    return load_box(args.backbone, **_lga_box_options(args))
+    """The box to train against: for LGA, a local one is loaded light-gray with the chosen
+    entry points; a served one exposes what its owner chose."""
+    if getattr(args, "remote", None):
+        if args.entry_points:
+            raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
+                              "exposes those its owner chose (see its /v1/spec)")
+        return open_box(args)
+    return open_box(args, **_lga_box_options(args))
 
 
 def _adapter_box(args):
-    """The local box an adapter was trained against, rebuilt with the same entry points."""
-    from exotune.boxes import load_box
+    """The box an adapter was trained against: served, or loaded with the same entry points."""
     from exotune.tasks.classification import saved_box_options
 
-    return load_box(args.backbone, **saved_box_options(args.adapter))
+    if args.remote:
+        return open_box(args)
+    return open_box(args, **saved_box_options(args.adapter))
 
 
 def _train_config(args):
@@ -222,6 +241,7 @@ def _train_config(args):
 def cmd_train(args) -> int:
     from exotune import distributed
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
+    from exotune.train import seed_everything
 
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
     dga, train_cfg = _dga_config(args), _train_config(args)
@@ -238,6 +258,7 @@ def cmd_train(args) -> int:
     if args.max_train:
         train = train.head(args.max_train, seed=args.seed)
     box = _train_box(args)
+    seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     model = TextClassifier(box, data.label_names, dga, cls_cfg)
     if distributed.is_main():
         print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
@@ -252,7 +273,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from exotune.boxes import load_box
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
 
     if args.task.startswith("image-"):
@@ -264,7 +284,7 @@ def cmd_eval(args) -> int:
         return cli_retrieval.evaluate(args)
     data = _load_data(args, args.split)
     if args.zero_shot:
-        box = load_box(args.backbone)
+        box = open_box(args)
         model = TextClassifier(box, data.label_names, None,
                                ClassificationConfig(label_template=args.label_template or "{}"))
     else:

@@ -36,6 +36,9 @@ def refuse_images(args) -> None:
 
 
 def _check(args) -> None:
+    if getattr(args, "remote", None):
+        raise ConfigError(f"--task {args.task} trains against a local image box; image boxes cannot be served yet "
+                          "(--remote is for text tasks)")
     if not args.images:
         raise ConfigError(f"--task {args.task} needs --images DIR" +
                           (" and --captions FILE" if args.task == "image-retrieval" else " (one sub-folder per class)"))

@@ -43,6 +43,7 @@ def train(args, dga, train_cfg, box) -> int:
     from dataclasses import replace
 
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
+    from exotune.train import seed_everything
 
     temperature = args.temperature if args.temperature is not None else RetrievalConfig.temperature
     cfg = RetrievalConfig(shared_towers=args.shared_towers, temperature=temperature,
@@ -53,6 +54,7 @@ def train(args, dga, train_cfg, box) -> int:
     train_data, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
         train_data = train_data.head(args.max_train, seed=args.seed)
+    seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     model = DualEncoder(box, dga, cfg)
     model.progress = not args.quiet
     towers = "one shared tower" if cfg.shared_towers else f"query and document towers, doc side {cfg.doc_side}"
@@ -68,16 +70,15 @@ def train(args, dga, train_cfg, box) -> int:
 
 
 def evaluate(args) -> int:
-    from exotune.boxes import load_box
+    from exotune.cli import _adapter_box, open_box
     from exotune.graybox import DGAConfig
-    from exotune.tasks.classification import saved_box_options
     from exotune.tasks.retrieval import DualEncoder
 
     data = _load(args, args.split)
     if args.zero_shot:
-        model = DualEncoder(load_box(args.backbone), DGAConfig.variant("none"))
-    else:  # the box the adapter was trained against: its entry points, for LGA
-        model = DualEncoder.from_pretrained(args.adapter, load_box(args.backbone, **saved_box_options(args.adapter)))
+        model = DualEncoder(open_box(args), DGAConfig.variant("none"))
+    else:  # the box the adapter was trained against (its entry points, for LGA)
+        model = DualEncoder.from_pretrained(args.adapter, _adapter_box(args))
     metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
     if args.json:
         print(json.dumps(metrics))

@@ -22,7 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from exotune import distributed
-from exotune.artifacts import flatten_state, read_json, read_tensors, unflatten_state, write_folder
+from exotune.artifacts import (
+    flatten_state,
+    read_json,
+    read_tensors,
+    unflatten_state,
+    verify_folder,
+    write_folder,
+)
 from exotune.batching import grouped_batches
 from exotune.errors import ConfigError
 
@@ -272,6 +279,7 @@ class Trainer:
         if not folder.is_dir():
             warnings.warn(f"no checkpoint at {folder}; starting from scratch", stacklevel=3)
             return state, None
+        verify_folder(folder)
         meta = read_json(folder / "trainer_state.json")
         saved = TrainConfig.from_dict(meta.get("config", {}))
         if saved != self.config:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, ea, remote, retrieval, steps
+from exotune.bench import classification, ea, reliability, remote, retrieval, steps
 from exotune.bench.common import (
     RESULTS_DIR,
     RunLog,
@@ -18,7 +18,8 @@ from exotune.bench.common import (
 )
 from exotune.errors import ConfigError
 
-SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea, "steps": steps}
+SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea, "steps": steps,
+          "reliability": reliability}
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:

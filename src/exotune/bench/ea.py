@@ -139,7 +139,7 @@ def _record(run: dict, metric: str) -> dict:
 
 
 def run(args) -> int:
-    from exotune.bench.remote import served_box
+    from exotune.bench.served import process_peak_mb, served_box
 
     budget = Budget(max_train=args.max_train)
     if args.quick:
@@ -150,14 +150,11 @@ def run(args) -> int:
     seed = args.seeds[0]
     out_dir = Path(args.out_dir) if args.out_dir else Path("benchmarks/results") / ("quick" if args.quick else "")
     runs: list[dict] = []
-    with served_box(args.backbone, level="black") as (url, token, proc):
+    with served_box(args.backbone, level="black") as server:
         for setting in SETTINGS:
             print(f"[bench] EA, {setting} ...", file=sys.stderr, flush=True)
-            runs += run_isolated(ea_run, setting, url, token, seed, args.data_dir, budget)
-        server_peak = None
-        from exotune.bench.remote import process_peak_mb
-
-        server_peak = process_peak_mb(proc.pid)
+            runs += run_isolated(ea_run, setting, server.url, server.token, seed, args.data_dir, budget)
+        server_peak = process_peak_mb(server.proc.pid)
     lora = None if args.quick else logged_lora(seed, budget, args.backbone, RESULTS_DIR / ".classification.runs.jsonl")
     if lora is None:
         print("[bench] LoRA ...", file=sys.stderr, flush=True)

@@ -9,20 +9,16 @@ clients, each with its own connection, over a fixed batch.
 from __future__ import annotations
 
 import json
-import secrets
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from exotune.bench.common import command_line, machine, peak_memory_mb, run_isolated
+from exotune.bench.served import process_peak_mb, served_box
 from exotune.plotting import pyplot
 
 
@@ -38,63 +34,6 @@ class Budget:
     max_test: int | None = None
     pairs_per_client: int = 8
     concurrency: tuple[int, ...] = (1, 4, 16)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def served_box(backbone: str | None, stateless: bool = False, level: str = "dark-gray", timeout_s: float = 180.0):
-    """Start ``exotune serve`` on 127.0.0.1 in a subprocess; yield (url, token, process)."""
-    import httpx
-
-    token = secrets.token_urlsafe(24)
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        tokens = Path(tmp) / "tokens"
-        tokens.write_text(token + "\n")
-        cmd = [sys.executable, "-m", "exotune.cli", "serve", "--port", str(port), "--tokens-file", str(tokens),
-               "--rate", "100000", "--burst", "100000", "--level", level]
-        if backbone:
-            cmd += ["--model", backbone]
-        if stateless:
-            cmd.append("--stateless")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"exotune serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-                try:
-                    if httpx.get(f"{url}/v1/health", timeout=1.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"exotune serve did not answer on {url} within {timeout_s:.0f} s")
-                time.sleep(0.5)
-            yield url, token, proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def process_peak_mb(pid: int) -> float | None:
-    """Peak resident memory of another process (Linux ``VmHWM``)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def train_run(variant: str, url: str | None, token: str | None, seed: int, data_dir, budget: Budget,
@@ -197,12 +136,13 @@ def run(args) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else Path("benchmarks/results") / ("quick" if args.quick else "")
     print("[bench] local run ...", file=sys.stderr, flush=True)
     local = run_isolated(train_run, "local", None, None, seed, args.data_dir, budget, args.backbone)
-    with served_box(args.backbone) as (url, token, proc):
+    with served_box(args.backbone) as server:
+        url, token = server.url, server.token
         print(f"[bench] remote run through {url} ...", file=sys.stderr, flush=True)
         remote = run_isolated(train_run, "remote", url, token, seed, args.data_dir, budget, args.backbone)
         print("[bench] throughput ...", file=sys.stderr, flush=True)
         throughput = run_isolated(throughput_run, url, token, args.data_dir, budget)
-        server_peak = process_peak_mb(proc.pid)
+        server_peak = process_peak_mb(server.proc.pid)
     for r in (local, remote):
         print(f"[bench]   {r['variant']}: accuracy {r['metrics']['accuracy']:.4f}, "
               f"{r['seconds_per_step']:.3f} s/step, client peak {r['peak_memory_mb']:.0f} MB", file=sys.stderr)

@@ -58,6 +58,19 @@ def encode(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None)
     return save(out, metadata=meta or None)
 
 
+def loads_json(raw: bytes, what: str):
+    """``json.loads`` that fails only with a ``WireError`` naming ``what``: also on nesting too
+    deep for the parser (RecursionError) and integers too long to convert (ValueError)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise WireError(f"{what} is not valid JSON ({err})") from None
+    except UnicodeDecodeError:
+        raise WireError(f"{what} is not valid JSON (not UTF-8)") from None
+    except (ValueError, RecursionError):
+        raise WireError(f"{what} is not acceptable JSON (nested too deep or a number too long)") from None
+
+
 def _header(data: bytes, max_bytes: int) -> dict:
     if len(data) > max_bytes:
         raise WireError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
@@ -68,10 +81,7 @@ def _header(data: bytes, max_bytes: int) -> dict:
         raise WireError(f"safetensors header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES} bytes")
     if 8 + n > len(data):
         raise WireError(f"message is truncated: the header needs {n} bytes, {len(data) - 8} follow")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WireError(f"safetensors header is not valid JSON ({err})") from err
+    header = loads_json(data[8 : 8 + n], "safetensors header")
     if not isinstance(header, dict):
         raise WireError("safetensors header must be a JSON object")
     return header

@@ -190,6 +190,15 @@ class BlackBoxClient(ABC):
         return done
 
     async def _with_retries(self, batch, label_names, ledger) -> list[BlackBoxOutput]:
+        outs = await self._retrying(lambda: self._request(batch, label_names), ledger)
+        if len(outs) != len(batch):
+            raise BlackBoxError(f"{type(self).__name__} returned {len(outs)} outputs for {len(batch)} inputs")
+        return list(outs)
+
+    async def _retrying(self, call, ledger: Ledger):
+        """``await call()`` under the timeout; transient failures (rate limits, 5xx, timeouts,
+        lost connections, malformed answers) are retried with backoff, then reported clearly.
+        Subclasses' ``_open`` hooks use it too, for the calls they make."""
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -198,13 +207,9 @@ class BlackBoxClient(ABC):
                 ledger.add(retries=1)
             ledger.add(requests=1)
             try:
-                outs = await asyncio.wait_for(self._request(batch, label_names), self.timeout)
+                return await asyncio.wait_for(call(), self.timeout)
             except (TransientBlackBoxError, asyncio.TimeoutError, ConnectionError) as err:
                 last = err
-                continue
-            if len(outs) != len(batch):
-                raise BlackBoxError(f"{type(self).__name__} returned {len(outs)} outputs for {len(batch)} inputs")
-            return list(outs)
         kind = "timed out" if isinstance(last, asyncio.TimeoutError) else str(last)
         raise BlackBoxError(f"{type(self).__name__}: request failed after {self.max_retries + 1} attempts "
                             f"(last error: {kind or type(last).__name__})") from last

@@ -68,12 +68,16 @@ class _OpenAIBase(BlackBoxClient):
             await self._sdk.close()
         self._sdk = None
 
-    async def _call(self, fn, **kwargs):
+    async def _call(self, fn, parse, **kwargs):
+        """``parse(await fn(**kwargs))``: SDK errors translated, and an answer that is not the
+        API's shape (an HTML error page, JSON cut short, missing fields) a transient error."""
         openai = _openai()
         try:
-            return await fn(**kwargs)
+            return parse(await fn(**kwargs))
         except openai.OpenAIError as err:
             raise _translate(openai, err) from err
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:  # the SDK's parsing too
+            raise TransientBlackBoxError(f"malformed answer from {self.model!r}: {type(err).__name__}: {err}") from err
 
 
 class OpenAIChatClient(_OpenAIBase):
@@ -103,14 +107,18 @@ class OpenAIChatClient(_OpenAIBase):
                   "temperature": self.temperature, "max_tokens": self.max_tokens}
         if self.logprobs:
             kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
-        resp = await self._call(self._sdk.chat.completions.create, **kwargs)
+        return await self._call(self._sdk.chat.completions.create, lambda r: self._parse(r, label_names), **kwargs)
+
+    def _parse(self, resp, label_names: list[str]) -> BlackBoxOutput:
+        if not resp.choices:  # an answer without a choice is not an answer: worth asking again
+            raise ValueError("no choices in the answer")
         usage = getattr(resp, "usage", None)
         pt, ct = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
-        choice = resp.choices[0] if resp.choices else None
-        answer = (choice.message.content or "") if choice and choice.message else ""
+        choice = resp.choices[0]
+        answer = (choice.message.content or "") if choice.message else ""
         out = BlackBoxOutput(label=parse_label(answer, label_names), text=answer, prompt_tokens=pt,
                              completion_tokens=ct, cost=self._cost(pt, ct))
-        content = getattr(getattr(choice, "logprobs", None), "content", None) if choice else None
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
         if content:
             out.confidence = math.exp(sum(t.logprob for t in content))
             first = content[0]
@@ -135,21 +143,24 @@ class OpenAIEmbeddingClient(_OpenAIBase):
                 "temperature": self.temperature}
 
     async def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        resp = await self._call(self._sdk.embeddings.create, model=self.model, input=texts)
-        data = sorted(resp.data, key=lambda d: d.index)
-        usage = getattr(resp, "usage", None)
-        return np.asarray([d.embedding for d in data], dtype=np.float64), (usage.prompt_tokens if usage else 0)
+        def parse(resp):
+            data = sorted(resp.data, key=lambda d: d.index)
+            usage = getattr(resp, "usage", None)
+            emb = np.asarray([d.embedding for d in data], dtype=np.float64)
+            if emb.ndim != 2 or emb.shape[0] != len(texts) or not np.isfinite(emb).all():
+                raise ValueError(f"{emb.shape[0] if emb.ndim else 0} finite vectors for {len(texts)} texts")
+            return emb, (usage.prompt_tokens if usage else 0)
+
+        return await self._call(self._sdk.embeddings.create, parse, model=self.model, input=texts)
 
     async def _open(self, label_names, ledger: Ledger) -> None:
         await super()._open(label_names, ledger)
         names = [self.label_template.format(n) for n in label_names]
-        self._protos, tokens = await self._embed(names)
-        ledger.add(requests=1, prompt_tokens=tokens, cost=self._cost(tokens, 0))
+        self._protos, tokens = await self._retrying(lambda: self._embed(names), ledger)
+        ledger.add(prompt_tokens=tokens, cost=self._cost(tokens, 0))
 
     async def _request(self, texts, label_names):
         emb, tokens = await self._embed(texts)
-        if emb.shape[0] != len(texts):
-            raise BlackBoxError(f"the embeddings endpoint returned {emb.shape[0]} vectors for {len(texts)} texts")
         labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
         share = tokens / max(len(texts), 1)
         return [BlackBoxOutput(label=int(y), scores=p.tolist(), confidence=float(p.max()), embedding=e.tolist(),
@@ -307,7 +318,7 @@ class ServedBoxClient(BlackBoxClient):
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            self._protos = await self._call(self._encode, self._label_texts(label_names))
+            self._protos = await self._retrying(lambda: self._call(self._encode, self._label_texts(label_names)), ledger)
 
     async def _request(self, texts, label_names):
         if self.returns == "embeddings":

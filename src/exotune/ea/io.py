@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from exotune import __version__
-from exotune.artifacts import read_json, write_folder
+from exotune.artifacts import read_json, verify_folder, write_folder
 from exotune.errors import ArtifactError
 
 CONFIG = "ea_config.json"
@@ -60,10 +60,7 @@ def save(model, path) -> Path:
         "router": {"threshold": float(model.router_.threshold_), "share": model.router_.share_,
                    "val_curve": model.router_.val_curve_},
     }
-    path = write_folder(path, {CONFIG: config})
-    for name, blob in files.items():
-        (path / name).write_bytes(blob)
-    return path
+    return write_folder(path, {CONFIG: config, **files})
 
 
 def _load_skops(path: Path, extra: frozenset):
@@ -89,6 +86,7 @@ def load(cls, path, lm=None, embedder=None, trusted=()):
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{path} is not an EasyAdapter folder (missing)")
+    verify_folder(path)
     config = read_json(path / CONFIG)
     if config.get("type") != TYPE:
         raise ArtifactError(f"{path / CONFIG} is a {config.get('type')!r} artifact, not {TYPE!r}")

@@ -5,8 +5,7 @@ JSON ``{"error": code, "message": text}``; anything unexpected is logged here an
 with a generic 500, so no stack trace or server internal reaches a client.
 """
 
-import json  # no "from __future__ import annotations": FastAPI reads the route annotations
-import logging
+import logging  # no "from __future__ import annotations": FastAPI reads the route annotations
 import math
 from typing import Annotated
 
@@ -19,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from exotune import __version__
 from exotune.boxes import wire
 from exotune.boxes.base import Box
-from exotune.errors import AccessError, BoxLimitError, ConfigError, ExotuneError
+from exotune.errors import AccessError, BoxLimitError, ConfigError, ExotuneError, WireError
 from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
@@ -80,8 +79,17 @@ class _Guard:
                 await error_response(500, "internal", "internal server error")(scope, receive, send)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def check_media_type(request: Request, expected: str) -> None:
+    """Refuse a body declared as something else (a missing Content-Type is taken as ``expected``)."""
+    declared = request.headers.get("content-type")
+    if declared is not None and declared.partition(";")[0].strip().lower() != expected:
+        raise ApiError(415, "media_type", f"{request.url.path} takes {expected} bodies, "
+                                          f"got Content-Type {declared[:100]!r}")
+
+
+async def read_body(request: Request, limit: int, media_type: str = wire.MEDIA_TYPE) -> bytes:
     """Read at most ``limit`` bytes, whatever Content-Length said (chunked bodies included)."""
+    check_media_type(request, media_type)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -92,11 +100,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int) -> dict:
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, "application/json")
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ApiError(400, "bad_json", f"request body is not valid JSON ({err.__class__.__name__})") from None
+        data = wire.loads_json(body, "request body")
+    except WireError as err:
+        raise ApiError(400, "bad_json", str(err)) from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "request body must be a JSON object")
     return data

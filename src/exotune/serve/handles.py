@@ -83,6 +83,11 @@ class HandleStore:
                 raise HandleError(410, "handle expired, was evicted or was already used; replay the forward")
         raise HandleError(404, "unknown handle; replay the forward")
 
+    def purge_expired(self) -> None:
+        """Drop what has outlived its ttl now (put and take do it too, in passing)."""
+        with self._lock:
+            self._purge_expired()
+
     def expire_all(self) -> None:
         with self._lock:
             for handle in list(self._items):

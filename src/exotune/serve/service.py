@@ -22,6 +22,7 @@ from exotune.serve.handles import HandleError, HandleStore, Pending
 PROTOCOL = "exotune-box/1"
 ENTRY = "entry."  # wire name of entry tokens: "entry.<entry point name>"
 GRAY = ("dark-gray", "light-gray")
+ENCODE_CHUNK = 64  # texts per forward inside /v1/encode and /v1/scores
 
 
 def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
@@ -122,8 +123,10 @@ class BoxService:
             leaves, out = pending.leaves, pending.outputs
         names = list(leaves)
         grads = torch.autograd.grad(out, [leaves[n] for n in names], grad, allow_unused=True)
-        return wire.encode({n: torch.zeros_like(leaves[n]) if g is None else g.float()
-                            for n, g in zip(names, grads, strict=True)})
+        answer = {n: torch.zeros_like(leaves[n]) if g is None else g.float() for n, g in zip(names, grads, strict=True)}
+        if not all(torch.isfinite(g).all() for g in answer.values()):
+            raise ApiError(422, "invalid", "the gradients overflowed to NaN or infinity; scale 'grad_outputs' down")
+        return wire.encode(answer)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -141,11 +144,17 @@ class BoxService:
         longest = max(len(t) for t in texts)
         if longest > self.config.max_text_chars:
             raise ApiError(422, "limit", f"a text in '{key}' has {longest} characters; at most {self.config.max_text_chars}")
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")  # JSON may carry lone surrogates (\ud800), which no tokenizer takes
+            except UnicodeEncodeError:
+                raise ApiError(422, "invalid", f"text {i} in '{key}' is not valid Unicode (a lone surrogate)") from None
         return texts
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
+        # in chunks: one forward over max_batch long texts would hold gigabytes of attention scores
         with self._tokenizer_lock:
-            return self.box.encode(texts, batch_size=self.spec.limits.max_batch).float()
+            return self.box.encode(texts, batch_size=min(ENCODE_CHUNK, self.spec.limits.max_batch)).float()
 
     def _decode(self, body: bytes) -> wire.Message:
         try:
@@ -187,6 +196,8 @@ class BoxService:
             raise ApiError(422, "limit", f"sequence of {t} tokens is outside 1..{lim.max_length} (the box's max_length)")
         if ((mask != 0) & (mask != 1)).any():
             raise ApiError(422, "invalid", "'mask' must hold only 0 and 1")
+        if not mask.any(dim=1).all():
+            raise ApiError(422, "invalid", "every row of 'mask' needs at least one 1 (a sequence with no token)")
         entries = {name[len(ENTRY):]: t for name, t in tensors.items()}
         if entries:
             self._require("light-gray", what="entry tokens")
@@ -204,6 +215,9 @@ class BoxService:
         out = self.box.forward(embeds, mask, entries or None)
         if out.ndim != 2 or out.shape != (embeds.shape[0], self.spec.output_dim):
             raise RuntimeError(f"box returned outputs of shape {tuple(out.shape)}")  # a server bug: 500
+        if not torch.isfinite(out).all():  # finite inputs far out of range overflow inside the box
+            raise ApiError(422, "invalid", "the inputs drive the box to NaN or infinite outputs; "
+                                           "keep 'embeds' (and entry tokens) in the range embed returns")
         return out.float()
 
     def _run_for_grad(self, embeds, mask, entries):
@@ -215,7 +229,9 @@ class BoxService:
         def pack(t: torch.Tensor) -> torch.Tensor:
             if t.requires_grad:  # activations; frozen weights do not require grad
                 saved[0] += t.numel() * t.element_size()
-            return t
+            # detached: an output saved for its own backward, kept as itself, would hold its
+            # graph in a reference cycle, and a graph never backpropagated would never be freed
+            return t.detach()
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             ent = {n[len(ENTRY):]: t for n, t in leaves.items() if n.startswith(ENTRY)}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, verify_folder
 from exotune.boxes.base import BoxBase
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import ArtifactError, SpecMismatchError
@@ -19,6 +19,7 @@ def read_adapter_config(path: str | Path, adapter_type: str, box: BoxBase, **oth
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"adapter folder {path} does not exist")
+    verify_folder(path)
     cfg = read_json(path / CONFIG_NAME)
     if cfg.get("type") != adapter_type:
         raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {adapter_type!r}")

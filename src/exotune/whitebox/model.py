@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, read_tensors, write_folder
+from exotune.artifacts import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    read_json,
+    read_tensors,
+    verify_folder,
+    write_folder,
+)
 from exotune.boxes.base import model_digest
 from exotune.boxes.loading import DEFAULT_BACKBONE, load_text_encoder
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
@@ -154,6 +161,7 @@ class WhiteBoxClassifier(nn.Module):
         path = Path(path)
         if not path.is_dir():
             raise ArtifactError(f"white-box folder {path} does not exist")
+        verify_folder(path)
         cfg = read_json(path / CONFIG_NAME)
         if cfg.get("type") != ARTIFACT_TYPE:
             raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {ARTIFACT_TYPE!r}")
