@@ -57,7 +57,13 @@ def markdown(doc: dict) -> str:
               f"{soak.get('fds_before')} -> {soak.get('fds_after')} |", "",
               "RSS start and end are the server's resident memory after warm-up (the first 40% of the run) and at "
               f"the end, allowed to differ by {_v(soak.get('memory_tolerance_mb'))} MB; handles and descriptors are "
-              "counted again once the clients are gone and the handle ttl has passed.", ""]
+              "counted again once the clients are gone and the handle ttl has passed."]
+    if soak.get("outside_handles_mb"):
+        lo, hi = soak["outside_handles_mb"]
+        lines += [f"RSS less the bytes held by the handle store (the graphs kept for backward) stayed within "
+                  f"{_v(lo)} - {_v(hi)} MB after warm-up (slope {_v(soak.get('outside_handles_slope_mb_per_min'), 2)} "
+                  "MB/min): what RSS does beyond that follows the number of handles held."]
+    lines += [""]
     lines += ["## Bad input", "", f"Routes: {', '.join(fuzz.get('operations', []))}. After fuzzing: health "
               f"{fuzz.get('health_after')}, gradient vs local reference {_e(fuzz.get('relative_gradient_error_after'))}.", ""]
     lines += ["## Access", "", f"{access.get('checks', 0)} checks over {', '.join(access.get('routes', []))}; every "

@@ -101,6 +101,10 @@ def run(server, local, data, budget) -> dict:
     k = max(1, min(5, len(steady) // 4))
     start_mb, end_mb = float(np.median(steady[:k])), float(np.median(steady[-k:]))
     slope = float(np.polyfit(np.arange(len(steady)), steady, 1)[0] * 60) if len(steady) > 2 else 0.0
+    # what the handle store does not explain: RSS less the bytes the held graphs' tensors take
+    other = [s["rss_mb"] - (s["handle_bytes"] or 0) / 2**20 for s in samples[:during]
+             if s["rss_mb"] is not None and s["handle_bytes"] is not None][warm:]
+    other_slope = float(np.polyfit(np.arange(len(other)), other, 1)[0] * 60) if len(other) > 2 else None
     handles_max = max((s["handles"] or 0) for s in samples) if samples else None
     bytes_max = max((s["handle_bytes"] or 0) for s in samples) if samples else None
     memory_flat = end_mb - start_mb <= max(MEMORY_SLACK_MB, MEMORY_SLACK_SHARE * start_mb)
@@ -121,6 +125,8 @@ def run(server, local, data, budget) -> dict:
         "replays": counts.get("replays", 0),
         "rss_start_mb": round(start_mb, 1), "rss_end_mb": round(end_mb, 1), "rss_max_mb": round(max(rss), 1) if rss else None,
         "rss_growth_mb": round(end_mb - start_mb, 1), "rss_slope_mb_per_min": round(slope, 2),
+        "outside_handles_mb": [round(min(other), 1), round(max(other), 1)] if other else None,
+        "outside_handles_slope_mb_per_min": None if other_slope is None else round(other_slope, 2),
         "memory_flat": memory_flat, "memory_tolerance_mb": round(max(MEMORY_SLACK_MB, MEMORY_SLACK_SHARE * start_mb), 1),
         "handles_max": handles_max, "handles_bound": budget.max_handles, "handle_bytes_max": bytes_max,
         "handles_after_ttl": final.get("handles"), "fds_before": fds_before, "fds_after": fds_after,
