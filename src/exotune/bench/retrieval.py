@@ -178,6 +178,8 @@ def _model(name: str, box, budget: Budget, backbone):
 
 def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
     """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
+    import torch
+
     from exotune.boxes import load_box
     from exotune.train import TrainConfig, Trainer, seed_everything
 
@@ -201,4 +203,5 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
                    steps=result.steps, lr=lr, best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
     rec["peak_memory_mb"] = peak_memory_mb()
+    rec["threads"] = torch.get_num_threads()  # training seconds depend on it (OMP_NUM_THREADS)
     return rec
