@@ -129,20 +129,24 @@ def test_several_positives_are_masked(tiny_box, tmp_path):
     assert all(math.isfinite(v) for v in losses)
 
 
-def test_short_training_lowers_loss(tiny_box, beir):
-    train, _ = beir
-    torch.manual_seed(0)
-    model = DualEncoder(tiny_box, DGAConfig())
-    batch = train.subset(range(len(train)))
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=5e-3)
+def losses_before_after(model, batch, steps: int, lr: float) -> tuple[float, float]:
+    """The loss on ``batch`` before and after ``steps`` AdamW steps on it."""
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
     with torch.no_grad():
         before = float(model.loss(batch))
-    for _ in range(25):
+    for _ in range(steps):
         opt.zero_grad()
         model.loss(batch).backward()
         opt.step()
     with torch.no_grad():
-        after = float(model.loss(batch))
+        return before, float(model.loss(batch))
+
+
+def test_short_training_lowers_loss(tiny_box, beir):
+    train, _ = beir
+    torch.manual_seed(0)
+    model = DualEncoder(tiny_box, DGAConfig())
+    before, after = losses_before_after(model, train.subset(range(len(train))), 25, 5e-3)
     assert after < before - 0.1
 
 

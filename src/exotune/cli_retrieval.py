@@ -9,7 +9,7 @@ import sys
 from exotune.cli_run import fit_and_report
 from exotune.errors import ConfigError
 
-DOC_SIDES = ("same", "output-only")  # RetrievalConfig.doc_side (a test keeps the two equal); no torch at parse time
+DOC_SIDES = ("same", "output-only", "frozen")  # RetrievalConfig.doc_side (a test keeps the two equal); no torch at parse time
 
 
 def add_retrieval_args(p: argparse.ArgumentParser) -> None:
@@ -21,8 +21,9 @@ def add_retrieval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hard-negatives", type=int, default=0,
                    help="per query, top non-relevant docs of the zero-shot ranking added to each batch")
     g.add_argument("--doc-side", choices=DOC_SIDES, default="same",
-                   help="adapters on the document tower: the same as the query tower's (default), or the "
-                        "output adapter only, so the corpus crosses the box once and is never re-sent")
+                   help="adapters on the document tower: the same as the query tower's (default), the "
+                        "output adapter only, so the corpus crosses the box once and is never re-sent, or "
+                        "none (frozen: the bare box's outputs)")
 
 
 def _load(args, split: str, corpus=None):

@@ -1,5 +1,5 @@
-"""Retrieval suite: zero-shot, DGA variants and LGA on SciFact (BEIR), query and document
-towers over one hidden MiniLM box.
+"""Retrieval suite: zero-shot, DGA variants, LGA and the white-box baselines (LoRA, full
+fine-tuning) on SciFact (BEIR), query and document towers over one MiniLM.
 
 Trained on the train queries' judgements, the epoch chosen by nDCG@10 on validation queries
 carved from train (searched over the full corpus), reported on the test judgements.
@@ -9,13 +9,19 @@ the corpus then crosses the box once, and its box outputs are kept on disk
 (``benchmarks/.cache``, safetensors) for every later run with the same box and corpus; the
 query tower carries the variant's adapters. ``--doc-side same`` adapts both towers alike
 (the corpus is re-encoded whenever the document tower changes: several times per run).
+
+The white-box rows train the backbone's weights on the query side only: their documents are the
+frozen backbone's outputs, the same cached corpus outputs as the gray-box rows' (``doc_side``
+"frozen", said in their variant), since re-encoding the corpus through trained weights at each
+validation would cost minutes per epoch on a CPU. Every gradient method gets the same loss,
+batch, epochs and early stopping; only the learning rate is per method.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +37,22 @@ METHODS = {
     "lga-1": ("lga", "tokens=1", "light-gray"),
     "lga-2": ("lga", "tokens=2", "light-gray"),
     "lga-4": ("lga", "tokens=4", "light-gray"),
+    "lora": ("lora", "r=8, frozen docs", "white"),  # queries only: see the module's docstring
+    "full-ft": ("full-ft", "all, frozen docs", "white"),
 }
 DATASETS = ("scifact",)
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+# The classification suite's white-box scales (LoRA's B starts at zero; full fine-tuning of every
+# weight wants a BERT-style rate); the gray-box methods take ``Budget.lr``.
+METHOD_LR = {"lora": 2e-3, "full-ft": 2e-4}
 
 
 @dataclass
 class Budget:
     epochs: int = 3
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 2e-3  # gray-box adapters; other methods: method_lr
+    method_lr: dict[str, float] = field(default_factory=lambda: dict(METHOD_LR))
     val_fraction: float = 0.1
     patience: int = 2
     max_train: int | None = None  # train queries
@@ -50,7 +62,15 @@ class Budget:
     doc_side: str = "output-only"  # RetrievalConfig.doc_side
 
     def lr_for(self, method: str) -> float:
-        return self.lr
+        return self.method_lr.get(method, self.lr)
+
+    def for_dataset(self, dataset: str) -> dict:
+        """What runs are logged and written under: the fields, ``method_lr`` only when changed
+        from ``METHOD_LR``, so that runs logged before the white-box rows existed still match."""
+        out = asdict(self)
+        if self.method_lr == METHOD_LR:
+            del out["method_lr"]
+        return out
 
 
 def quick_budget() -> Budget:
@@ -135,38 +155,53 @@ def _timed_eval(model, data):
     return metrics, len(data) / (time.perf_counter() - t)
 
 
-def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
-    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
-    from exotune.boxes import load_box
+def _model(name: str, box, budget: Budget, backbone):
+    """The retriever one method evaluates (and trains) and its extra record fields."""
     from exotune.graybox import DGAConfig
     from exotune.graybox.entry_tokens import EntryTokensConfig
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
+
+    method, variant, access = METHODS[name]
+    if method == "zero-shot":
+        return DualEncoder(box, DGAConfig.variant("none"), RetrievalConfig(learn_temperature=False)), {}
+    if access == "white":
+        from exotune.whitebox import WhiteBoxConfig, WhiteBoxRetriever
+
+        wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
+        model = WhiteBoxRetriever.from_backbone(box, backbone, wb, RetrievalConfig(doc_side="frozen"))
+        return model, {"doc_side": "frozen", "whitebox": wb.to_dict()}
+    lga = method == "lga"
+    tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
+    dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
+    return DualEncoder(box, dga, RetrievalConfig(doc_side=budget.doc_side)), {}
+
+
+def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
+    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
+    import torch
+
+    from exotune.boxes import load_box
     from exotune.train import TrainConfig, Trainer, seed_everything
 
     seed_everything(seed)
     method, variant, access = METHODS[name]
     train, val, test = _data(dataset, data_dir, budget, seed)
-    lga = method == "lga"
-    box = load_box(backbone, entry_points="all") if lga else load_box(backbone)
+    box = load_box(backbone, entry_points="all") if method == "lga" else load_box(backbone)
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None, "n_train": len(train),
            "n_val": len(val), "n_test": len(test), "n_corpus": len(test.corpus), "doc_side": budget.doc_side}
-    if method == "zero-shot":
-        model = DualEncoder(box, DGAConfig.variant("none"), RetrievalConfig(learn_temperature=False))
-        rec["trainable_params"] = 0
-    else:
-        tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
-        dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
-        model = DualEncoder(box, dga, RetrievalConfig(doc_side=budget.doc_side))
+    model, extra = _model(name, box, budget, backbone)
+    rec.update(extra, trainable_params=model.num_trainable())
     if model.doc_encoder.caches_box_outputs and not budget.max_corpus:  # quick runs: in memory only
         rec["corpus_box_seconds"], rec["corpus_from_disk"] = box_corpus_outputs(model, test.corpus)
     if method != "zero-shot":
-        cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr,
+        lr = budget.lr_for(method)
+        cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=lr,
                           patience=budget.patience, seed=seed, select_metric="ndcg@10")
         result = Trainer(cfg, progress=False).fit(model, train, val)
-        rec.update(trainable_params=model.num_trainable(), train_seconds=result.train_seconds,
-                   seconds_per_step=result.seconds_per_step, steps=result.steps, lr=budget.lr,
-                   best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
+        rec.update(train_seconds=result.train_seconds, seconds_per_step=result.seconds_per_step,
+                   steps=result.steps, lr=lr, best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
     rec["peak_memory_mb"] = peak_memory_mb()
+    rec["threads"] = torch.get_num_threads()  # training seconds depend on it (OMP_NUM_THREADS)
     return rec

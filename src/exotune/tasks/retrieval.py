@@ -1,4 +1,9 @@
-"""Dual-encoder retrieval on one hidden box: query and document towers, InfoNCE, exact search."""
+"""Dual-encoder retrieval on one hidden box: query and document towers, InfoNCE, exact search.
+
+``TwoTowerRetriever`` holds what does not depend on what the towers are (search, metrics,
+InfoNCE, hard negatives); ``DualEncoder`` builds both towers from DGA adapters over the box, and
+the white-box baseline (``exotune.whitebox.WhiteBoxRetriever``) an owned query encoder.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from exotune.tasks.metrics import retrieval_metrics
 ADAPTER_TYPE = "dga-retriever"
 SEARCH_DEPTH = 100  # documents ranked per query: enough for Recall@100
 _QUERY_CHUNK = 1024  # queries scored against the corpus at once, to bound the (Q, N) matrix
-DOC_SIDES = ("same", "output-only")
+DOC_SIDES = ("same", "output-only", "frozen")
 
 
 @dataclass
@@ -35,7 +40,8 @@ class RetrievalConfig:
     hard_negatives: int = 0  # per query: top non-relevant docs of the zero-shot ranking
     # "same": the document tower carries every adapter the query tower does; "output-only": only
     # the output adapter, so documents cross the box unchanged and their box outputs are computed
-    # once (an owner's box is paid per call: the corpus is not sent again when adapters change)
+    # once (an owner's box is paid per call: the corpus is not sent again when adapters change);
+    # "frozen": no adapter at all, documents are the bare box's outputs (computed once, too)
     doc_side: str = "same"
 
     def __post_init__(self) -> None:
@@ -68,18 +74,16 @@ def exact_search(queries: torch.Tensor, docs: torch.Tensor, k: int = SEARCH_DEPT
     return torch.cat([(chunk @ docs.T).topk(k, dim=-1).indices for chunk in queries.split(_QUERY_CHUNK)])
 
 
-class DualEncoder(nn.Module):
-    """A query tower and a document tower over the same box, each with its own DGA adapters
-    (or one shared tower). Everything in ``state_dict()`` belongs to the user."""
+class TwoTowerRetriever(nn.Module):
+    """Exact search and InfoNCE training over a query tower and a document tower, each a module
+    texts -> (B, O). Subclasses build ``query_tower`` and say which box sets the batch limits
+    (``box``) and which tower encodes documents (``doc_encoder``)."""
 
-    def __init__(self, box: Box, dga: DGAConfig | None = None, config: RetrievalConfig | None = None) -> None:
+    query_tower: nn.Module
+
+    def __init__(self, config: RetrievalConfig | None = None) -> None:
         super().__init__()
-        self.dga = dga if dga is not None else DGAConfig()
         self.config = config or RetrievalConfig()
-        self.query_tower = GrayBoxModel(box, self.dga)
-        # shared: not registered twice, so the state dict holds each tensor once
-        doc_dga = self.dga if self.config.doc_side == "same" else replace(self.dga, input_adapter=None, entry_tokens=None)
-        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(box, doc_dga)
         scale = torch.tensor(math.log(1.0 / self.config.temperature))
         self.log_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
         self.progress = False  # run-time knob: progress bars while evaluating (not saved)
@@ -90,11 +94,11 @@ class DualEncoder(nn.Module):
 
     @property
     def box(self) -> Box:
-        return self.query_tower.box
+        raise NotImplementedError
 
     @property
-    def doc_encoder(self) -> GrayBoxModel:
-        return self.query_tower if self.doc_tower is None else self.doc_tower
+    def doc_encoder(self) -> nn.Module:
+        raise NotImplementedError
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -104,14 +108,14 @@ class DualEncoder(nn.Module):
 
     # -- encoding and search ----------------------------------------------------------------
 
-    def _tower_fn(self, tower: GrayBoxModel) -> Callable[[list[str]], torch.Tensor]:
+    def _tower_fn(self, tower: nn.Module) -> Callable[[list[str]], torch.Tensor]:
         def fn(texts: list[str]) -> torch.Tensor:
             with torch.no_grad():
                 return tower(texts)  # (b, O)
 
         return fn
 
-    def _encode(self, tower: GrayBoxModel, texts: list[str], batch_size: int, progress: bool, desc: str):
+    def _encode(self, tower: nn.Module, texts: list[str], batch_size: int, progress: bool, desc: str):
         was_training = self.training
         self.eval()
         try:
@@ -196,9 +200,36 @@ class DualEncoder(nn.Module):
         logits = logits.masked_fill(mask, float("-inf"))
         return nn.functional.cross_entropy(logits, torch.tensor([column[t] for t in targets]))
 
-    def _forward(self, tower: GrayBoxModel, texts: list[str]) -> torch.Tensor:
+    def _forward(self, tower: nn.Module, texts: list[str]) -> torch.Tensor:
         step = self.box.spec.limits.max_batch  # the owner's limit: split larger candidate sets
         return torch.cat([tower(texts[i : i + step]) for i in range(0, len(texts), step)])
+
+
+class DualEncoder(TwoTowerRetriever):
+    """A query tower and a document tower over the same box, each with its own DGA adapters
+    (or one shared tower). Everything in ``state_dict()`` belongs to the user."""
+
+    def __init__(self, box: Box, dga: DGAConfig | None = None, config: RetrievalConfig | None = None) -> None:
+        super().__init__(config)
+        self.dga = dga if dga is not None else DGAConfig()
+        self.query_tower = GrayBoxModel(box, self.dga)
+        # shared: not registered twice, so the state dict holds each tensor once
+        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(box, self._doc_dga())
+
+    def _doc_dga(self) -> DGAConfig:
+        side = self.config.doc_side
+        if side == "same":
+            return self.dga
+        output = None if side == "frozen" else self.dga.output_adapter
+        return replace(self.dga, input_adapter=None, entry_tokens=None, output_adapter=output)
+
+    @property
+    def box(self) -> Box:
+        return self.query_tower.box
+
+    @property
+    def doc_encoder(self) -> GrayBoxModel:
+        return self.query_tower if self.doc_tower is None else self.doc_tower
 
     # -- artifacts --------------------------------------------------------------------------
 

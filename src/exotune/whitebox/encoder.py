@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.text import POOLINGS
-from exotune.errors import ConfigError
+from exotune.errors import ArtifactError, ConfigError
 from exotune.whitebox.config import WhiteBoxConfig
 
 LORA_MARK = "lora_"  # PEFT's LoRA tensors are named ``...lora_A.<adapter>.weight`` / ``lora_B``
@@ -107,3 +107,34 @@ class WhiteBoxEncoder(nn.Module):
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the LoRA tensors, keyed as in ``self.model.state_dict()``."""
         return {k: v for k, v in self.model.state_dict().items() if LORA_MARK in k}
+
+
+class LoraState:
+    """For a module holding a ``WhiteBoxEncoder``: in ``lora`` mode ``state_dict()`` holds only
+    the user's tensors (LoRA and the module's own), never the frozen base weights, and
+    ``load_state_dict()`` expects exactly those. Mixed in before ``nn.Module``."""
+
+    _base_prefix: str  # where the encoder's model tensors sit in state_dict(), e.g. "encoder.model."
+    whitebox: WhiteBoxConfig
+
+    def _frozen_key(self, key: str, prefix: str = "") -> bool:
+        return (self.whitebox.mode == "lora" and key.startswith(prefix + self._base_prefix)
+                and LORA_MARK not in key)
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for key in [k for k in state if self._frozen_key(k, prefix)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.whitebox.mode != "lora":
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not self._frozen_key(k)]
+        frozen = [k for k in state_dict if self._frozen_key(k)]
+        if strict and (missing or result.unexpected_keys or frozen):
+            raise ArtifactError(f"LoRA state does not match the model: missing {missing}, "
+                                f"unexpected {list(result.unexpected_keys) + frozen}")
+        return result

@@ -28,16 +28,17 @@ from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
 from exotune.tasks.classification import ClassificationConfig, TextClassifier, label_texts
 from exotune.tasks.heads import LinearHead, PrototypeHead
 from exotune.whitebox.config import WhiteBoxConfig
-from exotune.whitebox.encoder import LORA_MARK, WhiteBoxEncoder
+from exotune.whitebox.encoder import LoraState, WhiteBoxEncoder
 
 ARTIFACT_TYPE = "whitebox-classifier"
 ENCODER_DIR = "encoder"  # full-ft only: the whole fine-tuned encoder, Hugging Face layout
-_BASE = "encoder.model."  # prefix of the encoder's own tensors in state_dict()
 
 
-class WhiteBoxClassifier(nn.Module):
+class WhiteBoxClassifier(LoraState, nn.Module):
     """Owned encoder + head. In ``lora`` mode ``state_dict()`` holds only what is trained
     (LoRA tensors and head), like the gray-box classifier; in ``full-ft`` mode, everything."""
+
+    _base_prefix = "encoder.model."
 
     def __init__(
         self,
@@ -98,30 +99,6 @@ class WhiteBoxClassifier(nn.Module):
     predict_proba = TextClassifier.predict_proba
     predict = TextClassifier.predict
     evaluate = TextClassifier.evaluate
-
-    # -- state: in lora mode only the user's tensors ------------------------------------------
-
-    def _frozen_key(self, key: str, prefix: str = "") -> bool:
-        return (self.whitebox.mode == "lora" and key.startswith(prefix + _BASE)
-                and LORA_MARK not in key)
-
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        for key in [k for k in state if self._frozen_key(k, prefix)]:
-            del state[key]
-        return state
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        if self.whitebox.mode != "lora":
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not self._frozen_key(k)]
-        frozen = [k for k in state_dict if self._frozen_key(k)]
-        if strict and (missing or result.unexpected_keys or frozen):
-            raise ArtifactError(f"LoRA state does not match the model: missing {missing}, "
-                                f"unexpected {list(result.unexpected_keys) + frozen}")
-        return result
 
     # -- artifacts ------------------------------------------------------------------------------
 
