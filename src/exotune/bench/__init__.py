@@ -32,10 +32,11 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="default: the suite's (classification 5, retrieval 3)")
     p.add_argument("--max-train", type=int, default=None,
-                   help="train on a sample of this many examples (default: all; sst2: 8000)")
+                   help="train on a sample of this many examples (default: all; sst2: 4000)")
     p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
                    help="learning rate of a method, e.g. lora=5e-4 full-ft=5e-5 dga=3e-3 "
-                        "(defaults: dga 2e-3, lora 1e-3, full-ft 1e-4)")
+                        "(defaults: dga 2e-3; lora 1e-3 and full-ft 1e-4 for classification, "
+                        "2e-3 and 2e-4 for retrieval)")
     p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--out-dir", default=None, help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick)")
