@@ -10,9 +10,9 @@ the corpus then crosses the box once, and its box outputs are kept on disk
 query tower carries the variant's adapters. ``--doc-side same`` adapts both towers alike
 (the corpus is re-encoded whenever the document tower changes: several times per run).
 
-The white-box rows train the backbone's weights on the query side only: their documents are the
-frozen backbone's outputs, the same cached corpus outputs as the gray-box rows' (``doc_side``
-"frozen", said in their variant), since re-encoding the corpus through trained weights at each
+The white-box rows train the backbone's weights on the query side only: their document side is
+the gray-box rows' (the frozen backbone's cached corpus outputs, then the trained output adapter
+with ``doc_side="output-only"``), since re-encoding the corpus through trained weights at each
 validation would cost minutes per epoch on a CPU. Every gradient method gets the same loss,
 batch, epochs and early stopping; only the learning rate is per method.
 """
@@ -37,8 +37,8 @@ METHODS = {
     "lga-1": ("lga", "tokens=1", "light-gray"),
     "lga-2": ("lga", "tokens=2", "light-gray"),
     "lga-4": ("lga", "tokens=4", "light-gray"),
-    "lora": ("lora", "r=8, frozen docs", "white"),  # queries only: see the module's docstring
-    "full-ft": ("full-ft", "all, frozen docs", "white"),
+    "lora": ("lora", "r=8 on queries", "white"),  # documents: see the module's docstring
+    "full-ft": ("full-ft", "all, on queries", "white"),
 }
 DATASETS = ("scifact",)
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -168,8 +168,8 @@ def _model(name: str, box, budget: Budget, backbone):
         from exotune.whitebox import WhiteBoxConfig, WhiteBoxRetriever
 
         wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
-        model = WhiteBoxRetriever.from_backbone(box, backbone, wb, RetrievalConfig(doc_side="frozen"))
-        return model, {"doc_side": "frozen", "whitebox": wb.to_dict()}
+        model = WhiteBoxRetriever.from_backbone(box, backbone, wb, RetrievalConfig(doc_side=budget.doc_side))
+        return model, {"whitebox": wb.to_dict()}
     lga = method == "lga"
     tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
     dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)

@@ -1,5 +1,6 @@
 """The white-box retrieval baseline: queries through an owned encoder (LoRA or fully fine-tuned),
-documents through the frozen box.
+documents through the frozen box, bare (``doc_side="frozen"``) or followed by a trained output
+adapter (``"output-only"``: the same document side as the gray-box retrievers').
 
 Re-encoding a corpus through a trained backbone at every validation costs minutes per epoch on
 a CPU; with the document side frozen, the corpus is embedded once (and its box outputs can be
@@ -22,7 +23,8 @@ from exotune.whitebox.encoder import LoraState, WhiteBoxEncoder
 
 
 class WhiteBoxRetriever(LoraState, TwoTowerRetriever):
-    """Owned query encoder + the bare box as document tower (``doc_side="frozen"``). In ``lora``
+    """Owned query encoder + the box as document tower, bare (``doc_side="frozen"``) or with an
+    output adapter (``"output-only"``, the gray-box retrievers' default document side). In ``lora``
     mode ``state_dict()`` holds only the LoRA tensors and the temperature. A benchmark baseline:
     it trains and evaluates through ``Trainer``, but saves no artifact."""
 
@@ -31,9 +33,9 @@ class WhiteBoxRetriever(LoraState, TwoTowerRetriever):
     def __init__(self, box: Box, model: nn.Module, tokenizer, whitebox: WhiteBoxConfig | None = None,
                  config: RetrievalConfig | None = None) -> None:
         config = config or RetrievalConfig(doc_side="frozen")
-        if config.doc_side != "frozen":
+        if config.doc_side not in ("frozen", "output-only"):
             raise ConfigError("the white-box retriever's documents are the frozen box's outputs: doc_side must be "
-                              f"'frozen', got {config.doc_side!r}")
+                              f"'frozen' or 'output-only', got {config.doc_side!r}")
         spec = box.spec
         digest = model_digest(model)
         if digest != spec.model_digest:
@@ -43,7 +45,8 @@ class WhiteBoxRetriever(LoraState, TwoTowerRetriever):
         self.whitebox = whitebox or WhiteBoxConfig()
         self.query_tower = WhiteBoxEncoder(model, tokenizer, self.whitebox, pooling=spec.pooling,
                                            normalize=spec.normalized, max_length=spec.text_max_length)
-        self.doc_tower = GrayBoxModel(box, DGAConfig.variant("none"))  # nothing trained: caches box outputs
+        # the box's outputs are cached either way; only the output adapter (if any) trains
+        self.doc_tower = GrayBoxModel(box, DGAConfig.variant("none" if config.doc_side == "frozen" else "output-only"))
 
     @classmethod
     def from_backbone(cls, box: Box, name_or_path: str | None, whitebox: WhiteBoxConfig | None = None,
