@@ -118,9 +118,16 @@ def _dataset_line(records: list[dict]) -> str | None:
     if r is None:
         return None
     line = f"train {r['n_train']:,}, validation {r['n_val']:,}, test {r['n_test']:,} examples"
-    threads = sorted({x["threads"] for x in records if x.get("threads")})
-    if threads:  # training seconds depend on it
-        line += f"; {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''}"
+    by_threads: dict = {}  # training seconds depend on it
+    for x in records:
+        by_threads.setdefault(x.get("threads"), []).append(x["method"])
+    if len(by_threads) == 1 and None not in by_threads:
+        line += f"; torch threads {next(iter(by_threads))}"
+    elif len(by_threads) > 1:
+        parts = [f"{n} for {', '.join(dict.fromkeys(ms))}" for n, ms in by_threads.items() if n is not None]
+        if None in by_threads:
+            parts.append("not recorded for the others (the default: one per core)")
+        line += f"; torch threads {'; '.join(parts)}"
     template = next((x["label_template"] for x in records if x.get("label_template")), None)
     return line + (f"; class names encoded as `{template}`." if template else ".")
 
