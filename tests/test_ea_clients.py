@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from exotune.ea import (
@@ -144,6 +145,21 @@ def test_embeddings_client_batches_and_labels(server):
     assert len(server.calls("embeddings")) == 1 + 3  # the label names, then 3 batches
     assert all(len(o.embedding) == 8 and abs(sum(o.scores) - 1) < 1e-6 for o in outs)
     assert sum(o.label == y for o, y in zip(outs, data.labels, strict=True)) >= 7
+
+
+def test_embeddings_are_arrays_and_come_back_from_the_cache_unchanged(server, tmp_path):
+    texts = colour_task(6).texts
+
+    def client():
+        return OpenAIEmbeddingClient("emb", base_url=server.base_url, api_key="k", batch_size=4,
+                                     cache=ResponseCache(tmp_path / "c.sqlite"), **FAST)
+
+    fresh, cached = client().run(texts, COLOURS), client().run(texts, COLOURS)
+    assert len(server.calls("embeddings")) == 1 + 2  # the second run is all cache hits
+    for a, b in zip(fresh, cached, strict=True):
+        assert a.embedding.dtype == b.embedding.dtype == np.float32 and a.scores.dtype == b.scores.dtype == np.float64
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_empty_text_is_rejected_before_any_call(server):

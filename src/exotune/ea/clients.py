@@ -152,7 +152,7 @@ class OpenAIEmbeddingClient(_OpenAIBase):
             raise BlackBoxError(f"the embeddings endpoint returned {emb.shape[0]} vectors for {len(texts)} texts")
         labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
         share = tokens / max(len(texts), 1)
-        return [BlackBoxOutput(label=int(y), scores=p.tolist(), confidence=float(p.max()), embedding=e.tolist(),
+        return [BlackBoxOutput(label=int(y), scores=p, confidence=float(p.max()), embedding=e,
                                prompt_tokens=round(share), cost=self._cost(share, 0))
                 for y, p, e in zip(labels, probs, emb, strict=True)]
 
@@ -211,11 +211,11 @@ class CallableClient(BlackBoxClient):
             s = np.clip(np.asarray(r, dtype=np.float64), 0, None)
             if s.shape != (len(label_names),) or s.sum() <= 0:
                 raise BlackBoxError(f"fn must return {len(label_names)} non-negative scores, got shape {s.shape}")
-            out = BlackBoxOutput(scores=(s / s.sum()).tolist())
+            out = BlackBoxOutput(scores=s / s.sum())
         else:
             emb = np.asarray(r, dtype=np.float64)[None, :]
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
-            out = BlackBoxOutput(label=int(labels[0]), scores=probs[0].tolist(), embedding=emb[0].tolist())
+            out = BlackBoxOutput(label=int(labels[0]), scores=probs[0], embedding=emb[0])
         if isinstance(out.label, str):
             out.label = parse_label(out.label, label_names)
         if out.label is None and out.scores is not None:
@@ -313,7 +313,7 @@ class ServedBoxClient(BlackBoxClient):
         if self.returns == "embeddings":
             emb = await self._call(self._encode, list(texts))
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
-            return [BlackBoxOutput(label=int(y), scores=p.tolist(), embedding=e.tolist())
+            return [BlackBoxOutput(label=int(y), scores=p, embedding=e)
                     for y, p, e in zip(labels, probs, emb, strict=True)]
         sims = (await self._call(self._scores, list(texts), self._label_texts(label_names))).astype(np.float64)
         logits = sims / self.temperature
@@ -321,4 +321,4 @@ class ServedBoxClient(BlackBoxClient):
         probs /= probs.sum(axis=1, keepdims=True)
         if self.returns == "labels":
             return [BlackBoxOutput(label=int(p.argmax())) for p in probs]
-        return [BlackBoxOutput(label=int(p.argmax()), scores=p.tolist()) for p in probs]
+        return [BlackBoxOutput(label=int(p.argmax()), scores=p) for p in probs]
