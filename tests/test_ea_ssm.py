@@ -103,3 +103,14 @@ def test_default_text_ssm_keeps_one_float32_weight_matrix():
     clf = ssm.model_[-1]
     assert clf.coef_.dtype == np.float32 and clf.coef_.shape[0] == 3
     assert ssm.model_[0].transform(data.texts[:2]).dtype == np.float32
+
+
+def test_lsa_featurizer_is_float32_and_unit_norm():
+    from exotune.ea.regions import LSAFeaturizer
+
+    data = colour_task(120)  # >= 100 texts: n-grams seen once are left out
+    lsa = LSAFeaturizer(n_components=4).fit(data.texts)
+    f = lsa.transform(data.texts)
+    assert f.dtype == np.float32 and f.shape == (120, 4)
+    np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, atol=1e-5)
+    assert all(lsa.tfidf_.transform(data.texts).getnnz(axis=0) >= 2)
