@@ -192,6 +192,8 @@ class BlackBoxClient(ABC):
                        prompt_tokens=sum(o.prompt_tokens for o in outs),
                        completion_tokens=sum(o.completion_tokens for o in outs), cost=sum(o.cost for o in outs))
 
+        # texts of like length batched together: a batch is padded to its longest text
+        todo = sorted(todo, key=len)
         tasks = [asyncio.ensure_future(one(todo[i:i + self.batch_size])) for i in range(0, len(todo), self.batch_size)]
         try:
             await asyncio.gather(*tasks)
