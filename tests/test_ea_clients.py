@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from exotune.ea import (
@@ -83,8 +84,8 @@ def test_garbage_answer_is_recorded_not_raised(server):
     server.faults = ["garbage"]
     ledger = Ledger()
     outs = chat(server, max_concurrency=1).run(colour_task(3).texts, COLOURS, ledger)
-    assert outs[0].label is None and "purple" in outs[0].text
-    assert ledger.unparseable == 1 and outs[1].label is not None
+    bad = [o for o in outs if o.label is None]  # the first request sent: the shortest text
+    assert len(bad) == 1 and "purple" in bad[0].text and ledger.unparseable == 1
 
 
 def test_retries_on_429_500_and_timeout(server):
@@ -156,6 +157,21 @@ def test_embeddings_client_batches_and_labels(server):
     assert sum(o.label == y for o, y in zip(outs, data.labels, strict=True)) >= 7
 
 
+def test_embeddings_are_arrays_and_come_back_from_the_cache_unchanged(server, tmp_path):
+    texts = colour_task(6).texts
+
+    def client():
+        return OpenAIEmbeddingClient("emb", base_url=server.base_url, api_key="k", batch_size=4,
+                                     cache=ResponseCache(tmp_path / "c.sqlite"), **FAST)
+
+    fresh, cached = client().run(texts, COLOURS), client().run(texts, COLOURS)
+    assert len(server.calls("embeddings")) == 1 + 2  # the second run is all cache hits
+    for a, b in zip(fresh, cached, strict=True):
+        assert a.embedding.dtype == b.embedding.dtype == np.float32 and a.scores.dtype == b.scores.dtype == np.float64
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
 def test_empty_text_is_rejected_before_any_call(server):
     with pytest.raises(DataError, match="input 1"):
         chat(server).run(["fine", "  "], COLOURS)
@@ -172,6 +188,19 @@ def test_callable_client_forms():
     assert scores[0].label == 1 and scores[0].confidence == pytest.approx(0.7)
     with pytest.raises(ConfigError, match="returns"):
         CallableClient(len, returns="bogus")
+
+
+def test_batches_hold_texts_of_like_length_and_answers_keep_the_input_order():
+    batches = []
+
+    def fn(texts, labels):
+        batches.append([len(t) for t in texts])
+        return ["red" if "red" in t else "blue" for t in texts]
+
+    texts = ["red " * n + "x" for n in (5, 1, 4, 2, 6, 3)] + ["blue"]
+    outs = CallableClient(fn, batched=True, batch_size=3, max_concurrency=1).run(texts, COLOURS)
+    assert [o.label for o in outs] == [0] * 6 + [1]
+    assert batches == [sorted(len(t) for t in texts)[i:i + 3] for i in (0, 3, 6)]
 
 
 def test_callable_concurrency_limit_and_timeout():

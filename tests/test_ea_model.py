@@ -128,6 +128,13 @@ def test_budget_zero_never_calls_the_lm(split):
     assert lm.calls == before and not r.asked_lm.any()
 
 
+def test_default_router_rows_come_from_three_folds_covering_train_once(split):
+    train, val, _ = split
+    model = EasyAdapter(CallableClient(weak_on_green), n_clusters=2).fit(train, val)
+    assert len(model.oof_folds_) == 3  # 3 fits per pass: the fit's time, not its accuracy, drops
+    assert sorted(model.router_rows_.tolist()) == list(range(len(train)))
+
+
 def test_lm_first_asks_the_lm_about_everything(split):
     train, val, test = split
     lm = counting(weak_on_green)

@@ -78,7 +78,8 @@ def test_http_answers_are_checked(tiny_backbone, black_app):
 
 
 def test_ea_and_a_served_client_leave_torch_out(tiny_backbone, black_app):
-    """The user's process of a black-box EA run never imports torch (about 200 MB)."""
+    """The user's process of a black-box EA run (its report and benchmark included) never imports
+    torch (about 200 MB)."""
     import json
     import subprocess
     import sys
@@ -96,6 +97,8 @@ import httpx
 from safetensors.numpy import save
 import numpy as np
 import exotune.ea
+import exotune.bench.ea
+import exotune.ea.report  # metrics, as the benchmark reports them
 from exotune.ea import ServedBoxClient
 spec, outputs, texts = json.loads({json.dumps([spec, outputs, TEXTS + LABELS])!r})
 def handler(request):

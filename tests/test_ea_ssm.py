@@ -93,3 +93,24 @@ def test_router_budget_and_policies():
         Router(budget=1.5).fit(G, F, ssm_ok, lm_ok)
     with pytest.raises(NotFittedError):
         Router().defer(G)
+
+
+def test_default_text_ssm_keeps_one_float32_weight_matrix():
+    # the memory goal: SGD on float32 features holds (classes, features) float32 weights once,
+    # where multinomial lbfgs held some 25 float64 copies of them
+    data = colour_task(60)
+    ssm = make_ssm("tfidf-lr").fit(data.texts, np.array(data.labels), sample_weight=np.ones(60))
+    clf = ssm.model_[-1]
+    assert clf.coef_.dtype == np.float32 and clf.coef_.shape[0] == 3
+    assert ssm.model_[0].transform(data.texts[:2]).dtype == np.float32
+
+
+def test_lsa_featurizer_is_float32_and_unit_norm():
+    from exotune.ea.regions import LSAFeaturizer
+
+    data = colour_task(120)  # >= 100 texts: n-grams seen once are left out
+    lsa = LSAFeaturizer(n_components=4).fit(data.texts)
+    f = lsa.transform(data.texts)
+    assert f.dtype == np.float32 and f.shape == (120, 4)
+    np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, atol=1e-5)
+    assert all(lsa.tfidf_.transform(data.texts).getnnz(axis=0) >= 2)

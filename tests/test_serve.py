@@ -318,6 +318,40 @@ def test_black_level_refuses_gradients_but_answers_encode_and_scores(tiny_backbo
     assert torch.allclose(scores.tensors["scores"], ref, atol=1e-6)
 
 
+class _CountingBox:
+    """A box that counts the texts it encodes (the label cache should spare the label texts)."""
+
+    def __init__(self, box):
+        self.box, self.spec, self.encoded = box, box.spec, []
+
+    def encode(self, texts, batch_size=128):
+        self.encoded.append(list(texts))
+        return self.box.encode(texts, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("cache_size", [0, 1])
+def test_scores_encode_a_label_set_once_with_identical_scores(tiny_backbone, cache_size):
+    box = _CountingBox(load_box(str(tiny_backbone), access="black"))
+    client = make_client(make_app(box, label_cache_size=cache_size))
+    colours, shapes = ["red", "blue", "green"], ["round", "square"]
+
+    def scores(texts, labels):
+        r = client.post("/v1/scores", json={"texts": texts, "labels": labels})
+        return wire.decode(r.content).tensors["scores"]
+
+    first = scores(["the red car", "sky"], colours)
+    assert torch.equal(scores(["the red car"], colours), first[:1])  # cached or not: the same bits
+    scores(["a ball"], shapes)  # with room for one set, this one evicts the colours
+    scores(["sky"], colours)
+    label_encodes = [t for t in box.encoded if t in (colours, shapes)]
+    assert label_encodes == ([colours, colours, shapes, colours] if cache_size == 0 else [colours, shapes, colours])
+
+
+def test_label_cache_size_is_validated():
+    with pytest.raises(ConfigError, match="label_cache_size"):
+        ServeConfig(label_cache_size=-1)
+
+
 def test_entry_tokens_are_validated_at_light_gray(tiny_box):
     client = make_client(make_app(EntryBox(tiny_box, max_tokens=2)))
     t = _inputs(tiny_box)

@@ -34,7 +34,7 @@ class Budget:
     budgets: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
     policies: tuple[str, ...] = ("ssm-first", "lm-first")
     n_clusters: int = 8
-    cv_folds: int = 5
+    cv_folds: int = 3  # every row still gets an out-of-fold prediction; 3 fits per pass, not 5
     max_train: int | None = None
     max_val: int | None = None
     max_test: int | None = None

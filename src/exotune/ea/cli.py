@@ -45,7 +45,8 @@ def add_ea_parser(sub) -> None:
     p.add_argument("--policy", default="ssm-first", choices=POLICIES)
     p.add_argument("--budget", type=float, default=0.3, help="largest share of inputs sent to the LM (default: 0.3)")
     p.add_argument("--clusters", type=int, default=8, help="k-means regions (default: 8)")
-    p.add_argument("--cv-folds", type=int, default=5)
+    p.add_argument("--cv-folds", type=int, default=3,
+                   help="folds of the out-of-fold predictions the router learns from (default: 3)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
     p.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     p.add_argument("--seed", type=int, default=0)

@@ -163,7 +163,7 @@ class OpenAIEmbeddingClient(_OpenAIBase):
         emb, tokens = await self._embed(texts)
         labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
         share = tokens / max(len(texts), 1)
-        return [BlackBoxOutput(label=int(y), scores=p.tolist(), confidence=float(p.max()), embedding=e.tolist(),
+        return [BlackBoxOutput(label=int(y), scores=p, confidence=float(p.max()), embedding=e,
                                prompt_tokens=round(share), cost=self._cost(share, 0))
                 for y, p, e in zip(labels, probs, emb, strict=True)]
 
@@ -222,11 +222,11 @@ class CallableClient(BlackBoxClient):
             s = np.clip(np.asarray(r, dtype=np.float64), 0, None)
             if s.shape != (len(label_names),) or s.sum() <= 0:
                 raise BlackBoxError(f"fn must return {len(label_names)} non-negative scores, got shape {s.shape}")
-            out = BlackBoxOutput(scores=(s / s.sum()).tolist())
+            out = BlackBoxOutput(scores=s / s.sum())
         else:
             emb = np.asarray(r, dtype=np.float64)[None, :]
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
-            out = BlackBoxOutput(label=int(labels[0]), scores=probs[0].tolist(), embedding=emb[0].tolist())
+            out = BlackBoxOutput(label=int(labels[0]), scores=probs[0], embedding=emb[0])
         if isinstance(out.label, str):
             out.label = parse_label(out.label, label_names)
         if out.label is None and out.scores is not None:
@@ -257,7 +257,7 @@ class ServedBoxClient(BlackBoxClient):
             raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
         if "{}" not in label_template:
             raise ConfigError(f"label_template must contain '{{}}', got {label_template!r}")
-        common.setdefault("batch_size", 64)
+        common.setdefault("batch_size", 256)  # fewer round trips; the server sorts and batches within
         super().__init__(**common)
         self.url, self.returns, self.temperature, self.label_template = url, returns, temperature, label_template
         if (url is None) == (box is None):
@@ -324,7 +324,7 @@ class ServedBoxClient(BlackBoxClient):
         if self.returns == "embeddings":
             emb = await self._call(self._encode, list(texts))
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
-            return [BlackBoxOutput(label=int(y), scores=p.tolist(), embedding=e.tolist())
+            return [BlackBoxOutput(label=int(y), scores=p, embedding=e)
                     for y, p, e in zip(labels, probs, emb, strict=True)]
         sims = (await self._call(self._scores, list(texts), self._label_texts(label_names))).astype(np.float64)
         logits = sims / self.temperature
@@ -332,4 +332,4 @@ class ServedBoxClient(BlackBoxClient):
         probs /= probs.sum(axis=1, keepdims=True)
         if self.returns == "labels":
             return [BlackBoxOutput(label=int(p.argmax())) for p in probs]
-        return [BlackBoxOutput(label=int(p.argmax()), scores=p.tolist()) for p in probs]
+        return [BlackBoxOutput(label=int(p.argmax()), scores=p) for p in probs]

@@ -84,7 +84,7 @@ class EasyAdapter(BaseEstimator):
     ``embedder``: an optional client giving embeddings (the LM itself if it provides them)."""
 
     def __init__(self, lm=None, embedder=None, ssms=("tfidf-lr",), featurizer="tfidf", n_clusters: int = 8,
-                 policy: str = "ssm-first", budget: float = 0.3, cv_folds: int = 5, underfit_weight: float = 1.0,
+                 policy: str = "ssm-first", budget: float = 0.3, cv_folds: int = 3, underfit_weight: float = 1.0,
                  per_region_ssm: bool = False, min_region_size: int = 50, confidence: float = 0.95,
                  random_state: int = 0):
         self.lm, self.embedder, self.ssms, self.featurizer = lm, embedder, ssms, featurizer

@@ -63,6 +63,8 @@ def _fit_binary(X, target, C):
 def _p1(model, X) -> np.ndarray:
     if isinstance(model, float):
         return np.full(len(X), model)
+    if len(X) == 0:  # scikit-learn refuses empty input
+        return np.zeros(0)
     return model.predict_proba(X)[:, list(model.classes_).index(1)]
 
 

@@ -18,6 +18,7 @@ class ServeConfig:
     max_body_bytes: int = 16 * 2**20
     max_text_chars: int = 4000  # per text, for /embed, /encode and /scores
     max_labels: int = 1024  # label texts per /scores call
+    label_cache_size: int = 16  # label sets whose encodings /scores keeps (least recently used out); 0: none
     max_handles: int = 256  # stored forward graphs awaiting their backward
     max_handle_bytes: int = 2**30  # memory those graphs may hold together (estimated)
     handle_ttl_s: float = 300.0
@@ -35,6 +36,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ServeConfig.{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.label_cache_size, int) or self.label_cache_size < 0:
+            raise ConfigError(f"ServeConfig.label_cache_size must be an integer >= 0, got {self.label_cache_size!r}")
         if not self.handle_ttl_s > 0:
             raise ConfigError(f"ServeConfig.handle_ttl_s must be > 0, got {self.handle_ttl_s}")
         if not self.rate_per_s > 0:

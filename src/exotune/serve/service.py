@@ -6,6 +6,7 @@ Every refusal is an ``ApiError`` whose message says what was wrong with the requ
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import replace
 
 import torch
@@ -38,6 +39,8 @@ class BoxService:
         self.handles = HandleStore(config.max_handles, config.max_handle_bytes, config.handle_ttl_s)
         self._entries = {e.name: e for e in self.spec.entry_points}
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
+        self._labels: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()  # label set -> (L, O)
+        self._labels_lock = threading.Lock()
 
     def describe(self) -> dict:
         return {
@@ -69,8 +72,24 @@ class BoxService:
         texts = self._texts(body, "texts", self.spec.limits.max_batch)
         labels = self._texts(body, "labels", self.config.max_labels)
         a = torch.nn.functional.normalize(self._encode(texts), dim=-1)  # (N, O)
-        b = torch.nn.functional.normalize(self._encode(labels), dim=-1)  # (L, O)
-        return wire.encode({"scores": a @ b.T})  # (N, L) cosine similarities
+        return wire.encode({"scores": a @ self._label_matrix(labels).T})  # (N, L) cosine similarities
+
+    def _label_matrix(self, labels: list[str]) -> torch.Tensor:
+        """(L, O) normalised encodings of ``labels``. A client sends the same label set with
+        every batch of texts: encoding it once, not per batch, halves a probe's work or more."""
+        key = tuple(labels)
+        with self._labels_lock:
+            cached = self._labels.get(key)
+            if cached is not None:
+                self._labels.move_to_end(key)
+                return cached
+        b = torch.nn.functional.normalize(self._encode(labels), dim=-1)
+        if self.config.label_cache_size:
+            with self._labels_lock:
+                self._labels[key] = b
+                while len(self._labels) > self.config.label_cache_size:
+                    self._labels.popitem(last=False)  # least recently used
+        return b
 
     # -- tensors in -------------------------------------------------------------------------
 

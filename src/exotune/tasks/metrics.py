@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.metrics import f1_score
 
 from exotune.errors import DataError
+
+if TYPE_CHECKING:  # torch only where tensors come in: EA's metrics run without it
+    import torch
 
 
 def classification_metrics(y_true, y_pred, num_classes: int) -> dict[str, float]:
@@ -82,6 +85,8 @@ def image_text_recalls(texts: torch.Tensor, images: torch.Tensor, caption_image:
         raise DataError(f"{len(texts)} caption embeddings but {len(caption_image)} caption-image links")
     if not len(texts):
         return dict.fromkeys(IMAGE_TEXT_METRICS, float("nan"))
+    import torch
+
     target = torch.as_tensor(caption_image)
     # a rank is how many candidates score strictly higher than the best true one
     t2i = []
