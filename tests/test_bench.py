@@ -49,3 +49,15 @@ def test_a_dataset_cap_keys_only_that_dataset():
     assert base.for_dataset("sst2") != other.for_dataset("sst2")
     assert other.for_dataset("sst2")["train_cap"] == 123
     assert classification.Budget(max_train=7).for_dataset("banking77")["train_cap"] == 7
+
+
+def test_a_spawned_run_reports_its_own_peak_not_its_parents():
+    """ru_maxrss survives exec: a worker would inherit the parent's resident memory as its 'peak'."""
+    from exotune.bench.common import peak_memory_mb, run_isolated
+
+    ballast = bytearray(256 * 2**20)
+    for i in range(0, len(ballast), 4096):  # resident, not just reserved
+        ballast[i] = 1
+    assert peak_memory_mb() > 256
+    assert run_isolated(peak_memory_mb) < 200  # a bare interpreter with numpy, far below the parent
+    del ballast

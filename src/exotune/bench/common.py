@@ -26,8 +26,13 @@ def machine() -> str:
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process's own image: Linux ``VmHWM``. (``ru_maxrss`` is
+    kept across exec, so a spawned worker would report at least its parent's resident memory
+    at the spawn; it is the fallback where /proc is missing.)"""
+    from exotune.bench.served import process_peak_mb
+
+    own = process_peak_mb(os.getpid())
+    return own if own is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_isolated(fn, *args):
