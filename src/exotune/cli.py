@@ -53,7 +53,7 @@ def _add_box_args(p: argparse.ArgumentParser) -> None:
 
 def open_box(args, **load_kwargs):
     """The box the arguments name: served (``--remote``) or loaded here (``--backbone``)."""
-    if getattr(args, "remote", None):
+    if args.remote:
         from exotune.boxes.remote import connect
 
         return connect(args.remote)
@@ -214,11 +214,9 @@ def _lga_box_options(args) -> dict:
 def _train_box(args):
     """The box to train against: for LGA, a local one is loaded light-gray with the chosen
     entry points; a served one exposes what its owner chose."""
-    if getattr(args, "remote", None):
-        if args.entry_points:
-            raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
-                              "exposes those its owner chose (see its /v1/spec)")
-        return open_box(args)
+    if args.remote and args.entry_points:
+        raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
+                          "exposes those its owner chose (see its /v1/spec)")
     return open_box(args, **_lga_box_options(args))
 
 

@@ -36,7 +36,7 @@ def refuse_images(args) -> None:
 
 
 def _check(args) -> None:
-    if getattr(args, "remote", None):
+    if args.remote:
         raise ConfigError(f"--task {args.task} trains against a local image box; image boxes cannot be served yet "
                           "(--remote is for text tasks)")
     if not args.images:
