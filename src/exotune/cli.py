@@ -244,7 +244,7 @@ def cmd_train(args) -> int:
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
     dga, train_cfg = _dga_config(args), _train_config(args)
     if args.task.startswith("image-"):
-        return cli_images.train(args, train_cfg)
+        return cli_images.train(args, dga, train_cfg)
     cli_images.refuse_images(args)
     if args.task == "retrieval":
         from exotune import cli_retrieval

@@ -70,7 +70,7 @@ def _label_template(args) -> str:
     return args.label_template or PROMPT
 
 
-def train(args, train_cfg) -> int:
+def train(args, text_dga, train_cfg) -> int:
     from exotune import cli as base
     from exotune.boxes.loading import is_clip, load_clip_boxes, load_image_box
     from exotune.tasks.classification import ClassificationConfig
@@ -88,7 +88,7 @@ def train(args, train_cfg) -> int:
         text_box, image_box = load_clip_boxes(args.backbone, **lga)
         temperature = args.temperature if args.temperature is not None else ImageTextConfig.temperature
         cfg = ImageTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature)
-        model = ImageTextRetriever(text_box, image_box, base._dga_config(args), image_dga, cfg)
+        model = ImageTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
         train_cfg = replace(train_cfg, select_metric="mean_recall")
         what = f"text {model.text_dga.description}, image {model.image_dga.description}"
     else:
