@@ -31,7 +31,7 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
 
 
 def refuse_images(args) -> None:
-    if getattr(args, "images", None):
+    if args.images:
         raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
 
 
