@@ -266,3 +266,8 @@ def dataset_root(name: str, files: list[str], data_dir: str | Path | None = None
             f"or point ${DATA_ENV} / --data-dir at the folder that holds '{name}/'."
         )
     return root
+
+
+def label_texts(label_names: list[str], template: str = "{}") -> list[str]:
+    """``card_arrival`` -> ``card arrival``: class names as a person would write them."""
+    return [template.format(name.replace("_", " ")) for name in label_names]

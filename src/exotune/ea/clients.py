@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from exotune.data.text import label_texts
 from exotune.ea.client import BlackBoxClient, BlackBoxOutput, Ledger, labels_from_embeddings
 from exotune.ea.prompt import PromptTemplate, parse_label, scores_from_logprobs
 from exotune.errors import (
@@ -280,9 +281,6 @@ class ServedBoxClient(BlackBoxClient):
         return {"client": "served-box", "model_digest": spec.model_digest, "pooling": spec.pooling,
                 "returns": self.returns, "temperature": self.temperature, "label_template": self.label_template}
 
-    def _label_texts(self, label_names):
-        return [self.label_template.format(n.replace("_", " ")) for n in label_names]
-
     def _encode(self, texts: list[str]) -> np.ndarray:
         """(N, O) float32 outputs of the box."""
         box = self._connect()
@@ -318,7 +316,8 @@ class ServedBoxClient(BlackBoxClient):
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            self._protos = await self._retrying(lambda: self._call(self._encode, self._label_texts(label_names)), ledger)
+            texts = label_texts(label_names, self.label_template)
+            self._protos = await self._retrying(lambda: self._call(self._encode, texts), ledger)
 
     async def _request(self, texts, label_names):
         if self.returns == "embeddings":
@@ -326,7 +325,7 @@ class ServedBoxClient(BlackBoxClient):
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
             return [BlackBoxOutput(label=int(y), scores=p, embedding=e)
                     for y, p, e in zip(labels, probs, emb, strict=True)]
-        sims = (await self._call(self._scores, list(texts), self._label_texts(label_names))).astype(np.float64)
+        sims = (await self._call(self._scores, list(texts), label_texts(label_names, self.label_template))).astype(np.float64)
         logits = sims / self.temperature
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)

@@ -19,7 +19,7 @@ from exotune.boxes.base import Box, BoxBase, encode_sorted
 from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
 from exotune.configs import from_known_keys
-from exotune.data.text import TextLabelData
+from exotune.data.text import TextLabelData, label_texts
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
@@ -49,11 +49,6 @@ class ClassificationConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ClassificationConfig:
         return from_known_keys(cls, data, "classification")
-
-
-def label_texts(label_names: list[str], template: str = "{}") -> list[str]:
-    """``card_arrival`` -> ``card arrival``: class names as a person would write them."""
-    return [template.format(name.replace("_", " ")) for name in label_names]
 
 
 def saved_box_options(path: str | Path, key: str = "box") -> dict:
