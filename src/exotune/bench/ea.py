@@ -86,10 +86,11 @@ def ea_run(setting: str, url: str, token: str, seed: int, data_dir, budget: Budg
                             "lm_answer_share": report["lm_answer_share"],
                             "val_accuracy": model.val_accuracy_, "curve": report.get("curve"),
                             "seconds_per_input": report["seconds_per_input"]})
+        eval_peak = peak_memory_mb()  # after every policy's test evaluation
         for r in out:
             r.update(train_seconds=fit_seconds, probe_seconds=probe["seconds"], probe_calls=probe["calls"],
                      trainable_params=None, seconds_per_step=None, peak_memory_mb=fit_peak,
-                     peak_memory_mb_with_eval=peak_memory_mb())
+                     peak_memory_mb_with_eval=eval_peak)
         out.append({**base, "method": "lm", "variant": setting, "setting": setting, "metrics": alone["lm"],
                     "train_seconds": 0.0, "trainable_params": 0, "seconds_per_step": None, "lm_call_share": 1.0,
                     "peak_memory_mb": None})

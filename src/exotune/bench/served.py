@@ -50,7 +50,9 @@ class Served:
         """The last line the server wrote: {"t", "handles", "handle_bytes"}."""
         if self.stats is None or not self.stats.is_file():
             return None
-        lines = self.stats.read_text().splitlines()
+        with self.stats.open("rb") as f:  # the file grows all run long: read its tail, not all of it
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode().splitlines()
         return json.loads(lines[-1]) if lines else None
 
 
