@@ -56,20 +56,13 @@ def _method_lr(text: str) -> tuple[str, float]:
     return method, lr
 
 
-def _budget_for(budget, dataset: str) -> dict:
-    """The budget a dataset's runs are logged under (per-dataset caps resolved where the suite has them)."""
-    from dataclasses import asdict
-
-    return budget.for_dataset(dataset) if hasattr(budget, "for_dataset") else asdict(budget)
-
-
 def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path) -> Path:
     """The results file from every logged run with these settings (earlier invocations too:
     methods and datasets may be run in separate calls); the commands are listed."""
     groups: dict[tuple, list[dict]] = {}
     budgets = {}
     for dataset in suite.DATASETS:
-        for key, run in log.matching(**extra, dataset=dataset, budget=_budget_for(budget, dataset)):
+        for key, run in log.matching(**extra, dataset=dataset, budget=budget.for_dataset(dataset)):
             groups.setdefault((key["dataset"], key["method"]), []).append(run)
             budgets[dataset] = key["budget"]
     order = {m: i for i, m in enumerate(suite.METHODS)}
@@ -114,7 +107,7 @@ def run_suite(args) -> int:
         for name in methods:
             for seed in seeds:
                 key = {"dataset": dataset, "method": name, "seed": seed, **extra,
-                       "budget": _budget_for(budget, dataset)}
+                       "budget": budget.for_dataset(dataset)}
                 run = log.get(key)
                 if run is None:
                     print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)

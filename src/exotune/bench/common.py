@@ -25,12 +25,38 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, no GPU ({platform.machine()}, Python {platform.python_version()})"
 
 
+def _status_kib(pid: int, key: str) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def process_peak_mb(pid: int) -> float | None:
+    """Peak resident memory of a process (Linux ``VmHWM``)."""
+    return _status_kib(pid, "VmHWM")
+
+
+def process_rss_mb(pid: int) -> float | None:
+    """Resident memory of a process now (Linux ``VmRSS``)."""
+    return _status_kib(pid, "VmRSS")
+
+
+def open_fds(pid: int) -> int | None:
+    """File descriptors a process holds open (sockets included)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process's own image: Linux ``VmHWM``. (``ru_maxrss`` is
     kept across exec, so a spawned worker would report at least its parent's resident memory
     at the spawn; it is the fallback where /proc is missing.)"""
-    from exotune.bench.served import process_peak_mb
-
     own = process_peak_mb(os.getpid())
     return own if own is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -142,7 +142,8 @@ def _record(run: dict, metric: str) -> dict:
 
 
 def run(args) -> int:
-    from exotune.bench.served import process_peak_mb, served_box
+    from exotune.bench.common import process_peak_mb
+    from exotune.bench.served import served_box
 
     budget = Budget(max_train=args.max_train)
     if args.quick:

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from exotune.bench.common import command_line, machine, peak_memory_mb, run_isolated
-from exotune.bench.served import process_peak_mb, served_box
+from exotune.bench.common import (
+    command_line,
+    machine,
+    peak_memory_mb,
+    process_peak_mb,
+    run_isolated,
+)
+from exotune.bench.served import served_box
 from exotune.plotting import pyplot
 
 

@@ -126,34 +126,6 @@ def _drain(proc: subprocess.Popen, log: list[str]) -> None:
 # -- what the suites read of another process (Linux /proc) ---------------------------------
 
 
-def _status_kib(pid: int, key: str) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def process_peak_mb(pid: int) -> float | None:
-    """Peak resident memory of another process (Linux ``VmHWM``)."""
-    return _status_kib(pid, "VmHWM")
-
-
-def process_rss_mb(pid: int) -> float | None:
-    """Resident memory of another process now (Linux ``VmRSS``)."""
-    return _status_kib(pid, "VmRSS")
-
-
-def open_fds(pid: int) -> int | None:
-    """File descriptors another process holds open (sockets included)."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-
-
 # -- the instrumented server (python -m exotune.bench.served) ---------------------------------
 
 

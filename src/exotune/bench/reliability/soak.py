@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
+from exotune.bench.common import open_fds, process_rss_mb
 from exotune.bench.reliability.common import connect, latency_summary, relative_error, run_threads
-from exotune.bench.served import open_fds, process_rss_mb
 from exotune.boxes import wire
 
 ABANDON_EVERY = 4  # every 4th forward made for training never gets its backward
