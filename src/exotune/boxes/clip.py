@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from exotune.boxes.base import Box, TokenBatch, check_texts
+from exotune.boxes.base import Box, TokenBatch
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.http import check_texts
 from exotune.boxes.image import ImageBox, VisionEncoderBox
 from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
 
