@@ -21,8 +21,8 @@ from exotune.boxes.clip import (
     pick_filler,
     tower_options,
 )
-from exotune.boxes.image import GRAY, ImageBox, size_pair
-from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
+from exotune.boxes.image import ImageBox, size_pair
+from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
 from exotune.errors import BackboneNotFoundError, ConfigError, MissingDependencyError
 
 PREFIX = "open_clip:"  # --backbone open_clip:ViT-B-32@laion2b_s34b_b79k
