@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from exotune.batching import length_sorted
 from exotune.boxes.spec import BoxSpec
-from exotune.errors import AccessError, BoxLimitError, ConfigError
+from exotune.errors import AccessError, BoxLimitError
 
 
 def model_digest(model: nn.Module) -> str:
@@ -24,11 +24,6 @@ def model_digest(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def check_texts(texts) -> None:
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ConfigError("texts must be a list of strings")
 
 
 @dataclass

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from exotune.boxes.base import Box, TokenBatch, check_texts
+from exotune.boxes.base import Box, TokenBatch
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.http import check_texts
 from exotune.boxes.image import ImageBox, VisionEncoderBox
 from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
 
@@ -191,7 +192,8 @@ class CLIPTextBox(Box):
         return f"CLIPTextBox(access={s.access!r}, dim={s.output_dim}, digest={s.model_digest})"
 
 
-def _tower_options(options: Mapping, tower: Mapping | None) -> dict:
+def tower_options(options: Mapping, tower: Mapping | None) -> dict:
+    """Options for one tower: those given to both, overridden by that tower's own."""
     return {**options, **(tower or {})}
 
 
@@ -210,7 +212,7 @@ def clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, d
     size = model.vision_model.config.image_size
     image = image or openai_image_spec(size if isinstance(size, int) else min(size))
     text = CLIPTextBox(hf_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
-                       **_tower_options(options, text_options))
+                       **tower_options(options, text_options))
     vision = VisionEncoderBox(model.vision_model, projection=model.visual_projection, image=image, digest=digest,
-                              **_tower_options(options, image_options))
+                              **tower_options(options, image_options))
     return BoxPair(text, vision)

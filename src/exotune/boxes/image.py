@@ -17,11 +17,10 @@ from torch import nn
 
 from exotune.boxes.base import BoxBase, encode_sorted, model_digest
 from exotune.boxes.entry_points import check_entry_tokens, expose, find_layers, inject, insert
-from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
+from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
 from exotune.errors import BoxLimitError, ConfigError, DataError
 
 POOLINGS = ("cls", "mean")
-GRAY = ("dark-gray", "light-gray")
 
 
 class ImageBox(BoxBase):

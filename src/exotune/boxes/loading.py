@@ -98,20 +98,25 @@ def load_clip_boxes(name_or_path: str, **options):
     'open-clip' extra). ``options`` as for ``clip_boxes``. The weights must be in a local folder
     or cache, or reachable on the hub.
     """
-    from exotune.boxes.clip import clip_boxes
-
     if not name_or_path:
         raise ConfigError("a CLIP backbone must be named, e.g. 'openai/clip-vit-base-patch16'")
     if _is_open_clip(name_or_path):
         from exotune.boxes.open_clip import load_open_clip_boxes, parse_name
 
         return load_open_clip_boxes(*parse_name(name_or_path), **options)
-    from transformers import AutoTokenizer, CLIPModel
-
     source, _, local = _local_source(name_or_path)
     config = _model_type(source, local)
     if config != "clip":
         raise ConfigError(f"backbone {name_or_path!r} is a {config!r} model, not CLIP: it has no text tower")
+    return _load_hf_clip(source, local, **options)
+
+
+def _load_hf_clip(source: str, local: bool, **options):
+    """A Hugging Face CLIP checkpoint, already resolved and known to be CLIP, as a ``BoxPair``."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    from exotune.boxes.clip import clip_boxes
+
     model, tokenizer = from_pretrained(source, local, CLIPModel.from_pretrained, AutoTokenizer.from_pretrained)
     return clip_boxes(model, tokenizer, image=processor_image_spec(source), **options)
 
@@ -129,11 +134,10 @@ def load_image_box(name_or_path: str, **options):
 
     source, _, local = _local_source(name_or_path)
     if _model_type(source, local) == "clip":
-        return load_clip_boxes(source, **options).image
+        return _load_hf_clip(source, local, **options).image
     (model,) = from_pretrained(source, local, AutoModel.from_pretrained)
-    image = processor_image_spec(source)
-    size = _processor_size(source)
-    return VisionEncoderBox(model, image=image, image_size=size, **options)
+    data = _processor_dict(source)  # read once: both the preprocessing and the input size
+    return VisionEncoderBox(model, image=_image_spec_of(data), image_size=_processor_size(data), **options)
 
 
 def _model_type(source: str, local: bool) -> str:
@@ -157,9 +161,8 @@ def _processor_dict(source: str) -> dict:
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's resampling codes
 
 
-def _processor_size(source: str) -> tuple[int, int] | None:
-    """The input size the checkpoint's image processor produces, if it says."""
-    data = _processor_dict(source)
+def _processor_size(data: dict) -> tuple[int, int] | None:
+    """The input size the checkpoint's image processor (``_processor_dict``) produces, if it says."""
     size = data.get("crop_size") if data.get("do_center_crop") else data.get("size")
     if isinstance(size, int):
         return size, size
@@ -174,9 +177,12 @@ def _processor_size(source: str) -> tuple[int, int] | None:
 def processor_image_spec(source: str):
     """The owner's preprocessing as the checkpoint's ``preprocessor_config.json`` describes it
     (None without one: the box then uses its default)."""
+    return _image_spec_of(_processor_dict(source))
+
+
+def _image_spec_of(data: dict):
     from exotune.boxes.spec import ImageSpec
 
-    data = _processor_dict(source)
     if not data.get("image_mean") or not data.get("image_std"):
         return None
     size = data.get("size")

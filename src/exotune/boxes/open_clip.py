@@ -13,9 +13,16 @@ import torch
 from torch import nn
 
 from exotune.boxes.base import model_digest
-from exotune.boxes.clip import BoxPair, CLIPTextBox, TextTower, openai_image_spec, pick_filler
-from exotune.boxes.image import GRAY, ImageBox, size_pair
-from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
+from exotune.boxes.clip import (
+    BoxPair,
+    CLIPTextBox,
+    TextTower,
+    openai_image_spec,
+    pick_filler,
+    tower_options,
+)
+from exotune.boxes.image import ImageBox, size_pair
+from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
 from exotune.errors import BackboneNotFoundError, ConfigError, MissingDependencyError
 
 PREFIX = "open_clip:"  # --backbone open_clip:ViT-B-32@laion2b_s34b_b79k
@@ -67,7 +74,7 @@ def open_clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = No
     ``options`` (``access``, ``limits``) apply to both towers, ``text_options`` /
     ``image_options`` to one; entry points are refused (dark-gray only).
     """
-    text_options, image_options = {**options, **(text_options or {})}, {**options, **(image_options or {})}
+    text_options, image_options = tower_options(options, text_options), tower_options(options, image_options)
     for given in (text_options, image_options):
         if given.get("entry_points") is not None:
             raise ConfigError("open_clip boxes have no entry points (LGA); load a Hugging Face CLIP checkpoint for LGA")

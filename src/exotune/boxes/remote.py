@@ -16,10 +16,10 @@ from torch.autograd.function import once_differentiable
 from exotune.boxes import wire
 from exotune.boxes.base import Box, TokenBatch
 from exotune.boxes.http import TOKEN_ENV, Channel, RemoteConfig, check_texts, get
+from exotune.boxes.spec import GRAY
 from exotune.errors import HandleExpiredError
 
 __all__ = ["TOKEN_ENV", "RemoteBox", "RemoteConfig", "connect"]
-GRAY = ("dark-gray", "light-gray")
 
 
 class _RemoteForward(torch.autograd.Function):

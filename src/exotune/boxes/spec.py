@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from exotune.errors import ConfigError
 
 ACCESS_LEVELS = ("black", "dark-gray", "light-gray")
+GRAY = ("dark-gray", "light-gray")  # the levels that see token embeddings or pixels
 MODALITIES = ("text", "image")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 

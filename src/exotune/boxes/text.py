@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exotune.boxes.base import Box, TokenBatch, check_texts, model_digest
+from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
 from exotune.errors import ConfigError
 

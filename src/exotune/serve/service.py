@@ -13,7 +13,7 @@ import torch
 
 from exotune.boxes import wire
 from exotune.boxes.base import Box
-from exotune.boxes.spec import BoxLimits
+from exotune.boxes.spec import GRAY, BoxLimits
 from exotune.errors import WireError
 from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
@@ -22,7 +22,6 @@ from exotune.serve.handles import HandleError, HandleStore, Pending
 
 PROTOCOL = "exotune-box/1"
 ENTRY = "entry."  # wire name of entry tokens: "entry.<entry point name>"
-GRAY = ("dark-gray", "light-gray")
 ENCODE_CHUNK = 64  # texts per forward inside /v1/encode and /v1/scores
 
 
