@@ -228,3 +228,24 @@ def test_run_inside_an_event_loop():
         return CallableClient(lambda t, labels: "blue").run(["x"], COLOURS)
 
     assert asyncio.run(main())[0].label == 1
+
+
+def test_blocking_calls_run_inline_only_in_a_private_loop():
+    import threading
+
+    from exotune.ea.client import _PRIVATE_LOOP
+
+    client = CallableClient(lambda text, labels: "red", max_concurrency=1)
+    here = threading.get_ident()
+
+    async def users_loop():  # someone else's loop: never blocked, the call goes to a thread
+        return await client._blocking(threading.get_ident)
+
+    async def private_loop():  # what run() makes: one request at a time runs right here
+        _PRIVATE_LOOP.set(True)
+        return await client._blocking(threading.get_ident)
+
+    assert asyncio.run(users_loop()) != here
+    assert asyncio.run(private_loop()) == here
+    client.max_concurrency = 2
+    assert asyncio.run(private_loop()) != here

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
 
 from exotune.data import TextLabelData
 from exotune.ea import CallableClient, EasyAdapter
+from exotune.ea.ssm import _SSM
 from exotune.errors import ArtifactError, ConfigError, DataError, NotFittedError
 
 from .ea_fakes import COLOURS, colour_of, colour_task, one_blas_thread  # noqa: F401
@@ -36,6 +37,13 @@ def weak_on_green(text, labels):
     """An LM that never gets green right (it says blue)."""
     c = colour_of(text)
     return "blue" if c == "green" else c
+
+
+def embed_colour(text, labels):
+    """A box that answers with embeddings: one-hot colour plus a little length."""
+    v = np.zeros(len(COLOURS) + 1)
+    v[COLOURS.index(colour_of(text)) if colour_of(text) in COLOURS else -1] = 1.0
+    return v + 0.01 * len(text)
 
 
 def counting(fn):
@@ -195,13 +203,7 @@ def test_an_embedding_lm_is_asked_once_per_input(split):
     """When the LM also gives the embeddings, fit and route take both from one answer: without a
     cache, no input is sent twice."""
     train, val, test = split
-
-    def embed(text, labels):
-        v = np.zeros(len(COLOURS) + 1)
-        v[COLOURS.index(colour_of(text)) if colour_of(text) in COLOURS else -1] = 1.0
-        return v + 0.01 * len(text)
-
-    fn = counting(embed)
+    fn = counting(embed_colour)
     model = EasyAdapter(CallableClient(fn, returns="embeddings"), ssms=("embedding-lr",), n_clusters=2, cv_folds=2,
                         policy="lm-first").fit(train, val)
     assert fn.calls == len(COLOURS) + len(train) + len(val)  # the label names, then each input once
@@ -209,3 +211,81 @@ def test_an_embedding_lm_is_asked_once_per_input(split):
     r = model.route(test.texts)
     assert fn.calls == len(COLOURS) + len(test) and r.asked_lm.all()
     assert model.predict(test.texts).shape == (len(test),)
+
+
+encoder_fits: list[int] = []
+head_fits: list[int] = []
+
+
+class CountingEncoder(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        assert y is None  # label-free
+        encoder_fits.append(len(X))
+        self.vec_ = CountVectorizer().fit(list(X))
+        return self
+
+    def transform(self, X):
+        return self.vec_.transform(list(X))
+
+
+class EncodedSSM(_SSM):
+    """A text SSM with a label-free encoder: EasyAdapter fits that once, then heads per fold."""
+
+    def encoder(self):
+        return CountingEncoder()
+
+    def head(self):
+        return _CountingNB()
+
+
+class _CountingNB(MultinomialNB):
+    def fit(self, X, y, sample_weight=None):
+        head_fits.append(X.shape[0])
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+def test_encoder_fitted_once_heads_fitted_per_fold(split):
+    train, val, test = split
+    encoder_fits.clear()
+    head_fits.clear()
+    model = EasyAdapter(CallableClient(weak_on_green), ssms=(EncodedSSM(),), n_clusters=3, cv_folds=3).fit(train, val)
+    assert encoder_fits == [len(train)]  # once, on the training rows (never on validation)
+    folds = [len(a) for a, _ in model.oof_folds_]
+    passes = (len(head_fits) - 1) // len(folds)  # one out-of-fold pass, two with underfit weights
+    assert passes in (1, 2) and head_fits == folds * passes + [len(train)]
+    assert not hasattr(model, "encoders_")  # fit's bookkeeping, not part of the model
+    encoder = model.ssms_[0].model_[0]
+    assert isinstance(encoder, CountingEncoder) and len(model.predict(test.texts)) == len(test)
+
+
+def test_regions_featurizer_auto(split):
+    train, val, _ = split
+    text_only = EasyAdapter(CallableClient(weak_on_green), n_clusters=2, cv_folds=2).fit(train, val)
+    assert text_only.regions_.featurizer == "tfidf"
+    both = EasyAdapter(CallableClient(embed_colour, returns="embeddings"), ssms=("tfidf-lr", "embedding-lr"),
+                       n_clusters=2, cv_folds=2).fit(train, val)
+    assert both.regions_.featurizer == "blackbox"  # the box's embeddings, fetched anyway
+    assert both.predict(val.texts).shape == (len(val),)
+
+
+def test_answers_asked_chunk_by_chunk_equal_one_pass(split):
+    from exotune.ea.client import Ledger
+    from exotune.ea.model import LMAnswers
+
+    texts = split[0].texts[:30]
+
+    def some_scores(text, labels):  # scores for some answers only, an unparseable one too
+        i = texts.index(text)
+        if i == 3:
+            return {"label": None}
+        return {"label": i % 3, "scores": [0.2, 0.3, 0.5]} if i >= 20 else {"label": i % 3, "confidence": 0.5}
+
+    for client in (CallableClient(weak_on_green), CallableClient(embed_colour, returns="embeddings"),
+                   CallableClient(some_scores)):
+        whole = LMAnswers.from_outputs(client.run(texts, COLOURS), len(COLOURS))
+        chunked = LMAnswers.ask(client, texts, COLOURS, Ledger(), chunk=7)
+        for name in ("labels", "scores", "confidence", "embeddings"):
+            a, b = getattr(whole, name), getattr(chunked, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                np.testing.assert_array_equal(b, a.astype(b.dtype))

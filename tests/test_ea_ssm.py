@@ -114,3 +114,73 @@ def test_lsa_featurizer_is_float32_and_unit_norm():
     assert f.dtype == np.float32 and f.shape == (120, 4)
     np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, atol=1e-5)
     assert all(lsa.tfidf_.transform(data.texts).getnnz(axis=0) >= 2)
+
+
+@pytest.mark.parametrize("name", [n for n in SSMS if make_ssm(n).encoder() is not None])
+def test_encoded_fit_is_the_plain_fit(name):
+    # EasyAdapter fits an SSM's encoder once and then only heads on encoded rows: the model a
+    # user gets must be the one a plain fit gives
+    data = colour_task(60)
+    a = make_ssm(name)
+    X, y = inputs_for(a, data), np.array(data.labels)
+    a.fit(X, y)
+    from exotune.ea.ssm import fit_encoder
+
+    b = make_ssm(name)
+    encoder = fit_encoder(b.encoder(), b._prep(X))
+    b.fit_encoded(encoder, encoder.transform(b._prep(X)), y)
+    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-6)
+    np.testing.assert_allclose(b.predict_proba_encoded(encoder.transform(b._prep(X[:5]))), a.predict_proba(X[:5]),
+                               rtol=1e-6)
+    with pytest.raises(ConfigError, match="rows"):
+        make_ssm(name).fit_encoded(encoder, encoder.transform(b._prep(X)), y[:-1])
+
+
+def test_scaler_encoder_fitted_in_chunks_equals_one_fit():
+    from sklearn.preprocessing import StandardScaler
+
+    from exotune.ea.ssm import fit_encoder
+
+    X = np.random.default_rng(0).normal(size=(2500, 7)).astype(np.float32)
+    chunked, whole = fit_encoder(StandardScaler(), X, chunk=1000), StandardScaler().fit(X)
+    np.testing.assert_allclose(chunked.mean_, whole.mean_, rtol=1e-6)
+    np.testing.assert_allclose(chunked.scale_, whole.scale_, rtol=1e-5)
+
+
+def test_router_features_match_their_definition():
+    from exotune.ea.router import full_features, gate_features
+
+    rng = np.random.default_rng(1)
+    P = rng.dirichlet(np.ones(6), size=40)
+    acc = rng.random((40, 2))
+    G = gate_features(P, acc)
+    top = np.sort(P, axis=1)
+    entropy = -(P * np.log(np.clip(P, 1e-12, 1))).sum(axis=1) / np.log(6)
+    np.testing.assert_allclose(G, np.column_stack([top[:, -1], top[:, -1] - top[:, -2], entropy, acc]), atol=1e-12)
+    scores = rng.dirichlet(np.ones(6), size=40).astype(np.float32)
+    scores[::3] = np.nan  # the box gave no scores for these rows
+    lm = rng.integers(-1, 6, size=40)
+    F = full_features(P, acc, lm, scores, None)
+    np.testing.assert_array_equal(F[:, :5], G)
+    pred, has = P.argmax(axis=1), ~np.isnan(scores).any(axis=1)
+    np.testing.assert_allclose(F[:, 10], np.where(has, np.nan_to_num(scores)[np.arange(40), pred], 0), rtol=1e-6)
+    np.testing.assert_allclose(F[:, 11], np.where(has, np.nan_to_num(scores).max(axis=1), 0), rtol=1e-6)
+    np.testing.assert_array_equal(F[:, 12], has)
+    assert not np.isnan(F).any()
+    np.testing.assert_array_equal(full_features(P, acc, lm, scores, None, gate=G), F)
+
+
+def test_transform_in_chunks_equals_one_transform():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import StandardScaler
+
+    from exotune.ea.ssm import transform_in_chunks
+
+    texts = colour_task(50).texts
+    vec = TfidfVectorizer().fit(texts)
+    chunked = transform_in_chunks(vec, texts, chunk=7)
+    assert chunked.format == "csr"
+    np.testing.assert_allclose(chunked.toarray(), vec.transform(texts).toarray())
+    X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    scaler = StandardScaler().fit(X)
+    np.testing.assert_array_equal(transform_in_chunks(scaler, X, chunk=7), scaler.transform(X))

@@ -8,6 +8,7 @@ per request, retries with exponential backoff and jitter on transient errors, an
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import random
@@ -20,6 +21,9 @@ from typing import ClassVar
 import numpy as np
 
 from exotune.errors import BlackBoxError, ConfigError, DataError, TransientBlackBoxError
+
+#: set inside the event loops that ``BlackBoxClient.run`` makes for itself: nothing else runs there
+_PRIVATE_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("exotune_private_loop", default=False)
 
 
 @dataclass
@@ -137,15 +141,19 @@ class BlackBoxClient(ABC):
 
     def run(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None) -> list[BlackBoxOutput]:
         """Blocking form of :meth:`arun` (works inside a running event loop too, via a thread)."""
+        async def private():
+            _PRIVATE_LOOP.set(True)
+            return await self.arun(texts, label_names, ledger)
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self.arun(texts, label_names, ledger))
+            return asyncio.run(private())
         result: dict = {}
 
         def target():
             try:
-                result["out"] = asyncio.run(self.arun(texts, label_names, ledger))
+                result["out"] = asyncio.run(private())
             except BaseException as err:  # re-raised in the caller's thread
                 result["err"] = err
 
@@ -202,6 +210,14 @@ class BlackBoxClient(ABC):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         return done
+
+    async def _blocking(self, fn, *args):
+        """``fn(*args)``, a blocking call: in a worker thread, or right here when this loop is
+        :meth:`run`'s own and requests go one at a time (nothing else to keep running, and no
+        worker thread whose malloc arena keeps megabytes after the run)."""
+        if self.max_concurrency == 1 and _PRIVATE_LOOP.get():
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     async def _with_retries(self, batch, label_names, ledger) -> list[BlackBoxOutput]:
         outs = await self._retrying(lambda: self._request(batch, label_names), ledger)

@@ -25,30 +25,43 @@ FULL_FEATURES = [*GATE_FEATURES, "agree", "lm_parsed", "ssm_p_at_lm", "lm_conf",
 
 def gate_features(P: np.ndarray, region_acc: np.ndarray) -> np.ndarray:
     """(N, 5) from SSM probabilities P (N, C) and region LM accuracies (N, 2)."""
-    top = np.sort(P, axis=1)
-    second = top[:, -2] if P.shape[1] > 1 else np.zeros(len(P))
-    ent = -(P * np.log(np.clip(P, 1e-12, 1))).sum(axis=1) / np.log(max(P.shape[1], 2))
-    return np.column_stack([top[:, -1], top[:, -1] - second, ent, region_acc])
+    c = P.shape[1]
+    if c > 1:
+        top2 = np.partition(P, c - 2, axis=1)[:, -2:]  # one (N, C) scratch, not a full sort
+        first, second = top2.max(axis=1), top2.min(axis=1)
+    else:
+        first, second = P[:, 0], np.zeros(len(P))
+    plogp = np.clip(P, 1e-12, 1)
+    np.log(plogp, out=plogp)
+    plogp *= P
+    ent = -plogp.sum(axis=1) / np.log(max(c, 2))
+    return np.column_stack([first, first - second, ent, region_acc])
 
 
-def full_features(P, region_acc, lm_label, lm_scores=None, lm_conf=None) -> np.ndarray:
-    """(N, 13): the gate features plus what the LM said. ``lm_label`` is -1 where unparseable;
-    ``lm_scores`` (N, C) and ``lm_conf`` (N,) hold NaN where the box gave none."""
+def full_features(P, region_acc, lm_label, lm_scores=None, lm_conf=None, gate=None) -> np.ndarray:
+    """(N, 13): the gate features (``gate``, when already computed) plus what the LM said.
+    ``lm_label`` is -1 where unparseable; ``lm_scores`` (N, C) and ``lm_conf`` (N,) hold NaN
+    where the box gave none."""
     n, c = P.shape
     rows = np.arange(n)
     lm_label = np.asarray(lm_label, dtype=int)
     parsed = lm_label >= 0
     ssm_pred = P.argmax(axis=1)
-    scores = np.full((n, c), np.nan) if lm_scores is None else np.asarray(lm_scores, dtype=float)
     conf = np.full(n, np.nan) if lm_conf is None else np.asarray(lm_conf, dtype=float)
-    has_scores = ~np.isnan(scores).any(axis=1)
-    scores = np.nan_to_num(scores, nan=0.0)
+    if lm_scores is None:
+        at_ssm = top = np.zeros(n)
+        has_scores = np.zeros(n, dtype=bool)
+    else:  # per-row reads of the (N, C) scores: no (N, C) copies
+        scores = np.asarray(lm_scores)
+        has_scores = ~np.isnan(scores).any(axis=1)
+        at_ssm = np.where(has_scores, scores[rows, ssm_pred], 0.0)
+        top = np.where(has_scores, np.fmax.reduce(scores, axis=1), 0.0)
     return np.column_stack([
-        gate_features(P, region_acc),
+        gate_features(P, region_acc) if gate is None else gate,
         (lm_label == ssm_pred).astype(float), parsed.astype(float),
         np.where(parsed, P[rows, np.clip(lm_label, 0, c - 1)], 0.0),
         np.nan_to_num(conf, nan=0.0), (~np.isnan(conf)).astype(float),
-        scores[rows, ssm_pred], scores.max(axis=1), has_scores.astype(float),
+        at_ssm, top, has_scores.astype(float),
     ])
 
 

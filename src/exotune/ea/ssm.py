@@ -9,7 +9,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neural_network import MLPClassifier
@@ -21,9 +24,20 @@ from exotune.errors import ConfigError, NotFittedError
 
 
 class _SSM(ClassifierMixin, BaseEstimator):
-    """Shared inference: a fitted ``model_`` with ``classes_``."""
+    """An SSM is an optional label-free ``encoder`` (fitted on inputs alone) and a supervised
+    ``head``. ``fit`` fits both; :class:`~exotune.ea.EasyAdapter` fits the encoder once on all
+    training inputs and then only heads, fold after fold, on rows of the encoded matrix."""
 
     input_kind = "text"
+    _capped = True  # iterations capped on purpose: convergence warnings are expected, not news
+
+    def encoder(self):
+        """A new, unfitted label-free transformer of the inputs, or None."""
+        return None
+
+    def head(self):
+        """A new, unfitted scikit-learn classifier (or pipeline) over the encoded inputs."""
+        raise NotImplementedError
 
     def _check(self):
         if not hasattr(self, "model_"):
@@ -37,26 +51,78 @@ class _SSM(ClassifierMixin, BaseEstimator):
         self._check()
         return self.model_.predict_proba(self._prep(X))
 
+    def predict_proba_encoded(self, Z) -> np.ndarray:
+        """``predict_proba`` of inputs already passed through this SSM's fitted encoder."""
+        self._check()
+        return self.model_[-1].predict_proba(Z)
+
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
-    def _fit_model(self, model, X, y, sample_weight):
-        X, y = self._prep(X), np.asarray(y)
-        if len(X) != len(y):
-            raise ConfigError(f"X has {len(X)} rows but y has {len(y)}")
-        if sample_weight is None:
-            model.fit(X, y)
-        elif isinstance(model, Pipeline):
-            model.fit(X, y, **{f"{model.steps[-1][0]}__sample_weight": np.asarray(sample_weight)})
-        elif has_fit_parameter(model, "sample_weight"):
-            model.fit(X, y, sample_weight=np.asarray(sample_weight))
-        else:
-            warnings.warn(f"{type(model).__name__} takes no sample_weight; the underfit emphasis is ignored",
-                          stacklevel=3)
-            model.fit(X, y)
-        self.model_ = model
-        self.classes_ = np.asarray(model.classes_)
+    def fit(self, X, y, sample_weight=None):
+        X = self._prep(X)
+        encoder = self.encoder()
+        if encoder is None:
+            return self.fit_encoded(None, X, y, sample_weight)
+        return self.fit_encoded(fit_encoder(encoder, X), encoder.transform(X), y, sample_weight)
+
+    def fit_encoded(self, encoder, Z, y, sample_weight=None):
+        """Fit the head on ``Z``, the rows of X passed through ``encoder`` (already fitted, or
+        None when this SSM has none); predictions then take raw inputs as usual."""
+        y = np.asarray(y)
+        if _num_rows(Z) != len(y):
+            raise ConfigError(f"X has {_num_rows(Z)} rows but y has {len(y)}")
+        head, kwargs = self.head(), {}
+        if sample_weight is not None:
+            last = head.steps[-1][1] if isinstance(head, Pipeline) else head
+            if has_fit_parameter(last, "sample_weight"):
+                key = f"{head.steps[-1][0]}__sample_weight" if isinstance(head, Pipeline) else "sample_weight"
+                kwargs[key] = np.asarray(sample_weight)
+            else:
+                warnings.warn(f"{type(last).__name__} takes no sample_weight; the underfit emphasis is ignored",
+                              stacklevel=2)
+        with warnings.catch_warnings():
+            if self._capped:  # our own SSMs stop at max_iter on purpose: seconds, not minutes
+                warnings.simplefilter("ignore", ConvergenceWarning)
+            head.fit(Z, y, **kwargs)
+        self.model_ = Pipeline([("encode", encoder or "passthrough"), ("clf", head)])
+        self.classes_ = np.asarray(head.classes_)
         return self
+
+
+def fit_encoder(encoder, X, chunk: int = 1024):
+    """Fit a label-free encoder; one that learns incrementally (a scaler) learns in chunks of
+    rows, so it never holds a float64 copy of a whole float32 matrix. A projection asked for
+    more components than the data has keeps them all."""
+    k = encoder.get_params().get("n_components")
+    if isinstance(k, int) and hasattr(X, "shape") and k > min(X.shape):
+        encoder.set_params(n_components=min(X.shape))
+    if hasattr(encoder, "partial_fit") and isinstance(X, np.ndarray):
+        for start in range(0, len(X), chunk):
+            encoder.partial_fit(X[start:start + chunk])
+        return encoder
+    return encoder.fit(X)
+
+
+def transform_in_chunks(encoder, X, chunk: int = 2048):
+    """``encoder.transform(X)``, ``chunk`` rows at a time: the transform's scratch (TF-IDF's
+    counts and copies) is a chunk's, not the whole matrix's. Dense rows fill one array."""
+    n = _num_rows(X)
+    if n <= chunk:
+        return encoder.transform(X)
+    first = encoder.transform(X[:chunk])
+    if sparse.issparse(first):
+        return sparse.vstack([first, *(encoder.transform(X[i:i + chunk]) for i in range(chunk, n, chunk))],
+                             format="csr")
+    out = np.empty((n, first.shape[1]), dtype=first.dtype)
+    out[:chunk] = first
+    for i in range(chunk, n, chunk):
+        out[i:i + chunk] = encoder.transform(X[i:i + chunk])
+    return out
+
+
+def _num_rows(X) -> int:
+    return X.shape[0] if hasattr(X, "shape") else len(X)
 
 
 class TfidfLogRegSSM(_SSM):
@@ -65,25 +131,35 @@ class TfidfLogRegSSM(_SSM):
     Memory is the point of SGD here: multinomial lbfgs keeps some 25 float64 copies of the
     (classes, features) weights for its history (over 1 GB at 77 classes and 30k n-grams);
     SGD keeps one float32 copy, on float32 features. Validation accuracy on Banking77 is as
-    good (0.892-0.895 against lbfgs's 0.871 at 100 iterations).
+    good (0.892-0.895 against lbfgs's 0.871 at 100 iterations). Character 3-4-grams: a third
+    fewer stored entries than 2-4-grams, as accurate on validation (0.895 against 0.892). The
+    one-vs-rest problems run on ``n_jobs`` threads (shared memory: no copies).
     """
 
-    def __init__(self, alpha: float = 1e-5, word_ngrams=(1, 2), char_ngrams=(2, 4), max_iter: int = 15,
-                 random_state: int = 0):
+    def __init__(self, alpha: float = 1e-5, word_ngrams=(1, 2), char_ngrams=(3, 4), max_iter: int = 15,
+                 n_jobs: int | None = -1, random_state: int = 0):
         self.alpha, self.word_ngrams, self.char_ngrams = alpha, word_ngrams, char_ngrams
-        self.max_iter, self.random_state = max_iter, random_state
+        self.max_iter, self.n_jobs, self.random_state = max_iter, n_jobs, random_state
 
-    def fit(self, X, y, sample_weight=None):
-        features = FeatureUnion([
+    def encoder(self):
+        return FeatureUnion([
             ("word", TfidfVectorizer(ngram_range=tuple(self.word_ngrams), sublinear_tf=True, dtype=np.float32)),
             ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.char_ngrams), sublinear_tf=True,
                                      min_df=2, dtype=np.float32)),
         ])
-        clf = SGDClassifier(loss="log_loss", alpha=self.alpha, max_iter=self.max_iter, tol=1e-4,
-                            random_state=self.random_state)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SGD stops at max_iter on purpose: seconds, not minutes
-            return self._fit_model(Pipeline([("features", features), ("clf", clf)]), X, y, sample_weight)
+
+    def head(self):
+        return SGDClassifier(loss="log_loss", alpha=self.alpha, max_iter=self.max_iter, tol=1e-4,
+                             n_jobs=self.n_jobs, random_state=self.random_state)
+
+    def fit_encoded(self, encoder, Z, y, sample_weight=None):
+        super().fit_encoded(encoder, Z, y, sample_weight)
+        del Z  # a fold's rows: gone (when the caller kept none) before the weights are copied below
+        clf = self.model_[-1]
+        # column-major weights: predictions multiply sparse rows by coef_.T, which is then
+        # contiguous; in row-major order every prediction made a copy (77 x 30k floats, 9 MB)
+        clf.coef_ = np.asfortranarray(clf.coef_)
+        return self
 
 
 class EmbeddingMLPSSM(_SSM):
@@ -94,39 +170,47 @@ class EmbeddingMLPSSM(_SSM):
     def __init__(self, hidden: int = 256, alpha: float = 1e-3, max_iter: int = 200, random_state: int = 0):
         self.hidden, self.alpha, self.max_iter, self.random_state = hidden, alpha, max_iter, random_state
 
-    def fit(self, X, y, sample_weight=None):
-        mlp = MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, max_iter=self.max_iter,
-                            early_stopping=False, random_state=self.random_state)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence warnings on tiny data
-            return self._fit_model(Pipeline([("scale", StandardScaler()), ("mlp", mlp)]), X, y, sample_weight)
+    def encoder(self):
+        return StandardScaler()
+
+    def head(self):
+        return MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, max_iter=self.max_iter,
+                             early_stopping=False, random_state=self.random_state)
 
 
 class EmbeddingLogRegSSM(_SSM):
-    """Logistic regression over the black box's embeddings."""
+    """Logistic regression over the black box's embeddings, whitened by PCA onto their
+    ``n_components`` leading directions (None: all). Chosen on Banking77 validation (384-d
+    MiniLM embeddings): 256 whitened directions at C=0.3 reach 0.903 in ~8 lbfgs steps, where
+    all 384 standardised took ~22 for 0.898; the encoded rows take two thirds of the memory."""
 
     input_kind = "embedding"
 
-    def __init__(self, C: float = 10.0, max_iter: int = 500):
-        self.C, self.max_iter = C, max_iter
+    def __init__(self, C: float = 0.3, tol: float = 1e-3, max_iter: int = 500, n_components: int | None = 256):
+        self.C, self.tol, self.max_iter, self.n_components = C, tol, max_iter, n_components
 
-    def fit(self, X, y, sample_weight=None):
-        model = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=self.C, max_iter=self.max_iter))])
-        return self._fit_model(model, X, y, sample_weight)
+    def encoder(self):
+        # the covariance solver reads the (N, D) rows once, through a (D, D) matrix: no copies
+        return PCA(n_components=self.n_components, whiten=True, svd_solver="covariance_eigh")
+
+    def head(self):
+        return LogisticRegression(C=self.C, tol=self.tol, max_iter=self.max_iter)
 
 
 class SklearnSSM(_SSM):
     """Any scikit-learn classifier (or pipeline) with ``predict_proba``, over texts or embeddings."""
 
+    _capped = False  # the user's estimator: its warnings are theirs to see
+
     def __init__(self, estimator=None, input_kind: str = "text"):
         self.estimator, self.input_kind = estimator, input_kind
 
-    def fit(self, X, y, sample_weight=None):
+    def head(self):
         if self.input_kind not in ("text", "embedding"):
             raise ConfigError(f"input_kind must be 'text' or 'embedding', got {self.input_kind!r}")
         if self.estimator is None or not hasattr(self.estimator, "predict_proba"):
             raise ConfigError(f"estimator must be a scikit-learn classifier with predict_proba, got {self.estimator!r}")
-        return self._fit_model(clone(self.estimator), X, y, sample_weight)
+        return clone(self.estimator)
 
 
 SSMS: dict[str, type] = {}
@@ -158,9 +242,11 @@ def make_ssm(spec):
     raise ConfigError(f"an SSM must be a name ({sorted(SSMS)}) or a classifier with predict_proba, got {spec!r}")
 
 
-def full_proba(model, X, num_classes: int) -> np.ndarray:
-    """``predict_proba`` spread over all ``num_classes`` labels (a fold may miss some classes)."""
-    p = model.predict_proba(X)
+def full_proba(model, X, num_classes: int, encoded: bool = False) -> np.ndarray:
+    """``predict_proba`` spread over all ``num_classes`` labels (a fold may miss some classes).
+    ``encoded``: X already went through the SSM's encoder."""
+    p = model.predict_proba_encoded(X) if encoded else model.predict_proba(X)
     out = np.zeros((p.shape[0], num_classes))
     out[:, np.asarray(model.classes_, dtype=int)] = p
-    return out
+    total = out.sum(axis=1, keepdims=True)  # float32 probabilities sum to 1 only within ~1e-7
+    return np.divide(out, total, out=out, where=total > 0)
