@@ -184,3 +184,23 @@ def test_transform_in_chunks_equals_one_transform():
     X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     scaler = StandardScaler().fit(X)
     np.testing.assert_array_equal(transform_in_chunks(scaler, X, chunk=7), scaler.transform(X))
+
+
+def test_lm_first_never_costs_the_ssm_accuracy_on_validation():
+    # a weak LM asked about everything: validation chooses how readily its answers are taken,
+    # down to never, so lm-first is at least as good as the SSM alone there
+    rng = np.random.default_rng(3)
+    n = 400
+    G = rng.normal(size=(n, 5))
+    F = np.column_stack([G, rng.normal(size=(n, 8))])
+    ssm_ok = (rng.random(n) < 0.9).astype(int)
+    lm_ok = (rng.random(n) < 0.4).astype(int)
+    fit_rows, val_rows = slice(0, 200), slice(200, None)
+    r = Router("lm-first").fit(G[fit_rows], F[fit_rows], ssm_ok[fit_rows], lm_ok[fit_rows])
+    r.calibrate(G[val_rows], F[val_rows], ssm_ok[val_rows], lm_ok[val_rows])
+    assert r.val_curve_[-1]["share"] == 1.0 and r.share_ == 1.0
+    assert r.val_curve_[-1]["accuracy"] >= ssm_ok[val_rows].mean()
+    assert r.trust_lm_ in (0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
+    keep = r.keep_ssm(F[val_rows])
+    routed = np.where(keep, ssm_ok[val_rows], lm_ok[val_rows])
+    assert routed.mean() == r.val_curve_[-1]["accuracy"]

@@ -4,7 +4,9 @@ Two small logistic regressions, both learned on out-of-fold predictions (never o
 was fit on): the *gate* estimates P(SSM right) from LM-free features; the *chooser*, trained on
 rows where exactly one of SSM and LM is right, estimates P(SSM right rather than LM) once the LM
 has answered. ``ssm-first`` sends the lowest-gate inputs to the LM, as many as ``budget``
-allows and as validation accuracy rewards; ``lm-first`` asks the LM always.
+allows and as validation accuracy rewards; ``lm-first`` asks the LM always. Validation also
+sets how readily an asked LM's answer is taken (``trust_lm_``), so that a weak LM asked
+anyway costs the SSM's accuracy nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from sklearn.preprocessing import StandardScaler
 from exotune.errors import ConfigError, NotFittedError
 
 POLICIES = ("ssm-first", "lm-first")
+#: how readily an asked LM's answer replaces the SSM's: taken when the chooser's P(SSM right
+#: rather than LM) is below this; 0.5 is the chooser's own call, 0 never takes the LM's
+TRUST_LM = (0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 GATE_FEATURES = ["ssm_conf", "ssm_margin", "ssm_entropy", "lm_acc_class", "lm_acc_cluster"]
 FULL_FEATURES = [*GATE_FEATURES, "agree", "lm_parsed", "ssm_p_at_lm", "lm_conf", "has_lm_conf",
                  "lm_score_at_ssm", "lm_score_max", "has_lm_scores"]
@@ -121,7 +126,7 @@ class Router(BaseEstimator):
     def keep_ssm(self, F) -> np.ndarray:
         """Boolean mask over asked inputs: keep the SSM's answer (else the LM's)."""
         self._check()
-        return _p1(self.chooser_, F) >= 0.5
+        return _p1(self.chooser_, F) >= getattr(self, "trust_lm_", 0.5)  # saved before it was calibrated
 
     def curve(self, G, F, ssm_correct, lm_correct, shares=None) -> list[dict]:
         """Accuracy when the ``share`` lowest-gate inputs go to the LM (F, lm_correct for all rows)."""
@@ -139,15 +144,23 @@ class Router(BaseEstimator):
         return out
 
     def calibrate(self, G, F, ssm_correct, lm_correct) -> Router:
-        """Choose the gate threshold on validation: the best accuracy with at most ``budget`` asked."""
+        """Choose on validation the gate threshold (the best accuracy with at most ``budget`` of
+        the inputs asked; all of them for ``lm-first``) and how readily an asked LM's answer is
+        taken (``trust_lm_``, from :data:`TRUST_LM`; ties keep the chooser's own call)."""
         self._check()
         self._validate()
-        self.val_curve_ = self.curve(G, F, ssm_correct, lm_correct)
+        chosen = None
+        for trust in TRUST_LM:
+            self.trust_lm_ = trust
+            curve = self.curve(G, F, ssm_correct, lm_correct)
+            allowed = [curve[-1]] if self.policy == "lm-first" else [c for c in curve if c["share"] <= self.budget + 1e-9]
+            point = max(allowed, key=lambda c: (c["accuracy"], -c["share"]))
+            if chosen is None or point["accuracy"] > chosen[0]["accuracy"] + 1e-12:
+                chosen = (point, trust, curve)
+        best, self.trust_lm_, self.val_curve_ = chosen
         if self.policy == "lm-first":
             self.share_ = 1.0
             return self
-        allowed = [c for c in self.val_curve_ if c["share"] <= self.budget + 1e-9]
-        best = max(allowed, key=lambda c: (c["accuracy"], -c["share"]))
         g = np.sort(self.gate_score(G))
         k = int(round(best["share"] * len(g)))
         if k == 0:
