@@ -112,7 +112,9 @@ def check_texts(texts, name: str = "texts") -> list[str]:
 
 class EasyAdapter(BaseEstimator):
     """Easy Adaptation (arXiv 2512.17771). ``lm``: a black-box client that labels texts;
-    ``embedder``: an optional client giving embeddings (the LM itself if it provides them)."""
+    ``embedder``: an optional client giving embeddings (the LM itself if it provides them);
+    ``featurizer``: what the regions are clustered on: "auto" (the box's embeddings when fit
+    fetches them for an SSM, else TF-IDF), "tfidf", "blackbox" or a scikit-learn transformer."""
 
     def __init__(self, lm=None, embedder=None, ssms=("tfidf-lr",), featurizer="auto", n_clusters: int = 8,
                  policy: str = "ssm-first", budget: float = 0.3, cv_folds: int = 3, underfit_weight: float = 1.0,
