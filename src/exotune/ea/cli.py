@@ -25,7 +25,8 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="environment variable holding the API key or bearer token "
                         "(default: OPENAI_API_KEY; served-box: EXOTUNE_TOKEN)")
     g.add_argument("--cache", default=None, help="SQLite response cache (default: OUTPUT_DIR.responses.sqlite)")
-    g.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
+    g.add_argument("--concurrency", type=int, default=None,
+                   help="requests in flight at once (default: 4; served-box: 1, it computes one batch at a time)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
     g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts (default: 4)")
 
@@ -82,15 +83,14 @@ def make_client(cfg: dict, args):
     from exotune.ea.cache import ResponseCache
     from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient, ServedBoxClient
 
+    common = {"cache": ResponseCache(cfg["cache"]), "timeout": args.timeout, "max_retries": args.max_retries}
+    if args.concurrency is not None:  # else each client's own default
+        common["max_concurrency"] = args.concurrency
     if cfg["lm"] == "served-box":
         token = os.environ.get(cfg["api_key_env"] or "EXOTUNE_TOKEN")
-        return ServedBoxClient(cfg["base_url"], token, returns=cfg["returns"] or "labels",
-                               cache=ResponseCache(cfg["cache"]), max_concurrency=args.concurrency,
-                               timeout=args.timeout, max_retries=args.max_retries)
+        return ServedBoxClient(cfg["base_url"], token, returns=cfg["returns"] or "labels", **common)
     cls = OpenAIChatClient if cfg["lm"] == "openai-chat" else OpenAIEmbeddingClient
-    return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or "OPENAI_API_KEY",
-               cache=ResponseCache(cfg["cache"]), max_concurrency=args.concurrency, timeout=args.timeout,
-               max_retries=args.max_retries)
+    return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or "OPENAI_API_KEY", **common)
 
 
 def cmd_fit(args) -> int:
