@@ -130,3 +130,10 @@ def test_from_pretrained_is_load_box(tiny_backbone):
     a = TextEncoderBox.from_pretrained(str(tiny_backbone))
     b = load_box(str(tiny_backbone))
     assert a.spec == b.spec
+
+
+def test_limits_split_a_call_into_batches_the_owner_accepts():
+    limits = BoxLimits(max_batch=3)
+    assert limits.batches(list("abcdefg")) == [list("abc"), list("def"), list("g")]
+    assert limits.batches([]) == []
+    assert [len(b) for b in BoxLimits(max_batch=4).batches(list(range(8)))] == [4, 4]

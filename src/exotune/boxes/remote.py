@@ -80,9 +80,8 @@ class RemoteBox(Box):
     def scores(self, texts: list[str], labels: list[str]) -> torch.Tensor:
         """Cosine similarity (N, L) of each text's output with each label text's: zero-shot."""
         texts, labels = check_texts(texts), check_texts(labels)
-        step = self.spec.limits.max_batch
-        outs = [self._get(self._tensors("POST", "/v1/scores", json={"texts": texts[i : i + step], "labels": labels}),
-                          "scores") for i in range(0, len(texts), step)]
+        outs = [self._get(self._tensors("POST", "/v1/scores", json={"texts": part, "labels": labels}), "scores")
+                for part in self.spec.limits.batches(texts)]
         return torch.cat(outs) if outs else torch.zeros(0, len(labels))
 
     def close(self) -> None:

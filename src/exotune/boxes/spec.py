@@ -42,6 +42,10 @@ class BoxLimits:
                 f"BoxLimits needs max_batch >= 1 and max_length >= 2, got {self.max_batch}, {self.max_length}"
             )
 
+    def batches(self, items):
+        """``items`` in consecutive slices of at most ``max_batch``: what one call may take."""
+        return [items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)]
+
 
 @dataclass(frozen=True)
 class ImageSpec:

@@ -303,9 +303,8 @@ class ServedBoxClient(BlackBoxClient):
     def _post(channel, path: str, name: str, texts: list[str], width: int, **body) -> np.ndarray:
         from exotune.boxes.http import get
 
-        step = channel.spec.limits.max_batch
-        parts = [get(channel.message("POST", path, arrays=True, json={"texts": texts[i:i + step], **body}),
-                     name, (len(texts[i:i + step]), width)) for i in range(0, len(texts), step)]
+        parts = [get(channel.message("POST", path, arrays=True, json={"texts": part, **body}), name, (len(part), width))
+                 for part in channel.spec.limits.batches(texts)]
         return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
 
     async def _call(self, fn, *args):

@@ -129,8 +129,7 @@ class ImageTextRetriever(nn.Module):
 
     @staticmethod
     def _forward(tower: GrayBoxModel, inputs: list) -> torch.Tensor:
-        step = tower.box.spec.limits.max_batch  # the owner's limit: split larger batches
-        return torch.cat([tower(inputs[i : i + step]) for i in range(0, len(inputs), step)])
+        return torch.cat([tower(part) for part in tower.box.spec.limits.batches(inputs)])  # the owner's limit
 
     # -- artifacts ------------------------------------------------------------------------------
 

@@ -201,8 +201,7 @@ class TwoTowerRetriever(nn.Module):
         return nn.functional.cross_entropy(logits, torch.tensor([column[t] for t in targets]))
 
     def _forward(self, tower: nn.Module, texts: list[str]) -> torch.Tensor:
-        step = self.box.spec.limits.max_batch  # the owner's limit: split larger candidate sets
-        return torch.cat([tower(texts[i : i + step]) for i in range(0, len(texts), step)])
+        return torch.cat([tower(part) for part in self.box.spec.limits.batches(texts)])  # the owner's limit
 
 
 class DualEncoder(TwoTowerRetriever):
