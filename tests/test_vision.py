@@ -565,6 +565,21 @@ def test_cli_image_classification(clip_folder, shape_folder, tmp_path, capsys):
     assert "accuracy" in json.loads(capsys.readouterr().out)
 
 
+def test_cli_image_training_is_repeatable_with_a_seed(clip_folder, shape_folder, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    common = ["train", "--task", "image-classification", "--images", str(shape_folder), "--backbone",
+              str(clip_folder), "--epochs", "1", "--batch-size", "9", "--quiet", "--entry-tokens", "2"]
+    runs = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert main([*common, "--seed", seed, "--output-dir", str(tmp_path / name)]) == 0
+        runs.append(load_file(tmp_path / name / "best" / "adapter_model.safetensors"))
+    capsys.readouterr()
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])  # same seed: the same adapter
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])  # another seed: another start
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [(["--task", "image-retrieval", "--images", "{images}", "--backbone", "{clip}"], "needs --captions"),

@@ -76,6 +76,7 @@ def train(args, text_dga, train_cfg) -> int:
     from exotune.tasks.classification import ClassificationConfig
     from exotune.tasks.image_classification import ImageClassifier
     from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
+    from exotune.train import seed_everything
 
     _check(args)
     image_dga = base._dga_config(args, "image")
@@ -84,6 +85,7 @@ def train(args, text_dga, train_cfg) -> int:
     train_data, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
         train_data = train_data.head(args.max_train, seed=args.seed)
+    seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "image-retrieval":
         text_box, image_box = load_clip_boxes(args.backbone, **lga)
         temperature = args.temperature if args.temperature is not None else ImageTextConfig.temperature
