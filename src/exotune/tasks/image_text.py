@@ -24,7 +24,7 @@ from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
 from exotune.tasks.metrics import image_text_recalls
-from exotune.tasks.retrieval import encode_normalized
+from exotune.tasks.retrieval import encode_in_eval
 
 ADAPTER_TYPE = "dga-image-text-retriever"
 
@@ -86,14 +86,7 @@ class ImageTextRetriever(nn.Module):
     # -- encoding -----------------------------------------------------------------------------
 
     def _encode(self, tower: GrayBoxModel, inputs: list, batch_size: int, progress: bool, desc: str):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return encode_normalized(tower, inputs, min(batch_size, tower.box.spec.limits.max_batch),
-                                         tower.box.spec.output_dim, progress, desc)
-        finally:
-            self.train(was_training)
+        return encode_in_eval(self, tower, inputs, tower.box, batch_size, progress, desc)
 
     def encode_texts(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         """L2-normalised caption embeddings (N, O)."""

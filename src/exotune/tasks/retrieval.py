@@ -65,6 +65,20 @@ def encode_normalized(fn: Callable[[list[str]], torch.Tensor], texts: list[str],
     return nn.functional.normalize(encode_sorted(fn, texts, batch_size, dim, progress, desc), dim=-1)
 
 
+def encode_in_eval(model: nn.Module, fn: Callable[[list], torch.Tensor], inputs: list, box, batch_size: int,
+                   progress: bool, desc: str) -> torch.Tensor:
+    """:func:`encode_normalized` with ``model`` in eval mode and no gradients, at most the box's
+    ``max_batch`` inputs per call; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return encode_normalized(fn, inputs, min(batch_size, box.spec.limits.max_batch), box.spec.output_dim,
+                                     progress, desc)
+    finally:
+        model.train(was_training)
+
+
 def exact_search(queries: torch.Tensor, docs: torch.Tensor, k: int = SEARCH_DEPTH) -> torch.Tensor:
     """Indices (Q, min(k, N)) of the best documents per query by inner product."""
     k = min(k, docs.shape[0])
@@ -108,21 +122,8 @@ class TwoTowerRetriever(nn.Module):
 
     # -- encoding and search ----------------------------------------------------------------
 
-    def _tower_fn(self, tower: nn.Module) -> Callable[[list[str]], torch.Tensor]:
-        def fn(texts: list[str]) -> torch.Tensor:
-            with torch.no_grad():
-                return tower(texts)  # (b, O)
-
-        return fn
-
     def _encode(self, tower: nn.Module, texts: list[str], batch_size: int, progress: bool, desc: str):
-        was_training = self.training
-        self.eval()
-        try:
-            return encode_normalized(self._tower_fn(tower), texts, min(batch_size, self.box.spec.limits.max_batch),
-                                     self.box.spec.output_dim, progress, desc)
-        finally:
-            self.train(was_training)
+        return encode_in_eval(self, tower, texts, self.box, batch_size, progress, desc)  # (N, O)
 
     def encode_queries(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         return self._encode(self.query_tower, texts, batch_size, progress, "encode queries")  # (Q, O)
