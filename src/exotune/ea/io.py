@@ -58,7 +58,7 @@ def save(model, path) -> Path:
         "lm": model.lm.describe() if model.lm is not None else None,
         "val_accuracy": model.val_accuracy_, "regions": model.regions_.table_,
         "router": {"threshold": float(model.router_.threshold_), "share": model.router_.share_,
-                   "trust_lm": getattr(model.router_, "trust_lm_", 0.5),
+                   "trust_lm": model.router_.trust_lm_,
                    "val_curve": model.router_.val_curve_},
     }
     return write_folder(path, {CONFIG: config, **files})

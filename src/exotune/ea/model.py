@@ -18,7 +18,7 @@ from exotune.data.text import TextLabelData
 from exotune.ea.client import BlackBoxOutput, Ledger
 from exotune.ea.regions import Regions
 from exotune.ea.router import Router, full_features, gate_features
-from exotune.ea.ssm import fit_encoder, full_proba, make_ssm, transform_in_chunks
+from exotune.ea.ssm import full_proba, make_ssm
 from exotune.errors import ConfigError, DataError, NotFittedError
 
 
@@ -63,10 +63,9 @@ class LMAnswers:
             has_emb = has_emb and part.embeddings is not None  # all or none, as from_outputs
             if not has_emb:
                 out.embeddings = None
-            elif out.embeddings is None:
-                out.embeddings = np.empty((n, part.embeddings.shape[1]), dtype=np.float32)
-                out.embeddings[rows] = part.embeddings
             else:
+                if out.embeddings is None:
+                    out.embeddings = np.empty((n, part.embeddings.shape[1]), dtype=np.float32)
                 out.embeddings[rows] = part.embeddings
             del part
         return out
@@ -134,12 +133,6 @@ class EasyAdapter(BaseEstimator):
             return self.lm
         return None
 
-    def _reads_raw_embeddings(self) -> bool:
-        """Does anything in fit still read raw embeddings once the SSMs' encoders have run?"""
-        raw = [i for i, s in enumerate(self.ssms) if getattr(make_ssm(s), "input_kind", "text") == "embedding"
-               and i not in self.encoders_]
-        return bool(raw) or (self.per_region_ssm and getattr(make_ssm(self.ssms[0]), "input_kind", "") == "embedding")
-
     def _needs_embeddings(self) -> bool:
         kinds = {getattr(s, "input_kind", "text") for s in getattr(self, "ssms_", [make_ssm(s) for s in self.ssms])}
         regions = getattr(self, "regions_", None)  # once fitted, what "auto" chose
@@ -194,17 +187,18 @@ class EasyAdapter(BaseEstimator):
         held-out folds' inputs, never their labels."""
         self.encoders_ = {}
         ssms = [make_ssm(spec) for spec in self.ssms]
+        reads_embeddings = [i for i, m in enumerate(ssms) if getattr(m, "input_kind", "text") == "embedding"]
         # embeddings first: once encoded, their raw copy can go before the text encoders run
-        for i in sorted(range(len(ssms)), key=lambda i: getattr(ssms[i], "input_kind", "text") != "embedding"):
-            encoder = ssms[i].encoder() if hasattr(ssms[i], "fit_encoded") else None
+        for i in sorted(range(len(ssms)), key=lambda i: i not in reads_embeddings):
+            if not hasattr(ssms[i], "encode"):  # a registered class outside _SSM: fitted on raw inputs
+                continue
+            encoder, Z = ssms[i].encode(views[ssms[i].input_kind], n_fit)
             if encoder is not None:
-                X = views[ssms[i].input_kind]
-                views[i] = transform_in_chunks(fit_encoder(encoder, ssms[i]._prep(X[:n_fit])), ssms[i]._prep(X))
-                self.encoders_[i] = encoder
-                del X
-                if not self._reads_raw_embeddings():
+                views[i], self.encoders_[i] = Z, encoder
+                if all(j in self.encoders_ for j in reads_embeddings):  # (specialists read SSM 0's view)
                     views["embedding"] = None
-                _release_memory(collect=False)
+            del Z
+            _release_memory(collect=False)
 
     def _fit_one(self, spec, i, views, y, w, rows):
         _release_memory(collect=False)  # the previous model's scratch, before this one's

@@ -87,6 +87,8 @@ def _p1(model, X) -> np.ndarray:
 
 
 class Router(BaseEstimator):
+    trust_lm_ = 0.5  # until calibrate() chooses it (routers saved before it did keep this)
+
     def __init__(self, policy: str = "ssm-first", budget: float = 0.3, C: float = 1.0):
         self.policy, self.budget, self.C = policy, budget, C
 
@@ -126,7 +128,7 @@ class Router(BaseEstimator):
     def keep_ssm(self, F) -> np.ndarray:
         """Boolean mask over asked inputs: keep the SSM's answer (else the LM's)."""
         self._check()
-        return _p1(self.chooser_, F) >= getattr(self, "trust_lm_", 0.5)  # saved before it was calibrated
+        return _p1(self.chooser_, F) >= self.trust_lm_
 
     def curve(self, G, F, ssm_correct, lm_correct, shares=None) -> list[dict]:
         """Accuracy when the ``share`` lowest-gate inputs go to the LM (F, lm_correct for all rows)."""

@@ -60,11 +60,17 @@ class _SSM(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def fit(self, X, y, sample_weight=None):
+        return self.fit_encoded(*self.encode(X), y, sample_weight)
+
+    def encode(self, X, n_fit: int | None = None):
+        """(encoder, Z): this SSM's encoder fitted on the first ``n_fit`` rows of X (all by
+        default) and every row of X through it; (None, X) when it has no encoder."""
         X = self._prep(X)
         encoder = self.encoder()
         if encoder is None:
-            return self.fit_encoded(None, X, y, sample_weight)
-        return self.fit_encoded(fit_encoder(encoder, X), encoder.transform(X), y, sample_weight)
+            return None, X
+        fit_encoder(encoder, X if n_fit is None else X[:n_fit])
+        return encoder, transform_in_chunks(encoder, X)
 
     def fit_encoded(self, encoder, Z, y, sample_weight=None):
         """Fit the head on ``Z``, the rows of X passed through ``encoder`` (already fitted, or
