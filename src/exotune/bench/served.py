@@ -123,9 +123,6 @@ def _drain(proc: subprocess.Popen, log: list[str]) -> None:
         del log[:-200]
 
 
-# -- what the suites read of another process (Linux /proc) ---------------------------------
-
-
 # -- the instrumented server (python -m exotune.bench.served) ---------------------------------
 
 
