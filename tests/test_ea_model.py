@@ -289,3 +289,14 @@ def test_answers_asked_chunk_by_chunk_equal_one_pass(split):
             assert (a is None) == (b is None), name
             if a is not None:
                 np.testing.assert_array_equal(b, a.astype(b.dtype))
+
+
+def test_answers_in_chunks_open_the_box_once_and_ask_each_text_once(split):
+    from exotune.ea.client import Ledger
+    from exotune.ea.model import LMAnswers
+
+    texts = split[0].texts[:20] * 2  # every text again in a later chunk
+    fn = counting(embed_colour)
+    chunked = LMAnswers.ask(CallableClient(fn, returns="embeddings"), texts, COLOURS, Ledger(), chunk=7)
+    assert fn.calls == len(COLOURS) + 20  # the label names once, then each distinct text once
+    np.testing.assert_array_equal(chunked.embeddings[:20], chunked.embeddings[20:])

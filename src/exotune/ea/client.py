@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -139,11 +140,12 @@ class BlackBoxClient(ABC):
         key = json.dumps({**self.describe(), "labels": list(label_names)}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
-    def run(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None) -> list[BlackBoxOutput]:
+    def run(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None, *,
+            chunk: int | None = None, collect=None) -> list[BlackBoxOutput] | None:
         """Blocking form of :meth:`arun` (works inside a running event loop too, via a thread)."""
         async def private():
             _PRIVATE_LOOP.set(True)
-            return await self.arun(texts, label_names, ledger)
+            return await self.arun(texts, label_names, ledger, chunk=chunk, collect=collect)
 
         try:
             asyncio.get_running_loop()
@@ -164,27 +166,52 @@ class BlackBoxClient(ABC):
             raise result["err"]
         return result["out"]
 
-    async def arun(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None) -> list[BlackBoxOutput]:
-        """Outputs for ``texts``, one per text; cached answers are never asked for again."""
+    async def arun(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None, *,
+                   chunk: int | None = None, collect=None) -> list[BlackBoxOutput] | None:
+        """Outputs for ``texts``, one per text; cached answers are never asked for again.
+
+        With ``collect``, the texts go ``chunk`` at a time and each chunk's outputs are handed to
+        ``collect(start, outputs)`` instead of returned: only one chunk's outputs (and those of
+        texts met again later) are alive at once. The box is opened once for the whole run."""
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"input {i} must be a non-empty string, got {t!r}")
         ledger = ledger if ledger is not None else Ledger()
         before, t0 = ledger.to_dict(), time.perf_counter()
-        fp = self.fingerprint(label_names)
-        known = self.cache.get_many(fp, texts) if self.cache is not None else {}
-        todo = list(dict.fromkeys(t for t in texts if t not in known))  # unique, in order
-        ledger.add(cache_hits=len(texts) - sum(1 for t in texts if t not in known))
-        if todo:
-            await self._open(list(label_names), ledger)
-            try:
-                known.update(await self._run_batches(todo, list(label_names), fp, ledger))
-            finally:
+        fp, labels = self.fingerprint(label_names), list(label_names)
+        step = chunk if collect is not None and chunk else max(len(texts), 1)
+        seen = Counter(texts) if step < len(texts) else None
+        again: dict[str, BlackBoxOutput] = {}  # answers to texts that come back in a later chunk
+        result: list[BlackBoxOutput] = []
+        opened = False
+        try:
+            for start in range(0, len(texts), step):
+                part = texts[start:start + step]
+                known = {t: again[t] for t in part if t in again}
+                if self.cache is not None:
+                    known.update(self.cache.get_many(fp, [t for t in part if t not in known]))
+                todo = list(dict.fromkeys(t for t in part if t not in known))  # unique, in order
+                ledger.add(cache_hits=len(part) - sum(1 for t in part if t not in known))
+                if todo:
+                    if not opened:
+                        await self._open(labels, ledger)
+                        opened = True
+                    known.update(await self._run_batches(todo, labels, fp, ledger))
+                outs = [known[t] for t in part]
+                if seen is not None:
+                    again.update((t, known[t]) for t in part if seen[t] > 1)
+                if collect is None:
+                    result = outs
+                else:
+                    collect(start, outs)
+                del known, outs
+        finally:
+            if opened:
                 await self._close()
         ledger.add(seconds=time.perf_counter() - t0)
         self.ledger.add(**{k: v - before[k] for k, v in ledger.to_dict().items()})
-        return [known[t] for t in texts]
+        return None if collect is not None else result
 
     async def _run_batches(self, todo, label_names, fp, ledger) -> dict[str, BlackBoxOutput]:
         sem = asyncio.Semaphore(self.max_concurrency)

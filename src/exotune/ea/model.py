@@ -46,15 +46,17 @@ class LMAnswers:
 
     @classmethod
     def ask(cls, client, texts: list[str], label_names: list[str], ledger: Ledger, chunk: int = 2048) -> LMAnswers:
-        """The client's answers for ``texts``, asked ``chunk`` texts at a time and copied into one
-        set of arrays: only one chunk's per-answer objects are alive at once, not all of them
-        beside their stacked copy (10,000 embeddings: 15 MB of arrays, 45 MB more the other way)."""
+        """The client's answers for ``texts``, collected ``chunk`` texts at a time into one set of
+        arrays: only one chunk's per-answer objects are alive at once, not all of them beside
+        their stacked copy (10,000 embeddings: 15 MB of arrays, 45 MB more the other way)."""
         n, c = len(texts), len(label_names)
         out = cls(np.full(n, -1, dtype=int), None, np.full(n, np.nan), None)
         has_emb = True
-        for start in range(0, n, chunk):
-            part = cls.from_outputs(client.run(texts[start:start + chunk], label_names, ledger), c)
-            rows = slice(start, start + len(part.labels))
+
+        def fill(start: int, outputs: list[BlackBoxOutput]) -> None:
+            nonlocal has_emb
+            part = cls.from_outputs(outputs, c)
+            rows = slice(start, start + len(outputs))
             out.labels[rows], out.confidence[rows] = part.labels, part.confidence
             if part.scores is not None:
                 if out.scores is None:
@@ -67,7 +69,8 @@ class LMAnswers:
                 if out.embeddings is None:
                     out.embeddings = np.empty((n, part.embeddings.shape[1]), dtype=np.float32)
                 out.embeddings[rows] = part.embeddings
-            del part
+
+        client.run(texts, label_names, ledger, chunk=chunk, collect=fill)
         return out
 
     def take(self, idx) -> LMAnswers:
