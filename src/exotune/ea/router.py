@@ -133,17 +133,7 @@ class Router(BaseEstimator):
     def curve(self, G, F, ssm_correct, lm_correct, shares=None) -> list[dict]:
         """Accuracy when the ``share`` lowest-gate inputs go to the LM (F, lm_correct for all rows)."""
         self._check()
-        shares = np.linspace(0, 1, 21) if shares is None else np.asarray(shares)
-        order = np.argsort(self.gate_score(G), kind="stable")
-        keep = self.keep_ssm(F)
-        routed = np.where(keep, ssm_correct, lm_correct)
-        out = []
-        for s in shares:
-            k = int(round(s * len(order)))
-            correct = np.asarray(ssm_correct, dtype=float).copy()
-            correct[order[:k]] = routed[order[:k]]
-            out.append({"share": float(s), "accuracy": float(correct.mean()) if len(correct) else float("nan")})
-        return out
+        return _curve(self.gate_score(G), self.keep_ssm(F), ssm_correct, lm_correct, shares)
 
     def calibrate(self, G, F, ssm_correct, lm_correct) -> Router:
         """Choose on validation the gate threshold (the best accuracy with at most ``budget`` of
@@ -151,10 +141,10 @@ class Router(BaseEstimator):
         taken (``trust_lm_``, from :data:`TRUST_LM`; ties keep the chooser's own call)."""
         self._check()
         self._validate()
+        gate, p_keep = self.gate_score(G), _p1(self.chooser_, F)  # once, for every trust level
         chosen = None
         for trust in TRUST_LM:
-            self.trust_lm_ = trust
-            curve = self.curve(G, F, ssm_correct, lm_correct)
+            curve = _curve(gate, p_keep >= trust, ssm_correct, lm_correct)
             allowed = [curve[-1]] if self.policy == "lm-first" else [c for c in curve if c["share"] <= self.budget + 1e-9]
             point = max(allowed, key=lambda c: (c["accuracy"], -c["share"]))
             if chosen is None or point["accuracy"] > chosen[0]["accuracy"] + 1e-12:
@@ -163,7 +153,7 @@ class Router(BaseEstimator):
         if self.policy == "lm-first":
             self.share_ = 1.0
             return self
-        g = np.sort(self.gate_score(G))
+        g = np.sort(gate)
         k = int(round(best["share"] * len(g)))
         if k == 0:
             self.threshold_ = -np.inf
@@ -173,3 +163,18 @@ class Router(BaseEstimator):
             self.threshold_ = float((g[k - 1] + g[k]) / 2)
         self.share_ = best["share"]
         return self
+
+
+def _curve(gate, keep, ssm_correct, lm_correct, shares=None) -> list[dict]:
+    """Accuracy when the ``share`` lowest-``gate`` inputs go to the LM and its answer is taken
+    where ``keep`` (keep the SSM's) is False."""
+    shares = np.linspace(0, 1, 21) if shares is None else np.asarray(shares)
+    order = np.argsort(gate, kind="stable")
+    routed = np.where(keep, ssm_correct, lm_correct)
+    out = []
+    for s in shares:
+        k = int(round(s * len(order)))
+        correct = np.asarray(ssm_correct, dtype=float).copy()
+        correct[order[:k]] = routed[order[:k]]
+        out.append({"share": float(s), "accuracy": float(correct.mean()) if len(correct) else float("nan")})
+    return out
