@@ -14,7 +14,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from exotune.artifacts import (
     write_folder,
 )
 from exotune.batching import grouped_batches
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
@@ -38,7 +39,7 @@ LAST, BEST = "last", "best"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     epochs: int = 5
     batch_size: int = 32
     lr: float = 2e-3
@@ -68,11 +69,6 @@ class TrainConfig:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -269,7 +265,7 @@ class Trainer:
         tree = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "best": best_state, "rng": torch.get_rng_state()}
         skeleton, tensors = flatten_state(tree)
-        meta = {"state": state, "config": asdict(self.config), "skeleton": skeleton}
+        meta = {"state": state, "config": self.config.to_dict(), "skeleton": skeleton}
         write_folder(self.output_dir / LAST, {"trainer_state.json": meta, "checkpoint.safetensors": tensors})
 
     def _load_last(self, model, optimizer, scheduler, state):

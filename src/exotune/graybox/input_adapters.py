@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
 
 
 @dataclass
-class TextShiftConfig:
+class TextShiftConfig(ConfigBase):
     """A shift token added to every token embedding, plus ``extra_tokens`` learnable tokens.
 
     The extra tokens are inserted right after the first token ([CLS]) so that they sit at
@@ -76,7 +77,7 @@ def _check_kernel(kernel_size) -> None:
 
 
 @dataclass
-class PixelConvConfig:
+class PixelConvConfig(ConfigBase):
     """The paper's image input adapter: one 2-D convolution of the pixels, no activation."""
 
     kernel_size: int = 3
@@ -110,7 +111,7 @@ PIXEL_ACTIVATIONS = ("none", "gelu")
 
 
 @dataclass
-class PixelResidualConfig:
+class PixelResidualConfig(ConfigBase):
     """pixels + up(act(down(pixels))): ``channels`` hidden channels, ``kernel_size`` for down,
     a 1x1 up projection; ``activation="none"`` keeps it affine."""
 
