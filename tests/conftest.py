@@ -33,6 +33,16 @@ def build_tiny_backbone(folder: Path, hidden: int = 16, layers: int = 2, seed: i
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and stay fast on a machine busy with other work
+    (a module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     return build_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))
