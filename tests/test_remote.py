@@ -197,12 +197,14 @@ def test_a_real_uvicorn_server_on_loopback(tiny_box):
 
 
 @pytest.fixture
-def served(monkeypatch):
+def served(monkeypatch, tmp_path):
     from exotune.serve import cli as serve_cli
 
     calls = []
     monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: calls.append((app, host, port)))
     monkeypatch.delenv("EXOTUNE_TOKENS", raising=False)
+    monkeypatch.delenv("EXOTUNE_OWNER_SECRET", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # where a generated owner secret goes
     return calls
 
 
@@ -240,7 +242,7 @@ def test_serve_entry_points_need_light_gray(tiny_backbone, served, capsys):
     assert "light-gray" in capsys.readouterr().err
     assert main([*argv, "--level", "light-gray"]) == 0
     spec = TestClient(served[-1][0]).get("/v1/spec").json()["spec"]
-    assert [e["name"] for e in spec["entry_points"]] == ["layer.1"]
+    assert [e["name"] for e in spec["entry_points"]] == ["point.0"]  # served: names hide which layer
 
 
 def test_server_restart_mid_training_errors_clearly_then_resumes(tiny_box, tmp_path):
