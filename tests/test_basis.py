@@ -12,7 +12,7 @@ from exotune.boxes.basis import OwnerBasis, basis_matrix, keyed_digest
 from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BLACK_FIELDS, BoxSpec
 from exotune.errors import ConfigError, SpecMismatchError
-from exotune.graybox import DGAConfig, EntryTokensConfig, GrayBoxModel
+from exotune.graybox import DGAConfig, EntryTokensConfig
 from exotune.tasks.classification import ClassificationConfig, TextClassifier
 
 from .conftest import backbone_module, colour_data
@@ -161,3 +161,101 @@ def test_black_spec_shows_only_what_a_black_box_client_needs(tiny_backbone):
     assert (again.access, again.output_dim, again.model_digest) == ("black", 16, black.spec.model_digest)
     gray = load_box(str(tiny_backbone))
     assert gray.spec.public() == gray.spec.to_dict()
+
+
+# -- served ----------------------------------------------------------------------------------
+
+
+def _grads(box, entries: dict | None = None):
+    batch = box.embed(TEXTS)
+    embeds = batch.embeds.clone().requires_grad_(True)
+    tokens = {k: v.clone().requires_grad_(True) for k, v in (entries or {}).items()}
+    w = torch.randn(box.spec.output_dim, generator=torch.Generator().manual_seed(1))
+    out = box.forward(embeds, batch.mask, tokens or None)
+    (out @ w).pow(2).sum().backward()
+    return out.detach(), embeds.grad, {k: t.grad for k, t in tokens.items()}
+
+
+@pytest.mark.parametrize("stateless", [False, True])
+@pytest.mark.parametrize("light", [False, True])
+def test_a_served_box_in_the_secret_basis_gives_the_local_gradients(tiny_backbone, stateless, light):
+    pytest.importorskip("fastapi")
+    from .serve_helpers import make_app, remote
+
+    options = {"entry_points": "all", "entry_tokens_max": 4} if light else {}
+    _, owned = boxes(tiny_backbone, **options)
+    box = remote(make_app(owned, stateless=stateless))
+    assert box.spec == owned.spec and box.spec.fingerprint() == owned.spec.fingerprint()
+    assert torch.equal(box.embed(TEXTS).embeds, owned.embed(TEXTS).embeds)
+    entries = {"point.0": torch.randn(2, 16), "point.1": torch.randn(2, 16)} if light else None
+    r, loc = _grads(box, entries), _grads(owned, entries)
+    for a, b in ((r[0], loc[0]), (r[1], loc[1]), *((r[2][k], loc[2][k]) for k in r[2])):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert r[2].keys() == set(entries or {})
+
+
+def test_a_black_served_box_shows_the_short_spec_and_still_answers(tiny_backbone):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from exotune.ea import ServedBoxClient
+
+    from .serve_helpers import TOKEN, make_app, remote
+
+    app = make_app(load_box(str(tiny_backbone), access="black", owner_secret=SECRET))
+    spec = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}).get("/v1/spec").json()["spec"]
+    assert set(spec) == {*BLACK_FIELDS, "limits"} and set(spec["limits"]) == {"max_batch"}
+    box = remote(app)
+    local = load_box(str(tiny_backbone))
+    assert torch.allclose(box.encode(TEXTS), local.encode(TEXTS), atol=1e-6)
+    client = ServedBoxClient("http://testserver", TOKEN, http_client=TestClient(app), returns="scores", max_retries=0)
+    assert len(client.run(TEXTS, ["red", "blue", "green"])) == len(TEXTS)
+    assert client.describe()["model_digest"] == spec["model_digest"] != local.spec.model_digest
+
+
+# -- exotune serve's owner secret -------------------------------------------------------------
+
+
+@pytest.fixture
+def serve(monkeypatch, tmp_path, tiny_backbone):
+    """Run ``exotune serve`` without serving; return (exit code, spec) of each call."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from exotune.cli import main
+    from exotune.serve import cli as serve_cli
+
+    apps = []
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: apps.append(app))
+    monkeypatch.delenv("EXOTUNE_OWNER_SECRET", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+    def run(*args):
+        code = main(["serve", "--model", str(tiny_backbone), "--no-auth", *args])
+        return code, (TestClient(apps[-1]).get("/v1/spec").json()["spec"] if code == 0 else None)
+
+    return run
+
+
+def test_serve_generates_keeps_and_reuses_an_owner_secret(serve, tiny_backbone, tmp_path, monkeypatch, capsys):
+    code, first = serve()
+    kept = tmp_path / "config" / "exotune" / "owner-secret"
+    assert code == 0 and kept.is_file() and kept.stat().st_mode & 0o077 == 0  # the owner's only
+    assert "generated in" in capsys.readouterr().err
+    assert first["input_basis"] and first["model_digest"] != load_box(str(tiny_backbone)).spec.model_digest
+    _, again = serve()  # a restart reads the same secret: same spec, adapters stay valid
+    assert again == first and "read from" in capsys.readouterr().err
+    named = tmp_path / "mine" / "secret"
+    _, own = serve("--owner-secret-file", str(named))
+    assert named.is_file() and own["model_digest"] != first["model_digest"] and own["input_basis"] != first["input_basis"]
+    monkeypatch.setenv("EXOTUNE_OWNER_SECRET", named.read_text())
+    assert serve()[1] == own
+    _, plain = serve("--no-basis", "--owner-secret-file", str(named))
+    assert "input_basis" not in plain and plain["model_digest"] == own["model_digest"]
+
+
+def test_serve_refuses_a_short_owner_secret(serve, tmp_path, capsys):
+    short = tmp_path / "short"
+    short.write_text("tiny\n")
+    assert serve("--owner-secret-file", str(short))[0] == 2
+    assert "too short" in capsys.readouterr().err
