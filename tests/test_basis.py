@@ -166,21 +166,11 @@ def test_black_spec_shows_only_what_a_black_box_client_needs(tiny_backbone):
 # -- served ----------------------------------------------------------------------------------
 
 
-def _grads(box, entries: dict | None = None):
-    batch = box.embed(TEXTS)
-    embeds = batch.embeds.clone().requires_grad_(True)
-    tokens = {k: v.clone().requires_grad_(True) for k, v in (entries or {}).items()}
-    w = torch.randn(box.spec.output_dim, generator=torch.Generator().manual_seed(1))
-    out = box.forward(embeds, batch.mask, tokens or None)
-    (out @ w).pow(2).sum().backward()
-    return out.detach(), embeds.grad, {k: t.grad for k, t in tokens.items()}
-
-
 @pytest.mark.parametrize("stateless", [False, True])
 @pytest.mark.parametrize("light", [False, True])
 def test_a_served_box_in_the_secret_basis_gives_the_local_gradients(tiny_backbone, stateless, light):
     pytest.importorskip("fastapi")
-    from .serve_helpers import make_app, remote
+    from .serve_helpers import input_grads, make_app, remote
 
     options = {"entry_points": "all", "entry_tokens_max": 4} if light else {}
     _, owned = boxes(tiny_backbone, **options)
@@ -188,7 +178,7 @@ def test_a_served_box_in_the_secret_basis_gives_the_local_gradients(tiny_backbon
     assert box.spec == owned.spec and box.spec.fingerprint() == owned.spec.fingerprint()
     assert torch.equal(box.embed(TEXTS).embeds, owned.embed(TEXTS).embeds)
     entries = {"point.0": torch.randn(2, 16), "point.1": torch.randn(2, 16)} if light else None
-    r, loc = _grads(box, entries), _grads(owned, entries)
+    r, loc = input_grads(box, owned, TEXTS, entries), input_grads(owned, owned, TEXTS, entries)
     for a, b in ((r[0], loc[0]), (r[1], loc[1]), *((r[2][k], loc[2][k]) for k in r[2])):
         assert torch.allclose(a, b, atol=1e-6)
     assert r[2].keys() == set(entries or {})

@@ -21,21 +21,14 @@ from exotune.tasks.classification import ClassificationConfig, TextClassifier
 from exotune.train import TrainConfig, Trainer
 
 from .conftest import colour_data
-from .serve_helpers import TOKEN, EntryBox, make_app, remote, running_server
+from .serve_helpers import TOKEN, EntryBox, input_grads, make_app, remote, running_server
 
 pytest.importorskip("fastapi")
 TEXTS = ["the car is red", "a blue sky is big", "green leaf"]
 
 
 def _grads(box, ref_box, entries: dict | None = None):
-    """Outputs and gradients of a random linear loss, w.r.t. embeds and entry tokens."""
-    batch = ref_box.embed(TEXTS)
-    embeds = batch.embeds.clone().requires_grad_(True)
-    tokens = {k: v.clone().requires_grad_(True) for k, v in (entries or {}).items()}
-    w = torch.randn(box.spec.output_dim, generator=torch.Generator().manual_seed(1))
-    out = box.forward(embeds, batch.mask, tokens or None)
-    (out @ w).pow(2).sum().backward()
-    return out.detach(), embeds.grad, {k: t.grad for k, t in tokens.items()}
+    return input_grads(box, ref_box, TEXTS, entries)
 
 
 def _assert_same(a, b, tol=1e-6):
