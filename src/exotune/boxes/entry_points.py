@@ -3,11 +3,11 @@ injected at their inputs.
 
 Entry point ``"layer.<i>"`` is the input of transformer layer i. A box with an owner secret
 names the layers it exposes ``"point.0"`` .. ``"point.<k-1>"`` instead (in layer order), so
-that the names reveal neither which layers they are nor how many the model has. Tokens occupy n reserved
-positions right after the first token ([CLS], or a text's start token); at each entry layer a
-forward pre-hook overwrites those positions' hidden states with that layer's tokens
-(VPT-deep). A text box reserves the positions in its input embeddings (``reserve``); a vision
-box, whose input is pixels, inserts them at the input of its first layer (``insert``).
+that the names reveal neither which layers they are nor how many the model has. Tokens occupy
+n reserved positions right after the first token ([CLS], or a text's start token); at each
+entry layer a forward pre-hook overwrites those positions' hidden states with that layer's
+tokens (VPT-deep). A text box reserves the positions in its input embeddings (``reserve``); a
+vision box, whose input is pixels, inserts them at the input of its first layer (``insert``).
 """
 
 from __future__ import annotations
