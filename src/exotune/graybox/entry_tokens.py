@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import MAX_TOKENS, check_field_types, check_int
 from exotune.errors import AccessError, ConfigError
 
 
@@ -32,8 +33,8 @@ class EntryTokensConfig:
             if len(set(self.points)) != len(self.points):
                 raise ConfigError(f"points lists an entry point twice: {list(self.points)!r}")
             self.points = list(self.points)  # JSON gives lists: keep round trips equal
-        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
-            raise ConfigError(f"tokens (per entry point) must be an integer >= 1, got {self.tokens!r}")
+        check_field_types(self)
+        check_int(self, "tokens", 1, MAX_TOKENS)
         if not self.init_std >= 0:
             raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
 
@@ -46,6 +47,8 @@ class EntryTokensConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EntryTokensConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"an entry tokens config must be a JSON object, got {data!r:.80}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
