@@ -169,3 +169,59 @@ def test_sub_folders_are_listed_and_checked(tmp_path):
     (folder / "sub" / "inner.json").unlink()
     with pytest.raises(ArtifactError, match="inner.json is missing"):
         verify_folder(folder)
+
+
+# -- training checkpoints ----------------------------------------------------------------------
+
+
+def _tensors(change):
+    def edit(run):
+        file = run / "last" / "checkpoint.safetensors"
+        state = load_file(str(file))
+        change(state)
+        save_file(state, str(file))
+    return edit
+
+
+def _meta(change):
+    def edit(run):
+        file = run / "last" / "trainer_state.json"
+        meta = json.loads(file.read_text())
+        change(meta)
+        file.write_text(json.dumps(meta))
+    return edit
+
+
+def _first(state, part):
+    """The first non-scalar tensor of a checkpoint part: flattened keys are positions in the
+    saved tree {model, optimizer, scheduler, best, rng}."""
+    prefix = {"model": "s.0.", "optimizer": "s.1.", "rng": "s.4"}[part]
+    return next(k for k in state if k.startswith(prefix) and state[k].ndim)
+
+
+CHECKPOINT_ATTACKS = {
+    "NaN weights": (_tensors(lambda s: s[_first(s, "model")].fill_(float("nan"))), "NaN"),
+    "weights of another shape": (_tensors(lambda s: s.update({_first(s, "model"): torch.zeros(3)})), "shape"),
+    "optimizer moment of another shape": (_tensors(lambda s: s.update({_first(s, "optimizer"): torch.zeros(2, 2)})),
+                                          "optimizer state"),
+    "rng a float tensor": (_tensors(lambda s: s.update({_first(s, "rng"): torch.zeros(3)})), "rng"),
+    "epoch a string": (_meta(lambda m: m["state"].update(epoch="one")), "state.epoch"),
+    "global step negative": (_meta(lambda m: m["state"].update(global_step=-5)), "state.global_step"),
+    "skeleton names a missing tensor": (_meta(lambda m: m.update(skeleton={"__tensor__": "nope"})), "nope"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(CHECKPOINT_ATTACKS))
+def test_an_edited_checkpoint_is_refused(tiny_box, tmp_path, attack):
+    from exotune.train import Trainer, TrainConfig
+
+    train, val = colour_data(24, seed=0), colour_data(12, seed=1)
+    model = TextClassifier(tiny_box, train.label_names, DGAConfig.variant("output-only"))
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=1)
+    Trainer(cfg, tmp_path, progress=False).fit(model, train, val)
+    edit, field = CHECKPOINT_ATTACKS[attack]
+    edit(tmp_path)
+    write_checksums(tmp_path / "last")
+    with pytest.raises(ArtifactError) as info:
+        Trainer(cfg, tmp_path, progress=False).fit(model, train, val, resume=True)
+    assert field in str(info.value) and "last" in str(info.value)

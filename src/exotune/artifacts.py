@@ -240,7 +240,7 @@ def flatten_state(tree, prefix: str = "") -> tuple[object, dict[str, torch.Tenso
     return walk(tree, prefix or "s"), tensors
 
 
-def unflatten_state(skeleton, tensors: dict[str, torch.Tensor]):
+def unflatten_state(skeleton, tensors: dict[str, torch.Tensor], where: str = "checkpoint"):
     def walk(node):
         if isinstance(node, dict):
             if "__tensor__" in node:
@@ -249,7 +249,7 @@ def unflatten_state(skeleton, tensors: dict[str, torch.Tensor]):
                 return tuple(walk(v) for v in node["__tuple__"])
             if "__dict__" in node:
                 return {walk(k): walk(v) for k, v in node["__dict__"]}
-            raise ArtifactError(f"unexpected node {sorted(node)} in checkpoint skeleton")
+            raise ArtifactError(f"{where}: unexpected node {sorted(node)} in the skeleton")
         if isinstance(node, list):
             return [walk(v) for v in node]
         return node
@@ -257,4 +257,4 @@ def unflatten_state(skeleton, tensors: dict[str, torch.Tensor]):
     try:
         return walk(skeleton)
     except KeyError as err:
-        raise ArtifactError(f"checkpoint is missing tensor {err}") from err
+        raise ArtifactError(f"{where} is missing tensor {err}") from err
