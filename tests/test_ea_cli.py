@@ -63,20 +63,26 @@ def test_ea_fit_unreachable_server_is_a_clean_error(tmp_path, capsys):
     assert "error:" in err and "Traceback" not in err and "attempt" in err
 
 
+def fit_folder(out, base_url):
+    """``ea fit`` on 60 colour rows against ``base_url``: a small EA folder at ``out``."""
+    train = write_csv(out.parent / "train.csv", colour_task(60, seed=1))
+    assert main(["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", base_url, "--model", "fake",
+                 "--output-dir", str(out), "--clusters", "2", "--cv-folds", "2", "--val-fraction", "0.3",
+                 "--max-retries", "0"]) == 0
+    return out
+
+
 def test_a_shared_folder_cannot_send_the_users_secrets_elsewhere(tmp_path, capsys, monkeypatch):
     """lm.json edited to name another server, another secret's variable and another cache path
     (its checksum re-recorded): nothing reaches that server unconfirmed, no secret but the one the
     user's flag names is ever sent, and no file is written where the folder says."""
     from exotune.artifacts import write_checksums
 
-    train = write_csv(tmp_path / "train.csv", colour_task(60, seed=1))
-    out, evil_cache = tmp_path / "ea", tmp_path / "elsewhere" / "evil.sqlite"
+    evil_cache = tmp_path / "elsewhere" / "evil.sqlite"
     monkeypatch.setenv("SOME_SECRET", "s3cret-value")
     monkeypatch.setenv("OPENAI_API_KEY", "the-users-key")
     with FakeOpenAI() as good, FakeOpenAI() as evil:
-        assert main(["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", good.base_url,
-                     "--model", "fake", "--output-dir", str(out), "--clusters", "2", "--cv-folds", "2",
-                     "--val-fraction", "0.3", "--max-retries", "0"]) == 0
+        out = fit_folder(tmp_path / "ea", good.base_url)
         lm = out / "lm.json"
         lm.write_text(json.dumps({"lm": "openai-chat", "base_url": evil.base_url, "model": "fake",
                                   "api_key_env": "SOME_SECRET", "cache": str(evil_cache)}))
@@ -102,12 +108,8 @@ def test_a_shared_folder_cannot_send_the_users_secrets_elsewhere(tmp_path, capsy
 def test_a_malformed_lm_json_is_refused(tmp_path, capsys, edit):
     from exotune.artifacts import write_checksums
 
-    train = write_csv(tmp_path / "train.csv", colour_task(60, seed=1))
-    out = tmp_path / "ea"
     with FakeOpenAI() as server:
-        assert main(["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", server.base_url,
-                     "--model", "fake", "--output-dir", str(out), "--clusters", "2", "--cv-folds", "2",
-                     "--val-fraction", "0.3"]) == 0
+        out = fit_folder(tmp_path / "ea", server.base_url)
         saved = json.loads((out / "lm.json").read_text())
         (out / "lm.json").write_text(json.dumps({**saved, **edit}))
         write_checksums(out)
@@ -119,12 +121,8 @@ def test_a_malformed_lm_json_is_refused(tmp_path, capsys, edit):
 
 def test_an_edited_lm_json_is_refused(tmp_path, capsys):
     """lm.json is written inside the folder's checksummed write: an edit is seen."""
-    train = write_csv(tmp_path / "train.csv", colour_task(60, seed=1))
-    out = tmp_path / "ea"
     with FakeOpenAI() as server:
-        assert main(["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", server.base_url,
-                     "--model", "fake", "--output-dir", str(out), "--clusters", "2", "--cv-folds", "2",
-                     "--val-fraction", "0.3"]) == 0
+        out = fit_folder(tmp_path / "ea", server.base_url)
         saved = json.loads((out / "lm.json").read_text())
         (out / "lm.json").write_text(json.dumps({**saved, "base_url": "http://127.0.0.1:9/v1"}))
         capsys.readouterr()
