@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from exotune.configs import MAX_WIDTH, check_field_types, check_int, from_known_keys
+from exotune.configs import MAX_WIDTH, check_field_types, from_known_keys
 from exotune.errors import ConfigError
 
 MODES = ("lora", "full-ft")
@@ -32,7 +32,8 @@ class WhiteBoxConfig:
             self.target_modules = (self.target_modules,)
         self.target_modules = tuple(self.target_modules)
         if self.mode == "lora":
-            check_int(self, "r", 1, MAX_WIDTH)
+            if isinstance(self.r, bool) or not isinstance(self.r, int) or not 1 <= self.r <= MAX_WIDTH:
+                raise ConfigError(f"r (the LoRA rank) must be an integer in [1, {MAX_WIDTH}], got {self.r!r}")
             if not self.alpha > 0:
                 raise ConfigError(f"alpha must be > 0, got {self.alpha}")
             if not 0.0 <= self.dropout < 1.0:
