@@ -201,7 +201,7 @@ def served(monkeypatch):
     from exotune.serve import cli as serve_cli
 
     calls = []
-    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: calls.append((app, host, port)))
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port, listen=None: calls.append((app, host, port)))
     monkeypatch.delenv("EXOTUNE_TOKENS", raising=False)
     return calls
 

@@ -32,7 +32,28 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stateless", action="store_true", help="keep no graphs: backward sends the inputs again")
     p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
+    p.add_argument("--max-tokens-per-request", type=int, default=None,
+                   help="texts x tokens one request may ask for, counted before tokenizing as UTF-8 bytes + 2 per "
+                        "text, capped at max-length (default: max-batch x max-length)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
+    p.add_argument("--max-response-mb", type=float, default=64.0,
+                   help="largest answer, refused before the work is done (default: 64)")
+    p.add_argument("--fair-unit-tokens", type=int, default=512,
+                   help="tokens the box works on for one bearer token before another's turn: a small request "
+                        "waits at most one such unit behind a large one (default: 512)")
+    p.add_argument("--box-workers", type=int, default=1, help="box calls at once (default: 1)")
+    p.add_argument("--max-inflight", type=int, default=4,
+                   help="requests per bearer token in progress at once; more wait their turn (default: 4)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (default: 30)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a request line and headers may take to arrive; slower connections are closed (default: 10)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection stays open (default: 5)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="connections open at once; beyond it 503, and new ones are closed on accept (default: 512)")
+    p.add_argument("--login-failures", type=int, default=20,
+                   help="wrong tokens a client address may send per --login-window before 429 (default: 20; behind "
+                        "a proxy every client shares its address)")
+    p.add_argument("--login-window", type=float, default=60.0, help="seconds of that window (default: 60)")
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
     p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
     p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
@@ -67,7 +88,12 @@ def build_server(args):
                          max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
                          rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
                          handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
-                         max_handle_bytes=int(args.max_handle_mb * 2**20))
+                         max_handle_bytes=int(args.max_handle_mb * 2**20),
+                         max_tokens_per_request=args.max_tokens_per_request,
+                         max_response_bytes=int(args.max_response_mb * 2**20), fair_unit_tokens=args.fair_unit_tokens,
+                         box_workers=args.box_workers, max_inflight_per_token=args.max_inflight,
+                         body_timeout_s=args.body_timeout, login_failures=args.login_failures,
+                         login_window_s=args.login_window)
     kwargs = {"access": args.level}
     if args.entry_points:
         if args.level != "light-gray":
@@ -97,15 +123,24 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
         return False
 
 
-def run_server(app, host: str, port: int) -> None:  # pragma: no cover - blocks; tests replace it
+def listen_config(args):
+    from exotune.serve.config import ListenConfig
+
+    return ListenConfig(keep_alive_s=args.keep_alive_timeout, header_timeout_s=args.header_timeout,
+                        max_connections=args.max_connections)
+
+
+def run_server(app, host: str, port: int, listen=None) -> None:  # pragma: no cover - blocks; tests replace it
     try:
         import uvicorn
     except ImportError as err:
         from exotune.errors import MissingDependencyError
 
         raise MissingDependencyError("exotune serve needs uvicorn: pip install 'exotune[serve]'") from err
+    from exotune.serve.listen import uvicorn_config
+
     limit_malloc_arenas()  # before uvicorn starts the threads that would each take an arena
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(app, host, port, listen)).run()
 
 
 def cmd_serve(args) -> int:
@@ -115,7 +150,7 @@ def cmd_serve(args) -> int:
         print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
     print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/",
           file=sys.stderr)
-    run_server(app, args.host, args.port)
+    run_server(app, args.host, args.port, listen_config(args))
     return 0
 
 
