@@ -80,7 +80,7 @@ class ListenConfig:
 
     keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
     header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
-    max_connections: int = 512  # open at once; beyond it, HTTP 503, then closed on accept
+    max_connections: int = 512  # open at once; more are closed on accept (and requests beyond it in progress: 503)
     max_header_bytes: int = 16 * 2**10  # a request's head (line and headers)
 
     def __post_init__(self) -> None:

@@ -50,6 +50,11 @@ class FairScheduler:
                     self._last = {c: t for c, t in self._last.items() if c in self._waiting}
                 self._cond.notify_all()
 
+    def waiting(self) -> int:
+        """Units waiting for their turn now."""
+        with self._cond:
+            return sum(len(q) for q in self._waiting.values())
+
     def _next(self) -> tuple[str, int]:
         caller = min(self._waiting, key=lambda c: (self._last.get(c, 0), self._waiting[c][0]))
         return caller, self._waiting[caller][0]

@@ -32,8 +32,9 @@ class Graph:
         return torch.cat([out.detach() for out, _ in self.parts])  # (B, O)
 
     def nbytes(self) -> int:
+        """What the graph holds in memory: its saved tensors and leaves, times ESTIMATE_MARGIN."""
         leaves = [leaf for _, leaf in self.parts] + [out for out, _ in self.parts] + list(self.entries.values())
-        return self.saved_bytes + sum(t.numel() * t.element_size() for t in leaves)
+        return int(ESTIMATE_MARGIN * (self.saved_bytes + sum(t.numel() * t.element_size() for t in leaves)))
 
     def grads(self, grad: torch.Tensor, turn) -> dict[str, torch.Tensor]:
         """Gradients of ``sum(outputs * grad)`` w.r.t. embeds and entry tokens, one unit per
@@ -78,27 +79,33 @@ def build(run, embeds: torch.Tensor, mask: torch.Tensor, entries: dict[str, torc
 
 
 class GraphCost:
-    """Bytes a training forward will keep, estimated before it is built: per sequence of T
-    tokens, a*T + b*T**2 (activations, attention), fitted on two probe forwards of one sequence."""
+    """Bytes a training forward will keep, estimated before it is built: per unit of the
+    graph, c (tensors whose count, not size, is fixed), and per sequence of T tokens,
+    a*T + b*T**2 (activations, attention); fitted on three probe forwards."""
 
-    PROBE = 32  # tokens of the longer probe; the shorter has half
+    PROBE = 32  # tokens of the longer probes; the shorter has half
 
     def __init__(self) -> None:
-        self.coef: tuple[float, float] | None = None
+        self.coef: tuple[float, float, float] | None = None
 
     def fit(self, run, width: int, max_length: int, turn) -> None:
         t2 = min(self.PROBE, max_length)
         t1 = t2 // 2
-        saved = []
-        for t in (t1, t2):
-            g = build(run, torch.zeros(1, t, width), torch.ones(1, t, dtype=torch.long), {}, 1, turn)
-            saved.append(g.saved_bytes)
-            del g
-        s1, s2 = saved
-        b = max(0.0, (s2 / t2 - s1 / t1) / (t2 - t1))
-        self.coef = (max(0.0, s1 / t1 - b * t1), b)
 
-    def estimate(self, batch: int, length: int, width: int, out_dim: int) -> int:
-        a, b = self.coef or (0.0, 0.0)
+        def saved(batch: int, length: int) -> int:
+            g = build(run, torch.zeros(batch, length, width), torch.ones(batch, length, dtype=torch.long), {},
+                      batch, turn)
+            return g.saved_bytes
+
+        s1, s2, s22 = saved(1, t1), saved(1, t2), saved(2, t2)
+        per_seq2 = s22 - s2  # a*t2 + b*t2**2
+        c = max(0.0, s2 - per_seq2)
+        per_seq1 = s1 - c  # a*t1 + b*t1**2
+        b = max(0.0, (per_seq2 / t2 - per_seq1 / t1) / (t2 - t1))
+        self.coef = (c, max(0.0, per_seq1 / t1 - b * t1), b)
+
+    def estimate(self, batch: int, length: int, width: int, out_dim: int, rows_per_unit: int) -> int:
+        c, a, b = self.coef or (0.0, 0.0, 0.0)
+        units = -(-batch // rows_per_unit)
         io = batch * (length * width + out_dim) * 4  # the embeds leaves and the outputs
-        return int(ESTIMATE_MARGIN * (batch * (a * length + b * length**2) + io))
+        return int(ESTIMATE_MARGIN * (units * c + batch * (a * length + b * length**2) + io))

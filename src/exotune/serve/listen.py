@@ -65,6 +65,7 @@ def uvicorn_config(app, host: str, port: int, listen: ListenConfig | None = None
     import uvicorn
 
     listen = listen or ListenConfig()
+    # uvicorn's limit counts the asking connection too: + 1, so each of max_connections is served
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=guarded_protocol(listen),
-                          timeout_keep_alive=listen.keep_alive_s, limit_concurrency=listen.max_connections,
+                          timeout_keep_alive=listen.keep_alive_s, limit_concurrency=listen.max_connections + 1,
                           h11_max_incomplete_event_size=listen.max_header_bytes)

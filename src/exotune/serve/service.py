@@ -126,7 +126,7 @@ class BoxService:
                         outs.append(self._run(embeds[i : i + rows], mask[i : i + rows], entries))
             return wire.encode({"outputs": torch.cat(outs)}, {"stateless": "1"} if train else None)
         try:
-            reservation = self.handles.reserve(self._graph_bytes(caller, embeds, entries))
+            reservation = self.handles.reserve(self.estimate_graph_bytes(caller, embeds, entries))
         except HandleError as err:
             raise ApiError(err.status, "limit" if err.status == 413 else "busy", str(err),
                            retry_after=1.0 if err.status == 503 else None) from None
@@ -325,10 +325,11 @@ class BoxService:
         return build(self._run, embeds, mask, entries, self._rows_per_unit(embeds, entries),
                      partial(self.scheduler.turn, caller))
 
-    def _graph_bytes(self, caller: str, embeds, entries) -> int:
+    def estimate_graph_bytes(self, caller: str, embeds, entries) -> int:
         """What the graph of this forward will hold, estimated before it is built."""
         if self._cost.coef is None:
             self._cost.fit(lambda e, m, _: self._run(e, m, {}), self.spec.input_dim, self.spec.limits.max_length,
                            partial(self.scheduler.turn, caller))
         length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
-        return self._cost.estimate(embeds.shape[0], length, self.spec.input_dim, self.spec.output_dim)
+        return self._cost.estimate(embeds.shape[0], length, self.spec.input_dim, self.spec.output_dim,
+                                   self._rows_per_unit(embeds, entries))
