@@ -284,8 +284,13 @@ def test_slow_request_heads_and_bodies_are_cut(tiny_box):
         body.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode() + b'{"texts": ')
         assert body.recv(200).startswith(b"HTTP/1.1 408")
-        head.close()
-        body.close()
+        kept = _socket(url)  # a kept-alive connection: the next request's head is timed too
+        kept.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(500).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /v1/health HTTP/1.1\r\n")
+        assert kept.recv(100) == b""
+        for s in (head, body, kept):
+            s.close()
 
 
 def test_connections_beyond_the_cap_are_closed_on_accept(tiny_box):

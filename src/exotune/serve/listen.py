@@ -3,9 +3,10 @@
 uvicorn closes an idle kept-alive connection after ``timeout_keep_alive`` and answers 503 past
 ``limit_concurrency``, but a connection that sends its request line and headers a byte at a
 time stays open for good, and each holds a file descriptor. The protocol here closes a
-connection whose request head has not arrived ``header_timeout_s`` after it opened (or after
-its previous answer), and closes new connections at once beyond ``max_connections``. Bodies
-are timed by the app (``ServeConfig.body_timeout_s``).
+connection whose request head has not arrived ``header_timeout_s`` after the connection opened
+(or, on a kept-alive connection, after the next request's first byte), and closes new
+connections at once beyond ``max_connections``. Bodies are timed by the app
+(``ServeConfig.body_timeout_s``).
 """
 
 from __future__ import annotations
@@ -34,19 +35,27 @@ def guarded_protocol(listen: ListenConfig):
                 return
             self._arm_head_timer()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
+        def data_received(self, data: bytes) -> None:
+            # the first bytes of a request on a kept-alive connection: its head is timed from now
+            if self._head_timer is None and self.cycle is not None and self.cycle.response_complete:
                 self._arm_head_timer()
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            self._cancel_head_timer()  # idle from now: uvicorn's keep-alive timer is the one that runs
+            super().on_response_complete()
 
         def connection_lost(self, exc) -> None:
-            if getattr(self, "_head_timer", None) is not None:
-                self._head_timer.cancel()
+            self._cancel_head_timer()
             super().connection_lost(exc)
 
-        def _arm_head_timer(self) -> None:
-            if self._head_timer is not None:
+        def _cancel_head_timer(self) -> None:
+            if getattr(self, "_head_timer", None) is not None:
                 self._head_timer.cancel()
+            self._head_timer = None
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
             self._head_timer = self.loop.call_later(listen.header_timeout_s, self._head_deadline, self.cycle)
 
         def _head_deadline(self, cycle) -> None:
