@@ -20,6 +20,11 @@ from exotune.memory import release_memory
 TRIM_AFTER_BYTES = 32 * 2**20  # freed since the last trim before the timer trims again
 
 
+def purge_interval_s(ttl_s: float) -> float:
+    """How often the timer purges: an expired graph is gone at most this long after its ttl."""
+    return min(5.0, ttl_s / 4)
+
+
 @dataclass
 class Pending:
     """One forward made for training: its graph (kept for the backward) and its size."""
@@ -155,7 +160,7 @@ class HandleStore:
         with self._lock:
             if self._timer is not None:
                 return
-            self._timer = threading.Thread(target=_purge_loop, args=(weakref.ref(self), min(5.0, self.ttl_s / 4)),
+            self._timer = threading.Thread(target=_purge_loop, args=(weakref.ref(self), purge_interval_s(self.ttl_s)),
                                            name="exotune-handle-purge", daemon=True)
         self._timer.start()
 
