@@ -32,34 +32,40 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stateless", action="store_true", help="keep no graphs: backward sends the inputs again")
     p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
-    p.add_argument("--max-tokens-per-request", type=int, default=None,
-                   help="texts x tokens one request may ask for, counted before tokenizing as UTF-8 bytes + 2 per "
-                        "text, capped at max-length (default: max-batch x max-length)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
-    p.add_argument("--max-response-mb", type=float, default=64.0,
-                   help="largest answer, refused before the work is done (default: 64)")
-    p.add_argument("--fair-unit-tokens", type=int, default=512,
-                   help="tokens the box works on for one bearer token before another's turn: a small request "
-                        "waits at most one such unit behind a large one (default: 512)")
-    p.add_argument("--box-workers", type=int, default=1, help="box calls at once (default: 1)")
-    p.add_argument("--max-inflight", type=int, default=4,
-                   help="requests per bearer token in progress at once; more wait their turn (default: 4)")
-    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to arrive (default: 30)")
-    p.add_argument("--header-timeout", type=float, default=10.0,
-                   help="seconds a request line and headers may take to arrive; slower connections are closed (default: 10)")
-    p.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection stays open (default: 5)")
-    p.add_argument("--max-connections", type=int, default=512,
-                   help="connections open at once; beyond it 503, and new ones are closed on accept (default: 512)")
-    p.add_argument("--login-failures", type=int, default=20,
-                   help="wrong tokens a client address may send per --login-window before 429 (default: 20; behind "
-                        "a proxy every client shares its address)")
-    p.add_argument("--login-window", type=float, default=60.0, help="seconds of that window (default: 60)")
+    for flag, kind, default, text in _hardening_flags():
+        p.add_argument(flag, type=kind, default=default, help=text + ("" if default is None else f" (default: {default:g})"))
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
     p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
     p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
     p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
     p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
     p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
+
+
+def _hardening_flags() -> list[tuple[str, type, float | None, str]]:
+    """(flag, type, default, help) of the limits against a hostile caller; defaults from the configs."""
+    from exotune.serve.config import ListenConfig, ServeConfig
+
+    serve, listen = ServeConfig(), ListenConfig()
+    return [
+        ("--max-tokens-per-request", int, None, "texts x tokens one request may ask for, counted before tokenizing "
+         "as UTF-8 bytes + 2 per text, capped at max-length (default: max-batch x max-length)"),
+        ("--max-response-mb", float, serve.max_response_bytes / 2**20, "largest answer, refused before the work is done"),
+        ("--fair-unit-tokens", int, serve.fair_unit_tokens, "tokens the box works on for one bearer token before "
+         "another's turn: a small request waits about one such unit behind a large one"),
+        ("--box-workers", int, serve.box_workers, "box calls at once (more than 1 only for a box safe across threads, "
+         "as the text box is)"),
+        ("--max-inflight", int, serve.max_inflight_per_token, "requests per bearer token in progress at once; more wait"),
+        ("--body-timeout", float, serve.body_timeout_s, "seconds a request body may take to arrive (else 408)"),
+        ("--header-timeout", float, listen.header_timeout_s, "seconds a request line and headers may take to arrive; "
+         "slower connections are closed"),
+        ("--keep-alive-timeout", float, listen.keep_alive_s, "seconds an idle connection stays open"),
+        ("--max-connections", int, listen.max_connections, "connections open at once; new ones beyond are closed on accept"),
+        ("--login-failures", int, serve.login_failures, "wrong tokens one client address may send per --login-window "
+         "before 429 (behind a proxy every client shares its address)"),
+        ("--login-window", float, serve.login_window_s, "seconds of that window"),
+    ]
 
 
 def _serve_tokens(args) -> list[str]:
@@ -144,13 +150,14 @@ def run_server(app, host: str, port: int, listen=None) -> None:  # pragma: no co
 
 
 def cmd_serve(args) -> int:
+    listen = listen_config(args)  # checked before the model loads
     app = build_server(args)
     spec = app.state.service.spec
     if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
     print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/",
           file=sys.stderr)
-    run_server(app, args.host, args.port, listen_config(args))
+    run_server(app, args.host, args.port, listen)
     return 0
 
 
