@@ -47,6 +47,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
     p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
     p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
+    p.add_argument("--quota-store", default=None, metavar="redis://HOST:PORT/DB",
+                   help="count rate limits and gradient budgets in this Redis, shared by every replica behind a "
+                        "load balancer (keys are hashes of the tokens; budgets outlive a replica's restart). "
+                        "Default: in this process, so N replicas would give a token N times its --rate and "
+                        "--grad-budget")
+    p.add_argument("--quota-fallback", default="refuse", choices=("refuse", "local"),
+                   help="when the quota store cannot be reached: 'refuse' gradient calls with 503 (default), or "
+                        "count them in each replica until it is back ('local': up to N times a budget meanwhile); "
+                        "the rate limit is then counted in each replica")
     p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
     p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
     p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
@@ -117,7 +126,8 @@ def build_server(args):
                          max_response_bytes=int(args.max_response_mb * 2**20), fair_unit_tokens=args.fair_unit_tokens,
                          box_workers=args.box_workers, max_inflight_per_token=args.max_inflight,
                          body_timeout_s=args.body_timeout, login_failures=args.login_failures,
-                         login_window_s=args.login_window)
+                         login_window_s=args.login_window, quota_store=args.quota_store,
+                         quota_fallback=args.quota_fallback)
     secret, origin = owner_secret(args.owner_secret_file)
     print(f"owner secret {origin}", file=sys.stderr)
     kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis}

@@ -26,6 +26,7 @@ from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
 from exotune.serve.fair import InflightLimit
+from exotune.serve.quota import quota_store
 from exotune.serve.service import BoxService
 
 log = logging.getLogger("exotune.serve")
@@ -164,7 +165,8 @@ def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = 
     if tokens and config.no_auth:
         raise ConfigError("no_auth=True contradicts the tokens given; pass one or the other")
     gate = TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget,
-                     login_failures=config.login_failures, login_window_s=config.login_window_s)
+                     login_failures=config.login_failures, login_window_s=config.login_window_s,
+                     store=quota_store(config.quota_store, config.quota_fallback))
     service = BoxService(box, config, gate)
     # no redirect of "/v1/spec/" to "/v1/spec": it would be built from the request's Host header
     app = FastAPI(title="exotune served box", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,

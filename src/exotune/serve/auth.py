@@ -7,32 +7,26 @@ import hmac
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 
 from exotune.errors import ConfigError
 from exotune.serve.errors import ApiError
+from exotune.serve.quota import LocalQuota, QuotaStore, quota_key
 
 ANONYMOUS = "anonymous"
 MAX_ADDRESSES = 10_000  # client addresses whose failed logins are remembered (oldest forgotten)
-
-
-@dataclass
-class _Account:
-    tokens: float  # what is left in the bucket
-    stamp: float
-    grad_calls: int = 0
 
 
 class TokenGate:
     """Who is calling, may they call now, and may they take one more gradient.
 
     Callers are known by an opaque id (``t0``, ``t1``...), never by their token, so handles
-    and logs do not hold secrets.
+    and logs do not hold secrets. Buckets and budgets live in ``store`` (this process's by
+    default; a shared one for replicas), under a hash of the token.
     """
 
     def __init__(self, tokens: list[str] | None, rate_per_s: float, burst: int,
                  grad_budget: int | None, clock=time.monotonic, login_failures: int = 20,
-                 login_window_s: float = 60.0) -> None:
+                 login_window_s: float = 60.0, store: QuotaStore | None = None) -> None:
         tokens = [t for t in (tokens or []) if t]
         if any(len(t) < 8 or any(c.isspace() for c in t) for t in tokens):
             raise ConfigError("serve tokens must be at least 8 characters without whitespace")
@@ -41,7 +35,8 @@ class TokenGate:
         self.rate, self.burst, self.grad_budget = rate_per_s, burst, grad_budget
         self._clock = clock
         self._lock = threading.Lock()
-        self._accounts: dict[str, _Account] = {}
+        self.store = store or LocalQuota(clock)
+        self._keys = {f"t{i}": quota_key(t) for i, t in enumerate(tokens)} | {ANONYMOUS: ANONYMOUS}
         self.login_failures, self.login_window_s = login_failures, login_window_s
         self._failures: OrderedDict[str, deque] = OrderedDict()  # client address -> times of wrong tokens
 
@@ -87,36 +82,24 @@ class TokenGate:
 
     def admit(self, caller: str) -> None:
         """Take one request from the caller's bucket, or refuse with 429."""
-        with self._lock:
-            now = self._clock()
-            acc = self._accounts.setdefault(caller, _Account(tokens=float(self.burst), stamp=now))
-            acc.tokens = min(float(self.burst), acc.tokens + (now - acc.stamp) * self.rate)
-            acc.stamp = now
-            if acc.tokens < 1.0:
-                wait = (1.0 - acc.tokens) / self.rate
-                raise ApiError(429, "rate_limited", f"rate limit of {self.rate:g} requests/s "
-                              f"(burst {self.burst}) exceeded; retry in {wait:.2f} s", retry_after=wait)
-            acc.tokens -= 1.0
+        wait = self.store.take(self._keys[caller], self.rate, self.burst)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"rate limit of {self.rate:g} requests/s "
+                          f"(burst {self.burst}) exceeded; retry in {wait:.2f} s", retry_after=wait)
 
     def check_budget(self, caller: str) -> None:
-        with self._lock:
-            self._check_budget(caller)
+        if not self.store.within(self._keys[caller], self.grad_budget):
+            raise self._spent()
 
     def spend_gradient(self, caller: str) -> None:
         """Count one gradient call, refusing with 429 once the caller's budget is spent."""
-        with self._lock:
-            self._check_budget(caller)
-            self._accounts[caller].grad_calls += 1
+        if not self.store.spend(self._keys[caller], self.grad_budget):
+            raise self._spent()
 
     def refund_gradient(self, caller: str) -> None:
         """Give back the unit ``spend_gradient`` took: the call it paid for was refused."""
-        with self._lock:
-            acc = self._accounts.get(caller)
-            if acc is not None and acc.grad_calls > 0:
-                acc.grad_calls -= 1
+        self.store.refund(self._keys[caller])
 
-    def _check_budget(self, caller: str) -> None:
-        acc = self._accounts.setdefault(caller, _Account(tokens=float(self.burst), stamp=self._clock()))
-        if self.grad_budget is not None and acc.grad_calls >= self.grad_budget:
-            raise ApiError(429, "budget_exhausted", f"gradient budget of {self.grad_budget} backward "
-                          "calls for this token is spent; ask the box's owner for more")
+    def _spent(self) -> ApiError:
+        return ApiError(429, "budget_exhausted", f"gradient budget of {self.grad_budget} backward "
+                        "calls for this token is spent; ask the box's owner for more")

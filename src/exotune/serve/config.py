@@ -9,6 +9,7 @@ from pathlib import Path
 
 from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
+from exotune.serve.quota import FALLBACKS, check_store_url
 
 
 @dataclass
@@ -39,6 +40,11 @@ class ServeConfig(ConfigBase):
     grad_budget: int | None = None  # backward calls per token; None: unlimited
     login_failures: int = 20  # wrong tokens one client address may send per window ...
     login_window_s: float = 60.0  # ... before it is answered 429 for the rest of the window
+    # where rate buckets and gradient budgets are counted: None in this process, or a Redis URL
+    # (redis://host:port/db) that replicas share; if Redis is away, gradient calls get 503
+    # ("refuse") or are counted in the replica until it is back ("local", the owner's choice)
+    quota_store: str | None = None
+    quota_fallback: str = "refuse"
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_length", "grad_budget", "max_tokens_per_request"):
@@ -56,6 +62,10 @@ class ServeConfig(ConfigBase):
         for name in ("handle_ttl_s", "rate_per_s", "body_timeout_s", "login_window_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.quota_store is not None:
+            check_store_url(self.quota_store)
+        if self.quota_fallback not in FALLBACKS:
+            raise ConfigError(f"ServeConfig.quota_fallback must be one of {FALLBACKS}, got {self.quota_fallback!r}")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"ServeConfig.max_length must be >= 2, got {self.max_length}")
 
