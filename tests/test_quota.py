@@ -167,3 +167,11 @@ def test_serve_help_documents_the_quota_store():
     assert "--quota-store" in text and "redis://" in text and "--quota-fallback" in text
     args = p.parse_args(["--quota-store", "redis://127.0.0.1:6379/0", "--quota-fallback", "local"])
     assert (args.quota_store, args.quota_fallback) == ("redis://127.0.0.1:6379/0", "local")
+
+
+def test_the_reliability_access_section_checks_the_replicated_case(tiny_box):
+    from exotune.bench.reliability import access
+    from exotune.serve import create_app
+
+    checks = access.replicated_checks(tiny_box, create_app, ServeConfig)
+    assert len(checks) == 3 and all(ok for _, ok, _ in checks), checks

@@ -1,6 +1,7 @@
 """Access: who may call what. Every route (from the OpenAPI document, so a new route is
 covered) refuses a missing, wrong or malformed token with 401; a handle belongs to the token
-that made it; the rate limit and the gradient budget are enforced per token; and no answer,
+that made it; the rate limit and the gradient budget are enforced per token, across replicas
+too when they share a Redis quota store; and no answer,
 refusals included, names the backbone's modules or carries a tensor other than the route's.
 
 The served process is checked over HTTP; the limits, which need a server configured tight,
@@ -94,6 +95,7 @@ def run(server, local) -> dict:
     checks.append(("/v1/spec holds only protocol, spec, server, wire", set(spec) == SPEC_KEYS, str(sorted(spec))))
     http.close()
     checks += _limits(local, create_app, ServeConfig)
+    checks += replicated_checks(local, create_app, ServeConfig)
     failed = [c for c in checks if not c[1]]
     return {"ok": not failed, "checks": len(checks), "routes": [f"{m} {p}" for m, p in routes],
             "failed": [f"{name}: {detail}" for name, _, detail in failed][:20],
@@ -129,12 +131,7 @@ def _limits(local, create_app, ServeConfig) -> list[tuple[str, bool, str]]:
     body, ctype = _bodies(local, "")["/v1/forward"]
 
     def pair(client) -> tuple[int, int]:
-        f = client.post("/v1/forward?train=true", content=body, headers={"Content-Type": ctype})
-        if f.status_code != 200:
-            return f.status_code, 0
-        grad = wire.encode({"grad_outputs": torch.ones(2, local.spec.output_dim)},
-                           {"handle": wire.decode(f.content).meta["handle"]})
-        return f.status_code, client.post("/v1/backward", content=grad, headers={"Content-Type": ctype}).status_code
+        return _pair(client, local, body, ctype)
 
     spent = [pair(first) for _ in range(2)]
     over = pair(first)
@@ -153,4 +150,48 @@ def _limits(local, create_app, ServeConfig) -> list[tuple[str, bool, str]]:
     out.append(("a backward refused for overflow (422) keeps its handle and its budget unit", (refused, retried) == (422, 200),
                 f"{refused} then {retried}"))
     out.append(("gradient budget is per token: the other still trains", pair(second) == (200, 200), ""))
+    return out
+
+
+def _pair(client, local, body: bytes, ctype: str) -> tuple[int, int]:
+    """Statuses of a training forward and the backward with its handle."""
+    f = client.post("/v1/forward?train=true", content=body, headers={"Content-Type": ctype})
+    if f.status_code != 200:
+        return f.status_code, 0
+    grad = wire.encode({"grad_outputs": torch.ones(2, local.spec.output_dim)},
+                       {"handle": wire.decode(f.content).meta["handle"]})
+    return f.status_code, client.post("/v1/backward", content=grad, headers={"Content-Type": ctype}).status_code
+
+
+def replicated_checks(local, create_app, ServeConfig) -> list[tuple[str, bool, str]]:
+    """Three replicas (in-process apps over the same box) sharing a real redis-server: one
+    budget and one bucket per token for all; Redis away: gradient calls 503, never unlimited."""
+    import tempfile
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from exotune.bench import cluster
+
+    if cluster.REDIS is None:
+        return [("replicated: skipped, redis-server is not installed", True, "")]
+    a = "token-alpha-0001"
+    body, ctype = _bodies(local, "")["/v1/forward"]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp, cluster.redis_server(Path(tmp)) as url:
+        replicas = [TestClient(create_app(local, [a], ServeConfig(grad_budget=3, burst=12, rate_per_s=0.01,
+                                                                   quota_store=url)),
+                               headers={"Authorization": f"Bearer {a}"}) for _ in range(3)]
+        backwards = [_pair(replicas[i % 3], local, body, ctype)[1] for i in range(3)]
+        after = [_pair(c, local, body, ctype)[0] for c in replicas]
+        out.append(("replicated: budget 3 across 3 replicas on one Redis: 3 backward calls in all, then 429 on each",
+                    backwards == [200] * 3 and after == [429] * 3, f"{backwards} then {after}"))
+        codes = [replicas[i % 3].get("/v1/spec").status_code for i in range(6)]  # 9 of the burst are used
+        out.append(("replicated: one rate bucket across replicas: the burst of 12 in all, then 429 on each",
+                    codes == [200] * 3 + [429] * 3, str(codes)))
+    away = TestClient(create_app(local, [a], ServeConfig(grad_budget=5, quota_store=f"redis://127.0.0.1:{cluster.free_port()}/0")),
+                      headers={"Authorization": f"Bearer {a}"})
+    f = away.post("/v1/forward?train=true", content=body, headers={"Content-Type": ctype})
+    out.append(("replicated: quota store unreachable: a training forward gets 503, never unlimited",
+                f.status_code == 503 and f.json().get("error") == "quota_store_unreachable", str(f.status_code)))
     return out
