@@ -127,7 +127,7 @@ def _checked(secret: str, where: str) -> str:
 
 
 @dataclass
-class ListenConfig:
+class ListenConfig(ConfigBase):
     """How ``exotune serve`` holds its connections (uvicorn's settings): a connection that is
     idle, or sends its request head too slowly, is cut; past ``max_connections`` new ones are
     closed as they come, so stalled clients cannot take every file descriptor."""
