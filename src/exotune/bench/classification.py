@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from exotune.bench.common import peak_memory_mb
+from exotune.defaults import CLASSIFICATION
 
 METHODS = {
     # name: (method, variant, access)
@@ -37,14 +38,13 @@ LABEL_TEMPLATES = {"banking77": "{}", "sst2": "a {} movie review"}
 
 @dataclass
 class Budget:
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 2e-3  # gray-box adapters (dga); other methods: method_lr
-    # White-box scales (see exotune.whitebox): LoRA's B starts at zero and needs ~1e-3 to move
-    # in a few epochs; full fine-tuning of every weight wants the usual BERT-style 1e-4 or less.
-    method_lr: dict[str, float] = field(default_factory=lambda: {"lora": 1e-3, "full-ft": 1e-4})
-    val_fraction: float = 0.1
-    patience: int = 2
+    # the defaults the committed tables were made with (exotune.defaults)
+    epochs: int = CLASSIFICATION.epochs
+    batch_size: int = CLASSIFICATION.batch_size
+    lr: float = CLASSIFICATION.gray_lr  # gray-box adapters (dga, lga); other methods: method_lr
+    method_lr: dict[str, float] = field(default_factory=lambda: dict(CLASSIFICATION.white_lr))
+    val_fraction: float = CLASSIFICATION.val_fraction
+    patience: int = CLASSIFICATION.patience
     max_train: int | None = None  # sample of train (after carving validation); overrides the per-dataset caps
     max_val: int | None = None
     max_test: int | None = None

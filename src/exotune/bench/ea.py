@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from exotune.bench.common import RESULTS_DIR, command_line, machine, peak_memory_mb, run_isolated
+from exotune.defaults import CLASSIFICATION
 from exotune.plotting import pyplot
 
 SETTINGS = {
@@ -38,7 +39,9 @@ class Budget:
     max_train: int | None = None
     max_val: int | None = None
     max_test: int | None = None
-    lora: dict = field(default_factory=lambda: {"epochs": 5, "method_lr": {"lora": 1e-3}})
+    # the classification suite's LoRA budget (exotune.defaults)
+    lora: dict = field(default_factory=lambda: {"epochs": CLASSIFICATION.epochs,
+                                                "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}})
 
 
 def _data(data_dir, budget: Budget, seed: int):
@@ -148,7 +151,7 @@ def run(args) -> int:
     budget = Budget(max_train=args.max_train)
     if args.quick:
         budget = Budget(max_train=600, max_val=200, max_test=300, budgets=(0.3, 1.0), cv_folds=3,
-                        n_clusters=4, lora={"epochs": 1, "method_lr": {"lora": 1e-3}})
+                        n_clusters=4, lora={"epochs": 1, "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}})
     if "lora" in dict(args.lr):
         budget.lora["method_lr"] = {"lora": dict(args.lr)["lora"]}
     seed = args.seeds[0]
