@@ -165,3 +165,108 @@ def test_the_ea_suite_lora_is_the_committed_one():
     lora = next(r for r in doc["records"] if r["method"] == "lora")
     assert lora["lr"] == CLASSIFICATION.lr_for("lora") == Budget().lora["method_lr"]["lora"]
     assert doc["budget"]["lora"]["epochs"] == Budget().lora["epochs"] == CLASSIFICATION.epochs
+
+
+# -- every method of a suite on the user's data -------------------------------------------------
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Each run in this process, not a fresh one: the logic is the same, minus a start per run
+    (peak memory, what the fresh process is for, is not what these tests check)."""
+    import exotune.bench
+    import exotune.bench.ea
+
+    def here(fn, *args):
+        return fn(*args)
+
+    monkeypatch.setattr(exotune.bench, "run_isolated", here)
+    monkeypatch.setattr(exotune.bench.ea, "run_isolated", here)
+
+
+def own_files(folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return ["--file", str(write_colours(folder / "train.csv", 48, 0)),
+            "--val-file", str(write_colours(folder / "val.csv", 18, 1)),
+            "--test-file", str(write_colours(folder / "test.csv", 18, 2))]
+
+
+def test_one_command_compares_every_method_on_the_users_three_files(tiny_backbone, tmp_path, capsys, in_process):
+    """The done-when of 'your own data': zero-shot, probe, DGA, LGA, LoRA and full FT on the
+    user's files, selection on their validation file, test scored once, resumable."""
+    pytest.importorskip("peft")
+    out = tmp_path / "results"
+    methods = ["zero-shot", "linear-probe", "dga-both", "lga", "lora", "full-ft"]
+    argv = ["bench", "classification", *own_files(tmp_path / "mydata"), "--backbone", str(tiny_backbone),
+            "--quick", "--out-dir", str(out), "--methods", *methods]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    doc = json.loads((out / "classification.json").read_text())
+    records = [r for r in doc["records"] if r["metric"] == "accuracy"]
+    assert [r["method"] for r in records] == ["zero-shot", "linear-probe", "dga", "lga", "lora", "full-ft"]
+    assert {r["dataset"] for r in records} == {"mydata"} and "## mydata" in table
+    for r in records:  # validation is the user's file, test the user's file, 3 classes
+        assert (r["n_train"], r["n_val"], r["n_test"], r["n_classes"]) == (48, 18, 18, 3)
+    for r in records[2:]:  # the gradient methods: both step times, the defaults' learning rates
+        assert r["wall_seconds_per_step"] == pytest.approx(r["train_seconds"] / r["steps"])
+        assert r["seconds_per_step"] > 0
+        assert r["lr"] == doc["defaults"]["lr"][r["method"]]
+    assert set(doc["data"]["sha256"]) == {"train", "val", "test"}
+    assert "3 classes (trainable parameters count a head for 3)" in table
+    assert "s/step (median) | s/step (wall)" in table
+    for name in ("classification.md", "classification_params.png", "classification_step_time.png"):
+        assert (out / name).is_file()
+    assert main(argv) == 0  # resumed: every run comes from the log
+    assert capsys.readouterr().err.count("logged earlier, reused") == len(methods)
+
+
+@pytest.mark.slow  # a served box in its own process, two EA fits and LoRA
+def test_the_ea_suite_runs_on_the_users_files(tiny_backbone, tmp_path, capsys, in_process):
+    pytest.importorskip("peft")
+    out = tmp_path / "ea"
+    assert main(["bench", "ea", *own_files(tmp_path / "mydata"), "--backbone", str(tiny_backbone), "--quick",
+                 "--out-dir", str(out)]) == 0
+    doc = json.loads((out / "ea.json").read_text())
+    methods = {r["method"] for r in doc["records"]}
+    assert methods == {"ea", "lm", "ssm", "lora"}
+    assert {r["dataset"] for r in doc["records"]} == {"mydata"}
+    assert all((r["n_val"], r["n_test"]) == (18, 18) for r in doc["records"])
+    assert (out / "ea.md").is_file() and (out / "ea_cost_quality.png").is_file()
+
+
+def test_the_retrieval_suite_runs_on_a_beir_folder(tiny_backbone, tmp_path, capsys, in_process):
+    from .test_beir import write_beir
+
+    folder = write_beir(tmp_path / "mybeir")
+    out = tmp_path / "results"
+    assert main(["bench", "retrieval", "--beir-dir", str(folder), "--backbone", str(tiny_backbone), "--quick",
+                 "--out-dir", str(out), "--methods", "zero-shot", "dga-output-only"]) == 0
+    doc = json.loads((out / "retrieval.json").read_text())
+    assert {(r["dataset"], r["method"]) for r in doc["records"]} == {("mybeir", "zero-shot"), ("mybeir", "dga")}
+    assert doc["data"]["beir_dir"] == str(folder)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["bench", "classification", "--file", "t.csv", "--test-file", "x.csv"], "--out-dir"),
+    (["bench", "classification", "--file", "t.csv", "--out-dir", "o"], "--test-file"),
+    (["bench", "classification", "--file", "t.csv", "--test-file", "x.csv", "--out-dir", "o", "--datasets", "sst2"],
+     "not both"),
+    (["bench", "steps", "--file", "t.csv", "--test-file", "x.csv", "--out-dir", "o"], "runs on its own datasets"),
+    (["bench", "retrieval", "--file", "t.csv", "--out-dir", "o"], "--beir-dir"),
+    (["bench", "ea", "--beir-dir", "b", "--out-dir", "o"], "--file"),
+])
+def test_own_data_misuse_is_a_clean_error(capsys, argv, fragment):
+    assert main(argv) == 2
+    assert_clean_error(capsys, fragment)
+
+
+def test_wall_seconds_per_step_sits_beside_the_median():
+    from types import SimpleNamespace
+
+    from exotune.bench.common import aggregate, step_seconds
+
+    assert step_seconds(SimpleNamespace(train_seconds=10.0, steps=4, seconds_per_step=0.5)) == {
+        "seconds_per_step": 0.5, "wall_seconds_per_step": 2.5}
+    runs = [{"dataset": "d", "method": "dga", "seed": s, "metrics": {"accuracy": 0.5}, "wall_seconds_per_step": w}
+            for s, w in ((0, 1.0), (1, 3.0))]
+    assert aggregate(runs, "accuracy")["wall_seconds_per_step"] == 2.0
