@@ -157,6 +157,23 @@ def test_the_defaults_are_what_the_committed_tables_were_made_with(suite):
     assert all(suite_budget.lr_for(m) == defaults.lr_for(m) for m in defaults.white_lr)
 
 
+@pytest.mark.parametrize("suite, dataset", [("classification", "banking77"), ("classification", "sst2"),
+                                            ("retrieval", "scifact")])
+def test_a_suite_without_lr_or_epochs_is_keyed_like_the_committed_runs(suite, dataset):
+    """The default budget is the committed one, field for field: a run without --lr or --epochs
+    meets the committed run log's seed-0 runs (so it reproduces them; --fresh re-runs them)."""
+    from exotune.bench import classification, retrieval
+    from exotune.bench.common import RunLog
+
+    module = {"classification": classification, "retrieval": retrieval}[suite]
+    log = RunLog(RESULTS / f".{suite}.runs.jsonl")
+    budget = module.Budget().for_dataset(dataset)
+    for method in module.METHODS:
+        key = {"dataset": dataset, "method": method, "seed": 0, "backbone": "all-MiniLM-L6-v2", "quick": False,
+               "budget": budget}
+        assert log.get(key) is not None, method
+
+
 def test_the_ea_suite_lora_is_the_committed_one():
     from exotune.bench.ea import Budget
     from exotune.defaults import CLASSIFICATION
