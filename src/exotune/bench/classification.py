@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from exotune.bench.common import peak_memory_mb, step_seconds
-from exotune.bench.sources import UserFiles
+from exotune.bench.sources import splits
 from exotune.defaults import CLASSIFICATION
 
 METHODS = {
@@ -81,12 +81,10 @@ def _data(dataset: str, source, budget: Budget, seed: int):
     user's files (``source`` a ``UserFiles``); then the budget's samples."""
     from exotune.data import load_dataset
 
-    if isinstance(source, UserFiles):
-        train, val, test = source.load(budget.val_fraction, seed)
-    else:
-        full = load_dataset(dataset, "train", source)
-        train, val = full.split(budget.val_fraction, seed=seed)
-        test = load_dataset(dataset, "test", source)
+    def known(root):
+        return load_dataset(dataset, "train", root), None, load_dataset(dataset, "test", root)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
     if budget.train_cap(dataset):
         train = train.head(budget.train_cap(dataset), seed)
     if budget.val_cap(dataset):

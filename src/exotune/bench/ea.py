@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from exotune.bench.common import RESULTS_DIR, command_line, machine, peak_memory_mb, run_isolated
-from exotune.bench.sources import UserFiles, user_data
+from exotune.bench.sources import splits, user_data
 from exotune.defaults import CLASSIFICATION
 from exotune.plotting import pyplot
 
@@ -51,11 +51,10 @@ def _data(source, budget: Budget, seed: int):
     ``UserFiles``; then the budget's samples."""
     from exotune.data import load_dataset
 
-    if isinstance(source, UserFiles):
-        train, val, test = source.load(budget.val_fraction, seed)
-    else:
-        train, val = load_dataset(DATASET, "train", source).split(budget.val_fraction, seed=seed)
-        test = load_dataset(DATASET, "test", source)
+    def known(root):
+        return load_dataset(DATASET, "train", root), None, load_dataset(DATASET, "test", root)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
     if budget.max_train:
         train = train.head(budget.max_train, seed)
     if budget.max_val:

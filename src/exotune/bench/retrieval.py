@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from exotune.bench.common import peak_memory_mb, step_seconds
-from exotune.bench.sources import BeirFolder
+from exotune.bench.sources import splits
 from exotune.defaults import RETRIEVAL
 
 METHODS = {
@@ -96,12 +96,11 @@ def _data(dataset: str, source, budget: Budget, seed: int):
     from exotune.data import load_retrieval_dataset
     from exotune.data.beir import RetrievalData
 
-    if isinstance(source, BeirFolder):
-        train, val, test = source.load(budget.val_fraction, seed)
-    else:
-        full = load_retrieval_dataset(dataset, "train", source)
-        train, val = full.split(budget.val_fraction, seed=seed)
-        test = load_retrieval_dataset(dataset, "test", source, corpus=full.corpus)
+    def known(root):
+        full = load_retrieval_dataset(dataset, "train", root)
+        return full, None, load_retrieval_dataset(dataset, "test", root, corpus=full.corpus)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
     full_corpus = train.corpus
     if budget.max_train:
         train = train.head(budget.max_train, seed)

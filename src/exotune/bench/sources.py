@@ -5,6 +5,7 @@ interrupted suite resumes, and an edited file is run again rather than reused.""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +45,11 @@ class UserFiles:
         return {"files": files, "columns": [self.text_column, self.label_column],
                 "sha256": {k: _digest(Path(v)) for k, v in files.items() if v}}
 
-    def load(self, val_fraction: float, seed: int):
-        """(train, validation, test) on the training file's label set."""
+    def load(self):
+        """(train, validation or None, test) on the training file's label set."""
         from exotune.data import load_text_files
 
-        train, val, test = load_text_files(self.train, self.val, self.test, self.text_column, self.label_column)
-        if val is None:
-            train, val = train.split(val_fraction, seed=seed)
-        return train, val, test
+        return load_text_files(self.train, self.val, self.test, self.text_column, self.label_column)
 
 
 @dataclass(frozen=True)
@@ -70,16 +68,24 @@ class BeirFolder:
         files = ["corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/dev.tsv", "qrels/test.tsv"]
         return {"beir_dir": self.path, "sha256": {f: _digest(folder / f) for f in files}}
 
-    def load(self, val_fraction: float, seed: int):
+    def load(self):
+        """(train, validation or None, test) over one corpus."""
         from exotune.data import load_beir
 
         folder = Path(self.path)
         train = load_beir(folder, "train")
-        if (folder / "qrels" / "dev.tsv").is_file():
-            val = load_beir(folder, "dev", corpus=train.corpus)
-        else:
-            train, val = train.split(val_fraction, seed=seed)
+        val = load_beir(folder, "dev", corpus=train.corpus) if (folder / "qrels" / "dev.tsv").is_file() else None
         return train, val, load_beir(folder, "test", corpus=train.corpus)
+
+
+def splits(source, val_fraction: float, seed: int, known: Callable):
+    """(train, validation, test): the user's data when ``source`` is a ``UserFiles`` or
+    ``BeirFolder``, else ``known(source)`` (a known dataset under the data root ``source``);
+    validation carved from train (``val_fraction``) when none is given."""
+    train, val, test = source.load() if isinstance(source, (UserFiles, BeirFolder)) else known(source)
+    if val is None:
+        train, val = train.split(val_fraction, seed=seed)
+    return train, val, test
 
 
 def user_data(args) -> UserFiles | BeirFolder | None:
