@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from exotune.bench.common import peak_memory_mb
+from exotune.bench.common import peak_memory_mb, step_seconds
+from exotune.bench.sources import splits
+from exotune.defaults import CLASSIFICATION
 
 METHODS = {
     # name: (method, variant, access)
@@ -37,14 +39,13 @@ LABEL_TEMPLATES = {"banking77": "{}", "sst2": "a {} movie review"}
 
 @dataclass
 class Budget:
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 2e-3  # gray-box adapters (dga); other methods: method_lr
-    # White-box scales (see exotune.whitebox): LoRA's B starts at zero and needs ~1e-3 to move
-    # in a few epochs; full fine-tuning of every weight wants the usual BERT-style 1e-4 or less.
-    method_lr: dict[str, float] = field(default_factory=lambda: {"lora": 1e-3, "full-ft": 1e-4})
-    val_fraction: float = 0.1
-    patience: int = 2
+    # the defaults the committed tables were made with (exotune.defaults)
+    epochs: int = CLASSIFICATION.epochs
+    batch_size: int = CLASSIFICATION.batch_size
+    lr: float = CLASSIFICATION.gray_lr  # gray-box adapters (dga, lga); other methods: method_lr
+    method_lr: dict[str, float] = field(default_factory=lambda: dict(CLASSIFICATION.white_lr))
+    val_fraction: float = CLASSIFICATION.val_fraction
+    patience: int = CLASSIFICATION.patience
     max_train: int | None = None  # sample of train (after carving validation); overrides the per-dataset caps
     max_val: int | None = None
     max_test: int | None = None
@@ -75,12 +76,15 @@ def quick_budget() -> Budget:
     return Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
 
 
-def _data(dataset: str, data_dir, budget: Budget, seed: int):
+def _data(dataset: str, source, budget: Budget, seed: int):
+    """(train, validation, test) of a known dataset under the data root ``source``, or of the
+    user's files (``source`` a ``UserFiles``); then the budget's samples."""
     from exotune.data import load_dataset
 
-    full = load_dataset(dataset, "train", data_dir)
-    train, val = full.split(budget.val_fraction, seed=seed)
-    test = load_dataset(dataset, "test", data_dir)
+    def known(root):
+        return load_dataset(dataset, "train", root), None, load_dataset(dataset, "test", root)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
     if budget.train_cap(dataset):
         train = train.head(budget.train_cap(dataset), seed)
     if budget.val_cap(dataset):
@@ -117,8 +121,9 @@ def _gradient_model(name: str, train, task, backbone):
     return TextClassifier(box, train.label_names, dga, task), {}
 
 
-def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
-    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
+def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
+    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``).
+    ``source``: the data root of the known datasets, or the user's ``UserFiles``."""
     import torch
 
     from exotune.boxes import load_box
@@ -127,11 +132,12 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
 
     seed_everything(seed)
     method, variant, access = METHODS[name]
-    train, val, test = _data(dataset, data_dir, budget, seed)
+    train, val, test = _data(dataset, source, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None,
            "n_train": len(train), "n_val": len(val), "n_test": len(test),
+           "n_classes": len(train.label_names),  # the head, hence trainable parameters, grows with it
            "label_template": None if method == "linear-probe" else task.label_template}
     if method == "zero-shot":
         model = TextClassifier(load_box(backbone), train.label_names, config=task)
@@ -195,7 +201,7 @@ def _fit(model, train, val, test, budget: Budget, lr: float, seed: int) -> dict:
                       patience=budget.patience, seed=seed)
     result = Trainer(cfg, progress=False).fit(model, train, val)
     rec = {"trainable_params": model.num_trainable(), "train_seconds": result.train_seconds,
-           "seconds_per_step": result.seconds_per_step, "steps": result.steps, "lr": lr,
+           **step_seconds(result), "steps": result.steps, "lr": lr,
            "best_epoch": result.best_epoch, "val_accuracy": result.best_metric}
     rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)
     return rec

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exotune.bench.common import peak_memory_mb
+from exotune.bench.common import peak_memory_mb, step_seconds
+from exotune.bench.sources import splits
+from exotune.defaults import RETRIEVAL
 
 METHODS = {
     # name: (method, variant, access)
@@ -42,19 +44,19 @@ METHODS = {
 }
 DATASETS = ("scifact",)
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
-# The classification suite's white-box scales (LoRA's B starts at zero; full fine-tuning of every
-# weight wants a BERT-style rate); the gray-box methods take ``Budget.lr``.
-METHOD_LR = {"lora": 2e-3, "full-ft": 2e-4}
+# The white-box scales (exotune.defaults); the gray-box methods take ``Budget.lr``.
+METHOD_LR = dict(RETRIEVAL.white_lr)
 
 
 @dataclass
 class Budget:
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 2e-3  # gray-box adapters; other methods: method_lr
+    # the defaults the committed tables were made with (exotune.defaults)
+    epochs: int = RETRIEVAL.epochs
+    batch_size: int = RETRIEVAL.batch_size
+    lr: float = RETRIEVAL.gray_lr  # gray-box adapters; other methods: method_lr
     method_lr: dict[str, float] = field(default_factory=lambda: dict(METHOD_LR))
-    val_fraction: float = 0.1
-    patience: int = 2
+    val_fraction: float = RETRIEVAL.val_fraction
+    patience: int = RETRIEVAL.patience
     max_train: int | None = None  # train queries
     max_val: int | None = None
     max_test: int | None = None
@@ -88,13 +90,18 @@ def _shrink(corpus, keep_ids: set[str], n: int, seed: int):
                   [corpus.texts[i] for i in idx], f"{corpus.name}[{len(idx)}]")
 
 
-def _data(dataset: str, data_dir, budget: Budget, seed: int):
+def _data(dataset: str, source, budget: Budget, seed: int):
+    """(train, validation, test) of a known dataset under the data root ``source``, or of the
+    user's ``BeirFolder``; then the budget's samples."""
     from exotune.data import load_retrieval_dataset
     from exotune.data.beir import RetrievalData
 
-    full = load_retrieval_dataset(dataset, "train", data_dir)
-    train, val = full.split(budget.val_fraction, seed=seed)
-    test = load_retrieval_dataset(dataset, "test", data_dir, corpus=full.corpus)
+    def known(root):
+        full = load_retrieval_dataset(dataset, "train", root)
+        return full, None, load_retrieval_dataset(dataset, "test", root, corpus=full.corpus)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
+    full_corpus = train.corpus
     if budget.max_train:
         train = train.head(budget.max_train, seed)
     if budget.max_val:
@@ -103,7 +110,7 @@ def _data(dataset: str, data_dir, budget: Budget, seed: int):
         test = test.head(budget.max_test, 0)
     if budget.max_corpus:
         judged = {d for part in (train, val, test) for q in part.qrels for d in q}
-        corpus = _shrink(full.corpus, judged, budget.max_corpus, seed)
+        corpus = _shrink(full_corpus, judged, budget.max_corpus, seed)
         train, val, test = (RetrievalData(p.query_ids, p.queries, p.qrels, corpus, p.name) for p in (train, val, test))
     return train, val, test
 
@@ -176,8 +183,9 @@ def _model(name: str, box, budget: Budget, backbone):
     return DualEncoder(box, dga, RetrievalConfig(doc_side=budget.doc_side)), {}
 
 
-def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
-    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
+def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
+    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``).
+    ``source``: the data root of the known datasets, or the user's ``BeirFolder``."""
     import torch
 
     from exotune.boxes import load_box
@@ -185,7 +193,7 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
 
     seed_everything(seed)
     method, variant, access = METHODS[name]
-    train, val, test = _data(dataset, data_dir, budget, seed)
+    train, val, test = _data(dataset, source, budget, seed)
     box = load_box(backbone, entry_points="all") if method == "lga" else load_box(backbone)
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None, "n_train": len(train),
@@ -199,8 +207,8 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
         cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=lr,
                           patience=budget.patience, seed=seed, select_metric="ndcg@10")
         result = Trainer(cfg, progress=False).fit(model, train, val)
-        rec.update(train_seconds=result.train_seconds, seconds_per_step=result.seconds_per_step,
-                   steps=result.steps, lr=lr, best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
+        rec.update(train_seconds=result.train_seconds, **step_seconds(result), steps=result.steps, lr=lr,
+                   best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
     rec["peak_memory_mb"] = peak_memory_mb()
     rec["threads"] = torch.get_num_threads()  # training seconds depend on it (OMP_NUM_THREADS)

@@ -61,6 +61,12 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
         g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
 
 
+def add_split_files_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your own validation and test files (with --file; same columns, labels by name)")
+    g.add_argument("--val-file", help="validation file: selection happens on it (default: --val-fraction of --file)")
+    g.add_argument("--test-file", help="test file, scored once at the end")
+
+
 def add_task_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="classification", choices=TASKS, help="default: classification")
 
@@ -99,12 +105,53 @@ def refuse_images(args) -> None:
         raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
 
 
-def train_val(data, args):
-    """``data`` split into train and validation (``--val-fraction``), train sampled to ``--max-train``."""
-    train, val = data.split(args.val_fraction, seed=args.seed)
+def train_val(data, args, val=None):
+    """``data`` and ``val``, or ``data`` split into train and validation (``--val-fraction``);
+    train sampled to ``--max-train``."""
+    train = data
+    if val is None:
+        train, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
         train = train.head(args.max_train, seed=args.seed)
     return train, val
+
+
+def labelled_splits(args, want_test: bool):
+    """(train, validation, test) of ``--dataset`` or ``--file``: validation is ``--val-file``,
+    else carved from train; test (``None`` unless ``want_test`` or ``--test-file``) is the
+    dataset's test split or ``--test-file``. The files share the training file's label set."""
+    from exotune.data import load_dataset, load_text_files
+
+    if args.dataset:
+        if args.val_file or args.test_file:
+            raise ConfigError("--val-file and --test-file go with --file (a known dataset has its own splits)")
+        data, val = load_dataset(args.dataset, "train", args.data_dir), None
+        test = load_dataset(args.dataset, "test", args.data_dir) if want_test else None
+    else:
+        data, val, test = load_text_files(args.file, args.val_file, args.test_file, args.text_column,
+                                          args.label_column)
+        if want_test and test is None:
+            raise ConfigError("--eval-test with --file needs --test-file (the file to score once at the end)")
+    return (*train_val(data, args, val), test)
+
+
+def refuse_split_files(args, task: str) -> None:
+    """``--val-file``/``--test-file`` given to a task that reads no labelled text files."""
+    if (args.val_file or args.test_file) and task != "classification":
+        raise ConfigError(f"--val-file and --test-file are for --task classification, not --task {task}")
+
+
+def fill_train_defaults(args) -> None:
+    """Training options left unset take the task's defaults (exotune.defaults): the settings
+    the committed tables were made with; the learning rate is LGA's with entry tokens."""
+    from exotune.defaults import for_task
+
+    d = for_task(args.task)
+    given = {"epochs": d.epochs, "batch_size": d.batch_size, "patience": d.patience, "val_fraction": d.val_fraction,
+             "lr": d.lr_for("lga" if is_lga(args) else "dga")}
+    for name, value in given.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def read_texts(args) -> list[str]:

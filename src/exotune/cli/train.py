@@ -9,20 +9,23 @@ from exotune.cli.common import (
     ENTRY_TOKENS,
     add_box_args,
     add_data_args,
+    add_split_files_args,
     add_task_arg,
     dga_config,
     entry_points_arg,
+    fill_train_defaults,
     positive_int,
     refuse_images,
+    refuse_split_files,
     train_config,
 )
+from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
-DGA_LR = 5e-3  # best validation accuracy of the sweep in benchmarks/lr-sweep
 TRAINERS = {"classification": classification.train, "retrieval": retrieval.train,
             "image-retrieval": images.train, "image-classification": images.train}  # (args, dga, train_cfg) -> int
 
 
-def add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
+def add_train_args(p: argparse.ArgumentParser) -> None:
     from exotune.graybox import VARIANTS, adapter_names
     from exotune.tasks.heads import HEADS
     from exotune.train import SCHEDULES
@@ -47,16 +50,21 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
                         "--entry-tokens: all)")
     g.add_argument("--entry-tokens", type=positive_int, default=None, metavar="N",
                    help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=epochs)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=DGA_LR,
-                   help=f"peak learning rate (default: {DGA_LR}, chosen on Banking77 validation: benchmarks/lr-sweep)")
+    t = p.add_argument_group("training (defaults: those the committed tables were made with, exotune.defaults)")
+    cls, ret = CLASSIFICATION, RETRIEVAL
+    t.add_argument("--epochs", type=int, default=None,
+                   help=f"default: {cls.epochs} ({ret.epochs} for --task retrieval)")
+    t.add_argument("--batch-size", type=int, default=None, help=f"default: {cls.batch_size}")
+    t.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (default: {cls.gray_lr:g}, {ret.gray_lr:g} for --task retrieval; "
+                        "chosen on validation: benchmarks/lr-sweep)")
     t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
     t.add_argument("--warmup-ratio", type=float, default=0.06)
-    t.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    t.add_argument("--patience", type=int, default=None,
+                   help=f"epochs without validation gain before stopping (default: {cls.patience})")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    t.add_argument("--val-fraction", type=float, default=None,
+                   help=f"validation share carved from train when no --val-file is given (default: {cls.val_fraction})")
     t.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -65,19 +73,23 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)")
     add_task_arg(p)
     add_data_args(p)
+    add_split_files_args(p)
     add_box_args(p)
     add_train_args(p)
     retrieval.add_retrieval_args(p)
     images.add_image_args(p)
     p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
-    p.add_argument("--eval-test", action="store_true", help="after training, evaluate on the test split of --dataset")
+    p.add_argument("--eval-test", action="store_true",
+                   help="after training, evaluate once on the test split of --dataset (or --test-file)")
 
 
 def run(args) -> int:
     from exotune import distributed
 
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
+    fill_train_defaults(args)
     dga, train_cfg = dga_config(args), train_config(args)
     refuse_images(args)
+    refuse_split_files(args, args.task)
     return TRAINERS[args.task](args, dga, train_cfg)
