@@ -64,6 +64,7 @@ def open_box(args, **load_kwargs):
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     from exotune.graybox import VARIANTS, adapter_names
+    from exotune.graybox.input_adapters import TOKEN_ACTIVATIONS
     from exotune.tasks.heads import HEADS
     from exotune.train import SCHEDULES
 
@@ -71,6 +72,12 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     a.add_argument("--variant", default="both", choices=VARIANTS, help="which sides are adapted (default: both)")
     a.add_argument("--extra-tokens", type=int, default=1, help="learnable tokens inserted into each input (default: 1)")
     a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
+    a.add_argument("--text-adapter", default="text-shift", choices=adapter_names("input", "text"),
+                   help="input adapter of a text box (default: text-shift; token-lowrank adds a per-token "
+                        "low-rank residual map e + U act(V e) before the shift and extra tokens)")
+    a.add_argument("--lowrank-rank", type=positive_int, default=16, help="rank of token-lowrank (default: 16)")
+    a.add_argument("--lowrank-activation", default="none", choices=list(TOKEN_ACTIVATIONS),
+                   help="activation inside token-lowrank (default: none, a linear map)")
     a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
     a.add_argument("--pixel-adapter", default="pixel-conv", choices=adapter_names("input", "image"),
@@ -92,6 +99,10 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=DGA_LR,
                    help=f"peak learning rate (default: {DGA_LR}, chosen on Banking77 validation: benchmarks/lr-sweep)")
+    for group, what in (("input", "the input adapter's maps"), ("tokens", "extra tokens and entry tokens"),
+                        ("output", "the output adapter"), ("head", "the head and temperature")):
+        t.add_argument(f"--lr-{group}", type=float, default=None, metavar="LR",
+                       help=f"peak learning rate of {what} (default: --lr)")
     t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
     t.add_argument("--warmup-ratio", type=float, default=0.06)
     t.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
@@ -182,11 +193,15 @@ def _dga_config(args, modality: str = "text"):
         ResidualMLPConfig,
         TextShiftConfig,
     )
+    from exotune.graybox.input_adapters import TokenLowRankConfig
     from exotune.graybox.output_adapters import LinearOutputConfig
 
     if modality == "image":
         inp = (PixelResidualConfig(kernel_size=args.kernel_size, channels=args.pixel_channels)
                if args.pixel_adapter == "pixel-residual" else PixelConvConfig(kernel_size=args.kernel_size))
+    elif args.text_adapter == "token-lowrank":
+        inp = TokenLowRankConfig(rank=args.lowrank_rank, activation=args.lowrank_activation,
+                                 shift=not args.no_shift, extra_tokens=args.extra_tokens)
     else:
         inp = TextShiftConfig(shift=not args.no_shift, extra_tokens=args.extra_tokens)
     out = ResidualMLPConfig(hidden=args.mlp_hidden) if args.output_adapter == "mlp" else LinearOutputConfig()
@@ -233,7 +248,9 @@ def _train_config(args):
     from exotune.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed)
+                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed,
+                       lr_input=args.lr_input, lr_tokens=args.lr_tokens, lr_output=args.lr_output,
+                       lr_head=args.lr_head)
 
 
 def cmd_train(args) -> int:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, ea, reliability, remote, retrieval, steps
+from exotune.bench import classification, ea, graymethods, reliability, remote, retrieval, steps
 from exotune.bench.common import (
     RESULTS_DIR,
     RunLog,
@@ -28,7 +28,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         f"retrieval: {', '.join(retrieval.DATASETS)})")
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: all of the suite's (classification: {', '.join(classification.METHODS)}; "
-                        f"retrieval: {', '.join(retrieval.METHODS)})")
+                        f"retrieval: {', '.join(retrieval.METHODS)}); classification, retrieval and steps also "
+                        "take gray-box names such as dga-lowrank16, dga-lowrank8-gelu, lga-8, lga-8-upper, "
+                        "lga-4-lowrank16")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="default: the suite's (classification 5, retrieval 3)")
     p.add_argument("--max-train", type=int, default=None,
@@ -36,7 +38,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
                    help="learning rate of a method, e.g. lora=5e-4 full-ft=5e-5 dga=3e-3 "
                         "(defaults: dga 2e-3; lora 1e-3 and full-ft 1e-4 for classification, "
-                        "2e-3 and 2e-4 for retrieval)")
+                        "2e-3 and 2e-4 for retrieval); of a parameter group: dga.tokens=5e-2 (every gray-box "
+                        "method), lga.tokens=5e-2 (LGA only); groups: input, tokens, output, head")
     p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--out-dir", default=None, help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick)")
@@ -85,17 +88,21 @@ def run_suite(args) -> int:
         return suite.run(args)
     datasets = args.datasets or list(suite.DATASETS[:1])
     methods = args.methods or list(suite.METHODS)
-    for kind, given, known in (("dataset", datasets, suite.DATASETS), ("method", methods, suite.METHODS)):
-        bad = [x for x in given if x not in known]
-        if bad:
-            raise ConfigError(f"suite {args.suite!r} has no {kind} {bad}; choose from {list(known)}")
+    bad = [x for x in datasets if x not in suite.DATASETS]
+    if bad:
+        raise ConfigError(f"suite {args.suite!r} has no dataset {bad}; choose from {list(suite.DATASETS)}")
+    for name in methods:
+        graymethods.describe(name, suite.METHODS)  # a clear error for an unknown name
     budget = suite.Budget(**({"epochs": args.epochs} if args.epochs else {}), max_train=args.max_train)
     seeds = args.seeds
     if args.quick:
         budget = suite.quick_budget()
         seeds = seeds[:1]
     for method, lr in args.lr:
-        if method == "dga" or not hasattr(budget, "method_lr"):
+        if "." in method:
+            graymethods.check_group_key(method)
+            budget.group_lr[method] = lr
+        elif method == "dga" or not hasattr(budget, "method_lr"):
             budget.lr = lr
         else:
             budget.method_lr[method] = lr

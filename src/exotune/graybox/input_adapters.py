@@ -29,12 +29,16 @@ class TextShiftConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if not isinstance(self.extra_tokens, int) or self.extra_tokens < 0:
-            raise ConfigError(f"extra_tokens must be an integer >= 0, got {self.extra_tokens!r}")
+        _check_tokens(self)
         if not self.shift and self.extra_tokens == 0:
             raise ConfigError("text-shift adapter with shift=False and extra_tokens=0 learns nothing")
-        if self.init_std < 0:
-            raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
+
+
+def _check_tokens(config) -> None:
+    if isinstance(config.extra_tokens, bool) or not isinstance(config.extra_tokens, int) or config.extra_tokens < 0:
+        raise ConfigError(f"extra_tokens must be an integer >= 0, got {config.extra_tokens!r}")
+    if not config.init_std >= 0:
+        raise ConfigError(f"init_std must be >= 0, got {config.init_std}")
 
 
 @register_adapter("input", "text-shift", TextShiftConfig, modalities=("text",))
@@ -54,6 +58,10 @@ class TextShiftAdapter(nn.Module):
     def added_tokens(self) -> int:
         return self.config.extra_tokens
 
+    def token_parameters(self) -> list[nn.Parameter]:
+        """The free tokens (the ``tokens`` parameter group); the rest is the input side."""
+        return [] if self.extra is None else [self.extra]
+
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # embeds (B, T, D), mask (B, T)
         if self.shift is not None:
@@ -65,6 +73,54 @@ class TextShiftAdapter(nn.Module):
             ones = torch.ones(b, k, dtype=mask.dtype, device=mask.device)
             mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, T + k)
         return embeds, mask
+
+
+TOKEN_ACTIVATIONS = {"none": None, "gelu": nn.functional.gelu, "relu": torch.relu, "tanh": torch.tanh}
+
+
+@dataclass
+class TokenLowRankConfig:
+    """An input-dependent map of every token: ``e + U act(V e)`` of rank ``rank`` (``U`` starts
+    at zero: the identity at step 0; ``activation="none"`` keeps it linear), then the shift token
+    and ``extra_tokens`` extra tokens of ``text-shift``."""
+
+    rank: int = 16
+    activation: str = "none"
+    shift: bool = True
+    extra_tokens: int = 1
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"rank must be an integer >= 1, got {self.rank!r}")
+        if self.activation not in TOKEN_ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {list(TOKEN_ACTIVATIONS)}, got {self.activation!r}")
+        _check_tokens(self)
+
+    @property
+    def variant_name(self) -> str:
+        act = "" if self.activation == "none" else f", {self.activation}"
+        return f"lowrank(r={self.rank}{act})"
+
+
+@register_adapter("input", "token-lowrank", TokenLowRankConfig, modalities=("text",))
+class TokenLowRankAdapter(TextShiftAdapter):
+    """A per-token low-rank residual on the box's token embeddings, before the shift and the
+    extra tokens; pads stay untouched."""
+
+    def __init__(self, config: TokenLowRankConfig, spec: BoxSpec) -> None:
+        super().__init__(config, spec)
+        self.down = nn.Linear(spec.input_dim, config.rank, bias=False)  # V
+        self.up = nn.Linear(config.rank, spec.input_dim, bias=False)  # U
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.down(embeds)  # (B, T, r)
+        act = TOKEN_ACTIVATIONS[self.config.activation]
+        if act is not None:
+            hidden = act(hidden)
+        embeds = embeds + self.up(hidden) * mask.unsqueeze(-1).to(embeds.dtype)  # (B, T, D); pads untouched
+        return super().forward(embeds, mask)
 
 
 # -- images: maps of the pixels ---------------------------------------------------------------

@@ -45,6 +45,22 @@ class GrayBoxModel(nn.Module):
         """Sequence positions the adapters add to each text (input tokens and entry tokens)."""
         return sum(getattr(m, "added_tokens", 0) for m in (self.input_adapter, self.entry_tokens) if m is not None)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable tensors by component (``PARAMETER_GROUPS``: the keys with any): ``input``
+        (the input adapter's maps), ``tokens`` (its extra tokens and the entry tokens),
+        ``output`` (the output adapter); each can get its own learning rate."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        if self.input_adapter is not None:
+            tokens = getattr(self.input_adapter, "token_parameters", list)()
+            ids = {id(p) for p in tokens}
+            groups["input"] = [p for p in self.input_adapter.parameters() if id(p) not in ids]
+            groups["tokens"] = list(tokens)
+        if self.entry_tokens is not None:
+            groups.setdefault("tokens", []).extend(self.entry_tokens.parameters())
+        if self.output_adapter is not None:
+            groups["output"] = list(self.output_adapter.parameters())
+        return {k: [p for p in ps if p.requires_grad] for k, ps in groups.items() if ps}
+
     def embed(self, texts: list[str]) -> TokenBatch:
         spec = self.box.spec
         room = min(spec.text_max_length, spec.limits.max_length - self.added_tokens)
