@@ -65,6 +65,7 @@ def open_box(args, **load_kwargs):
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     from exotune.graybox import VARIANTS, adapter_names
     from exotune.graybox.input_adapters import TOKEN_ACTIVATIONS
+    from exotune.graybox.tokens import TOKEN_INITS
     from exotune.tasks.heads import HEADS
     from exotune.train import SCHEDULES
 
@@ -78,6 +79,12 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     a.add_argument("--lowrank-rank", type=positive_int, default=16, help="rank of token-lowrank (default: 16)")
     a.add_argument("--lowrank-activation", default="none", choices=list(TOKEN_ACTIVATIONS),
                    help="activation inside token-lowrank (default: none, a linear map)")
+    a.add_argument("--token-reparam", type=int, default=0, metavar="H",
+                   help="train the extra tokens and entry tokens through a residual MLP of width H, folded "
+                        "into plain tokens when saved (default: 0, plain tokens)")
+    a.add_argument("--token-init", default="random", choices=TOKEN_INITS,
+                   help="start the tokens from the box's embeddings of the class names (labels) or of the "
+                        "training texts' frequent words (default: random)")
     a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
     a.add_argument("--pixel-adapter", default="pixel-conv", choices=adapter_names("input", "image"),
@@ -201,9 +208,9 @@ def _dga_config(args, modality: str = "text"):
                if args.pixel_adapter == "pixel-residual" else PixelConvConfig(kernel_size=args.kernel_size))
     elif args.text_adapter == "token-lowrank":
         inp = TokenLowRankConfig(rank=args.lowrank_rank, activation=args.lowrank_activation,
-                                 shift=not args.no_shift, extra_tokens=args.extra_tokens)
+                                 shift=not args.no_shift, extra_tokens=args.extra_tokens, reparam=args.token_reparam)
     else:
-        inp = TextShiftConfig(shift=not args.no_shift, extra_tokens=args.extra_tokens)
+        inp = TextShiftConfig(shift=not args.no_shift, extra_tokens=args.extra_tokens, reparam=args.token_reparam)
     out = ResidualMLPConfig(hidden=args.mlp_hidden) if args.output_adapter == "mlp" else LinearOutputConfig()
     return DGAConfig.variant(args.variant, inp, out, _entry_tokens_config(args), modality)
 
@@ -215,7 +222,7 @@ def _lga(args) -> bool:
 def _entry_tokens_config(args):
     from exotune.graybox import EntryTokensConfig
 
-    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS) if _lga(args) else None
+    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS, reparam=args.token_reparam) if _lga(args) else None
 
 
 def _lga_box_options(args) -> dict:
@@ -255,12 +262,15 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     from exotune import distributed
+    from exotune.graybox.tokens import init_tokens
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
     from exotune.train import seed_everything
 
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
     dga, train_cfg = _dga_config(args), _train_config(args)
     if args.task.startswith("image-"):
+        if args.token_init != "random":
+            raise ConfigError("--token-init starts text tokens from words; image tasks take random tokens")
         return cli_images.train(args, dga, train_cfg)
     cli_images.refuse_images(args)
     if args.task == "retrieval":
@@ -275,6 +285,7 @@ def cmd_train(args) -> int:
     box = _train_box(args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     model = TextClassifier(box, data.label_names, dga, cls_cfg)
+    init_tokens(model.encoder, args.token_init, data.label_names, train.texts)  # --token-init
     if distributed.is_main():
         print(f"training {dga.description} on {len(train)} examples, validating on {len(val)}; "
               f"{model.num_trainable():,} trainable parameters", file=sys.stderr)

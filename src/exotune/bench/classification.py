@@ -118,7 +118,9 @@ def _gradient_model(name: str, train, task, backbone):
     gray = graymethods.parse(name)
     box = gray.load_box(backbone)
     dga = gray.dga_config(box)
-    return TextClassifier(box, train.label_names, dga, task), {"dga": dga.to_dict()}
+    model = TextClassifier(box, train.label_names, dga, task)
+    gray.init_tokens(model.encoder, train.label_names, train.texts)
+    return model, {"dga": dga.to_dict()}
 
 
 def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:

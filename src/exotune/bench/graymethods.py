@@ -6,7 +6,11 @@ configuration, so that a sweep can ask for any point of the grid by name:
   ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both);
 - any of them with ``-lowrankR`` (``-lowrankR-gelu``, ``-relu``, ``-tanh``): the token-lowrank
   input adapter of rank R (the shift token and the extra token kept), e.g. ``dga-lowrank16``,
-  ``lga-4-upper-lowrank8``.
+  ``lga-4-upper-lowrank8``;
+- then ``-rptH``: the extra tokens and entry tokens re-parameterised by a residual MLP of width H
+  while training (folded when saved), and ``-init-labels`` / ``-init-frequent``: the tokens start
+  from the box's embeddings of the class names / of the training texts' frequent words, e.g.
+  ``lga-8-upper-rpt64-init-frequent``.
 
 Per-group learning rates come with the budget: ``--lr dga.tokens=5e-2`` applies to every
 gray-box method's tokens, ``--lr lga.tokens=5e-2`` to LGA's only (groups: ``PARAMETER_GROUPS``).
@@ -21,7 +25,8 @@ from exotune.errors import ConfigError
 
 _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?)?)"
-    r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?$"
+    r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
+    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?$"
 )
 LGA_TOKENS = 2  # plain "lga": the classification suite's row
 
@@ -34,6 +39,8 @@ class GrayMethod:
     upper: bool = False  # entry tokens in the upper half of the layers only
     rank: int | None = None  # token-lowrank input adapter
     activation: str = "none"
+    reparam: int = 0  # residual MLP over the tokens while training
+    init: str = "random"  # graybox.tokens.TOKEN_INITS
 
     @property
     def method(self) -> str:
@@ -47,12 +54,22 @@ class GrayMethod:
     def variant(self) -> str:
         """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
-        return base if self.rank is None else f"{base}+{self.input_config().variant_name}"
+        extras = [] if self.rank is None else [self.input_config().variant_name]
+        extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
+        return "+".join([base, *extras])
 
     def input_config(self):
-        from exotune.graybox.input_adapters import TokenLowRankConfig
+        from exotune.graybox.input_adapters import TextShiftConfig, TokenLowRankConfig
 
-        return None if self.rank is None else TokenLowRankConfig(rank=self.rank, activation=self.activation)
+        if self.rank is not None:
+            return TokenLowRankConfig(rank=self.rank, activation=self.activation, reparam=self.reparam)
+        return TextShiftConfig(reparam=self.reparam) if self.reparam else None  # None: the default
+
+    def init_tokens(self, tower, label_names: list[str] | None, texts: list[str]) -> None:
+        """Start ``tower``'s tokens from words (``init``): class names or the texts' frequent words."""
+        from exotune.graybox.tokens import init_tokens
+
+        init_tokens(tower, self.init, label_names, texts)
 
     def load_box(self, backbone):
         from exotune.boxes import load_box
@@ -68,7 +85,8 @@ class GrayMethod:
         tokens = None
         if self.tokens is not None:
             names = [e.name for e in box.spec.entry_points]
-            tokens = EntryTokensConfig(points=names[len(names) // 2:] if self.upper else "all", tokens=self.tokens)
+            tokens = EntryTokensConfig(points=names[len(names) // 2:] if self.upper else "all", tokens=self.tokens,
+                                       reparam=self.reparam)
         return DGAConfig.variant(self.side, input_adapter=self.input_config(), entry_tokens=tokens)
 
 
@@ -85,8 +103,10 @@ def parse(name: str) -> GrayMethod | None:
     rank = None if m["rank"] is None else int(m["rank"])
     if rank is not None and (rank < 1 or m["side"] == "output-only"):
         raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
+    if (m["rpt"] or m["init"]) and m["side"] == "output-only" and tokens is None:
+        raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
     return GrayMethod(name, side=m["side"] or "both", tokens=tokens, upper=bool(m["upper"]), rank=rank,
-                      activation=m["act"] or "none")
+                      activation=m["act"] or "none", reparam=int(m["rpt"] or 0), init=m["init"] or "random")
 
 
 def describe(name: str, methods: dict) -> tuple[str, str, str]:

@@ -198,6 +198,9 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None, "n_train": len(train),
            "n_val": len(val), "n_test": len(test), "n_corpus": len(test.corpus), "doc_side": budget.doc_side}
     model, extra = _model(name, box, budget, backbone)
+    if gray is not None:
+        for tower in dict.fromkeys([model.query_tower, model.doc_encoder]):  # the same one when shared
+            gray.init_tokens(tower, None, train.queries)
     rec.update(extra, trainable_params=model.num_trainable())
     if model.doc_encoder.caches_box_outputs and not budget.max_corpus:  # quick runs: in memory only
         rec["corpus_box_seconds"], rec["corpus_from_disk"] = box_corpus_outputs(model, test.corpus)

@@ -11,6 +11,7 @@ from torch import nn
 
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import AccessError, ConfigError
+from exotune.graybox.tokens import TokenMLP, check_reparam
 
 
 @dataclass
@@ -22,6 +23,7 @@ class EntryTokensConfig:
     points: str | list[str] = "all"
     tokens: int = 2
     init_std: float = 0.02
+    reparam: int = 0  # hidden width of a residual MLP per entry point while training (graybox.tokens); 0: none
 
     def __post_init__(self) -> None:
         if self.points != "all":
@@ -36,6 +38,7 @@ class EntryTokensConfig:
             raise ConfigError(f"tokens (per entry point) must be an integer >= 1, got {self.tokens!r}")
         if not self.init_std >= 0:
             raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
+        check_reparam(self.reparam)
 
     @property
     def variant_name(self) -> str:
@@ -73,7 +76,8 @@ def resolve_points(config: EntryTokensConfig, spec: BoxSpec) -> list[str]:
 
 
 class EntryTokens(nn.Module):
-    """One independent ``nn.Parameter`` (n, D) per entry point: no shared re-parameterisation."""
+    """One independent ``nn.Parameter`` (n, D) per entry point; with ``reparam``, each through its
+    own residual MLP while training (folded into plain tokens when saved)."""
 
     def __init__(self, config: EntryTokensConfig, spec: BoxSpec) -> None:
         super().__init__()
@@ -83,6 +87,10 @@ class EntryTokens(nn.Module):
         self.tokens = nn.ParameterList(
             nn.Parameter(torch.randn(config.tokens, spec.entry_dim) * config.init_std) for _ in self.names
         )
+        self.mlps = (nn.ModuleList(TokenMLP(spec.entry_dim, config.reparam) for _ in self.names)
+                     if config.reparam else None)
+
+    reparam_keys = ("mlps.",)
 
     @property
     def added_tokens(self) -> int:
@@ -90,4 +98,12 @@ class EntryTokens(nn.Module):
         return self.config.tokens
 
     def forward(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.tokens, strict=True))  # name -> (n, D)
+        if self.mlps is None:
+            return dict(zip(self.names, self.tokens, strict=True))  # name -> (n, D)
+        return {name: mlp(p) for name, p, mlp in zip(self.names, self.tokens, self.mlps, strict=True)}
+
+    def folded_tokens(self) -> dict[str, torch.Tensor]:
+        """State-dict entries that replace the re-parameterisation (``reparam_keys``) in a saved adapter."""
+        if self.mlps is None:
+            return {}
+        return {f"tokens.{i}": t.detach().clone() for i, t in enumerate(self().values())}

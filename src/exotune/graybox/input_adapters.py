@@ -14,6 +14,7 @@ from torch import nn
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
+from exotune.graybox.tokens import TokenMLP, check_reparam
 
 
 @dataclass
@@ -27,6 +28,7 @@ class TextShiftConfig:
     shift: bool = True
     extra_tokens: int = 1
     init_std: float = 0.02
+    reparam: int = 0  # hidden width of the tokens' residual MLP while training (graybox.tokens); 0: none
 
     def __post_init__(self) -> None:
         _check_tokens(self)
@@ -39,6 +41,7 @@ def _check_tokens(config) -> None:
         raise ConfigError(f"extra_tokens must be an integer >= 0, got {config.extra_tokens!r}")
     if not config.init_std >= 0:
         raise ConfigError(f"init_std must be >= 0, got {config.init_std}")
+    check_reparam(config.reparam)
 
 
 @register_adapter("input", "text-shift", TextShiftConfig, modalities=("text",))
@@ -53,14 +56,28 @@ class TextShiftAdapter(nn.Module):
             if config.extra_tokens
             else None
         )
+        # Residual re-parameterisation of the extra tokens while training; folded when saved.
+        self.extra_mlp = TokenMLP(dim, config.reparam) if config.extra_tokens and config.reparam else None
 
     @property
     def added_tokens(self) -> int:
         return self.config.extra_tokens
 
     def token_parameters(self) -> list[nn.Parameter]:
-        """The free tokens (the ``tokens`` parameter group); the rest is the input side."""
-        return [] if self.extra is None else [self.extra]
+        """The tokens and their re-parameterisation (the ``tokens`` parameter group); the rest is
+        the input side."""
+        mlp = [] if self.extra_mlp is None else list(self.extra_mlp.parameters())
+        return ([] if self.extra is None else [self.extra]) + mlp
+
+    def extra_tokens(self) -> torch.Tensor | None:
+        """The extra tokens the box sees (k, D)."""
+        return self.extra if self.extra_mlp is None else self.extra_mlp(self.extra)
+
+    def folded_tokens(self) -> dict[str, torch.Tensor]:
+        """State-dict entries that replace the re-parameterisation (``reparam_keys``) in a saved adapter."""
+        return {} if self.extra_mlp is None else {"extra": self.extra_tokens().detach().clone()}
+
+    reparam_keys = ("extra_mlp.",)
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # embeds (B, T, D), mask (B, T)
@@ -68,7 +85,7 @@ class TextShiftAdapter(nn.Module):
             embeds = embeds + self.shift * mask.unsqueeze(-1).to(embeds.dtype)  # pads stay untouched
         if self.extra is not None:
             b, k = embeds.shape[0], self.extra.shape[0]
-            extra = self.extra.unsqueeze(0).expand(b, k, -1)  # (B, k, D)
+            extra = self.extra_tokens().unsqueeze(0).expand(b, k, -1)  # (B, k, D)
             embeds = torch.cat([embeds[:, :1], extra, embeds[:, 1:]], dim=1)  # (B, T + k, D)
             ones = torch.ones(b, k, dtype=mask.dtype, device=mask.device)
             mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, T + k)
@@ -89,6 +106,7 @@ class TokenLowRankConfig:
     shift: bool = True
     extra_tokens: int = 1
     init_std: float = 0.02
+    reparam: int = 0  # as TextShiftConfig's
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
