@@ -126,10 +126,10 @@ def test_missing_backbones_fail_clearly(tmp_path):
         load_box("no-such-org/no-such-model-exotune")
 
 
-def test_from_pretrained_is_load_box(tiny_backbone):
-    a = TextEncoderBox.from_pretrained(str(tiny_backbone))
-    b = load_box(str(tiny_backbone))
-    assert a.spec == b.spec
+def test_load_box_gives_a_text_encoder_box_with_the_given_options(tiny_backbone):
+    box = load_box(str(tiny_backbone), access="black")
+    assert isinstance(box, TextEncoderBox)
+    assert box.spec.access == "black"
 
 
 def test_limits_split_a_call_into_batches_the_owner_accepts():

@@ -202,7 +202,7 @@ def test_a_real_uvicorn_server_on_loopback(tiny_box):
 
 @pytest.fixture
 def served(monkeypatch):
-    from exotune.serve import cli as serve_cli
+    from exotune.cli import serve as serve_cli
 
     calls = []
     monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: calls.append((app, host, port)))

@@ -160,3 +160,24 @@ def test_bench_takes_gray_names_and_group_rates(tmp_path, monkeypatch, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main([*argv[:-2], "--lr", "dga.all=1e-3", "--out-dir", str(tmp_path)]) == 2
     assert "GROUP" in capsys.readouterr().err
+
+
+def test_steps_suite_takes_gray_names(tmp_path, monkeypatch, capsys):
+    from exotune.bench import steps
+    from exotune.cli import main
+
+    seen = []
+
+    def fake_step(fn, name, dataset, data_dir, budget, backbone, n):
+        seen.append(name)
+        method, variant, access = graymethods.describe(name, classification.METHODS)
+        return {"dataset": dataset, "method": method, "variant": variant, "access": access, "batch_size": 8,
+                "trainable_params": 1, "seconds_per_step": 0.1, "seconds_per_step_p90": 0.1, "peak_memory_mb": 1}
+
+    monkeypatch.setattr(steps, "run_isolated", fake_step)
+    assert main(["bench", "steps", "--methods", "dga-lowrank16", "lora", "--out-dir", str(tmp_path)]) == 0
+    assert seen == ["dga-lowrank16", "lora"]
+    assert "both+lowrank(r=16)" in (tmp_path / "steps.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", "steps", "--methods", "svm", "--out-dir", str(tmp_path)]) == 2
+    assert "no method 'svm'" in capsys.readouterr().err

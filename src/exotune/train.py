@@ -14,7 +14,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from exotune.artifacts import (
     write_folder,
 )
 from exotune.batching import grouped_batches
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
@@ -41,7 +42,7 @@ LAST, BEST = "last", "best"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     epochs: int = 5
     batch_size: int = 32
     lr: float = 2e-3
@@ -85,11 +86,6 @@ class TrainConfig:
         """The peak learning rate of a parameter group (``lr`` unless set)."""
         rate = getattr(self, f"lr_{group}", None) if group in PARAMETER_GROUPS else None
         return self.lr if rate is None else float(rate)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -313,7 +309,7 @@ class Trainer:
         tree = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "best": best_state, "rng": torch.get_rng_state()}
         skeleton, tensors = flatten_state(tree)
-        meta = {"state": state, "config": asdict(self.config), "skeleton": skeleton}
+        meta = {"state": state, "config": self.config.to_dict(), "skeleton": skeleton}
         write_folder(self.output_dir / LAST, {"trainer_state.json": meta, "checkpoint.safetensors": tensors})
 
     def _load_last(self, model, optimizer, scheduler, state):

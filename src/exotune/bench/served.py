@@ -153,7 +153,7 @@ def _instrument(app, stats: str | None, crash_after: int | None, interval_s: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exotune.serve.cli import add_serve_args, build_server, run_server
+    from exotune.cli.serve import add_serve_args, build_server, run_server
 
     p = argparse.ArgumentParser(prog="python -m exotune.bench.served")
     add_serve_args(p)

@@ -76,14 +76,6 @@ class TextEncoderBox(Box):
             limits=limits,
         )
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | None = None, **kwargs) -> TextEncoderBox:
-        """Load a backbone by local path, model id or the packaged default (see ``load_box``)."""
-        from exotune.boxes.loading import load_text_encoder
-
-        model, tokenizer, defaults = load_text_encoder(name_or_path)
-        return cls(model, tokenizer, **{**defaults, **kwargs})
-
     # -- the two operations ---------------------------------------------------------------
 
     @torch.no_grad()

@@ -448,6 +448,6 @@ def _release_memory(collect: bool = True) -> None:
 
 
 def _p_keep(router, F):
-    from exotune.ea.router import _p1
+    from exotune.ea.router import positive_proba
 
-    return _p1(router.chooser_, F)
+    return positive_proba(router.chooser_, F)

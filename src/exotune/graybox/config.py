@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 from exotune.graybox.entry_tokens import EntryTokensConfig
 from exotune.graybox.input_adapters import PixelConvConfig, TextShiftConfig
@@ -16,7 +17,7 @@ DEFAULT_INPUT_ADAPTERS = {"text": TextShiftConfig, "image": PixelConvConfig}
 
 
 @dataclass
-class DGAConfig:
+class DGAConfig(ConfigBase):
     """Adapters on either side of the hidden backbone; ``None`` switches a side off.
 
     With ``entry_tokens`` set this is LGA (DGA plus tokens at a light-gray box's entry points).
@@ -104,8 +105,5 @@ class DGAConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DGAConfig:
-        return cls(
-            input_adapter=data.get("input_adapter"),
-            output_adapter=data.get("output_adapter"),
-            entry_tokens=data.get("entry_tokens"),  # absent in DGA adapters saved before LGA
-        )
+        # a side absent is switched off; entry_tokens is absent in DGA adapters saved before LGA
+        return super().from_dict({"input_adapter": None, "output_adapter": None, **data})

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import ConfigBase
 from exotune.errors import AccessError, ConfigError
 from exotune.graybox.tokens import TokenMLP, check_reparam
 
 
 @dataclass
-class EntryTokensConfig:
+class EntryTokensConfig(ConfigBase):
     """Which entry points get tokens (``"all"`` or names from ``spec.entry_points``), how many
     tokens each (the same count everywhere: the box reserves one set of positions), and the
     std of their random initialisation (0: zeros)."""
@@ -43,17 +42,6 @@ class EntryTokensConfig:
     @property
     def variant_name(self) -> str:
         return f"tokens={self.tokens}"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EntryTokensConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(f"ignoring unknown entry token config keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def resolve_points(config: EntryTokensConfig, spec: BoxSpec) -> list[str]:

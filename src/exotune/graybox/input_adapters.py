@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
 from exotune.graybox.tokens import TokenMLP, check_reparam
 
 
 @dataclass
-class TextShiftConfig:
+class TextShiftConfig(ConfigBase):
     """A shift token added to every token embedding, plus ``extra_tokens`` learnable tokens.
 
     The extra tokens are inserted right after the first token ([CLS]) so that they sit at
@@ -96,7 +97,7 @@ TOKEN_ACTIVATIONS = {"none": None, "gelu": nn.functional.gelu, "relu": torch.rel
 
 
 @dataclass
-class TokenLowRankConfig:
+class TokenLowRankConfig(ConfigBase):
     """An input-dependent map of every token: ``e + U act(V e)`` of rank ``rank`` (``U`` starts
     at zero: the identity at step 0; ``activation="none"`` keeps it linear), then the shift token
     and ``extra_tokens`` extra tokens of ``text-shift``."""
@@ -150,7 +151,7 @@ def _check_kernel(kernel_size) -> None:
 
 
 @dataclass
-class PixelConvConfig:
+class PixelConvConfig(ConfigBase):
     """The paper's image input adapter: one 2-D convolution of the pixels, no activation."""
 
     kernel_size: int = 3
@@ -184,7 +185,7 @@ PIXEL_ACTIVATIONS = ("none", "gelu")
 
 
 @dataclass
-class PixelResidualConfig:
+class PixelResidualConfig(ConfigBase):
     """pixels + up(act(down(pixels))): ``channels`` hidden channels, ``kernel_size`` for down,
     a 1x1 up projection; ``activation="none"`` keeps it affine."""
 

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
 
 
 @dataclass
-class LinearOutputConfig:
+class LinearOutputConfig(ConfigBase):
     bias: bool = True
 
 
@@ -35,7 +36,7 @@ class LinearOutputAdapter(nn.Module):
 
 
 @dataclass
-class ResidualMLPConfig:
+class ResidualMLPConfig(ConfigBase):
     hidden: int = 128
     dropout: float = 0.0
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ConfigBase):
     """Run-time knobs of ``exotune serve``. Limits only ever tighten the box's own."""
 
     stateless: bool = False  # no stored graphs: backward sends the inputs again and recomputes

@@ -18,7 +18,7 @@ from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, write_folder
 from exotune.boxes.base import Box, BoxBase, encode_sorted
 from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
-from exotune.configs import from_known_keys
+from exotune.configs import ConfigBase
 from exotune.data.text import TextLabelData, label_texts
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
@@ -31,7 +31,7 @@ ADAPTER_TYPE = "dga-classifier"
 
 
 @dataclass
-class ClassificationConfig:
+class ClassificationConfig(ConfigBase):
     head: str = "prototype"
     label_template: str = "{}"  # how a class name becomes the text that is encoded
     temperature: float = 0.05
@@ -45,10 +45,6 @@ class ClassificationConfig:
             raise ConfigError(f"label_template must contain '{{}}', got {self.label_template!r}")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ClassificationConfig:
-        return from_known_keys(cls, data, "classification")
 
 
 def saved_box_options(path: str | Path, key: str = "box") -> dict:

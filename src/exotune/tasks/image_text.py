@@ -17,7 +17,7 @@ from torch import nn
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
 from exotune.boxes.base import BoxBase
-from exotune.configs import from_known_keys
+from exotune.configs import ConfigBase
 from exotune.data.images import ImageCaptionData
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
@@ -30,7 +30,7 @@ ADAPTER_TYPE = "dga-image-text-retriever"
 
 
 @dataclass
-class ImageTextConfig:
+class ImageTextConfig(ConfigBase):
     # CLIP's logit scale ends at its ceiling, 100 (temperature 0.01); start below it, where the
     # clamped scale still has a gradient both ways
     temperature: float = 0.02
@@ -39,10 +39,6 @@ class ImageTextConfig:
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ImageTextConfig:
-        return from_known_keys(cls, data, "image-text")
 
 
 class ImageTextRetriever(nn.Module):

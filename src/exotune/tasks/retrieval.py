@@ -18,7 +18,7 @@ from torch import nn
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
 from exotune.boxes.base import Box, encode_sorted, model_digest
-from exotune.configs import from_known_keys
+from exotune.configs import ConfigBase
 from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ArtifactError, ConfigError, DataError
 from exotune.graybox.config import DGAConfig
@@ -33,7 +33,7 @@ DOC_SIDES = ("same", "output-only", "frozen")
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(ConfigBase):
     shared_towers: bool = False  # one adapted encoder for queries and documents
     temperature: float = 0.05
     learn_temperature: bool = True
@@ -53,10 +53,6 @@ class RetrievalConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
             raise ConfigError(f"hard_negatives must be an integer >= 0, got {self.hard_negatives!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RetrievalConfig:
-        return from_known_keys(cls, data, "retrieval")
 
 
 def encode_normalized(fn: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int, dim: int,

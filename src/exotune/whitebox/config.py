@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from exotune.configs import from_known_keys
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 
 MODES = ("lora", "full-ft")
@@ -14,7 +14,7 @@ DEFAULT_TARGETS = ("query", "key", "value")
 
 
 @dataclass
-class WhiteBoxConfig:
+class WhiteBoxConfig(ConfigBase):
     """How the owned encoder is trained. ``r``, ``alpha``, ``dropout`` and ``target_modules``
     apply to ``lora`` only; ``full-ft`` trains every encoder weight."""
 
@@ -55,12 +55,3 @@ class WhiteBoxConfig:
         if self.mode == "full-ft":
             return "all"
         return f"r={self.r}" + (",dense" if "dense" in self.target_modules else "")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["target_modules"] = list(self.target_modules)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> WhiteBoxConfig:
-        return from_known_keys(cls, data, "white-box")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from exotune.cli.common import add_data_args, add_texts_args, load_data, read_texts, train_val
 from exotune.errors import ConfigError, DataError
 
 LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
@@ -31,15 +32,14 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts (default: 4)")
 
 
-def add_ea_parser(sub) -> None:
-    from exotune.cli import _add_data_args
+def add_parser(sub) -> None:
     from exotune.ea.router import POLICIES
     from exotune.ea.ssm import SSMS
 
     ea = sub.add_parser("ea", help="Easy Adaptation: a black-box LM plus small local models and a router")
     cmds = ea.add_subparsers(dest="ea_command", required=True, metavar="EA_COMMAND")
     p = cmds.add_parser("fit", help="probe the LM, train SSMs and the router, save the adapter")
-    _add_data_args(p)
+    add_data_args(p)
     _add_lm_args(p, required=True)
     p.add_argument("--output-dir", required=True, help="where the EA adapter goes")
     p.add_argument("--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)")
@@ -54,13 +54,11 @@ def add_ea_parser(sub) -> None:
     p = cmds.add_parser("predict", help="label texts with a saved EA adapter")
     p.add_argument("--adapter", required=True, help="folder written by 'ea fit'")
     _add_lm_args(p, required=False)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", action="append", help="a text to label (repeatable)")
-    src.add_argument("--input-file", help="a file with one text per line")
+    add_texts_args(p)
     p = cmds.add_parser("report", help="LM alone vs SSM alone vs EA, regions table, cost-quality curve")
     p.add_argument("--adapter", required=True, help="folder written by 'ea fit'")
     _add_lm_args(p, required=False)
-    _add_data_args(p, split_default="test")
+    add_data_args(p, split_default="test")
     p.add_argument("--out-dir", default=None, help="where report.json/.md/.png go (default: ADAPTER-report)")
     p.add_argument("--no-compare", action="store_true", help="do not ask the LM about every input")
 
@@ -94,16 +92,13 @@ def make_client(cfg: dict, args):
 
 
 def cmd_fit(args) -> int:
-    from exotune.cli import _load_data
     from exotune.ea.model import EasyAdapter
 
     out = Path(args.output_dir)
     args.cache = args.cache or str(out.with_name(out.name + ".responses.sqlite"))
     cfg = _lm_settings(args, None)
-    data = _load_data(args, "train")
-    train, val = data.split(args.val_fraction, seed=args.seed)
-    if args.max_train:
-        train = train.head(args.max_train, seed=args.seed)
+    data = load_data(args, "train")
+    train, val = train_val(data, args)
     model = EasyAdapter(make_client(cfg, args), ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
                         budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
     print(f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
@@ -127,11 +122,7 @@ def _load(args):
 
 
 def cmd_predict(args) -> int:
-    from exotune.data.text import read_text
-
-    texts = args.text or [t for t in read_text(Path(args.input_file)).splitlines() if t.strip()]
-    if not texts or any(not t.strip() for t in texts):
-        raise DataError("predict needs non-empty texts")
+    texts = read_texts(args)
     model = _load(args)
     r = model.route(texts)
     for text, y, used in zip(texts, r.labels, r.used_lm, strict=True):
@@ -140,11 +131,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from exotune.cli import _load_data
     from exotune.ea.report import markdown, write_report
 
     model = _load(args)
-    data = _load_data(args, args.split)
+    data = load_data(args, args.split)
     if data.label_names != model.label_names_:
         raise DataError(f"{data.name} has other labels than the adapter ({len(data.label_names)} vs "
                         f"{len(model.label_names_)})")

@@ -7,11 +7,19 @@ import os
 import sys
 from pathlib import Path
 
-from exotune.argtypes import entry_points_arg, positive_int
+from exotune.cli.common import ENTRY_TOKENS_MAX, entry_points_arg, positive_int
 from exotune.errors import ConfigError
 
 TOKENS_ENV = "EXOTUNE_TOKENS"
-ENTRY_TOKENS_MAX = 8  # tokens each served entry point accepts by default
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a box over HTTP at a chosen access level",
+                       description="Serve a backbone as a box: dark-gray and light-gray expose forward and "
+                                   "input gradients, black only outputs. Tokens come from --tokens-file or "
+                                   f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
+                                   "unless --no-auth is given.")
+    add_serve_args(p)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -108,7 +116,7 @@ def run_server(app, host: str, port: int) -> None:  # pragma: no cover - blocks;
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
-def cmd_serve(args) -> int:
+def run(args) -> int:
     app = build_server(args)
     spec = app.state.service.spec
     if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -117,5 +125,3 @@ def cmd_serve(args) -> int:
           file=sys.stderr)
     run_server(app, args.host, args.port)
     return 0
-
-
