@@ -12,10 +12,17 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
-from exotune.configs import ConfigBase
+from exotune.configs import (
+    MAX_KERNEL,
+    MAX_TOKENS,
+    MAX_WIDTH,
+    ConfigBase,
+    check_field_types,
+    check_int,
+)
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
-from exotune.graybox.tokens import TokenMLP, check_reparam
+from exotune.graybox.tokens import TokenMLP
 
 
 @dataclass
@@ -38,11 +45,11 @@ class TextShiftConfig(ConfigBase):
 
 
 def _check_tokens(config) -> None:
-    if isinstance(config.extra_tokens, bool) or not isinstance(config.extra_tokens, int) or config.extra_tokens < 0:
-        raise ConfigError(f"extra_tokens must be an integer >= 0, got {config.extra_tokens!r}")
+    check_field_types(config)
+    check_int(config, "extra_tokens", 0, MAX_TOKENS)
     if not config.init_std >= 0:
         raise ConfigError(f"init_std must be >= 0, got {config.init_std}")
-    check_reparam(config.reparam)
+    check_int(config, "reparam", 0, MAX_WIDTH)
 
 
 @register_adapter("input", "text-shift", TextShiftConfig, modalities=("text",))
@@ -110,11 +117,10 @@ class TokenLowRankConfig(ConfigBase):
     reparam: int = 0  # as TextShiftConfig's
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError(f"rank must be an integer >= 1, got {self.rank!r}")
+        _check_tokens(self)
+        check_int(self, "rank", 1, MAX_WIDTH)
         if self.activation not in TOKEN_ACTIVATIONS:
             raise ConfigError(f"activation must be one of {list(TOKEN_ACTIVATIONS)}, got {self.activation!r}")
-        _check_tokens(self)
 
     @property
     def variant_name(self) -> str:
@@ -145,8 +151,11 @@ class TokenLowRankAdapter(TextShiftAdapter):
 # -- images: maps of the pixels ---------------------------------------------------------------
 
 
-def _check_kernel(kernel_size) -> None:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+def _check_kernel(config) -> None:
+    check_field_types(config)
+    check_int(config, "kernel_size", 1, MAX_KERNEL)
+    kernel_size = config.kernel_size
+    if kernel_size % 2 == 0:
         raise ConfigError(f"kernel_size must be an odd integer >= 1 (the image keeps its size), got {kernel_size!r}")
 
 
@@ -158,7 +167,7 @@ class PixelConvConfig(ConfigBase):
     bias: bool = True
 
     def __post_init__(self) -> None:
-        _check_kernel(self.kernel_size)
+        _check_kernel(self)
 
 
 @register_adapter("input", "pixel-conv", PixelConvConfig, modalities=("image",))
@@ -194,9 +203,8 @@ class PixelResidualConfig(ConfigBase):
     activation: str = "gelu"
 
     def __post_init__(self) -> None:
-        _check_kernel(self.kernel_size)
-        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 1:
-            raise ConfigError(f"channels must be an integer >= 1, got {self.channels!r}")
+        _check_kernel(self)
+        check_int(self, "channels", 1, MAX_WIDTH)
         if self.activation not in PIXEL_ACTIVATIONS:
             raise ConfigError(f"activation must be one of {PIXEL_ACTIVATIONS}, got {self.activation!r}")
 

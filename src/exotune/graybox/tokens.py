@@ -20,12 +20,6 @@ _STOPWORDS = frozenset(re.findall(r"[a-z]+",
     "been being into than then too very just also more most some such only own same about over"))
 
 
-def check_reparam(value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"reparam (hidden width of the tokens' residual MLP; 0: plain tokens) must be an "
-                          f"integer >= 0, got {value!r}")
-
-
 class TokenMLP(nn.Module):
     """``p + up(relu(down(p)))`` over free token parameters ``p`` (n, D), row by row (Residual
     Prompt Tuning). ``up`` starts at zero: the tokens start as ``p``; only the optimisation path
