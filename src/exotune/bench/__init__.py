@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, ea, reliability, remote, retrieval, steps
+from exotune.bench import classification, ea, graymethods, reliability, remote, retrieval, steps
 from exotune.bench.common import (
     RESULTS_DIR,
     BenchOptions,
@@ -56,18 +56,23 @@ def run_suite(args: BenchOptions) -> int:
         return suite.run(args)
     datasets = [own.name] if own else args.datasets or list(suite.DATASETS[:1])
     methods = args.methods or list(suite.METHODS)
-    checks = [("method", methods, suite.METHODS)] + ([] if own else [("dataset", datasets, suite.DATASETS)])
+    checks = [] if own else [("dataset", datasets, suite.DATASETS)]
     for kind, given, known in checks:
         bad = [x for x in given if x not in known]
         if bad:
             raise ConfigError(f"suite {args.suite!r} has no {kind} {bad}; choose from {list(known)}")
+    for name in methods:
+        graymethods.describe(name, suite.METHODS)  # a clear error for an unknown name
     budget = suite.Budget(**({"epochs": args.epochs} if args.epochs else {}), max_train=args.max_train)
     seeds = args.seeds
     if args.quick:
         budget = suite.quick_budget()
         seeds = seeds[:1]
     for method, lr in args.lr:
-        if method == "dga" or not hasattr(budget, "method_lr"):
+        if "." in method:
+            graymethods.check_group_key(method)
+            budget.group_lr[method] = lr
+        elif method == "dga" or not hasattr(budget, "method_lr"):
             budget.lr = lr
         else:
             budget.method_lr[method] = lr

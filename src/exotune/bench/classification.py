@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from exotune.bench import graymethods
 from exotune.bench.common import peak_memory_mb, step_seconds
 from exotune.bench.sources import splits
 from exotune.defaults import CLASSIFICATION
@@ -27,6 +28,7 @@ METHODS = {
     "dga-output-only": ("dga", "output-only", "dark-gray"),
     "dga-both": ("dga", "both", "dark-gray"),
     "lga": ("lga", "tokens=2", "light-gray"),  # DGA (both) + 2 tokens at every layer's input
+    # and any gray-box name bench.graymethods parses: dga-lowrank16, lga-8-upper, ...
     "lora": ("lora", "r=8", "white"),
     "full-ft": ("full-ft", "all", "white"),
 }
@@ -54,9 +56,14 @@ class Budget:
     dataset_max_train: dict[str, int] = field(default_factory=lambda: {"sst2": 4000})
     dataset_max_val: dict[str, int] = field(default_factory=lambda: {"sst2": 2000})
     probe_cs: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    group_lr: dict[str, float] = field(default_factory=dict)  # "dga.tokens": 5e-2 (see bench.graymethods)
 
     def lr_for(self, method: str) -> float:
         return self.method_lr.get(method, self.lr)
+
+    def train_lrs(self, method: str) -> dict:
+        """``TrainConfig`` fields: the peak rate and any per-group rates of ``method``."""
+        return {"lr": self.lr_for(method), **graymethods.group_rates(self.group_lr, method)}
 
     def train_cap(self, dataset: str) -> int | None:
         return self.max_train or self.dataset_max_train.get(dataset)
@@ -68,7 +75,8 @@ class Budget:
         """The budget one dataset's runs get, caps resolved: what its runs are logged and
         written under, so another dataset's cap never changes this dataset's runs."""
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val")}
+               if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val")
+               and (k != "group_lr" or v)}  # runs logged before group rates still match
         return {**out, "train_cap": self.train_cap(dataset), "val_cap": self.val_cap(dataset)}
 
 
@@ -102,23 +110,21 @@ def timed_eval(model, data, batch_size=128):
 
 def _gradient_model(name: str, train, task, backbone):
     """The model a gradient method trains (DGA, LGA, LoRA, full FT) and its extra record fields."""
-    from exotune.boxes import load_box
-    from exotune.graybox import DGAConfig
-    from exotune.graybox.entry_tokens import EntryTokensConfig
     from exotune.tasks.classification import TextClassifier
 
-    method, variant, access = METHODS[name]
+    method, variant, access = graymethods.describe(name, METHODS)
     if access == "white":
         from exotune.whitebox import WhiteBoxClassifier, WhiteBoxConfig
 
         wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
         model = WhiteBoxClassifier.from_backbone(backbone, train.label_names, wb, task)
         return model, {"variant": wb.variant_name, "whitebox": wb.to_dict()}
-    lga = method == "lga"
-    box = load_box(backbone, entry_points="all") if lga else load_box(backbone)
-    tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
-    dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
-    return TextClassifier(box, train.label_names, dga, task), {}
+    gray = graymethods.parse(name)
+    box = gray.load_box(backbone)
+    dga = gray.dga_config(box)
+    model = TextClassifier(box, train.label_names, dga, task)
+    gray.init_tokens(model.encoder, train.label_names, train.texts)
+    return model, {"dga": dga.to_dict()}
 
 
 def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
@@ -131,7 +137,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     from exotune.train import seed_everything
 
     seed_everything(seed)
-    method, variant, access = METHODS[name]
+    method, variant, access = graymethods.describe(name, METHODS)
     train, val, test = _data(dataset, source, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
@@ -148,7 +154,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     else:
         model, extra = _gradient_model(name, train, task, backbone)
         rec.update(extra)
-        rec.update(_fit(model, train, val, test, budget, budget.lr_for(method), seed))
+        rec.update(_fit(model, train, val, test, budget, budget.train_lrs(method), seed))
     rec["peak_memory_mb"] = peak_memory_mb()
     rec["threads"] = torch.get_num_threads()  # training seconds depend on it (OMP_NUM_THREADS)
     return rec
@@ -167,7 +173,7 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
     from exotune.train import seed_everything
 
     seed_everything(0)
-    method, variant, access = METHODS[name]
+    method, variant, access = graymethods.describe(name, METHODS)
     train, _, _ = _data(dataset, data_dir, budget, 0)
     batch = train.head(budget.batch_size, 0)
     model, extra = _gradient_model(name, train, ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}")),
@@ -193,16 +199,18 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
             "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}
 
 
-def _fit(model, train, val, test, budget: Budget, lr: float, seed: int) -> dict:
-    """The shared gradient protocol: the same Trainer, budget and selection for every method."""
+def _fit(model, train, val, test, budget: Budget, lrs: dict, seed: int) -> dict:
+    """The shared gradient protocol: the same Trainer, budget and selection for every method;
+    ``lrs``: the ``TrainConfig`` rates (``lr`` and any per-group ``lr_tokens``, ...)."""
     from exotune.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=lr,
-                      patience=budget.patience, seed=seed)
+    cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, patience=budget.patience, seed=seed, **lrs)
     result = Trainer(cfg, progress=False).fit(model, train, val)
     rec = {"trainable_params": model.num_trainable(), "train_seconds": result.train_seconds,
-           **step_seconds(result), "steps": result.steps, "lr": lr,
+           **step_seconds(result), "steps": result.steps, "lr": cfg.lr,
            "best_epoch": result.best_epoch, "val_accuracy": result.best_metric}
+    if len(lrs) > 1:
+        rec["lr_groups"] = result.group_lr
     rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)
     return rec
 

@@ -24,7 +24,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         f"retrieval: {', '.join(retrieval.DATASETS)})")
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: all of the suite's (classification: {', '.join(classification.METHODS)}; "
-                        f"retrieval: {', '.join(retrieval.METHODS)})")
+                        f"retrieval: {', '.join(retrieval.METHODS)}); classification, retrieval and steps also "
+                        "take gray-box names such as dga-lowrank16, lga-8-upper, lga-4-lowrank16-rpt64-init-labels "
+                        "(see exotune.bench.graymethods)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default: the suite's (classification {CLASSIFICATION.epochs}, retrieval {RETRIEVAL.epochs})")
@@ -33,7 +35,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
                    help="learning rate of a method, e.g. lora=5e-4 full-ft=5e-5 dga=3e-3 (dga: every gray-box "
                         f"method; defaults, those of the committed tables: classification {_rates(CLASSIFICATION)}; "
-                        f"retrieval {_rates(RETRIEVAL)})")
+                        f"retrieval {_rates(RETRIEVAL)}); of a parameter group: dga.tokens=5e-2 (every gray-box "
+                        "method), lga.tokens=5e-2 (LGA only); groups: input, tokens, output, head")
     p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--out-dir", default=None,

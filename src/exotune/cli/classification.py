@@ -17,6 +17,7 @@ from exotune.cli.common import (
 
 def train(args, dga, train_cfg) -> int:
     from exotune import distributed
+    from exotune.graybox.tokens import init_tokens
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
     from exotune.train import seed_everything
 
@@ -25,6 +26,7 @@ def train(args, dga, train_cfg) -> int:
     box = train_box(args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     model = TextClassifier(box, train_data.label_names, dga, cls_cfg)
+    init_tokens(model.encoder, args.token_init, train_data.label_names, train_data.texts)  # --token-init
     if distributed.is_main():
         print(f"training {dga.description} on {len(train_data)} examples, validating on {len(val)}; "
               f"{model.num_trainable():,} trainable parameters", file=sys.stderr)

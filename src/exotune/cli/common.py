@@ -14,7 +14,6 @@ ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
 IMAGE_TASKS = ("image-retrieval", "image-classification")
 TASKS = ("classification", "retrieval", *IMAGE_TASKS)
-TEXT_INPUT_ADAPTER = "text-shift"  # the input adapter of a text box (no option chooses another)
 
 
 # -- argument types ----------------------------------------------------------------------------
@@ -103,6 +102,8 @@ def refuse_images(args) -> None:
     """``--images`` given to a text task."""
     if args.images and args.task not in IMAGE_TASKS:
         raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
+    if getattr(args, "token_init", "random") != "random" and args.task in IMAGE_TASKS:
+        raise ConfigError("--token-init starts text tokens from words; image tasks take random tokens")
 
 
 def train_val(data, args, val=None):
@@ -213,7 +214,11 @@ def adapter_box(args):
 # Per registered adapter, its config's fields from the CLI's options; an adapter not listed
 # gets its config's defaults (its own config class all the same).
 ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
-    ("input", "text-shift"): lambda a: {"shift": not a.no_shift, "extra_tokens": a.extra_tokens},
+    ("input", "text-shift"): lambda a: {"shift": not a.no_shift, "extra_tokens": a.extra_tokens,
+                                        "reparam": a.token_reparam},
+    ("input", "token-lowrank"): lambda a: {"rank": a.lowrank_rank, "activation": a.lowrank_activation,
+                                           "shift": not a.no_shift, "extra_tokens": a.extra_tokens,
+                                           "reparam": a.token_reparam},
     ("input", "pixel-conv"): lambda a: {"kernel_size": a.kernel_size},
     ("input", "pixel-residual"): lambda a: {"kernel_size": a.kernel_size, "channels": a.pixel_channels},
     ("output", "mlp"): lambda a: {"hidden": a.mlp_hidden},
@@ -231,7 +236,7 @@ def adapter_config(kind: str, name: str, args):
 def dga_config(args, modality: str = "text"):
     from exotune.graybox import DGAConfig
 
-    inp = adapter_config("input", args.pixel_adapter if modality == "image" else TEXT_INPUT_ADAPTER, args)
+    inp = adapter_config("input", args.pixel_adapter if modality == "image" else args.text_adapter, args)
     out = adapter_config("output", args.output_adapter, args)
     return DGAConfig.variant(args.variant, inp, out, entry_tokens_config(args), modality)
 
@@ -239,14 +244,16 @@ def dga_config(args, modality: str = "text"):
 def entry_tokens_config(args):
     from exotune.graybox import EntryTokensConfig
 
-    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS) if is_lga(args) else None
+    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS, reparam=args.token_reparam) if is_lga(args) else None
 
 
 def train_config(args):
     from exotune.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed)
+                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed,
+                       lr_input=args.lr_input, lr_tokens=args.lr_tokens, lr_output=args.lr_output,
+                       lr_head=args.lr_head)
 
 
 # -- the end of every train --------------------------------------------------------------------

@@ -27,6 +27,8 @@ TRAINERS = {"classification": classification.train, "retrieval": retrieval.train
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     from exotune.graybox import VARIANTS, adapter_names
+    from exotune.graybox.input_adapters import TOKEN_ACTIVATIONS
+    from exotune.graybox.tokens import TOKEN_INITS
     from exotune.tasks.heads import HEADS
     from exotune.train import SCHEDULES
 
@@ -34,6 +36,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--variant", default="both", choices=VARIANTS, help="which sides are adapted (default: both)")
     a.add_argument("--extra-tokens", type=int, default=1, help="learnable tokens inserted into each input (default: 1)")
     a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
+    a.add_argument("--text-adapter", default="text-shift", choices=adapter_names("input", "text"),
+                   help="input adapter of a text box (default: text-shift; token-lowrank adds a per-token "
+                        "low-rank residual map e + U act(V e) before the shift and extra tokens)")
+    a.add_argument("--lowrank-rank", type=positive_int, default=16, help="rank of token-lowrank (default: 16)")
+    a.add_argument("--lowrank-activation", default="none", choices=list(TOKEN_ACTIVATIONS),
+                   help="activation inside token-lowrank (default: none, a linear map)")
+    a.add_argument("--token-reparam", type=int, default=0, metavar="H",
+                   help="train the extra tokens and entry tokens through a residual MLP of width H, folded "
+                        "into plain tokens when saved (default: 0, plain tokens)")
+    a.add_argument("--token-init", default="random", choices=TOKEN_INITS,
+                   help="start the tokens from the box's embeddings of the class names (labels) or of the "
+                        "training texts' frequent words (default: random)")
     a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
     a.add_argument("--pixel-adapter", default="pixel-conv", choices=adapter_names("input", "image"),
@@ -58,6 +72,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate (default: {cls.gray_lr:g}, {ret.gray_lr:g} for --task retrieval; "
                         "chosen on validation: benchmarks/lr-sweep)")
+    for group, what in (("input", "the input adapter's maps"), ("tokens", "extra tokens and entry tokens"),
+                        ("output", "the output adapter"), ("head", "the head and temperature")):
+        t.add_argument(f"--lr-{group}", type=float, default=None, metavar="LR",
+                       help=f"peak learning rate of {what} (default: --lr)")
     t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
     t.add_argument("--warmup-ratio", type=float, default=0.06)
     t.add_argument("--patience", type=int, default=None,

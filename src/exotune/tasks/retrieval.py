@@ -22,7 +22,7 @@ from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
 from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ConfigError, DataError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel
+from exotune.graybox.model import GrayBoxModel, folded_state_dict
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
@@ -239,13 +239,13 @@ class DualEncoder(TwoTowerRetriever):
             "library_version": __version__,
             "access": "light-gray" if self.dga.entry_tokens is not None else "dark-gray",
             **box_entries("box", self.box),
-            "dga": self.dga.to_dict(),
+            "dga": self.dga.folded().to_dict(),
             "task": {"type": "retrieval", **asdict(self.config)},
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: Box) -> DualEncoder:
