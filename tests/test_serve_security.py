@@ -19,7 +19,7 @@ from exotune.serve.config import ListenConfig
 from exotune.serve.fair import FairScheduler
 from exotune.serve.handles import HandleStore, Pending
 
-from .serve_helpers import OTHER, TOKEN, make_app, make_client, running_server
+from .serve_helpers import OTHER, TOKEN, make_app, make_client, remote, running_server
 
 pytest.importorskip("fastapi")
 
@@ -83,6 +83,13 @@ def test_work_per_request_is_bounded_for_texts_and_labels(tiny_box):
     default = make_client(make_app(tiny_box)).get("/v1/spec").json()
     limits = default["spec"]["limits"]
     assert default["server"]["max_tokens_per_request"] == limits["max_batch"] * limits["max_length"]
+
+
+def test_a_remote_box_sends_labels_over_max_batch_in_blocks(tiny_box):
+    texts, labels = ["the red car", "a blue sky", "big leaf"], ["red", "blue", "green", "sky", "car"]
+    with remote(make_app(tiny_box, max_batch=2)) as tight, remote(make_app(tiny_box)) as wide:
+        got, want = tight.scores(texts, labels), wide.scores(texts, labels)
+    assert got.shape == (3, 5) and torch.allclose(got, want, atol=1e-6)
 
 
 def test_fair_scheduler_gives_the_next_turn_to_the_token_served_least_recently():
