@@ -314,10 +314,10 @@ def test_connections_beyond_the_cap_are_closed_on_accept(tiny_box):
             s.close()
 
 
-def test_serve_flags_reach_the_app_and_the_listener(tiny_backbone, monkeypatch):
+def test_serve_flags_reach_the_app_and_the_listener(tiny_backbone, tmp_path):
     import argparse
 
-    from exotune.serve.cli import add_serve_args, build_server, listen_config
+    from exotune.cli.serve import add_serve_args, build_server, listen_config
 
     p = argparse.ArgumentParser()
     add_serve_args(p)
@@ -327,7 +327,8 @@ def test_serve_flags_reach_the_app_and_the_listener(tiny_backbone, monkeypatch):
         assert flag in help_text
     args = p.parse_args(["--model", str(tiny_backbone), "--no-auth", "--max-tokens-per-request", "100",
                          "--max-response-mb", "1", "--header-timeout", "3", "--max-connections", "9",
-                         "--login-failures", "5", "--body-timeout", "7"])
+                         "--login-failures", "5", "--body-timeout", "7",
+                         "--owner-secret-file", str(tmp_path / "owner-secret")])
     config = build_server(args).state.service.config
     assert (config.max_tokens_per_request, config.max_response_bytes, config.login_failures,
             config.body_timeout_s) == (100, 2**20, 5, 7.0)

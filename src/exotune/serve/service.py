@@ -56,12 +56,20 @@ class BoxService:
     def describe(self) -> dict:
         return {
             "protocol": PROTOCOL,
-            "spec": self.spec.to_dict(),
-            "server": {**self.config.public(), "max_tokens_per_request": self.max_tokens,
-                       "fair_unit_tokens": self.config.fair_unit_tokens},
+            "spec": self.spec.public(),  # at level black: only what a black-box client needs
+            "server": self._server_limits(),
             "wire": {"media_type": wire.MEDIA_TYPE, "embeds": "float32", "mask": "int64",
                      "entry_tokens": f"float32, named '{ENTRY}<entry point>'", "outputs": "float32"},
         }
+
+    def _server_limits(self) -> dict:
+        limits = {**self.config.public(), "fair_unit_tokens": self.config.fair_unit_tokens}
+        # the default work bound is max_batch x the model's max length: at level black, which
+        # hides the length, it is shown only when the owner set it (a request of at most
+        # max_batch texts always fits the default)
+        if self.spec.access != "black" or self.config.max_tokens_per_request is not None:
+            limits["max_tokens_per_request"] = self.max_tokens
+        return limits
 
     # -- texts in ---------------------------------------------------------------------------
 
@@ -223,8 +231,8 @@ class BoxService:
         length = min(max_length or self._text_length, self._text_length)
         work = sum(token_bound(t, length) for t in texts)
         if work > self.max_tokens:
-            raise ApiError(422, "limit", f"'{key}' holds up to {work} tokens (UTF-8 bytes + 2 per text, at most "
-                                         f"{length} each); at most {self.max_tokens} per call: send fewer or shorter texts")
+            raise ApiError(422, "limit", f"'{key}' holds up to {work} tokens (counted as UTF-8 bytes + 2 per text); "
+                                         f"at most {self.max_tokens} per call: send fewer or shorter texts")
         return texts
 
     def _encode(self, caller: str, texts: list[str]) -> torch.Tensor:
