@@ -85,6 +85,15 @@ def test_work_per_request_is_bounded_for_texts_and_labels(tiny_box):
     assert default["server"]["max_tokens_per_request"] == limits["max_batch"] * limits["max_length"]
 
 
+def test_the_black_spec_does_not_reveal_the_max_length_through_the_work_bound(tiny_backbone):
+    from exotune.boxes import load_box
+
+    black = load_box(str(tiny_backbone), access="black")
+    assert "max_tokens_per_request" not in make_client(make_app(black)).get("/v1/spec").json()["server"]
+    explicit = make_client(make_app(black, max_tokens_per_request=100)).get("/v1/spec").json()["server"]
+    assert explicit["max_tokens_per_request"] == 100
+
+
 def test_a_remote_box_sends_labels_over_max_batch_in_blocks(tiny_box):
     texts, labels = ["the red car", "a blue sky", "big leaf"], ["red", "blue", "green", "sky", "car"]
     with remote(make_app(tiny_box, max_batch=2)) as tight, remote(make_app(tiny_box)) as wide:
