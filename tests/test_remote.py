@@ -174,7 +174,7 @@ def served(monkeypatch, tmp_path):
     from exotune.cli import serve as serve_cli
 
     calls = []
-    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: calls.append((app, host, port)))
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port, listen=None: calls.append((app, host, port)))
     monkeypatch.delenv("EXOTUNE_TOKENS", raising=False)
     monkeypatch.delenv("EXOTUNE_OWNER_SECRET", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # where a generated owner secret goes

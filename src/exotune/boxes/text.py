@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class TextEncoderBox(Box):
         model.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self.__model = model
         self.__tokenizer = tokenizer
+        self.__tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
         self.__embeddings = model.get_input_embeddings()
         dim = int(self.__embeddings.embedding_dim)
         self.__basis = OwnerBasis(owner_secret, dim) if owner_secret is not None and basis else None
@@ -114,9 +116,10 @@ class TextEncoderBox(Box):
     def _embed(self, texts: list[str], max_length: int | None) -> TokenBatch:
         check_texts(texts)
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
-        enc = self.__tokenizer(
-            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
-        )
+        with self.__tokenizer_lock:  # only to tokenize: the forward needs no lock
+            enc = self.__tokenizer(
+                list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
+            )
         embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
         return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
 
