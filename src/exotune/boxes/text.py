@@ -1,4 +1,6 @@
-"""A local text-encoder box over any Hugging Face ``transformers`` encoder (BERT family)."""
+"""A local text box over a Hugging Face ``transformers`` encoder or decoder of a supported
+family (``exotune.boxes.families``: BERT, RoBERTa, XLM-RoBERTa, MPNet, DeBERTa-v2, ModernBERT,
+Qwen2- and Llama-style decoders)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from torch import nn
 from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.basis import OwnerBasis
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
 from exotune.errors import ConfigError
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls")  # an encoder's; a decoder's are "last" and "mean"
 
 
 class TextEncoderBox(Box):
@@ -28,6 +31,12 @@ class TextEncoderBox(Box):
     ``entry_points`` (``"all"`` or layer indices) makes it a light-gray box: the input of each
     named transformer layer accepts up to ``entry_tokens_max`` tokens (VPT-deep), exposed as
     ``spec.entry_points`` named ``"layer.<i>"``.
+
+    The model's family (``config.model_type``) sets its conventions: the positions it can take,
+    the poolings it allows (default: its first, ``"mean"`` for an encoder, ``"last"`` for a
+    decoder), and where inserted tokens go (``spec.insert_at``: after the tokenizer's leading
+    special token, else at the front). ``embed`` pads on the right; a decoder runs with position
+    ids counted over the mask, so its outputs are those its own left or right padding gives.
 
     ``owner_secret`` (a served box's; see ``exotune.boxes.basis``) keys the spec's
     ``model_digest``, names entry points ``"point.<j>"`` and, unless ``basis=False``, hands out
@@ -41,7 +50,7 @@ class TextEncoderBox(Box):
         model: nn.Module,
         tokenizer,
         *,
-        pooling: str = "mean",
+        pooling: str | None = None,  # default: the family's first
         normalize: bool = False,
         max_length: int | None = None,
         access: str | None = None,  # default: "light-gray" with entry points, else "dark-gray"
@@ -51,8 +60,12 @@ class TextEncoderBox(Box):
         owner_secret: str | bytes | None = None,
         basis: bool = True,
     ) -> None:
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        family = family_of(str(getattr(model.config, "model_type", "")))
+        pooling = pooling or family.poolings[0]
+        if pooling not in family.poolings:
+            raise ConfigError(f"pooling must be one of {family.poolings} for a {family.name} model, got {pooling!r}")
+        if tokenizer.pad_token is None:  # decoders often ship without one; padding is masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
         if entry_points is not None:
             embedding_dim = model.get_input_embeddings().embedding_dim
             if embedding_dim != model.config.hidden_size:
@@ -69,7 +82,10 @@ class TextEncoderBox(Box):
         self.__embeddings = model.get_input_embeddings()
         dim = int(self.__embeddings.embedding_dim)
         self.__basis = OwnerBasis(owner_secret, dim) if owner_secret is not None and basis else None
-        positions = int(getattr(model.config, "max_position_embeddings", 512))
+        self.__family = family
+        first = tokenizer(["a"])["input_ids"][0]  # does the tokenizer start a text with a special token?
+        self.__at = int(bool(first) and first[0] in tokenizer.all_special_ids)
+        positions = family.max_positions(model.config)
         max_length = min(max_length or positions, positions)
         limits = limits or BoxLimits(max_length=positions)
         self.pooling = pooling
@@ -87,6 +103,7 @@ class TextEncoderBox(Box):
             entry_points=points,
             limits=limits,
             input_basis=self.__basis.id if self.__basis else "",
+            insert_at=self.__at,
         )
 
     # -- the two operations ---------------------------------------------------------------
@@ -115,7 +132,8 @@ class TextEncoderBox(Box):
         check_texts(texts)
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
         enc = self.__tokenizer(
-            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
+            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt",
+            padding_side="right",  # the user's layout: every text starts at position 0
         )
         embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
         return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
@@ -128,26 +146,34 @@ class TextEncoderBox(Box):
         return check_entry_tokens(self.spec, entry_tokens, length)
 
     def _forward_with_entry_tokens(self, embeds, mask, entry_tokens, n: int) -> torch.Tensor:
-        # VPT-deep: n reserved positions right after [CLS] ride through every layer; each entry
-        # layer overwrites them with its own tokens, layers without tokens carry them through.
-        embeds, full_mask = reserve(embeds, mask, n)  # (B, n + T, D), (B, n + T)
-        with inject(self.__layers, entry_tokens, n):
-            hidden = self.__model(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+        # VPT-deep: n reserved positions right after [CLS] (a decoder's front, when its texts
+        # start with no special token) ride through every layer; each entry layer overwrites
+        # them with its own tokens, layers without tokens carry them through.
+        at = self.__at
+        embeds, full_mask = reserve(embeds, mask, n, at)  # (B, n + T, D), (B, n + T)
+        with inject(self.__layers, entry_tokens, n, at):
+            hidden = self._run(embeds, full_mask)
         # Pooling leaves the reserved positions out, as VPT-deep drops the prompts' outputs: the
         # tokens act on the text through attention, and the pooled output stays a pooling of the
         # input's own tokens (the spec's ``pooling``), so it does not depend on how many tokens
         # the user chose and compares directly with a dark-gray forward. ("cls" reads position
         # 0, which precedes them.)
-        hidden = torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1)  # (B, T, H)
+        hidden = torch.cat([hidden[:, :at], hidden[:, at + n :]], dim=1)  # (B, T, H)
         return self._pool(hidden, mask)
 
     def _forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.__model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, T, H)
-        return self._pool(hidden, mask)
+        return self._pool(self._run(embeds, mask), mask)
+
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        kwargs = self.__family.forward_kwargs(mask)  # a decoder's position ids
+        return self.__model(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state  # (B, T, H)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":  # the last real token, wherever the padding is
+            last = mask.shape[1] - 1 - (mask > 0).flip(1).int().argmax(1)  # (B,)
+            pooled = hidden[torch.arange(hidden.shape[0]), last]
         else:
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -172,7 +198,8 @@ def read_sentence_transformers_defaults(path: Path) -> dict:
     pooling_cfg = path / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
         cfg = json.loads(pooling_cfg.read_text())
-        defaults["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+        defaults["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
+                               else "last" if cfg.get("pooling_mode_lasttoken") else "mean")
     modules = path / "modules.json"
     if modules.is_file():
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
