@@ -4,6 +4,8 @@ Qwen2- and Llama-style decoders)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +40,11 @@ class TextEncoderBox(Box):
     special token, else at the front). ``embed`` pads on the right; a decoder runs with position
     ids counted over the mask, so its outputs are those its own left or right padding gives.
 
+    ``prompts`` (name -> text, a sentence-transformers folder's) are the owner's: ``prompt``
+    names the one put before every text (``prompted(name)``: the same box with another), the
+    spec tells its name, and inserted tokens go after it. ``pool_prompt=False`` leaves the
+    prompt's tokens out of mean pooling (the folder's ``include_prompt``).
+
     ``owner_secret`` (a served box's; see ``exotune.boxes.basis``) keys the spec's
     ``model_digest``, names entry points ``"point.<j>"`` and, unless ``basis=False``, hands out
     token embeddings in the secret's orthogonal basis (``E @ R``), undone inside before the
@@ -59,6 +66,9 @@ class TextEncoderBox(Box):
         entry_tokens_max: int = 8,
         owner_secret: str | bytes | None = None,
         basis: bool = True,
+        prompts: Mapping[str, str] | None = None,
+        prompt: str | None = None,
+        pool_prompt: bool = True,
     ) -> None:
         family = family_of(str(getattr(model.config, "model_type", "")))
         pooling = pooling or family.poolings[0]
@@ -85,6 +95,8 @@ class TextEncoderBox(Box):
         self.__family = family
         first = tokenizer(["a"])["input_ids"][0]  # does the tokenizer start a text with a special token?
         self.__at = int(bool(first) and first[0] in tokenizer.all_special_ids)
+        self.__prompts = {k: str(v) for k, v in (prompts or {}).items() if v}  # an empty prompt is none
+        self.__prompt, self.__pool_prompt, self.__unpooled = "", bool(pool_prompt), 0
         positions = family.max_positions(model.config)
         max_length = min(max_length or positions, positions)
         limits = limits or BoxLimits(max_length=positions)
@@ -104,7 +116,27 @@ class TextEncoderBox(Box):
             limits=limits,
             input_basis=self.__basis.id if self.__basis else "",
             insert_at=self.__at,
+            prompts=tuple(sorted(self.__prompts)),
         )
+        if prompt:
+            self._use_prompt(prompt)
+
+    def prompted(self, name: str) -> TextEncoderBox:
+        """The same hidden model with the owner's prompt ``name`` before every text."""
+        other = copy.copy(self)
+        other._use_prompt(name)
+        return other
+
+    def _use_prompt(self, name: str) -> None:
+        if name not in self.__prompts:
+            raise ConfigError(f"this box has no prompt {name!r}; it has {sorted(self.__prompts) or 'none'}")
+        text = self.__prompts[name]
+        ids = self.__tokenizer([text])["input_ids"][0]
+        while ids and ids[-1] in self.__tokenizer.all_special_ids:  # a closing [SEP] / end token
+            ids = ids[:-1]
+        self.__prompt, self.__at = text, len(ids)
+        self.__unpooled = 0 if self.__pool_prompt else len(ids)
+        self.spec = dataclasses.replace(self.spec, prompt=name, insert_at=len(ids))
 
     # -- the two operations ---------------------------------------------------------------
 
@@ -132,7 +164,7 @@ class TextEncoderBox(Box):
         check_texts(texts)
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
         enc = self.__tokenizer(
-            list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt",
+            [self.__prompt + t for t in texts], padding=True, truncation=True, max_length=limit, return_tensors="pt",
             padding_side="right",  # the user's layout: every text starts at position 0
         )
         embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
@@ -175,6 +207,8 @@ class TextEncoderBox(Box):
             last = mask.shape[1] - 1 - (mask > 0).flip(1).int().argmax(1)  # (B,)
             pooled = hidden[torch.arange(hidden.shape[0]), last]
         else:
+            if self.__unpooled:  # the prompt's tokens: attended to, not pooled
+                mask = torch.cat([mask[:, : self.__unpooled] * 0, mask[:, self.__unpooled :]], dim=1)
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
         if self.normalize:
@@ -193,20 +227,39 @@ class TextEncoderBox(Box):
 
 
 def read_sentence_transformers_defaults(path: Path) -> dict:
-    """Pooling, normalisation and length from a sentence-transformers folder, if it is one."""
+    """Pooling, normalisation, length and prompts from a sentence-transformers folder, if it is one."""
     defaults: dict = {}
     pooling_cfg = path / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
         cfg = json.loads(pooling_cfg.read_text())
         defaults["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
                                else "last" if cfg.get("pooling_mode_lasttoken") else "mean")
+        if cfg.get("include_prompt") is False:
+            defaults["pool_prompt"] = False
     modules = path / "modules.json"
     if modules.is_file():
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
         defaults["normalize"] = any(t.endswith("Normalize") for t in types)
+    prompts_cfg = path / "config_sentence_transformers.json"
+    if prompts_cfg.is_file():
+        cfg = json.loads(prompts_cfg.read_text())
+        if any(cfg.get("prompts") or {}):
+            defaults["prompts"] = dict(cfg["prompts"])
+        if cfg.get("default_prompt_name"):
+            defaults["prompt"] = cfg["default_prompt_name"]
     st_cfg = path / "sentence_bert_config.json"
     if st_cfg.is_file():
         length = json.loads(st_cfg.read_text()).get("max_seq_length")
         if length:
             defaults["max_length"] = int(length)
     return defaults
+
+
+# the prompt names a folder may give each side of retrieval, in order of preference
+ROLE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "doc", "corpus")}
+
+
+def for_role(box, role: str):
+    """``box`` with its owner's prompt for ``role`` (``"query"``, ``"document"``) when it has one."""
+    names = [n for n in ROLE_PROMPTS[role] if n in box.spec.prompts]
+    return box.prompted(names[0]) if names and hasattr(box, "prompted") else box
