@@ -29,8 +29,9 @@ from exotune.graybox.tokens import TokenMLP
 class TextShiftConfig(ConfigBase):
     """A shift token added to every token embedding, plus ``extra_tokens`` learnable tokens.
 
-    The extra tokens are inserted right after the first token ([CLS]) so that they sit at
-    the same positions in every sequence of a padded batch.
+    The extra tokens are inserted where the box says (``spec.insert_at``: right after the first
+    token, [CLS], or after the owner's prompt) so that they sit at the same positions in every
+    sequence of a padded batch.
     """
 
     shift: bool = True
@@ -57,6 +58,7 @@ class TextShiftAdapter(nn.Module):
     def __init__(self, config: TextShiftConfig, spec: BoxSpec) -> None:
         super().__init__()
         self.config = config
+        self.at = spec.insert_at
         dim = spec.input_dim
         self.shift = nn.Parameter(torch.zeros(dim)) if config.shift else None  # zero: identity at start
         self.extra = (
@@ -94,9 +96,10 @@ class TextShiftAdapter(nn.Module):
         if self.extra is not None:
             b, k = embeds.shape[0], self.extra.shape[0]
             extra = self.extra_tokens().unsqueeze(0).expand(b, k, -1)  # (B, k, D)
-            embeds = torch.cat([embeds[:, :1], extra, embeds[:, 1:]], dim=1)  # (B, T + k, D)
+            at = self.at
+            embeds = torch.cat([embeds[:, :at], extra, embeds[:, at:]], dim=1)  # (B, T + k, D)
             ones = torch.ones(b, k, dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, T + k)
+            mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)  # (B, T + k)
         return embeds, mask
 
 
