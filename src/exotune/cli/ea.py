@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from exotune.cli.common import add_data_args, add_texts_args, load_data, read_texts, train_val
-from exotune.errors import ConfigError, DataError
+from exotune.errors import ConfigError
 
 LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
 LM_FILE = "lm.json"  # how the CLI reached the LM (never the key itself)
@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     add_data_args(p)
     _add_lm_args(p, required=True)
     p.add_argument("--output-dir", required=True, help="where the EA adapter goes")
+    p.add_argument("--label-template", default="{}",
+                   help="text a class name is shown to the LM as, after '_' becomes ' ' (card_arrival -> "
+                        "'card arrival'), e.g. 'a question about {}' (default: '{}'); kept for predict and report")
     p.add_argument("--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)")
     p.add_argument("--policy", default="ssm-first", choices=POLICIES)
     p.add_argument("--budget", type=float, default=0.3, help="largest share of inputs sent to the LM (default: 0.3)")
@@ -65,7 +68,7 @@ def add_parser(sub) -> None:
 
 def _lm_settings(args, adapter: Path | None) -> dict:
     saved = json.loads((adapter / LM_FILE).read_text()) if adapter and (adapter / LM_FILE).is_file() else {}
-    keys = ("lm", "base_url", "model", "returns", "api_key_env", "cache")
+    keys = ("lm", "base_url", "model", "returns", "api_key_env", "cache", "label_template")
     cfg = {k: getattr(args, k, None) or saved.get(k) for k in keys}
     if cfg["lm"] == "served-box":
         if not cfg["base_url"]:
@@ -81,7 +84,8 @@ def make_client(cfg: dict, args):
     from exotune.ea.cache import ResponseCache
     from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient, ServedBoxClient
 
-    common = {"cache": ResponseCache(cfg["cache"]), "timeout": args.timeout, "max_retries": args.max_retries}
+    common = {"cache": ResponseCache(cfg["cache"]), "timeout": args.timeout, "max_retries": args.max_retries,
+              "label_template": cfg["label_template"] or "{}"}
     if args.concurrency is not None:  # else each client's own default
         common["max_concurrency"] = args.concurrency
     if cfg["lm"] == "served-box":
@@ -91,23 +95,53 @@ def make_client(cfg: dict, args):
     return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or "OPENAI_API_KEY", **common)
 
 
+def rounded(value, digits: int = 4):
+    """Floats (inside dicts too) to ``digits`` places: 0.30000000000000004 prints as 0.3."""
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def drop_if_unused(client, path: Path, existed: bool) -> None:
+    """After a failed fit: remove the response cache this run created when it holds no answer
+    (nothing was paid for); one holding answers is kept, and said so, for the next run."""
+    cache = client.cache
+    if existed or not path.exists():
+        return
+    held = len(cache)
+    cache.close()
+    if held:
+        print(f"kept {held} paid answers in {path}: a re-run takes them from there", file=sys.stderr)
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def cmd_fit(args) -> int:
     from exotune.ea.model import EasyAdapter
 
+    if args.images:
+        raise ConfigError("ea fit takes labelled texts (--dataset or --file); images are not supported at the "
+                          "black level yet")
     out = Path(args.output_dir)
     args.cache = args.cache or str(out.with_name(out.name + ".responses.sqlite"))
     cfg = _lm_settings(args, None)
     data = load_data(args, "train")
     train, val = train_val(data, args)
-    model = EasyAdapter(make_client(cfg, args), ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
+    client, existed = make_client(cfg, args), Path(cfg["cache"]).exists()
+    model = EasyAdapter(client, ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
                         budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
     print(f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
-    model.fit(train, val)
+    try:
+        model.fit(train, val)
+    except BaseException:
+        drop_if_unused(client, Path(cfg["cache"]), existed)
+        raise
     model.save_pretrained(out)
     (out / LM_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
-    summary = {"adapter": str(out), "val_accuracy": model.val_accuracy_, "lm_call_share": model.router_.share_,
-               "fit_seconds": round(model.fit_seconds_, 1),
-               "probe": model.ledgers_["probe"].to_dict()}
+    summary = {"adapter": str(out), "val_accuracy": rounded(model.val_accuracy_),
+               "lm_call_share": rounded(model.router_.share_), "fit_seconds": round(model.fit_seconds_, 1),
+               "probe": rounded(model.ledgers_["probe"].to_dict())}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -135,9 +169,6 @@ def cmd_report(args) -> int:
 
     model = _load(args)
     data = load_data(args, args.split)
-    if data.label_names != model.label_names_:
-        raise DataError(f"{data.name} has other labels than the adapter ({len(data.label_names)} vs "
-                        f"{len(model.label_names_)})")
     report = model.evaluate(data, compare=not args.no_compare)
     out = write_report(report, args.out_dir or f"{args.adapter.rstrip('/')}-report")
     print(markdown(report).split("\n\n| region")[0])

@@ -59,6 +59,26 @@ class Labelled:
         """A random sample of ``n`` examples (all of them if ``n`` >= len)."""
         return sample(self, n, seed)
 
+    def aligned_to(self, label_names: list[str]):
+        """``(data, classes)``: the same examples with labels numbered as ``label_names`` (a
+        model's) numbers them, and the indices of the classes this data names. Labels matched
+        by name: another order or a subset of the model's classes is fine; a label the model
+        does not know is refused, named."""
+        from dataclasses import replace
+
+        label_names = list(label_names)
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = [name for name in self.label_names if name not in index]
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            raise DataError(f"{self.name} has {len(unknown)} label(s) the model was not trained on: {shown} "
+                            f"(it knows {len(label_names)}: {', '.join(label_names[:10])}"
+                            f"{' ...' if len(label_names) > 10 else ''})")
+        classes = [index[name] for name in self.label_names]
+        if classes == list(range(len(label_names))):
+            return self, classes
+        return replace(self, labels=[classes[y] for y in self.labels], label_names=label_names), classes
+
 
 @dataclass
 class TextLabelData(Labelled):

@@ -9,8 +9,13 @@ import os
 
 import numpy as np
 
-from exotune.data.text import label_texts
-from exotune.ea.client import BlackBoxClient, BlackBoxOutput, Ledger, labels_from_embeddings
+from exotune.ea.client import (
+    BlackBoxClient,
+    BlackBoxOutput,
+    Ledger,
+    labels_from_embeddings,
+    normalise_url,
+)
 from exotune.ea.prompt import PromptTemplate, parse_label, scores_from_logprobs
 from exotune.errors import (
     BlackBoxError,
@@ -40,6 +45,9 @@ def _translate(openai, err: Exception) -> Exception:
     return err
 
 
+OPENAI_URL = "https://api.openai.com/v1"  # the SDK's endpoint when no base URL is set
+
+
 class _OpenAIBase(BlackBoxClient):
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", price_in: float = 0.0, price_out: float = 0.0,
@@ -51,6 +59,10 @@ class _OpenAIBase(BlackBoxClient):
         self.price_in, self.price_out = price_in, price_out  # per million tokens
         self.client = client  # an openai.AsyncOpenAI; built per run when not given
         self._sdk = None
+
+    def endpoint(self) -> str:
+        """Where the model is served, normalised: the cache keeps answers per endpoint."""
+        return normalise_url(self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL)
 
     def _cost(self, prompt: int, completion: int) -> float:
         return (prompt * self.price_in + completion * self.price_out) / 1e6
@@ -97,13 +109,15 @@ class OpenAIChatClient(_OpenAIBase):
 
     def describe(self) -> dict:
         p = self.prompt
-        return {"client": "openai-chat", "model": self.model, "template": p.template, "system": p.system,
-                "examples": p.examples, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {"client": "openai-chat", "endpoint": self.endpoint(), "model": self.model, "template": p.template,
+                "system": p.system, "examples": p.examples, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "label_template": self.label_template}
 
     async def _request(self, texts, label_names):
         return list(await asyncio.gather(*(self._one(t, label_names) for t in texts)))
 
     async def _one(self, text: str, label_names: list[str]) -> BlackBoxOutput:
+        label_names = self.label_texts(label_names)  # shown and parsed as words, in their order
         kwargs = {"model": self.model, "messages": self.prompt.render(text, label_names),
                   "temperature": self.temperature, "max_tokens": self.max_tokens}
         if self.logprobs:
@@ -133,15 +147,15 @@ class OpenAIEmbeddingClient(_OpenAIBase):
 
     provides = frozenset({"labels", "scores", "embeddings"})
 
-    def __init__(self, model: str, *, label_template: str = "{}", temperature: float = 0.05, **kwargs):
+    def __init__(self, model: str, *, temperature: float = 0.05, **kwargs):
         kwargs.setdefault("batch_size", 64)
         super().__init__(model, **kwargs)
-        self.label_template, self.temperature = label_template, temperature
+        self.temperature = temperature
         self._protos: np.ndarray | None = None
 
     def describe(self) -> dict:
-        return {"client": "openai-embeddings", "model": self.model, "label_template": self.label_template,
-                "temperature": self.temperature}
+        return {"client": "openai-embeddings", "endpoint": self.endpoint(), "model": self.model,
+                "label_template": self.label_template, "temperature": self.temperature}
 
     async def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
         def parse(resp):
@@ -156,7 +170,7 @@ class OpenAIEmbeddingClient(_OpenAIBase):
 
     async def _open(self, label_names, ledger: Ledger) -> None:
         await super()._open(label_names, ledger)
-        names = [self.label_template.format(n) for n in label_names]
+        names = self.label_texts(label_names)
         self._protos, tokens = await self._retrying(lambda: self._embed(names), ledger)
         ledger.add(prompt_tokens=tokens, cost=self._cost(tokens, 0))
 
@@ -191,7 +205,7 @@ class CallableClient(BlackBoxClient):
                                   else {"labels", "scores"} if returns == "scores" else {"labels"})
 
     def describe(self) -> dict:
-        return {"client": "callable", "name": self.name, "returns": self.returns}
+        return {"client": "callable", "name": self.name, "returns": self.returns, "label_template": self.label_template}
 
     async def _invoke(self, arg, label_names):
         if inspect.iscoroutinefunction(self.fn):
@@ -200,7 +214,8 @@ class CallableClient(BlackBoxClient):
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            self._protos = np.asarray([await self._invoke(n, label_names) for n in label_names], dtype=np.float64)
+            self._protos = np.asarray([await self._invoke(n, label_names) for n in self.label_texts(label_names)],
+                                      dtype=np.float64)
 
     async def _request(self, texts, label_names):
         if self.batched:
@@ -253,18 +268,16 @@ class ServedBoxClient(BlackBoxClient):
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, box=None, http_client=None,
-                 returns: str = "labels", temperature: float = 0.05, label_template: str = "{}", **common):
+                 returns: str = "labels", temperature: float = 0.05, **common):
         if returns not in ("labels", "scores", "embeddings"):
             raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
-        if "{}" not in label_template:
-            raise ConfigError(f"label_template must contain '{{}}', got {label_template!r}")
         common.setdefault("batch_size", 256)  # fewer round trips; the server sorts and batches within
         # one request at a time: the box computes one batch at a time anyway, and the requests then
         # need no worker threads, whose malloc arenas kept ~9 MB after a probe (Banking77 probe:
         # 37 s with 1, 2 or 4 in flight)
         common.setdefault("max_concurrency", 1)
         super().__init__(**common)
-        self.url, self.returns, self.temperature, self.label_template = url, returns, temperature, label_template
+        self.url, self.returns, self.temperature = url, returns, temperature
         if (url is None) == (box is None):
             raise ConfigError("ServedBoxClient needs either url (and token) or a connected box, not both")
         self._token, self._http_client = token, http_client
@@ -282,7 +295,8 @@ class ServedBoxClient(BlackBoxClient):
 
     def describe(self) -> dict:
         spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
-        return {"client": "served-box", "model_digest": spec.model_digest, "pooling": spec.pooling,
+        return {"client": "served-box", "endpoint": normalise_url(self.url) if self.url else None,
+                "model_digest": spec.model_digest, "pooling": spec.pooling,
                 "returns": self.returns, "temperature": self.temperature, "label_template": self.label_template}
 
     def _encode(self, texts: list[str]) -> np.ndarray:
@@ -319,7 +333,7 @@ class ServedBoxClient(BlackBoxClient):
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            texts = label_texts(label_names, self.label_template)
+            texts = self.label_texts(label_names)
             self._protos = await self._retrying(lambda: self._call(self._encode, texts), ledger)
 
     async def _request(self, texts, label_names):
@@ -328,7 +342,7 @@ class ServedBoxClient(BlackBoxClient):
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
             return [BlackBoxOutput(label=int(y), scores=p, embedding=e)
                     for y, p, e in zip(labels, probs, emb, strict=True)]
-        sims = (await self._call(self._scores, list(texts), label_texts(label_names, self.label_template))).astype(np.float64)
+        sims = (await self._call(self._scores, list(texts), self.label_texts(label_names))).astype(np.float64)
         logits = sims / self.temperature
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
