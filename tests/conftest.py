@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: nothing may be downloaded in tests
+# a bare OSError/ValueError reaching the CLI's guard keeps its traceback here: an error on user
+# input must be one of exotune's own, so a real bug is never hidden behind a one-line message
+os.environ.setdefault("EXOTUNE_DEBUG", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+HELP = "run a comparison suite and write benchmarks/results/"
+
 
 def add_parser(sub) -> None:
     from exotune.bench import SUITES
 
-    p = sub.add_parser("bench", help="run a comparison suite and write benchmarks/results/")
+    p = sub.add_parser("bench", help=HELP)
     p.add_argument("suite", choices=sorted(SUITES))
     add_bench_args(p)
 

@@ -11,8 +11,11 @@ from exotune.cli.train import DGA_LR
 DEMO_DIR = "runs/demo"
 
 
+HELP = "DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes",
+    p = sub.add_parser("demo", help=HELP,
                        description="Train DGA adapters (both sides) on Banking77 through the packaged MiniLM "
                                    "box and compare with zero-shot on the test split.")
     p.add_argument("--data-dir", help="folder holding banking77/ (default: $EXOTUNE_DATA, else ./datasets)")

@@ -32,11 +32,14 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts (default: 4)")
 
 
+HELP = "Easy Adaptation: a black-box LM plus small local models and a router"
+
+
 def add_parser(sub) -> None:
     from exotune.ea.router import POLICIES
     from exotune.ea.ssm import SSMS
 
-    ea = sub.add_parser("ea", help="Easy Adaptation: a black-box LM plus small local models and a router")
+    ea = sub.add_parser("ea", help=HELP)
     cmds = ea.add_subparsers(dest="ea_command", required=True, metavar="EA_COMMAND")
     p = cmds.add_parser("fit", help="probe the LM, train SSMs and the router, save the adapter")
     add_data_args(p)

@@ -13,8 +13,11 @@ from exotune.errors import ConfigError
 TOKENS_ENV = "EXOTUNE_TOKENS"
 
 
+HELP = "serve a box over HTTP at a chosen access level"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve a box over HTTP at a chosen access level",
+    p = sub.add_parser("serve", help=HELP,
                        description="Serve a backbone as a box: dark-gray and light-gray expose forward and "
                                    "input gradients, black only outputs. Tokens come from --tokens-file or "
                                    f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
@@ -66,11 +69,16 @@ def build_server(args):
 
     from exotune.boxes import load_box
     from exotune.serve import ServeConfig, create_app
+    from exotune.serve.auth import TokenGate
 
     tokens = _serve_tokens(args)
     if not tokens and not args.no_auth:
         raise ConfigError(f"refusing to serve without a token: put tokens in --tokens-file or ${TOKENS_ENV}, "
                           "or pass --no-auth explicitly")
+    try:  # every setting is checked before the model loads (which takes a while)
+        TokenGate(tokens, 1.0, 1, None)
+    except ConfigError as err:
+        raise ConfigError(f"{err}; check {'--tokens-file ' + args.tokens_file if args.tokens_file else '$' + TOKENS_ENV}") from None
     config = ServeConfig(stateless=args.stateless, no_auth=args.no_auth, max_batch=args.max_batch,
                          max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
                          rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,

@@ -61,8 +61,11 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+HELP = "train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)")
+    p = sub.add_parser("train", help=HELP)
     add_task_arg(p)
     add_data_args(p)
     add_box_args(p)
