@@ -30,6 +30,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None,
                    help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--model-name", default=None,
+                   help="the model's name on the OpenAI-compatible routes (/v1/embeddings, /v1/models) "
+                        "(default: the last part of --model, else all-MiniLM-L6-v2)")
     p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
     p.add_argument("--entry-points", type=entry_points_arg, default=None,
                    help="light-gray: 'all' or comma-separated layer indices that accept tokens")
@@ -89,7 +92,8 @@ def build_server(args):
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
         kwargs.update(entry_points=args.entry_points, entry_tokens_max=args.entry_tokens_max)
-    return create_app(load_box(args.model, **kwargs), tokens, config)
+    name = args.model_name or (Path(args.model.rstrip("/")).name if args.model else "all-MiniLM-L6-v2")
+    return create_app(load_box(args.model, **kwargs), tokens, config, name)
 
 
 MALLOC_ARENAS = 2
@@ -129,7 +133,8 @@ def run(args) -> int:
     spec = app.state.service.spec
     if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
-    print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/",
+    print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/; "
+          f"OpenAI-compatible: base URL http://{args.host}:{args.port}/v1, model {app.state.model_name!r}",
           file=sys.stderr)
     run_server(app, args.host, args.port)
     return 0
