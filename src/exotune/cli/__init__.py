@@ -29,6 +29,9 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     """The parser; ``*``: every command's arguments built; else only ``command``'s (if any)."""
     parser = argparse.ArgumentParser(prog="exotune", description="Adapt foundation models you cannot open.")
     parser.add_argument("--version", action="version", version=f"exotune {__version__}")
+    parser.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
+                        help="no progress and no notices, only results, warnings and errors (train also takes "
+                             "--quiet after the command)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in MODULES.items():
         if command in ("*", name):
@@ -50,21 +53,42 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)  # the message, not the source line that raised it
 
 
+class StderrHandler(logging.StreamHandler):
+    """Plain lines on whatever ``sys.stderr`` is at the time of writing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class sets it; stderr is looked up when writing
+        pass
+
+
 def setup_logging(quiet: bool = False) -> None:
-    """exotune's log lines (progress off a terminal, notices) as plain lines on stderr."""
+    """exotune's log lines (progress off a terminal, notices) on stderr; ``quiet``: warnings
+    only. The libraries that load the backbone draw no bars then, nor off a terminal."""
     log = logging.getLogger("exotune")
-    if not any(getattr(h, "_exotune_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._exotune_cli = True
-        log.addHandler(handler)
+    if not any(isinstance(h, StderrHandler) for h in log.handlers):
+        log.addHandler(StderrHandler())
         log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet or not sys.stderr.isatty():  # off a terminal a bar is a line of carriage returns
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command(argv)).parse_args(argv)  # not a command: help or an error, stubs suffice
+    if args.quiet_all:
+        args.quiet = True  # what the commands read
     setup_logging(getattr(args, "quiet", False))
     try:
         with warnings.catch_warnings():

@@ -24,6 +24,7 @@ import numpy as np
 
 from exotune.data.text import label_texts
 from exotune.errors import BlackBoxError, ConfigError, DataError, TransientBlackBoxError
+from exotune.progress import progress_bar
 
 #: set inside the event loops that ``BlackBoxClient.run`` makes for itself: nothing else runs there
 _PRIVATE_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("exotune_private_loop", default=False)
@@ -210,6 +211,7 @@ class BlackBoxClient(ABC):
         again: dict[str, BlackBoxOutput] = {}  # answers to texts that come back in a later chunk
         result: list[BlackBoxOutput] = []
         opened = False
+        bar = progress_bar(total=len(texts), desc=f"asking {type(self).__name__}")
         try:
             for start in range(0, len(texts), step):
                 part = texts[start:start + step]
@@ -218,11 +220,12 @@ class BlackBoxClient(ABC):
                     known.update(self.cache.get_many(fp, [t for t in part if t not in known]))
                 todo = list(dict.fromkeys(t for t in part if t not in known))  # unique, in order
                 ledger.add(cache_hits=len(part) - sum(1 for t in part if t not in known))
+                bar.update(len(part) - len(todo))
                 if todo:
                     if not opened:
                         await self._open(labels, ledger)
                         opened = True
-                    known.update(await self._run_batches(todo, labels, fp, ledger))
+                    known.update(await self._run_batches(todo, labels, fp, ledger, bar))
                 outs = [known[t] for t in part]
                 if seen is not None:
                     again.update((t, known[t]) for t in part if seen[t] > 1)
@@ -232,13 +235,14 @@ class BlackBoxClient(ABC):
                     collect(start, outs)
                 del known, outs
         finally:
+            bar.close()
             if opened:
                 await self._close()
         ledger.add(seconds=time.perf_counter() - t0)
         self.ledger.add(**{k: v - before[k] for k, v in ledger.to_dict().items()})
         return None if collect is not None else result
 
-    async def _run_batches(self, todo, label_names, fp, ledger) -> dict[str, BlackBoxOutput]:
+    async def _run_batches(self, todo, label_names, fp, ledger, bar) -> dict[str, BlackBoxOutput]:
         sem = asyncio.Semaphore(self.max_concurrency)
         done: dict[str, BlackBoxOutput] = {}
 
@@ -248,6 +252,7 @@ class BlackBoxClient(ABC):
             if self.cache is not None:
                 self.cache.put_many(fp, batch, outs)  # at once: a crash later loses nothing paid for
             done.update(zip(batch, outs, strict=True))
+            bar.update(len(batch))
             ledger.add(calls=len(batch), unparseable=sum(o.label is None for o in outs),
                        prompt_tokens=sum(o.prompt_tokens for o in outs),
                        completion_tokens=sum(o.completion_tokens for o in outs), cost=sum(o.cost for o in outs))
