@@ -78,3 +78,22 @@ def test_ea_report_matches_labels_by_name(tmp_path, capsys):
         unknown.write_text("text,label\nthe cup is red item1,red\nthe cup is teal item2,teal\n")
         assert main(["ea", "report", "--adapter", str(out), "--file", str(unknown), "--no-compare"]) == 2
         assert "'teal'" in capsys.readouterr().err
+
+
+def test_one_class_file_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import exotune.boxes
+
+    monkeypatch.setattr(exotune.boxes, "load_box", lambda *a, **k: pytest.fail("the model was loaded"))
+    path = tmp_path / "one.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},red\n" for i in range(10)))
+    assert main(["train", "--file", str(path), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "1 class(es) (red)" in err
+
+
+def test_missing_column_names_the_columns_and_the_flag(tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    path.write_text("sentence,label\nthe sky,blue\n")
+    assert main(["eval", "--file", str(path), "--zero-shot"]) == 2
+    err = capsys.readouterr().err
+    assert "['label', 'sentence']" in err and "--text-column" in err

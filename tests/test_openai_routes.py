@@ -91,3 +91,23 @@ def test_ea_embeddings_client_trains_against_the_served_box(served, tmp_path):
     model = EasyAdapter(client, ssms=("tfidf-lr",), n_clusters=2, cv_folds=2, random_state=0).fit(train, val)
     assert model.ledgers_["probe"].calls == len(train) + len(val)
     assert model.evaluate(val, compare=False)["ea"]["accuracy"] > 0.8
+
+
+def test_http_failures_name_the_url_and_what_to_try(served, monkeypatch):
+    from exotune.ea import OpenAIEmbeddingClient, ServedBoxClient
+    from exotune.errors import BlackBoxError
+
+    fast = {"max_retries": 0, "timeout": 10}
+    cases = [
+        (OpenAIEmbeddingClient("tiny-bert", base_url=served, api_key=TOKEN, **fast), [served, f"try {served}/v1"]),
+        (OpenAIEmbeddingClient("tiny-bert", base_url=f"{served}/v1", api_key_env="MY_KEY", **fast),
+         [f"{served}/v1", "$MY_KEY", "--api-key-env"]),
+        (ServedBoxClient(f"{served}/v1", TOKEN, **fast), ["without /v1", f"try {served}"]),
+        (ServedBoxClient(served, "wrong-token-123", **fast), [served, "$EXOTUNE_TOKEN"]),
+    ]
+    monkeypatch.setenv("MY_KEY", "not-the-token")
+    for client, fragments in cases:
+        with pytest.raises(BlackBoxError) as info:
+            client.run(["the sky is blue"], ["red", "blue"])
+        for fragment in fragments:
+            assert fragment in str(info.value), (fragment, str(info.value))

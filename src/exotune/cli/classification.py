@@ -21,7 +21,7 @@ def train(args, dga, train_cfg) -> int:
     from exotune.train import seed_everything
 
     cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template or "{}")
-    data = load_data(args, "train")
+    data = load_data(args, "train").require_classes(args.file or args.dataset)  # before the box loads
     train_data, val = train_val(data, args)
     box = train_box(args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable

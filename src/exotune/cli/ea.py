@@ -92,8 +92,9 @@ def make_client(cfg: dict, args):
     if args.concurrency is not None:  # else each client's own default
         common["max_concurrency"] = args.concurrency
     if cfg["lm"] == "served-box":
-        token = os.environ.get(cfg["api_key_env"] or "EXOTUNE_TOKEN")
-        return ServedBoxClient(cfg["base_url"], token, returns=cfg["returns"] or "labels", **common)
+        key_env = cfg["api_key_env"] or "EXOTUNE_TOKEN"
+        return ServedBoxClient(cfg["base_url"], os.environ.get(key_env), returns=cfg["returns"] or "labels",
+                               key_env=key_env, **common)
     cls = OpenAIChatClient if cfg["lm"] == "openai-chat" else OpenAIEmbeddingClient
     return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or "OPENAI_API_KEY", **common)
 
@@ -129,7 +130,7 @@ def cmd_fit(args) -> int:
     out = Path(args.output_dir)
     args.cache = args.cache or str(out.with_name(out.name + ".responses.sqlite"))
     cfg = _lm_settings(args, None)
-    data = load_data(args, "train")
+    data = load_data(args, "train").require_classes(args.file or args.dataset)
     train, val = train_val(data, args)
     client, existed = make_client(cfg, args), Path(cfg["cache"]).exists()
     model = EasyAdapter(client, ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,

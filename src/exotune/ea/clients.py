@@ -33,15 +33,30 @@ def _openai():
     return openai
 
 
-def _translate(openai, err: Exception) -> Exception:
-    """SDK errors -> ours: rate limits, 5xx, timeouts and lost connections are worth retrying."""
+def http_hint(status: int | None, url: str, key_env: str, root_expected: bool = False) -> str:
+    """What to try after a refusal: which setting holds the key (401), the other base URL (404)."""
+    if status == 401:
+        return f"; the key was refused: it is read from ${key_env} (another variable: --api-key-env)"
+    if status != 404:
+        return ""
+    if root_expected and url.endswith("/v1"):
+        return f"; a served box is reached at the root of 'exotune serve', without /v1: try {url[:-3]}"
+    if url.endswith("/v1"):
+        return f"; check the model name, or, if this server's routes are not under /v1, try {url[:-3]}"
+    return f"; OpenAI-compatible servers answer under /v1: try {url}/v1"
+
+
+def _translate(openai, err: Exception, url: str, key_env: str) -> Exception:
+    """SDK errors -> ours, naming the URL: rate limits, 5xx, timeouts and lost connections are
+    worth retrying."""
     if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
-        return TransientBlackBoxError(f"{type(err).__name__}: {err}")
+        return TransientBlackBoxError(f"{url}: {type(err).__name__}: {err}")
     if isinstance(err, openai.APIStatusError):
         status = err.status_code
+        text = f"HTTP {status} from {url}: {err.message}"
         if status in (408, 409, 429) or status >= 500:
-            return TransientBlackBoxError(f"HTTP {status}: {err.message}")
-        return BlackBoxError(f"HTTP {status}: {err.message}")
+            return TransientBlackBoxError(text)
+        return BlackBoxError(text + http_hint(status, url, key_env))
     return err
 
 
@@ -88,7 +103,7 @@ class _OpenAIBase(BlackBoxClient):
         try:
             return parse(await fn(**kwargs))
         except openai.OpenAIError as err:
-            raise _translate(openai, err) from err
+            raise _translate(openai, err, self.endpoint(), self.api_key_env) from err
         except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:  # the SDK's parsing too
             raise TransientBlackBoxError(f"malformed answer from {self.model!r}: {type(err).__name__}: {err}") from err
 
@@ -268,7 +283,7 @@ class ServedBoxClient(BlackBoxClient):
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, box=None, http_client=None,
-                 returns: str = "labels", temperature: float = 0.05, **common):
+                 returns: str = "labels", temperature: float = 0.05, key_env: str = "EXOTUNE_TOKEN", **common):
         if returns not in ("labels", "scores", "embeddings"):
             raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
         common.setdefault("batch_size", 256)  # fewer round trips; the server sorts and batches within
@@ -278,6 +293,7 @@ class ServedBoxClient(BlackBoxClient):
         common.setdefault("max_concurrency", 1)
         super().__init__(**common)
         self.url, self.returns, self.temperature = url, returns, temperature
+        self.key_env = key_env  # where the token came from, for the message of a 401
         if (url is None) == (box is None):
             raise ConfigError("ServedBoxClient needs either url (and token) or a connected box, not both")
         self._token, self._http_client = token, http_client
@@ -294,7 +310,12 @@ class ServedBoxClient(BlackBoxClient):
         return self._box
 
     def describe(self) -> dict:
-        spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
+        from exotune.errors import RemoteError
+
+        try:
+            spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
+        except RemoteError as err:
+            raise self._refusal(err) from err
         return {"client": "served-box", "endpoint": normalise_url(self.url) if self.url else None,
                 "model_digest": spec.model_digest, "pooling": spec.pooling,
                 "returns": self.returns, "temperature": self.temperature, "label_template": self.label_template}
@@ -327,9 +348,15 @@ class ServedBoxClient(BlackBoxClient):
         try:
             return await self._blocking(fn, *args)
         except RemoteError as err:
-            if err.status is None or err.status == 429 or err.status >= 500:
-                raise TransientBlackBoxError(str(err)) from err
-            raise BlackBoxError(str(err)) from err
+            raise self._refusal(err) from err
+
+    def _refusal(self, err) -> BlackBoxError:
+        """A RemoteError as ours, naming the URL: transient (retried) or final, with a hint."""
+        text = f"{self.url or 'the served box'}{'' if str(err).startswith('/') else ': '}{err}"
+        if err.status is None or err.status == 429 or err.status >= 500:
+            return TransientBlackBoxError(text)
+        url = normalise_url(self.url) if self.url else ""
+        return BlackBoxError(text + http_hint(err.status, url, self.key_env, root_expected=True))
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
