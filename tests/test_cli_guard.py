@@ -56,3 +56,30 @@ def test_help_imports_nothing_heavy():
             "print(sorted(m for m in ('torch', 'sklearn', 'transformers', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def parsers(parser):
+    """``parser`` and every sub-command's parser below it."""
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from parsers(child)
+
+
+def test_every_option_with_a_default_says_it_in_its_help():
+    import argparse
+
+    missing = []
+    for parser in parsers(cli.build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+                continue
+            if "default" not in formatter._expand_help(action) if action.help else True:
+                missing.append(f"{parser.prog} {action.option_strings[-1]}")
+    assert missing == []

@@ -25,9 +25,28 @@ COMMANDS = {name: module.run for name, module in MODULES.items()}
 DEBUG_ENV = "EXOTUNE_DEBUG"  # set: errors from the standard library keep their traceback
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it already says it or has none."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        quiet = any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings
+        if quiet or "default" in text or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help gives the defaults; its subcommands' parsers are the same."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelp)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     """The parser; ``*``: every command's arguments built; else only ``command``'s (if any)."""
-    parser = argparse.ArgumentParser(prog="exotune", description="Adapt foundation models you cannot open.")
+    parser = Parser(prog="exotune", description="Adapt foundation models you cannot open.")
     parser.add_argument("--version", action="version", version=f"exotune {__version__}")
     parser.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
                         help="no progress and no notices, only results, warnings and errors (train also takes "

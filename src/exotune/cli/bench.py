@@ -26,7 +26,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: all of the suite's (classification: {', '.join(classification.METHODS)}; "
                         f"retrieval: {', '.join(retrieval.METHODS)})")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
     p.add_argument("--epochs", type=int, default=None, help="default: the suite's (classification 5, retrieval 3)")
     p.add_argument("--max-train", type=int, default=None,
                    help="train on a sample of this many examples (default: all; sst2: 4000)")

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                                    "box and compare with zero-shot on the test split.")
     p.add_argument("--data-dir", help="folder holding banking77/ (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--output-dir", default=DEMO_DIR, help=f"where the adapter goes (default: {DEMO_DIR})")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training data")
     p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -49,14 +49,15 @@ def add_parser(sub) -> None:
                    help="text a class name is shown to the LM as, after '_' becomes ' ' (card_arrival -> "
                         "'card arrival'), e.g. 'a question about {}' (default: '{}'); kept for predict and report")
     p.add_argument("--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)")
-    p.add_argument("--policy", default="ssm-first", choices=POLICIES)
+    p.add_argument("--policy", default="ssm-first", choices=POLICIES,
+                   help="who answers first: the small models (the LM only where they are unsure) or the LM")
     p.add_argument("--budget", type=float, default=0.3, help="largest share of inputs sent to the LM (default: 0.3)")
     p.add_argument("--clusters", type=int, default=8, help="k-means regions (default: 8)")
     p.add_argument("--cv-folds", type=int, default=3,
                    help="folds of the out-of-fold predictions the router learns from (default: 3)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
     p.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the models")
     p = cmds.add_parser("predict", help="label texts with a saved EA adapter")
     p.add_argument("--adapter", required=True, help="folder written by 'ea fit'")
     _add_lm_args(p, required=False)

@@ -39,7 +39,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entry-tokens-max", type=positive_int, default=ENTRY_TOKENS_MAX,
                    help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--tokens-file", help=f"file with one bearer token per line (else ${TOKENS_ENV})")
     auth.add_argument("--no-auth", action="store_true", help="serve without tokens: anyone who reaches the port may call")
