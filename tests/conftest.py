@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: nothing may be downloaded in tests
+# a bare OSError/ValueError reaching the CLI's guard keeps its traceback here: an error on user
+# input must be one of exotune's own, so a real bug is never hidden behind a one-line message
+os.environ.setdefault("EXOTUNE_DEBUG", "1")
+# exotune serve keeps its generated owner secret under $XDG_CONFIG_HOME: never the user's own
+os.environ["XDG_CONFIG_HOME"] = __import__("tempfile").mkdtemp(prefix="exotune-test-config-")
 
 from pathlib import Path  # noqa: E402
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from exotune import distributed
 from exotune.artifacts import (
@@ -36,6 +35,7 @@ from exotune.artifacts import (
 from exotune.batching import grouped_batches
 from exotune.configs import ConfigBase
 from exotune.errors import ArtifactError, ConfigError
+from exotune.progress import note, progress_bar
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
 # Components that can get their own learning rate: a gray-box tower's input side, tokens and
@@ -214,9 +214,9 @@ class Trainer:
                 try:
                     self._save_last(model, optimizer, scheduler, state, self._best_state)
                 except Exception as save_err:  # never hide the original error
-                    tqdm.write(f"could not save a checkpoint ({save_err})")
+                    note(f"could not save a checkpoint ({save_err})")
                 else:
-                    tqdm.write(f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
+                    note(f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
                                f"{self.output_dir / LAST} (resume to continue)")
             raise
         best_state = self._best_state
@@ -240,8 +240,8 @@ class Trainer:
         while not state["done"] and state["epoch"] < cfg.epochs and state["global_step"] < total:
             epoch = state["epoch"]
             batches = self._batches(train, epoch)
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=state["step_in_epoch"],
-                       total=len(batches), disable=not self._show or None, leave=False)
+            bar = progress_bar(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self._show,
+                               initial=state["step_in_epoch"])
             losses = []
             for idx in batches[state["step_in_epoch"] :]:
                 t0 = time.perf_counter()
@@ -280,7 +280,7 @@ class Trainer:
             else:
                 state["bad_epochs"] += 1
             if self._show:
-                tqdm.write(f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
+                note(f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
                            f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})")
             state["epoch"] += 1
             state["step_in_epoch"] = 0
@@ -345,7 +345,7 @@ class Trainer:
             scheduler.load_state_dict(tree["scheduler"])
         torch.set_rng_state(rng)
         if self._show:
-            tqdm.write(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
+            note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
                        f"step {meta['state']['global_step']}")
         return meta["state"], tree["best"]
 

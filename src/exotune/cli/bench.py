@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+HELP = "run a comparison suite and write benchmarks/results/"
+
 
 def add_parser(sub) -> None:
     from exotune.bench import SUITES
 
-    p = sub.add_parser("bench", help="run a comparison suite and write benchmarks/results/")
+    p = sub.add_parser("bench", help=HELP)
     p.add_argument("suite", choices=sorted(SUITES))
     add_bench_args(p)
 
@@ -27,7 +29,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                         f"retrieval: {', '.join(retrieval.METHODS)}); classification, retrieval and steps also "
                         "take gray-box names such as dga-lowrank16, lga-8-upper, lga-4-lowrank16-rpt64-init-labels "
                         "(see exotune.bench.graymethods)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default: the suite's (classification {CLASSIFICATION.epochs}, retrieval {RETRIEVAL.epochs})")
     p.add_argument("--max-train", type=int, default=None,

@@ -46,7 +46,7 @@ def evaluate(args) -> int:
                                ClassificationConfig(label_template=args.label_template or "{}"))
     else:
         model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
-    metrics = model.evaluate(data, progress=True)
+    metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
     print_metrics(args, metrics, f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 "
                                  f"{metrics['macro_f1']:.4f} ({len(data)} examples)")
     return 0

@@ -126,11 +126,12 @@ def labelled_splits(args, want_test: bool):
     if args.dataset:
         if args.val_file or args.test_file:
             raise ConfigError("--val-file and --test-file go with --file (a known dataset has its own splits)")
-        data, val = load_dataset(args.dataset, "train", args.data_dir), None
+        data, val = load_dataset(args.dataset, "train", args.data_dir).require_classes(args.dataset), None
         test = load_dataset(args.dataset, "test", args.data_dir) if want_test else None
     else:
         data, val, test = load_text_files(args.file, args.val_file, args.test_file, args.text_column,
                                           args.label_column)
+        data.require_classes(args.file)  # before any model loads
         if want_test and test is None:
             raise ConfigError("--eval-test with --file needs --test-file (the file to score once at the end)")
     return (*train_val(data, args, val), test)

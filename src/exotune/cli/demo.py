@@ -11,13 +11,16 @@ from exotune.defaults import CLASSIFICATION
 DEMO_DIR = "runs/demo"
 
 
+HELP = "DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes",
+    p = sub.add_parser("demo", help=HELP,
                        description="Train DGA adapters (both sides) on Banking77 through the packaged MiniLM "
                                    "box and compare with zero-shot on the test split.")
     p.add_argument("--data-dir", help="folder holding banking77/ (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--output-dir", default=DEMO_DIR, help=f"where the adapter goes (default: {DEMO_DIR})")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training data")
     p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -9,8 +9,11 @@ EVALUATORS = {"classification": classification.evaluate, "retrieval": retrieval.
               "image-retrieval": images.evaluate, "image-classification": images.evaluate}  # (args) -> int
 
 
+HELP = "evaluate an adapter (or zero-shot) on a labelled or retrieval dataset"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate an adapter (or zero-shot) on a labelled or retrieval dataset")
+    p = sub.add_parser("eval", help=HELP)
     add_task_arg(p)
     add_data_args(p, split_default="test")
     add_box_args(p)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from exotune.cli.common import adapter_box, add_box_args, add_texts_args, read_texts
 
+HELP = "label texts with a trained adapter"
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="label texts with a trained adapter")
+    p = sub.add_parser("predict", help=HELP)
     add_box_args(p)
     p.add_argument("--adapter", required=True, help="adapter folder written by train")
     add_texts_args(p)

@@ -67,8 +67,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training (defaults: those the committed tables were made with, exotune.defaults)")
     cls, ret = CLASSIFICATION, RETRIEVAL
     t.add_argument("--epochs", type=int, default=None,
-                   help=f"default: {cls.epochs} ({ret.epochs} for --task retrieval)")
-    t.add_argument("--batch-size", type=int, default=None, help=f"default: {cls.batch_size}")
+                   help=f"passes over the training data (default: {cls.epochs}, {ret.epochs} for --task retrieval)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help=f"examples per optimisation step (default: {cls.batch_size})")
     t.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate (default: {cls.gray_lr:g}, {ret.gray_lr:g} for --task retrieval; "
                         "chosen on validation: benchmarks/lr-sweep)")
@@ -76,19 +77,22 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         ("output", "the output adapter"), ("head", "the head and temperature")):
         t.add_argument(f"--lr-{group}", type=float, default=None, metavar="LR",
                        help=f"peak learning rate of {what} (default: --lr)")
-    t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
-    t.add_argument("--warmup-ratio", type=float, default=0.06)
+    t.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="learning-rate schedule after warm-up")
+    t.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")
     t.add_argument("--patience", type=int, default=None,
                    help=f"epochs without validation gain before stopping (default: {cls.patience})")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the adapters' start")
     t.add_argument("--val-fraction", type=float, default=None,
                    help=f"validation share carved from train when no --val-file is given (default: {cls.val_fraction})")
     t.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+HELP = "train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)")
+    p = sub.add_parser("train", help=HELP)
     add_task_arg(p)
     add_data_args(p)
     add_split_files_args(p)

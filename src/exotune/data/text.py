@@ -59,6 +59,35 @@ class Labelled:
         """A random sample of ``n`` examples (all of them if ``n`` >= len)."""
         return sample(self, n, seed)
 
+    def require_classes(self, source: str, n: int = 2):
+        """``self``, if it holds examples of at least ``n`` classes (what training needs);
+        checked before any model loads. ``source`` names the file or dataset."""
+        present = sorted({self.label_names[y] for y in self.labels})
+        if len(present) < n:
+            raise DataError(f"{source} holds {len(present)} class(es) ({', '.join(present) or 'none'}); training "
+                            f"needs examples of at least {n}")
+        return self
+
+    def aligned_to(self, label_names: list[str]):
+        """``(data, classes)``: the same examples with labels numbered as ``label_names`` (a
+        model's) numbers them, and the indices of the classes this data names. Labels matched
+        by name: another order or a subset of the model's classes is fine; a label the model
+        does not know is refused, named."""
+        from dataclasses import replace
+
+        label_names = list(label_names)
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = [name for name in self.label_names if name not in index]
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            raise DataError(f"{self.name} has {len(unknown)} label(s) the model was not trained on: {shown} "
+                            f"(it knows {len(label_names)}: {', '.join(label_names[:10])}"
+                            f"{' ...' if len(label_names) > 10 else ''})")
+        classes = [index[name] for name in self.label_names]
+        if classes == list(range(len(label_names))):
+            return self, classes
+        return replace(self, labels=[classes[y] for y in self.labels], label_names=label_names), classes
+
 
 @dataclass
 class TextLabelData(Labelled):
@@ -169,7 +198,9 @@ def load_text_file(
     for n, row in read_rows(path):
         for col in (text_column, label_column):
             if col not in row:
-                raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)}")
+                which = "text_column" if col == text_column else "label_column"
+                raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)} (choose one with "
+                                f"--{which.replace('_', '-')}, or {which}= in Python)")
         text, label = row[text_column], row[label_column]
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {n}, column {text_column!r}: empty or non-text value {text!r}")

@@ -411,7 +411,9 @@ class EasyAdapter(BaseEstimator):
         (the LM is then asked about every input)."""
         from exotune.ea.report import evaluation
 
-        return evaluation(self, check_data(data, "data"), compare)
+        self._check_fitted()
+        data, classes = check_data(data, "data").aligned_to(self.label_names_)  # by name: any order, a subset
+        return evaluation(self, data, compare, classes)
 
     def save_pretrained(self, path, extra_files: dict[str, dict] | None = None):
         """Write the folder; ``extra_files`` (name: JSON object) go in with the rest, checksummed."""

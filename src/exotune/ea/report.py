@@ -11,17 +11,18 @@ from exotune.plotting import pyplot
 from exotune.tasks.metrics import classification_metrics
 
 
-def evaluation(model, data, compare: bool = True) -> dict:
+def evaluation(model, data, compare: bool = True, classes: list[int] | None = None) -> dict:
+    """``data``'s labels numbered as the model's; metrics over ``classes`` (default: all)."""
     y = np.asarray(data.labels)
     c = len(model.label_names_)
     r = model.route(data.texts, ask_all=compare)
-    out = {"n": len(y), "ea": classification_metrics(y, r.labels, c),
-           "ssm": classification_metrics(y, r.ssm_labels, c),
+    out = {"n": len(y), "ea": classification_metrics(y, r.labels, c, classes),
+           "ssm": classification_metrics(y, r.ssm_labels, c, classes),
            "lm_call_share": float(r.asked_lm.mean()), "lm_answer_share": float(r.used_lm.mean()),
            "policy": model.policy, "budget": model.budget, "seconds": r.seconds,
            "seconds_per_input": r.seconds / max(len(y), 1), "ledger": r.ledger.to_dict()}
     if compare:
-        out["lm"] = classification_metrics(y, r.lm_labels, c)
+        out["lm"] = classification_metrics(y, r.lm_labels, c, classes)
         out["lm_unparseable_share"] = float((r.lm_labels < 0).mean())
         calls = max(r.ledger.calls + r.ledger.cache_hits, 1)
         cost_per_call = r.ledger.cost / calls

@@ -26,6 +26,7 @@ from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
 from exotune.serve.fair import InflightLimit
+from exotune.serve.openai_routes import install_openai_routes, is_openai_path, openai_error
 from exotune.serve.service import BoxService
 
 log = logging.getLogger("exotune.serve")
@@ -42,7 +43,9 @@ def _json_body(properties: dict) -> dict:
 _TEXTS = {"texts": {"type": "array", "items": {"type": "string"}}}
 
 
-def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, retry_after: float | None = None,
+                   request: Request | None = None) -> JSONResponse:
+    """The JSON refusal: ``{"error", "message"}``, or OpenAI's shape on the OpenAI routes."""
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -50,7 +53,15 @@ def error_response(status: int, code: str, message: str, retry_after: float | No
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if status == 408:  # the rest of a body that came too slowly is not read: end the connection
         headers["Connection"] = "close"
+    if request is not None and is_openai_path(request.url.path):
+        return openai_error(status, code, message, headers)
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def wants_json(request: Request) -> bool:
+    """The client asked for JSON (``Accept: application/json``) rather than safetensors."""
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and wire.MEDIA_TYPE not in accept
 
 
 class _Guard:
@@ -132,23 +143,24 @@ async def read_json(request: Request, limit: int) -> dict:
 
 def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(request, err: ApiError):
-        return error_response(err.status, err.code, err.message, err.retry_after)
+        return error_response(err.status, err.code, err.message, err.retry_after, request)
 
     async def exotune_error(request, err: ExotuneError):
         # raised by the box on a request it refuses; messages describe the request only
         if isinstance(err, AccessError):
-            return error_response(403, "access", str(err))
+            return error_response(403, "access", str(err), request=request)
         if isinstance(err, (BoxLimitError, ConfigError)):
-            return error_response(422, "limit" if isinstance(err, BoxLimitError) else "invalid", str(err))
+            return error_response(422, "limit" if isinstance(err, BoxLimitError) else "invalid", str(err),
+                                  request=request)
         log.error("box refused a request: %r", err)
-        return error_response(422, "invalid", "the box refused the request")
+        return error_response(422, "invalid", "the box refused the request", request=request)
 
     async def validation_error(request, err: RequestValidationError):
         where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in err.errors())
-        return error_response(422, "invalid", f"invalid request parameters: {where}")
+        return error_response(422, "invalid", f"invalid request parameters: {where}", request=request)
 
     async def http_error(request, err: StarletteHTTPException):
-        return error_response(err.status_code, "http", str(err.detail))
+        return error_response(err.status_code, "http", str(err.detail), request=request)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(ExotuneError, exotune_error)
@@ -156,8 +168,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None) -> FastAPI:
-    """An ASGI app serving ``box`` at its access level to holders of ``tokens``."""
+JSON_ENCODE_MAX = 64  # texts /v1/encode answers as JSON when asked; more travel as safetensors
+
+
+def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None,
+               model_name: str | None = None) -> FastAPI:
+    """An ASGI app serving ``box`` at its access level to holders of ``tokens``; the OpenAI
+    routes name the model ``model_name`` (default: ``exotune-`` and the digest's first 12)."""
     config = config or ServeConfig()
     if not tokens and not config.no_auth:
         raise ConfigError("serving a box needs at least one token (or no_auth=True, explicitly)")
@@ -211,7 +228,24 @@ def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = 
     @app.post("/v1/encode", openapi_extra=_json_body(_TEXTS))
     async def encode(request: Request, who: Caller) -> Response:
         body = await read_json(request, limit)
+        if wants_json(request):  # a few texts, for people and scripts: {"outputs": [[...], ...]}
+            texts = body.get("texts")
+            if isinstance(texts, list) and len(texts) > JSON_ENCODE_MAX:
+                raise ApiError(406, "too_many_for_json", f"JSON answers hold at most {JSON_ENCODE_MAX} texts, got "
+                                                         f"{len(texts)}; ask for {wire.MEDIA_TYPE} instead")
+            outputs = await run(who, service.encode_texts, who, texts)
+            return JSONResponse({"outputs": outputs.tolist()})
         return tensors(await run(who, service.encode, who, body))
+
+    @app.get("/v1/openapi.json", include_in_schema=False)
+    def openapi(who: Caller) -> dict:
+        return app.openapi()  # to holders of a token only: the routes are the owner's business
+
+    async def read(request: Request) -> dict:
+        return await read_json(request, limit)
+
+    app.state.model_name = model_name or f"exotune-{service.spec.model_digest[:12]}"
+    install_openai_routes(app, service, caller, read, app.state.model_name, run)
 
     @app.post("/v1/scores", openapi_extra=_json_body({**_TEXTS, "labels": _TEXTS["texts"]}))
     async def scores(request: Request, who: Caller) -> Response:

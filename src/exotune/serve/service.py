@@ -87,10 +87,14 @@ class BoxService:
             batch = self.box.embed(texts, max_length=max_length)
         return wire.encode({"embeds": batch.embeds.float(), "mask": batch.mask.long()})
 
-    def encode(self, caller: str, body: dict) -> bytes:
-        texts = self._texts(body, "texts")
+    def encode_texts(self, caller: str, texts) -> torch.Tensor:
+        """(N, O) float32 outputs of ``texts``, checked as ``/v1/encode`` checks them."""
+        texts = self._texts({"texts": texts}, "texts")
         self._check_answer("/v1/encode", len(texts) * self.spec.output_dim * FLOAT, "send fewer texts")
-        return wire.encode({"outputs": self._encode(caller, texts)})
+        return self._encode(caller, texts)
+
+    def encode(self, caller: str, body: dict) -> bytes:
+        return wire.encode({"outputs": self.encode_texts(caller, body.get("texts"))})
 
     def scores(self, caller: str, body: dict) -> bytes:
         texts = self._texts(body, "texts")

@@ -148,10 +148,9 @@ class TextClassifier(nn.Module):
         return [self.label_names[i] for i in idx]
 
     def evaluate(self, data: TextLabelData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
-        if data.label_names != self.label_names:
-            raise ConfigError(f"{data.name}'s label set differs from the model's ({len(data.label_names)} vs {len(self.label_names)} labels)")
+        data, classes = data.aligned_to(self.label_names)  # by name: any order, a subset
         pred = self.predict_proba(data.inputs, batch_size, progress).argmax(-1).numpy()
-        return classification_metrics(np.asarray(data.labels), pred, len(self.label_names))
+        return classification_metrics(np.asarray(data.labels), pred, len(self.label_names), classes)
 
     # -- artifacts --------------------------------------------------------------------------
 

@@ -14,15 +14,16 @@ if TYPE_CHECKING:  # torch only where tensors come in: EA's metrics run without 
     import torch
 
 
-def classification_metrics(y_true, y_pred, num_classes: int) -> dict[str, float]:
+def classification_metrics(y_true, y_pred, num_classes: int, classes: list[int] | None = None) -> dict[str, float]:
+    """Accuracy and macro-F1 over ``classes`` (default: all ``num_classes``; a file holding a
+    subset of a model's classes is scored over its own)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) == 0:
         return {"accuracy": float("nan"), "macro_f1": float("nan")}
+    labels = sorted(classes) if classes is not None else list(range(num_classes))
     return {
         "accuracy": float((y_true == y_pred).mean()),
-        "macro_f1": float(
-            f1_score(y_true, y_pred, average="macro", labels=list(range(num_classes)), zero_division=0)
-        ),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
     }
 
 
