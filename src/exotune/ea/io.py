@@ -28,7 +28,7 @@ TRUSTED_TYPES = frozenset({
 })
 
 PARAMS = ("ssms", "featurizer", "n_clusters", "policy", "budget", "cv_folds", "underfit_weight",
-          "per_region_ssm", "min_region_size", "confidence", "random_state")
+          "per_region_ssm", "min_region_size", "confidence", "random_state", "select_ssms")
 
 
 def _jsonable(value):
@@ -57,6 +57,7 @@ def save(model, path) -> Path:
         "special_regions": sorted(int(r) for r in system["special"]),
         "lm": model.lm.describe() if model.lm is not None else None,
         "val_accuracy": model.val_accuracy_, "regions": model.regions_.table_,
+        "ssm_selection": getattr(model, "ssm_selection_", None),  # which SSMs were kept, and why
         "router": {"threshold": float(model.router_.threshold_), "share": model.router_.share_,
                    "trust_lm": model.router_.trust_lm_,
                    "val_curve": model.router_.val_curve_},
