@@ -75,7 +75,8 @@ def quick_budget() -> Budget:
     return Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
 
 
-def _data(dataset: str, data_dir, budget: Budget, seed: int):
+def split_data(dataset: str, data_dir, budget: Budget, seed: int):
+    """(train, validation, test) of one dataset for one seed, under the budget's caps."""
     from exotune.data import load_dataset
 
     full = load_dataset(dataset, "train", data_dir)
@@ -127,7 +128,7 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
 
     seed_everything(seed)
     method, variant, access = METHODS[name]
-    train, val, test = _data(dataset, data_dir, budget, seed)
+    train, val, test = split_data(dataset, data_dir, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None,
@@ -162,7 +163,7 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
 
     seed_everything(0)
     method, variant, access = METHODS[name]
-    train, _, _ = _data(dataset, data_dir, budget, 0)
+    train, _, _ = split_data(dataset, data_dir, budget, 0)
     batch = train.head(budget.batch_size, 0)
     model, extra = _gradient_model(name, train, ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}")),
                                    backbone)

@@ -350,6 +350,8 @@ class EasyAdapter(BaseEstimator):
             self._fit_router(singles["oofs"][b], clusters, y, lm_ok, lm)
             Pv = singles["val_proba"][b]
         self.ssms_ = self.ssms_system_["global"]
+        # each candidate alone, fitted on all of train (to compare; not saved); None without a selection
+        self.ssm_candidates_ = None if singles is None else dict(zip(self._names(), singles["models"], strict=True))
         acc_v = self.regions_.lm_accuracy(Pv.argmax(1), clusters_val)
         Gv = gate_features(Pv, acc_v)
         Fv = full_features(Pv, acc_v, lm.labels[n_tr:], self._rows(lm.scores, slice(n_tr, None)), lm.confidence[n_tr:], gate=Gv)
@@ -370,6 +372,9 @@ class EasyAdapter(BaseEstimator):
         self.router_ = Router(self.policy, self.budget).fit(G, F, P.argmax(1) == y, lm_ok)
         self.router_rows_ = np.concatenate([b for _, b in self.oof_folds_])
 
+    def _names(self) -> list[str]:
+        return [ssm_name(s) for s in self.ssms]
+
     def _select(self, views, views_val, y, y_val, w, clusters) -> dict:
         """Score every candidate SSM alone (out of fold on train; fitted on all of train, on
         validation), keep those chosen out of fold (``kept_``, ``ssm_selection_``) and re-key the
@@ -386,7 +391,7 @@ class EasyAdapter(BaseEstimator):
             models.append(self._fit_one(spec, i, views, y, w, slice(None)))
             X, encoded = self._view_of(views_val, i, models[-1])
             val_proba.append(full_proba(models[-1], X, c, encoded))
-        kept, self.ssm_selection_ = choose_ssms([ssm_name(s) for s in self.ssms], oofs, y)
+        kept, self.ssm_selection_ = choose_ssms(self._names(), oofs, y)
         self.kept_ = kept
         for d in (views, views_val, self.encoders_):
             moved = {j: d[i] for j, i in enumerate(kept) if i in d}
