@@ -70,6 +70,18 @@ def test_bench_ea_quick_on_two_datasets(tiny_backbone, tmp_path, monkeypatch):
     md = (out / "ea.md").read_text()
     assert "## sst2" in md and "## Latency per input" in md and "## SSMs kept" in md
     assert (out / "ea_cost_quality.png").is_file()
+    # a second call with fewer datasets: the EA runs come from the run log, none is redone
+
+    def no_ea_runs(fn, *args):
+        assert fn is not exotune.bench.ea.ea_run, "an EA run was redone"
+        return fn(*args)
+
+    monkeypatch.setattr(exotune.bench.ea, "run_isolated", no_ea_runs)
+    assert main(["bench", "ea", "--quick", "--datasets", "sst2", "--data-dir", str(data),
+                 "--backbone", str(tiny_backbone), "--out-dir", str(out)]) == 0
+    again = json.loads((out / "ea.json").read_text())
+    assert {r["dataset"] for r in again["records"]} == {"sst2"}
+    assert again["ssm_selection"]["sst2, embeddings, seed 0"] == table
 
 
 def test_bench_ea_rejects_an_unknown_dataset(tmp_path):

@@ -27,6 +27,7 @@ import numpy as np
 from exotune.bench import classification, ea_latency
 from exotune.bench.common import (
     RESULTS_DIR,
+    RunLog,
     aggregate,
     command_line,
     machine,
@@ -145,8 +146,6 @@ def logged_run(method: str, dataset: str, seed: int, budget: Budget, backbone, l
     seed under the same budget (samples, and LoRA's epochs, batch and learning rate, or the
     probe's grid), if its run log holds one: the same run, not paid twice. Other methods'
     learning rates do not matter here."""
-    from exotune.bench.common import RunLog
-
     if not log_path.is_file():
         return None
     want = class_budget(budget).for_dataset(dataset)
@@ -199,13 +198,22 @@ def run(args) -> int:
     seeds = args.seeds[:1] if args.quick else args.seeds
     out_dir = Path(args.out_dir) if args.out_dir else Path("benchmarks/results") / ("quick" if args.quick else "")
     runs, latency, selection = [], [], {}
+    # finished EA runs are logged: an interrupted call, or one with more seeds, redoes none of them
+    ea_log = RunLog(out_dir / ".ea.runs.jsonl", fresh=getattr(args, "fresh", False))
+    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick, "budget": asdict(budget)}
     with served_box(args.backbone, level="black") as server:
-        for dataset in datasets:
-            for seed in seeds:
+        for seed in seeds:  # seed by seed: a call cut short still has every dataset on its first seeds
+            for dataset in datasets:
                 for setting in SETTINGS:
-                    print(f"[bench] EA, {dataset}, {setting}, seed {seed} ...", file=sys.stderr, flush=True)
-                    got = run_isolated(ea_run, setting, dataset, server.url, server.token, seed, args.data_dir,
-                                       budget, seed == seeds[0])
+                    key = {"dataset": dataset, "setting": setting, "seed": seed, "latency": seed == seeds[0], **extra}
+                    got = ea_log.get(key)
+                    if got is None:
+                        print(f"[bench] EA, {dataset}, {setting}, seed {seed} ...", file=sys.stderr, flush=True)
+                        got = run_isolated(ea_run, setting, dataset, server.url, server.token, seed, args.data_dir,
+                                           budget, seed == seeds[0])
+                        ea_log.add(key, got)
+                    else:
+                        print(f"[bench] EA, {dataset}, {setting}, seed {seed}: logged earlier, reused", file=sys.stderr)
                     runs += got["runs"]
                     latency += got["latency"]
                     if got["selection"]:
