@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 import exotune.ea.model
 from exotune.ea import CallableClient, EasyAdapter, SklearnSSM
+from exotune.ea.report import markdown
 from exotune.ea.selection import choose_ssms
 
 from .ea_fakes import colour_of, colour_task, one_blas_thread  # noqa: F401
@@ -97,3 +98,6 @@ def test_saved_config_says_which_ssms_were_kept(split, tmp_path):
     assert config["n_global_ssms"] == 1 and config["params"]["select_ssms"] is True
     loaded = EasyAdapter.from_pretrained(path, lm=CallableClient(weak_lm))
     np.testing.assert_array_equal(loaded.predict(test.texts), model.predict(test.texts))
+    report = loaded.evaluate(test)
+    assert report["ssm_selection"] == model.ssm_selection_
+    assert "| tfidf-lr | " in markdown(report) and "| yes |" in markdown(report)

@@ -107,6 +107,7 @@ def load(cls, path, lm=None, embedder=None, trusted=()):
     model.router_ = _load_skops(path / "router.skops", extra)
     model.regions_ = _load_skops(path / "regions.skops", extra)
     model.val_accuracy_ = config.get("val_accuracy", {})
+    model.ssm_selection_ = config.get("ssm_selection")
     if float(model.router_.threshold_) != float(config["router"]["threshold"]):  # inf round-trips as Infinity
         raise ArtifactError(f"{path}: router.skops does not match {CONFIG}")
     return model
