@@ -10,6 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 WORDS = ["the", "a", "is", "was", "very", "car", "sky", "leaf", "fast", "slow", "big", "small",
@@ -30,6 +31,16 @@ def build_tiny_backbone(folder: Path, hidden: int = 16, layers: int = 2, seed: i
                         num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64)
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and stay fast on a machine busy with other work
+    (a module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -177,3 +188,42 @@ def write_shapes(folder: Path, per_pair: int = 1, seed: int = 0) -> list[tuple[s
                 draw_shape(shape, colour, seed=seed * 1000 + len(rows)).save(folder / name)
                 rows.append((name, colour, shape))
     return rows
+
+
+# -- open_clip's layout without the package ------------------------------------------------------
+
+
+class StandInOpenCLIP(nn.Module):
+    """A tiny model with open_clip's CLIP layout and ``encode_text`` / ``encode_image`` code path:
+    full-context positional embedding, causal mask, pooling at the largest token id."""
+
+    def __init__(self, vocab: int = 40, width: int = 16, context: int = 12) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.context_length, self.vocab_size = context, vocab
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.1)
+        layer = nn.TransformerEncoderLayer(width, 2, 32, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, 1)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.randn(width, 8))
+        self.visual = nn.Sequential(nn.Conv2d(3, 4, 8, 8), nn.Flatten(), nn.Linear(64, 8))
+        self.visual.image_size = 32
+        self.register_buffer("attn_mask", torch.full((context, context), float("-inf")).triu(1), persistent=False)
+
+    def encode_text(self, text):
+        x = self.token_embedding(text) + self.positional_embedding
+        x = self.ln_final(self.transformer(x, mask=self.attn_mask))
+        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
+
+    def encode_image(self, image):
+        return self.visual(image)
+
+
+def stand_in_tokenizer(texts, context_length=12):
+    """open_clip's tokenizer contract: (B, context_length) ids, start 38, end 39 (the largest), pad 0."""
+    out = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids = [38, *[2 + (sum(map(ord, w)) % 30) for w in t.split()][: context_length - 2], 39]
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out

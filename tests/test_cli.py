@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,10 @@ import torch
 
 from exotune import cli
 from exotune.cli import COMMANDS, main
+from exotune.cli.common import dga_config
 from exotune.errors import DataError
+from exotune.graybox import adapter_names, registry
+from exotune.graybox.registry import get_entry
 
 
 @pytest.fixture
@@ -250,6 +254,43 @@ def test_predict_blank_input_file(tmp_path, capsys):
     ]
     assert main(argv) == 2
     assert_clean_error(capsys, "non-empty")
+
+
+# -- adapter configs come from the registry ------------------------------------------------
+
+
+def _train_args(*extra: str):
+    return cli.build_parser().parse_args(["train", "--file", "x.csv", "--output-dir", "run", *extra])
+
+
+@pytest.mark.parametrize("name", adapter_names("output"))
+def test_each_output_adapter_choice_builds_its_own_config(name):
+    dga = dga_config(_train_args("--output-adapter", name))
+    assert type(dga.output_adapter) is get_entry("output", name).config_cls
+
+
+@pytest.mark.parametrize("name", adapter_names("input", "image"))
+def test_each_pixel_adapter_choice_builds_its_own_config(name):
+    dga = dga_config(_train_args("--pixel-adapter", name, "--kernel-size", "5"), "image")
+    assert type(dga.input_adapter) is get_entry("input", name).config_cls
+    assert dga.input_adapter.kernel_size == 5
+
+
+def test_options_reach_the_adapter_configs():
+    dga = dga_config(_train_args("--output-adapter", "mlp", "--mlp-hidden", "7", "--no-shift", "--extra-tokens", "3"))
+    assert (dga.output_adapter.hidden, dga.input_adapter.shift, dga.input_adapter.extra_tokens) == (7, False, 3)
+    image = dga_config(_train_args("--pixel-adapter", "pixel-residual", "--pixel-channels", "4"), "image")
+    assert image.input_adapter.channels == 4
+
+
+def test_a_newly_registered_output_adapter_builds_its_own_config(monkeypatch):
+    @dataclass
+    class ScaleConfig:
+        factor: float = 2.0
+
+    entry = registry.AdapterEntry("output", "scale", ScaleConfig, torch.nn.Identity, ("text",))
+    monkeypatch.setitem(registry._REGISTRY, ("output", "scale"), entry)  # registered for this test only
+    assert type(dga_config(_train_args("--output-adapter", "scale")).output_adapter) is ScaleConfig
 
 
 # -- dispatch, with the commands replaced -------------------------------------------------

@@ -104,6 +104,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_over_the_same_global_batch(tiny_backbone, tiny_box, tmp_path):
     _spawn(tiny_backbone, tmp_path)
     train, val = _data()

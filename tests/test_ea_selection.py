@@ -101,3 +101,13 @@ def test_saved_config_says_which_ssms_were_kept(split, tmp_path):
     report = loaded.evaluate(test)
     assert report["ssm_selection"] == model.ssm_selection_
     assert "| tfidf-lr | " in markdown(report) and "| yes |" in markdown(report)
+
+
+def test_a_malformed_saved_selection_is_a_clear_error(split, tmp_path):
+    from exotune.ea.selection import check_selection
+    from exotune.errors import ArtifactError
+
+    assert check_selection(None, "f") is None
+    for bad in ("x", [{"name": "a"}], [{"name": "a", "oof_accuracy": "high", "kept": True, "why": ""}]):
+        with pytest.raises(ArtifactError, match="ssm_selection"):
+            check_selection(bad, "f")

@@ -22,6 +22,7 @@ def _failures(doc: dict) -> dict:
             for name, section in doc["sections"].items() if not section["ok"]}
 
 
+@pytest.mark.slow
 def test_reliability_suite_quick(tiny_backbone, tmp_path, monkeypatch):
     monkeypatch.setenv("EXOTUNE_DATA", str(tmp_path / "no-datasets"))  # the synthetic task: same run everywhere
     code = main(["bench", "reliability", "--quick", "--backbone", str(tiny_backbone), "--out-dir", str(tmp_path)])

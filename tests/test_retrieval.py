@@ -204,7 +204,7 @@ def _count_box_rows(box, monkeypatch) -> list[int]:
 
 
 def test_doc_side_output_only(tiny_box, beir, monkeypatch):
-    from exotune import cli_retrieval
+    from exotune.cli import retrieval as cli_retrieval
     from exotune.tasks import retrieval
 
     assert cli_retrieval.DOC_SIDES == retrieval.DOC_SIDES

@@ -446,7 +446,7 @@ def test_serve_limits_malloc_arenas_unless_the_environment_chose(monkeypatch):
     import platform
     import sys
 
-    from exotune.serve.cli import limit_malloc_arenas
+    from exotune.cli.serve import limit_malloc_arenas
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False  # the owner's own setting wins

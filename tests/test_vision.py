@@ -45,18 +45,21 @@ from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
 from exotune.tasks.metrics import image_text_recalls
 from exotune.train import TrainConfig, Trainer
 
-from .conftest import COLOURS, SHAPES, build_tiny_clip, draw_shape, tiny_vision, write_shapes
+from .conftest import (
+    COLOURS,
+    SHAPES,
+    StandInOpenCLIP,
+    build_tiny_clip,
+    draw_shape,
+    stand_in_tokenizer,
+    tiny_vision,
+    write_shapes,
+)
 
 IMAGE_SIZE = (3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and stay fast on a machine busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def features(out) -> torch.Tensor:
@@ -121,14 +124,6 @@ def test_image_spec_round_trips_and_text_fingerprints_stay(pair, tiny_box):
         ImageSpec(mean=(0.5,), std=(0.0,))
     with pytest.raises(ConfigError, match="input_shape"):
         BoxSpec("image", "pixels", (None, 32), 16, "dark-gray", "d", image=ImageSpec((0.5,), (0.5,)))
-
-
-def test_boxes_hide_the_backbone(clip, pair):
-    for box in pair:
-        assert "Module" not in repr(box) and "digest" in repr(box)
-        assert all(k.startswith("_") or k in ("spec", "pooling", "normalize") for k in vars(box))
-        assert not isinstance(box, nn.Module)
-    assert all(not p.requires_grad for p in clip[0].parameters())  # frozen by the boxes
 
 
 # -- the boxes compute what the models compute --------------------------------------------------
@@ -450,42 +445,6 @@ def test_offline_or_missing_checkpoints_fail_clearly(tmp_path):
 
 
 # -- open_clip -------------------------------------------------------------------------------------
-
-
-class StandInOpenCLIP(nn.Module):
-    """A tiny model with open_clip's CLIP layout and ``encode_text`` / ``encode_image`` code path:
-    full-context positional embedding, causal mask, pooling at the largest token id."""
-
-    def __init__(self, vocab: int = 40, width: int = 16, context: int = 12) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.context_length, self.vocab_size = context, vocab
-        self.token_embedding = nn.Embedding(vocab, width)
-        self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.1)
-        layer = nn.TransformerEncoderLayer(width, 2, 32, batch_first=True)
-        self.transformer = nn.TransformerEncoder(layer, 1)
-        self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.randn(width, 8))
-        self.visual = nn.Sequential(nn.Conv2d(3, 4, 8, 8), nn.Flatten(), nn.Linear(64, 8))
-        self.visual.image_size = 32
-        self.register_buffer("attn_mask", torch.full((context, context), float("-inf")).triu(1), persistent=False)
-
-    def encode_text(self, text):
-        x = self.token_embedding(text) + self.positional_embedding
-        x = self.ln_final(self.transformer(x, mask=self.attn_mask))
-        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
-
-    def encode_image(self, image):
-        return self.visual(image)
-
-
-def stand_in_tokenizer(texts, context_length=12):
-    """open_clip's tokenizer contract: (B, context_length) ids, start 38, end 39 (the largest), pad 0."""
-    out = torch.zeros(len(texts), context_length, dtype=torch.long)
-    for i, t in enumerate(texts):
-        ids = [38, *[2 + (sum(map(ord, w)) % 30) for w in t.split()][: context_length - 2], 39]
-        out[i, : len(ids)] = torch.tensor(ids)
-    return out
 
 
 def test_open_clip_layout_with_a_stand_in_model():

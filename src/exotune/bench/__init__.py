@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from exotune.bench import classification, ea, reliability, remote, retrieval, steps
 from exotune.bench.common import (
     RESULTS_DIR,
+    BenchOptions,
     RunLog,
     aggregate,
     command_line,
@@ -20,40 +20,6 @@ from exotune.errors import ConfigError
 
 SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea, "steps": steps,
           "reliability": reliability}
-
-
-def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datasets", nargs="+", default=None,
-                   help=f"default: the suite's first (classification: {', '.join(classification.DATASETS)}; "
-                        f"retrieval: {', '.join(retrieval.DATASETS)})")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help=f"default: all of the suite's (classification: {', '.join(classification.METHODS)}; "
-                        f"retrieval: {', '.join(retrieval.METHODS)})")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=None, help="default: the suite's (classification 5, retrieval 3)")
-    p.add_argument("--max-train", type=int, default=None,
-                   help="train on a sample of this many examples (default: all; sst2: 4000)")
-    p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
-                   help="learning rate of a method, e.g. lora=5e-4 full-ft=5e-5 dga=3e-3 "
-                        "(defaults: dga 2e-3; lora 1e-3 and full-ft 1e-4 for classification, "
-                        "2e-3 and 2e-4 for retrieval)")
-    p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
-    p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
-    p.add_argument("--out-dir", default=None, help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="smoke test: small samples, one seed, one epoch")
-    p.add_argument("--fresh", action="store_true",
-                   help="ignore finished runs logged by an earlier, interrupted call with the same settings")
-
-
-def _method_lr(text: str) -> tuple[str, float]:
-    method, sep, value = text.partition("=")
-    try:
-        lr = float(value)
-    except ValueError:
-        lr = -1.0
-    if not sep or not method or not lr > 0:
-        raise argparse.ArgumentTypeError(f"expected METHOD=LR with LR > 0 (e.g. lora=5e-4), got {text!r}")
-    return method, lr
 
 
 def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path) -> Path:
@@ -79,7 +45,8 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Pa
                          " && ".join(c for c in commands if c))
 
 
-def run_suite(args) -> int:
+def run_suite(args: BenchOptions) -> int:
+    """Run (or reuse from the suite's log) every dataset x method x seed asked for, then write the results."""
     suite = SUITES[args.suite]
     if hasattr(suite, "run"):  # a suite with its own driver
         return suite.run(args)

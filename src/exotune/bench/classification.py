@@ -91,7 +91,7 @@ def split_data(dataset: str, data_dir, budget: Budget, seed: int):
     return train, val, test
 
 
-def _timed_eval(model, data, batch_size=128):
+def timed_eval(model, data, batch_size=128):
     t = time.perf_counter()
     metrics = model.evaluate(data, batch_size=batch_size)
     return metrics, len(data) / (time.perf_counter() - t)
@@ -137,7 +137,7 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
     if method == "zero-shot":
         model = TextClassifier(load_box(backbone), train.label_names, config=task)
         rec["trainable_params"] = 0
-        rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
+        rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)
     elif method == "linear-probe":
         rec.update(_linear_probe(load_box(backbone), train, val, test, budget, seed))
     else:
@@ -198,7 +198,7 @@ def _fit(model, train, val, test, budget: Budget, lr: float, seed: int) -> dict:
     rec = {"trainable_params": model.num_trainable(), "train_seconds": result.train_seconds,
            "seconds_per_step": result.seconds_per_step, "steps": result.steps, "lr": lr,
            "best_epoch": result.best_epoch, "val_accuracy": result.best_metric}
-    rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
+    rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)
     return rec
 
 

@@ -11,6 +11,7 @@ import resource
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,24 @@ import numpy as np
 from exotune.plotting import pyplot
 
 RESULTS_DIR = Path("benchmarks/results")
+
+
+@dataclass
+class BenchOptions:
+    """What ``exotune bench SUITE`` was asked for; ``None`` and empty lists: the suite's defaults."""
+
+    suite: str
+    datasets: list[str] | None = None
+    methods: list[str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int | None = None
+    max_train: int | None = None
+    lr: list[tuple[str, float]] = field(default_factory=list)  # (method, learning rate)
+    data_dir: str | None = None
+    backbone: str | None = None
+    out_dir: str | None = None
+    quick: bool = False
+    fresh: bool = False
 
 
 def machine() -> str:

@@ -46,7 +46,7 @@ def train_run(variant: str, url: str | None, token: str | None, seed: int, data_
               backbone) -> dict:
     """One DGA (both sides) run on Banking77, against a local or a remote box."""
     from exotune.bench import classification
-    from exotune.bench.classification import _timed_eval
+    from exotune.bench.classification import timed_eval
     from exotune.boxes import load_box
     from exotune.graybox import DGAConfig
     from exotune.tasks.classification import TextClassifier
@@ -57,7 +57,9 @@ def train_run(variant: str, url: str | None, token: str | None, seed: int, data_
                                   max_val=budget.max_val, max_test=budget.max_test)
     train, val, test = classification.split_data("banking77", data_dir, split, seed)
     if url is None:
-        box = load_box(backbone)
+        from exotune.bench.served import BENCH_OWNER_SECRET
+
+        box = load_box(backbone, owner_secret=BENCH_OWNER_SECRET)  # the served box, in its basis
     else:
         from exotune.boxes.remote import connect
 
@@ -66,7 +68,7 @@ def train_run(variant: str, url: str | None, token: str | None, seed: int, data_
     cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr,
                       patience=budget.patience, seed=seed)
     result = Trainer(cfg, progress=False).fit(model, train, val)
-    metrics, speed = _timed_eval(model, test)
+    metrics, speed = timed_eval(model, test)
     return {"dataset": "banking77", "split": "test", "method": "dga", "variant": variant, "access": "dark-gray",
             "seed": seed, "metrics": metrics, "trainable_params": model.num_trainable(),
             "train_seconds": result.train_seconds, "seconds_per_step": result.seconds_per_step,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from exotune.boxes import wire
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import ConfigBase
 from exotune.errors import (
     AccessError,
     AuthenticationError,
@@ -35,7 +36,7 @@ def _httpx():
 
 
 @dataclass
-class RemoteConfig:
+class RemoteConfig(ConfigBase):
     """Client-side knobs (never saved with an adapter)."""
 
     timeout_s: float = 60.0

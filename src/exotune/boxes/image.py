@@ -193,13 +193,6 @@ class VisionEncoderBox(ImageBox):
             image=image,
         )
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs) -> VisionEncoderBox:
-        """Load a ViT / DINOv2 / CLIP checkpoint by local path or model id (see ``load_image_box``)."""
-        from exotune.boxes.loading import load_image_box
-
-        return load_image_box(name_or_path, **kwargs)
-
     def forward(self, pixels: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require(*GRAY)
         self.check_pixels(pixels)

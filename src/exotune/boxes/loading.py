@@ -67,10 +67,12 @@ def load_text_encoder(name_or_path: str | None):
 
 
 def load_box(name_or_path: str | None = None, **kwargs):
-    """Load a local text-encoder box; ``None`` gives the packaged all-MiniLM-L6-v2."""
+    """Load a local text-encoder box by local path, model id or ``None``: the packaged
+    all-MiniLM-L6-v2; ``kwargs`` (access, entry points, ...) win over the folder's defaults."""
     from exotune.boxes.text import TextEncoderBox
 
-    return TextEncoderBox.from_pretrained(name_or_path, **kwargs)
+    model, tokenizer, defaults = load_text_encoder(name_or_path)
+    return TextEncoderBox(model, tokenizer, **{**defaults, **kwargs})
 
 
 # -- images ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exotune.data.text import _rows, dataset_root, held_out, read_text, sample
+from exotune.data.text import dataset_root, held_out, read_rows, read_text, sample
 from exotune.errors import DataError
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -116,7 +116,7 @@ def _jsonl_records(path: Path, keys: tuple[str, ...]):
     """Yield (line, record) with ``_id`` a non-empty string and each of ``keys`` a string."""
     if path.suffix.lower() != ".jsonl":
         raise DataError(f"{path}: expected a .jsonl file")
-    for n, row in _rows(path):
+    for n, row in read_rows(path):
         doc_id = row.get("_id")
         if doc_id is None:
             raise DataError(f"{path}, line {n}, column '_id': missing; every record needs an id")

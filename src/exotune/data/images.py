@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exotune.data.text import Labelled, _rows, held_out, read_text, sample
+from exotune.data.text import Labelled, held_out, read_rows, read_text, sample
 from exotune.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -190,7 +190,7 @@ def _caption(path: Path, at: str, value) -> str:
 def _row_pairs(path: Path, image_column: str, caption_column: str) -> list[tuple[str, str, str]]:
     """(image, caption, where) per caption of a CSV / TSV / JSONL file."""
     pairs = []
-    for n, row in _rows(path):
+    for n, row in read_rows(path):
         for col in (image_column, caption_column):
             if col not in row:
                 raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)}")

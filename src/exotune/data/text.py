@@ -127,7 +127,7 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}, line {line}: not valid UTF-8 (byte {start}); re-save the file as UTF-8") from err
 
 
-def _rows(path: Path):
+def read_rows(path: Path):
     """Yield (line number, row dict) from a .csv, .tsv or .jsonl file."""
     text = read_text(path)
     suffix = path.suffix.lower()
@@ -166,7 +166,7 @@ def load_text_file(
     and the column holds indices). Every problem names file, line and column."""
     path = Path(path)
     texts, raw_labels = [], []
-    for n, row in _rows(path):
+    for n, row in read_rows(path):
         for col in (text_column, label_column):
             if col not in row:
                 raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)}")

@@ -470,11 +470,12 @@ class EasyAdapter(BaseEstimator):
 
         return evaluation(self, check_data(data, "data"), compare)
 
-    def save_pretrained(self, path):
+    def save_pretrained(self, path, extra_files: dict[str, dict] | None = None):
+        """Write the folder; ``extra_files`` (name: JSON object) go in with the rest, checksummed."""
         from exotune.ea.io import save
 
         self._check_fitted()
-        return save(self, path)
+        return save(self, path, extra_files)
 
     @classmethod
     def from_pretrained(cls, path, lm=None, embedder=None, trusted=()) -> EasyAdapter:
@@ -502,6 +503,6 @@ def _release_memory(collect: bool = True) -> None:
 
 
 def _p_keep(router, F):
-    from exotune.ea.router import _p1
+    from exotune.ea.router import positive_proba
 
-    return _p1(router.chooser_, F)
+    return positive_proba(router.chooser_, F)

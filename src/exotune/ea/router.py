@@ -78,7 +78,8 @@ def _fit_binary(X, target, C):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000)).fit(X, target)
 
 
-def _p1(model, X) -> np.ndarray:
+def positive_proba(model, X) -> np.ndarray:
+    """P(class 1) for each row of ``X``: a fitted binary classifier's, or a constant's (a float)."""
     if isinstance(model, float):
         return np.full(len(X), model)
     if len(X) == 0:  # scikit-learn refuses empty input
@@ -116,7 +117,7 @@ class Router(BaseEstimator):
     def gate_score(self, G) -> np.ndarray:
         """P(the SSM is right), before any LM call."""
         self._check()
-        return _p1(self.gate_, G)
+        return positive_proba(self.gate_, G)
 
     def defer(self, G) -> np.ndarray:
         """Boolean mask: inputs that go to the LM."""
@@ -128,7 +129,7 @@ class Router(BaseEstimator):
     def keep_ssm(self, F) -> np.ndarray:
         """Boolean mask over asked inputs: keep the SSM's answer (else the LM's)."""
         self._check()
-        return _p1(self.chooser_, F) >= self.trust_lm_
+        return positive_proba(self.chooser_, F) >= self.trust_lm_
 
     def curve(self, G, F, ssm_correct, lm_correct, shares=None) -> list[dict]:
         """Accuracy when the ``share`` lowest-gate inputs go to the LM (F, lm_correct for all rows)."""
@@ -141,7 +142,7 @@ class Router(BaseEstimator):
         taken (``trust_lm_``, from :data:`TRUST_LM`; ties keep the chooser's own call)."""
         self._check()
         self._validate()
-        gate, p_keep = self.gate_score(G), _p1(self.chooser_, F)  # once, for every trust level
+        gate, p_keep = self.gate_score(G), positive_proba(self.chooser_, F)  # once, for every trust level
         chosen = None
         for trust in TRUST_LM:
             curve = _curve(gate, p_keep >= trust, ssm_correct, lm_correct)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from exotune.errors import ArtifactError
+
 
 def accuracy(P: np.ndarray, y: np.ndarray) -> float:
     return float((np.asarray(P).argmax(1) == np.asarray(y)).mean()) if len(y) else float("nan")
@@ -58,3 +60,17 @@ def fallback(table: list[dict], val_scores: list[float], ensemble_val: float) ->
             row["why"] = f"dropped on validation: {table[b]['name']} alone scores {val_scores[b]:.4f} above the ensemble"
         row["kept"] = i == b
     return b
+
+
+def check_selection(rows, file) -> list[dict] | None:
+    """A saved selection table as :func:`choose_ssms` writes it (or None), else a clear error."""
+    if rows is None:
+        return None
+    fields = {"name": str, "oof_accuracy": (int, float), "kept": bool, "why": str}
+    ok = isinstance(rows, list) and all(
+        isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in fields.items())
+        and isinstance(r.get("val_accuracy", 0.0), (int, float)) for r in rows)
+    if not ok:
+        raise ArtifactError(f"{file}: ssm_selection must be a list of rows with name, oof_accuracy, kept and why, "
+                            f"got {rows!r:.80}")
+    return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 from exotune.graybox.entry_tokens import EntryTokensConfig
 from exotune.graybox.input_adapters import PixelConvConfig, TextShiftConfig
@@ -16,7 +17,7 @@ DEFAULT_INPUT_ADAPTERS = {"text": TextShiftConfig, "image": PixelConvConfig}
 
 
 @dataclass
-class DGAConfig:
+class DGAConfig(ConfigBase):
     """Adapters on either side of the hidden backbone; ``None`` switches a side off.
 
     With ``entry_tokens`` set this is LGA (DGA plus tokens at a light-gray box's entry points).
@@ -31,6 +32,10 @@ class DGAConfig:
             self.input_adapter = config_from_dict("input", self.input_adapter)
         if isinstance(self.output_adapter, dict):
             self.output_adapter = config_from_dict("output", self.output_adapter)
+        for name in ("input_adapter", "output_adapter", "entry_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int, float, bool, list)):  # what JSON holds besides objects and null
+                raise ConfigError(f"DGAConfig.{name} must be an adapter config (a JSON object) or null, got {value!r:.80}")
         if isinstance(self.entry_tokens, dict):
             self.entry_tokens = EntryTokensConfig.from_dict(self.entry_tokens)
         if self.entry_tokens is not None and not isinstance(self.entry_tokens, EntryTokensConfig):
@@ -92,8 +97,7 @@ class DGAConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DGAConfig:
-        return cls(
-            input_adapter=data.get("input_adapter"),
-            output_adapter=data.get("output_adapter"),
-            entry_tokens=data.get("entry_tokens"),  # absent in DGA adapters saved before LGA
-        )
+        if not isinstance(data, dict):
+            raise ConfigError(f"a DGA config must be a JSON object, got {data!r:.80}")
+        # a side absent is switched off; entry_tokens is absent in DGA adapters saved before LGA
+        return super().from_dict({"input_adapter": None, "output_adapter": None, **data})

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
+from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
 from exotune.errors import AccessError, ConfigError
 
 
 @dataclass
-class EntryTokensConfig:
+class EntryTokensConfig(ConfigBase):
     """Which entry points get tokens (``"all"`` or names from ``spec.entry_points``), how many
     tokens each (the same count everywhere: the box reserves one set of positions), and the
     std of their random initialisation (0: zeros)."""
@@ -32,25 +31,14 @@ class EntryTokensConfig:
             if len(set(self.points)) != len(self.points):
                 raise ConfigError(f"points lists an entry point twice: {list(self.points)!r}")
             self.points = list(self.points)  # JSON gives lists: keep round trips equal
-        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
-            raise ConfigError(f"tokens (per entry point) must be an integer >= 1, got {self.tokens!r}")
+        check_field_types(self)
+        check_int(self, "tokens", 1, MAX_TOKENS)
         if not self.init_std >= 0:
             raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
 
     @property
     def variant_name(self) -> str:
         return f"tokens={self.tokens}"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EntryTokensConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(f"ignoring unknown entry token config keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def resolve_points(config: EntryTokensConfig, spec: BoxSpec) -> list[str]:

@@ -7,11 +7,20 @@ import os
 import sys
 from pathlib import Path
 
-from exotune.argtypes import entry_points_arg, positive_int
+from exotune.cli.common import ENTRY_TOKENS_MAX, entry_points_arg, positive_int
 from exotune.errors import ConfigError
+from exotune.serve.config import OWNER_SECRET_ENV, default_secret_file, owner_secret
 
 TOKENS_ENV = "EXOTUNE_TOKENS"
-ENTRY_TOKENS_MAX = 8  # tokens each served entry point accepts by default
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a box over HTTP at a chosen access level",
+                       description="Serve a backbone as a box: dark-gray and light-gray expose forward and "
+                                   "input gradients, black only outputs. Tokens come from --tokens-file or "
+                                   f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
+                                   "unless --no-auth is given.")
+    add_serve_args(p)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +48,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
     p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
     p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
+    p.add_argument("--owner-secret-file", default=None,
+                   help="file holding the owner secret, created with a random one if missing (default: "
+                        f"${OWNER_SECRET_ENV} if set, else {default_secret_file()}). The secret keys the spec's "
+                        "model digest, hides which layers entry points are and sets the secret input basis. "
+                        "Keep the file and reuse it: the same secret after a restart keeps adapters trained "
+                        "against this box valid; another secret makes the box refuse them")
+    p.add_argument("--no-basis", action="store_true",
+                   help="hand out token embeddings in the model's own coordinates, not the secret basis "
+                        "(the digest stays keyed); adapters trained with the basis are then refused")
 
 
 def _serve_tokens(args) -> list[str]:
@@ -68,7 +86,9 @@ def build_server(args):
                          rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
                          handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
                          max_handle_bytes=int(args.max_handle_mb * 2**20))
-    kwargs = {"access": args.level}
+    secret, origin = owner_secret(args.owner_secret_file)
+    print(f"owner secret {origin}", file=sys.stderr)
+    kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis}
     if args.entry_points:
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
@@ -108,7 +128,7 @@ def run_server(app, host: str, port: int) -> None:  # pragma: no cover - blocks;
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
-def cmd_serve(args) -> int:
+def run(args) -> int:
     app = build_server(args)
     spec = app.state.service.spec
     if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -117,5 +137,3 @@ def cmd_serve(args) -> int:
           file=sys.stderr)
     run_server(app, args.host, args.port)
     return 0
-
-

@@ -8,14 +8,11 @@ sub-folders (``--images DIR``), with class-name prototypes from the CLIP text to
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 
-from exotune.cli_run import fit_and_report
+from exotune.cli.common import dga_config, fit_and_report, lga_box_options, print_metrics, train_val
 from exotune.errors import ConfigError
-
-IMAGE_TASKS = ("image-retrieval", "image-classification")
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
@@ -28,11 +25,6 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption-column", default="caption", help="caption column of --captions (default: caption)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="leave out missing or unreadable images (counted) instead of stopping at the first")
-
-
-def refuse_images(args) -> None:
-    if args.images:
-        raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
 
 
 def _check(args) -> None:
@@ -71,7 +63,6 @@ def _label_template(args) -> str:
 
 
 def train(args, text_dga, train_cfg) -> int:
-    from exotune import cli as base
     from exotune.boxes.loading import is_clip, load_clip_boxes, load_image_box
     from exotune.tasks.classification import ClassificationConfig
     from exotune.tasks.image_classification import ImageClassifier
@@ -79,12 +70,10 @@ def train(args, text_dga, train_cfg) -> int:
     from exotune.train import seed_everything
 
     _check(args)
-    image_dga = base._dga_config(args, "image")
-    lga = base._lga_box_options(args)
+    image_dga = dga_config(args, "image")
+    lga = lga_box_options(args)
     data = _load_data(args)
-    train_data, val = data.split(args.val_fraction, seed=args.seed)
-    if args.max_train:
-        train_data = train_data.head(args.max_train, seed=args.seed)
+    train_data, val = train_val(data, args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "image-retrieval":
         text_box, image_box = load_clip_boxes(args.backbone, **lga)
@@ -148,5 +137,5 @@ def evaluate(args) -> int:
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
                    f"({len(data)} images)")
-    print(json.dumps(metrics) if args.json else summary)
+    print_metrics(args, metrics, summary)
     return 0

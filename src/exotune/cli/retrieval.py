@@ -1,12 +1,18 @@
-"""``exotune train|eval --task retrieval``: the command bodies, kept out of cli.py."""
+"""``exotune train|eval --task retrieval``: the command bodies for a BEIR-style dataset."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from exotune.cli_run import fit_and_report
+from exotune.cli.common import (
+    adapter_box,
+    fit_and_report,
+    open_box,
+    print_metrics,
+    train_box,
+    train_val,
+)
 from exotune.errors import ConfigError
 
 DOC_SIDES = ("same", "output-only", "frozen")  # RetrievalConfig.doc_side (a test keeps the two equal); no torch at parse time
@@ -34,27 +40,20 @@ def _load(args, split: str, corpus=None):
     return load_retrieval_dataset(args.dataset, split, args.data_dir, corpus=corpus)
 
 
-def _print_metrics(name: str, data, metrics: dict) -> None:
-    print(f"{name}: nDCG@10 {metrics['ndcg@10']:.4f}, Recall@10 {metrics['recall@10']:.4f}, "
-          f"Recall@100 {metrics['recall@100']:.4f}, MRR@10 {metrics['mrr@10']:.4f} "
-          f"({len(data)} queries, {len(data.corpus)} documents)")
-
-
-def train(args, dga, train_cfg, box) -> int:
+def train(args, dga, train_cfg) -> int:
     from dataclasses import replace
 
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
     from exotune.train import seed_everything
 
+    box = train_box(args)
     temperature = args.temperature if args.temperature is not None else RetrievalConfig.temperature
     cfg = RetrievalConfig(shared_towers=args.shared_towers, temperature=temperature,
                           learn_temperature=not args.fixed_temperature, hard_negatives=args.hard_negatives,
                           doc_side=args.doc_side)
     train_cfg = replace(train_cfg, select_metric="ndcg@10")
     data = _load(args, "train")
-    train_data, val = data.split(args.val_fraction, seed=args.seed)
-    if args.max_train:
-        train_data = train_data.head(args.max_train, seed=args.seed)
+    train_data, val = train_val(data, args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     model = DualEncoder(box, dga, cfg)
     model.progress = not args.quiet
@@ -71,7 +70,6 @@ def train(args, dga, train_cfg, box) -> int:
 
 
 def evaluate(args) -> int:
-    from exotune.cli import _adapter_box, open_box
     from exotune.graybox import DGAConfig
     from exotune.tasks.retrieval import DualEncoder
 
@@ -79,10 +77,9 @@ def evaluate(args) -> int:
     if args.zero_shot:
         model = DualEncoder(open_box(args), DGAConfig.variant("none"))
     else:  # the box the adapter was trained against (its entry points, for LGA)
-        model = DualEncoder.from_pretrained(args.adapter, _adapter_box(args))
+        model = DualEncoder.from_pretrained(args.adapter, adapter_box(args))
     metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        _print_metrics(data.name, data, metrics)
+    print_metrics(args, metrics, f"{data.name}: nDCG@10 {metrics['ndcg@10']:.4f}, Recall@10 "
+                                 f"{metrics['recall@10']:.4f}, Recall@100 {metrics['recall@100']:.4f}, MRR@10 "
+                                 f"{metrics['mrr@10']:.4f} ({len(data)} queries, {len(data.corpus)} documents)")
     return 0

@@ -1,0 +1,7 @@
+"""``python -m exotune.cli`` (torchrun starts ranks this way)."""
+
+import sys
+
+from exotune.cli import main
+
+sys.exit(main())

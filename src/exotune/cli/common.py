@@ -1,0 +1,228 @@
+"""What the commands share: argument types and groups, data loading, opening a box (local or
+remote), and turning arguments into the library's configs. Nothing here parses at import."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from exotune.errors import ConfigError, DataError
+
+ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
+ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
+IMAGE_TASKS = ("image-retrieval", "image-classification")
+TASKS = ("classification", "retrieval", *IMAGE_TASKS)
+TEXT_INPUT_ADAPTER = "text-shift"  # the input adapter of a text box (no option chooses another)
+
+
+# -- argument types ----------------------------------------------------------------------------
+
+
+def entry_points_arg(value: str) -> str | list[int]:
+    """``all`` or comma-separated layer indices, e.g. ``0,2,5``."""
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        layers = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or comma-separated layer indices, got {value!r}") from None
+    if any(i < 0 for i in layers):
+        raise argparse.ArgumentTypeError(f"layer indices must be >= 0, got {value!r}")
+    return layers
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return number
+
+
+# -- argument groups ---------------------------------------------------------------------------
+
+
+def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) -> None:
+    g = p.add_argument_group("data")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="a known dataset: banking77, sst2 (classification); scifact (retrieval)")
+    src.add_argument("--file", help="a .csv, .tsv or .jsonl file of labelled texts")
+    src.add_argument("--images", metavar="DIR",
+                     help="a folder of images: one sub-folder per class (--task image-classification), or the "
+                          "images that --captions names (--task image-retrieval)")
+    g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
+    g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
+    g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
+    if split_default:
+        g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
+
+
+def add_task_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="classification", choices=TASKS, help="default: classification")
+
+
+def add_box_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--backbone", default=None,
+                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2); "
+                        "for image tasks a CLIP, ViT or DINOv2 checkpoint (e.g. openai/clip-vit-base-patch16) or "
+                        "open_clip:MODEL@PRETRAINED")
+    g.add_argument("--remote", default=None, metavar="URL",
+                   help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
+
+
+def add_texts_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to label (repeatable)")
+    src.add_argument("--input-file", help="a file with one text per line")
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def load_data(args, split: str):
+    """The labelled texts ``--dataset`` or ``--file`` names."""
+    from exotune.data import load_dataset, load_text_file
+
+    if args.dataset:
+        return load_dataset(args.dataset, split, args.data_dir)
+    return load_text_file(args.file, args.text_column, args.label_column)
+
+
+def refuse_images(args) -> None:
+    """``--images`` given to a text task."""
+    if args.images and args.task not in IMAGE_TASKS:
+        raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
+
+
+def train_val(data, args):
+    """``data`` split into train and validation (``--val-fraction``), train sampled to ``--max-train``."""
+    train, val = data.split(args.val_fraction, seed=args.seed)
+    if args.max_train:
+        train = train.head(args.max_train, seed=args.seed)
+    return train, val
+
+
+def read_texts(args) -> list[str]:
+    """The texts of ``--text`` (repeated) or ``--input-file`` (one per line); none may be empty."""
+    from exotune.data.text import read_text
+
+    texts = args.text or [t for t in read_text(Path(args.input_file)).splitlines() if t.strip()]
+    if not texts or any(not t.strip() for t in texts):
+        raise DataError("predict needs non-empty texts")
+    return texts
+
+
+# -- boxes -------------------------------------------------------------------------------------
+
+
+def open_box(args, **load_kwargs):
+    """The box the arguments name: served (``--remote``) or loaded here (``--backbone``)."""
+    if args.remote:
+        from exotune.boxes.remote import connect
+
+        return connect(args.remote)
+    from exotune.boxes import load_box
+
+    return load_box(args.backbone, **load_kwargs)
+
+
+def is_lga(args) -> bool:
+    return args.entry_points is not None or args.entry_tokens is not None
+
+
+def lga_box_options(args) -> dict:
+    """Box options for training: light-gray with the chosen entry points for LGA."""
+    if not is_lga(args):
+        return {}
+    n = args.entry_tokens or ENTRY_TOKENS
+    return {"entry_points": args.entry_points or "all", "entry_tokens_max": max(ENTRY_TOKENS_MAX, n)}
+
+
+def train_box(args):
+    """The box to train against: for LGA, a local one is loaded light-gray with the chosen
+    entry points; a served one exposes what its owner chose."""
+    if args.remote and args.entry_points:
+        raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
+                          "exposes those its owner chose (see its /v1/spec)")
+    return open_box(args, **lga_box_options(args))
+
+
+def adapter_box(args):
+    """The box an adapter was trained against: served, or loaded with the same entry points."""
+    from exotune.tasks.classification import saved_box_options
+
+    if args.remote:
+        return open_box(args)
+    return open_box(args, **saved_box_options(args.adapter))
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+# Per registered adapter, its config's fields from the CLI's options; an adapter not listed
+# gets its config's defaults (its own config class all the same).
+ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
+    ("input", "text-shift"): lambda a: {"shift": not a.no_shift, "extra_tokens": a.extra_tokens},
+    ("input", "pixel-conv"): lambda a: {"kernel_size": a.kernel_size},
+    ("input", "pixel-residual"): lambda a: {"kernel_size": a.kernel_size, "channels": a.pixel_channels},
+    ("output", "mlp"): lambda a: {"hidden": a.mlp_hidden},
+}
+
+
+def adapter_config(kind: str, name: str, args):
+    """The config of the registered ``kind`` adapter ``name``, its options from the arguments."""
+    from exotune.graybox.registry import get_entry
+
+    options = ADAPTER_OPTIONS.get((kind, name))
+    return get_entry(kind, name).config_cls(**(options(args) if options else {}))
+
+
+def dga_config(args, modality: str = "text"):
+    from exotune.graybox import DGAConfig
+
+    inp = adapter_config("input", args.pixel_adapter if modality == "image" else TEXT_INPUT_ADAPTER, args)
+    out = adapter_config("output", args.output_adapter, args)
+    return DGAConfig.variant(args.variant, inp, out, entry_tokens_config(args), modality)
+
+
+def entry_tokens_config(args):
+    from exotune.graybox import EntryTokensConfig
+
+    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS) if is_lga(args) else None
+
+
+def train_config(args):
+    from exotune.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed)
+
+
+# -- the end of every train --------------------------------------------------------------------
+
+
+def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] | None = None) -> int:
+    """Train ``model`` into ``--output-dir`` (resuming with ``--resume``); ``test`` gives the
+    test split's metrics for the summary. Under torchrun only rank 0 reports and writes."""
+    from exotune import distributed
+    from exotune.train import Trainer
+
+    out = Path(args.output_dir)
+    result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
+    if not distributed.is_main():
+        return 0
+    summary = result.summary()
+    if test is not None:
+        summary["test"] = test()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def print_metrics(args, metrics: dict, summary: str) -> None:
+    """``--json``: the metrics as JSON; else the one-line summary."""
+    print(json.dumps(metrics) if args.json else summary)

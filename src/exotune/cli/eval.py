@@ -1,0 +1,29 @@
+"""``exotune eval``: an adapter (or the bare box) on a labelled or retrieval dataset."""
+
+from __future__ import annotations
+
+from exotune.cli import classification, images, retrieval
+from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images
+
+EVALUATORS = {"classification": classification.evaluate, "retrieval": retrieval.evaluate,
+              "image-retrieval": images.evaluate, "image-classification": images.evaluate}  # (args) -> int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate an adapter (or zero-shot) on a labelled or retrieval dataset")
+    add_task_arg(p)
+    add_data_args(p, split_default="test")
+    add_box_args(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--adapter", help="adapter folder written by train")
+    who.add_argument("--zero-shot", action="store_true",
+                     help="the bare box: class-name prototypes, or plain embeddings for retrieval")
+    p.add_argument("--label-template", default=None,
+                   help="with --zero-shot: text a class name is encoded as (default: '{}'; images: 'a photo of a {}.')")
+    images.add_image_args(p)
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+
+
+def run(args) -> int:
+    refuse_images(args)
+    return EVALUATORS[args.task](args)

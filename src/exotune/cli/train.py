@@ -1,0 +1,83 @@
+"""``exotune train``: DGA/LGA adapters for a task, dispatched by the task table."""
+
+from __future__ import annotations
+
+import argparse
+
+from exotune.cli import classification, images, retrieval
+from exotune.cli.common import (
+    ENTRY_TOKENS,
+    add_box_args,
+    add_data_args,
+    add_task_arg,
+    dga_config,
+    entry_points_arg,
+    positive_int,
+    refuse_images,
+    train_config,
+)
+
+DGA_LR = 5e-3  # best validation accuracy of the sweep in benchmarks/lr-sweep
+TRAINERS = {"classification": classification.train, "retrieval": retrieval.train,
+            "image-retrieval": images.train, "image-classification": images.train}  # (args, dga, train_cfg) -> int
+
+
+def add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
+    from exotune.graybox import VARIANTS, adapter_names
+    from exotune.tasks.heads import HEADS
+    from exotune.train import SCHEDULES
+
+    a = p.add_argument_group("adapters (DGA)")
+    a.add_argument("--variant", default="both", choices=VARIANTS, help="which sides are adapted (default: both)")
+    a.add_argument("--extra-tokens", type=int, default=1, help="learnable tokens inserted into each input (default: 1)")
+    a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
+    a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
+    a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
+    a.add_argument("--pixel-adapter", default="pixel-conv", choices=adapter_names("input", "image"),
+                   help="input adapter of an image box (default: pixel-conv, an identity-initialised convolution)")
+    a.add_argument("--kernel-size", type=int, default=3, help="kernel of the pixel adapter's convolution (odd)")
+    a.add_argument("--pixel-channels", type=int, default=8, help="hidden channels of the pixel-residual adapter")
+    a.add_argument("--head", default="prototype", choices=HEADS, help="default: prototype (zero-shot at step 0)")
+    a.add_argument("--label-template", default=None,
+                   help="text a class name is encoded as, e.g. 'a review that is {}' (default: '{}'; for "
+                        "image classification 'a photo of a {}.')")
+    g = p.add_argument_group("entry tokens (LGA: the box is loaded light-gray)")
+    g.add_argument("--entry-points", type=entry_points_arg, default=None,
+                   help="layers that accept tokens: 'all' or comma-separated indices, e.g. 0,2,5 (default with "
+                        "--entry-tokens: all)")
+    g.add_argument("--entry-tokens", type=positive_int, default=None, metavar="N",
+                   help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=epochs)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=DGA_LR,
+                   help=f"peak learning rate (default: {DGA_LR}, chosen on Banking77 validation: benchmarks/lr-sweep)")
+    t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
+    t.add_argument("--warmup-ratio", type=float, default=0.06)
+    t.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    t.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)")
+    add_task_arg(p)
+    add_data_args(p)
+    add_box_args(p)
+    add_train_args(p)
+    retrieval.add_retrieval_args(p)
+    images.add_image_args(p)
+    p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
+    p.add_argument("--eval-test", action="store_true", help="after training, evaluate on the test split of --dataset")
+
+
+def run(args) -> int:
+    from exotune import distributed
+
+    distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
+    dga, train_cfg = dga_config(args), train_config(args)
+    refuse_images(args)
+    return TRAINERS[args.task](args, dga, train_cfg)
