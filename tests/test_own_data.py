@@ -245,7 +245,7 @@ def test_the_ea_suite_runs_on_the_users_files(tiny_backbone, tmp_path, capsys, i
                  "--out-dir", str(out)]) == 0
     doc = json.loads((out / "ea.json").read_text())
     methods = {r["method"] for r in doc["records"]}
-    assert methods == {"ea", "lm", "ssm", "lora"}
+    assert methods == {"ea", "lm", "ssm", "linear-probe", "lora"}
     assert {r["dataset"] for r in doc["records"]} == {"mydata"}
     assert all((r["n_val"], r["n_test"]) == (18, 18) for r in doc["records"])
     assert (out / "ea.md").is_file() and (out / "ea_cost_quality.png").is_file()

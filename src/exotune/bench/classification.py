@@ -84,9 +84,9 @@ def quick_budget() -> Budget:
     return Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
 
 
-def _data(dataset: str, source, budget: Budget, seed: int):
+def split_data(dataset: str, source, budget: Budget, seed: int):
     """(train, validation, test) of a known dataset under the data root ``source``, or of the
-    user's files (``source`` a ``UserFiles``); then the budget's samples."""
+    user's files (``source`` a ``UserFiles``), for one seed; then the budget's samples."""
     from exotune.data import load_dataset
 
     def known(root):
@@ -138,7 +138,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
 
     seed_everything(seed)
     method, variant, access = graymethods.describe(name, METHODS)
-    train, val, test = _data(dataset, source, budget, seed)
+    train, val, test = split_data(dataset, source, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None,
@@ -174,7 +174,7 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
 
     seed_everything(0)
     method, variant, access = graymethods.describe(name, METHODS)
-    train, _, _ = _data(dataset, data_dir, budget, 0)
+    train, _, _ = split_data(dataset, data_dir, budget, 0)
     batch = train.head(budget.batch_size, 0)
     model, extra = _gradient_model(name, train, ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}")),
                                    backbone)

@@ -298,7 +298,7 @@ class ServedBoxClient(BlackBoxClient):
             raise ConfigError("ServedBoxClient needs either url (and token) or a connected box, not both")
         self._token, self._http_client = token, http_client
         self._box = box  # with a url: an HTTP channel, connected on first use, never in __init__
-        self._protos = None
+        self._protos, self._proto_texts = None, None  # the label names' encodings, kept from run to run
         self.provides = frozenset({"labels", "scores", "embeddings"} if returns == "embeddings"
                                   else {"labels", "scores"} if returns == "scores" else {"labels"})
 
@@ -361,7 +361,10 @@ class ServedBoxClient(BlackBoxClient):
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
             texts = self.label_texts(label_names)
+            if self._protos is not None and self._proto_texts == texts:  # run after run, one input each
+                return
             self._protos = await self._retrying(lambda: self._call(self._encode, texts), ledger)
+            self._proto_texts = texts
 
     async def _request(self, texts, label_names):
         if self.returns == "embeddings":

@@ -29,6 +29,7 @@ def evaluation(model, data, compare: bool = True, classes: list[int] | None = No
         # the curve asks nothing new: every input's LM answer is known here
         out["curve"] = _curve(model, data.texts, y, r, cost_per_call)
     out["regions"] = model.regions_.table_
+    out["ssm_selection"] = getattr(model, "ssm_selection_", None)  # which SSMs were kept, and why
     return out
 
 
@@ -61,6 +62,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['kind']}: {row['name']} | {row['n']} | {row['lm_accuracy']:.3f} | "
                      f"[{row['lm_low']:.3f}, {row['lm_high']:.3f}] | {row['ssm_cv_accuracy']:.3f} | "
                      f"{'yes' if row['underfit'] else ''} |")
+    if report.get("ssm_selection"):
+        lines += ["", "| SSM | out-of-fold acc. | validation acc. | kept | why |", "|---|---|---|---|---|"]
+        for row in report["ssm_selection"]:
+            val = row.get("val_accuracy")
+            lines.append(f"| {row['name']} | {row['oof_accuracy']:.4f} | {'' if val is None else f'{val:.4f}'} | "
+                         f"{'yes' if row['kept'] else ''} | {row['why']} |")
     return "\n".join(lines) + "\n"
 
 
