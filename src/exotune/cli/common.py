@@ -12,8 +12,11 @@ from exotune.errors import ConfigError, DataError
 
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
-IMAGE_TASKS = ("image-retrieval", "image-classification")
+IMAGE_TASKS = ("image-retrieval", "image-classification", "video-retrieval", "sketch-retrieval")
 TASKS = ("classification", "retrieval", *IMAGE_TASKS)
+# the data option of each vision task: --images, --videos, --sketches
+VISION_SOURCES = {"images": ("image-retrieval", "image-classification"), "videos": ("video-retrieval",),
+                  "sketches": ("sketch-retrieval",)}
 TEXT_INPUT_ADAPTER = "text-shift"  # the input adapter of a text box (no option chooses another)
 
 
@@ -54,6 +57,11 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
     src.add_argument("--images", metavar="DIR",
                      help="a folder of images: one sub-folder per class (--task image-classification), or the "
                           "images that --captions names (--task image-retrieval)")
+    src.add_argument("--videos", metavar="DIR",
+                     help="the videos (files or folders of frames) that --captions names (--task video-retrieval)")
+    src.add_argument("--sketches", metavar="DIR",
+                     help="sketches: Sketchy's root (sketch/ and photo/ inside) or a folder of class sub-folders "
+                          "with --photos (--task sketch-retrieval)")
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
@@ -75,10 +83,12 @@ def add_box_args(p: argparse.ArgumentParser) -> None:
                    help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
 
 
-def add_texts_args(p: argparse.ArgumentParser) -> None:
+def add_texts_args(p: argparse.ArgumentParser):
+    """``--text`` (repeatable) or ``--input-file``, one of them required; returns the group."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to label (repeatable)")
     src.add_argument("--input-file", help="a file with one text per line")
+    return src
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -94,9 +104,10 @@ def load_data(args, split: str):
 
 
 def refuse_images(args) -> None:
-    """``--images`` given to a text task."""
-    if args.images and args.task not in IMAGE_TASKS:
-        raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
+    """``--images``, ``--videos`` or ``--sketches`` given to a task that does not read them."""
+    for option, tasks in VISION_SOURCES.items():
+        if getattr(args, option, None) and args.task not in tasks:
+            raise ConfigError(f"--{option} is for --task {' or '.join(tasks)}, not --task {args.task}")
 
 
 def train_val(data, args):
