@@ -37,6 +37,18 @@ class EntryBox(Box):
         return out
 
 
+def input_grads(box, ref_box, texts, entries: dict | None = None):
+    """Outputs and gradients of a random linear loss, w.r.t. embeds (``ref_box``'s embeddings of
+    ``texts``) and entry tokens."""
+    batch = ref_box.embed(texts)
+    embeds = batch.embeds.clone().requires_grad_(True)
+    tokens = {k: v.clone().requires_grad_(True) for k, v in (entries or {}).items()}
+    w = torch.randn(box.spec.output_dim, generator=torch.Generator().manual_seed(1))
+    out = box.forward(embeds, batch.mask, tokens or None)
+    (out @ w).pow(2).sum().backward()
+    return out.detach(), embeds.grad, {k: t.grad for k, t in tokens.items()}
+
+
 def make_app(box, tokens=(TOKEN,), **config):
     return create_app(box, list(tokens), ServeConfig(**config))
 

@@ -21,21 +21,14 @@ from exotune.tasks.classification import ClassificationConfig, TextClassifier
 from exotune.train import TrainConfig, Trainer
 
 from .conftest import colour_data
-from .serve_helpers import TOKEN, EntryBox, make_app, remote, running_server
+from .serve_helpers import TOKEN, EntryBox, input_grads, make_app, remote, running_server
 
 pytest.importorskip("fastapi")
 TEXTS = ["the car is red", "a blue sky is big", "green leaf"]
 
 
 def _grads(box, ref_box, entries: dict | None = None):
-    """Outputs and gradients of a random linear loss, w.r.t. embeds and entry tokens."""
-    batch = ref_box.embed(TEXTS)
-    embeds = batch.embeds.clone().requires_grad_(True)
-    tokens = {k: v.clone().requires_grad_(True) for k, v in (entries or {}).items()}
-    w = torch.randn(box.spec.output_dim, generator=torch.Generator().manual_seed(1))
-    out = box.forward(embeds, batch.mask, tokens or None)
-    (out @ w).pow(2).sum().backward()
-    return out.detach(), embeds.grad, {k: t.grad for k, t in tokens.items()}
+    return input_grads(box, ref_box, TEXTS, entries)
 
 
 def _assert_same(a, b, tol=1e-6):
@@ -173,12 +166,14 @@ def test_a_real_uvicorn_server_on_loopback(tiny_box):
 
 
 @pytest.fixture
-def served(monkeypatch):
+def served(monkeypatch, tmp_path):
     from exotune.cli import serve as serve_cli
 
     calls = []
     monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: calls.append((app, host, port)))
     monkeypatch.delenv("EXOTUNE_TOKENS", raising=False)
+    monkeypatch.delenv("EXOTUNE_OWNER_SECRET", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # where a generated owner secret goes
     return calls
 
 
@@ -216,7 +211,7 @@ def test_serve_entry_points_need_light_gray(tiny_backbone, served, capsys):
     assert "light-gray" in capsys.readouterr().err
     assert main([*argv, "--level", "light-gray"]) == 0
     spec = TestClient(served[-1][0]).get("/v1/spec").json()["spec"]
-    assert [e["name"] for e in spec["entry_points"]] == ["layer.1"]
+    assert [e["name"] for e in spec["entry_points"]] == ["point.0"]  # served: names hide which layer
 
 
 def test_server_restart_mid_training_errors_clearly_then_resumes(tiny_box, tmp_path):

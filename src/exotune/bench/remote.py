@@ -57,7 +57,9 @@ def train_run(variant: str, url: str | None, token: str | None, seed: int, data_
                                   max_val=budget.max_val, max_test=budget.max_test)
     train, val, test = classification._data("banking77", data_dir, split, seed)
     if url is None:
-        box = load_box(backbone)
+        from exotune.bench.served import BENCH_OWNER_SECRET
+
+        box = load_box(backbone, owner_secret=BENCH_OWNER_SECRET)  # the served box, in its basis
     else:
         from exotune.boxes.remote import connect
 

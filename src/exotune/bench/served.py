@@ -24,6 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The owner secret of every served box the suites start: fixed, so that a suite's local reference
+# box (``load_box(..., owner_secret=BENCH_OWNER_SECRET)``) is the served one, in the same basis,
+# and a restarted server keeps its predecessor's basis, as an owner keeping the secret file does.
+BENCH_OWNER_SECRET = "exotune-bench-owner-secret-0001"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -73,11 +78,13 @@ def served_box(backbone: str | None, stateless: bool = False, level: str = "dark
     with tempfile.TemporaryDirectory() as tmp:
         token_file = Path(tmp) / "tokens"
         token_file.write_text("\n".join(tokens) + "\n")
+        secret_file = Path(tmp) / "owner-secret"
+        secret_file.write_text(BENCH_OWNER_SECRET + "\n")
         instrumented = stats or crash_after_backward is not None
         cmd = [sys.executable, "-m", "exotune.bench.served" if instrumented else "exotune.cli"]
         cmd += ([] if instrumented else ["serve"]) + [
             "--port", str(port), "--tokens-file", str(token_file), "--rate", str(rate), "--burst", str(int(rate)),
-            "--level", level, *extra]
+            "--level", level, "--owner-secret-file", str(secret_file), *extra]
         stats_path = Path(tmp) / "stats.jsonl" if stats else None
         if stats_path:
             cmd += ["--stats", str(stats_path)]

@@ -12,18 +12,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from exotune.batching import length_sorted
+from exotune.boxes.basis import keyed_digest
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import AccessError, BoxLimitError
 
 
-def model_digest(model: nn.Module) -> str:
-    """Identify the weights without revealing them: a hash over every tensor's bytes (equal
-    digests: equal outputs for the same inputs)."""
+def weights_hash(model: nn.Module) -> str:
+    """A hash over every tensor's name and bytes (equal hashes: equal outputs for equal inputs)."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def model_digest(model: nn.Module, owner_secret: str | bytes | None = None) -> str:
+    """Identify the weights without revealing them: the weights' hash, keyed by the owner's
+    secret when one is given (stable for one owner, matched by no hash of a public checkpoint)."""
+    digest = weights_hash(model)
+    return keyed_digest(digest, owner_secret) if owner_secret is not None else digest[:16]
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Entry points of a transformer box (text or vision): where its layers are, and tokens
 injected at their inputs.
 
-Entry point ``"layer.<i>"`` is the input of transformer layer i. Tokens occupy n reserved
-positions right after the first token ([CLS], or a text's start token); at each entry layer a
-forward pre-hook overwrites those positions' hidden states with that layer's tokens
-(VPT-deep). A text box reserves the positions in its input embeddings (``reserve``); a vision
-box, whose input is pixels, inserts them at the input of its first layer (``insert``).
+Entry point ``"layer.<i>"`` is the input of transformer layer i. A box with an owner secret
+names the layers it exposes ``"point.0"`` .. ``"point.<k-1>"`` instead (in layer order), so
+that the names reveal neither which layers they are nor how many the model has. Tokens occupy
+n reserved positions right after the first token ([CLS], or a text's start token); at each
+entry layer a forward pre-hook overwrites those positions' hidden states with that layer's
+tokens (VPT-deep). A text box reserves the positions in its input embeddings (``reserve``); a
+vision box, whose input is pixels, inserts them at the input of its first layer (``insert``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from exotune.boxes.spec import BoxSpec, EntryPoint
 from exotune.errors import BoxLimitError, ConfigError
 
 ENTRY_PREFIX = "layer."
+OPAQUE_PREFIX = "point."
 # Where BERT-family, CLIP, ViT and DINOv2 models in transformers keep their transformer layers.
 _LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
 
@@ -53,11 +56,12 @@ def entry_layers(entry_points, n_layers: int) -> tuple[int, ...]:
     return tuple(sorted(entry_points))
 
 
-def expose(model: nn.Module, entry_points, entry_tokens_max: int, access: str | None):
+def expose(model: nn.Module, entry_points, entry_tokens_max: int, access: str | None, opaque: bool = False):
     """The owner's entry point options, checked: (access, entry layers by name, spec entry points).
 
     Without ``entry_points`` the box is dark-gray (unless ``access`` says otherwise) and
-    exposes nothing; with them it must be light-gray.
+    exposes nothing; with them it must be light-gray. ``opaque``: names ``point.<j>``, not
+    ``layer.<i>``.
     """
     if entry_points is None:
         return access or "dark-gray", {}, ()
@@ -67,7 +71,8 @@ def expose(model: nn.Module, entry_points, entry_tokens_max: int, access: str | 
     if isinstance(entry_tokens_max, bool) or not isinstance(entry_tokens_max, int) or entry_tokens_max < 1:
         raise ConfigError(f"entry_tokens_max must be an integer >= 1, got {entry_tokens_max!r}")
     layers = find_layers(model)
-    named = {f"{ENTRY_PREFIX}{i}": layers[i] for i in entry_layers(entry_points, len(layers))}
+    chosen = entry_layers(entry_points, len(layers))
+    named = {f"{OPAQUE_PREFIX}{j}" if opaque else f"{ENTRY_PREFIX}{i}": layers[i] for j, i in enumerate(chosen)}
     return access, named, tuple(EntryPoint(name, entry_tokens_max) for name in named)
 
 
@@ -122,7 +127,8 @@ def entry_point_options(entry_points: Sequence[EntryPoint]) -> dict:
     for e in entry_points:
         index = e.name[len(ENTRY_PREFIX):]
         if not e.name.startswith(ENTRY_PREFIX) or not index.isdigit():
-            raise ConfigError(f"entry point {e.name!r} is not a transformer layer ('{ENTRY_PREFIX}<index>')")
+            raise ConfigError(f"entry point {e.name!r} is not a transformer layer ('{ENTRY_PREFIX}<index>'); "
+                              "a box whose owner hides its layers cannot be rebuilt here: connect to it")
         layers.append(int(index))
     if len(limits) != 1:
         raise ConfigError(f"entry points with different max_tokens {sorted(limits)} cannot be rebuilt")

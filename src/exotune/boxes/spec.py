@@ -77,7 +77,9 @@ class ImageSpec:
 
 # Fields added after specs were first saved: left out of ``to_dict`` while they hold these
 # defaults, so that the fingerprints of earlier (text) specs, and their adapters, stay valid.
-_ADDED_FIELDS = {"token_dim": 0, "image": None}
+_ADDED_FIELDS = {"token_dim": 0, "image": None, "input_basis": ""}
+# What a black-box client needs: it sends texts and reads outputs (and scores), nothing else.
+BLACK_FIELDS = ("modality", "access", "output_dim", "model_digest", "normalized")
 
 
 @dataclass(frozen=True)
@@ -88,12 +90,14 @@ class BoxSpec:
     free dimension (the sequence length of a text encoder). An image box takes pixels,
     ``input_shape`` (channels, height, width), and describes its preprocessing in ``image``.
     ``token_dim`` is the width of the tokens its entry points accept when that is not the
-    input width (a vision transformer's hidden size); 0 means ``input_dim``.
+    input width (a vision transformer's hidden size); 0 means ``input_dim``. ``input_basis``
+    names the owner's secret basis of the token embeddings (``exotune.boxes.basis``): the
+    fingerprint covers it, so an adapter trained in one basis is refused by a box in another.
     """
 
     modality: str
-    input_kind: str  # "token-embeddings" for text encoders
-    input_shape: tuple[int | None, ...]
+    input_kind: str  # "token-embeddings" for text encoders ("" in a black spec: not shown)
+    input_shape: tuple[int | None, ...]  # () in a black spec
     output_dim: int
     access: str
     model_digest: str  # identifies the backbone's weights without revealing them
@@ -104,11 +108,12 @@ class BoxSpec:
     limits: BoxLimits = field(default_factory=BoxLimits)
     token_dim: int = 0
     image: ImageSpec | None = None
+    input_basis: str = ""  # id of the owner's secret input basis; "" for the model's own
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ConfigError(f"BoxSpec.modality must be one of {MODALITIES}, got {self.modality!r}")
-        if self.modality == "image":
+        if self.modality == "image" and (self.access != "black" or self.input_shape):  # black: may be left out
             if self.image is None or len(self.input_shape) != 3 or None in self.input_shape:
                 raise ConfigError(
                     f"an image BoxSpec needs input_shape (channels, height, width) and an ImageSpec, got "
@@ -145,9 +150,19 @@ class BoxSpec:
                 del data[name]
         return data
 
+    def public(self) -> dict:
+        """What the spec endpoint shows: everything at the gray levels; at level black only what
+        a black-box client needs (``BLACK_FIELDS`` and the batch bound), not the input's kind,
+        shape, positions, token limit or entry points."""
+        if self.access != "black":
+            return self.to_dict()
+        return {**{k: getattr(self, k) for k in BLACK_FIELDS}, "limits": {"max_batch": self.limits.max_batch}}
+
     @classmethod
     def from_dict(cls, data: dict) -> BoxSpec:
         data = dict(data)
+        if data.get("access") == "black":  # a public black spec leaves the input out
+            data = {"input_kind": "", "input_shape": (), "pooling": "", **data}
         data["input_shape"] = tuple(data["input_shape"])
         data["entry_points"] = tuple(EntryPoint(**e) for e in data.get("entry_points", ()))
         data["limits"] = BoxLimits(**data.get("limits", {}))

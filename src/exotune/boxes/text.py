@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch, model_digest
+from exotune.boxes.basis import OwnerBasis
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
@@ -27,6 +28,12 @@ class TextEncoderBox(Box):
     ``entry_points`` (``"all"`` or layer indices) makes it a light-gray box: the input of each
     named transformer layer accepts up to ``entry_tokens_max`` tokens (VPT-deep), exposed as
     ``spec.entry_points`` named ``"layer.<i>"``.
+
+    ``owner_secret`` (a served box's; see ``exotune.boxes.basis``) keys the spec's
+    ``model_digest``, names entry points ``"point.<j>"`` and, unless ``basis=False``, hands out
+    token embeddings in the secret's orthogonal basis (``E @ R``), undone inside before the
+    first layer and on entry tokens: adapters train exactly as in the model's own coordinates,
+    and ``encode`` is unchanged. A local box for the user's own use needs none.
     """
 
     def __init__(
@@ -41,6 +48,8 @@ class TextEncoderBox(Box):
         limits: BoxLimits | None = None,
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
+        owner_secret: str | bytes | None = None,
+        basis: bool = True,
     ) -> None:
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -51,12 +60,15 @@ class TextEncoderBox(Box):
                     f"entry_points need token embeddings as wide as the hidden states; this backbone has "
                     f"{embedding_dim} vs {model.config.hidden_size}"
                 )
-        access, self.__layers, points = expose(model, entry_points, entry_tokens_max, access)
+        access, self.__layers, points = expose(model, entry_points, entry_tokens_max, access,
+                                               opaque=owner_secret is not None)
         model.eval()
         model.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self.__model = model
         self.__tokenizer = tokenizer
         self.__embeddings = model.get_input_embeddings()
+        dim = int(self.__embeddings.embedding_dim)
+        self.__basis = OwnerBasis(owner_secret, dim) if owner_secret is not None and basis else None
         positions = int(getattr(model.config, "max_position_embeddings", 512))
         max_length = min(max_length or positions, positions)
         limits = limits or BoxLimits(max_length=positions)
@@ -65,15 +77,16 @@ class TextEncoderBox(Box):
         self.spec = BoxSpec(
             modality="text",
             input_kind="token-embeddings",
-            input_shape=(None, int(self.__embeddings.embedding_dim)),
+            input_shape=(None, dim),
             output_dim=int(model.config.hidden_size),
             access=access,
-            model_digest=model_digest(model),
+            model_digest=model_digest(model, owner_secret),
             text_max_length=max_length,
             pooling=pooling,
             normalized=normalize,
             entry_points=points,
             limits=limits,
+            input_basis=self.__basis.id if self.__basis else "",
         )
 
     # -- the two operations ---------------------------------------------------------------
@@ -81,7 +94,10 @@ class TextEncoderBox(Box):
     @torch.no_grad()
     def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
         self.require("dark-gray", "light-gray")
-        return self._embed(texts, max_length)
+        batch = self._embed(texts, max_length)
+        if self.__basis is not None:
+            batch.embeds = self.__basis.to_user(batch.embeds)  # (B, T, D) in the owner's secret basis
+        return batch
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require("dark-gray", "light-gray")
@@ -89,8 +105,9 @@ class TextEncoderBox(Box):
         if entry_tokens:
             self.require("light-gray")
             n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
-            return self._forward_with_entry_tokens(embeds, mask, entry_tokens, n)
-        return self._forward(embeds, mask)
+            entry_tokens = {name: self._inward(t) for name, t in entry_tokens.items()}
+            return self._forward_with_entry_tokens(self._inward(embeds), mask, entry_tokens, n)
+        return self._forward(self._inward(embeds), mask)
 
     # -- private ------------------------------------------------------------------------------
 
@@ -102,6 +119,10 @@ class TextEncoderBox(Box):
         )
         embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
         return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
+
+    def _inward(self, x: torch.Tensor) -> torch.Tensor:
+        """The user's tokens in the model's own coordinates (R^T undoes the secret basis)."""
+        return x if self.__basis is None else self.__basis.to_model(x)
 
     def _check_entry_tokens(self, entry_tokens: Mapping[str, torch.Tensor], length: int) -> int:
         return check_entry_tokens(self.spec, entry_tokens, length)

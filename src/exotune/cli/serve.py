@@ -9,6 +9,7 @@ from pathlib import Path
 
 from exotune.cli.common import ENTRY_TOKENS_MAX, entry_points_arg, positive_int
 from exotune.errors import ConfigError
+from exotune.serve.config import OWNER_SECRET_ENV, default_secret_file, owner_secret
 
 TOKENS_ENV = "EXOTUNE_TOKENS"
 
@@ -47,6 +48,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
     p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
     p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
+    p.add_argument("--owner-secret-file", default=None,
+                   help="file holding the owner secret, created with a random one if missing (default: "
+                        f"${OWNER_SECRET_ENV} if set, else {default_secret_file()}). The secret keys the spec's "
+                        "model digest, hides which layers entry points are and sets the secret input basis. "
+                        "Keep the file and reuse it: the same secret after a restart keeps adapters trained "
+                        "against this box valid; another secret makes the box refuse them")
+    p.add_argument("--no-basis", action="store_true",
+                   help="hand out token embeddings in the model's own coordinates, not the secret basis "
+                        "(the digest stays keyed); adapters trained with the basis are then refused")
 
 
 def _serve_tokens(args) -> list[str]:
@@ -76,7 +86,9 @@ def build_server(args):
                          rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
                          handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
                          max_handle_bytes=int(args.max_handle_mb * 2**20))
-    kwargs = {"access": args.level}
+    secret, origin = owner_secret(args.owner_secret_file)
+    print(f"owner secret {origin}", file=sys.stderr)
+    kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis}
     if args.entry_points:
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
@@ -59,3 +62,43 @@ class ServeConfig(ConfigBase):
             "burst": self.burst,
             "grad_budget": self.grad_budget,
         }
+
+
+OWNER_SECRET_ENV = "EXOTUNE_OWNER_SECRET"
+OWNER_SECRET_BYTES = 32  # of a generated secret
+
+
+def default_secret_file() -> Path:
+    """Where ``exotune serve`` keeps a generated owner secret: $XDG_CONFIG_HOME/exotune/owner-secret."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "exotune" / "owner-secret"
+
+
+def owner_secret(path: str | Path | None = None) -> tuple[str, str]:
+    """The owner secret of a served box and where it came from: the file ``path`` if given
+    (created if missing), else ``$EXOTUNE_OWNER_SECRET``, else the default file (created if
+    missing). A created file holds a fresh random secret, readable by its owner only."""
+    if path is None and os.environ.get(OWNER_SECRET_ENV, "").strip():
+        return _checked(os.environ[OWNER_SECRET_ENV].strip(), f"${OWNER_SECRET_ENV}"), f"${OWNER_SECRET_ENV}"
+    path = Path(path).expanduser() if path is not None else default_secret_file()
+    if path.is_file():
+        return _checked(path.read_text(encoding="utf-8").strip(), str(path)), f"read from {path}"
+    if path.exists():
+        raise ConfigError(f"owner secret file {path} is not a file")
+    secret = secrets.token_hex(OWNER_SECRET_BYTES)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as err:
+        raise ConfigError(f"cannot write a new owner secret to {path}: {err.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
+    return secret, f"generated in {path} (keep it: after a restart the same secret keeps adapters valid)"
+
+
+def _checked(secret: str, where: str) -> str:
+    from exotune.boxes.basis import SECRET_MIN_BYTES
+
+    if len(secret.encode("utf-8")) < SECRET_MIN_BYTES:
+        raise ConfigError(f"the owner secret in {where} is too short: at least {SECRET_MIN_BYTES} bytes")
+    return secret

@@ -44,7 +44,7 @@ class BoxService:
     def describe(self) -> dict:
         return {
             "protocol": PROTOCOL,
-            "spec": self.spec.to_dict(),
+            "spec": self.spec.public(),  # at level black: only what a black-box client needs
             "server": self.config.public(),
             "wire": {"media_type": wire.MEDIA_TYPE, "embeds": "float32", "mask": "int64",
                      "entry_tokens": f"float32, named '{ENTRY}<entry point>'", "outputs": "float32"},

@@ -87,13 +87,13 @@ def run(args) -> int:
     _requirements()
     from exotune.bench.reliability import access, faults, fuzz, load, soak
     from exotune.bench.reliability.common import task_data
-    from exotune.bench.served import served_box
+    from exotune.bench.served import BENCH_OWNER_SECRET, served_box
     from exotune.boxes import load_box
 
     budget = quick_budget() if args.quick else Budget()
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
-    local = load_box(args.backbone)  # the reference every gradient is compared with
+    local = load_box(args.backbone, owner_secret=BENCH_OWNER_SECRET)  # the served box: every gradient's reference
     data = task_data(args.data_dir, budget.load_clients * budget.load_steps * budget.load_batch)
     extra = ("--max-handles", str(budget.max_handles), "--handle-ttl", f"{budget.handle_ttl_s:g}")
     sections: dict[str, dict] = {}
