@@ -22,7 +22,8 @@ from exotune.errors import AccessError, BoxLimitError, ConfigError, ExotuneError
 from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
-from exotune.serve.service import BoxService
+from exotune.serve.pixels import PixelBoxService
+from exotune.serve.service import PROTOCOL, BoxService
 
 log = logging.getLogger("exotune.serve")
 
@@ -136,27 +137,62 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None) -> FastAPI:
-    """An ASGI app serving ``box`` at its access level to holders of ``tokens``."""
-    config = config or ServeConfig()
+def _gate(tokens: list[str] | None, config: ServeConfig) -> TokenGate:
     if not tokens and not config.no_auth:
         raise ConfigError("serving a box needs at least one token (or no_auth=True, explicitly)")
     if tokens and config.no_auth:
         raise ConfigError("no_auth=True contradicts the tokens given; pass one or the other")
-    gate = TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget)
-    service = BoxService(box, config, gate)
+    return TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget)
+
+
+def _base_app(config: ServeConfig, gate: TokenGate):
+    """An app with the guard and the error handlers, and the dependency that admits a caller."""
     app = FastAPI(title="exotune served box", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service = service
     app.add_middleware(_Guard, max_body_bytes=config.max_body_bytes)
     _install_error_handlers(app)
-    limit = config.max_body_bytes
 
     def caller(request: Request) -> str:
         who = gate.identify(request.headers.get("authorization"))
         gate.admit(who)
         return who
 
-    Caller = Annotated[str, Depends(caller)]
+    return app, Annotated[str, Depends(caller)]
+
+
+def create_towers_app(towers: dict[str, Box], tokens: list[str] | None, config: ServeConfig | None = None) -> FastAPI:
+    """Several boxes (a CLIP model's text and image towers) under one server and one token set
+    (rate limits and gradient budgets shared): each a full box under ``/<name>``
+    (``/image/v1/spec``...); ``/v1/spec`` names the towers."""
+    config = config or ServeConfig()
+    gate = _gate(tokens, config)
+    app, Caller = _base_app(config, gate)
+    app.state.services = {}
+    for name, box in towers.items():
+        sub = create_app(box, tokens, config, gate=gate)
+        app.state.services[name] = sub.state.service
+        app.mount(f"/{name}", sub)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/spec")
+    def spec(who: Caller) -> dict:
+        return {"protocol": PROTOCOL, "towers": list(towers)}
+
+    return app
+
+
+def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None, *,
+               gate: TokenGate | None = None) -> FastAPI:
+    """An ASGI app serving ``box`` at its access level to holders of ``tokens`` (an image box
+    takes pixels); ``gate``: one shared with other boxes of the same server."""
+    config = config or ServeConfig()
+    gate = gate if gate is not None else _gate(tokens, config)
+    service = (PixelBoxService if box.spec.modality == "image" else BoxService)(box, config, gate)
+    app, Caller = _base_app(config, gate)
+    app.state.service = service
+    limit = config.max_body_bytes
 
     def tensors(data: bytes) -> Response:
         return Response(content=data, media_type=wire.MEDIA_TYPE)

@@ -32,6 +32,8 @@ def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
 
 
 class BoxService:
+    INPUT = "embeds"  # the wire name of the input that gradients flow to
+
     def __init__(self, box: Box, config: ServeConfig, gate: TokenGate) -> None:
         self.box, self.config, self.gate = box, config, gate
         self.spec = replace(box.spec, limits=served_limits(box, config))
@@ -216,6 +218,12 @@ class BoxService:
             raise ApiError(422, "invalid", "'mask' must hold only 0 and 1")
         if not mask.any(dim=1).all():
             raise ApiError(422, "invalid", "every row of 'mask' needs at least one 1 (a sequence with no token)")
+        return embeds, mask, self._entry_tokens(tensors)
+
+    def _entry_tokens(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entry tokens among ``tensors`` (named ``entry.<point>``; nothing else left there),
+        checked against the exposed entry points: name -> (n, entry_dim)."""
+        dim = self.spec.entry_dim
         entries = {name[len(ENTRY):]: t for name, t in tensors.items()}
         if entries:
             self._require("light-gray", what="entry tokens")
@@ -227,7 +235,7 @@ class BoxService:
             if tok.ndim != 2 or tok.shape[-1] != dim or not 1 <= tok.shape[0] <= point.max_tokens:
                 raise ApiError(422, "invalid", f"entry tokens for {name!r} must have shape (n, {dim}) with "
                                                f"1 <= n <= {point.max_tokens}, got {tuple(tok.shape)}")
-        return embeds, mask, entries
+        return entries
 
     def _run(self, embeds, mask, entries) -> torch.Tensor:
         out = self.box.forward(embeds, mask, entries or None)
@@ -240,7 +248,7 @@ class BoxService:
 
     def _run_for_grad(self, embeds, mask, entries):
         """Forward with a graph; returns (leaves, outputs, bytes the graph saved for backward)."""
-        leaves = {"embeds": embeds.requires_grad_(True)}
+        leaves = {self.INPUT: embeds.requires_grad_(True)}
         leaves.update({ENTRY + n: t.requires_grad_(True) for n, t in entries.items()})
         saved = [0]
 
@@ -253,5 +261,5 @@ class BoxService:
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             ent = {n[len(ENTRY):]: t for n, t in leaves.items() if n.startswith(ENTRY)}
-            out = self._run(leaves["embeds"], mask, ent)
+            out = self._run(leaves[self.INPUT], mask, ent)
         return leaves, out, saved[0]

@@ -1,0 +1,119 @@
+"""Image boxes over the wire: a ViT / DINOv2 / CLIP image tower served at dark- and light-gray,
+a CLIP model as two towers under one server and one token set, pixels as float32 safetensors;
+remote gradients equal local ones; bad pixels and the text routes refused with a 4xx."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
+
+from exotune.boxes import VisionEncoderBox, clip_boxes, wire  # noqa: E402
+from exotune.boxes.remote import connect  # noqa: E402
+from exotune.boxes.remote_image import RemoteImageBox  # noqa: E402
+from exotune.errors import AccessError, AuthenticationError  # noqa: E402
+from exotune.graybox import DGAConfig, EntryTokensConfig, GrayBoxModel  # noqa: E402
+from exotune.serve import ServeConfig, create_towers_app  # noqa: E402
+from exotune.tasks.image_text import ImageTextRetriever  # noqa: E402
+
+from .conftest import build_tiny_clip, draw_shape, tiny_vision  # noqa: E402
+from .serve_helpers import TOKEN, make_app, make_client  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+IMAGES = [draw_shape("circle", "red", 0), draw_shape("square", "blue", 1), draw_shape("triangle", "green", 2)]
+
+
+def remote(app, token: str = TOKEN):
+    from fastapi.testclient import TestClient
+
+    return connect("http://testserver", token=token, client=TestClient(app))
+
+
+def grads_of(model: GrayBoxModel) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(3)
+    out = model(IMAGES)
+    (out @ torch.randn(out.shape[1], generator=torch.Generator().manual_seed(1))).pow(2).sum().backward()
+    return out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def same_adapters(local: GrayBoxModel, far: GrayBoxModel) -> None:
+    far.load_state_dict(local.state_dict())
+    with torch.no_grad():
+        for p in far.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    local.load_state_dict(far.state_dict())
+
+
+@pytest.mark.parametrize("kind, light, stateless", [("vit", False, False), ("dinov2", True, False),
+                                                    ("vit", True, True), ("clip", False, True)])
+def test_served_image_box_gives_local_gradients(kind, light, stateless):
+    options = {"entry_points": "all", "entry_tokens_max": 2} if light else {}
+    if kind == "clip":
+        box = clip_boxes(*build_tiny_clip(), image_options=options).image
+    else:
+        box = VisionEncoderBox(tiny_vision(kind), **options)
+    far_box = remote(make_app(box, stateless=stateless))
+    assert isinstance(far_box, RemoteImageBox) and far_box.spec == box.spec
+    assert far_box.spec.image == box.spec.image and far_box.spec.input_shape == (3, 32, 32)
+    cfg = DGAConfig.variant("both", entry_tokens=EntryTokensConfig(tokens=2) if light else None, modality="image")
+    local, far = GrayBoxModel(box, cfg), GrayBoxModel(far_box, cfg)
+    same_adapters(local, far)
+    out_l, grads_l = grads_of(local)
+    out_r, grads_r = grads_of(far)
+    torch.testing.assert_close(out_r, out_l, rtol=0, atol=1e-5)
+    assert grads_l.keys() == grads_r.keys() and any(k.startswith("entry_tokens.") for k in grads_l) == light
+    for k in grads_l:
+        torch.testing.assert_close(grads_r[k], grads_l[k], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(far_box.encode(IMAGES), box.encode(IMAGES), rtol=0, atol=1e-5)
+
+
+def test_clip_towers_under_one_server_and_one_token_set():
+    pair = clip_boxes(*build_tiny_clip())
+    app = create_towers_app({"text": pair.text, "image": pair.image}, [TOKEN], ServeConfig())
+    far = remote(app)
+    assert far.text.spec == pair.text.spec and far.image.spec == pair.image.spec
+    torch.manual_seed(0)
+    local_model = ImageTextRetriever(*pair)
+    far_model = ImageTextRetriever(*far)
+    far_model.load_state_dict(local_model.state_dict())
+    from exotune.data import ImageCaptionData
+
+    data = ImageCaptionData(IMAGES, ["a red circle", "a blue square", "a green triangle"], [0, 1, 2])
+    for model in (local_model, far_model):
+        torch.manual_seed(5)
+        model.loss(data).backward()
+    for (k, a), (_, b) in zip(local_model.named_parameters(), far_model.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=k)
+    with pytest.raises(AuthenticationError):
+        remote(app, token="not-a-token")
+    assert make_client(app, None).get("/image/v1/spec").status_code == 401
+
+
+def test_bad_pixels_and_text_routes_are_refused():
+    box = VisionEncoderBox(tiny_vision())
+    client = make_client(make_app(box, max_body_bytes=200_000))
+    good = torch.randn(2, 3, 32, 32)
+    assert client.post("/v1/forward", content=wire.encode({"pixels": good}),
+                       headers={"Content-Type": wire.MEDIA_TYPE}).status_code == 200
+    bad = {"wrong shape": {"pixels": torch.randn(2, 3, 16, 16)},
+           "wrong dtype": {"pixels": good.long()},
+           "NaN": {"pixels": good.clone().fill_(float("nan"))},
+           "missing": {"embeds": torch.randn(2, 4, 32)},
+           "extra": {"pixels": good, "mask": torch.ones(2, 4, dtype=torch.long)},
+           "entry at dark-gray": {"pixels": good, "entry.layer.0": torch.randn(1, 32)},
+           "too large": {"pixels": torch.randn(20, 3, 32, 32)}}
+    for what, tensors in bad.items():
+        r = client.post("/v1/forward", content=wire.encode(tensors), headers={"Content-Type": wire.MEDIA_TYPE})
+        assert 400 <= r.status_code < 500 and r.json()["error"], what
+    for route in ("/v1/embed", "/v1/encode", "/v1/scores"):
+        r = client.post(route, json={"texts": ["a"], "labels": ["b"]})
+        assert r.status_code == 404 and "takes pixels" in r.json()["message"]
+    r = client.post("/v1/forward", content=b"\x00garbage", headers={"Content-Type": wire.MEDIA_TYPE})
+    assert r.status_code == 400
+    spec = client.get("/v1/spec").json()
+    assert spec["spec"]["image"]["mean"] == [0.5, 0.5, 0.5] and "pixels" in spec["wire"]
+    assert "vit" not in str(spec).lower()  # the architecture is not named
+    far = remote(make_app(box))
+    with pytest.raises(AccessError):
+        far.forward(good, {"layer.0": torch.randn(1, 32)})
