@@ -117,3 +117,43 @@ def test_bad_pixels_and_text_routes_are_refused():
     far = remote(make_app(box))
     with pytest.raises(AccessError):
         far.forward(good, {"layer.0": torch.randn(1, 32)})
+
+
+def test_cli_serves_image_boxes_and_image_tasks_train_remotely(tmp_path, capsys):
+    from exotune.cli import build_parser, main
+    from exotune.cli.serve import build_server
+
+    from .conftest import write_shapes
+    from .serve_helpers import running_server
+    from .test_sketch import write_sketchy
+
+    clip = tmp_path / "clip"
+    build_tiny_clip(clip)
+    rows = write_shapes(tmp_path / "img", 1)
+    (tmp_path / "c.csv").write_text("image,caption\n" + "".join(f"{f},a {c} {s}\n" for f, c, s in rows))
+    serve = ["serve", "--model", str(clip), "--no-auth", "--owner-secret-file", str(tmp_path / "secret")]
+    app = build_server(build_parser().parse_args([*serve, "--kind", "clip", "--level", "light-gray",
+                                                  "--entry-points", "1"]))
+    assert set(app.state.services) == {"text", "image"}
+    with running_server(app) as url:
+        common = ["--images", str(tmp_path / "img"), "--remote", url]
+        assert main(["train", "--task", "image-retrieval", *common, "--captions", str(tmp_path / "c.csv"),
+                     "--epochs", "1", "--output-dir", str(tmp_path / "ret"), "--quiet", "--entry-tokens", "1"]) == 0
+        config = __import__("json").loads((tmp_path / "ret" / "best" / "adapter_config.json").read_text())
+        assert config["access"] == "light-gray"
+        assert main(["eval", "--task", "image-retrieval", *common, "--captions", str(tmp_path / "c.csv"),
+                     "--adapter", str(tmp_path / "ret" / "best")]) == 0
+        sketchy = write_sketchy(tmp_path / "sketchy")  # the served pair's image tower, twice
+        assert main(["train", "--task", "sketch-retrieval", "--sketches", str(sketchy), "--remote", url,
+                     "--epochs", "1", "--batch-size", "8", "--output-dir", str(tmp_path / "sk"), "--quiet"]) == 0
+        assert main(["eval", "--task", "sketch-retrieval", "--sketches", str(sketchy), "--remote", url,
+                     "--adapter", str(tmp_path / "sk" / "best")]) == 0
+        capsys.readouterr()
+    image_app = build_server(build_parser().parse_args([*serve, "--kind", "image"]))
+    assert image_app.state.service.spec.modality == "image"
+    with running_server(image_app) as url:
+        assert main(["train", "--task", "image-retrieval", "--images", str(tmp_path / "img"), "--remote", url,
+                     "--captions", str(tmp_path / "c.csv"), "--output-dir", str(tmp_path / "x"), "--quiet"]) == 2
+        assert "serves one image box" in capsys.readouterr().err
+    with pytest.raises(Exception, match="dark-gray or light-gray"):
+        build_server(build_parser().parse_args([*serve, "--kind", "image", "--level", "black"]))

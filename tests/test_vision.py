@@ -550,9 +550,9 @@ def test_cli_image_training_is_repeatable_with_a_seed(clip_folder, shape_folder,
      (["--task", "image-classification", "--images", "{images}", "--backbone", "{clip}", "--kernel-size", "2"],
       "odd"),
      (["--task", "image-classification", "--images", "{images}", "--remote", "http://127.0.0.1:9"],
-      "cannot be served yet")],
+      "could not reach http://127.0.0.1:9")],
     ids=["no-captions", "no-backbone", "vit-prototypes", "missing-captions", "images-for-text", "even-kernel",
-         "remote-image-box"])
+         "remote-unreachable"])
 def test_cli_image_errors(argv, fragment, clip_folder, shape_folder, tmp_path, capsys):
     vit = tmp_path / "vit"
     tiny_vision().save_pretrained(vit)

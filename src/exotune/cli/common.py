@@ -142,6 +142,59 @@ def open_box(args, **load_kwargs):
     return load_box(args.backbone, **load_kwargs)
 
 
+def served_boxes(args):
+    """What ``--remote`` serves, connected once per command: a box, or a CLIP model's two towers
+    (a ``BoxPair``, from ``exotune serve --kind clip``)."""
+    if vars(args).get("served_boxes") is None:
+        from exotune.boxes.remote import connect
+
+        args.served_boxes = connect(args.remote)
+    return args.served_boxes
+
+
+def clip_pair(args, **options):
+    """A CLIP model's (text, image) towers: served (``--remote``) or loaded from ``--backbone``
+    (``options`` as for ``load_clip_boxes``; a served pair exposes what its owner chose)."""
+    if args.remote:
+        from exotune.boxes.clip import BoxPair
+
+        boxes = served_boxes(args)
+        if not isinstance(boxes, BoxPair):
+            raise ConfigError(f"--task {args.task} needs a CLIP model's two towers; {args.remote} serves one "
+                              f"{boxes.spec.modality} box (the owner serves both with exotune serve --kind clip)")
+        return boxes
+    from exotune.boxes.loading import load_clip_boxes
+
+    return load_clip_boxes(args.backbone, **options)
+
+
+def open_image_box(args, name: str | None = None, **options):
+    """An image box: served (``--remote``: an image box, or a served CLIP pair's image tower) or
+    loaded from ``name`` (default ``--backbone``)."""
+    if args.remote and name is None:
+        from exotune.boxes.clip import BoxPair
+
+        boxes = served_boxes(args)
+        box = boxes.image if isinstance(boxes, BoxPair) else boxes
+        if box.spec.modality != "image":
+            raise ConfigError(f"--task {args.task} needs an image box; {args.remote} serves a {box.spec.modality} box")
+        return box
+    from exotune.boxes.loading import load_image_box
+
+    return load_image_box(name or args.backbone, **options)
+
+
+def has_text_tower(args) -> bool:
+    """Whether the named box comes with a CLIP text tower (class-name prototypes, zero-shot)."""
+    if args.remote:
+        from exotune.boxes.clip import BoxPair
+
+        return isinstance(served_boxes(args), BoxPair)
+    from exotune.boxes.loading import is_clip
+
+    return is_clip(args.backbone)
+
+
 def is_lga(args) -> bool:
     return args.entry_points is not None or args.entry_tokens is not None
 

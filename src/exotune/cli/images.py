@@ -12,9 +12,12 @@ import sys
 from dataclasses import replace
 
 from exotune.cli.common import (
+    clip_pair,
     dga_config,
     fit_and_report,
+    has_text_tower,
     lga_box_options,
+    open_image_box,
     positive_int,
     print_metrics,
     train_val,
@@ -57,14 +60,14 @@ NEEDS = {"image-retrieval": "--images DIR and --captions FILE", "image-classific
 
 
 def check(args) -> None:
-    """The vision task's arguments are complete (a remote box is refused: image boxes are not served yet)."""
-    if args.remote:
-        raise ConfigError(f"--task {args.task} trains against a local image box; image boxes cannot be served yet "
-                          "(--remote is for text tasks)")
+    """The vision task's arguments are complete."""
+    if args.remote and getattr(args, "entry_points", None):
+        raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
+                          "exposes those its owner chose (see its /v1/spec)")
     source = {"video-retrieval": args.videos, "sketch-retrieval": args.sketches}.get(args.task, args.images)
     if not source:
         raise ConfigError(f"--task {args.task} needs {NEEDS[args.task]}")
-    if not args.backbone:
+    if not args.backbone and not args.remote:
         raise ConfigError(f"--task {args.task} needs --backbone: a CLIP checkpoint (e.g. openai/clip-vit-base-patch16, "
                           "a local folder, or open_clip:ViT-B-32@laion2b_s34b_b79k)"
                           + (", or a ViT / DINOv2 one with --head linear" if args.task == "image-classification" else "")
@@ -123,7 +126,6 @@ def _label_template(args) -> str:
 
 
 def train(args, text_dga, train_cfg) -> int:
-    from exotune.boxes.loading import is_clip, load_clip_boxes, load_image_box
     from exotune.tasks.classification import ClassificationConfig
     from exotune.tasks.image_classification import ImageClassifier
     from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
@@ -136,7 +138,7 @@ def train(args, text_dga, train_cfg) -> int:
     train_data, val = train_val(data, args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "image-retrieval":
-        text_box, image_box = load_clip_boxes(args.backbone, **lga)
+        text_box, image_box = clip_pair(args, **lga)
         temperature = args.temperature if args.temperature is not None else ImageTextConfig.temperature
         cfg = ImageTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature)
         model = ImageTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
@@ -144,13 +146,14 @@ def train(args, text_dga, train_cfg) -> int:
         what = f"text {model.text_dga.description}, image {model.image_dga.description}"
     else:
         cls_cfg = ClassificationConfig(head=args.head, label_template=_label_template(args))
-        if args.head == "prototype" and not is_clip(args.backbone):
-            raise ConfigError(f"--head prototype encodes class names with a CLIP text tower; {args.backbone!r} has "
-                              "none: use a CLIP backbone or --head linear")
-        if is_clip(args.backbone):
-            text_box, image_box = load_clip_boxes(args.backbone, image_options=lga)
+        clip = has_text_tower(args)
+        if args.head == "prototype" and not clip:
+            raise ConfigError(f"--head prototype encodes class names with a CLIP text tower; {args.backbone or args.remote!r} "
+                              "has none: use a CLIP backbone or --head linear")
+        if clip:
+            text_box, image_box = clip_pair(args, image_options=lga)
         else:
-            text_box, image_box = None, load_image_box(args.backbone, **lga)
+            text_box, image_box = None, open_image_box(args, **lga)
         model = ImageClassifier(image_box, data.label_names, image_dga, cls_cfg, text_box=text_box)
         what = image_dga.description
     test = test_metrics(args, model, _load_data(args, test=True) if args.eval_test else None)
@@ -160,7 +163,6 @@ def train(args, text_dga, train_cfg) -> int:
 
 
 def evaluate(args) -> int:
-    from exotune.boxes.loading import is_clip, load_clip_boxes, load_image_box
     from exotune.graybox import DGAConfig
     from exotune.tasks.classification import ClassificationConfig, saved_box_options
     from exotune.tasks.image_classification import ImageClassifier
@@ -170,11 +172,11 @@ def evaluate(args) -> int:
     data = _load_data(args)
     if args.task == "image-retrieval":
         if args.zero_shot:
-            text_box, image_box = load_clip_boxes(args.backbone)
+            text_box, image_box = clip_pair(args)
             model = ImageTextRetriever(text_box, image_box, DGAConfig.variant("none"), DGAConfig.variant("none"))
         else:
-            text_box, image_box = load_clip_boxes(args.backbone, image_options=saved_box_options(args.adapter),
-                                                  text_options=saved_box_options(args.adapter, "text_box"))
+            text_box, image_box = clip_pair(args, image_options=saved_box_options(args.adapter),
+                                            text_options=saved_box_options(args.adapter, "text_box"))
             model = ImageTextRetriever.from_pretrained(args.adapter, text_box, image_box)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
@@ -183,15 +185,15 @@ def evaluate(args) -> int:
                    f"({len(data)} captions, {len(data.images)} images)")
     else:
         if args.zero_shot:
-            if not is_clip(args.backbone):
-                raise ConfigError(f"--zero-shot classifies images by class names; {args.backbone!r} has no text tower "
-                                  "(use a CLIP backbone)")
-            text_box, image_box = load_clip_boxes(args.backbone)
+            if not has_text_tower(args):
+                raise ConfigError(f"--zero-shot classifies images by class names; {args.backbone or args.remote!r} has "
+                                  "no text tower (use a CLIP backbone)")
+            text_box, image_box = clip_pair(args)
             model = ImageClassifier(image_box, data.label_names, None,
                                     ClassificationConfig(label_template=_label_template(args)), text_box=text_box)
         else:
             model = ImageClassifier.from_pretrained(args.adapter,
-                                                    load_image_box(args.backbone, **saved_box_options(args.adapter)))
+                                                    open_image_box(args, **saved_box_options(args.adapter)))
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
                    f"({len(data)} images)")

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exotune.cli.common import adapter_box, add_box_args, add_texts_args, read_texts
+from exotune.cli.common import (
+    adapter_box,
+    add_box_args,
+    add_texts_args,
+    clip_pair,
+    open_image_box,
+    read_texts,
+)
 from exotune.errors import ConfigError, DataError
 
 TASKS = ("classification", "image-classification", "image-retrieval", "video-retrieval", "sketch-retrieval")
@@ -30,12 +37,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.task == "classification":
         return _texts(args)
-    if args.remote:
-        raise ConfigError(f"--task {args.task} runs against a local image box; image boxes cannot be served yet")
     if not args.input:
         raise ConfigError(f"--task {args.task} predicts for --input PATH (a file or a folder), not texts")
-    if not args.backbone:
-        raise ConfigError(f"--task {args.task} needs --backbone: the checkpoint the adapter was trained against")
+    if not args.backbone and not args.remote:
+        raise ConfigError(f"--task {args.task} needs --backbone (the checkpoint the adapter was trained against) "
+                          "or --remote")
     inputs = _inputs(args.input, video=args.task == "video-retrieval")
     if args.task == "image-classification":
         return _classify(args, inputs)
@@ -90,18 +96,16 @@ def _inputs(paths: list[str], video: bool = False) -> list[str]:
 
 
 def _classify(args, images: list[str]) -> int:
-    from exotune.boxes.loading import load_image_box
     from exotune.tasks.classification import saved_box_options
     from exotune.tasks.image_classification import ImageClassifier
 
-    model = ImageClassifier.from_pretrained(args.adapter, load_image_box(args.backbone, **saved_box_options(args.adapter)))
+    model = ImageClassifier.from_pretrained(args.adapter, open_image_box(args, **saved_box_options(args.adapter)))
     _print_labels(model, images, model.predict_proba(images), args.top_k)
     return 0
 
 
 def _nearest(args, inputs: list[str]):
     """Scores and indices (Q, k) of each input's nearest candidates, and the candidates' names."""
-    from exotune.boxes.loading import load_clip_boxes, load_image_box
     from exotune.data.text import read_text
     from exotune.tasks.classification import saved_box_options
 
@@ -111,8 +115,8 @@ def _nearest(args, inputs: list[str]):
         if not args.photos:
             raise ConfigError("--task sketch-retrieval needs --photos DIR: the photos to choose from")
         photos = _inputs([args.photos])
-        sketch_box = load_image_box(args.backbone, **saved_box_options(args.adapter))
-        photo_box = (load_image_box(args.photo_backbone, **saved_box_options(args.adapter, "photo_box"))
+        sketch_box = open_image_box(args, **saved_box_options(args.adapter))
+        photo_box = (open_image_box(args, args.photo_backbone, **saved_box_options(args.adapter, "photo_box"))
                      if args.photo_backbone else sketch_box)
         model = SketchPhotoRetriever.from_pretrained(args.adapter, sketch_box, photo_box)
         scores, indices = model.search(inputs, photos, max(1, args.top_k))
@@ -122,8 +126,8 @@ def _nearest(args, inputs: list[str]):
     captions = [line.strip() for line in read_text(Path(args.candidates)).splitlines() if line.strip()]
     if not captions:
         raise DataError(f"{args.candidates}: no captions")
-    pair = load_clip_boxes(args.backbone, image_options=saved_box_options(args.adapter),
-                           text_options=saved_box_options(args.adapter, "text_box"))
+    pair = clip_pair(args, image_options=saved_box_options(args.adapter),
+                     text_options=saved_box_options(args.adapter, "text_box"))
     if args.task == "video-retrieval":
         from exotune.tasks.video_text import VideoTextRetriever as Retriever
     else:

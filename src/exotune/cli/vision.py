@@ -10,7 +10,15 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from exotune.cli.common import dga_config, fit_and_report, lga_box_options, print_metrics, train_val
+from exotune.cli.common import (
+    clip_pair,
+    dga_config,
+    fit_and_report,
+    lga_box_options,
+    open_image_box,
+    print_metrics,
+    train_val,
+)
 from exotune.cli.images import caption_source, check, report_skipped, test_metrics
 
 
@@ -45,17 +53,14 @@ def load_sketches(args):
 
 
 def sketch_boxes(args, **options):
-    """The sketch box and the photo box (the same one without ``--photo-backbone``)."""
-    from exotune.boxes.loading import load_image_box
-
-    sketch_box = load_image_box(args.backbone, **options.get("sketch", {}))
+    """The sketch box (local or served) and the photo box (the same one without ``--photo-backbone``)."""
+    sketch_box = open_image_box(args, **options.get("sketch", {}))
     if not args.photo_backbone:
         return sketch_box, sketch_box
-    return sketch_box, load_image_box(args.photo_backbone, **options.get("photo", {}))
+    return sketch_box, open_image_box(args, args.photo_backbone, **options.get("photo", {}))
 
 
 def train(args, text_dga, train_cfg) -> int:
-    from exotune.boxes.loading import load_clip_boxes
     from exotune.tasks.sketch import SketchConfig, SketchPhotoRetriever
     from exotune.tasks.video_text import VideoTextConfig, VideoTextRetriever
     from exotune.train import seed_everything
@@ -70,7 +75,7 @@ def train(args, text_dga, train_cfg) -> int:
     train_data, val = train_val(data, args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "video-retrieval":
-        text_box, image_box = load_clip_boxes(args.backbone, **lga)
+        text_box, image_box = clip_pair(args, **lga)
         temperature = args.temperature if args.temperature is not None else VideoTextConfig.temperature
         cfg = VideoTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature,
                               frames=args.frames, temporal_pooling=args.temporal_pooling)
@@ -89,7 +94,6 @@ def train(args, text_dga, train_cfg) -> int:
 
 
 def evaluate(args) -> int:
-    from exotune.boxes.loading import load_clip_boxes
     from exotune.graybox import DGAConfig
     from exotune.tasks.classification import saved_box_options
     from exotune.tasks.sketch import SketchPhotoRetriever
@@ -100,11 +104,11 @@ def evaluate(args) -> int:
     if args.task == "video-retrieval":
         data = load_videos(args)
         if args.zero_shot:
-            model = VideoTextRetriever(*load_clip_boxes(args.backbone), none, none,
+            model = VideoTextRetriever(*clip_pair(args), none, none,
                                        VideoTextConfig(frames=args.frames))
         else:
-            pair = load_clip_boxes(args.backbone, image_options=saved_box_options(args.adapter),
-                                   text_options=saved_box_options(args.adapter, "text_box"))
+            pair = clip_pair(args, image_options=saved_box_options(args.adapter),
+                             text_options=saved_box_options(args.adapter, "text_box"))
             model = VideoTextRetriever.from_pretrained(args.adapter, *pair)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-video R@1 {metrics['t2v_recall@1']:.4f}, R@5 {metrics['t2v_recall@5']:.4f}, "
