@@ -131,6 +131,6 @@ def test_a_flipped_byte_inside_tensor_data_is_caught(trained, tiny_box):
     weights.write_bytes(bytes(raw))
     with pytest.raises(ArtifactError, match="corrupted: its SHA-256 differs"):
         TextClassifier.from_pretrained(folder, tiny_box)
-    (folder / "checksums.sha256").unlink()  # a folder from before checksums: loads, with a warning
-    with pytest.warns(UserWarning, match="checksums"):
+    (folder / "checksums.sha256").unlink()  # no list, nothing can be checked: not loaded
+    with pytest.raises(ArtifactError, match="has no checksums.sha256"):
         TextClassifier.from_pretrained(folder, tiny_box)

@@ -35,16 +35,21 @@ def test_ea_fit_predict_report(tmp_path, capsys):
                      "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["probe"]["calls"] == 100 and len(server.calls("chat")) == 100
-        assert (out / "lm.json").is_file() and '"api_key"' not in (out / "lm.json").read_text()
-        assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9"]) == 0
+        saved = json.loads((out / "lm.json").read_text())
+        assert sorted(saved) == ["base_url", "lm", "model", "returns"]  # never a key's variable, never a path
+        assert "lm.json" in (out / "checksums.sha256").read_text()
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9"]) == 2
+        assert "--trust-folder-lm" in capsys.readouterr().err  # the user's own folder: confirmed, not assumed
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9",
+                     "--trust-folder-lm"]) == 0
         assert capsys.readouterr().out.startswith("green\t")
-        assert main(["ea", "report", "--adapter", str(out), "--file", str(test),
-                     "--out-dir", str(tmp_path / "rep")]) == 0
+        assert main(["ea", "report", "--adapter", str(out), "--file", str(test), "--base-url", server.base_url,
+                     "--model", "fake", "--out-dir", str(tmp_path / "rep")]) == 0
         assert "| EA |" in capsys.readouterr().out
         for name in ("report.json", "report.md", "cost_quality.png"):
             assert (tmp_path / "rep" / name).is_file()
         before = len(server.calls("chat"))
-        assert main(["ea", "report", "--adapter", str(out), "--file", str(test),
+        assert main(["ea", "report", "--adapter", str(out), "--file", str(test), "--trust-folder-lm",
                      "--out-dir", str(tmp_path / "rep2")]) == 0
         assert len(server.calls("chat")) == before  # all answers come from the cache
 
@@ -56,3 +61,70 @@ def test_ea_fit_unreachable_server_is_a_clean_error(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err and "attempt" in err
+
+
+def fit_folder(out, base_url):
+    """``ea fit`` on 60 colour rows against ``base_url``: a small EA folder at ``out``."""
+    train = write_csv(out.parent / "train.csv", colour_task(60, seed=1))
+    assert main(["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", base_url, "--model", "fake",
+                 "--output-dir", str(out), "--clusters", "2", "--cv-folds", "2", "--val-fraction", "0.3",
+                 "--max-retries", "0"]) == 0
+    return out
+
+
+def test_a_shared_folder_cannot_send_the_users_secrets_elsewhere(tmp_path, capsys, monkeypatch):
+    """lm.json edited to name another server, another secret's variable and another cache path
+    (its checksum re-recorded): nothing reaches that server unconfirmed, no secret but the one the
+    user's flag names is ever sent, and no file is written where the folder says."""
+    from exotune.artifacts import write_checksums
+
+    evil_cache = tmp_path / "elsewhere" / "evil.sqlite"
+    monkeypatch.setenv("SOME_SECRET", "s3cret-value")
+    monkeypatch.setenv("OPENAI_API_KEY", "the-users-key")
+    with FakeOpenAI() as good, FakeOpenAI() as evil:
+        out = fit_folder(tmp_path / "ea", good.base_url)
+        lm = out / "lm.json"
+        lm.write_text(json.dumps({"lm": "openai-chat", "base_url": evil.base_url, "model": "fake",
+                                  "api_key_env": "SOME_SECRET", "cache": str(evil_cache)}))
+        write_checksums(out)
+        capsys.readouterr()
+        predict = ["ea", "predict", "--adapter", str(out), "--text", "the cup is red item1"]
+        assert main(predict) == 2
+        err = capsys.readouterr().err
+        assert evil.base_url in err and "--trust-folder-lm" in err and "Traceback" not in err
+        assert evil.requests == [] and not evil_cache.exists()
+        assert main([*predict, "--base-url", good.base_url, "--model", "fake"]) == 0  # the user's own choice
+        assert evil.requests == []
+        test = write_csv(tmp_path / "test.csv", colour_task(20, seed=9))
+        report = ["ea", "report", "--adapter", str(out), "--file", str(test), "--out-dir", str(tmp_path / "rep")]
+        assert main(report) == 2 and evil.requests == []
+        assert main([*report, "--trust-folder-lm"]) == 0  # accepted: the URL, but never the secret or the path
+        assert evil.requests and evil.authorizations == ["Bearer the-users-key"] * len(evil.requests)
+        assert not any("s3cret" in (a or "") for a in good.authorizations + evil.authorizations)
+        assert not evil_cache.exists()
+
+
+@pytest.mark.parametrize("edit", [{"lm": "shell"}, {"base_url": "file:///etc/passwd"}, {"model": ["a"]}])
+def test_a_malformed_lm_json_is_refused(tmp_path, capsys, edit):
+    from exotune.artifacts import write_checksums
+
+    with FakeOpenAI() as server:
+        out = fit_folder(tmp_path / "ea", server.base_url)
+        saved = json.loads((out / "lm.json").read_text())
+        (out / "lm.json").write_text(json.dumps({**saved, **edit}))
+        write_checksums(out)
+        capsys.readouterr()
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "a red cup", "--trust-folder-lm"]) == 2
+        err = capsys.readouterr().err
+        assert "lm.json" in err and next(iter(edit)) in err and "Traceback" not in err
+
+
+def test_an_edited_lm_json_is_refused(tmp_path, capsys):
+    """lm.json is written inside the folder's checksummed write: an edit is seen."""
+    with FakeOpenAI() as server:
+        out = fit_folder(tmp_path / "ea", server.base_url)
+        saved = json.loads((out / "lm.json").read_text())
+        (out / "lm.json").write_text(json.dumps({**saved, "base_url": "http://127.0.0.1:9/v1"}))
+        capsys.readouterr()
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "a red cup", "--trust-folder-lm"]) == 2
+        assert "lm.json is corrupted" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
 
+from exotune.artifacts import write_checksums
 from exotune.data import TextLabelData
 from exotune.ea import CallableClient, EasyAdapter
 from exotune.ea.ssm import _SSM
@@ -123,8 +124,11 @@ def test_load_errors(tmp_path):
         EasyAdapter.from_pretrained(tmp_path / "nothing")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "ea_config.json").write_text('{"type": "dga"}')
-    with pytest.warns(UserWarning, match="checksums"), pytest.raises(ArtifactError, match="not 'easy-adaptation'"):
-        EasyAdapter.from_pretrained(tmp_path / "bad")  # hand-made: no checksums to check
+    with pytest.raises(ArtifactError, match="has no checksums.sha256"):
+        EasyAdapter.from_pretrained(tmp_path / "bad")  # hand-made: nothing to check it by, so not loaded
+    write_checksums(tmp_path / "bad")
+    with pytest.raises(ArtifactError, match="not 'easy-adaptation'"):
+        EasyAdapter.from_pretrained(tmp_path / "bad")
 
 
 def test_budget_zero_never_calls_the_lm(split):

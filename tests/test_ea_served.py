@@ -144,7 +144,9 @@ def test_ea_cli_with_a_served_black_box(tiny_backbone, tmp_path, capsys, monkeyp
         assert main(["ea", "fit", "--file", str(train), *lm, "--output-dir", str(out), "--clusters", "2",
                      "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
         assert capsys.readouterr().out.count('"calls": 90') == 1
-        assert main(["ea", "predict", "--adapter", str(out), "--text", "the car is red"]) == 0
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "the car is red"]) == 2  # not unconfirmed
+        assert "--trust-folder-lm" in capsys.readouterr().err
+        assert main(["ea", "predict", "--adapter", str(out), "--text", "the car is red", "--trust-folder-lm"]) == 0
         assert capsys.readouterr().out.split("\t")[0] in data.label_names
     with pytest.raises(SystemExit):
         main(["ea", "fit", "--file", str(train), "--lm", "served-box", "--output-dir", str(out), "--returns", "x"])

@@ -23,16 +23,19 @@ from tqdm.auto import tqdm
 
 from exotune import distributed
 from exotune.artifacts import (
+    check_tensors,
     flatten_state,
+    json_object,
     read_json,
     read_tensors,
+    saved_config,
     unflatten_state,
     verify_folder,
     write_folder,
 )
 from exotune.batching import grouped_batches
 from exotune.configs import ConfigBase
-from exotune.errors import ConfigError
+from exotune.errors import ArtifactError, ConfigError
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
 LAST, BEST = "last", "best"
@@ -277,16 +280,53 @@ class Trainer:
             return state, None
         verify_folder(folder)
         meta = read_json(folder / "trainer_state.json")
-        saved = TrainConfig.from_dict(meta.get("config", {}))
+        with saved_config(folder / "trainer_state.json"):
+            saved = TrainConfig.from_dict(json_object(meta, "config"))
+            _check_state(json_object(meta, "state"), state)
         if saved != self.config:
             changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
             raise ConfigError(f"cannot resume from {folder}: training settings differ ({', '.join(changed)})")
-        tree = unflatten_state(meta["skeleton"], read_tensors(folder / "checkpoint.safetensors"))
-        model.load_state_dict(tree["model"])
-        optimizer.load_state_dict(tree["optimizer"])
-        scheduler.load_state_dict(tree["scheduler"])
-        torch.set_rng_state(tree["rng"])
+        file = folder / "checkpoint.safetensors"
+        with saved_config(file):
+            tree = unflatten_state(meta["skeleton"], read_tensors(file), str(file))
+            check_tensors(tree["model"], model.state_dict(), file)
+            if tree["best"] is not None:
+                check_tensors(tree["best"], model.state_dict(), file)
+            rng = tree["rng"]
+            if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+                raise ArtifactError(f"{file}: rng is not a random generator state")
+            _check_optimizer_state(tree["optimizer"], optimizer, file)
+            model.load_state_dict(tree["model"])
+            optimizer.load_state_dict(tree["optimizer"])
+            scheduler.load_state_dict(tree["scheduler"])
+        torch.set_rng_state(rng)
         if self._show:
             tqdm.write(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
                        f"step {meta['state']['global_step']}")
         return meta["state"], tree["best"]
+
+
+def _check_state(saved: dict, fresh: dict) -> None:
+    """A checkpoint's loop state has the keys of a fresh one, each of the same type."""
+    for key, value in fresh.items():
+        got = saved[key]
+        kind = (int, float) if isinstance(value, float) else type(value)
+        if not isinstance(got, kind) or (isinstance(got, bool) and not isinstance(value, bool)):
+            raise ConfigError(f"state.{key} must be a {type(value).__name__}, got {got!r:.80}")
+        if isinstance(got, int) and not isinstance(got, bool) and key != "best_epoch" and got < 0:
+            raise ConfigError(f"state.{key} must be >= 0, got {got}")
+
+
+def _check_optimizer_state(saved, optimizer, file) -> None:
+    """Every saved moment has the shape of its parameter, and is finite."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise ArtifactError(f"{file}: optimizer state is malformed")
+    for index, entry in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise ArtifactError(f"{file}: optimizer state names parameter {index!r:.40}, which does not exist")
+        for name, t in entry.items():
+            if isinstance(t, torch.Tensor) and t.ndim and (t.shape != params[index].shape or not t.is_floating_point()
+                                                          or not bool(torch.isfinite(t).all())):
+                raise ArtifactError(f"{file}: optimizer state {name!r} of parameter {index} does not fit it "
+                                    f"(shape {tuple(t.shape)}, dtype {t.dtype})")

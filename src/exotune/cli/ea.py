@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 from exotune.cli.common import add_data_args, add_texts_args, load_data, read_texts, train_val
-from exotune.errors import ConfigError, DataError
+from exotune.errors import ArtifactError, ConfigError, DataError
 
 LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
-LM_FILE = "lm.json"  # how the CLI reached the LM (never the key itself)
+RETURNS = ("labels", "scores", "embeddings")
+LM_FILE = "lm.json"  # how the CLI reached the LM: kind, URL, model, answer form (never a key, never a path)
+LM_SAVED = ("lm", "base_url", "model", "returns")
+#: the environment variable that holds the secret, per kind: only ever from the user's flag
+DEFAULT_KEY_ENV = {"served-box": "EXOTUNE_TOKEN", "openai-chat": "OPENAI_API_KEY", "openai-embeddings": "OPENAI_API_KEY"}
 
 
 def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -20,7 +24,7 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
                                       "served-box: the root of an 'exotune serve', e.g. http://127.0.0.1:8000")
     g.add_argument("--model", help="model name as the server knows it (not for served-box)")
-    g.add_argument("--returns", choices=("labels", "scores", "embeddings"), default=None,
+    g.add_argument("--returns", choices=RETURNS, default=None,
                    help="served-box: what the box answers with (default: labels)")
     g.add_argument("--api-key-env", default=None,
                    help="environment variable holding the API key or bearer token "
@@ -30,6 +34,11 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="requests in flight at once (default: 4; served-box: 1, it computes one batch at a time)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
     g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts (default: 4)")
+    if not required:
+        g.add_argument("--trust-folder-lm", action="store_true",
+                       help="connect to the base URL and model the adapter's lm.json names (a folder someone "
+                            "else made is not followed otherwise; the key's variable and the cache path are "
+                            "never taken from it)")
 
 
 def add_parser(sub) -> None:
@@ -63,10 +72,42 @@ def add_parser(sub) -> None:
     p.add_argument("--no-compare", action="store_true", help="do not ask the LM about every input")
 
 
+def _folder_lm(adapter: Path) -> dict:
+    """What ``adapter/lm.json`` (checked with the folder) says about the LM, validated."""
+    from exotune.artifacts import read_json
+
+    file = adapter / LM_FILE
+    if not file.is_file():
+        return {}
+    saved = read_json(file, max_bytes=1 << 16)
+    for key, allowed in (("lm", LM_KINDS), ("returns", RETURNS)):
+        if saved.get(key) is not None and saved[key] not in allowed:
+            raise ArtifactError(f"{file}: {key} must be one of {allowed}, got {saved[key]!r:.80}")
+    for key in ("base_url", "model"):
+        value = saved.get(key)
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 2048):
+            raise ArtifactError(f"{file}: {key} must be a non-empty string, got {value!r:.80}")
+    if saved.get("base_url") and not saved["base_url"].startswith(("http://", "https://")):
+        raise ArtifactError(f"{file}: base_url must be an http(s) URL, got {saved['base_url']!r:.80}")
+    return {k: saved.get(k) for k in LM_SAVED}
+
+
 def _lm_settings(args, adapter: Path | None) -> dict:
-    saved = json.loads((adapter / LM_FILE).read_text()) if adapter and (adapter / LM_FILE).is_file() else {}
-    keys = ("lm", "base_url", "model", "returns", "api_key_env", "cache")
-    cfg = {k: getattr(args, k, None) or saved.get(k) for k in keys}
+    """The LM's settings: the user's flags first. From an adapter's lm.json come the kind of API
+    and its answer form; its base URL and model only with ``--trust-folder-lm``; the secret's
+    variable and the cache path never."""
+    saved = _folder_lm(adapter) if adapter else {}
+    cfg = {k: getattr(args, k, None) for k in (*LM_SAVED, "api_key_env", "cache")}
+    cfg["lm"] = cfg["lm"] or saved.get("lm")
+    cfg["returns"] = cfg["returns"] or saved.get("returns")
+    asked = {k: saved[k] for k in ("base_url", "model") if cfg[k] is None and saved.get(k)}
+    if asked and not getattr(args, "trust_folder_lm", False):
+        shown = ", ".join(f"{k}={v!r}" for k, v in asked.items())
+        raise ConfigError(f"{adapter / LM_FILE} asks to send the LM's requests with {shown} (lm: {cfg['lm']}); "
+                          "a folder is not followed silently: pass --trust-folder-lm to accept that, or give "
+                          "--base-url/--model yourself (the API key is always read from --api-key-env, "
+                          f"default {DEFAULT_KEY_ENV.get(cfg['lm'], 'OPENAI_API_KEY')}, never from the folder)")
+    cfg.update(asked)
     if cfg["lm"] == "served-box":
         if not cfg["base_url"]:
             raise ConfigError("--lm served-box needs --base-url (the root of an 'exotune serve')")
@@ -85,10 +126,11 @@ def make_client(cfg: dict, args):
     if args.concurrency is not None:  # else each client's own default
         common["max_concurrency"] = args.concurrency
     if cfg["lm"] == "served-box":
-        token = os.environ.get(cfg["api_key_env"] or "EXOTUNE_TOKEN")
+        token = os.environ.get(cfg["api_key_env"] or DEFAULT_KEY_ENV["served-box"])
         return ServedBoxClient(cfg["base_url"], token, returns=cfg["returns"] or "labels", **common)
     cls = OpenAIChatClient if cfg["lm"] == "openai-chat" else OpenAIEmbeddingClient
-    return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or "OPENAI_API_KEY", **common)
+    return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or DEFAULT_KEY_ENV[cfg["lm"]],
+               **common)
 
 
 def cmd_fit(args) -> int:
@@ -103,8 +145,7 @@ def cmd_fit(args) -> int:
                         budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
     print(f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
     model.fit(train, val)
-    model.save_pretrained(out)
-    (out / LM_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    model.save_pretrained(out, extra_files={LM_FILE: {k: cfg[k] for k in LM_SAVED}})  # checksummed with the rest
     summary = {"adapter": str(out), "val_accuracy": model.val_accuracy_, "lm_call_share": model.router_.share_,
                "fit_seconds": round(model.fit_seconds_, 1),
                "probe": model.ledgers_["probe"].to_dict()}
@@ -116,9 +157,11 @@ def _load(args):
     from exotune.ea.model import EasyAdapter
 
     adapter = Path(args.adapter)
+    model = EasyAdapter.from_pretrained(adapter)  # checks every file, lm.json included, before it is read
     cfg = _lm_settings(args, adapter)
     cfg["cache"] = cfg["cache"] or str(adapter.with_name(adapter.name + ".responses.sqlite"))
-    return EasyAdapter.from_pretrained(adapter, lm=make_client(cfg, args))
+    model.lm = make_client(cfg, args)
+    return model
 
 
 def cmd_predict(args) -> int:

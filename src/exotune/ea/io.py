@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from exotune import __version__
-from exotune.artifacts import read_json, verify_folder, write_folder
+from exotune.artifacts import read_json, saved_config, verify_folder, write_folder
+from exotune.ea.checks import check_config, check_regions, check_router, check_ssm
 from exotune.errors import ArtifactError
 
 CONFIG = "ea_config.json"
@@ -39,7 +40,7 @@ def _jsonable(value):
     return f"custom:{type(value).__name__}"  # a custom SSM / featurizer: its fitted form is in the skops files
 
 
-def save(model, path) -> Path:
+def save(model, path, extra_files: dict[str, dict] | None = None) -> Path:
     import skops.io as sio
 
     system = model.ssms_system_
@@ -61,7 +62,7 @@ def save(model, path) -> Path:
                    "trust_lm": model.router_.trust_lm_,
                    "val_curve": model.router_.val_curve_},
     }
-    return write_folder(path, {CONFIG: config, **files})
+    return write_folder(path, {**(extra_files or {}), CONFIG: config, **files})
 
 
 def _load_skops(path: Path, extra: frozenset):
@@ -91,23 +92,32 @@ def load(cls, path, lm=None, embedder=None, trusted=()):
     config = read_json(path / CONFIG)
     if config.get("type") != TYPE:
         raise ArtifactError(f"{path / CONFIG} is a {config.get('type')!r} artifact, not {TYPE!r}")
+    with saved_config(path / CONFIG):
+        check_config(config, path / CONFIG)
     extra = frozenset(trusted)
+    n_labels = len(config["label_names"])
     params = {k: v for k, v in config["params"].items() if k in PARAMS}
     ssms = [_load_skops(path / f"ssm_{i}.skops", extra) for i in range(config["n_global_ssms"])]
     special = {r: _load_skops(path / f"ssm_region_{r}.skops", extra) for r in config["special_regions"]}
+    for name, m in [*((f"ssm_{i}.skops", m) for i, m in enumerate(ssms)),
+                    *((f"ssm_region_{r}.skops", m) for r, m in special.items())]:
+        check_ssm(m, path / name, n_labels)
+    router, regions = _load_skops(path / "router.skops", extra), _load_skops(path / "regions.skops", extra)
+    check_router(router, path / "router.skops")
+    check_regions(regions, path / "regions.skops", n_labels)
+    if router.threshold_ != float(config["router"]["threshold"]):  # inf round-trips as Infinity
+        raise ArtifactError(f"{path}: router.skops does not match {CONFIG}")
     if any(isinstance(s, str) and s.startswith("custom:") for s in params["ssms"]):
         params["ssms"] = tuple(ssms)  # refitting would clone the loaded SSMs
-    if isinstance(params["featurizer"], str) and params["featurizer"].startswith("custom:"):
+    if isinstance(params.get("featurizer"), str) and params["featurizer"].startswith("custom:"):
         params["featurizer"] = "tfidf"
-    model = cls(lm=lm, embedder=embedder, **{**params, "ssms": tuple(params["ssms"])})
+    with saved_config(path / CONFIG):
+        model = cls(lm=lm, embedder=embedder, **{**params, "ssms": tuple(params["ssms"])})
     model.label_names_ = list(config["label_names"])
     model.ssms_system_ = {"global": ssms, "special": special}
     model.ssms_ = ssms
-    model.router_ = _load_skops(path / "router.skops", extra)
-    model.regions_ = _load_skops(path / "regions.skops", extra)
+    model.router_, model.regions_ = router, regions
     model.val_accuracy_ = config.get("val_accuracy", {})
-    if float(model.router_.threshold_) != float(config["router"]["threshold"]):  # inf round-trips as Infinity
-        raise ArtifactError(f"{path}: router.skops does not match {CONFIG}")
     return model
 
 

@@ -416,11 +416,12 @@ class EasyAdapter(BaseEstimator):
 
         return evaluation(self, check_data(data, "data"), compare)
 
-    def save_pretrained(self, path):
+    def save_pretrained(self, path, extra_files: dict[str, dict] | None = None):
+        """Write the folder; ``extra_files`` (name: JSON object) go in with the rest, checksummed."""
         from exotune.ea.io import save
 
         self._check_fitted()
-        return save(self, path)
+        return save(self, path, extra_files)
 
     @classmethod
     def from_pretrained(cls, path, lm=None, embedder=None, trusted=()) -> EasyAdapter:

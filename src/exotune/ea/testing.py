@@ -81,6 +81,7 @@ class FakeOpenAI:
         self.requests: list[tuple[str, object]] = []  # (path, texts)
         self.answered: list[object] = []
         self.on_request = None
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
         self.lock = threading.Lock()
         fake = self
 
@@ -91,6 +92,7 @@ class FakeOpenAI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with fake.lock:
+                    fake.authorizations.append(self.headers.get("Authorization"))
                     fault = fake.faults.pop(0) if fake.faults else None
                     count = len(fake.requests) + 1
                 if fake.on_request is not None and fake.on_request(count) is False:

@@ -32,6 +32,10 @@ class DGAConfig(ConfigBase):
             self.input_adapter = config_from_dict("input", self.input_adapter)
         if isinstance(self.output_adapter, dict):
             self.output_adapter = config_from_dict("output", self.output_adapter)
+        for name in ("input_adapter", "output_adapter", "entry_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int, float, bool, list)):  # what JSON holds besides objects and null
+                raise ConfigError(f"DGAConfig.{name} must be an adapter config (a JSON object) or null, got {value!r:.80}")
         if isinstance(self.entry_tokens, dict):
             self.entry_tokens = EntryTokensConfig.from_dict(self.entry_tokens)
         if self.entry_tokens is not None and not isinstance(self.entry_tokens, EntryTokensConfig):
@@ -93,5 +97,7 @@ class DGAConfig(ConfigBase):
 
     @classmethod
     def from_dict(cls, data: dict) -> DGAConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a DGA config must be a JSON object, got {data!r:.80}")
         # a side absent is switched off; entry_tokens is absent in DGA adapters saved before LGA
         return super().from_dict({"input_adapter": None, "output_adapter": None, **data})

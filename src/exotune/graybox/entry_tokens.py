@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
-from exotune.configs import ConfigBase
+from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
 from exotune.errors import AccessError, ConfigError
 
 
@@ -31,8 +31,8 @@ class EntryTokensConfig(ConfigBase):
             if len(set(self.points)) != len(self.points):
                 raise ConfigError(f"points lists an entry point twice: {list(self.points)!r}")
             self.points = list(self.points)  # JSON gives lists: keep round trips equal
-        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
-            raise ConfigError(f"tokens (per entry point) must be an integer >= 1, got {self.tokens!r}")
+        check_field_types(self)
+        check_int(self, "tokens", 1, MAX_TOKENS)
         if not self.init_std >= 0:
             raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
 

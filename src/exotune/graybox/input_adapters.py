@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
-from exotune.configs import ConfigBase
+from exotune.configs import (
+    MAX_KERNEL,
+    MAX_TOKENS,
+    MAX_WIDTH,
+    ConfigBase,
+    check_field_types,
+    check_int,
+)
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
 
@@ -30,8 +37,8 @@ class TextShiftConfig(ConfigBase):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if not isinstance(self.extra_tokens, int) or self.extra_tokens < 0:
-            raise ConfigError(f"extra_tokens must be an integer >= 0, got {self.extra_tokens!r}")
+        check_field_types(self)
+        check_int(self, "extra_tokens", 0, MAX_TOKENS)
         if not self.shift and self.extra_tokens == 0:
             raise ConfigError("text-shift adapter with shift=False and extra_tokens=0 learns nothing")
         if self.init_std < 0:
@@ -71,8 +78,11 @@ class TextShiftAdapter(nn.Module):
 # -- images: maps of the pixels ---------------------------------------------------------------
 
 
-def _check_kernel(kernel_size) -> None:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+def _check_kernel(config) -> None:
+    check_field_types(config)
+    check_int(config, "kernel_size", 1, MAX_KERNEL)
+    kernel_size = config.kernel_size
+    if kernel_size % 2 == 0:
         raise ConfigError(f"kernel_size must be an odd integer >= 1 (the image keeps its size), got {kernel_size!r}")
 
 
@@ -84,7 +94,7 @@ class PixelConvConfig(ConfigBase):
     bias: bool = True
 
     def __post_init__(self) -> None:
-        _check_kernel(self.kernel_size)
+        _check_kernel(self)
 
 
 @register_adapter("input", "pixel-conv", PixelConvConfig, modalities=("image",))
@@ -120,9 +130,8 @@ class PixelResidualConfig(ConfigBase):
     activation: str = "gelu"
 
     def __post_init__(self) -> None:
-        _check_kernel(self.kernel_size)
-        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 1:
-            raise ConfigError(f"channels must be an integer >= 1, got {self.channels!r}")
+        _check_kernel(self)
+        check_int(self, "channels", 1, MAX_WIDTH)
         if self.activation not in PIXEL_ACTIVATIONS:
             raise ConfigError(f"activation must be one of {PIXEL_ACTIVATIONS}, got {self.activation!r}")
 

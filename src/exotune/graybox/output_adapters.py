@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
-from exotune.configs import ConfigBase
+from exotune.configs import MAX_WIDTH, ConfigBase, check_field_types, check_int
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
 
@@ -16,6 +16,9 @@ from exotune.graybox.registry import register_adapter
 @dataclass
 class LinearOutputConfig(ConfigBase):
     bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
 
 @register_adapter("output", "linear", LinearOutputConfig)
@@ -41,8 +44,8 @@ class ResidualMLPConfig(ConfigBase):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.hidden < 1:
-            raise ConfigError(f"hidden must be >= 1, got {self.hidden}")
+        check_field_types(self)
+        check_int(self, "hidden", 1, MAX_WIDTH)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 

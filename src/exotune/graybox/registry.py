@@ -62,10 +62,14 @@ def get_entry(kind: str, name: str) -> AdapterEntry:
 
 def config_from_dict(kind: str, data: dict):
     """Build an adapter config from ``{"type": name, **options}``; unknown keys warn and drop."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{kind} adapter config must be a JSON object, got {data!r:.80}")
     data = dict(data)
     name = data.pop("type", None)
     if name is None:
         raise ConfigError(f"{kind} adapter config needs a 'type' key, got {sorted(data)}")
+    if not isinstance(name, str):
+        raise ConfigError(f"{kind} adapter config's 'type' must be a name, got {name!r:.80}")
     entry = get_entry(kind, name)
     fields = {f.name for f in dataclasses.fields(entry.config_cls)}
     unknown = sorted(set(data) - fields)

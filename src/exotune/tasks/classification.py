@@ -14,16 +14,28 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, read_json, write_folder
+from exotune.artifacts import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    json_object,
+    read_json,
+    saved_config,
+    verify_folder,
+    write_folder,
+)
 from exotune.boxes.base import Box, BoxBase, encode_sorted
 from exotune.boxes.entry_points import entry_point_options
-from exotune.boxes.spec import BoxSpec
-from exotune.configs import ConfigBase
+from exotune.configs import ConfigBase, check_field_types
 from exotune.data.text import TextLabelData, label_texts
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
+from exotune.tasks.artifacts import (
+    box_entries,
+    load_trained_state,
+    read_adapter_config,
+    saved_spec_of,
+)
 from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
 from exotune.tasks.metrics import classification_metrics
 
@@ -39,6 +51,7 @@ class ClassificationConfig(ConfigBase):
     learn_temperature: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
         if "{}" not in self.label_template:
@@ -54,12 +67,9 @@ def saved_box_options(path: str | Path, key: str = "box") -> dict:
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"adapter folder {path} does not exist")
+    verify_folder(path)
     cfg = read_json(path / CONFIG_NAME)
-    try:
-        spec = BoxSpec.from_dict(cfg[f"{key}_spec"])
-    except (KeyError, TypeError) as err:
-        raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles its {key}_spec: {err}") from err
-    return entry_point_options(spec.entry_points)
+    return entry_point_options(saved_spec_of(cfg, key, path / CONFIG_NAME).entry_points)
 
 
 class TextClassifier(nn.Module):
@@ -81,6 +91,8 @@ class TextClassifier(nn.Module):
         label_box: Box | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(label_names, (list, tuple)) or not all(isinstance(x, str) for x in label_names):
+            raise ConfigError(f"label_names must be a list of strings, got {label_names!r:.80}")
         if len(label_names) < 2:
             raise ConfigError(f"need at least 2 classes, got {label_names!r}")
         self.label_names = list(label_names)
@@ -161,13 +173,11 @@ class TextClassifier(nn.Module):
     def from_pretrained(cls, path: str | Path, box: BoxBase) -> TextClassifier:
         path = Path(path)
         cfg = read_adapter_config(path, cls.adapter_type, box)
-        try:
-            task = dict(cfg["task"])
+        with saved_config(path / CONFIG_NAME):
+            task = json_object(cfg, "task")
             labels = task.pop("labels")
             task.pop("type", None)
-            dga = DGAConfig.from_dict(cfg["dga"])
-        except (KeyError, TypeError) as err:
-            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
-        model = cls(box, labels, dga, ClassificationConfig.from_dict(task), _init_head=False)
+            model = cls(box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task),
+                        _init_head=False)
         load_trained_state(model, path)
         return model

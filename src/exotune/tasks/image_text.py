@@ -15,14 +15,18 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
 from exotune.boxes.base import BoxBase
-from exotune.configs import ConfigBase
+from exotune.configs import ConfigBase, check_field_types
 from exotune.data.images import ImageCaptionData
-from exotune.errors import ArtifactError, ConfigError
+from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
+from exotune.tasks.artifacts import (
+    box_entries,
+    load_trained_state,
+    read_adapter_config,
+)
 from exotune.tasks.metrics import image_text_recalls
 from exotune.tasks.retrieval import encode_in_eval
 
@@ -37,6 +41,7 @@ class ImageTextConfig(ConfigBase):
     learn_temperature: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
@@ -159,12 +164,10 @@ class ImageTextRetriever(nn.Module):
     def from_pretrained(cls, path: str | Path, text_box: BoxBase, image_box: BoxBase) -> ImageTextRetriever:
         path = Path(path)
         cfg = read_adapter_config(path, cls.adapter_type, image_box, text_box=text_box)
-        try:
-            task = dict(cfg["task"])
+        with saved_config(path / CONFIG_NAME):
+            task = json_object(cfg, "task")
             task.pop("type", None)
             image_dga, text_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["text_dga"])
-        except (KeyError, TypeError) as err:
-            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
-        model = cls(text_box, image_box, text_dga, image_dga, cls.config_cls.from_dict(task))
+            model = cls(text_box, image_box, text_dga, image_dga, cls.config_cls.from_dict(task))
         load_trained_state(model, path)
         return model

@@ -16,14 +16,18 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
 from exotune.boxes.base import Box, encode_sorted, model_digest
-from exotune.configs import ConfigBase
+from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
 from exotune.data.beir import Corpus, RetrievalData
-from exotune.errors import ArtifactError, ConfigError, DataError
+from exotune.errors import ConfigError, DataError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
+from exotune.tasks.artifacts import (
+    box_entries,
+    load_trained_state,
+    read_adapter_config,
+)
 from exotune.tasks.metrics import retrieval_metrics
 
 ADAPTER_TYPE = "dga-retriever"
@@ -45,14 +49,14 @@ class RetrievalConfig(ConfigBase):
     doc_side: str = "same"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.doc_side not in DOC_SIDES:
             raise ConfigError(f"doc_side must be one of {DOC_SIDES}, got {self.doc_side!r}")
         if self.shared_towers and self.doc_side != "same":
             raise ConfigError("shared_towers needs doc_side 'same': one tower cannot be two")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if not isinstance(self.hard_negatives, int) or self.hard_negatives < 0:
-            raise ConfigError(f"hard_negatives must be an integer >= 0, got {self.hard_negatives!r}")
+        check_int(self, "hard_negatives", 0, MAX_TOKENS)
 
 
 def encode_normalized(fn: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int, dim: int,
@@ -247,12 +251,9 @@ class DualEncoder(TwoTowerRetriever):
     def from_pretrained(cls, path: str | Path, box: Box) -> DualEncoder:
         path = Path(path)
         cfg = read_adapter_config(path, ADAPTER_TYPE, box)
-        try:
-            task = dict(cfg["task"])
+        with saved_config(path / CONFIG_NAME):
+            task = json_object(cfg, "task")
             task.pop("type", None)
-            dga = DGAConfig.from_dict(cfg["dga"])
-        except (KeyError, TypeError) as err:
-            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
-        model = cls(box, dga, RetrievalConfig.from_dict(task))
+            model = cls(box, DGAConfig.from_dict(cfg["dga"]), RetrievalConfig.from_dict(task))
         load_trained_state(model, path)
         return model

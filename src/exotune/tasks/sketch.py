@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
 from exotune.boxes.base import BoxBase
-from exotune.configs import ConfigBase
+from exotune.configs import ConfigBase, check_field_types
 from exotune.data.sketches import SketchPhotoData
-from exotune.errors import ArtifactError, ConfigError
+from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
@@ -38,6 +38,7 @@ class SketchConfig(ConfigBase):
     learn_temperature: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
@@ -167,12 +168,10 @@ class SketchPhotoRetriever(nn.Module):
         path = Path(path)
         photo_box = photo_box if photo_box is not None else sketch_box
         cfg = read_adapter_config(path, ADAPTER_TYPE, sketch_box, photo_box=photo_box)
-        try:
-            task = dict(cfg["task"])
+        with saved_config(path / CONFIG_NAME):
+            task = json_object(cfg, "task")
             task.pop("type", None)
             sketch_dga, photo_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["photo_dga"])
-        except (KeyError, TypeError) as err:
-            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
-        model = cls(sketch_box, photo_box, sketch_dga, photo_dga, SketchConfig.from_dict(task))
+            model = cls(sketch_box, photo_box, sketch_dga, photo_dga, SketchConfig.from_dict(task))
         load_trained_state(model, path)
         return model

@@ -37,8 +37,8 @@ class VideoTextConfig(ImageTextConfig):
     temporal_pooling: str = "mean"  # or "attention": learnable weights over frames, the mean at start
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.frames, int) or isinstance(self.frames, bool) or self.frames < 1:
+        super().__post_init__()  # field types checked there
+        if self.frames < 1:
             raise ConfigError(f"frames must be an integer >= 1, got {self.frames!r}")
         if self.temporal_pooling not in TEMPORAL_POOLINGS:
             raise ConfigError(f"temporal_pooling must be one of {TEMPORAL_POOLINGS}, got {self.temporal_pooling!r}")

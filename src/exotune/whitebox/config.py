@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exotune.configs import ConfigBase
+from exotune.configs import MAX_WIDTH, ConfigBase, check_field_types
 from exotune.errors import ConfigError
 
 MODES = ("lora", "full-ft")
@@ -25,14 +25,15 @@ class WhiteBoxConfig(ConfigBase):
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if isinstance(self.target_modules, str):
             self.target_modules = (self.target_modules,)
         self.target_modules = tuple(self.target_modules)
         if self.mode == "lora":
-            if not isinstance(self.r, int) or self.r < 1:
-                raise ConfigError(f"r (the LoRA rank) must be an integer >= 1, got {self.r!r}")
+            if isinstance(self.r, bool) or not isinstance(self.r, int) or not 1 <= self.r <= MAX_WIDTH:
+                raise ConfigError(f"r (the LoRA rank) must be an integer in [1, {MAX_WIDTH}], got {self.r!r}")
             if not self.alpha > 0:
                 raise ConfigError(f"alpha must be > 0, got {self.alpha}")
             if not 0.0 <= self.dropout < 1.0:

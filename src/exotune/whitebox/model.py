@@ -17,8 +17,11 @@ from exotune import __version__
 from exotune.artifacts import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    check_tensors,
+    json_object,
     read_json,
     read_tensors,
+    saved_config,
     verify_folder,
     write_folder,
 )
@@ -143,14 +146,13 @@ class WhiteBoxClassifier(LoraState, nn.Module):
         cfg = read_json(path / CONFIG_NAME)
         if cfg.get("type") != ARTIFACT_TYPE:
             raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {ARTIFACT_TYPE!r}")
-        try:
+        with saved_config(path / CONFIG_NAME):
             whitebox = WhiteBoxConfig.from_dict(cfg["whitebox"])
-            task = dict(cfg["task"])
+            task = json_object(cfg, "task")
             labels = task.pop("labels")
             task.pop("type", None)
-            encoder_kwargs = dict(cfg["encoder"])
-        except (KeyError, TypeError) as err:
-            raise ArtifactError(f"{path / CONFIG_NAME} lacks or mangles a required key: {err}") from err
+            encoder_kwargs = json_object(cfg, "encoder")
+            task_config = ClassificationConfig.from_dict(task)
         if whitebox.mode == "lora":
             source = backbone or cfg.get("base_model")
             model, tokenizer, _ = load_text_encoder(source)
@@ -161,14 +163,13 @@ class WhiteBoxClassifier(LoraState, nn.Module):
         else:
             model, tokenizer, _ = load_text_encoder(str(path / ENCODER_DIR))
             source = cfg.get("base_model")
-        clf = cls(model, tokenizer, labels, whitebox, ClassificationConfig.from_dict(task), base_model=source,
-                  _init_head=False, **encoder_kwargs)
+        with saved_config(path / CONFIG_NAME):
+            clf = cls(model, tokenizer, labels, whitebox, task_config, base_model=source,
+                      _init_head=False, **encoder_kwargs)
         state = read_tensors(path / WEIGHTS_NAME)
         expected = {k: v for k, v in clf.state_dict().items()
                     if whitebox.mode == "lora" or not k.startswith("encoder.")}
-        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-            raise ArtifactError(f"{path / WEIGHTS_NAME} does not match its config: tensors "
-                                f"{sorted(set(state) ^ set(expected)) or 'with other shapes'}")
+        check_tensors(state, expected, path / WEIGHTS_NAME)
         if whitebox.mode == "lora":
             clf.load_state_dict(state)
         else:

@@ -120,7 +120,7 @@ def run(args) -> int:
 
 
 def summary(sections: dict[str, dict]) -> dict:
-    """The five answers the suite exists to give."""
+    """The answers the suite exists to give."""
     load, soak, fuzz = sections.get("load", {}), sections.get("soak", {}), sections.get("fuzz", {})
     faults = sections.get("faults", {})
     drills = faults.get("drills", [])
@@ -131,4 +131,5 @@ def summary(sections: dict[str, dict]) -> dict:
         "bad_inputs_tried": fuzz.get("cases", 0),
         "server_errors_5xx": fuzz.get("status_classes", {}).get("5xx", 0) + load.get("server_errors", 0),
         "data_lost": faults.get("data_lost", "not measured"),
+        "tampered_folders": faults.get("tampered", "not measured"),
     }

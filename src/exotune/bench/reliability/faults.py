@@ -11,6 +11,9 @@
   nothing the first run had received and stored.
 - ``corrupted files``: truncated, emptied, bit-flipped, garbled or missing adapter files, a
   corrupted checkpoint and a corrupted EA folder: a clear error each, never a silent load.
+- ``tampered folders`` (:mod:`~exotune.bench.reliability.tampered`): files added or unlisted,
+  hostile values behind re-recorded checksums, an lm.json that redirects ``ea predict``: each
+  refused, none loaded or followed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from exotune.bench.reliability import tampered
 from exotune.ea.testing import FAULT_DRILLS, FakeOpenAI, colour_task, fault_drill
 
 CLI_TIMEOUT_S = 600
@@ -255,6 +259,8 @@ def run(server, local, backbone, budget) -> dict:
             drills.append(probing_crash(budget, work, concurrency))
         drills += corrupted_files(work / "run" / "best", local, server, budget, work,
                                   work / "run", work / f"ea{budget.probe_concurrency[-1]}")
+        tampered_drills = tampered.drills(work / "run" / "best", local, work / f"ea{budget.probe_concurrency[-1]}", work)
+        drills += tampered_drills
     for d in drills:  # the temporary folder's name says nothing: keep the messages short
         for key in ("api", "cli", "client_error", "rerun_error", "resume_error"):
             if isinstance(d.get(key), str):
@@ -269,4 +275,5 @@ def run(server, local, backbone, budget) -> dict:
              if d.get("stored_asked_again")]
     lost += [f"silently loaded: {x}" for x in silent]
     return {"ok": all(d["ok"] for d in drills), "drills": drills, "data_lost": lost or "none",
-            "calls_in_flight_asked_again": {d["drill"]: d.get("in_flight_asked_again") for d in probes}}
+            "calls_in_flight_asked_again": {d["drill"]: d.get("in_flight_asked_again") for d in probes},
+            "tampered": tampered.verdict(tampered_drills)}

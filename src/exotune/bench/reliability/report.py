@@ -37,7 +37,8 @@ def markdown(doc: dict) -> str:
               f"| 5xx answers | {s['server_errors_5xx']} |",
               f"| access checks | {access.get('checks', 0) - len(access.get('failed', []))}/{access.get('checks', 0)} held |",
               f"| faults survived | {s['faults_survived']} |",
-              f"| data lost | {s['data_lost'] if isinstance(s['data_lost'], str) else '; '.join(s['data_lost'])} |", ""]
+              f"| data lost | {s['data_lost'] if isinstance(s['data_lost'], str) else '; '.join(s['data_lost'])} |",
+              f"| tampered folders | {s.get('tampered_folders', 'not measured')} |", ""]
     lines += ["## Load", "", "| clients | steps each | batch | steps/s | requests/s | request p50 ms | request p99 ms | "
               "step p50 ms | step p99 ms | failed | retries | replays |", "|---|---|---|---|---|---|---|---|---|---|---|---|",
               f"| {load.get('clients')} | {load.get('steps_per_client')} | {load.get('batch_size')} | {_v(load.get('steps_per_s'), 2)} | "
