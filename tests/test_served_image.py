@@ -157,3 +157,19 @@ def test_cli_serves_image_boxes_and_image_tasks_train_remotely(tmp_path, capsys)
         assert "serves one image box" in capsys.readouterr().err
     with pytest.raises(Exception, match="dark-gray or light-gray"):
         build_server(build_parser().parse_args([*serve, "--kind", "image", "--level", "black"]))
+
+
+def test_reliability_pixels_section_holds():
+    from types import SimpleNamespace
+
+    from exotune.bench.reliability import pixels
+    from exotune.bench.reliability.report import markdown
+
+    result = pixels.run(SimpleNamespace(wire_examples=90))
+    assert result["ok"], (result["failed"], result["problems"], result["status_classes"])
+    assert result["cases"] == 90 and result["status_classes"].get("4xx", 0) > 60 and "5xx" not in result["status_classes"]
+    assert result["checks"] >= 3 * 6 + 3 and result["relative_gradient_error_after"] < 1e-4
+    doc = {"quick": True, "command": "x", "date": "d", "machine": "m", "backbone": "b", "seconds": 1.0, "ok": True,
+           "summary": {"load_held": True, "soak_held": True, "bad_inputs_tried": 0, "server_errors_5xx": 0,
+                       "faults_survived": "0/0", "data_lost": "none"}, "sections": {"pixels": result}}
+    assert "| image box (pixels) | held:" in markdown(doc)

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from exotune.boxes import clip_boxes
 from exotune.data.videos import (
     VideoCaptionData,
     load_video_captions,
@@ -22,7 +21,7 @@ from exotune.tasks.metrics import video_text_metrics
 from exotune.tasks.video_text import VideoTextConfig, VideoTextRetriever
 from exotune.train import TrainConfig, Trainer
 
-from .conftest import COLOURS, SHAPES, build_tiny_clip, draw_shape
+from .conftest import COLOURS, SHAPES, draw_shape
 
 av = pytest.importorskip("av", reason="the 'video' extra (PyAV) is not installed")
 
@@ -55,16 +54,6 @@ def write_videos(folder, per_pair: int = 1, seed: int = 0) -> list[tuple[str, st
                 write_video(folder / name, shape, colour, seed=seed * 1000 + len(rows))
                 rows.append((name, colour, shape))
     return rows
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return build_tiny_clip()
-
-
-@pytest.fixture
-def pair(clip):
-    return clip_boxes(*clip)
 
 
 @pytest.fixture(scope="module")

@@ -72,16 +72,6 @@ def modules_of(box) -> list[nn.Module]:
     return [v for v in vars(box).values() if isinstance(v, nn.Module)]
 
 
-@pytest.fixture(scope="module")
-def clip():
-    return build_tiny_clip()
-
-
-@pytest.fixture
-def pair(clip):
-    return clip_boxes(*clip)
-
-
 @pytest.fixture
 def light_pair(clip):
     return clip_boxes(*clip, entry_points="all", entry_tokens_max=4)

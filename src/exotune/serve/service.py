@@ -25,6 +25,11 @@ ENTRY = "entry."  # wire name of entry tokens: "entry.<entry point name>"
 ENCODE_CHUNK = 64  # texts per forward inside /v1/encode and /v1/scores
 
 
+def dtype_name(t: torch.Tensor) -> str:
+    """``int64``, not ``torch.int64``: an answer does not name the library behind the box."""
+    return str(t.dtype).removeprefix("torch.")
+
+
 def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
     own = box.spec.limits
     return BoxLimits(max_batch=min(own.max_batch, config.max_batch or own.max_batch),
@@ -184,7 +189,7 @@ class BoxService:
 
     def _check_float(self, name: str, t: torch.Tensor) -> None:
         if t.dtype != torch.float32:
-            raise ApiError(422, "invalid", f"'{name}' must be float32, got {t.dtype}")
+            raise ApiError(422, "invalid", f"'{name}' must be float32, got {dtype_name(t)}")
         if not torch.isfinite(t).all():
             raise ApiError(422, "invalid", f"'{name}' holds NaN or infinite values")
 
@@ -203,7 +208,7 @@ class BoxService:
             raise ApiError(422, "invalid", f"unexpected tensors {unknown}")
         self._check_float("embeds", embeds)
         if mask.dtype != torch.int64:
-            raise ApiError(422, "invalid", f"'mask' must be int64, got {mask.dtype}")
+            raise ApiError(422, "invalid", f"'mask' must be int64, got {dtype_name(mask)}")
         lim, dim = self.spec.limits, self.spec.input_dim
         if embeds.ndim != 3 or embeds.shape[-1] != dim:
             raise ApiError(422, "invalid", f"'embeds' must have shape (batch, length, {dim}), got {tuple(embeds.shape)}")
