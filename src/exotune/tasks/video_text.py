@@ -29,6 +29,7 @@ from exotune.tasks.metrics import video_text_metrics
 ADAPTER_TYPE = "dga-video-text-retriever"
 TEMPORAL_POOLINGS = ("mean", "attention")
 _CACHE_LIMIT = 100_000  # videos whose frame outputs are kept
+VIDEO_BATCH = 16  # videos decoded and encoded at once while evaluating
 
 
 @dataclass
@@ -113,9 +114,10 @@ class VideoTextRetriever(ImageTextRetriever):
     def metrics(texts: torch.Tensor, items: torch.Tensor, caption_item: list[int]) -> dict[str, float]:
         return video_text_metrics(texts, items, caption_item)
 
-    def encode_videos(self, videos: list, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
-        """L2-normalised video embeddings (M, O) for video files or frame folders."""
-        return self._encode(self.image_tower, videos, batch_size, progress, "encode videos")
+    def encode_videos(self, videos: list, batch_size: int = VIDEO_BATCH, progress: bool = False) -> torch.Tensor:
+        """L2-normalised video embeddings (M, O) for video files or frame folders, at most
+        ``VIDEO_BATCH`` videos (their decoded frames) in memory at once."""
+        return self._encode(self.image_tower, videos, min(batch_size, VIDEO_BATCH), progress, "encode videos")
 
-    def encode_images(self, images: list, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    def encode_images(self, images: list, batch_size: int = VIDEO_BATCH, progress: bool = False) -> torch.Tensor:
         return self.encode_videos(images, batch_size, progress)
