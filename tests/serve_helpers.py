@@ -76,18 +76,19 @@ class Served(str):
 
 
 @contextmanager
-def running_server(app):
-    """``app`` on a real uvicorn server on 127.0.0.1 in a thread; yields its URL (a ``Served``),
-    stops it after."""
+def running_server(app, listen=None):
+    """``app`` on a real uvicorn server on 127.0.0.1 in a thread, as ``exotune serve`` runs it
+    (``listen``: a ``ListenConfig``); yields its URL (a ``Served``), stops it after."""
     import threading
     import time
 
     import uvicorn
 
     from exotune.bench.served import free_port
+    from exotune.serve.listen import uvicorn_config
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, listen, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -216,7 +216,7 @@ def serve(monkeypatch, tmp_path, tiny_backbone):
     from exotune.cli import serve as serve_cli
 
     apps = []
-    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port: apps.append(app))
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, host, port, listen=None: apps.append(app))
     monkeypatch.delenv("EXOTUNE_OWNER_SECRET", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
 

@@ -1,7 +1,9 @@
 """``exotune bench reliability --quick`` on the tiny model, as CI runs it: a served box under
 16 concurrent clients, a short soak, property-based bad input on every route, the access
-matrix and the fault drills (server killed mid-training, a failing black box, a crash while
-probing it, corrupted files). Every section must hold; nothing may be lost."""
+matrix, the fault drills (server killed mid-training, a failing black box, a crash while
+probing it, corrupted files) and the attacks (a heavy token against a light one, slow and
+many connections, concurrent training forwards, abandoned forwards). Every section must
+hold; nothing may be lost."""
 
 from __future__ import annotations
 
@@ -33,4 +35,7 @@ def test_reliability_suite_quick(tiny_backbone, tmp_path, monkeypatch):
     assert summary["bad_inputs_tried"] >= 100 and summary["faults_survived"].split("/")[0] == summary["faults_survived"].split("/")[1]
     assert sections["load"]["clients"] == 16 and sections["load"]["failed"] == 0
     assert sections["soak"]["handles_after_ttl"] == 0
+    assert all(summary[f"{name}_held"] for name in ("fairness", "slow", "admission", "abandon"))
+    assert sections["slow"]["trickled_body"].startswith("HTTP/1.1 408") and sections["abandon"]["handles_after_ttl"] == 0
+    assert sections["fairness"]["slowdown"] <= sections["fairness"]["slowdown_bound"]
     assert (tmp_path / "reliability.md").read_text().startswith("# reliability (quick)")

@@ -253,7 +253,7 @@ def test_handle_store_bounds():
     store = HandleStore(max_count=2, max_bytes=100, ttl_s=10, clock=lambda: now[0])
 
     def pending(owner="a", nbytes=10):
-        return Pending(owner, torch.zeros(1), {}, nbytes)
+        return Pending(owner, None, nbytes)
 
     h1, h2, h3 = store.put(pending()), store.put(pending()), store.put(pending())
     assert len(store) == 2

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from exotune.bench.common import RESULTS_DIR, command_line, machine, peak_memory_mb, run_isolated
+from exotune.bench.sources import splits, user_data
+from exotune.defaults import CLASSIFICATION
 from exotune.plotting import pyplot
 
 SETTINGS = {
@@ -26,6 +28,7 @@ SETTINGS = {
     "label-only": ("labels", ("tfidf-lr",)),
     "embeddings": ("embeddings", ("tfidf-lr", "embedding-lr")),
 }
+DATASET = "banking77"  # without --file
 
 
 @dataclass
@@ -38,14 +41,20 @@ class Budget:
     max_train: int | None = None
     max_val: int | None = None
     max_test: int | None = None
-    lora: dict = field(default_factory=lambda: {"epochs": 5, "method_lr": {"lora": 1e-3}})
+    # the classification suite's LoRA budget (exotune.defaults)
+    lora: dict = field(default_factory=lambda: {"epochs": CLASSIFICATION.epochs,
+                                                "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}})
 
 
-def _data(data_dir, budget: Budget, seed: int):
+def _data(source, budget: Budget, seed: int):
+    """(train, validation, test): Banking77 under the data root ``source``, or the user's
+    ``UserFiles``; then the budget's samples."""
     from exotune.data import load_dataset
 
-    train, val = load_dataset("banking77", "train", data_dir).split(budget.val_fraction, seed=seed)
-    test = load_dataset("banking77", "test", data_dir)
+    def known(root):
+        return load_dataset(DATASET, "train", root), None, load_dataset(DATASET, "test", root)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
     if budget.max_train:
         train = train.head(budget.max_train, seed)
     if budget.max_val:
@@ -55,15 +64,15 @@ def _data(data_dir, budget: Budget, seed: int):
     return train, val, test
 
 
-def ea_run(setting: str, url: str, token: str, seed: int, data_dir, budget: Budget) -> list[dict]:
+def ea_run(setting: str, url: str, token: str, seed: int, source, budget: Budget, dataset: str = "banking77") -> list[dict]:
     """Fit EA for one setting (a cold cache: the probe is paid and timed), then report every
     policy and budget; LM alone and SSM alone come from the same evaluation."""
     from exotune.ea import EasyAdapter, ResponseCache, ServedBoxClient
     from exotune.ea.report import evaluation
 
     returns, ssms = SETTINGS[setting]
-    train, val, test = _data(data_dir, budget, seed)
-    base = {"dataset": "banking77", "split": "test", "access": "black", "seed": seed, "n_train": len(train),
+    train, val, test = _data(source, budget, seed)
+    base = {"dataset": dataset, "split": "test", "access": "black", "seed": seed, "n_train": len(train),
             "n_val": len(val), "n_test": len(test), "lm": "all-MiniLM-L6-v2 served at level black"}
     with tempfile.TemporaryDirectory() as tmp:
         lm = ServedBoxClient(url, token, returns=returns, cache=ResponseCache(Path(tmp) / "cache.sqlite"))
@@ -108,10 +117,10 @@ def _lora_budget(budget: Budget):
                                  max_test=budget.max_test)
 
 
-def lora_run(seed: int, data_dir, budget: Budget, backbone) -> dict:
+def lora_run(seed: int, source, budget: Budget, backbone, dataset: str = "banking77") -> dict:
     from exotune.bench import classification
 
-    return classification.run_one("lora", "banking77", seed, data_dir, _lora_budget(budget), backbone)
+    return classification.run_one("lora", dataset, seed, source, _lora_budget(budget), backbone)
 
 
 def logged_lora(seed: int, budget: Budget, backbone, log_path: Path) -> dict | None:
@@ -145,10 +154,13 @@ def run(args) -> int:
     from exotune.bench.common import process_peak_mb
     from exotune.bench.served import served_box
 
+    own = user_data(args)  # the user's files, else Banking77
+    source, dataset = (own, own.name) if own else (args.data_dir, DATASET)
+
     budget = Budget(max_train=args.max_train)
     if args.quick:
         budget = Budget(max_train=600, max_val=200, max_test=300, budgets=(0.3, 1.0), cv_folds=3,
-                        n_clusters=4, lora={"epochs": 1, "method_lr": {"lora": 1e-3}})
+                        n_clusters=4, lora={"epochs": 1, "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}})
     if "lora" in dict(args.lr):
         budget.lora["method_lr"] = {"lora": dict(args.lr)["lora"]}
     seed = args.seeds[0]
@@ -157,12 +169,12 @@ def run(args) -> int:
     with served_box(args.backbone, level="black") as server:
         for setting in SETTINGS:
             print(f"[bench] EA, {setting} ...", file=sys.stderr, flush=True)
-            runs += run_isolated(ea_run, setting, server.url, server.token, seed, args.data_dir, budget)
+            runs += run_isolated(ea_run, setting, server.url, server.token, seed, source, budget, dataset)
         server_peak = process_peak_mb(server.proc.pid)
-    lora = None if args.quick else logged_lora(seed, budget, args.backbone, RESULTS_DIR / ".classification.runs.jsonl")
+    lora = None if args.quick or own else logged_lora(seed, budget, args.backbone, RESULTS_DIR / ".classification.runs.jsonl")
     if lora is None:
         print("[bench] LoRA ...", file=sys.stderr, flush=True)
-        lora = run_isolated(lora_run, seed, args.data_dir, budget, args.backbone)
+        lora = run_isolated(lora_run, seed, source, budget, args.backbone, dataset)
     else:
         print("[bench] LoRA: the classification suite's run with this budget, reused", file=sys.stderr)
     runs.append({k: v for k, v in lora.items() if k != "command"})
@@ -173,6 +185,8 @@ def run(args) -> int:
     regions = {r["setting"]: r["regions"] for r in runs if r.get("regions")}
     doc = {"suite": "ea", "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
            "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick,
+           "defaults": {"lora": {"epochs": CLASSIFICATION.epochs, "lr": CLASSIFICATION.lr_for("lora")}},
+           **({"data": own.key()} if own else {}),
            "lm": "all-MiniLM-L6-v2 served by exotune serve --level black in its own process (loopback)",
            "lm_server_peak_memory_mb": server_peak, "records": records, "test_curves": curves,
            "regions": regions}
@@ -232,7 +246,7 @@ def plot(doc: dict, out_dir: Path) -> None:
         if r["method"] == "lora":
             ax.axhline(r["mean"], ls=":", color="black", label="LoRA (white-box)")
     ax.set_xlabel("share of test inputs sent to the LM (cost); dashed: the LM alone")
-    ax.set_ylabel("accuracy, Banking77 test")
+    ax.set_ylabel(f"accuracy, {doc['records'][0]['dataset'] if doc['records'] else ''} test")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -138,8 +138,7 @@ def _instrument(app, stats: str | None, crash_after: int | None, interval_s: flo
     if stats:
         def write_stats() -> None:
             with open(stats, "a") as f:
-                while True:
-                    service.handles.purge_expired()
+                while True:  # read only: the server purges expired handles on its own timer
                     f.write(json.dumps({"t": time.time(), "handles": len(service.handles),
                                         "handle_bytes": service.handles.nbytes}) + "\n")
                     f.flush()
@@ -160,7 +159,7 @@ def _instrument(app, stats: str | None, crash_after: int | None, interval_s: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exotune.cli.serve import add_serve_args, build_server, run_server
+    from exotune.cli.serve import add_serve_args, build_server, listen_config, run_server
 
     p = argparse.ArgumentParser(prog="python -m exotune.bench.served")
     add_serve_args(p)
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     app = build_server(args)
     _instrument(app, args.stats, args.crash_after_backward)
-    run_server(app, args.host, args.port)
+    run_server(app, args.host, args.port, listen_config(args))
     return 0
 
 

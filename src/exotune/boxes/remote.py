@@ -80,7 +80,9 @@ class RemoteBox(Box):
     def scores(self, texts: list[str], labels: list[str]) -> torch.Tensor:
         """Cosine similarity (N, L) of each text's output with each label text's: zero-shot."""
         texts, labels = check_texts(texts), check_texts(labels)
-        outs = [self._get(self._tensors("POST", "/v1/scores", json={"texts": part, "labels": labels}), "scores")
+        # labels obey the same per-call bound as texts: more than max_batch go in column blocks
+        outs = [torch.cat([self._get(self._tensors("POST", "/v1/scores", json={"texts": part, "labels": block}), "scores")
+                           for block in self.spec.limits.batches(labels)], dim=1)
                 for part in self.spec.limits.batches(texts)]
         return torch.cat(outs) if outs else torch.zeros(0, len(labels))
 

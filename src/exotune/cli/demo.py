@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from exotune.cli.train import DGA_LR
+from exotune.defaults import CLASSIFICATION
 
 DEMO_DIR = "runs/demo"
 
@@ -43,7 +43,7 @@ def run(args) -> int:
     print(f"training DGA input+output adapters ({model.num_trainable():,} parameters; the backbone's "
           f"weights are never touched) on {len(train)} examples ...", file=sys.stderr)
     out = Path(args.output_dir)
-    Trainer(TrainConfig(epochs=args.epochs, lr=DGA_LR), out, progress=not args.quiet).fit(model, train, val)
+    Trainer(TrainConfig(epochs=args.epochs, lr=CLASSIFICATION.gray_lr), out, progress=not args.quiet).fit(model, train, val)
     adapted = model.evaluate(test, progress=not args.quiet)
     print(f"\nBanking77 test ({len(test)} examples), all-MiniLM-L6-v2 behind a dark-gray box")
     print(f"  zero-shot      accuracy {zero_shot['accuracy']:.4f}   macro-F1 {zero_shot['macro_f1']:.4f}")

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from exotune.cli.common import add_data_args, add_texts_args, load_data, read_texts, train_val
+from exotune.cli.common import (
+    add_data_args,
+    add_split_files_args,
+    add_texts_args,
+    labelled_splits,
+    load_data,
+    read_texts,
+)
 from exotune.errors import ArtifactError, ConfigError, DataError
 
 LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
@@ -49,6 +56,7 @@ def add_parser(sub) -> None:
     cmds = ea.add_subparsers(dest="ea_command", required=True, metavar="EA_COMMAND")
     p = cmds.add_parser("fit", help="probe the LM, train SSMs and the router, save the adapter")
     add_data_args(p)
+    add_split_files_args(p)
     _add_lm_args(p, required=True)
     p.add_argument("--output-dir", required=True, help="where the EA adapter goes")
     p.add_argument("--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)")
@@ -57,7 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--clusters", type=int, default=8, help="k-means regions (default: 8)")
     p.add_argument("--cv-folds", type=int, default=3,
                    help="folds of the out-of-fold predictions the router learns from (default: 3)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share carved from train when no --val-file is given (default: 0.1)")
     p.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     p.add_argument("--seed", type=int, default=0)
     p = cmds.add_parser("predict", help="label texts with a saved EA adapter")
@@ -139,8 +148,7 @@ def cmd_fit(args) -> int:
     out = Path(args.output_dir)
     args.cache = args.cache or str(out.with_name(out.name + ".responses.sqlite"))
     cfg = _lm_settings(args, None)
-    data = load_data(args, "train")
-    train, val = train_val(data, args)
+    train, val, test = labelled_splits(args, want_test=False)
     model = EasyAdapter(make_client(cfg, args), ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
                         budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
     print(f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
@@ -149,6 +157,9 @@ def cmd_fit(args) -> int:
     summary = {"adapter": str(out), "val_accuracy": model.val_accuracy_, "lm_call_share": model.router_.share_,
                "fit_seconds": round(model.fit_seconds_, 1),
                "probe": model.ledgers_["probe"].to_dict()}
+    if test is not None:  # scored once, after everything was chosen on validation
+        report = model.evaluate(test, compare=False)
+        summary["test"] = {**report["ea"], "lm_call_share": report["lm_call_share"], "examples": len(test)}
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -48,6 +48,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
+    for flag, kind, default, text in _hardening_flags():
+        p.add_argument(flag, type=kind, default=default, help=text + ("" if default is None else f" (default: {default:g})"))
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
     p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
     p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
@@ -63,6 +65,31 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-basis", action="store_true",
                    help="hand out token embeddings in the model's own coordinates, not the secret basis "
                         "(the digest stays keyed); adapters trained with the basis are then refused")
+
+
+def _hardening_flags() -> list[tuple[str, type, float | None, str]]:
+    """(flag, type, default, help) of the limits against a hostile caller; defaults from the configs."""
+    from exotune.serve.config import ListenConfig, ServeConfig
+
+    serve, listen = ServeConfig(), ListenConfig()
+    return [
+        ("--max-tokens-per-request", int, None, "texts x tokens one request may ask for, counted before tokenizing "
+         "as UTF-8 bytes + 2 per text, capped at max-length (default: max-batch x max-length)"),
+        ("--max-response-mb", float, serve.max_response_bytes / 2**20, "largest answer, refused before the work is done"),
+        ("--fair-unit-tokens", int, serve.fair_unit_tokens, "tokens the box works on for one bearer token before "
+         "another's turn: a small request waits about one such unit behind a large one"),
+        ("--box-workers", int, serve.box_workers, "box calls at once (more than 1 only for a box safe across threads, "
+         "as the text box is)"),
+        ("--max-inflight", int, serve.max_inflight_per_token, "requests per bearer token in progress at once; more wait"),
+        ("--body-timeout", float, serve.body_timeout_s, "seconds a request body may take to arrive (else 408)"),
+        ("--header-timeout", float, listen.header_timeout_s, "seconds a request line and headers may take to arrive; "
+         "slower connections are closed"),
+        ("--keep-alive-timeout", float, listen.keep_alive_s, "seconds an idle connection stays open"),
+        ("--max-connections", int, listen.max_connections, "connections open at once; new ones beyond are closed on accept"),
+        ("--login-failures", int, serve.login_failures, "wrong tokens one client address may send per --login-window "
+         "before 429 (behind a proxy every client shares its address)"),
+        ("--login-window", float, serve.login_window_s, "seconds of that window"),
+    ]
 
 
 def _serve_tokens(args) -> list[str]:
@@ -91,7 +118,12 @@ def build_server(args):
                          max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
                          rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
                          handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
-                         max_handle_bytes=int(args.max_handle_mb * 2**20))
+                         max_handle_bytes=int(args.max_handle_mb * 2**20),
+                         max_tokens_per_request=args.max_tokens_per_request,
+                         max_response_bytes=int(args.max_response_mb * 2**20), fair_unit_tokens=args.fair_unit_tokens,
+                         box_workers=args.box_workers, max_inflight_per_token=args.max_inflight,
+                         body_timeout_s=args.body_timeout, login_failures=args.login_failures,
+                         login_window_s=args.login_window)
     points = {}
     if args.entry_points:
         if args.level != "light-gray":
@@ -143,18 +175,28 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
         return False
 
 
-def run_server(app, host: str, port: int) -> None:  # pragma: no cover - blocks; tests replace it
+def listen_config(args):
+    from exotune.serve.config import ListenConfig
+
+    return ListenConfig(keep_alive_s=args.keep_alive_timeout, header_timeout_s=args.header_timeout,
+                        max_connections=args.max_connections)
+
+
+def run_server(app, host: str, port: int, listen=None) -> None:  # pragma: no cover - blocks; tests replace it
     try:
         import uvicorn
     except ImportError as err:
         from exotune.errors import MissingDependencyError
 
         raise MissingDependencyError("exotune serve needs uvicorn: pip install 'exotune[serve]'") from err
+    from exotune.serve.listen import uvicorn_config
+
     limit_malloc_arenas()  # before uvicorn starts the threads that would each take an arena
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(app, host, port, listen)).run()
 
 
 def run(args) -> int:
+    listen = listen_config(args)  # checked before the model loads
     app = build_server(args)
     services = getattr(app.state, "services", None) or {"": app.state.service}
     if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -163,5 +205,5 @@ def run(args) -> int:
         spec = service.spec
         print(f"serving a {spec.access} {spec.modality} box (dim {spec.output_dim}) on "
               f"http://{args.host}:{args.port}{'/' + prefix if prefix else ''}/v1/", file=sys.stderr)
-    run_server(app, args.host, args.port)
+    run_server(app, args.host, args.port, listen)
     return 0

@@ -196,6 +196,33 @@ def load_text_file(
     return TextLabelData(texts, labels, list(label_names), path.stem)
 
 
+def load_text_files(
+    train: str | Path,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> tuple[TextLabelData, TextLabelData | None, TextLabelData | None]:
+    """A training file and, when given, its validation and test files, on one label set: the
+    training file's label names. A label of validation or test is matched by name; one the
+    training file lacks is an error naming it (classes absent from validation or test are fine)."""
+    train_data = load_text_file(train, text_column, label_column)
+    index = {name: i for i, name in enumerate(train_data.label_names)}
+    out = []
+    for path in (val, test):
+        if path is None:
+            out.append(None)
+            continue
+        data = load_text_file(path, text_column, label_column)
+        unknown = [name for name in data.label_names if name not in index]
+        if unknown:
+            raise DataError(f"{path}: {len(unknown)} label(s) the training file {train} does not have: "
+                            f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
+        out.append(TextLabelData(data.texts, [index[data.label_names[y]] for y in data.labels],
+                                 train_data.label_names, data.name))
+    return train_data, out[0], out[1]
+
+
 def from_hf_dataset(dataset, text_column: str = "text", label_column: str = "label") -> TextLabelData:
     """Accept a Hugging Face ``datasets.Dataset`` with a text column and a ClassLabel/str column."""
     for col in (text_column, label_column):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import gc
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +16,7 @@ from exotune.ea.regions import Regions
 from exotune.ea.router import Router, full_features, gate_features
 from exotune.ea.ssm import full_proba, make_ssm
 from exotune.errors import ConfigError, DataError, NotFittedError
+from exotune.memory import release_memory as _release_memory
 
 
 @dataclass
@@ -428,24 +425,6 @@ class EasyAdapter(BaseEstimator):
         from exotune.ea.io import load
 
         return load(cls, path, lm, embedder, trusted)
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-def _release_memory(collect: bool = True) -> None:
-    """Hand freed heap pages back to the system (glibc's malloc_trim; after collecting garbage,
-    with ``collect``), so that what a phase freed is not counted again under the next one's peak."""
-    if collect:
-        gc.collect()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _p_keep(router, F):

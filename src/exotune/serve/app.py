@@ -2,18 +2,21 @@
 
 Torch work runs in the thread pool; answers are safetensors bytes or small JSON. Errors are
 JSON ``{"error": code, "message": text}``; anything unexpected is logged here and answered
-with a generic 500, so no stack trace or server internal reaches a client.
+with a generic 500, so no stack trace or server internal reaches a client. A client that
+hangs up is one log line, not an error.
 """
 
+import asyncio
 import logging  # no "from __future__ import annotations": FastAPI reads the route annotations
 import math
+import time
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from exotune import __version__
 from exotune.boxes import wire
@@ -22,6 +25,7 @@ from exotune.errors import AccessError, BoxLimitError, ConfigError, ExotuneError
 from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
+from exotune.serve.fair import InflightLimit
 from exotune.serve.pixels import PixelBoxService
 from exotune.serve.service import PROTOCOL, BoxService
 
@@ -45,6 +49,8 @@ def error_response(status: int, code: str, message: str, retry_after: float | No
         headers["WWW-Authenticate"] = "Bearer"
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if status == 408:  # the rest of a body that came too slowly is not read: end the connection
+        headers["Connection"] = "close"
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -74,6 +80,9 @@ class _Guard:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            client = scope.get("client") or ("?", 0)
+            log.info("client %s:%s hung up during %s %s", client[0], client[1], scope.get("method"), scope.get("path"))
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
@@ -88,11 +97,22 @@ def check_media_type(request: Request, expected: str) -> None:
                                           f"got Content-Type {declared[:100]!r}")
 
 
-async def read_body(request: Request, limit: int, media_type: str = wire.MEDIA_TYPE) -> bytes:
-    """Read at most ``limit`` bytes, whatever Content-Length said (chunked bodies included)."""
+async def read_body(request: Request, limit: int, media_type: str = wire.MEDIA_TYPE,
+                    timeout_s: float | None = None) -> bytes:
+    """Read at most ``limit`` bytes, whatever Content-Length said (chunked bodies included),
+    all of them within ``timeout_s`` (else 408: a body sent a byte at a time holds no slot)."""
     check_media_type(request, media_type)
+    timeout_s = timeout_s or request.app.state.body_timeout_s
+    deadline = time.monotonic() + timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ApiError(408, "timeout", f"the request body did not arrive within {timeout_s:g} s") from None
         size += len(chunk)
         if size > limit:
             raise ApiError(413, "limit", f"request body exceeds the limit of {limit} bytes")
@@ -142,17 +162,21 @@ def _gate(tokens: list[str] | None, config: ServeConfig) -> TokenGate:
         raise ConfigError("serving a box needs at least one token (or no_auth=True, explicitly)")
     if tokens and config.no_auth:
         raise ConfigError("no_auth=True contradicts the tokens given; pass one or the other")
-    return TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget)
+    return TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget,
+                     login_failures=config.login_failures, login_window_s=config.login_window_s)
 
 
 def _base_app(config: ServeConfig, gate: TokenGate):
     """An app with the guard and the error handlers, and the dependency that admits a caller."""
-    app = FastAPI(title="exotune served box", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    # no redirect of "/v1/spec/" to "/v1/spec": it would be built from the request's Host header
+    app = FastAPI(title="exotune served box", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
+    app.state.body_timeout_s = config.body_timeout_s
     app.add_middleware(_Guard, max_body_bytes=config.max_body_bytes)
     _install_error_handlers(app)
 
     def caller(request: Request) -> str:
-        who = gate.identify(request.headers.get("authorization"))
+        who = gate.identify(request.headers.get("authorization"), request.client.host if request.client else None)
         gate.admit(who)
         return who
 
@@ -192,6 +216,7 @@ def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = 
     service = (PixelBoxService if box.spec.modality == "image" else BoxService)(box, config, gate)
     app, Caller = _base_app(config, gate)
     app.state.service = service
+    run = InflightLimit(config.max_inflight_per_token)
     limit = config.max_body_bytes
 
     def tensors(data: bytes) -> Response:
@@ -208,26 +233,26 @@ def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = 
     @app.post("/v1/embed", openapi_extra=_json_body({**_TEXTS, "max_length": {"type": "integer"}}))
     async def embed(request: Request, who: Caller) -> Response:
         body = await read_json(request, limit)
-        return tensors(await run_in_threadpool(service.embed, body))
+        return tensors(await run(who, service.embed, who, body))
 
     @app.post("/v1/forward", openapi_extra=_TENSOR_BODY)
     async def forward(request: Request, who: Caller, train: bool = False) -> Response:
         body = await read_body(request, limit)
-        return tensors(await run_in_threadpool(service.forward, who, body, train))
+        return tensors(await run(who, service.forward, who, body, train))
 
     @app.post("/v1/backward", openapi_extra=_TENSOR_BODY)
     async def backward(request: Request, who: Caller) -> Response:
         body = await read_body(request, limit)
-        return tensors(await run_in_threadpool(service.backward, who, body))
+        return tensors(await run(who, service.backward, who, body))
 
     @app.post("/v1/encode", openapi_extra=_json_body(_TEXTS))
     async def encode(request: Request, who: Caller) -> Response:
         body = await read_json(request, limit)
-        return tensors(await run_in_threadpool(service.encode, body))
+        return tensors(await run(who, service.encode, who, body))
 
     @app.post("/v1/scores", openapi_extra=_json_body({**_TEXTS, "labels": _TEXTS["texts"]}))
     async def scores(request: Request, who: Caller) -> Response:
         body = await read_json(request, limit)
-        return tensors(await run_in_threadpool(service.scores, body))
+        return tensors(await run(who, service.scores, who, body))
 
     return app

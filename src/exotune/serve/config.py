@@ -19,9 +19,17 @@ class ServeConfig(ConfigBase):
     no_auth: bool = False  # must be asked for explicitly; otherwise at least one token is needed
     max_batch: int | None = None  # None: the box's own limit
     max_length: int | None = None
+    # texts x tokens one request may ask for (texts, and labels of /v1/scores, each); None:
+    # max_batch x max_length. Tokens are counted before tokenizing, as UTF-8 bytes + 2 capped
+    # at max_length: no tokenizer makes more tokens than that.
+    max_tokens_per_request: int | None = None
+    max_response_bytes: int = 64 * 2**20  # an answer's size, checked before the work is done
+    fair_unit_tokens: int = 512  # work the box does for one token before another's turn
+    box_workers: int = 1  # box calls run at once (1: one after another, fairly between tokens)
+    max_inflight_per_token: int = 4  # a token's requests beyond this wait, holding no thread
     max_body_bytes: int = 16 * 2**20
+    body_timeout_s: float = 30.0  # a request body must arrive whole within this
     max_text_chars: int = 4000  # per text, for /embed, /encode and /scores
-    max_labels: int = 1024  # label texts per /scores call
     label_cache_size: int = 16  # label sets whose encodings /scores keeps (least recently used out); 0: none
     max_handles: int = 256  # stored forward graphs awaiting their backward
     max_handle_bytes: int = 2**30  # memory those graphs may hold together (estimated)
@@ -29,23 +37,25 @@ class ServeConfig(ConfigBase):
     rate_per_s: float = 50.0  # per token: a token bucket refilled at this rate ...
     burst: int = 100  # ... holding at most this many requests
     grad_budget: int | None = None  # backward calls per token; None: unlimited
+    login_failures: int = 20  # wrong tokens one client address may send per window ...
+    login_window_s: float = 60.0  # ... before it is answered 429 for the rest of the window
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_length", "grad_budget"):
+        for name in ("max_batch", "max_length", "grad_budget", "max_tokens_per_request"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"ServeConfig.{name} must be an integer >= 1 or None, got {value!r}")
-        for name in ("max_body_bytes", "max_text_chars", "max_labels", "max_handles",
-                     "max_handle_bytes", "burst"):
+        for name in ("max_body_bytes", "max_text_chars", "max_handles", "max_handle_bytes", "burst",
+                     "max_response_bytes", "fair_unit_tokens", "box_workers", "max_inflight_per_token",
+                     "login_failures"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ServeConfig.{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.label_cache_size, int) or self.label_cache_size < 0:
             raise ConfigError(f"ServeConfig.label_cache_size must be an integer >= 0, got {self.label_cache_size!r}")
-        if not self.handle_ttl_s > 0:
-            raise ConfigError(f"ServeConfig.handle_ttl_s must be > 0, got {self.handle_ttl_s}")
-        if not self.rate_per_s > 0:
-            raise ConfigError(f"ServeConfig.rate_per_s must be > 0, got {self.rate_per_s}")
+        for name in ("handle_ttl_s", "rate_per_s", "body_timeout_s", "login_window_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"ServeConfig.max_length must be >= 2, got {self.max_length}")
 
@@ -54,12 +64,14 @@ class ServeConfig(ConfigBase):
         return {
             "stateless": self.stateless,
             "max_body_bytes": self.max_body_bytes,
+            "max_response_bytes": self.max_response_bytes,
             "max_text_chars": self.max_text_chars,
-            "max_labels": self.max_labels,
+            "body_timeout_s": self.body_timeout_s,
             "handle_ttl_s": self.handle_ttl_s,
             "max_handles": self.max_handles,
             "rate_per_s": self.rate_per_s,
             "burst": self.burst,
+            "max_inflight_per_token": self.max_inflight_per_token,
             "grad_budget": self.grad_budget,
         }
 
@@ -102,3 +114,24 @@ def _checked(secret: str, where: str) -> str:
     if len(secret.encode("utf-8")) < SECRET_MIN_BYTES:
         raise ConfigError(f"the owner secret in {where} is too short: at least {SECRET_MIN_BYTES} bytes")
     return secret
+
+
+@dataclass
+class ListenConfig(ConfigBase):
+    """How ``exotune serve`` holds its connections (uvicorn's settings): a connection that is
+    idle, or sends its request head too slowly, is cut; past ``max_connections`` new ones are
+    closed as they come, so stalled clients cannot take every file descriptor."""
+
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
+    max_connections: int = 512  # open at once; more are closed on accept (and requests beyond it in progress: 503)
+    max_header_bytes: int = 16 * 2**10  # a request's head (line and headers)
+
+    def __post_init__(self) -> None:
+        for name in ("keep_alive_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"ListenConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_connections", "max_header_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"ListenConfig.{name} must be an integer >= 1, got {value!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import replace
+from functools import partial
 
 import torch
 
@@ -18,11 +19,19 @@ from exotune.errors import WireError
 from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
+from exotune.serve.fair import FairScheduler
+from exotune.serve.graphs import ENTRY, GraphCost, build
 from exotune.serve.handles import HandleError, HandleStore, Pending
 
 PROTOCOL = "exotune-box/1"
-ENTRY = "entry."  # wire name of entry tokens: "entry.<entry point name>"
-ENCODE_CHUNK = 64  # texts per forward inside /v1/encode and /v1/scores
+ENCODE_CHUNK = 64  # texts per forward inside one unit of /v1/encode and /v1/scores
+FLOAT = 4  # bytes of a float32 in an answer
+
+
+def token_bound(text: str, max_length: int) -> int:
+    """At most this many tokens, without tokenizing: a token holds at least one UTF-8 byte,
+    plus the two special tokens around a text, and truncation stops at ``max_length``."""
+    return min(max_length, len(text.encode("utf-8")) + 2)
 
 
 def dtype_name(t: torch.Tensor) -> str:
@@ -37,14 +46,15 @@ def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
 
 
 class BoxService:
-    INPUT = "embeds"  # the wire name of the input that gradients flow to
-
     def __init__(self, box: Box, config: ServeConfig, gate: TokenGate) -> None:
         self.box, self.config, self.gate = box, config, gate
         self.spec = replace(box.spec, limits=served_limits(box, config))
+        lim = self.spec.limits
+        self.max_tokens = config.max_tokens_per_request or lim.max_batch * lim.max_length
         self.handles = HandleStore(config.max_handles, config.max_handle_bytes, config.handle_ttl_s)
+        self.scheduler = FairScheduler(config.box_workers)
+        self._cost = GraphCost()
         self._entries = {e.name: e for e in self.spec.entry_points}
-        self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe across threads
         self._labels: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()  # label set -> (L, O)
         self._labels_lock = threading.Lock()
 
@@ -52,35 +62,49 @@ class BoxService:
         return {
             "protocol": PROTOCOL,
             "spec": self.spec.public(),  # at level black: only what a black-box client needs
-            "server": self.config.public(),
+            "server": self._server_limits(),
             "wire": {"media_type": wire.MEDIA_TYPE, "embeds": "float32", "mask": "int64",
                      "entry_tokens": f"float32, named '{ENTRY}<entry point>'", "outputs": "float32"},
         }
 
+    def _server_limits(self) -> dict:
+        limits = {**self.config.public(), "fair_unit_tokens": self.config.fair_unit_tokens}
+        # the default work bound is max_batch x the model's max length: at level black, which
+        # hides the length, it is shown only when the owner set it (a request of at most
+        # max_batch texts always fits the default)
+        if self.spec.access != "black" or self.config.max_tokens_per_request is not None:
+            limits["max_tokens_per_request"] = self.max_tokens
+        return limits
+
     # -- texts in ---------------------------------------------------------------------------
 
-    def embed(self, body: dict) -> bytes:
+    def embed(self, caller: str, body: dict) -> bytes:
         self._require(*GRAY, what="/v1/embed")
-        texts = self._texts(body, "texts", self.spec.limits.max_batch)
         max_length = body.get("max_length")
         if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2):
             raise ApiError(422, "invalid", f"max_length must be an integer >= 2 or null, got {max_length!r}")
         max_length = min(max_length or self.spec.limits.max_length, self.spec.limits.max_length)
-        with self._tokenizer_lock:
+        texts = self._texts(body, "texts", max_length)
+        longest = max(token_bound(t, min(max_length, self._text_length)) for t in texts)
+        self._check_answer("/v1/embed", len(texts) * longest * (self.spec.input_dim * FLOAT + 8),
+                           "send fewer texts, or a smaller max_length")
+        with self.scheduler.turn(caller):  # tokenizing is cheap next to a forward: one unit
             batch = self.box.embed(texts, max_length=max_length)
         return wire.encode({"embeds": batch.embeds.float(), "mask": batch.mask.long()})
 
-    def encode(self, body: dict) -> bytes:
-        texts = self._texts(body, "texts", self.spec.limits.max_batch)
-        return wire.encode({"outputs": self._encode(texts)})
+    def encode(self, caller: str, body: dict) -> bytes:
+        texts = self._texts(body, "texts")
+        self._check_answer("/v1/encode", len(texts) * self.spec.output_dim * FLOAT, "send fewer texts")
+        return wire.encode({"outputs": self._encode(caller, texts)})
 
-    def scores(self, body: dict) -> bytes:
-        texts = self._texts(body, "texts", self.spec.limits.max_batch)
-        labels = self._texts(body, "labels", self.config.max_labels)
-        a = torch.nn.functional.normalize(self._encode(texts), dim=-1)  # (N, O)
-        return wire.encode({"scores": a @ self._label_matrix(labels).T})  # (N, L) cosine similarities
+    def scores(self, caller: str, body: dict) -> bytes:
+        texts = self._texts(body, "texts")
+        labels = self._texts(body, "labels")  # the same bound as texts: they are encoded alike
+        self._check_answer("/v1/scores", len(texts) * len(labels) * FLOAT, "send fewer texts or labels")
+        a = torch.nn.functional.normalize(self._encode(caller, texts), dim=-1)  # (N, O)
+        return wire.encode({"scores": a @ self._label_matrix(caller, labels).T})  # (N, L) cosine similarities
 
-    def _label_matrix(self, labels: list[str]) -> torch.Tensor:
+    def _label_matrix(self, caller: str, labels: list[str]) -> torch.Tensor:
         """(L, O) normalised encodings of ``labels``. A client sends the same label set with
         every batch of texts: encoding it once, not per batch, halves a probe's work or more."""
         key = tuple(labels)
@@ -89,7 +113,7 @@ class BoxService:
             if cached is not None:
                 self._labels.move_to_end(key)
                 return cached
-        b = torch.nn.functional.normalize(self._encode(labels), dim=-1)
+        b = torch.nn.functional.normalize(self._encode(caller, labels), dim=-1)
         if self.config.label_cache_size:
             with self._labels_lock:
                 self._labels[key] = b
@@ -107,16 +131,25 @@ class BoxService:
         tensors = self._decode(body).tensors
         embeds, mask, entries = self._inputs(tensors)
         if not keep:
+            rows = self._rows_per_unit(embeds, entries)
+            outs = []
             with torch.no_grad():
-                out = self._run(embeds, mask, entries)
-            return wire.encode({"outputs": out}, {"stateless": "1"} if train else None)
-        leaves, out, saved = self._run_for_grad(embeds, mask, entries)
-        nbytes = saved + sum(t.numel() * t.element_size() for t in (*leaves.values(), out))
+                for i in range(0, embeds.shape[0], rows):
+                    with self.scheduler.turn(caller):
+                        outs.append(self._run(embeds[i : i + rows], mask[i : i + rows], entries))
+            return wire.encode({"outputs": torch.cat(outs)}, {"stateless": "1"} if train else None)
         try:
-            handle = self.handles.put(Pending(caller, out, leaves, nbytes))
+            reservation = self.handles.reserve(self.estimate_graph_bytes(caller, embeds, entries))
         except HandleError as err:
-            raise ApiError(err.status, "limit", str(err)) from None
-        return wire.encode({"outputs": out.detach()},
+            raise ApiError(err.status, "limit" if err.status == 413 else "busy", str(err),
+                           retry_after=1.0 if err.status == 503 else None) from None
+        try:
+            graph = self._graph(caller, embeds, mask, entries)
+        except BaseException:
+            self.handles.release(reservation)
+            raise
+        handle = self.handles.put(Pending(caller, graph, graph.nbytes()), reservation)
+        return wire.encode({"outputs": graph.outputs()},
                            {"handle": handle, "expires_in_s": f"{self.config.handle_ttl_s:g}"})
 
     def backward(self, caller: str, body: bytes) -> bytes:
@@ -127,31 +160,50 @@ class BoxService:
         if grad is None:
             raise ApiError(422, "invalid", "backward needs a tensor named 'grad_outputs' (batch, output_dim)")
         self._check_float("grad_outputs", grad)
+        handle, pending = None, None
         if self.config.stateless:
             embeds, mask, entries = self._inputs(tensors)
             self._check_grad_shape(grad, embeds.shape[0])
             self.gate.spend_gradient(caller)
-            leaves, out, _ = self._run_for_grad(embeds, mask, entries)
+            try:
+                graph = self._graph(caller, embeds, mask, entries)
+            except BaseException:
+                self.gate.refund_gradient(caller)
+                raise
         else:
             if tensors:
                 raise ApiError(422, "invalid", f"with a handle, backward takes only 'grad_outputs'; got also {sorted(tensors)}")
             handle = msg.meta.get("handle")
             if not handle:
                 raise ApiError(422, "invalid", "backward needs the handle of its forward in the metadata key 'handle'")
-            self.gate.check_budget(caller)
+            self.gate.spend_gradient(caller)
             try:
-                pending = self.handles.take(handle, caller, check=lambda p: self._check_grad_shape(grad, p.outputs.shape[0]))
-            except HandleError as err:
+                pending = self.handles.take(handle, caller, check=lambda p: self._check_grad_shape(grad, p.graph.rows))
+            except (HandleError, ApiError) as err:
+                self.gate.refund_gradient(caller)
+                if isinstance(err, ApiError):
+                    raise
                 code = "handle_expired" if err.status == 410 else "handle_unknown"
                 raise ApiError(err.status, code, str(err)) from None
-            self.gate.spend_gradient(caller)
-            leaves, out = pending.leaves, pending.outputs
-        names = list(leaves)
-        grads = torch.autograd.grad(out, [leaves[n] for n in names], grad, allow_unused=True)
-        answer = {n: torch.zeros_like(leaves[n]) if g is None else g.float() for n, g in zip(names, grads, strict=True)}
+            graph = pending.graph
+        try:
+            answer = graph.grads(grad, partial(self.scheduler.turn, caller))
+        except BaseException:
+            self._refuse_backward(caller, handle, pending)
+            raise
         if not all(torch.isfinite(g).all() for g in answer.values()):
-            raise ApiError(422, "invalid", "the gradients overflowed to NaN or infinity; scale 'grad_outputs' down")
+            self._refuse_backward(caller, handle, pending)
+            kept = (" with the same handle: it is kept, and this call did not count against your gradient budget"
+                    if handle else "; this call did not count against your gradient budget")
+            raise ApiError(422, "invalid", "the gradients overflowed to NaN or infinity: 'grad_outputs' holds values "
+                                           f"up to {float(grad.abs().max()):.3g}; scale it down (say by 1e-3) "
+                                           f"and send it again{kept}")
         return wire.encode(answer)
+
+    def _refuse_backward(self, caller: str, handle: str | None, pending: Pending | None) -> None:
+        self.gate.refund_gradient(caller)
+        if handle is not None:
+            self.handles.restore(handle, pending)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -160,10 +212,17 @@ class BoxService:
             raise ApiError(403, "access", f"{what} is not available: this box is served at access level "
                                           f"{self.spec.access!r}; it needs one of {levels}")
 
-    def _texts(self, body: dict, key: str, limit: int) -> list[str]:
+    @property
+    def _text_length(self) -> int:
+        return min(self.spec.limits.max_length, self.spec.text_max_length or self.spec.limits.max_length)
+
+    def _texts(self, body: dict, key: str, max_length: int | None = None) -> list[str]:
+        """``body[key]`` checked: a list of strings, at most max_batch of them, none too long,
+        and at most ``max_tokens_per_request`` tokens in all (counted before tokenizing)."""
         texts = body.get(key)
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise ApiError(422, "invalid", f"'{key}' must be a non-empty list of strings")
+        limit = self.spec.limits.max_batch
         if len(texts) > limit:
             raise ApiError(422, "limit", f"'{key}' holds {len(texts)} texts; at most {limit} per call")
         longest = max(len(t) for t in texts)
@@ -174,12 +233,38 @@ class BoxService:
                 t.encode("utf-8")  # JSON may carry lone surrogates (\ud800), which no tokenizer takes
             except UnicodeEncodeError:
                 raise ApiError(422, "invalid", f"text {i} in '{key}' is not valid Unicode (a lone surrogate)") from None
+        length = min(max_length or self._text_length, self._text_length)
+        work = sum(token_bound(t, length) for t in texts)
+        if work > self.max_tokens:
+            raise ApiError(422, "limit", f"'{key}' holds up to {work} tokens (counted as UTF-8 bytes + 2 per text); "
+                                         f"at most {self.max_tokens} per call: send fewer or shorter texts")
         return texts
 
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        # in chunks: one forward over max_batch long texts would hold gigabytes of attention scores
-        with self._tokenizer_lock:
-            return self.box.encode(texts, batch_size=min(ENCODE_CHUNK, self.spec.limits.max_batch)).float()
+    def _encode(self, caller: str, texts: list[str]) -> torch.Tensor:
+        """(N, O) outputs, in units of at most ``fair_unit_tokens`` tokens (at least one text),
+        each its own turn on the box; texts of like length share a unit."""
+        length = self._text_length
+        order = sorted(range(len(texts)), key=lambda i: token_bound(texts[i], length))
+        units, unit, work = [], [], 0
+        for i in order:
+            cost = token_bound(texts[i], length)
+            if unit and work + cost > self.config.fair_unit_tokens:
+                units.append(unit)
+                unit, work = [], 0
+            unit.append(i)
+            work += cost
+        units.append(unit)
+        out = torch.zeros(len(texts), self.spec.output_dim)
+        batch = min(ENCODE_CHUNK, self.spec.limits.max_batch)
+        for unit in units if len(units) > 1 else [list(range(len(texts)))]:  # one unit: as sent
+            with self.scheduler.turn(caller):
+                out[torch.as_tensor(unit)] = self.box.encode([texts[i] for i in unit], batch_size=batch).float()
+        return out
+
+    def _check_answer(self, route: str, nbytes: int, advice: str) -> None:
+        if nbytes > self.config.max_response_bytes:
+            raise ApiError(422, "limit", f"{route} would answer about {nbytes} bytes; at most "
+                                         f"{self.config.max_response_bytes} per call: {advice}")
 
     def _decode(self, body: bytes) -> wire.Message:
         try:
@@ -251,20 +336,19 @@ class BoxService:
                                            "keep 'embeds' (and entry tokens) in the range embed returns")
         return out.float()
 
-    def _run_for_grad(self, embeds, mask, entries):
-        """Forward with a graph; returns (leaves, outputs, bytes the graph saved for backward)."""
-        leaves = {self.INPUT: embeds.requires_grad_(True)}
-        leaves.update({ENTRY + n: t.requires_grad_(True) for n, t in entries.items()})
-        saved = [0]
+    def _rows_per_unit(self, embeds: torch.Tensor, entries: dict) -> int:
+        length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
+        return max(1, self.config.fair_unit_tokens // length)
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            if t.requires_grad:  # activations; frozen weights do not require grad
-                saved[0] += t.numel() * t.element_size()
-            # detached: an output saved for its own backward, kept as itself, would hold its
-            # graph in a reference cycle, and a graph never backpropagated would never be freed
-            return t.detach()
+    def _graph(self, caller: str, embeds, mask, entries):
+        return build(self._run, embeds, mask, entries, self._rows_per_unit(embeds, entries),
+                     partial(self.scheduler.turn, caller))
 
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            ent = {n[len(ENTRY):]: t for n, t in leaves.items() if n.startswith(ENTRY)}
-            out = self._run(leaves[self.INPUT], mask, ent)
-        return leaves, out, saved[0]
+    def estimate_graph_bytes(self, caller: str, embeds, entries) -> int:
+        """What the graph of this forward will hold, estimated before it is built."""
+        if self._cost.coef is None:
+            self._cost.fit(lambda e, m, _: self._run(e, m, {}), self.spec.input_dim, self.spec.limits.max_length,
+                           partial(self.scheduler.turn, caller))
+        length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
+        return self._cost.estimate(embeds.shape[0], length, self.spec.input_dim, self.spec.output_dim,
+                                   self._rows_per_unit(embeds, entries))

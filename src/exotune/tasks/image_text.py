@@ -21,7 +21,7 @@ from exotune.configs import ConfigBase, check_field_types
 from exotune.data.images import ImageCaptionData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel
+from exotune.graybox.model import GrayBoxModel, folded_state_dict
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
@@ -151,14 +151,14 @@ class ImageTextRetriever(nn.Module):
             "access": "light-gray" if light else "dark-gray",
             **box_entries("box", self.image_box),
             **box_entries("text_box", self.text_box),
-            "dga": self.image_dga.to_dict(),
-            "text_dga": self.text_dga.to_dict(),
+            "dga": self.image_dga.folded().to_dict(),
+            "text_dga": self.text_dga.folded().to_dict(),
             "task": {"type": self.task_type, **asdict(self.config)},
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_box: BoxBase, image_box: BoxBase) -> ImageTextRetriever:

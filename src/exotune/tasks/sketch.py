@@ -23,7 +23,7 @@ from exotune.configs import ConfigBase, check_field_types
 from exotune.data.sketches import SketchPhotoData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel
+from exotune.graybox.model import GrayBoxModel, folded_state_dict
 from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
 from exotune.tasks.retrieval import encode_in_eval
 
@@ -154,13 +154,13 @@ class SketchPhotoRetriever(nn.Module):
             "access": "light-gray" if light else "dark-gray",
             **box_entries("box", self.sketch_box),
             **box_entries("photo_box", self.photo_box),
-            "dga": self.sketch_dga.to_dict(),
-            "photo_dga": self.photo_dga.to_dict(),
+            "dga": self.sketch_dga.folded().to_dict(),
+            "photo_dga": self.photo_dga.folded().to_dict(),
             "task": {"type": "sketch-photo-retrieval", **asdict(self.config)},
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, sketch_box: BoxBase, photo_box: BoxBase | None = None

@@ -13,6 +13,11 @@ MiniLM unless ``--backbone``) and runs, in order, bounded in count and time:
   gradient limits, and no backbone name in any answer.
 - ``faults``: the server killed mid-training (``exotune train --resume`` loses nothing), a
   black-box endpoint failing every way, a crash while probing it, corrupted adapter files.
+- ``fairness``: work per request is bounded, and one token's heaviest allowed request delays
+  another token's small request by at most a small multiple of its idle latency (a figure).
+- ``slow``: slow-loris heads, a trickled body and a connection flood are cut; others are served.
+- ``admission``: concurrent training forwards cannot overshoot the handle-byte bound.
+- ``abandon``: after abandoned forwards and the handle ttl, memory is back within 15%.
 
 It writes ``reliability.json`` and ``reliability.md`` and exits 1 if anything did not hold.
 Needs the 'serve' extra and hypothesis + schemathesis (the 'dev' extra).
@@ -31,7 +36,7 @@ from pathlib import Path
 from exotune.bench.common import RESULTS_DIR, command_line, machine
 from exotune.errors import MissingDependencyError
 
-SECTIONS = ("load", "soak", "fuzz", "access", "faults", "pixels")
+SECTIONS = ("load", "soak", "fuzz", "access", "faults", "fairness", "slow", "admission", "abandon", "pixels")
 
 
 @dataclass
@@ -54,12 +59,24 @@ class Budget:
     probe_crash_at: int = 12  # the client is killed when this request arrives
     probe_concurrency: tuple[int, ...] = (1, 4)
     cli_corruptions: int | None = None  # how many corruption cases also go through the CLI (None: all)
+    serve_max_batch: int = 64  # the served box's --max-batch: bounds the heaviest request
+    fairness_samples: int = 10  # small requests timed idle, and again behind the heaviest
+    slow_connections: int = 200  # slow-loris connections at once
+    header_timeout_s: float = 5.0
+    body_timeout_s: float = 10.0
+    max_connections: int = 256
+    admission_clients: int = 4
+    admission_batch: int = 8  # sequences of the box's max length per training forward
+    admission_rounds: int = 2
+    abandon_forwards: int = 600
 
 
 def quick_budget() -> Budget:
     return replace(Budget(), load_steps=2, load_batch=8, soak_seconds=8.0, soak_clients=3, handle_ttl_s=2.0,
                    fuzz_examples=6, wire_examples=60, train_rows=48, crash_at_step=4, probe_rows=40,
-                   probe_crash_at=4, probe_concurrency=(4,), cli_corruptions=1)
+                   probe_crash_at=4, probe_concurrency=(4,), cli_corruptions=1, fairness_samples=4,
+                   slow_connections=30, header_timeout_s=2.0, body_timeout_s=2.0, max_connections=64,
+                   admission_batch=4, abandon_forwards=40)
 
 
 def _requirements() -> None:
@@ -85,7 +102,16 @@ def _section(name: str, fn, *args) -> dict:
 
 def run(args) -> int:
     _requirements()
-    from exotune.bench.reliability import access, faults, fuzz, load, pixels, soak
+    from exotune.bench.reliability import (
+        access,
+        fairness,
+        faults,
+        fuzz,
+        hostile,
+        load,
+        pixels,
+        soak,
+    )
     from exotune.bench.reliability.common import task_data
     from exotune.bench.served import BENCH_OWNER_SECRET, served_box
     from exotune.boxes import load_box
@@ -95,7 +121,10 @@ def run(args) -> int:
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
     local = load_box(args.backbone, owner_secret=BENCH_OWNER_SECRET)  # the served box: every gradient's reference
     data = task_data(args.data_dir, budget.load_clients * budget.load_steps * budget.load_batch)
-    extra = ("--max-handles", str(budget.max_handles), "--handle-ttl", f"{budget.handle_ttl_s:g}")
+    extra = ("--max-handles", str(budget.max_handles), "--handle-ttl", f"{budget.handle_ttl_s:g}",
+             "--max-batch", str(budget.serve_max_batch), "--header-timeout", f"{budget.header_timeout_s:g}",
+             "--body-timeout", f"{budget.body_timeout_s:g}", "--max-connections", str(budget.max_connections),
+             "--login-failures", "1000000")  # the access section sends wrong tokens by the dozen; its own app throttles
     sections: dict[str, dict] = {}
     with served_box(args.backbone, n_tokens=4, stats=True, extra=extra) as server:
         sections["load"] = _section("load", load.run, server, local, data, budget)
@@ -103,6 +132,10 @@ def run(args) -> int:
         sections["fuzz"] = _section("fuzz", fuzz.run, server, local, budget)
         sections["access"] = _section("access", access.run, server, local)
         sections["faults"] = _section("faults", faults.run, server, local, args.backbone, budget)
+        sections["fairness"] = _section("fairness", fairness.run, server, budget)
+        sections["slow"] = _section("slow", hostile.slow, server, budget)
+        sections["abandon"] = _section("abandon", hostile.abandon, server, local, data, budget)
+    sections["admission"] = _section("admission", hostile.admission, args.backbone, local, data, budget)
     sections["pixels"] = _section("pixels", pixels.run, budget)  # an image box, served in-process
     doc = {"suite": "reliability", "command": command_line(), "date": time.strftime("%Y-%m-%d"),
            "machine": machine(), "backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick,
@@ -115,6 +148,8 @@ def run(args) -> int:
     from exotune.bench.reliability.report import markdown
 
     (out_dir / "reliability.md").write_text(markdown(doc))
+    if fairness.figure(sections["fairness"], out_dir / "reliability_fairness.png"):
+        print(f"figure written to {out_dir / 'reliability_fairness.png'}", file=sys.stderr)
     print((out_dir / "reliability.md").read_text())
     print(f"results written to {out_dir / 'reliability.json'}", file=sys.stderr)
     return 0 if doc["ok"] else 1
@@ -125,7 +160,9 @@ def summary(sections: dict[str, dict]) -> dict:
     load, soak, fuzz = sections.get("load", {}), sections.get("soak", {}), sections.get("fuzz", {})
     faults = sections.get("faults", {})
     drills = faults.get("drills", [])
+    held = {name: bool(sections.get(name, {}).get("ok")) for name in ("fairness", "slow", "admission", "abandon")}
     return {
+        **{f"{name}_held": ok for name, ok in held.items()},
         "load_held": bool(load.get("ok")),
         "soak_held": bool(soak.get("ok")),
         "faults_survived": f"{sum(d['ok'] for d in drills)}/{len(drills)}",

@@ -86,6 +86,10 @@ def run(server, local) -> dict:
                                                                    headers=as_mine), 200)
     expect("the same handle again", http.post(url + "/v1/backward", content=grad_body, headers=as_mine), 410,
            "handle_expired")
+    slash = http.get(url + "/v1/spec/", headers={"Authorization": f"Bearer {mine}", "Host": "evil.example"})
+    expect("a trailing slash, with another Host: 404, no redirect", slash, 404)
+    if "location" in slash.headers:
+        checks[-1] = (checks[-1][0], False, f"redirects to {slash.headers['location']}")
     spec = http.get(url + "/v1/spec", headers={"Authorization": f"Bearer {mine}"}).json()
     checks.append(("/v1/spec holds only protocol, spec, server, wire", set(spec) == SPEC_KEYS, str(sorted(spec))))
     http.close()
@@ -112,6 +116,14 @@ def _limits(local, create_app, ServeConfig) -> list[tuple[str, bool, str]]:
                 f"{codes} then {limited.status_code}"))
     out.append(("rate limit is per token: the other still passes", second.get("/v1/spec").status_code == 200, ""))
 
+    app = create_app(local, [a, b], ServeConfig(login_failures=3))
+    guesser = TestClient(app, headers={"Authorization": "Bearer " + "w" * len(a)})
+    codes = [guesser.get("/v1/spec").status_code for _ in range(4)]
+    right = TestClient(app, headers={"Authorization": f"Bearer {a}"}).get("/v1/spec")
+    out.append(("wrong tokens: 3 from one address, then 429 login_throttled, the right token included",
+                codes == [401] * 3 + [429] and right.status_code == 429
+                and right.json().get("error") == "login_throttled", f"{codes} then {right.status_code}"))
+
     app = create_app(local, [a, b], ServeConfig(grad_budget=2))
     first, second = (TestClient(app, headers={"Authorization": f"Bearer {t}"}) for t in (a, b))
     body, ctype = _bodies(local, "")["/v1/forward"]
@@ -130,5 +142,15 @@ def _limits(local, create_app, ServeConfig) -> list[tuple[str, bool, str]]:
     out.append(("gradient budget: 2 backward calls, then 429 budget_exhausted", spent == [(200, 200)] * 2
                 and over[0] == 429, f"{spent} then {over}"))
     out.append(("a spent budget still allows plain forwards", plain == 200, str(plain)))
+    app = create_app(local, [a, b], ServeConfig(grad_budget=1))
+    first = TestClient(app, headers={"Authorization": f"Bearer {a}"})
+    f = first.post("/v1/forward?train=true", content=body, headers={"Content-Type": ctype})
+    handle = wire.decode(f.content).meta["handle"]
+    huge = wire.encode({"grad_outputs": torch.full((2, local.spec.output_dim), 3e38)}, {"handle": handle})
+    refused = first.post("/v1/backward", content=huge, headers={"Content-Type": ctype}).status_code
+    retried = first.post("/v1/backward", content=wire.encode({"grad_outputs": torch.ones(2, local.spec.output_dim)},
+                                                              {"handle": handle}), headers={"Content-Type": ctype}).status_code
+    out.append(("a backward refused for overflow (422) keeps its handle and its budget unit", (refused, retried) == (422, 200),
+                f"{refused} then {retried}"))
     out.append(("gradient budget is per token: the other still trains", pair(second) == (200, 200), ""))
     return out

@@ -75,6 +75,7 @@ def markdown(doc: dict) -> str:
     lines += ["## Faults", "", "| drill | held | detail |", "|---|---|---|"]
     for d in faults.get("drills", []):
         lines.append(f"| {d['drill']} | {'yes' if d['ok'] else '**no**'} | {_detail(d)} |")
+    lines += [""] + _attacks(sec)
     problems = [(k, v) for k, v in sec.items() if v.get("problems") or v.get("failed") and isinstance(v.get("failed"), list)
                 or v.get("error")]
     if problems:
@@ -122,3 +123,32 @@ def _detail(d: dict) -> str:
     parts = [d["api"][:120]] if d.get("api") else []
     parts += [f"CLI: `{d['cli'][:100]}`"] if d.get("cli") else []
     return "; ".join(parts)
+
+
+def _held(section: dict) -> str:
+    return "yes" if section.get("ok") else "**no**"
+
+
+def _attacks(sec: dict) -> list[str]:
+    """Work per request and fairness, slow connections, concurrent admission, abandonment."""
+    fair, slow, adm, ab = (sec.get(k, {}) for k in ("fairness", "slow", "admission", "abandon"))
+    return [
+        "## Attacks", "", "| attack | held | figures |", "|---|---|---|",
+        f"| one token's heaviest allowed request ({fair.get('heaviest_request')}, {_v(fair.get('heavy_seconds_median'), 2)} s) "
+        f"vs another token's one-text encode | {_held(fair)} | {_v(fair.get('idle_median_ms'))} ms idle, "
+        f"{_v(fair.get('loaded_median_ms'))} ms behind it: {_v(fair.get('slowdown'), 2)}x (bound {_v(fair.get('slowdown_bound'))}x; "
+        f"units of {fair.get('fair_unit_tokens')} tokens); over the work bound: {fair.get('over_bound_status')} |",
+        f"| {slow.get('slow_heads')} slow-loris heads, a trickled body, a flood of {slow.get('flood')} connections "
+        f"(cap {slow.get('max_connections')}) | {_held(slow)} | heads cut after {_v(slow.get('slow_heads_cut_after_s'))} s "
+        f"(timeout {_v(slow.get('header_timeout_s'))} s), health answered {slow.get('health_answered_during')}; body: "
+        f"{slow.get('trickled_body')} after {_v(slow.get('trickled_body_cut_after_s'))} s; flood: {slow.get('closed_on_accept')} "
+        f"closed on accept, {slow.get('closed_after_head_timeout')} closed after the head timeout; descriptors {slow.get('fds_before')} -> "
+        f"{slow.get('fds_peak')} -> {slow.get('fds_after')} |",
+        f"| {adm.get('clients')} concurrent training forwards x {adm.get('rounds')} ({adm.get('batch')}, "
+        f"~{_v(adm.get('graph_estimate_mb'))} MB each) under a {_v(adm.get('handle_bound_mb'))} MB bound | {_held(adm)} | "
+        f"{adm.get('admitted')} admitted, {adm.get('refused_busy')} refused busy (503); store at most "
+        f"{_v(adm.get('handle_mb_max'))} MB; RSS rose {_v(adm.get('rss_rise_mb'))} MB (allowed {_v(adm.get('rss_rise_allowed_mb'))}) |",
+        f"| {ab.get('abandoned_forwards')} forwards made for training, never backpropagated | {_held(ab)} | RSS "
+        f"{_v(ab.get('rss_before_mb'))} -> {_v(ab.get('rss_peak_mb'))} (peak) -> {_v(ab.get('rss_after_ttl_mb'))} MB after the "
+        f"ttl ({_v(ab.get('rss_after_share'), 3)}x, bound {ab.get('rss_bound_share')}x); handles after: {ab.get('handles_after_ttl')} |",
+        "", "Figure: `reliability_fairness.png` (the small request's latencies, idle and behind the heavy one).", ""]

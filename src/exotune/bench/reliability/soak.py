@@ -16,6 +16,7 @@ import torch
 from exotune.bench.common import open_fds, process_rss_mb
 from exotune.bench.reliability.common import connect, latency_summary, relative_error, run_threads
 from exotune.boxes import wire
+from exotune.serve.handles import purge_interval_s
 
 ABANDON_EVERY = 4  # every 4th forward made for training never gets its backward
 GARBAGE_EVERY = 10  # every 10th request is not a tensor message
@@ -89,7 +90,8 @@ def run(server, local, data, budget) -> dict:
     deadline = time.monotonic() + budget.soak_seconds
     wall = run_threads(_client, [(i, server, texts[i], local_grad, deadline, counts, lock) for i in range(n)])
     during = len(samples)
-    time.sleep(budget.handle_ttl_s + 2.5)  # the clients are gone: their abandoned handles expire
+    # the clients are gone: their abandoned handles expire, and the server's timer purges them
+    time.sleep(budget.handle_ttl_s + purge_interval_s(budget.handle_ttl_s) + 2.5)
     fds_after = open_fds(pid)
     stop.set()
     sampler.join()
