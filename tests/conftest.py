@@ -154,6 +154,20 @@ def tiny_vision(kind: str = "vit", seed: int = 0):
     return ViTModel(ViTConfig(**VISION), add_pooling_layer=False).eval()
 
 
+@pytest.fixture(scope="module")
+def clip():
+    """A tiny random CLIPModel and its tokenizer (``build_tiny_clip``)."""
+    return build_tiny_clip()
+
+
+@pytest.fixture
+def pair(clip):
+    """The tiny CLIP as a (text, image) pair of boxes."""
+    from exotune.boxes import clip_boxes
+
+    return clip_boxes(*clip)
+
+
 @pytest.fixture
 def tiny_image_box():
     from exotune.boxes.image import VisionEncoderBox

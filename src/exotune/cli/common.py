@@ -12,8 +12,11 @@ from exotune.errors import ConfigError, DataError
 
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
-IMAGE_TASKS = ("image-retrieval", "image-classification")
+IMAGE_TASKS = ("image-retrieval", "image-classification", "video-retrieval", "sketch-retrieval")
 TASKS = ("classification", "retrieval", *IMAGE_TASKS)
+# the data option of each vision task: --images, --videos, --sketches
+VISION_SOURCES = {"images": ("image-retrieval", "image-classification"), "videos": ("video-retrieval",),
+                  "sketches": ("sketch-retrieval",)}
 
 
 # -- argument types ----------------------------------------------------------------------------
@@ -53,6 +56,11 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
     src.add_argument("--images", metavar="DIR",
                      help="a folder of images: one sub-folder per class (--task image-classification), or the "
                           "images that --captions names (--task image-retrieval)")
+    src.add_argument("--videos", metavar="DIR",
+                     help="the videos (files or folders of frames) that --captions names (--task video-retrieval)")
+    src.add_argument("--sketches", metavar="DIR",
+                     help="sketches: Sketchy's root (sketch/ and photo/ inside) or a folder of class sub-folders "
+                          "with --photos (--task sketch-retrieval)")
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
@@ -80,10 +88,12 @@ def add_box_args(p: argparse.ArgumentParser) -> None:
                    help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
 
 
-def add_texts_args(p: argparse.ArgumentParser) -> None:
+def add_texts_args(p: argparse.ArgumentParser):
+    """``--text`` (repeatable) or ``--input-file``, one of them required; returns the group."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to label (repeatable)")
     src.add_argument("--input-file", help="a file with one text per line")
+    return src
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -99,9 +109,10 @@ def load_data(args, split: str):
 
 
 def refuse_images(args) -> None:
-    """``--images`` given to a text task."""
-    if args.images and args.task not in IMAGE_TASKS:
-        raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
+    """``--images``, ``--videos`` or ``--sketches`` given to a task that does not read them."""
+    for option, tasks in VISION_SOURCES.items():
+        if getattr(args, option, None) and args.task not in tasks:
+            raise ConfigError(f"--{option} is for --task {' or '.join(tasks)}, not --task {args.task}")
     if getattr(args, "token_init", "random") != "random" and args.task in IMAGE_TASKS:
         raise ConfigError("--token-init starts text tokens from words; image tasks take random tokens")
 
@@ -178,6 +189,59 @@ def open_box(args, **load_kwargs):
     from exotune.boxes import load_box
 
     return load_box(args.backbone, **load_kwargs)
+
+
+def served_boxes(args):
+    """What ``--remote`` serves, connected once per command: a box, or a CLIP model's two towers
+    (a ``BoxPair``, from ``exotune serve --kind clip``)."""
+    if vars(args).get("served_boxes") is None:
+        from exotune.boxes.remote import connect
+
+        args.served_boxes = connect(args.remote)
+    return args.served_boxes
+
+
+def clip_pair(args, **options):
+    """A CLIP model's (text, image) towers: served (``--remote``) or loaded from ``--backbone``
+    (``options`` as for ``load_clip_boxes``; a served pair exposes what its owner chose)."""
+    if args.remote:
+        from exotune.boxes.clip import BoxPair
+
+        boxes = served_boxes(args)
+        if not isinstance(boxes, BoxPair):
+            raise ConfigError(f"--task {args.task} needs a CLIP model's two towers; {args.remote} serves one "
+                              f"{boxes.spec.modality} box (the owner serves both with exotune serve --kind clip)")
+        return boxes
+    from exotune.boxes.loading import load_clip_boxes
+
+    return load_clip_boxes(args.backbone, **options)
+
+
+def open_image_box(args, name: str | None = None, **options):
+    """An image box: served (``--remote``: an image box, or a served CLIP pair's image tower) or
+    loaded from ``name`` (default ``--backbone``)."""
+    if args.remote and name is None:
+        from exotune.boxes.clip import BoxPair
+
+        boxes = served_boxes(args)
+        box = boxes.image if isinstance(boxes, BoxPair) else boxes
+        if box.spec.modality != "image":
+            raise ConfigError(f"--task {args.task} needs an image box; {args.remote} serves a {box.spec.modality} box")
+        return box
+    from exotune.boxes.loading import load_image_box
+
+    return load_image_box(name or args.backbone, **options)
+
+
+def has_text_tower(args) -> bool:
+    """Whether the named box comes with a CLIP text tower (class-name prototypes, zero-shot)."""
+    if args.remote:
+        from exotune.boxes.clip import BoxPair
+
+        return isinstance(served_boxes(args), BoxPair)
+    from exotune.boxes.loading import is_clip
+
+    return is_clip(args.backbone)
 
 
 def is_lga(args) -> bool:

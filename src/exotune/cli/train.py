@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from exotune.cli import classification, images, retrieval
+from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.common import (
     ENTRY_TOKENS,
     add_box_args,
@@ -22,7 +22,8 @@ from exotune.cli.common import (
 from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
 TRAINERS = {"classification": classification.train, "retrieval": retrieval.train,
-            "image-retrieval": images.train, "image-classification": images.train}  # (args, dga, train_cfg) -> int
+            "image-retrieval": images.train, "image-classification": images.train,
+            "video-retrieval": vision.train, "sketch-retrieval": vision.train}  # (args, dga, train_cfg) -> int
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -103,7 +104,8 @@ def add_parser(sub) -> None:
     p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
     p.add_argument("--eval-test", action="store_true",
-                   help="after training, evaluate once on the test split of --dataset (or --test-file)")
+                   help="after training, evaluate once on the test split of --dataset (or --test-file; image "
+                        "tasks: --test, a split file's test split, or the unseen classes of --unseen-classes)")
 
 
 def run(args) -> int:

@@ -9,10 +9,9 @@ reported (``usage`` is zero): the box's tokenizer is the owner's, not part of th
 
 import base64  # no "from __future__ import annotations": FastAPI reads the route annotations
 import time
-from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from exotune.serve.errors import ApiError
@@ -49,11 +48,10 @@ def _inputs(body: dict) -> list[str]:
     return given
 
 
-def install_openai_routes(app: FastAPI, service, caller, read_json, model_name: str, run) -> None:
-    """Add the OpenAI-compatible routes to ``app``; ``caller`` is the native routes' auth and
+def install_openai_routes(app: FastAPI, service, Caller, read_json, model_name: str, run) -> None:
+    """Add the OpenAI-compatible routes to ``app``; ``Caller`` is the native routes' auth and
     quota dependency, ``read_json(request)`` their bounded JSON reader, ``run(caller, fn, *args)``
     their per-token share of the worker threads."""
-    Caller = Annotated[str, Depends(caller)]
     created = int(time.time())
     dim = service.spec.output_dim
 

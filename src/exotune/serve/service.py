@@ -34,6 +34,11 @@ def token_bound(text: str, max_length: int) -> int:
     return min(max_length, len(text.encode("utf-8")) + 2)
 
 
+def dtype_name(t: torch.Tensor) -> str:
+    """``int64``, not ``torch.int64``: an answer does not name the library behind the box."""
+    return str(t.dtype).removeprefix("torch.")
+
+
 def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
     own = box.spec.limits
     return BoxLimits(max_batch=min(own.max_batch, config.max_batch or own.max_batch),
@@ -273,7 +278,7 @@ class BoxService:
 
     def _check_float(self, name: str, t: torch.Tensor) -> None:
         if t.dtype != torch.float32:
-            raise ApiError(422, "invalid", f"'{name}' must be float32, got {t.dtype}")
+            raise ApiError(422, "invalid", f"'{name}' must be float32, got {dtype_name(t)}")
         if not torch.isfinite(t).all():
             raise ApiError(422, "invalid", f"'{name}' holds NaN or infinite values")
 
@@ -292,7 +297,7 @@ class BoxService:
             raise ApiError(422, "invalid", f"unexpected tensors {unknown}")
         self._check_float("embeds", embeds)
         if mask.dtype != torch.int64:
-            raise ApiError(422, "invalid", f"'mask' must be int64, got {mask.dtype}")
+            raise ApiError(422, "invalid", f"'mask' must be int64, got {dtype_name(mask)}")
         lim, dim = self.spec.limits, self.spec.input_dim
         if embeds.ndim != 3 or embeds.shape[-1] != dim:
             raise ApiError(422, "invalid", f"'embeds' must have shape (batch, length, {dim}), got {tuple(embeds.shape)}")
@@ -307,6 +312,12 @@ class BoxService:
             raise ApiError(422, "invalid", "'mask' must hold only 0 and 1")
         if not mask.any(dim=1).all():
             raise ApiError(422, "invalid", "every row of 'mask' needs at least one 1 (a sequence with no token)")
+        return embeds, mask, self._entry_tokens(tensors)
+
+    def _entry_tokens(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entry tokens among ``tensors`` (named ``entry.<point>``; nothing else left there),
+        checked against the exposed entry points: name -> (n, entry_dim)."""
+        dim = self.spec.entry_dim
         entries = {name[len(ENTRY):]: t for name, t in tensors.items()}
         if entries:
             self._require("light-gray", what="entry tokens")
@@ -318,7 +329,7 @@ class BoxService:
             if tok.ndim != 2 or tok.shape[-1] != dim or not 1 <= tok.shape[0] <= point.max_tokens:
                 raise ApiError(422, "invalid", f"entry tokens for {name!r} must have shape (n, {dim}) with "
                                                f"1 <= n <= {point.max_tokens}, got {tuple(tok.shape)}")
-        return embeds, mask, entries
+        return entries
 
     def _run(self, embeds, mask, entries) -> torch.Tensor:
         out = self.box.forward(embeds, mask, entries or None)
