@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: nothing may be downloaded in tests
+# a bare OSError/ValueError reaching the CLI's guard keeps its traceback here: an error on user
+# input must be one of exotune's own, so a real bug is never hidden behind a one-line message
+os.environ.setdefault("EXOTUNE_DEBUG", "1")
+# exotune serve keeps its generated owner secret under $XDG_CONFIG_HOME: never the user's own
+os.environ["XDG_CONFIG_HOME"] = __import__("tempfile").mkdtemp(prefix="exotune-test-config-")
 
 from pathlib import Path  # noqa: E402
 
@@ -147,6 +152,20 @@ def tiny_vision(kind: str = "vit", seed: int = 0):
     if kind == "dinov2":
         return Dinov2Model(Dinov2Config(**VISION)).eval()
     return ViTModel(ViTConfig(**VISION), add_pooling_layer=False).eval()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """A tiny random CLIPModel and its tokenizer (``build_tiny_clip``)."""
+    return build_tiny_clip()
+
+
+@pytest.fixture
+def pair(clip):
+    """The tiny CLIP as a (text, image) pair of boxes."""
+    from exotune.boxes import clip_boxes
+
+    return clip_boxes(*clip)
 
 
 @pytest.fixture

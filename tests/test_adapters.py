@@ -27,7 +27,7 @@ def test_registry_lists_the_builtin_adapters():
     assert {"linear", "mlp"} <= set(OUTPUT_ADAPTERS)
     assert {"text-shift", "pixel-conv", "pixel-residual"} <= set(INPUT_ADAPTERS)
     assert adapter_names("input", "image") == ["pixel-conv", "pixel-residual"]
-    assert adapter_names("input", "text") == ["text-shift"]
+    assert adapter_names("input", "text") == ["text-shift", "token-lowrank"]
 
 
 @pytest.mark.parametrize("name", OUTPUT_ADAPTERS)
@@ -71,6 +71,15 @@ def test_input_adapter_conformance(name, tiny_box, tiny_image_box):
     assert all(p.grad is not None for p in adapter.parameters())
     with pytest.raises(ConfigError, match=re.escape(f"works on {entry.modalities}")):
         build_adapter("input", config, other.spec)
+
+
+@pytest.mark.parametrize("name", adapter_names("input", "text"))
+def test_text_input_adapters_are_the_identity_at_step_0(name, tiny_box):
+    """Without extra tokens (which add positions), every text input adapter starts as the identity."""
+    config = dataclasses.replace(get_entry("input", name).config_cls(), extra_tokens=0)
+    model = GrayBoxModel(tiny_box, DGAConfig(config, None))
+    texts = ["the red car", "a sky is very blue"]
+    torch.testing.assert_close(model.encode(texts), tiny_box.encode(texts))
 
 
 def test_shift_only_is_identity_at_start(tiny_box):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from exotune.bench import classification
 from exotune.bench.common import RunLog
-from exotune.bench.ea import Budget, logged_lora
+from exotune.bench.ea import Budget, logged_run
 
 
 def test_ea_reuses_the_classification_lora_run(tmp_path):
     log_path = tmp_path / ".classification.runs.jsonl"
     budget = Budget()
     budget.lora["method_lr"] = {"lora": 2e-3}
-    assert logged_lora(0, budget, None, log_path) is None  # no log yet
+    assert logged_run("lora", "banking77", 0, budget, None, log_path) is None  # no log yet
     same = classification.Budget(epochs=5, lr=5e-3, method_lr={"lora": 2e-3, "full-ft": 2e-4}).for_dataset("banking77")
     other_lr = classification.Budget(epochs=5, method_lr={"lora": 1e-3}).for_dataset("banking77")
     other_epochs = classification.Budget(epochs=3, method_lr={"lora": 2e-3}).for_dataset("banking77")
@@ -21,10 +21,17 @@ def test_ea_reuses_the_classification_lora_run(tmp_path):
     log.add({**key, "seed": 0, "budget": other_epochs}, {"tag": "other epochs"})
     log.add({**key, "seed": 1, "budget": same}, {"tag": "other seed"})
     log.add({**key, "method": "dga", "seed": 0, "budget": same}, {"tag": "other method"})
-    assert logged_lora(0, budget, None, log_path) is None
+    assert logged_run("lora", "banking77", 0, budget, None, log_path) is None
     log.add({**key, "seed": 0, "budget": same}, {"tag": "this one"})
-    assert logged_lora(0, budget, None, log_path) == {"tag": "this one"}  # the DGA lr does not matter
-    assert logged_lora(0, budget, "/some/other/backbone", log_path) is None
+    assert logged_run("lora", "banking77", 0, budget, None, log_path) == {"tag": "this one"}  # DGA's lr: no matter
+    assert logged_run("lora", "banking77", 0, budget, "/some/other/backbone", log_path) is None
+    assert logged_run("lora", "sst2", 0, budget, None, log_path) is None  # another dataset
+    probe = {**key, "method": "linear-probe", "seed": 0}
+    log.add({**probe, "budget": other_lr}, {"tag": "probe, LoRA's lr differs"})
+    assert logged_run("linear-probe", "banking77", 0, budget, None, log_path) == {"tag": "probe, LoRA's lr differs"}
+    sst2 = classification.Budget(epochs=5, method_lr={"lora": 2e-3}).for_dataset("sst2")
+    log.add({**key, "dataset": "sst2", "seed": 0, "budget": sst2}, {"tag": "sst2, its caps"})
+    assert logged_run("lora", "sst2", 0, budget, None, log_path) == {"tag": "sst2, its caps"}
 
 
 def test_aggregate_and_table_carry_run_notes():

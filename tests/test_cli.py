@@ -325,7 +325,7 @@ def test_dispatch_passes_parsed_arguments(monkeypatch, good_csv, tmp_path):
     assert args.epochs == 3
     assert args.variant == "input-only"
     assert args.lr == pytest.approx(0.01)
-    assert args.batch_size == 32
+    assert args.batch_size is None  # the task's default, filled in by the command (exotune.defaults)
     assert args.text_column == "text"
     assert args.label_column == "label"
     assert args.resume is False

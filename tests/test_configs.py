@@ -15,6 +15,8 @@ import exotune.serve.config
 import exotune.tasks.classification
 import exotune.tasks.image_text
 import exotune.tasks.retrieval
+import exotune.tasks.sketch
+import exotune.tasks.video_text
 import exotune.train
 import exotune.whitebox.config  # noqa: F401  (each import defines config classes)
 from exotune.configs import ConfigBase

@@ -36,7 +36,7 @@ def test_ea_fit_predict_report(tmp_path, capsys):
         summary = json.loads(capsys.readouterr().out)
         assert summary["probe"]["calls"] == 100 and len(server.calls("chat")) == 100
         saved = json.loads((out / "lm.json").read_text())
-        assert sorted(saved) == ["base_url", "lm", "model", "returns"]  # never a key's variable, never a path
+        assert sorted(saved) == ["base_url", "label_template", "lm", "model", "returns"]  # never a key's variable, never a path
         assert "lm.json" in (out / "checksums.sha256").read_text()
         assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9"]) == 2
         assert "--trust-folder-lm" in capsys.readouterr().err  # the user's own folder: confirmed, not assumed
@@ -128,3 +128,40 @@ def test_an_edited_lm_json_is_refused(tmp_path, capsys):
         capsys.readouterr()
         assert main(["ea", "predict", "--adapter", str(out), "--text", "a red cup", "--trust-folder-lm"]) == 2
         assert "lm.json is corrupted" in capsys.readouterr().err
+
+
+def test_ea_fit_prints_rounded_shares_and_keeps_the_label_template(tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", colour_task(60, seed=1))
+    out = tmp_path / "ea"
+    with FakeOpenAI() as server:
+        assert main(["ea", "fit", "--file", str(train), "--lm", "openai-embeddings", "--base-url", server.base_url,
+                     "--model", "emb", "--label-template", "the colour {}", "--output-dir", str(out),
+                     "--clusters", "2", "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+        assert sorted(server.calls("embeddings")[0]) == sorted(f"the colour {c}" for c in colour_task(3).label_names)
+    printed = capsys.readouterr().out
+    summary = json.loads(printed)
+    for value in (summary["lm_call_share"], *summary["val_accuracy"].values()):
+        assert value == round(value, 4)
+    assert "0000000" not in printed and "9999999" not in printed
+    assert json.loads((out / "lm.json").read_text())["label_template"] == "the colour {}"
+
+
+def test_failed_ea_fit_leaves_no_response_cache_it_created(tmp_path, capsys):
+    train = write_csv(tmp_path / "train.csv", colour_task(20))
+    out = tmp_path / "ea"
+    argv = ["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", "http://127.0.0.1:9/v1",
+            "--model", "m", "--max-retries", "0", "--timeout", "2", "--output-dir", str(out)]
+    assert main(argv) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]
+    mine = tmp_path / "mine.sqlite"
+    mine.touch()  # a cache the user had: never removed
+    assert main([*argv, "--cache", str(mine)]) == 2
+    assert mine.exists()
+
+
+def test_ea_fit_images_is_a_clear_error(tmp_path, capsys):
+    argv = ["ea", "fit", "--images", str(tmp_path), "--lm", "openai-chat", "--model", "m",
+            "--output-dir", str(tmp_path / "ea")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "images" in err and "Traceback" not in err

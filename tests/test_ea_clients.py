@@ -15,6 +15,7 @@ from exotune.ea import (
     ResponseCache,
     parse_label,
 )
+from exotune.ea.client import normalise_url
 from exotune.ea.prompt import PromptTemplate, scores_from_logprobs
 from exotune.ea.testing import FAULT_DRILLS, fault_drill
 from exotune.errors import BlackBoxError, ConfigError, DataError
@@ -141,6 +142,44 @@ def test_cache_key_includes_prompt(server, tmp_path):
     chat(server, cache=cache).run(["the sky is blue"], COLOURS)
     chat(server, cache=cache, prompt=PromptTemplate(system="Be brief.")).run(["the sky is blue"], COLOURS)
     assert len(server.calls("chat")) == 2
+
+
+def test_cache_is_keyed_by_endpoint_and_model_not_the_model_name_alone(server, tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    chat(server, cache=cache).run(["the sky is blue"], COLOURS)
+    with FakeOpenAI(answer=lambda text: "red") as other:  # another server, a model of the same name
+        outs = chat(other, cache=cache).run(["the sky is blue"], COLOURS)
+        assert len(other.calls("chat")) == 1 and outs[0].label == 0  # its own answer, not the cache's
+    held = {d["endpoint"] for d in cache.endpoints().values()}
+    assert held == {normalise_url(server.base_url), normalise_url(other.base_url)}
+    respelt = server.base_url.upper().replace("/V1", "/v1/")
+    OpenAIChatClient("fake-model", base_url=respelt, api_key="k", cache=cache, **FAST).run(["the sky is blue"], COLOURS)
+    assert len(server.calls("chat")) == 1  # the same endpoint spelt otherwise: the cache answers
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("HTTP://LocalHost:80/v1/", "http://localhost/v1"), ("https://api.example.com:443/v1", "https://api.example.com/v1"),
+    ("http://127.0.0.1:8000", "http://127.0.0.1:8000"), ("http://[::1]:9000/v1//", "http://[::1]:9000/v1"),
+])
+def test_normalise_url(url, expected):
+    assert normalise_url(url) == expected
+
+
+def test_every_client_shows_the_box_the_same_label_texts(server):
+    """card_arrival is shown as 'card arrival' (then the template) by every client."""
+    names, template = ["card_arrival", "lost_card"], "a question about {}"
+    expected = ["a question about card arrival", "a question about lost card"]
+    emb = OpenAIEmbeddingClient("emb", base_url=server.base_url, api_key="k", label_template=template, **FAST)
+    emb.run(["my card has not arrived"], names)
+    assert server.calls("embeddings")[0] == expected
+    seen = []
+    CallableClient(lambda t, names: seen.append(t) or [1.0, 0.0], returns="embeddings",
+                   label_template=template).run(["x"], names)
+    assert seen[:2] == expected
+    with FakeOpenAI(answer=lambda text: "A question about lost card.") as words:
+        assert chat(words, label_template=template).run(["where is my card"], names)[0].label == 1
+    with pytest.raises(ConfigError, match="label_template"):
+        chat(server, label_template="no slot")
 
 
 def test_duplicate_inputs_are_asked_once(server):

@@ -77,6 +77,30 @@ def test_http_answers_are_checked(tiny_backbone, black_app):
         client.run(TEXTS, LABELS)
 
 
+def test_embedding_client_encodes_the_label_names_once_run_after_run(black_app):
+    """One input per run (serving): the label names' encodings are kept, not asked for each time."""
+    import json
+
+    import httpx
+    from fastapi.testclient import TestClient
+
+    inner, asked = TestClient(black_app), []
+
+    def handler(request):
+        if request.url.path == "/v1/encode":
+            asked.append(json.loads(request.content)["texts"])
+        r = inner.request(request.method, str(request.url), headers=request.headers, content=request.content)
+        return httpx.Response(r.status_code, headers={"content-type": r.headers["content-type"]}, content=r.content)
+
+    client = ServedBoxClient("http://testserver", TOKEN, returns="embeddings", max_retries=0,
+                             http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    first = [client.run([t], LABELS)[0].label for t in TEXTS]
+    assert asked == [LABELS, *([t] for t in TEXTS)]
+    assert first == [o.label for o in client.run(TEXTS, LABELS)]
+    client.run(TEXTS[:1], ["blue", "red"])  # other labels: encoded again
+    assert asked[-2:] == [["blue", "red"], TEXTS[:1]]
+
+
 def test_ea_and_a_served_client_leave_torch_out(tiny_backbone, black_app):
     """The user's process of a black-box EA run (its report and benchmark included) never imports
     torch (about 200 MB)."""

@@ -45,12 +45,24 @@ def test_ssm_conformance(spec):
 
 
 def test_registry_rejects_duplicates_and_unknown():
-    with pytest.raises(ConfigError, match="new"):
+    with pytest.raises(ConfigError, match="already registered"):
         register_ssm("tfidf-lr", SklearnSSM)
+    for bad in ("", "Has-Caps", "with space", "-dash-first", None):
+        with pytest.raises(ConfigError, match="must match"):
+            register_ssm(bad, SklearnSSM)
+    with pytest.raises(ConfigError, match="must be a class"):
+        register_ssm("an-instance", SklearnSSM())
+    assert "an-instance" not in SSMS
     with pytest.raises(ConfigError, match="unknown SSM"):
         make_ssm("no-such-ssm")
     with pytest.raises(ConfigError, match="predict_proba"):
         make_ssm(42)
+
+
+def test_registered_parameters_make_the_candidates():
+    assert make_ssm("embedding-lr-128").n_components == 128 and make_ssm("embedding-lr-all").n_components is None
+    raw = make_ssm("embedding-lr-raw")
+    assert raw.encoder() is None and make_ssm("embedding-lr").encoder() is not None
 
 
 def test_wilson_interval():

@@ -16,7 +16,8 @@ from exotune.errors import (
     RateLimitError,
     RemoteError,
 )
-from exotune.graybox import DGAConfig, GrayBoxModel
+from exotune.graybox import DGAConfig, GrayBoxModel, adapter_names
+from exotune.graybox.registry import get_entry
 from exotune.tasks.classification import ClassificationConfig, TextClassifier
 from exotune.train import TrainConfig, Trainer
 
@@ -49,9 +50,10 @@ def test_light_gray_gradients_match_with_entry_tokens(tiny_box, stateless):
     assert all(g.abs().sum() > 0 for g in r[2].values())  # the entry tokens got gradients
 
 
-def _classifier(box, seed=0):
+def _classifier(box, seed=0, input_adapter="text-shift"):
     torch.manual_seed(seed)
-    return TextClassifier(box, ["red", "blue", "green"], DGAConfig(), ClassificationConfig(head="prototype"))
+    dga = DGAConfig(input_adapter=get_entry("input", input_adapter).config_cls())
+    return TextClassifier(box, ["red", "blue", "green"], dga, ClassificationConfig(head="prototype"))
 
 
 def _fit(model, max_steps=4):
@@ -60,13 +62,15 @@ def _fit(model, max_steps=4):
     return Trainer(cfg, progress=False).fit(model, train, val)
 
 
-def test_dga_training_through_the_remote_box_matches_local(tiny_box):
-    local = _classifier(tiny_box)
+@pytest.mark.parametrize("input_adapter", adapter_names("input", "text"))
+def test_dga_training_through_the_remote_box_matches_local(tiny_box, input_adapter):
+    local = _classifier(tiny_box, input_adapter=input_adapter)
     start = {k: v.clone() for k, v in local.state_dict().items()}
     _fit(local)
-    assert not torch.equal(start["encoder.input_adapter.shift"], local.state_dict()["encoder.input_adapter.shift"])
+    changed = {k for k, v in local.state_dict().items() if not torch.equal(start[k], v)}
+    assert {k for k in start if k.startswith("encoder.input_adapter.")} <= changed  # every input tensor trains
     box = remote(make_app(tiny_box))
-    far = _classifier(box)
+    far = _classifier(box, input_adapter=input_adapter)
     _fit(far)
     a, b = local.state_dict(), far.state_dict()
     assert a.keys() == b.keys()

@@ -391,6 +391,7 @@ def _requests(client, box) -> dict[tuple[str, str], list]:
     handle = wire.decode(fwd.content).meta["handle"]
     grad = wire.encode({"grad_outputs": torch.randn(2, box.spec.output_dim)}, {"handle": handle})
     texts = {"texts": ["the red car", "blue sky"]}
+    name = client.app.state.model_name
     return {
         ("get", "/v1/health"): [lambda: client.get("/v1/health")],
         ("get", "/v1/spec"): [lambda: client.get("/v1/spec")],
@@ -404,6 +405,10 @@ def _requests(client, box) -> dict[tuple[str, str], list]:
                                  lambda: client.post("/v1/encode", content=b"\xff")],
         ("post", "/v1/scores"): [lambda: client.post("/v1/scores", json={**texts, "labels": ["red", "blue"]}),
                                  lambda: client.post("/v1/scores", json=texts)],
+        ("post", "/v1/embeddings"): [lambda: client.post("/v1/embeddings", json={"model": name, "input": texts["texts"]}),
+                                     lambda: client.post("/v1/embeddings", json={"model": "other", "input": "x"})],
+        ("get", "/v1/models"): [lambda: client.get("/v1/models")],
+        ("get", "/v1/models/{model}"): [lambda: client.get(f"/v1/models/{name}"), lambda: client.get("/v1/models/x")],
     }
 
 

@@ -19,7 +19,7 @@ from exotune.serve.config import ListenConfig
 from exotune.serve.fair import FairScheduler
 from exotune.serve.handles import HandleStore, Pending
 
-from .serve_helpers import OTHER, TOKEN, make_app, make_client, running_server
+from .serve_helpers import OTHER, TOKEN, make_app, make_client, remote, running_server
 
 pytest.importorskip("fastapi")
 
@@ -83,6 +83,22 @@ def test_work_per_request_is_bounded_for_texts_and_labels(tiny_box):
     default = make_client(make_app(tiny_box)).get("/v1/spec").json()
     limits = default["spec"]["limits"]
     assert default["server"]["max_tokens_per_request"] == limits["max_batch"] * limits["max_length"]
+
+
+def test_the_black_spec_does_not_reveal_the_max_length_through_the_work_bound(tiny_backbone):
+    from exotune.boxes import load_box
+
+    black = load_box(str(tiny_backbone), access="black")
+    assert "max_tokens_per_request" not in make_client(make_app(black)).get("/v1/spec").json()["server"]
+    explicit = make_client(make_app(black, max_tokens_per_request=100)).get("/v1/spec").json()["server"]
+    assert explicit["max_tokens_per_request"] == 100
+
+
+def test_a_remote_box_sends_labels_over_max_batch_in_blocks(tiny_box):
+    texts, labels = ["the red car", "a blue sky", "big leaf"], ["red", "blue", "green", "sky", "car"]
+    with remote(make_app(tiny_box, max_batch=2)) as tight, remote(make_app(tiny_box)) as wide:
+        got, want = tight.scores(texts, labels), wide.scores(texts, labels)
+    assert got.shape == (3, 5) and torch.allclose(got, want, atol=1e-6)
 
 
 def test_fair_scheduler_gives_the_next_turn_to_the_token_served_least_recently():
@@ -307,7 +323,7 @@ def test_connections_beyond_the_cap_are_closed_on_accept(tiny_box):
             s.close()
 
 
-def test_serve_flags_reach_the_app_and_the_listener(tiny_backbone, monkeypatch):
+def test_serve_flags_reach_the_app_and_the_listener(tiny_backbone, tmp_path):
     import argparse
 
     from exotune.cli.serve import add_serve_args, build_server, listen_config
@@ -320,7 +336,8 @@ def test_serve_flags_reach_the_app_and_the_listener(tiny_backbone, monkeypatch):
         assert flag in help_text
     args = p.parse_args(["--model", str(tiny_backbone), "--no-auth", "--max-tokens-per-request", "100",
                          "--max-response-mb", "1", "--header-timeout", "3", "--max-connections", "9",
-                         "--login-failures", "5", "--body-timeout", "7"])
+                         "--login-failures", "5", "--body-timeout", "7",
+                         "--owner-secret-file", str(tmp_path / "owner-secret")])
     config = build_server(args).state.service.config
     assert (config.max_tokens_per_request, config.max_response_bytes, config.login_failures,
             config.body_timeout_s) == (100, 2**20, 5, 7.0)

@@ -72,16 +72,6 @@ def modules_of(box) -> list[nn.Module]:
     return [v for v in vars(box).values() if isinstance(v, nn.Module)]
 
 
-@pytest.fixture(scope="module")
-def clip():
-    return build_tiny_clip()
-
-
-@pytest.fixture
-def pair(clip):
-    return clip_boxes(*clip)
-
-
 @pytest.fixture
 def light_pair(clip):
     return clip_boxes(*clip, entry_points="all", entry_tokens_max=4)
@@ -550,9 +540,9 @@ def test_cli_image_training_is_repeatable_with_a_seed(clip_folder, shape_folder,
      (["--task", "image-classification", "--images", "{images}", "--backbone", "{clip}", "--kernel-size", "2"],
       "odd"),
      (["--task", "image-classification", "--images", "{images}", "--remote", "http://127.0.0.1:9"],
-      "cannot be served yet")],
+      "could not reach http://127.0.0.1:9")],
     ids=["no-captions", "no-backbone", "vit-prototypes", "missing-captions", "images-for-text", "even-kernel",
-         "remote-image-box"])
+         "remote-unreachable"])
 def test_cli_image_errors(argv, fragment, clip_folder, shape_folder, tmp_path, capsys):
     vit = tmp_path / "vit"
     tiny_vision().save_pretrained(vit)

@@ -223,8 +223,12 @@ def test_bench_white_box_records(tiny_backbone, tiny_banking, tmp_path):
         run = classification.run_one(name, "banking77", 0, tiny_banking, budget, str(tiny_backbone))
         records += [aggregate([run], "accuracy"), aggregate([run], "macro_f1")]
     lora, full = records[0], records[2]
-    assert (lora["method"], lora["variant"], lora["access"], lora["lr"]) == ("lora", "r=8", "white", 1e-3)
-    assert (full["method"], full["variant"], full["access"], full["lr"]) == ("full-ft", "all", "white", 1e-4)
+    from exotune.defaults import CLASSIFICATION  # the committed tables' rates
+
+    assert (lora["method"], lora["variant"], lora["access"], lora["lr"]) == (
+        "lora", "r=8", "white", CLASSIFICATION.lr_for("lora"))
+    assert (full["method"], full["variant"], full["access"], full["lr"]) == (
+        "full-ft", "all", "white", CLASSIFICATION.lr_for("full-ft"))
     assert lora["trainable_params"] < full["trainable_params"]
     for r in (lora, full):
         assert r["steps"] == 2 and r["seconds_per_step"] > 0 and r["peak_memory_mb"] > 0
@@ -241,7 +245,7 @@ def test_budget_caps_and_learning_rates():
     b = Budget()
     assert (b.train_cap("banking77"), b.train_cap("sst2"), b.val_cap("sst2")) == (None, 4000, 2000)
     assert Budget(max_train=256).train_cap("sst2") == 256
-    assert (b.lr_for("dga"), b.lr_for("lora"), b.lr_for("full-ft")) == (2e-3, 1e-3, 1e-4)
+    assert (b.lr_for("dga"), b.lr_for("lora"), b.lr_for("full-ft")) == (5e-3, 2e-3, 2e-4)  # exotune.defaults
 
 
 @pytest.mark.real
@@ -282,7 +286,7 @@ def test_bench_cli_learning_rates_reach_the_budget(monkeypatch, tmp_path, capsys
     argv = ["bench", "classification", "--datasets", "sst2", "--methods", "dga-both", "lora", "full-ft",
             "--seeds", "0", "--lr", "lora=5e-4", "dga=3e-3", "--out-dir", str(tmp_path)]
     assert main(argv) == 0
-    assert seen == [("dga-both", 3e-3, 4000), ("lora", 5e-4, 4000), ("full-ft", 1e-4, 4000)]
+    assert seen == [("dga-both", 3e-3, 4000), ("lora", 5e-4, 4000), ("full-ft", 2e-4, 4000)]  # full-ft: the default
     doc = json.loads((tmp_path / "classification.json").read_text())
     assert doc["budget"]["method_lr"]["lora"] == 5e-4 and doc["budget"]["train_cap"] == 4000
     capsys.readouterr()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from exotune import distributed
 from exotune.artifacts import (
@@ -36,8 +35,12 @@ from exotune.artifacts import (
 from exotune.batching import grouped_batches
 from exotune.configs import ConfigBase
 from exotune.errors import ArtifactError, ConfigError
+from exotune.progress import note, progress_bar
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
+# Components that can get their own learning rate: a gray-box tower's input side, tokens and
+# output side (its ``parameter_groups()``), and the task's head; white-box weights are "weights".
+PARAMETER_GROUPS = ("input", "tokens", "output", "head")
 LAST, BEST = "last", "best"
 
 
@@ -57,6 +60,11 @@ class TrainConfig(ConfigBase):
     max_steps: int | None = None
     checkpoint_every: int = 200  # steps
     group_by_length: bool = True  # batches of similar-length examples when the data has lengths()
+    # Peak rates per parameter group (see ``parameter_groups``); None: ``lr``.
+    lr_input: float | None = None  # input adapter's maps (shift, low-rank map, pixel maps)
+    lr_tokens: float | None = None  # extra tokens and entry tokens
+    lr_output: float | None = None  # output adapter
+    lr_head: float | None = None  # the task's own tensors (head, temperature) and all else
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
@@ -72,6 +80,15 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        for group in PARAMETER_GROUPS:
+            rate = getattr(self, f"lr_{group}")
+            if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
+                raise ConfigError(f"lr_{group} must be > 0 or None, got {rate!r}")
+
+    def group_lr(self, group: str) -> float:
+        """The peak learning rate of a parameter group (``lr`` unless set)."""
+        rate = getattr(self, f"lr_{group}", None) if group in PARAMETER_GROUPS else None
+        return self.lr if rate is None else float(rate)
 
 
 @dataclass
@@ -84,12 +101,33 @@ class TrainResult:
     seconds_per_step: float
     history: list[dict] = field(default_factory=list)
     best_dir: Path | None = None
+    group_lr: dict[str, float] = field(default_factory=dict)  # peak rate of each parameter group
 
     def summary(self) -> dict:
         """What a run reports (and ``exotune train`` writes to summary.json)."""
         return {"best_val": self.best_metric, "best_epoch": self.best_epoch, "steps": self.steps,
-                "train_seconds": round(self.train_seconds, 1), "history": self.history,
-                "adapter": str(self.best_dir)}
+                "train_seconds": round(self.train_seconds, 1), "lr_groups": self.group_lr,
+                "history": self.history, "adapter": str(self.best_dir)}
+
+
+def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:
+    """``model.trainable_parameters()`` by component, in that order: the groups its parts declare
+    (a part's ``parameter_groups()``, e.g. a gray-box tower's input / tokens / output), the
+    rest ``head``. A model may declare its own groups instead."""
+    params = model.trainable_parameters()
+    own = getattr(model, "parameter_groups", None)
+    parts = [model] if callable(own) else [m for m in model.modules() if m is not model]
+    claimed: dict[int, str] = {}
+    for part in parts:
+        declare = getattr(part, "parameter_groups", None)
+        if callable(declare):
+            for group, tensors in declare().items():
+                for p in tensors:
+                    claimed.setdefault(id(p), group)
+    groups: dict[str, list[torch.nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault(claimed.get(id(p), "head"), []).append(p)
+    return groups
 
 
 def seed_everything(seed: int) -> None:
@@ -102,7 +140,7 @@ def _scheduler(optimizer, config: TrainConfig, total_steps: int):
     warmup = int(config.warmup_ratio * total_steps)
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=max(total_steps, 2), pct_start=max(config.warmup_ratio, 0.01)
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2), pct_start=max(config.warmup_ratio, 0.01)
         )
 
     def factor(step: int) -> float:
@@ -150,7 +188,12 @@ class Trainer:
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             total = min(total, cfg.max_steps)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = parameter_groups(model)
+        rates = {g: cfg.group_lr(g) for g in groups}
+        # one rate for all: one group, as before per-group rates existed (their checkpoints resume)
+        optimizer = torch.optim.AdamW(
+            params if len(set(rates.values())) == 1 else [{"params": ps, "lr": rates[g]} for g, ps in groups.items()],
+            lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = _scheduler(optimizer, cfg, total)
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": -math.inf,
                  "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0, "done": False}
@@ -171,9 +214,9 @@ class Trainer:
                 try:
                     self._save_last(model, optimizer, scheduler, state, self._best_state)
                 except Exception as save_err:  # never hide the original error
-                    tqdm.write(f"could not save a checkpoint ({save_err})")
+                    note(f"could not save a checkpoint ({save_err})")
                 else:
-                    tqdm.write(f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
+                    note(f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
                                f"{self.output_dir / LAST} (resume to continue)")
             raise
         best_state = self._best_state
@@ -189,6 +232,7 @@ class Trainer:
             seconds_per_step=float(np.median(step_seconds)) if step_seconds else float("nan"),
             history=state["history"],
             best_dir=self.output_dir / BEST if self.output_dir else None,
+            group_lr=rates,
         )
 
     def _loop(self, model, train, val, optimizer, scheduler, params, total, state, t_start, step_seconds) -> None:
@@ -196,8 +240,8 @@ class Trainer:
         while not state["done"] and state["epoch"] < cfg.epochs and state["global_step"] < total:
             epoch = state["epoch"]
             batches = self._batches(train, epoch)
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", initial=state["step_in_epoch"],
-                       total=len(batches), disable=not self._show or None, leave=False)
+            bar = progress_bar(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self._show,
+                               initial=state["step_in_epoch"])
             losses = []
             for idx in batches[state["step_in_epoch"] :]:
                 t0 = time.perf_counter()
@@ -236,7 +280,7 @@ class Trainer:
             else:
                 state["bad_epochs"] += 1
             if self._show:
-                tqdm.write(f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
+                note(f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
                            f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})")
             state["epoch"] += 1
             state["step_in_epoch"] = 0
@@ -301,7 +345,7 @@ class Trainer:
             scheduler.load_state_dict(tree["scheduler"])
         torch.set_rng_state(rng)
         if self._show:
-            tqdm.write(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
+            note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
                        f"step {meta['state']['global_step']}")
         return meta["state"], tree["best"]
 

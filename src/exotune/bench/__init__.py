@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, ea, reliability, remote, retrieval, steps
+from exotune.bench import classification, ea, graymethods, reliability, remote, retrieval, steps
 from exotune.bench.common import (
     RESULTS_DIR,
     BenchOptions,
@@ -16,18 +16,20 @@ from exotune.bench.common import (
     run_isolated,
     write_results,
 )
+from exotune.bench.sources import user_data
+from exotune.defaults import TASK_DEFAULTS
 from exotune.errors import ConfigError
 
 SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea, "steps": steps,
           "reliability": reliability}
 
 
-def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path) -> Path:
+def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path, datasets) -> Path:
     """The results file from every logged run with these settings (earlier invocations too:
     methods and datasets may be run in separate calls); the commands are listed."""
     groups: dict[tuple, list[dict]] = {}
     budgets = {}
-    for dataset in suite.DATASETS:
+    for dataset in datasets:
         for key, run in log.matching(**extra, dataset=dataset, budget=budget.for_dataset(dataset)):
             groups.setdefault((key["dataset"], key["method"]), []).append(run)
             budgets[dataset] = key["budget"]
@@ -41,33 +43,42 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Pa
         rec.pop("command", None)
     one = list(dict.fromkeys(json.dumps(b, sort_keys=True) for b in budgets.values()))
     doc_budget = next(iter(budgets.values())) if len(one) == 1 else budgets
-    return write_results(suite_name, records, out_dir, {**extra, "budget": doc_budget},
+    defaults = TASK_DEFAULTS[suite_name].to_dict()  # what the suite runs without --lr and --epochs
+    return write_results(suite_name, records, out_dir, {**extra, "budget": doc_budget, "defaults": defaults},
                          " && ".join(c for c in commands if c))
 
 
 def run_suite(args: BenchOptions) -> int:
     """Run (or reuse from the suite's log) every dataset x method x seed asked for, then write the results."""
     suite = SUITES[args.suite]
+    own = user_data(args)  # the user's files or BEIR folder, else None: the suite's datasets
     if hasattr(suite, "run"):  # a suite with its own driver
         return suite.run(args)
-    datasets = args.datasets or list(suite.DATASETS[:1])
+    datasets = [own.name] if own else args.datasets or list(suite.DATASETS[:1])
     methods = args.methods or list(suite.METHODS)
-    for kind, given, known in (("dataset", datasets, suite.DATASETS), ("method", methods, suite.METHODS)):
+    checks = [] if own else [("dataset", datasets, suite.DATASETS)]
+    for kind, given, known in checks:
         bad = [x for x in given if x not in known]
         if bad:
             raise ConfigError(f"suite {args.suite!r} has no {kind} {bad}; choose from {list(known)}")
+    for name in methods:
+        graymethods.describe(name, suite.METHODS)  # a clear error for an unknown name
     budget = suite.Budget(**({"epochs": args.epochs} if args.epochs else {}), max_train=args.max_train)
     seeds = args.seeds
     if args.quick:
         budget = suite.quick_budget()
         seeds = seeds[:1]
     for method, lr in args.lr:
-        if method == "dga" or not hasattr(budget, "method_lr"):
+        if "." in method:
+            graymethods.check_group_key(method)
+            budget.group_lr[method] = lr
+        elif method == "dga" or not hasattr(budget, "method_lr"):
             budget.lr = lr
         else:
             budget.method_lr[method] = lr
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
-    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick}
+    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick, **({"data": own.key()} if own else {})}
+    source = own or args.data_dir  # where run_one finds the data: the user's, or a data root
     command = command_line()
     log = RunLog(out_dir / f".{args.suite}.runs.jsonl", fresh=args.fresh)
     for dataset in datasets:
@@ -78,13 +89,14 @@ def run_suite(args: BenchOptions) -> int:
                 run = log.get(key)
                 if run is None:
                     print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)
-                    run = run_isolated(suite.run_one, name, dataset, seed, args.data_dir, budget, args.backbone)
+                    run = run_isolated(suite.run_one, name, dataset, seed, source, budget, args.backbone)
                     log.add(key, {**run, "command": command})
                 else:
                     print(f"[bench] {dataset} {name} seed {seed}: logged earlier, reused", file=sys.stderr)
                 main = suite.METRICS[0]
                 print(f"[bench]   {main} {run['metrics'][main]:.4f}, {run['train_seconds']:.0f} s", file=sys.stderr)
-            path = _write(args.suite, suite, log, extra, budget, out_dir)  # after each method: nothing lost
+            # after each method: nothing lost
+            path = _write(args.suite, suite, log, extra, budget, out_dir, datasets if own else suite.DATASETS)
     print(path.with_suffix(".md").read_text())
     print(f"results written to {path}", file=sys.stderr)
     return 0

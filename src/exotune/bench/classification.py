@@ -15,7 +15,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from exotune.bench.common import peak_memory_mb
+from exotune.bench import graymethods
+from exotune.bench.common import peak_memory_mb, step_seconds
+from exotune.bench.sources import splits
+from exotune.defaults import CLASSIFICATION
 
 METHODS = {
     # name: (method, variant, access)
@@ -25,6 +28,7 @@ METHODS = {
     "dga-output-only": ("dga", "output-only", "dark-gray"),
     "dga-both": ("dga", "both", "dark-gray"),
     "lga": ("lga", "tokens=2", "light-gray"),  # DGA (both) + 2 tokens at every layer's input
+    # and any gray-box name bench.graymethods parses: dga-lowrank16, lga-8-upper, ...
     "lora": ("lora", "r=8", "white"),
     "full-ft": ("full-ft", "all", "white"),
 }
@@ -37,14 +41,13 @@ LABEL_TEMPLATES = {"banking77": "{}", "sst2": "a {} movie review"}
 
 @dataclass
 class Budget:
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 2e-3  # gray-box adapters (dga); other methods: method_lr
-    # White-box scales (see exotune.whitebox): LoRA's B starts at zero and needs ~1e-3 to move
-    # in a few epochs; full fine-tuning of every weight wants the usual BERT-style 1e-4 or less.
-    method_lr: dict[str, float] = field(default_factory=lambda: {"lora": 1e-3, "full-ft": 1e-4})
-    val_fraction: float = 0.1
-    patience: int = 2
+    # the defaults the committed tables were made with (exotune.defaults)
+    epochs: int = CLASSIFICATION.epochs
+    batch_size: int = CLASSIFICATION.batch_size
+    lr: float = CLASSIFICATION.gray_lr  # gray-box adapters (dga, lga); other methods: method_lr
+    method_lr: dict[str, float] = field(default_factory=lambda: dict(CLASSIFICATION.white_lr))
+    val_fraction: float = CLASSIFICATION.val_fraction
+    patience: int = CLASSIFICATION.patience
     max_train: int | None = None  # sample of train (after carving validation); overrides the per-dataset caps
     max_val: int | None = None
     max_test: int | None = None
@@ -53,9 +56,14 @@ class Budget:
     dataset_max_train: dict[str, int] = field(default_factory=lambda: {"sst2": 4000})
     dataset_max_val: dict[str, int] = field(default_factory=lambda: {"sst2": 2000})
     probe_cs: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    group_lr: dict[str, float] = field(default_factory=dict)  # "dga.tokens": 5e-2 (see bench.graymethods)
 
     def lr_for(self, method: str) -> float:
         return self.method_lr.get(method, self.lr)
+
+    def train_lrs(self, method: str) -> dict:
+        """``TrainConfig`` fields: the peak rate and any per-group rates of ``method``."""
+        return {"lr": self.lr_for(method), **graymethods.group_rates(self.group_lr, method)}
 
     def train_cap(self, dataset: str) -> int | None:
         return self.max_train or self.dataset_max_train.get(dataset)
@@ -67,7 +75,8 @@ class Budget:
         """The budget one dataset's runs get, caps resolved: what its runs are logged and
         written under, so another dataset's cap never changes this dataset's runs."""
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val")}
+               if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val")
+               and (k != "group_lr" or v)}  # runs logged before group rates still match
         return {**out, "train_cap": self.train_cap(dataset), "val_cap": self.val_cap(dataset)}
 
 
@@ -75,12 +84,15 @@ def quick_budget() -> Budget:
     return Budget(epochs=1, max_train=256, max_val=128, max_test=256, probe_cs=[1.0, 10.0])
 
 
-def _data(dataset: str, data_dir, budget: Budget, seed: int):
+def split_data(dataset: str, source, budget: Budget, seed: int):
+    """(train, validation, test) of a known dataset under the data root ``source``, or of the
+    user's files (``source`` a ``UserFiles``), for one seed; then the budget's samples."""
     from exotune.data import load_dataset
 
-    full = load_dataset(dataset, "train", data_dir)
-    train, val = full.split(budget.val_fraction, seed=seed)
-    test = load_dataset(dataset, "test", data_dir)
+    def known(root):
+        return load_dataset(dataset, "train", root), None, load_dataset(dataset, "test", root)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
     if budget.train_cap(dataset):
         train = train.head(budget.train_cap(dataset), seed)
     if budget.val_cap(dataset):
@@ -98,27 +110,26 @@ def timed_eval(model, data, batch_size=128):
 
 def _gradient_model(name: str, train, task, backbone):
     """The model a gradient method trains (DGA, LGA, LoRA, full FT) and its extra record fields."""
-    from exotune.boxes import load_box
-    from exotune.graybox import DGAConfig
-    from exotune.graybox.entry_tokens import EntryTokensConfig
     from exotune.tasks.classification import TextClassifier
 
-    method, variant, access = METHODS[name]
+    method, variant, access = graymethods.describe(name, METHODS)
     if access == "white":
         from exotune.whitebox import WhiteBoxClassifier, WhiteBoxConfig
 
         wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
         model = WhiteBoxClassifier.from_backbone(backbone, train.label_names, wb, task)
         return model, {"variant": wb.variant_name, "whitebox": wb.to_dict()}
-    lga = method == "lga"
-    box = load_box(backbone, entry_points="all") if lga else load_box(backbone)
-    tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
-    dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
-    return TextClassifier(box, train.label_names, dga, task), {}
+    gray = graymethods.parse(name)
+    box = gray.load_box(backbone)
+    dga = gray.dga_config(box)
+    model = TextClassifier(box, train.label_names, dga, task)
+    gray.init_tokens(model.encoder, train.label_names, train.texts)
+    return model, {"dga": dga.to_dict()}
 
 
-def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
-    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
+def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
+    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``).
+    ``source``: the data root of the known datasets, or the user's ``UserFiles``."""
     import torch
 
     from exotune.boxes import load_box
@@ -126,12 +137,13 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
     from exotune.train import seed_everything
 
     seed_everything(seed)
-    method, variant, access = METHODS[name]
-    train, val, test = _data(dataset, data_dir, budget, seed)
+    method, variant, access = graymethods.describe(name, METHODS)
+    train, val, test = split_data(dataset, source, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None,
            "n_train": len(train), "n_val": len(val), "n_test": len(test),
+           "n_classes": len(train.label_names),  # the head, hence trainable parameters, grows with it
            "label_template": None if method == "linear-probe" else task.label_template}
     if method == "zero-shot":
         model = TextClassifier(load_box(backbone), train.label_names, config=task)
@@ -142,7 +154,7 @@ def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbo
     else:
         model, extra = _gradient_model(name, train, task, backbone)
         rec.update(extra)
-        rec.update(_fit(model, train, val, test, budget, budget.lr_for(method), seed))
+        rec.update(_fit(model, train, val, test, budget, budget.train_lrs(method), seed))
     rec["peak_memory_mb"] = peak_memory_mb()
     rec["threads"] = torch.get_num_threads()  # training seconds depend on it (OMP_NUM_THREADS)
     return rec
@@ -161,8 +173,8 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
     from exotune.train import seed_everything
 
     seed_everything(0)
-    method, variant, access = METHODS[name]
-    train, _, _ = _data(dataset, data_dir, budget, 0)
+    method, variant, access = graymethods.describe(name, METHODS)
+    train, _, _ = split_data(dataset, data_dir, budget, 0)
     batch = train.head(budget.batch_size, 0)
     model, extra = _gradient_model(name, train, ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}")),
                                    backbone)
@@ -187,16 +199,18 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
             "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}
 
 
-def _fit(model, train, val, test, budget: Budget, lr: float, seed: int) -> dict:
-    """The shared gradient protocol: the same Trainer, budget and selection for every method."""
+def _fit(model, train, val, test, budget: Budget, lrs: dict, seed: int) -> dict:
+    """The shared gradient protocol: the same Trainer, budget and selection for every method;
+    ``lrs``: the ``TrainConfig`` rates (``lr`` and any per-group ``lr_tokens``, ...)."""
     from exotune.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=lr,
-                      patience=budget.patience, seed=seed)
+    cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, patience=budget.patience, seed=seed, **lrs)
     result = Trainer(cfg, progress=False).fit(model, train, val)
     rec = {"trainable_params": model.num_trainable(), "train_seconds": result.train_seconds,
-           "seconds_per_step": result.seconds_per_step, "steps": result.steps, "lr": lr,
+           **step_seconds(result), "steps": result.steps, "lr": cfg.lr,
            "best_epoch": result.best_epoch, "val_accuracy": result.best_metric}
+    if len(lrs) > 1:
+        rec["lr_groups"] = result.group_lr
     rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)
     return rec
 

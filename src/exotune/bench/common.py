@@ -37,6 +37,13 @@ class BenchOptions:
     out_dir: str | None = None
     quick: bool = False
     fresh: bool = False
+    # the user's own data (exotune.bench.sources): labelled text files, or a BEIR folder
+    file: str | None = None
+    val_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    beir_dir: str | None = None
 
 
 def machine() -> str:
@@ -127,6 +134,14 @@ class RunLog:
         return out
 
 
+def step_seconds(result) -> dict:
+    """A training run's seconds per step, both ways: ``seconds_per_step`` the median step (what
+    a step costs on a quiet machine), ``wall_seconds_per_step`` its training seconds over its
+    steps (what the run paid, validation and any contention included)."""
+    wall = result.train_seconds / result.steps if result.steps else None
+    return {"seconds_per_step": result.seconds_per_step, "wall_seconds_per_step": wall}
+
+
 def aggregate(runs: list[dict], metric: str) -> dict:
     """Mean and std over seeds of ``metric``; other numeric fields are averaged."""
     first = runs[0]
@@ -137,7 +152,8 @@ def aggregate(runs: list[dict], metric: str) -> dict:
     notes = [f"seed {r['seed']}: {r['note']}" for r in runs if r.get("note")]
     if notes:  # what a reader must know about a run (added to its run-log entry by hand)
         rec["notes"] = notes
-    for key in ("train_seconds", "seconds_per_step", "peak_memory_mb", "eval_examples_per_second"):
+    for key in ("train_seconds", "seconds_per_step", "wall_seconds_per_step", "peak_memory_mb",
+                "eval_examples_per_second"):
         vals = [r[key] for r in runs if r.get(key) is not None]
         rec[key] = float(np.mean(vals)) if vals else None
     return rec
@@ -168,6 +184,8 @@ def _dataset_line(records: list[dict]) -> str | None:
     if r is None:
         return None
     line = f"train {r['n_train']:,}, validation {r['n_val']:,}, test {r['n_test']:,} examples"
+    if r.get("n_classes"):  # the head grows with the classes: the parameter counts hold for this many
+        line += f"; {r['n_classes']} classes (trainable parameters count a head for {r['n_classes']})"
     by_threads: dict = {}  # training seconds depend on it
     for x in records:
         by_threads.setdefault(x.get("threads"), []).append(x["method"])
@@ -187,6 +205,8 @@ def markdown_table(doc: dict) -> str:
              f"{doc['date']}, {doc['machine']}, backbone {doc.get('backbone', '')}.", ""]
     if doc.get("budget"):
         lines += [f"Budget: {doc['budget']}", ""]
+    lines += ["s/step (median): the median training step, what a step costs without contention; s/step (wall): "
+              "train s over the run's steps, validation and any contention included.", ""]
     datasets = list(dict.fromkeys(r["dataset"] for r in doc["records"]))
     for ds in datasets:
         records = [r for r in doc["records"] if r["dataset"] == ds]
@@ -194,14 +214,16 @@ def markdown_table(doc: dict) -> str:
         about = _dataset_line(records)
         if about:
             lines += [about, ""]
-        lines += ["| method | variant | access | metric | mean ± std | trainable params | lr | train s | s/step | peak MB | eval ex/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| method | variant | access | metric | mean ± std | trainable params | lr | train s | s/step "
+                  "(median) | s/step (wall) | peak MB | eval ex/s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in records:
             lr = "" if r.get("lr") is None else f"{r['lr']:g}"
             lines.append(
                 f"| {r['method']} | {r['variant']} | {r['access']} | {r['metric']} | "
                 f"{r['mean']:.4f} ± {r['std']:.4f} | {r['trainable_params']:,} | {lr} | {_fmt(r['train_seconds'])} | "
-                f"{_fmt(r['seconds_per_step'], 3)} | {_fmt(r['peak_memory_mb'], 0)} | {_fmt(r.get('eval_examples_per_second'), 0)} |"
+                f"{_fmt(r['seconds_per_step'], 3)} | {_fmt(r.get('wall_seconds_per_step'), 3)} | "
+                f"{_fmt(r['peak_memory_mb'], 0)} | {_fmt(r.get('eval_examples_per_second'), 0)} |"
             )
         lines.append("")
         notes = [f"- {r['method']} ({r['variant']}), {n}" for r in records if r["metric"] == records[0]["metric"]
@@ -214,7 +236,7 @@ def markdown_table(doc: dict) -> str:
 PLOTS = (  # x axis key, label, file suffix; the y axis is the suite's first metric
     ("trainable_params", "trainable parameters", "params"),
     ("train_seconds", "training seconds", "time"),
-    ("seconds_per_step", "seconds per training step (same batch size)", "step_time"),
+    ("seconds_per_step", "median seconds per training step (same batch size)", "step_time"),
 )
 
 

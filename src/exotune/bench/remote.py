@@ -55,7 +55,7 @@ def train_run(variant: str, url: str | None, token: str | None, seed: int, data_
     seed_everything(seed)
     split = classification.Budget(val_fraction=budget.val_fraction, max_train=budget.max_train,
                                   max_val=budget.max_val, max_test=budget.max_test)
-    train, val, test = classification._data("banking77", data_dir, split, seed)
+    train, val, test = classification.split_data("banking77", data_dir, split, seed)
     if url is None:
         from exotune.bench.served import BENCH_OWNER_SECRET
 

@@ -26,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exotune.bench.common import peak_memory_mb
+from exotune.bench import graymethods
+from exotune.bench.common import peak_memory_mb, step_seconds
+from exotune.bench.sources import splits
+from exotune.defaults import RETRIEVAL
 
 METHODS = {
     # name: (method, variant, access)
@@ -37,32 +40,38 @@ METHODS = {
     "lga-1": ("lga", "tokens=1", "light-gray"),
     "lga-2": ("lga", "tokens=2", "light-gray"),
     "lga-4": ("lga", "tokens=4", "light-gray"),
+    # and any gray-box name bench.graymethods parses: dga-lowrank16, lga-8-upper, ...
     "lora": ("lora", "r=8 on queries", "white"),  # documents: see the module's docstring
     "full-ft": ("full-ft", "all, on queries", "white"),
 }
 DATASETS = ("scifact",)
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
-# The classification suite's white-box scales (LoRA's B starts at zero; full fine-tuning of every
-# weight wants a BERT-style rate); the gray-box methods take ``Budget.lr``.
-METHOD_LR = {"lora": 2e-3, "full-ft": 2e-4}
+# The white-box scales (exotune.defaults); the gray-box methods take ``Budget.lr``.
+METHOD_LR = dict(RETRIEVAL.white_lr)
 
 
 @dataclass
 class Budget:
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 2e-3  # gray-box adapters; other methods: method_lr
+    # the defaults the committed tables were made with (exotune.defaults)
+    epochs: int = RETRIEVAL.epochs
+    batch_size: int = RETRIEVAL.batch_size
+    lr: float = RETRIEVAL.gray_lr  # gray-box adapters; other methods: method_lr
     method_lr: dict[str, float] = field(default_factory=lambda: dict(METHOD_LR))
-    val_fraction: float = 0.1
-    patience: int = 2
+    val_fraction: float = RETRIEVAL.val_fraction
+    patience: int = RETRIEVAL.patience
     max_train: int | None = None  # train queries
     max_val: int | None = None
     max_test: int | None = None
     max_corpus: int | None = None  # quick runs: judged documents + a random sample of the rest
     doc_side: str = "output-only"  # RetrievalConfig.doc_side
+    group_lr: dict[str, float] = field(default_factory=dict)  # "dga.tokens": 5e-2 (see bench.graymethods)
 
     def lr_for(self, method: str) -> float:
         return self.method_lr.get(method, self.lr)
+
+    def train_lrs(self, method: str) -> dict:
+        """``TrainConfig`` fields: the peak rate and any per-group rates of ``method``."""
+        return {"lr": self.lr_for(method), **graymethods.group_rates(self.group_lr, method)}
 
     def for_dataset(self, dataset: str) -> dict:
         """What runs are logged and written under: the fields, ``method_lr`` only when changed
@@ -70,6 +79,8 @@ class Budget:
         out = asdict(self)
         if self.method_lr == METHOD_LR:
             del out["method_lr"]
+        if not self.group_lr:
+            del out["group_lr"]
         return out
 
 
@@ -88,13 +99,18 @@ def _shrink(corpus, keep_ids: set[str], n: int, seed: int):
                   [corpus.texts[i] for i in idx], f"{corpus.name}[{len(idx)}]")
 
 
-def _data(dataset: str, data_dir, budget: Budget, seed: int):
+def _data(dataset: str, source, budget: Budget, seed: int):
+    """(train, validation, test) of a known dataset under the data root ``source``, or of the
+    user's ``BeirFolder``; then the budget's samples."""
     from exotune.data import load_retrieval_dataset
     from exotune.data.beir import RetrievalData
 
-    full = load_retrieval_dataset(dataset, "train", data_dir)
-    train, val = full.split(budget.val_fraction, seed=seed)
-    test = load_retrieval_dataset(dataset, "test", data_dir, corpus=full.corpus)
+    def known(root):
+        full = load_retrieval_dataset(dataset, "train", root)
+        return full, None, load_retrieval_dataset(dataset, "test", root, corpus=full.corpus)
+
+    train, val, test = splits(source, budget.val_fraction, seed, known)
+    full_corpus = train.corpus
     if budget.max_train:
         train = train.head(budget.max_train, seed)
     if budget.max_val:
@@ -103,7 +119,7 @@ def _data(dataset: str, data_dir, budget: Budget, seed: int):
         test = test.head(budget.max_test, 0)
     if budget.max_corpus:
         judged = {d for part in (train, val, test) for q in part.qrels for d in q}
-        corpus = _shrink(full.corpus, judged, budget.max_corpus, seed)
+        corpus = _shrink(full_corpus, judged, budget.max_corpus, seed)
         train, val, test = (RetrievalData(p.query_ids, p.queries, p.qrels, corpus, p.name) for p in (train, val, test))
     return train, val, test
 
@@ -158,10 +174,9 @@ def _timed_eval(model, data):
 def _model(name: str, box, budget: Budget, backbone):
     """The retriever one method evaluates (and trains) and its extra record fields."""
     from exotune.graybox import DGAConfig
-    from exotune.graybox.entry_tokens import EntryTokensConfig
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
 
-    method, variant, access = METHODS[name]
+    method, variant, access = graymethods.describe(name, METHODS)
     if method == "zero-shot":
         return DualEncoder(box, DGAConfig.variant("none"), RetrievalConfig(learn_temperature=False)), {}
     if access == "white":
@@ -170,37 +185,42 @@ def _model(name: str, box, budget: Budget, backbone):
         wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
         model = WhiteBoxRetriever.from_backbone(box, backbone, wb, RetrievalConfig(doc_side=budget.doc_side))
         return model, {"whitebox": wb.to_dict()}
-    lga = method == "lga"
-    tokens = EntryTokensConfig(tokens=int(variant.split("=")[1])) if lga else None
-    dga = DGAConfig.variant("both" if lga else variant, entry_tokens=tokens)
-    return DualEncoder(box, dga, RetrievalConfig(doc_side=budget.doc_side)), {}
+    dga = graymethods.parse(name).dga_config(box)
+    return DualEncoder(box, dga, RetrievalConfig(doc_side=budget.doc_side)), {"dga": dga.to_dict()}
 
 
-def run_one(name: str, dataset: str, seed: int, data_dir, budget: Budget, backbone) -> dict:
-    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``)."""
+def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
+    """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``).
+    ``source``: the data root of the known datasets, or the user's ``BeirFolder``."""
     import torch
 
     from exotune.boxes import load_box
     from exotune.train import TrainConfig, Trainer, seed_everything
 
     seed_everything(seed)
-    method, variant, access = METHODS[name]
-    train, val, test = _data(dataset, data_dir, budget, seed)
-    box = load_box(backbone, entry_points="all") if method == "lga" else load_box(backbone)
+    method, variant, access = graymethods.describe(name, METHODS)
+    train, val, test = _data(dataset, source, budget, seed)
+    gray = graymethods.parse(name) if access != "white" and method != "zero-shot" else None
+    box = gray.load_box(backbone) if gray is not None else load_box(backbone)
     rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
            "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None, "n_train": len(train),
            "n_val": len(val), "n_test": len(test), "n_corpus": len(test.corpus), "doc_side": budget.doc_side}
     model, extra = _model(name, box, budget, backbone)
+    if gray is not None:
+        for tower in dict.fromkeys([model.query_tower, model.doc_encoder]):  # the same one when shared
+            gray.init_tokens(tower, None, train.queries)
     rec.update(extra, trainable_params=model.num_trainable())
     if model.doc_encoder.caches_box_outputs and not budget.max_corpus:  # quick runs: in memory only
         rec["corpus_box_seconds"], rec["corpus_from_disk"] = box_corpus_outputs(model, test.corpus)
     if method != "zero-shot":
-        lr = budget.lr_for(method)
-        cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=lr,
-                          patience=budget.patience, seed=seed, select_metric="ndcg@10")
+        lrs = budget.train_lrs(method)
+        cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, patience=budget.patience, seed=seed,
+                          select_metric="ndcg@10", **lrs)
         result = Trainer(cfg, progress=False).fit(model, train, val)
-        rec.update(train_seconds=result.train_seconds, seconds_per_step=result.seconds_per_step,
-                   steps=result.steps, lr=lr, best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
+        rec.update(train_seconds=result.train_seconds, **step_seconds(result), steps=result.steps, lr=cfg.lr,
+                   best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
+        if len(lrs) > 1:
+            rec["lr_groups"] = result.group_lr
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
     rec["peak_memory_mb"] = peak_memory_mb()
     rec["threads"] = torch.get_num_threads()  # training seconds depend on it (OMP_NUM_THREADS)

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from exotune.bench import classification
+from exotune.bench import classification, graymethods
 from exotune.bench.common import RESULTS_DIR, command_line, machine, run_isolated
 from exotune.errors import ConfigError
 from exotune.plotting import pyplot
@@ -26,10 +26,13 @@ METHODS = ("dga-output-only", "dga-input-only", "dga-both", "lga", "lora", "full
 def run(args) -> int:
     datasets = args.datasets or ["banking77"]
     methods = args.methods or list(METHODS)
-    for kind, given, known in (("dataset", datasets, classification.DATASETS), ("method", methods, METHODS)):
-        bad = [x for x in given if x not in known]
-        if bad:
-            raise ConfigError(f"suite 'steps' has no {kind} {bad}; choose from {list(known)}")
+    bad = [x for x in datasets if x not in classification.DATASETS]
+    if bad:
+        raise ConfigError(f"suite 'steps' has no dataset {bad}; choose from {list(classification.DATASETS)}")
+    for name in methods:  # the classification suite's gradient methods, gray-box names included
+        if name not in METHODS and graymethods.parse(name) is None:
+            raise ConfigError(f"suite 'steps' has no method {name!r}; choose from {list(METHODS)} or a gray-box "
+                              "name (dga-lowrank16, lga-8-upper, ...)")
     budget = classification.Budget()
     steps = 5 if args.quick else 30
     if args.quick:

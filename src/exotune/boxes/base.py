@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from exotune.batching import length_sorted
 from exotune.boxes.basis import keyed_digest
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import AccessError, BoxLimitError
+from exotune.progress import progress_bar
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -120,6 +120,10 @@ def encode_sorted(fn, texts: list, batch_size: int, dim: int, progress: bool = F
     """``fn`` over length-sorted batches of ``texts`` (images keep their order); rows come back
     in the input order."""
     out = torch.zeros(len(texts), dim)
-    for idx in tqdm(length_sorted(texts, batch_size), desc=desc, disable=not progress or None, leave=False):
+    batches = length_sorted(texts, batch_size)
+    bar = progress_bar(total=len(texts), desc=desc, enabled=progress)
+    for idx in batches:
         out[torch.as_tensor(idx)] = fn([texts[i] for i in idx]).float()
+        bar.update(len(idx))
+    bar.close()
     return out

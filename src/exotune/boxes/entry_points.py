@@ -110,12 +110,12 @@ def check_entry_tokens(spec: BoxSpec, entry_tokens: Mapping[str, torch.Tensor], 
     return n
 
 
-def reserve(embeds: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n zero positions right after the first token, unmasked: where entry tokens will ride."""
+def reserve(embeds: torch.Tensor, mask: torch.Tensor, n: int, at: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """n zero positions at ``at`` (right after the first token), unmasked: where entry tokens will ride."""
     b = embeds.shape[0]
     slots = embeds.new_zeros(b, n, embeds.shape[2])  # (B, n, D): zeros until a layer gives tokens
-    embeds = torch.cat([embeds[:, :1], slots, embeds[:, 1:]], dim=1)  # (B, n + T, D)
-    full_mask = torch.cat([mask[:, :1], mask.new_ones(b, n), mask[:, 1:]], dim=1)  # (B, n + T)
+    embeds = torch.cat([embeds[:, :at], slots, embeds[:, at:]], dim=1)  # (B, n + T, D)
+    full_mask = torch.cat([mask[:, :at], mask.new_ones(b, n), mask[:, at:]], dim=1)  # (B, n + T)
     return embeds, full_mask
 
 
@@ -169,8 +169,8 @@ def insert(first_layer: nn.Module, n: int):
 
 
 @contextmanager
-def inject(layers: Mapping[str, nn.Module], entry_tokens: Mapping[str, torch.Tensor], n: int):
-    """Overwrite positions 1..n at the input of each entry layer, for the duration of one call.
+def inject(layers: Mapping[str, nn.Module], entry_tokens: Mapping[str, torch.Tensor], n: int, at: int = 1):
+    """Overwrite positions at..at+n-1 (1..n) at the input of each entry layer, for one call.
 
     The hooks act only in the calling thread, so a forward that another thread runs on the
     same model meanwhile (a served box) passes through them untouched.
@@ -183,7 +183,7 @@ def inject(layers: Mapping[str, nn.Module], entry_tokens: Mapping[str, torch.Ten
                 return None
             hidden = _hidden_of(args, kwargs)  # (B, n + T, H)
             rows = tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], n, -1)  # (B, n, H)
-            return _with_hidden(args, kwargs, torch.cat([hidden[:, :1], rows, hidden[:, 1 + n :]], dim=1))
+            return _with_hidden(args, kwargs, torch.cat([hidden[:, :at], rows, hidden[:, at + n :]], dim=1))
 
         return hook
 

@@ -67,6 +67,11 @@ class Channel:
         self._client = client if client is not None else httpx.Client(timeout=self.config.timeout_s)
         self.stats = {"requests": 0, "retries": 0, "replays": 0}
         info = self.request("GET", "/v1/spec").json()
+        # a server of several towers (a CLIP model's text and image): each is a box under /<name>
+        self.towers = list(info["towers"]) if isinstance(info, dict) and isinstance(info.get("towers"), list) else None
+        if self.towers is not None:
+            self.spec, self.server = None, {}
+            return
         try:
             self.spec = BoxSpec.from_dict(info["spec"])
             self.server = dict(info.get("server") or {})

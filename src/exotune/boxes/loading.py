@@ -55,12 +55,14 @@ def from_pretrained(source: str, local: bool, *loaders):
 
 
 def load_text_encoder(name_or_path: str | None):
-    """Return (model, tokenizer, box defaults) for a BERT-family encoder."""
+    """Return (model, tokenizer, box defaults) for a text model of a supported family."""
     from transformers import AutoModel, AutoTokenizer
 
+    from exotune.boxes.families import family_of
     from exotune.boxes.text import read_sentence_transformers_defaults
 
     source, path, local = _local_source(name_or_path)
+    family_of(_model_type(source, local))  # an unsupported family is refused before any weight loads
     tokenizer, model = from_pretrained(source, local, AutoTokenizer.from_pretrained, AutoModel.from_pretrained)
     defaults = read_sentence_transformers_defaults(path) if local else {}
     return model, tokenizer, defaults

@@ -17,7 +17,7 @@ from exotune.boxes import wire
 from exotune.boxes.base import Box, TokenBatch
 from exotune.boxes.http import TOKEN_ENV, Channel, RemoteConfig, check_texts, get
 from exotune.boxes.spec import GRAY
-from exotune.errors import HandleExpiredError
+from exotune.errors import HandleExpiredError, RemoteError
 
 __all__ = ["TOKEN_ENV", "RemoteBox", "RemoteConfig", "connect"]
 
@@ -46,8 +46,8 @@ class RemoteBox(Box):
     """Client of a served box. ``stats`` counts requests, retries and forward replays."""
 
     def __init__(self, url: str, token: str | None = None, *, config: RemoteConfig | None = None,
-                 client=None) -> None:
-        self._http = Channel(url, token, config=config, client=client)
+                 client=None, channel: Channel | None = None) -> None:
+        self._http = channel if channel is not None else Channel(url, token, config=config, client=client)
         self.url, self.config, self.stats = self._http.url, self._http.config, self._http.stats
         self.spec, self.server = self._http.spec, self._http.server
 
@@ -80,7 +80,9 @@ class RemoteBox(Box):
     def scores(self, texts: list[str], labels: list[str]) -> torch.Tensor:
         """Cosine similarity (N, L) of each text's output with each label text's: zero-shot."""
         texts, labels = check_texts(texts), check_texts(labels)
-        outs = [self._get(self._tensors("POST", "/v1/scores", json={"texts": part, "labels": labels}), "scores")
+        # labels obey the same per-call bound as texts: more than max_batch go in column blocks
+        outs = [torch.cat([self._get(self._tensors("POST", "/v1/scores", json={"texts": part, "labels": block}), "scores")
+                           for block in self.spec.limits.batches(labels)], dim=1)
                 for part in self.spec.limits.batches(texts)]
         return torch.cat(outs) if outs else torch.zeros(0, len(labels))
 
@@ -141,9 +143,23 @@ class RemoteBox(Box):
         return get(msg, name, shape)
 
 
-def connect(url: str, token: str | None = None, **kwargs) -> RemoteBox:
-    """Open a served box: ``exotune.connect("http://127.0.0.1:8000", token=...)``.
+def connect(url: str, token: str | None = None, *, config: RemoteConfig | None = None, client=None):
+    """Open a served box: ``exotune.connect("http://127.0.0.1:8000", token=...)``: a text box
+    (``RemoteBox``), an image box (``RemoteImageBox``), or, from a server of a CLIP model's two
+    towers, both as a ``BoxPair`` (``text_box, image_box = connect(url)``).
 
     Without ``token``, the environment variable ``EXOTUNE_TOKEN`` is used.
     """
-    return RemoteBox(url, token, **kwargs)
+    channel = Channel(url, token, config=config, client=client)
+    if channel.towers is not None:
+        from exotune.boxes.clip import BoxPair
+
+        if sorted(channel.towers) != ["image", "text"]:
+            raise RemoteError(f"{channel.url} serves the towers {channel.towers}; connect to one: {channel.url}/<tower>")
+        text, image = (connect(f"{channel.url}/{name}", token, config=config, client=client) for name in ("text", "image"))
+        return BoxPair(text, image)
+    if channel.spec.modality == "image":
+        from exotune.boxes.remote_image import RemoteImageBox
+
+        return RemoteImageBox(channel)
+    return RemoteBox(channel.url, channel=channel)

@@ -77,7 +77,7 @@ class ImageSpec:
 
 # Fields added after specs were first saved: left out of ``to_dict`` while they hold these
 # defaults, so that the fingerprints of earlier (text) specs, and their adapters, stay valid.
-_ADDED_FIELDS = {"token_dim": 0, "image": None, "input_basis": ""}
+_ADDED_FIELDS = {"token_dim": 0, "image": None, "input_basis": "", "insert_at": 1, "prompt": "", "prompts": ()}
 # What a black-box client needs: it sends texts and reads outputs (and scores), nothing else.
 BLACK_FIELDS = ("modality", "access", "output_dim", "model_digest", "normalized")
 
@@ -93,6 +93,10 @@ class BoxSpec:
     input width (a vision transformer's hidden size); 0 means ``input_dim``. ``input_basis``
     names the owner's secret basis of the token embeddings (``exotune.boxes.basis``): the
     fingerprint covers it, so an adapter trained in one basis is refused by a box in another.
+    ``insert_at`` is where a text adapter inserts its extra tokens: after the first token (1,
+    a [CLS] or start token), at the front (0, a decoder that starts a text with no special
+    token) or after the owner's prompt. ``prompt`` names the prompt (``"query"``, ``"document"``)
+    the owner puts before each text, one of ``prompts``; the prompt's text is not shown.
     """
 
     modality: str
@@ -109,8 +113,14 @@ class BoxSpec:
     token_dim: int = 0
     image: ImageSpec | None = None
     input_basis: str = ""  # id of the owner's secret input basis; "" for the model's own
+    insert_at: int = 1  # text: the position where inserted tokens go (after a [CLS] or a prompt)
+    prompt: str = ""  # text: the name of the prompt the owner puts before each text ("" none)
+    prompts: tuple[str, ...] = ()  # text: the names of the prompts the owner has
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", tuple(self.prompts))  # JSON gives a list
+        if isinstance(self.insert_at, bool) or not isinstance(self.insert_at, int) or self.insert_at < 0:
+            raise ConfigError(f"BoxSpec.insert_at must be an integer >= 0, got {self.insert_at!r}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"BoxSpec.modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.modality == "image" and (self.access != "black" or self.input_shape):  # black: may be left out

@@ -1,7 +1,11 @@
-"""A local text-encoder box over any Hugging Face ``transformers`` encoder (BERT family)."""
+"""A local text box over a Hugging Face ``transformers`` encoder or decoder of a supported
+family (``exotune.boxes.families``: BERT, RoBERTa, XLM-RoBERTa, MPNet, DeBERTa-v2, ModernBERT,
+Qwen2- and Llama-style decoders)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -13,11 +17,12 @@ from torch import nn
 from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.basis import OwnerBasis
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
 from exotune.errors import ConfigError
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls")  # an encoder's; a decoder's are "last" and "mean"
 
 
 class TextEncoderBox(Box):
@@ -29,6 +34,17 @@ class TextEncoderBox(Box):
     ``entry_points`` (``"all"`` or layer indices) makes it a light-gray box: the input of each
     named transformer layer accepts up to ``entry_tokens_max`` tokens (VPT-deep), exposed as
     ``spec.entry_points`` named ``"layer.<i>"``.
+
+    The model's family (``config.model_type``) sets its conventions: the positions it can take,
+    the poolings it allows (default: its first, ``"mean"`` for an encoder, ``"last"`` for a
+    decoder), and where inserted tokens go (``spec.insert_at``: after the tokenizer's leading
+    special token, else at the front). ``embed`` pads on the right; a decoder runs with position
+    ids counted over the mask, so its outputs are those its own left or right padding gives.
+
+    ``prompts`` (name -> text, a sentence-transformers folder's) are the owner's: ``prompt``
+    names the one put before every text (``prompted(name)``: the same box with another), the
+    spec tells its name, and inserted tokens go after it. ``pool_prompt=False`` leaves the
+    prompt's tokens out of mean pooling (the folder's ``include_prompt``).
 
     ``owner_secret`` (a served box's; see ``exotune.boxes.basis``) keys the spec's
     ``model_digest``, names entry points ``"point.<j>"`` and, unless ``basis=False``, hands out
@@ -42,7 +58,7 @@ class TextEncoderBox(Box):
         model: nn.Module,
         tokenizer,
         *,
-        pooling: str = "mean",
+        pooling: str | None = None,  # default: the family's first
         normalize: bool = False,
         max_length: int | None = None,
         access: str | None = None,  # default: "light-gray" with entry points, else "dark-gray"
@@ -51,9 +67,16 @@ class TextEncoderBox(Box):
         entry_tokens_max: int = 8,
         owner_secret: str | bytes | None = None,
         basis: bool = True,
+        prompts: Mapping[str, str] | None = None,
+        prompt: str | None = None,
+        pool_prompt: bool = True,
     ) -> None:
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        family = family_of(str(getattr(model.config, "model_type", "")))
+        pooling = pooling or family.poolings[0]
+        if pooling not in family.poolings:
+            raise ConfigError(f"pooling must be one of {family.poolings} for a {family.name} model, got {pooling!r}")
+        if tokenizer.pad_token is None:  # decoders often ship without one; padding is masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
         if entry_points is not None:
             embedding_dim = model.get_input_embeddings().embedding_dim
             if embedding_dim != model.config.hidden_size:
@@ -71,7 +94,12 @@ class TextEncoderBox(Box):
         self.__embeddings = model.get_input_embeddings()
         dim = int(self.__embeddings.embedding_dim)
         self.__basis = OwnerBasis(owner_secret, dim) if owner_secret is not None and basis else None
-        positions = int(getattr(model.config, "max_position_embeddings", 512))
+        self.__family = family
+        first = tokenizer(["a"])["input_ids"][0]  # does the tokenizer start a text with a special token?
+        self.__at = int(bool(first) and first[0] in tokenizer.all_special_ids)
+        self.__prompts = {k: str(v) for k, v in (prompts or {}).items() if v}  # an empty prompt is none
+        self.__prompt, self.__pool_prompt, self.__unpooled = "", bool(pool_prompt), 0
+        positions = family.max_positions(model.config)
         max_length = min(max_length or positions, positions)
         limits = limits or BoxLimits(max_length=positions)
         self.pooling = pooling
@@ -89,7 +117,28 @@ class TextEncoderBox(Box):
             entry_points=points,
             limits=limits,
             input_basis=self.__basis.id if self.__basis else "",
+            insert_at=self.__at,
+            prompts=tuple(sorted(self.__prompts)),
         )
+        if prompt:
+            self._use_prompt(prompt)
+
+    def prompted(self, name: str) -> TextEncoderBox:
+        """The same hidden model with the owner's prompt ``name`` before every text."""
+        other = copy.copy(self)
+        other._use_prompt(name)
+        return other
+
+    def _use_prompt(self, name: str) -> None:
+        if name not in self.__prompts:
+            raise ConfigError(f"this box has no prompt {name!r}; it has {sorted(self.__prompts) or 'none'}")
+        text = self.__prompts[name]
+        ids = self.__tokenizer([text])["input_ids"][0]
+        while ids and ids[-1] in self.__tokenizer.all_special_ids:  # a closing [SEP] / end token
+            ids = ids[:-1]
+        self.__prompt, self.__at = text, len(ids)
+        self.__unpooled = 0 if self.__pool_prompt else len(ids)
+        self.spec = dataclasses.replace(self.spec, prompt=name, insert_at=len(ids))
 
     # -- the two operations ---------------------------------------------------------------
 
@@ -118,7 +167,8 @@ class TextEncoderBox(Box):
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
         with self.__tokenizer_lock:  # only to tokenize: the forward needs no lock
             enc = self.__tokenizer(
-                list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
+                [self.__prompt + t for t in texts], padding=True, truncation=True, max_length=limit,
+                return_tensors="pt", padding_side="right",  # the user's layout: every text starts at position 0
             )
         embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
         return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
@@ -131,27 +181,37 @@ class TextEncoderBox(Box):
         return check_entry_tokens(self.spec, entry_tokens, length)
 
     def _forward_with_entry_tokens(self, embeds, mask, entry_tokens, n: int) -> torch.Tensor:
-        # VPT-deep: n reserved positions right after [CLS] ride through every layer; each entry
-        # layer overwrites them with its own tokens, layers without tokens carry them through.
-        embeds, full_mask = reserve(embeds, mask, n)  # (B, n + T, D), (B, n + T)
-        with inject(self.__layers, entry_tokens, n):
-            hidden = self.__model(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+        # VPT-deep: n reserved positions right after [CLS] (a decoder's front, when its texts
+        # start with no special token) ride through every layer; each entry layer overwrites
+        # them with its own tokens, layers without tokens carry them through.
+        at = self.__at
+        embeds, full_mask = reserve(embeds, mask, n, at)  # (B, n + T, D), (B, n + T)
+        with inject(self.__layers, entry_tokens, n, at):
+            hidden = self._run(embeds, full_mask)
         # Pooling leaves the reserved positions out, as VPT-deep drops the prompts' outputs: the
         # tokens act on the text through attention, and the pooled output stays a pooling of the
         # input's own tokens (the spec's ``pooling``), so it does not depend on how many tokens
         # the user chose and compares directly with a dark-gray forward. ("cls" reads position
         # 0, which precedes them.)
-        hidden = torch.cat([hidden[:, :1], hidden[:, 1 + n :]], dim=1)  # (B, T, H)
+        hidden = torch.cat([hidden[:, :at], hidden[:, at + n :]], dim=1)  # (B, T, H)
         return self._pool(hidden, mask)
 
     def _forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.__model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, T, H)
-        return self._pool(hidden, mask)
+        return self._pool(self._run(embeds, mask), mask)
+
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        kwargs = self.__family.forward_kwargs(mask)  # a decoder's position ids
+        return self.__model(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state  # (B, T, H)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":  # the last real token, wherever the padding is
+            last = mask.shape[1] - 1 - (mask > 0).flip(1).int().argmax(1)  # (B,)
+            pooled = hidden[torch.arange(hidden.shape[0]), last]
         else:
+            if self.__unpooled:  # the prompt's tokens: attended to, not pooled
+                mask = torch.cat([mask[:, : self.__unpooled] * 0, mask[:, self.__unpooled :]], dim=1)
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
         if self.normalize:
@@ -170,19 +230,39 @@ class TextEncoderBox(Box):
 
 
 def read_sentence_transformers_defaults(path: Path) -> dict:
-    """Pooling, normalisation and length from a sentence-transformers folder, if it is one."""
+    """Pooling, normalisation, length and prompts from a sentence-transformers folder, if it is one."""
     defaults: dict = {}
     pooling_cfg = path / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
         cfg = json.loads(pooling_cfg.read_text())
-        defaults["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+        defaults["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
+                               else "last" if cfg.get("pooling_mode_lasttoken") else "mean")
+        if cfg.get("include_prompt") is False:
+            defaults["pool_prompt"] = False
     modules = path / "modules.json"
     if modules.is_file():
         types = [m.get("type", "") for m in json.loads(modules.read_text())]
         defaults["normalize"] = any(t.endswith("Normalize") for t in types)
+    prompts_cfg = path / "config_sentence_transformers.json"
+    if prompts_cfg.is_file():
+        cfg = json.loads(prompts_cfg.read_text())
+        if any(cfg.get("prompts") or {}):
+            defaults["prompts"] = dict(cfg["prompts"])
+        if cfg.get("default_prompt_name"):
+            defaults["prompt"] = cfg["default_prompt_name"]
     st_cfg = path / "sentence_bert_config.json"
     if st_cfg.is_file():
         length = json.loads(st_cfg.read_text()).get("max_seq_length")
         if length:
             defaults["max_length"] = int(length)
     return defaults
+
+
+# the prompt names a folder may give each side of retrieval, in order of preference
+ROLE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "doc", "corpus")}
+
+
+def for_role(box, role: str):
+    """``box`` with its owner's prompt for ``role`` (``"query"``, ``"document"``) when it has one."""
+    names = [n for n in ROLE_PROMPTS[role] if n in box.spec.prompts]
+    return box.prompted(names[0]) if names and hasattr(box, "prompted") else box

@@ -1,10 +1,18 @@
-"""Command line: one module per command, each with ``add_parser(sub)`` and ``run(args) -> int``;
-arguments become configs in the command, never past it. ``main(argv) -> int``."""
+"""Command line: one module per command, each with ``HELP``, ``add_parser(sub)`` and
+``run(args) -> int``; arguments become configs in the command, never past it. ``main(argv) -> int``.
+
+Only the command being run has its full parser built (with the choices its registries give,
+which may import torch); the others are one help line each, so ``exotune --help`` and a
+mistyped command answer without importing anything heavy.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import warnings
 
 from exotune import __version__
 from exotune.cli import bench, demo, ea, predict, serve, train
@@ -14,23 +22,105 @@ from exotune.errors import ExotuneError
 MODULES = {"demo": demo, "train": train, "eval": eval_cmd, "predict": predict, "serve": serve, "bench": bench,
            "ea": ea}
 COMMANDS = {name: module.run for name, module in MODULES.items()}
+DEBUG_ENV = "EXOTUNE_DEBUG"  # set: errors from the standard library keep their traceback
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exotune", description="Adapt foundation models you cannot open.")
+class DefaultsHelp(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it already says it or has none."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        quiet = any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings
+        if quiet or "default" in text or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help gives the defaults; its subcommands' parsers are the same."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelp)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The parser; ``*``: every command's arguments built; else only ``command``'s (if any)."""
+    parser = Parser(prog="exotune", description="Adapt foundation models you cannot open.")
     parser.add_argument("--version", action="version", version=f"exotune {__version__}")
+    parser.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
+                        help="no progress and no notices, only results, warnings and errors (train also takes "
+                             "--quiet after the command)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in MODULES.values():
-        module.add_parser(sub)
+    for name, module in MODULES.items():
+        if command in ("*", name):
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP, add_help=False)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split("\n")) or type(err).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)  # the message, not the source line that raised it
+
+
+class StderrHandler(logging.StreamHandler):
+    """Plain lines on whatever ``sys.stderr`` is at the time of writing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class sets it; stderr is looked up when writing
+        pass
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """exotune's log lines (progress off a terminal, notices) on stderr; ``quiet``: warnings
+    only. The libraries that load the backbone draw no bars then, nor off a terminal."""
+    log = logging.getLogger("exotune")
+    if not any(isinstance(h, StderrHandler) for h in log.handlers):
+        log.addHandler(StderrHandler())
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet or not sys.stderr.isatty():  # off a terminal a bar is a line of carriage returns
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command(argv)).parse_args(argv)  # not a command: help or an error, stubs suffice
+    if args.quiet_all:
+        args.quiet = True  # what the commands read
+    setup_logging(getattr(args, "quiet", False))
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except ExotuneError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:  # from user input (a file, a value) the library did not name
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: {type(err).__name__}: {_one_line(err)} (set {DEBUG_ENV}=1 for the traceback)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

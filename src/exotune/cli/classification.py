@@ -7,35 +7,34 @@ import sys
 from exotune.cli.common import (
     adapter_box,
     fit_and_report,
+    labelled_splits,
     load_data,
     open_box,
     print_metrics,
     train_box,
-    train_val,
 )
 
 
 def train(args, dga, train_cfg) -> int:
     from exotune import distributed
+    from exotune.graybox.tokens import init_tokens
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
     from exotune.train import seed_everything
 
     cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template or "{}")
-    data = load_data(args, "train")
-    train_data, val = train_val(data, args)
+    train_data, val, test_data = labelled_splits(args, want_test=args.eval_test)
     box = train_box(args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
-    model = TextClassifier(box, data.label_names, dga, cls_cfg)
+    model = TextClassifier(box, train_data.label_names, dga, cls_cfg)
+    init_tokens(model.encoder, args.token_init, train_data.label_names, train_data.texts)  # --token-init
     if distributed.is_main():
         print(f"training {dga.description} on {len(train_data)} examples, validating on {len(val)}; "
               f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
-        if args.eval_test and not args.dataset:
-            print("warning: --eval-test needs --dataset; skipped", file=sys.stderr)
 
     def test():
-        return model.evaluate(load_data(args, "test"), progress=not args.quiet)
+        return model.evaluate(test_data, progress=not args.quiet)
 
-    return fit_and_report(args, model, train_data, val, train_cfg, test if args.eval_test and args.dataset else None)
+    return fit_and_report(args, model, train_data, val, train_cfg, test if test_data is not None else None)
 
 
 def evaluate(args) -> int:
@@ -47,7 +46,7 @@ def evaluate(args) -> int:
                                ClassificationConfig(label_template=args.label_template or "{}"))
     else:
         model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
-    metrics = model.evaluate(data, progress=True)
+    metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
     print_metrics(args, metrics, f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 "
                                  f"{metrics['macro_f1']:.4f} ({len(data)} examples)")
     return 0

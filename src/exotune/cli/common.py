@@ -12,9 +12,11 @@ from exotune.errors import ConfigError, DataError
 
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
-IMAGE_TASKS = ("image-retrieval", "image-classification")
+IMAGE_TASKS = ("image-retrieval", "image-classification", "video-retrieval", "sketch-retrieval")
 TASKS = ("classification", "retrieval", *IMAGE_TASKS)
-TEXT_INPUT_ADAPTER = "text-shift"  # the input adapter of a text box (no option chooses another)
+# the data option of each vision task: --images, --videos, --sketches
+VISION_SOURCES = {"images": ("image-retrieval", "image-classification"), "videos": ("video-retrieval",),
+                  "sketches": ("sketch-retrieval",)}
 
 
 # -- argument types ----------------------------------------------------------------------------
@@ -54,11 +56,22 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
     src.add_argument("--images", metavar="DIR",
                      help="a folder of images: one sub-folder per class (--task image-classification), or the "
                           "images that --captions names (--task image-retrieval)")
+    src.add_argument("--videos", metavar="DIR",
+                     help="the videos (files or folders of frames) that --captions names (--task video-retrieval)")
+    src.add_argument("--sketches", metavar="DIR",
+                     help="sketches: Sketchy's root (sketch/ and photo/ inside) or a folder of class sub-folders "
+                          "with --photos (--task sketch-retrieval)")
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
     if split_default:
         g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
+
+
+def add_split_files_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your own validation and test files (with --file; same columns, labels by name)")
+    g.add_argument("--val-file", help="validation file: selection happens on it (default: --val-fraction of --file)")
+    g.add_argument("--test-file", help="test file, scored once at the end")
 
 
 def add_task_arg(p: argparse.ArgumentParser) -> None:
@@ -75,10 +88,12 @@ def add_box_args(p: argparse.ArgumentParser) -> None:
                    help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
 
 
-def add_texts_args(p: argparse.ArgumentParser) -> None:
+def add_texts_args(p: argparse.ArgumentParser):
+    """``--text`` (repeatable) or ``--input-file``, one of them required; returns the group."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to label (repeatable)")
     src.add_argument("--input-file", help="a file with one text per line")
+    return src
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -94,17 +109,62 @@ def load_data(args, split: str):
 
 
 def refuse_images(args) -> None:
-    """``--images`` given to a text task."""
-    if args.images and args.task not in IMAGE_TASKS:
-        raise ConfigError(f"--images is for --task {' or '.join(IMAGE_TASKS)}, not --task {args.task}")
+    """``--images``, ``--videos`` or ``--sketches`` given to a task that does not read them."""
+    for option, tasks in VISION_SOURCES.items():
+        if getattr(args, option, None) and args.task not in tasks:
+            raise ConfigError(f"--{option} is for --task {' or '.join(tasks)}, not --task {args.task}")
+    if getattr(args, "token_init", "random") != "random" and args.task in IMAGE_TASKS:
+        raise ConfigError("--token-init starts text tokens from words; image tasks take random tokens")
 
 
-def train_val(data, args):
-    """``data`` split into train and validation (``--val-fraction``), train sampled to ``--max-train``."""
-    train, val = data.split(args.val_fraction, seed=args.seed)
+def train_val(data, args, val=None):
+    """``data`` and ``val``, or ``data`` split into train and validation (``--val-fraction``);
+    train sampled to ``--max-train``."""
+    train = data
+    if val is None:
+        train, val = data.split(args.val_fraction, seed=args.seed)
     if args.max_train:
         train = train.head(args.max_train, seed=args.seed)
     return train, val
+
+
+def labelled_splits(args, want_test: bool):
+    """(train, validation, test) of ``--dataset`` or ``--file``: validation is ``--val-file``,
+    else carved from train; test (``None`` unless ``want_test`` or ``--test-file``) is the
+    dataset's test split or ``--test-file``. The files share the training file's label set."""
+    from exotune.data import load_dataset, load_text_files
+
+    if args.dataset:
+        if args.val_file or args.test_file:
+            raise ConfigError("--val-file and --test-file go with --file (a known dataset has its own splits)")
+        data, val = load_dataset(args.dataset, "train", args.data_dir).require_classes(args.dataset), None
+        test = load_dataset(args.dataset, "test", args.data_dir) if want_test else None
+    else:
+        data, val, test = load_text_files(args.file, args.val_file, args.test_file, args.text_column,
+                                          args.label_column)
+        data.require_classes(args.file)  # before any model loads
+        if want_test and test is None:
+            raise ConfigError("--eval-test with --file needs --test-file (the file to score once at the end)")
+    return (*train_val(data, args, val), test)
+
+
+def refuse_split_files(args, task: str) -> None:
+    """``--val-file``/``--test-file`` given to a task that reads no labelled text files."""
+    if (args.val_file or args.test_file) and task != "classification":
+        raise ConfigError(f"--val-file and --test-file are for --task classification, not --task {task}")
+
+
+def fill_train_defaults(args) -> None:
+    """Training options left unset take the task's defaults (exotune.defaults): the settings
+    the committed tables were made with; the learning rate is LGA's with entry tokens."""
+    from exotune.defaults import for_task
+
+    d = for_task(args.task)
+    given = {"epochs": d.epochs, "batch_size": d.batch_size, "patience": d.patience, "val_fraction": d.val_fraction,
+             "lr": d.lr_for("lga" if is_lga(args) else "dga")}
+    for name, value in given.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def read_texts(args) -> list[str]:
@@ -129,6 +189,59 @@ def open_box(args, **load_kwargs):
     from exotune.boxes import load_box
 
     return load_box(args.backbone, **load_kwargs)
+
+
+def served_boxes(args):
+    """What ``--remote`` serves, connected once per command: a box, or a CLIP model's two towers
+    (a ``BoxPair``, from ``exotune serve --kind clip``)."""
+    if vars(args).get("served_boxes") is None:
+        from exotune.boxes.remote import connect
+
+        args.served_boxes = connect(args.remote)
+    return args.served_boxes
+
+
+def clip_pair(args, **options):
+    """A CLIP model's (text, image) towers: served (``--remote``) or loaded from ``--backbone``
+    (``options`` as for ``load_clip_boxes``; a served pair exposes what its owner chose)."""
+    if args.remote:
+        from exotune.boxes.clip import BoxPair
+
+        boxes = served_boxes(args)
+        if not isinstance(boxes, BoxPair):
+            raise ConfigError(f"--task {args.task} needs a CLIP model's two towers; {args.remote} serves one "
+                              f"{boxes.spec.modality} box (the owner serves both with exotune serve --kind clip)")
+        return boxes
+    from exotune.boxes.loading import load_clip_boxes
+
+    return load_clip_boxes(args.backbone, **options)
+
+
+def open_image_box(args, name: str | None = None, **options):
+    """An image box: served (``--remote``: an image box, or a served CLIP pair's image tower) or
+    loaded from ``name`` (default ``--backbone``)."""
+    if args.remote and name is None:
+        from exotune.boxes.clip import BoxPair
+
+        boxes = served_boxes(args)
+        box = boxes.image if isinstance(boxes, BoxPair) else boxes
+        if box.spec.modality != "image":
+            raise ConfigError(f"--task {args.task} needs an image box; {args.remote} serves a {box.spec.modality} box")
+        return box
+    from exotune.boxes.loading import load_image_box
+
+    return load_image_box(name or args.backbone, **options)
+
+
+def has_text_tower(args) -> bool:
+    """Whether the named box comes with a CLIP text tower (class-name prototypes, zero-shot)."""
+    if args.remote:
+        from exotune.boxes.clip import BoxPair
+
+        return isinstance(served_boxes(args), BoxPair)
+    from exotune.boxes.loading import is_clip
+
+    return is_clip(args.backbone)
 
 
 def is_lga(args) -> bool:
@@ -166,7 +279,11 @@ def adapter_box(args):
 # Per registered adapter, its config's fields from the CLI's options; an adapter not listed
 # gets its config's defaults (its own config class all the same).
 ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
-    ("input", "text-shift"): lambda a: {"shift": not a.no_shift, "extra_tokens": a.extra_tokens},
+    ("input", "text-shift"): lambda a: {"shift": not a.no_shift, "extra_tokens": a.extra_tokens,
+                                        "reparam": a.token_reparam},
+    ("input", "token-lowrank"): lambda a: {"rank": a.lowrank_rank, "activation": a.lowrank_activation,
+                                           "shift": not a.no_shift, "extra_tokens": a.extra_tokens,
+                                           "reparam": a.token_reparam},
     ("input", "pixel-conv"): lambda a: {"kernel_size": a.kernel_size},
     ("input", "pixel-residual"): lambda a: {"kernel_size": a.kernel_size, "channels": a.pixel_channels},
     ("output", "mlp"): lambda a: {"hidden": a.mlp_hidden},
@@ -184,7 +301,7 @@ def adapter_config(kind: str, name: str, args):
 def dga_config(args, modality: str = "text"):
     from exotune.graybox import DGAConfig
 
-    inp = adapter_config("input", args.pixel_adapter if modality == "image" else TEXT_INPUT_ADAPTER, args)
+    inp = adapter_config("input", args.pixel_adapter if modality == "image" else args.text_adapter, args)
     out = adapter_config("output", args.output_adapter, args)
     return DGAConfig.variant(args.variant, inp, out, entry_tokens_config(args), modality)
 
@@ -192,14 +309,16 @@ def dga_config(args, modality: str = "text"):
 def entry_tokens_config(args):
     from exotune.graybox import EntryTokensConfig
 
-    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS) if is_lga(args) else None
+    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS, reparam=args.token_reparam) if is_lga(args) else None
 
 
 def train_config(args):
     from exotune.train import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed)
+                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed,
+                       lr_input=args.lr_input, lr_tokens=args.lr_tokens, lr_output=args.lr_output,
+                       lr_head=args.lr_head)
 
 
 # -- the end of every train --------------------------------------------------------------------

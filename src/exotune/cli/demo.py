@@ -6,18 +6,21 @@ import sys
 import time
 from pathlib import Path
 
-from exotune.cli.train import DGA_LR
+from exotune.defaults import CLASSIFICATION
 
 DEMO_DIR = "runs/demo"
 
 
+HELP = "DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes",
+    p = sub.add_parser("demo", help=HELP,
                        description="Train DGA adapters (both sides) on Banking77 through the packaged MiniLM "
                                    "box and compare with zero-shot on the test split.")
     p.add_argument("--data-dir", help="folder holding banking77/ (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--output-dir", default=DEMO_DIR, help=f"where the adapter goes (default: {DEMO_DIR})")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training data")
     p.add_argument("--max-train", type=int, default=None, help="train on a sample of this many examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -43,7 +46,7 @@ def run(args) -> int:
     print(f"training DGA input+output adapters ({model.num_trainable():,} parameters; the backbone's "
           f"weights are never touched) on {len(train)} examples ...", file=sys.stderr)
     out = Path(args.output_dir)
-    Trainer(TrainConfig(epochs=args.epochs, lr=DGA_LR), out, progress=not args.quiet).fit(model, train, val)
+    Trainer(TrainConfig(epochs=args.epochs, lr=CLASSIFICATION.gray_lr), out, progress=not args.quiet).fit(model, train, val)
     adapted = model.evaluate(test, progress=not args.quiet)
     print(f"\nBanking77 test ({len(test)} examples), all-MiniLM-L6-v2 behind a dark-gray box")
     print(f"  zero-shot      accuracy {zero_shot['accuracy']:.4f}   macro-F1 {zero_shot['macro_f1']:.4f}")

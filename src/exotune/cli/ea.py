@@ -7,13 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from exotune.cli.common import add_data_args, add_texts_args, load_data, read_texts, train_val
-from exotune.errors import ArtifactError, ConfigError, DataError
+from exotune.cli.common import (
+    add_data_args,
+    add_split_files_args,
+    add_texts_args,
+    labelled_splits,
+    load_data,
+    read_texts,
+)
+from exotune.errors import ArtifactError, ConfigError
 
 LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
 RETURNS = ("labels", "scores", "embeddings")
 LM_FILE = "lm.json"  # how the CLI reached the LM: kind, URL, model, answer form (never a key, never a path)
-LM_SAVED = ("lm", "base_url", "model", "returns")
+LM_SAVED = ("lm", "base_url", "model", "returns", "label_template")
 #: the environment variable that holds the secret, per kind: only ever from the user's flag
 DEFAULT_KEY_ENV = {"served-box": "EXOTUNE_TOKEN", "openai-chat": "OPENAI_API_KEY", "openai-embeddings": "OPENAI_API_KEY"}
 
@@ -41,25 +48,34 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
                             "never taken from it)")
 
 
+HELP = "Easy Adaptation: a black-box LM plus small local models and a router"
+
+
 def add_parser(sub) -> None:
     from exotune.ea.router import POLICIES
     from exotune.ea.ssm import SSMS
 
-    ea = sub.add_parser("ea", help="Easy Adaptation: a black-box LM plus small local models and a router")
+    ea = sub.add_parser("ea", help=HELP)
     cmds = ea.add_subparsers(dest="ea_command", required=True, metavar="EA_COMMAND")
     p = cmds.add_parser("fit", help="probe the LM, train SSMs and the router, save the adapter")
     add_data_args(p)
+    add_split_files_args(p)
     _add_lm_args(p, required=True)
     p.add_argument("--output-dir", required=True, help="where the EA adapter goes")
+    p.add_argument("--label-template", default="{}",
+                   help="text a class name is shown to the LM as, after '_' becomes ' ' (card_arrival -> "
+                        "'card arrival'), e.g. 'a question about {}' (default: '{}'); kept for predict and report")
     p.add_argument("--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)")
-    p.add_argument("--policy", default="ssm-first", choices=POLICIES)
+    p.add_argument("--policy", default="ssm-first", choices=POLICIES,
+                   help="who answers first: the small models (the LM only where they are unsure) or the LM")
     p.add_argument("--budget", type=float, default=0.3, help="largest share of inputs sent to the LM (default: 0.3)")
     p.add_argument("--clusters", type=int, default=8, help="k-means regions (default: 8)")
     p.add_argument("--cv-folds", type=int, default=3,
                    help="folds of the out-of-fold predictions the router learns from (default: 3)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share carved from train when no --val-file is given (default: 0.1)")
     p.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the models")
     p = cmds.add_parser("predict", help="label texts with a saved EA adapter")
     p.add_argument("--adapter", required=True, help="folder written by 'ea fit'")
     _add_lm_args(p, required=False)
@@ -87,19 +103,22 @@ def _folder_lm(adapter: Path) -> dict:
         value = saved.get(key)
         if value is not None and (not isinstance(value, str) or not value or len(value) > 2048):
             raise ArtifactError(f"{file}: {key} must be a non-empty string, got {value!r:.80}")
+    template = saved.get("label_template")
+    if template is not None and (not isinstance(template, str) or "{}" not in template or len(template) > 512):
+        raise ArtifactError(f"{file}: label_template must be a short string holding '{{}}', got {template!r:.80}")
     if saved.get("base_url") and not saved["base_url"].startswith(("http://", "https://")):
         raise ArtifactError(f"{file}: base_url must be an http(s) URL, got {saved['base_url']!r:.80}")
     return {k: saved.get(k) for k in LM_SAVED}
 
 
 def _lm_settings(args, adapter: Path | None) -> dict:
-    """The LM's settings: the user's flags first. From an adapter's lm.json come the kind of API
-    and its answer form; its base URL and model only with ``--trust-folder-lm``; the secret's
-    variable and the cache path never."""
+    """The LM's settings: the user's flags first. From an adapter's lm.json come the kind of API,
+    its answer form and the label template; its base URL and model only with
+    ``--trust-folder-lm``; the secret's variable and the cache path never."""
     saved = _folder_lm(adapter) if adapter else {}
     cfg = {k: getattr(args, k, None) for k in (*LM_SAVED, "api_key_env", "cache")}
-    cfg["lm"] = cfg["lm"] or saved.get("lm")
-    cfg["returns"] = cfg["returns"] or saved.get("returns")
+    for key in ("lm", "returns", "label_template"):
+        cfg[key] = cfg[key] or saved.get(key)
     asked = {k: saved[k] for k in ("base_url", "model") if cfg[k] is None and saved.get(k)}
     if asked and not getattr(args, "trust_folder_lm", False):
         shown = ", ".join(f"{k}={v!r}" for k, v in asked.items())
@@ -122,33 +141,67 @@ def make_client(cfg: dict, args):
     from exotune.ea.cache import ResponseCache
     from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient, ServedBoxClient
 
-    common = {"cache": ResponseCache(cfg["cache"]), "timeout": args.timeout, "max_retries": args.max_retries}
+    common = {"cache": ResponseCache(cfg["cache"]), "timeout": args.timeout, "max_retries": args.max_retries,
+              "label_template": cfg["label_template"] or "{}"}
     if args.concurrency is not None:  # else each client's own default
         common["max_concurrency"] = args.concurrency
     if cfg["lm"] == "served-box":
-        token = os.environ.get(cfg["api_key_env"] or DEFAULT_KEY_ENV["served-box"])
-        return ServedBoxClient(cfg["base_url"], token, returns=cfg["returns"] or "labels", **common)
+        key_env = cfg["api_key_env"] or DEFAULT_KEY_ENV["served-box"]
+        return ServedBoxClient(cfg["base_url"], os.environ.get(key_env), returns=cfg["returns"] or "labels",
+                               key_env=key_env, **common)
     cls = OpenAIChatClient if cfg["lm"] == "openai-chat" else OpenAIEmbeddingClient
     return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or DEFAULT_KEY_ENV[cfg["lm"]],
                **common)
 
 
+def rounded(value, digits: int = 4):
+    """Floats (inside dicts too) to ``digits`` places: 0.30000000000000004 prints as 0.3."""
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def drop_if_unused(client, path: Path, existed: bool) -> None:
+    """After a failed fit: remove the response cache this run created when it holds no answer
+    (nothing was paid for); one holding answers is kept, and said so, for the next run."""
+    cache = client.cache
+    if existed or not path.exists():
+        return
+    held = len(cache)
+    cache.close()
+    if held:
+        print(f"kept {held} paid answers in {path}: a re-run takes them from there", file=sys.stderr)
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def cmd_fit(args) -> int:
     from exotune.ea.model import EasyAdapter
 
+    if args.images:
+        raise ConfigError("ea fit takes labelled texts (--dataset or --file); images are not supported at the "
+                          "black level yet")
     out = Path(args.output_dir)
     args.cache = args.cache or str(out.with_name(out.name + ".responses.sqlite"))
     cfg = _lm_settings(args, None)
-    data = load_data(args, "train")
-    train, val = train_val(data, args)
-    model = EasyAdapter(make_client(cfg, args), ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
+    train, val, test = labelled_splits(args, want_test=False)
+    client, existed = make_client(cfg, args), Path(cfg["cache"]).exists()
+    model = EasyAdapter(client, ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
                         budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
     print(f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
-    model.fit(train, val)
+    try:
+        model.fit(train, val)
+    except BaseException:
+        drop_if_unused(client, Path(cfg["cache"]), existed)
+        raise
     model.save_pretrained(out, extra_files={LM_FILE: {k: cfg[k] for k in LM_SAVED}})  # checksummed with the rest
-    summary = {"adapter": str(out), "val_accuracy": model.val_accuracy_, "lm_call_share": model.router_.share_,
-               "fit_seconds": round(model.fit_seconds_, 1),
-               "probe": model.ledgers_["probe"].to_dict()}
+    summary = {"adapter": str(out), "val_accuracy": rounded(model.val_accuracy_),
+               "lm_call_share": rounded(model.router_.share_), "fit_seconds": round(model.fit_seconds_, 1),
+               "probe": rounded(model.ledgers_["probe"].to_dict())}
+    if test is not None:  # scored once, after everything was chosen on validation
+        report = model.evaluate(test, compare=False)
+        summary["test"] = rounded({**report["ea"], "lm_call_share": report["lm_call_share"], "examples": len(test)})
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -178,9 +231,6 @@ def cmd_report(args) -> int:
 
     model = _load(args)
     data = load_data(args, args.split)
-    if data.label_names != model.label_names_:
-        raise DataError(f"{data.name} has other labels than the adapter ({len(data.label_names)} vs "
-                        f"{len(model.label_names_)})")
     report = model.evaluate(data, compare=not args.no_compare)
     out = write_report(report, args.out_dir or f"{args.adapter.rstrip('/')}-report")
     print(markdown(report).split("\n\n| region")[0])

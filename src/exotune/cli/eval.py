@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from exotune.cli import classification, images, retrieval
+from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images
 
 EVALUATORS = {"classification": classification.evaluate, "retrieval": retrieval.evaluate,
-              "image-retrieval": images.evaluate, "image-classification": images.evaluate}  # (args) -> int
+              "image-retrieval": images.evaluate, "image-classification": images.evaluate,
+              "video-retrieval": vision.evaluate, "sketch-retrieval": vision.evaluate}  # (args) -> int
+
+
+HELP = "evaluate an adapter (or zero-shot) on a labelled or retrieval dataset"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate an adapter (or zero-shot) on a labelled or retrieval dataset")
+    p = sub.add_parser("eval", help=HELP)
     add_task_arg(p)
     add_data_args(p, split_default="test")
     add_box_args(p)

@@ -11,49 +11,112 @@ import argparse
 import sys
 from dataclasses import replace
 
-from exotune.cli.common import dga_config, fit_and_report, lga_box_options, print_metrics, train_val
+from exotune.cli.common import (
+    clip_pair,
+    dga_config,
+    fit_and_report,
+    has_text_tower,
+    lga_box_options,
+    open_image_box,
+    positive_int,
+    print_metrics,
+    train_val,
+)
 from exotune.errors import ConfigError
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("images (--task image-retrieval, image-classification)")
+    g = p.add_argument_group("images, videos, sketches (--task image-retrieval, image-classification, "
+                             "video-retrieval, sketch-retrieval)")
     g.add_argument("--captions", metavar="FILE",
                    help="captions of --images: a .csv/.tsv/.jsonl (image, caption columns), a COCO caption file "
-                        "or a Karpathy-split .json (COCO, Flickr30K)")
-    g.add_argument("--caption-split", default=None, help="the split of a Karpathy-split file: train, val, test")
+                        "or a Karpathy-split .json (COCO, Flickr30K); of --videos: a .csv/.tsv/.jsonl (video, "
+                        "caption columns), a VATEX .json or MSR-VTT's MSRVTT_data.json")
+    g.add_argument("--caption-split", default=None,
+                   help="the split of a Karpathy-split file (train, val, test) or of MSR-VTT (train: 9k, test: 1k-A)")
     g.add_argument("--image-column", default="image", help="image path column of --captions (default: image)")
+    g.add_argument("--video-column", default="video", help="video path column of --captions (default: video)")
     g.add_argument("--caption-column", default="caption", help="caption column of --captions (default: caption)")
-    g.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out missing or unreadable images (counted) instead of stopping at the first")
+    g.add_argument("--skip-bad-images", "--skip-bad-videos", dest="skip_bad_images", action="store_true",
+                   help="leave out missing or unreadable images or videos (counted) instead of stopping at the first")
+    g.add_argument("--test", metavar="PATH", default=None,
+                   help="with --eval-test: the test captions (image, video retrieval) or test image folder "
+                        "(image classification); a Karpathy or MSR-VTT --caption-split takes its test split")
+    g.add_argument("--frames", type=positive_int, default=8, help="video-retrieval: frames sampled per video")
+    g.add_argument("--temporal-pooling", default="mean", choices=("mean", "attention"),
+                   help="video-retrieval: frames pooled by their mean, or by learnable weights (start: the mean)")
+    g.add_argument("--photos", metavar="DIR", help="sketch-retrieval: photos, one sub-folder per class (the gallery)")
+    g.add_argument("--photo-backbone", default=None,
+                   help="sketch-retrieval: a second image box for the photos (default: the --backbone)")
+    g.add_argument("--unseen-classes", type=float, default=None, metavar="FRACTION",
+                   help="sketch-retrieval: hold out this share of the classes; --eval-test evaluates on them, and "
+                        "so does eval given the same share and --class-seed")
+    g.add_argument("--class-seed", type=int, default=0, help="sketch-retrieval: which classes are held out")
 
 
-def _check(args) -> None:
-    if args.remote:
-        raise ConfigError(f"--task {args.task} trains against a local image box; image boxes cannot be served yet "
-                          "(--remote is for text tasks)")
-    if not args.images:
-        raise ConfigError(f"--task {args.task} needs --images DIR" +
-                          (" and --captions FILE" if args.task == "image-retrieval" else " (one sub-folder per class)"))
-    if not args.backbone:
+NEEDS = {"image-retrieval": "--images DIR and --captions FILE", "image-classification":
+         "--images DIR (one sub-folder per class)", "video-retrieval": "--videos DIR and --captions FILE",
+         "sketch-retrieval": "--sketches DIR (Sketchy's root, or class sub-folders with --photos DIR)"}
+
+
+def check(args) -> None:
+    """The vision task's arguments are complete."""
+    if args.remote and getattr(args, "entry_points", None):
+        raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
+                          "exposes those its owner chose (see its /v1/spec)")
+    source = {"video-retrieval": args.videos, "sketch-retrieval": args.sketches}.get(args.task, args.images)
+    if not source:
+        raise ConfigError(f"--task {args.task} needs {NEEDS[args.task]}")
+    if not args.backbone and not args.remote:
         raise ConfigError(f"--task {args.task} needs --backbone: a CLIP checkpoint (e.g. openai/clip-vit-base-patch16, "
                           "a local folder, or open_clip:ViT-B-32@laion2b_s34b_b79k)"
-                          + (", or a ViT / DINOv2 one with --head linear" if args.task == "image-classification" else ""))
-    if args.task == "image-retrieval" and not args.captions:
-        raise ConfigError("--task image-retrieval needs --captions FILE (the captions of the images in --images)")
+                          + (", or a ViT / DINOv2 one with --head linear" if args.task == "image-classification" else "")
+                          + (", or any image box (ViT, DINOv2)" if args.task == "sketch-retrieval" else ""))
+    if args.task in ("image-retrieval", "video-retrieval") and not args.captions:
+        raise ConfigError(f"--task {args.task} needs --captions FILE (the captions of the {args.task[:5]}s)")
 
 
-def _load_data(args):
+def _load_data(args, test: bool = False):
+    """The task's data (``test``: the test data for ``--eval-test``, or None when there is none)."""
     from exotune.data import load_image_captions, load_image_folder
 
+    source = caption_source(args, test)
+    if source is None:
+        return None
+    captions, split = source
     if args.task == "image-retrieval":
-        data = load_image_captions(args.captions, args.images, image_column=args.image_column,
-                                   caption_column=args.caption_column, split=args.caption_split,
-                                   skip_bad=args.skip_bad_images)
+        data = load_image_captions(captions, args.images, image_column=args.image_column,
+                                   caption_column=args.caption_column, split=split, skip_bad=args.skip_bad_images)
     else:
-        data = load_image_folder(args.images, skip_bad=args.skip_bad_images)
-    if data.skipped:
-        print(f"skipped {data.skipped} missing or unreadable images", file=sys.stderr)
+        data = load_image_folder(captions if test else args.images, skip_bad=args.skip_bad_images)
+    report_skipped(data)
     return data
+
+
+def caption_source(args, test: bool = False) -> tuple[str, str | None] | None:
+    """(captions, split) of the training data, or with ``test`` of the test data: ``--test``, else
+    the test split of a split file (``--caption-split``); None when there is none."""
+    if not test:
+        return args.captions, args.caption_split
+    if args.test:
+        return args.test, None
+    return (args.captions, "test") if args.caption_split is not None else None
+
+
+def report_skipped(data, what: str = "images") -> None:
+    if data.skipped:
+        print(f"skipped {data.skipped} missing or unreadable {what}", file=sys.stderr)
+
+
+def test_metrics(args, model, test_data):
+    """The ``--eval-test`` callback of ``fit_and_report``, or None (with a warning) without test data."""
+    if not args.eval_test:
+        return None
+    if test_data is None:
+        print(f"warning: --eval-test for --task {args.task} needs --test PATH (or a split file's --caption-split); "
+              "skipped", file=sys.stderr)
+        return None
+    return lambda: model.evaluate(test_data, progress=not args.quiet)
 
 
 def _label_template(args) -> str:
@@ -63,20 +126,19 @@ def _label_template(args) -> str:
 
 
 def train(args, text_dga, train_cfg) -> int:
-    from exotune.boxes.loading import is_clip, load_clip_boxes, load_image_box
     from exotune.tasks.classification import ClassificationConfig
     from exotune.tasks.image_classification import ImageClassifier
     from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
     from exotune.train import seed_everything
 
-    _check(args)
+    check(args)
     image_dga = dga_config(args, "image")
     lga = lga_box_options(args)
     data = _load_data(args)
     train_data, val = train_val(data, args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "image-retrieval":
-        text_box, image_box = load_clip_boxes(args.backbone, **lga)
+        text_box, image_box = clip_pair(args, **lga)
         temperature = args.temperature if args.temperature is not None else ImageTextConfig.temperature
         cfg = ImageTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature)
         model = ImageTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
@@ -84,39 +146,37 @@ def train(args, text_dga, train_cfg) -> int:
         what = f"text {model.text_dga.description}, image {model.image_dga.description}"
     else:
         cls_cfg = ClassificationConfig(head=args.head, label_template=_label_template(args))
-        if args.head == "prototype" and not is_clip(args.backbone):
-            raise ConfigError(f"--head prototype encodes class names with a CLIP text tower; {args.backbone!r} has "
-                              "none: use a CLIP backbone or --head linear")
-        if is_clip(args.backbone):
-            text_box, image_box = load_clip_boxes(args.backbone, image_options=lga)
+        clip = has_text_tower(args)
+        if args.head == "prototype" and not clip:
+            raise ConfigError(f"--head prototype encodes class names with a CLIP text tower; {args.backbone or args.remote!r} "
+                              "has none: use a CLIP backbone or --head linear")
+        if clip:
+            text_box, image_box = clip_pair(args, image_options=lga)
         else:
-            text_box, image_box = None, load_image_box(args.backbone, **lga)
+            text_box, image_box = None, open_image_box(args, **lga)
         model = ImageClassifier(image_box, data.label_names, image_dga, cls_cfg, text_box=text_box)
         what = image_dga.description
-    if args.eval_test:
-        print("warning: --eval-test needs --dataset; evaluate an image test set with exotune eval; skipped",
-              file=sys.stderr)
+    test = test_metrics(args, model, _load_data(args, test=True) if args.eval_test else None)
     print(f"training {what} on {len(train_data)} examples, validating on {len(val)}; "
           f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
-    return fit_and_report(args, model, train_data, val, train_cfg)
+    return fit_and_report(args, model, train_data, val, train_cfg, test)
 
 
 def evaluate(args) -> int:
-    from exotune.boxes.loading import is_clip, load_clip_boxes, load_image_box
     from exotune.graybox import DGAConfig
     from exotune.tasks.classification import ClassificationConfig, saved_box_options
     from exotune.tasks.image_classification import ImageClassifier
     from exotune.tasks.image_text import ImageTextRetriever
 
-    _check(args)
+    check(args)
     data = _load_data(args)
     if args.task == "image-retrieval":
         if args.zero_shot:
-            text_box, image_box = load_clip_boxes(args.backbone)
+            text_box, image_box = clip_pair(args)
             model = ImageTextRetriever(text_box, image_box, DGAConfig.variant("none"), DGAConfig.variant("none"))
         else:
-            text_box, image_box = load_clip_boxes(args.backbone, image_options=saved_box_options(args.adapter),
-                                                  text_options=saved_box_options(args.adapter, "text_box"))
+            text_box, image_box = clip_pair(args, image_options=saved_box_options(args.adapter),
+                                            text_options=saved_box_options(args.adapter, "text_box"))
             model = ImageTextRetriever.from_pretrained(args.adapter, text_box, image_box)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
@@ -125,15 +185,15 @@ def evaluate(args) -> int:
                    f"({len(data)} captions, {len(data.images)} images)")
     else:
         if args.zero_shot:
-            if not is_clip(args.backbone):
-                raise ConfigError(f"--zero-shot classifies images by class names; {args.backbone!r} has no text tower "
-                                  "(use a CLIP backbone)")
-            text_box, image_box = load_clip_boxes(args.backbone)
+            if not has_text_tower(args):
+                raise ConfigError(f"--zero-shot classifies images by class names; {args.backbone or args.remote!r} has "
+                                  "no text tower (use a CLIP backbone)")
+            text_box, image_box = clip_pair(args)
             model = ImageClassifier(image_box, data.label_names, None,
                                     ClassificationConfig(label_template=_label_template(args)), text_box=text_box)
         else:
             model = ImageClassifier.from_pretrained(args.adapter,
-                                                    load_image_box(args.backbone, **saved_box_options(args.adapter)))
+                                                    open_image_box(args, **saved_box_options(args.adapter)))
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
                    f"({len(data)} images)")

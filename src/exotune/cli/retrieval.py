@@ -43,6 +43,7 @@ def _load(args, split: str, corpus=None):
 def train(args, dga, train_cfg) -> int:
     from dataclasses import replace
 
+    from exotune.graybox.tokens import init_tokens
     from exotune.tasks.retrieval import DualEncoder, RetrievalConfig
     from exotune.train import seed_everything
 
@@ -57,6 +58,8 @@ def train(args, dga, train_cfg) -> int:
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     model = DualEncoder(box, dga, cfg)
     model.progress = not args.quiet
+    for tower in dict.fromkeys([model.query_tower, model.doc_encoder]):  # the same one when shared
+        init_tokens(tower, args.token_init, None, train_data.queries)
     towers = "one shared tower" if cfg.shared_towers else f"query and document towers, doc side {cfg.doc_side}"
     print(f"training {dga.description} ({towers}) on {len(train_data)} queries, validating on "
           f"{len(val)} over {len(data.corpus)} documents; {model.num_trainable():,} trainable parameters",

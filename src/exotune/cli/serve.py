@@ -12,10 +12,14 @@ from exotune.errors import ConfigError
 from exotune.serve.config import OWNER_SECRET_ENV, default_secret_file, owner_secret
 
 TOKENS_ENV = "EXOTUNE_TOKENS"
+KINDS = ("text", "image", "clip")
+
+
+HELP = "serve a box over HTTP at a chosen access level"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve a box over HTTP at a chosen access level",
+    p = sub.add_parser("serve", help=HELP,
                        description="Serve a backbone as a box: dark-gray and light-gray expose forward and "
                                    "input gradients, black only outputs. Tokens come from --tokens-file or "
                                    f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
@@ -27,14 +31,22 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     from exotune.boxes.spec import ACCESS_LEVELS
 
     p.add_argument("--model", default=None,
-                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2)")
+                   help="local folder or model id of a text encoder (default: the packaged all-MiniLM-L6-v2); "
+                        "with --kind image or clip, a ViT, DINOv2 or CLIP checkpoint")
+    p.add_argument("--model-name", default=None,
+                   help="the model's name on the OpenAI-compatible routes (/v1/embeddings, /v1/models) "
+                        "(default: the last part of --model, else all-MiniLM-L6-v2)")
+    p.add_argument("--kind", default="text", choices=KINDS,
+                   help="text: a text encoder; image: an image box (ViT, DINOv2, a CLIP image tower) taking "
+                        "pixels; clip: a CLIP model's two towers under /text and /image, one token set "
+                        "(image and clip: dark-gray or light-gray)")
     p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
     p.add_argument("--entry-points", type=entry_points_arg, default=None,
                    help="light-gray: 'all' or comma-separated layer indices that accept tokens")
     p.add_argument("--entry-tokens-max", type=positive_int, default=ENTRY_TOKENS_MAX,
                    help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})")
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--tokens-file", help=f"file with one bearer token per line (else ${TOKENS_ENV})")
     auth.add_argument("--no-auth", action="store_true", help="serve without tokens: anyone who reaches the port may call")
@@ -112,11 +124,16 @@ def build_server(args):
 
     from exotune.boxes import load_box
     from exotune.serve import ServeConfig, create_app
+    from exotune.serve.auth import TokenGate
 
     tokens = _serve_tokens(args)
     if not tokens and not args.no_auth:
         raise ConfigError(f"refusing to serve without a token: put tokens in --tokens-file or ${TOKENS_ENV}, "
                           "or pass --no-auth explicitly")
+    try:  # every setting is checked before the model loads (which takes a while)
+        TokenGate(tokens, 1.0, 1, None)
+    except ConfigError as err:
+        raise ConfigError(f"{err}; check {'--tokens-file ' + args.tokens_file if args.tokens_file else '$' + TOKENS_ENV}") from None
     config = ServeConfig(stateless=args.stateless, no_auth=args.no_auth, max_batch=args.max_batch,
                          max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
                          rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
@@ -128,14 +145,35 @@ def build_server(args):
                          body_timeout_s=args.body_timeout, login_failures=args.login_failures,
                          login_window_s=args.login_window, quota_store=args.quota_store,
                          quota_fallback=args.quota_fallback)
-    secret, origin = owner_secret(args.owner_secret_file)
-    print(f"owner secret {origin}", file=sys.stderr)
-    kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis}
+    points = {}
     if args.entry_points:
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
-        kwargs.update(entry_points=args.entry_points, entry_tokens_max=args.entry_tokens_max)
-    return create_app(load_box(args.model, **kwargs), tokens, config)
+        points = {"entry_points": args.entry_points, "entry_tokens_max": args.entry_tokens_max}
+    if args.kind != "text":
+        return _vision_server(args, tokens, config, points)
+    secret, origin = owner_secret(args.owner_secret_file)
+    print(f"owner secret {origin}", file=sys.stderr)
+    kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis, **points}
+    name = args.model_name or (Path(args.model.rstrip("/")).name if args.model else "all-MiniLM-L6-v2")
+    return create_app(load_box(args.model, **kwargs), tokens, config, name)
+
+
+def _vision_server(args, tokens, config, points: dict):
+    """An image box (``--kind image``) or a CLIP model's two towers (``--kind clip``)."""
+    from exotune.boxes.loading import load_clip_boxes, load_image_box
+    from exotune.serve import create_app, create_towers_app
+
+    if args.level not in ("dark-gray", "light-gray"):
+        raise ConfigError(f"--kind {args.kind} serves at dark-gray or light-gray (pixels in, gradients back), "
+                          f"not {args.level}")
+    if not args.model:
+        raise ConfigError(f"--kind {args.kind} needs --model: a ViT, DINOv2 or CLIP checkpoint")
+    options = {"access": args.level, **points}
+    if args.kind == "image":
+        return create_app(load_image_box(args.model, **options), tokens, config)
+    text, image = load_clip_boxes(args.model, **options)
+    return create_towers_app({"text": text, "image": image}, tokens, config)
 
 
 MALLOC_ARENAS = 2
@@ -182,10 +220,15 @@ def run_server(app, host: str, port: int, listen=None) -> None:  # pragma: no co
 def run(args) -> int:
     listen = listen_config(args)  # checked before the model loads
     app = build_server(args)
-    spec = app.state.service.spec
+    services = getattr(app.state, "services", None) or {"": app.state.service}
     if args.no_auth and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
-    print(f"serving a {spec.access} box (dim {spec.output_dim}) on http://{args.host}:{args.port}/v1/",
-          file=sys.stderr)
+    for prefix, service in services.items():
+        spec = service.spec
+        print(f"serving a {spec.access} {spec.modality} box (dim {spec.output_dim}) on "
+              f"http://{args.host}:{args.port}{'/' + prefix if prefix else ''}/v1/", file=sys.stderr)
+    if getattr(app.state, "model_name", None):
+        print(f"OpenAI-compatible: base URL http://{args.host}:{args.port}/v1, model {app.state.model_name!r}",
+              file=sys.stderr)
     run_server(app, args.host, args.port, listen)
     return 0

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import argparse
 
-from exotune.cli import classification, images, retrieval
+from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.common import (
     ENTRY_TOKENS,
     add_box_args,
     add_data_args,
+    add_split_files_args,
     add_task_arg,
     dga_config,
     entry_points_arg,
+    fill_train_defaults,
     positive_int,
     refuse_images,
+    refuse_split_files,
     train_config,
 )
+from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
-DGA_LR = 5e-3  # best validation accuracy of the sweep in benchmarks/lr-sweep
 TRAINERS = {"classification": classification.train, "retrieval": retrieval.train,
-            "image-retrieval": images.train, "image-classification": images.train}  # (args, dga, train_cfg) -> int
+            "image-retrieval": images.train, "image-classification": images.train,
+            "video-retrieval": vision.train, "sketch-retrieval": vision.train}  # (args, dga, train_cfg) -> int
 
 
-def add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
+def add_train_args(p: argparse.ArgumentParser) -> None:
     from exotune.graybox import VARIANTS, adapter_names
+    from exotune.graybox.input_adapters import TOKEN_ACTIVATIONS
+    from exotune.graybox.tokens import TOKEN_INITS
     from exotune.tasks.heads import HEADS
     from exotune.train import SCHEDULES
 
@@ -31,6 +37,18 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
     a.add_argument("--variant", default="both", choices=VARIANTS, help="which sides are adapted (default: both)")
     a.add_argument("--extra-tokens", type=int, default=1, help="learnable tokens inserted into each input (default: 1)")
     a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
+    a.add_argument("--text-adapter", default="text-shift", choices=adapter_names("input", "text"),
+                   help="input adapter of a text box (default: text-shift; token-lowrank adds a per-token "
+                        "low-rank residual map e + U act(V e) before the shift and extra tokens)")
+    a.add_argument("--lowrank-rank", type=positive_int, default=16, help="rank of token-lowrank (default: 16)")
+    a.add_argument("--lowrank-activation", default="none", choices=list(TOKEN_ACTIVATIONS),
+                   help="activation inside token-lowrank (default: none, a linear map)")
+    a.add_argument("--token-reparam", type=int, default=0, metavar="H",
+                   help="train the extra tokens and entry tokens through a residual MLP of width H, folded "
+                        "into plain tokens when saved (default: 0, plain tokens)")
+    a.add_argument("--token-init", default="random", choices=TOKEN_INITS,
+                   help="start the tokens from the box's embeddings of the class names (labels) or of the "
+                        "training texts' frequent words (default: random)")
     a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
     a.add_argument("--pixel-adapter", default="pixel-conv", choices=adapter_names("input", "image"),
@@ -47,37 +65,55 @@ def add_train_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
                         "--entry-tokens: all)")
     g.add_argument("--entry-tokens", type=positive_int, default=None, metavar="N",
                    help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=epochs)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=DGA_LR,
-                   help=f"peak learning rate (default: {DGA_LR}, chosen on Banking77 validation: benchmarks/lr-sweep)")
-    t.add_argument("--schedule", default="cosine", choices=SCHEDULES)
-    t.add_argument("--warmup-ratio", type=float, default=0.06)
-    t.add_argument("--patience", type=int, default=3, help="epochs without validation gain before stopping")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train")
+    t = p.add_argument_group("training (defaults: those the committed tables were made with, exotune.defaults)")
+    cls, ret = CLASSIFICATION, RETRIEVAL
+    t.add_argument("--epochs", type=int, default=None,
+                   help=f"passes over the training data (default: {cls.epochs}, {ret.epochs} for --task retrieval)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help=f"examples per optimisation step (default: {cls.batch_size})")
+    t.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (default: {cls.gray_lr:g}, {ret.gray_lr:g} for --task retrieval; "
+                        "chosen on validation: benchmarks/lr-sweep)")
+    for group, what in (("input", "the input adapter's maps"), ("tokens", "extra tokens and entry tokens"),
+                        ("output", "the output adapter"), ("head", "the head and temperature")):
+        t.add_argument(f"--lr-{group}", type=float, default=None, metavar="LR",
+                       help=f"peak learning rate of {what} (default: --lr)")
+    t.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="learning-rate schedule after warm-up")
+    t.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")
+    t.add_argument("--patience", type=int, default=None,
+                   help=f"epochs without validation gain before stopping (default: {cls.patience})")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the adapters' start")
+    t.add_argument("--val-fraction", type=float, default=None,
+                   help=f"validation share carved from train when no --val-file is given (default: {cls.val_fraction})")
     t.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+HELP = "train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)"
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train DGA/LGA adapters: a classifier, or a retriever (--task retrieval)")
+    p = sub.add_parser("train", help=HELP)
     add_task_arg(p)
     add_data_args(p)
+    add_split_files_args(p)
     add_box_args(p)
     add_train_args(p)
     retrieval.add_retrieval_args(p)
     images.add_image_args(p)
     p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
-    p.add_argument("--eval-test", action="store_true", help="after training, evaluate on the test split of --dataset")
+    p.add_argument("--eval-test", action="store_true",
+                   help="after training, evaluate once on the test split of --dataset (or --test-file; image "
+                        "tasks: --test, a split file's test split, or the unseen classes of --unseen-classes)")
 
 
 def run(args) -> int:
     from exotune import distributed
 
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
+    fill_train_defaults(args)
     dga, train_cfg = dga_config(args), train_config(args)
     refuse_images(args)
+    refuse_split_files(args, args.task)
     return TRAINERS[args.task](args, dga, train_cfg)

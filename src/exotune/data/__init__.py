@@ -21,6 +21,7 @@ from exotune.data.text import (
     from_hf_dataset,
     load_dataset,
     load_text_file,
+    load_text_files,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "load_image_folder",
     "load_retrieval_dataset",
     "load_text_file",
+    "load_text_files",
 ]

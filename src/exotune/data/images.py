@@ -56,8 +56,8 @@ class ImageCaptionData:
         idx = [int(i) for i in indices]
         used = list(dict.fromkeys(self.caption_image[i] for i in idx))
         new = {old: j for j, old in enumerate(used)}
-        return ImageCaptionData([self.images[i] for i in used], [self.captions[i] for i in idx],
-                                [new[self.caption_image[i]] for i in idx], name or self.name)
+        return type(self)([self.images[i] for i in used], [self.captions[i] for i in idx],
+                          [new[self.caption_image[i]] for i in idx], name or self.name)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageCaptionData, ImageCaptionData]:
         """Image-level split into (rest, held-out): a held-out image keeps all its captions."""
@@ -117,21 +117,23 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def _usable(paths: list[Path], where: dict[Path, str], skip_bad: bool) -> tuple[set[Path], int]:
-    """The readable ones among ``paths`` and how many were left out; without ``skip_bad`` the
-    first bad one is a DataError naming it (and ``where[path]``: where it was listed)."""
+def usable(paths: list[Path], where: dict[Path, str], skip_bad: bool, problem=image_problem,
+           what: str = "image") -> tuple[set[Path], int]:
+    """The readable ones among ``paths`` (``problem(path)`` is None) and how many were left out;
+    without ``skip_bad`` the first bad one is a DataError naming it (and ``where[path]``: where
+    it was listed). ``what`` names the kind of file in messages ("image", "video")."""
     bad: list[tuple[Path, str]] = []
     for path in paths:
-        problem = image_problem(path)
-        if problem is None:
+        why = problem(path)
+        if why is None:
             continue
         if not skip_bad:
             listed = f" (listed at {where[path]})" if path in where else ""
-            raise DataError(f"image {path}: {problem}{listed}; fix or remove it, or skip bad images "
-                            "(skip_bad=True, --skip-bad-images)")
-        bad.append((path, problem))
+            raise DataError(f"{what} {path}: {why}{listed}; fix or remove it, or skip bad {what}s "
+                            f"(skip_bad=True, --skip-bad-{what}s)")
+        bad.append((path, why))
     if bad:
-        warnings.warn(f"skipped {len(bad)} missing or unreadable images (first: {bad[0][0]}: {bad[0][1]})",
+        warnings.warn(f"skipped {len(bad)} missing or unreadable {what}s (first: {bad[0][0]}: {bad[0][1]})",
                       stacklevel=3)
     return set(paths) - {p for p, _ in bad}, len(bad)
 
@@ -156,39 +158,46 @@ def load_image_captions(captions: str | Path, images_dir: str | Path | None = No
     else:
         if split is not None:
             raise DataError(f"{path}: a {path.suffix} caption file has no splits; give each split its own file")
-        pairs = _row_pairs(path, image_column, caption_column)
+        pairs = row_pairs(path, image_column, caption_column)
     if not pairs:
         raise DataError(f"{path}: no captions" + (f" in split {split!r}" if split else ""))
+    name = path.stem if split is None else f"{path.stem}-{split}"
+    return captioned(ImageCaptionData, pairs, root, path, name, skip_bad)
+
+
+def captioned(cls, pairs: list[tuple[str, str, str]], root: Path, path: Path, name: str, skip_bad: bool,
+              problem=image_problem, what: str = "image"):
+    """``cls`` (an ``ImageCaptionData``) from (file, caption, where listed) ``pairs`` of the caption
+    file ``path``, files relative to ``root``; each file checked by ``problem`` (see ``usable``)."""
     where: dict[Path, str] = {}
     for rel, _, at in pairs:
-        where.setdefault(_resolve(root, rel), f"{path}, {at}")
-    usable, skipped = _usable(list(where), where, skip_bad)
-    images: dict[Path, int] = {}
-    caps, caption_image = [], []
+        where.setdefault(resolve(root, rel), f"{path}, {at}")
+    ok, skipped = usable(list(where), where, skip_bad, problem, what)
+    items: dict[Path, int] = {}
+    caps, caption_item = [], []
     for rel, caption, _ in pairs:
-        image = _resolve(root, rel)
-        if image in usable:
+        item = resolve(root, rel)
+        if item in ok:
             caps.append(caption)
-            caption_image.append(images.setdefault(image, len(images)))
+            caption_item.append(items.setdefault(item, len(items)))
     if not caps:
-        raise DataError(f"{path}: none of the {len(where)} images could be read")
-    name = path.stem if split is None else f"{path.stem}-{split}"
-    return ImageCaptionData([str(p) for p in images], caps, caption_image, name, skipped)
+        raise DataError(f"{path}: none of the {len(where)} {what}s could be read")
+    return cls([str(p) for p in items], caps, caption_item, name, skipped)
 
 
-def _resolve(root: Path, rel: str) -> Path:
+def resolve(root: Path, rel: str) -> Path:
     p = Path(rel).expanduser()
     return p if p.is_absolute() else root / p
 
 
-def _caption(path: Path, at: str, value) -> str:
+def caption_text(path: Path, at: str, value) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{path}, {at}: empty or non-text caption {value!r}")
     return value.strip()
 
 
-def _row_pairs(path: Path, image_column: str, caption_column: str) -> list[tuple[str, str, str]]:
-    """(image, caption, where) per caption of a CSV / TSV / JSONL file."""
+def row_pairs(path: Path, image_column: str, caption_column: str, what: str = "image") -> list[tuple[str, str, str]]:
+    """(file, caption, where) per caption of a CSV / TSV / JSONL file; ``what`` names the file kind."""
     pairs = []
     for n, row in read_rows(path):
         for col in (image_column, caption_column):
@@ -196,10 +205,10 @@ def _row_pairs(path: Path, image_column: str, caption_column: str) -> list[tuple
                 raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)}")
         image = row[image_column]
         if not isinstance(image, str) or not image.strip():
-            raise DataError(f"{path}, line {n}, column {image_column!r}: empty or non-text image path {image!r}")
+            raise DataError(f"{path}, line {n}, column {image_column!r}: empty or non-text {what} path {image!r}")
         value = row[caption_column]
         for caption in value if isinstance(value, list) else [value]:
-            pairs.append((image.strip(), _caption(path, f"line {n}, column {caption_column!r}", caption), f"line {n}"))
+            pairs.append((image.strip(), caption_text(path, f"line {n}, column {caption_column!r}", caption), f"line {n}"))
     return pairs
 
 
@@ -230,7 +239,7 @@ def _coco_pairs(path: Path, images: list, annotations) -> list[tuple[str, str, s
         if not isinstance(ann, dict) or ann.get("image_id") not in files:
             raise DataError(f"{path}, {at}: 'image_id' {ann.get('image_id') if isinstance(ann, dict) else ann!r} "
                             "names no entry of 'images'")
-        pairs.append((files[ann["image_id"]], _caption(path, at, ann.get("caption")), at))
+        pairs.append((files[ann["image_id"]], caption_text(path, at, ann.get("caption")), at))
     return pairs
 
 
@@ -245,7 +254,7 @@ def _karpathy_pairs(path: Path, images: list, split: str | None) -> list[tuple[s
             continue
         rel = str(Path(im.get("filepath", "")) / im["filename"])
         for s in im["sentences"]:
-            pairs.append((rel, _caption(path, at, s.get("raw") if isinstance(s, dict) else s), at))
+            pairs.append((rel, caption_text(path, at, s.get("raw") if isinstance(s, dict) else s), at))
     return pairs
 
 
@@ -255,21 +264,15 @@ def _karpathy_pairs(path: Path, images: list, split: str | None) -> list[tuple[s
 def load_image_folder(folder: str | Path, *, skip_bad: bool = False) -> ImageLabelData:
     """Labelled images from ``folder/<class name>/**/<image>`` (class names sorted)."""
     root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    classes = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if files:
-            classes[sub.name] = files
+    classes = {name: files for name, files in class_folders(root).items() if files}
     if len(classes) < 2:
         raise DataError(f"{root}: need at least 2 class folders holding images ({', '.join(IMAGE_EXTENSIONS)}), "
                         f"found {sorted(classes) or 'none'}")
-    usable, skipped = _usable([p for files in classes.values() for p in files], {}, skip_bad)
+    ok, skipped = usable([p for files in classes.values() for p in files], {}, skip_bad)
     names = list(classes)
     images, labels = [], []
     for label, files in enumerate(classes.values()):
-        kept = [p for p in files if p in usable]
+        kept = [p for p in files if p in ok]
         images += [str(p) for p in kept]
         labels += [label] * len(kept)
     counts = np.bincount(labels, minlength=len(names)) if labels else np.zeros(len(names), int)
@@ -277,3 +280,12 @@ def load_image_folder(folder: str | Path, *, skip_bad: bool = False) -> ImageLab
     if empty:
         raise DataError(f"{root}: no readable images left in class folders {empty}")
     return ImageLabelData(images, labels, names, root.name, skipped)
+
+
+def class_folders(root: Path, what: str = "image folder") -> dict[str, list[Path]]:
+    """``root/<class name>/**/<image>``: the image files (sorted) of every class sub-folder, by
+    class name (sorted); a class folder without images maps to an empty list."""
+    if not root.is_dir():
+        raise DataError(f"{what} {root} does not exist")
+    return {sub.name: sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))}

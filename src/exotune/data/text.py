@@ -59,6 +59,35 @@ class Labelled:
         """A random sample of ``n`` examples (all of them if ``n`` >= len)."""
         return sample(self, n, seed)
 
+    def require_classes(self, source: str, n: int = 2):
+        """``self``, if it holds examples of at least ``n`` classes (what training needs);
+        checked before any model loads. ``source`` names the file or dataset."""
+        present = sorted({self.label_names[y] for y in self.labels})
+        if len(present) < n:
+            raise DataError(f"{source} holds {len(present)} class(es) ({', '.join(present) or 'none'}); training "
+                            f"needs examples of at least {n}")
+        return self
+
+    def aligned_to(self, label_names: list[str]):
+        """``(data, classes)``: the same examples with labels numbered as ``label_names`` (a
+        model's) numbers them, and the indices of the classes this data names. Labels matched
+        by name: another order or a subset of the model's classes is fine; a label the model
+        does not know is refused, named."""
+        from dataclasses import replace
+
+        label_names = list(label_names)
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = [name for name in self.label_names if name not in index]
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            raise DataError(f"{self.name} has {len(unknown)} label(s) the model was not trained on: {shown} "
+                            f"(it knows {len(label_names)}: {', '.join(label_names[:10])}"
+                            f"{' ...' if len(label_names) > 10 else ''})")
+        classes = [index[name] for name in self.label_names]
+        if classes == list(range(len(label_names))):
+            return self, classes
+        return replace(self, labels=[classes[y] for y in self.labels], label_names=label_names), classes
+
 
 @dataclass
 class TextLabelData(Labelled):
@@ -169,7 +198,9 @@ def load_text_file(
     for n, row in read_rows(path):
         for col in (text_column, label_column):
             if col not in row:
-                raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)}")
+                which = "text_column" if col == text_column else "label_column"
+                raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)} (choose one with "
+                                f"--{which.replace('_', '-')}, or {which}= in Python)")
         text, label = row[text_column], row[label_column]
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {n}, column {text_column!r}: empty or non-text value {text!r}")
@@ -194,6 +225,33 @@ def load_text_file(
                 f"known labels: {label_names[:10]}{' ...' if len(label_names) > 10 else ''}"
             )
     return TextLabelData(texts, labels, list(label_names), path.stem)
+
+
+def load_text_files(
+    train: str | Path,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> tuple[TextLabelData, TextLabelData | None, TextLabelData | None]:
+    """A training file and, when given, its validation and test files, on one label set: the
+    training file's label names. A label of validation or test is matched by name; one the
+    training file lacks is an error naming it (classes absent from validation or test are fine)."""
+    train_data = load_text_file(train, text_column, label_column)
+    index = {name: i for i, name in enumerate(train_data.label_names)}
+    out = []
+    for path in (val, test):
+        if path is None:
+            out.append(None)
+            continue
+        data = load_text_file(path, text_column, label_column)
+        unknown = [name for name in data.label_names if name not in index]
+        if unknown:
+            raise DataError(f"{path}: {len(unknown)} label(s) the training file {train} does not have: "
+                            f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
+        out.append(TextLabelData(data.texts, [index[data.label_names[y]] for y in data.labels],
+                                 train_data.label_names, data.name))
+    return train_data, out[0], out[1]
 
 
 def from_hf_dataset(dataset, text_column: str = "text", label_column: str = "label") -> TextLabelData:

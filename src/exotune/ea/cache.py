@@ -1,13 +1,16 @@
 """A persistent response cache: SQLite in WAL mode, keyed by (client fingerprint, input).
 
-The fingerprint covers the model, the prompt template and the label set, so a changed prompt
-never reuses stale answers. Each batch is committed as soon as it is answered: a run that
-crashes or is interrupted resumes without paying for any call twice.
+The fingerprint covers the endpoint (normalised base URL), the model, the prompt template and
+the label set, so another server or a changed prompt never reuses stale answers; the cache
+keeps each fingerprint's description, so it says which endpoints it holds answers of. Each
+batch is committed as soon as it is answered: a run that crashes or is interrupted resumes
+without paying for any call twice.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -17,7 +20,8 @@ from exotune.errors import ConfigError
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
     fingerprint TEXT NOT NULL, input_hash TEXT NOT NULL, output TEXT NOT NULL,
-    PRIMARY KEY (fingerprint, input_hash))"""
+    PRIMARY KEY (fingerprint, input_hash));
+CREATE TABLE IF NOT EXISTS endpoints (fingerprint TEXT PRIMARY KEY, description TEXT NOT NULL)"""
 
 
 def _hash(text: str) -> str:
@@ -39,7 +43,7 @@ class ResponseCache:
                 conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(_SCHEMA)
+                conn.executescript(_SCHEMA)
                 conn.commit()
             except sqlite3.DatabaseError as err:
                 raise ConfigError(f"response cache {self.path} is not a usable SQLite file ({err})") from err
@@ -66,6 +70,20 @@ class ResponseCache:
             db = self._db()
             db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)", rows)
             db.commit()
+
+    def record(self, fingerprint: str, description: dict) -> None:
+        """Say what answers under ``fingerprint`` come from (client, endpoint, model, template)."""
+        with self._lock:
+            db = self._db()
+            db.execute("INSERT OR REPLACE INTO endpoints VALUES (?, ?)",
+                       (fingerprint, json.dumps(description, sort_keys=True)))
+            db.commit()
+
+    def endpoints(self) -> dict[str, dict]:
+        """Fingerprint -> the description of the client whose answers are stored under it."""
+        with self._lock:
+            rows = self._db().execute("SELECT fingerprint, description FROM endpoints").fetchall()
+        return {fp: json.loads(raw) for fp, raw in rows}
 
     def __len__(self) -> int:
         with self._lock:

@@ -14,6 +14,7 @@ import json
 import random
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from exotune.data.text import label_texts
 from exotune.errors import BlackBoxError, ConfigError, DataError, TransientBlackBoxError
+from exotune.progress import progress_bar
 
 #: set inside the event loops that ``BlackBoxClient.run`` makes for itself: nothing else runs there
 _PRIVATE_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("exotune_private_loop", default=False)
@@ -85,6 +88,17 @@ class Ledger:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
+def normalise_url(url: str) -> str:
+    """One spelling per endpoint: scheme and host lower-cased, default port and trailing slashes
+    dropped (``HTTP://Host:80/v1/`` -> ``http://host/v1``)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port if parts.port not in (None, {"http": 80, "https": 443}.get(scheme)) else None
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{port}" if port else ""
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
 def labels_from_embeddings(emb: np.ndarray, protos: np.ndarray, temperature: float = 0.05):
     """Zero-shot labels for an encoder box: cosine similarity to the label names' embeddings."""
     emb, protos = np.asarray(emb, dtype=np.float64), np.asarray(protos, dtype=np.float64)
@@ -105,13 +119,16 @@ class BlackBoxClient(ABC):
 
     def __init__(self, *, batch_size: int = 1, max_concurrency: int = 4, timeout: float = 60.0,
                  max_retries: int = 4, backoff: float = 0.5, backoff_max: float = 20.0,
-                 cache=None, seed: int | None = None):
+                 cache=None, seed: int | None = None, label_template: str = "{}"):
         for name, value, low in (("batch_size", batch_size, 1), ("max_concurrency", max_concurrency, 1),
                                  ("max_retries", max_retries, 0)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if not timeout > 0 or backoff < 0:
             raise ConfigError(f"timeout must be > 0 and backoff >= 0, got {timeout!r} and {backoff!r}")
+        if not isinstance(label_template, str) or "{}" not in label_template:
+            raise ConfigError(f"label_template must contain '{{}}', got {label_template!r}")
+        self.label_template = label_template
         self.batch_size, self.max_concurrency, self.timeout = batch_size, max_concurrency, timeout
         self.max_retries, self.backoff, self.backoff_max = max_retries, backoff, backoff_max
         self.cache = cache
@@ -125,8 +142,14 @@ class BlackBoxClient(ABC):
         """Ask the box about one batch. Raise TransientBlackBoxError for what is worth retrying."""
 
     def describe(self) -> dict:
-        """JSON-able identity of the answers (model, prompt template...): it keys the cache."""
+        """JSON-able identity of the answers (endpoint, model, prompt template...): it keys the
+        cache, and the cache keeps it beside the answers (``ResponseCache.endpoints``)."""
         return {"client": type(self).__name__}
+
+    def label_texts(self, label_names: list[str]) -> list[str]:
+        """What the box is shown for each label, the same rule for every client and for the
+        gray-box heads: ``card_arrival`` -> ``card arrival``, then ``label_template``."""
+        return label_texts(label_names, self.label_template)
 
     async def _open(self, label_names: list[str], ledger: Ledger) -> None:  # noqa: B027
         """Hook run once per run inside the event loop (open an SDK client, embed label names)."""
@@ -136,8 +159,8 @@ class BlackBoxClient(ABC):
 
     # -- what the base class does --------------------------------------------------------------
 
-    def fingerprint(self, label_names: list[str]) -> str:
-        key = json.dumps({**self.describe(), "labels": list(label_names)}, sort_keys=True)
+    def fingerprint(self, label_names: list[str], described: dict | None = None) -> str:
+        key = json.dumps({**(described or self.describe()), "labels": list(label_names)}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def run(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None, *,
@@ -179,12 +202,16 @@ class BlackBoxClient(ABC):
                 raise DataError(f"input {i} must be a non-empty string, got {t!r}")
         ledger = ledger if ledger is not None else Ledger()
         before, t0 = ledger.to_dict(), time.perf_counter()
-        fp, labels = self.fingerprint(label_names), list(label_names)
+        described, labels = self.describe(), list(label_names)
+        fp = self.fingerprint(labels, described)
+        if self.cache is not None:
+            self.cache.record(fp, described)
         step = chunk if collect is not None and chunk else max(len(texts), 1)
         seen = Counter(texts) if step < len(texts) else None
         again: dict[str, BlackBoxOutput] = {}  # answers to texts that come back in a later chunk
         result: list[BlackBoxOutput] = []
         opened = False
+        bar = progress_bar(total=len(texts), desc=f"asking {type(self).__name__}")
         try:
             for start in range(0, len(texts), step):
                 part = texts[start:start + step]
@@ -193,11 +220,12 @@ class BlackBoxClient(ABC):
                     known.update(self.cache.get_many(fp, [t for t in part if t not in known]))
                 todo = list(dict.fromkeys(t for t in part if t not in known))  # unique, in order
                 ledger.add(cache_hits=len(part) - sum(1 for t in part if t not in known))
+                bar.update(len(part) - len(todo))
                 if todo:
                     if not opened:
                         await self._open(labels, ledger)
                         opened = True
-                    known.update(await self._run_batches(todo, labels, fp, ledger))
+                    known.update(await self._run_batches(todo, labels, fp, ledger, bar))
                 outs = [known[t] for t in part]
                 if seen is not None:
                     again.update((t, known[t]) for t in part if seen[t] > 1)
@@ -207,13 +235,14 @@ class BlackBoxClient(ABC):
                     collect(start, outs)
                 del known, outs
         finally:
+            bar.close()
             if opened:
                 await self._close()
         ledger.add(seconds=time.perf_counter() - t0)
         self.ledger.add(**{k: v - before[k] for k, v in ledger.to_dict().items()})
         return None if collect is not None else result
 
-    async def _run_batches(self, todo, label_names, fp, ledger) -> dict[str, BlackBoxOutput]:
+    async def _run_batches(self, todo, label_names, fp, ledger, bar) -> dict[str, BlackBoxOutput]:
         sem = asyncio.Semaphore(self.max_concurrency)
         done: dict[str, BlackBoxOutput] = {}
 
@@ -223,6 +252,7 @@ class BlackBoxClient(ABC):
             if self.cache is not None:
                 self.cache.put_many(fp, batch, outs)  # at once: a crash later loses nothing paid for
             done.update(zip(batch, outs, strict=True))
+            bar.update(len(batch))
             ledger.add(calls=len(batch), unparseable=sum(o.label is None for o in outs),
                        prompt_tokens=sum(o.prompt_tokens for o in outs),
                        completion_tokens=sum(o.completion_tokens for o in outs), cost=sum(o.cost for o in outs))

@@ -9,8 +9,13 @@ import os
 
 import numpy as np
 
-from exotune.data.text import label_texts
-from exotune.ea.client import BlackBoxClient, BlackBoxOutput, Ledger, labels_from_embeddings
+from exotune.ea.client import (
+    BlackBoxClient,
+    BlackBoxOutput,
+    Ledger,
+    labels_from_embeddings,
+    normalise_url,
+)
 from exotune.ea.prompt import PromptTemplate, parse_label, scores_from_logprobs
 from exotune.errors import (
     BlackBoxError,
@@ -28,16 +33,34 @@ def _openai():
     return openai
 
 
-def _translate(openai, err: Exception) -> Exception:
-    """SDK errors -> ours: rate limits, 5xx, timeouts and lost connections are worth retrying."""
+def http_hint(status: int | None, url: str, key_env: str, root_expected: bool = False) -> str:
+    """What to try after a refusal: which setting holds the key (401), the other base URL (404)."""
+    if status == 401:
+        return f"; the key was refused: it is read from ${key_env} (another variable: --api-key-env)"
+    if status != 404:
+        return ""
+    if root_expected and url.endswith("/v1"):
+        return f"; a served box is reached at the root of 'exotune serve', without /v1: try {url[:-3]}"
+    if url.endswith("/v1"):
+        return f"; check the model name, or, if this server's routes are not under /v1, try {url[:-3]}"
+    return f"; OpenAI-compatible servers answer under /v1: try {url}/v1"
+
+
+def _translate(openai, err: Exception, url: str, key_env: str) -> Exception:
+    """SDK errors -> ours, naming the URL: rate limits, 5xx, timeouts and lost connections are
+    worth retrying."""
     if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
-        return TransientBlackBoxError(f"{type(err).__name__}: {err}")
+        return TransientBlackBoxError(f"{url}: {type(err).__name__}: {err}")
     if isinstance(err, openai.APIStatusError):
         status = err.status_code
+        text = f"HTTP {status} from {url}: {err.message}"
         if status in (408, 409, 429) or status >= 500:
-            return TransientBlackBoxError(f"HTTP {status}: {err.message}")
-        return BlackBoxError(f"HTTP {status}: {err.message}")
+            return TransientBlackBoxError(text)
+        return BlackBoxError(text + http_hint(status, url, key_env))
     return err
+
+
+OPENAI_URL = "https://api.openai.com/v1"  # the SDK's endpoint when no base URL is set
 
 
 class _OpenAIBase(BlackBoxClient):
@@ -51,6 +74,10 @@ class _OpenAIBase(BlackBoxClient):
         self.price_in, self.price_out = price_in, price_out  # per million tokens
         self.client = client  # an openai.AsyncOpenAI; built per run when not given
         self._sdk = None
+
+    def endpoint(self) -> str:
+        """Where the model is served, normalised: the cache keeps answers per endpoint."""
+        return normalise_url(self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL)
 
     def _cost(self, prompt: int, completion: int) -> float:
         return (prompt * self.price_in + completion * self.price_out) / 1e6
@@ -76,7 +103,7 @@ class _OpenAIBase(BlackBoxClient):
         try:
             return parse(await fn(**kwargs))
         except openai.OpenAIError as err:
-            raise _translate(openai, err) from err
+            raise _translate(openai, err, self.endpoint(), self.api_key_env) from err
         except (AttributeError, TypeError, ValueError, KeyError, IndexError) as err:  # the SDK's parsing too
             raise TransientBlackBoxError(f"malformed answer from {self.model!r}: {type(err).__name__}: {err}") from err
 
@@ -97,13 +124,15 @@ class OpenAIChatClient(_OpenAIBase):
 
     def describe(self) -> dict:
         p = self.prompt
-        return {"client": "openai-chat", "model": self.model, "template": p.template, "system": p.system,
-                "examples": p.examples, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {"client": "openai-chat", "endpoint": self.endpoint(), "model": self.model, "template": p.template,
+                "system": p.system, "examples": p.examples, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "label_template": self.label_template}
 
     async def _request(self, texts, label_names):
         return list(await asyncio.gather(*(self._one(t, label_names) for t in texts)))
 
     async def _one(self, text: str, label_names: list[str]) -> BlackBoxOutput:
+        label_names = self.label_texts(label_names)  # shown and parsed as words, in their order
         kwargs = {"model": self.model, "messages": self.prompt.render(text, label_names),
                   "temperature": self.temperature, "max_tokens": self.max_tokens}
         if self.logprobs:
@@ -133,15 +162,15 @@ class OpenAIEmbeddingClient(_OpenAIBase):
 
     provides = frozenset({"labels", "scores", "embeddings"})
 
-    def __init__(self, model: str, *, label_template: str = "{}", temperature: float = 0.05, **kwargs):
+    def __init__(self, model: str, *, temperature: float = 0.05, **kwargs):
         kwargs.setdefault("batch_size", 64)
         super().__init__(model, **kwargs)
-        self.label_template, self.temperature = label_template, temperature
+        self.temperature = temperature
         self._protos: np.ndarray | None = None
 
     def describe(self) -> dict:
-        return {"client": "openai-embeddings", "model": self.model, "label_template": self.label_template,
-                "temperature": self.temperature}
+        return {"client": "openai-embeddings", "endpoint": self.endpoint(), "model": self.model,
+                "label_template": self.label_template, "temperature": self.temperature}
 
     async def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
         def parse(resp):
@@ -156,7 +185,7 @@ class OpenAIEmbeddingClient(_OpenAIBase):
 
     async def _open(self, label_names, ledger: Ledger) -> None:
         await super()._open(label_names, ledger)
-        names = [self.label_template.format(n) for n in label_names]
+        names = self.label_texts(label_names)
         self._protos, tokens = await self._retrying(lambda: self._embed(names), ledger)
         ledger.add(prompt_tokens=tokens, cost=self._cost(tokens, 0))
 
@@ -191,7 +220,7 @@ class CallableClient(BlackBoxClient):
                                   else {"labels", "scores"} if returns == "scores" else {"labels"})
 
     def describe(self) -> dict:
-        return {"client": "callable", "name": self.name, "returns": self.returns}
+        return {"client": "callable", "name": self.name, "returns": self.returns, "label_template": self.label_template}
 
     async def _invoke(self, arg, label_names):
         if inspect.iscoroutinefunction(self.fn):
@@ -200,7 +229,8 @@ class CallableClient(BlackBoxClient):
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            self._protos = np.asarray([await self._invoke(n, label_names) for n in label_names], dtype=np.float64)
+            self._protos = np.asarray([await self._invoke(n, label_names) for n in self.label_texts(label_names)],
+                                      dtype=np.float64)
 
     async def _request(self, texts, label_names):
         if self.batched:
@@ -253,23 +283,22 @@ class ServedBoxClient(BlackBoxClient):
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, box=None, http_client=None,
-                 returns: str = "labels", temperature: float = 0.05, label_template: str = "{}", **common):
+                 returns: str = "labels", temperature: float = 0.05, key_env: str = "EXOTUNE_TOKEN", **common):
         if returns not in ("labels", "scores", "embeddings"):
             raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
-        if "{}" not in label_template:
-            raise ConfigError(f"label_template must contain '{{}}', got {label_template!r}")
         common.setdefault("batch_size", 256)  # fewer round trips; the server sorts and batches within
         # one request at a time: the box computes one batch at a time anyway, and the requests then
         # need no worker threads, whose malloc arenas kept ~9 MB after a probe (Banking77 probe:
         # 37 s with 1, 2 or 4 in flight)
         common.setdefault("max_concurrency", 1)
         super().__init__(**common)
-        self.url, self.returns, self.temperature, self.label_template = url, returns, temperature, label_template
+        self.url, self.returns, self.temperature = url, returns, temperature
+        self.key_env = key_env  # where the token came from, for the message of a 401
         if (url is None) == (box is None):
             raise ConfigError("ServedBoxClient needs either url (and token) or a connected box, not both")
         self._token, self._http_client = token, http_client
         self._box = box  # with a url: an HTTP channel, connected on first use, never in __init__
-        self._protos = None
+        self._protos, self._proto_texts = None, None  # the label names' encodings, kept from run to run
         self.provides = frozenset({"labels", "scores", "embeddings"} if returns == "embeddings"
                                   else {"labels", "scores"} if returns == "scores" else {"labels"})
 
@@ -281,8 +310,14 @@ class ServedBoxClient(BlackBoxClient):
         return self._box
 
     def describe(self) -> dict:
-        spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
-        return {"client": "served-box", "model_digest": spec.model_digest, "pooling": spec.pooling,
+        from exotune.errors import RemoteError
+
+        try:
+            spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
+        except RemoteError as err:
+            raise self._refusal(err) from err
+        return {"client": "served-box", "endpoint": normalise_url(self.url) if self.url else None,
+                "model_digest": spec.model_digest, "pooling": spec.pooling,
                 "returns": self.returns, "temperature": self.temperature, "label_template": self.label_template}
 
     def _encode(self, texts: list[str]) -> np.ndarray:
@@ -313,14 +348,23 @@ class ServedBoxClient(BlackBoxClient):
         try:
             return await self._blocking(fn, *args)
         except RemoteError as err:
-            if err.status is None or err.status == 429 or err.status >= 500:
-                raise TransientBlackBoxError(str(err)) from err
-            raise BlackBoxError(str(err)) from err
+            raise self._refusal(err) from err
+
+    def _refusal(self, err) -> BlackBoxError:
+        """A RemoteError as ours, naming the URL: transient (retried) or final, with a hint."""
+        text = f"{self.url or 'the served box'}{'' if str(err).startswith('/') else ': '}{err}"
+        if err.status is None or err.status == 429 or err.status >= 500:
+            return TransientBlackBoxError(text)
+        url = normalise_url(self.url) if self.url else ""
+        return BlackBoxError(text + http_hint(err.status, url, self.key_env, root_expected=True))
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            texts = label_texts(label_names, self.label_template)
+            texts = self.label_texts(label_names)
+            if self._protos is not None and self._proto_texts == texts:  # run after run, one input each
+                return
             self._protos = await self._retrying(lambda: self._call(self._encode, texts), ledger)
+            self._proto_texts = texts
 
     async def _request(self, texts, label_names):
         if self.returns == "embeddings":
@@ -328,7 +372,7 @@ class ServedBoxClient(BlackBoxClient):
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
             return [BlackBoxOutput(label=int(y), scores=p, embedding=e)
                     for y, p, e in zip(labels, probs, emb, strict=True)]
-        sims = (await self._call(self._scores, list(texts), label_texts(label_names, self.label_template))).astype(np.float64)
+        sims = (await self._call(self._scores, list(texts), self.label_texts(label_names))).astype(np.float64)
         logits = sims / self.temperature
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)

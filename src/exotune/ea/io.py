@@ -12,6 +12,7 @@ from pathlib import Path
 from exotune import __version__
 from exotune.artifacts import read_json, saved_config, verify_folder, write_folder
 from exotune.ea.checks import check_config, check_regions, check_router, check_ssm
+from exotune.ea.selection import check_selection
 from exotune.errors import ArtifactError
 
 CONFIG = "ea_config.json"
@@ -29,7 +30,7 @@ TRUSTED_TYPES = frozenset({
 })
 
 PARAMS = ("ssms", "featurizer", "n_clusters", "policy", "budget", "cv_folds", "underfit_weight",
-          "per_region_ssm", "min_region_size", "confidence", "random_state")
+          "per_region_ssm", "min_region_size", "confidence", "random_state", "select_ssms")
 
 
 def _jsonable(value):
@@ -58,6 +59,7 @@ def save(model, path, extra_files: dict[str, dict] | None = None) -> Path:
         "special_regions": sorted(int(r) for r in system["special"]),
         "lm": model.lm.describe() if model.lm is not None else None,
         "val_accuracy": model.val_accuracy_, "regions": model.regions_.table_,
+        "ssm_selection": getattr(model, "ssm_selection_", None),  # which SSMs were kept, and why
         "router": {"threshold": float(model.router_.threshold_), "share": model.router_.share_,
                    "trust_lm": model.router_.trust_lm_,
                    "val_curve": model.router_.val_curve_},
@@ -118,6 +120,7 @@ def load(cls, path, lm=None, embedder=None, trusted=()):
     model.ssms_ = ssms
     model.router_, model.regions_ = router, regions
     model.val_accuracy_ = config.get("val_accuracy", {})
+    model.ssm_selection_ = check_selection(config.get("ssm_selection"), path / CONFIG)
     return model
 
 

@@ -14,7 +14,8 @@ from exotune.data.text import TextLabelData
 from exotune.ea.client import BlackBoxOutput, Ledger
 from exotune.ea.regions import Regions
 from exotune.ea.router import Router, full_features, gate_features
-from exotune.ea.ssm import full_proba, make_ssm
+from exotune.ea.selection import accuracy, choose_ssms, fallback
+from exotune.ea.ssm import full_proba, make_ssm, ssm_name
 from exotune.errors import ConfigError, DataError, NotFittedError
 from exotune.memory import release_memory as _release_memory
 
@@ -113,16 +114,18 @@ class EasyAdapter(BaseEstimator):
     """Easy Adaptation (arXiv 2512.17771). ``lm``: a black-box client that labels texts;
     ``embedder``: an optional client giving embeddings (the LM itself if it provides them);
     ``featurizer``: what the regions are clustered on: "auto" (the box's embeddings when fit
-    fetches them for an SSM, else TF-IDF), "tfidf", "blackbox" or a scikit-learn transformer."""
+    fetches them for an SSM, else TF-IDF), "tfidf", "blackbox" or a scikit-learn transformer.
+    ``select_ssms``: with several ``ssms``, keep those chosen out of fold (and on validation, see
+    :mod:`exotune.ea.selection`; ``ssm_selection_`` says which and why); else average them all."""
 
     def __init__(self, lm=None, embedder=None, ssms=("tfidf-lr",), featurizer="auto", n_clusters: int = 8,
                  policy: str = "ssm-first", budget: float = 0.3, cv_folds: int = 3, underfit_weight: float = 1.0,
                  per_region_ssm: bool = False, min_region_size: int = 50, confidence: float = 0.95,
-                 random_state: int = 0):
+                 random_state: int = 0, select_ssms: bool = True):
         self.lm, self.embedder, self.ssms, self.featurizer = lm, embedder, ssms, featurizer
         self.n_clusters, self.policy, self.budget, self.cv_folds = n_clusters, policy, budget, cv_folds
         self.underfit_weight, self.per_region_ssm, self.min_region_size = underfit_weight, per_region_ssm, min_region_size
-        self.confidence, self.random_state = confidence, random_state
+        self.confidence, self.random_state, self.select_ssms = confidence, random_state, select_ssms
 
     # -- black-box calls -------------------------------------------------------------------------
 
@@ -211,25 +214,30 @@ class EasyAdapter(BaseEstimator):
         _release_memory(collect=False)  # the fit's scratch, before predictions are made
         return ssm
 
+    def _specs(self) -> list:
+        """The SSMs in use: those kept by the selection (during fit), else all of ``ssms``."""
+        return [self.ssms[i] for i in getattr(self, "kept_", range(len(self.ssms)))]
+
     def _models(self, views, y, w, clusters, rows):
         """Fit the SSMs on ``rows``, one at a time, lazily: the global ones (key i), then one
         specialist per large underfit cluster (key ("region", c))."""
-        for i, spec in enumerate(self.ssms):
+        specs = self._specs()
+        for i, spec in enumerate(specs):
             yield i, self._fit_one(spec, i, views, y, w, rows)
         if self.per_region_ssm:
             rows = np.arange(len(y))[rows]
             for c in np.flatnonzero(self.regions_.underfit_cluster_):
                 idx = rows[clusters[rows] == c]
                 if len(idx) >= self.min_region_size and len(np.unique(y[idx])) > 1:
-                    yield ("region", int(c)), self._fit_one(self.ssms[0], 0, views, y, w, idx)
+                    yield ("region", int(c)), self._fit_one(specs[0], 0, views, y, w, idx)
 
-    def _proba(self, models, views, clusters, rows) -> np.ndarray:
+    def _proba(self, models, views, clusters, rows, n_global: int) -> np.ndarray:
         """(len(rows), C): the global SSMs' mean probability, then each specialist averaged in on
         its cluster's rows. ``models`` yields (key, model): each is used and let go in turn."""
         c = len(self.label_names_)
         rows = np.arange(len(clusters))[rows] if isinstance(rows, slice) else np.asarray(rows)
         all_rows = len(rows) == len(clusters)
-        P, n_global = np.zeros((len(rows), c)), len(self.ssms)
+        P = np.zeros((len(rows), c))
         for key, m in models:
             i, sel = (key, slice(None)) if isinstance(key, int) else (0, np.flatnonzero(clusters[rows] == key[1]))
             X, encoded = self._view_of(views, i, m)
@@ -243,7 +251,7 @@ class EasyAdapter(BaseEstimator):
 
     def _system_proba(self, system, views, clusters) -> np.ndarray:
         models = [*enumerate(system["global"]), *((("region", r), m) for r, m in system["special"].items())]
-        return self._proba(models, views, clusters, slice(None))
+        return self._proba(models, views, clusters, slice(None), len(system["global"]))
 
     def _fit_system(self, views, y, w, clusters) -> dict:
         """Global SSMs on all training rows, plus one specialist per large underfit cluster."""
@@ -259,7 +267,8 @@ class EasyAdapter(BaseEstimator):
         """Out-of-fold probabilities: each row predicted by SSMs that never saw its label."""
         P = np.zeros((len(y), len(self.label_names_)), dtype=np.float32)  # half the memory; ranks the same
         for fit_idx, held_idx in self.oof_folds_:
-            P[held_idx] = self._proba(self._models(views, y, w, clusters, fit_idx), views, clusters, held_idx)
+            P[held_idx] = self._proba(self._models(views, y, w, clusters, fit_idx), views, clusters, held_idx,
+                                      len(self._specs()))
         _release_memory(collect=False)
         return P
 
@@ -284,6 +293,8 @@ class EasyAdapter(BaseEstimator):
         if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
             raise ConfigError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
         self.label_names_ = list(train.label_names)
+        self.kept_ = list(range(len(self.ssms)))  # all, until the selection keeps fewer
+        self.ssm_selection_ = None
         self.ledgers_ = {"probe": Ledger(), "embed": Ledger()}
         t0 = time.perf_counter()
         n_tr = len(train)
@@ -315,24 +326,29 @@ class EasyAdapter(BaseEstimator):
             self.oof_folds_ = [(a, b) for a, b in splitter.split(np.zeros(n_tr), y)]
         # pass 1: where is the SSM better than the LM? pass 2: with weights on those regions
         w = np.ones(n_tr)
-        P = self._oof(views, y, w, clusters)
+        singles = self._select(views, views_val, y, y_val, w, clusters) if self.select_ssms and len(self.ssms) > 1 else None
+        P = self._oof(views, y, w, clusters) if singles is None or self.per_region_ssm else singles["oof"]
         self.regions_.mark(y, clusters, P.argmax(1) == y, self.label_names_)
         if self.underfit_weight > 0 and (self.regions_.underfit_class_.any() or self.regions_.underfit_cluster_.any()):
             w = self.regions_.weights(y, clusters, self.underfit_weight)
             del P  # not alive beside the second pass's
             P = self._oof(views, y, w, clusters)
-        # the router learns only from out-of-fold predictions
-        acc = self.regions_.lm_accuracy(P.argmax(1), clusters, own_y=y, own_correct=lm_ok)
-        G = gate_features(P, acc)
-        F = full_features(P, acc, lm.labels[:n_tr], self._rows(lm.scores, slice(0, n_tr)), lm.confidence[:n_tr], gate=G)
-        self.router_ = Router(self.policy, self.budget).fit(G, F, P.argmax(1) == y, lm_ok)
-        self.router_rows_ = np.concatenate([b for _, b in self.oof_folds_])
-        del P, G, F
+        self._fit_router(P, clusters, y, lm_ok, lm)
+        del P
         _release_memory()
         self.ssms_system_ = self._fit_system(views, y, w, clusters)
-        self.ssms_ = self.ssms_system_["global"]
         # calibrate the budget threshold on validation, with the SSMs a user will get
         Pv = self._system_proba(self.ssms_system_, views_val, clusters_val)
+        b = None if singles is None else fallback(self.ssm_selection_, singles["val"], accuracy(Pv, y_val))
+        if b is not None:  # one candidate alone beats the ensemble on validation: it alone, unweighted
+            self.kept_ = [b]
+            self.ssms_system_ = {"global": [singles["models"][b]], "special": {}}
+            self.regions_.mark(y, clusters, singles["oofs"][b].argmax(1) == y, self.label_names_)
+            self._fit_router(singles["oofs"][b], clusters, y, lm_ok, lm)
+            Pv = singles["val_proba"][b]
+        self.ssms_ = self.ssms_system_["global"]
+        # each candidate alone, fitted on all of train (to compare; not saved); None without a selection
+        self.ssm_candidates_ = None if singles is None else dict(zip(self._names(), singles["models"], strict=True))
         acc_v = self.regions_.lm_accuracy(Pv.argmax(1), clusters_val)
         Gv = gate_features(Pv, acc_v)
         Fv = full_features(Pv, acc_v, lm.labels[n_tr:], self._rows(lm.scores, slice(n_tr, None)), lm.confidence[n_tr:], gate=Gv)
@@ -340,10 +356,48 @@ class EasyAdapter(BaseEstimator):
         self.router_.calibrate(*self.val_features_)
         del self.encoders_  # inside the fitted SSMs; fit's own bookkeeping
         self.fit_seconds_ = time.perf_counter() - t0
-        self.val_accuracy_ = {"lm": float((lm.labels[n_tr:] == y_val).mean()),
-                              "ssm": float((Pv.argmax(1) == y_val).mean()),
+        self.val_accuracy_ = {"lm": float((lm.labels[n_tr:] == y_val).mean()), "ssm": accuracy(Pv, y_val),
                               "ea": max(c["accuracy"] for c in self.router_.val_curve_ if c["share"] == self.router_.share_)}
         return self
+
+    def _fit_router(self, P, clusters, y, lm_ok, lm) -> None:
+        """The router learns only from out-of-fold predictions ``P`` of the training rows."""
+        n_tr = len(y)
+        acc = self.regions_.lm_accuracy(P.argmax(1), clusters, own_y=y, own_correct=lm_ok)
+        G = gate_features(P, acc)
+        F = full_features(P, acc, lm.labels[:n_tr], self._rows(lm.scores, slice(0, n_tr)), lm.confidence[:n_tr], gate=G)
+        self.router_ = Router(self.policy, self.budget).fit(G, F, P.argmax(1) == y, lm_ok)
+        self.router_rows_ = np.concatenate([b for _, b in self.oof_folds_])
+
+    def _names(self) -> list[str]:
+        return [ssm_name(s) for s in self.ssms]
+
+    def _select(self, views, views_val, y, y_val, w, clusters) -> dict:
+        """Score every candidate SSM alone (out of fold on train; fitted on all of train, on
+        validation), keep those chosen out of fold (``kept_``, ``ssm_selection_``) and re-key the
+        encoded views to the kept ones. Returns what a fall back to one candidate needs, and
+        "oof", the kept ensemble's out-of-fold probabilities (pass 1)."""
+        c, n = len(self.label_names_), len(self.ssms)
+        oofs, models, val_proba = [], [], []
+        for i, spec in enumerate(self.ssms):
+            P = np.zeros((len(y), c), dtype=np.float32)
+            for fit_idx, held_idx in self.oof_folds_:
+                P[held_idx] = self._proba([(i, self._fit_one(spec, i, views, y, w, fit_idx))], views, clusters,
+                                          held_idx, 1)
+            oofs.append(P)
+            models.append(self._fit_one(spec, i, views, y, w, slice(None)))
+            X, encoded = self._view_of(views_val, i, models[-1])
+            val_proba.append(full_proba(models[-1], X, c, encoded))
+        kept, self.ssm_selection_ = choose_ssms(self._names(), oofs, y)
+        self.kept_ = kept
+        for d in (views, views_val, self.encoders_):
+            moved = {j: d[i] for j, i in enumerate(kept) if i in d}
+            for i in range(n):
+                d.pop(i, None)
+            d.update(moved)
+        return {"oofs": oofs, "models": models, "val_proba": val_proba,
+                "val": [accuracy(P, y_val) for P in val_proba],
+                "oof": (sum(oofs[i] for i in kept) / len(kept)).astype(np.float32)}
 
     def recalibrate(self, budget: float, policy: str | None = None) -> EasyAdapter:
         """Another LM budget (and policy) without refitting: the budget only moves the routing
@@ -411,7 +465,9 @@ class EasyAdapter(BaseEstimator):
         (the LM is then asked about every input)."""
         from exotune.ea.report import evaluation
 
-        return evaluation(self, check_data(data, "data"), compare)
+        self._check_fitted()
+        data, classes = check_data(data, "data").aligned_to(self.label_names_)  # by name: any order, a subset
+        return evaluation(self, data, compare, classes)
 
     def save_pretrained(self, path, extra_files: dict[str, dict] | None = None):
         """Write the folder; ``extra_files`` (name: JSON object) go in with the rest, checksummed."""

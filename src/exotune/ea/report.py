@@ -11,23 +11,25 @@ from exotune.plotting import pyplot
 from exotune.tasks.metrics import classification_metrics
 
 
-def evaluation(model, data, compare: bool = True) -> dict:
+def evaluation(model, data, compare: bool = True, classes: list[int] | None = None) -> dict:
+    """``data``'s labels numbered as the model's; metrics over ``classes`` (default: all)."""
     y = np.asarray(data.labels)
     c = len(model.label_names_)
     r = model.route(data.texts, ask_all=compare)
-    out = {"n": len(y), "ea": classification_metrics(y, r.labels, c),
-           "ssm": classification_metrics(y, r.ssm_labels, c),
+    out = {"n": len(y), "ea": classification_metrics(y, r.labels, c, classes),
+           "ssm": classification_metrics(y, r.ssm_labels, c, classes),
            "lm_call_share": float(r.asked_lm.mean()), "lm_answer_share": float(r.used_lm.mean()),
            "policy": model.policy, "budget": model.budget, "seconds": r.seconds,
            "seconds_per_input": r.seconds / max(len(y), 1), "ledger": r.ledger.to_dict()}
     if compare:
-        out["lm"] = classification_metrics(y, r.lm_labels, c)
+        out["lm"] = classification_metrics(y, r.lm_labels, c, classes)
         out["lm_unparseable_share"] = float((r.lm_labels < 0).mean())
         calls = max(r.ledger.calls + r.ledger.cache_hits, 1)
         cost_per_call = r.ledger.cost / calls
         # the curve asks nothing new: every input's LM answer is known here
         out["curve"] = _curve(model, data.texts, y, r, cost_per_call)
     out["regions"] = model.regions_.table_
+    out["ssm_selection"] = getattr(model, "ssm_selection_", None)  # which SSMs were kept, and why
     return out
 
 
@@ -60,6 +62,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['kind']}: {row['name']} | {row['n']} | {row['lm_accuracy']:.3f} | "
                      f"[{row['lm_low']:.3f}, {row['lm_high']:.3f}] | {row['ssm_cv_accuracy']:.3f} | "
                      f"{'yes' if row['underfit'] else ''} |")
+    if report.get("ssm_selection"):
+        lines += ["", "| SSM | out-of-fold acc. | validation acc. | kept | why |", "|---|---|---|---|---|"]
+        for row in report["ssm_selection"]:
+            val = row.get("val_accuracy")
+            lines.append(f"| {row['name']} | {row['oof_accuracy']:.4f} | {'' if val is None else f'{val:.4f}'} | "
+                         f"{'yes' if row['kept'] else ''} | {row['why']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ Each SSM says what it reads with ``input_kind``: "text" (a list of strings) or "
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -186,16 +187,21 @@ class EmbeddingMLPSSM(_SSM):
 
 class EmbeddingLogRegSSM(_SSM):
     """Logistic regression over the black box's embeddings, whitened by PCA onto their
-    ``n_components`` leading directions (None: all). Chosen on Banking77 validation (384-d
-    MiniLM embeddings): 256 whitened directions at C=0.3 reach 0.903 in ~8 lbfgs steps, where
-    all 384 standardised took ~22 for 0.898; the encoded rows take two thirds of the memory."""
+    ``n_components`` leading directions (None: all); ``pca=False`` reads the raw embeddings
+    (a plain linear probe). Chosen on Banking77 validation (384-d MiniLM embeddings): 256
+    whitened directions at C=0.3 reach 0.903 in ~8 lbfgs steps, where all 384 standardised took
+    ~22 for 0.898; the encoded rows take two thirds of the memory. Other widths, and the raw
+    probe, are registered as candidates for :class:`~exotune.ea.EasyAdapter`'s selection."""
 
     input_kind = "embedding"
 
-    def __init__(self, C: float = 0.3, tol: float = 1e-3, max_iter: int = 500, n_components: int | None = 256):
-        self.C, self.tol, self.max_iter, self.n_components = C, tol, max_iter, n_components
+    def __init__(self, C: float = 0.3, tol: float = 1e-3, max_iter: int = 500, n_components: int | None = 256,
+                 pca: bool = True):
+        self.C, self.tol, self.max_iter, self.n_components, self.pca = C, tol, max_iter, n_components, pca
 
     def encoder(self):
+        if not self.pca:
+            return None
         # the covariance solver reads the (N, D) rows once, through a (D, D) matrix: no copies
         return PCA(n_components=self.n_components, whiten=True, svd_solver="covariance_eigh")
 
@@ -220,19 +226,38 @@ class SklearnSSM(_SSM):
 
 
 SSMS: dict[str, type] = {}
+SSM_PARAMS: dict[str, dict] = {}  # a registered name's constructor arguments (a width, a C...)
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
-def register_ssm(name: str, cls: type) -> None:
-    if not name or name in SSMS:
-        raise ConfigError(f"SSM name must be new and non-empty, got {name!r} (known: {sorted(SSMS)})")
-    if not (hasattr(cls, "fit") and hasattr(cls, "predict_proba")):
-        raise ConfigError(f"{cls!r} must define fit and predict_proba")
-    SSMS[name] = cls
+def register_ssm(name: str, cls: type, **params) -> None:
+    """Register ``cls(**params)`` under ``name`` (lower case, digits and dashes, new)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"SSM name must match {_NAME.pattern}, got {name!r}")
+    if name in SSMS:
+        raise ConfigError(f"an SSM named {name!r} is already registered; choose a new name (known: {sorted(SSMS)})")
+    if not isinstance(cls, type) or not (hasattr(cls, "fit") and hasattr(cls, "predict_proba")):
+        raise ConfigError(f"{cls!r} must be a class that defines fit and predict_proba")
+    SSMS[name], SSM_PARAMS[name] = cls, dict(params)
 
 
-for _name, _cls in (("tfidf-lr", TfidfLogRegSSM), ("embedding-mlp", EmbeddingMLPSSM),
-                    ("embedding-lr", EmbeddingLogRegSSM)):
-    register_ssm(_name, _cls)
+for _name, _cls, _params in (
+        ("tfidf-lr", TfidfLogRegSSM, {}), ("embedding-mlp", EmbeddingMLPSSM, {}),
+        ("embedding-lr", EmbeddingLogRegSSM, {}),
+        # candidates for selection on validation: other PCA widths, and no PCA at all
+        ("embedding-lr-128", EmbeddingLogRegSSM, {"n_components": 128}),
+        ("embedding-lr-all", EmbeddingLogRegSSM, {"n_components": None}),
+        ("embedding-lr-raw", EmbeddingLogRegSSM, {"pca": False, "C": 3.0})):
+    register_ssm(_name, _cls, **_params)
+
+
+def ssm_name(spec) -> str:
+    """A readable name of an SSM spec: its registered name, else its class (and input kind)."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, SklearnSSM):
+        return f"sklearn:{type(spec.estimator).__name__}({spec.input_kind})"
+    return type(spec).__name__
 
 
 def make_ssm(spec):
@@ -240,7 +265,7 @@ def make_ssm(spec):
     if isinstance(spec, str):
         if spec not in SSMS:
             raise ConfigError(f"unknown SSM {spec!r}; known: {sorted(SSMS)}")
-        return SSMS[spec]()
+        return SSMS[spec](**SSM_PARAMS.get(spec, {}))
     if isinstance(spec, _SSM):
         return clone(spec)
     if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):

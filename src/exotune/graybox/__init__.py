@@ -3,7 +3,12 @@
 from exotune.graybox import input_adapters, output_adapters  # noqa: F401  (registers adapters)
 from exotune.graybox.config import VARIANTS, DGAConfig
 from exotune.graybox.entry_tokens import EntryTokens, EntryTokensConfig
-from exotune.graybox.input_adapters import PixelConvConfig, PixelResidualConfig, TextShiftConfig
+from exotune.graybox.input_adapters import (
+    PixelConvConfig,
+    PixelResidualConfig,
+    TextShiftConfig,
+    TokenLowRankConfig,
+)
 from exotune.graybox.model import GrayBoxModel
 from exotune.graybox.output_adapters import LinearOutputConfig, ResidualMLPConfig
 from exotune.graybox.registry import adapter_names, register_adapter
@@ -19,6 +24,7 @@ __all__ = [
     "PixelResidualConfig",
     "ResidualMLPConfig",
     "TextShiftConfig",
+    "TokenLowRankConfig",
     "adapter_names",
     "register_adapter",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
@@ -88,12 +88,24 @@ class DGAConfig(ConfigBase):
             (False, False): "none",
         }[(self.input_adapter is not None, self.output_adapter is not None)]
 
+    def folded(self) -> DGAConfig:
+        """This configuration as saved: tokens re-parameterised while training are plain tokens."""
+        def plain(config):
+            has = config is not None and "reparam" in {f.name for f in fields(config)}
+            return replace(config, reparam=0) if has else config
+
+        return replace(self, input_adapter=plain(self.input_adapter), entry_tokens=plain(self.entry_tokens))
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "input_adapter": None if self.input_adapter is None else config_to_dict("input", self.input_adapter),
             "output_adapter": None if self.output_adapter is None else config_to_dict("output", self.output_adapter),
             "entry_tokens": None if self.entry_tokens is None else self.entry_tokens.to_dict(),
         }
+        for part in (out["input_adapter"], out["entry_tokens"]):
+            if part is not None and part.get("reparam") == 0:
+                del part["reparam"]  # plain tokens: saved as before re-parameterisation existed
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> DGAConfig:

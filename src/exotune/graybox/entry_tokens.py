@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from exotune.boxes.spec import BoxSpec
-from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
+from exotune.configs import MAX_TOKENS, MAX_WIDTH, ConfigBase, check_field_types, check_int
 from exotune.errors import AccessError, ConfigError
+from exotune.graybox.tokens import TokenMLP
 
 
 @dataclass
@@ -21,6 +22,7 @@ class EntryTokensConfig(ConfigBase):
     points: str | list[str] = "all"
     tokens: int = 2
     init_std: float = 0.02
+    reparam: int = 0  # hidden width of a residual MLP per entry point while training (graybox.tokens); 0: none
 
     def __post_init__(self) -> None:
         if self.points != "all":
@@ -35,6 +37,7 @@ class EntryTokensConfig(ConfigBase):
         check_int(self, "tokens", 1, MAX_TOKENS)
         if not self.init_std >= 0:
             raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
+        check_int(self, "reparam", 0, MAX_WIDTH)
 
     @property
     def variant_name(self) -> str:
@@ -61,7 +64,8 @@ def resolve_points(config: EntryTokensConfig, spec: BoxSpec) -> list[str]:
 
 
 class EntryTokens(nn.Module):
-    """One independent ``nn.Parameter`` (n, D) per entry point: no shared re-parameterisation."""
+    """One independent ``nn.Parameter`` (n, D) per entry point; with ``reparam``, each through its
+    own residual MLP while training (folded into plain tokens when saved)."""
 
     def __init__(self, config: EntryTokensConfig, spec: BoxSpec) -> None:
         super().__init__()
@@ -71,6 +75,10 @@ class EntryTokens(nn.Module):
         self.tokens = nn.ParameterList(
             nn.Parameter(torch.randn(config.tokens, spec.entry_dim) * config.init_std) for _ in self.names
         )
+        self.mlps = (nn.ModuleList(TokenMLP(spec.entry_dim, config.reparam) for _ in self.names)
+                     if config.reparam else None)
+
+    reparam_keys = ("mlps.",)
 
     @property
     def added_tokens(self) -> int:
@@ -78,4 +86,12 @@ class EntryTokens(nn.Module):
         return self.config.tokens
 
     def forward(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.tokens, strict=True))  # name -> (n, D)
+        if self.mlps is None:
+            return dict(zip(self.names, self.tokens, strict=True))  # name -> (n, D)
+        return {name: mlp(p) for name, p, mlp in zip(self.names, self.tokens, self.mlps, strict=True)}
+
+    def folded_tokens(self) -> dict[str, torch.Tensor]:
+        """State-dict entries that replace the re-parameterisation (``reparam_keys``) in a saved adapter."""
+        if self.mlps is None:
+            return {}
+        return {f"tokens.{i}": t.detach().clone() for i, t in enumerate(self().values())}

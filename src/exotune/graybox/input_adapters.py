@@ -22,27 +22,35 @@ from exotune.configs import (
 )
 from exotune.errors import ConfigError
 from exotune.graybox.registry import register_adapter
+from exotune.graybox.tokens import TokenMLP
 
 
 @dataclass
 class TextShiftConfig(ConfigBase):
     """A shift token added to every token embedding, plus ``extra_tokens`` learnable tokens.
 
-    The extra tokens are inserted right after the first token ([CLS]) so that they sit at
-    the same positions in every sequence of a padded batch.
+    The extra tokens are inserted where the box says (``spec.insert_at``: right after the first
+    token, [CLS], or after the owner's prompt) so that they sit at the same positions in every
+    sequence of a padded batch.
     """
 
     shift: bool = True
     extra_tokens: int = 1
     init_std: float = 0.02
+    reparam: int = 0  # hidden width of the tokens' residual MLP while training (graybox.tokens); 0: none
 
     def __post_init__(self) -> None:
-        check_field_types(self)
-        check_int(self, "extra_tokens", 0, MAX_TOKENS)
+        _check_tokens(self)
         if not self.shift and self.extra_tokens == 0:
             raise ConfigError("text-shift adapter with shift=False and extra_tokens=0 learns nothing")
-        if self.init_std < 0:
-            raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
+
+
+def _check_tokens(config) -> None:
+    check_field_types(config)
+    check_int(config, "extra_tokens", 0, MAX_TOKENS)
+    if not config.init_std >= 0:
+        raise ConfigError(f"init_std must be >= 0, got {config.init_std}")
+    check_int(config, "reparam", 0, MAX_WIDTH)
 
 
 @register_adapter("input", "text-shift", TextShiftConfig, modalities=("text",))
@@ -50,6 +58,7 @@ class TextShiftAdapter(nn.Module):
     def __init__(self, config: TextShiftConfig, spec: BoxSpec) -> None:
         super().__init__()
         self.config = config
+        self.at = spec.insert_at
         dim = spec.input_dim
         self.shift = nn.Parameter(torch.zeros(dim)) if config.shift else None  # zero: identity at start
         self.extra = (
@@ -57,10 +66,28 @@ class TextShiftAdapter(nn.Module):
             if config.extra_tokens
             else None
         )
+        # Residual re-parameterisation of the extra tokens while training; folded when saved.
+        self.extra_mlp = TokenMLP(dim, config.reparam) if config.extra_tokens and config.reparam else None
 
     @property
     def added_tokens(self) -> int:
         return self.config.extra_tokens
+
+    def token_parameters(self) -> list[nn.Parameter]:
+        """The tokens and their re-parameterisation (the ``tokens`` parameter group); the rest is
+        the input side."""
+        mlp = [] if self.extra_mlp is None else list(self.extra_mlp.parameters())
+        return ([] if self.extra is None else [self.extra]) + mlp
+
+    def extra_tokens(self) -> torch.Tensor | None:
+        """The extra tokens the box sees (k, D)."""
+        return self.extra if self.extra_mlp is None else self.extra_mlp(self.extra)
+
+    def folded_tokens(self) -> dict[str, torch.Tensor]:
+        """State-dict entries that replace the re-parameterisation (``reparam_keys``) in a saved adapter."""
+        return {} if self.extra_mlp is None else {"extra": self.extra_tokens().detach().clone()}
+
+    reparam_keys = ("extra_mlp.",)
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # embeds (B, T, D), mask (B, T)
@@ -68,11 +95,60 @@ class TextShiftAdapter(nn.Module):
             embeds = embeds + self.shift * mask.unsqueeze(-1).to(embeds.dtype)  # pads stay untouched
         if self.extra is not None:
             b, k = embeds.shape[0], self.extra.shape[0]
-            extra = self.extra.unsqueeze(0).expand(b, k, -1)  # (B, k, D)
-            embeds = torch.cat([embeds[:, :1], extra, embeds[:, 1:]], dim=1)  # (B, T + k, D)
+            extra = self.extra_tokens().unsqueeze(0).expand(b, k, -1)  # (B, k, D)
+            at = self.at
+            embeds = torch.cat([embeds[:, :at], extra, embeds[:, at:]], dim=1)  # (B, T + k, D)
             ones = torch.ones(b, k, dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)  # (B, T + k)
+            mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)  # (B, T + k)
         return embeds, mask
+
+
+TOKEN_ACTIVATIONS = {"none": None, "gelu": nn.functional.gelu, "relu": torch.relu, "tanh": torch.tanh}
+
+
+@dataclass
+class TokenLowRankConfig(ConfigBase):
+    """An input-dependent map of every token: ``e + U act(V e)`` of rank ``rank`` (``U`` starts
+    at zero: the identity at step 0; ``activation="none"`` keeps it linear), then the shift token
+    and ``extra_tokens`` extra tokens of ``text-shift``."""
+
+    rank: int = 16
+    activation: str = "none"
+    shift: bool = True
+    extra_tokens: int = 1
+    init_std: float = 0.02
+    reparam: int = 0  # as TextShiftConfig's
+
+    def __post_init__(self) -> None:
+        _check_tokens(self)
+        check_int(self, "rank", 1, MAX_WIDTH)
+        if self.activation not in TOKEN_ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {list(TOKEN_ACTIVATIONS)}, got {self.activation!r}")
+
+    @property
+    def variant_name(self) -> str:
+        act = "" if self.activation == "none" else f", {self.activation}"
+        return f"lowrank(r={self.rank}{act})"
+
+
+@register_adapter("input", "token-lowrank", TokenLowRankConfig, modalities=("text",))
+class TokenLowRankAdapter(TextShiftAdapter):
+    """A per-token low-rank residual on the box's token embeddings, before the shift and the
+    extra tokens; pads stay untouched."""
+
+    def __init__(self, config: TokenLowRankConfig, spec: BoxSpec) -> None:
+        super().__init__(config, spec)
+        self.down = nn.Linear(spec.input_dim, config.rank, bias=False)  # V
+        self.up = nn.Linear(config.rank, spec.input_dim, bias=False)  # U
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.down(embeds)  # (B, T, r)
+        act = TOKEN_ACTIVATIONS[self.config.activation]
+        if act is not None:
+            hidden = act(hidden)
+        embeds = embeds + self.up(hidden) * mask.unsqueeze(-1).to(embeds.dtype)  # (B, T, D); pads untouched
+        return super().forward(embeds, mask)
 
 
 # -- images: maps of the pixels ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.entry_tokens import EntryTokens
 from exotune.graybox.registry import build_adapter
+from exotune.graybox.tokens import word_embeddings
 
 _CACHE_LIMIT = 500_000
 
@@ -44,6 +45,43 @@ class GrayBoxModel(nn.Module):
     def added_tokens(self) -> int:
         """Sequence positions the adapters add to each text (input tokens and entry tokens)."""
         return sum(getattr(m, "added_tokens", 0) for m in (self.input_adapter, self.entry_tokens) if m is not None)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable tensors by component (``PARAMETER_GROUPS``: the keys with any): ``input``
+        (the input adapter's maps), ``tokens`` (its extra tokens and the entry tokens),
+        ``output`` (the output adapter); each can get its own learning rate."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        if self.input_adapter is not None:
+            tokens = getattr(self.input_adapter, "token_parameters", list)()
+            ids = {id(p) for p in tokens}
+            groups["input"] = [p for p in self.input_adapter.parameters() if id(p) not in ids]
+            groups["tokens"] = list(tokens)
+        if self.entry_tokens is not None:
+            groups.setdefault("tokens", []).extend(self.entry_tokens.parameters())
+        if self.output_adapter is not None:
+            groups["output"] = list(self.output_adapter.parameters())
+        return {k: [p for p in ps if p.requires_grad] for k, ps in groups.items() if ps}
+
+    @torch.no_grad()
+    def init_tokens_from_words(self, words: list[str]) -> int:
+        """Set the extra tokens and entry tokens to the box's own embeddings of ``words`` (class
+        names, or a task's frequent words), cycling through them; returns how many were set."""
+        vectors = word_embeddings(self.box, words)  # (W, D)
+        sets = []
+        extra = getattr(self.input_adapter, "extra", None)
+        if isinstance(extra, nn.Parameter):
+            sets.append(extra)
+        if self.entry_tokens is not None:
+            if self.box.spec.entry_dim != vectors.shape[1]:
+                raise ConfigError(f"entry tokens of width {self.box.spec.entry_dim} cannot start from input "
+                                  f"embeddings of width {vectors.shape[1]}")
+            sets.extend(self.entry_tokens.tokens)
+        start = 0
+        for tokens in sets:
+            idx = torch.arange(start, start + tokens.shape[0]) % len(vectors)
+            tokens.copy_(vectors[idx].to(tokens.dtype))
+            start += tokens.shape[0]
+        return start
 
     def embed(self, texts: list[str]) -> TokenBatch:
         spec = self.box.spec
@@ -119,3 +157,18 @@ def _cache_key(item) -> str | None:
     if isinstance(item, str):
         return item
     return str(item) if isinstance(item, Path) else None
+
+
+def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as an adapter is saved: every re-parameterised token set (a part
+    with ``folded_tokens()``) replaced by its plain tokens, so the artifact loads into the
+    configuration's ``folded()`` form and the box sees the same tokens."""
+    state = model.state_dict()
+    for name, part in model.named_modules():
+        folded = part.folded_tokens() if callable(getattr(part, "folded_tokens", None)) else {}
+        if folded:
+            prefix = f"{name}." if name else ""
+            for key in [k for k in state if k.startswith(tuple(prefix + r for r in part.reparam_keys))]:
+                del state[key]
+            state.update({prefix + k: v for k, v in folded.items()})
+    return state

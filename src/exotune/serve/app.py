@@ -26,8 +26,10 @@ from exotune.serve.auth import TokenGate
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
 from exotune.serve.fair import InflightLimit
+from exotune.serve.openai_routes import install_openai_routes, is_openai_path, openai_error
+from exotune.serve.pixels import PixelBoxService
 from exotune.serve.quota import quota_store
-from exotune.serve.service import BoxService
+from exotune.serve.service import PROTOCOL, BoxService
 
 log = logging.getLogger("exotune.serve")
 
@@ -43,7 +45,9 @@ def _json_body(properties: dict) -> dict:
 _TEXTS = {"texts": {"type": "array", "items": {"type": "string"}}}
 
 
-def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, retry_after: float | None = None,
+                   request: Request | None = None) -> JSONResponse:
+    """The JSON refusal: ``{"error", "message"}``, or OpenAI's shape on the OpenAI routes."""
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -51,7 +55,15 @@ def error_response(status: int, code: str, message: str, retry_after: float | No
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if status == 408:  # the rest of a body that came too slowly is not read: end the connection
         headers["Connection"] = "close"
+    if request is not None and is_openai_path(request.url.path):
+        return openai_error(status, code, message, headers)
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def wants_json(request: Request) -> bool:
+    """The client asked for JSON (``Accept: application/json``) rather than safetensors."""
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and wire.MEDIA_TYPE not in accept
 
 
 class _Guard:
@@ -133,23 +145,24 @@ async def read_json(request: Request, limit: int) -> dict:
 
 def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(request, err: ApiError):
-        return error_response(err.status, err.code, err.message, err.retry_after)
+        return error_response(err.status, err.code, err.message, err.retry_after, request)
 
     async def exotune_error(request, err: ExotuneError):
         # raised by the box on a request it refuses; messages describe the request only
         if isinstance(err, AccessError):
-            return error_response(403, "access", str(err))
+            return error_response(403, "access", str(err), request=request)
         if isinstance(err, (BoxLimitError, ConfigError)):
-            return error_response(422, "limit" if isinstance(err, BoxLimitError) else "invalid", str(err))
+            return error_response(422, "limit" if isinstance(err, BoxLimitError) else "invalid", str(err),
+                                  request=request)
         log.error("box refused a request: %r", err)
-        return error_response(422, "invalid", "the box refused the request")
+        return error_response(422, "invalid", "the box refused the request", request=request)
 
     async def validation_error(request, err: RequestValidationError):
         where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in err.errors())
-        return error_response(422, "invalid", f"invalid request parameters: {where}")
+        return error_response(422, "invalid", f"invalid request parameters: {where}", request=request)
 
     async def http_error(request, err: StarletteHTTPException):
-        return error_response(err.status_code, "http", str(err.detail))
+        return error_response(err.status_code, "http", str(err.detail), request=request)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(ExotuneError, exotune_error)
@@ -157,32 +170,73 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None) -> FastAPI:
-    """An ASGI app serving ``box`` at its access level to holders of ``tokens``."""
-    config = config or ServeConfig()
+JSON_ENCODE_MAX = 64  # texts /v1/encode answers as JSON when asked; more travel as safetensors
+
+
+def _gate(tokens: list[str] | None, config: ServeConfig) -> TokenGate:
     if not tokens and not config.no_auth:
         raise ConfigError("serving a box needs at least one token (or no_auth=True, explicitly)")
     if tokens and config.no_auth:
         raise ConfigError("no_auth=True contradicts the tokens given; pass one or the other")
-    gate = TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget,
+    return TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget,
                      login_failures=config.login_failures, login_window_s=config.login_window_s,
                      store=quota_store(config.quota_store, config.quota_fallback))
-    service = BoxService(box, config, gate)
+
+
+def _base_app(config: ServeConfig, gate: TokenGate):
+    """An app with the guard and the error handlers, and the dependency that admits a caller."""
     # no redirect of "/v1/spec/" to "/v1/spec": it would be built from the request's Host header
     app = FastAPI(title="exotune served box", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   redirect_slashes=False)
-    app.state.service, app.state.body_timeout_s = service, config.body_timeout_s
-    run = InflightLimit(config.max_inflight_per_token)
+    app.state.body_timeout_s = config.body_timeout_s
     app.add_middleware(_Guard, max_body_bytes=config.max_body_bytes)
     _install_error_handlers(app)
-    limit = config.max_body_bytes
 
     def caller(request: Request) -> str:
         who = gate.identify(request.headers.get("authorization"), request.client.host if request.client else None)
         gate.admit(who)
         return who
 
-    Caller = Annotated[str, Depends(caller)]
+    return app, Annotated[str, Depends(caller)]
+
+
+def create_towers_app(towers: dict[str, Box], tokens: list[str] | None, config: ServeConfig | None = None) -> FastAPI:
+    """Several boxes (a CLIP model's text and image towers) under one server and one token set
+    (rate limits and gradient budgets shared): each a full box under ``/<name>``
+    (``/image/v1/spec``...); ``/v1/spec`` names the towers."""
+    config = config or ServeConfig()
+    gate = _gate(tokens, config)
+    app, Caller = _base_app(config, gate)
+    app.state.services = {}
+    for name, box in towers.items():
+        sub = create_app(box, tokens, config, gate=gate)
+        app.state.services[name] = sub.state.service
+        app.mount(f"/{name}", sub)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/spec")
+    def spec(who: Caller) -> dict:
+        return {"protocol": PROTOCOL, "towers": list(towers)}
+
+    return app
+
+
+def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None,
+               model_name: str | None = None, *, gate: TokenGate | None = None) -> FastAPI:
+    """An ASGI app serving ``box`` at its access level to holders of ``tokens`` (an image box
+    takes pixels); ``gate``: one shared with other boxes of the same server. A text box also
+    answers the OpenAI routes, naming the model ``model_name`` (default: ``exotune-`` and the
+    digest's first 12)."""
+    config = config or ServeConfig()
+    gate = gate if gate is not None else _gate(tokens, config)
+    service = (PixelBoxService if box.spec.modality == "image" else BoxService)(box, config, gate)
+    app, Caller = _base_app(config, gate)
+    app.state.service = service
+    run = InflightLimit(config.max_inflight_per_token)
+    limit = config.max_body_bytes
 
     def tensors(data: bytes) -> Response:
         return Response(content=data, media_type=wire.MEDIA_TYPE)
@@ -213,7 +267,25 @@ def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = 
     @app.post("/v1/encode", openapi_extra=_json_body(_TEXTS))
     async def encode(request: Request, who: Caller) -> Response:
         body = await read_json(request, limit)
+        if wants_json(request) and service.spec.modality == "text":  # a few texts, for people and scripts: {"outputs": [[...], ...]}
+            texts = body.get("texts")
+            if isinstance(texts, list) and len(texts) > JSON_ENCODE_MAX:
+                raise ApiError(406, "too_many_for_json", f"JSON answers hold at most {JSON_ENCODE_MAX} texts, got "
+                                                         f"{len(texts)}; ask for {wire.MEDIA_TYPE} instead")
+            outputs = await run(who, service.encode_texts, who, texts)
+            return JSONResponse({"outputs": outputs.tolist()})
         return tensors(await run(who, service.encode, who, body))
+
+    @app.get("/v1/openapi.json", include_in_schema=False)
+    def openapi(who: Caller) -> dict:
+        return app.openapi()  # to holders of a token only: the routes are the owner's business
+
+    async def read(request: Request) -> dict:
+        return await read_json(request, limit)
+
+    if service.spec.modality == "text":
+        app.state.model_name = model_name or f"exotune-{service.spec.model_digest[:12]}"
+        install_openai_routes(app, service, Caller, read, app.state.model_name, run)
 
     @app.post("/v1/scores", openapi_extra=_json_body({**_TEXTS, "labels": _TEXTS["texts"]}))
     async def scores(request: Request, who: Caller) -> Response:

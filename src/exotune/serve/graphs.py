@@ -26,6 +26,7 @@ class Graph:
     parts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     entries: dict[str, torch.Tensor] = field(default_factory=dict)  # wire name -> leaf
     saved_bytes: int = 0  # what the saved-tensor hook counted
+    input_name: str = "embeds"  # the wire name of the input's gradient ("pixels" for an image box)
 
     @property
     def rows(self) -> int:
@@ -54,7 +55,7 @@ class Graph:
             for n, g in zip(names, got[1:], strict=True):
                 if g is not None:
                     sums[n] = g.float() if sums[n] is None else sums[n] + g.float()
-        answer = {"embeds": torch.cat(embeds)}
+        answer = {self.input_name: torch.cat(embeds)}
         answer.update({n: torch.zeros_like(self.entries[n]) if g is None else g for n, g in sums.items()})
         return answer
 

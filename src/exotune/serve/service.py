@@ -34,6 +34,11 @@ def token_bound(text: str, max_length: int) -> int:
     return min(max_length, len(text.encode("utf-8")) + 2)
 
 
+def dtype_name(t: torch.Tensor) -> str:
+    """``int64``, not ``torch.int64``: an answer does not name the library behind the box."""
+    return str(t.dtype).removeprefix("torch.")
+
+
 def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
     own = box.spec.limits
     return BoxLimits(max_batch=min(own.max_batch, config.max_batch or own.max_batch),
@@ -57,11 +62,19 @@ class BoxService:
         return {
             "protocol": PROTOCOL,
             "spec": self.spec.public(),  # at level black: only what a black-box client needs
-            "server": {**self.config.public(), "max_tokens_per_request": self.max_tokens,
-                       "fair_unit_tokens": self.config.fair_unit_tokens},
+            "server": self._server_limits(),
             "wire": {"media_type": wire.MEDIA_TYPE, "embeds": "float32", "mask": "int64",
                      "entry_tokens": f"float32, named '{ENTRY}<entry point>'", "outputs": "float32"},
         }
+
+    def _server_limits(self) -> dict:
+        limits = {**self.config.public(), "fair_unit_tokens": self.config.fair_unit_tokens}
+        # the default work bound is max_batch x the model's max length: at level black, which
+        # hides the length, it is shown only when the owner set it (a request of at most
+        # max_batch texts always fits the default)
+        if self.spec.access != "black" or self.config.max_tokens_per_request is not None:
+            limits["max_tokens_per_request"] = self.max_tokens
+        return limits
 
     # -- texts in ---------------------------------------------------------------------------
 
@@ -79,10 +92,14 @@ class BoxService:
             batch = self.box.embed(texts, max_length=max_length)
         return wire.encode({"embeds": batch.embeds.float(), "mask": batch.mask.long()})
 
-    def encode(self, caller: str, body: dict) -> bytes:
-        texts = self._texts(body, "texts")
+    def encode_texts(self, caller: str, texts) -> torch.Tensor:
+        """(N, O) float32 outputs of ``texts``, checked as ``/v1/encode`` checks them."""
+        texts = self._texts({"texts": texts}, "texts")
         self._check_answer("/v1/encode", len(texts) * self.spec.output_dim * FLOAT, "send fewer texts")
-        return wire.encode({"outputs": self._encode(caller, texts)})
+        return self._encode(caller, texts)
+
+    def encode(self, caller: str, body: dict) -> bytes:
+        return wire.encode({"outputs": self.encode_texts(caller, body.get("texts"))})
 
     def scores(self, caller: str, body: dict) -> bytes:
         texts = self._texts(body, "texts")
@@ -223,8 +240,8 @@ class BoxService:
         length = min(max_length or self._text_length, self._text_length)
         work = sum(token_bound(t, length) for t in texts)
         if work > self.max_tokens:
-            raise ApiError(422, "limit", f"'{key}' holds up to {work} tokens (UTF-8 bytes + 2 per text, at most "
-                                         f"{length} each); at most {self.max_tokens} per call: send fewer or shorter texts")
+            raise ApiError(422, "limit", f"'{key}' holds up to {work} tokens (counted as UTF-8 bytes + 2 per text); "
+                                         f"at most {self.max_tokens} per call: send fewer or shorter texts")
         return texts
 
     def _encode(self, caller: str, texts: list[str]) -> torch.Tensor:
@@ -261,7 +278,7 @@ class BoxService:
 
     def _check_float(self, name: str, t: torch.Tensor) -> None:
         if t.dtype != torch.float32:
-            raise ApiError(422, "invalid", f"'{name}' must be float32, got {t.dtype}")
+            raise ApiError(422, "invalid", f"'{name}' must be float32, got {dtype_name(t)}")
         if not torch.isfinite(t).all():
             raise ApiError(422, "invalid", f"'{name}' holds NaN or infinite values")
 
@@ -280,7 +297,7 @@ class BoxService:
             raise ApiError(422, "invalid", f"unexpected tensors {unknown}")
         self._check_float("embeds", embeds)
         if mask.dtype != torch.int64:
-            raise ApiError(422, "invalid", f"'mask' must be int64, got {mask.dtype}")
+            raise ApiError(422, "invalid", f"'mask' must be int64, got {dtype_name(mask)}")
         lim, dim = self.spec.limits, self.spec.input_dim
         if embeds.ndim != 3 or embeds.shape[-1] != dim:
             raise ApiError(422, "invalid", f"'embeds' must have shape (batch, length, {dim}), got {tuple(embeds.shape)}")
@@ -295,6 +312,12 @@ class BoxService:
             raise ApiError(422, "invalid", "'mask' must hold only 0 and 1")
         if not mask.any(dim=1).all():
             raise ApiError(422, "invalid", "every row of 'mask' needs at least one 1 (a sequence with no token)")
+        return embeds, mask, self._entry_tokens(tensors)
+
+    def _entry_tokens(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entry tokens among ``tensors`` (named ``entry.<point>``; nothing else left there),
+        checked against the exposed entry points: name -> (n, entry_dim)."""
+        dim = self.spec.entry_dim
         entries = {name[len(ENTRY):]: t for name, t in tensors.items()}
         if entries:
             self._require("light-gray", what="entry tokens")
@@ -306,7 +329,7 @@ class BoxService:
             if tok.ndim != 2 or tok.shape[-1] != dim or not 1 <= tok.shape[0] <= point.max_tokens:
                 raise ApiError(422, "invalid", f"entry tokens for {name!r} must have shape (n, {dim}) with "
                                                f"1 <= n <= {point.max_tokens}, got {tuple(tok.shape)}")
-        return embeds, mask, entries
+        return entries
 
     def _run(self, embeds, mask, entries) -> torch.Tensor:
         out = self.box.forward(embeds, mask, entries or None)

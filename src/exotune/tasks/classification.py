@@ -29,7 +29,7 @@ from exotune.configs import ConfigBase, check_field_types
 from exotune.data.text import TextLabelData, label_texts
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel
+from exotune.graybox.model import GrayBoxModel, folded_state_dict
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
@@ -148,10 +148,9 @@ class TextClassifier(nn.Module):
         return [self.label_names[i] for i in idx]
 
     def evaluate(self, data: TextLabelData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
-        if data.label_names != self.label_names:
-            raise ConfigError(f"{data.name}'s label set differs from the model's ({len(data.label_names)} vs {len(self.label_names)} labels)")
+        data, classes = data.aligned_to(self.label_names)  # by name: any order, a subset
         pred = self.predict_proba(data.inputs, batch_size, progress).argmax(-1).numpy()
-        return classification_metrics(np.asarray(data.labels), pred, len(self.label_names))
+        return classification_metrics(np.asarray(data.labels), pred, len(self.label_names), classes)
 
     # -- artifacts --------------------------------------------------------------------------
 
@@ -161,13 +160,13 @@ class TextClassifier(nn.Module):
             "library_version": __version__,
             "access": self.dga.access,
             **box_entries("box", self.box),
-            "dga": self.dga.to_dict(),
+            "dga": self.dga.folded().to_dict(),
             "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: BoxBase) -> TextClassifier:

@@ -21,7 +21,7 @@ from exotune.configs import ConfigBase, check_field_types
 from exotune.data.images import ImageCaptionData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel
+from exotune.graybox.model import GrayBoxModel, folded_state_dict
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
@@ -51,7 +51,13 @@ class ImageTextRetriever(nn.Module):
 
     The adapters default to the paper's DGA for each side: a shift token and an extra token
     for text, an identity-initialised pixel convolution for images, linear output adapters.
+    A subclass pairs texts with other visual items (videos) by its own ``build_visual_tower``,
+    ``config_cls``, ``metrics`` and names.
     """
+
+    adapter_type = ADAPTER_TYPE
+    task_type = "image-text-retrieval"
+    config_cls = ImageTextConfig
 
     def __init__(self, text_box: BoxBase, image_box: BoxBase, text_dga: DGAConfig | None = None,
                  image_dga: DGAConfig | None = None, config: ImageTextConfig | None = None) -> None:
@@ -64,11 +70,21 @@ class ImageTextRetriever(nn.Module):
                               f"{image_box.spec.output_dim}): they do not share an embedding space")
         self.text_dga = text_dga if text_dga is not None else DGAConfig.variant("both", modality="text")
         self.image_dga = image_dga if image_dga is not None else DGAConfig.variant("both", modality="image")
-        self.config = config or ImageTextConfig()
+        self.config = config or self.config_cls()
+        if not isinstance(self.config, self.config_cls):
+            raise ConfigError(f"config must be a {self.config_cls.__name__}, got {type(self.config).__name__}")
         self.text_tower = GrayBoxModel(text_box, self.text_dga)
-        self.image_tower = GrayBoxModel(image_box, self.image_dga)
+        self.image_tower = self.build_visual_tower(image_box, self.image_dga)
         scale = torch.tensor(math.log(1.0 / self.config.temperature))
         self.log_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
+
+    def build_visual_tower(self, box: BoxBase, dga: DGAConfig) -> nn.Module:
+        """The adapted image side: items -> (B, O)."""
+        return GrayBoxModel(box, dga)
+
+    @staticmethod
+    def metrics(texts: torch.Tensor, items: torch.Tensor, caption_item: list[int]) -> dict[str, float]:
+        return image_text_recalls(texts, items, caption_item)
 
     @property
     def text_box(self) -> BoxBase:
@@ -101,7 +117,7 @@ class ImageTextRetriever(nn.Module):
         """Recall@1/5/10 text-to-image and image-to-text, and their mean, over all of ``data``."""
         texts = self.encode_texts(data.captions, batch_size, progress)
         images = self.encode_images(data.images, batch_size, progress)
-        return image_text_recalls(texts, images, data.caption_image)
+        return self.metrics(texts, images, data.caption_image)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -130,28 +146,28 @@ class ImageTextRetriever(nn.Module):
     def to_config_dict(self) -> dict:
         light = "light-gray" in (self.text_dga.access, self.image_dga.access)
         return {
-            "type": ADAPTER_TYPE,
+            "type": self.adapter_type,
             "library_version": __version__,
             "access": "light-gray" if light else "dark-gray",
             **box_entries("box", self.image_box),
             **box_entries("text_box", self.text_box),
-            "dga": self.image_dga.to_dict(),
-            "text_dga": self.text_dga.to_dict(),
-            "task": {"type": "image-text-retrieval", **asdict(self.config)},
+            "dga": self.image_dga.folded().to_dict(),
+            "text_dga": self.text_dga.folded().to_dict(),
+            "task": {"type": self.task_type, **asdict(self.config)},
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_box: BoxBase, image_box: BoxBase) -> ImageTextRetriever:
         path = Path(path)
-        cfg = read_adapter_config(path, ADAPTER_TYPE, image_box, text_box=text_box)
+        cfg = read_adapter_config(path, cls.adapter_type, image_box, text_box=text_box)
         with saved_config(path / CONFIG_NAME):
             task = json_object(cfg, "task")
             task.pop("type", None)
             image_dga, text_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["text_dga"])
-            model = cls(text_box, image_box, text_dga, image_dga, ImageTextConfig.from_dict(task))
+            model = cls(text_box, image_box, text_dga, image_dga, cls.config_cls.from_dict(task))
         load_trained_state(model, path)
         return model

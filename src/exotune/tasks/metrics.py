@@ -14,15 +14,16 @@ if TYPE_CHECKING:  # torch only where tensors come in: EA's metrics run without 
     import torch
 
 
-def classification_metrics(y_true, y_pred, num_classes: int) -> dict[str, float]:
+def classification_metrics(y_true, y_pred, num_classes: int, classes: list[int] | None = None) -> dict[str, float]:
+    """Accuracy and macro-F1 over ``classes`` (default: all ``num_classes``; a file holding a
+    subset of a model's classes is scored over its own)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) == 0:
         return {"accuracy": float("nan"), "macro_f1": float("nan")}
+    labels = sorted(classes) if classes is not None else list(range(num_classes))
     return {
         "accuracy": float((y_true == y_pred).mean()),
-        "macro_f1": float(
-            f1_score(y_true, y_pred, average="macro", labels=list(range(num_classes)), zero_division=0)
-        ),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
     }
 
 
@@ -81,29 +82,58 @@ def image_text_recalls(texts: torch.Tensor, images: torch.Tensor, caption_image:
     Flickr30K protocol): is any of the image's captions among its top k captions; images
     without a caption are left out of that direction. ``mean_recall``: the mean of the six.
     """
-    if len(texts) != len(caption_image):
-        raise DataError(f"{len(texts)} caption embeddings but {len(caption_image)} caption-image links")
-    if not len(texts):
+    if not len(texts) and len(caption_image) == 0:
         return dict.fromkeys(IMAGE_TEXT_METRICS, float("nan"))
+    out = _recalls(*text_item_ranks(texts, images, caption_image), ("t2i", "i2t"))
+    out["mean_recall"] = float(np.mean(list(out.values())))
+    return out
+
+
+VIDEO_TEXT_METRICS = (*(f"{d}_recall@{k}" for d in ("t2v", "v2t") for k in RECALL_KS),
+                      *(f"{d}_{s}_rank" for d in ("t2v", "v2t") for s in ("median", "mean")), "mean_recall")
+
+
+def video_text_metrics(texts: torch.Tensor, videos: torch.Tensor, caption_video: list[int]) -> dict[str, float]:
+    """Text-video retrieval as video papers report it: Recall@1/5/10, median and mean rank (1 =
+    first), text to video and video to text (a video's best-ranked caption), and ``mean_recall``."""
+    if not len(texts) and len(caption_video) == 0:
+        return dict.fromkeys(VIDEO_TEXT_METRICS, float("nan"))
+    ranks = text_item_ranks(texts, videos, caption_video)
+    out = _recalls(*ranks, ("t2v", "v2t"))
+    recalls = list(out.values())
+    for direction, r in zip(("t2v", "v2t"), ranks, strict=True):
+        one_based = r.double() + 1
+        out[f"{direction}_median_rank"] = float(one_based.median()) if len(r) else float("nan")
+        out[f"{direction}_mean_rank"] = float(one_based.mean()) if len(r) else float("nan")
+    out["mean_recall"] = float(np.mean(recalls))
+    return out
+
+
+def _recalls(forward, backward, names: tuple[str, str]) -> dict[str, float]:
+    out = {}
+    for direction, ranks in zip(names, (forward, backward), strict=True):
+        for k in RECALL_KS:
+            out[f"{direction}_recall@{k}"] = float((ranks < k).float().mean()) if len(ranks) else float("nan")
+    return out
+
+
+def text_item_ranks(texts: torch.Tensor, items: torch.Tensor, caption_item: list[int]):
+    """0-based ranks (N,) of each caption's item among all items, and (M',) of each item's best
+    caption among all captions (items without a caption left out): how many candidates score
+    strictly higher than the best true one. Embeddings L2-normalised, (N, O) and (M, O)."""
+    if len(texts) != len(caption_item):
+        raise DataError(f"{len(texts)} caption embeddings but {len(caption_item)} caption links")
     import torch
 
-    target = torch.as_tensor(caption_image)
-    # a rank is how many candidates score strictly higher than the best true one
+    target = torch.as_tensor(caption_item)
     t2i = []
     for chunk, t in zip(texts.split(_CHUNK), target.split(_CHUNK), strict=True):
-        scores = chunk @ images.T  # (n, M)
+        scores = chunk @ items.T  # (n, M)
         t2i.append((scores > scores.gather(1, t.unsqueeze(1))).sum(1))
-    t2i = torch.cat(t2i)  # (N,)
     i2t = []
-    for start in range(0, len(images), _CHUNK):
-        scores = images[start : start + _CHUNK] @ texts.T  # (m, N)
+    for start in range(0, len(items), _CHUNK):
+        scores = items[start : start + _CHUNK] @ texts.T  # (m, N)
         own = target.unsqueeze(0) == torch.arange(start, start + len(scores)).unsqueeze(1)  # (m, N)
         best = scores.masked_fill(~own, float("-inf")).max(1, keepdim=True).values  # (m, 1)
         i2t.append(((scores > best).sum(1))[own.any(1)])
-    i2t = torch.cat(i2t)
-    out = {}
-    for direction, ranks in (("t2i", t2i), ("i2t", i2t)):
-        for k in RECALL_KS:
-            out[f"{direction}_recall@{k}"] = float((ranks < k).float().mean()) if len(ranks) else float("nan")
-    out["mean_recall"] = float(np.mean([out[m] for m in IMAGE_TEXT_METRICS[:-1]]))
-    return out
+    return torch.cat(t2i), torch.cat(i2t) if i2t else torch.zeros(0, dtype=torch.long)

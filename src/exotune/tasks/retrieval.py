@@ -18,11 +18,12 @@ from torch import nn
 from exotune import __version__
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
 from exotune.boxes.base import Box, encode_sorted, model_digest
+from exotune.boxes.text import for_role
 from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
 from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ConfigError, DataError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel
+from exotune.graybox.model import GrayBoxModel, folded_state_dict
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
@@ -111,6 +112,15 @@ class TwoTowerRetriever(nn.Module):
         raise NotImplementedError
 
     @property
+    def query_box(self) -> Box:
+        """The box queries go through (with the owner's query prompt, when it has one)."""
+        return self.box
+
+    @property
+    def doc_box(self) -> Box:
+        return self.box
+
+    @property
     def doc_encoder(self) -> nn.Module:
         raise NotImplementedError
 
@@ -162,11 +172,11 @@ class TwoTowerRetriever(nn.Module):
             return
         corpus = data.corpus
         if self._zero_shot_docs is None or self._zero_shot_docs[0] != corpus.fingerprint:
-            docs = encode_normalized(self.box.encode, corpus.documents(), batch_size, self.box.spec.output_dim,
+            docs = encode_normalized(self.doc_box.encode, corpus.documents(), batch_size, self.box.spec.output_dim,
                                      progress, "mine: encode corpus")
             self._zero_shot_docs = (corpus.fingerprint, docs)
         docs = self._zero_shot_docs[1]
-        queries = encode_normalized(self.box.encode, [data.queries[i] for i in todo], batch_size,
+        queries = encode_normalized(self.query_box.encode, [data.queries[i] for i in todo], batch_size,
                                     self.box.spec.output_dim)
         depth = k + max(len(data.positives(i)) for i in todo)
         for i, row in zip(todo, exact_search(queries, docs, depth).tolist(), strict=True):
@@ -212,9 +222,12 @@ class DualEncoder(TwoTowerRetriever):
     def __init__(self, box: Box, dga: DGAConfig | None = None, config: RetrievalConfig | None = None) -> None:
         super().__init__(config)
         self.dga = dga if dga is not None else DGAConfig()
-        self.query_tower = GrayBoxModel(box, self.dga)
+        self._box = box
+        # each tower with the owner's prompt for its side, when the box has prompts
+        self.query_tower = GrayBoxModel(for_role(box, "query"), self.dga)
         # shared: not registered twice, so the state dict holds each tensor once
-        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(box, self._doc_dga())
+        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(for_role(box, "document"),
+                                                                             self._doc_dga())
 
     def _doc_dga(self) -> DGAConfig:
         side = self.config.doc_side
@@ -225,7 +238,15 @@ class DualEncoder(TwoTowerRetriever):
 
     @property
     def box(self) -> Box:
+        return self._box
+
+    @property
+    def query_box(self) -> Box:
         return self.query_tower.box
+
+    @property
+    def doc_box(self) -> Box:
+        return self.doc_encoder.box
 
     @property
     def doc_encoder(self) -> GrayBoxModel:
@@ -239,13 +260,13 @@ class DualEncoder(TwoTowerRetriever):
             "library_version": __version__,
             "access": "light-gray" if self.dga.entry_tokens is not None else "dark-gray",
             **box_entries("box", self.box),
-            "dga": self.dga.to_dict(),
+            "dga": self.dga.folded().to_dict(),
             "task": {"type": "retrieval", **asdict(self.config)},
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: self.state_dict()})
+        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: Box) -> DualEncoder:

@@ -78,6 +78,10 @@ class WhiteBoxEncoder(nn.Module):
         self.model = model
         self.output_dim = int(model.config.hidden_size)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trained weights (LoRA tensors, or all): one group, ``weights``."""
+        return {"weights": [p for p in self.parameters() if p.requires_grad]}
+
     def forward(self, texts: list[str]) -> torch.Tensor:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ConfigError("texts must be a list of strings")

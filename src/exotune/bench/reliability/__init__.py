@@ -36,7 +36,7 @@ from pathlib import Path
 from exotune.bench.common import RESULTS_DIR, command_line, machine
 from exotune.errors import MissingDependencyError
 
-SECTIONS = ("load", "soak", "fuzz", "access", "faults", "fairness", "slow", "admission", "abandon")
+SECTIONS = ("load", "soak", "fuzz", "access", "faults", "fairness", "slow", "admission", "abandon", "pixels")
 
 
 @dataclass
@@ -102,7 +102,16 @@ def _section(name: str, fn, *args) -> dict:
 
 def run(args) -> int:
     _requirements()
-    from exotune.bench.reliability import access, fairness, faults, fuzz, hostile, load, soak
+    from exotune.bench.reliability import (
+        access,
+        fairness,
+        faults,
+        fuzz,
+        hostile,
+        load,
+        pixels,
+        soak,
+    )
     from exotune.bench.reliability.common import task_data
     from exotune.bench.served import BENCH_OWNER_SECRET, served_box
     from exotune.boxes import load_box
@@ -127,6 +136,7 @@ def run(args) -> int:
         sections["slow"] = _section("slow", hostile.slow, server, budget)
         sections["abandon"] = _section("abandon", hostile.abandon, server, local, data, budget)
     sections["admission"] = _section("admission", hostile.admission, args.backbone, local, data, budget)
+    sections["pixels"] = _section("pixels", pixels.run, budget)  # an image box, served in-process
     doc = {"suite": "reliability", "command": command_line(), "date": time.strftime("%Y-%m-%d"),
            "machine": machine(), "backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick,
            "budget": asdict(budget), "seconds": round(time.perf_counter() - t0, 1), "cpus": os.cpu_count(),
@@ -157,7 +167,8 @@ def summary(sections: dict[str, dict]) -> dict:
         "soak_held": bool(soak.get("ok")),
         "faults_survived": f"{sum(d['ok'] for d in drills)}/{len(drills)}",
         "bad_inputs_tried": fuzz.get("cases", 0),
-        "server_errors_5xx": fuzz.get("status_classes", {}).get("5xx", 0) + load.get("server_errors", 0),
+        "server_errors_5xx": fuzz.get("status_classes", {}).get("5xx", 0) + load.get("server_errors", 0)
+        + sections.get("pixels", {}).get("status_classes", {}).get("5xx", 0),
         "data_lost": faults.get("data_lost", "not measured"),
         "tampered_folders": faults.get("tampered", "not measured"),
     }

@@ -46,6 +46,8 @@ def run(server, local) -> dict:
         except ValueError:
             body = {}
         body = body if isinstance(body, dict) else {}
+        if isinstance(body.get("error"), dict):  # the OpenAI-compatible routes' shape
+            body = {"error": body["error"].get("code"), "message": body["error"].get("message")}
         ok = r.status_code == status and (code is None or body.get("error") == code)
         problems = answer_problems(r.status_code, r.headers.get("content-type", ""), r.content)
         checks.append((name, ok and not problems, f"HTTP {r.status_code} {body.get('error', '')} {problems or ''}".strip()))

@@ -63,7 +63,7 @@ def connect(server, token: str | None = None):
 
 
 def answer_problems(status: int, content_type: str, body: bytes, sent: bytes = b"") -> list[str]:
-    """What is wrong with one answer: a 5xx, a refusal without a JSON message, a tensor name
+    """What is wrong with one answer: a 5xx, a refusal without a JSON message (native or OpenAI's shape), a tensor name
     the box must not send, or a string that reveals the backbone (unless the request held it)."""
     problems = []
     if status >= 500:
@@ -71,7 +71,11 @@ def answer_problems(status: int, content_type: str, body: bytes, sent: bytes = b
     if 400 <= status < 500:
         try:
             data = json.loads(body)
-            if not (isinstance(data, dict) and isinstance(data.get("error"), str) and isinstance(data.get("message"), str)):
+            native = isinstance(data, dict) and isinstance(data.get("error"), str) and isinstance(data.get("message"), str)
+            # the OpenAI-compatible routes answer in OpenAI's shape: {"error": {"message", "type", ...}}
+            openai = isinstance(data, dict) and isinstance(data.get("error"), dict) \
+                and isinstance(data["error"].get("message"), str)
+            if not (native or openai):
                 raise ValueError
         except ValueError:
             problems.append(f"HTTP {status} without a JSON error and message: {body[:200]!r}")

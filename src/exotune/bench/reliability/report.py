@@ -36,6 +36,7 @@ def markdown(doc: dict) -> str:
               f"| bad inputs tried | {s['bad_inputs_tried']} ({_gen(fuzz)}): {_classes(fuzz)} |",
               f"| 5xx answers | {s['server_errors_5xx']} |",
               f"| access checks | {access.get('checks', 0) - len(access.get('failed', []))}/{access.get('checks', 0)} held |",
+              f"| image box (pixels) | {_pixels(sec.get('pixels', {}))} |",
               f"| faults survived | {s['faults_survived']} |",
               f"| data lost | {s['data_lost'] if isinstance(s['data_lost'], str) else '; '.join(s['data_lost'])} |",
               f"| tampered folders | {s.get('tampered_folders', 'not measured')} |", ""]
@@ -88,6 +89,14 @@ def markdown(doc: dict) -> str:
 
 def _e(x) -> str:
     return "n/a" if x is None else f"{x:.1e}"
+
+
+def _pixels(p: dict) -> str:
+    if not p:
+        return "not measured"
+    return (f"{'held' if p.get('ok') else 'FAILED'}: {p.get('checks', 0) - len(p.get('failed', []))}/{p.get('checks', 0)} "
+            f"access checks, {p.get('cases', 0)} bad pixel payloads ({_classes(p)}), gradient after "
+            f"{format(p['relative_gradient_error_after'], '.1e') if 'relative_gradient_error_after' in p else 'n/a'}")
 
 
 def _gen(fuzz: dict) -> str:

@@ -1,0 +1,141 @@
+"""Gray-box method names the suites understand beyond their fixed tables, parsed into a DGA/LGA
+configuration, so that a sweep can ask for any point of the grid by name:
+
+- ``dga``, ``dga-both``, ``dga-input-only``, ``dga-output-only``: the text-shift input adapter;
+- ``lga-N`` (N entry tokens at every layer), ``lga-N-upper`` (the upper half of the layers);
+  ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both);
+- any of them with ``-lowrankR`` (``-lowrankR-gelu``, ``-relu``, ``-tanh``): the token-lowrank
+  input adapter of rank R (the shift token and the extra token kept), e.g. ``dga-lowrank16``,
+  ``lga-4-upper-lowrank8``;
+- then ``-rptH``: the extra tokens and entry tokens re-parameterised by a residual MLP of width H
+  while training (folded when saved), and ``-init-labels`` / ``-init-frequent``: the tokens start
+  from the box's embeddings of the class names / of the training texts' frequent words, e.g.
+  ``lga-8-upper-rpt64-init-frequent``.
+
+Per-group learning rates come with the budget: ``--lr dga.tokens=5e-2`` applies to every
+gray-box method's tokens, ``--lr lga.tokens=5e-2`` to LGA's only (groups: ``PARAMETER_GROUPS``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from exotune.errors import ConfigError
+
+_NAME = re.compile(
+    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?)?)"
+    r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
+    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?$"
+)
+LGA_TOKENS = 2  # plain "lga": the classification suite's row
+
+
+@dataclass(frozen=True)
+class GrayMethod:
+    name: str
+    side: str = "both"  # DGAConfig.variant
+    tokens: int | None = None  # entry tokens per layer: LGA
+    upper: bool = False  # entry tokens in the upper half of the layers only
+    rank: int | None = None  # token-lowrank input adapter
+    activation: str = "none"
+    reparam: int = 0  # residual MLP over the tokens while training
+    init: str = "random"  # graybox.tokens.TOKEN_INITS
+
+    @property
+    def method(self) -> str:
+        return "dga" if self.tokens is None else "lga"
+
+    @property
+    def access(self) -> str:
+        return "dark-gray" if self.tokens is None else "light-gray"
+
+    @property
+    def variant(self) -> str:
+        """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
+        base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
+        extras = [] if self.rank is None else [self.input_config().variant_name]
+        extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
+        return "+".join([base, *extras])
+
+    def input_config(self):
+        from exotune.graybox.input_adapters import TextShiftConfig, TokenLowRankConfig
+
+        if self.rank is not None:
+            return TokenLowRankConfig(rank=self.rank, activation=self.activation, reparam=self.reparam)
+        return TextShiftConfig(reparam=self.reparam) if self.reparam else None  # None: the default
+
+    def init_tokens(self, tower, label_names: list[str] | None, texts: list[str]) -> None:
+        """Start ``tower``'s tokens from words (``init``): class names or the texts' frequent words."""
+        from exotune.graybox.tokens import init_tokens
+
+        init_tokens(tower, self.init, label_names, texts)
+
+    def load_box(self, backbone):
+        from exotune.boxes import load_box
+
+        if self.tokens is None:
+            return load_box(backbone)
+        return load_box(backbone, entry_points="all", entry_tokens_max=max(8, self.tokens))
+
+    def dga_config(self, box):
+        """The configuration for ``box`` (loaded by ``load_box``: it names the layers)."""
+        from exotune.graybox import DGAConfig, EntryTokensConfig
+
+        tokens = None
+        if self.tokens is not None:
+            names = [e.name for e in box.spec.entry_points]
+            tokens = EntryTokensConfig(points=names[len(names) // 2:] if self.upper else "all", tokens=self.tokens,
+                                       reparam=self.reparam)
+        return DGAConfig.variant(self.side, input_adapter=self.input_config(), entry_tokens=tokens)
+
+
+def parse(name: str) -> GrayMethod | None:
+    """The gray-box method ``name`` stands for, or None when it is not one."""
+    m = _NAME.match(name)
+    if m is None:
+        return None
+    tokens = m["tokens"]
+    if name.startswith("lga"):
+        tokens = LGA_TOKENS if tokens is None else int(tokens)
+        if tokens < 1:
+            raise ConfigError(f"{name}: LGA needs at least 1 token per layer")
+    rank = None if m["rank"] is None else int(m["rank"])
+    if rank is not None and (rank < 1 or m["side"] == "output-only"):
+        raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
+    if (m["rpt"] or m["init"]) and m["side"] == "output-only" and tokens is None:
+        raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
+    return GrayMethod(name, side=m["side"] or "both", tokens=tokens, upper=bool(m["upper"]), rank=rank,
+                      activation=m["act"] or "none", reparam=int(m["rpt"] or 0), init=m["init"] or "random")
+
+
+def describe(name: str, methods: dict) -> tuple[str, str, str]:
+    """(method, variant, access) of a suite's method: its table's, else a parsed gray-box name."""
+    if name in methods:
+        return methods[name]
+    gray = parse(name)
+    if gray is None:
+        raise ConfigError(f"unknown method {name!r}; choose from {list(methods)} or a gray-box name "
+                          "(dga-lowrank16, lga-8-upper, ...: see exotune.bench.graymethods)")
+    return gray.method, gray.variant, gray.access
+
+
+def group_rates(group_lr: dict[str, float], method: str) -> dict[str, float]:
+    """``TrainConfig`` rates (``lr_tokens=...``) for ``method`` from ``{"dga.tokens": 5e-2, ...}``:
+    ``dga.G`` for every gray-box method, ``METHOD.G`` for that method (it wins)."""
+    out = {}
+    for prefix in ("dga", method) if method in ("dga", "lga") else (method,):
+        for key, rate in group_lr.items():
+            family, _, group = key.partition(".")
+            if family == prefix:
+                out[f"lr_{group}"] = rate
+    return out
+
+
+def check_group_key(key: str) -> None:
+    from exotune.train import PARAMETER_GROUPS
+
+    family, _, group = key.partition(".")
+    if not family or group not in PARAMETER_GROUPS:
+        raise ConfigError(f"a group learning rate is METHOD.GROUP=LR with GROUP one of {PARAMETER_GROUPS}, "
+                          f"got {key!r}")

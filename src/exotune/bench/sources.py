@@ -1,0 +1,114 @@
+"""A user's own data for a suite: labelled text files (classification, ea) or a BEIR folder
+(retrieval). Each names its runs in the run log by paths, columns and file digests, so an
+interrupted suite resumes, and an edited file is run again rather than reused."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exotune.errors import ConfigError
+
+KNOWN_NAMES = ("banking77", "sst2", "scifact")  # a user's data never takes a known dataset's caps
+GENERIC_STEMS = ("train", "training", "corpus", "data")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+
+
+def _name(path: Path) -> str:
+    """The table's heading: the file's stem, or its folder's name for a generic stem."""
+    stem = path.stem if path.suffix else path.name
+    name = path.resolve().parent.name if stem.lower() in GENERIC_STEMS and path.suffix else stem
+    return f"{name}-own" if name in KNOWN_NAMES else name
+
+
+@dataclass(frozen=True)
+class UserFiles:
+    """Labelled text files: train and test, validation carved from train unless given."""
+
+    train: str
+    test: str
+    val: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+
+    @property
+    def name(self) -> str:
+        return _name(Path(self.train))
+
+    def key(self) -> dict:
+        files = {"train": self.train, "val": self.val, "test": self.test}
+        return {"files": files, "columns": [self.text_column, self.label_column],
+                "sha256": {k: _digest(Path(v)) for k, v in files.items() if v}}
+
+    def load(self):
+        """(train, validation or None, test) on the training file's label set."""
+        from exotune.data import load_text_files
+
+        return load_text_files(self.train, self.val, self.test, self.text_column, self.label_column)
+
+
+@dataclass(frozen=True)
+class BeirFolder:
+    """A BEIR folder: corpus.jsonl, queries.jsonl, qrels/train.tsv and qrels/test.tsv; its
+    qrels/dev.tsv is the validation split when present, else validation is carved from train."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return _name(Path(self.path))
+
+    def key(self) -> dict:
+        folder = Path(self.path)
+        files = ["corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/dev.tsv", "qrels/test.tsv"]
+        return {"beir_dir": self.path, "sha256": {f: _digest(folder / f) for f in files}}
+
+    def load(self):
+        """(train, validation or None, test) over one corpus."""
+        from exotune.data import load_beir
+
+        folder = Path(self.path)
+        train = load_beir(folder, "train")
+        val = load_beir(folder, "dev", corpus=train.corpus) if (folder / "qrels" / "dev.tsv").is_file() else None
+        return train, val, load_beir(folder, "test", corpus=train.corpus)
+
+
+def splits(source, val_fraction: float, seed: int, known: Callable):
+    """(train, validation, test): the user's data when ``source`` is a ``UserFiles`` or
+    ``BeirFolder``, else ``known(source)`` (a known dataset under the data root ``source``);
+    validation carved from train (``val_fraction``) when none is given."""
+    train, val, test = source.load() if isinstance(source, (UserFiles, BeirFolder)) else known(source)
+    if val is None:
+        train, val = train.split(val_fraction, seed=seed)
+    return train, val, test
+
+
+def user_data(args) -> UserFiles | BeirFolder | None:
+    """The user's data named by a suite's options (``--file`` with ``--test-file``, or
+    ``--beir-dir``), or ``None`` for the suite's known datasets."""
+    files = args.file or args.val_file or args.test_file
+    if not files and not args.beir_dir:
+        return None
+    takes = {"classification": "file", "ea": "file", "retrieval": "beir"}.get(args.suite)
+    if takes is None:
+        raise ConfigError(f"suite {args.suite!r} runs on its own datasets; --file and --beir-dir are for "
+                          "the classification, ea and retrieval suites")
+    if args.datasets:
+        raise ConfigError("--datasets names known datasets; give either it or your own data, not both")
+    if not args.out_dir:
+        raise ConfigError("your own data needs --out-dir: the folder its results go to")
+    if takes == "beir":
+        if files:
+            raise ConfigError("the retrieval suite takes a BEIR folder (--beir-dir), not --file")
+        return BeirFolder(args.beir_dir)
+    if args.beir_dir:
+        raise ConfigError(f"the {args.suite} suite takes labelled text files (--file), not --beir-dir")
+    if not args.file or not args.test_file:
+        raise ConfigError("--file (training) and --test-file (scored once per run) are both needed; "
+                          "--val-file is optional (default: a share of --file)")
+    return UserFiles(args.file, args.test_file, args.val_file, args.text_column, args.label_column)

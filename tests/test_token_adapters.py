@@ -1,0 +1,183 @@
+"""The input-dependent text adapter (token-lowrank) and the bench's gray-box method names."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from exotune.bench import classification, graymethods, retrieval
+from exotune.errors import ConfigError
+from exotune.graybox import DGAConfig, GrayBoxModel
+from exotune.graybox.input_adapters import TokenLowRankConfig
+from exotune.graybox.registry import build_adapter
+from exotune.tasks.classification import TextClassifier
+
+from .conftest import backbone_module
+
+
+def _moved(adapter, value=0.3):
+    with torch.no_grad():
+        adapter.up.weight.fill_(value)
+    return adapter
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu", "relu", "tanh"])
+def test_lowrank_changes_real_tokens_only(activation, tiny_box):
+    cfg = TokenLowRankConfig(rank=4, activation=activation, shift=False, extra_tokens=0)
+    adapter = _moved(build_adapter("input", cfg, tiny_box.spec))
+    batch = tiny_box.embed(["the red car is fast", "blue"])
+    embeds, mask = adapter(batch.embeds, batch.mask)
+    pad = batch.mask == 0
+    assert pad.any()
+    torch.testing.assert_close(embeds[pad], batch.embeds[pad])  # pads untouched
+    assert not torch.allclose(embeds[~pad], batch.embeds[~pad])
+    assert torch.equal(mask, batch.mask)
+
+
+def test_lowrank_is_input_dependent_and_composes_with_shift_and_tokens(tiny_box):
+    cfg = TokenLowRankConfig(rank=2, extra_tokens=2)
+    adapter = _moved(build_adapter("input", cfg, tiny_box.spec))
+    batch = tiny_box.embed(["the red car", "blue sky"])
+    embeds, mask = adapter(batch.embeds, batch.mask)
+    assert embeds.shape[1] == batch.embeds.shape[1] + 2 and mask[:, 1:3].eq(1).all()
+    offset = embeds[:, 3:] - batch.embeds[:, 1:]  # the real tokens after the extra ones
+    real = batch.mask[:, 1:].bool()
+    assert not torch.allclose(offset[real][0], offset[real][1])  # not a constant shift
+    expected = adapter.up(adapter.down(batch.embeds)) + adapter.shift  # linear by default
+    torch.testing.assert_close(embeds[:, 3:][real], (batch.embeds + expected)[:, 1:][real])
+
+
+@pytest.mark.parametrize("kwargs, match", [({"rank": 0}, "rank"), ({"rank": True}, "rank"),
+                                           ({"activation": "swish"}, "activation"),
+                                           ({"extra_tokens": -1}, "extra_tokens"), ({"init_std": -1.0}, "init_std")])
+def test_lowrank_config_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TokenLowRankConfig(**kwargs)
+
+
+def test_lowrank_trains_only_the_users_tensors_and_round_trips(tiny_box, tmp_path):
+    dga = DGAConfig(input_adapter=TokenLowRankConfig(rank=3, activation="gelu"))
+    assert DGAConfig.from_dict(dga.to_dict()) == dga
+    model = TextClassifier(tiny_box, ["red", "blue"], dga)
+    _moved(model.encoder.input_adapter)
+    texts = ["the red car", "blue sky is big"]
+    model(texts).sum().backward()
+    assert all(p.grad is None for p in backbone_module(tiny_box).parameters())
+    assert model.encoder.input_adapter.down.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "a")
+    again = TextClassifier.from_pretrained(tmp_path / "a", tiny_box)
+    assert again.dga == dga
+    torch.testing.assert_close(again.predict_proba(texts), model.predict_proba(texts))
+
+
+def test_parameter_groups_split_a_tower(tiny_box):
+    model = GrayBoxModel(tiny_box, DGAConfig(input_adapter=TokenLowRankConfig(rank=2)))
+    groups = {k: {id(p) for p in v} for k, v in model.parameter_groups().items()}
+    adapter = model.input_adapter
+    assert groups["tokens"] == {id(adapter.extra)}
+    assert groups["input"] == {id(adapter.shift), id(adapter.down.weight), id(adapter.up.weight)}
+    assert groups["output"] == {id(p) for p in model.output_adapter.parameters()}
+
+
+# -- bench names ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("dga-lowrank16", ("dga", "both+lowrank(r=16)", "dark-gray")),
+    ("dga-input-only-lowrank4-gelu", ("dga", "input-only+lowrank(r=4, gelu)", "dark-gray")),
+    ("lga-8", ("lga", "tokens=8", "light-gray")),
+    ("lga-8-upper", ("lga", "tokens=8, upper half", "light-gray")),
+    ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
+    ("lga", ("lga", "tokens=2", "light-gray")),
+])
+def test_gray_method_names(name, expected):
+    assert graymethods.describe(name, classification.METHODS) == expected
+    assert graymethods.describe(name, retrieval.METHODS) == expected
+
+
+def test_table_names_keep_their_variants():
+    for methods in (classification.METHODS, retrieval.METHODS):
+        for name, (method, variant, access) in methods.items():
+            gray = graymethods.parse(name)
+            if method in ("dga", "lga"):
+                assert (gray.method, gray.variant, gray.access) == (method, variant, access)
+
+
+@pytest.mark.parametrize("name", ["dga-output-only-lowrank8", "dga-lowrank0", "lga-0", "svm", "dga-lowrank8-swish"])
+def test_bad_gray_method_names_are_clear(name):
+    with pytest.raises(ConfigError, match=name if name != "svm" else "unknown method"):
+        graymethods.describe(name, classification.METHODS)
+
+
+def test_upper_half_entry_tokens(tiny_backbone):
+    gray = graymethods.parse("lga-3-upper")
+    box = gray.load_box(str(tiny_backbone))
+    dga = gray.dga_config(box)
+    names = [e.name for e in box.spec.entry_points]
+    assert dga.entry_tokens.points == names[len(names) // 2:] and dga.entry_tokens.tokens == 3
+    model = GrayBoxModel(box, dga)
+    assert model.entry_tokens.names == names[len(names) // 2:]
+
+
+def test_group_rates_and_budget_keys():
+    rates = {"dga.tokens": 5e-2, "lga.tokens": 1e-1, "dga.head": 1e-3, "lora.head": 2e-3}
+    assert graymethods.group_rates(rates, "dga") == {"lr_tokens": 5e-2, "lr_head": 1e-3}
+    assert graymethods.group_rates(rates, "lga") == {"lr_tokens": 1e-1, "lr_head": 1e-3}
+    assert graymethods.group_rates(rates, "lora") == {"lr_head": 2e-3}
+    for suite in (classification, retrieval):
+        plain = suite.Budget()
+        assert "group_lr" not in plain.for_dataset(suite.DATASETS[0])  # logged runs keep their keys
+        assert plain.train_lrs("dga") == {"lr": plain.lr}
+        grouped = dataclasses.replace(plain, group_lr={"dga.tokens": 5e-2})
+        assert grouped.for_dataset(suite.DATASETS[0])["group_lr"] == {"dga.tokens": 5e-2}
+        assert grouped.train_lrs("lga") == {"lr": plain.lr_for("lga"), "lr_tokens": 5e-2}
+    with pytest.raises(ConfigError, match="GROUP"):
+        graymethods.check_group_key("dga.everything")
+
+
+def test_bench_takes_gray_names_and_group_rates(tmp_path, monkeypatch, capsys):
+    import exotune.bench as bench
+    from exotune.cli import main
+
+    calls = []
+
+    def fake_run(fn, name, dataset, seed, data_dir, budget, backbone):
+        calls.append((name, budget.train_lrs(graymethods.parse(name).method)))
+        method, variant, access = graymethods.describe(name, classification.METHODS)
+        return {"dataset": dataset, "method": method, "variant": variant, "access": access, "seed": seed,
+                "metrics": {"accuracy": 0.5, "macro_f1": 0.5}, "trainable_params": 1, "train_seconds": 1.0,
+                "seconds_per_step": 0.1, "lr": budget.lr, "n_train": 1, "n_val": 1, "n_test": 1}
+
+    monkeypatch.setattr(bench, "run_isolated", fake_run)
+    argv = ["bench", "classification", "--methods", "dga-lowrank8", "lga-8-upper", "--seeds", "0",
+            "--lr", "dga=1e-3", "dga.tokens=5e-2", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert calls == [("dga-lowrank8", {"lr": 1e-3, "lr_tokens": 5e-2}), ("lga-8-upper", {"lr": 1e-3, "lr_tokens": 5e-2})]
+    table = (tmp_path / "classification.md").read_text()
+    assert "both+lowrank(r=8)" in table and "tokens=8, upper half" in table
+    capsys.readouterr()
+    assert main([*argv[:-2], "--methods", "dga-lowrank8-swish", "--out-dir", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main([*argv[:-2], "--lr", "dga.all=1e-3", "--out-dir", str(tmp_path)]) == 2
+    assert "GROUP" in capsys.readouterr().err
+
+
+def test_steps_suite_takes_gray_names(tmp_path, monkeypatch, capsys):
+    from exotune.bench import steps
+    from exotune.cli import main
+
+    seen = []
+
+    def fake_step(fn, name, dataset, data_dir, budget, backbone, n):
+        seen.append(name)
+        method, variant, access = graymethods.describe(name, classification.METHODS)
+        return {"dataset": dataset, "method": method, "variant": variant, "access": access, "batch_size": 8,
+                "trainable_params": 1, "seconds_per_step": 0.1, "seconds_per_step_p90": 0.1, "peak_memory_mb": 1}
+
+    monkeypatch.setattr(steps, "run_isolated", fake_step)
+    assert main(["bench", "steps", "--methods", "dga-lowrank16", "lora", "--out-dir", str(tmp_path)]) == 0
+    assert seen == ["dga-lowrank16", "lora"]
+    assert "both+lowrank(r=16)" in (tmp_path / "steps.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", "steps", "--methods", "svm", "--out-dir", str(tmp_path)]) == 2
+    assert "no method 'svm'" in capsys.readouterr().err

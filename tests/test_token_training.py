@@ -1,0 +1,131 @@
+"""Token training aids: re-parameterised tokens folded when saved, tokens started from words."""
+
+import json
+
+import pytest
+import torch
+
+from exotune.bench import classification, graymethods
+from exotune.boxes import load_box
+from exotune.cli import main
+from exotune.errors import ConfigError
+from exotune.graybox import (
+    DGAConfig,
+    EntryTokensConfig,
+    GrayBoxModel,
+    TextShiftConfig,
+    TokenLowRankConfig,
+)
+from exotune.graybox.tokens import frequent_words, init_tokens, word_embeddings
+from exotune.tasks.classification import TextClassifier
+from exotune.tasks.retrieval import DualEncoder
+from exotune.train import TrainConfig, Trainer, parameter_groups
+
+from .conftest import colour_data
+
+TEXTS = ["the red car is fast", "a blue sky", "green leaf"]
+LABELS = ["red", "blue", "green"]
+
+
+@pytest.fixture
+def light_box(tiny_backbone):
+    return load_box(str(tiny_backbone), entry_points="all", pooling="mean", normalize=False)
+
+
+def _reparam_dga(input_cls=TextShiftConfig):
+    return DGAConfig(input_adapter=input_cls(extra_tokens=2, reparam=8), entry_tokens=EntryTokensConfig(reparam=8))
+
+
+def _train_a_little(model):
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=5e-2, patience=None)
+    Trainer(cfg, progress=False).fit(model, colour_data(32, seed=0), colour_data(12, seed=1))
+
+
+@pytest.mark.parametrize("input_cls", [TextShiftConfig, TokenLowRankConfig])
+def test_reparameterised_tokens_start_as_plain_ones_and_fold_when_saved(input_cls, light_box, tmp_path):
+    plain = TextClassifier(light_box, LABELS, DGAConfig(input_adapter=input_cls(extra_tokens=2),
+                                                        entry_tokens=EntryTokensConfig()))
+    model = TextClassifier(light_box, LABELS, _reparam_dga(input_cls))
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)  # the same free tokens
+    assert not unexpected and all("mlp" in k for k in missing)
+    torch.testing.assert_close(model.predict_proba(TEXTS), plain.predict_proba(TEXTS))  # up starts at zero
+    groups = parameter_groups(model)
+    mlps = {id(p) for m in (model.encoder.input_adapter.extra_mlp, model.encoder.entry_tokens.mlps)
+            for p in m.parameters()}
+    assert mlps <= {id(p) for p in groups["tokens"]}
+    _train_a_little(model)
+    assert model.encoder.input_adapter.extra_mlp.up.weight.abs().sum() > 0  # the MLP trained
+    model.save_pretrained(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["dga"]
+    assert "reparam" not in saved["input_adapter"] and "reparam" not in saved["entry_tokens"]  # plain tokens
+    again = TextClassifier.from_pretrained(tmp_path / "a", light_box)
+    assert again.encoder.input_adapter.extra_mlp is None and again.encoder.entry_tokens.mlps is None
+    torch.testing.assert_close(again.predict_proba(TEXTS), model.predict_proba(TEXTS))  # same outputs
+    assert model.encoder.input_adapter.extra_mlp is not None  # saving left the trained model as it was
+
+
+def test_a_retriever_folds_its_tokens_too(tiny_box, tmp_path):
+    model = DualEncoder(tiny_box, DGAConfig(input_adapter=TextShiftConfig(reparam=4)))
+    with torch.no_grad():
+        model.query_tower.input_adapter.extra_mlp.up.bias.fill_(0.5)
+    model.save_pretrained(tmp_path / "r")
+    again = DualEncoder.from_pretrained(tmp_path / "r", tiny_box)
+    torch.testing.assert_close(again.encode_queries(TEXTS), model.encode_queries(TEXTS))
+
+
+@pytest.mark.parametrize("kwargs", [{"reparam": -1}, {"reparam": True}])
+def test_reparam_is_validated(kwargs):
+    for cls in (TextShiftConfig, TokenLowRankConfig, EntryTokensConfig):
+        with pytest.raises(ConfigError, match="reparam"):
+            cls(**kwargs)
+
+
+def test_tokens_start_from_the_boxs_embeddings_of_words(light_box):
+    model = GrayBoxModel(light_box, DGAConfig(input_adapter=TextShiftConfig(extra_tokens=2),
+                                              entry_tokens=EntryTokensConfig(tokens=2)))
+    vectors = word_embeddings(light_box, LABELS)
+    batch = light_box.embed(["red"])
+    torch.testing.assert_close(vectors[0], batch.embeds[0, 1])  # [CLS] red [SEP]: the word's own piece
+    assert model.init_tokens_from_words(LABELS) == 2 + 2 * len(light_box.spec.entry_points)
+    torch.testing.assert_close(model.input_adapter.extra, vectors[[0, 1]])
+    torch.testing.assert_close(model.entry_tokens.tokens[0], vectors[[2, 0]])  # cycling through the words
+
+
+def test_init_choices(tiny_box):
+    model = GrayBoxModel(tiny_box, DGAConfig())
+    before = model.input_adapter.extra.clone()
+    init_tokens(model, "random", LABELS, TEXTS)
+    assert torch.equal(model.input_adapter.extra, before)
+    init_tokens(model, "frequent", None, ["leaf leaf sky", "the leaf"])
+    torch.testing.assert_close(model.input_adapter.extra[0], word_embeddings(tiny_box, ["leaf"])[0])
+    with pytest.raises(ConfigError, match="classes"):
+        init_tokens(model, "labels", None, TEXTS)
+    with pytest.raises(ConfigError, match="one of"):
+        init_tokens(model, "vocab", LABELS, TEXTS)
+    assert frequent_words(["The car, the CAR and a sky"], 5) == ["car", "sky"]
+    with pytest.raises(ConfigError, match="no words"):
+        frequent_words(["a b", "!!"], 5)
+
+
+def test_bench_names_for_token_training():
+    gray = graymethods.parse("lga-8-upper-rpt64-init-frequent")
+    assert (gray.tokens, gray.upper, gray.reparam, gray.init) == (8, True, 64, "frequent")
+    assert gray.variant == "tokens=8, upper half+rpt(h=64)+init=frequent"
+    assert graymethods.describe("dga-lowrank16-rpt32-init-labels", classification.METHODS)[1] == (
+        "both+lowrank(r=16)+rpt(h=32)+init=labels")
+    assert gray.input_config() == TextShiftConfig(reparam=64)
+    with pytest.raises(ConfigError, match="output-only"):
+        graymethods.parse("dga-output-only-rpt8")
+
+
+def test_cli_token_options(tiny_backbone, tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in LABELS))
+    run = tmp_path / "run"
+    argv = ["train", "--file", str(csv), "--backbone", str(tiny_backbone), "--epochs", "1", "--batch-size", "8",
+            "--quiet", "--token-reparam", "8", "--token-init", "labels", "--entry-tokens", "2",
+            "--output-dir", str(run)]
+    assert main(argv) == 0
+    saved = json.loads((run / "best" / "adapter_config.json").read_text())["dga"]
+    assert "reparam" not in saved["input_adapter"] and "reparam" not in saved["entry_tokens"]
+    assert main(["eval", "--file", str(csv), "--backbone", str(tiny_backbone), "--adapter", str(run / "best")]) == 0
