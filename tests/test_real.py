@@ -116,7 +116,7 @@ def test_bench_ea_quick_smoke(shared_data, tmp_path):
     assert main(["bench", "ea", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out)]) == 0
     doc = _doc(out, "ea")
     methods = {r["method"] for r in doc["records"]}
-    assert methods == {"ea", "lm", "ssm", "lora"}
+    assert methods == {"ea", "lm", "ssm", "linear-probe", "lora"}
     assert (out / "ea_cost_quality.png").is_file()
 
 
