@@ -16,4 +16,4 @@ lines = ["| run | method | variant | lr | val accuracy | test accuracy | best ep
          "|---|---|---|---|---|---|---|---|"]
 lines += [f"| {n} | {m} | {v} | {lr:g} | {va:.4f} | {te:.4f} | {be} | {st} |" for n, m, v, lr, va, te, be, st, _ in rows]
 print("\n".join(lines))
-(out.parent / "results.md").write_text("\n".join(lines) + "\n")
+(out.with_name(out.name.replace("runs", "results") + ".md")).write_text("\n".join(lines) + "\n")

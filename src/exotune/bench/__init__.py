@@ -63,7 +63,8 @@ def run_suite(args: BenchOptions) -> int:
             raise ConfigError(f"suite {args.suite!r} has no {kind} {bad}; choose from {list(known)}")
     for name in methods:
         graymethods.describe(name, suite.METHODS)  # a clear error for an unknown name
-    budget = suite.Budget(**({"epochs": args.epochs} if args.epochs else {}), max_train=args.max_train)
+    sized = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v}
+    budget = suite.Budget(**sized, max_train=args.max_train)
     seeds = args.seeds
     if args.quick:
         budget = suite.quick_budget()

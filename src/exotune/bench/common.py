@@ -30,6 +30,7 @@ class BenchOptions:
     methods: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int | None = None
+    patience: int | None = None
     max_train: int | None = None
     lr: list[tuple[str, float]] = field(default_factory=list)  # (method, learning rate)
     data_dir: str | None = None

@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.bench import classification, retrieval
     from exotune.bench.common import RESULTS_DIR
+    from exotune.cli.common import positive_int
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
     p.add_argument("--datasets", nargs="+", default=None,
@@ -32,6 +33,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"default: the suite's (classification {CLASSIFICATION.epochs}, retrieval {RETRIEVAL.epochs})")
+    p.add_argument("--patience", type=positive_int, default=None,
+                   help=f"epochs without a validation gain before a run stops (default: the suite's, "
+                        f"classification {CLASSIFICATION.patience}, retrieval {RETRIEVAL.patience})")
     p.add_argument("--max-train", type=int, default=None,
                    help="train on a sample of this many examples (default: all; sst2: 4000)")
     p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
