@@ -118,7 +118,7 @@ def _feed(embeddings: nn.Module, embeds: torch.Tensor):
             return None
         if output.shape != embeds.shape:
             raise RuntimeError(f"the text tower looked up {tuple(output.shape)} embeddings, the box fed {tuple(embeds.shape)}")
-        return embeds.to(output.dtype)
+        return embeds.to(output.dtype, copy=True)  # a copy: some towers add positions in place (BLIP)
 
     handle = embeddings.register_forward_hook(hook)
     try:
