@@ -72,7 +72,7 @@ def check(args) -> None:
     if not source:
         raise ConfigError(f"--task {args.task} needs {NEEDS[args.task]}")
     if not args.backbone and not args.remote:
-        raise ConfigError(f"--task {args.task} needs --backbone: a CLIP checkpoint (e.g. openai/clip-vit-base-patch16, "
+        raise ConfigError(f"--task {args.task} needs --backbone: a CLIP, SigLIP or BLIP checkpoint (e.g. openai/clip-vit-base-patch16, "
                           "a local folder, or open_clip:ViT-B-32@laion2b_s34b_b79k)"
                           + (", or a ViT / DINOv2 one with --head linear" if args.task == "image-classification" else "")
                           + (", or any image box (ViT, DINOv2)" if args.task == "sketch-retrieval" else ""))
