@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from exotune.artifacts import write_checksums
 from exotune.data import TextLabelData
 from exotune.ea import CallableClient, EasyAdapter
-from exotune.ea.ssm import _SSM
+from exotune.ea.ssm import SSMBase
 from exotune.errors import ArtifactError, ConfigError, DataError, NotFittedError
 
 from .ea_fakes import COLOURS, colour_of, colour_task, one_blas_thread  # noqa: F401
@@ -232,7 +232,7 @@ class CountingEncoder(TransformerMixin, BaseEstimator):
         return self.vec_.transform(list(X))
 
 
-class EncodedSSM(_SSM):
+class EncodedSSM(SSMBase):
     """A text SSM with a label-free encoder: EasyAdapter fits that once, then heads per fold."""
 
     def encoder(self):
