@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exotune.ea.client import BlackBoxOutput, Ledger
+from exotune.ea.blackbox import BlackBoxOutput, Ledger
 
 
 @dataclass

@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from exotune.data.text import TextLabelData
 from exotune.ea.answers import LMAnswers, Routing
-from exotune.ea.client import Ledger
+from exotune.ea.blackbox import Ledger
 from exotune.ea.inputs import check_data, check_texts, encode_views, make_views, take_rows, view_of
 from exotune.ea.regions import Regions
 from exotune.ea.router import Router, full_features, gate_features, positive_proba
@@ -347,10 +347,13 @@ class EasyAdapter(BaseEstimator):
             proba[rows] = pi[:, None] * onehot + (1 - pi[:, None]) * P[rows]
         return Routing(labels, proba, ssm_pred, asked, used, lm_labels, ledger, time.perf_counter() - t0)
 
-    def predict(self, texts) -> np.ndarray:
-        return self.route(texts).labels
+    def predict(self, texts) -> list[str]:
+        """The label name of each text, as every task model's ``predict`` (indices:
+        ``route(texts).labels``)."""
+        return [self.label_names_[i] for i in self.route(texts).labels]
 
     def predict_proba(self, texts) -> np.ndarray:
+        """(N, C) probabilities, columns in ``label_names_`` order."""
         return self.route(texts).proba
 
     def evaluate(self, data: TextLabelData, compare: bool = True) -> dict:
