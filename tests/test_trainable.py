@@ -10,10 +10,10 @@ import torch
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME
 from exotune.errors import ArtifactError, ConfigError
 from exotune.protocols import Trainable
-from exotune.tasks.base import AdapterModelMixin
 from exotune.tasks.classification import TextClassifier
 from exotune.tasks.image_classification import ImageClassifier
 from exotune.tasks.image_text import ImageTextRetriever
+from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import DualEncoder
 from exotune.tasks.sketch import SketchPhotoRetriever
 from exotune.tasks.video_text import VideoTextRetriever

@@ -1,6 +1,6 @@
 """The training loop's contract with a model, as a ``typing.Protocol``: what ``Trainer.fit``
 calls, and nothing more. Task models satisfy it by shape (no base class needed); most get the
-generic half from :class:`exotune.tasks.base.AdapterModelMixin`."""
+generic half from :class:`exotune.tasks.model.AdapterModelMixin`."""
 
 from __future__ import annotations
 

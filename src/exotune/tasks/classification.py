@@ -31,11 +31,12 @@ from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
+    read_adapter_config,
     saved_spec_of,
 )
-from exotune.tasks.base import AdapterModelMixin
 from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
 from exotune.tasks.metrics import classification_metrics
+from exotune.tasks.model import AdapterModelMixin
 
 ADAPTER_TYPE = "dga-classifier"
 
@@ -159,7 +160,7 @@ class TextClassifier(AdapterModelMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, box: BoxBase) -> TextClassifier:
         path = Path(path)
-        cfg = cls.read_config(path, box)
+        cfg = read_adapter_config(path, cls.adapter_type, box)
         with saved_config(path / CONFIG_NAME):
             task = json_object(cfg, "task")
             labels = task.pop("labels")

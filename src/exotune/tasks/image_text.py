@@ -29,8 +29,8 @@ from exotune.tasks.artifacts import (
     load_trained_state,
     read_adapter_config,
 )
-from exotune.tasks.base import AdapterModelMixin
 from exotune.tasks.metrics import image_text_recalls
+from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
 
 ADAPTER_TYPE = "dga-image-text-retriever"

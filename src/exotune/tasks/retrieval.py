@@ -29,8 +29,8 @@ from exotune.tasks.artifacts import (
     load_trained_state,
     read_adapter_config,
 )
-from exotune.tasks.base import AdapterModelMixin
 from exotune.tasks.metrics import retrieval_metrics
+from exotune.tasks.model import AdapterModelMixin
 
 ADAPTER_TYPE = "dga-retriever"
 SEARCH_DEPTH = 100  # documents ranked per query: enough for Recall@100

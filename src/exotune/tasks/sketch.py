@@ -25,7 +25,7 @@ from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
-from exotune.tasks.base import AdapterModelMixin
+from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
 
 ADAPTER_TYPE = "dga-sketch-photo-retriever"

@@ -28,9 +28,9 @@ from exotune.boxes.base import model_digest
 from exotune.boxes.loading import DEFAULT_BACKBONE, load_text_encoder
 from exotune.data.text import label_texts
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
-from exotune.tasks.base import AdapterModelMixin
 from exotune.tasks.classification import ClassificationConfig, TextClassifier
 from exotune.tasks.heads import LinearHead, PrototypeHead
+from exotune.tasks.model import AdapterModelMixin
 from exotune.whitebox.config import WhiteBoxConfig
 from exotune.whitebox.encoder import LoraState, WhiteBoxEncoder
 
