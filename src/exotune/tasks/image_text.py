@@ -17,19 +17,20 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
+from exotune.artifacts import CONFIG_NAME, json_object, saved_config
 from exotune.boxes.base import BoxBase
 from exotune.configs import ConfigBase, check_field_types
 from exotune.data.images import ImageCaptionData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel, folded_state_dict
+from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
     read_adapter_config,
 )
 from exotune.tasks.metrics import image_text_recalls
+from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
 
 ADAPTER_TYPE = "dga-image-text-retriever"
@@ -67,7 +68,7 @@ class ImageTextConfig(ConfigBase):
             raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
 
 
-class ImageTextRetriever(nn.Module):
+class ImageTextRetriever(AdapterModelMixin, nn.Module):
     """A text tower and an image tower, each adapted; everything in ``state_dict()`` is the user's.
 
     The adapters default to the paper's DGA for each side: a shift token and an extra token
@@ -132,12 +133,6 @@ class ImageTextRetriever(nn.Module):
     @property
     def image_box(self) -> BoxBase:
         return self.image_tower.box
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
 
     # -- encoding -----------------------------------------------------------------------------
 
@@ -208,10 +203,6 @@ class ImageTextRetriever(nn.Module):
             "text_dga": self.text_dga.folded().to_dict(),
             "task": {"type": self.task_type, **asdict(self.config)},
         }
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_box: BoxBase, image_box: BoxBase) -> ImageTextRetriever:
