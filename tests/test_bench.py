@@ -117,3 +117,17 @@ def test_a_killed_suite_leaves_no_run_behind():
         assert _wait_for(lambda: not _alive(child)), "the worker outlived its suite"
     finally:
         parent.kill()
+
+
+def test_the_validation_curve_of_every_seed_is_kept():
+    from exotune.bench.common import aggregate, val_curve
+    from exotune.train import TrainResult
+
+    result = TrainResult(best_metric=0.8, best_epoch=1, epochs_run=2, steps=4, train_seconds=1.0,
+                         seconds_per_step=0.1, history=[{"epoch": 1, "val_accuracy": 0.8},
+                                                        {"epoch": 2, "val_accuracy": 0.75}])
+    assert val_curve(result, "accuracy") == [0.8, 0.75]
+    runs = [{"seed": s, "metrics": {"accuracy": 0.7 + s / 10}, "val_curve": [0.5, 0.6 + s / 10]} for s in (0, 1)]
+    rec = aggregate(runs, "accuracy")
+    assert rec["val_curves"] == {"0": [0.5, 0.6], "1": [0.5, 0.7]}
+    assert "val_curve" not in rec

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from exotune.bench import graymethods
-from exotune.bench.common import peak_memory_mb, step_seconds
+from exotune.bench.common import peak_memory_mb, step_seconds, val_curve
 from exotune.bench.sources import splits
 from exotune.defaults import CLASSIFICATION
 
@@ -208,7 +208,8 @@ def _fit(model, train, val, test, budget: Budget, lrs: dict, seed: int) -> dict:
     result = Trainer(cfg, progress=False).fit(model, train, val)
     rec = {"trainable_params": model.num_trainable(), "train_seconds": result.train_seconds,
            **step_seconds(result), "steps": result.steps, "lr": cfg.lr,
-           "best_epoch": result.best_epoch, "val_accuracy": result.best_metric}
+           "best_epoch": result.best_epoch, "val_accuracy": result.best_metric,
+           "val_curve": val_curve(result, "accuracy")}
     if len(lrs) > 1:
         rec["lr_groups"] = result.group_lr
     rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)

@@ -162,9 +162,12 @@ def aggregate(runs: list[dict], metric: str) -> dict:
     """Mean and std over seeds of ``metric``; other numeric fields are averaged."""
     first = runs[0]
     values = [r["metrics"][metric] for r in runs]
-    rec = {k: v for k, v in first.items() if k not in ("metrics", "seed", "note")}
+    rec = {k: v for k, v in first.items() if k not in ("metrics", "seed", "note", "val_curve")}
     rec.update(metric=metric, mean=float(np.mean(values)), std=float(np.std(values)),
                seeds=[r["seed"] for r in runs], values=values)
+    curves = {str(r["seed"]): r["val_curve"] for r in runs if r.get("val_curve")}
+    if curves:  # validation after each epoch, per seed: how a run rose, peaked and stopped
+        rec["val_curves"] = curves
     notes = [f"seed {r['seed']}: {r['note']}" for r in runs if r.get("note")]
     if notes:  # what a reader must know about a run (added to its run-log entry by hand)
         rec["notes"] = notes
@@ -173,6 +176,11 @@ def aggregate(runs: list[dict], metric: str) -> dict:
         vals = [r[key] for r in runs if r.get(key) is not None]
         rec[key] = float(np.mean(vals)) if vals else None
     return rec
+
+
+def val_curve(result, metric: str) -> list[float]:
+    """The validation ``metric`` after each epoch of a ``TrainResult``."""
+    return [round(float(h[f"val_{metric}"]), 4) for h in result.history if f"val_{metric}" in h]
 
 
 def command_line() -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from exotune.bench import graymethods
-from exotune.bench.common import peak_memory_mb, step_seconds
+from exotune.bench.common import peak_memory_mb, step_seconds, val_curve
 from exotune.bench.sources import splits
 from exotune.defaults import RETRIEVAL
 
@@ -218,7 +218,8 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
                           select_metric="ndcg@10", **lrs)
         result = Trainer(cfg, progress=False).fit(model, train, val)
         rec.update(train_seconds=result.train_seconds, **step_seconds(result), steps=result.steps, lr=cfg.lr,
-                   best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric)
+                   best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric,
+                   val_curve=val_curve(result, "ndcg@10"))
         if len(lrs) > 1:
             rec["lr_groups"] = result.group_lr
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
