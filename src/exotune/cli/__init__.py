@@ -15,12 +15,12 @@ import sys
 import warnings
 
 from exotune import __version__
-from exotune.cli import bench, demo, ea, predict, serve, train
+from exotune.cli import bench, demo, ea, embed, predict, serve, train
 from exotune.cli import eval as eval_cmd
 from exotune.errors import ExotuneError
 
-MODULES = {"demo": demo, "train": train, "eval": eval_cmd, "predict": predict, "serve": serve, "bench": bench,
-           "ea": ea}
+MODULES = {"demo": demo, "train": train, "eval": eval_cmd, "predict": predict, "embed": embed, "serve": serve,
+           "bench": bench, "ea": ea}
 COMMANDS = {name: module.run for name, module in MODULES.items()}
 DEBUG_ENV = "EXOTUNE_DEBUG"  # set: errors from the standard library keep their traceback
 

@@ -64,6 +64,7 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
+    add_label_names_arg(g)
     if split_default:
         g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
 
@@ -105,7 +106,7 @@ def load_data(args, split: str):
 
     if args.dataset:
         return load_dataset(args.dataset, split, args.data_dir)
-    return load_text_file(args.file, args.text_column, args.label_column)
+    return load_text_file(args.file, args.text_column, args.label_column, label_map=label_map(args))
 
 
 def refuse_images(args) -> None:
@@ -141,7 +142,7 @@ def labelled_splits(args, want_test: bool):
         test = load_dataset(args.dataset, "test", args.data_dir) if want_test else None
     else:
         data, val, test = load_text_files(args.file, args.val_file, args.test_file, args.text_column,
-                                          args.label_column)
+                                          args.label_column, label_map=label_map(args))
         data.require_classes(args.file)  # before any model loads
         if want_test and test is None:
             raise ConfigError("--eval-test with --file needs --test-file (the file to score once at the end)")
@@ -167,14 +168,38 @@ def fill_train_defaults(args) -> None:
             setattr(args, name, value)
 
 
-def read_texts(args) -> list[str]:
-    """The texts of ``--text`` (repeated) or ``--input-file`` (one per line); none may be empty."""
-    from exotune.data.text import read_text
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
-    texts = args.text or [t for t in read_text(Path(args.input_file)).splitlines() if t.strip()]
+
+def read_texts(args) -> list[str]:
+    """The texts of ``--text`` (repeated) or ``--input-file``: one per line, or the
+    ``--text-column`` of a .csv, .tsv or .jsonl file; none may be empty."""
+    from exotune.data.text import read_column, read_text
+
+    if getattr(args, "text", None):
+        texts = args.text
+    elif Path(args.input_file).suffix.lower() in TABLE_SUFFIXES:
+        texts = read_column(Path(args.input_file), getattr(args, "text_column", "text"))
+    else:
+        texts = [t for t in read_text(Path(args.input_file)).splitlines() if t.strip()]
     if not texts or any(not t.strip() for t in texts):
-        raise DataError("predict needs non-empty texts")
+        raise DataError(f"{getattr(args, 'command', None) or 'predict'} needs non-empty texts")
     return texts
+
+
+def add_label_names_arg(g) -> None:
+    g.add_argument("--label-names", default=None, metavar="NAMES|FILE",
+                   help="for files whose labels are codes: the class names in code order, comma-separated "
+                        "(code 0 is the first), or a file: a JSON object {code: name}, a JSON list, or one name "
+                        "a line")
+
+
+def label_map(args) -> dict[str, str] | None:
+    """``--label-names`` as {code: name}, or None when it is not given."""
+    from exotune.data.text import read_label_map
+
+    value = getattr(args, "label_names", None)
+    return None if value is None else read_label_map(value)
 
 
 # -- boxes -------------------------------------------------------------------------------------
@@ -266,11 +291,16 @@ def train_box(args):
 
 
 def adapter_box(args):
-    """The box an adapter was trained against: served, or loaded with the same entry points."""
+    """The box an adapter was trained against: served (``--remote``), loaded from ``--backbone``
+    with the same entry points, or, with neither, the backbone the adapter names."""
     from exotune.tasks.classification import saved_box_options
 
     if args.remote:
         return open_box(args)
+    if not args.backbone:
+        from exotune.tasks.artifacts import open_saved_box
+
+        return open_saved_box(args.adapter)
     return open_box(args, **saved_box_options(args.adapter))
 
 

@@ -103,6 +103,7 @@ class WhiteBoxClassifier(LoraState, nn.Module):
     predict_proba = TextClassifier.predict_proba
     predict = TextClassifier.predict
     evaluate = TextClassifier.evaluate
+    predictions = TextClassifier.predictions
 
     # -- artifacts ------------------------------------------------------------------------------
 
