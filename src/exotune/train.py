@@ -33,6 +33,7 @@ from exotune.artifacts import (
     write_folder,
 )
 from exotune.batching import grouped_batches
+from exotune.cards import update_run_info
 from exotune.configs import ConfigBase
 from exotune.errors import ArtifactError, ConfigError
 from exotune.progress import note, progress_bar
@@ -276,6 +277,7 @@ class Trainer:
                 state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if self._writes:
+                    update_run_info(metrics={"validation": metrics}, best_epoch=epoch + 1)  # the model card's
                     model.save_pretrained(self.output_dir / BEST)
             else:
                 state["bad_epochs"] += 1

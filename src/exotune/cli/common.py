@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from exotune.cards import card_context, run_info, update_run_info
 from exotune.errors import ConfigError, DataError
 
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
@@ -358,18 +359,34 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
     """Train ``model`` into ``--output-dir`` (resuming with ``--resume``); ``test`` gives the
     test split's metrics for the summary. Under torchrun only rank 0 reports and writes."""
     from exotune import distributed
+    from exotune.artifacts import rewrite_card
     from exotune.train import Trainer
 
     out = Path(args.output_dir)
-    result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
-    if not distributed.is_main():
-        return 0
-    summary = result.summary()
-    if test is not None:
-        summary["test"] = test()
+    with card_context(data=data_info(args, train, val)):
+        result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
+        if not distributed.is_main():
+            return 0
+        summary = result.summary()
+        if test is not None:
+            summary["test"] = test()
+            if result.best_dir is not None and result.best_dir.is_dir():
+                update_run_info(metrics={**run_info().get("metrics", {}), "test": summary["test"]})
+                rewrite_card(result.best_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
+
+
+def data_info(args, train, val) -> dict:
+    """What a model card says about the data: its name and the sizes of train and validation."""
+    source = next((getattr(args, k, None) for k in ("dataset", "file", "images", "videos", "sketches")
+                   if getattr(args, k, None)), None)
+    info = {"name": Path(source).name if source and getattr(args, "dataset", None) is None else source,
+            "train_examples": len(train), "validation_examples": len(val)}
+    if getattr(args, "val_file", None):
+        info["validation_file"] = Path(args.val_file).name
+    return {k: v for k, v in info.items() if v is not None}
 
 
 def print_metrics(args, metrics: dict, summary: str) -> None:
