@@ -364,7 +364,8 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
 
     out = Path(args.output_dir)
     with card_context(data=data_info(args, train, val)):
-        result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
+        trainer = Trainer(train_cfg, out, progress=not args.quiet, report_to=getattr(args, "report_to", ()))
+        result = trainer.fit(model, train, val, resume=args.resume)
         if not distributed.is_main():
             return 0
         summary = result.summary()
@@ -376,6 +377,33 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
+
+
+RUN_ENTRIES = ("best", "last", "logs", "tensorboard", "summary.json")  # what train writes into OUTPUT_DIR
+
+
+def check_output_dir(args) -> None:
+    """A run folder that holds anything is refused unless the run resumes (``--resume``) or
+    starts over (``--overwrite``: the previous run's entries are removed, other files kept);
+    checked before any model loads."""
+    import shutil
+
+    from exotune import distributed
+    from exotune.callbacks import check_report_to
+
+    check_report_to(getattr(args, "report_to", ()))
+    out = Path(args.output_dir)
+    if args.resume or not out.is_dir() or not any(out.iterdir()):
+        return
+    if not getattr(args, "overwrite", False):
+        raise ConfigError(f"--output-dir {out} is not empty; --resume continues the run in it, --overwrite starts over")
+    if distributed.is_main():
+        for name in RUN_ENTRIES:
+            entry = out / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
 
 
 def data_info(args, train, val) -> dict:
