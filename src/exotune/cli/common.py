@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from exotune.cards import card_context, run_info, update_run_info
+from exotune.cards import card_context, update_run_info
 from exotune.errors import ConfigError, DataError
 
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
@@ -360,6 +360,7 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
     test split's metrics for the summary. Under torchrun only rank 0 reports and writes."""
     from exotune import distributed
     from exotune.artifacts import rewrite_card
+    from exotune.cli.runs import data_info
     from exotune.train import Trainer
 
     out = Path(args.output_dir)
@@ -371,50 +372,15 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
         summary = result.summary()
         if test is not None:
             summary["test"] = test()
-            if result.best_dir is not None and result.best_dir.is_dir():
-                update_run_info(metrics={**run_info().get("metrics", {}), "test": summary["test"]})
+            if result.best_dir is not None and result.best_dir.is_dir():  # the card again, with the test score
+                best = result.history[result.best_epoch - 1]
+                validation = {k[len("val_"):]: v for k, v in best.items() if k.startswith("val_")}
+                update_run_info(metrics={"validation": validation, "test": summary["test"]},
+                                best_epoch=result.best_epoch)
                 rewrite_card(result.best_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
-
-
-RUN_ENTRIES = ("best", "last", "logs", "tensorboard", "summary.json")  # what train writes into OUTPUT_DIR
-
-
-def check_output_dir(args) -> None:
-    """A run folder that holds anything is refused unless the run resumes (``--resume``) or
-    starts over (``--overwrite``: the previous run's entries are removed, other files kept);
-    checked before any model loads."""
-    import shutil
-
-    from exotune import distributed
-    from exotune.callbacks import check_report_to
-
-    check_report_to(getattr(args, "report_to", ()))
-    out = Path(args.output_dir)
-    if args.resume or not out.is_dir() or not any(out.iterdir()):
-        return
-    if not getattr(args, "overwrite", False):
-        raise ConfigError(f"--output-dir {out} is not empty; --resume continues the run in it, --overwrite starts over")
-    if distributed.is_main():
-        for name in RUN_ENTRIES:
-            entry = out / name
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            elif entry.exists() or entry.is_symlink():
-                entry.unlink()
-
-
-def data_info(args, train, val) -> dict:
-    """What a model card says about the data: its name and the sizes of train and validation."""
-    source = next((getattr(args, k, None) for k in ("dataset", "file", "images", "videos", "sketches")
-                   if getattr(args, k, None)), None)
-    info = {"name": Path(source).name if source and getattr(args, "dataset", None) is None else source,
-            "train_examples": len(train), "validation_examples": len(val)}
-    if getattr(args, "val_file", None):
-        info["validation_file"] = Path(args.val_file).name
-    return {k: v for k, v in info.items() if v is not None}
 
 
 def print_metrics(args, metrics: dict, summary: str) -> None:

@@ -11,7 +11,6 @@ from exotune.cli.common import (
     add_data_args,
     add_split_files_args,
     add_task_arg,
-    check_output_dir,
     dga_config,
     entry_points_arg,
     fill_train_defaults,
@@ -20,6 +19,7 @@ from exotune.cli.common import (
     refuse_split_files,
     train_config,
 )
+from exotune.cli.runs import check_output_dir
 from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
 TRAINERS = {"classification": classification.train, "retrieval": retrieval.train,

@@ -73,7 +73,13 @@ def box_source(box: BoxBase) -> dict:
     if isinstance(source, dict):
         return dict(source)
     url = getattr(box, "url", None)
-    return {"remote": url} if isinstance(url, str) else {}
+    if not isinstance(url, str):
+        return {}
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)  # a saved folder is shared: no user, password or query string in it
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port is not None else "")
+    return {"remote": urlunsplit((parts.scheme, host, parts.path, "", ""))}
 
 
 def given_or_saved_box(path: str | Path, box: BoxBase | None, remote: str | None) -> BoxBase:
