@@ -365,7 +365,7 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
 
     out = Path(args.output_dir)
     with card_context(data=data_info(args, train, val)):
-        trainer = Trainer(train_cfg, out, progress=not args.quiet, report_to=getattr(args, "report_to", ()))
+        trainer = Trainer(train_cfg, out, progress=not args.quiet, report_to=getattr(args, "report_to", None) or ())
         result = trainer.fit(model, train, val, resume=args.resume)
         if not distributed.is_main():
             return 0

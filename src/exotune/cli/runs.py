@@ -18,7 +18,7 @@ def check_output_dir(args) -> None:
     from exotune import distributed
     from exotune.callbacks import check_report_to
 
-    check_report_to(getattr(args, "report_to", ()))
+    check_report_to(getattr(args, "report_to", None) or ())
     out = Path(args.output_dir)
     if args.resume or not out.is_dir() or not any(out.iterdir()):
         return

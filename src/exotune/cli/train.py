@@ -107,9 +107,9 @@ def add_parser(sub) -> None:
                    help="continue from OUTPUT_DIR/last after a crash; with a larger --epochs, extend a finished run")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an OUTPUT_DIR that holds a run (its best/, last/, logs and summary are replaced)")
-    p.add_argument("--report-to", nargs="+", default=[], choices=["tensorboard"],
-                   help="also log to TensorBoard (pip install 'exotune[tensorboard]'); CSV logs are always written "
-                        "to OUTPUT_DIR/logs")
+    p.add_argument("--report-to", nargs="+", default=None, choices=["tensorboard"],
+                   help="also log to TensorBoard, in OUTPUT_DIR/tensorboard (pip install 'exotune[tensorboard]'; "
+                        "default: only the CSV logs in OUTPUT_DIR/logs)")
     p.add_argument("--eval-test", action="store_true",
                    help="after training, evaluate once on the test split of --dataset (or --test-file; image "
                         "tasks: --test, a split file's test split, or the unseen classes of --unseen-classes)")
