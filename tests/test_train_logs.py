@@ -78,16 +78,25 @@ def test_per_group_learning_rates_are_logged(tiny_box, tmp_path):
     assert {"lr_output", "lr_head"} <= set(first)
 
 
-def test_tensorboard_needs_its_extra(tiny_box, tmp_path):
-    if importlib.util.find_spec("tensorboard") is not None:
-        model, train, val = model_and_data(tiny_box)
-        Trainer(TrainConfig(epochs=1, **FAST), tmp_path, progress=False, report_to=["tensorboard"]).fit(model, train, val)
-        assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    else:
-        with pytest.raises(ConfigError, match=r"exotune\[tensorboard\]"):
-            Trainer(TrainConfig(epochs=1, **FAST), tmp_path, report_to=["tensorboard"])
+def test_tensorboard_is_refused_without_its_extra(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'exotune\[tensorboard\]'"):
+        Trainer(TrainConfig(epochs=1, **FAST), tmp_path, report_to=["tensorboard"])
     with pytest.raises(ConfigError, match="report_to"):
         Trainer(TrainConfig(), tmp_path, report_to=["wandb"])
+
+
+def test_tensorboard_event_files(tiny_box, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, train, val = model_and_data(tiny_box)
+    Trainer(TrainConfig(epochs=1, **FAST), tmp_path, progress=False, report_to=["tensorboard"]).fit(model, train, val)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "epoch/val_accuracy"} <= set(events.Tags()["scalars"])
+    assert [s.step for s in events.Scalars("train/loss")] == [1, 2, 3]
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(tiny_box, tmp_path):
