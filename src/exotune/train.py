@@ -1,7 +1,7 @@
 """One training loop for everything with gradients.
 
-The model follows a small protocol: ``trainable_parameters()``, ``loss(data)``,
-``evaluate(data) -> dict`` and ``save_pretrained(dir)``; ``data`` has ``len`` and
+The model follows a small protocol (:class:`exotune.protocols.Trainable`): ``trainable_parameters()``,
+``loss(data)``, ``evaluate(data) -> dict`` and ``save_pretrained(dir)``; ``data`` has ``len`` and
 ``subset(indices)``. Under ``torchrun`` it trains data-parallel (see ``exotune.distributed``):
 each rank takes its slice of every global batch and only rank 0 writes. Checkpoints hold only the user's tensors, optimiser and scheduler
 state (safetensors + JSON), written atomically, so a crash loses at most
@@ -38,6 +38,7 @@ from exotune.cards import card_context, update_run_info
 from exotune.configs import ConfigBase
 from exotune.errors import ArtifactError, ConfigError
 from exotune.progress import note, progress_bar
+from exotune.protocols import Trainable
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
 # Components that can get their own learning rate: a gray-box tower's input side, tokens and
@@ -188,7 +189,7 @@ class Trainer:
         order = torch.randperm(len(data), generator=g).numpy()
         return [order[i : i + bs] for i in range(0, len(data), bs)]
 
-    def fit(self, model, train, val, resume: bool = False) -> TrainResult:
+    def fit(self, model: Trainable, train, val, resume: bool = False) -> TrainResult:
         cfg = self.config
         if len(train) == 0 or len(val) == 0:
             raise ConfigError(f"train and validation data must be non-empty, got {len(train)} and {len(val)}")
