@@ -122,9 +122,10 @@ def test_two_processes_equal_one_over_the_same_global_batch(tiny_backbone, tiny_
             for got, want in zip(history, expected, strict=True):  # the logged loss is the global batch's
                 assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-5)
     # only rank 0 wrote: its own folder is complete, rank 1's was never created
-    assert _files(tmp_path / "full" / "rank0") == ["best/adapter_config.json", "best/adapter_model.safetensors",
-                                                   "best/checksums.sha256", "last/checkpoint.safetensors",
-                                                   "last/checksums.sha256", "last/trainer_state.json"]
+    assert _files(tmp_path / "full" / "rank0") == ["best/README.md", "best/adapter_config.json",
+                                                   "best/adapter_model.safetensors", "best/checksums.sha256",
+                                                   "last/checkpoint.safetensors", "last/checksums.sha256",
+                                                   "last/trainer_state.json", "logs/epochs.csv", "logs/steps.csv"]
     assert not (tmp_path / "full" / "rank1").exists()
     state = json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())["state"]
     assert state["global_step"] == 8 and state["epoch"] == 2  # the resumed run finished

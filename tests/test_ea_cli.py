@@ -38,6 +38,9 @@ def test_ea_fit_predict_report(tmp_path, capsys):
         saved = json.loads((out / "lm.json").read_text())
         assert sorted(saved) == ["base_url", "label_template", "lm", "model", "returns"]  # never a key's variable, never a path
         assert "lm.json" in (out / "checksums.sha256").read_text()
+        card = (out / "README.md").read_text()  # the model card: the data and the command
+        assert "name: train.csv" in card and "exotune ea fit --file" in card and "README.md" in (
+            out / "checksums.sha256").read_text()
         assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9"]) == 2
         assert "--trust-folder-lm" in capsys.readouterr().err  # the user's own folder: confirmed, not assumed
         assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9",

@@ -266,7 +266,8 @@ def test_save_load_identical_rankings(tiny_box, beir, tmp_path):
         model.loss(train).backward()
         opt.step()
     folder = model.save_pretrained(tmp_path / "adapter")
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "checksums.sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                        "checksums.sha256"]  # README.md: the model card
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["type"] == "dga-retriever" and cfg["task"]["temperature"] == 0.1
     loaded = DualEncoder.from_pretrained(folder, tiny_box)

@@ -101,8 +101,9 @@ def test_checkpoints_are_json_and_safetensors_only(tiny_box, tmp_path):
     model = TextClassifier(tiny_box, train.label_names, DGAConfig())
     Trainer(TrainConfig(epochs=1, **FAST), tmp_path, progress=False).fit(model, train, val)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert files == ["best/adapter_config.json", "best/adapter_model.safetensors", "best/checksums.sha256",
-                     "last/checkpoint.safetensors", "last/checksums.sha256", "last/trainer_state.json"]
+    assert files == ["best/README.md", "best/adapter_config.json", "best/adapter_model.safetensors",
+                     "best/checksums.sha256", "last/checkpoint.safetensors", "last/checksums.sha256",
+                     "last/trainer_state.json", "logs/epochs.csv", "logs/steps.csv"]  # README: the model card
 
 
 def test_resume_refuses_changed_settings(tiny_box, tmp_path):

@@ -302,7 +302,8 @@ def test_retriever_save_load_round_trip(clip, pair, shapes, tmp_path):
                      tmp_path / "run", progress=False).fit(model, *train.split(0.2))
     assert result.steps > 0 and "val_t2i_recall@1" in result.history[0]
     folder = tmp_path / "run" / "best"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "checksums.sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json",  # README.md: the card
+                                                        "adapter_model.safetensors", "checksums.sha256"]
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["type"] == "dga-image-text-retriever" and cfg["dga"]["input_adapter"]["type"] == "pixel-residual"
     loaded = ImageTextRetriever.from_pretrained(folder, *pair)

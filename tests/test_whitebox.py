@@ -160,7 +160,7 @@ def test_save_load_round_trip(tiny_backbone, tmp_path, wb):
     assert cfg["access"] == "white" and cfg["whitebox"]["mode"] == wb.mode
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     if wb.mode == "lora":  # never the base weights
-        assert files == {"adapter_config.json", "adapter_model.safetensors", "checksums.sha256"}
+        assert files == {"README.md", "adapter_config.json", "adapter_model.safetensors", "checksums.sha256"}
     else:
         assert {"encoder/model.safetensors", "encoder/config.json"} <= files
 

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from exotune.cards import CARD_NAME, card_for
 from exotune.errors import ArtifactError, ConfigError
 
 CONFIG_NAME = "adapter_config.json"
@@ -38,12 +39,16 @@ MAX_JSON_DEPTH = 64  # what exotune writes nests < 12 deep
 def write_folder(path: str | Path,
                  files: dict[str, dict | dict[str, torch.Tensor] | bytes | Callable[[Path], None]]) -> Path:
     """Write ``{filename: json-able dict | tensors | bytes | writer}`` into ``path``, replacing it
-    atomically, with the SHA-256 of every file written in ``checksums.sha256``.
+    atomically, with the SHA-256 of every file written in ``checksums.sha256``. A folder with
+    an adapter config (``*config.json`` with a ``type``) gets its model card, ``README.md``.
 
     A writer is called with the target path inside the temporary folder (e.g. a Hugging Face
     ``save_pretrained`` for a sub-folder), so it too is replaced all at once.
     """
     path = Path(path)
+    card = None if CARD_NAME in files else card_for(files)  # an adapter's model card (README.md)
+    if card is not None:
+        files = {**files, CARD_NAME: card.encode()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -67,6 +72,18 @@ def write_folder(path: str | Path,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def rewrite_card(path: str | Path) -> None:
+    """Render ``path``'s model card again from its config and what the run knows now (e.g. a
+    test score taken after the folder was written); the folder is checked first, and its
+    checksums then list the new card."""
+    path = Path(path)
+    verify_folder(path)
+    card = card_for({p.name: read_json(p) for p in sorted(path.glob("*config.json"))})
+    if card is not None:
+        (path / CARD_NAME).write_text(card)
+        write_checksums(path)
 
 
 def _sha256(path: Path) -> str:

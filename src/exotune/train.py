@@ -33,6 +33,8 @@ from exotune.artifacts import (
     write_folder,
 )
 from exotune.batching import grouped_batches
+from exotune.callbacks import TrainerCallback, check_report_to, loggers
+from exotune.cards import card_context, update_run_info
 from exotune.configs import ConfigBase
 from exotune.errors import ArtifactError, ConfigError
 from exotune.progress import note, progress_bar
@@ -161,10 +163,23 @@ class Trainer:
     """Fits a model; with ``output_dir`` it keeps ``last/`` (resume) and ``best/`` (artifact)."""
 
     def __init__(self, config: TrainConfig | None = None, output_dir: str | Path | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, callbacks: list[TrainerCallback] | None = None,
+                 report_to: tuple[str, ...] | list[str] = ()) -> None:
+        """``callbacks``: hooks called on rank 0 (``exotune.callbacks.TrainerCallback``); with
+        ``output_dir``, per-step and per-epoch CSV logs are written too, and TensorBoard event
+        files when ``report_to`` names ``"tensorboard"``."""
         self.config = config or TrainConfig()
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
+        self.callbacks = list(callbacks or [])
+        self.report_to = tuple(report_to)
+        if self.report_to and self.output_dir is None:
+            raise ConfigError("report_to writes into the run folder: give an output_dir")
+        check_report_to(self.report_to)
+
+    def _call(self, hook: str, info: dict | None = None) -> None:
+        for callback in self._active:
+            getattr(callback, hook)(*(() if info is None else (info,)))
 
     def _batches(self, data, epoch: int) -> list[np.ndarray]:
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)  # same order on resume
@@ -205,6 +220,12 @@ class Trainer:
         model.train()
         t_start = time.perf_counter() - state["train_seconds"]
         step_seconds = []
+        self._active = [] if not distributed.is_main() else [
+            *self.callbacks, *(loggers(self.output_dir, self.report_to) if self._writes else [])]
+        self._groups = list(groups) if len(optimizer.param_groups) > 1 else []
+        self._call("on_train_begin", {"epoch": state["epoch"], "global_step": state["global_step"], "total_steps": total})
+        card_scope = card_context()  # what this fit tells the model card stays inside it
+        card_scope.__enter__()
         try:
             self._loop(model, train, val, optimizer, scheduler, params, total, state, t_start, step_seconds)
         except BaseException as err:
@@ -220,6 +241,9 @@ class Trainer:
                     note(f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
                                f"{self.output_dir / LAST} (resume to continue)")
             raise
+        finally:
+            card_scope.__exit__(None, None, None)
+            self._call("on_train_end")
         best_state = self._best_state
         if best_state is not None:
             model.load_state_dict(best_state)
@@ -253,11 +277,13 @@ class Trainer:
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
+                rates = [g["lr"] for g in optimizer.param_groups]  # the rates this step took
                 scheduler.step()
                 step_seconds.append(time.perf_counter() - t0)
                 losses.append(loss.item())
                 state["step_in_epoch"] += 1
                 state["global_step"] += 1
+                self._call("on_step", self._step_info(state, epoch, losses[-1], rates))
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 if state["global_step"] >= total:
@@ -271,12 +297,15 @@ class Trainer:
             if cfg.select_metric not in metrics:
                 raise ConfigError(f"select_metric {cfg.select_metric!r} not in {sorted(metrics)}")
             score = metrics[cfg.select_metric]
+            self._call("on_evaluate", {"epoch": epoch + 1, **metrics})
             state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                                      **{f"val_{k}": v for k, v in metrics.items()}})
+            self._call("on_epoch", dict(state["history"][-1]))
             if score > state["best_metric"]:
                 state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if self._writes:
+                    update_run_info(metrics={"validation": metrics}, best_epoch=epoch + 1)  # the model card's
                     model.save_pretrained(self.output_dir / BEST)
             else:
                 state["bad_epochs"] += 1
@@ -290,6 +319,11 @@ class Trainer:
             state["train_seconds"] = time.perf_counter() - t_start
             if self._writes:
                 self._save_last(model, optimizer, scheduler, state, self._best_state)
+
+    def _step_info(self, state: dict, epoch: int, loss: float, rates: list[float]) -> dict:
+        info = {"step": state["global_step"], "epoch": epoch + 1, "loss": loss, "lr": rates[0]}
+        info.update({f"lr_{g}": r for g, r in zip(self._groups, rates, strict=False)})
+        return info
 
     @staticmethod
     def _backward(model, train, idx, params) -> torch.Tensor:
@@ -328,9 +362,11 @@ class Trainer:
         with saved_config(folder / "trainer_state.json"):
             saved = TrainConfig.from_dict(json_object(meta, "config"))
             _check_state(json_object(meta, "state"), state)
-        if saved != self.config:
-            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
+        changed = [f.name for f in fields(TrainConfig)
+                   if f.name != "epochs" and getattr(saved, f.name) != getattr(self.config, f.name)]
+        if changed:
             raise ConfigError(f"cannot resume from {folder}: training settings differ ({', '.join(changed)})")
+        _extend_state(saved, self.config, meta["state"], folder)  # more epochs: the schedule spans the new total
         file = folder / "checkpoint.safetensors"
         with saved_config(file):
             tree = unflatten_state(meta["skeleton"], read_tensors(file), str(file))
@@ -349,6 +385,21 @@ class Trainer:
             note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
                        f"step {meta['state']['global_step']}")
         return meta["state"], tree["best"]
+
+
+def _extend_state(saved: TrainConfig, config: TrainConfig, state: dict, folder: Path) -> bool:
+    """Whether resuming with ``config.epochs`` extends the run in ``folder`` (more epochs than
+    it was given); refuse fewer epochs than it has run. An extended run that had stopped
+    (last epoch, or patience) continues, its patience counted afresh."""
+    if config.epochs == saved.epochs:
+        return False
+    if config.epochs < state["epoch"]:
+        raise ConfigError(f"cannot resume from {folder} with epochs={config.epochs}: it has run {state['epoch']} "
+                          "epochs already")
+    if config.schedule == "onecycle":
+        raise ConfigError(f"cannot change the epochs of {folder}: a onecycle schedule is fixed to its total steps")
+    state.update(done=False, bad_epochs=0)
+    return True
 
 
 def _check_state(saved: dict, fresh: dict) -> None:

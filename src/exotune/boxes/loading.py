@@ -74,7 +74,19 @@ def load_box(name_or_path: str | None = None, **kwargs):
     from exotune.boxes.text import TextEncoderBox
 
     model, tokenizer, defaults = load_text_encoder(name_or_path)
-    return TextEncoderBox(model, tokenizer, **{**defaults, **kwargs})
+    box = TextEncoderBox(model, tokenizer, **{**defaults, **kwargs})
+    box.source = {"backbone": backbone_name(name_or_path)}  # what an adapter records, to load it again
+    return box
+
+
+def backbone_name(name_or_path: str | None) -> str:
+    """How an adapter names the backbone it was trained on: the packaged default by its name
+    (its folder differs between machines), a local folder by its absolute path, else the id."""
+    name = name_or_path or DEFAULT_BACKBONE
+    if name.lower() in _DEFAULT_ALIASES:
+        return DEFAULT_BACKBONE
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 # -- images ---------------------------------------------------------------------------------

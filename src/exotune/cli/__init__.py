@@ -11,16 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import warnings
 
 from exotune import __version__
-from exotune.cli import bench, demo, ea, predict, serve, train
+from exotune.cards import card_context
+from exotune.cli import bench, demo, ea, embed, predict, serve, train
 from exotune.cli import eval as eval_cmd
 from exotune.errors import ExotuneError
 
-MODULES = {"demo": demo, "train": train, "eval": eval_cmd, "predict": predict, "serve": serve, "bench": bench,
-           "ea": ea}
+MODULES = {"demo": demo, "train": train, "eval": eval_cmd, "predict": predict, "embed": embed, "serve": serve,
+           "bench": bench, "ea": ea}
 COMMANDS = {name: module.run for name, module in MODULES.items()}
 DEBUG_ENV = "EXOTUNE_DEBUG"  # set: errors from the standard library keep their traceback
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         args.quiet = True  # what the commands read
     setup_logging(getattr(args, "quiet", False))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), card_context(command=shlex.join(["exotune", *argv])):  # for model cards
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except ExotuneError as err:

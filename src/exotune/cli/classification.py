@@ -39,6 +39,7 @@ def train(args, dga, train_cfg) -> int:
 
 def evaluate(args) -> int:
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
+    from exotune.tasks.metrics import class_report, classification_metrics
 
     data = load_data(args, args.split)
     if args.zero_shot:
@@ -46,7 +47,14 @@ def evaluate(args) -> int:
                                ClassificationConfig(label_template=args.label_template or "{}"))
     else:
         model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
-    metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
+    y_true, y_pred, classes = model.predictions(data, progress=not getattr(args, "quiet", False))
+    metrics = classification_metrics(y_true, y_pred, len(model.label_names), classes)
+    if getattr(args, "report_dir", None):
+        from exotune.cli.outputs import write_class_report
+
+        rows, matrix = class_report(y_true, y_pred, model.label_names, classes)
+        out = write_class_report(args.report_dir, metrics, rows, matrix, model.label_names)
+        print(f"metrics, per-class report and confusion matrix written to {out}", file=sys.stderr)
     print_metrics(args, metrics, f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 "
                                  f"{metrics['macro_f1']:.4f} ({len(data)} examples)")
     return 0

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from exotune.cards import card_context, update_run_info
 from exotune.errors import ConfigError, DataError
 
 ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
@@ -64,6 +65,7 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
+    add_label_names_arg(g)
     if split_default:
         g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
 
@@ -105,7 +107,7 @@ def load_data(args, split: str):
 
     if args.dataset:
         return load_dataset(args.dataset, split, args.data_dir)
-    return load_text_file(args.file, args.text_column, args.label_column)
+    return load_text_file(args.file, args.text_column, args.label_column, label_map=label_map(args))
 
 
 def refuse_images(args) -> None:
@@ -141,7 +143,7 @@ def labelled_splits(args, want_test: bool):
         test = load_dataset(args.dataset, "test", args.data_dir) if want_test else None
     else:
         data, val, test = load_text_files(args.file, args.val_file, args.test_file, args.text_column,
-                                          args.label_column)
+                                          args.label_column, label_map=label_map(args))
         data.require_classes(args.file)  # before any model loads
         if want_test and test is None:
             raise ConfigError("--eval-test with --file needs --test-file (the file to score once at the end)")
@@ -167,14 +169,38 @@ def fill_train_defaults(args) -> None:
             setattr(args, name, value)
 
 
-def read_texts(args) -> list[str]:
-    """The texts of ``--text`` (repeated) or ``--input-file`` (one per line); none may be empty."""
-    from exotune.data.text import read_text
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
-    texts = args.text or [t for t in read_text(Path(args.input_file)).splitlines() if t.strip()]
+
+def read_texts(args) -> list[str]:
+    """The texts of ``--text`` (repeated) or ``--input-file``: one per line, or the
+    ``--text-column`` of a .csv, .tsv or .jsonl file; none may be empty."""
+    from exotune.data.text import read_column, read_text
+
+    if getattr(args, "text", None):
+        texts = args.text
+    elif Path(args.input_file).suffix.lower() in TABLE_SUFFIXES:
+        texts = read_column(Path(args.input_file), getattr(args, "text_column", "text"))
+    else:
+        texts = [t for t in read_text(Path(args.input_file)).splitlines() if t.strip()]
     if not texts or any(not t.strip() for t in texts):
-        raise DataError("predict needs non-empty texts")
+        raise DataError(f"{getattr(args, 'command', None) or 'predict'} needs non-empty texts")
     return texts
+
+
+def add_label_names_arg(g) -> None:
+    g.add_argument("--label-names", default=None, metavar="NAMES|FILE",
+                   help="for files whose labels are codes: the class names in code order, comma-separated "
+                        "(code 0 is the first), or a file: a JSON object {code: name}, a JSON list, or one name "
+                        "a line")
+
+
+def label_map(args) -> dict[str, str] | None:
+    """``--label-names`` as {code: name}, or None when it is not given."""
+    from exotune.data.text import read_label_map
+
+    value = getattr(args, "label_names", None)
+    return None if value is None else read_label_map(value)
 
 
 # -- boxes -------------------------------------------------------------------------------------
@@ -266,11 +292,16 @@ def train_box(args):
 
 
 def adapter_box(args):
-    """The box an adapter was trained against: served, or loaded with the same entry points."""
+    """The box an adapter was trained against: served (``--remote``), loaded from ``--backbone``
+    with the same entry points, or, with neither, the backbone the adapter names."""
     from exotune.tasks.classification import saved_box_options
 
     if args.remote:
         return open_box(args)
+    if not args.backbone:
+        from exotune.tasks.artifacts import open_saved_box
+
+        return open_saved_box(args.adapter)
     return open_box(args, **saved_box_options(args.adapter))
 
 
@@ -328,15 +359,25 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
     """Train ``model`` into ``--output-dir`` (resuming with ``--resume``); ``test`` gives the
     test split's metrics for the summary. Under torchrun only rank 0 reports and writes."""
     from exotune import distributed
+    from exotune.artifacts import rewrite_card
+    from exotune.cli.runs import data_info
     from exotune.train import Trainer
 
     out = Path(args.output_dir)
-    result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
-    if not distributed.is_main():
-        return 0
-    summary = result.summary()
-    if test is not None:
-        summary["test"] = test()
+    with card_context(data=data_info(args, train, val)):
+        trainer = Trainer(train_cfg, out, progress=not args.quiet, report_to=getattr(args, "report_to", None) or ())
+        result = trainer.fit(model, train, val, resume=args.resume)
+        if not distributed.is_main():
+            return 0
+        summary = result.summary()
+        if test is not None:
+            summary["test"] = test()
+            if result.best_dir is not None and result.best_dir.is_dir():  # the card again, with the test score
+                best = result.history[result.best_epoch - 1]
+                validation = {k[len("val_"):]: v for k, v in best.items() if k.startswith("val_")}
+                update_run_info(metrics={"validation": validation, "test": summary["test"]},
+                                best_epoch=result.best_epoch)
+                rewrite_card(result.best_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from exotune.cards import card_context
 from exotune.cli.common import (
     add_data_args,
     add_split_files_args,
@@ -15,6 +16,7 @@ from exotune.cli.common import (
     load_data,
     read_texts,
 )
+from exotune.cli.runs import data_info
 from exotune.errors import ArtifactError, ConfigError
 
 LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
@@ -195,7 +197,8 @@ def cmd_fit(args) -> int:
     except BaseException:
         drop_if_unused(client, Path(cfg["cache"]), existed)
         raise
-    model.save_pretrained(out, extra_files={LM_FILE: {k: cfg[k] for k in LM_SAVED}})  # checksummed with the rest
+    with card_context(data=data_info(args, train, val)):  # what the model card says of the data
+        model.save_pretrained(out, extra_files={LM_FILE: {k: cfg[k] for k in LM_SAVED}})  # checksummed with the rest
     summary = {"adapter": str(out), "val_accuracy": rounded(model.val_accuracy_),
                "lm_call_share": rounded(model.router_.share_), "fit_seconds": round(model.fit_seconds_, 1),
                "probe": rounded(model.ledgers_["probe"].to_dict())}

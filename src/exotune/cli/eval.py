@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images
+from exotune.errors import ConfigError
 
 EVALUATORS = {"classification": classification.evaluate, "retrieval": retrieval.evaluate,
               "image-retrieval": images.evaluate, "image-classification": images.evaluate,
@@ -26,8 +27,13 @@ def add_parser(sub) -> None:
                    help="with --zero-shot: text a class name is encoded as (default: '{}'; images: 'a photo of a {}.')")
     images.add_image_args(p)
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument("--report-dir", default=None, metavar="DIR",
+                   help="classification: write metrics.json, a per-class report (per_class.csv) and the confusion "
+                        "matrix (confusion_matrix.csv and .png) into DIR")
 
 
 def run(args) -> int:
     refuse_images(args)
+    if args.report_dir and args.task != "classification":
+        raise ConfigError(f"--report-dir writes a classification report, not one for --task {args.task}")
     return EVALUATORS[args.task](args)

@@ -3,6 +3,7 @@ the nearest captions of images or videos, or the nearest photos of sketches."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from exotune.cli.common import (
@@ -34,11 +35,16 @@ def add_parser(sub) -> None:
     p.add_argument("--photos", metavar="DIR", help="sketch-retrieval: the photos to choose from (searched recursively)")
     p.add_argument("--photo-backbone", default=None, help="sketch-retrieval: the photo box, if not --backbone")
     p.add_argument("--top-k", type=int, default=1, help="labels, captions or photos to show per input")
+    p.add_argument("--text-column", default="text", help="text column of a .csv, .tsv or .jsonl --input-file")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="texts: write label, probability and the top-k labels as .csv or .jsonl (default: print)")
 
 
 def run(args) -> int:
     if args.task == "classification":
         return _texts(args)
+    if args.output:
+        raise ConfigError("--output writes the labels of texts (--task classification); image tasks print")
     if not args.input:
         raise ConfigError(f"--task {args.task} predicts for --input PATH (a file or a folder), not texts")
     if not args.backbone and not args.remote:
@@ -54,13 +60,21 @@ def run(args) -> int:
 
 
 def _texts(args) -> int:
+    from exotune.cli.outputs import check_predictions_output, prediction_rows, write_predictions
     from exotune.tasks.classification import TextClassifier
 
     if args.input:
         raise ConfigError("--input is for image tasks (--task image-classification, ...); texts: --text, --input-file")
+    if args.output:
+        check_predictions_output(args.output)  # before any model loads
     texts = read_texts(args)
     model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
-    _print_labels(model, texts, model.predict_proba(texts), args.top_k)
+    probs = model.predict_proba(texts)
+    if args.output:
+        out = write_predictions(args.output, prediction_rows(texts, model.label_names, probs, args.top_k))
+        print(f"{len(texts)} predictions written to {out}", file=sys.stderr)
+        return 0
+    _print_labels(model, texts, probs, args.top_k)
     return 0
 
 

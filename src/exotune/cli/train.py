@@ -19,6 +19,7 @@ from exotune.cli.common import (
     refuse_split_files,
     train_config,
 )
+from exotune.cli.runs import check_output_dir
 from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
 TRAINERS = {"classification": classification.train, "retrieval": retrieval.train,
@@ -102,7 +103,13 @@ def add_parser(sub) -> None:
     retrieval.add_retrieval_args(p)
     images.add_image_args(p)
     p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last after a crash")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT_DIR/last after a crash; with a larger --epochs, extend a finished run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUTPUT_DIR that holds a run (its best/, last/, logs and summary are replaced)")
+    p.add_argument("--report-to", nargs="+", default=None, choices=["tensorboard"],
+                   help="also log to TensorBoard, in OUTPUT_DIR/tensorboard (pip install 'exotune[tensorboard]'; "
+                        "default: only the CSV logs in OUTPUT_DIR/logs)")
     p.add_argument("--eval-test", action="store_true",
                    help="after training, evaluate once on the test split of --dataset (or --test-file; image "
                         "tasks: --test, a split file's test split, or the unseen classes of --unseen-classes)")
@@ -112,6 +119,7 @@ def run(args) -> int:
     from exotune import distributed
 
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
+    check_output_dir(args)
     fill_train_defaults(args)
     dga, train_cfg = dga_config(args), train_config(args)
     refuse_images(args)

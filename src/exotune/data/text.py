@@ -185,31 +185,88 @@ def read_rows(path: Path):
         yield reader.line_num, row
 
 
+def _missing_column(path: Path, n: int, row: dict, col: str, which: str) -> DataError:
+    return DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)} (choose one with "
+                     f"--{which.replace('_', '-')}, or {which}= in Python)")
+
+
+def read_column(path: Path, column: str = "text") -> list[str]:
+    """The texts in ``column`` of a .csv, .tsv or .jsonl file, in file order; none may be empty."""
+    texts = []
+    for n, row in read_rows(path):
+        if column not in row:
+            raise _missing_column(path, n, row, column, "text_column")
+        text = row[column]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, line {n}, column {column!r}: empty or non-text value {text!r:.80}")
+        texts.append(text)
+    return texts
+
+
+def read_label_map(value: str) -> dict[str, str]:
+    """Class names for label codes: comma-separated names in code order (``neg,pos``: 0 is
+    neg), or a file holding a JSON object ``{code: name}``, a JSON list, or one name a line."""
+    path = Path(value)
+    if path.is_file():
+        text = read_text(path)
+        if path.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: invalid JSON ({err.msg}, line {err.lineno})") from err
+        else:
+            data = [line.strip() for line in text.splitlines() if line.strip()]
+    elif "," in value or not any(c in value for c in "/\\."):
+        data = [name.strip() for name in value.split(",")]
+    else:
+        raise DataError(f"label names file {value!r} does not exist")
+    if isinstance(data, list):
+        data = {str(i): name for i, name in enumerate(data)}
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"label names {value!r:.80}: expected names, a JSON object {{code: name}} or a JSON list")
+    out = {str(code).strip(): name.strip() if isinstance(name, str) else name for code, name in data.items()}
+    bad = next(((c, n) for c, n in out.items() if not isinstance(n, str) or not n or not c), None)
+    if bad is not None:
+        raise DataError(f"label names {value!r:.80}: code {bad[0]!r} has no name ({bad[1]!r:.40})")
+    if len(set(out.values())) != len(out):
+        raise DataError(f"label names {value!r:.80}: a name is given to two codes")
+    return out
+
+
 def load_text_file(
     path: str | Path,
     text_column: str = "text",
     label_column: str = "label",
     label_names: list[str] | None = None,
+    label_map: dict[str, str] | None = None,
 ) -> TextLabelData:
     """Read a labelled text file; labels are names (or integers if ``label_names`` is given
-    and the column holds indices). Every problem names file, line and column."""
+    and the column holds indices; or codes that ``label_map`` names, its classes in its order).
+    Every problem names file, line and column."""
     path = Path(path)
     texts, raw_labels = [], []
     for n, row in read_rows(path):
         for col in (text_column, label_column):
             if col not in row:
-                which = "text_column" if col == text_column else "label_column"
-                raise DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)} (choose one with "
-                                f"--{which.replace('_', '-')}, or {which}= in Python)")
+                raise _missing_column(path, n, row, col, "text_column" if col == text_column else "label_column")
         text, label = row[text_column], row[label_column]
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {n}, column {text_column!r}: empty or non-text value {text!r}")
         if label is None or str(label).strip() == "":
             raise DataError(f"{path}, line {n}, column {label_column!r}: empty label")
+        label = str(label).strip()
+        if label_map is not None:
+            if label not in label_map:
+                raise DataError(f"{path}, line {n}, column {label_column!r}: label code {label!r} is not among "
+                                f"the --label-names codes {list(label_map)[:10]}")
+            label = label_map[label]
         texts.append(text)
-        raw_labels.append((n, str(label).strip()))
+        raw_labels.append((n, label))
     if not texts:
         raise DataError(f"{path}: no examples (the file has a header but no rows)")
+    if label_names is None and label_map is not None:
+        present = {lab for _, lab in raw_labels}
+        label_names = [name for name in label_map.values() if name in present]
     if label_names is None:
         label_names = sorted({lab for _, lab in raw_labels})
     index = {name: i for i, name in enumerate(label_names)}
@@ -233,18 +290,19 @@ def load_text_files(
     test: str | Path | None = None,
     text_column: str = "text",
     label_column: str = "label",
+    label_map: dict[str, str] | None = None,
 ) -> tuple[TextLabelData, TextLabelData | None, TextLabelData | None]:
     """A training file and, when given, its validation and test files, on one label set: the
     training file's label names. A label of validation or test is matched by name; one the
     training file lacks is an error naming it (classes absent from validation or test are fine)."""
-    train_data = load_text_file(train, text_column, label_column)
+    train_data = load_text_file(train, text_column, label_column, label_map=label_map)
     index = {name: i for i, name in enumerate(train_data.label_names)}
     out = []
     for path in (val, test):
         if path is None:
             out.append(None)
             continue
-        data = load_text_file(path, text_column, label_column)
+        data = load_text_file(path, text_column, label_column, label_map=label_map)
         unknown = [name for name in data.label_names if name not in index]
         if unknown:
             raise DataError(f"{path}: {len(unknown)} label(s) the training file {train} does not have: "

@@ -16,7 +16,7 @@ from exotune.artifacts import (
 )
 from exotune.boxes.base import BoxBase
 from exotune.boxes.spec import BoxSpec
-from exotune.errors import ArtifactError, SpecMismatchError
+from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
 
 
 def read_adapter_config(path: str | Path, adapter_type: str, box: BoxBase, **other_boxes: BoxBase) -> dict:
@@ -56,8 +56,75 @@ def saved_spec_of(cfg: dict, key: str, file: Path) -> BoxSpec:
 
 
 def box_entries(key: str, box: BoxBase) -> dict:
-    """What an adapter config records about a box it was trained against."""
-    return {f"{key}_fingerprint": box.spec.fingerprint(), f"{key}_spec": box.spec.to_dict()}
+    """What an adapter config records about a box it was trained against: its spec and
+    fingerprint, and where it came from when known (``{key}_source``: a backbone's name or
+    folder, or a served box's URL), so that ``from_pretrained(path)`` can load it again."""
+    entries = {f"{key}_fingerprint": box.spec.fingerprint(), f"{key}_spec": box.spec.to_dict()}
+    source = box_source(box)
+    if source:
+        entries[f"{key}_source"] = source
+    return entries
+
+
+def box_source(box: BoxBase) -> dict:
+    """Where ``box`` came from: ``{"backbone": name}`` (loaded here), ``{"remote": url}``
+    (served), or ``{}`` (built by the caller from a module)."""
+    source = getattr(box, "source", None)
+    if isinstance(source, dict):
+        return dict(source)
+    url = getattr(box, "url", None)
+    if not isinstance(url, str):
+        return {}
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)  # a saved folder is shared: no user, password or query string in it
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port is not None else "")
+    return {"remote": urlunsplit((parts.scheme, host, parts.path, "", ""))}
+
+
+def given_or_saved_box(path: str | Path, box: BoxBase | None, remote: str | None) -> BoxBase:
+    """``box`` when given, else the box the folder names (``open_saved_box``)."""
+    if box is not None and remote:
+        raise ConfigError("pass a box or remote=URL, not both")
+    return box if box is not None else open_saved_box(path, remote=remote)
+
+
+def open_saved_box(path: str | Path, key: str = "box", remote: str | None = None) -> BoxBase:
+    """The box an adapter folder names under ``key``: ``remote`` (a served box's URL) when
+    given; else the backbone it records (the packaged default, a local folder, a cached model
+    id), rebuilt with the recorded spec's pooling, normalisation and entry points. A served box
+    is never connected to from what a folder says (it would send the user's token where the
+    folder points): pass ``remote=``. The caller checks the fingerprint as for any box."""
+    from exotune.boxes.entry_points import entry_point_options
+
+    path = Path(path)
+    if remote:
+        from exotune.boxes.remote import connect
+
+        return connect(remote)
+    if not path.is_dir():
+        raise ArtifactError(f"adapter folder {path} does not exist")
+    verify_folder(path)
+    cfg = read_json(path / CONFIG_NAME)
+    spec = saved_spec_of(cfg, key, path / CONFIG_NAME)
+    source = cfg.get(f"{key}_source") or {}
+    if not isinstance(source, dict):
+        raise ArtifactError(f"{path / CONFIG_NAME}: {key}_source must be a JSON object, got {source!r:.80}")
+    if "remote" in source:
+        raise ConfigError(f"the adapter in {path} was trained against the served box {source['remote']!r}: "
+                          "pass remote=URL (or box=) to load it")
+    if spec.modality != "text":
+        raise ConfigError(f"the adapter in {path} was trained against a {spec.modality} box: pass box=")
+    if spec.input_basis:
+        raise ConfigError(f"the adapter in {path} was trained against a box in its owner's secret basis: "
+                          "connect to it (remote=URL) or pass box=")
+    backbone = source.get("backbone")
+    if backbone is not None and not isinstance(backbone, str):
+        raise ArtifactError(f"{path / CONFIG_NAME}: {key}_source.backbone must be a string, got {backbone!r:.80}")
+    from exotune.boxes.loading import load_box
+
+    options = {"pooling": spec.pooling, "normalize": spec.normalized, **entry_point_options(spec.entry_points)}
+    return load_box(backbone, **options)  # no source recorded: the packaged default, if it fits
 
 
 def load_trained_state(model: nn.Module, path: str | Path) -> None:

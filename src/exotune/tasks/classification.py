@@ -30,10 +30,12 @@ from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import (
     box_entries,
+    given_or_saved_box,
     load_trained_state,
     read_adapter_config,
     saved_spec_of,
 )
+from exotune.tasks.encoding import encode_texts
 from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
 from exotune.tasks.metrics import classification_metrics
 from exotune.tasks.model import AdapterModelMixin
@@ -140,10 +142,25 @@ class TextClassifier(AdapterModelMixin, nn.Module):
         idx = self.predict_proba(inputs, batch_size, progress).argmax(-1).tolist()
         return [self.label_names[i] for i in idx]
 
+    def encode(self, texts: str | list[str], batch_size: int = 32, normalize: bool = False,
+               convert_to: str = "numpy", progress: bool = False):
+        """The adapted encoder's embeddings of ``texts`` (before the head): (N, O) as numpy (or
+        torch, ``convert_to="torch"``), L2-normalised with ``normalize``; one text: (O,)."""
+        return encode_texts(self, self.encoder, texts, batch_size=batch_size, max_batch=self.box.spec.limits.max_batch,
+                            dim=self.box.spec.output_dim, normalize=normalize, convert_to=convert_to,
+                            progress=progress)
+
     def evaluate(self, data: TextLabelData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
-        data, classes = data.aligned_to(self.label_names)  # by name: any order, a subset
+        y_true, y_pred, classes = self.predictions(data, batch_size, progress)
+        return classification_metrics(y_true, y_pred, len(self.label_names), classes)
+
+    def predictions(self, data: TextLabelData, batch_size: int = 128,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(true, predicted) class indices of ``data`` in this model's numbering, and the
+        classes ``data`` names (labels matched by name: any order, a subset)."""
+        data, classes = data.aligned_to(self.label_names)
         pred = self.predict_proba(data.inputs, batch_size, progress).argmax(-1).numpy()
-        return classification_metrics(np.asarray(data.labels), pred, len(self.label_names), classes)
+        return np.asarray(data.labels), pred, classes
 
     # -- artifacts --------------------------------------------------------------------------
 
@@ -158,8 +175,12 @@ class TextClassifier(AdapterModelMixin, nn.Module):
         }
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, box: BoxBase) -> TextClassifier:
+    def from_pretrained(cls, path: str | Path, box: BoxBase | None = None, *,
+                        remote: str | None = None) -> TextClassifier:
+        """The adapter in ``path`` on ``box``; without one, on the box the folder names (the
+        backbone it was trained on, or the served box at ``remote``), fingerprint checked."""
         path = Path(path)
+        box = given_or_saved_box(path, box, remote)
         cfg = read_adapter_config(path, cls.adapter_type, box)
         with saved_config(path / CONFIG_NAME):
             task = json_object(cfg, "task")

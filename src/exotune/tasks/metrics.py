@@ -27,6 +27,21 @@ def classification_metrics(y_true, y_pred, num_classes: int, classes: list[int] 
     }
 
 
+def class_report(y_true, y_pred, label_names: list[str], classes: list[int] | None = None) -> tuple[list[dict], np.ndarray]:
+    """Per class of ``classes`` (default: all): precision, recall, F1 and support; and the
+    confusion matrix (C, C) over all ``label_names``, rows true, columns predicted."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    n = len(label_names)
+    labels = sorted(classes) if classes is not None else list(range(n))
+    if len(y_true) == 0:
+        raise DataError("a class report needs at least one example")
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    rows = [{"label": label_names[c], "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)]
+    return rows, confusion_matrix(y_true, y_pred, labels=list(range(n)))
+
+
 # -- retrieval ------------------------------------------------------------------------------
 
 RETRIEVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")

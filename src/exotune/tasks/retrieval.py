@@ -26,9 +26,11 @@ from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import (
     box_entries,
+    given_or_saved_box,
     load_trained_state,
     read_adapter_config,
 )
+from exotune.tasks.encoding import encode_texts
 from exotune.tasks.metrics import retrieval_metrics
 from exotune.tasks.model import AdapterModelMixin
 
@@ -261,9 +263,20 @@ class DualEncoder(TwoTowerRetriever):
             "task": {"type": "retrieval", **asdict(self.config)},
         }
 
+    def encode(self, texts: str | list[str], batch_size: int = 32, normalize: bool = False,
+               convert_to: str = "numpy", progress: bool = False):
+        """The query tower's embeddings of ``texts``: (N, O) as numpy (or torch), L2-normalised
+        with ``normalize`` (search normalises); one text: (O,)."""
+        return encode_texts(self, self.query_tower, texts, batch_size=batch_size,
+                            max_batch=self.box.spec.limits.max_batch, dim=self.box.spec.output_dim,
+                            normalize=normalize, convert_to=convert_to, progress=progress)
+
     @classmethod
-    def from_pretrained(cls, path: str | Path, box: Box) -> DualEncoder:
+    def from_pretrained(cls, path: str | Path, box: Box | None = None, *, remote: str | None = None) -> DualEncoder:
+        """The adapter in ``path`` on ``box``; without one, on the box the folder names (the
+        backbone it was trained on, or the served box at ``remote``), fingerprint checked."""
         path = Path(path)
+        box = given_or_saved_box(path, box, remote)
         cfg = read_adapter_config(path, ADAPTER_TYPE, box)
         with saved_config(path / CONFIG_NAME):
             task = json_object(cfg, "task")

@@ -98,6 +98,7 @@ class WhiteBoxClassifier(LoraState, AdapterModelMixin, nn.Module):
     predict_proba = TextClassifier.predict_proba
     predict = TextClassifier.predict
     evaluate = TextClassifier.evaluate
+    predictions = TextClassifier.predictions
 
     # -- artifacts ------------------------------------------------------------------------------
 

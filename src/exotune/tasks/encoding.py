@@ -1,0 +1,42 @@
+"""``encode(texts)`` of an adapted text encoder, as sentence-transformers users know it:
+batches, an optional L2 normalisation, numpy or torch out; one text gives one vector."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from exotune.boxes.base import encode_sorted
+from exotune.errors import ConfigError, DataError
+
+CONVERT_TO = ("numpy", "torch")
+
+
+def encode_texts(model: nn.Module, tower: Callable[[list[str]], torch.Tensor], texts: str | list[str], *,
+                 batch_size: int, max_batch: int, dim: int, normalize: bool, convert_to: str,
+                 progress: bool = False):
+    """``tower`` over ``texts`` with ``model`` in eval mode and no gradients, at most
+    ``max_batch`` texts per call: (N, dim) rows in the input order, or (dim,) for one string."""
+    if convert_to not in CONVERT_TO:
+        raise ConfigError(f"convert_to must be one of {CONVERT_TO}, got {convert_to!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts)
+    bad = next((t for t in items if not isinstance(t, str)), None)
+    if bad is not None:
+        raise DataError(f"encode takes texts (str), got a {type(bad).__name__}: {bad!r:.80}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = encode_sorted(tower, items, min(batch_size, max_batch), dim, progress)  # (N, dim)
+    finally:
+        model.train(was_training)
+    if normalize:
+        out = nn.functional.normalize(out, dim=-1)
+    if single:
+        out = out[0]
+    return out.numpy() if convert_to == "numpy" else out
