@@ -20,6 +20,7 @@ from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reser
 from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
+from exotune.devices import autocast, check_precision, parse_dtype, resolve_device
 from exotune.errors import ConfigError
 
 POOLINGS = ("mean", "cls")  # an encoder's; a decoder's are "last" and "mean"
@@ -51,6 +52,11 @@ class TextEncoderBox(Box):
     token embeddings in the secret's orthogonal basis (``E @ R``), undone inside before the
     first layer and on entry tokens: adapters train exactly as in the model's own coordinates,
     and ``encode`` is unchanged. A local box for the user's own use needs none.
+
+    ``device`` and ``dtype`` place and cast the weights (after the digest is taken: the spec,
+    and so the adapters that match it, do not depend on them); inputs move to the box and
+    outputs come back on the caller's device in the caller's format. ``precision`` (``"bf16"``,
+    ``"fp16"``) autocasts the calls made without gradients (encode, evaluation, scores).
     """
 
     def __init__(
@@ -70,7 +76,12 @@ class TextEncoderBox(Box):
         prompts: Mapping[str, str] | None = None,
         prompt: str | None = None,
         pool_prompt: bool = True,
+        device: str | torch.device | None = None,  # default: where the model is
+        dtype: str | torch.dtype | None = None,  # default: the model's
+        precision: str = "fp32",  # of the no-gradient calls
     ) -> None:
+        dtype = parse_dtype(dtype)
+        device = resolve_device(device) if device is not None else None
         family = family_of(str(getattr(model.config, "model_type", "")))
         pooling = pooling or family.poolings[0]
         if pooling not in family.poolings:
@@ -122,6 +133,19 @@ class TextEncoderBox(Box):
         )
         if prompt:
             self._use_prompt(prompt)
+        model.to(device=device, dtype=dtype)  # in place; the digest above is of the weights as given
+        self.__device = self.__embeddings.weight.device
+        self.__dtype = self.__embeddings.weight.dtype
+        self.precision = check_precision(precision, self.__device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the box's weights are (not the weights)."""
+        return self.__device
+
+    def _autocast(self):
+        """The no-gradient calls' precision (training's is the caller's autocast)."""
+        return autocast("fp32" if torch.is_grad_enabled() else self.precision, self.__device)
 
     def prompted(self, name: str) -> TextEncoderBox:
         """The same hidden model with the owner's prompt ``name`` before every text."""
@@ -146,6 +170,8 @@ class TextEncoderBox(Box):
     def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
         self.require("dark-gray", "light-gray")
         batch = self._embed(texts, max_length)
+        if batch.embeds.dtype in (torch.bfloat16, torch.float16):  # the user's side stays float32
+            batch.embeds = batch.embeds.float()
         if self.__basis is not None:
             batch.embeds = self.__basis.to_user(batch.embeds)  # (B, T, D) in the owner's secret basis
         return batch
@@ -153,12 +179,17 @@ class TextEncoderBox(Box):
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require("dark-gray", "light-gray")
         self.check_input(embeds, mask)
-        if entry_tokens:
-            self.require("light-gray")
-            n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
-            entry_tokens = {name: self._inward(t) for name, t in entry_tokens.items()}
-            return self._forward_with_entry_tokens(self._inward(embeds), mask, entry_tokens, n)
-        return self._forward(self._inward(embeds), mask)
+        back = {"device": embeds.device, "dtype": embeds.dtype}  # the answer lands where the question came from
+        mask = mask.to(self.__device)
+        with self._autocast():
+            if entry_tokens:
+                self.require("light-gray")
+                n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
+                entry_tokens = {name: self._to_box(self._inward(t)) for name, t in entry_tokens.items()}
+                out = self._forward_with_entry_tokens(self._to_box(self._inward(embeds)), mask, entry_tokens, n)
+            else:
+                out = self._forward(self._to_box(self._inward(embeds)), mask)
+        return out.to(**back)
 
     # -- private ------------------------------------------------------------------------------
 
@@ -170,8 +201,11 @@ class TextEncoderBox(Box):
                 [self.__prompt + t for t in texts], padding=True, truncation=True, max_length=limit,
                 return_tensors="pt", padding_side="right",  # the user's layout: every text starts at position 0
             )
-        embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
-        return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
+        embeds = self.__embeddings(enc["input_ids"].to(self.__device)).detach()  # (B, T, D), on the box's device
+        return TokenBatch(embeds=embeds, mask=enc["attention_mask"].to(self.__device))
+
+    def _to_box(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=self.__device, dtype=self.__dtype)
 
     def _inward(self, x: torch.Tensor) -> torch.Tensor:
         """The user's tokens in the model's own coordinates (R^T undoes the secret basis)."""
@@ -222,7 +256,8 @@ class TextEncoderBox(Box):
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         batch = self._embed(texts, None)
         self.check_input(batch.embeds, batch.mask)
-        return self._forward(batch.embeds, batch.mask)
+        with self._autocast():
+            return self._forward(batch.embeds, batch.mask).float()
 
     def __repr__(self) -> str:  # never show the module
         s = self.spec

@@ -9,6 +9,7 @@ from exotune.cli.common import (
     fit_and_report,
     labelled_splits,
     load_data,
+    on_device,
     open_box,
     print_metrics,
     train_box,
@@ -46,7 +47,7 @@ def evaluate(args) -> int:
                                ClassificationConfig(label_template=args.label_template or "{}"))
     else:
         model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
-    metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
+    metrics = on_device(args, model).evaluate(data, progress=not getattr(args, "quiet", False))
     print_metrics(args, metrics, f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 "
                                  f"{metrics['macro_f1']:.4f} ({len(data)} examples)")
     return 0

@@ -78,6 +78,11 @@ def add_task_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="classification", choices=TASKS, help="default: classification")
 
 
+# exotune.devices' (a test keeps them equal); no torch at parse time
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
+
+
 def add_box_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--backbone", default=None,
@@ -86,6 +91,14 @@ def add_box_args(p: argparse.ArgumentParser) -> None:
                         "open_clip:MODEL@PRETRAINED")
     g.add_argument("--remote", default=None, metavar="URL",
                    help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
+    d = p.add_argument_group("device and precision (recorded in a run's summary, never in an adapter)")
+    d.add_argument("--device", default="auto",
+                   help=f"where the adapters, the head and a local box run: {DEVICE_CHOICES} (default: auto, "
+                        "a CUDA GPU when there is one; under torchrun the rank's own)")
+    d.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler) for training steps and "
+                        "a local box's no-gradient calls (encode, evaluation, scores); the trained tensors stay "
+                        "float32 (default: fp32)")
 
 
 def add_texts_args(p: argparse.ArgumentParser):
@@ -185,10 +198,24 @@ def open_box(args, **load_kwargs):
     if args.remote:
         from exotune.boxes.remote import connect
 
-        return connect(args.remote)
+        return connect(args.remote)  # the owner chose its device and format; answers land on --device
     from exotune.boxes import load_box
 
-    return load_box(args.backbone, **load_kwargs)
+    return load_box(args.backbone, **device_options(args), **load_kwargs)
+
+
+def device_options(args) -> dict:
+    """``--device`` and ``--precision`` as options of a local box (none where a command lacks them)."""
+    if vars(args).get("device") is None:
+        return {}
+    return {"device": args.device, "precision": args.precision}
+
+
+def on_device(args, model):
+    """``model`` (the user's tensors) moved to ``--device``."""
+    from exotune.devices import resolve_device
+
+    return model.to(resolve_device(vars(args).get("device")))
 
 
 def served_boxes(args):
@@ -331,7 +358,8 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
     from exotune.train import Trainer
 
     out = Path(args.output_dir)
-    result = Trainer(train_cfg, out, progress=not args.quiet).fit(model, train, val, resume=args.resume)
+    result = Trainer(train_cfg, out, progress=not args.quiet, device=args.device,
+                     precision=args.precision).fit(model, train, val, resume=args.resume)
     if not distributed.is_main():
         return 0
     summary = result.summary()

@@ -10,6 +10,7 @@ from exotune.cli.common import (
     add_box_args,
     add_texts_args,
     clip_pair,
+    on_device,
     open_image_box,
     read_texts,
 )
@@ -59,7 +60,7 @@ def _texts(args) -> int:
     if args.input:
         raise ConfigError("--input is for image tasks (--task image-classification, ...); texts: --text, --input-file")
     texts = read_texts(args)
-    model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
+    model = on_device(args, TextClassifier.from_pretrained(args.adapter, adapter_box(args)))
     _print_labels(model, texts, model.predict_proba(texts), args.top_k)
     return 0
 
