@@ -208,3 +208,71 @@ def test_train_then_eval_records_device_and_precision(tiny_backbone, tmp_path, c
     assert main(["eval", "--file", str(path), "--backbone", str(tiny_backbone), "--adapter", str(run / "best"),
                  "--precision", "fp32", "--device", "auto", "--json"]) == 0
     assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_serve_places_and_casts_the_box(tiny_backbone, tmp_path, monkeypatch):
+    import exotune.boxes
+    from exotune.cli import build_parser
+    from exotune.cli.serve import build_server
+
+    seen = {}
+
+    def spy(name, **kwargs):
+        seen.update(kwargs)
+        return load_box(name, **kwargs)
+
+    monkeypatch.setattr(exotune.boxes, "load_box", spy)
+    serve = ["serve", "--model", str(tiny_backbone), "--no-auth", "--owner-secret-file", str(tmp_path / "secret")]
+    build_server(build_parser().parse_args([*serve, "--device", "cpu", "--dtype", "bfloat16"]))
+    assert seen["device"] == "cpu" and seen["dtype"] == "bfloat16"
+    with pytest.raises(ConfigError, match="--kind image runs on the CPU in float32"):
+        build_server(build_parser().parse_args([*serve, "--kind", "image", "--dtype", "float16"]))
+
+
+@no_cuda
+def test_serve_on_a_missing_gpu_is_refused_before_the_model_loads(tiny_backbone, tmp_path, monkeypatch):
+    import exotune.boxes
+    from exotune.cli import build_parser
+    from exotune.cli.serve import build_server
+
+    monkeypatch.setattr(exotune.boxes, "load_box", lambda *a, **k: pytest.fail("the model was loaded"))
+    args = build_parser().parse_args(["serve", "--model", str(tiny_backbone), "--no-auth", "--owner-secret-file",
+                                      str(tmp_path / "secret"), "--device", "cuda:0"])
+    with pytest.raises(ConfigError, match="asks for a CUDA GPU"):
+        build_server(args)
+
+
+def test_a_served_bf16_box_answers_float32_forwards_gradients_and_encodings(tiny_backbone):
+    from .serve_helpers import input_grads, make_app, remote
+
+    local = load_box(str(tiny_backbone))
+    with remote(make_app(load_box(str(tiny_backbone), dtype="bfloat16"))) as box:
+        texts = ["a red car", "the sky is very blue today"]
+        out, grad, _ = input_grads(box, local, texts)
+        want, want_grad, _ = input_grads(local, local, texts)
+        assert out.dtype == grad.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(out, want).min() > 0.99
+        assert torch.nn.functional.cosine_similarity(grad.flatten(1), want_grad.flatten(1)).min() > 0.95
+        encoded = box.encode(texts)
+        assert encoded.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(encoded, local.encode(texts)).min() > 0.99
+
+
+def test_precision_suite_measures_both_precisions_on_one_model(tiny_backbone, tmp_path):
+    from exotune.bench import classification, precision
+    from exotune.bench.sources import UserFiles
+
+    for name, n, seed in (("train", 90, 0), ("test", 40, 1)):
+        data = colour_data(n, seed)
+        rows = "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + rows)
+    files = UserFiles(str(tmp_path / "train.csv"), str(tmp_path / "test.csv"))
+    budget = classification.Budget(epochs=1, batch_size=16, max_train=60)
+    rec = precision.measure("dga-both", "colours", files, budget, str(tiny_backbone), 2)
+    assert rec["n_test"] == 40 and rec["n_train"] == 60
+    for p in ("fp32", "bf16"):
+        assert 0 <= rec[p]["accuracy"] <= 1 and len(rec[p]["all_seconds"]) == 2
+    assert 0 <= rec["agreement"] <= 1 and rec["speedup"] > 0
+    table = precision.markdown({"command": "exotune bench precision", "date": "d", "machine": "m", "backbone": "b",
+                                "repeats": 2, "budget": {"epochs": 1}, "records": [rec]})
+    assert "| colours | dga-both | 40 |" in table

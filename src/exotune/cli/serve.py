@@ -152,6 +152,9 @@ def build_server(args):
                          body_timeout_s=args.body_timeout, login_failures=args.login_failures,
                          login_window_s=args.login_window, quota_store=args.quota_store,
                          quota_fallback=args.quota_fallback)
+    from exotune.devices import resolve_device
+
+    resolve_device(args.device)  # a GPU that is not there is refused before the model loads
     points = {}
     if args.entry_points:
         if args.level != "light-gray":
