@@ -275,4 +275,4 @@ def test_precision_suite_measures_both_precisions_on_one_model(tiny_backbone, tm
     assert 0 <= rec["agreement"] <= 1 and rec["speedup"] > 0
     table = precision.markdown({"command": "exotune bench precision", "date": "d", "machine": "m", "backbone": "b",
                                 "repeats": 2, "budget": {"epochs": 1}, "records": [rec]})
-    assert "| colours | dga-both | 40 |" in table
+    assert "| colours | dga-both | cpu | 40 |" in table

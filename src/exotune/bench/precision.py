@@ -5,12 +5,13 @@ process so that both see the same machine: metrics and seconds of each, and thei
 Methods: ``zero-shot`` (class-name prototypes, encoded in the precision under test) and
 ``dga-both`` (DGA trained in fp32 on the budget, then evaluated both ways). Times are of whole
 evaluations (embedding, the box, the head) over the test split; on a busy machine read the
-ratio, not the seconds.
+ratio, not the seconds. ``EXOTUNE_BENCH_DEVICE=cuda`` runs it on a GPU (benchmarks/gpu/check.sh).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -35,6 +36,7 @@ def run(args) -> int:
                           f"{list(classification.DATASETS)}, methods {list(METHODS)}")
     budget = classification.Budget(epochs=args.epochs or 1, max_train=args.max_train)
     repeats = 2
+    device = os.environ.get("EXOTUNE_BENCH_DEVICE", "cpu")  # benchmarks/gpu/check.sh: cuda
     if args.quick:
         budget, repeats = classification.Budget(epochs=1, max_train=128, max_val=64, max_test=256), 1
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
@@ -42,7 +44,7 @@ def run(args) -> int:
     for dataset in datasets:
         for method in methods:
             print(f"[bench] precision: {dataset} {method} ...", file=sys.stderr, flush=True)
-            rec = run_isolated(measure, method, dataset, args.data_dir, budget, args.backbone, repeats)
+            rec = run_isolated(measure, method, dataset, args.data_dir, budget, args.backbone, repeats, device)
             print(f"[bench]   accuracy {rec['fp32']['accuracy']:.4f} vs {rec['bf16']['accuracy']:.4f}, "
                   f"bf16 {rec['speedup']:.2f}x faster", file=sys.stderr)
             records.append(rec)
@@ -57,7 +59,7 @@ def run(args) -> int:
     return 0
 
 
-def measure(method: str, dataset: str, data_dir, budget, backbone, repeats: int) -> dict:
+def measure(method: str, dataset: str, data_dir, budget, backbone, repeats: int, device: str = "cpu") -> dict:
     """One method on one dataset: fp32 and bf16 evaluations of the test split, alternating which
     goes first; metrics of each and the median seconds. Meant for a fresh process."""
     import numpy as np
@@ -72,12 +74,12 @@ def measure(method: str, dataset: str, data_dir, budget, backbone, repeats: int)
     seed_everything(0)
     train, val, test = classification.split_data(dataset, data_dir, budget, 0)
     task = ClassificationConfig(label_template=classification.LABEL_TEMPLATES.get(dataset, "{}"))
-    box = load_box(backbone)
+    box = load_box(backbone, device=device)
     trained, train_seconds = None, 0.0
     if method == "dga-both":
         trained = TextClassifier(box, train.label_names, DGAConfig(), task)
         cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, patience=budget.patience)
-        train_seconds = Trainer(cfg, progress=False).fit(trained, train, val).train_seconds
+        train_seconds = Trainer(cfg, progress=False, device=box.device).fit(trained, train, val).train_seconds
     test, classes = test.aligned_to(train.label_names)
     seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     predictions: dict[str, np.ndarray] = {}
@@ -86,11 +88,11 @@ def measure(method: str, dataset: str, data_dir, budget, backbone, repeats: int)
             box.precision = precision
             t = time.perf_counter()
             # zero-shot: the prototypes too are encoded in the precision under test
-            model = trained if trained is not None else TextClassifier(box, train.label_names, config=task)
+            model = trained if trained is not None else TextClassifier(box, train.label_names, config=task).to(box.device)
             predictions[precision] = model.predict_proba(test.inputs).argmax(-1).numpy()
             seconds[precision].append(time.perf_counter() - t)
     rec = {"dataset": dataset, "split": "test", "method": method, "n_test": len(test), "n_train": len(train),
-           "train_seconds": round(train_seconds, 1), "threads": torch.get_num_threads(),
+           "train_seconds": round(train_seconds, 1), "threads": torch.get_num_threads(), "device": str(box.device),
            "bf16_fast_path": torch.backends.cpu.get_cpu_capability()}
     for precision in PRECISIONS:
         metrics = classification_metrics(np.asarray(test.labels), predictions[precision], len(train.label_names),
@@ -108,12 +110,12 @@ def markdown(doc: dict) -> str:
              f"in fp32 and bf16 (autocast of the box's no-gradient calls), {doc['repeats']} time(s) each, "
              "alternating which goes first, in one process; seconds are medians. DGA is trained in fp32 "
              f"({doc['budget']['epochs']} epoch(s)).\n",
-             "| dataset | method | test | accuracy fp32 | accuracy bf16 | Δ points | macro-F1 fp32 | macro-F1 bf16 "
+             "| dataset | method | device | test | accuracy fp32 | accuracy bf16 | Δ points | macro-F1 fp32 | macro-F1 bf16 "
              "| same label | s fp32 | s bf16 | bf16 speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["records"]:
         a, b = r["fp32"], r["bf16"]
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['n_test']} | {a['accuracy']:.4f} | {b['accuracy']:.4f} | "
+        lines.append(f"| {r['dataset']} | {r['method']} | {r.get('device', 'cpu')} | {r['n_test']} | {a['accuracy']:.4f} | {b['accuracy']:.4f} | "
                      f"{r['accuracy_delta_points']:+.2f} | {a['macro_f1']:.4f} | {b['macro_f1']:.4f} | "
                      f"{r['agreement']:.4f} | {a['seconds']:.1f} | {b['seconds']:.1f} | {r['speedup']:.2f}x |")
     return "\n".join(lines) + "\n"
