@@ -132,6 +132,37 @@ def test_inference_precision_autocasts_only_calls_without_gradients(tiny_backbon
         load_box(str(tiny_backbone), precision="half")
 
 
+def test_an_image_box_in_bf16_keeps_its_spec_and_answers_in_float32():
+    from exotune.boxes.image import VisionEncoderBox
+
+    from .conftest import tiny_vision
+
+    fp32, bf16 = VisionEncoderBox(tiny_vision()), VisionEncoderBox(tiny_vision(), device="cpu", dtype="bf16")
+    fast = VisionEncoderBox(tiny_vision(), precision="bf16")
+    assert bf16.spec == fp32.spec == fast.spec and bf16.device == torch.device("cpu")
+    pixels = torch.randn(2, *fp32.spec.input_shape, generator=torch.Generator().manual_seed(0))
+    x = pixels.clone().requires_grad_(True)
+    out = bf16.forward(x)
+    out.sum().backward()
+    assert out.dtype == x.grad.dtype == torch.float32
+    want = fp32.forward(pixels)
+    assert torch.nn.functional.cosine_similarity(out.detach(), want).min() > 0.98
+    assert torch.equal(fast.forward(pixels), want)  # with gradients on: fp32
+    with torch.no_grad():
+        quick = fast.forward(pixels)
+    assert not torch.equal(quick, want) and torch.nn.functional.cosine_similarity(quick, want).min() > 0.98
+
+
+@no_cuda
+def test_an_image_box_on_a_missing_gpu_is_refused():
+    from exotune.boxes.image import VisionEncoderBox
+
+    from .conftest import tiny_vision
+
+    with pytest.raises(ConfigError, match="asks for a CUDA GPU"):
+        VisionEncoderBox(tiny_vision(), device="cuda")
+
+
 def test_the_device_anchor_follows_the_model_and_is_not_saved(tiny_box):
     model = TextClassifier(tiny_box, ["red", "blue"], DGAConfig())
     assert model.encoder.device == torch.device("cpu")

@@ -100,3 +100,31 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for b in module.buffers():
         return b.device
     return torch.device("cpu")
+
+
+class Placement:
+    """Where a box's weights live, in which format, and the precision of its no-gradient calls.
+
+    ``apply`` moves the modules (after the box took its digest of the weights as given);
+    ``inward`` moves a caller's tensor there; ``autocast`` is the context of one call.
+    """
+
+    def __init__(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 precision: str = "fp32") -> None:
+        self.device = resolve_device(device) if device is not None else None  # None: where the model is
+        self.dtype = parse_dtype(dtype)  # None: the model's
+        self.precision = check_precision(precision, self.device)
+
+    def apply(self, *modules: torch.nn.Module | None) -> None:
+        modules = tuple(m for m in modules if m is not None)
+        for module in modules:
+            module.to(device=self.device, dtype=self.dtype)  # in place
+        first = next(modules[0].parameters())
+        self.device, self.dtype = first.device, first.dtype
+
+    def inward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=self.device, dtype=self.dtype) if x.is_floating_point() else x.to(self.device)
+
+    def autocast(self):
+        """The no-gradient calls' precision; a training call runs under the caller's autocast."""
+        return autocast("fp32" if torch.is_grad_enabled() else self.precision, self.device)

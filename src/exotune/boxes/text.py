@@ -20,7 +20,7 @@ from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reser
 from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
-from exotune.devices import autocast, check_precision, parse_dtype, resolve_device
+from exotune.devices import Placement, check_precision
 from exotune.errors import ConfigError
 
 POOLINGS = ("mean", "cls")  # an encoder's; a decoder's are "last" and "mean"
@@ -80,8 +80,7 @@ class TextEncoderBox(Box):
         dtype: str | torch.dtype | None = None,  # default: the model's
         precision: str = "fp32",  # of the no-gradient calls
     ) -> None:
-        dtype = parse_dtype(dtype)
-        device = resolve_device(device) if device is not None else None
+        self.__place = Placement(device, dtype, precision)  # checked before anything runs
         family = family_of(str(getattr(model.config, "model_type", "")))
         pooling = pooling or family.poolings[0]
         if pooling not in family.poolings:
@@ -133,19 +132,21 @@ class TextEncoderBox(Box):
         )
         if prompt:
             self._use_prompt(prompt)
-        model.to(device=device, dtype=dtype)  # in place; the digest above is of the weights as given
-        self.__device = self.__embeddings.weight.device
-        self.__dtype = self.__embeddings.weight.dtype
-        self.precision = check_precision(precision, self.__device)
+        self.__place.apply(model)  # the digest above is of the weights as given
 
     @property
     def device(self) -> torch.device:
         """Where the box's weights are (not the weights)."""
-        return self.__device
+        return self.__place.device
 
-    def _autocast(self):
-        """The no-gradient calls' precision (training's is the caller's autocast)."""
-        return autocast("fp32" if torch.is_grad_enabled() else self.precision, self.__device)
+    @property
+    def precision(self) -> str:
+        """The precision of the calls made without gradients: fp32, bf16 or fp16."""
+        return self.__place.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.__place.precision = check_precision(value, self.device)
 
     def prompted(self, name: str) -> TextEncoderBox:
         """The same hidden model with the owner's prompt ``name`` before every text."""
@@ -180,15 +181,15 @@ class TextEncoderBox(Box):
         self.require("dark-gray", "light-gray")
         self.check_input(embeds, mask)
         back = {"device": embeds.device, "dtype": embeds.dtype}  # the answer lands where the question came from
-        mask = mask.to(self.__device)
-        with self._autocast():
+        mask = mask.to(self.device)
+        with self.__place.autocast():
             if entry_tokens:
                 self.require("light-gray")
                 n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
-                entry_tokens = {name: self._to_box(self._inward(t)) for name, t in entry_tokens.items()}
-                out = self._forward_with_entry_tokens(self._to_box(self._inward(embeds)), mask, entry_tokens, n)
+                entry_tokens = {name: self._to_box(t) for name, t in entry_tokens.items()}
+                out = self._forward_with_entry_tokens(self._to_box(embeds), mask, entry_tokens, n)
             else:
-                out = self._forward(self._to_box(self._inward(embeds)), mask)
+                out = self._forward(self._to_box(embeds), mask)
         return out.to(**back)
 
     # -- private ------------------------------------------------------------------------------
@@ -201,11 +202,12 @@ class TextEncoderBox(Box):
                 [self.__prompt + t for t in texts], padding=True, truncation=True, max_length=limit,
                 return_tensors="pt", padding_side="right",  # the user's layout: every text starts at position 0
             )
-        embeds = self.__embeddings(enc["input_ids"].to(self.__device)).detach()  # (B, T, D), on the box's device
-        return TokenBatch(embeds=embeds, mask=enc["attention_mask"].to(self.__device))
+        embeds = self.__embeddings(enc["input_ids"].to(self.device)).detach()  # (B, T, D), on the box's device
+        return TokenBatch(embeds=embeds, mask=enc["attention_mask"].to(self.device))
 
     def _to_box(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(device=self.__device, dtype=self.__dtype)
+        """The user's tokens in the model's coordinates, on its device and in its format."""
+        return self.__place.inward(self._inward(x))
 
     def _inward(self, x: torch.Tensor) -> torch.Tensor:
         """The user's tokens in the model's own coordinates (R^T undoes the secret basis)."""
@@ -256,7 +258,7 @@ class TextEncoderBox(Box):
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         batch = self._embed(texts, None)
         self.check_input(batch.embeds, batch.mask)
-        with self._autocast():
+        with self.__place.autocast():
             return self._forward(batch.embeds, batch.mask).float()
 
     def __repr__(self) -> str:  # never show the module
