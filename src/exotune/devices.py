@@ -128,3 +128,24 @@ class Placement:
     def autocast(self):
         """The no-gradient calls' precision; a training call runs under the caller's autocast."""
         return autocast("fp32" if torch.is_grad_enabled() else self.precision, self.device)
+
+
+class Placed:
+    """What a box placed by a ``Placement`` (its ``_placement``) tells: where its weights are,
+    and the precision of its no-gradient calls (settable: ``box.precision = "bf16"``)."""
+
+    _placement: Placement
+
+    @property
+    def device(self) -> torch.device:
+        """Where the box's weights are (not the weights)."""
+        return self._placement.device
+
+    @property
+    def precision(self) -> str:
+        """The precision of the calls made without gradients: fp32, bf16 or fp16."""
+        return self._placement.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._placement.precision = check_precision(value, self.device)

@@ -10,16 +10,14 @@ ratio, not the seconds. ``EXOTUNE_BENCH_DEVICE=cuda`` runs it on a GPU (benchmar
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from exotune.bench import classification
-from exotune.bench.common import RESULTS_DIR, command_line, machine, run_isolated
+from exotune.bench.common import RESULTS_DIR, run_isolated, write_suite
 from exotune.errors import ConfigError
 from exotune.plotting import pyplot
 
@@ -48,14 +46,7 @@ def run(args) -> int:
             print(f"[bench]   accuracy {rec['fp32']['accuracy']:.4f} vs {rec['bf16']['accuracy']:.4f}, "
                   f"bf16 {rec['speedup']:.2f}x faster", file=sys.stderr)
             records.append(rec)
-    doc = {"suite": "precision", "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick,
-           "repeats": repeats, "records": records}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "precision.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out_dir / "precision.md").write_text(markdown(doc))
-    plot(doc, out_dir)
-    print((out_dir / "precision.md").read_text())
+    write_suite("precision", args, budget, out_dir, markdown, plot, repeats=repeats, records=records)
     return 0
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from exotune.boxes.base import BoxBase, encode_sorted, model_digest
 from exotune.boxes.entry_points import check_entry_tokens, expose, find_layers, inject, insert
 from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
-from exotune.devices import Placement, check_precision
+from exotune.devices import Placed, Placement
 from exotune.errors import BoxLimitError, ConfigError, DataError
 
 POOLINGS = ("cls", "mean")
@@ -126,7 +126,7 @@ def size_pair(value) -> tuple[int, int]:
     raise ConfigError(f"an image size must be an integer or (height, width), got {value!r}")
 
 
-class VisionEncoderBox(ImageBox):
+class VisionEncoderBox(Placed, ImageBox):
     """Owner-side wrapper of a Hugging Face vision transformer (ViT, DINOv2, CLIP vision tower).
 
     Kept private and frozen like ``TextEncoderBox``. The output is the [CLS] state
@@ -160,7 +160,7 @@ class VisionEncoderBox(ImageBox):
         dtype: str | torch.dtype | None = None,
         precision: str = "fp32",
     ) -> None:
-        self.__place = Placement(device, dtype, precision)  # checked before anything runs
+        self._placement = Placement(device, dtype, precision)  # checked before anything runs
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if projection is None and hasattr(model, "visual_projection") and hasattr(model, "vision_model"):
@@ -199,27 +199,13 @@ class VisionEncoderBox(ImageBox):
             token_dim=hidden,
             image=image,
         )
-        self.__place.apply(model, projection)  # the digest above is of the weights as given
-
-    @property
-    def device(self) -> torch.device:
-        """Where the box's weights are (not the weights)."""
-        return self.__place.device
-
-    @property
-    def precision(self) -> str:
-        """The precision of the calls made without gradients: fp32, bf16 or fp16."""
-        return self.__place.precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self.__place.precision = check_precision(value, self.device)
+        self._placement.apply(model, projection)  # the digest above is of the weights as given
 
     def forward(self, pixels: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require(*GRAY)
         self.check_pixels(pixels)
         back = {"device": pixels.device, "dtype": pixels.dtype}  # the answer lands where the question came from
-        place = self.__place
+        place = self._placement
         with place.autocast():
             if entry_tokens:
                 self.require("light-gray")

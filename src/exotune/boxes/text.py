@@ -20,13 +20,13 @@ from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reser
 from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
-from exotune.devices import Placement, check_precision
+from exotune.devices import Placed, Placement
 from exotune.errors import ConfigError
 
 POOLINGS = ("mean", "cls")  # an encoder's; a decoder's are "last" and "mean"
 
 
-class TextEncoderBox(Box):
+class TextEncoderBox(Placed, Box):
     """Owner-side wrapper: keeps the encoder private and frozen; exposes a ``BoxSpec``.
 
     The encoder is stored under a name-mangled attribute and is never returned; the box is
@@ -80,7 +80,7 @@ class TextEncoderBox(Box):
         dtype: str | torch.dtype | None = None,  # default: the model's
         precision: str = "fp32",  # of the no-gradient calls
     ) -> None:
-        self.__place = Placement(device, dtype, precision)  # checked before anything runs
+        self._placement = Placement(device, dtype, precision)  # checked before anything runs
         family = family_of(str(getattr(model.config, "model_type", "")))
         pooling = pooling or family.poolings[0]
         if pooling not in family.poolings:
@@ -132,21 +132,7 @@ class TextEncoderBox(Box):
         )
         if prompt:
             self._use_prompt(prompt)
-        self.__place.apply(model)  # the digest above is of the weights as given
-
-    @property
-    def device(self) -> torch.device:
-        """Where the box's weights are (not the weights)."""
-        return self.__place.device
-
-    @property
-    def precision(self) -> str:
-        """The precision of the calls made without gradients: fp32, bf16 or fp16."""
-        return self.__place.precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self.__place.precision = check_precision(value, self.device)
+        self._placement.apply(model)  # the digest above is of the weights as given
 
     def prompted(self, name: str) -> TextEncoderBox:
         """The same hidden model with the owner's prompt ``name`` before every text."""
@@ -182,7 +168,7 @@ class TextEncoderBox(Box):
         self.check_input(embeds, mask)
         back = {"device": embeds.device, "dtype": embeds.dtype}  # the answer lands where the question came from
         mask = mask.to(self.device)
-        with self.__place.autocast():
+        with self._placement.autocast():
             if entry_tokens:
                 self.require("light-gray")
                 n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
@@ -207,7 +193,7 @@ class TextEncoderBox(Box):
 
     def _to_box(self, x: torch.Tensor) -> torch.Tensor:
         """The user's tokens in the model's coordinates, on its device and in its format."""
-        return self.__place.inward(self._inward(x))
+        return self._placement.inward(self._inward(x))
 
     def _inward(self, x: torch.Tensor) -> torch.Tensor:
         """The user's tokens in the model's own coordinates (R^T undoes the secret basis)."""
@@ -258,7 +244,7 @@ class TextEncoderBox(Box):
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         batch = self._embed(texts, None)
         self.check_input(batch.embeds, batch.mask)
-        with self.__place.autocast():
+        with self._placement.autocast():
             return self._forward(batch.embeds, batch.mask).float()
 
     def __repr__(self) -> str:  # never show the module
