@@ -211,11 +211,24 @@ def device_options(args) -> dict:
     return {"device": args.device, "precision": args.precision}
 
 
-def on_device(args, model):
-    """``model`` (the user's tensors) moved to ``--device``."""
+def user_device(args):
+    """``--device`` for the user's side. The image tasks' boxes (CLIP towers, ViT) are not placed on
+    a device yet, so their adapters stay with them on the CPU: there ``auto`` is the CPU and a GPU
+    is refused (call it early: before anything loads)."""
     from exotune.devices import resolve_device
 
-    return model.to(resolve_device(vars(args).get("device")))
+    device = vars(args).get("device")
+    if vars(args).get("task") in IMAGE_TASKS:
+        if device not in (None, "auto", "cpu"):
+            raise ConfigError(f"--device {device}: --task {args.task} runs on the CPU for now (its boxes are not "
+                              "placed on a device yet); use --device cpu")
+        device = "cpu"
+    return resolve_device(device)
+
+
+def on_device(args, model):
+    """``model`` (the user's tensors) moved to ``--device``."""
+    return model.to(user_device(args))
 
 
 def served_boxes(args):
@@ -358,7 +371,7 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
     from exotune.train import Trainer
 
     out = Path(args.output_dir)
-    result = Trainer(train_cfg, out, progress=not args.quiet, device=args.device,
+    result = Trainer(train_cfg, out, progress=not args.quiet, device=user_device(args),
                      precision=args.precision).fit(model, train, val, resume=args.resume)
     if not distributed.is_main():
         return 0

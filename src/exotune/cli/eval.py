@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exotune.cli import classification, images, retrieval, vision
-from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images
+from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images, user_device
 
 EVALUATORS = {"classification": classification.evaluate, "retrieval": retrieval.evaluate,
               "image-retrieval": images.evaluate, "image-classification": images.evaluate,
@@ -30,4 +30,5 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     refuse_images(args)
+    user_device(args)  # refused before anything loads
     return EVALUATORS[args.task](args)

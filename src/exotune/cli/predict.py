@@ -13,6 +13,7 @@ from exotune.cli.common import (
     on_device,
     open_image_box,
     read_texts,
+    user_device,
 )
 from exotune.errors import ConfigError, DataError
 
@@ -38,6 +39,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    user_device(args)  # refused before anything loads
     if args.task == "classification":
         return _texts(args)
     if not args.input:
