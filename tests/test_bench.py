@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
 from exotune.bench import classification
 from exotune.bench.common import RunLog
 from exotune.bench.ea import Budget, logged_run
@@ -68,3 +75,45 @@ def test_a_spawned_run_reports_its_own_peak_not_its_parents():
     assert peak_memory_mb() > 256
     assert run_isolated(peak_memory_mb) < 200  # a bare interpreter with numpy, far below the parent
     del ballast
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(condition, limit: float = 60.0) -> bool:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_suite_leaves_no_run_behind():
+    """A suite killed mid-run (its worker spawned) must not leave the run computing on the cores."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; from exotune.bench.common import run_isolated; "
+                               "run_isolated(time.sleep, 600)"])
+    try:
+        def worker() -> int | None:
+            for d in Path("/proc").iterdir():
+                try:
+                    stat = (d / "stat").read_text()
+                    if d.name.isdigit() and int(stat.split(")")[-1].split()[1]) == parent.pid \
+                            and b"spawn_main" in (d / "cmdline").read_bytes():
+                        return int(d.name)
+                except (OSError, ValueError, IndexError):
+                    continue
+            return None
+
+        assert _wait_for(lambda: worker() is not None), "the suite never started its worker"
+        child = worker()
+        parent.kill()
+        parent.wait()
+        assert _wait_for(lambda: not _alive(child)), "the worker outlived its suite"
+    finally:
+        parent.kill()

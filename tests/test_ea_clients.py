@@ -15,7 +15,7 @@ from exotune.ea import (
     ResponseCache,
     parse_label,
 )
-from exotune.ea.client import normalise_url
+from exotune.ea.blackbox import normalise_url
 from exotune.ea.prompt import PromptTemplate, scores_from_logprobs
 from exotune.ea.testing import FAULT_DRILLS, fault_drill
 from exotune.errors import BlackBoxError, ConfigError, DataError
@@ -272,7 +272,7 @@ def test_run_inside_an_event_loop():
 def test_blocking_calls_run_inline_only_in_a_private_loop():
     import threading
 
-    from exotune.ea.client import _PRIVATE_LOOP
+    from exotune.ea.blackbox import _PRIVATE_LOOP
 
     client = CallableClient(lambda text, labels: "red", max_concurrency=1)
     here = threading.get_ident()

@@ -12,7 +12,7 @@ _LAZY = {
     "ClassificationConfig": "exotune.tasks.classification", "TextClassifier": "exotune.tasks.classification",
     "DualEncoder": "exotune.tasks.retrieval", "RetrievalConfig": "exotune.tasks.retrieval",
     "TrainConfig": "exotune.train", "Trainer": "exotune.train",
-    "load_clip_boxes": "exotune.boxes", "load_image_box": "exotune.boxes",
+    "load_clip_boxes": "exotune.boxes", "load_image_box": "exotune.boxes", "TextBox": "exotune.boxes",
     "ImageClassifier": "exotune.tasks.image_classification",
     "ImageTextConfig": "exotune.tasks.image_text", "ImageTextRetriever": "exotune.tasks.image_text",
 }
@@ -40,6 +40,7 @@ __all__ = [
     "ImageTextRetriever",
     "RetrievalConfig",
     "TextClassifier",
+    "TextBox",
     "TextEncoderBox",
     "TrainConfig",
     "Trainer",

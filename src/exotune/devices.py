@@ -93,15 +93,6 @@ def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradSca
     return torch.amp.GradScaler(torch.device(device).type, enabled=check_precision(precision) == "fp16")
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """Where a module's parameters are (the CPU for a module without any)."""
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 class Placement:
     """Where a box's weights live, in which format, and the precision of its no-gradient calls.
 

@@ -1,7 +1,7 @@
 """One training loop for everything with gradients.
 
-The model follows a small protocol: ``trainable_parameters()``, ``loss(data)``,
-``evaluate(data) -> dict`` and ``save_pretrained(dir)``; ``data`` has ``len`` and
+The model follows a small protocol (:class:`exotune.protocols.Trainable`): ``trainable_parameters()``,
+``loss(data)``, ``evaluate(data) -> dict`` and ``save_pretrained(dir)``; ``data`` has ``len`` and
 ``subset(indices)``. Under ``torchrun`` it trains data-parallel (see ``exotune.distributed``):
 each rank takes its slice of every global batch and only rank 0 writes. Checkpoints hold only the user's tensors, optimiser and scheduler
 state (safetensors + JSON), written atomically, so a crash loses at most
@@ -36,9 +36,10 @@ from exotune.artifacts import (
 )
 from exotune.batching import grouped_batches
 from exotune.configs import ConfigBase
-from exotune.devices import autocast, check_precision, grad_scaler, module_device, resolve_device
+from exotune.devices import autocast, check_precision, grad_scaler, resolve_device
 from exotune.errors import ArtifactError, ConfigError
 from exotune.progress import note, progress_bar
+from exotune.protocols import Trainable
 
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
 # Components that can get their own learning rate: a gray-box tower's input side, tokens and
@@ -182,15 +183,15 @@ class Trainer:
         order = torch.randperm(len(data), generator=g).numpy()
         return [order[i : i + bs] for i in range(0, len(data), bs)]
 
-    def fit(self, model, train, val, resume: bool = False) -> TrainResult:
+    def fit(self, model: Trainable, train, val, resume: bool = False) -> TrainResult:
         cfg = self.config
         if len(train) == 0 or len(val) == 0:
             raise ConfigError(f"train and validation data must be non-empty, got {len(train)} and {len(val)}")
-        device = self.device or module_device(model)
-        model.to(device)  # the user's tensors; a box is no submodule and stays where it is
         params = model.trainable_parameters()
         if not params:
             raise ConfigError("the model has no trainable parameters")
+        device = self.device or params[0].device
+        model.to(device)  # the user's tensors, in place; a box is no submodule and stays where it is
         distributed.setup()
         box = getattr(model, "box", None)  # autocast covers the box's device too when it is local
         self._autocast_devices = (device, getattr(box, "device", None))

@@ -89,10 +89,25 @@ def peak_memory_mb() -> float:
 
 
 def run_isolated(fn, *args):
-    """Run ``fn(*args)`` in a fresh process, so its peak memory is its own."""
+    """Run ``fn(*args)`` in a fresh process, so its peak memory is its own; the process ends
+    with the suite (a killed suite leaves no run burning the cores)."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         return pool.submit(fn, *args).result()
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker: a daemon thread that ends the process once ``parent`` is gone."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 class RunLog:

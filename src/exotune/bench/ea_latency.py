@@ -35,7 +35,7 @@ def _timed(fn, texts: list[str]) -> tuple[list[float], list]:
 
 def ea_latency(model, client, texts: list[str], points, base: dict) -> list[dict]:
     """EA at each (policy, budget) of ``points``, and the LM alone, with ``client`` (uncached)."""
-    from exotune.ea.client import Ledger
+    from exotune.ea import Ledger
 
     model.lm = client
     rows = []

@@ -14,6 +14,7 @@ _LAZY = {
     "load_clip_boxes": "exotune.boxes.loading", "load_image_box": "exotune.boxes.loading",
     "ACCESS_LEVELS": "exotune.boxes.spec", "BoxLimits": "exotune.boxes.spec", "BoxSpec": "exotune.boxes.spec",
     "EntryPoint": "exotune.boxes.spec", "ImageSpec": "exotune.boxes.spec", "TextEncoderBox": "exotune.boxes.text",
+    "TextBox": "exotune.boxes.base",  # Box: its former name, kept as an alias
 }
 
 
@@ -32,6 +33,7 @@ __all__ = [
     "EntryPoint",
     "ImageBox",
     "ImageSpec",
+    "TextBox",
     "TextEncoderBox",
     "TokenBatch",
     "VisionEncoderBox",

@@ -57,8 +57,8 @@ class BoxBase(ABC):
             )
 
 
-class Box(BoxBase):
-    """A hidden text backbone seen from outside.
+class TextBox(BoxBase):
+    """A hidden text backbone seen from outside (``BoxBase`` is what every box shares).
 
     Subclasses keep the backbone private. Users get the spec, the tokeniser's embedding
     lookup (``embed``, no gradient) and ``forward`` from input embeddings, differentiable only
@@ -113,6 +113,9 @@ class Box(BoxBase):
         """Outputs for ``texts`` (N, O), without gradients: the zero-shot path."""
         return encode_sorted(self._encode_batch, texts, min(batch_size, self.spec.limits.max_batch),
                              self.spec.output_dim, progress)
+
+
+Box = TextBox  # the former name of the text box interface, kept for code written against it
 
 
 def encode_sorted(fn, texts: list, batch_size: int, dim: int, progress: bool = False,

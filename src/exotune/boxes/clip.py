@@ -54,7 +54,10 @@ class TextTower:
     looks the ids up in ``embeddings``, whose output the box replaces. ``marker`` is the id
     written at each text's last real token (where the tower pools: its end-of-text token);
     ``filler`` goes on the other real tokens and ``pad`` on padding. ``pad_to_context``: the
-    tower only takes sequences of exactly ``context_length`` (open_clip).
+    tower only takes sequences of exactly ``context_length`` (open_clip, SigLIP).
+    ``fill_padding``: the tower attends to its padding (SigLIP), so padded positions get the
+    pad token's embedding whatever the user sent there. ``pooling`` names where it pools (the
+    spec's), ``insert_at`` where inserted and entry tokens go (1: after a start token).
     """
 
     module: nn.Module
@@ -66,11 +69,25 @@ class TextTower:
     filler: int
     pad: int
     pad_to_context: bool = False
+    fill_padding: bool = False
+    pooling: str = "eos"
+    insert_at: int = 1
 
 
 def pick_filler(*taken: int) -> int:
     """A small token id that is none of ``taken``: below any end-of-text marker."""
     return next(i for i in range(len(taken) + 1) if i not in taken)
+
+
+def padded_tokenizer(tokenizer):
+    """A Hugging Face tokenizer as ``tokenize(texts, limit) -> (ids, mask)``, padded to the longest."""
+
+    def tokenize(texts: list[str], limit: int):
+        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt",
+                        return_attention_mask=True)
+        return enc["input_ids"], enc["attention_mask"]  # (B, T), (B, T)
+
+    return tokenize
 
 
 def hf_text_tower(model: nn.Module, tokenizer) -> TextTower:
@@ -83,14 +100,11 @@ def hf_text_tower(model: nn.Module, tokenizer) -> TextTower:
     marker = eos if eos != 2 else int(config.vocab_size) - 1
     filler = pick_filler(marker)
 
-    def tokenize(texts: list[str], limit: int):
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
-
     def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return projection(text_model(input_ids=ids, attention_mask=mask).pooler_output)  # (B, O)
 
-    return TextTower(module=model, embeddings=text_model.embeddings.token_embedding, tokenize=tokenize, run=run,
+    return TextTower(module=model, embeddings=text_model.embeddings.token_embedding,
+                     tokenize=padded_tokenizer(tokenizer), run=run,
                      context_length=int(config.max_position_embeddings), marker=marker, filler=filler, pad=filler)
 
 
@@ -104,7 +118,7 @@ def _feed(embeddings: nn.Module, embeds: torch.Tensor):
             return None
         if output.shape != embeds.shape:
             raise RuntimeError(f"the text tower looked up {tuple(output.shape)} embeddings, the box fed {tuple(embeds.shape)}")
-        return embeds.to(output.dtype)
+        return embeds.to(output.dtype, copy=True)  # a copy: some towers add positions in place (BLIP)
 
     handle = embeddings.register_forward_hook(hook)
     try:
@@ -117,8 +131,9 @@ class CLIPTextBox(Box):
     """Owner-side wrapper of a CLIP text tower: token embeddings in, the projected text embedding out.
 
     Like ``TextEncoderBox``: private and frozen, ``embed`` and ``forward`` from embeddings,
-    light-gray with ``entry_points`` (Hugging Face towers; n positions after the start token).
-    The spec's pooling is ``"eos"``: the output is the state at each text's last token.
+    light-gray with ``entry_points`` (Hugging Face towers; n positions at the tower's
+    ``insert_at``, after the start token). The spec's pooling is the tower's: ``"eos"`` for
+    CLIP, the state at each text's last token.
     """
 
     def __init__(
@@ -148,7 +163,8 @@ class CLIPTextBox(Box):
             access=access,
             model_digest=digest,
             text_max_length=ctx,
-            pooling="eos",
+            pooling=tower.pooling,
+            insert_at=tower.insert_at,
             entry_points=points,
             limits=limits or BoxLimits(max_length=ctx),
         )
@@ -167,17 +183,20 @@ class CLIPTextBox(Box):
         if entry_tokens:
             self.require("light-gray")
             n = check_entry_tokens(self.spec, entry_tokens, embeds.shape[1])
-            embeds, mask = reserve(embeds, mask, n)  # (B, n + T, D): slots after the start token
-            with inject(self.__layers, entry_tokens, n):
+            at = self.__tower.insert_at
+            embeds, mask = reserve(embeds, mask, n, at)  # (B, n + T, D): slots after the start token
+            with inject(self.__layers, entry_tokens, n, at):
                 return self._run(embeds, mask)
         return self._run(embeds, mask)
 
     def _run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         tower = self.__tower
         b, t = mask.shape
+        pad_row = tower.embeddings(torch.tensor([tower.pad], device=embeds.device)).detach()  # (1, D)
+        if tower.fill_padding:
+            embeds = torch.where(mask.bool().unsqueeze(-1), embeds, pad_row.to(embeds.dtype))  # (B, T, D)
         if tower.pad_to_context and t < tower.context_length:
-            # the causal mask keeps the padding after a text's end from reaching where it pools
-            pad_row = tower.embeddings(torch.tensor([tower.pad], device=embeds.device)).detach()  # (1, D)
+            # open_clip: the causal mask keeps the padding after a text's end from where it pools
             rest = tower.context_length - t
             embeds = torch.cat([embeds, pad_row.expand(b, rest, -1).to(embeds.dtype)], dim=1)  # (B, ctx, D)
             mask = torch.cat([mask, mask.new_zeros(b, rest)], dim=1)  # (B, ctx)

@@ -146,8 +146,9 @@ def _with_hidden(args, kwargs, hidden: torch.Tensor):
 
 
 @contextmanager
-def insert(first_layer: nn.Module, n: int):
-    """Insert n zero positions after position 0 at the input of ``first_layer``, for one call.
+def insert(first_layer: nn.Module, n: int, at: int = 1):
+    """Insert n zero positions at ``at`` (after [CLS]; 0 for a model without one) at the input
+    of ``first_layer``, for one call.
 
     Registered before ``inject``'s hooks, so that an entry token set for that layer lands in
     them. As in VPT-deep the positions get no position embedding. Calling thread only.
@@ -157,9 +158,9 @@ def insert(first_layer: nn.Module, n: int):
     def hook(module, args, kwargs):
         if threading.get_ident() != caller:
             return None
-        hidden = _hidden_of(args, kwargs)  # (B, 1 + P, H)
+        hidden = _hidden_of(args, kwargs)  # (B, at + P, H)
         slots = hidden.new_zeros(hidden.shape[0], n, hidden.shape[2])  # (B, n, H)
-        return _with_hidden(args, kwargs, torch.cat([hidden[:, :1], slots, hidden[:, 1:]], dim=1))
+        return _with_hidden(args, kwargs, torch.cat([hidden[:, :at], slots, hidden[:, at:]], dim=1))
 
     handle = first_layer.register_forward_pre_hook(hook, with_kwargs=True)
     try:

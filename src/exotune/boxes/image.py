@@ -21,7 +21,7 @@ from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
 from exotune.devices import Placed, Placement
 from exotune.errors import BoxLimitError, ConfigError, DataError
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "model")  # "model": the model's own pooler (SigLIP's attention-pooling head)
 
 
 class ImageBox(BoxBase):
@@ -131,9 +131,10 @@ class VisionEncoderBox(Placed, ImageBox):
 
     Kept private and frozen like ``TextEncoderBox``. The output is the [CLS] state
     (``pooling="cls"``: for a CLIP tower its post-layernorm [CLS], through ``projection`` when
-    given) or the mean of the patch states (``"mean"``). ``entry_points`` makes it light-gray:
-    n positions inserted after [CLS] at the first layer's input carry each entry layer's
-    tokens (VPT-deep), named ``"layer.<i>"`` as for text boxes.
+    given), the mean of the patch states (``"mean"``) or the model's own pooler (``"model"``:
+    SigLIP's attention-pooling head). ``entry_points`` makes it light-gray: n positions
+    inserted after [CLS] (at the front of a model without one) at the first layer's input
+    carry each entry layer's tokens (VPT-deep), named ``"layer.<i>"`` as for text boxes.
 
     ``image`` describes the preprocessing (default: resize straight to the model's input size,
     mean 0.5 and std 0.5 per channel, the ViT convention); ``digest`` identifies the weights
@@ -166,6 +167,13 @@ class VisionEncoderBox(Placed, ImageBox):
         if projection is None and hasattr(model, "visual_projection") and hasattr(model, "vision_model"):
             model, projection = model.vision_model, model.visual_projection  # CLIPVisionModelWithProjection
         config = model.config
+        embeddings = getattr(model, "embeddings", None)
+        has_cls = any(getattr(embeddings, n, None) is not None for n in ("cls_token", "class_embedding"))
+        if pooling == "cls" and not has_cls:
+            raise ConfigError("pooling='cls': this vision model has no [CLS] token; use 'mean' or 'model'")
+        if pooling == "model" and not any(getattr(model, n, None) is not None for n in ("head", "pooler")):
+            raise ConfigError("pooling='model': this vision model has no pooler of its own; use 'cls' or 'mean'")
+        self.__at = int(has_cls)  # where entry slots go: after [CLS], or at the front
         channels = int(getattr(config, "num_channels", 3))
         hidden = int(config.hidden_size)
         size = size_pair(image_size or config.image_size)
@@ -211,15 +219,15 @@ class VisionEncoderBox(Placed, ImageBox):
                 self.require("light-gray")
                 n = check_entry_tokens(self.spec, entry_tokens)
                 entry_tokens = {name: place.inward(t) for name, t in entry_tokens.items()}
-                with insert(self.__first, n), inject(self.__layers, entry_tokens, n):
+                with insert(self.__first, n, self.__at), inject(self.__layers, entry_tokens, n, self.__at):
                     return self._run(place.inward(pixels), n).to(**back)
             return self._run(place.inward(pixels), 0).to(**back)
 
     def _run(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
         out = self.__model(pixel_values=pixels)
         if self.pooling == "mean":
-            z = out.last_hidden_state[:, 1 + n :].mean(1)  # patch states: [CLS] and entry slots left out
-        elif self.__clip_pooler:
+            z = out.last_hidden_state[:, self.__at + n :].mean(1)  # patch states: [CLS] and entry slots left out
+        elif self.pooling == "model" or self.__clip_pooler:
             z = out.pooler_output  # (B, H)
         else:
             z = out.last_hidden_state[:, 0]  # (B, H)

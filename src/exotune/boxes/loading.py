@@ -87,19 +87,21 @@ def _is_open_clip(name: str | None) -> bool:
 
 
 def is_clip(name_or_path: str) -> bool:
-    """Whether the named backbone is an image-text (CLIP) model, with a text tower."""
+    """Whether the named backbone is an image-text (CLIP, SigLIP, BLIP) model, with a text tower."""
+    from exotune.boxes.pairs import PAIRS
+
     if _is_open_clip(name_or_path):
         return True
     source, _, local = _local_source(name_or_path)
-    return _model_type(source, local) == "clip"
+    return _model_type(source, local) in PAIRS
 
 
 def load_clip_boxes(name_or_path: str, **options):
-    """A CLIP checkpoint as a (text, image) ``BoxPair``.
+    """An image-text checkpoint as a (text, image) ``BoxPair``.
 
-    ``name_or_path``: a Hugging Face ``CLIPModel`` (``openai/clip-vit-base-patch16``, a local
-    folder) or ``open_clip:MODEL[@PRETRAINED]`` (``open_clip:ViT-B-32@laion2b_s34b_b79k``, the
-    'open-clip' extra). ``options`` as for ``clip_boxes``. The weights must be in a local folder
+    ``name_or_path``: a Hugging Face ``CLIPModel``, ``SiglipModel`` or ``BlipForImageTextRetrieval``
+    (``openai/clip-vit-base-patch16``, a local folder; ``exotune.boxes.pairs``) or
+    ``open_clip:MODEL[@PRETRAINED]`` (``open_clip:ViT-B-32@laion2b_s34b_b79k``, the 'open-clip' extra). ``options`` as for ``clip_boxes``. The weights must be in a local folder
     or cache, or reachable on the hub.
     """
     if not name_or_path:
@@ -109,20 +111,19 @@ def load_clip_boxes(name_or_path: str, **options):
 
         return load_open_clip_boxes(*parse_name(name_or_path), **options)
     source, _, local = _local_source(name_or_path)
-    config = _model_type(source, local)
-    if config != "clip":
-        raise ConfigError(f"backbone {name_or_path!r} is a {config!r} model, not CLIP: it has no text tower")
-    return _load_hf_clip(source, local, **options)
+    return _load_hf_clip(source, local, _model_type(source, local), **options)
 
 
-def _load_hf_clip(source: str, local: bool, **options):
-    """A Hugging Face CLIP checkpoint, already resolved and known to be CLIP, as a ``BoxPair``."""
-    from transformers import AutoTokenizer, CLIPModel
+def _load_hf_clip(source: str, local: bool, model_type: str, **options):
+    """A Hugging Face image-text checkpoint, already resolved, as a ``BoxPair`` (any other
+    ``model_type`` is refused by name)."""
+    from transformers import AutoTokenizer
 
-    from exotune.boxes.clip import clip_boxes
+    from exotune.boxes.pairs import pair_family
 
-    model, tokenizer = from_pretrained(source, local, CLIPModel.from_pretrained, AutoTokenizer.from_pretrained)
-    return clip_boxes(model, tokenizer, image=processor_image_spec(source), **options)
+    family = pair_family(model_type)
+    model, tokenizer = from_pretrained(source, local, family.loader(), AutoTokenizer.from_pretrained)
+    return family.boxes(model, tokenizer, image=processor_image_spec(source), **options)
 
 
 def load_image_box(name_or_path: str, **options):
@@ -135,10 +136,12 @@ def load_image_box(name_or_path: str, **options):
     from transformers import AutoModel
 
     from exotune.boxes.image import VisionEncoderBox
+    from exotune.boxes.pairs import PAIRS
 
     source, _, local = _local_source(name_or_path)
-    if _model_type(source, local) == "clip":
-        return _load_hf_clip(source, local, **options).image
+    model_type = _model_type(source, local)
+    if model_type in PAIRS:
+        return _load_hf_clip(source, local, model_type, **options).image
     (model,) = from_pretrained(source, local, AutoModel.from_pretrained)
     data = _processor_dict(source)  # read once: both the preprocessing and the input size
     return VisionEncoderBox(model, image=_image_spec_of(data), image_size=_processor_size(data), **options)

@@ -75,9 +75,34 @@ class ImageSpec:
             raise ConfigError(f"ImageSpec.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
 
+PAIR_LOSSES = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class PairLoss:
+    """How an image-text model compares its towers' outputs, as it was trained to: the loss
+    the image-text task uses unless its user chooses. ``"softmax"``: InfoNCE over the batch
+    (CLIP, BLIP); ``"sigmoid"``: each pair on its own (SigLIP), logits ``scale * cos + bias``
+    with the model's own ``scale`` and ``bias`` (two numbers, not weights a user could train).
+    """
+
+    kind: str
+    scale: float = 0.0
+    bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "bias", float(self.bias))
+        if self.kind not in PAIR_LOSSES:
+            raise ConfigError(f"PairLoss.kind must be one of {PAIR_LOSSES}, got {self.kind!r}")
+        if self.kind == "sigmoid" and not self.scale > 0:
+            raise ConfigError(f"a sigmoid PairLoss needs a logit scale > 0, got {self.scale}")
+
+
 # Fields added after specs were first saved: left out of ``to_dict`` while they hold these
 # defaults, so that the fingerprints of earlier (text) specs, and their adapters, stay valid.
-_ADDED_FIELDS = {"token_dim": 0, "image": None, "input_basis": "", "insert_at": 1, "prompt": "", "prompts": ()}
+_ADDED_FIELDS = {"token_dim": 0, "image": None, "input_basis": "", "insert_at": 1, "prompt": "", "prompts": (),
+                 "pair_loss": None}
 # What a black-box client needs: it sends texts and reads outputs (and scores), nothing else.
 BLACK_FIELDS = ("modality", "access", "output_dim", "model_digest", "normalized")
 
@@ -97,6 +122,8 @@ class BoxSpec:
     a [CLS] or start token), at the front (0, a decoder that starts a text with no special
     token) or after the owner's prompt. ``prompt`` names the prompt (``"query"``, ``"document"``)
     the owner puts before each text, one of ``prompts``; the prompt's text is not shown.
+    ``pair_loss``: a tower of an image-text pair that says how its model compares the towers
+    (None: softmax InfoNCE, as CLIP).
     """
 
     modality: str
@@ -116,6 +143,7 @@ class BoxSpec:
     insert_at: int = 1  # text: the position where inserted tokens go (after a [CLS] or a prompt)
     prompt: str = ""  # text: the name of the prompt the owner puts before each text ("" none)
     prompts: tuple[str, ...] = ()  # text: the names of the prompts the owner has
+    pair_loss: PairLoss | None = None  # an image-text pair's tower: how the model compares the towers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))  # JSON gives a list
@@ -178,6 +206,8 @@ class BoxSpec:
         data["limits"] = BoxLimits(**data.get("limits", {}))
         if data.get("image") is not None:
             data["image"] = ImageSpec(**data["image"])
+        if data.get("pair_loss") is not None:
+            data["pair_loss"] = PairLoss(**data["pair_loss"])
         return cls(**data)
 
     def fingerprint(self) -> str:

@@ -52,6 +52,10 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
                    help="sketch-retrieval: hold out this share of the classes; --eval-test evaluates on them, and "
                         "so does eval given the same share and --class-seed")
     g.add_argument("--class-seed", type=int, default=0, help="sketch-retrieval: which classes are held out")
+    g.add_argument("--loss", choices=("infonce", "sigmoid"), default=None,
+                   help="image-retrieval: the loss (default: the model's own; sigmoid for SigLIP, with its logit "
+                        "scale and bias held fixed, InfoNCE for CLIP and BLIP); --loss sigmoid on another pair "
+                        "learns its own scale and bias (unless --fixed-temperature)")
 
 
 NEEDS = {"image-retrieval": "--images DIR and --captions FILE", "image-classification":
@@ -68,7 +72,7 @@ def check(args) -> None:
     if not source:
         raise ConfigError(f"--task {args.task} needs {NEEDS[args.task]}")
     if not args.backbone and not args.remote:
-        raise ConfigError(f"--task {args.task} needs --backbone: a CLIP checkpoint (e.g. openai/clip-vit-base-patch16, "
+        raise ConfigError(f"--task {args.task} needs --backbone: a CLIP, SigLIP or BLIP checkpoint (e.g. openai/clip-vit-base-patch16, "
                           "a local folder, or open_clip:ViT-B-32@laion2b_s34b_b79k)"
                           + (", or a ViT / DINOv2 one with --head linear" if args.task == "image-classification" else "")
                           + (", or any image box (ViT, DINOv2)" if args.task == "sketch-retrieval" else ""))
@@ -140,7 +144,8 @@ def train(args, text_dga, train_cfg) -> int:
     if args.task == "image-retrieval":
         text_box, image_box = clip_pair(args, **lga)
         temperature = args.temperature if args.temperature is not None else ImageTextConfig.temperature
-        cfg = ImageTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature)
+        cfg = ImageTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature,
+                              loss=args.loss or "auto")
         model = ImageTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
         train_cfg = replace(train_cfg, select_metric="mean_recall")
         what = f"text {model.text_dga.description}, image {model.image_dga.description}"

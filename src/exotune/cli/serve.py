@@ -32,7 +32,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None,
                    help="local folder or model id of a text encoder (default: the packaged all-MiniLM-L6-v2); "
-                        "with --kind image or clip, a ViT, DINOv2 or CLIP checkpoint")
+                        "with --kind image, a ViT or DINOv2 checkpoint; with --kind clip, a CLIP, SigLIP or BLIP one")
     p.add_argument("--model-name", default=None,
                    help="the model's name on the OpenAI-compatible routes (/v1/embeddings, /v1/models) "
                         "(default: the last part of --model, else all-MiniLM-L6-v2)")
@@ -181,7 +181,7 @@ def _vision_server(args, tokens, config, points: dict):
         raise ConfigError(f"--kind {args.kind} serves at dark-gray or light-gray (pixels in, gradients back), "
                           f"not {args.level}")
     if not args.model:
-        raise ConfigError(f"--kind {args.kind} needs --model: a ViT, DINOv2 or CLIP checkpoint")
+        raise ConfigError(f"--kind {args.kind} needs --model: a ViT or DINOv2 checkpoint (--kind image) or a CLIP, SigLIP or BLIP one (--kind clip)")
     options = {"access": args.level, **points}
     if args.kind == "image":
         return create_app(load_image_box(args.model, **options), tokens, config)

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from exotune.ea.client import BlackBoxOutput
+from exotune.ea.blackbox import BlackBoxOutput
 from exotune.errors import ConfigError
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS responses (

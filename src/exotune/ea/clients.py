@@ -1,4 +1,5 @@
-"""Concrete black-box clients: OpenAI-compatible chat and embeddings, and a plain callable."""
+"""Concrete black-box clients (the interface they implement: :mod:`exotune.ea.blackbox`):
+OpenAI-compatible chat and embeddings, exotune's own served box, and a plain callable."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 
 import numpy as np
 
-from exotune.ea.client import (
+from exotune.ea.blackbox import (
     BlackBoxClient,
     BlackBoxOutput,
     Ledger,

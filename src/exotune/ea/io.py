@@ -1,7 +1,8 @@
 """Save and load an EasyAdapter: JSON config, skops for scikit-learn parts; no pickle.
 
-Loading checks every type in a skops file against an explicit list (plus what the caller adds
-with ``trusted``) and refuses anything else, instead of trusting all.
+Loading checks every type in a skops file against the trusted ones (basic types, exotune's parts,
+the registered SSMs, plus what the caller adds with ``trusted``) and refuses anything else,
+instead of trusting all.
 """
 
 from __future__ import annotations
@@ -12,25 +13,35 @@ from pathlib import Path
 from exotune import __version__
 from exotune.artifacts import read_json, saved_config, verify_folder, write_folder
 from exotune.ea.checks import check_config, check_regions, check_router, check_ssm
+from exotune.ea.regions import LSAFeaturizer, Regions
+from exotune.ea.router import Router
 from exotune.ea.selection import check_selection
+from exotune.ea.ssm import SSMS, SklearnSSM
 from exotune.errors import ArtifactError
 
 CONFIG = "ea_config.json"
 TYPE = "easy-adaptation"
 
-#: types beyond skops' defaults that exotune's own EA parts are made of
-TRUSTED_TYPES = frozenset({
-    "exotune.ea.ssm.TfidfLogRegSSM", "exotune.ea.ssm.EmbeddingMLPSSM", "exotune.ea.ssm.EmbeddingLogRegSSM",
-    "exotune.ea.ssm.SklearnSSM", "exotune.ea.regions.LSAFeaturizer", "exotune.ea.regions.Regions",
-    "exotune.ea.router.Router",
+#: plain types the EA parts are made of, beyond skops' defaults
+BASIC_TYPES = frozenset({
     "builtins.float", "builtins.int", "builtins.str", "builtins.dict", "builtins.list", "builtins.tuple",
+    "builtins.set", "builtins.bool", "collections.defaultdict", "collections.OrderedDict",
     "numpy.dtype", "numpy.float64", "numpy.int64", "numpy.int32", "numpy.ndarray", "numpy.bool_",
     "numpy.random.mtrand.RandomState", "sklearn.utils._bunch.Bunch", "scipy.sparse._csr.csr_matrix",
-    "collections.defaultdict", "collections.OrderedDict", "builtins.set", "builtins.bool",
 })
+#: exotune's own parts of a saved adapter, beside the registered SSMs
+PARTS = (Router, Regions, LSAFeaturizer, SklearnSSM)
 
-PARAMS = ("ssms", "featurizer", "n_clusters", "policy", "budget", "cv_folds", "underfit_weight",
-          "per_region_ssm", "min_region_size", "confidence", "random_state", "select_ssms")
+
+def type_name(cls: type) -> str:
+    """A class's name as skops lists it: ``module.QualifiedName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def trusted_types() -> frozenset[str]:
+    """The types a folder may hold without being named in ``trusted``: the basic ones, exotune's
+    parts and every registered SSM class (registering a class is trusting it), as of now."""
+    return BASIC_TYPES | {type_name(c) for c in (*PARTS, *SSMS.values())}
 
 
 def _jsonable(value):
@@ -54,7 +65,7 @@ def save(model, path, extra_files: dict[str, dict] | None = None) -> Path:
     files["regions.skops"] = sio.dumps(model.regions_)
     config = {
         "type": TYPE, "version": __version__, "access": "black",
-        "params": {k: _jsonable(getattr(model, k)) for k in PARAMS},
+        "params": {k: _jsonable(getattr(model, k)) for k in model.saved_params()},
         "label_names": model.label_names_, "n_global_ssms": len(system["global"]),
         "special_regions": sorted(int(r) for r in system["special"]),
         "lm": model.lm.describe() if model.lm is not None else None,
@@ -76,7 +87,7 @@ def _load_skops(path: Path, extra: frozenset):
         types = sio.get_untrusted_types(file=path)
     except Exception as err:  # skops raises many kinds on a damaged zip
         raise ArtifactError(f"{path} is not a readable skops file ({err})") from err
-    bad = sorted(set(types) - TRUSTED_TYPES - extra)
+    bad = sorted(set(types) - trusted_types() - extra)
     if bad:
         raise ArtifactError(f"{path} holds types that are not trusted: {bad}; if you wrote this file, "
                             f"pass them in trusted=[...]")
@@ -98,7 +109,7 @@ def load(cls, path, lm=None, embedder=None, trusted=()):
         check_config(config, path / CONFIG)
     extra = frozenset(trusted)
     n_labels = len(config["label_names"])
-    params = {k: v for k, v in config["params"].items() if k in PARAMS}
+    params = {k: v for k, v in config["params"].items() if k in cls.saved_params()}
     ssms = [_load_skops(path / f"ssm_{i}.skops", extra) for i in range(config["n_global_ssms"])]
     special = {r: _load_skops(path / f"ssm_region_{r}.skops", extra) for r in config["special_regions"]}
     for name, m in [*((f"ssm_{i}.skops", m) for i, m in enumerate(ssms)),

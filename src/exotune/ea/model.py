@@ -4,110 +4,21 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import StratifiedKFold
 
 from exotune.data.text import TextLabelData
-from exotune.ea.client import BlackBoxOutput, Ledger
+from exotune.ea.answers import LMAnswers, Routing
+from exotune.ea.blackbox import Ledger
+from exotune.ea.inputs import check_data, check_texts, encode_views, make_views, take_rows, view_of
 from exotune.ea.regions import Regions
-from exotune.ea.router import Router, full_features, gate_features
+from exotune.ea.router import Router, full_features, gate_features, positive_proba
 from exotune.ea.selection import accuracy, choose_ssms, fallback
 from exotune.ea.ssm import full_proba, make_ssm, ssm_name
 from exotune.errors import ConfigError, DataError, NotFittedError
-from exotune.memory import release_memory as _release_memory
-
-
-@dataclass
-class LMAnswers:
-    """The LM's outputs for some inputs, as arrays."""
-
-    labels: np.ndarray  # (N,) int, -1 where unparseable
-    scores: np.ndarray | None  # (N, C), NaN rows where none
-    confidence: np.ndarray  # (N,), NaN where none
-    embeddings: np.ndarray | None = None
-
-    @classmethod
-    def from_outputs(cls, outs: list[BlackBoxOutput], num_classes: int) -> LMAnswers:
-        labels = np.array([-1 if o.label is None else o.label for o in outs], dtype=int)
-        scores = None
-        if any(o.scores is not None for o in outs):
-            scores = np.array([o.scores if o.scores is not None and len(o.scores) == num_classes
-                               else [np.nan] * num_classes for o in outs], dtype=np.float32)
-        conf = np.array([np.nan if o.confidence is None else o.confidence for o in outs], dtype=float)
-        emb = None
-        if outs and all(o.embedding is not None for o in outs):
-            emb = np.asarray([o.embedding for o in outs], dtype=np.float32)  # the wire's precision
-        return cls(labels, scores, conf, emb)
-
-    @classmethod
-    def ask(cls, client, texts: list[str], label_names: list[str], ledger: Ledger, chunk: int = 2048) -> LMAnswers:
-        """The client's answers for ``texts``, collected ``chunk`` texts at a time into one set of
-        arrays: only one chunk's per-answer objects are alive at once, not all of them beside
-        their stacked copy (10,000 embeddings: 15 MB of arrays, 45 MB more the other way)."""
-        n, c = len(texts), len(label_names)
-        out = cls(np.full(n, -1, dtype=int), None, np.full(n, np.nan), None)
-        has_emb = True
-
-        def fill(start: int, outputs: list[BlackBoxOutput]) -> None:
-            nonlocal has_emb
-            part = cls.from_outputs(outputs, c)
-            rows = slice(start, start + len(outputs))
-            out.labels[rows], out.confidence[rows] = part.labels, part.confidence
-            if part.scores is not None:
-                if out.scores is None:
-                    out.scores = np.full((n, c), np.nan, dtype=np.float32)
-                out.scores[rows] = part.scores
-            has_emb = has_emb and part.embeddings is not None  # all or none, as from_outputs
-            if not has_emb:
-                out.embeddings = None
-            else:
-                if out.embeddings is None:
-                    out.embeddings = np.empty((n, part.embeddings.shape[1]), dtype=np.float32)
-                out.embeddings[rows] = part.embeddings
-
-        client.run(texts, label_names, ledger, chunk=chunk, collect=fill)
-        return out
-
-    def take(self, idx) -> LMAnswers:
-        rows = np.asarray(idx, dtype=int)
-        return LMAnswers(self.labels[rows], None if self.scores is None else self.scores[rows], self.confidence[rows],
-                         None if self.embeddings is None else self.embeddings[rows])
-
-
-@dataclass
-class Routing:
-    """What :meth:`EasyAdapter.route` decided for each input."""
-
-    labels: np.ndarray  # (N,) final answers
-    proba: np.ndarray  # (N, C)
-    ssm_labels: np.ndarray  # (N,)
-    asked_lm: np.ndarray  # (N,) bool: the LM was called
-    used_lm: np.ndarray  # (N,) bool: the LM's answer was kept
-    lm_labels: np.ndarray  # (N,) -1 where not asked or unparseable
-    ledger: Ledger = field(default_factory=Ledger)
-    seconds: float = 0.0
-
-
-def check_data(data, name: str) -> TextLabelData:
-    if not isinstance(data, TextLabelData):
-        raise DataError(f"{name} must be a TextLabelData, got {type(data).__name__}")
-    if len(data) == 0:
-        raise DataError(f"{name} is empty")
-    check_texts(data.texts, name)
-    return data
-
-
-def check_texts(texts, name: str = "texts") -> list[str]:
-    if isinstance(texts, str) or not hasattr(texts, "__len__"):
-        raise DataError(f"{name} must be a list of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise DataError(f"{name}[{i}] must be a non-empty string, got {t!r}")
-    return texts
+from exotune.memory import release_memory
 
 
 class EasyAdapter(BaseEstimator):
@@ -116,7 +27,13 @@ class EasyAdapter(BaseEstimator):
     ``featurizer``: what the regions are clustered on: "auto" (the box's embeddings when fit
     fetches them for an SSM, else TF-IDF), "tfidf", "blackbox" or a scikit-learn transformer.
     ``select_ssms``: with several ``ssms``, keep those chosen out of fold (and on validation, see
-    :mod:`exotune.ea.selection`; ``ssm_selection_`` says which and why); else average them all."""
+    :mod:`exotune.ea.selection`; ``ssm_selection_`` says which and why); else average them all.
+
+    ``lm`` and ``embedder`` are run-time objects (connections), not data: ``sklearn.base.clone``
+    hands the copy the same clients, and ``save_pretrained`` keeps only what describes them."""
+
+    #: constructor arguments that are run-time objects: shared by clone, never saved
+    RUNTIME = ("lm", "embedder")
 
     def __init__(self, lm=None, embedder=None, ssms=("tfidf-lr",), featurizer="auto", n_clusters: int = 8,
                  policy: str = "ssm-first", budget: float = 0.3, cv_folds: int = 3, underfit_weight: float = 1.0,
@@ -127,6 +44,19 @@ class EasyAdapter(BaseEstimator):
         self.underfit_weight, self.per_region_ssm, self.min_region_size = underfit_weight, per_region_ssm, min_region_size
         self.confidence, self.random_state, self.select_ssms = confidence, random_state, select_ssms
 
+    def __sklearn_clone__(self) -> EasyAdapter:
+        """An unfitted copy with the same hyperparameters (cloned as scikit-learn does) and the
+        same clients: a client holds connections, locks and a running ledger, which are neither
+        copied nor pickled."""
+        params = self.get_params(deep=False)
+        shared = {k: params.pop(k) for k in self.RUNTIME}
+        return type(self)(**{k: clone(v, safe=False) for k, v in params.items()}, **shared)
+
+    @classmethod
+    def saved_params(cls) -> list[str]:
+        """The hyperparameters a saved folder keeps: every constructor argument but the clients."""
+        return [name for name in cls._get_param_names() if name not in cls.RUNTIME]
+
     # -- black-box calls -------------------------------------------------------------------------
 
     def _embedding_source(self):
@@ -136,7 +66,8 @@ class EasyAdapter(BaseEstimator):
             return self.lm
         return None
 
-    def _needs_embeddings(self) -> bool:
+    def needs_embeddings(self) -> bool:
+        """Whether an SSM or the regions' featurizer reads the box's embeddings."""
         kinds = {getattr(s, "input_kind", "text") for s in getattr(self, "ssms_", [make_ssm(s) for s in self.ssms])}
         regions = getattr(self, "regions_", None)  # once fitted, what "auto" chose
         return "embedding" in kinds or (regions.featurizer if regions is not None else self.featurizer) == "blackbox"
@@ -144,7 +75,7 @@ class EasyAdapter(BaseEstimator):
     def _embed(self, texts, ledger: Ledger, lm: LMAnswers | None = None) -> np.ndarray | None:
         """(N, D) float32 embeddings, or None when nothing reads them. ``lm``: the LM's answers
         for the same texts, whose embeddings are taken when the LM is the source (no second pass)."""
-        if not self._needs_embeddings():
+        if not self.needs_embeddings():
             return None
         src = self._embedding_source()
         if src is None:
@@ -163,55 +94,15 @@ class EasyAdapter(BaseEstimator):
 
     # -- the small models ------------------------------------------------------------------------
 
-    # Views: what the SSMs read, row-aligned: "text" (a list), "embedding" (an array or None) and,
-    # during fit, the i-th global SSM's encoded inputs under key i (see _encode_views). Each model
-    # takes the rows it needs of its own view only, when it needs them.
-
-    def _views(self, texts, emb):
-        return {"text": list(texts), "embedding": emb}
-
-    @staticmethod
-    def _rows(view, rows):
-        """Some rows of one view: ``rows`` a slice (numpy: no copy) or integer indices."""
-        if isinstance(rows, slice) and rows == slice(None):  # all of them: no copy, sparse matrices included
-            return view
-        if view is None or isinstance(rows, slice):
-            return None if view is None else view[rows]
-        return [view[i] for i in rows] if isinstance(view, list) else view[rows]
-
-    def _view_of(self, views, i, model):
-        """The view global SSM ``i`` (or a specialist of SSM 0) reads, and whether it is encoded."""
-        return (views[i], True) if i in views else (views[model.input_kind], False)
-
-    def _encode_views(self, views, n_fit: int) -> None:
-        """Fit each global SSM's label-free encoder once, on the first ``n_fit`` rows (training),
-        and encode every row: the folds' SSMs then fit only their heads, on rows of these matrices,
-        instead of refitting TF-IDF vocabularies (or scalers) fold after fold. The encoders see
-        held-out folds' inputs, never their labels."""
-        self.encoders_ = {}
-        ssms = [make_ssm(spec) for spec in self.ssms]
-        reads_embeddings = [i for i, m in enumerate(ssms) if getattr(m, "input_kind", "text") == "embedding"]
-        # embeddings first: once encoded, their raw copy can go before the text encoders run
-        for i in sorted(range(len(ssms)), key=lambda i: i not in reads_embeddings):
-            if not hasattr(ssms[i], "encode"):  # a registered class outside _SSM: fitted on raw inputs
-                continue
-            encoder, Z = ssms[i].encode(views[ssms[i].input_kind], n_fit)
-            if encoder is not None:
-                views[i], self.encoders_[i] = Z, encoder
-                if all(j in self.encoders_ for j in reads_embeddings):  # (specialists read SSM 0's view)
-                    views["embedding"] = None
-            del Z
-            _release_memory(collect=False)
-
     def _fit_one(self, spec, i, views, y, w, rows):
-        _release_memory(collect=False)  # the previous model's scratch, before this one's
+        release_memory(collect=False)  # the previous model's scratch, before this one's
         ssm = make_ssm(spec)
-        X, encoded = self._view_of(views, i, ssm)
+        X, encoded = view_of(views, i, ssm)
         if encoded:  # the rows are passed on, not kept here: the SSM may let them go early
-            ssm.fit_encoded(self.encoders_[i], self._rows(X, rows), y[rows], sample_weight=w[rows])
+            ssm.fit_encoded(self.encoders_[i], take_rows(X, rows), y[rows], sample_weight=w[rows])
         else:
-            ssm.fit(self._rows(X, rows), y[rows], sample_weight=w[rows])
-        _release_memory(collect=False)  # the fit's scratch, before predictions are made
+            ssm.fit(take_rows(X, rows), y[rows], sample_weight=w[rows])
+        release_memory(collect=False)  # the fit's scratch, before predictions are made
         return ssm
 
     def _specs(self) -> list:
@@ -240,8 +131,8 @@ class EasyAdapter(BaseEstimator):
         P = np.zeros((len(rows), c))
         for key, m in models:
             i, sel = (key, slice(None)) if isinstance(key, int) else (0, np.flatnonzero(clusters[rows] == key[1]))
-            X, encoded = self._view_of(views, i, m)
-            X = self._rows(X, slice(None) if all_rows and isinstance(sel, slice) else rows[sel])
+            X, encoded = view_of(views, i, m)
+            X = take_rows(X, slice(None) if all_rows and isinstance(sel, slice) else rows[sel])
             if isinstance(key, int):
                 P += full_proba(m, X, c, encoded) / n_global
             elif len(sel):
@@ -249,7 +140,9 @@ class EasyAdapter(BaseEstimator):
             del m, X  # let go before the next model is fitted
         return P
 
-    def _system_proba(self, system, views, clusters) -> np.ndarray:
+    def system_proba(self, system, views, clusters) -> np.ndarray:
+        """(N, C): the probabilities of a fitted ``system`` ({"global": [...], "special": {cluster:
+        model}}, as ``ssms_system_``) for every row of ``views`` in ``clusters``."""
         models = [*enumerate(system["global"]), *((("region", r), m) for r, m in system["special"].items())]
         return self._proba(models, views, clusters, slice(None), len(system["global"]))
 
@@ -269,7 +162,7 @@ class EasyAdapter(BaseEstimator):
         for fit_idx, held_idx in self.oof_folds_:
             P[held_idx] = self._proba(self._models(views, y, w, clusters, fit_idx), views, clusters, held_idx,
                                       len(self._specs()))
-        _release_memory(collect=False)
+        release_memory(collect=False)
         return P
 
     # -- fit ---------------------------------------------------------------------------------------
@@ -289,7 +182,7 @@ class EasyAdapter(BaseEstimator):
         check_data(val, "val")
         if list(train.label_names) != list(val.label_names):
             raise DataError("train and val must share label_names (same labels, same order)")
-        Router(self.policy, self.budget)._validate()
+        Router(self.policy, self.budget).validate()
         if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
             raise ConfigError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
         self.label_names_ = list(train.label_names)
@@ -301,7 +194,7 @@ class EasyAdapter(BaseEstimator):
         texts = list(train.texts) + list(val.texts)
         lm = self._ask_lm(texts, self.ledgers_["probe"])
         emb = self._embed(texts, self.ledgers_["embed"], lm)
-        _release_memory()  # the probe's per-answer objects are gone: give their pages back
+        release_memory()  # the probe's per-answer objects are gone: give their pages back
         y, y_val = np.asarray(train.labels), np.asarray(val.labels)
         lm_ok = lm.labels[:n_tr] == y
         featurizer = self.featurizer
@@ -311,14 +204,14 @@ class EasyAdapter(BaseEstimator):
         self.regions_ = Regions(self.n_clusters, featurizer, self.confidence, self.random_state)
         self.regions_.fit(region_in[:n_tr], y, lm_ok)
         clusters, clusters_val = self.regions_.assign(region_in[:n_tr]), self.regions_.assign(region_in[n_tr:])
-        _release_memory()
-        views_all = self._views(texts, emb)
+        release_memory()
+        views_all = make_views(texts, emb)
         lm.embeddings = emb = region_in = None  # in views_all alone: encoding may let them go
-        self._encode_views(views_all, n_tr)
-        views = {k: self._rows(v, slice(0, n_tr)) for k, v in views_all.items()}
-        views_val = {k: self._rows(v, slice(n_tr, None)) for k, v in views_all.items()}
+        self.encoders_ = encode_views(self.ssms, views_all, n_tr)
+        views = {k: take_rows(v, slice(0, n_tr)) for k, v in views_all.items()}
+        views_val = {k: take_rows(v, slice(n_tr, None)) for k, v in views_all.items()}
         del views_all  # sparse slices are copies: the whole matrix need not stay beside them
-        _release_memory()
+        release_memory()
         folds = max(2, min(self.cv_folds, int(np.bincount(y).max())))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # classes smaller than the number of folds
@@ -335,10 +228,10 @@ class EasyAdapter(BaseEstimator):
             P = self._oof(views, y, w, clusters)
         self._fit_router(P, clusters, y, lm_ok, lm)
         del P
-        _release_memory()
+        release_memory()
         self.ssms_system_ = self._fit_system(views, y, w, clusters)
         # calibrate the budget threshold on validation, with the SSMs a user will get
-        Pv = self._system_proba(self.ssms_system_, views_val, clusters_val)
+        Pv = self.system_proba(self.ssms_system_, views_val, clusters_val)
         b = None if singles is None else fallback(self.ssm_selection_, singles["val"], accuracy(Pv, y_val))
         if b is not None:  # one candidate alone beats the ensemble on validation: it alone, unweighted
             self.kept_ = [b]
@@ -351,7 +244,7 @@ class EasyAdapter(BaseEstimator):
         self.ssm_candidates_ = None if singles is None else dict(zip(self._names(), singles["models"], strict=True))
         acc_v = self.regions_.lm_accuracy(Pv.argmax(1), clusters_val)
         Gv = gate_features(Pv, acc_v)
-        Fv = full_features(Pv, acc_v, lm.labels[n_tr:], self._rows(lm.scores, slice(n_tr, None)), lm.confidence[n_tr:], gate=Gv)
+        Fv = full_features(Pv, acc_v, lm.labels[n_tr:], take_rows(lm.scores, slice(n_tr, None)), lm.confidence[n_tr:], gate=Gv)
         self.val_features_ = (Gv, Fv, Pv.argmax(1) == y_val, lm.labels[n_tr:] == y_val)
         self.router_.calibrate(*self.val_features_)
         del self.encoders_  # inside the fitted SSMs; fit's own bookkeeping
@@ -365,7 +258,7 @@ class EasyAdapter(BaseEstimator):
         n_tr = len(y)
         acc = self.regions_.lm_accuracy(P.argmax(1), clusters, own_y=y, own_correct=lm_ok)
         G = gate_features(P, acc)
-        F = full_features(P, acc, lm.labels[:n_tr], self._rows(lm.scores, slice(0, n_tr)), lm.confidence[:n_tr], gate=G)
+        F = full_features(P, acc, lm.labels[:n_tr], take_rows(lm.scores, slice(0, n_tr)), lm.confidence[:n_tr], gate=G)
         self.router_ = Router(self.policy, self.budget).fit(G, F, P.argmax(1) == y, lm_ok)
         self.router_rows_ = np.concatenate([b for _, b in self.oof_folds_])
 
@@ -386,7 +279,7 @@ class EasyAdapter(BaseEstimator):
                                           held_idx, 1)
             oofs.append(P)
             models.append(self._fit_one(spec, i, views, y, w, slice(None)))
-            X, encoded = self._view_of(views_val, i, models[-1])
+            X, encoded = view_of(views_val, i, models[-1])
             val_proba.append(full_proba(models[-1], X, c, encoded))
         kept, self.ssm_selection_ = choose_ssms(self._names(), oofs, y)
         self.kept_ = kept
@@ -406,7 +299,7 @@ class EasyAdapter(BaseEstimator):
         if not hasattr(self, "val_features_"):
             raise NotFittedError("recalibrate needs the validation features of fit(); a loaded adapter has none")
         policy = policy or self.policy
-        Router(policy, budget)._validate()
+        Router(policy, budget).validate()
         self.policy, self.budget = policy, budget
         self.router_.policy, self.router_.budget = policy, budget
         self.router_.threshold_ = np.inf if policy == "lm-first" else -np.inf
@@ -430,11 +323,11 @@ class EasyAdapter(BaseEstimator):
             e = np.zeros(0, dtype=int)
             return Routing(e, np.zeros((0, c)), e, e.astype(bool), e.astype(bool), e, ledger, 0.0)
         # when the LM is the embedder, its answers come with the embeddings: one pass, not two
-        known = self._ask_lm(texts, ledger) if self._needs_embeddings() and self._embedding_source() is self.lm else None
+        known = self._ask_lm(texts, ledger) if self.needs_embeddings() and self._embedding_source() is self.lm else None
         emb = self._embed(texts, ledger, known)
-        views = self._views(texts, emb)
+        views = make_views(texts, emb)
         clusters = self.regions_.assign(emb if self.regions_.featurizer == "blackbox" else texts)
-        P = self._system_proba(self.ssms_system_, views, clusters)
+        P = self.system_proba(self.ssms_system_, views, clusters)
         ssm_pred = P.argmax(1)
         acc = self.regions_.lm_accuracy(ssm_pred, clusters)
         asked = self.router_.defer(gate_features(P, acc))
@@ -449,15 +342,18 @@ class EasyAdapter(BaseEstimator):
             rows = ask_idx[take_lm]
             used[rows] = True
             labels[rows] = lm.labels[take_lm]
-            pi = 1 - np.clip(_p_keep(self.router_, F[take_lm]), 0, 0.5)  # P(LM better) > 0.5 here
+            pi = 1 - np.clip(positive_proba(self.router_.chooser_, F[take_lm]), 0, 0.5)  # P(LM better) > 0.5 here
             onehot = np.eye(c)[lm.labels[take_lm]]
             proba[rows] = pi[:, None] * onehot + (1 - pi[:, None]) * P[rows]
         return Routing(labels, proba, ssm_pred, asked, used, lm_labels, ledger, time.perf_counter() - t0)
 
-    def predict(self, texts) -> np.ndarray:
-        return self.route(texts).labels
+    def predict(self, texts) -> list[str]:
+        """The label name of each text, as every task model's ``predict`` (indices:
+        ``route(texts).labels``)."""
+        return [self.label_names_[i] for i in self.route(texts).labels]
 
     def predict_proba(self, texts) -> np.ndarray:
+        """(N, C) probabilities, columns in ``label_names_`` order."""
         return self.route(texts).proba
 
     def evaluate(self, data: TextLabelData, compare: bool = True) -> dict:
@@ -482,8 +378,3 @@ class EasyAdapter(BaseEstimator):
 
         return load(cls, path, lm, embedder, trusted)
 
-
-def _p_keep(router, F):
-    from exotune.ea.router import positive_proba
-
-    return positive_proba(router.chooser_, F)

@@ -34,13 +34,13 @@ def evaluation(model, data, compare: bool = True, classes: list[int] | None = No
 
 
 def _curve(model, texts, y, r, cost_per_call) -> list[dict]:
+    from exotune.ea.inputs import make_views
     from exotune.ea.router import full_features, gate_features
 
-    views = model._views(texts, None) if not model._needs_embeddings() else None
-    if views is None:
+    if model.needs_embeddings():
         return []  # embedding SSMs: the curve would need the embeddings again; see the val curve
     clusters = model.regions_.assign(texts)
-    P = model._system_proba(model.ssms_system_, views, clusters)
+    P = model.system_proba(model.ssms_system_, make_views(texts, None), clusters)
     acc = model.regions_.lm_accuracy(P.argmax(1), clusters)
     G, F = gate_features(P, acc), full_features(P, acc, r.lm_labels)
     curve = model.router_.curve(G, F, P.argmax(1) == y, r.lm_labels == y)

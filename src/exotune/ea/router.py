@@ -93,15 +93,17 @@ class Router(BaseEstimator):
     def __init__(self, policy: str = "ssm-first", budget: float = 0.3, C: float = 1.0):
         self.policy, self.budget, self.C = policy, budget, C
 
-    def _validate(self):
+    def validate(self) -> Router:
+        """Check ``policy`` and ``budget``; a ConfigError names the one that is wrong."""
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if not 0.0 <= self.budget <= 1.0:
             raise ConfigError(f"budget (share of inputs that may go to the LM) must be in [0, 1], got {self.budget!r}")
+        return self
 
     def fit(self, G, F, ssm_correct, lm_correct):
         """G, F: gate and full features of out-of-fold rows; *_correct: 0/1 per row."""
-        self._validate()
+        self.validate()
         ssm_correct, lm_correct = np.asarray(ssm_correct, dtype=int), np.asarray(lm_correct, dtype=int)
         self.gate_ = _fit_binary(G, ssm_correct, self.C)
         split = ssm_correct != lm_correct  # only these rows say anything about whom to trust
@@ -141,7 +143,7 @@ class Router(BaseEstimator):
         the inputs asked; all of them for ``lm-first``) and how readily an asked LM's answer is
         taken (``trust_lm_``, from :data:`TRUST_LM`; ties keep the chooser's own call)."""
         self._check()
-        self._validate()
+        self.validate()
         gate, p_keep = self.gate_score(G), positive_proba(self.chooser_, F)  # once, for every trust level
         chosen = None
         for trust in TRUST_LM:

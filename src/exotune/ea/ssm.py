@@ -6,6 +6,7 @@ Each SSM says what it reads with ``input_kind``: "text" (a list of strings) or "
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 
@@ -24,7 +25,7 @@ from sklearn.utils.validation import has_fit_parameter
 from exotune.errors import ConfigError, NotFittedError
 
 
-class _SSM(ClassifierMixin, BaseEstimator):
+class SSMBase(ClassifierMixin, BaseEstimator):
     """An SSM is an optional label-free ``encoder`` (fitted on inputs alone) and a supervised
     ``head``. ``fit`` fits both; :class:`~exotune.ea.EasyAdapter` fits the encoder once on all
     training inputs and then only heads, fold after fold, on rows of the encoded matrix."""
@@ -132,7 +133,7 @@ def _num_rows(X) -> int:
     return X.shape[0] if hasattr(X, "shape") else len(X)
 
 
-class TfidfLogRegSSM(_SSM):
+class TfidfLogRegSSM(SSMBase):
     """Word and character TF-IDF, then logistic regression fitted by SGD, one-vs-rest.
 
     Memory is the point of SGD here: multinomial lbfgs keeps some 25 float64 copies of the
@@ -169,7 +170,7 @@ class TfidfLogRegSSM(_SSM):
         return self
 
 
-class EmbeddingMLPSSM(_SSM):
+class EmbeddingMLPSSM(SSMBase):
     """A one-hidden-layer MLP over the black box's embeddings."""
 
     input_kind = "embedding"
@@ -185,7 +186,7 @@ class EmbeddingMLPSSM(_SSM):
                              early_stopping=False, random_state=self.random_state)
 
 
-class EmbeddingLogRegSSM(_SSM):
+class EmbeddingLogRegSSM(SSMBase):
     """Logistic regression over the black box's embeddings, whitened by PCA onto their
     ``n_components`` leading directions (None: all); ``pca=False`` reads the raw embeddings
     (a plain linear probe). Chosen on Banking77 validation (384-d MiniLM embeddings): 256
@@ -209,7 +210,7 @@ class EmbeddingLogRegSSM(_SSM):
         return LogisticRegression(C=self.C, tol=self.tol, max_iter=self.max_iter)
 
 
-class SklearnSSM(_SSM):
+class SklearnSSM(SSMBase):
     """Any scikit-learn classifier (or pipeline) with ``predict_proba``, over texts or embeddings."""
 
     _capped = False  # the user's estimator: its warnings are theirs to see
@@ -231,13 +232,18 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 def register_ssm(name: str, cls: type, **params) -> None:
-    """Register ``cls(**params)`` under ``name`` (lower case, digits and dashes, new)."""
+    """Register ``cls(**params)`` under ``name`` (lower case, digits and dashes, new); ``params``
+    must be arguments ``cls`` takes. A registered class is trusted when a saved adapter is loaded."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"SSM name must match {_NAME.pattern}, got {name!r}")
     if name in SSMS:
         raise ConfigError(f"an SSM named {name!r} is already registered; choose a new name (known: {sorted(SSMS)})")
     if not isinstance(cls, type) or not (hasattr(cls, "fit") and hasattr(cls, "predict_proba")):
         raise ConfigError(f"{cls!r} must be a class that defines fit and predict_proba")
+    try:
+        inspect.signature(cls).bind_partial(**params)
+    except TypeError as err:
+        raise ConfigError(f"SSM {name!r}: {cls.__name__} does not take {sorted(params)} ({err})") from None
     SSMS[name], SSM_PARAMS[name] = cls, dict(params)
 
 
@@ -266,7 +272,7 @@ def make_ssm(spec):
         if spec not in SSMS:
             raise ConfigError(f"unknown SSM {spec!r}; known: {sorted(SSMS)}")
         return SSMS[spec](**SSM_PARAMS.get(spec, {}))
-    if isinstance(spec, _SSM):
+    if isinstance(spec, SSMBase):
         return clone(spec)
     if hasattr(spec, "fit") and hasattr(spec, "predict_proba"):
         return SklearnSSM(spec, getattr(spec, "input_kind", "text"))

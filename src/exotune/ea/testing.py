@@ -162,7 +162,7 @@ class FakeOpenAI:
 def fault_drill(kind: str, client: str = "chat", max_retries: int = 2) -> dict:
     """One fault kind against one client: once (must be retried to the right answer) and for
     good (a clear error after max_retries + 1 attempts; at once for a refusal: 400)."""
-    from exotune.ea.client import Ledger
+    from exotune.ea.blackbox import Ledger
     from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient
     from exotune.errors import BlackBoxError
 

@@ -16,12 +16,10 @@ from torch import nn
 from exotune import __version__
 from exotune.artifacts import (
     CONFIG_NAME,
-    WEIGHTS_NAME,
     json_object,
     read_json,
     saved_config,
     verify_folder,
-    write_folder,
 )
 from exotune.boxes.base import Box, BoxBase, encode_sorted
 from exotune.boxes.entry_points import entry_point_options
@@ -29,7 +27,7 @@ from exotune.configs import ConfigBase, check_field_types
 from exotune.data.text import TextLabelData, label_texts
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel, folded_state_dict
+from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
@@ -38,6 +36,7 @@ from exotune.tasks.artifacts import (
 )
 from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
 from exotune.tasks.metrics import classification_metrics
+from exotune.tasks.model import AdapterModelMixin
 
 ADAPTER_TYPE = "dga-classifier"
 
@@ -72,7 +71,7 @@ def saved_box_options(path: str | Path, key: str = "box") -> dict:
     return entry_point_options(saved_spec_of(cfg, key, path / CONFIG_NAME).entry_points)
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(AdapterModelMixin, nn.Module):
     """Adapted box + head. Everything in ``state_dict()`` belongs to the user.
 
     The prototype head starts from the class names encoded by ``label_box`` (default: the box
@@ -123,13 +122,7 @@ class TextClassifier(nn.Module):
     def forward(self, inputs: list) -> torch.Tensor:
         return self.head(self.encoder(inputs))  # (B, C)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
-
-    # -- the training-loop protocol -------------------------------------------------------
+    # -- the training-loop protocol (exotune.protocols.Trainable) ------------------------
 
     def loss(self, data: TextLabelData) -> torch.Tensor:
         logits = self(data.inputs)
@@ -163,10 +156,6 @@ class TextClassifier(nn.Module):
             "dga": self.dga.folded().to_dict(),
             "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
         }
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: BoxBase) -> TextClassifier:

@@ -1,12 +1,14 @@
 """Image-text retrieval on a pair of boxes (a CLIP model's text and image towers).
 
-Each tower has its own DGA/LGA adapters; the loss is CLIP's symmetric InfoNCE over a batch of
-caption-image pairs; evaluation ranks every image for each caption and every caption for
+Each tower has its own DGA/LGA adapters; the loss follows the model family unless the user
+chooses: CLIP's symmetric InfoNCE over a batch of caption-image pairs (CLIP, BLIP), or SigLIP's
+sigmoid loss, each caption-image pair on its own (a pair whose spec says so); evaluation ranks every image for each caption and every caption for
 each image (Recall@1/5/10 both ways).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,22 +17,27 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
+from exotune.artifacts import CONFIG_NAME, json_object, saved_config
 from exotune.boxes.base import BoxBase
 from exotune.configs import ConfigBase, check_field_types
 from exotune.data.images import ImageCaptionData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel, folded_state_dict
+from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
     read_adapter_config,
 )
 from exotune.tasks.metrics import image_text_recalls
+from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
 
 ADAPTER_TYPE = "dga-image-text-retriever"
+LOSSES = ("auto", "infonce", "sigmoid")
+# SigLIP's starting logit scale and bias, for a user who owns them (the box states none, or the
+# user chooses): a low enough start that most of a batch's negative pairs begin near 0
+SIGMOID_INIT = (10.0, -10.0)
 
 
 @dataclass
@@ -39,14 +46,29 @@ class ImageTextConfig(ConfigBase):
     # clamped scale still has a gradient both ways
     temperature: float = 0.02
     learn_temperature: bool = True
+    # "auto": the pair's own loss (a SigLIP pair's spec says sigmoid; InfoNCE otherwise)
+    loss: str = "auto"
+    # sigmoid: the user's own starting logit scale and bias, learnt with learn_temperature; both
+    # None: the model's own from the box's spec, held fixed (SIGMOID_INIT when it states none)
+    logit_scale: float | None = None
+    logit_bias: float | None = None
 
     def __post_init__(self) -> None:
         check_field_types(self)
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("logit_scale", "logit_bias"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ConfigError(f"{name} must be a finite number or None, got {value!r}")
+        if self.logit_scale is not None and not self.logit_scale > 0:
+            raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
 
 
-class ImageTextRetriever(nn.Module):
+class ImageTextRetriever(AdapterModelMixin, nn.Module):
     """A text tower and an image tower, each adapted; everything in ``state_dict()`` is the user's.
 
     The adapters default to the paper's DGA for each side: a shift token and an extra token
@@ -70,13 +92,31 @@ class ImageTextRetriever(nn.Module):
                               f"{image_box.spec.output_dim}): they do not share an embedding space")
         self.text_dga = text_dga if text_dga is not None else DGAConfig.variant("both", modality="text")
         self.image_dga = image_dga if image_dga is not None else DGAConfig.variant("both", modality="image")
-        self.config = config or self.config_cls()
-        if not isinstance(self.config, self.config_cls):
-            raise ConfigError(f"config must be a {self.config_cls.__name__}, got {type(self.config).__name__}")
+        config = config or self.config_cls()
+        if not isinstance(config, self.config_cls):
+            raise ConfigError(f"config must be a {self.config_cls.__name__}, got {type(config).__name__}")
+        pair = text_box.spec.pair_loss or image_box.spec.pair_loss
+        if config.loss == "auto":  # saved resolved: a reloaded adapter trains on as it did
+            config = dataclasses.replace(config, loss="sigmoid" if pair and pair.kind == "sigmoid" else "infonce")
+        self.config = config
         self.text_tower = GrayBoxModel(text_box, self.text_dga)
         self.image_tower = self.build_visual_tower(image_box, self.image_dga)
-        scale = torch.tensor(math.log(1.0 / self.config.temperature))
-        self.log_scale = nn.Parameter(scale, requires_grad=self.config.learn_temperature)
+        if config.loss == "sigmoid":
+            self._init_sigmoid(pair)
+        else:
+            scale = torch.tensor(math.log(1.0 / config.temperature))
+            self.log_scale = nn.Parameter(scale, requires_grad=config.learn_temperature)
+
+    def _init_sigmoid(self, pair) -> None:
+        """The logit scale (as its log) and bias: the model's own, fixed, or the user's, learnt."""
+        cfg = self.config
+        own = cfg.logit_scale is not None or cfg.logit_bias is not None or not (pair and pair.kind == "sigmoid")
+        start = (pair.scale, pair.bias) if pair and pair.kind == "sigmoid" else SIGMOID_INIT
+        scale = cfg.logit_scale if cfg.logit_scale is not None else start[0]
+        bias = cfg.logit_bias if cfg.logit_bias is not None else start[1]
+        learn = own and cfg.learn_temperature
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learn)
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias)), requires_grad=learn)
 
     def build_visual_tower(self, box: BoxBase, dga: DGAConfig) -> nn.Module:
         """The adapted image side: items -> (B, O)."""
@@ -93,12 +133,6 @@ class ImageTextRetriever(nn.Module):
     @property
     def image_box(self) -> BoxBase:
         return self.image_tower.box
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
 
     # -- encoding -----------------------------------------------------------------------------
 
@@ -122,15 +156,29 @@ class ImageTextRetriever(nn.Module):
     # -- training -----------------------------------------------------------------------------
 
     def loss(self, data: ImageCaptionData) -> torch.Tensor:
+        """The configured loss over the batch's captions and images (``config.loss``)."""
+        t = nn.functional.normalize(self._forward(self.text_tower, data.captions), dim=-1)  # (B, O)
+        v = nn.functional.normalize(self._forward(self.image_tower, data.images), dim=-1)  # (M, O)
+        owner = torch.as_tensor(data.caption_image)  # (B,): each caption's image
+        if self.config.loss == "sigmoid":
+            return self.sigmoid_loss(t, v, owner)
+        return self.infonce_loss(t, v, owner)
+
+    def sigmoid_loss(self, t: torch.Tensor, v: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """SigLIP's: every caption-image pair a binary question, its own image(s) yes, the others
+        no; summed over the images and averaged over the captions."""
+        logits = self.log_scale.exp() * t @ v.T + self.logit_bias  # (B, M)
+        own = owner.unsqueeze(1) == torch.arange(len(v)).unsqueeze(0)  # (B, M)
+        signs = own.to(logits.dtype) * 2 - 1  # +1 for a caption's image, -1 for the others
+        return -nn.functional.logsigmoid(signs * logits).sum() / len(t)
+
+    def infonce_loss(self, t: torch.Tensor, v: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE: each caption against the batch's images, each image against the
         batch's captions. An image with several captions in the batch takes a random one as its
         target; its other captions are no negatives."""
-        t = nn.functional.normalize(self._forward(self.text_tower, data.captions), dim=-1)  # (B, O)
-        v = nn.functional.normalize(self._forward(self.image_tower, data.images), dim=-1)  # (M, O)
         logits = self.log_scale.exp().clamp(max=100.0) * t @ v.T  # (B, M)
-        owner = torch.as_tensor(data.caption_image)  # (B,): each caption's image
         text_loss = nn.functional.cross_entropy(logits, owner)
-        own = owner.unsqueeze(0) == torch.arange(len(data.images)).unsqueeze(1)  # (M, B)
+        own = owner.unsqueeze(0) == torch.arange(len(v)).unsqueeze(1)  # (M, B)
         pick = torch.rand(own.shape).masked_fill(~own, -1.0).argmax(1)  # (M,): a random own caption
         others = own.clone()
         others[torch.arange(len(pick)), pick] = False
@@ -155,10 +203,6 @@ class ImageTextRetriever(nn.Module):
             "text_dga": self.text_dga.folded().to_dict(),
             "task": {"type": self.task_type, **asdict(self.config)},
         }
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_box: BoxBase, image_box: BoxBase) -> ImageTextRetriever:

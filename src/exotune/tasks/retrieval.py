@@ -16,20 +16,21 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
+from exotune.artifacts import CONFIG_NAME, json_object, saved_config
 from exotune.boxes.base import Box, encode_sorted, model_digest
 from exotune.boxes.text import for_role
 from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
 from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ConfigError, DataError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel, folded_state_dict
+from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import (
     box_entries,
     load_trained_state,
     read_adapter_config,
 )
 from exotune.tasks.metrics import retrieval_metrics
+from exotune.tasks.model import AdapterModelMixin
 
 ADAPTER_TYPE = "dga-retriever"
 SEARCH_DEPTH = 100  # documents ranked per query: enough for Recall@100
@@ -89,7 +90,7 @@ def exact_search(queries: torch.Tensor, docs: torch.Tensor, k: int = SEARCH_DEPT
     return torch.cat([(chunk @ docs.T).topk(k, dim=-1).indices for chunk in queries.split(_QUERY_CHUNK)])
 
 
-class TwoTowerRetriever(nn.Module):
+class TwoTowerRetriever(AdapterModelMixin, nn.Module):
     """Exact search and InfoNCE training over a query tower and a document tower, each a module
     texts -> (B, O). Subclasses build ``query_tower`` and say which box sets the batch limits
     (``box``) and which tower encodes documents (``doc_encoder``)."""
@@ -123,12 +124,6 @@ class TwoTowerRetriever(nn.Module):
     @property
     def doc_encoder(self) -> nn.Module:
         raise NotImplementedError
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
 
     # -- encoding and search ----------------------------------------------------------------
 
@@ -219,6 +214,8 @@ class DualEncoder(TwoTowerRetriever):
     """A query tower and a document tower over the same box, each with its own DGA adapters
     (or one shared tower). Everything in ``state_dict()`` belongs to the user."""
 
+    adapter_type = ADAPTER_TYPE
+
     def __init__(self, box: Box, dga: DGAConfig | None = None, config: RetrievalConfig | None = None) -> None:
         super().__init__(config)
         self.dga = dga if dga is not None else DGAConfig()
@@ -263,10 +260,6 @@ class DualEncoder(TwoTowerRetriever):
             "dga": self.dga.folded().to_dict(),
             "task": {"type": "retrieval", **asdict(self.config)},
         }
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors``: only what was trained."""
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: Box) -> DualEncoder:

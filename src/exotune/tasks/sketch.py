@@ -17,14 +17,15 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, json_object, saved_config, write_folder
+from exotune.artifacts import CONFIG_NAME, json_object, saved_config
 from exotune.boxes.base import BoxBase
 from exotune.configs import ConfigBase, check_field_types
 from exotune.data.sketches import SketchPhotoData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.graybox.model import GrayBoxModel, folded_state_dict
+from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
+from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
 
 ADAPTER_TYPE = "dga-sketch-photo-retriever"
@@ -69,8 +70,10 @@ def sketch_metrics(queries: torch.Tensor, gallery: torch.Tensor, query_labels: l
             "acc@1": hits / known if known else float("nan")}
 
 
-class SketchPhotoRetriever(nn.Module):
+class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
     """A sketch tower and a photo tower, each adapted; everything in ``state_dict()`` is the user's."""
+
+    adapter_type = ADAPTER_TYPE
 
     def __init__(self, sketch_box: BoxBase, photo_box: BoxBase | None = None, sketch_dga: DGAConfig | None = None,
                  photo_dga: DGAConfig | None = None, config: SketchConfig | None = None) -> None:
@@ -96,12 +99,6 @@ class SketchPhotoRetriever(nn.Module):
     @property
     def photo_box(self) -> BoxBase:
         return self.photo_tower.box
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
 
     def encode_sketches(self, sketches: list, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         """L2-normalised sketch embeddings (Q, O)."""
@@ -158,9 +155,6 @@ class SketchPhotoRetriever(nn.Module):
             "photo_dga": self.photo_dga.folded().to_dict(),
             "task": {"type": "sketch-photo-retrieval", **asdict(self.config)},
         }
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        return write_folder(path, {CONFIG_NAME: self.to_config_dict(), WEIGHTS_NAME: folded_state_dict(self)})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, sketch_box: BoxBase, photo_box: BoxBase | None = None

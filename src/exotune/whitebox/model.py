@@ -23,7 +23,6 @@ from exotune.artifacts import (
     read_tensors,
     saved_config,
     verify_folder,
-    write_folder,
 )
 from exotune.boxes.base import model_digest
 from exotune.boxes.loading import DEFAULT_BACKBONE, load_text_encoder
@@ -31,6 +30,7 @@ from exotune.data.text import label_texts
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
 from exotune.tasks.classification import ClassificationConfig, TextClassifier
 from exotune.tasks.heads import LinearHead, PrototypeHead
+from exotune.tasks.model import AdapterModelMixin
 from exotune.whitebox.config import WhiteBoxConfig
 from exotune.whitebox.encoder import LoraState, WhiteBoxEncoder
 
@@ -38,11 +38,12 @@ ARTIFACT_TYPE = "whitebox-classifier"
 ENCODER_DIR = "encoder"  # full-ft only: the whole fine-tuned encoder, Hugging Face layout
 
 
-class WhiteBoxClassifier(LoraState, nn.Module):
+class WhiteBoxClassifier(LoraState, AdapterModelMixin, nn.Module):
     """Owned encoder + head. In ``lora`` mode ``state_dict()`` holds only what is trained
     (LoRA tensors and head), like the gray-box classifier; in ``full-ft`` mode, everything."""
 
     _base_prefix = "encoder.model."
+    adapter_type = ARTIFACT_TYPE
 
     def __init__(
         self,
@@ -91,12 +92,6 @@ class WhiteBoxClassifier(LoraState, nn.Module):
     def forward(self, texts: list[str]) -> torch.Tensor:
         return self.head(self.encoder(texts))  # (B, C)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
-
     # -- the training-loop protocol: the gray-box classifier's, shared rather than copied ----
 
     loss = TextClassifier.loss
@@ -119,7 +114,7 @@ class WhiteBoxClassifier(LoraState, nn.Module):
             "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
         }
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def artifact_files(self) -> dict:
         """``lora``: config + LoRA and head tensors only (never the base weights).
         ``full-ft``: config + head tensors + ``encoder/``, the whole model and tokenizer."""
         files = {CONFIG_NAME: self.to_config_dict()}
@@ -133,7 +128,7 @@ class WhiteBoxClassifier(LoraState, nn.Module):
                 self.encoder.tokenizer.save_pretrained(folder)
 
             files[ENCODER_DIR] = write_encoder
-        return write_folder(path, files)
+        return files
 
     @classmethod
     def from_pretrained(cls, path: str | Path, backbone: str | None = None) -> WhiteBoxClassifier:

@@ -64,3 +64,7 @@ class WhiteBoxRetriever(LoraState, TwoTowerRetriever):
     @property
     def doc_encoder(self) -> GrayBoxModel:
         return self.doc_tower
+
+    def artifact_files(self) -> dict:
+        raise ConfigError("the white-box retriever is a benchmark baseline: it saves no adapter folder "
+                          "(train with Trainer(output_dir=None))")

@@ -1,0 +1,152 @@
+"""Image-text models as (text, image) pairs of boxes: CLIP, SigLIP and BLIP, each from the
+transformers class that holds both of its towers, and the registry the loader reads.
+
+Every pair's two boxes share the digest of the whole model and follow its own conventions:
+
+* **SigLIP** (``SiglipModel``): the text tower takes every text padded to its full context
+  with the pad token, attends to that padding (no attention mask, as the model was trained)
+  and pools at the last position; its texts start with no special token, so inserted and entry
+  tokens go at the front. The image tower pools with its attention-pooling head and has no
+  [CLS]. Both specs carry the model's sigmoid loss: its logit scale and bias.
+* **BLIP** (the image-text contrastive part of ``BlipForImageTextRetrieval``): the text
+  encoder's [CLS] state through ``text_proj``, the vision model's [CLS] state through
+  ``vision_proj``; softmax InfoNCE, as CLIP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from exotune.boxes.base import model_digest
+from exotune.boxes.clip import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    BoxPair,
+    CLIPTextBox,
+    TextTower,
+    clip_boxes,
+    padded_tokenizer,
+    pick_filler,
+    tower_options,
+)
+from exotune.boxes.image import VisionEncoderBox
+from exotune.boxes.spec import ImageSpec, PairLoss
+from exotune.errors import ConfigError
+
+SIGLIP_IMAGE = ImageSpec(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize=0, interpolation="bicubic")
+BLIP_IMAGE = ImageSpec(mean=OPENAI_MEAN, std=OPENAI_STD, resize=0, interpolation="bicubic")
+
+
+def _starts_with_special(tokenizer) -> bool:
+    """Whether the tokenizer opens every text with a special token ([CLS], <s>)."""
+    first = tokenizer(["a"])["input_ids"][0]
+    return bool(first) and first[0] in tokenizer.all_special_ids
+
+
+def siglip_text_tower(model: nn.Module, tokenizer) -> TextTower:
+    """The text tower of a Hugging Face ``SiglipModel``."""
+    text_model = model.text_model
+    config = text_model.config
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(config.pad_token_id)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else int(config.eos_token_id)
+
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return text_model(input_ids=ids).pooler_output  # (B, O): no mask, SigLIP attends to its padding
+
+    return TextTower(module=model, embeddings=text_model.embeddings.token_embedding, tokenize=padded_tokenizer(tokenizer),
+                     run=run, context_length=int(config.max_position_embeddings), marker=int(eos),
+                     filler=pick_filler(int(pad), int(eos)), pad=int(pad), pad_to_context=True, fill_padding=True,
+                     pooling="last", insert_at=int(_starts_with_special(tokenizer)))
+
+
+def with_pair_loss(pair: BoxPair, loss: PairLoss) -> BoxPair:
+    """Both towers' specs say how their model compares them."""
+    for box in pair:
+        box.spec = dataclasses.replace(box.spec, pair_loss=loss)
+    return pair
+
+
+def siglip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
+                 text_options: Mapping | None = None, image_options: Mapping | None = None,
+                 **options) -> BoxPair:
+    """A Hugging Face ``SiglipModel`` as a (text, image) pair of boxes; options as ``clip_boxes``."""
+    digest = digest or model_digest(model)
+    text = CLIPTextBox(siglip_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
+                       **tower_options(options, text_options))
+    vision = VisionEncoderBox(model.vision_model, image=image or SIGLIP_IMAGE, pooling="model", digest=digest,
+                              **tower_options(options, image_options))
+    with torch.no_grad():
+        loss = PairLoss("sigmoid", scale=float(model.logit_scale.exp()), bias=float(model.logit_bias))
+    return with_pair_loss(BoxPair(text, vision), loss)
+
+
+def blip_text_tower(model: nn.Module, tokenizer) -> TextTower:
+    """The text encoder of a Hugging Face ``BlipForImageTextRetrieval``, its [CLS] through ``text_proj``."""
+    encoder, projection = model.text_encoder, model.text_proj
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else encoder.config.pad_token_id)
+    filler = pick_filler(pad)  # the ids only size the lookup the box replaces: BLIP pools at [CLS]
+
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return projection(encoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0])  # (B, O)
+
+    return TextTower(module=model, embeddings=encoder.embeddings.word_embeddings, tokenize=padded_tokenizer(tokenizer),
+                     run=run, context_length=int(encoder.config.max_position_embeddings), marker=filler,
+                     filler=filler, pad=pad, pooling="cls", insert_at=int(_starts_with_special(tokenizer)))
+
+
+def blip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
+               text_options: Mapping | None = None, image_options: Mapping | None = None,
+               **options) -> BoxPair:
+    """The image-text contrastive part of a ``BlipForImageTextRetrieval`` as a (text, image) pair."""
+    digest = digest or model_digest(model)
+    text = CLIPTextBox(blip_text_tower(model, tokenizer), digest=digest, layers_of=model.text_encoder,
+                       **tower_options(options, text_options))
+    vision = VisionEncoderBox(model.vision_model, projection=model.vision_proj, image=image or BLIP_IMAGE,
+                              digest=digest, **tower_options(options, image_options))
+    return BoxPair(text, vision)
+
+
+@dataclass(frozen=True)
+class PairFamily:
+    """An image-text family: the transformers class holding both towers, and its pair builder.
+    ``architectures``: the checkpoint classes it accepts (empty: any of its model type)."""
+
+    name: str
+    model_class: str
+    build: Callable[..., BoxPair]
+    architectures: tuple[str, ...] = ()
+
+    def loader(self) -> Callable:
+        import transformers
+
+        return getattr(transformers, self.model_class).from_pretrained
+
+    def boxes(self, model: nn.Module, tokenizer, **options) -> BoxPair:
+        saved = tuple(getattr(model.config, "architectures", None) or ())
+        if self.architectures and saved and not set(saved) & set(self.architectures):
+            raise ConfigError(
+                f"this {self.name} checkpoint is a {', '.join(saved)}; the {self.name} image-text boxes need a "
+                f"{' or '.join(self.architectures)} checkpoint (both towers and their projections)"
+            )
+        return self.build(model, tokenizer, **options)
+
+
+PAIRS = {
+    "clip": PairFamily("CLIP", "CLIPModel", clip_boxes),
+    "siglip": PairFamily("SigLIP", "SiglipModel", siglip_boxes, ("SiglipModel",)),
+    "blip": PairFamily("BLIP", "BlipForImageTextRetrieval", blip_boxes, ("BlipForImageTextRetrieval",)),
+}
+
+
+def pair_family(model_type: str) -> PairFamily:
+    """The image-text family of a ``config.model_type``; a ConfigError names the supported ones."""
+    if model_type not in PAIRS:
+        names = ", ".join(f"{f.name} ({t})" for t, f in PAIRS.items())
+        raise ConfigError(f"a {model_type or 'model without a model_type'!r} model is not an image-text pair "
+                          f"with a text tower; supported image-text families: {names}")
+    return PAIRS[model_type]

@@ -1,0 +1,73 @@
+"""The Trainer's contract as a Protocol, and the one mixin for what task models share."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME
+from exotune.errors import ArtifactError, ConfigError
+from exotune.protocols import Trainable
+from exotune.tasks.classification import TextClassifier
+from exotune.tasks.image_classification import ImageClassifier
+from exotune.tasks.image_text import ImageTextRetriever
+from exotune.tasks.model import AdapterModelMixin
+from exotune.tasks.retrieval import DualEncoder
+from exotune.tasks.sketch import SketchPhotoRetriever
+from exotune.tasks.video_text import VideoTextRetriever
+from exotune.train import TrainConfig, Trainer
+from exotune.whitebox import WhiteBoxClassifier
+
+from .conftest import colour_data
+
+TASK_MODELS = [TextClassifier, ImageClassifier, DualEncoder, ImageTextRetriever, VideoTextRetriever,
+               SketchPhotoRetriever, WhiteBoxClassifier]
+
+
+@pytest.mark.parametrize("cls", TASK_MODELS, ids=lambda c: c.__name__)
+def test_every_task_model_takes_the_shared_half_from_the_mixin(cls):
+    assert issubclass(cls, AdapterModelMixin) and issubclass(cls, Trainable)
+    for name in ("trainable_parameters", "num_trainable", "save_pretrained", "read_config"):
+        assert getattr(cls, name).__qualname__.startswith("AdapterModelMixin."), name  # written once
+    assert isinstance(cls.adapter_type, str)
+
+
+
+def test_task_models_satisfy_the_trainer_protocol(tiny_box):
+    for model in (TextClassifier(tiny_box, ["red", "blue", "green"]), DualEncoder(tiny_box)):
+        assert isinstance(model, Trainable)
+    assert not isinstance(torch.nn.Linear(2, 2), Trainable)  # a module alone is not enough
+
+
+def test_the_mixin_serves_the_classifier(tiny_box, tmp_path):
+    torch.manual_seed(0)
+    model = TextClassifier(tiny_box, ["red", "blue", "green"])
+    assert isinstance(model, AdapterModelMixin)
+    assert model.num_trainable() == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    path = model.save_pretrained(tmp_path / "adapter")
+    assert {p.name for p in path.iterdir()} >= {CONFIG_NAME, WEIGHTS_NAME, "checksums.sha256"}
+    assert TextClassifier.read_config(path, tiny_box)["type"] == TextClassifier.adapter_type
+    with pytest.raises(ArtifactError, match="expected"):
+        DualEncoder.from_pretrained(path, tiny_box)  # another type: refused by the same check
+    config = json.loads((path / CONFIG_NAME).read_text())
+    assert config["task"]["labels"] == ["red", "blue", "green"]
+
+
+def test_trainer_fits_a_protocol_model(tiny_box, tmp_path):
+    data = colour_data(24)
+    model = TextClassifier(tiny_box, data.label_names)
+    result = Trainer(TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False).fit(model, data, data)
+    assert result.best_dir is not None and TextClassifier.from_pretrained(result.best_dir, tiny_box)
+
+
+def test_the_white_box_retriever_says_it_saves_nothing(tiny_box, tiny_backbone, tmp_path):
+    pytest.importorskip("peft")
+    from exotune.whitebox import WhiteBoxConfig, WhiteBoxRetriever
+
+    model = WhiteBoxRetriever.from_backbone(tiny_box, str(tiny_backbone), WhiteBoxConfig.lora(r=2))
+    assert model.num_trainable() > 0
+    with pytest.raises(ConfigError, match="saves no adapter folder"):
+        model.save_pretrained(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
