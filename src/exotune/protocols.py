@@ -32,3 +32,6 @@ class Trainable(Protocol):
     def train(self, mode: bool = True) -> Any: ...
 
     def eval(self) -> Any: ...
+
+    def to(self, device) -> Any:
+        """Move the user's tensors to ``device`` (``Trainer(device=)``; a box stays where it is)."""

@@ -5,7 +5,9 @@ The model follows a small protocol (:class:`exotune.protocols.Trainable`): ``tra
 ``subset(indices)``. Under ``torchrun`` it trains data-parallel (see ``exotune.distributed``):
 each rank takes its slice of every global batch and only rank 0 writes. Checkpoints hold only the user's tensors, optimiser and scheduler
 state (safetensors + JSON), written atomically, so a crash loses at most
-``checkpoint_every`` steps.
+``checkpoint_every`` steps. ``Trainer(device=, precision=)`` are run-time knobs (see
+``exotune.devices``): the model moves to the device, the forward and loss run under autocast,
+and the run's summary records both; checkpoints and adapters do not.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from exotune.batching import grouped_batches
 from exotune.callbacks import TrainerCallback, check_report_to, loggers
 from exotune.cards import card_context, update_run_info
 from exotune.configs import ConfigBase
+from exotune.devices import autocast, check_precision, grad_scaler, resolve_device
 from exotune.errors import ArtifactError, ConfigError
 from exotune.progress import note, progress_bar
 from exotune.protocols import Trainable
@@ -105,12 +108,15 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_dir: Path | None = None
     group_lr: dict[str, float] = field(default_factory=dict)  # peak rate of each parameter group
+    device: str = "cpu"  # where the user's side trained
+    precision: str = "fp32"  # of the forward and loss (autocast)
 
     def summary(self) -> dict:
         """What a run reports (and ``exotune train`` writes to summary.json)."""
         return {"best_val": self.best_metric, "best_epoch": self.best_epoch, "steps": self.steps,
                 "train_seconds": round(self.train_seconds, 1), "lr_groups": self.group_lr,
-                "history": self.history, "adapter": str(self.best_dir)}
+                "history": self.history, "adapter": str(self.best_dir), "device": self.device,
+                "precision": self.precision}
 
 
 def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:
@@ -164,10 +170,12 @@ class Trainer:
 
     def __init__(self, config: TrainConfig | None = None, output_dir: str | Path | None = None,
                  progress: bool = True, callbacks: list[TrainerCallback] | None = None,
-                 report_to: tuple[str, ...] | list[str] = ()) -> None:
+                 report_to: tuple[str, ...] | list[str] = (), device: str | torch.device | None = None,
+                 precision: str = "fp32") -> None:
         """``callbacks``: hooks called on rank 0 (``exotune.callbacks.TrainerCallback``); with
         ``output_dir``, per-step and per-epoch CSV logs are written too, and TensorBoard event
-        files when ``report_to`` names ``"tensorboard"``."""
+        files when ``report_to`` names ``"tensorboard"``. ``device``: None, where the model is;
+        "auto", CUDA when present."""
         self.config = config or TrainConfig()
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
@@ -176,6 +184,8 @@ class Trainer:
         if self.report_to and self.output_dir is None:
             raise ConfigError("report_to writes into the run folder: give an output_dir")
         check_report_to(self.report_to)
+        self.device = resolve_device(device) if device is not None else None
+        self.precision = check_precision(precision, self.device)
 
     def _call(self, hook: str, info: dict | None = None) -> None:
         for callback in self._active:
@@ -196,7 +206,12 @@ class Trainer:
         params = model.trainable_parameters()
         if not params:
             raise ConfigError("the model has no trainable parameters")
+        device = self.device or params[0].device
+        model.to(device)  # the user's tensors, in place; a box is no submodule and stays where it is
         distributed.setup()
+        box = getattr(model, "box", None)  # autocast covers the box's device too when it is local
+        self._autocast_devices = (device, getattr(box, "device", None))
+        self._scaler = grad_scaler(self.precision, device)  # float16 only
         self._writes = self.output_dir is not None and distributed.is_main()
         self._show = self.progress and distributed.is_main()
         seed_everything(cfg.seed)
@@ -258,6 +273,8 @@ class Trainer:
             history=state["history"],
             best_dir=self.output_dir / BEST if self.output_dir else None,
             group_lr=rates,
+            device=str(device),
+            precision=self.precision,
         )
 
     def _loop(self, model, train, val, optimizer, scheduler, params, total, state, t_start, step_seconds) -> None:
@@ -274,9 +291,11 @@ class Trainer:
                 loss = self._backward(model, train, idx, params)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at step {state['global_step']}; lower the lr")
+                self._scaler.unscale_(optimizer)  # float16: the true gradients, before clipping
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
+                self._scaler.step(optimizer)  # float16: skipped when a gradient overflowed
+                self._scaler.update()
                 rates = [g["lr"] for g in optimizer.param_groups]  # the rates this step took
                 scheduler.step()
                 step_seconds.append(time.perf_counter() - t0)
@@ -325,8 +344,7 @@ class Trainer:
         info.update({f"lr_{g}": r for g, r in zip(self._groups, rates, strict=False)})
         return info
 
-    @staticmethod
-    def _backward(model, train, idx, params) -> torch.Tensor:
+    def _backward(self, model, train, idx, params) -> torch.Tensor:
         """Gradients of the mean loss over the global batch ``idx``; returns that loss.
 
         Distributed, this rank's loss covers only its slice, weighted by its share of the
@@ -335,10 +353,12 @@ class Trainer:
         part, share = distributed.shard(idx)
         loss = None
         if len(part):
-            loss = model.loss(train.subset(part))
+            with autocast(self.precision, *self._autocast_devices):
+                loss = model.loss(train.subset(part))
             if share != 1.0:
                 loss = loss * share
-            loss.backward()
+            self._scaler.scale(loss).backward()
+        # float16: every rank scales alike, so the summed gradients are unscaled together
         return distributed.reduce_gradients(params, loss)
 
     # -- checkpoints ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import resource
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +298,16 @@ def plot(doc: dict, out_dir: Path) -> None:
         fig.tight_layout()
         fig.savefig(out_dir / f"{doc['suite']}_{name}.png", dpi=110)
         plt.close(fig)
+
+
+def write_suite(suite: str, args, budget, out_dir: Path, markdown, plot, **fields) -> dict:
+    """A suite with its own driver: ``<suite>.json`` (the command, date, machine, backbone,
+    budget and ``fields``), its Markdown table (printed) and its plots; returns the document."""
+    doc = {"suite": suite, "command": command_line(), "date": datetime.date.today().isoformat(), "machine": machine(),
+           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick, **fields}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{suite}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / f"{suite}.md").write_text(markdown(doc))
+    plot(doc, out_dir)
+    print((out_dir / f"{suite}.md").read_text())
+    return doc

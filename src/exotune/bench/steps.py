@@ -9,14 +9,11 @@ Run it on an otherwise idle machine: it measures time.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 from exotune.bench import classification, graymethods
-from exotune.bench.common import RESULTS_DIR, command_line, machine, run_isolated
+from exotune.bench.common import RESULTS_DIR, run_isolated, write_suite
 from exotune.errors import ConfigError
 from exotune.plotting import pyplot
 
@@ -46,14 +43,7 @@ def run(args) -> int:
             print(f"[bench]   {rec['seconds_per_step']:.3f} s/step, peak {rec['peak_memory_mb']:.0f} MB",
                   file=sys.stderr)
             records.append(rec)
-    doc = {"suite": "steps", "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick,
-           "steps_timed": steps, "records": records}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "steps.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out_dir / "steps.md").write_text(markdown(doc))
-    plot(doc, out_dir)
-    print((out_dir / "steps.md").read_text())
+    write_suite("steps", args, budget, out_dir, markdown, plot, steps_timed=steps, records=records)
     return 0
 
 

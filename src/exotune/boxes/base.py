@@ -121,12 +121,12 @@ Box = TextBox  # the former name of the text box interface, kept for code writte
 def encode_sorted(fn, texts: list, batch_size: int, dim: int, progress: bool = False,
                   desc: str = "encode") -> torch.Tensor:
     """``fn`` over length-sorted batches of ``texts`` (images keep their order); rows come back
-    in the input order."""
+    in the input order, on the CPU, whatever device ``fn`` ran on."""
     out = torch.zeros(len(texts), dim)
     batches = length_sorted(texts, batch_size)
     bar = progress_bar(total=len(texts), desc=desc, enabled=progress)
     for idx in batches:
-        out[torch.as_tensor(idx)] = fn([texts[i] for i in idx]).float()
+        out[torch.as_tensor(idx)] = fn([texts[i] for i in idx]).float().cpu()  # rows land on the CPU
         bar.update(len(idx))
     bar.close()
     return out

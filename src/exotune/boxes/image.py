@@ -18,6 +18,7 @@ from torch import nn
 from exotune.boxes.base import BoxBase, encode_sorted, model_digest
 from exotune.boxes.entry_points import check_entry_tokens, expose, find_layers, inject, insert
 from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
+from exotune.devices import Placed, Placement
 from exotune.errors import BoxLimitError, ConfigError, DataError
 
 POOLINGS = ("cls", "mean", "model")  # "model": the model's own pooler (SigLIP's attention-pooling head)
@@ -125,7 +126,7 @@ def size_pair(value) -> tuple[int, int]:
     raise ConfigError(f"an image size must be an integer or (height, width), got {value!r}")
 
 
-class VisionEncoderBox(ImageBox):
+class VisionEncoderBox(Placed, ImageBox):
     """Owner-side wrapper of a Hugging Face vision transformer (ViT, DINOv2, CLIP vision tower).
 
     Kept private and frozen like ``TextEncoderBox``. The output is the [CLS] state
@@ -137,7 +138,9 @@ class VisionEncoderBox(ImageBox):
 
     ``image`` describes the preprocessing (default: resize straight to the model's input size,
     mean 0.5 and std 0.5 per channel, the ViT convention); ``digest`` identifies the weights
-    when the tower is part of a larger model (a CLIP pair shares one digest).
+    when the tower is part of a larger model (a CLIP pair shares one digest). ``device``,
+    ``dtype`` and ``precision`` as for ``TextEncoderBox`` (a standalone tower; a CLIP pair's
+    towers share one model and stay where it is).
     """
 
     def __init__(
@@ -154,7 +157,11 @@ class VisionEncoderBox(ImageBox):
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
         digest: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        precision: str = "fp32",
     ) -> None:
+        self._placement = Placement(device, dtype, precision)  # checked before anything runs
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if projection is None and hasattr(model, "visual_projection") and hasattr(model, "vision_model"):
@@ -200,16 +207,21 @@ class VisionEncoderBox(ImageBox):
             token_dim=hidden,
             image=image,
         )
+        self._placement.apply(model, projection)  # the digest above is of the weights as given
 
     def forward(self, pixels: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require(*GRAY)
         self.check_pixels(pixels)
-        if entry_tokens:
-            self.require("light-gray")
-            n = check_entry_tokens(self.spec, entry_tokens)
-            with insert(self.__first, n, self.__at), inject(self.__layers, entry_tokens, n, self.__at):
-                return self._run(pixels, n)
-        return self._run(pixels, 0)
+        back = {"device": pixels.device, "dtype": pixels.dtype}  # the answer lands where the question came from
+        place = self._placement
+        with place.autocast():
+            if entry_tokens:
+                self.require("light-gray")
+                n = check_entry_tokens(self.spec, entry_tokens)
+                entry_tokens = {name: place.inward(t) for name, t in entry_tokens.items()}
+                with insert(self.__first, n, self.__at), inject(self.__layers, entry_tokens, n, self.__at):
+                    return self._run(place.inward(pixels), n).to(**back)
+            return self._run(place.inward(pixels), 0).to(**back)
 
     def _run(self, pixels: torch.Tensor, n: int) -> torch.Tensor:
         out = self.__model(pixel_values=pixels)

@@ -20,12 +20,13 @@ from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reser
 from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
+from exotune.devices import Placed, Placement
 from exotune.errors import ConfigError
 
 POOLINGS = ("mean", "cls")  # an encoder's; a decoder's are "last" and "mean"
 
 
-class TextEncoderBox(Box):
+class TextEncoderBox(Placed, Box):
     """Owner-side wrapper: keeps the encoder private and frozen; exposes a ``BoxSpec``.
 
     The encoder is stored under a name-mangled attribute and is never returned; the box is
@@ -51,6 +52,11 @@ class TextEncoderBox(Box):
     token embeddings in the secret's orthogonal basis (``E @ R``), undone inside before the
     first layer and on entry tokens: adapters train exactly as in the model's own coordinates,
     and ``encode`` is unchanged. A local box for the user's own use needs none.
+
+    ``device`` and ``dtype`` place and cast the weights (after the digest is taken: the spec,
+    and so the adapters that match it, do not depend on them); inputs move to the box and
+    outputs come back on the caller's device in the caller's format. ``precision`` (``"bf16"``,
+    ``"fp16"``) autocasts the calls made without gradients (encode, evaluation, scores).
     """
 
     def __init__(
@@ -70,7 +76,11 @@ class TextEncoderBox(Box):
         prompts: Mapping[str, str] | None = None,
         prompt: str | None = None,
         pool_prompt: bool = True,
+        device: str | torch.device | None = None,  # default: where the model is
+        dtype: str | torch.dtype | None = None,  # default: the model's
+        precision: str = "fp32",  # of the no-gradient calls
     ) -> None:
+        self._placement = Placement(device, dtype, precision)  # checked before anything runs
         family = family_of(str(getattr(model.config, "model_type", "")))
         pooling = pooling or family.poolings[0]
         if pooling not in family.poolings:
@@ -122,6 +132,7 @@ class TextEncoderBox(Box):
         )
         if prompt:
             self._use_prompt(prompt)
+        self._placement.apply(model)  # the digest above is of the weights as given
 
     def prompted(self, name: str) -> TextEncoderBox:
         """The same hidden model with the owner's prompt ``name`` before every text."""
@@ -146,6 +157,8 @@ class TextEncoderBox(Box):
     def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
         self.require("dark-gray", "light-gray")
         batch = self._embed(texts, max_length)
+        if batch.embeds.dtype in (torch.bfloat16, torch.float16):  # the user's side stays float32
+            batch.embeds = batch.embeds.float()
         if self.__basis is not None:
             batch.embeds = self.__basis.to_user(batch.embeds)  # (B, T, D) in the owner's secret basis
         return batch
@@ -153,12 +166,17 @@ class TextEncoderBox(Box):
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require("dark-gray", "light-gray")
         self.check_input(embeds, mask)
-        if entry_tokens:
-            self.require("light-gray")
-            n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
-            entry_tokens = {name: self._inward(t) for name, t in entry_tokens.items()}
-            return self._forward_with_entry_tokens(self._inward(embeds), mask, entry_tokens, n)
-        return self._forward(self._inward(embeds), mask)
+        back = {"device": embeds.device, "dtype": embeds.dtype}  # the answer lands where the question came from
+        mask = mask.to(self.device)
+        with self._placement.autocast():
+            if entry_tokens:
+                self.require("light-gray")
+                n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
+                entry_tokens = {name: self._to_box(t) for name, t in entry_tokens.items()}
+                out = self._forward_with_entry_tokens(self._to_box(embeds), mask, entry_tokens, n)
+            else:
+                out = self._forward(self._to_box(embeds), mask)
+        return out.to(**back)
 
     # -- private ------------------------------------------------------------------------------
 
@@ -170,8 +188,12 @@ class TextEncoderBox(Box):
                 [self.__prompt + t for t in texts], padding=True, truncation=True, max_length=limit,
                 return_tensors="pt", padding_side="right",  # the user's layout: every text starts at position 0
             )
-        embeds = self.__embeddings(enc["input_ids"]).detach()  # (B, T, D)
-        return TokenBatch(embeds=embeds, mask=enc["attention_mask"])
+        embeds = self.__embeddings(enc["input_ids"].to(self.device)).detach()  # (B, T, D), on the box's device
+        return TokenBatch(embeds=embeds, mask=enc["attention_mask"].to(self.device))
+
+    def _to_box(self, x: torch.Tensor) -> torch.Tensor:
+        """The user's tokens in the model's coordinates, on its device and in its format."""
+        return self._placement.inward(self._inward(x))
 
     def _inward(self, x: torch.Tensor) -> torch.Tensor:
         """The user's tokens in the model's own coordinates (R^T undoes the secret basis)."""
@@ -222,7 +244,8 @@ class TextEncoderBox(Box):
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         batch = self._embed(texts, None)
         self.check_input(batch.embeds, batch.mask)
-        return self._forward(batch.embeds, batch.mask)
+        with self._placement.autocast():
+            return self._forward(batch.embeds, batch.mask).float()
 
     def __repr__(self) -> str:  # never show the module
         s = self.spec

@@ -9,6 +9,7 @@ from exotune.cli.common import (
     fit_and_report,
     labelled_splits,
     load_data,
+    on_device,
     open_box,
     print_metrics,
     train_box,
@@ -47,6 +48,7 @@ def evaluate(args) -> int:
                                ClassificationConfig(label_template=args.label_template or "{}"))
     else:
         model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
+    model = on_device(args, model)
     y_true, y_pred, classes = model.predictions(data, progress=not getattr(args, "quiet", False))
     metrics = classification_metrics(y_true, y_pred, len(model.label_names), classes)
     if getattr(args, "report_dir", None):

@@ -80,6 +80,11 @@ def add_task_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="classification", choices=TASKS, help="default: classification")
 
 
+# exotune.devices' (a test keeps them equal); no torch at parse time
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
+
+
 def add_box_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--backbone", default=None,
@@ -88,6 +93,14 @@ def add_box_args(p: argparse.ArgumentParser) -> None:
                         "open_clip:MODEL@PRETRAINED")
     g.add_argument("--remote", default=None, metavar="URL",
                    help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
+    d = p.add_argument_group("device and precision (recorded in a run's summary, never in an adapter)")
+    d.add_argument("--device", default="auto",
+                   help=f"where the adapters, the head and a local box run: {DEVICE_CHOICES} (default: auto, "
+                        "a CUDA GPU when there is one; under torchrun the rank's own)")
+    d.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler) for training steps and "
+                        "a local box's no-gradient calls (encode, evaluation, scores); the trained tensors stay "
+                        "float32 (default: fp32)")
 
 
 def add_texts_args(p: argparse.ArgumentParser):
@@ -211,10 +224,37 @@ def open_box(args, **load_kwargs):
     if args.remote:
         from exotune.boxes.remote import connect
 
-        return connect(args.remote)
+        return connect(args.remote)  # the owner chose its device and format; answers land on --device
     from exotune.boxes import load_box
 
-    return load_box(args.backbone, **load_kwargs)
+    return load_box(args.backbone, **device_options(args), **load_kwargs)
+
+
+def device_options(args) -> dict:
+    """``--device`` and ``--precision`` as options of a local box (none where a command lacks them)."""
+    if vars(args).get("device") is None:
+        return {}
+    return {"device": args.device, "precision": args.precision}
+
+
+def user_device(args):
+    """``--device`` for the user's side. The image tasks' boxes (CLIP towers, ViT) are not placed on
+    a device yet, so their adapters stay with them on the CPU: there ``auto`` is the CPU and a GPU
+    is refused (call it early: before anything loads)."""
+    from exotune.devices import resolve_device
+
+    device = vars(args).get("device")
+    if vars(args).get("task") in IMAGE_TASKS:
+        if device not in (None, "auto", "cpu"):
+            raise ConfigError(f"--device {device}: --task {args.task} runs on the CPU for now (its boxes are not "
+                              "placed on a device yet); use --device cpu")
+        device = "cpu"
+    return resolve_device(device)
+
+
+def on_device(args, model):
+    """``model`` (the user's tensors) moved to ``--device``."""
+    return model.to(user_device(args))
 
 
 def served_boxes(args):
@@ -365,7 +405,8 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
 
     out = Path(args.output_dir)
     with card_context(data=data_info(args, train, val)):
-        trainer = Trainer(train_cfg, out, progress=not args.quiet, report_to=getattr(args, "report_to", None) or ())
+        trainer = Trainer(train_cfg, out, progress=not args.quiet, report_to=getattr(args, "report_to", None) or (),
+                          device=user_device(args), precision=args.precision)
         result = trainer.fit(model, train, val, resume=args.resume)
         if not distributed.is_main():
             return 0

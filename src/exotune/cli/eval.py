@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exotune.cli import classification, images, retrieval, vision
-from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images
+from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images, user_device
 from exotune.errors import ConfigError
 
 EVALUATORS = {"classification": classification.evaluate, "retrieval": retrieval.evaluate,
@@ -36,4 +36,5 @@ def run(args) -> int:
     refuse_images(args)
     if args.report_dir and args.task != "classification":
         raise ConfigError(f"--report-dir writes a classification report, not one for --task {args.task}")
+    user_device(args)  # refused before anything loads
     return EVALUATORS[args.task](args)

@@ -11,8 +11,10 @@ from exotune.cli.common import (
     add_box_args,
     add_texts_args,
     clip_pair,
+    on_device,
     open_image_box,
     read_texts,
+    user_device,
 )
 from exotune.errors import ConfigError, DataError
 
@@ -41,6 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    user_device(args)  # refused before anything loads
     if args.task == "classification":
         return _texts(args)
     if args.output:
@@ -68,7 +71,7 @@ def _texts(args) -> int:
     if args.output:
         check_predictions_output(args.output)  # before any model loads
     texts = read_texts(args)
-    model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
+    model = on_device(args, TextClassifier.from_pretrained(args.adapter, adapter_box(args)))
     probs = model.predict_proba(texts)
     if args.output:
         out = write_predictions(args.output, prediction_rows(texts, model.label_names, probs, args.top_k))

@@ -8,6 +8,7 @@ import sys
 from exotune.cli.common import (
     adapter_box,
     fit_and_report,
+    on_device,
     open_box,
     print_metrics,
     train_box,
@@ -81,7 +82,7 @@ def evaluate(args) -> int:
         model = DualEncoder(open_box(args), DGAConfig.variant("none"))
     else:  # the box the adapter was trained against (its entry points, for LGA)
         model = DualEncoder.from_pretrained(args.adapter, adapter_box(args))
-    metrics = model.evaluate(data, progress=not getattr(args, "quiet", False))
+    metrics = on_device(args, model).evaluate(data, progress=not getattr(args, "quiet", False))
     print_metrics(args, metrics, f"{data.name}: nDCG@10 {metrics['ndcg@10']:.4f}, Recall@10 "
                                  f"{metrics['recall@10']:.4f}, Recall@100 {metrics['recall@100']:.4f}, MRR@10 "
                                  f"{metrics['mrr@10']:.4f} ({len(data)} queries, {len(data.corpus)} documents)")

@@ -41,6 +41,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "pixels; clip: a CLIP model's two towers under /text and /image, one token set "
                         "(image and clip: dark-gray or light-gray)")
     p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
+    p.add_argument("--device", default="auto",
+                   help="where the model's weights live (--kind text): auto, cpu, cuda or cuda:<index> (default: "
+                        "auto, a CUDA GPU when there is one)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="the weights' format (--kind text); inputs and answers stay float32 on the wire, and the "
+                        "spec's digest is that of the weights as loaded, so adapters match either way "
+                        "(default: float32)")
     p.add_argument("--entry-points", type=entry_points_arg, default=None,
                    help="light-gray: 'all' or comma-separated layer indices that accept tokens")
     p.add_argument("--entry-tokens-max", type=positive_int, default=ENTRY_TOKENS_MAX,
@@ -145,16 +152,22 @@ def build_server(args):
                          body_timeout_s=args.body_timeout, login_failures=args.login_failures,
                          login_window_s=args.login_window, quota_store=args.quota_store,
                          quota_fallback=args.quota_fallback)
+    from exotune.devices import resolve_device
+
+    resolve_device(args.device)  # a GPU that is not there is refused before the model loads
     points = {}
     if args.entry_points:
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
         points = {"entry_points": args.entry_points, "entry_tokens_max": args.entry_tokens_max}
     if args.kind != "text":
+        if args.device not in ("auto", "cpu") or args.dtype != "float32":
+            raise ConfigError(f"--device and --dtype place a text box; --kind {args.kind} runs on the CPU in float32")
         return _vision_server(args, tokens, config, points)
     secret, origin = owner_secret(args.owner_secret_file)
     print(f"owner secret {origin}", file=sys.stderr)
-    kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis, **points}
+    kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis, **points,
+              "device": args.device, "dtype": args.dtype}
     name = args.model_name or (Path(args.model.rstrip("/")).name if args.model else "all-MiniLM-L6-v2")
     return create_app(load_box(args.model, **kwargs), tokens, config, name)
 

@@ -18,6 +18,7 @@ from exotune.cli.common import (
     refuse_images,
     refuse_split_files,
     train_config,
+    user_device,
 )
 from exotune.cli.runs import check_output_dir
 from exotune.defaults import CLASSIFICATION, RETRIEVAL
@@ -121,6 +122,7 @@ def run(args) -> int:
     distributed.setup()  # under torchrun: join the group (and pick this rank's GPU) before loading the box
     check_output_dir(args)
     fill_train_defaults(args)
+    user_device(args)  # a GPU that is not there, or not yet for this task, is refused before anything loads
     dga, train_cfg = dga_config(args), train_config(args)
     refuse_images(args)
     refuse_split_files(args, args.task)

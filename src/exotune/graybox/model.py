@@ -40,6 +40,14 @@ class GrayBoxModel(nn.Module):
         # cache them (texts by their text, images by their file path).
         frozen_box = self.input_adapter is None and self.entry_tokens is None
         self._cache: dict[str, torch.Tensor] | None = {} if frozen_box else None
+        # Follows ``.to(device)`` (not saved): where the user's side runs, so that each batch
+        # moves there once, whatever device (or machine) the box answers from.
+        self.register_buffer("device_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """The user's device: that of the adapters (the box's may differ)."""
+        return self.device_anchor.device
 
     @property
     def added_tokens(self) -> int:
@@ -110,15 +118,15 @@ class GrayBoxModel(nn.Module):
     def _box_outputs(self, inputs: list) -> torch.Tensor:
         tokens = None if self.entry_tokens is None else self.entry_tokens()  # name -> (n, D)
         if self.images:
-            pixels = self.box.preprocess(inputs)  # (B, C, H, W), the owner's preprocessing
+            pixels = self.box.preprocess(inputs).to(self.device)  # (B, C, H, W), the owner's preprocessing
             if self.input_adapter is not None:
                 pixels = self.input_adapter(pixels)  # (B, C, H, W)
-            return self.box.forward(pixels, tokens)
+            return self.box.forward(pixels, tokens).to(self.device)  # a box elsewhere may answer there
         batch = self.embed(inputs)
-        embeds, mask = batch.embeds, batch.mask  # (B, T, D), (B, T)
+        embeds, mask = batch.embeds.to(self.device), batch.mask.to(self.device)  # (B, T, D), (B, T)
         if self.input_adapter is not None:
             embeds, mask = self.input_adapter(embeds, mask)  # (B, T + k, D)
-        return self.box.forward(embeds, mask, tokens)
+        return self.box.forward(embeds, mask, tokens).to(self.device)
 
     @property
     def caches_box_outputs(self) -> bool:
@@ -135,7 +143,7 @@ class GrayBoxModel(nn.Module):
                               f"got {tuple(outputs.shape)}")
         if len(self._cache) + len(texts) > _CACHE_LIMIT:
             raise ConfigError(f"the box-output cache holds at most {_CACHE_LIMIT:,} texts")
-        self._cache.update(zip(texts, outputs.detach(), strict=True))
+        self._cache.update(zip(texts, outputs.detach().to(self.device), strict=True))
 
     def forward(self, inputs: list) -> torch.Tensor:
         z = self.backbone_outputs(inputs)  # (B, O)

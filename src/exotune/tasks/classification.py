@@ -128,7 +128,7 @@ class TextClassifier(AdapterModelMixin, nn.Module):
 
     def loss(self, data: TextLabelData) -> torch.Tensor:
         logits = self(data.inputs)
-        return nn.functional.cross_entropy(logits, torch.tensor(data.labels))
+        return nn.functional.cross_entropy(logits, torch.tensor(data.labels, device=logits.device))
 
     @torch.no_grad()
     def predict_proba(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:

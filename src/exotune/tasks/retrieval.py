@@ -206,7 +206,7 @@ class TwoTowerRetriever(AdapterModelMixin, nn.Module):
                 if p != target and p in column:
                     mask[b, column[p]] = True
         logits = logits.masked_fill(mask, float("-inf"))
-        return nn.functional.cross_entropy(logits, torch.tensor([column[t] for t in targets]))
+        return nn.functional.cross_entropy(logits, torch.tensor([column[t] for t in targets], device=logits.device))
 
     def _forward(self, tower: nn.Module, texts: list[str]) -> torch.Tensor:
         return torch.cat([tower(part) for part in self.box.spec.limits.batches(texts)])  # the owner's limit
