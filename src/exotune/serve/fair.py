@@ -29,7 +29,8 @@ class FairScheduler:
         self._arrivals = itertools.count()
 
     @contextmanager
-    def turn(self, caller: str):
+    def turn(self, caller: str, riders=()):
+        """``riders``: other callers served in this turn too (a batch): they count as served now."""
         ticket = next(self._arrivals)
         with self._cond:
             self._waiting.setdefault(caller, deque()).append(ticket)
@@ -39,7 +40,9 @@ class FairScheduler:
             queue.popleft()
             if not queue:
                 del self._waiting[caller]
-            self._last[caller] = next(self._turns)
+            self._last[caller] = now = next(self._turns)
+            for other in riders:
+                self._last[other] = now
             self._active += 1
         try:
             yield
