@@ -10,15 +10,37 @@ import torch
 
 from exotune.serve.graphs import build
 
-ENCODE_CHUNK = 64  # texts per forward inside one unit of /v1/encode and /v1/scores
+# Rows per forward inside a call (texts of /v1/encode and /v1/scores, sorted by length; rows
+# of forward and backward units, grouped by length): padding is most of the work in large
+# groups. Served MiniLM, one thread, 64 Banking77 texts: 0.48 s in groups of 16 or 8, 0.58 s
+# of 32, 1.21 s of 64; 1.09 s as 16 separate requests of 4.
+CHUNK_ROWS = 16
 
 
-def pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``tensors`` (rows, length, ...) padded with zeros to the longest length, one after another."""
-    if len({t.shape[1:] for t in tensors}) == 1:
-        return torch.cat(tensors)
-    longest = max(t.shape[1] for t in tensors)
-    return torch.cat([torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, longest - t.shape[1])) for t in tensors])
+Row = tuple[int, int, int | None]  # (payload, row, extent): a row's length up to its last real token
+
+
+def row_groups(payloads: list[tuple]) -> list[list[Row]]:
+    """Every row of ``payloads`` (inputs and mask first), shortest first, in groups of
+    ``CHUNK_ROWS``. Rows of tokens are cut after their last real token (what follows is masked
+    out: it changes nothing of the row's outputs); other inputs (pixels) are whole."""
+    rows = []
+    for p, (x, mask, *_) in enumerate(payloads):
+        if x.ndim == 3:  # tokens (rows, length, dim)
+            extents = (mask.shape[1] - (mask != 0).int().flip(1).argmax(1)).tolist()
+        else:
+            extents = [None] * x.shape[0]
+        rows += [(p, r, e) for r, e in enumerate(extents)]
+    rows.sort(key=lambda row: row[2] or 0)
+    return [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+
+
+def stack_rows(tensors: list[torch.Tensor], group: list[Row]) -> torch.Tensor:
+    """The rows ``group`` of ``tensors`` (one per payload), cut to their extent and padded with
+    zeros to the longest of them."""
+    parts = [tensors[p][r] if e is None else tensors[p][r, :e] for p, r, e in group]
+    longest = max(t.shape[0] for t in parts)
+    return torch.stack([torch.nn.functional.pad(t, (0, 0) * (t.ndim - 1) + (0, longest - t.shape[0])) for t in parts])
 
 
 class BatchedCalls:
@@ -36,21 +58,34 @@ class BatchedCalls:
 
     def _encode_call(self, payloads: list[list[str]]) -> list[torch.Tensor]:
         texts = [t for part in payloads for t in part]
-        out = self.box.encode(texts, batch_size=min(ENCODE_CHUNK, self.spec.limits.max_batch)).float()
+        out = self.box.encode(texts, batch_size=min(CHUNK_ROWS, self.spec.limits.max_batch)).float()
         return list(out.split([len(part) for part in payloads]))
 
     def _forward_call(self, payloads: list[tuple]) -> list[torch.Tensor]:
-        """Outputs of several requests' units in one box call, padded together (no entry tokens
-        when more than one: those run alone)."""
-        embeds, mask = pad_cat([p[0] for p in payloads]), pad_cat([p[1] for p in payloads])
-        with torch.no_grad():
-            out = self._run(embeds, mask, payloads[0][2])
-        return list(out.split([p[0].shape[0] for p in payloads]))
+        """Outputs of several requests' units (embeds, mask, entry tokens: none when more than
+        one, those run alone), their rows regrouped by length."""
+        inputs, masks = [p[0] for p in payloads], [p[1] for p in payloads]
+        answers = [torch.zeros(x.shape[0], self.spec.output_dim) for x in inputs]
+        for group in row_groups(payloads):
+            with torch.no_grad():
+                out = self._run(stack_rows(inputs, group), stack_rows(masks, group), payloads[0][2])
+            for (p, r, _), o in zip(group, out, strict=True):
+                answers[p][r] = o
+        return answers
 
     def _backward_call(self, payloads: list[tuple]) -> list[torch.Tensor]:
-        """Input gradients of several requests' units (embeds, mask, grad_outputs) in one
-        forward+backward, padded together; each cut back to its own rows and length."""
-        embeds, mask = pad_cat([p[0] for p in payloads]), pad_cat([p[1] for p in payloads])
-        graph = build(self._run, embeds, mask, {}, embeds.shape[0], nullcontext)
-        grads = graph.grads(torch.cat([p[2] for p in payloads]), nullcontext)[graph.input_name]
-        return [g[:, : p[0].shape[1]] for g, p in zip(grads.split([p[0].shape[0] for p in payloads]), payloads, strict=True)]
+        """Input gradients of several requests' units (embeds, mask, grad_outputs): a
+        forward+backward per group of rows of like length; each row's gradient put back in
+        its place (zero after its last real token, where it is zero alone too)."""
+        inputs, masks, grads = [p[0] for p in payloads], [p[1] for p in payloads], [p[2] for p in payloads]
+        answers = [torch.zeros_like(x) for x in inputs]
+        for group in row_groups(payloads):
+            x = stack_rows(inputs, group)
+            graph = build(self._run, x, stack_rows(masks, group), {}, x.shape[0], nullcontext)
+            got = graph.grads(torch.stack([grads[p][r] for p, r, _ in group]), nullcontext)[graph.input_name]
+            for (p, r, e), g in zip(group, got, strict=True):
+                if e is None:
+                    answers[p][r] = g
+                else:
+                    answers[p][r, :e] = g[:e]
+        return answers

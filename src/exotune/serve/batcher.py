@@ -1,16 +1,19 @@
 """Gathering concurrent requests for the same route into one box call.
 
 A unit of work (a slice of one request, at most one fair unit) arriving when no batch of
-its route is gathering opens one and leads it: for ``wait_s`` it takes in the units of other
-requests that arrive meanwhile, then closes, waits for its leader's turn on the fair
-scheduler and runs them all as one call. Each request still gets exactly its own answer (the
+its route is gathering opens one and leads it: for ``wait_s``, and then for as long as it
+waits for its leader's turn on the fair scheduler (the box busy with other work), it takes
+in the units of other requests that arrive; with the turn it closes and runs them all as one
+call. Each request still gets exactly its own answer (the
 route's ``call`` splits the call's result back) or its own error: when a gathered call
 fails, each unit is run again alone, so a bad row fails only its own request.
 
 Fairness between tokens stays the scheduler's: a batch is one turn, holds at most
 ``max_rows`` rows and, of each token, at most one fair unit of work (a token with several
-requests in flight cannot fill a batch; its other units wait for the next). The tokens riding
-in a batch count as served with that turn.
+requests in flight cannot fill a batch; its other units wait for the next). Only a request's
+first unit rides in another's batch: the next units of a request already served lead their
+own, and wait for their turn as the round robin says. The tokens riding in a batch count as
+served with that turn.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Job:
     payload: Any
     rows: int
     work: int  # tokens, as the fair scheduler counts them
+    first: bool = True  # the first unit of its request (else it leads its own batch)
 
 
 @dataclass(eq=False)
@@ -67,7 +71,7 @@ class Batcher:
             with self.scheduler.turn(job.caller):
                 return _outcome(_calls(call, [job])[0])
         with self._cond:
-            batch = next((b for b in self._open.get(key, ()) if self._fits(b, job)), None)
+            batch = next((b for b in self._open.get(key, ()) if job.first and self._fits(b, job)), None)
             leader = batch is None
             if leader:
                 batch = _Batch([], time.monotonic() + self.wait_s)
@@ -78,13 +82,14 @@ class Batcher:
         if not leader:
             batch.done.wait()
             return _outcome(batch.outcomes[batch.jobs.index(job)])
-        with self._cond:
-            while not batch.closed and (left := batch.deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
-            self._close(key, batch)
         try:
-            riders = {j.caller for j in batch.jobs} - {job.caller}
-            with self.scheduler.turn(job.caller, riders):
+            with self.scheduler.turn(job.caller):
+                with self._cond:  # the box is free: gather a little longer, unless the batch is full
+                    deadline = max(batch.deadline, time.monotonic() + self.wait_s)
+                    while not batch.closed and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                    self._close(key, batch)
+                self.scheduler.also_served({j.caller for j in batch.jobs} - {job.caller})
                 batch.outcomes = _calls(call, batch.jobs)
         except BaseException as err:  # the turn itself failed: every job fails alike
             batch.outcomes = [err] * len(batch.jobs)

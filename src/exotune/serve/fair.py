@@ -29,8 +29,7 @@ class FairScheduler:
         self._arrivals = itertools.count()
 
     @contextmanager
-    def turn(self, caller: str, riders=()):
-        """``riders``: other callers served in this turn too (a batch): they count as served now."""
+    def turn(self, caller: str):
         ticket = next(self._arrivals)
         with self._cond:
             self._waiting.setdefault(caller, deque()).append(ticket)
@@ -40,9 +39,7 @@ class FairScheduler:
             queue.popleft()
             if not queue:
                 del self._waiting[caller]
-            self._last[caller] = now = next(self._turns)
-            for other in riders:
-                self._last[other] = now
+            self._last[caller] = next(self._turns)
             self._active += 1
         try:
             yield
@@ -52,6 +49,14 @@ class FairScheduler:
                 if len(self._last) > 4096:  # forget callers not waiting now: their next turn is early anyway
                     self._last = {c: t for c, t in self._last.items() if c in self._waiting}
                 self._cond.notify_all()
+
+    def also_served(self, callers) -> None:
+        """``callers`` were served in a turn just given to another (riding in its batch): their
+        next turn comes after those of callers not served since."""
+        with self._cond:
+            now = next(self._turns)
+            for caller in callers:
+                self._last[caller] = now
 
     def waiting(self) -> int:
         """Units waiting for their turn now."""

@@ -271,9 +271,9 @@ class BoxService(BatchedCalls):
             work += cost
         units.append(unit)
         out = torch.zeros(len(texts), self.spec.output_dim)
-        for unit in units if len(units) > 1 else [list(range(len(texts)))]:  # one unit: as sent
+        for n, unit in enumerate(units if len(units) > 1 else [list(range(len(texts)))]):  # one unit: as sent
             part = [texts[i] for i in unit]
-            job = Job(caller, part, len(part), sum(token_bound(t, length) for t in part))
+            job = Job(caller, part, len(part), sum(token_bound(t, length) for t in part), first=n == 0)
             out[torch.as_tensor(unit)] = self.batcher.run("encode", job, self._encode_call)
         return out
 
@@ -355,8 +355,8 @@ class BoxService(BatchedCalls):
     def _jobs(self, caller: str, embeds: torch.Tensor, entries: dict, payload) -> list[Job]:
         """One request's units of work: ``payload(rows)`` for each slice of ``_rows_per_unit`` rows."""
         rows, length = self._rows_per_unit(embeds, entries), embeds.shape[1] + sum(t.shape[0] for t in entries.values())
-        return [Job(caller, payload(slice(i, i + rows)), min(rows, embeds.shape[0] - i), min(rows, embeds.shape[0] - i) * length)
-                for i in range(0, embeds.shape[0], rows)]
+        return [Job(caller, payload(slice(i, i + rows)), min(rows, embeds.shape[0] - i),
+                    min(rows, embeds.shape[0] - i) * length, first=i == 0) for i in range(0, embeds.shape[0], rows)]
 
     def _rows_per_unit(self, embeds: torch.Tensor, entries: dict) -> int:
         length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
