@@ -174,3 +174,19 @@ def test_batching_is_off_at_zero_and_the_wait_is_checked(tiny_box):
         with pytest.raises(ConfigError, match="batch_wait_ms"):
             ServeConfig(batch_wait_ms=bad)
     assert ServeConfig.from_dict(ServeConfig(batch_wait_ms=3.5).to_dict()).batch_wait_ms == 3.5
+
+
+@pytest.mark.slow
+def test_the_serve_suite_measures_batching_on_and_off_side_by_side(tiny_backbone, tmp_path, monkeypatch):
+    import json
+
+    from exotune.cli import main
+
+    monkeypatch.setenv("EXOTUNE_DATA", str(tmp_path / "no-datasets"))  # made-up texts: the same run everywhere
+    assert main(["bench", "serve", "--quick", "--backbone", str(tiny_backbone), "--out-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "serve.json").read_text())
+    assert {(c["route"], c["clients"], c["batching"]) for c in doc["cells"]} == {
+        (r, n, m) for r in ("encode", "fwd+bwd") for n in (1, 4) for m in ("on", "off")}
+    assert all(c["failed"] == 0 and c["calls"] >= c["clients"] for c in doc["cells"]), doc["cells"]
+    assert doc["texts"] == "synthetic" and set(doc["summary"]) == {"encode off", "encode on", "fwd+bwd off", "fwd+bwd on"}
+    assert (tmp_path / "serve.md").read_text().startswith("# serve (quick)")

@@ -6,7 +6,16 @@ import json
 import sys
 from pathlib import Path
 
-from exotune.bench import classification, ea, graymethods, reliability, remote, retrieval, steps
+from exotune.bench import (
+    classification,
+    ea,
+    graymethods,
+    reliability,
+    remote,
+    retrieval,
+    serving,
+    steps,
+)
 from exotune.bench.common import (
     RESULTS_DIR,
     BenchOptions,
@@ -21,7 +30,7 @@ from exotune.defaults import TASK_DEFAULTS
 from exotune.errors import ConfigError
 
 SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea, "steps": steps,
-          "reliability": reliability}
+          "reliability": reliability, "serve": serving}
 
 
 def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path, datasets) -> Path:
