@@ -353,10 +353,12 @@ class BoxService(BatchedCalls):
         return out.float()
 
     def _jobs(self, caller: str, embeds: torch.Tensor, entries: dict, payload) -> list[Job]:
-        """One request's units of work: ``payload(rows)`` for each slice of ``_rows_per_unit`` rows."""
-        rows, length = self._rows_per_unit(embeds, entries), embeds.shape[1] + sum(t.shape[0] for t in entries.values())
-        return [Job(caller, payload(slice(i, i + rows)), min(rows, embeds.shape[0] - i),
-                    min(rows, embeds.shape[0] - i) * length, first=i == 0) for i in range(0, embeds.shape[0], rows)]
+        """One request's units of work: ``payload(rows)`` for each slice of ``_rows_per_unit`` rows
+        (a row weighing its share of a fair unit: its tokens, or an image's)."""
+        rows, total = self._rows_per_unit(embeds, entries), embeds.shape[0]
+        weight = max(1, self.config.fair_unit_tokens // rows)
+        return [Job(caller, payload(slice(i, i + rows)), min(rows, total - i), min(rows, total - i) * weight,
+                    first=i == 0) for i in range(0, total, rows)]
 
     def _rows_per_unit(self, embeds: torch.Tensor, entries: dict) -> int:
         length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
