@@ -14,6 +14,7 @@ from exotune.bench import (
     reliability,
     remote,
     retrieval,
+    serving,
     steps,
 )
 from exotune.bench.common import (
@@ -30,7 +31,7 @@ from exotune.defaults import TASK_DEFAULTS
 from exotune.errors import ConfigError
 
 SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea, "steps": steps,
-          "reliability": reliability, "precision": precision}
+          "reliability": reliability, "precision": precision, "serve": serving}
 
 
 def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path, datasets) -> Path:

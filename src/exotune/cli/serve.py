@@ -60,6 +60,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stateless", action="store_true", help="keep no graphs: backward sends the inputs again")
     p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
+    p.add_argument("--batch-wait-ms", type=float, default=_default_batch_wait_ms(),
+                   help="gather concurrent requests of a route for up to this long into one box call of at most "
+                        "--max-batch rows (encode, scores, embed, forward, and backward with --stateless; "
+                        "0: each request alone; default: %(default)g, see the README's remote section)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
     for flag, kind, default, text in _hardening_flags():
         p.add_argument(flag, type=kind, default=default, help=text + ("" if default is None else f" (default: {default:g})"))
@@ -87,6 +91,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-basis", action="store_true",
                    help="hand out token embeddings in the model's own coordinates, not the secret basis "
                         "(the digest stays keyed); adapters trained with the basis are then refused")
+
+
+def _default_batch_wait_ms() -> float:
+    from exotune.serve.config import ServeConfig
+
+    return ServeConfig().batch_wait_ms
 
 
 def _hardening_flags() -> list[tuple[str, type, float | None, str]]:
@@ -149,6 +159,7 @@ def build_server(args):
                          max_tokens_per_request=args.max_tokens_per_request,
                          max_response_bytes=int(args.max_response_mb * 2**20), fair_unit_tokens=args.fair_unit_tokens,
                          box_workers=args.box_workers, max_inflight_per_token=args.max_inflight,
+                         batch_wait_ms=args.batch_wait_ms,
                          body_timeout_s=args.body_timeout, login_failures=args.login_failures,
                          login_window_s=args.login_window, quota_store=args.quota_store,
                          quota_fallback=args.quota_fallback)

@@ -11,6 +11,8 @@ from exotune.configs import ConfigBase
 from exotune.errors import ConfigError
 from exotune.serve.quota import FALLBACKS, check_store_url
 
+MAX_BATCH_WAIT_MS = 1000.0  # a gathering window longer than this only adds latency
+
 
 @dataclass
 class ServeConfig(ConfigBase):
@@ -27,6 +29,9 @@ class ServeConfig(ConfigBase):
     max_response_bytes: int = 64 * 2**20  # an answer's size, checked before the work is done
     fair_unit_tokens: int = 512  # work the box does for one token before another's turn
     box_workers: int = 1  # box calls run at once (1: one after another, fairly between tokens)
+    # concurrent requests of one route gathered for up to this long into one box call (0: each
+    # alone); at most max_batch rows, and of each token at most fair_unit_tokens of work
+    batch_wait_ms: float = 2.0
     max_inflight_per_token: int = 4  # a token's requests beyond this wait, holding no thread
     max_body_bytes: int = 16 * 2**20
     body_timeout_s: float = 30.0  # a request body must arrive whole within this
@@ -59,6 +64,9 @@ class ServeConfig(ConfigBase):
                 raise ConfigError(f"ServeConfig.{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.label_cache_size, int) or self.label_cache_size < 0:
             raise ConfigError(f"ServeConfig.label_cache_size must be an integer >= 0, got {self.label_cache_size!r}")
+        if isinstance(self.batch_wait_ms, bool) or not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= MAX_BATCH_WAIT_MS:
+            raise ConfigError(f"ServeConfig.batch_wait_ms must be a number of milliseconds from 0 to "
+                              f"{MAX_BATCH_WAIT_MS:g}, got {self.batch_wait_ms!r}")
         for name in ("handle_ttl_s", "rate_per_s", "body_timeout_s", "login_window_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -82,6 +90,7 @@ class ServeConfig(ConfigBase):
             "rate_per_s": self.rate_per_s,
             "burst": self.burst,
             "max_inflight_per_token": self.max_inflight_per_token,
+            "batch_wait_ms": self.batch_wait_ms,
             "grad_budget": self.grad_budget,
         }
 

@@ -50,6 +50,14 @@ class FairScheduler:
                     self._last = {c: t for c, t in self._last.items() if c in self._waiting}
                 self._cond.notify_all()
 
+    def also_served(self, callers) -> None:
+        """``callers`` were served in a turn just given to another (riding in its batch): their
+        next turn comes after those of callers not served since."""
+        with self._cond:
+            now = next(self._turns)
+            for caller in callers:
+                self._last[caller] = now
+
     def waiting(self) -> int:
         """Units waiting for their turn now."""
         with self._cond:

@@ -27,6 +27,8 @@ class PixelBoxService(BoxService):
     """The service of an image box (see the module). The fair scheduler counts an image as
     ``IMAGE_TOKENS`` tokens; a training forward's graph is estimated from two probe graphs."""
 
+    input_name = PIXELS
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._pixel_cost: tuple[float, float] | None = None  # bytes per graph unit, per image

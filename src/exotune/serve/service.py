@@ -17,6 +17,8 @@ from exotune.boxes.base import Box
 from exotune.boxes.spec import GRAY, BoxLimits
 from exotune.errors import WireError
 from exotune.serve.auth import TokenGate
+from exotune.serve.batched_calls import BatchedCalls
+from exotune.serve.batcher import Batcher, Job
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
 from exotune.serve.fair import FairScheduler
@@ -24,7 +26,6 @@ from exotune.serve.graphs import ENTRY, GraphCost, build
 from exotune.serve.handles import HandleError, HandleStore, Pending
 
 PROTOCOL = "exotune-box/1"
-ENCODE_CHUNK = 64  # texts per forward inside one unit of /v1/encode and /v1/scores
 FLOAT = 4  # bytes of a float32 in an answer
 
 
@@ -45,7 +46,9 @@ def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
                      max_length=min(own.max_length, config.max_length or own.max_length))
 
 
-class BoxService:
+class BoxService(BatchedCalls):
+    input_name = "embeds"  # the wire name of the input and of its gradient
+
     def __init__(self, box: Box, config: ServeConfig, gate: TokenGate) -> None:
         self.box, self.config, self.gate = box, config, gate
         self.spec = replace(box.spec, limits=served_limits(box, config))
@@ -53,6 +56,7 @@ class BoxService:
         self.max_tokens = config.max_tokens_per_request or lim.max_batch * lim.max_length
         self.handles = HandleStore(config.max_handles, config.max_handle_bytes, config.handle_ttl_s)
         self.scheduler = FairScheduler(config.box_workers)
+        self.batcher = Batcher(self.scheduler, config.batch_wait_ms / 1000, lim.max_batch, config.fair_unit_tokens)
         self._cost = GraphCost()
         self._entries = {e.name: e for e in self.spec.entry_points}
         self._labels: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()  # label set -> (L, O)
@@ -88,9 +92,10 @@ class BoxService:
         longest = max(token_bound(t, min(max_length, self._text_length)) for t in texts)
         self._check_answer("/v1/embed", len(texts) * longest * (self.spec.input_dim * FLOAT + 8),
                            "send fewer texts, or a smaller max_length")
-        with self.scheduler.turn(caller):  # tokenizing is cheap next to a forward: one unit
-            batch = self.box.embed(texts, max_length=max_length)
-        return wire.encode({"embeds": batch.embeds.float(), "mask": batch.mask.long()})
+        # tokenizing is cheap next to a forward: one unit
+        embeds, mask = self.batcher.run(("embed", max_length), Job(caller, texts, len(texts), 0),
+                                        partial(self._embed_call, max_length))
+        return wire.encode({"embeds": embeds.float(), "mask": mask.long()})
 
     def encode_texts(self, caller: str, texts) -> torch.Tensor:
         """(N, O) float32 outputs of ``texts``, checked as ``/v1/encode`` checks them."""
@@ -135,13 +140,14 @@ class BoxService:
         tensors = self._decode(body).tensors
         embeds, mask, entries = self._inputs(tensors)
         if not keep:
-            rows = self._rows_per_unit(embeds, entries)
-            outs = []
-            with torch.no_grad():
-                for i in range(0, embeds.shape[0], rows):
-                    with self.scheduler.turn(caller):
-                        outs.append(self._run(embeds[i : i + rows], mask[i : i + rows], entries))
+            key = None if entries else "forward"  # entry tokens are one request's own: it runs alone
+            outs = [self.batcher.run(key, job, self._forward_call)
+                    for job in self._jobs(caller, embeds, entries, lambda s: (embeds[s], mask[s], entries))]
             return wire.encode({"outputs": torch.cat(outs)}, {"stateless": "1"} if train else None)
+        # A training forward that keeps its graph runs alone: a graph built for several
+        # requests would be freed only when the last of them sent its backward (or expired),
+        # holding the others' memory and handle budget meanwhile, and none could be refused
+        # or retried alone; its backward, one caller's, needs only its own rows anyway.
         try:
             reservation = self.handles.reserve(self.estimate_graph_bytes(caller, embeds, entries))
         except HandleError as err:
@@ -164,13 +170,18 @@ class BoxService:
         if grad is None:
             raise ApiError(422, "invalid", "backward needs a tensor named 'grad_outputs' (batch, output_dim)")
         self._check_float("grad_outputs", grad)
-        handle, pending = None, None
+        handle, pending, graph = None, None, None
         if self.config.stateless:
             embeds, mask, entries = self._inputs(tensors)
             self._check_grad_shape(grad, embeds.shape[0])
             self.gate.spend_gradient(caller)
             try:
-                graph = self._graph(caller, embeds, mask, entries)
+                if entries:  # their gradients add up over the request's units: it runs alone
+                    graph = self._graph(caller, embeds, mask, entries)
+                else:  # each unit a forward+backward, gathered with other requests' units
+                    parts = [self.batcher.run("backward", job, self._backward_call)
+                             for job in self._jobs(caller, embeds, {}, lambda s: (embeds[s], mask[s], grad[s]))]
+                    answer = {self.input_name: torch.cat(parts)}
             except BaseException:
                 self.gate.refund_gradient(caller)
                 raise
@@ -191,7 +202,8 @@ class BoxService:
                 raise ApiError(err.status, code, str(err)) from None
             graph = pending.graph
         try:
-            answer = graph.grads(grad, partial(self.scheduler.turn, caller))
+            if graph is not None:
+                answer = graph.grads(grad, partial(self.scheduler.turn, caller))
         except BaseException:
             self._refuse_backward(caller, handle, pending)
             raise
@@ -259,10 +271,10 @@ class BoxService:
             work += cost
         units.append(unit)
         out = torch.zeros(len(texts), self.spec.output_dim)
-        batch = min(ENCODE_CHUNK, self.spec.limits.max_batch)
-        for unit in units if len(units) > 1 else [list(range(len(texts)))]:  # one unit: as sent
-            with self.scheduler.turn(caller):
-                out[torch.as_tensor(unit)] = self.box.encode([texts[i] for i in unit], batch_size=batch).float()
+        for n, unit in enumerate(units if len(units) > 1 else [list(range(len(texts)))]):  # one unit: as sent
+            part = [texts[i] for i in unit]
+            job = Job(caller, part, len(part), sum(token_bound(t, length) for t in part), first=n == 0)
+            out[torch.as_tensor(unit)] = self.batcher.run("encode", job, self._encode_call)
         return out
 
     def _check_answer(self, route: str, nbytes: int, advice: str) -> None:
@@ -339,6 +351,14 @@ class BoxService:
             raise ApiError(422, "invalid", "the inputs drive the box to NaN or infinite outputs; "
                                            "keep 'embeds' (and entry tokens) in the range embed returns")
         return out.float()
+
+    def _jobs(self, caller: str, embeds: torch.Tensor, entries: dict, payload) -> list[Job]:
+        """One request's units of work: ``payload(rows)`` for each slice of ``_rows_per_unit`` rows
+        (a row weighing its share of a fair unit: its tokens, or an image's)."""
+        rows, total = self._rows_per_unit(embeds, entries), embeds.shape[0]
+        weight = max(1, self.config.fair_unit_tokens // rows)
+        return [Job(caller, payload(slice(i, i + rows)), min(rows, total - i), min(rows, total - i) * weight,
+                    first=i == 0) for i in range(0, total, rows)]
 
     def _rows_per_unit(self, embeds: torch.Tensor, entries: dict) -> int:
         length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
