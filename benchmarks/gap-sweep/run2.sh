@@ -45,8 +45,8 @@ dga-lowrank16-5e-3 dga-lowrank16 dga=5e-3
 lga-8-5e-3-tok2e-2 lga-8 dga=5e-3 dga.tokens=2e-2
 lora-1e-3 lora lora=1e-3
 lga-16-5e-3 lga-16 dga=5e-3
-lga-32-5e-3-tok2e-2 lga-32 dga=5e-3 dga.tokens=2e-2
 lga-8-upper-5e-3 lga-8-upper dga=5e-3
+lga-32-5e-3 lga-32 dga=5e-3
 lga-8-init-frequent-5e-3 lga-8-init-frequent dga=5e-3
 dga-lowrank16-rpt64-init-labels-5e-3 dga-lowrank16-rpt64-init-labels dga=5e-3
 full-ft-2e-4 full-ft full-ft=2e-4
