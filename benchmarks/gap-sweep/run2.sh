@@ -37,7 +37,5 @@ dga-both-2e-3 dga-both dga=2e-3
 full-ft-2e-4 full-ft full-ft=2e-4
 lga-16-5e-3 lga-16 dga=5e-3
 lga-8-upper-5e-3 lga-8-upper dga=5e-3
-lga-32-5e-3 lga-32 dga=5e-3
-lga-8-init-frequent-5e-3 lga-8-init-frequent dga=5e-3
 RUNS
 python benchmarks/gap-sweep/summarize.py "$out"
