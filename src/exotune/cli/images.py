@@ -20,6 +20,7 @@ from exotune.cli.common import (
     open_image_box,
     positive_int,
     print_metrics,
+    saved_options,
     train_val,
 )
 from exotune.errors import ConfigError
@@ -169,7 +170,7 @@ def train(args, text_dga, train_cfg) -> int:
 
 def evaluate(args) -> int:
     from exotune.graybox import DGAConfig
-    from exotune.tasks.classification import ClassificationConfig, saved_box_options
+    from exotune.tasks.classification import ClassificationConfig
     from exotune.tasks.image_classification import ImageClassifier
     from exotune.tasks.image_text import ImageTextRetriever
 
@@ -180,8 +181,8 @@ def evaluate(args) -> int:
             text_box, image_box = clip_pair(args)
             model = ImageTextRetriever(text_box, image_box, DGAConfig.variant("none"), DGAConfig.variant("none"))
         else:
-            text_box, image_box = clip_pair(args, image_options=saved_box_options(args.adapter),
-                                            text_options=saved_box_options(args.adapter, "text_box"))
+            text_box, image_box = clip_pair(args, image_options=saved_options(args),
+                                            text_options=saved_options(args, "text_box"))
             model = ImageTextRetriever.from_pretrained(args.adapter, text_box, image_box)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
@@ -198,7 +199,7 @@ def evaluate(args) -> int:
                                     ClassificationConfig(label_template=_label_template(args)), text_box=text_box)
         else:
             model = ImageClassifier.from_pretrained(args.adapter,
-                                                    open_image_box(args, **saved_box_options(args.adapter)))
+                                                    open_image_box(args, **saved_options(args)))
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
                    f"({len(data)} images)")

@@ -17,6 +17,7 @@ from exotune.cli.common import (
     lga_box_options,
     open_image_box,
     print_metrics,
+    saved_options,
     train_val,
 )
 from exotune.cli.images import caption_source, check, report_skipped, test_metrics
@@ -95,7 +96,6 @@ def train(args, text_dga, train_cfg) -> int:
 
 def evaluate(args) -> int:
     from exotune.graybox import DGAConfig
-    from exotune.tasks.classification import saved_box_options
     from exotune.tasks.sketch import SketchPhotoRetriever
     from exotune.tasks.video_text import VideoTextConfig, VideoTextRetriever
 
@@ -107,8 +107,7 @@ def evaluate(args) -> int:
             model = VideoTextRetriever(*clip_pair(args), none, none,
                                        VideoTextConfig(frames=args.frames))
         else:
-            pair = clip_pair(args, image_options=saved_box_options(args.adapter),
-                             text_options=saved_box_options(args.adapter, "text_box"))
+            pair = clip_pair(args, image_options=saved_options(args), text_options=saved_options(args, "text_box"))
             model = VideoTextRetriever.from_pretrained(args.adapter, *pair)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-video R@1 {metrics['t2v_recall@1']:.4f}, R@5 {metrics['t2v_recall@5']:.4f}, "
@@ -121,8 +120,8 @@ def evaluate(args) -> int:
         if args.zero_shot:
             model = SketchPhotoRetriever(*sketch_boxes(args), none, none)
         else:
-            boxes = sketch_boxes(args, sketch=saved_box_options(args.adapter),
-                                 photo=saved_box_options(args.adapter, "photo_box"))
+            boxes = sketch_boxes(args, sketch=saved_options(args),
+                                 photo=saved_options(args, "photo_box", args.remote and not args.photo_backbone))
             model = SketchPhotoRetriever.from_pretrained(args.adapter, *boxes)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: mAP@all {metrics['map@all']:.4f}, P@100 {metrics['precision@100']:.4f}, "
