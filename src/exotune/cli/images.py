@@ -40,9 +40,6 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption-column", default="caption", help="caption column of --captions (default: caption)")
     g.add_argument("--skip-bad-images", "--skip-bad-videos", dest="skip_bad_images", action="store_true",
                    help="leave out missing or unreadable images or videos (counted) instead of stopping at the first")
-    g.add_argument("--test", metavar="PATH", default=None,
-                   help="with --eval-test: the test captions (image, video retrieval) or test image folder "
-                        "(image classification); a Karpathy or MSR-VTT --caption-split takes its test split")
     g.add_argument("--frames", type=positive_int, default=8, help="video-retrieval: frames sampled per video")
     g.add_argument("--temporal-pooling", default="mean", choices=("mean", "attention"),
                    help="video-retrieval: frames pooled by their mean, or by learnable weights (start: the mean)")
@@ -99,12 +96,12 @@ def _load_data(args, test: bool = False):
 
 
 def caption_source(args, test: bool = False) -> tuple[str, str | None] | None:
-    """(captions, split) of the training data, or with ``test`` of the test data: ``--test``, else
+    """(captions, split) of the training data, or with ``test`` of the test data: ``--test-file``, else
     the test split of a split file (``--caption-split``); None when there is none."""
     if not test:
         return args.captions, args.caption_split
-    if args.test:
-        return args.test, None
+    if args.test_file:
+        return args.test_file, None
     return (args.captions, "test") if args.caption_split is not None else None
 
 
@@ -118,7 +115,7 @@ def test_metrics(args, model, test_data):
     if not args.eval_test:
         return None
     if test_data is None:
-        print(f"warning: --eval-test for --task {args.task} needs --test PATH (or a split file's --caption-split); "
+        print(f"warning: --eval-test for --task {args.task} needs --test-file PATH (or a split file's --caption-split); "
               "skipped", file=sys.stderr)
         return None
     return lambda: model.evaluate(test_data, progress=not args.quiet)

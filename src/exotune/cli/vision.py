@@ -24,7 +24,7 @@ from exotune.cli.images import caption_source, check, report_skipped, test_metri
 
 
 def load_videos(args, test: bool = False):
-    """The captioned videos (``test``: those of ``--test`` or the test split, None without)."""
+    """The captioned videos (``test``: those of ``--test-file`` or the test split, None without)."""
     from exotune.data.videos import load_video_captions
 
     source = caption_source(args, test)
