@@ -241,3 +241,24 @@ def test_cli_serves_image_boxes_under_the_keyed_digest(tmp_path, kind):
     assert public not in first.values() and len(set(first.values())) == 1
     keyed = load_image_box(str(folder), owner_secret=secret_file.read_text().strip())
     assert keyed.spec.model_digest in first.values()
+
+
+def test_served_image_box_replays_an_expired_handle():
+    box = VisionEncoderBox(tiny_vision(), entry_points="all", entry_tokens_max=2)
+    app = make_app(box)
+    far = remote(app)
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens = {"layer.1": torch.randn(2, 32)}
+    grads = []
+    for target, stats in ((box, None), (far, far.stats)):
+        x, t = pixels.clone().requires_grad_(), tokens["layer.1"].clone().requires_grad_()
+        out = target.forward(x, {"layer.1": t})
+        if stats is not None:
+            app.state.service.handles.expire_all()  # the handle is gone before the backward
+        out.pow(2).sum().backward()
+        grads.append((x.grad, t.grad))
+    assert far.stats["replays"] == 1
+    for local, served in zip(*grads, strict=True):
+        torch.testing.assert_close(served, local, rtol=1e-4, atol=1e-6)
+    with remote(make_app(box)) as closing:
+        assert closing.forward(pixels).shape == (2, 32)

@@ -141,9 +141,7 @@ def train(args, text_dga, train_cfg) -> int:
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "image-retrieval":
         text_box, image_box = clip_pair(args, **lga)
-        temperature = args.temperature if args.temperature is not None else ImageTextConfig.temperature
-        cfg = ImageTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature,
-                              loss=args.loss or "auto")
+        cfg = ImageTextConfig(**temperature_options(args, ImageTextConfig), loss=args.loss or "auto")
         model = ImageTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
         train_cfg = replace(train_cfg, select_metric="mean_recall")
         what = f"text {model.text_dga.description}, image {model.image_dga.description}"
@@ -160,13 +158,36 @@ def train(args, text_dga, train_cfg) -> int:
         model = ImageClassifier(image_box, data.label_names, image_dga, cls_cfg, text_box=text_box)
         what = image_dga.description
     test = test_metrics(args, model, _load_data(args, test=True) if args.eval_test else None)
+    return fit_vision(args, model, what, train_data, val, train_cfg, test)
+
+
+def temperature_options(args, config_cls) -> dict:
+    """A contrastive task config's temperature: ``--temperature`` (default: the config's),
+    learned unless ``--fixed-temperature``."""
+    temperature = args.temperature if args.temperature is not None else config_cls.temperature
+    return {"temperature": temperature, "learn_temperature": not args.fixed_temperature}
+
+
+def fit_vision(args, model, what: str, train_data, val, train_cfg, test) -> int:
+    """Say what trains on how much, then train (``fit_and_report``; ``test``: ``test_metrics``'s)."""
     print(f"training {what} on {len(train_data)} examples, validating on {len(val)}; "
           f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
     return fit_and_report(args, model, train_data, val, train_cfg, test)
 
 
+def pair_retriever(args, retriever, config=None):
+    """An image- or video-text ``retriever`` (the class) over ``clip_pair``: the adapter
+    ``--adapter`` trained, or with ``--zero-shot`` the bare towers (``config``: the task's)."""
+    if getattr(args, "zero_shot", False):
+        from exotune.graybox import DGAConfig
+
+        none = DGAConfig.variant("none")
+        return retriever(*clip_pair(args), none, none, *([config] if config is not None else []))
+    pair = clip_pair(args, image_options=saved_options(args), text_options=saved_options(args, "text_box"))
+    return retriever.from_pretrained(args.adapter, *pair)
+
+
 def evaluate(args) -> int:
-    from exotune.graybox import DGAConfig
     from exotune.tasks.classification import ClassificationConfig
     from exotune.tasks.image_classification import ImageClassifier
     from exotune.tasks.image_text import ImageTextRetriever
@@ -174,13 +195,7 @@ def evaluate(args) -> int:
     check(args)
     data = _load_data(args)
     if args.task == "image-retrieval":
-        if args.zero_shot:
-            text_box, image_box = clip_pair(args)
-            model = ImageTextRetriever(text_box, image_box, DGAConfig.variant("none"), DGAConfig.variant("none"))
-        else:
-            text_box, image_box = clip_pair(args, image_options=saved_options(args),
-                                            text_options=saved_options(args, "text_box"))
-            model = ImageTextRetriever.from_pretrained(args.adapter, text_box, image_box)
+        model = pair_retriever(args, ImageTextRetriever)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
                    f"R@10 {metrics['t2i_recall@10']:.4f}; image-to-text R@1 {metrics['i2t_recall@1']:.4f}, "

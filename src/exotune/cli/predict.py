@@ -10,13 +10,13 @@ from exotune.cli.common import (
     adapter_box,
     add_box_args,
     add_texts_args,
-    clip_pair,
     on_device,
     open_image_box,
     read_texts,
     saved_options,
     user_device,
 )
+from exotune.cli.images import pair_retriever
 from exotune.errors import ConfigError, DataError
 
 TASKS = ("classification", "image-classification", "image-retrieval", "video-retrieval", "sketch-retrieval")
@@ -144,11 +144,10 @@ def _nearest(args, inputs: list[str]):
     captions = [line.strip() for line in read_text(Path(args.candidates)).splitlines() if line.strip()]
     if not captions:
         raise DataError(f"{args.candidates}: no captions")
-    pair = clip_pair(args, image_options=saved_options(args), text_options=saved_options(args, "text_box"))
     if args.task == "video-retrieval":
         from exotune.tasks.video_text import VideoTextRetriever as Retriever
     else:
         from exotune.tasks.image_text import ImageTextRetriever as Retriever
-    model = Retriever.from_pretrained(args.adapter, *pair)
+    model = pair_retriever(args, Retriever)
     scores = model.encode_images(inputs) @ model.encode_texts(captions).T  # (Q, C)
     return (*scores.topk(max(1, min(args.top_k, len(captions))), dim=1), captions)
