@@ -49,7 +49,7 @@ def test_cli_video_retrieval(clip_folder, video_root, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *common, "--captions", str(video_root / "train.csv"), "--epochs", "1", "--batch-size", "4",
                  "--output-dir", str(run), "--quiet", "--frames", "2", "--temporal-pooling", "attention",
-                 "--val-fraction", "0.3", "--eval-test", "--test", str(video_root / "test.csv")]) == 0
+                 "--val-fraction", "0.3", "--eval-test", "--test-file", str(video_root / "test.csv")]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert "val_t2v_median_rank" in summary["history"][0] and "v2t_recall@1" in summary["test"]
     config = json.loads((run / "best" / "adapter_config.json").read_text())
@@ -104,7 +104,7 @@ def test_cli_image_predict_and_eval_test(clip_folder, shape_folders, tmp_path, c
     run = tmp_path / "run"
     assert main(["train", "--task", "image-classification", "--images", str(shape_folders / "train"), "--backbone",
                  str(clip_folder), "--epochs", "1", "--batch-size", "6", "--output-dir", str(run), "--quiet",
-                 "--eval-test", "--test", str(shape_folders / "test")]) == 0
+                 "--eval-test", "--test", str(shape_folders / "test")]) == 0  # the former spelling still works
     assert "accuracy" in json.loads((run / "summary.json").read_text())["test"]
     capsys.readouterr()
     assert main(["predict", "--task", "image-classification", "--backbone", str(clip_folder), "--adapter",
@@ -118,7 +118,7 @@ def test_cli_image_predict_and_eval_test(clip_folder, shape_folders, tmp_path, c
     assert main(["train", "--task", "image-retrieval", "--images", str(tmp_path / "img"), "--captions",
                  str(tmp_path / "c.csv"), "--backbone", str(clip_folder), "--epochs", "1", "--output-dir", str(ret),
                  "--quiet", "--eval-test"]) == 0
-    assert "needs --test PATH" in capsys.readouterr().err  # no test data: said, and skipped
+    assert "needs --test-file PATH" in capsys.readouterr().err  # no test data: said, and skipped
     (tmp_path / "cands.txt").write_text("a red circle\na green square\n")
     assert main(["predict", "--task", "image-retrieval", "--backbone", str(clip_folder), "--adapter",
                  str(ret / "best"), "--input", str(tmp_path / "img" / rows[0][0]), "--candidates",
@@ -147,3 +147,25 @@ def test_cli_vision_errors(argv, fragment, clip_folder, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+def test_image_and_text_tasks_spell_the_test_file_alike(tmp_path, capsys):
+    from exotune.cli import build_parser
+
+    parser = build_parser("train")
+    for flag in ("--test-file", "--test"):  # --test: the image tasks' former spelling, hidden
+        assert parser.parse_args(["train", "--file", "f.csv", "--output-dir", "o", flag, "t.csv"]).test_file == "t.csv"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    train_help = capsys.readouterr().out
+    assert "--test-file" in train_help and "--test " not in train_help
+    base = ["train", "--output-dir", str(tmp_path / "r"), "--backbone", str(tmp_path / "nope")]
+    for extra, fragment in [
+        (["--task", "sketch-retrieval", "--sketches", "s", "--test-file", "t"], "--unseen-classes"),
+        (["--task", "image-retrieval", "--images", "i", "--val-file", "v"], "--val-file is for --task classification"),
+        (["--task", "retrieval", "--file", "f.csv", "--test-file", "t"], "--test-file is for --task classification"),
+    ]:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err, err

@@ -173,3 +173,92 @@ def test_reliability_pixels_section_holds():
            "summary": {"load_held": True, "soak_held": True, "bad_inputs_tried": 0, "server_errors_5xx": 0,
                        "faults_survived": "0/0", "data_lost": "none"}, "sections": {"pixels": result}}
     assert "| image box (pixels) | held:" in markdown(doc)
+
+
+# -- the owner's secret keys a served image box's digest ---------------------------------------
+
+SECRET, OTHER = "s" * 32, "t" * 32
+
+
+def pair_of(family: str, **options):
+    from exotune.boxes.open_clip import open_clip_boxes
+    from exotune.boxes.pairs import PAIRS
+
+    from .conftest import StandInOpenCLIP, stand_in_tokenizer
+    from .pair_models import build_pair
+
+    if family == "open_clip":
+        return open_clip_boxes(StandInOpenCLIP(), stand_in_tokenizer, **options)
+    model, tokenizer = build_tiny_clip() if family == "clip" else build_pair(family)
+    return PAIRS[family].build(model, tokenizer, **options)
+
+
+@pytest.mark.parametrize("family", ["vit", "clip", "siglip", "blip", "open_clip"])
+def test_owner_secret_keys_the_image_digest(family):
+    def digests(**options):
+        if family == "vit":
+            box = VisionEncoderBox(tiny_vision(), **options)
+            return box.spec.model_digest, box.spec.model_digest
+        text, image = pair_of(family, **options)
+        return text.spec.model_digest, image.spec.model_digest
+
+    public, keyed = digests(), digests(owner_secret=SECRET)
+    assert keyed[0] == keyed[1] and public[0] == public[1]  # both towers name one model
+    assert keyed != public  # the public weights' hash is not shown
+    assert digests(owner_secret=SECRET) == keyed and digests(owner_secret=OTHER) != keyed  # stable per owner
+
+
+def test_owner_secret_hides_which_layers_an_image_box_exposes():
+    light = {"entry_points": [1], "entry_tokens_max": 2}
+    assert [p.name for p in VisionEncoderBox(tiny_vision(), **light).spec.entry_points] == ["layer.1"]
+    keyed = VisionEncoderBox(tiny_vision(), owner_secret=SECRET, **light)
+    assert [p.name for p in keyed.spec.entry_points] == ["point.0"]
+    assert keyed.forward(torch.randn(2, 3, 32, 32), {"point.0": torch.randn(2, 32)}).shape == (2, 32)
+    text, image = clip_boxes(*build_tiny_clip(), owner_secret=SECRET, **light)
+    assert [p.name for p in text.spec.entry_points] == [p.name for p in image.spec.entry_points] == ["point.0"]
+
+
+@pytest.mark.parametrize("kind", ["image", "clip"])
+def test_cli_serves_image_boxes_under_the_keyed_digest(tmp_path, kind):
+    from exotune.boxes.loading import load_clip_boxes, load_image_box
+    from exotune.cli import build_parser
+    from exotune.cli.serve import build_server
+
+    folder = tmp_path / "clip"
+    build_tiny_clip(folder)
+    secret_file = tmp_path / "secret"
+
+    def served():
+        app = build_server(build_parser().parse_args(["serve", "--model", str(folder), "--no-auth", "--kind", kind,
+                                                      "--owner-secret-file", str(secret_file)]))
+        services = getattr(app.state, "services", None) or {"": app.state.service}
+        return {name: service.spec.model_digest for name, service in services.items()}
+
+    first = served()
+    assert secret_file.is_file() and served() == first  # the same secret after a restart: the same digest
+    public = load_image_box(str(folder)).spec.model_digest
+    assert public == load_clip_boxes(str(folder)).text.spec.model_digest
+    assert public not in first.values() and len(set(first.values())) == 1
+    keyed = load_image_box(str(folder), owner_secret=secret_file.read_text().strip())
+    assert keyed.spec.model_digest in first.values()
+
+
+def test_served_image_box_replays_an_expired_handle():
+    box = VisionEncoderBox(tiny_vision(), entry_points="all", entry_tokens_max=2)
+    app = make_app(box)
+    far = remote(app)
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens = {"layer.1": torch.randn(2, 32)}
+    grads = []
+    for target, stats in ((box, None), (far, far.stats)):
+        x, t = pixels.clone().requires_grad_(), tokens["layer.1"].clone().requires_grad_()
+        out = target.forward(x, {"layer.1": t})
+        if stats is not None:
+            app.state.service.handles.expire_all()  # the handle is gone before the backward
+        out.pow(2).sum().backward()
+        grads.append((x.grad, t.grad))
+    assert far.stats["replays"] == 1
+    for local, served in zip(*grads, strict=True):
+        torch.testing.assert_close(served, local, rtol=1e-4, atol=1e-6)
+    with remote(make_app(box)) as closing:
+        assert closing.forward(pixels).shape == (2, 32)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from exotune.boxes.base import Box, TokenBatch
+from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
 from exotune.boxes.http import check_texts
 from exotune.boxes.image import ImageBox, VisionEncoderBox
@@ -133,7 +133,8 @@ class CLIPTextBox(Box):
     Like ``TextEncoderBox``: private and frozen, ``embed`` and ``forward`` from embeddings,
     light-gray with ``entry_points`` (Hugging Face towers; n positions at the tower's
     ``insert_at``, after the start token). The spec's pooling is the tower's: ``"eos"`` for
-    CLIP, the state at each text's last token.
+    CLIP, the state at each text's last token. ``owner_secret`` (a served box's) names entry
+    points ``"point.<j>"``; ``digest`` is then the pair's keyed one (``pair_digest``).
     """
 
     def __init__(
@@ -146,8 +147,10 @@ class CLIPTextBox(Box):
         limits: BoxLimits | None = None,
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
+        owner_secret: str | bytes | None = None,
     ) -> None:
-        access, self.__layers, points = expose(layers_of or tower.module, entry_points, entry_tokens_max, access)
+        access, self.__layers, points = expose(layers_of or tower.module, entry_points, entry_tokens_max, access,
+                                               opaque=owner_secret is not None)
         tower.module.eval()
         tower.module.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self.__tower = tower
@@ -216,22 +219,27 @@ def tower_options(options: Mapping, tower: Mapping | None) -> dict:
     return {**options, **(tower or {})}
 
 
+def pair_digest(model: nn.Module, digest: str | None = None, owner_secret: str | bytes | None = None) -> str:
+    """The digest both towers of ``model`` carry: ``digest`` if given, else the whole model's,
+    keyed by ``owner_secret`` when the pair is served (``exotune.boxes.basis``)."""
+    return digest or model_digest(model, owner_secret)
+
+
 def clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
                text_options: Mapping | None = None, image_options: Mapping | None = None,
-               **options) -> BoxPair:
+               owner_secret: str | bytes | None = None, **options) -> BoxPair:
     """A Hugging Face ``CLIPModel`` as a (text, image) pair of boxes.
 
     ``options`` (``access``, ``entry_points``, ``entry_tokens_max``, ``limits``) apply to both
     towers; ``text_options`` / ``image_options`` override them for one. ``image`` describes the
-    preprocessing (default: OpenAI CLIP's at the model's input size).
+    preprocessing (default: OpenAI CLIP's at the model's input size). ``owner_secret`` (a
+    served pair's) keys the shared digest and names entry points ``"point.<j>"``.
     """
-    from exotune.boxes.base import model_digest
-
-    digest = digest or model_digest(model)
+    digest = pair_digest(model, digest, owner_secret)
     size = model.vision_model.config.image_size
     image = image or openai_image_spec(size if isinstance(size, int) else min(size))
     text = CLIPTextBox(hf_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
-                       **tower_options(options, text_options))
+                       owner_secret=owner_secret, **tower_options(options, text_options))
     vision = VisionEncoderBox(model.vision_model, projection=model.visual_projection, image=image, digest=digest,
-                              **tower_options(options, image_options))
+                              owner_secret=owner_secret, **tower_options(options, image_options))
     return BoxPair(text, vision)

@@ -138,7 +138,9 @@ class VisionEncoderBox(Placed, ImageBox):
 
     ``image`` describes the preprocessing (default: resize straight to the model's input size,
     mean 0.5 and std 0.5 per channel, the ViT convention); ``digest`` identifies the weights
-    when the tower is part of a larger model (a CLIP pair shares one digest). ``device``,
+    when the tower is part of a larger model (a CLIP pair shares one digest); ``owner_secret``
+    (a served box's) keys the digest taken here and names entry points ``"point.<j>"``, as for
+    a text box. ``device``,
     ``dtype`` and ``precision`` as for ``TextEncoderBox`` (a standalone tower; a CLIP pair's
     towers share one model and stay where it is).
     """
@@ -157,6 +159,7 @@ class VisionEncoderBox(Placed, ImageBox):
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
         digest: str | None = None,
+        owner_secret: str | bytes | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         precision: str = "fp32",
@@ -178,7 +181,8 @@ class VisionEncoderBox(Placed, ImageBox):
         hidden = int(config.hidden_size)
         size = size_pair(image_size or config.image_size)
         image = image or ImageSpec(mean=(0.5,) * channels, std=(0.5,) * channels, resize=0, interpolation="bilinear")
-        access, self.__layers, points = expose(model, entry_points, entry_tokens_max, access)
+        access, self.__layers, points = expose(model, entry_points, entry_tokens_max, access,
+                                               opaque=owner_secret is not None)
         # entry slots are inserted at the input of layer 0, whether or not it is an entry layer
         self.__first = find_layers(model)[0] if self.__layers else None
         for module in (model, projection):
@@ -192,7 +196,7 @@ class VisionEncoderBox(Placed, ImageBox):
         self.pooling = pooling
         self.normalize = normalize
         if digest is None:
-            digest = model_digest(nn.ModuleList([m for m in (model, projection) if m is not None]))
+            digest = model_digest(nn.ModuleList([m for m in (model, projection) if m is not None]), owner_secret)
         self.spec = BoxSpec(
             modality="image",
             input_kind="pixels",

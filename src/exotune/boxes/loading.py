@@ -108,22 +108,23 @@ def is_clip(name_or_path: str) -> bool:
     return _model_type(source, local) in PAIRS
 
 
-def load_clip_boxes(name_or_path: str, **options):
+def load_clip_boxes(name_or_path: str, owner_secret: str | bytes | None = None, **options):
     """An image-text checkpoint as a (text, image) ``BoxPair``.
 
     ``name_or_path``: a Hugging Face ``CLIPModel``, ``SiglipModel`` or ``BlipForImageTextRetrieval``
     (``openai/clip-vit-base-patch16``, a local folder; ``exotune.boxes.pairs``) or
     ``open_clip:MODEL[@PRETRAINED]`` (``open_clip:ViT-B-32@laion2b_s34b_b79k``, the 'open-clip' extra). ``options`` as for ``clip_boxes``. The weights must be in a local folder
-    or cache, or reachable on the hub.
+    or cache, or reachable on the hub. ``owner_secret`` (a served pair's) keys the digest both
+    specs show, so that it matches no hash of the public checkpoint.
     """
     if not name_or_path:
         raise ConfigError("a CLIP backbone must be named, e.g. 'openai/clip-vit-base-patch16'")
     if _is_open_clip(name_or_path):
         from exotune.boxes.open_clip import load_open_clip_boxes, parse_name
 
-        return load_open_clip_boxes(*parse_name(name_or_path), **options)
+        return load_open_clip_boxes(*parse_name(name_or_path), owner_secret=owner_secret, **options)
     source, _, local = _local_source(name_or_path)
-    return _load_hf_clip(source, local, _model_type(source, local), **options)
+    return _load_hf_clip(source, local, _model_type(source, local), owner_secret=owner_secret, **options)
 
 
 def _load_hf_clip(source: str, local: bool, model_type: str, **options):
@@ -138,11 +139,13 @@ def _load_hf_clip(source: str, local: bool, model_type: str, **options):
     return family.boxes(model, tokenizer, image=processor_image_spec(source), **options)
 
 
-def load_image_box(name_or_path: str, **options):
+def load_image_box(name_or_path: str, owner_secret: str | bytes | None = None, **options):
     """An image box: a ViT / DINOv2 checkpoint, or the image tower of a CLIP one (its projected
-    embedding). ``options`` as for ``VisionEncoderBox`` (``entry_points``, ``pooling``...)."""
+    embedding). ``options`` as for ``VisionEncoderBox`` (``entry_points``, ``pooling``...);
+    ``owner_secret`` (a served box's) keys the spec's digest."""
     if not name_or_path:
         raise ConfigError("an image backbone must be named, e.g. 'google/vit-base-patch16-224-in21k'")
+    options["owner_secret"] = owner_secret
     if _is_open_clip(name_or_path):
         return load_clip_boxes(name_or_path, **options).image
     from transformers import AutoModel

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from exotune.boxes.base import model_digest
 from exotune.boxes.clip import (
     BoxPair,
     CLIPTextBox,
     TextTower,
     openai_image_spec,
+    pair_digest,
     pick_filler,
     tower_options,
 )
@@ -68,11 +68,12 @@ def load_open_clip_boxes(model_name: str, pretrained: str | None = None, *, cach
 
 def open_clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None,
                     text_options: Mapping | None = None, image_options: Mapping | None = None,
-                    **options) -> BoxPair:
+                    owner_secret: str | bytes | None = None, **options) -> BoxPair:
     """An open_clip model (``encode_text`` / ``encode_image``) and its tokenizer as two boxes.
 
     ``options`` (``access``, ``limits``) apply to both towers, ``text_options`` /
-    ``image_options`` to one; entry points are refused (dark-gray only).
+    ``image_options`` to one; entry points are refused (dark-gray only). ``owner_secret`` (a
+    served pair's) keys the shared digest.
     """
     text_options, image_options = tower_options(options, text_options), tower_options(options, image_options)
     for given in (text_options, image_options):
@@ -81,7 +82,7 @@ def open_clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = No
         unknown = sorted(set(given) - {"access", "limits", "entry_points", "entry_tokens_max"})
         if unknown:
             raise ConfigError(f"unknown open_clip box options {unknown}; they take access and limits")
-    digest = model_digest(model)
+    digest = pair_digest(model, owner_secret=owner_secret)
     text = CLIPTextBox(open_clip_text_tower(model, tokenizer), digest=digest, access=text_options.get("access"),
                        limits=text_options.get("limits"))
     size = size_pair(getattr(model.visual, "image_size", 224))

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from exotune.boxes.base import model_digest
 from exotune.boxes.clip import (
     OPENAI_MEAN,
     OPENAI_STD,
@@ -31,6 +30,7 @@ from exotune.boxes.clip import (
     TextTower,
     clip_boxes,
     padded_tokenizer,
+    pair_digest,
     pick_filler,
     tower_options,
 )
@@ -73,13 +73,13 @@ def with_pair_loss(pair: BoxPair, loss: PairLoss) -> BoxPair:
 
 def siglip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
                  text_options: Mapping | None = None, image_options: Mapping | None = None,
-                 **options) -> BoxPair:
+                 owner_secret: str | bytes | None = None, **options) -> BoxPair:
     """A Hugging Face ``SiglipModel`` as a (text, image) pair of boxes; options as ``clip_boxes``."""
-    digest = digest or model_digest(model)
+    digest = pair_digest(model, digest, owner_secret)
     text = CLIPTextBox(siglip_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
-                       **tower_options(options, text_options))
+                       owner_secret=owner_secret, **tower_options(options, text_options))
     vision = VisionEncoderBox(model.vision_model, image=image or SIGLIP_IMAGE, pooling="model", digest=digest,
-                              **tower_options(options, image_options))
+                              owner_secret=owner_secret, **tower_options(options, image_options))
     with torch.no_grad():
         loss = PairLoss("sigmoid", scale=float(model.logit_scale.exp()), bias=float(model.logit_bias))
     return with_pair_loss(BoxPair(text, vision), loss)
@@ -101,13 +101,13 @@ def blip_text_tower(model: nn.Module, tokenizer) -> TextTower:
 
 def blip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
                text_options: Mapping | None = None, image_options: Mapping | None = None,
-               **options) -> BoxPair:
+               owner_secret: str | bytes | None = None, **options) -> BoxPair:
     """The image-text contrastive part of a ``BlipForImageTextRetrieval`` as a (text, image) pair."""
-    digest = digest or model_digest(model)
+    digest = pair_digest(model, digest, owner_secret)
     text = CLIPTextBox(blip_text_tower(model, tokenizer), digest=digest, layers_of=model.text_encoder,
-                       **tower_options(options, text_options))
+                       owner_secret=owner_secret, **tower_options(options, text_options))
     vision = VisionEncoderBox(model.vision_model, projection=model.vision_proj, image=image or BLIP_IMAGE,
-                              digest=digest, **tower_options(options, image_options))
+                              digest=digest, owner_secret=owner_secret, **tower_options(options, image_options))
     return BoxPair(text, vision)
 
 

@@ -16,8 +16,9 @@ from torch.autograd.function import once_differentiable
 from exotune.boxes import wire
 from exotune.boxes.base import Box, TokenBatch
 from exotune.boxes.http import TOKEN_ENV, Channel, RemoteConfig, check_texts, get
+from exotune.boxes.served import ServedCalls, entry_inputs, sorted_entries, wire_name
 from exotune.boxes.spec import GRAY
-from exotune.errors import HandleExpiredError, RemoteError
+from exotune.errors import RemoteError
 
 __all__ = ["TOKEN_ENV", "RemoteBox", "RemoteConfig", "connect"]
 
@@ -38,11 +39,7 @@ class _RemoteForward(torch.autograd.Function):
         return (None, None, None, grads["embeds"], *(grads[wire_name(n)] for n in ctx.names))
 
 
-def wire_name(entry_point: str) -> str:
-    return f"entry.{entry_point}"
-
-
-class RemoteBox(Box):
+class RemoteBox(ServedCalls, Box):
     """Client of a served box. ``stats`` counts requests, retries and forward replays."""
 
     def __init__(self, url: str, token: str | None = None, *, config: RemoteConfig | None = None,
@@ -65,8 +62,7 @@ class RemoteBox(Box):
         self.check_input(embeds, mask)
         if entry_tokens:
             self.require("light-gray")
-        names = tuple(sorted(entry_tokens or {}))
-        entries = [entry_tokens[n] for n in names] if names else []
+        names, entries = sorted_entries(entry_tokens)
         need_grad = torch.is_grad_enabled() and (embeds.requires_grad or any(e.requires_grad for e in entries))
         if not need_grad:
             return self._forward_call(embeds, mask, names, entries, train=False)[0]
@@ -86,53 +82,21 @@ class RemoteBox(Box):
                 for part in self.spec.limits.batches(texts)]
         return torch.cat(outs) if outs else torch.zeros(0, len(labels))
 
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> RemoteBox:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:  # never show the token
         return f"RemoteBox({self.url!r}, access={self.spec.access!r}, dim={self.spec.output_dim})"
 
-    # -- the two gradient calls -------------------------------------------------------------
+    # -- the two gradient calls (``ServedCalls``) ------------------------------------------
+
+    @staticmethod
+    def _inputs(embeds, mask, names, entries) -> dict[str, torch.Tensor]:
+        return {"embeds": embeds.detach().float(), "mask": mask.detach().long(), **entry_inputs(names, entries)}
 
     def _forward_call(self, embeds, mask, names, entries, train: bool):
-        tensors = {"embeds": embeds.detach().float(), "mask": mask.detach().long()}
-        tensors.update({wire_name(n): e.detach().float() for n, e in zip(names, entries, strict=True)})
-        msg = self._tensors("POST", "/v1/forward", content=wire.encode(tensors),
-                            params={"train": "true"} if train else None)
-        out = self._get(msg, "outputs", shape=(embeds.shape[0], self.spec.output_dim))
-        return out.to(device=embeds.device, dtype=embeds.dtype), msg.meta.get("handle")
+        return self._forward_inputs(self._inputs(embeds, mask, names, entries), embeds, train)
 
     def _backward_call(self, handle, grad_out, embeds, mask, names, entries) -> dict[str, torch.Tensor]:
-        tensors = {"grad_outputs": grad_out.detach().float()}
-        if handle is None:  # a stateless server: send the inputs again, it recomputes
-            tensors.update({"embeds": embeds.detach().float(), "mask": mask.detach().long()})
-            tensors.update({wire_name(n): e.detach().float() for n, e in zip(names, entries, strict=True)})
-            msg = self._tensors("POST", "/v1/backward", content=wire.encode(tensors))
-        else:
-            try:
-                msg = self._post_backward(tensors, handle)
-            except HandleExpiredError:  # expired, evicted or the server restarted: replay once
-                self.stats["replays"] += 1
-                _, handle = self._forward_call(embeds, mask, names, entries, train=True)
-                if handle is None:
-                    return self._backward_call(None, grad_out, embeds, mask, names, entries)
-                msg = self._post_backward(tensors, handle)
-        return self._grads(msg, embeds, names, entries)
-
-    def _post_backward(self, tensors: dict[str, torch.Tensor], handle: str) -> wire.Message:
-        return self._tensors("POST", "/v1/backward", content=wire.encode(tensors, {"handle": handle}))
-
-    def _grads(self, msg, embeds, names, entries) -> dict[str, torch.Tensor]:
-        grads = {"embeds": self._get(msg, "embeds", shape=tuple(embeds.shape)).to(embeds.device, embeds.dtype)}
-        for n, e in zip(names, entries, strict=True):
-            grads[wire_name(n)] = self._get(msg, wire_name(n), shape=tuple(e.shape)).to(e.device, e.dtype)
-        return grads
+        msg = self._backward_inputs(handle, grad_out, self._inputs(embeds, mask, names, entries), embeds)
+        return self._read_grads(msg, {"embeds": embeds, **{wire_name(n): e for n, e in zip(names, entries, strict=True)}})
 
     # -- HTTP -------------------------------------------------------------------------------
 

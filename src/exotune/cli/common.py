@@ -15,6 +15,7 @@ ENTRY_TOKENS = 2  # tokens per entry point when only --entry-points is given
 ENTRY_TOKENS_MAX = 8  # what the CLI's light-gray box accepts per entry point (at least N)
 IMAGE_TASKS = ("image-retrieval", "image-classification", "video-retrieval", "sketch-retrieval")
 TASKS = ("classification", "retrieval", *IMAGE_TASKS)
+TEST_FILE_TASKS = ("classification", "image-retrieval", "image-classification", "video-retrieval")  # --test-file
 # the data option of each vision task: --images, --videos, --sketches
 VISION_SOURCES = {"images": ("image-retrieval", "image-classification"), "videos": ("video-retrieval",),
                   "sketches": ("sketch-retrieval",)}
@@ -71,9 +72,11 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
 
 
 def add_split_files_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("your own validation and test files (with --file; same columns, labels by name)")
+    g = p.add_argument_group("your own validation and test files (with --file: same columns, labels by name)")
     g.add_argument("--val-file", help="validation file: selection happens on it (default: --val-fraction of --file)")
-    g.add_argument("--test-file", help="test file, scored once at the end")
+    g.add_argument("--test-file", help="test file, scored once at the end (--eval-test); image tasks: the test "
+                                       "captions (image, video retrieval) or test image folder (image classification)")
+    g.add_argument("--test", dest="test_file", help=argparse.SUPPRESS)  # the image tasks' former spelling
 
 
 def add_task_arg(p: argparse.ArgumentParser) -> None:
@@ -164,9 +167,12 @@ def labelled_splits(args, want_test: bool):
 
 
 def refuse_split_files(args, task: str) -> None:
-    """``--val-file``/``--test-file`` given to a task that reads no labelled text files."""
-    if (args.val_file or args.test_file) and task != "classification":
-        raise ConfigError(f"--val-file and --test-file are for --task classification, not --task {task}")
+    """``--val-file``/``--test-file`` given to a task that does not read them."""
+    if args.val_file and task != "classification":
+        raise ConfigError(f"--val-file is for --task classification, not --task {task}")
+    if args.test_file and task not in TEST_FILE_TASKS:
+        raise ConfigError(f"--test-file is for --task {', '.join(TEST_FILE_TASKS)}, not --task {task} "
+                          + ("(--eval-test ranks the --unseen-classes)" if task == "sketch-retrieval" else ""))
 
 
 def fill_train_defaults(args) -> None:
@@ -329,6 +335,15 @@ def train_box(args):
         raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
                           "exposes those its owner chose (see its /v1/spec)")
     return open_box(args, **lga_box_options(args))
+
+
+def saved_options(args, key: str = "box", served: bool | None = None) -> dict:
+    """Options that rebuild the ``key`` box ``--adapter`` was trained against, for a box loaded
+    here; none for a served one (``served``, default ``--remote``): it exposes what its owner
+    chose, under names that may hide its layers."""
+    from exotune.tasks.classification import saved_box_options
+
+    return {} if (args.remote if served is None else served) else saved_box_options(args.adapter, key)
 
 
 def adapter_box(args):

@@ -20,6 +20,7 @@ from exotune.cli.common import (
     open_image_box,
     positive_int,
     print_metrics,
+    saved_options,
     train_val,
 )
 from exotune.errors import ConfigError
@@ -39,9 +40,6 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--caption-column", default="caption", help="caption column of --captions (default: caption)")
     g.add_argument("--skip-bad-images", "--skip-bad-videos", dest="skip_bad_images", action="store_true",
                    help="leave out missing or unreadable images or videos (counted) instead of stopping at the first")
-    g.add_argument("--test", metavar="PATH", default=None,
-                   help="with --eval-test: the test captions (image, video retrieval) or test image folder "
-                        "(image classification); a Karpathy or MSR-VTT --caption-split takes its test split")
     g.add_argument("--frames", type=positive_int, default=8, help="video-retrieval: frames sampled per video")
     g.add_argument("--temporal-pooling", default="mean", choices=("mean", "attention"),
                    help="video-retrieval: frames pooled by their mean, or by learnable weights (start: the mean)")
@@ -98,12 +96,12 @@ def _load_data(args, test: bool = False):
 
 
 def caption_source(args, test: bool = False) -> tuple[str, str | None] | None:
-    """(captions, split) of the training data, or with ``test`` of the test data: ``--test``, else
+    """(captions, split) of the training data, or with ``test`` of the test data: ``--test-file``, else
     the test split of a split file (``--caption-split``); None when there is none."""
     if not test:
         return args.captions, args.caption_split
-    if args.test:
-        return args.test, None
+    if args.test_file:
+        return args.test_file, None
     return (args.captions, "test") if args.caption_split is not None else None
 
 
@@ -117,7 +115,7 @@ def test_metrics(args, model, test_data):
     if not args.eval_test:
         return None
     if test_data is None:
-        print(f"warning: --eval-test for --task {args.task} needs --test PATH (or a split file's --caption-split); "
+        print(f"warning: --eval-test for --task {args.task} needs --test-file PATH (or a split file's --caption-split); "
               "skipped", file=sys.stderr)
         return None
     return lambda: model.evaluate(test_data, progress=not args.quiet)
@@ -143,9 +141,7 @@ def train(args, text_dga, train_cfg) -> int:
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "image-retrieval":
         text_box, image_box = clip_pair(args, **lga)
-        temperature = args.temperature if args.temperature is not None else ImageTextConfig.temperature
-        cfg = ImageTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature,
-                              loss=args.loss or "auto")
+        cfg = ImageTextConfig(**temperature_options(args, ImageTextConfig), loss=args.loss or "auto")
         model = ImageTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
         train_cfg = replace(train_cfg, select_metric="mean_recall")
         what = f"text {model.text_dga.description}, image {model.image_dga.description}"
@@ -162,27 +158,44 @@ def train(args, text_dga, train_cfg) -> int:
         model = ImageClassifier(image_box, data.label_names, image_dga, cls_cfg, text_box=text_box)
         what = image_dga.description
     test = test_metrics(args, model, _load_data(args, test=True) if args.eval_test else None)
+    return fit_vision(args, model, what, train_data, val, train_cfg, test)
+
+
+def temperature_options(args, config_cls) -> dict:
+    """A contrastive task config's temperature: ``--temperature`` (default: the config's),
+    learned unless ``--fixed-temperature``."""
+    temperature = args.temperature if args.temperature is not None else config_cls.temperature
+    return {"temperature": temperature, "learn_temperature": not args.fixed_temperature}
+
+
+def fit_vision(args, model, what: str, train_data, val, train_cfg, test) -> int:
+    """Say what trains on how much, then train (``fit_and_report``; ``test``: ``test_metrics``'s)."""
     print(f"training {what} on {len(train_data)} examples, validating on {len(val)}; "
           f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
     return fit_and_report(args, model, train_data, val, train_cfg, test)
 
 
+def pair_retriever(args, retriever, config=None):
+    """An image- or video-text ``retriever`` (the class) over ``clip_pair``: the adapter
+    ``--adapter`` trained, or with ``--zero-shot`` the bare towers (``config``: the task's)."""
+    if getattr(args, "zero_shot", False):
+        from exotune.graybox import DGAConfig
+
+        none = DGAConfig.variant("none")
+        return retriever(*clip_pair(args), none, none, *([config] if config is not None else []))
+    pair = clip_pair(args, image_options=saved_options(args), text_options=saved_options(args, "text_box"))
+    return retriever.from_pretrained(args.adapter, *pair)
+
+
 def evaluate(args) -> int:
-    from exotune.graybox import DGAConfig
-    from exotune.tasks.classification import ClassificationConfig, saved_box_options
+    from exotune.tasks.classification import ClassificationConfig
     from exotune.tasks.image_classification import ImageClassifier
     from exotune.tasks.image_text import ImageTextRetriever
 
     check(args)
     data = _load_data(args)
     if args.task == "image-retrieval":
-        if args.zero_shot:
-            text_box, image_box = clip_pair(args)
-            model = ImageTextRetriever(text_box, image_box, DGAConfig.variant("none"), DGAConfig.variant("none"))
-        else:
-            text_box, image_box = clip_pair(args, image_options=saved_box_options(args.adapter),
-                                            text_options=saved_box_options(args.adapter, "text_box"))
-            model = ImageTextRetriever.from_pretrained(args.adapter, text_box, image_box)
+        model = pair_retriever(args, ImageTextRetriever)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
                    f"R@10 {metrics['t2i_recall@10']:.4f}; image-to-text R@1 {metrics['i2t_recall@1']:.4f}, "
@@ -198,7 +211,7 @@ def evaluate(args) -> int:
                                     ClassificationConfig(label_template=_label_template(args)), text_box=text_box)
         else:
             model = ImageClassifier.from_pretrained(args.adapter,
-                                                    open_image_box(args, **saved_box_options(args.adapter)))
+                                                    open_image_box(args, **saved_options(args)))
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
                    f"({len(data)} images)")

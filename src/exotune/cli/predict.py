@@ -10,12 +10,13 @@ from exotune.cli.common import (
     adapter_box,
     add_box_args,
     add_texts_args,
-    clip_pair,
     on_device,
     open_image_box,
     read_texts,
+    saved_options,
     user_device,
 )
+from exotune.cli.images import pair_retriever
 from exotune.errors import ConfigError, DataError
 
 TASKS = ("classification", "image-classification", "image-retrieval", "video-retrieval", "sketch-retrieval")
@@ -115,10 +116,9 @@ def _inputs(paths: list[str], video: bool = False) -> list[str]:
 
 
 def _classify(args, images: list[str]) -> int:
-    from exotune.tasks.classification import saved_box_options
     from exotune.tasks.image_classification import ImageClassifier
 
-    model = ImageClassifier.from_pretrained(args.adapter, open_image_box(args, **saved_box_options(args.adapter)))
+    model = ImageClassifier.from_pretrained(args.adapter, open_image_box(args, **saved_options(args)))
     _print_labels(model, images, model.predict_proba(images), args.top_k)
     return 0
 
@@ -126,7 +126,6 @@ def _classify(args, images: list[str]) -> int:
 def _nearest(args, inputs: list[str]):
     """Scores and indices (Q, k) of each input's nearest candidates, and the candidates' names."""
     from exotune.data.text import read_text
-    from exotune.tasks.classification import saved_box_options
 
     if args.task == "sketch-retrieval":
         from exotune.tasks.sketch import SketchPhotoRetriever
@@ -134,8 +133,8 @@ def _nearest(args, inputs: list[str]):
         if not args.photos:
             raise ConfigError("--task sketch-retrieval needs --photos DIR: the photos to choose from")
         photos = _inputs([args.photos])
-        sketch_box = open_image_box(args, **saved_box_options(args.adapter))
-        photo_box = (open_image_box(args, args.photo_backbone, **saved_box_options(args.adapter, "photo_box"))
+        sketch_box = open_image_box(args, **saved_options(args))
+        photo_box = (open_image_box(args, args.photo_backbone, **saved_options(args, "photo_box", False))
                      if args.photo_backbone else sketch_box)
         model = SketchPhotoRetriever.from_pretrained(args.adapter, sketch_box, photo_box)
         scores, indices = model.search(inputs, photos, max(1, args.top_k))
@@ -145,12 +144,10 @@ def _nearest(args, inputs: list[str]):
     captions = [line.strip() for line in read_text(Path(args.candidates)).splitlines() if line.strip()]
     if not captions:
         raise DataError(f"{args.candidates}: no captions")
-    pair = clip_pair(args, image_options=saved_box_options(args.adapter),
-                     text_options=saved_box_options(args.adapter, "text_box"))
     if args.task == "video-retrieval":
         from exotune.tasks.video_text import VideoTextRetriever as Retriever
     else:
         from exotune.tasks.image_text import ImageTextRetriever as Retriever
-    model = Retriever.from_pretrained(args.adapter, *pair)
+    model = pair_retriever(args, Retriever)
     scores = model.encode_images(inputs) @ model.encode_texts(captions).T  # (Q, C)
     return (*scores.topk(max(1, min(args.top_k, len(captions))), dim=1), captions)

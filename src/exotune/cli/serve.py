@@ -85,7 +85,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--owner-secret-file", default=None,
                    help="file holding the owner secret, created with a random one if missing (default: "
                         f"${OWNER_SECRET_ENV} if set, else {default_secret_file()}). The secret keys the spec's "
-                        "model digest, hides which layers entry points are and sets the secret input basis. "
+                        "model digest (every --kind), hides which layers entry points are and, for --kind text, "
+                        "sets the secret input basis. "
                         "Keep the file and reuse it: the same secret after a restart keeps adapters trained "
                         "against this box valid; another secret makes the box refuse them")
     p.add_argument("--no-basis", action="store_true",
@@ -175,12 +176,17 @@ def build_server(args):
         if args.device not in ("auto", "cpu") or args.dtype != "float32":
             raise ConfigError(f"--device and --dtype place a text box; --kind {args.kind} runs on the CPU in float32")
         return _vision_server(args, tokens, config, points)
-    secret, origin = owner_secret(args.owner_secret_file)
-    print(f"owner secret {origin}", file=sys.stderr)
-    kwargs = {"access": args.level, "owner_secret": secret, "basis": not args.no_basis, **points,
+    kwargs = {"access": args.level, "owner_secret": served_secret(args), "basis": not args.no_basis, **points,
               "device": args.device, "dtype": args.dtype}
     name = args.model_name or (Path(args.model.rstrip("/")).name if args.model else "all-MiniLM-L6-v2")
     return create_app(load_box(args.model, **kwargs), tokens, config, name)
+
+
+def served_secret(args) -> str:
+    """The owner secret ``--owner-secret-file`` (or its defaults) names; says where it came from."""
+    secret, origin = owner_secret(args.owner_secret_file)
+    print(f"owner secret {origin}", file=sys.stderr)
+    return secret
 
 
 def _vision_server(args, tokens, config, points: dict):
@@ -193,7 +199,7 @@ def _vision_server(args, tokens, config, points: dict):
                           f"not {args.level}")
     if not args.model:
         raise ConfigError(f"--kind {args.kind} needs --model: a ViT or DINOv2 checkpoint (--kind image) or a CLIP, SigLIP or BLIP one (--kind clip)")
-    options = {"access": args.level, **points}
+    options = {"access": args.level, "owner_secret": served_secret(args), **points}
     if args.kind == "image":
         return create_app(load_image_box(args.model, **options), tokens, config)
     text, image = load_clip_boxes(args.model, **options)

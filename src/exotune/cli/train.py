@@ -113,7 +113,7 @@ def add_parser(sub) -> None:
                         "default: only the CSV logs in OUTPUT_DIR/logs)")
     p.add_argument("--eval-test", action="store_true",
                    help="after training, evaluate once on the test split of --dataset (or --test-file; image "
-                        "tasks: --test, a split file's test split, or the unseen classes of --unseen-classes)")
+                        "tasks: --test-file, a split file's test split, or the unseen classes of --unseen-classes)")
 
 
 def run(args) -> int:

@@ -7,23 +7,30 @@ Text-video retrieval trains both towers of a CLIP pair on captioned videos (``--
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 from exotune.cli.common import (
     clip_pair,
     dga_config,
-    fit_and_report,
     lga_box_options,
     open_image_box,
     print_metrics,
+    saved_options,
     train_val,
 )
-from exotune.cli.images import caption_source, check, report_skipped, test_metrics
+from exotune.cli.images import (
+    caption_source,
+    check,
+    fit_vision,
+    pair_retriever,
+    report_skipped,
+    temperature_options,
+    test_metrics,
+)
 
 
 def load_videos(args, test: bool = False):
-    """The captioned videos (``test``: those of ``--test`` or the test split, None without)."""
+    """The captioned videos (``test``: those of ``--test-file`` or the test split, None without)."""
     from exotune.data.videos import load_video_captions
 
     source = caption_source(args, test)
@@ -76,26 +83,21 @@ def train(args, text_dga, train_cfg) -> int:
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "video-retrieval":
         text_box, image_box = clip_pair(args, **lga)
-        temperature = args.temperature if args.temperature is not None else VideoTextConfig.temperature
-        cfg = VideoTextConfig(temperature=temperature, learn_temperature=not args.fixed_temperature,
-                              frames=args.frames, temporal_pooling=args.temporal_pooling)
+        cfg = VideoTextConfig(**temperature_options(args, VideoTextConfig), frames=args.frames,
+                              temporal_pooling=args.temporal_pooling)
         model = VideoTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
         train_cfg = replace(train_cfg, select_metric="mean_recall")
         what = f"text {model.text_dga.description}, video {model.image_dga.description}, {cfg.frames} frames"
     else:
-        temperature = args.temperature if args.temperature is not None else SketchConfig.temperature
         model = SketchPhotoRetriever(*sketch_boxes(args, sketch=lga, photo=lga), image_dga, image_dga,
-                                     SketchConfig(temperature=temperature, learn_temperature=not args.fixed_temperature))
+                                     SketchConfig(**temperature_options(args, SketchConfig)))
         train_cfg = replace(train_cfg, select_metric="map@all")
         what = f"sketch and photo towers, each {image_dga.description}"
-    print(f"training {what} on {len(train_data)} examples, validating on {len(val)}; "
-          f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
-    return fit_and_report(args, model, train_data, val, train_cfg, test_metrics(args, model, test_data))
+    return fit_vision(args, model, what, train_data, val, train_cfg, test_metrics(args, model, test_data))
 
 
 def evaluate(args) -> int:
     from exotune.graybox import DGAConfig
-    from exotune.tasks.classification import saved_box_options
     from exotune.tasks.sketch import SketchPhotoRetriever
     from exotune.tasks.video_text import VideoTextConfig, VideoTextRetriever
 
@@ -103,13 +105,7 @@ def evaluate(args) -> int:
     none = DGAConfig.variant("none")
     if args.task == "video-retrieval":
         data = load_videos(args)
-        if args.zero_shot:
-            model = VideoTextRetriever(*clip_pair(args), none, none,
-                                       VideoTextConfig(frames=args.frames))
-        else:
-            pair = clip_pair(args, image_options=saved_box_options(args.adapter),
-                             text_options=saved_box_options(args.adapter, "text_box"))
-            model = VideoTextRetriever.from_pretrained(args.adapter, *pair)
+        model = pair_retriever(args, VideoTextRetriever, VideoTextConfig(frames=args.frames))
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-video R@1 {metrics['t2v_recall@1']:.4f}, R@5 {metrics['t2v_recall@5']:.4f}, "
                    f"R@10 {metrics['t2v_recall@10']:.4f}, MdR {metrics['t2v_median_rank']:g}, MnR "
@@ -121,8 +117,8 @@ def evaluate(args) -> int:
         if args.zero_shot:
             model = SketchPhotoRetriever(*sketch_boxes(args), none, none)
         else:
-            boxes = sketch_boxes(args, sketch=saved_box_options(args.adapter),
-                                 photo=saved_box_options(args.adapter, "photo_box"))
+            boxes = sketch_boxes(args, sketch=saved_options(args),
+                                 photo=saved_options(args, "photo_box", args.remote and not args.photo_backbone))
             model = SketchPhotoRetriever.from_pretrained(args.adapter, *boxes)
         metrics = model.evaluate(data, progress=True)
         summary = (f"{data.name}: mAP@all {metrics['map@all']:.4f}, P@100 {metrics['precision@100']:.4f}, "
