@@ -307,16 +307,3 @@ def test_precision_suite_measures_both_precisions_on_one_model(tiny_backbone, tm
     table = precision.markdown({"command": "exotune bench precision", "date": "d", "machine": "m", "backbone": "b",
                                 "repeats": 2, "budget": {"epochs": 1}, "records": [rec]})
     assert "| colours | dga-both | cpu | 40 |" in table
-
-
-@pytest.mark.parametrize("command", ["train", "eval"])
-def test_image_tasks_refuse_a_gpu_for_now(command, tmp_path, capsys):
-    argv = [command, "--task", "image-classification", "--images", str(tmp_path), "--device", "cuda:0"]
-    argv += ["--output-dir", str(tmp_path / "run")] if command == "train" else ["--zero-shot"]
-    assert main(argv) == 2
-    assert "runs on the CPU for now" in capsys.readouterr().err
-    from exotune.cli import build_parser
-
-    args = build_parser().parse_args([command, "--task", "image-retrieval", "--device", "auto", "--images", "x",
-                                      *(["--output-dir", "o"] if command == "train" else ["--zero-shot"])])
-    assert cli_common.user_device(args) == torch.device("cpu")  # auto: the CPU, with the boxes

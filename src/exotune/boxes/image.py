@@ -139,8 +139,8 @@ class VisionEncoderBox(Placed, ImageBox):
     ``image`` describes the preprocessing (default: resize straight to the model's input size,
     mean 0.5 and std 0.5 per channel, the ViT convention); ``digest`` identifies the weights
     when the tower is part of a larger model (a CLIP pair shares one digest). ``device``,
-    ``dtype`` and ``precision`` as for ``TextEncoderBox`` (a standalone tower; a CLIP pair's
-    towers share one model and stay where it is).
+    ``dtype`` and ``precision`` as for ``TextEncoderBox`` (a pair's towers share one model: its
+    text box places the whole of it, and this tower then finds itself there).
     """
 
     def __init__(

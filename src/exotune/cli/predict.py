@@ -118,7 +118,8 @@ def _classify(args, images: list[str]) -> int:
     from exotune.tasks.classification import saved_box_options
     from exotune.tasks.image_classification import ImageClassifier
 
-    model = ImageClassifier.from_pretrained(args.adapter, open_image_box(args, **saved_box_options(args.adapter)))
+    model = on_device(args, ImageClassifier.from_pretrained(args.adapter,
+                                                            open_image_box(args, **saved_box_options(args.adapter))))
     _print_labels(model, images, model.predict_proba(images), args.top_k)
     return 0
 
@@ -137,7 +138,7 @@ def _nearest(args, inputs: list[str]):
         sketch_box = open_image_box(args, **saved_box_options(args.adapter))
         photo_box = (open_image_box(args, args.photo_backbone, **saved_box_options(args.adapter, "photo_box"))
                      if args.photo_backbone else sketch_box)
-        model = SketchPhotoRetriever.from_pretrained(args.adapter, sketch_box, photo_box)
+        model = on_device(args, SketchPhotoRetriever.from_pretrained(args.adapter, sketch_box, photo_box))
         scores, indices = model.search(inputs, photos, max(1, args.top_k))
         return scores, indices, photos
     if not args.candidates:
@@ -151,6 +152,6 @@ def _nearest(args, inputs: list[str]):
         from exotune.tasks.video_text import VideoTextRetriever as Retriever
     else:
         from exotune.tasks.image_text import ImageTextRetriever as Retriever
-    model = Retriever.from_pretrained(args.adapter, *pair)
+    model = on_device(args, Retriever.from_pretrained(args.adapter, *pair))
     scores = model.encode_images(inputs) @ model.encode_texts(captions).T  # (Q, C)
     return (*scores.topk(max(1, min(args.top_k, len(captions))), dim=1), captions)
