@@ -255,9 +255,27 @@ def test_serve_places_and_casts_the_box(tiny_backbone, tmp_path, monkeypatch):
     monkeypatch.setattr(exotune.boxes, "load_box", spy)
     serve = ["serve", "--model", str(tiny_backbone), "--no-auth", "--owner-secret-file", str(tmp_path / "secret")]
     build_server(build_parser().parse_args([*serve, "--device", "cpu", "--dtype", "bfloat16"]))
-    assert seen["device"] == "cpu" and seen["dtype"] == "bfloat16"
-    with pytest.raises(ConfigError, match="--kind image runs on the CPU in float32"):
-        build_server(build_parser().parse_args([*serve, "--kind", "image", "--dtype", "float16"]))
+    assert seen["device"] == "cpu" and seen["dtype"] == "bfloat16" and seen["precision"] == "fp32"
+
+
+def test_served_precision_autocasts_only_the_no_gradient_routes(tiny_backbone, tmp_path):
+    """``exotune serve --precision bf16``: encode (and scores) under autocast over float32 weights;
+    a training forward and its backward exact."""
+    pytest.importorskip("fastapi")
+    from exotune.cli import build_parser
+    from exotune.cli.serve import build_server
+
+    from .serve_helpers import input_grads, remote
+
+    args = build_parser().parse_args(["serve", "--model", str(tiny_backbone), "--no-auth", "--no-basis",
+                                      "--owner-secret-file", str(tmp_path / "secret"), "--precision", "bf16"])
+    local, texts = load_box(str(tiny_backbone)), ["a red car", "the sky is very blue today"]
+    with remote(build_server(args), token=None) as box:
+        fast, exact = box.encode(texts), local.encode(texts)
+        assert not torch.equal(fast, exact) and torch.nn.functional.cosine_similarity(fast, exact).min() > 0.99
+        out, grad, _ = input_grads(box, local, texts)
+        want, want_grad, _ = input_grads(local, local, texts)
+        assert torch.allclose(out, want, atol=1e-5) and torch.allclose(grad, want_grad, atol=1e-5)
 
 
 @no_cuda

@@ -126,6 +126,25 @@ def test_a_pair_on_a_missing_gpu_is_refused_before_anything_runs(family):
 # -- the command line -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["image", "clip"])
+def test_serve_places_image_and_clip_boxes(kind, tmp_path, monkeypatch):
+    import exotune.boxes.loading
+    from exotune.cli import build_parser
+    from exotune.cli.serve import build_server
+
+    seen = {}
+
+    def spy(name, **options):
+        seen.update(options)
+        pair = clip_boxes(*build_tiny_clip(), **options)
+        return pair.image if kind == "image" else pair
+
+    monkeypatch.setattr(exotune.boxes.loading, "load_image_box" if kind == "image" else "load_clip_boxes", spy)
+    build_server(build_parser().parse_args(["serve", "--kind", kind, "--model", "x", "--no-auth", "--device", "cpu",
+                                            "--dtype", "bfloat16", "--precision", "bf16"]))
+    assert seen == {"access": "dark-gray", "device": "cpu", "dtype": "bfloat16", "precision": "bf16"}
+
+
 @pytest.fixture(scope="module")
 def shape_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("classes")
