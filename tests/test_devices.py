@@ -207,6 +207,51 @@ def test_adapters_cross_precisions(tiny_backbone, tmp_path):
         assert (mine - theirs).abs().max() < 0.1
 
 
+def saved_scaler(run) -> dict:
+    from exotune.artifacts import read_tensors, unflatten_state
+
+    meta = json.loads((run / "last" / "trainer_state.json").read_text())
+    return unflatten_state(meta["skeleton"], read_tensors(run / "last" / "checkpoint.safetensors"))["scaler"]
+
+
+def test_fp16_resume_continues_from_the_saved_gradient_scaler(tiny_box, tmp_path, monkeypatch):
+    import exotune.train
+
+    train, val = colour_data(64, seed=0), colour_data(30, seed=1)
+
+    def quick(precision, device):  # doubles every step: a state that differs from a fresh scaler's
+        return torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1, enabled=precision == "fp16")
+
+    monkeypatch.setattr(exotune.train, "grad_scaler", quick)
+    cfg = dict(FAST, patience=None)
+    model = TextClassifier(tiny_box, train.label_names, DGAConfig())
+    Trainer(TrainConfig(epochs=1, **cfg), tmp_path, progress=False, precision="fp16").fit(model, train, val)
+    first = saved_scaler(tmp_path)
+    assert first["growth_interval"] == 1 and first["scale"] != 1024.0
+    monkeypatch.undo()  # the resumed run's own scaler starts fresh (65536, every 2000 steps) ...
+    again = TextClassifier(tiny_box, train.label_names, DGAConfig())
+    Trainer(TrainConfig(epochs=2, **cfg), tmp_path, progress=False, precision="fp16").fit(again, train, val, resume=True)
+    second = saved_scaler(tmp_path)
+    assert second["growth_interval"] == 1  # ... and continues from the saved one: its state, not a fresh one's
+    for precision in ("bf16", "fp32"):  # no scaler there: its state is left aside, and none is saved
+        Trainer(TrainConfig(epochs=3, **cfg), tmp_path, progress=False, precision=precision).fit(again, train, val,
+                                                                                              resume=True)
+        assert saved_scaler(tmp_path) == {}
+
+
+def test_a_malformed_scaler_state_is_refused():
+    from exotune.devices import grad_scaler, restore_scaler
+    from exotune.errors import ArtifactError
+
+    good = {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 100, "_growth_tracker": 3}
+    scaler = grad_scaler("fp16", "cpu")
+    restore_scaler(scaler, good, "ckpt")
+    assert scaler.get_scale() == 512.0
+    for bad in ({**good, "scale": float("inf")}, {**good, "growth_interval": 1.5}, {"scale": 1.0}, [1, 2]):
+        with pytest.raises(ArtifactError, match="ckpt: the gradient scaler"):
+            restore_scaler(grad_scaler("fp16", "cpu"), bad, "ckpt")
+
+
 def test_trainer_refuses_a_bad_precision_or_device():
     with pytest.raises(ConfigError, match="precision must be one of"):
         Trainer(precision="bfloat8")
