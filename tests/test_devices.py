@@ -207,6 +207,51 @@ def test_adapters_cross_precisions(tiny_backbone, tmp_path):
         assert (mine - theirs).abs().max() < 0.1
 
 
+def saved_scaler(run) -> dict:
+    from exotune.artifacts import read_tensors, unflatten_state
+
+    meta = json.loads((run / "last" / "trainer_state.json").read_text())
+    return unflatten_state(meta["skeleton"], read_tensors(run / "last" / "checkpoint.safetensors"))["scaler"]
+
+
+def test_fp16_resume_continues_from_the_saved_gradient_scaler(tiny_box, tmp_path, monkeypatch):
+    import exotune.train
+
+    train, val = colour_data(64, seed=0), colour_data(30, seed=1)
+
+    def quick(precision, device):  # doubles every step: a state that differs from a fresh scaler's
+        return torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1, enabled=precision == "fp16")
+
+    monkeypatch.setattr(exotune.train, "grad_scaler", quick)
+    cfg = dict(FAST, patience=None)
+    model = TextClassifier(tiny_box, train.label_names, DGAConfig())
+    Trainer(TrainConfig(epochs=1, **cfg), tmp_path, progress=False, precision="fp16").fit(model, train, val)
+    first = saved_scaler(tmp_path)
+    assert first["growth_interval"] == 1 and first["scale"] != 1024.0
+    monkeypatch.undo()  # the resumed run's own scaler starts fresh (65536, every 2000 steps) ...
+    again = TextClassifier(tiny_box, train.label_names, DGAConfig())
+    Trainer(TrainConfig(epochs=2, **cfg), tmp_path, progress=False, precision="fp16").fit(again, train, val, resume=True)
+    second = saved_scaler(tmp_path)
+    assert second["growth_interval"] == 1  # ... and continues from the saved one: its state, not a fresh one's
+    for precision in ("bf16", "fp32"):  # no scaler there: its state is left aside, and none is saved
+        Trainer(TrainConfig(epochs=3, **cfg), tmp_path, progress=False, precision=precision).fit(again, train, val,
+                                                                                              resume=True)
+        assert saved_scaler(tmp_path) == {}
+
+
+def test_a_malformed_scaler_state_is_refused():
+    from exotune.devices import grad_scaler, restore_scaler
+    from exotune.errors import ArtifactError
+
+    good = {"scale": 512.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 100, "_growth_tracker": 3}
+    scaler = grad_scaler("fp16", "cpu")
+    restore_scaler(scaler, good, "ckpt")
+    assert scaler.get_scale() == 512.0
+    for bad in ({**good, "scale": float("inf")}, {**good, "growth_interval": 1.5}, {"scale": 1.0}, [1, 2]):
+        with pytest.raises(ArtifactError, match="ckpt: the gradient scaler"):
+            restore_scaler(grad_scaler("fp16", "cpu"), bad, "ckpt")
+
+
 def test_trainer_refuses_a_bad_precision_or_device():
     with pytest.raises(ConfigError, match="precision must be one of"):
         Trainer(precision="bfloat8")
@@ -255,9 +300,27 @@ def test_serve_places_and_casts_the_box(tiny_backbone, tmp_path, monkeypatch):
     monkeypatch.setattr(exotune.boxes, "load_box", spy)
     serve = ["serve", "--model", str(tiny_backbone), "--no-auth", "--owner-secret-file", str(tmp_path / "secret")]
     build_server(build_parser().parse_args([*serve, "--device", "cpu", "--dtype", "bfloat16"]))
-    assert seen["device"] == "cpu" and seen["dtype"] == "bfloat16"
-    with pytest.raises(ConfigError, match="--kind image runs on the CPU in float32"):
-        build_server(build_parser().parse_args([*serve, "--kind", "image", "--dtype", "float16"]))
+    assert seen["device"] == "cpu" and seen["dtype"] == "bfloat16" and seen["precision"] == "fp32"
+
+
+def test_served_precision_autocasts_only_the_no_gradient_routes(tiny_backbone, tmp_path):
+    """``exotune serve --precision bf16``: encode (and scores) under autocast over float32 weights;
+    a training forward and its backward exact."""
+    pytest.importorskip("fastapi")
+    from exotune.cli import build_parser
+    from exotune.cli.serve import build_server
+
+    from .serve_helpers import input_grads, remote
+
+    args = build_parser().parse_args(["serve", "--model", str(tiny_backbone), "--no-auth", "--no-basis",
+                                      "--owner-secret-file", str(tmp_path / "secret"), "--precision", "bf16"])
+    local, texts = load_box(str(tiny_backbone)), ["a red car", "the sky is very blue today"]
+    with remote(build_server(args), token=None) as box:
+        fast, exact = box.encode(texts), local.encode(texts)
+        assert not torch.equal(fast, exact) and torch.nn.functional.cosine_similarity(fast, exact).min() > 0.99
+        out, grad, _ = input_grads(box, local, texts)
+        want, want_grad, _ = input_grads(local, local, texts)
+        assert torch.allclose(out, want, atol=1e-5) and torch.allclose(grad, want_grad, atol=1e-5)
 
 
 @no_cuda
@@ -307,16 +370,3 @@ def test_precision_suite_measures_both_precisions_on_one_model(tiny_backbone, tm
     table = precision.markdown({"command": "exotune bench precision", "date": "d", "machine": "m", "backbone": "b",
                                 "repeats": 2, "budget": {"epochs": 1}, "records": [rec]})
     assert "| colours | dga-both | cpu | 40 |" in table
-
-
-@pytest.mark.parametrize("command", ["train", "eval"])
-def test_image_tasks_refuse_a_gpu_for_now(command, tmp_path, capsys):
-    argv = [command, "--task", "image-classification", "--images", str(tmp_path), "--device", "cuda:0"]
-    argv += ["--output-dir", str(tmp_path / "run")] if command == "train" else ["--zero-shot"]
-    assert main(argv) == 2
-    assert "runs on the CPU for now" in capsys.readouterr().err
-    from exotune.cli import build_parser
-
-    args = build_parser().parse_args([command, "--task", "image-retrieval", "--device", "auto", "--images", "x",
-                                      *(["--output-dir", "o"] if command == "train" else ["--zero-shot"])])
-    assert cli_common.user_device(args) == torch.device("cpu")  # auto: the CPU, with the boxes

@@ -60,3 +60,26 @@ def test_a_served_box_on_the_gpu(tiny_backbone):
         want, want_grad, _ = input_grads(local, local, ["a red car", "the sky is very blue today"])
         assert torch.nn.functional.cosine_similarity(out, want).min() > 0.99
         assert torch.nn.functional.cosine_similarity(grad.flatten(1), want_grad.flatten(1)).min() > 0.95
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_image_text_training_on_the_gpu(precision, tmp_path):
+    """A CLIP pair on the GPU, the user's side there too: the losses' targets follow the logits."""
+    from exotune.boxes import clip_boxes
+    from exotune.data.images import ImageCaptionData
+    from exotune.tasks.image_text import ImageTextRetriever
+
+    from .conftest import build_tiny_clip, write_shapes
+
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    rows = write_shapes(tmp_path / "img", 1)
+    images = [str(tmp_path / "img" / f) for f, _, _ in rows]
+    data = ImageCaptionData(captions=[f"a {c} {s}" for _, c, s in rows], caption_image=list(range(len(rows))),
+                            images=images, name="shapes")
+    text, image = clip_boxes(*build_tiny_clip(), device="cuda", precision=precision)
+    model = ImageTextRetriever(text, image)
+    Trainer(TrainConfig(epochs=1, batch_size=6, lr=1e-2, patience=None, select_metric="mean_recall"), progress=False,
+            device="cuda", precision=precision).fit(model, data, data)
+    assert all(p.device.type == "cuda" for p in model.parameters()) and text.device.type == "cuda"
+    assert 0 <= model.evaluate(data)["mean_recall"] <= 1

@@ -18,7 +18,7 @@ python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'no C
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
 status=0
 echo "== tests (devices and precision)"
-timeout 240 python -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_devices_cuda.py tests/test_train.py \
+timeout 240 python -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_devices_pairs.py tests/test_devices_cuda.py tests/test_train.py \
     -m "not real" 2>&1 | tee "$OUT/tests.txt" | tail -5 || status=1
 echo "== DGA vs LoRA s/step and peak memory, fp32 / bf16"
 timeout 120 python benchmarks/gpu/steps.py --out "$OUT" --data-dir "$EXOTUNE_DATA" || status=1

@@ -10,12 +10,13 @@ knob: run summaries record it, adapters never do (an adapter trained in bf16 loa
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 
 import torch
 
-from exotune.errors import ConfigError
+from exotune.errors import ArtifactError, ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
@@ -91,6 +92,28 @@ def autocast(precision: str, *devices: torch.device | str | None):
 def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler:
     """A gradient scaler for float16 (underflowing gradients); disabled (a pass-through) otherwise."""
     return torch.amp.GradScaler(torch.device(device).type, enabled=check_precision(precision) == "fp16")
+
+
+# a float16 scaler's state (GradScaler.state_dict); a disabled one's is empty
+SCALER_STATE = {"scale": float, "growth_factor": float, "backoff_factor": float, "growth_interval": int,
+                "_growth_tracker": int}
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved, where: str) -> None:
+    """``scaler`` continues from a checkpoint's ``saved`` state (checked): the scale a float16
+    run had reached, not the initial one. None (a checkpoint from before) or an empty state (a
+    run in another precision) leaves it fresh, and so does a scaler that is disabled."""
+    if saved is None or saved == {}:
+        return
+    if not isinstance(saved, dict) or set(saved) != set(SCALER_STATE):
+        raise ArtifactError(f"{where}: the gradient scaler's state is malformed")
+    for key, kind in SCALER_STATE.items():
+        value = saved[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or (kind is int and not isinstance(value, int)) or value < (0 if key == "_growth_tracker" else 1e-30):
+            raise ArtifactError(f"{where}: the gradient scaler's {key} is {value!r:.40}, not a finite positive "
+                                f"{kind.__name__}")
+    scaler.load_state_dict(saved)
 
 
 class Placement:

@@ -7,7 +7,8 @@ each rank takes its slice of every global batch and only rank 0 writes. Checkpoi
 state (safetensors + JSON), written atomically, so a crash loses at most
 ``checkpoint_every`` steps. ``Trainer(device=, precision=)`` are run-time knobs (see
 ``exotune.devices``): the model moves to the device, the forward and loss run under autocast,
-and the run's summary records both; checkpoints and adapters do not.
+and the run's summary records both; checkpoints and adapters do not (a float16 run's checkpoint
+keeps its gradient scaler's state, which a float16 resume continues from).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from exotune.batching import grouped_batches
 from exotune.callbacks import TrainerCallback, check_report_to, loggers
 from exotune.cards import card_context, update_run_info
 from exotune.configs import ConfigBase
-from exotune.devices import autocast, check_precision, grad_scaler, resolve_device
+from exotune.devices import autocast, check_precision, grad_scaler, resolve_device, restore_scaler
 from exotune.errors import ArtifactError, ConfigError
 from exotune.progress import note, progress_bar
 from exotune.protocols import Trainable
@@ -365,7 +366,8 @@ class Trainer:
 
     def _save_last(self, model, optimizer, scheduler, state, best_state) -> None:
         tree = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "best": best_state, "rng": torch.get_rng_state()}
+                "scheduler": scheduler.state_dict(), "best": best_state, "rng": torch.get_rng_state(),
+                "scaler": self._scaler.state_dict()}  # float16: the scale reached; else empty
         skeleton, tensors = flatten_state(tree)
         meta = {"state": state, "config": self.config.to_dict(), "skeleton": skeleton}
         write_folder(self.output_dir / LAST, {"trainer_state.json": meta, "checkpoint.safetensors": tensors})
@@ -400,6 +402,7 @@ class Trainer:
             model.load_state_dict(tree["model"])
             optimizer.load_state_dict(tree["optimizer"])
             scheduler.load_state_dict(tree["scheduler"])
+            restore_scaler(self._scaler, tree.get("scaler"), str(file))
         torch.set_rng_state(rng)
         if self._show:
             note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "

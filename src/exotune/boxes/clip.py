@@ -24,6 +24,8 @@ from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reser
 from exotune.boxes.http import check_texts
 from exotune.boxes.image import ImageBox, VisionEncoderBox
 from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
+from exotune.devices import Placed, Placement
+from exotune.errors import ConfigError
 
 # The OpenAI CLIP preprocessing (and most open_clip models'): shorter side to the input size,
 # centre crop, bicubic, these channel statistics.
@@ -127,7 +129,7 @@ def _feed(embeddings: nn.Module, embeds: torch.Tensor):
         handle.remove()
 
 
-class CLIPTextBox(Box):
+class CLIPTextBox(Placed, Box):
     """Owner-side wrapper of a CLIP text tower: token embeddings in, the projected text embedding out.
 
     Like ``TextEncoderBox``: private and frozen, ``embed`` and ``forward`` from embeddings,
@@ -135,6 +137,9 @@ class CLIPTextBox(Box):
     ``insert_at``, after the start token). The spec's pooling is the tower's: ``"eos"`` for
     CLIP, the state at each text's last token. ``owner_secret`` (a served box's) names entry
     points ``"point.<j>"``; ``digest`` is then the pair's keyed one (``pair_digest``).
+    ``device`` and ``dtype`` place and cast the whole model the tower belongs to (``digest`` is
+    of the weights as given), ``precision`` autocasts its no-gradient calls, as for
+    ``TextEncoderBox``.
     """
 
     def __init__(
@@ -148,15 +153,20 @@ class CLIPTextBox(Box):
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
         owner_secret: str | bytes | None = None,
+        device: str | torch.device | None = None,  # default: where the model is
+        dtype: str | torch.dtype | None = None,  # default: the model's
+        precision: str = "fp32",  # of the no-gradient calls
     ) -> None:
+        self._placement = Placement(device, dtype, precision)  # checked before anything runs
         access, self.__layers, points = expose(layers_of or tower.module, entry_points, entry_tokens_max, access,
                                                opaque=owner_secret is not None)
         tower.module.eval()
         tower.module.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
+        self._placement.apply(tower.module)  # the given digest is of the weights before
         self.__tower = tower
         with torch.no_grad():
             ids, mask = tower.tokenize(["a"], tower.context_length)
-            output_dim = self._run(tower.embeddings(ids), mask).shape[-1]
+            output_dim = self._run(tower.embeddings(ids.to(self.device)), mask.to(self.device)).shape[-1]
         ctx = tower.context_length
         self.spec = BoxSpec(
             modality="text",
@@ -178,19 +188,25 @@ class CLIPTextBox(Box):
         check_texts(texts)
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
         ids, mask = self.__tower.tokenize(list(texts), limit)
-        return TokenBatch(embeds=self.__tower.embeddings(ids).detach(), mask=mask)  # (B, T, D), (B, T)
+        embeds = self.__tower.embeddings(ids.to(self.device)).detach().float()  # the user's side stays float32
+        return TokenBatch(embeds=embeds, mask=mask.to(self.device))  # (B, T, D), (B, T), on the box's device
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require("dark-gray", "light-gray")
         self.check_input(embeds, mask)
-        if entry_tokens:
-            self.require("light-gray")
-            n = check_entry_tokens(self.spec, entry_tokens, embeds.shape[1])
-            at = self.__tower.insert_at
-            embeds, mask = reserve(embeds, mask, n, at)  # (B, n + T, D): slots after the start token
-            with inject(self.__layers, entry_tokens, n, at):
-                return self._run(embeds, mask)
-        return self._run(embeds, mask)
+        back = {"device": embeds.device, "dtype": embeds.dtype}  # the answer lands where the question came from
+        place = self._placement
+        embeds, mask = place.inward(embeds), mask.to(self.device)
+        with place.autocast():
+            if entry_tokens:
+                self.require("light-gray")
+                n = check_entry_tokens(self.spec, entry_tokens, embeds.shape[1])
+                entry_tokens = {name: place.inward(t) for name, t in entry_tokens.items()}
+                at = self.__tower.insert_at
+                embeds, mask = reserve(embeds, mask, n, at)  # (B, n + T, D): slots after the start token
+                with inject(self.__layers, entry_tokens, n, at):
+                    return self._run(embeds, mask).to(**back)
+            return self._run(embeds, mask).to(**back)
 
     def _run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         tower = self.__tower
@@ -214,8 +230,16 @@ class CLIPTextBox(Box):
         return f"CLIPTextBox(access={s.access!r}, dim={s.output_dim}, digest={s.model_digest})"
 
 
+MODEL_WIDE = ("device", "dtype")  # the towers share one model: it is placed and cast once
+
+
 def tower_options(options: Mapping, tower: Mapping | None) -> dict:
-    """Options for one tower: those given to both, overridden by that tower's own."""
+    """Options for one tower: those given to both, overridden by that tower's own (``precision``
+    may differ per tower; ``device`` and ``dtype`` are the whole model's)."""
+    own = sorted(set(tower or {}) & set(MODEL_WIDE))
+    if own:
+        raise ConfigError(f"{' and '.join(own)} place the whole model that both towers share: give them once, "
+                          "for both towers, not in one tower's options")
     return {**options, **(tower or {})}
 
 
@@ -230,8 +254,9 @@ def clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, d
                owner_secret: str | bytes | None = None, **options) -> BoxPair:
     """A Hugging Face ``CLIPModel`` as a (text, image) pair of boxes.
 
-    ``options`` (``access``, ``entry_points``, ``entry_tokens_max``, ``limits``) apply to both
-    towers; ``text_options`` / ``image_options`` override them for one. ``image`` describes the
+    ``options`` (``access``, ``entry_points``, ``entry_tokens_max``, ``limits``, ``precision``;
+    ``device`` and ``dtype``, which place the whole model) apply to both towers;
+    ``text_options`` / ``image_options`` override them for one. ``image`` describes the
     preprocessing (default: OpenAI CLIP's at the model's input size). ``owner_secret`` (a
     served pair's) keys the shared digest and names entry points ``"point.<j>"``.
     """

@@ -140,9 +140,9 @@ class VisionEncoderBox(Placed, ImageBox):
     mean 0.5 and std 0.5 per channel, the ViT convention); ``digest`` identifies the weights
     when the tower is part of a larger model (a CLIP pair shares one digest); ``owner_secret``
     (a served box's) keys the digest taken here and names entry points ``"point.<j>"``, as for
-    a text box. ``device``,
-    ``dtype`` and ``precision`` as for ``TextEncoderBox`` (a standalone tower; a CLIP pair's
-    towers share one model and stay where it is).
+    a text box. ``device``, ``dtype`` and ``precision`` as for ``TextEncoderBox`` (a pair's
+    towers share one model: its text box places the whole of it, and this tower then finds
+    itself there).
     """
 
     def __init__(

@@ -23,9 +23,11 @@ from exotune.boxes.clip import (
 )
 from exotune.boxes.image import ImageBox, size_pair
 from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
+from exotune.devices import Placed, Placement
 from exotune.errors import BackboneNotFoundError, ConfigError, MissingDependencyError
 
 PREFIX = "open_clip:"  # --backbone open_clip:ViT-B-32@laion2b_s34b_b79k
+TOWER_OPTIONS = ("access", "limits", "device", "dtype", "precision")
 
 
 def import_open_clip():
@@ -71,24 +73,24 @@ def open_clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = No
                     owner_secret: str | bytes | None = None, **options) -> BoxPair:
     """An open_clip model (``encode_text`` / ``encode_image``) and its tokenizer as two boxes.
 
-    ``options`` (``access``, ``limits``) apply to both towers, ``text_options`` /
-    ``image_options`` to one; entry points are refused (dark-gray only). ``owner_secret`` (a
-    served pair's) keys the shared digest.
+    ``options`` (``access``, ``limits``, ``precision``; ``device`` and ``dtype``, which place the
+    whole model) apply to both towers, ``text_options`` / ``image_options`` to one; entry points
+    are refused (dark-gray only). ``owner_secret`` (a served pair's) keys the shared digest.
     """
     text_options, image_options = tower_options(options, text_options), tower_options(options, image_options)
     for given in (text_options, image_options):
         if given.get("entry_points") is not None:
             raise ConfigError("open_clip boxes have no entry points (LGA); load a Hugging Face CLIP checkpoint for LGA")
-        unknown = sorted(set(given) - {"access", "limits", "entry_points", "entry_tokens_max"})
+        unknown = sorted(set(given) - {*TOWER_OPTIONS, "entry_points", "entry_tokens_max"})
         if unknown:
-            raise ConfigError(f"unknown open_clip box options {unknown}; they take access and limits")
-    digest = pair_digest(model, owner_secret=owner_secret)
-    text = CLIPTextBox(open_clip_text_tower(model, tokenizer), digest=digest, access=text_options.get("access"),
-                       limits=text_options.get("limits"))
+            raise ConfigError(f"unknown open_clip box options {unknown}; they take {', '.join(TOWER_OPTIONS)}")
+    digest = pair_digest(model, owner_secret=owner_secret)  # of the weights as given, before they are placed
+    text = CLIPTextBox(open_clip_text_tower(model, tokenizer), digest=digest,
+                       **{k: v for k, v in text_options.items() if k in TOWER_OPTIONS})
     size = size_pair(getattr(model.visual, "image_size", 224))
     image = image or openai_image_spec(min(size))
-    return BoxPair(text, OpenCLIPImageBox(model, size, image, digest, access=image_options.get("access"),
-                                          limits=image_options.get("limits")))
+    return BoxPair(text, OpenCLIPImageBox(model, size, image, digest,
+                                          **{k: v for k, v in image_options.items() if k in TOWER_OPTIONS}))
 
 
 def open_clip_text_tower(model: nn.Module, tokenizer) -> TextTower:
@@ -120,17 +122,22 @@ def open_clip_text_tower(model: nn.Module, tokenizer) -> TextTower:
                      marker=marker, filler=filler, pad=pad, pad_to_context=True)
 
 
-class OpenCLIPImageBox(ImageBox):
-    """The image tower of an open_clip model: ``encode_image`` from pixels. Dark-gray."""
+class OpenCLIPImageBox(Placed, ImageBox):
+    """The image tower of an open_clip model: ``encode_image`` from pixels. Dark-gray.
+    ``device``, ``dtype`` (the whole model's) and ``precision`` as for ``CLIPTextBox``."""
 
     def __init__(self, model: nn.Module, size: tuple[int, int], image: ImageSpec, digest: str, *,
-                 access: str | None = None, limits: BoxLimits | None = None) -> None:
+                 access: str | None = None, limits: BoxLimits | None = None,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 precision: str = "fp32") -> None:
+        self._placement = Placement(device, dtype, precision)  # checked before anything runs
         access = access or "dark-gray"
         model.eval()
         model.requires_grad_(False)
+        self._placement.apply(model)  # the given digest is of the weights before
         self.__model = model
         with torch.no_grad():
-            output_dim = model.encode_image(torch.zeros(1, 3, *size)).shape[-1]
+            output_dim = model.encode_image(self._placement.inward(torch.zeros(1, 3, *size))).shape[-1]
         self.spec = BoxSpec(modality="image", input_kind="pixels", input_shape=(3, *size), output_dim=int(output_dim),
                             access=access, model_digest=digest, pooling="model", image=image,
                             limits=limits or BoxLimits(max_batch=256))
@@ -140,7 +147,9 @@ class OpenCLIPImageBox(ImageBox):
         if entry_tokens:
             raise ConfigError("this box exposes no entry points; entry_tokens must be empty")
         self.check_pixels(pixels)
-        return self.__model.encode_image(pixels)  # (B, O)
+        back = {"device": pixels.device, "dtype": pixels.dtype}  # the answer lands where the question came from
+        with self._placement.autocast():
+            return self.__model.encode_image(self._placement.inward(pixels)).to(**back)  # (B, O)
 
     def __repr__(self) -> str:  # never show the module
         s = self.spec

@@ -76,12 +76,12 @@ def siglip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None,
                  owner_secret: str | bytes | None = None, **options) -> BoxPair:
     """A Hugging Face ``SiglipModel`` as a (text, image) pair of boxes; options as ``clip_boxes``."""
     digest = pair_digest(model, digest, owner_secret)
+    with torch.no_grad():  # read before the text box casts the model (dtype=)
+        loss = PairLoss("sigmoid", scale=float(model.logit_scale.exp()), bias=float(model.logit_bias))
     text = CLIPTextBox(siglip_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
                        owner_secret=owner_secret, **tower_options(options, text_options))
     vision = VisionEncoderBox(model.vision_model, image=image or SIGLIP_IMAGE, pooling="model", digest=digest,
                               owner_secret=owner_secret, **tower_options(options, image_options))
-    with torch.no_grad():
-        loss = PairLoss("sigmoid", scale=float(model.logit_scale.exp()), bias=float(model.logit_bias))
     return with_pair_loss(BoxPair(text, vision), loss)
 
 

@@ -244,18 +244,11 @@ def device_options(args) -> dict:
 
 
 def user_device(args):
-    """``--device`` for the user's side. The image tasks' boxes (CLIP towers, ViT) are not placed on
-    a device yet, so their adapters stay with them on the CPU: there ``auto`` is the CPU and a GPU
-    is refused (call it early: before anything loads)."""
+    """``--device`` for the user's side (call it early: a GPU that is not there is refused before
+    anything loads)."""
     from exotune.devices import resolve_device
 
-    device = vars(args).get("device")
-    if vars(args).get("task") in IMAGE_TASKS:
-        if device not in (None, "auto", "cpu"):
-            raise ConfigError(f"--device {device}: --task {args.task} runs on the CPU for now (its boxes are not "
-                              "placed on a device yet); use --device cpu")
-        device = "cpu"
-    return resolve_device(device)
+    return resolve_device(vars(args).get("device"))
 
 
 def on_device(args, model):
@@ -286,7 +279,7 @@ def clip_pair(args, **options):
         return boxes
     from exotune.boxes.loading import load_clip_boxes
 
-    return load_clip_boxes(args.backbone, **options)
+    return load_clip_boxes(args.backbone, **device_options(args), **options)
 
 
 def open_image_box(args, name: str | None = None, **options):
@@ -302,7 +295,7 @@ def open_image_box(args, name: str | None = None, **options):
         return box
     from exotune.boxes.loading import load_image_box
 
-    return load_image_box(name or args.backbone, **options)
+    return load_image_box(name or args.backbone, **device_options(args), **options)
 
 
 def has_text_tower(args) -> bool:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from exotune.cards import card_context
 from exotune.cli.common import (
+    DEVICE_CHOICES,
+    PRECISIONS,
     add_data_args,
     add_split_files_args,
     add_texts_args,
@@ -19,7 +21,7 @@ from exotune.cli.common import (
 from exotune.cli.runs import data_info
 from exotune.errors import ArtifactError, ConfigError
 
-LM_KINDS = ("openai-chat", "openai-embeddings", "served-box")
+LM_KINDS = ("openai-chat", "openai-embeddings", "served-box", "box")
 RETURNS = ("labels", "scores", "embeddings")
 LM_FILE = "lm.json"  # how the CLI reached the LM: kind, URL, model, answer form (never a key, never a path)
 LM_SAVED = ("lm", "base_url", "model", "returns", "label_template")
@@ -29,12 +31,21 @@ DEFAULT_KEY_ENV = {"served-box": "EXOTUNE_TOKEN", "openai-chat": "OPENAI_API_KEY
 
 def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("the black-box LM" + ("" if required else " (default: as at fit time)"))
-    g.add_argument("--lm", choices=LM_KINDS, required=required, help="what kind of API serves the LM")
+    g.add_argument("--lm", choices=LM_KINDS, required=required,
+                   help="what kind of API serves the LM; box: a text box loaded here (--model), answering as a "
+                        "served box at level black would")
     g.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
                                       "served-box: the root of an 'exotune serve', e.g. http://127.0.0.1:8000")
-    g.add_argument("--model", help="model name as the server knows it (not for served-box)")
+    g.add_argument("--model", help="model name as the server knows it (not for served-box); box: a local folder "
+                                   "or model id (default: the packaged all-MiniLM-L6-v2)")
     g.add_argument("--returns", choices=RETURNS, default=None,
-                   help="served-box: what the box answers with (default: labels)")
+                   help="served-box, box: what the box answers with (default: labels)")
+    g.add_argument("--device", default="auto",
+                   help=f"box: where it runs, {DEVICE_CHOICES} (default: auto, a CUDA GPU when there is one); a "
+                        "served box runs where its owner chose")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="box: the probe's box calls in fp32 or under bf16 / fp16 autocast (default: fp32); a "
+                        "served box's is its owner's (exotune serve --precision)")
     g.add_argument("--api-key-env", default=None,
                    help="environment variable holding the API key or bearer token "
                         "(default: OPENAI_API_KEY; served-box: EXOTUNE_TOKEN)")
@@ -129,7 +140,13 @@ def _lm_settings(args, adapter: Path | None) -> dict:
                           "--base-url/--model yourself (the API key is always read from --api-key-env, "
                           f"default {DEFAULT_KEY_ENV.get(cfg['lm'], 'OPENAI_API_KEY')}, never from the folder)")
     cfg.update(asked)
-    if cfg["lm"] == "served-box":
+    if cfg["lm"] != "box" and (args.device != "auto" or args.precision != "fp32"):
+        raise ConfigError(f"--device and --precision place a box loaded here (--lm box); --lm {cfg['lm']} computes "
+                          "where and how its owner chose (a served box: exotune serve --device, --precision)")
+    if cfg["lm"] == "box":
+        if cfg["base_url"]:
+            raise ConfigError("--lm box loads the box here (--model names it); --base-url is for a served one")
+    elif cfg["lm"] == "served-box":
         if not cfg["base_url"]:
             raise ConfigError("--lm served-box needs --base-url (the root of an 'exotune serve')")
     elif not cfg["lm"] or not cfg["model"]:
@@ -147,6 +164,13 @@ def make_client(cfg: dict, args):
               "label_template": cfg["label_template"] or "{}"}
     if args.concurrency is not None:  # else each client's own default
         common["max_concurrency"] = args.concurrency
+    if cfg["lm"] == "box":
+        from exotune.boxes import load_box
+        from exotune.devices import resolve_device
+
+        resolve_device(args.device)  # a GPU that is not there is refused before the model loads
+        box = load_box(cfg["model"], access="black", device=args.device, precision=args.precision)
+        return ServedBoxClient(box=box, returns=cfg["returns"] or "labels", **common)
     if cfg["lm"] == "served-box":
         key_env = cfg["api_key_env"] or DEFAULT_KEY_ENV["served-box"]
         return ServedBoxClient(cfg["base_url"], os.environ.get(key_env), returns=cfg["returns"] or "labels",
@@ -202,6 +226,10 @@ def cmd_fit(args) -> int:
     summary = {"adapter": str(out), "val_accuracy": rounded(model.val_accuracy_),
                "lm_call_share": rounded(model.router_.share_), "fit_seconds": round(model.fit_seconds_, 1),
                "probe": rounded(model.ledgers_["probe"].to_dict())}
+    if cfg["lm"] == "box":  # run-time choices: in the summary, not in the adapter
+        from exotune.devices import resolve_device
+
+        summary.update(device=str(resolve_device(args.device)), precision=args.precision)
     if test is not None:  # scored once, after everything was chosen on validation
         report = model.evaluate(test, compare=False)
         summary["test"] = rounded({**report["ea"], "lm_call_share": report["lm_call_share"], "examples": len(test)})

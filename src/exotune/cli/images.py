@@ -17,6 +17,7 @@ from exotune.cli.common import (
     fit_and_report,
     has_text_tower,
     lga_box_options,
+    on_device,
     open_image_box,
     positive_int,
     print_metrics,
@@ -196,7 +197,7 @@ def evaluate(args) -> int:
     data = _load_data(args)
     if args.task == "image-retrieval":
         model = pair_retriever(args, ImageTextRetriever)
-        metrics = model.evaluate(data, progress=True)
+        metrics = on_device(args, model).evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
                    f"R@10 {metrics['t2i_recall@10']:.4f}; image-to-text R@1 {metrics['i2t_recall@1']:.4f}, "
                    f"R@5 {metrics['i2t_recall@5']:.4f}, R@10 {metrics['i2t_recall@10']:.4f} "
@@ -212,7 +213,7 @@ def evaluate(args) -> int:
         else:
             model = ImageClassifier.from_pretrained(args.adapter,
                                                     open_image_box(args, **saved_options(args)))
-        metrics = model.evaluate(data, progress=True)
+        metrics = on_device(args, model).evaluate(data, progress=True)
         summary = (f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
                    f"({len(data)} images)")
     print_metrics(args, metrics, summary)

@@ -118,7 +118,7 @@ def _inputs(paths: list[str], video: bool = False) -> list[str]:
 def _classify(args, images: list[str]) -> int:
     from exotune.tasks.image_classification import ImageClassifier
 
-    model = ImageClassifier.from_pretrained(args.adapter, open_image_box(args, **saved_options(args)))
+    model = on_device(args, ImageClassifier.from_pretrained(args.adapter, open_image_box(args, **saved_options(args))))
     _print_labels(model, images, model.predict_proba(images), args.top_k)
     return 0
 
@@ -136,7 +136,7 @@ def _nearest(args, inputs: list[str]):
         sketch_box = open_image_box(args, **saved_options(args))
         photo_box = (open_image_box(args, args.photo_backbone, **saved_options(args, "photo_box", False))
                      if args.photo_backbone else sketch_box)
-        model = SketchPhotoRetriever.from_pretrained(args.adapter, sketch_box, photo_box)
+        model = on_device(args, SketchPhotoRetriever.from_pretrained(args.adapter, sketch_box, photo_box))
         scores, indices = model.search(inputs, photos, max(1, args.top_k))
         return scores, indices, photos
     if not args.candidates:
@@ -148,6 +148,6 @@ def _nearest(args, inputs: list[str]):
         from exotune.tasks.video_text import VideoTextRetriever as Retriever
     else:
         from exotune.tasks.image_text import ImageTextRetriever as Retriever
-    model = pair_retriever(args, Retriever)
+    model = on_device(args, pair_retriever(args, Retriever))
     scores = model.encode_images(inputs) @ model.encode_texts(captions).T  # (Q, C)
     return (*scores.topk(max(1, min(args.top_k, len(captions))), dim=1), captions)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from exotune.cli.common import ENTRY_TOKENS_MAX, entry_points_arg, positive_int
+from exotune.cli.common import ENTRY_TOKENS_MAX, PRECISIONS, entry_points_arg, positive_int
 from exotune.errors import ConfigError
 from exotune.serve.config import OWNER_SECRET_ENV, default_secret_file, owner_secret
 
@@ -42,12 +42,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "(image and clip: dark-gray or light-gray)")
     p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
     p.add_argument("--device", default="auto",
-                   help="where the model's weights live (--kind text): auto, cpu, cuda or cuda:<index> (default: "
-                        "auto, a CUDA GPU when there is one)")
+                   help="where the model's weights live: auto, cpu, cuda or cuda:<index> (default: auto, a CUDA GPU "
+                        "when there is one)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="the weights' format (--kind text); inputs and answers stay float32 on the wire, and the "
-                        "spec's digest is that of the weights as loaded, so adapters match either way "
-                        "(default: float32)")
+                   help="the weights' format; inputs and answers stay float32 on the wire, and the spec's digest is "
+                        "that of the weights as loaded, so adapters match either way (default: float32)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="autocast over weights in --dtype for the calls made without gradients: encode, scores, "
+                        "/v1/embeddings, forwards that keep no graph (with --stateless, training forwards too; "
+                        "their backward recomputes in --dtype); bf16 or fp16 answer faster, close to fp32 "
+                        "(default: fp32)")
     p.add_argument("--entry-points", type=entry_points_arg, default=None,
                    help="light-gray: 'all' or comma-separated layer indices that accept tokens")
     p.add_argument("--entry-tokens-max", type=positive_int, default=ENTRY_TOKENS_MAX,
@@ -172,12 +176,11 @@ def build_server(args):
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
         points = {"entry_points": args.entry_points, "entry_tokens_max": args.entry_tokens_max}
+    placed = {"device": args.device, "dtype": args.dtype, "precision": args.precision}
     if args.kind != "text":
-        if args.device not in ("auto", "cpu") or args.dtype != "float32":
-            raise ConfigError(f"--device and --dtype place a text box; --kind {args.kind} runs on the CPU in float32")
-        return _vision_server(args, tokens, config, points)
+        return _vision_server(args, tokens, config, {**points, **placed})
     kwargs = {"access": args.level, "owner_secret": served_secret(args), "basis": not args.no_basis, **points,
-              "device": args.device, "dtype": args.dtype}
+              **placed}
     name = args.model_name or (Path(args.model.rstrip("/")).name if args.model else "all-MiniLM-L6-v2")
     return create_app(load_box(args.model, **kwargs), tokens, config, name)
 
@@ -190,7 +193,8 @@ def served_secret(args) -> str:
 
 
 def _vision_server(args, tokens, config, points: dict):
-    """An image box (``--kind image``) or a CLIP model's two towers (``--kind clip``)."""
+    """An image box (``--kind image``) or a CLIP model's two towers (``--kind clip``); ``points``:
+    the box options (entry points, device, dtype, precision)."""
     from exotune.boxes.loading import load_clip_boxes, load_image_box
     from exotune.serve import create_app, create_towers_app
 

@@ -13,6 +13,7 @@ from exotune.cli.common import (
     clip_pair,
     dga_config,
     lga_box_options,
+    on_device,
     open_image_box,
     print_metrics,
     saved_options,
@@ -106,7 +107,7 @@ def evaluate(args) -> int:
     if args.task == "video-retrieval":
         data = load_videos(args)
         model = pair_retriever(args, VideoTextRetriever, VideoTextConfig(frames=args.frames))
-        metrics = model.evaluate(data, progress=True)
+        metrics = on_device(args, model).evaluate(data, progress=True)
         summary = (f"{data.name}: text-to-video R@1 {metrics['t2v_recall@1']:.4f}, R@5 {metrics['t2v_recall@5']:.4f}, "
                    f"R@10 {metrics['t2v_recall@10']:.4f}, MdR {metrics['t2v_median_rank']:g}, MnR "
                    f"{metrics['t2v_mean_rank']:.1f}; video-to-text R@1 {metrics['v2t_recall@1']:.4f}, MdR "
@@ -120,7 +121,7 @@ def evaluate(args) -> int:
             boxes = sketch_boxes(args, sketch=saved_options(args),
                                  photo=saved_options(args, "photo_box", args.remote and not args.photo_backbone))
             model = SketchPhotoRetriever.from_pretrained(args.adapter, *boxes)
-        metrics = model.evaluate(data, progress=True)
+        metrics = on_device(args, model).evaluate(data, progress=True)
         summary = (f"{data.name}: mAP@all {metrics['map@all']:.4f}, P@100 {metrics['precision@100']:.4f}, "
                    f"acc@1 {metrics['acc@1']:.4f} ({len(data)} sketches, {len(data.photos)} photos)")
     print_metrics(args, metrics, summary)

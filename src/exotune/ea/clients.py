@@ -317,9 +317,11 @@ class ServedBoxClient(BlackBoxClient):
             spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
         except RemoteError as err:
             raise self._refusal(err) from err
-        return {"client": "served-box", "endpoint": normalise_url(self.url) if self.url else None,
+        info = {"client": "served-box", "endpoint": normalise_url(self.url) if self.url else None,
                 "model_digest": spec.model_digest, "pooling": spec.pooling,
                 "returns": self.returns, "temperature": self.temperature, "label_template": self.label_template}
+        precision = getattr(self._box, "precision", "fp32")  # a box here under autocast: its answers apart
+        return info if precision == "fp32" else {**info, "precision": precision}
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """(N, O) float32 outputs of the box."""
@@ -332,6 +334,10 @@ class ServedBoxClient(BlackBoxClient):
         """(N, L) cosine similarities of texts and label texts, computed by the box."""
         box = self._connect()
         if not hasattr(box, "message"):
+            if not hasattr(box, "scores"):  # a box loaded here: as a served box's /v1/scores computes them
+                a, b = (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+                        for z in (self._encode(texts), self._encode(labels)))
+                return a @ b.T
             return box.scores(texts, labels).numpy()
         return self._post(box, "/v1/scores", "scores", texts, len(labels), labels=labels)
 

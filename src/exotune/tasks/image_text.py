@@ -159,7 +159,7 @@ class ImageTextRetriever(AdapterModelMixin, nn.Module):
         """The configured loss over the batch's captions and images (``config.loss``)."""
         t = nn.functional.normalize(self._forward(self.text_tower, data.captions), dim=-1)  # (B, O)
         v = nn.functional.normalize(self._forward(self.image_tower, data.images), dim=-1)  # (M, O)
-        owner = torch.as_tensor(data.caption_image)  # (B,): each caption's image
+        owner = torch.as_tensor(data.caption_image, device=t.device)  # (B,): each caption's image
         if self.config.loss == "sigmoid":
             return self.sigmoid_loss(t, v, owner)
         return self.infonce_loss(t, v, owner)
@@ -168,7 +168,7 @@ class ImageTextRetriever(AdapterModelMixin, nn.Module):
         """SigLIP's: every caption-image pair a binary question, its own image(s) yes, the others
         no; summed over the images and averaged over the captions."""
         logits = self.log_scale.exp() * t @ v.T + self.logit_bias  # (B, M)
-        own = owner.unsqueeze(1) == torch.arange(len(v)).unsqueeze(0)  # (B, M)
+        own = owner.unsqueeze(1) == torch.arange(len(v), device=v.device).unsqueeze(0)  # (B, M)
         signs = own.to(logits.dtype) * 2 - 1  # +1 for a caption's image, -1 for the others
         return -nn.functional.logsigmoid(signs * logits).sum() / len(t)
 
@@ -178,10 +178,10 @@ class ImageTextRetriever(AdapterModelMixin, nn.Module):
         target; its other captions are no negatives."""
         logits = self.log_scale.exp().clamp(max=100.0) * t @ v.T  # (B, M)
         text_loss = nn.functional.cross_entropy(logits, owner)
-        own = owner.unsqueeze(0) == torch.arange(len(v)).unsqueeze(1)  # (M, B)
-        pick = torch.rand(own.shape).masked_fill(~own, -1.0).argmax(1)  # (M,): a random own caption
+        own = owner.unsqueeze(0) == torch.arange(len(v), device=v.device).unsqueeze(1)  # (M, B)
+        pick = torch.rand(own.shape).to(own.device).masked_fill(~own, -1.0).argmax(1)  # (M,): a random own caption
         others = own.clone()
-        others[torch.arange(len(pick)), pick] = False
+        others[torch.arange(len(pick), device=pick.device), pick] = False
         image_loss = nn.functional.cross_entropy(logits.T.masked_fill(others, float("-inf")), pick)
         return (text_loss + image_loss) / 2
 

@@ -131,9 +131,9 @@ class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
         s = nn.functional.normalize(self._forward(self.sketch_tower, data.sketches), dim=-1)  # (B, O)
         p = nn.functional.normalize(self._forward(self.photo_tower, [data.photos[i] for i in picks]), dim=-1)
         logits = self.log_scale.exp().clamp(max=100.0) * s @ p.T  # (B, B)
-        y = torch.as_tensor(data.sketch_labels)
-        others = (y.unsqueeze(0) == y.unsqueeze(1)) & ~torch.eye(len(y), dtype=torch.bool)  # same class, not self
-        target = torch.arange(len(y))
+        y = torch.as_tensor(data.sketch_labels, device=logits.device)
+        others = (y.unsqueeze(0) == y.unsqueeze(1)) & ~torch.eye(len(y), dtype=torch.bool, device=y.device)  # same class, not self
+        target = torch.arange(len(y), device=y.device)
         return (nn.functional.cross_entropy(logits.masked_fill(others, float("-inf")), target)
                 + nn.functional.cross_entropy(logits.T.masked_fill(others, float("-inf")), target)) / 2
 
