@@ -140,9 +140,11 @@ def test_serve_places_image_and_clip_boxes(kind, tmp_path, monkeypatch):
         return pair.image if kind == "image" else pair
 
     monkeypatch.setattr(exotune.boxes.loading, "load_image_box" if kind == "image" else "load_clip_boxes", spy)
+    monkeypatch.setenv("EXOTUNE_OWNER_SECRET", "an owner's secret for this test")
     build_server(build_parser().parse_args(["serve", "--kind", kind, "--model", "x", "--no-auth", "--device", "cpu",
                                             "--dtype", "bfloat16", "--precision", "bf16"]))
-    assert seen == {"access": "dark-gray", "device": "cpu", "dtype": "bfloat16", "precision": "bf16"}
+    assert seen == {"access": "dark-gray", "device": "cpu", "dtype": "bfloat16", "precision": "bf16",
+                    "owner_secret": "an owner's secret for this test"}
 
 
 @pytest.fixture(scope="module")
