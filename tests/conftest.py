@@ -18,8 +18,28 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-WORDS = ["the", "a", "is", "was", "very", "car", "sky", "leaf", "fast", "slow", "big", "small",
-         "red", "blue", "green", "colour", "today", "and", "it", "of"]
+WORDS = [
+    "the",
+    "a",
+    "is",
+    "was",
+    "very",
+    "car",
+    "sky",
+    "leaf",
+    "fast",
+    "slow",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "green",
+    "colour",
+    "today",
+    "and",
+    "it",
+    "of",
+]
 
 
 def build_tiny_backbone(folder: Path, hidden: int = 16, layers: int = 2, seed: int = 0) -> Path:
@@ -32,8 +52,14 @@ def build_tiny_backbone(folder: Path, hidden: int = 16, layers: int = 2, seed: i
     # positional: the vocabulary file in every transformers version
     BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(folder)
     return folder
 
@@ -97,8 +123,9 @@ def shared_data() -> Path:
 SHAPES = ["circle", "square", "triangle"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230)}
 CLIP_WORDS = ["a", "an", "photo", "of", "the", "image", *SHAPES, *COLOURS, "small", "big", "dog", "cat"]
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-              patch_size=8)
+VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+)
 
 
 def tiny_clip_tokenizer(eos_last: bool = True):
@@ -112,9 +139,11 @@ def tiny_clip_tokenizer(eos_last: bool = True):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single="<start> $A <end>", special_tokens=[("<start>", vocab["<start>"]), ("<end>", vocab["<end>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="<start>", eos_token="<end>")
+        single="<start> $A <end>", special_tokens=[("<start>", vocab["<start>"]), ("<end>", vocab["<end>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<start>", eos_token="<end>"
+    )
 
 
 def build_tiny_clip(folder: Path | None = None, seed: int = 0, legacy_eos: bool = False):
@@ -128,19 +157,39 @@ def build_tiny_clip(folder: Path | None = None, seed: int = 0, legacy_eos: bool 
     eos = tokenizer.convert_tokens_to_ids("<end>")
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=0,
-                         bos_token_id=eos - 1, eos_token_id=2 if legacy_eos else eos),
-        vision_config=VISION, projection_dim=16)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=eos - 1,
+            eos_token_id=2 if legacy_eos else eos,
+        ),
+        vision_config=VISION,
+        projection_dim=16,
+    )
     model = CLIPModel(config).eval()
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        (folder / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 32},
-            "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "resample": 3,
-            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+        (folder / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_processor_type": "CLIPImageProcessor",
+                    "do_resize": True,
+                    "size": {"shortest_edge": 32},
+                    "do_center_crop": True,
+                    "crop_size": {"height": 32, "width": 32},
+                    "resample": 3,
+                    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                    "image_std": [0.26862954, 0.26130258, 0.27577711],
+                }
+            )
+        )
     return model, tokenizer
 
 

@@ -34,12 +34,14 @@ def byte_level_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([" ".join(WORDS)] * 3 + WORDS, trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|endoftext|>", padding_side="left"
+    )
 
 
 def tiny_tokenizer(family: str):
@@ -55,11 +57,18 @@ def tiny_tokenizer(family: str):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     marks = [t for t in template.split() if t != "$A"]
     tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(t, vocab[t]) for t in marks])
-    first, last = (marks[0], marks[-1]) if len(marks) == 2 else (marks[0] if template.startswith("<s>") else None,
-                                                                  marks[-1])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, pad_token=pad, padding_side=side,
-                                   bos_token=first, eos_token=last if family != "llama" else "</s>",
-                                   cls_token=first if family not in DECODERS else None)
+    first, last = (
+        (marks[0], marks[-1]) if len(marks) == 2 else (marks[0] if template.startswith("<s>") else None, marks[-1])
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=unk,
+        pad_token=pad,
+        padding_side=side,
+        bos_token=first,
+        eos_token=last if family != "llama" else "</s>",
+        cls_token=first if family not in DECODERS else None,
+    )
 
 
 def tiny_config(family: str, tokenizer):
@@ -72,17 +81,41 @@ def tiny_config(family: str, tokenizer):
     if family == "mpnet":
         return hf.MPNetConfig(vocab_size=n, max_position_embeddings=34, pad_token_id=pad, **SMALL)
     if family == "deberta-v2":
-        return hf.DebertaV2Config(vocab_size=n, max_position_embeddings=32, pad_token_id=pad, type_vocab_size=0,
-                                  relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"],
-                                  position_biased_input=False, **SMALL)
+        return hf.DebertaV2Config(
+            vocab_size=n,
+            max_position_embeddings=32,
+            pad_token_id=pad,
+            type_vocab_size=0,
+            relative_attention=True,
+            position_buckets=8,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            **SMALL,
+        )
     if family == "modernbert":
         cls_id, sep = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
-        return hf.ModernBertConfig(vocab_size=n, max_position_embeddings=64, pad_token_id=pad, cls_token_id=cls_id,
-                                   sep_token_id=sep, bos_token_id=cls_id, eos_token_id=sep,
-                                   global_attn_every_n_layers=2, local_attention=8, **SMALL)
+        return hf.ModernBertConfig(
+            vocab_size=n,
+            max_position_embeddings=64,
+            pad_token_id=pad,
+            cls_token_id=cls_id,
+            sep_token_id=sep,
+            bos_token_id=cls_id,
+            eos_token_id=sep,
+            global_attn_every_n_layers=2,
+            local_attention=8,
+            **SMALL,
+        )
     cls = {"qwen2": hf.Qwen2Config, "llama": hf.LlamaConfig}[family]
-    return cls(vocab_size=n, max_position_embeddings=64, num_key_value_heads=1, pad_token_id=pad,
-               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **SMALL)
+    return cls(
+        vocab_size=n,
+        max_position_embeddings=64,
+        num_key_value_heads=1,
+        pad_token_id=pad,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **SMALL,
+    )
 
 
 def build_family(folder: Path, family: str, seed: int = 0) -> Path:

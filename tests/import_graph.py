@@ -34,8 +34,12 @@ def edges_and_private(mods: dict[str, Path]) -> tuple[dict[str, set[str]], list[
                     target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in mods else base
                     if target in mods and target != name:
                         edges.setdefault(name, set()).add(target)
-                    if alias.name.startswith("_") and not alias.name.startswith("__") and target == base != name \
-                            and base in mods:
+                    if (
+                        alias.name.startswith("_")
+                        and not alias.name.startswith("__")
+                        and target == base != name
+                        and base in mods
+                    ):
                         private.append(f"{name} imports {base}.{alias.name}")
             elif isinstance(node, ast.Import):
                 for alias in node.names:
@@ -55,7 +59,7 @@ def circles(mods: dict[str, Path], edges: dict[str, set[str]]) -> list[list[str]
         stack.append(u)
         for v in sorted(graph.get(u, ())):
             if state.get(v) == 1:
-                found.append(stack[stack.index(v):] + [v])
+                found.append(stack[stack.index(v) :] + [v])
             elif not state.get(v):
                 visit(v, stack)
         stack.pop()

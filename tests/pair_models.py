@@ -11,8 +11,9 @@ import torch
 
 from .conftest import VISION, WORDS
 
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=16)
+TEXT = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16
+)
 PAIR_FAMILIES = ("siglip", "blip")
 
 
@@ -35,8 +36,14 @@ def siglip_tokenizer():
 
 def blip_tokenizer():
     """BLIP's (BERT's) layout: [CLS] words [SEP], padded with [PAD]."""
-    return word_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[CLS] $A [SEP]", pad="[PAD]", unk="[UNK]",
-                          cls_token="[CLS]", sep_token="[SEP]")
+    return word_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
+        "[CLS] $A [SEP]",
+        pad="[PAD]",
+        unk="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
 
 
 def build_pair(family: str, folder: Path | None = None, seed: int = 0):
@@ -48,18 +55,35 @@ def build_pair(family: str, folder: Path | None = None, seed: int = 0):
     if family == "siglip":
         tokenizer = siglip_tokenizer()
         eos = tokenizer.eos_token_id
-        config = hf.SiglipConfig(text_config=dict(vocab_size=len(tokenizer), pad_token_id=eos, eos_token_id=eos,
-                                                  bos_token_id=eos, projection_size=32, **TEXT), vision_config=VISION)
+        config = hf.SiglipConfig(
+            text_config=dict(
+                vocab_size=len(tokenizer),
+                pad_token_id=eos,
+                eos_token_id=eos,
+                bos_token_id=eos,
+                projection_size=32,
+                **TEXT,
+            ),
+            vision_config=VISION,
+        )
         model = hf.SiglipModel(config).eval()
         with torch.no_grad():  # SigLIP's trained values are of this order; the init's are 1 and 0
             model.logit_scale.fill_(math.log(10.0))
             model.logit_bias.fill_(-5.0)
     else:
         tokenizer = blip_tokenizer()
-        config = hf.BlipConfig(text_config=dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                                bos_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-                                                encoder_hidden_size=32, **TEXT),
-                               vision_config=VISION, image_text_hidden_size=16)
+        config = hf.BlipConfig(
+            text_config=dict(
+                vocab_size=len(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.cls_token_id,
+                sep_token_id=tokenizer.sep_token_id,
+                encoder_hidden_size=32,
+                **TEXT,
+            ),
+            vision_config=VISION,
+            image_text_hidden_size=16,
+        )
         model = hf.BlipForImageTextRetrieval(config).eval()
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

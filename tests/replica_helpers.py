@@ -14,8 +14,10 @@ __all__ = ["free_port", "nginx", "redis_server", "start_replica", "stop", "wait_
 def _installed() -> None:
     for binary, name in ((cluster.REDIS, "redis-server"), (cluster.NGINX, "nginx")):
         if binary is None:
-            pytest.skip(f"{name} is not installed and could not be (Debian: apt-get install -y redis-server nginx; "
-                        ".ci/run installs both)")
+            pytest.skip(
+                f"{name} is not installed and could not be (Debian: apt-get install -y redis-server nginx; "
+                ".ci/run installs both)"
+            )
 
 
 def redis_server(*args, **kwargs):

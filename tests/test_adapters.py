@@ -113,8 +113,11 @@ def test_shift_leaves_padding_alone(tiny_box):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"extra_tokens": -1}, "extra_tokens"), ({"shift": False, "extra_tokens": 0}, "learns nothing"),
-     ({"init_std": -1.0}, "init_std")],
+    [
+        ({"extra_tokens": -1}, "extra_tokens"),
+        ({"shift": False, "extra_tokens": 0}, "learns nothing"),
+        ({"init_std": -1.0}, "init_std"),
+    ],
 )
 def test_input_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):

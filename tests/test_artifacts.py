@@ -35,8 +35,12 @@ def test_round_trip_gives_identical_predictions(trained, tiny_box):
 
 def test_folder_holds_only_what_was_trained(trained, tiny_box):
     model, folder, _ = trained
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json",  # README: the model card
-                                                        "adapter_model.safetensors", "checksums.sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "adapter_config.json",  # README: the model card
+        "adapter_model.safetensors",
+        "checksums.sha256",
+    ]
     from safetensors.torch import load_file
 
     saved = load_file(str(folder / "adapter_model.safetensors"))

@@ -97,8 +97,7 @@ def _mapped_run(box, config, rotate: torch.Tensor | None, steps: int = 6) -> lis
 @pytest.mark.parametrize("kind", ["dga", "lga"])
 def test_dga_and_lga_train_the_same_in_the_secret_basis(tiny_backbone, kind):
     lga = kind == "lga"
-    config = (DGAConfig.variant("both", entry_tokens=EntryTokensConfig(tokens=2)) if lga
-              else DGAConfig.variant("both"))
+    config = DGAConfig.variant("both", entry_tokens=EntryTokensConfig(tokens=2)) if lga else DGAConfig.variant("both")
     plain, owned = boxes(tiny_backbone, **({"entry_points": "all", "entry_tokens_max": 4} if lga else {}))
     before = _mapped_run(plain, config, None)
     after = _mapped_run(owned, config, basis_matrix(SECRET, 16).float())
@@ -237,7 +236,9 @@ def test_serve_generates_keeps_and_reuses_an_owner_secret(serve, tiny_backbone, 
     assert again == first and "read from" in capsys.readouterr().err
     named = tmp_path / "mine" / "secret"
     _, own = serve("--owner-secret-file", str(named))
-    assert named.is_file() and own["model_digest"] != first["model_digest"] and own["input_basis"] != first["input_basis"]
+    assert (
+        named.is_file() and own["model_digest"] != first["model_digest"] and own["input_basis"] != first["input_basis"]
+    )
     monkeypatch.setenv("EXOTUNE_OWNER_SECRET", named.read_text())
     assert serve()[1] == own
     _, plain = serve("--no-basis", "--owner-secret-file", str(named))

@@ -118,7 +118,12 @@ def test_a_bad_request_in_a_batch_fails_alone(tiny_box):
     inputs = [tiny_box.embed(t) for t in TEXTS]
     tensors = [{"embeds": b.embeds, "mask": b.mask} for b in inputs]
     bad = {**tensors[1], "embeds": torch.full_like(tensors[1]["embeds"], 3e38)}  # finite, overflows in the box
-    answers = _together([partial(_post_tensors, c, "/v1/forward", t) for c, t in zip(clients, [tensors[0], bad, tensors[2]], strict=True)])
+    answers = _together(
+        [
+            partial(_post_tensors, c, "/v1/forward", t)
+            for c, t in zip(clients, [tensors[0], bad, tensors[2]], strict=True)
+        ]
+    )
     assert answers[1].status_code == 422 and "infinite outputs" in answers[1].json()["message"]
     for i in (0, 2):
         assert answers[i].status_code == 200, answers[i].text
@@ -186,7 +191,13 @@ def test_the_serve_suite_measures_batching_on_and_off_side_by_side(tiny_backbone
     assert main(["bench", "serve", "--quick", "--backbone", str(tiny_backbone), "--out-dir", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "serve.json").read_text())
     assert {(c["route"], c["clients"], c["batching"]) for c in doc["cells"]} == {
-        (r, n, m) for r in ("encode", "fwd+bwd") for n in (1, 4) for m in ("on", "off")}
+        (r, n, m) for r in ("encode", "fwd+bwd") for n in (1, 4) for m in ("on", "off")
+    }
     assert all(c["failed"] == 0 and c["calls"] >= c["clients"] for c in doc["cells"]), doc["cells"]
-    assert doc["texts"] == "synthetic" and set(doc["summary"]) == {"encode off", "encode on", "fwd+bwd off", "fwd+bwd on"}
+    assert doc["texts"] == "synthetic" and set(doc["summary"]) == {
+        "encode off",
+        "encode on",
+        "fwd+bwd off",
+        "fwd+bwd on",
+    }
     assert (tmp_path / "serve.md").read_text().startswith("# serve (quick)")

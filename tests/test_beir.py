@@ -53,8 +53,12 @@ def test_load_beir(tmp_path):
     assert data.positives(2) == ["d3", "d4"]
     assert len(data.corpus) == 4
     # title + " " + text, stripped: the BEIR / sentence-transformers convention
-    assert data.corpus.documents() == ["Red car the red car is fast", "the blue sky is big",
-                                       "Leaf a green leaf is small", "it was slow today"]
+    assert data.corpus.documents() == [
+        "Red car the red car is fast",
+        "the blue sky is big",
+        "Leaf a green leaf is small",
+        "it was slow today",
+    ]
     assert data.corpus.document("d3") == "Leaf a green leaf is small"
     assert data.name == "tiny-train"
     test = load_beir(tmp_path / "tiny", "test", corpus=data.corpus)
@@ -102,9 +106,21 @@ def _corrupt(folder: Path, name: str, content: str) -> None:
 
 
 BAD = [
-    ("corpus.jsonl", '{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": "broken\n', ["corpus.jsonl", "line 2", "column", "invalid JSON"]),
-    ("corpus.jsonl", '{"_id": "d1", "text": "ok"}\n{"title": "t", "text": "no id"}\n', ["corpus.jsonl", "line 2", "'_id'", "missing"]),
-    ("corpus.jsonl", '{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n', ["corpus.jsonl", "line 2", "duplicate", "line 1"]),
+    (
+        "corpus.jsonl",
+        '{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": "broken\n',
+        ["corpus.jsonl", "line 2", "column", "invalid JSON"],
+    ),
+    (
+        "corpus.jsonl",
+        '{"_id": "d1", "text": "ok"}\n{"title": "t", "text": "no id"}\n',
+        ["corpus.jsonl", "line 2", "'_id'", "missing"],
+    ),
+    (
+        "corpus.jsonl",
+        '{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n',
+        ["corpus.jsonl", "line 2", "duplicate", "line 1"],
+    ),
     ("corpus.jsonl", '{"_id": "d1", "title": 3, "text": "a"}\n', ["corpus.jsonl", "line 1", "'title'", "string"]),
     ("corpus.jsonl", '{"_id": "d1", "title": "no text"}\n', ["corpus.jsonl", "line 1", "'text'"]),
     ("corpus.jsonl", '["not", "an", "object"]\n', ["corpus.jsonl", "line 1", "JSON object"]),
@@ -112,8 +128,16 @@ BAD = [
     ("queries.jsonl", '{"_id": "q1", "text": "  "}\n', ["queries.jsonl", "line 1", "'text'", "empty"]),
     ("qrels/train.tsv", "q1\td1\t1\n", ["train.tsv", "line 1", "header", "query-id"]),
     ("qrels/train.tsv", "", ["train.tsv", "line 1", "header"]),
-    ("qrels/train.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq9\td1\t1\n", ["train.tsv", "line 3", "column 1", "unknown query 'q9'"]),
-    ("qrels/train.tsv", "query-id\tcorpus-id\tscore\nq1\tdx\t1\n", ["train.tsv", "line 2", "column 2", "unknown document 'dx'"]),
+    (
+        "qrels/train.tsv",
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq9\td1\t1\n",
+        ["train.tsv", "line 3", "column 1", "unknown query 'q9'"],
+    ),
+    (
+        "qrels/train.tsv",
+        "query-id\tcorpus-id\tscore\nq1\tdx\t1\n",
+        ["train.tsv", "line 2", "column 2", "unknown document 'dx'"],
+    ),
     ("qrels/train.tsv", "query-id\tcorpus-id\tscore\nq1\td1\thigh\n", ["train.tsv", "line 2", "column 3", "'high'"]),
     ("qrels/train.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t-1\n", ["train.tsv", "line 2", "column 3", "'-1'"]),
     ("qrels/train.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t0.5\n", ["train.tsv", "line 2", "column 3"]),
@@ -122,8 +146,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "fragments"), BAD,
-                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD)])
+@pytest.mark.parametrize(("name", "content", "fragments"), BAD, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD)])
 def test_malformed_files(tmp_path, name, content, fragments):
     folder = write_beir(tmp_path / "t")
     _corrupt(folder, name, content)

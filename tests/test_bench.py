@@ -44,10 +44,23 @@ def test_ea_reuses_the_classification_lora_run(tmp_path):
 def test_aggregate_and_table_carry_run_notes():
     from exotune.bench.common import aggregate, markdown_table
 
-    runs = [{"dataset": "d", "method": "lga", "variant": "tokens=2", "access": "light-gray", "seed": s,
-             "metrics": {"accuracy": a}, "trainable_params": 10, "lr": 1e-3, "train_seconds": t,
-             "seconds_per_step": t / 100, "peak_memory_mb": 100.0, **({"note": "shared CPU"} if s == 1 else {})}
-            for s, a, t in ((0, 0.5, 10.0), (1, 0.7, 30.0))]
+    runs = [
+        {
+            "dataset": "d",
+            "method": "lga",
+            "variant": "tokens=2",
+            "access": "light-gray",
+            "seed": s,
+            "metrics": {"accuracy": a},
+            "trainable_params": 10,
+            "lr": 1e-3,
+            "train_seconds": t,
+            "seconds_per_step": t / 100,
+            "peak_memory_mb": 100.0,
+            **({"note": "shared CPU"} if s == 1 else {}),
+        }
+        for s, a, t in ((0, 0.5, 10.0), (1, 0.7, 30.0))
+    ]
     rec = aggregate(runs, "accuracy")
     assert rec["mean"] == 0.6 and rec["train_seconds"] == 20.0 and rec["notes"] == ["seed 1: shared CPU"]
     assert "note" not in rec
@@ -96,15 +109,24 @@ def _wait_for(condition, limit: float = 60.0) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_killed_suite_leaves_no_run_behind():
     """A suite killed mid-run (its worker spawned) must not leave the run computing on the cores."""
-    parent = subprocess.Popen([sys.executable, "-c", "import time; from exotune.bench.common import run_isolated; "
-                               "run_isolated(time.sleep, 600)"])
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from exotune.bench.common import run_isolated; run_isolated(time.sleep, 600)",
+        ]
+    )
     try:
+
         def worker() -> int | None:
             for d in Path("/proc").iterdir():
                 try:
                     stat = (d / "stat").read_text()
-                    if d.name.isdigit() and int(stat.split(")")[-1].split()[1]) == parent.pid \
-                            and b"spawn_main" in (d / "cmdline").read_bytes():
+                    if (
+                        d.name.isdigit()
+                        and int(stat.split(")")[-1].split()[1]) == parent.pid
+                        and b"spawn_main" in (d / "cmdline").read_bytes()
+                    ):
                         return int(d.name)
                 except (OSError, ValueError, IndexError):
                     continue
@@ -123,9 +145,15 @@ def test_the_validation_curve_of_every_seed_is_kept():
     from exotune.bench.common import aggregate, val_curve
     from exotune.train import TrainResult
 
-    result = TrainResult(best_metric=0.8, best_epoch=1, epochs_run=2, steps=4, train_seconds=1.0,
-                         seconds_per_step=0.1, history=[{"epoch": 1, "val_accuracy": 0.8},
-                                                        {"epoch": 2, "val_accuracy": 0.75}])
+    result = TrainResult(
+        best_metric=0.8,
+        best_epoch=1,
+        epochs_run=2,
+        steps=4,
+        train_seconds=1.0,
+        seconds_per_step=0.1,
+        history=[{"epoch": 1, "val_accuracy": 0.8}, {"epoch": 2, "val_accuracy": 0.75}],
+    )
     assert val_curve(result, "accuracy") == [0.8, 0.75]
     runs = [{"seed": s, "metrics": {"accuracy": 0.7 + s / 10}, "val_curve": [0.5, 0.6 + s / 10]} for s in (0, 1)]
     rec = aggregate(runs, "accuracy")

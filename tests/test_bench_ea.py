@@ -33,8 +33,10 @@ def _write_datasets(root):
         (root / "banking77" / f"{split}.csv").write_text("\n".join(lines) + "\n")
     (root / "sst2").mkdir()
     for name, n in (("train.tsv", 80), ("dev.tsv", 30)):
-        rows = [(f"a {'fast' if y else 'slow'} {rng.choice(WORDS)} car {name[:3]}{i}", y)
-                for i, y in ((i, rng.randrange(2)) for i in range(n))]
+        rows = [
+            (f"a {'fast' if y else 'slow'} {rng.choice(WORDS)} car {name[:3]}{i}", y)
+            for i, y in ((i, rng.randrange(2)) for i in range(n))
+        ]
         (root / "sst2" / name).write_text("label\tsentence\n" + "".join(f"{y}\t{t}\n" for t, y in rows))
 
 
@@ -42,8 +44,25 @@ def test_bench_ea_quick_on_two_datasets(tiny_backbone, tmp_path, monkeypatch):
     data, out = tmp_path / "data", tmp_path / "results"
     _write_datasets(data)
     monkeypatch.setattr(exotune.bench.ea, "run_isolated", lambda fn, *args: fn(*args))  # in process: faster
-    assert main(["bench", "ea", "--quick", "--datasets", "banking77", "sst2", "--data-dir", str(data),
-                 "--backbone", str(tiny_backbone), "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "ea",
+                "--quick",
+                "--datasets",
+                "banking77",
+                "sst2",
+                "--data-dir",
+                str(data),
+                "--backbone",
+                str(tiny_backbone),
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "ea.json").read_text())
     assert doc["datasets"] == ["banking77", "sst2"] and doc["seeds"] == [0]
     acc = [r for r in doc["records"] if r["metric"] == "accuracy"]
@@ -78,8 +97,24 @@ def test_bench_ea_quick_on_two_datasets(tiny_backbone, tmp_path, monkeypatch):
         return fn(*args)
 
     monkeypatch.setattr(exotune.bench.ea, "run_isolated", no_ea_runs)
-    assert main(["bench", "ea", "--quick", "--datasets", "sst2", "--data-dir", str(data),
-                 "--backbone", str(tiny_backbone), "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "ea",
+                "--quick",
+                "--datasets",
+                "sst2",
+                "--data-dir",
+                str(data),
+                "--backbone",
+                str(tiny_backbone),
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     again = json.loads((out / "ea.json").read_text())
     assert {r["dataset"] for r in again["records"]} == {"sst2"}
     assert again["ssm_selection"]["sst2, embeddings, seed 0"] == table

@@ -107,8 +107,12 @@ KINDS = {
     "remote-siglip-text-light": lambda b: served_case(pair_tower("siglip", "text", light=True)),
     "remote-siglip-image": lambda b: served_case(pair_tower("siglip", "image")),
     "remote-blip-text-light-stateless": lambda b: served_case(pair_tower("blip", "text", light=True), stateless=True),
-    **{f"{f}-{t}{s}": (lambda b, f=f, t=t, s=s: pair_tower(f, t, light=bool(s)))
-       for f in PAIR_FAMILIES for t in ("text", "image") for s in ("", "-light")},
+    **{
+        f"{f}-{t}{s}": (lambda b, f=f, t=t, s=s: pair_tower(f, t, light=bool(s)))
+        for f in PAIR_FAMILIES
+        for t in ("text", "image")
+        for s in ("", "-light")
+    },
     **{family: (lambda b, f=family: family_box(b, f)) for family in FAMILIES},
     **{f"{family}-light": (lambda b, f=family: family_box(b, f, light=True)) for family in FAMILIES},
 }
@@ -132,8 +136,9 @@ def inputs(box) -> list:
 
 def entry_tokens(spec: BoxSpec, requires_grad=False) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(2)
-    return {e.name: torch.randn(2, spec.entry_dim, generator=g).requires_grad_(requires_grad)
-            for e in spec.entry_points}
+    return {
+        e.name: torch.randn(2, spec.entry_dim, generator=g).requires_grad_(requires_grad) for e in spec.entry_points
+    }
 
 
 def box_inputs(box, reference=None) -> tuple[torch.Tensor, ...]:

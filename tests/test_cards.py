@@ -27,8 +27,11 @@ def front_matter(card: str) -> dict:
     return {k: json.loads(v) for k, v in (line.split(": ", 1) for line in lines[1:end])}
 
 
-@pytest.mark.parametrize("build", [lambda box: TextClassifier(box, ["red", "blue", "green"]),
-                                   lambda box: DualEncoder(box)], ids=["classifier", "retriever"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda box: TextClassifier(box, ["red", "blue", "green"]), lambda box: DualEncoder(box)],
+    ids=["classifier", "retriever"],
+)
 def test_every_saved_adapter_has_a_listed_card(tiny_box, tmp_path, build):
     model = build(tiny_box)
     folder = model.save_pretrained(tmp_path / "a")
@@ -45,8 +48,11 @@ def test_every_saved_adapter_has_a_listed_card(tiny_box, tmp_path, build):
 
 
 def test_the_card_says_what_the_run_knows(tiny_box, tmp_path):
-    with card_context(command="exotune train --file f.csv", data={"name": "f.csv", "train_examples": 10},
-                      metrics={"validation": {"accuracy": 0.5}}):
+    with card_context(
+        command="exotune train --file f.csv",
+        data={"name": "f.csv", "train_examples": 10},
+        metrics={"validation": {"accuracy": 0.5}},
+    ):
         folder = TextClassifier(tiny_box, ["a", "b"]).save_pretrained(tmp_path / "a")
     card = (folder / CARD_NAME).read_text()
     assert "exotune train --file f.csv" in card and "train examples: 10" in card
@@ -57,8 +63,14 @@ def test_the_card_says_what_the_run_knows(tiny_box, tmp_path):
 
 
 def test_the_default_backbone_is_named_as_base_model():
-    card = model_card({"type": "dga-classifier", "access": "dark-gray", "box_source": {"backbone": "all-MiniLM-L6-v2"},
-                       "task": {"type": "classification", "labels": ["a", "b"]}})
+    card = model_card(
+        {
+            "type": "dga-classifier",
+            "access": "dark-gray",
+            "box_source": {"backbone": "all-MiniLM-L6-v2"},
+            "task": {"type": "classification", "labels": ["a", "b"]},
+        }
+    )
     meta = front_matter(card)
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["pipeline_tag"] == "text-classification"
@@ -67,11 +79,27 @@ def test_the_default_backbone_is_named_as_base_model():
 def test_train_writes_the_command_data_and_metrics_into_the_card(tiny_backbone, tmp_path):
     data = colour_data(30)
     file = tmp_path / "colours.csv"
-    file.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels,
-                                                                                             strict=True)))
+    file.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     out = tmp_path / "run"
-    argv = ["train", "--file", str(file), "--test-file", str(file), "--eval-test", "--backbone", str(tiny_backbone),
-            "--epochs", "1", "--batch-size", "16", "--quiet", "--output-dir", str(out)]
+    argv = [
+        "train",
+        "--file",
+        str(file),
+        "--test-file",
+        str(file),
+        "--eval-test",
+        "--backbone",
+        str(tiny_backbone),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--output-dir",
+        str(out),
+    ]
     assert main(argv) == 0
     card = (out / "best" / CARD_NAME).read_text()
     verify_folder(out / "best")  # the card rewritten with the test score is listed again
@@ -100,7 +128,9 @@ def test_what_a_fit_tells_the_card_stays_inside_it(tiny_box, tmp_path):
 
     train, val = colour_data(32, seed=0), colour_data(12, seed=1)
     model = TextClassifier(tiny_box, train.label_names)
-    Trainer(TrainConfig(epochs=1, batch_size=16, patience=None), tmp_path / "run", progress=False).fit(model, train, val)
+    Trainer(TrainConfig(epochs=1, batch_size=16, patience=None), tmp_path / "run", progress=False).fit(
+        model, train, val
+    )
     assert "| validation (best epoch 1) |" in (tmp_path / "run" / "best" / CARD_NAME).read_text()
     assert run_info() == {}  # a later save, outside any run, says nothing of this one
     assert "not recorded" in (model.save_pretrained(tmp_path / "later") / CARD_NAME).read_text()

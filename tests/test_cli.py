@@ -205,10 +205,7 @@ def test_predict_missing_adapter_and_backbone(tmp_path, capsys):
     adapter, backbone = tmp_path / "adapter", tmp_path / "backbone"
     adapter.mkdir()
     backbone.mkdir()
-    assert (
-        main(["predict", "--adapter", str(adapter), "--text", "hi", "--backbone", str(backbone)])
-        == 2
-    )
+    assert main(["predict", "--adapter", str(adapter), "--text", "hi", "--backbone", str(backbone)]) == 2
     assert_clean_error(capsys)
 
 
@@ -393,9 +390,7 @@ def test_predict_non_utf8_input_file(tmp_path, capsys):
 
 def test_train_val_fraction_leaves_too_few(tmp_path, capsys):
     path = tmp_path / "tiny.csv"
-    path.write_text(
-        "text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(10)), encoding="utf-8"
-    )
+    path.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(10)), encoding="utf-8")
     backbone = tmp_path / "backbone"
     backbone.mkdir()  # no model files: if the split is fixed, loading the backbone fails cleanly
     argv = [
@@ -418,8 +413,22 @@ def test_train_with_the_same_seed_repeats_itself(tiny_backbone, good_csv, tmp_pa
     never be compared with an uninterrupted one."""
     from exotune.artifacts import read_tensors
 
-    argv = ["train", "--file", str(good_csv), "--backbone", str(tiny_backbone), "--epochs", "1", "--batch-size", "8",
-            "--extra-tokens", "2", "--quiet", "--seed", "3"]
+    argv = [
+        "train",
+        "--file",
+        str(good_csv),
+        "--backbone",
+        str(tiny_backbone),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--extra-tokens",
+        "2",
+        "--quiet",
+        "--seed",
+        "3",
+    ]
     runs = []
     for name in ("a", "b"):
         assert main([*argv, "--output-dir", str(tmp_path / name)]) == 0

@@ -44,16 +44,36 @@ def test_serve_checks_tokens_before_loading_the_model(monkeypatch, capsys):
 def test_resume_without_checkpoint_is_a_clean_notice(tiny_backbone, tmp_path, capsys):
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"the car is {c},{c}\n" for c in ("red", "blue") * 6))
-    assert main(["train", "--file", str(path), "--backbone", str(tiny_backbone), "--epochs", "1", "--quiet",
-                 "--output-dir", str(tmp_path / "run"), "--resume", "--val-fraction", "0.34"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--file",
+                str(path),
+                "--backbone",
+                str(tiny_backbone),
+                "--epochs",
+                "1",
+                "--quiet",
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--resume",
+                "--val-fraction",
+                "0.34",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: no checkpoint at" in err and "UserWarning" not in err and "warnings.warn" not in err
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys; from exotune.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'sklearn', 'transformers', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys; from exotune.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'transformers', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
 

@@ -35,8 +35,12 @@ CONFIGS = sorted(_subclasses(ConfigBase), key=lambda c: c.__name__)
 
 
 def test_every_config_class_in_the_package_has_the_base():
-    defined = {node.name for path in SRC.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-               if isinstance(node, ast.ClassDef) and node.name.endswith("Config")}
+    defined = {
+        node.name
+        for path in SRC.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Config")
+    }
     assert defined == {c.__name__ for c in CONFIGS}
 
 

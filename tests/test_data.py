@@ -87,12 +87,8 @@ def test_load_text_file_custom_columns_and_bom(tmp_path):
 
 # (file name, content, keyword arguments, fragments the message must contain besides the path)
 BAD_FILES = [
-    pytest.param(
-        "d.csv", "text,category\nhello,a\n", {}, ["line 2", "'label'"], id="csv-missing-column"
-    ),
-    pytest.param(
-        "d.tsv", "text\tcat\nhello\ta\n", {}, ["line 2", "'label'"], id="tsv-missing-column"
-    ),
+    pytest.param("d.csv", "text,category\nhello,a\n", {}, ["line 2", "'label'"], id="csv-missing-column"),
+    pytest.param("d.tsv", "text\tcat\nhello\ta\n", {}, ["line 2", "'label'"], id="tsv-missing-column"),
     pytest.param(
         "d.jsonl",
         '{"text": "a", "label": "x"}\n{"text": "b"}\n',
@@ -126,12 +122,8 @@ BAD_FILES = [
         ["line 2", "'text'"],
         id="jsonl-empty-text",
     ),
-    pytest.param(
-        "d.jsonl", '{"text": 5, "label": "x"}\n', {}, ["line 1", "'text'"], id="jsonl-non-text"
-    ),
-    pytest.param(
-        "d.csv", "text,label\nhello,\n", {}, ["line 2", "'label'", "empty label"], id="empty-label"
-    ),
+    pytest.param("d.jsonl", '{"text": 5, "label": "x"}\n', {}, ["line 1", "'text'"], id="jsonl-non-text"),
+    pytest.param("d.csv", "text,label\nhello,\n", {}, ["line 2", "'label'", "empty label"], id="empty-label"),
     pytest.param(
         "d.csv",
         b"text,label\nhello,a\n\xff\xfe bad,b\n",
@@ -160,12 +152,8 @@ BAD_FILES = [
         ["line 3", "3 cells", "header has 2"],
         id="too-many-cells",
     ),
-    pytest.param(
-        "d.tsv", "text\tlabel\nhello\ta\tb\n", {}, ["line 2", "3 cells"], id="tsv-too-many-cells"
-    ),
-    pytest.param(
-        "d.txt", "text,label\nhello,a\n", {}, ["unsupported", "'.txt'"], id="unsupported-suffix"
-    ),
+    pytest.param("d.tsv", "text\tlabel\nhello\ta\tb\n", {}, ["line 2", "3 cells"], id="tsv-too-many-cells"),
+    pytest.param("d.txt", "text,label\nhello,a\n", {}, ["unsupported", "'.txt'"], id="unsupported-suffix"),
 ]
 
 
@@ -450,17 +438,13 @@ def test_from_hf_dataset_string_labels_and_custom_columns():
     [("body", "label", "body"), ("text", "target", "target")],
 )
 def test_from_hf_dataset_missing_column(text_column, label_column, missing):
-    ds = FakeHFDataset(
-        {"text": ["a"], "label": [0]}, {"text": FakeValue(), "label": FakeClassLabel(["x"])}
-    )
+    ds = FakeHFDataset({"text": ["a"], "label": [0]}, {"text": FakeValue(), "label": FakeClassLabel(["x"])})
     with pytest.raises(DataError, match=f"no column '{missing}'"):
         from_hf_dataset(ds, text_column, label_column)
 
 
 def test_from_hf_dataset_label_out_of_range():
-    ds = FakeHFDataset(
-        {"text": ["a"], "label": [3]}, {"text": FakeValue(), "label": FakeClassLabel(["x"])}
-    )
+    ds = FakeHFDataset({"text": ["a"], "label": [3]}, {"text": FakeValue(), "label": FakeClassLabel(["x"])})
     with pytest.raises(DataError, match="label index 3"):
         from_hf_dataset(ds)
 

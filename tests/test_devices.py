@@ -177,11 +177,19 @@ def test_mixed_precision_training_keeps_float32_tensors(tiny_box, precision, tmp
     train, val = colour_data(64, seed=0), colour_data(30, seed=1)
     model = TextClassifier(tiny_box, train.label_names, DGAConfig(), ClassificationConfig(head="linear"))
     seen = []
-    hook = backbone_module(tiny_box).encoder.layer[0].attention.self.query.register_forward_hook(
-        lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).dtype) if torch.is_grad_enabled() else None)
+    hook = (
+        backbone_module(tiny_box)
+        .encoder.layer[0]
+        .attention.self.query.register_forward_hook(
+            lambda m, i, o: (
+                seen.append((o[0] if isinstance(o, tuple) else o).dtype) if torch.is_grad_enabled() else None
+            )
+        )
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = Trainer(TrainConfig(epochs=2, **FAST), tmp_path, progress=False, device="cpu",
-                     precision=precision).fit(model, train, val)
+    result = Trainer(TrainConfig(epochs=2, **FAST), tmp_path, progress=False, device="cpu", precision=precision).fit(
+        model, train, val
+    )
     hook.remove()
     want = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert seen and set(seen) == {want}  # the box's training forwards ran under autocast
@@ -198,10 +206,12 @@ def test_adapters_cross_precisions(tiny_backbone, tmp_path):
     for trained, other in (("bf16", "fp32"), ("fp32", "bf16")):
         box = load_box(str(tiny_backbone), precision=trained)
         model = TextClassifier(box, train.label_names, DGAConfig())
-        Trainer(TrainConfig(epochs=2, **FAST), tmp_path / trained, progress=False,
-                precision=trained).fit(model, train, val)
-        again = TextClassifier.from_pretrained(tmp_path / trained / "best",
-                                               load_box(str(tiny_backbone), precision=other))
+        Trainer(TrainConfig(epochs=2, **FAST), tmp_path / trained, progress=False, precision=trained).fit(
+            model, train, val
+        )
+        again = TextClassifier.from_pretrained(
+            tmp_path / trained / "best", load_box(str(tiny_backbone), precision=other)
+        )
         mine, theirs = model.predict_proba(val.texts), again.predict_proba(val.texts)
         assert (mine.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
         assert (mine - theirs).abs().max() < 0.1
@@ -230,12 +240,15 @@ def test_fp16_resume_continues_from_the_saved_gradient_scaler(tiny_box, tmp_path
     assert first["growth_interval"] == 1 and first["scale"] != 1024.0
     monkeypatch.undo()  # the resumed run's own scaler starts fresh (65536, every 2000 steps) ...
     again = TextClassifier(tiny_box, train.label_names, DGAConfig())
-    Trainer(TrainConfig(epochs=2, **cfg), tmp_path, progress=False, precision="fp16").fit(again, train, val, resume=True)
+    Trainer(TrainConfig(epochs=2, **cfg), tmp_path, progress=False, precision="fp16").fit(
+        again, train, val, resume=True
+    )
     second = saved_scaler(tmp_path)
     assert second["growth_interval"] == 1  # ... and continues from the saved one: its state, not a fresh one's
     for precision in ("bf16", "fp32"):  # no scaler there: its state is left aside, and none is saved
-        Trainer(TrainConfig(epochs=3, **cfg), tmp_path, progress=False, precision=precision).fit(again, train, val,
-                                                                                              resume=True)
+        Trainer(TrainConfig(epochs=3, **cfg), tmp_path, progress=False, precision=precision).fit(
+            again, train, val, resume=True
+        )
         assert saved_scaler(tmp_path) == {}
 
 
@@ -266,8 +279,22 @@ def test_trainer_refuses_a_bad_precision_or_device():
 def test_train_with_cuda_on_a_machine_without_it_says_so(tiny_backbone, tmp_path, capsys):
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"the car is {c},{c}\n" for c in ("red", "blue") * 6))
-    code = main(["train", "--file", str(path), "--backbone", str(tiny_backbone), "--epochs", "1", "--quiet",
-                 "--output-dir", str(tmp_path / "run"), "--device", "cuda"])
+    code = main(
+        [
+            "train",
+            "--file",
+            str(path),
+            "--backbone",
+            str(tiny_backbone),
+            "--epochs",
+            "1",
+            "--quiet",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--device",
+            "cuda",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "asks for a CUDA GPU" in err and "Traceback" not in err
 
@@ -276,13 +303,51 @@ def test_train_then_eval_records_device_and_precision(tiny_backbone, tmp_path, c
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"the car is {c},{c}\n" for c in ("red", "blue") * 6))
     run = tmp_path / "run"
-    assert main(["train", "--file", str(path), "--backbone", str(tiny_backbone), "--epochs", "1", "--quiet",
-                 "--output-dir", str(run), "--device", "cpu", "--precision", "bf16", "--val-fraction", "0.34"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--file",
+                str(path),
+                "--backbone",
+                str(tiny_backbone),
+                "--epochs",
+                "1",
+                "--quiet",
+                "--output-dir",
+                str(run),
+                "--device",
+                "cpu",
+                "--precision",
+                "bf16",
+                "--val-fraction",
+                "0.34",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["precision"] == "bf16" and summary["device"] == "cpu"
     capsys.readouterr()
-    assert main(["eval", "--file", str(path), "--backbone", str(tiny_backbone), "--adapter", str(run / "best"),
-                 "--precision", "fp32", "--device", "auto", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--file",
+                str(path),
+                "--backbone",
+                str(tiny_backbone),
+                "--adapter",
+                str(run / "best"),
+                "--precision",
+                "fp32",
+                "--device",
+                "auto",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert "accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
@@ -312,8 +377,19 @@ def test_served_precision_autocasts_only_the_no_gradient_routes(tiny_backbone, t
 
     from .serve_helpers import input_grads, remote
 
-    args = build_parser().parse_args(["serve", "--model", str(tiny_backbone), "--no-auth", "--no-basis",
-                                      "--owner-secret-file", str(tmp_path / "secret"), "--precision", "bf16"])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            str(tiny_backbone),
+            "--no-auth",
+            "--no-basis",
+            "--owner-secret-file",
+            str(tmp_path / "secret"),
+            "--precision",
+            "bf16",
+        ]
+    )
     local, texts = load_box(str(tiny_backbone)), ["a red car", "the sky is very blue today"]
     with remote(build_server(args), token=None) as box:
         fast, exact = box.encode(texts), local.encode(texts)
@@ -330,8 +406,18 @@ def test_serve_on_a_missing_gpu_is_refused_before_the_model_loads(tiny_backbone,
     from exotune.cli.serve import build_server
 
     monkeypatch.setattr(exotune.boxes, "load_box", lambda *a, **k: pytest.fail("the model was loaded"))
-    args = build_parser().parse_args(["serve", "--model", str(tiny_backbone), "--no-auth", "--owner-secret-file",
-                                      str(tmp_path / "secret"), "--device", "cuda:0"])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            str(tiny_backbone),
+            "--no-auth",
+            "--owner-secret-file",
+            str(tmp_path / "secret"),
+            "--device",
+            "cuda:0",
+        ]
+    )
     with pytest.raises(ConfigError, match="asks for a CUDA GPU"):
         build_server(args)
 
@@ -367,6 +453,15 @@ def test_precision_suite_measures_both_precisions_on_one_model(tiny_backbone, tm
     for p in ("fp32", "bf16"):
         assert 0 <= rec[p]["accuracy"] <= 1 and len(rec[p]["all_seconds"]) == 2
     assert 0 <= rec["agreement"] <= 1 and rec["speedup"] > 0
-    table = precision.markdown({"command": "exotune bench precision", "date": "d", "machine": "m", "backbone": "b",
-                                "repeats": 2, "budget": {"epochs": 1}, "records": [rec]})
+    table = precision.markdown(
+        {
+            "command": "exotune bench precision",
+            "date": "d",
+            "machine": "m",
+            "backbone": "b",
+            "repeats": 2,
+            "budget": {"epochs": 1},
+            "records": [rec],
+        }
+    )
     assert "| colours | dga-both | cpu | 40 |" in table

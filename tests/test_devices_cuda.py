@@ -35,8 +35,9 @@ def test_training_on_the_gpu(tiny_backbone, precision, tmp_path):
     box = load_box(str(tiny_backbone), device="cuda", precision=precision)
     train, val = colour_data(64, seed=0), colour_data(30, seed=1)
     model = TextClassifier(box, train.label_names, DGAConfig(), ClassificationConfig(head="linear"))
-    result = Trainer(TrainConfig(epochs=2, **FAST), tmp_path, progress=False, device="cuda",
-                     precision=precision).fit(model, train, val)
+    result = Trainer(TrainConfig(epochs=2, **FAST), tmp_path, progress=False, device="cuda", precision=precision).fit(
+        model, train, val
+    )
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in model.parameters())
     assert result.summary()["device"].startswith("cuda") and result.summary()["precision"] == precision
     again = TextClassifier.from_pretrained(tmp_path / "best", load_box(str(tiny_backbone)))  # on the CPU, fp32
@@ -75,11 +76,16 @@ def test_image_text_training_on_the_gpu(precision, tmp_path):
         pytest.skip("this GPU has no bfloat16")
     rows = write_shapes(tmp_path / "img", 1)
     images = [str(tmp_path / "img" / f) for f, _, _ in rows]
-    data = ImageCaptionData(captions=[f"a {c} {s}" for _, c, s in rows], caption_image=list(range(len(rows))),
-                            images=images, name="shapes")
+    data = ImageCaptionData(
+        captions=[f"a {c} {s}" for _, c, s in rows], caption_image=list(range(len(rows))), images=images, name="shapes"
+    )
     text, image = clip_boxes(*build_tiny_clip(), device="cuda", precision=precision)
     model = ImageTextRetriever(text, image)
-    Trainer(TrainConfig(epochs=1, batch_size=6, lr=1e-2, patience=None, select_metric="mean_recall"), progress=False,
-            device="cuda", precision=precision).fit(model, data, data)
+    Trainer(
+        TrainConfig(epochs=1, batch_size=6, lr=1e-2, patience=None, select_metric="mean_recall"),
+        progress=False,
+        device="cuda",
+        precision=precision,
+    ).fit(model, data, data)
     assert all(p.device.type == "cuda" for p in model.parameters()) and text.device.type == "cuda"
     assert 0 <= model.evaluate(data)["mean_recall"] <= 1

@@ -141,10 +141,31 @@ def test_serve_places_image_and_clip_boxes(kind, tmp_path, monkeypatch):
 
     monkeypatch.setattr(exotune.boxes.loading, "load_image_box" if kind == "image" else "load_clip_boxes", spy)
     monkeypatch.setenv("EXOTUNE_OWNER_SECRET", "an owner's secret for this test")
-    build_server(build_parser().parse_args(["serve", "--kind", kind, "--model", "x", "--no-auth", "--device", "cpu",
-                                            "--dtype", "bfloat16", "--precision", "bf16"]))
-    assert seen == {"access": "dark-gray", "device": "cpu", "dtype": "bfloat16", "precision": "bf16",
-                    "owner_secret": "an owner's secret for this test"}
+    build_server(
+        build_parser().parse_args(
+            [
+                "serve",
+                "--kind",
+                kind,
+                "--model",
+                "x",
+                "--no-auth",
+                "--device",
+                "cpu",
+                "--dtype",
+                "bfloat16",
+                "--precision",
+                "bf16",
+            ]
+        )
+    )
+    assert seen == {
+        "access": "dark-gray",
+        "device": "cpu",
+        "dtype": "bfloat16",
+        "precision": "bf16",
+        "owner_secret": "an owner's secret for this test",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -160,16 +181,51 @@ def shape_folder(tmp_path_factory):
 def test_image_tasks_take_device_and_precision(clip_folder, shape_folder, tmp_path, capsys):
     common = ["--task", "image-classification", "--images", str(shape_folder), "--backbone", str(clip_folder)]
     run = tmp_path / "run"
-    assert main(["train", *common, "--epochs", "1", "--batch-size", "4", "--output-dir", str(run), "--quiet",
-                 "--device", "cpu", "--precision", "bf16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--output-dir",
+                str(run),
+                "--quiet",
+                "--device",
+                "cpu",
+                "--precision",
+                "bf16",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["precision"] == "bf16" and summary["device"] == "cpu"
     capsys.readouterr()
     assert main(["eval", *common, "--adapter", str(run / "best"), "--precision", "bf16", "--json"]) == 0
     assert "accuracy" in json.loads(capsys.readouterr().out)
-    assert main(["predict", "--task", "image-classification", "--backbone", str(clip_folder), "--adapter",
-                 str(run / "best"), "--input", str(shape_folder / "red"), "--device", "cpu", "--precision",
-                 "bf16"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--task",
+                "image-classification",
+                "--backbone",
+                str(clip_folder),
+                "--adapter",
+                str(run / "best"),
+                "--input",
+                str(shape_folder / "red"),
+                "--device",
+                "cpu",
+                "--precision",
+                "bf16",
+            ]
+        )
+        == 0
+    )
     assert len(capsys.readouterr().out.strip().splitlines()) == 5
 
 
@@ -177,9 +233,11 @@ def test_image_tasks_take_device_and_precision(clip_folder, shape_folder, tmp_pa
 @pytest.mark.parametrize("command", ["train", "eval", "predict"])
 def test_image_tasks_on_a_missing_gpu_say_so(command, tmp_path, capsys):
     task = "image-classification"
-    argv = {"train": ["--task", task, "--images", str(tmp_path), "--output-dir", str(tmp_path / "run")],
-            "eval": ["--task", task, "--images", str(tmp_path), "--zero-shot"],
-            "predict": ["--task", task, "--adapter", str(tmp_path), "--input", str(tmp_path)]}[command]
+    argv = {
+        "train": ["--task", task, "--images", str(tmp_path), "--output-dir", str(tmp_path / "run")],
+        "eval": ["--task", task, "--images", str(tmp_path), "--zero-shot"],
+        "predict": ["--task", task, "--adapter", str(tmp_path), "--input", str(tmp_path)],
+    }[command]
     assert main([command, *argv, "--backbone", "x", "--device", "cuda:0"]) == 2
     err = capsys.readouterr().err
     assert "asks for a CUDA GPU" in err and "Traceback" not in err

@@ -55,8 +55,14 @@ def _save(model, history, path: Path) -> None:
 
 def _worker(rank: int, port: int, backbone: str, tmp: str) -> None:
     """One rank: a full run, then a run that crashes and is resumed. Env as torchrun sets it."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        CUDA_VISIBLE_DEVICES="",
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -84,8 +90,9 @@ def _spawn(backbone: Path, tmp: Path, timeout_s: float = 120.0) -> None:
     import torch.multiprocessing as mp
 
     (tmp / "results").mkdir()
-    ctx = mp.start_processes(_worker, args=(free_port(), str(backbone), str(tmp)), nprocs=WORLD,
-                             join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(free_port(), str(backbone), str(tmp)), nprocs=WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=2):  # raises if a rank failed
         if time.monotonic() > deadline:
@@ -122,10 +129,17 @@ def test_two_processes_equal_one_over_the_same_global_batch(tiny_backbone, tiny_
             for got, want in zip(history, expected, strict=True):  # the logged loss is the global batch's
                 assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-5)
     # only rank 0 wrote: its own folder is complete, rank 1's was never created
-    assert _files(tmp_path / "full" / "rank0") == ["best/README.md", "best/adapter_config.json",
-                                                   "best/adapter_model.safetensors", "best/checksums.sha256",
-                                                   "last/checkpoint.safetensors", "last/checksums.sha256",
-                                                   "last/trainer_state.json", "logs/epochs.csv", "logs/steps.csv"]
+    assert _files(tmp_path / "full" / "rank0") == [
+        "best/README.md",
+        "best/adapter_config.json",
+        "best/adapter_model.safetensors",
+        "best/checksums.sha256",
+        "last/checkpoint.safetensors",
+        "last/checksums.sha256",
+        "last/trainer_state.json",
+        "logs/epochs.csv",
+        "logs/steps.csv",
+    ]
     assert not (tmp_path / "full" / "rank1").exists()
     state = json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())["state"]
     assert state["global_step"] == 8 and state["epoch"] == 2  # the resumed run finished

@@ -39,8 +39,9 @@ def test_a_bf16_box_keeps_its_answers_apart_in_the_cache(tiny_backbone):
 
 def write_train(path):
     data = colour_data(60, seed=1)
-    path.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n"
-                                             for t, y in zip(data.texts, data.labels, strict=True)))
+    path.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     return path, data
 
 
@@ -54,26 +55,48 @@ def test_ea_fit_and_predict_with_a_box_here_in_bf16(tiny_backbone, tmp_path, cap
     monkeypatch.setattr(exotune.boxes, "load_box", spy)
     train, data = write_train(tmp_path / "train.csv")
     out = tmp_path / "ea"
-    lm = ["--lm", "box", "--model", str(tiny_backbone), "--returns", "scores", "--device", "cpu",
-          "--precision", "bf16"]
-    assert main(["ea", "fit", "--file", str(train), *lm, "--output-dir", str(out), "--clusters", "2",
-                 "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+    lm = ["--lm", "box", "--model", str(tiny_backbone), "--returns", "scores", "--device", "cpu", "--precision", "bf16"]
+    assert (
+        main(
+            [
+                "ea",
+                "fit",
+                "--file",
+                str(train),
+                *lm,
+                "--output-dir",
+                str(out),
+                "--clusters",
+                "2",
+                "--cv-folds",
+                "2",
+                "--val-fraction",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["precision"] == "bf16" and summary["device"] == "cpu" and summary["probe"]["calls"] == 60
     assert seen[-1] == {"access": "black", "device": "cpu", "precision": "bf16"}
     saved = json.loads((out / "lm.json").read_text())
     assert saved["lm"] == "box" and "precision" not in saved and "device" not in saved  # run-time choices
-    assert main(["ea", "predict", "--adapter", str(out), "--text", "the car is red", "--model", str(tiny_backbone)]) == 0
+    assert (
+        main(["ea", "predict", "--adapter", str(out), "--text", "the car is red", "--model", str(tiny_backbone)]) == 0
+    )
     assert capsys.readouterr().out.split("\t")[0] in data.label_names
     assert seen[-1]["precision"] == "fp32"  # the adapter does not keep the precision: fp32 unless asked
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--lm", "served-box", "--base-url", "http://127.0.0.1:9", "--precision", "bf16"], "place a box loaded here"),
-    (["--lm", "openai-chat", "--model", "m", "--device", "cpu"], "place a box loaded here"),
-    (["--lm", "box", "--base-url", "http://127.0.0.1:9"], "--base-url is for a served one"),
-    pytest.param(["--lm", "box", "--device", "cuda"], "asks for a CUDA GPU", marks=no_cuda),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lm", "served-box", "--base-url", "http://127.0.0.1:9", "--precision", "bf16"], "place a box loaded here"),
+        (["--lm", "openai-chat", "--model", "m", "--device", "cpu"], "place a box loaded here"),
+        (["--lm", "box", "--base-url", "http://127.0.0.1:9"], "--base-url is for a served one"),
+        pytest.param(["--lm", "box", "--device", "cuda"], "asks for a CUDA GPU", marks=no_cuda),
+    ],
+)
 def test_ea_device_and_precision_mistakes_are_clear(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.setattr(exotune.boxes, "load_box", lambda *a, **k: pytest.fail("the model was loaded"))
     train, _ = write_train(tmp_path / "train.csv")

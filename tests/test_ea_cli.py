@@ -12,8 +12,9 @@ from .ea_fakes import FakeOpenAI, colour_task, one_blas_thread  # noqa: F401
 
 
 def write_csv(path, data):
-    path.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n"
-                                             for t, y in zip(data.texts, data.labels, strict=True)))
+    path.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     return path
 
 
@@ -31,36 +32,111 @@ def test_ea_fit_predict_report(tmp_path, capsys):
     out = tmp_path / "ea"
     with FakeOpenAI() as server:
         lm = ["--lm", "openai-chat", "--base-url", server.base_url, "--model", "fake", "--max-retries", "1"]
-        assert main(["ea", "fit", "--file", str(train), *lm, "--output-dir", str(out), "--clusters", "2",
-                     "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+        assert (
+            main(
+                [
+                    "ea",
+                    "fit",
+                    "--file",
+                    str(train),
+                    *lm,
+                    "--output-dir",
+                    str(out),
+                    "--clusters",
+                    "2",
+                    "--cv-folds",
+                    "2",
+                    "--val-fraction",
+                    "0.3",
+                ]
+            )
+            == 0
+        )
         summary = json.loads(capsys.readouterr().out)
         assert summary["probe"]["calls"] == 100 and len(server.calls("chat")) == 100
         saved = json.loads((out / "lm.json").read_text())
-        assert sorted(saved) == ["base_url", "label_template", "lm", "model", "returns"]  # never a key's variable, never a path
+        assert sorted(saved) == [
+            "base_url",
+            "label_template",
+            "lm",
+            "model",
+            "returns",
+        ]  # never a key's variable, never a path
         assert "lm.json" in (out / "checksums.sha256").read_text()
         card = (out / "README.md").read_text()  # the model card: the data and the command
-        assert "name: train.csv" in card and "exotune ea fit --file" in card and "README.md" in (
-            out / "checksums.sha256").read_text()
+        assert (
+            "name: train.csv" in card
+            and "exotune ea fit --file" in card
+            and "README.md" in (out / "checksums.sha256").read_text()
+        )
         assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9"]) == 2
         assert "--trust-folder-lm" in capsys.readouterr().err  # the user's own folder: confirmed, not assumed
-        assert main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9",
-                     "--trust-folder-lm"]) == 0
+        assert (
+            main(["ea", "predict", "--adapter", str(out), "--text", "the cup is green item9", "--trust-folder-lm"]) == 0
+        )
         assert capsys.readouterr().out.startswith("green\t")
-        assert main(["ea", "report", "--adapter", str(out), "--file", str(test), "--base-url", server.base_url,
-                     "--model", "fake", "--out-dir", str(tmp_path / "rep")]) == 0
+        assert (
+            main(
+                [
+                    "ea",
+                    "report",
+                    "--adapter",
+                    str(out),
+                    "--file",
+                    str(test),
+                    "--base-url",
+                    server.base_url,
+                    "--model",
+                    "fake",
+                    "--out-dir",
+                    str(tmp_path / "rep"),
+                ]
+            )
+            == 0
+        )
         assert "| EA |" in capsys.readouterr().out
         for name in ("report.json", "report.md", "cost_quality.png"):
             assert (tmp_path / "rep" / name).is_file()
         before = len(server.calls("chat"))
-        assert main(["ea", "report", "--adapter", str(out), "--file", str(test), "--trust-folder-lm",
-                     "--out-dir", str(tmp_path / "rep2")]) == 0
+        assert (
+            main(
+                [
+                    "ea",
+                    "report",
+                    "--adapter",
+                    str(out),
+                    "--file",
+                    str(test),
+                    "--trust-folder-lm",
+                    "--out-dir",
+                    str(tmp_path / "rep2"),
+                ]
+            )
+            == 0
+        )
         assert len(server.calls("chat")) == before  # all answers come from the cache
 
 
 def test_ea_fit_unreachable_server_is_a_clean_error(tmp_path, capsys):
     train = write_csv(tmp_path / "train.csv", colour_task(20))
-    argv = ["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", "http://127.0.0.1:9/v1",
-            "--model", "m", "--max-retries", "0", "--timeout", "2", "--output-dir", str(tmp_path / "ea")]
+    argv = [
+        "ea",
+        "fit",
+        "--file",
+        str(train),
+        "--lm",
+        "openai-chat",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--max-retries",
+        "0",
+        "--timeout",
+        "2",
+        "--output-dir",
+        str(tmp_path / "ea"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err and "attempt" in err
@@ -69,9 +145,33 @@ def test_ea_fit_unreachable_server_is_a_clean_error(tmp_path, capsys):
 def fit_folder(out, base_url):
     """``ea fit`` on 60 colour rows against ``base_url``: a small EA folder at ``out``."""
     train = write_csv(out.parent / "train.csv", colour_task(60, seed=1))
-    assert main(["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", base_url, "--model", "fake",
-                 "--output-dir", str(out), "--clusters", "2", "--cv-folds", "2", "--val-fraction", "0.3",
-                 "--max-retries", "0"]) == 0
+    assert (
+        main(
+            [
+                "ea",
+                "fit",
+                "--file",
+                str(train),
+                "--lm",
+                "openai-chat",
+                "--base-url",
+                base_url,
+                "--model",
+                "fake",
+                "--output-dir",
+                str(out),
+                "--clusters",
+                "2",
+                "--cv-folds",
+                "2",
+                "--val-fraction",
+                "0.3",
+                "--max-retries",
+                "0",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -87,8 +187,17 @@ def test_a_shared_folder_cannot_send_the_users_secrets_elsewhere(tmp_path, capsy
     with FakeOpenAI() as good, FakeOpenAI() as evil:
         out = fit_folder(tmp_path / "ea", good.base_url)
         lm = out / "lm.json"
-        lm.write_text(json.dumps({"lm": "openai-chat", "base_url": evil.base_url, "model": "fake",
-                                  "api_key_env": "SOME_SECRET", "cache": str(evil_cache)}))
+        lm.write_text(
+            json.dumps(
+                {
+                    "lm": "openai-chat",
+                    "base_url": evil.base_url,
+                    "model": "fake",
+                    "api_key_env": "SOME_SECRET",
+                    "cache": str(evil_cache),
+                }
+            )
+        )
         write_checksums(out)
         capsys.readouterr()
         predict = ["ea", "predict", "--adapter", str(out), "--text", "the cup is red item1"]
@@ -137,9 +246,33 @@ def test_ea_fit_prints_rounded_shares_and_keeps_the_label_template(tmp_path, cap
     train = write_csv(tmp_path / "train.csv", colour_task(60, seed=1))
     out = tmp_path / "ea"
     with FakeOpenAI() as server:
-        assert main(["ea", "fit", "--file", str(train), "--lm", "openai-embeddings", "--base-url", server.base_url,
-                     "--model", "emb", "--label-template", "the colour {}", "--output-dir", str(out),
-                     "--clusters", "2", "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+        assert (
+            main(
+                [
+                    "ea",
+                    "fit",
+                    "--file",
+                    str(train),
+                    "--lm",
+                    "openai-embeddings",
+                    "--base-url",
+                    server.base_url,
+                    "--model",
+                    "emb",
+                    "--label-template",
+                    "the colour {}",
+                    "--output-dir",
+                    str(out),
+                    "--clusters",
+                    "2",
+                    "--cv-folds",
+                    "2",
+                    "--val-fraction",
+                    "0.3",
+                ]
+            )
+            == 0
+        )
         assert sorted(server.calls("embeddings")[0]) == sorted(f"the colour {c}" for c in colour_task(3).label_names)
     printed = capsys.readouterr().out
     summary = json.loads(printed)
@@ -152,8 +285,24 @@ def test_ea_fit_prints_rounded_shares_and_keeps_the_label_template(tmp_path, cap
 def test_failed_ea_fit_leaves_no_response_cache_it_created(tmp_path, capsys):
     train = write_csv(tmp_path / "train.csv", colour_task(20))
     out = tmp_path / "ea"
-    argv = ["ea", "fit", "--file", str(train), "--lm", "openai-chat", "--base-url", "http://127.0.0.1:9/v1",
-            "--model", "m", "--max-retries", "0", "--timeout", "2", "--output-dir", str(out)]
+    argv = [
+        "ea",
+        "fit",
+        "--file",
+        str(train),
+        "--lm",
+        "openai-chat",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "m",
+        "--max-retries",
+        "0",
+        "--timeout",
+        "2",
+        "--output-dir",
+        str(out),
+    ]
     assert main(argv) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv"]
     mine = tmp_path / "mine.sqlite"
@@ -163,8 +312,18 @@ def test_failed_ea_fit_leaves_no_response_cache_it_created(tmp_path, capsys):
 
 
 def test_ea_fit_images_is_a_clear_error(tmp_path, capsys):
-    argv = ["ea", "fit", "--images", str(tmp_path), "--lm", "openai-chat", "--model", "m",
-            "--output-dir", str(tmp_path / "ea")]
+    argv = [
+        "ea",
+        "fit",
+        "--images",
+        str(tmp_path),
+        "--lm",
+        "openai-chat",
+        "--model",
+        "m",
+        "--output-dir",
+        str(tmp_path / "ea"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "images" in err and "Traceback" not in err

@@ -35,11 +35,22 @@ def chat(server, **kw):
     return OpenAIChatClient("fake-model", base_url=server.base_url, api_key="k", **{**FAST, **kw})
 
 
-@pytest.mark.parametrize(("answer", "expected"), [
-    ("blue", 1), (" Blue. ", 1), ("'green'", 2), ("Label: red", 0), ("The label is green", 2),
-    ("it is clearly blue!", 1), ("bluee", 1), ("purple", None), ("", None), (None, None),
-    ("red or blue", None),
-])
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("blue", 1),
+        (" Blue. ", 1),
+        ("'green'", 2),
+        ("Label: red", 0),
+        ("The label is green", 2),
+        ("it is clearly blue!", 1),
+        ("bluee", 1),
+        ("purple", None),
+        ("", None),
+        (None, None),
+        ("red or blue", None),
+    ],
+)
 def test_parse_label(answer, expected):
     assert parse_label(answer, COLOURS) == expected
 
@@ -157,10 +168,15 @@ def test_cache_is_keyed_by_endpoint_and_model_not_the_model_name_alone(server, t
     assert len(server.calls("chat")) == 1  # the same endpoint spelt otherwise: the cache answers
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("HTTP://LocalHost:80/v1/", "http://localhost/v1"), ("https://api.example.com:443/v1", "https://api.example.com/v1"),
-    ("http://127.0.0.1:8000", "http://127.0.0.1:8000"), ("http://[::1]:9000/v1//", "http://[::1]:9000/v1"),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("HTTP://LocalHost:80/v1/", "http://localhost/v1"),
+        ("https://api.example.com:443/v1", "https://api.example.com/v1"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("http://[::1]:9000/v1//", "http://[::1]:9000/v1"),
+    ],
+)
 def test_normalise_url(url, expected):
     assert normalise_url(url) == expected
 
@@ -173,8 +189,9 @@ def test_every_client_shows_the_box_the_same_label_texts(server):
     emb.run(["my card has not arrived"], names)
     assert server.calls("embeddings")[0] == expected
     seen = []
-    CallableClient(lambda t, names: seen.append(t) or [1.0, 0.0], returns="embeddings",
-                   label_template=template).run(["x"], names)
+    CallableClient(lambda t, names: seen.append(t) or [1.0, 0.0], returns="embeddings", label_template=template).run(
+        ["x"], names
+    )
     assert seen[:2] == expected
     with FakeOpenAI(answer=lambda text: "A question about lost card.") as words:
         assert chat(words, label_template=template).run(["where is my card"], names)[0].label == 1
@@ -200,8 +217,14 @@ def test_embeddings_are_arrays_and_come_back_from_the_cache_unchanged(server, tm
     texts = colour_task(6).texts
 
     def client():
-        return OpenAIEmbeddingClient("emb", base_url=server.base_url, api_key="k", batch_size=4,
-                                     cache=ResponseCache(tmp_path / "c.sqlite"), **FAST)
+        return OpenAIEmbeddingClient(
+            "emb",
+            base_url=server.base_url,
+            api_key="k",
+            batch_size=4,
+            cache=ResponseCache(tmp_path / "c.sqlite"),
+            **FAST,
+        )
 
     fresh, cached = client().run(texts, COLOURS), client().run(texts, COLOURS)
     assert len(server.calls("embeddings")) == 1 + 2  # the second run is all cache hits
@@ -239,7 +262,7 @@ def test_batches_hold_texts_of_like_length_and_answers_keep_the_input_order():
     texts = ["red " * n + "x" for n in (5, 1, 4, 2, 6, 3)] + ["blue"]
     outs = CallableClient(fn, batched=True, batch_size=3, max_concurrency=1).run(texts, COLOURS)
     assert [o.label for o in outs] == [0] * 6 + [1]
-    assert batches == [sorted(len(t) for t in texts)[i:i + 3] for i in (0, 3, 6)]
+    assert batches == [sorted(len(t) for t in texts)[i : i + 3] for i in (0, 3, 6)]
 
 
 def test_callable_concurrency_limit_and_timeout():

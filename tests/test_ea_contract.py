@@ -49,8 +49,9 @@ def test_clone_shares_the_clients_and_copies_the_hyperparameters():
     copy = clone(model)  # a client holds a lock and a running ledger: never deep-copied
     assert copy.lm is client and copy.embedder is embedder
     assert copy.ssms == ["tfidf-lr"] and copy.ssms is not model.ssms
-    assert {k: v for k, v in copy.get_params().items() if k not in EasyAdapter.RUNTIME} == \
-        {k: v for k, v in model.get_params().items() if k not in EasyAdapter.RUNTIME}
+    assert {k: v for k, v in copy.get_params().items() if k not in EasyAdapter.RUNTIME} == {
+        k: v for k, v in model.get_params().items() if k not in EasyAdapter.RUNTIME
+    }
 
 
 def test_a_clone_of_a_fitted_adapter_is_unfitted_and_fits():

@@ -209,8 +209,9 @@ def test_an_embedding_lm_is_asked_once_per_input(split):
     cache, no input is sent twice."""
     train, val, test = split
     fn = counting(embed_colour)
-    model = EasyAdapter(CallableClient(fn, returns="embeddings"), ssms=("embedding-lr",), n_clusters=2, cv_folds=2,
-                        policy="lm-first").fit(train, val)
+    model = EasyAdapter(
+        CallableClient(fn, returns="embeddings"), ssms=("embedding-lr",), n_clusters=2, cv_folds=2, policy="lm-first"
+    ).fit(train, val)
     assert fn.calls == len(COLOURS) + len(train) + len(val)  # the label names, then each input once
     fn.calls = 0
     r = model.route(test.texts)
@@ -267,8 +268,9 @@ def test_regions_featurizer_auto(split):
     train, val, _ = split
     text_only = EasyAdapter(CallableClient(weak_on_green), n_clusters=2, cv_folds=2).fit(train, val)
     assert text_only.regions_.featurizer == "tfidf"
-    both = EasyAdapter(CallableClient(embed_colour, returns="embeddings"), ssms=("tfidf-lr", "embedding-lr"),
-                       n_clusters=2, cv_folds=2).fit(train, val)
+    both = EasyAdapter(
+        CallableClient(embed_colour, returns="embeddings"), ssms=("tfidf-lr", "embedding-lr"), n_clusters=2, cv_folds=2
+    ).fit(train, val)
     assert both.regions_.featurizer == "blackbox"  # the box's embeddings, fetched anyway
     assert len(both.predict(val.texts)) == len(val)
 
@@ -285,8 +287,11 @@ def test_answers_asked_chunk_by_chunk_equal_one_pass(split):
             return {"label": None}
         return {"label": i % 3, "scores": [0.2, 0.3, 0.5]} if i >= 20 else {"label": i % 3, "confidence": 0.5}
 
-    for client in (CallableClient(weak_on_green), CallableClient(embed_colour, returns="embeddings"),
-                   CallableClient(some_scores)):
+    for client in (
+        CallableClient(weak_on_green),
+        CallableClient(embed_colour, returns="embeddings"),
+        CallableClient(some_scores),
+    ):
         whole = LMAnswers.from_outputs(client.run(texts, COLOURS), len(COLOURS))
         chunked = LMAnswers.ask(client, texts, COLOURS, Ledger(), chunk=7)
         for name in ("labels", "scores", "confidence", "embeddings"):

@@ -43,8 +43,9 @@ def split():
 
 def _fit(split, **kw):
     train, val, _ = split
-    return EasyAdapter(CallableClient(weak_lm), ssms=("tfidf-lr", SklearnSSM(Confident())), n_clusters=3,
-                       cv_folds=3, budget=0.3, **kw).fit(train, val)
+    return EasyAdapter(
+        CallableClient(weak_lm), ssms=("tfidf-lr", SklearnSSM(Confident())), n_clusters=3, cv_folds=3, budget=0.3, **kw
+    ).fit(train, val)
 
 
 def test_selection_keeps_what_helps_out_of_fold_and_says_why(split):
@@ -62,6 +63,7 @@ def test_selection_keeps_what_helps_out_of_fold_and_says_why(split):
 @pytest.mark.parametrize("policy", ["ssm-first", "lm-first"])
 def test_a_single_ssm_that_beats_the_chosen_ensemble_on_validation_is_the_fallback(split, monkeypatch, policy):
     """Force the out-of-fold choice onto the guesser: validation must bring back the best single SSM."""
+
     def wrong_choice(names, oofs, y):
         kept, table = choose_ssms(names, oofs, y)
         for r in table:

@@ -31,8 +31,9 @@ def test_served_black_box_answers_like_the_local_zero_shot(tiny_backbone, black_
 
     local = load_box(str(tiny_backbone))
     if way == "http":  # the torch-free path: safetensors answers read as numpy arrays
-        client = ServedBoxClient("http://testserver", TOKEN, http_client=TestClient(black_app), returns=returns,
-                                 max_retries=0)
+        client = ServedBoxClient(
+            "http://testserver", TOKEN, http_client=TestClient(black_app), returns=returns, max_retries=0
+        )
     else:
         client = ServedBoxClient(box=remote(black_app), returns=returns, max_retries=0)
     outs = client.run(TEXTS, LABELS)
@@ -71,8 +72,9 @@ def test_http_answers_are_checked(tiny_backbone, black_app):
         body = r.content[:-8] if request.url.path == "/v1/scores" else r.content
         return httpx.Response(r.status_code, headers={"content-type": r.headers["content-type"]}, content=body)
 
-    client = ServedBoxClient("http://testserver", TOKEN, http_client=httpx.Client(transport=httpx.MockTransport(handler)),
-                             max_retries=0)
+    client = ServedBoxClient(
+        "http://testserver", TOKEN, http_client=httpx.Client(transport=httpx.MockTransport(handler)), max_retries=0
+    )
     with pytest.raises(BlackBoxError, match="not a valid tensor message"):
         client.run(TEXTS, LABELS)
 
@@ -92,8 +94,13 @@ def test_embedding_client_encodes_the_label_names_once_run_after_run(black_app):
         r = inner.request(request.method, str(request.url), headers=request.headers, content=request.content)
         return httpx.Response(r.status_code, headers={"content-type": r.headers["content-type"]}, content=r.content)
 
-    client = ServedBoxClient("http://testserver", TOKEN, returns="embeddings", max_retries=0,
-                             http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    client = ServedBoxClient(
+        "http://testserver",
+        TOKEN,
+        returns="embeddings",
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+    )
     first = [client.run([t], LABELS)[0].label for t in TEXTS]
     assert asked == [LABELS, *([t] for t in TEXTS)]
     assert first == [o.label for o in client.run(TEXTS, LABELS)]
@@ -159,14 +166,33 @@ def test_ea_cli_with_a_served_black_box(tiny_backbone, tmp_path, capsys, monkeyp
 
     data = colour_data(90, seed=1)
     train = tmp_path / "train.csv"
-    train.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n"
-                                               for t, y in zip(data.texts, data.labels, strict=True)))
+    train.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     monkeypatch.setenv("EXOTUNE_TOKEN", TOKEN)
     out = tmp_path / "ea"
     with running_server(make_app(load_box(str(tiny_backbone), access="black"))) as url:
         lm = ["--lm", "served-box", "--base-url", url, "--returns", "scores", "--max-retries", "1"]
-        assert main(["ea", "fit", "--file", str(train), *lm, "--output-dir", str(out), "--clusters", "2",
-                     "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+        assert (
+            main(
+                [
+                    "ea",
+                    "fit",
+                    "--file",
+                    str(train),
+                    *lm,
+                    "--output-dir",
+                    str(out),
+                    "--clusters",
+                    "2",
+                    "--cv-folds",
+                    "2",
+                    "--val-fraction",
+                    "0.3",
+                ]
+            )
+            == 0
+        )
         assert capsys.readouterr().out.count('"calls": 90') == 1
         assert main(["ea", "predict", "--adapter", str(out), "--text", "the car is red"]) == 2  # not unconfirmed
         assert "--trust-folder-lm" in capsys.readouterr().err

@@ -142,8 +142,9 @@ def test_encoded_fit_is_the_plain_fit(name):
     encoder = fit_encoder(b.encoder(), b._prep(X))
     b.fit_encoded(encoder, encoder.transform(b._prep(X)), y)
     np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-6)
-    np.testing.assert_allclose(b.predict_proba_encoded(encoder.transform(b._prep(X[:5]))), a.predict_proba(X[:5]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        b.predict_proba_encoded(encoder.transform(b._prep(X[:5]))), a.predict_proba(X[:5]), rtol=1e-6
+    )
     with pytest.raises(ConfigError, match="rows"):
         make_ssm(name).fit_encoded(encoder, encoder.transform(b._prep(X)), y[:-1])
 

@@ -21,8 +21,12 @@ from .ea_fakes import colour_of, colour_task, one_blas_thread  # noqa: F401
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     train, val = colour_task(90, seed=1), colour_task(45, seed=2)
-    model = EasyAdapter(CallableClient(lambda t, labels: "blue" if colour_of(t) == "green" else colour_of(t)),
-                        n_clusters=2, cv_folds=2, budget=1.0).fit(train, val)
+    model = EasyAdapter(
+        CallableClient(lambda t, labels: "blue" if colour_of(t) == "green" else colour_of(t)),
+        n_clusters=2,
+        cv_folds=2,
+        budget=1.0,
+    ).fit(train, val)
     return model.save_pretrained(tmp_path_factory.mktemp("ea") / "ea")
 
 

@@ -60,8 +60,7 @@ def test_box_runs_as_the_models_own_forward(folders, family):
     assert (batch.mask.diff(dim=1) <= 0).all()  # the user's layout: right padding, texts start at 0
     if family not in DECODERS:
         cls = load_box(str(folders[family]), pooling="cls")
-        torch.testing.assert_close(cls.encode(TEXTS), own_forward(folders[family], TEXTS, "cls"), atol=1e-5,
-                                   rtol=1e-4)
+        torch.testing.assert_close(cls.encode(TEXTS), own_forward(folders[family], TEXTS, "cls"), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "mpnet"])
@@ -122,8 +121,16 @@ def test_entry_points_are_the_layers_and_pooling_leaves_their_slots_out(folders,
 def test_an_unsupported_family_is_refused_at_load_by_name(tmp_path):
     from transformers import ElectraConfig, ElectraModel
 
-    ElectraModel(ElectraConfig(vocab_size=30, hidden_size=16, embedding_size=16, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    ElectraModel(
+        ElectraConfig(
+            vocab_size=30,
+            hidden_size=16,
+            embedding_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match=r"'electra'.*not supported.*RoBERTa.*ModernBERT.*Qwen2.*Llama"):
         load_box(str(tmp_path))
 
@@ -155,5 +162,6 @@ def test_dga_and_lga_train_and_adapters_are_tied_to_the_backbone(folders, family
         torch.testing.assert_close(again.predict_proba(TEXTS), model.predict_proba(TEXTS), atol=1e-5, rtol=1e-4)
         other = "roberta" if family != "roberta" else "mpnet"
         with pytest.raises(SpecMismatchError):
-            TextClassifier.from_pretrained(tmp_path / name, load_box(str(folders[other]), entry_points="all",
-                                                                      entry_tokens_max=2))
+            TextClassifier.from_pretrained(
+                tmp_path / name, load_box(str(folders[other]), entry_points="all", entry_tokens_max=2)
+            )

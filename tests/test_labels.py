@@ -27,8 +27,11 @@ def test_aligned_to_maps_by_name_and_names_the_unknown():
 
 def write(path, data, keep=None, order=None):
     """``data`` as CSV: rows whose label is in ``keep``; label names are the file's own."""
-    rows = [(t, data.label_names[y]) for t, y in zip(data.texts, data.labels, strict=True)
-            if keep is None or data.label_names[y] in keep]
+    rows = [
+        (t, data.label_names[y])
+        for t, y in zip(data.texts, data.labels, strict=True)
+        if keep is None or data.label_names[y] in keep
+    ]
     if order:  # the loader numbers labels in the order it meets them: put ``order`` first
         rows.sort(key=lambda r: order.index(r[1]))
     path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
@@ -66,17 +69,53 @@ def test_ea_report_matches_labels_by_name(tmp_path, capsys):
     out = tmp_path / "ea"
     with FakeOpenAI() as server:
         lm = ["--lm", "openai-chat", "--base-url", server.base_url, "--model", "fake", "--max-retries", "1"]
-        assert main(["ea", "fit", "--file", str(write(tmp_path / "train.csv", train)), *lm, "--output-dir", str(out),
-                     "--clusters", "2", "--cv-folds", "2", "--val-fraction", "0.3"]) == 0
+        assert (
+            main(
+                [
+                    "ea",
+                    "fit",
+                    "--file",
+                    str(write(tmp_path / "train.csv", train)),
+                    *lm,
+                    "--output-dir",
+                    str(out),
+                    "--clusters",
+                    "2",
+                    "--cv-folds",
+                    "2",
+                    "--val-fraction",
+                    "0.3",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
         names = list(test.label_names)
         for name, keep, order in (("re", None, names[::-1]), ("sub", set(names[:2]), None)):
             path = write(tmp_path / f"{name}.csv", test, keep, order)
-            assert main(["ea", "report", "--adapter", str(out), "--file", str(path), "--no-compare", "--trust-folder-lm",
-                         "--out-dir", str(tmp_path / f"rep-{name}")]) == 0, capsys.readouterr().err
+            assert (
+                main(
+                    [
+                        "ea",
+                        "report",
+                        "--adapter",
+                        str(out),
+                        "--file",
+                        str(path),
+                        "--no-compare",
+                        "--trust-folder-lm",
+                        "--out-dir",
+                        str(tmp_path / f"rep-{name}"),
+                    ]
+                )
+                == 0
+            ), capsys.readouterr().err
         unknown = tmp_path / "unknown.csv"
         unknown.write_text("text,label\nthe cup is red item1,red\nthe cup is teal item2,teal\n")
-        assert main(["ea", "report", "--adapter", str(out), "--file", str(unknown), "--no-compare", "--trust-folder-lm"]) == 2
+        assert (
+            main(["ea", "report", "--adapter", str(out), "--file", str(unknown), "--no-compare", "--trust-folder-lm"])
+            == 2
+        )
         assert "'teal'" in capsys.readouterr().err
 
 

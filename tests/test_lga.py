@@ -60,10 +60,15 @@ def test_spec_lists_entry_points_and_fingerprint_changes(tiny_backbone, tiny_box
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"entry_points": [2]}, "entry_points"), ({"entry_points": [0, 0]}, "twice"),
-     ({"entry_points": []}, "entry_points"), ({"entry_points": "some"}, "entry_points"),
-     ({"entry_points": [True]}, "entry_points"), ({"entry_tokens_max": 0}, "entry_tokens_max"),
-     ({"access": "dark-gray"}, "access")],
+    [
+        ({"entry_points": [2]}, "entry_points"),
+        ({"entry_points": [0, 0]}, "twice"),
+        ({"entry_points": []}, "entry_points"),
+        ({"entry_points": "some"}, "entry_points"),
+        ({"entry_points": [True]}, "entry_points"),
+        ({"entry_tokens_max": 0}, "entry_tokens_max"),
+        ({"access": "dark-gray"}, "access"),
+    ],
 )
 def test_box_entry_point_options_validate(tiny_backbone, kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -104,14 +109,16 @@ def _tokens(**shapes):
 
 @pytest.mark.parametrize(
     "tokens, error, match",
-    [({"layer.7": torch.randn(2, 16)}, ConfigError, "unknown entry point 'layer.7'"),
-     (_tokens(l0=(5, 16)), BoxLimitError, "at most 4"),
-     (_tokens(l0=(2, 16), l1=(3, 16)), BoxLimitError, "same number"),
-     (_tokens(l0=(2, 15)), BoxLimitError, r"entry_tokens\['layer.0'\] must have shape \(n, 16\)"),
-     (_tokens(l0=(16,)), BoxLimitError, "shape"),
-     (_tokens(l0=(0, 16)), BoxLimitError, "n >= 1"),
-     ({"layer.0": [[0.0] * 16]}, BoxLimitError, "list"),
-     ([("layer.0", torch.randn(2, 16))], ConfigError, "map entry point names")],
+    [
+        ({"layer.7": torch.randn(2, 16)}, ConfigError, "unknown entry point 'layer.7'"),
+        (_tokens(l0=(5, 16)), BoxLimitError, "at most 4"),
+        (_tokens(l0=(2, 16), l1=(3, 16)), BoxLimitError, "same number"),
+        (_tokens(l0=(2, 15)), BoxLimitError, r"entry_tokens\['layer.0'\] must have shape \(n, 16\)"),
+        (_tokens(l0=(16,)), BoxLimitError, "shape"),
+        (_tokens(l0=(0, 16)), BoxLimitError, "n >= 1"),
+        ({"layer.0": [[0.0] * 16]}, BoxLimitError, "list"),
+        ([("layer.0", torch.randn(2, 16))], ConfigError, "map entry point names"),
+    ],
 )
 def test_entry_token_errors(box, tokens, error, match):
     batch = box.embed(TEXTS)
@@ -164,9 +171,15 @@ def test_gradients_match_finite_differences(tiny_backbone, pooling, points):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"tokens": 0}, "tokens"), ({"tokens": 1.5}, "tokens"), ({"init_std": -1.0}, "init_std"),
-     ({"points": []}, "points"), ({"points": "layer.0"}, "points"), ({"points": ["layer.0", "layer.0"]}, "twice"),
-     ({"points": [0]}, "points")],
+    [
+        ({"tokens": 0}, "tokens"),
+        ({"tokens": 1.5}, "tokens"),
+        ({"init_std": -1.0}, "init_std"),
+        ({"points": []}, "points"),
+        ({"points": "layer.0"}, "points"),
+        ({"points": ["layer.0", "layer.0"]}, "twice"),
+        ({"points": [0]}, "points"),
+    ],
 )
 def test_entry_tokens_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -207,7 +220,10 @@ def test_lga_model_holds_independent_tokens_and_no_cache(box):
     model = GrayBoxModel(box, lga(tokens=3, variant="output-only"))
     assert model._cache is None  # the box's outputs now depend on trained tokens
     assert sorted(model.state_dict()) == [
-        "entry_tokens.tokens.0", "entry_tokens.tokens.1", "output_adapter.proj.bias", "output_adapter.proj.weight",
+        "entry_tokens.tokens.0",
+        "entry_tokens.tokens.1",
+        "output_adapter.proj.bias",
+        "output_adapter.proj.weight",
     ]
     a, b = model.entry_tokens.tokens
     assert a.shape == (3, 16) and a.data_ptr() != b.data_ptr()
@@ -274,19 +290,53 @@ def test_lga_classifier_save_load_round_trip(box, tiny_box, tiny_backbone, tmp_p
 def test_cli_train_eval_predict_lga(tiny_backbone, tmp_path, capsys):
     data = colour_data(60)
     csv = tmp_path / "colours.csv"
-    csv.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True)))
+    csv.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     run = tmp_path / "run"
     common = ["--file", str(csv), "--backbone", str(tiny_backbone)]
-    assert main(["train", *common, "--entry-points", "1", "--entry-tokens", "3", "--epochs", "1",
-                 "--batch-size", "16", "--output-dir", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--entry-points",
+                "1",
+                "--entry-tokens",
+                "3",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--output-dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "training LGA (both, tokens=3)" in capsys.readouterr().err
     cfg = json.loads((run / "best" / "adapter_config.json").read_text())
     assert cfg["access"] == "light-gray"
     assert cfg["box_spec"]["entry_points"] == [{"name": "layer.1", "max_tokens": 8}]
     assert main(["eval", *common, "--adapter", str(run / "best"), "--json"]) == 0
     assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1.0
-    assert main(["predict", "--backbone", str(tiny_backbone), "--adapter", str(run / "best"),
-                 "--text", "the red car", "--top-k", "2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--backbone",
+                str(tiny_backbone),
+                "--adapter",
+                str(run / "best"),
+                "--text",
+                "the red car",
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.count("\t") == 1
 
 
@@ -301,7 +351,17 @@ def test_cli_bad_entry_arguments_exit_2(tmp_path, capsys, argv):
 def test_cli_entry_points_beyond_the_backbone_return_2(tiny_backbone, tmp_path, capsys):
     csv = tmp_path / "c.csv"
     csv.write_text("text,label\n" + "".join(f"t {i},{'ab'[i % 2]}\n" for i in range(20)))
-    argv = ["train", "--file", str(csv), "--backbone", str(tiny_backbone), "--entry-points", "0,5",
-            "--output-dir", str(tmp_path / "run"), "--quiet"]
+    argv = [
+        "train",
+        "--file",
+        str(csv),
+        "--backbone",
+        str(tiny_backbone),
+        "--entry-points",
+        "0,5",
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--quiet",
+    ]
     assert main(argv) == 2
     assert "entry_points" in capsys.readouterr().err

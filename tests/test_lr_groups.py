@@ -100,7 +100,8 @@ def test_resume_with_groups_matches_an_uninterrupted_run(schedule, tiny_box, tmp
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=1e-6, rtol=1e-5)
     with pytest.raises(ConfigError, match="lr_tokens"):
         Trainer(TrainConfig(**{**cfg.__dict__, "lr_tokens": 1.0}), tmp_path / "run", progress=False).fit(
-            _model(tiny_box), train, val, resume=True)
+            _model(tiny_box), train, val, resume=True
+        )
 
 
 @pytest.mark.parametrize("group", PARAMETER_GROUPS)
@@ -115,15 +116,44 @@ def test_cli_train_flags_reach_the_run(tiny_backbone, tmp_path, capsys):
     csv = tmp_path / "d.csv"
     csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in ("red", "blue")))
     run = tmp_path / "run"
-    argv = ["train", "--file", str(csv), "--backbone", str(tiny_backbone), "--epochs", "1", "--batch-size", "8",
-            "--quiet", "--text-adapter", "token-lowrank", "--lowrank-rank", "3", "--lowrank-activation", "gelu",
-            "--lr", "1e-3", "--lr-tokens", "2e-2", "--lr-head", "5e-4", "--output-dir", str(run)]
+    argv = [
+        "train",
+        "--file",
+        str(csv),
+        "--backbone",
+        str(tiny_backbone),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--text-adapter",
+        "token-lowrank",
+        "--lowrank-rank",
+        "3",
+        "--lowrank-activation",
+        "gelu",
+        "--lr",
+        "1e-3",
+        "--lr-tokens",
+        "2e-2",
+        "--lr-head",
+        "5e-4",
+        "--output-dir",
+        str(run),
+    ]
     assert main(argv) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["lr_groups"] == {"input": 1e-3, "tokens": 2e-2, "output": 1e-3, "head": 5e-4}
     config = json.loads((run / "best" / "adapter_config.json").read_text())
-    assert config["dga"]["input_adapter"] == {"type": "token-lowrank", "rank": 3, "activation": "gelu",
-                                              "shift": True, "extra_tokens": 1, "init_std": 0.02}
+    assert config["dga"]["input_adapter"] == {
+        "type": "token-lowrank",
+        "rank": 3,
+        "activation": "gelu",
+        "shift": True,
+        "extra_tokens": 1,
+        "init_std": 0.02,
+    }
     capsys.readouterr()
     assert main([*argv[:-2], "--lr-tokens", "-1", "--output-dir", str(tmp_path / "bad")]) == 2
     assert "lr_tokens" in capsys.readouterr().err

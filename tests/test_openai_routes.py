@@ -22,8 +22,19 @@ openai = pytest.importorskip("openai")
 def black_app(tiny_backbone, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("tokens") / "tokens.txt"
     tokens.write_text(TOKEN + "\n")
-    args = build_parser("serve").parse_args(["serve", "--model", str(tiny_backbone), "--level", "black",
-                                             "--tokens-file", str(tokens), "--model-name", "tiny-bert"])
+    args = build_parser("serve").parse_args(
+        [
+            "serve",
+            "--model",
+            str(tiny_backbone),
+            "--level",
+            "black",
+            "--tokens-file",
+            str(tokens),
+            "--model-name",
+            "tiny-bert",
+        ]
+    )
     return build_server(args)
 
 
@@ -60,11 +71,14 @@ def test_embeddings_and_models_through_the_openai_sdk(black_app, served):
     np.testing.assert_allclose(one.data[0].embedding, expected[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "fragment"), [
-    ({"dimensions": 3}, "BadRequestError", "dimensions"),
-    ({"input": [[1, 2, 3]]}, "BadRequestError", "token ids"),
-    ({"model": "gpt-x"}, "NotFoundError", "tiny-bert"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        ({"dimensions": 3}, "BadRequestError", "dimensions"),
+        ({"input": [[1, 2, 3]]}, "BadRequestError", "token ids"),
+        ({"model": "gpt-x"}, "NotFoundError", "tiny-bert"),
+    ],
+)
 def test_refusals_are_clear_and_openai_shaped(served, kwargs, error, fragment):
     with pytest.raises(getattr(openai, error)) as info:
         sdk(served).embeddings.create(**{"model": "tiny-bert", "input": ["the sky"], **kwargs})
@@ -86,8 +100,9 @@ def test_ea_embeddings_client_trains_against_the_served_box(served, tmp_path):
 
     data = colour_data(90, seed=1)
     train, val = data.split(0.3, seed=0)
-    client = OpenAIEmbeddingClient("tiny-bert", base_url=f"{served}/v1", api_key=TOKEN,
-                                   cache=ResponseCache(tmp_path / "c.sqlite"))
+    client = OpenAIEmbeddingClient(
+        "tiny-bert", base_url=f"{served}/v1", api_key=TOKEN, cache=ResponseCache(tmp_path / "c.sqlite")
+    )
     model = EasyAdapter(client, ssms=("tfidf-lr",), n_clusters=2, cv_folds=2, random_state=0).fit(train, val)
     assert model.ledgers_["probe"].calls == len(train) + len(val)
     assert model.evaluate(val, compare=False)["ea"]["accuracy"] > 0.8
@@ -100,8 +115,10 @@ def test_http_failures_name_the_url_and_what_to_try(served, monkeypatch):
     fast = {"max_retries": 0, "timeout": 10}
     cases = [
         (OpenAIEmbeddingClient("tiny-bert", base_url=served, api_key=TOKEN, **fast), [served, f"try {served}/v1"]),
-        (OpenAIEmbeddingClient("tiny-bert", base_url=f"{served}/v1", api_key_env="MY_KEY", **fast),
-         [f"{served}/v1", "$MY_KEY", "--api-key-env"]),
+        (
+            OpenAIEmbeddingClient("tiny-bert", base_url=f"{served}/v1", api_key_env="MY_KEY", **fast),
+            [f"{served}/v1", "$MY_KEY", "--api-key-env"],
+        ),
         (ServedBoxClient(f"{served}/v1", TOKEN, **fast), ["without /v1", f"try {served}"]),
         (ServedBoxClient(served, "wrong-token-123", **fast), [served, "$EXOTUNE_TOKEN"]),
     ]

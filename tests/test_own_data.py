@@ -24,8 +24,13 @@ def write_colours(path: Path, n: int, seed: int, colours=COLOURS) -> Path:
     rows = []
     for _ in range(n):
         colour = rng.choice(colours)
-        words = [rng.choice(["the", "a"]), rng.choice(["car", "sky", "leaf"]), "is",
-                 rng.choice(["fast", "slow", "big", "small"]), colour]
+        words = [
+            rng.choice(["the", "a"]),
+            rng.choice(["car", "sky", "leaf"]),
+            "is",
+            rng.choice(["fast", "slow", "big", "small"]),
+            colour,
+        ]
         rng.shuffle(words)
         rows.append(f"{' '.join(words)},{colour}\n")
     path.write_text("text,label\n" + "".join(rows), encoding="utf-8")
@@ -34,8 +39,11 @@ def write_colours(path: Path, n: int, seed: int, colours=COLOURS) -> Path:
 
 @pytest.fixture
 def three_files(tmp_path) -> tuple[Path, Path, Path]:
-    return (write_colours(tmp_path / "train.csv", 48, 0), write_colours(tmp_path / "val.csv", 18, 1),
-            write_colours(tmp_path / "test.csv", 18, 2))
+    return (
+        write_colours(tmp_path / "train.csv", 48, 0),
+        write_colours(tmp_path / "val.csv", 18, 1),
+        write_colours(tmp_path / "test.csv", 18, 2),
+    )
 
 
 def assert_clean_error(capsys, *fragments: str) -> None:
@@ -73,35 +81,82 @@ def test_an_unknown_label_in_a_validation_or_test_file_is_named(tmp_path):
 # -- exotune train / ea fit with the user's three files ----------------------------------------
 
 
-def test_train_selects_on_the_validation_file_and_scores_the_test_file_once(tiny_backbone, three_files, tmp_path,
-                                                                            capsys):
+def test_train_selects_on_the_validation_file_and_scores_the_test_file_once(
+    tiny_backbone, three_files, tmp_path, capsys
+):
     train, val, test = three_files
     out = tmp_path / "run"
-    assert main(["train", "--file", str(train), "--val-file", str(val), "--test-file", str(test), "--eval-test",
-                 "--backbone", str(tiny_backbone), "--epochs", "1", "--batch-size", "16", "--quiet",
-                 "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--file",
+                str(train),
+                "--val-file",
+                str(val),
+                "--test-file",
+                str(test),
+                "--eval-test",
+                "--backbone",
+                str(tiny_backbone),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--quiet",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test"]) >= {"accuracy", "macro_f1"}
     # trained on all 48 rows of the training file, validated on the 18 of the validation file
     assert "on 48 examples, validating on 18" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--eval-test"], "needs --test-file"),
-    (["--val-file", "{val}", "--task", "retrieval"], "--task classification"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--eval-test"], "needs --test-file"),
+        (["--val-file", "{val}", "--task", "retrieval"], "--task classification"),
+    ],
+)
 def test_split_file_misuse_is_a_clean_error(three_files, tmp_path, capsys, extra, fragment):
     train, val, _ = three_files
-    argv = ["train", "--file", str(train), "--output-dir", str(tmp_path / "run"), "--backbone", str(tmp_path / "nope"),
-            *[a.format(val=val) for a in extra]]
+    argv = [
+        "train",
+        "--file",
+        str(train),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--backbone",
+        str(tmp_path / "nope"),
+        *[a.format(val=val) for a in extra],
+    ]
     assert main(argv) == 2
     assert_clean_error(capsys, fragment)
 
 
 def test_split_files_go_with_a_file_not_a_known_dataset(tmp_path, capsys):
     val = write_colours(tmp_path / "val.csv", 5, 0)
-    assert main(["train", "--dataset", "banking77", "--val-file", str(val), "--output-dir", str(tmp_path / "r"),
-                 "--data-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "banking77",
+                "--val-file",
+                str(val),
+                "--output-dir",
+                str(tmp_path / "r"),
+                "--data-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert_clean_error(capsys, "go with --file")
 
 
@@ -110,9 +165,35 @@ def test_ea_fit_takes_validation_and_test_files(three_files, tmp_path, capsys):
 
     train, val, test = three_files
     with FakeOpenAI() as server:
-        assert main(["ea", "fit", "--file", str(train), "--val-file", str(val), "--test-file", str(test),
-                     "--lm", "openai-chat", "--base-url", server.base_url, "--model", "fake", "--max-retries", "1",
-                     "--clusters", "2", "--cv-folds", "2", "--output-dir", str(tmp_path / "ea")]) == 0
+        assert (
+            main(
+                [
+                    "ea",
+                    "fit",
+                    "--file",
+                    str(train),
+                    "--val-file",
+                    str(val),
+                    "--test-file",
+                    str(test),
+                    "--lm",
+                    "openai-chat",
+                    "--base-url",
+                    server.base_url,
+                    "--model",
+                    "fake",
+                    "--max-retries",
+                    "1",
+                    "--clusters",
+                    "2",
+                    "--cv-folds",
+                    "2",
+                    "--output-dir",
+                    str(tmp_path / "ea"),
+                ]
+            )
+            == 0
+        )
     summary = json.loads(capsys.readouterr().out)
     assert summary["test"]["examples"] == 18 and 0.0 <= summary["test"]["accuracy"] <= 1.0
 
@@ -131,7 +212,11 @@ def test_train_options_left_unset_take_the_task_defaults():
 
     args = filled()
     assert (args.lr, args.epochs, args.patience, args.batch_size) == (
-        CLASSIFICATION.lr_for("dga"), CLASSIFICATION.epochs, CLASSIFICATION.patience, CLASSIFICATION.batch_size)
+        CLASSIFICATION.lr_for("dga"),
+        CLASSIFICATION.epochs,
+        CLASSIFICATION.patience,
+        CLASSIFICATION.batch_size,
+    )
     assert filled("--entry-tokens", "2").lr == CLASSIFICATION.lr_for("lga")
     assert (filled("--task", "retrieval").lr, filled("--task", "retrieval").epochs) == (RETRIEVAL.gray_lr, 10)
     assert filled("--lr", "0.1", "--epochs", "2").lr == 0.1
@@ -151,14 +236,19 @@ def test_the_defaults_are_what_the_committed_tables_were_made_with(suite):
     budgets = doc["budget"].values() if suite == "classification" else [doc["budget"]]
     for b in budgets:
         assert (b["epochs"], b["batch_size"], b["patience"], b["val_fraction"]) == (
-            defaults.epochs, defaults.batch_size, defaults.patience, defaults.val_fraction)
+            defaults.epochs,
+            defaults.batch_size,
+            defaults.patience,
+            defaults.val_fraction,
+        )
     suite_budget = {"classification": classification, "retrieval": retrieval}[suite].Budget()
     assert suite_budget.lr == defaults.gray_lr and suite_budget.epochs == defaults.epochs
     assert all(suite_budget.lr_for(m) == defaults.lr_for(m) for m in defaults.white_lr)
 
 
-@pytest.mark.parametrize("suite, dataset", [("classification", "banking77"), ("classification", "sst2"),
-                                            ("retrieval", "scifact")])
+@pytest.mark.parametrize(
+    "suite, dataset", [("classification", "banking77"), ("classification", "sst2"), ("retrieval", "scifact")]
+)
 def test_a_suite_without_lr_or_epochs_is_keyed_like_the_committed_runs(suite, dataset):
     """The default budget is the committed one, field for field: a run without --lr or --epochs
     meets the committed run log's seed-0 runs (so it reproduces them; --fresh re-runs them)."""
@@ -169,8 +259,14 @@ def test_a_suite_without_lr_or_epochs_is_keyed_like_the_committed_runs(suite, da
     log = RunLog(RESULTS / f".{suite}.runs.jsonl")
     budget = module.Budget().for_dataset(dataset)
     for method in module.METHODS:
-        key = {"dataset": dataset, "method": method, "seed": 0, "backbone": "all-MiniLM-L6-v2", "quick": False,
-               "budget": budget}
+        key = {
+            "dataset": dataset,
+            "method": method,
+            "seed": 0,
+            "backbone": "all-MiniLM-L6-v2",
+            "quick": False,
+            "budget": budget,
+        }
         assert log.get(key) is not None, method
 
 
@@ -203,9 +299,14 @@ def in_process(monkeypatch):
 
 def own_files(folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
-    return ["--file", str(write_colours(folder / "train.csv", 48, 0)),
-            "--val-file", str(write_colours(folder / "val.csv", 18, 1)),
-            "--test-file", str(write_colours(folder / "test.csv", 18, 2))]
+    return [
+        "--file",
+        str(write_colours(folder / "train.csv", 48, 0)),
+        "--val-file",
+        str(write_colours(folder / "val.csv", 18, 1)),
+        "--test-file",
+        str(write_colours(folder / "test.csv", 18, 2)),
+    ]
 
 
 def test_one_command_compares_every_method_on_the_users_three_files(tiny_backbone, tmp_path, capsys, in_process):
@@ -214,8 +315,18 @@ def test_one_command_compares_every_method_on_the_users_three_files(tiny_backbon
     pytest.importorskip("peft")
     out = tmp_path / "results"
     methods = ["zero-shot", "linear-probe", "dga-both", "lga", "lora", "full-ft"]
-    argv = ["bench", "classification", *own_files(tmp_path / "mydata"), "--backbone", str(tiny_backbone),
-            "--quick", "--out-dir", str(out), "--methods", *methods]
+    argv = [
+        "bench",
+        "classification",
+        *own_files(tmp_path / "mydata"),
+        "--backbone",
+        str(tiny_backbone),
+        "--quick",
+        "--out-dir",
+        str(out),
+        "--methods",
+        *methods,
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     doc = json.loads((out / "classification.json").read_text())
@@ -241,8 +352,21 @@ def test_one_command_compares_every_method_on_the_users_three_files(tiny_backbon
 def test_the_ea_suite_runs_on_the_users_files(tiny_backbone, tmp_path, capsys, in_process):
     pytest.importorskip("peft")
     out = tmp_path / "ea"
-    assert main(["bench", "ea", *own_files(tmp_path / "mydata"), "--backbone", str(tiny_backbone), "--quick",
-                 "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "ea",
+                *own_files(tmp_path / "mydata"),
+                "--backbone",
+                str(tiny_backbone),
+                "--quick",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "ea.json").read_text())
     methods = {r["method"] for r in doc["records"]}
     assert methods == {"ea", "lm", "ssm", "linear-probe", "lora"}
@@ -256,22 +380,55 @@ def test_the_retrieval_suite_runs_on_a_beir_folder(tiny_backbone, tmp_path, caps
 
     folder = write_beir(tmp_path / "mybeir")
     out = tmp_path / "results"
-    assert main(["bench", "retrieval", "--beir-dir", str(folder), "--backbone", str(tiny_backbone), "--quick",
-                 "--out-dir", str(out), "--methods", "zero-shot", "dga-output-only"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "retrieval",
+                "--beir-dir",
+                str(folder),
+                "--backbone",
+                str(tiny_backbone),
+                "--quick",
+                "--out-dir",
+                str(out),
+                "--methods",
+                "zero-shot",
+                "dga-output-only",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "retrieval.json").read_text())
     assert {(r["dataset"], r["method"]) for r in doc["records"]} == {("mybeir", "zero-shot"), ("mybeir", "dga")}
     assert doc["data"]["beir_dir"] == str(folder)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["bench", "classification", "--file", "t.csv", "--test-file", "x.csv"], "--out-dir"),
-    (["bench", "classification", "--file", "t.csv", "--out-dir", "o"], "--test-file"),
-    (["bench", "classification", "--file", "t.csv", "--test-file", "x.csv", "--out-dir", "o", "--datasets", "sst2"],
-     "not both"),
-    (["bench", "steps", "--file", "t.csv", "--test-file", "x.csv", "--out-dir", "o"], "runs on its own datasets"),
-    (["bench", "retrieval", "--file", "t.csv", "--out-dir", "o"], "--beir-dir"),
-    (["bench", "ea", "--beir-dir", "b", "--out-dir", "o"], "--file"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["bench", "classification", "--file", "t.csv", "--test-file", "x.csv"], "--out-dir"),
+        (["bench", "classification", "--file", "t.csv", "--out-dir", "o"], "--test-file"),
+        (
+            [
+                "bench",
+                "classification",
+                "--file",
+                "t.csv",
+                "--test-file",
+                "x.csv",
+                "--out-dir",
+                "o",
+                "--datasets",
+                "sst2",
+            ],
+            "not both",
+        ),
+        (["bench", "steps", "--file", "t.csv", "--test-file", "x.csv", "--out-dir", "o"], "runs on its own datasets"),
+        (["bench", "retrieval", "--file", "t.csv", "--out-dir", "o"], "--beir-dir"),
+        (["bench", "ea", "--beir-dir", "b", "--out-dir", "o"], "--file"),
+    ],
+)
 def test_own_data_misuse_is_a_clean_error(capsys, argv, fragment):
     assert main(argv) == 2
     assert_clean_error(capsys, fragment)
@@ -283,7 +440,11 @@ def test_wall_seconds_per_step_sits_beside_the_median():
     from exotune.bench.common import aggregate, step_seconds
 
     assert step_seconds(SimpleNamespace(train_seconds=10.0, steps=4, seconds_per_step=0.5)) == {
-        "seconds_per_step": 0.5, "wall_seconds_per_step": 2.5}
-    runs = [{"dataset": "d", "method": "dga", "seed": s, "metrics": {"accuracy": 0.5}, "wall_seconds_per_step": w}
-            for s, w in ((0, 1.0), (1, 3.0))]
+        "seconds_per_step": 0.5,
+        "wall_seconds_per_step": 2.5,
+    }
+    runs = [
+        {"dataset": "d", "method": "dga", "seed": s, "metrics": {"accuracy": 0.5}, "wall_seconds_per_step": w}
+        for s, w in ((0, 1.0), (1, 3.0))
+    ]
     assert aggregate(runs, "accuracy")["wall_seconds_per_step"] == 2.0

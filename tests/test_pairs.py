@@ -43,8 +43,10 @@ def own_features(family: str, model, tokenizer, pixels):
     with torch.no_grad():
         if family == "siglip":  # SigLIP was trained on texts padded to the full context, no mask
             ids = tokenizer(TEXTS, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
-            return (model.get_text_features(input_ids=ids).pooler_output,
-                    model.get_image_features(pixel_values=pixels).pooler_output)
+            return (
+                model.get_text_features(input_ids=ids).pooler_output,
+                model.get_image_features(pixel_values=pixels).pooler_output,
+            )
         enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
         text = model.text_encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         image = model.vision_model(pixel_values=pixels)
@@ -110,12 +112,12 @@ def test_entry_tokens_land_where_the_model_puts_them(family, at):
     text_layer = getattr(text_layers, "layers", None) or text_layers.layer
     batch = text.embed(TEXTS[:2])
     hidden = layer_inputs(text_layer[1], lambda: text.forward(batch.embeds, batch.mask, tokens))
-    torch.testing.assert_close(hidden[:, at:at + 2], tokens["layer.1"].expand(2, 2, 32))
+    torch.testing.assert_close(hidden[:, at : at + 2], tokens["layer.1"].expand(2, 2, 32))
     # SigLIP runs every text at its full context; BLIP at the batch's length plus the slots
     assert hidden.shape[1] == (16 if family == "siglip" else batch.embeds.shape[1] + 2)
     pixels = image.preprocess(images()[:2])
     hidden = layer_inputs(model.vision_model.encoder.layers[1], lambda: image.forward(pixels, tokens))
-    torch.testing.assert_close(hidden[:, at:at + 2], tokens["layer.1"].expand(2, 2, 32))
+    torch.testing.assert_close(hidden[:, at : at + 2], tokens["layer.1"].expand(2, 2, 32))
     assert hidden.shape[1] == 16 + at + 2  # 16 patches, [CLS] for BLIP, the two slots
 
 
@@ -143,8 +145,11 @@ def test_a_checkpoint_of_another_architecture_or_family_is_refused(folders, tmp_
 
 
 def captions() -> ImageCaptionData:
-    return ImageCaptionData(images=images(), captions=["a red circle", "a blue square", "a green triangle", "red"],
-                            caption_image=[0, 1, 2, 0])
+    return ImageCaptionData(
+        images=images(),
+        captions=["a red circle", "a blue square", "a green triangle", "red"],
+        caption_image=[0, 1, 2, 0],
+    )
 
 
 def test_the_loss_follows_the_family_unless_the_user_chooses():
@@ -198,8 +203,9 @@ def test_one_training_step_then_save_and_load(folders, family, tmp_path):
     assert saved["loss"] == ("sigmoid" if family == "siglip" else "infonce")
     loaded = ImageTextRetriever.from_pretrained(tmp_path / "adapter", *pair)
     torch.testing.assert_close(loaded.encode_texts(TEXTS), model.encode_texts(TEXTS))
-    other = load_clip_boxes(str(folders["blip" if family == "siglip" else "siglip"]), entry_points="all",
-                            entry_tokens_max=2)
+    other = load_clip_boxes(
+        str(folders["blip" if family == "siglip" else "siglip"]), entry_points="all", entry_tokens_max=2
+    )
     with pytest.raises(SpecMismatchError):
         ImageTextRetriever.from_pretrained(tmp_path / "adapter", *other)
 
@@ -211,9 +217,22 @@ def test_cli_trains_a_siglip_pair_with_its_loss_or_the_chosen_one(folders, tmp_p
 
     rows = write_shapes(tmp_path / "img", 1)
     (tmp_path / "c.csv").write_text("image,caption\n" + "".join(f"{f},a {c} {s}\n" for f, c, s in rows))
-    common = ["train", "--task", "image-retrieval", "--images", str(tmp_path / "img"), "--captions",
-              str(tmp_path / "c.csv"), "--backbone", str(folders["siglip"]), "--epochs", "1", "--quiet",
-              "--entry-points", "all"]
+    common = [
+        "train",
+        "--task",
+        "image-retrieval",
+        "--images",
+        str(tmp_path / "img"),
+        "--captions",
+        str(tmp_path / "c.csv"),
+        "--backbone",
+        str(folders["siglip"]),
+        "--epochs",
+        "1",
+        "--quiet",
+        "--entry-points",
+        "all",
+    ]
     for loss, expected in ((None, "sigmoid"), ("infonce", "infonce")):
         run = tmp_path / f"run-{expected}"
         assert main([*common, "--output-dir", str(run), *(["--loss", loss] if loss else [])]) == 0

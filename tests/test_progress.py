@@ -49,8 +49,10 @@ def test_progress_log_lines_have_count_rate_and_eta():
             bar.update(10)
         bar.close()
     assert seen.lines == [
-        "encode: 20/100 (20%), 2/s, ETA 0m40s", "encode: 40/100 (40%), 2/s, ETA 0m30s, loss 0.5",
-        "encode: done, 50 in 0m25s"]
+        "encode: 20/100 (20%), 2/s, ETA 0m40s",
+        "encode: 40/100 (40%), 2/s, ETA 0m30s, loss 0.5",
+        "encode: done, 50 in 0m25s",
+    ]
     assert duration(3725) == "1h02m"
 
 
@@ -69,8 +71,19 @@ def write(path):
 
 def test_training_off_a_terminal_logs_progress_and_quiet_silences_it(tiny_backbone, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EXOTUNE_PROGRESS_SECONDS", "0")  # a line at every step
-    argv = ["train", "--file", str(write(tmp_path / "d.csv")), "--backbone", str(tiny_backbone), "--epochs", "1",
-            "--batch-size", "4", "--val-fraction", "0.25"]
+    argv = [
+        "train",
+        "--file",
+        str(write(tmp_path / "d.csv")),
+        "--backbone",
+        str(tiny_backbone),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--val-fraction",
+        "0.25",
+    ]
     assert main([*argv, "--output-dir", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
     assert "epoch 1/1: 1/3 (33%)" in err and "/s, ETA" in err and "\r" not in err

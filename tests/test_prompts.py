@@ -22,11 +22,13 @@ PROMPTS = {"query": "it is ", "document": "a ", "empty": ""}
 
 def st_folder(root, include_prompt: bool):
     folder = build_tiny_backbone(root)
-    (folder / "config_sentence_transformers.json").write_text(json.dumps(
-        {"prompts": PROMPTS, "default_prompt_name": "query", "similarity_fn_name": "cosine"}))
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": PROMPTS, "default_prompt_name": "query", "similarity_fn_name": "cosine"})
+    )
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"pooling_mode_mean_tokens": True, "include_prompt": include_prompt}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_mean_tokens": True, "include_prompt": include_prompt})
+    )
     return folder
 
 
@@ -76,8 +78,12 @@ def test_retrieval_puts_each_sides_prompt_on_its_tower(tmp_path):
     model = DualEncoder(box, DGAConfig(), RetrievalConfig())
     assert model.query_tower.box.spec.prompt == "query" and model.doc_tower.box.spec.prompt == "document"
     assert model.query_box is model.query_tower.box and model.doc_box is model.doc_tower.box
-    torch.testing.assert_close(model.encode_queries(TEXTS), torch.nn.functional.normalize(
-        model.query_tower.encode(TEXTS), dim=-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        model.encode_queries(TEXTS),
+        torch.nn.functional.normalize(model.query_tower.encode(TEXTS), dim=-1),
+        atol=1e-5,
+        rtol=1e-4,
+    )
     model.save_pretrained(tmp_path / "adapter")
     again = DualEncoder.from_pretrained(tmp_path / "adapter", box)
     assert again.doc_tower.box.spec.prompt == "document"

@@ -142,15 +142,18 @@ def test_served_box_with_an_unreachable_store_answers_503(tiny_box):
 
     app = make_app(tiny_box, stateless=True, quota_store=f"redis://127.0.0.1:{free_port()}/0")
     batch = tiny_box.embed(["a red apple"])
-    body = wire.encode({"embeds": batch.embeds, "mask": batch.mask,
-                        "grad_outputs": torch.ones(1, tiny_box.spec.output_dim)})
+    body = wire.encode(
+        {"embeds": batch.embeds, "mask": batch.mask, "grad_outputs": torch.ones(1, tiny_box.spec.output_dim)}
+    )
     with make_client(app) as client:
         r = client.post("/v1/backward", content=body, headers={"Content-Type": wire.MEDIA_TYPE})
     assert r.status_code == 503 and r.json()["error"] == "quota_store_unreachable"
 
 
-@pytest.mark.parametrize("bad", [{"quota_store": "http://127.0.0.1:6379"}, {"quota_store": "127.0.0.1:6379"},
-                                 {"quota_fallback": "unlimited"}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"quota_store": "http://127.0.0.1:6379"}, {"quota_store": "127.0.0.1:6379"}, {"quota_fallback": "unlimited"}],
+)
 def test_quota_settings_are_checked(bad):
     with pytest.raises(ConfigError, match="quota"):
         ServeConfig(**bad)

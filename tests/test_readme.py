@@ -37,7 +37,7 @@ def commands() -> list[tuple[dict, list[str]]]:
                     key, _, value = words.pop(0).partition("=")
                     env[key] = value
                 if words[:1] == ["torchrun"] and "exotune.cli" in words:
-                    words = ["exotune", *words[words.index("exotune.cli") + 1:]]
+                    words = ["exotune", *words[words.index("exotune.cli") + 1 :]]
                 if words[:1] == ["exotune"]:
                     found.append((env, [w for w in words[1:] if w != "..."]))
     return found
@@ -55,8 +55,11 @@ def test_every_readme_command_parses(env, argv):
     cli.build_parser(argv[0]).parse_args(argv)
 
 
-@pytest.mark.parametrize(("env", "argv"), [c for c in COMMANDS if c[1][0] == "serve"],
-                         ids=lambda v: " ".join(v)[:60] if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    ("env", "argv"),
+    [c for c in COMMANDS if c[1][0] == "serve"],
+    ids=lambda v: " ".join(v)[:60] if isinstance(v, list) else "",
+)
 def test_every_readme_serve_command_passes_its_checks(env, argv, tiny_box, tmp_path, monkeypatch):
     import exotune.boxes
     from exotune.cli import serve

@@ -56,35 +56,94 @@ def test_zero_shot_and_short_dga_training(minilm, banking):
 def test_cli_train_eval_predict(shared_data, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--dataset", "banking77", "--data-dir", str(shared_data)]
-    assert main(["train", *common, "--variant", "output-only", "--max-train", "300", "--epochs", "1",
-                 "--output-dir", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--variant",
+                "output-only",
+                "--max-train",
+                "300",
+                "--epochs",
+                "1",
+                "--output-dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 10 and (run / "best" / "adapter_model.safetensors").is_file()
     capsys.readouterr()
     assert main(["eval", *common, "--adapter", str(run / "best"), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0.3 < metrics["accuracy"] <= 1.0
-    assert main(["predict", "--adapter", str(run / "best"), "--text", "my card has not arrived yet",
-                 "--top-k", "2"]) == 0
+    assert (
+        main(["predict", "--adapter", str(run / "best"), "--text", "my card has not arrived yet", "--top-k", "2"]) == 0
+    )
     first = capsys.readouterr().out.splitlines()[0]
     assert "card" in first.split("\t")[0]
 
 
 def test_bench_quick_smoke(shared_data, tmp_path, capsys):
     out = tmp_path / "results"
-    assert main(["bench", "classification", "--quick", "--data-dir", str(shared_data),
-                 "--out-dir", str(out), "--methods", "zero-shot", "linear-probe", "dga-both"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "classification",
+                "--quick",
+                "--data-dir",
+                str(shared_data),
+                "--out-dir",
+                str(out),
+                "--methods",
+                "zero-shot",
+                "linear-probe",
+                "dga-both",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "classification.json").read_text())
-    required = {"dataset", "split", "method", "variant", "access", "metric", "mean", "std", "seeds",
-                "trainable_params", "train_seconds", "seconds_per_step", "peak_memory_mb"}
+    required = {
+        "dataset",
+        "split",
+        "method",
+        "variant",
+        "access",
+        "metric",
+        "mean",
+        "std",
+        "seeds",
+        "trainable_params",
+        "train_seconds",
+        "seconds_per_step",
+        "peak_memory_mb",
+    }
     assert {"suite", "command", "date", "machine", "backbone", "records"} <= set(doc)
     assert all(required <= set(r) for r in doc["records"])
     assert {r["method"] for r in doc["records"]} == {"zero-shot", "linear-probe", "dga"}
     assert (out / "classification.md").is_file() and (out / "classification_params.png").is_file()
 
 
-REQUIRED = {"dataset", "split", "method", "variant", "access", "metric", "mean", "std", "seeds",
-            "trainable_params", "train_seconds", "seconds_per_step", "peak_memory_mb"}
+REQUIRED = {
+    "dataset",
+    "split",
+    "method",
+    "variant",
+    "access",
+    "metric",
+    "mean",
+    "std",
+    "seeds",
+    "trainable_params",
+    "train_seconds",
+    "seconds_per_step",
+    "peak_memory_mb",
+}
 
 
 def _doc(out, suite):
@@ -96,8 +155,23 @@ def _doc(out, suite):
 
 def test_bench_retrieval_quick_smoke(shared_data, tmp_path):
     out = tmp_path / "results"
-    assert main(["bench", "retrieval", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out),
-                 "--methods", "zero-shot", "dga-output-only"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "retrieval",
+                "--quick",
+                "--data-dir",
+                str(shared_data),
+                "--out-dir",
+                str(out),
+                "--methods",
+                "zero-shot",
+                "dga-output-only",
+            ]
+        )
+        == 0
+    )
     doc = _doc(out, "retrieval")
     assert {r["metric"] for r in doc["records"]} == {"ndcg@10", "recall@10", "recall@100", "mrr@10"}
 
@@ -122,8 +196,23 @@ def test_bench_ea_quick_smoke(shared_data, tmp_path):
 
 def test_bench_steps_quick_smoke(shared_data, tmp_path):
     out = tmp_path / "results"
-    assert main(["bench", "steps", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out),
-                 "--methods", "dga-both", "lora"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "steps",
+                "--quick",
+                "--data-dir",
+                str(shared_data),
+                "--out-dir",
+                str(out),
+                "--methods",
+                "dga-both",
+                "lora",
+            ]
+        )
+        == 0
+    )
     doc = _doc(out, "steps")
     by = {r["method"]: r for r in doc["records"]}
     assert set(by) == {"dga", "lora"} and all(r["batch_size"] == 8 and r["seconds_per_step"] > 0 for r in by.values())

@@ -19,9 +19,14 @@ pytest.importorskip("schemathesis")
 
 
 def _failures(doc: dict) -> dict:
-    return {name: section.get("error") or section.get("problems") or section.get("failed")
-            or [d for d in section.get("drills", []) if not d["ok"]]
-            for name, section in doc["sections"].items() if not section["ok"]}
+    return {
+        name: section.get("error")
+        or section.get("problems")
+        or section.get("failed")
+        or [d for d in section.get("drills", []) if not d["ok"]]
+        for name, section in doc["sections"].items()
+        if not section["ok"]
+    }
 
 
 @pytest.mark.slow
@@ -32,10 +37,15 @@ def test_reliability_suite_quick(tiny_backbone, tmp_path, monkeypatch):
     assert code == 0 and doc["ok"], _failures(doc)
     summary, sections = doc["summary"], doc["sections"]
     assert summary["data_lost"] == "none" and summary["server_errors_5xx"] == 0
-    assert summary["bad_inputs_tried"] >= 100 and summary["faults_survived"].split("/")[0] == summary["faults_survived"].split("/")[1]
+    assert (
+        summary["bad_inputs_tried"] >= 100
+        and summary["faults_survived"].split("/")[0] == summary["faults_survived"].split("/")[1]
+    )
     assert sections["load"]["clients"] == 16 and sections["load"]["failed"] == 0
     assert sections["soak"]["handles_after_ttl"] == 0
     assert all(summary[f"{name}_held"] for name in ("fairness", "slow", "admission", "abandon"))
-    assert sections["slow"]["trickled_body"].startswith("HTTP/1.1 408") and sections["abandon"]["handles_after_ttl"] == 0
+    assert (
+        sections["slow"]["trickled_body"].startswith("HTTP/1.1 408") and sections["abandon"]["handles_after_ttl"] == 0
+    )
     assert sections["fairness"]["slowdown"] <= sections["fairness"]["slowdown_bound"]
     assert (tmp_path / "reliability.md").read_text().startswith("# reliability (quick)")

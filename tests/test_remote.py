@@ -133,7 +133,9 @@ def test_retries_on_503_and_rate_limits_then_succeeds(tiny_box):
     def handler(request: httpx.Request) -> httpx.Response:
         status = next(answers, None)
         if status == 429:
-            return httpx.Response(429, json={"error": "rate_limited", "message": "slow down"}, headers={"Retry-After": "0"})
+            return httpx.Response(
+                429, json={"error": "rate_limited", "message": "slow down"}, headers={"Retry-After": "0"}
+            )
         if status == 503:
             return httpx.Response(503, json={"error": "busy", "message": "busy"})
         r = inner.request(request.method, request.url.path, headers=request.headers, content=request.content)
@@ -151,8 +153,9 @@ def test_connection_errors_raise_after_bounded_retries():
     from exotune.boxes.remote import RemoteConfig
 
     with pytest.raises(RemoteError, match="after 3 tries"):  # 1 try + 2 retries, then a clear error
-        exotune.connect(f"http://127.0.0.1:{free_port()}", token=TOKEN,
-                        config=RemoteConfig(retries=2, backoff_s=0.01, timeout_s=2))
+        exotune.connect(
+            f"http://127.0.0.1:{free_port()}", token=TOKEN, config=RemoteConfig(retries=2, backoff_s=0.01, timeout_s=2)
+        )
 
 
 def test_a_real_uvicorn_server_on_loopback(tiny_box):
@@ -270,15 +273,21 @@ def test_train_eval_and_predict_through_a_served_box(tiny_box, tmp_path, monkeyp
 
     data = colour_data(40, seed=0)
     csv = tmp_path / "train.csv"
-    csv.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True)))
+    csv.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     monkeypatch.setenv("EXOTUNE_TOKEN", TOKEN)
     with running_server(make_app(tiny_box)) as url:
         argv = ["train", "--file", str(csv), "--epochs", "1", "--batch-size", "16", "--quiet"]
         assert main([*argv, "--remote", url, "--output-dir", str(tmp_path / "run")]) == 0
-        assert main(["eval", "--file", str(csv), "--remote", url, "--adapter", str(tmp_path / "run" / "best"),
-                     "--json"]) == 0
+        assert (
+            main(["eval", "--file", str(csv), "--remote", url, "--adapter", str(tmp_path / "run" / "best"), "--json"])
+            == 0
+        )
         assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] <= 1
-        assert main(["predict", "--remote", url, "--adapter", str(tmp_path / "run" / "best"), "--text", "a red car"]) == 0
+        assert (
+            main(["predict", "--remote", url, "--adapter", str(tmp_path / "run" / "best"), "--text", "a red car"]) == 0
+        )
         assert capsys.readouterr().out.split("\t")[0].split(" (")[0] in data.label_names
         assert main([*argv, "--remote", url, "--output-dir", str(tmp_path / "x"), "--entry-points", "1"]) == 2
         assert "owner chose" in capsys.readouterr().err

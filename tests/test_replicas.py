@@ -29,9 +29,23 @@ def service(tiny_backbone, tmp_path_factory):
     """Three stateless replicas sharing one redis-server, behind nginx."""
     tmp = tmp_path_factory.mktemp("replicas")
     with redis_server(tmp / "redis") as store:
-        procs = [start_replica(tiny_backbone, tmp, [TRAIN, BUDGET, RATE, KILL], "--stateless",
-                               "--quota-store", store, "--grad-budget", str(B), "--rate", str(RATE_PER_S),
-                               "--burst", str(BURST)) for _ in range(3)]
+        procs = [
+            start_replica(
+                tiny_backbone,
+                tmp,
+                [TRAIN, BUDGET, RATE, KILL],
+                "--stateless",
+                "--quota-store",
+                store,
+                "--grad-budget",
+                str(B),
+                "--rate",
+                str(RATE_PER_S),
+                "--burst",
+                str(BURST),
+            )
+            for _ in range(3)
+        ]
         try:
             wait_replicas(procs)
             with nginx(tmp / "nginx", [port for _, port in procs]) as url:

@@ -29,8 +29,11 @@ NOUNS = ["car", "sky", "leaf"]
 def synthetic_beir(folder: Path, n_queries: int = 36, seed: int = 0) -> Path:
     """Nine documents, one per (colour, noun); a query names both words and judges its document."""
     rng = random.Random(seed)
-    docs = [{"_id": f"{c}-{n}", "title": n, "text": f"the {c} {n} is {rng.choice(['fast', 'slow', 'big'])}"}
-            for c in COLOURS for n in NOUNS]
+    docs = [
+        {"_id": f"{c}-{n}", "title": n, "text": f"the {c} {n} is {rng.choice(['fast', 'slow', 'big'])}"}
+        for c in COLOURS
+        for n in NOUNS
+    ]
     queries, qrels = [], []
     for i in range(n_queries):
         c, n = rng.choice(COLOURS), rng.choice(NOUNS)
@@ -61,8 +64,7 @@ def test_perfect_ranking_scores_one():
 def test_known_metric_values():
     assert ndcg_at_k(["x", "a"], {"a": 1}, 10) == pytest.approx(1 / math.log2(3))  # 0.6309
     # graded: gain is the grade; DCG = 1 + 2/log2(3), ideal = 2 + 1/log2(3)
-    assert ndcg_at_k(["b", "a"], {"a": 2, "b": 1}, 10) == pytest.approx(
-        (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
+    assert ndcg_at_k(["b", "a"], {"a": 2, "b": 1}, 10) == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
     assert ndcg_at_k(["x", "a"], {"a": 1}, 1) == 0.0
     assert ndcg_at_k(["a"], {"a": 1, "b": 1}, 10) == pytest.approx(1 / (1 + 1 / math.log2(3)))
     assert ndcg_at_k(["a"], {"a": 0}, 10) == 0.0  # judged non-relevant only
@@ -266,8 +268,12 @@ def test_save_load_identical_rankings(tiny_box, beir, tmp_path):
         model.loss(train).backward()
         opt.step()
     folder = model.save_pretrained(tmp_path / "adapter")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                                        "checksums.sha256"]  # README.md: the model card
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "checksums.sha256",
+    ]  # README.md: the model card
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["type"] == "dga-retriever" and cfg["task"]["temperature"] == 0.1
     loaded = DualEncoder.from_pretrained(folder, tiny_box)
@@ -290,11 +296,36 @@ def test_spec_mismatch(tiny_box, tmp_path):
 
 def test_cli_train_and_eval(tiny_backbone, tmp_path, capsys):
     synthetic_beir(tmp_path / "data" / "scifact")
-    common = ["--task", "retrieval", "--dataset", "scifact", "--data-dir", str(tmp_path / "data"),
-              "--backbone", str(tiny_backbone)]
+    common = [
+        "--task",
+        "retrieval",
+        "--dataset",
+        "scifact",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--backbone",
+        str(tiny_backbone),
+    ]
     run = tmp_path / "run"
-    assert main(["train", *common, "--epochs", "1", "--batch-size", "8", "--hard-negatives", "1",
-                 "--output-dir", str(run), "--quiet", "--eval-test"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--hard-negatives",
+                "1",
+                "--output-dir",
+                str(run),
+                "--quiet",
+                "--eval-test",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and "ndcg@10" in summary["test"]
     config = json.loads((run / "best" / "adapter_config.json").read_text())
@@ -312,12 +343,40 @@ def test_cli_lga_retrieval(tiny_backbone, tmp_path, capsys):
     """Entry tokens through the command line: trained on a light-gray box, evaluated on the
     box rebuilt from the adapter's spec; the document tower without them (--doc-side)."""
     synthetic_beir(tmp_path / "data" / "scifact")
-    common = ["--task", "retrieval", "--dataset", "scifact", "--data-dir", str(tmp_path / "data"),
-              "--backbone", str(tiny_backbone)]
+    common = [
+        "--task",
+        "retrieval",
+        "--dataset",
+        "scifact",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--backbone",
+        str(tiny_backbone),
+    ]
     run = tmp_path / "run"
-    assert main(["train", *common, "--epochs", "1", "--batch-size", "8", "--entry-points", "all",
-                 "--entry-tokens", "2", "--doc-side", "output-only", "--output-dir", str(run),
-                 "--quiet", "--eval-test"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--entry-points",
+                "all",
+                "--entry-tokens",
+                "2",
+                "--doc-side",
+                "output-only",
+                "--output-dir",
+                str(run),
+                "--quiet",
+                "--eval-test",
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "best" / "adapter_config.json").read_text())
     assert config["access"] == "light-gray" and config["task"]["doc_side"] == "output-only"
     assert config["dga"]["entry_tokens"]["tokens"] == 2 and config["box_spec"]["entry_points"]
@@ -330,11 +389,28 @@ def test_cli_lga_retrieval(tiny_backbone, tmp_path, capsys):
 def test_cli_retrieval_errors(tiny_backbone, tmp_path, capsys):
     assert main(["eval", "--task", "retrieval", "--file", "x.csv", "--zero-shot"]) == 2
     assert "--dataset" in capsys.readouterr().err
-    assert main(["eval", "--task", "retrieval", "--dataset", "scifact", "--data-dir", str(tmp_path),
-                 "--zero-shot"]) == 2
+    assert (
+        main(["eval", "--task", "retrieval", "--dataset", "scifact", "--data-dir", str(tmp_path), "--zero-shot"]) == 2
+    )
     assert str(tmp_path / "scifact") in capsys.readouterr().err
     synthetic_beir(tmp_path / "scifact")
     classifier_dir = tmp_path / "cls"
-    assert main(["eval", "--task", "retrieval", "--dataset", "scifact", "--data-dir", str(tmp_path),
-                 "--adapter", str(classifier_dir), "--backbone", str(tiny_backbone)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--task",
+                "retrieval",
+                "--dataset",
+                "scifact",
+                "--data-dir",
+                str(tmp_path),
+                "--adapter",
+                str(classifier_dir),
+                "--backbone",
+                str(tiny_backbone),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err

@@ -50,8 +50,14 @@ def test_wire_round_trip_and_strict_decode():
     msg = wire.decode(wire.encode(t, {"handle": "abc"}))
     assert msg.meta == {"handle": "abc"} and all(torch.equal(msg.tensors[k], t[k]) for k in t)
     good = wire.encode(t)
-    bad = [b"", b"1234", good[:-5], struct.pack("<Q", 2**40) + b"{}", struct.pack("<Q", 5) + b"notjs",
-           wire.encode({"x": torch.ones(2)})[:8] + b"[1, 2]" + b" " * 2]
+    bad = [
+        b"",
+        b"1234",
+        good[:-5],
+        struct.pack("<Q", 2**40) + b"{}",
+        struct.pack("<Q", 5) + b"notjs",
+        wire.encode({"x": torch.ones(2)})[:8] + b"[1, 2]" + b" " * 2,
+    ]
     for data in bad:
         with pytest.raises(WireError):
             wire.decode(data)
@@ -73,7 +79,10 @@ def test_auth_is_required(tiny_box):
     _error(r, 401, "unauthorized")
     assert r.headers["www-authenticate"] == "Bearer"
     _error(make_client(app, "wrong-token-999").get("/v1/spec"), 401, "unauthorized", "invalid")
-    _error(make_client(app, None).post("/v1/encode", json={"texts": ["a"]}, headers={"Authorization": f"Basic {TOKEN}"}), 401)
+    _error(
+        make_client(app, None).post("/v1/encode", json={"texts": ["a"]}, headers={"Authorization": f"Basic {TOKEN}"}),
+        401,
+    )
     assert make_client(app).get("/v1/spec").status_code == 200
 
 
@@ -102,7 +111,12 @@ def test_gradient_budget_answers_429(tiny_box):
     handles = [wire.decode(_forward(client, _inputs(tiny_box), train=True).content).meta["handle"] for _ in range(2)]
     grad = {"grad_outputs": torch.ones(2, tiny_box.spec.output_dim)}
     assert client.post("/v1/backward", content=wire.encode(grad, {"handle": handles[0]})).status_code == 200
-    _error(client.post("/v1/backward", content=wire.encode(grad, {"handle": handles[1]})), 429, "budget_exhausted", "budget")
+    _error(
+        client.post("/v1/backward", content=wire.encode(grad, {"handle": handles[1]})),
+        429,
+        "budget_exhausted",
+        "budget",
+    )
     _error(_forward(client, _inputs(tiny_box), train=True), 429, "budget_exhausted")
     assert _forward(client, _inputs(tiny_box)).status_code == 200  # plain forwards still work
 
@@ -110,12 +124,15 @@ def test_gradient_budget_answers_429(tiny_box):
 # -- validation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    (b"not safetensors at all", 400, "header"),
-    (b"\x01\x02", 400, "truncated"),
-    (struct.pack("<Q", 10**12) + b"{}", 400, "exceeds"),
-    (struct.pack("<Q", 4) + b"{{{{", 400, "JSON"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        (b"not safetensors at all", 400, "header"),
+        (b"\x01\x02", 400, "truncated"),
+        (struct.pack("<Q", 10**12) + b"{}", 400, "exceeds"),
+        (struct.pack("<Q", 4) + b"{{{{", 400, "JSON"),
+    ],
+)
 def test_malformed_safetensors(tiny_box, body, status, fragment):
     _error(make_client(make_app(tiny_box)).post("/v1/forward", content=body), status, "bad_tensors", fragment)
 
@@ -125,18 +142,21 @@ def test_truncated_safetensors(tiny_box):
     _error(make_client(make_app(tiny_box)).post("/v1/forward", content=good[:-7]), 400, "bad_tensors")
 
 
-@pytest.mark.parametrize("change, status, fragment", [
-    (lambda t: {**t, "embeds": t["embeds"].double()}, 400, "F64"),
-    (lambda t: {**t, "embeds": t["embeds"].long()}, 422, "float32"),
-    (lambda t: {**t, "mask": t["mask"].float()}, 422, "int64"),
-    (lambda t: {**t, "embeds": torch.cat([t["embeds"], t["embeds"][..., :1]], -1)}, 422, "shape"),
-    (lambda t: {**t, "mask": t["mask"][:, :-1]}, 422, "shape"),
-    (lambda t: {**t, "embeds": t["embeds"][0]}, 422, "shape"),
-    (lambda t: {**t, "mask": t["mask"] * 2}, 422, "0 and 1"),
-    (lambda t: {"embeds": t["embeds"]}, 422, "mask"),
-    (lambda t: {**t, "weights": t["embeds"]}, 422, "unexpected"),
-    (lambda t: {**t, "entry.layer.1": torch.zeros(1, 16)}, 403, "light-gray"),
-])
+@pytest.mark.parametrize(
+    "change, status, fragment",
+    [
+        (lambda t: {**t, "embeds": t["embeds"].double()}, 400, "F64"),
+        (lambda t: {**t, "embeds": t["embeds"].long()}, 422, "float32"),
+        (lambda t: {**t, "mask": t["mask"].float()}, 422, "int64"),
+        (lambda t: {**t, "embeds": torch.cat([t["embeds"], t["embeds"][..., :1]], -1)}, 422, "shape"),
+        (lambda t: {**t, "mask": t["mask"][:, :-1]}, 422, "shape"),
+        (lambda t: {**t, "embeds": t["embeds"][0]}, 422, "shape"),
+        (lambda t: {**t, "mask": t["mask"] * 2}, 422, "0 and 1"),
+        (lambda t: {"embeds": t["embeds"]}, 422, "mask"),
+        (lambda t: {**t, "weights": t["embeds"]}, 422, "unexpected"),
+        (lambda t: {**t, "entry.layer.1": torch.zeros(1, 16)}, 403, "light-gray"),
+    ],
+)
 def test_invalid_forward_inputs(tiny_box, change, status, fragment):
     r = _forward(make_client(make_app(tiny_box)), change(_inputs(tiny_box)))
     _error(r, status, None, fragment)
@@ -183,15 +203,30 @@ def test_bad_json_bodies(tiny_box):
     _error(client.post("/v1/forward?train=maybe", content=b""), 422, "invalid")
 
 
-@pytest.mark.parametrize("path, body, status, code, fragment", [
-    ("/v1/encode", b'{"texts": ["\\ud800"]}', 422, "invalid", "lone surrogate"),  # a JSON escape
-    ("/v1/embed", b'{"texts": ["ok", "\\udfffx"]}', 422, "invalid", "text 1"),
-    ("/v1/scores", b'{"texts": ["a"], "labels": ["\\ud800"]}', 422, "invalid", "'labels'"),
-    ("/v1/encode", b"[" * 50_000 + b"]" * 50_000, 400, "bad_json", "nested too deep"),
-    ("/v1/embed", b'{"texts": ["a"], "max_length": ' + b"9" * 5000 + b"}", 400, "bad_json", "number too long"),
-    ("/v1/forward", struct.pack("<Q", 60_000) + b"[" * 30_000 + b"]" * 30_000, 400, "bad_tensors", "nested too deep"),
-    ("/v1/backward", struct.pack("<Q", 5006) + b"[" + b"7" * 5000 + b"]     ", 400, "bad_tensors", "number too long"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, code, fragment",
+    [
+        ("/v1/encode", b'{"texts": ["\\ud800"]}', 422, "invalid", "lone surrogate"),  # a JSON escape
+        ("/v1/embed", b'{"texts": ["ok", "\\udfffx"]}', 422, "invalid", "text 1"),
+        ("/v1/scores", b'{"texts": ["a"], "labels": ["\\ud800"]}', 422, "invalid", "'labels'"),
+        ("/v1/encode", b"[" * 50_000 + b"]" * 50_000, 400, "bad_json", "nested too deep"),
+        ("/v1/embed", b'{"texts": ["a"], "max_length": ' + b"9" * 5000 + b"}", 400, "bad_json", "number too long"),
+        (
+            "/v1/forward",
+            struct.pack("<Q", 60_000) + b"[" * 30_000 + b"]" * 30_000,
+            400,
+            "bad_tensors",
+            "nested too deep",
+        ),
+        (
+            "/v1/backward",
+            struct.pack("<Q", 5006) + b"[" + b"7" * 5000 + b"]     ",
+            400,
+            "bad_tensors",
+            "number too long",
+        ),
+    ],
+)
 def test_hostile_bodies_are_refused_not_crashed_on(tiny_box, path, body, status, code, fragment):
     """Each of these once made the server answer 500 (an exception no handler expected)."""
     client = make_client(make_app(tiny_box))
@@ -213,8 +248,12 @@ def test_a_declared_content_type_must_be_the_routes(tiny_box):
     client = make_client(make_app(tiny_box))
     body = wire.encode(_inputs(tiny_box))
     _error(client.post("/v1/forward", content=body, headers={"Content-Type": "text/plain"}), 415, "media_type")
-    _error(client.post("/v1/encode", content=b'{"texts": ["a"]}', headers={"Content-Type": wire.MEDIA_TYPE}),
-           415, "media_type", "application/json")
+    _error(
+        client.post("/v1/encode", content=b'{"texts": ["a"]}', headers={"Content-Type": wire.MEDIA_TYPE}),
+        415,
+        "media_type",
+        "application/json",
+    )
     ok = {"Content-Type": f"{wire.MEDIA_TYPE}; charset=binary"}  # parameters are ignored; absent is accepted
     assert client.post("/v1/forward", content=body, headers=ok).status_code == 200
     assert client.post("/v1/forward", content=body).status_code == 200
@@ -244,7 +283,9 @@ def test_handles_are_single_use_and_bound_to_their_token(tiny_box):
     assert mine.post("/v1/backward", content=grad).status_code == 200
     _error(mine.post("/v1/backward", content=grad), 410, "handle_expired")  # used
     _error(theirs.post("/v1/backward", content=grad), 404, "handle_unknown")
-    _error(mine.post("/v1/backward", content=wire.encode({"grad_outputs": torch.ones(2, 16)})), 422, "invalid", "handle")
+    _error(
+        mine.post("/v1/backward", content=wire.encode({"grad_outputs": torch.ones(2, 16)})), 422, "invalid", "handle"
+    )
     _error(mine.post("/v1/backward", content=wire.encode({"grad_outputs": torch.ones(2, 16)}, {"handle": "nope"})), 404)
 
 
@@ -312,9 +353,13 @@ def test_black_level_refuses_gradients_but_answers_encode_and_scores(tiny_backbo
     _error(client.post("/v1/backward", content=wire.encode({"grad_outputs": torch.ones(1, 16)})), 403, "access")
     out = wire.decode(client.post("/v1/encode", json={"texts": ["the red car", "sky"]}).content).tensors["outputs"]
     assert torch.allclose(out, tiny_box.encode(["the red car", "sky"]), atol=1e-6)
-    scores = wire.decode(client.post("/v1/scores", json={"texts": ["the red car"], "labels": ["red", "blue", "green"]}).content)
-    ref = torch.nn.functional.normalize(tiny_box.encode(["the red car"]), dim=-1) @ \
-        torch.nn.functional.normalize(tiny_box.encode(["red", "blue", "green"]), dim=-1).T
+    scores = wire.decode(
+        client.post("/v1/scores", json={"texts": ["the red car"], "labels": ["red", "blue", "green"]}).content
+    )
+    ref = (
+        torch.nn.functional.normalize(tiny_box.encode(["the red car"]), dim=-1)
+        @ torch.nn.functional.normalize(tiny_box.encode(["red", "blue", "green"]), dim=-1).T
+    )
     assert torch.allclose(scores.tensors["scores"], ref, atol=1e-6)
 
 
@@ -395,18 +440,31 @@ def _requests(client, box) -> dict[tuple[str, str], list]:
     return {
         ("get", "/v1/health"): [lambda: client.get("/v1/health")],
         ("get", "/v1/spec"): [lambda: client.get("/v1/spec")],
-        ("post", "/v1/embed"): [lambda: client.post("/v1/embed", json=texts),
-                                lambda: client.post("/v1/embed", json={"texts": 3})],
-        ("post", "/v1/forward"): [lambda: fwd, lambda: _forward(client, t),
-                                  lambda: _forward(client, {**t, "embeds": t["embeds"][..., :3]})],
-        ("post", "/v1/backward"): [lambda: client.post("/v1/backward", content=grad),
-                                   lambda: client.post("/v1/backward", content=grad)],
-        ("post", "/v1/encode"): [lambda: client.post("/v1/encode", json=texts),
-                                 lambda: client.post("/v1/encode", content=b"\xff")],
-        ("post", "/v1/scores"): [lambda: client.post("/v1/scores", json={**texts, "labels": ["red", "blue"]}),
-                                 lambda: client.post("/v1/scores", json=texts)],
-        ("post", "/v1/embeddings"): [lambda: client.post("/v1/embeddings", json={"model": name, "input": texts["texts"]}),
-                                     lambda: client.post("/v1/embeddings", json={"model": "other", "input": "x"})],
+        ("post", "/v1/embed"): [
+            lambda: client.post("/v1/embed", json=texts),
+            lambda: client.post("/v1/embed", json={"texts": 3}),
+        ],
+        ("post", "/v1/forward"): [
+            lambda: fwd,
+            lambda: _forward(client, t),
+            lambda: _forward(client, {**t, "embeds": t["embeds"][..., :3]}),
+        ],
+        ("post", "/v1/backward"): [
+            lambda: client.post("/v1/backward", content=grad),
+            lambda: client.post("/v1/backward", content=grad),
+        ],
+        ("post", "/v1/encode"): [
+            lambda: client.post("/v1/encode", json=texts),
+            lambda: client.post("/v1/encode", content=b"\xff"),
+        ],
+        ("post", "/v1/scores"): [
+            lambda: client.post("/v1/scores", json={**texts, "labels": ["red", "blue"]}),
+            lambda: client.post("/v1/scores", json=texts),
+        ],
+        ("post", "/v1/embeddings"): [
+            lambda: client.post("/v1/embeddings", json={"model": name, "input": texts["texts"]}),
+            lambda: client.post("/v1/embeddings", json={"model": "other", "input": "x"}),
+        ],
         ("get", "/v1/models"): [lambda: client.get("/v1/models")],
         ("get", "/v1/models/{model}"): [lambda: client.get(f"/v1/models/{name}"), lambda: client.get("/v1/models/x")],
     }

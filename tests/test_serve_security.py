@@ -66,7 +66,9 @@ def _inputs(box, n: int = 2) -> dict:
 
 
 def _train(client, tensors):
-    return client.post("/v1/forward?train=true", content=wire.encode(tensors), headers={"Content-Type": wire.MEDIA_TYPE})
+    return client.post(
+        "/v1/forward?train=true", content=wire.encode(tensors), headers={"Content-Type": wire.MEDIA_TYPE}
+    )
 
 
 # -- item 2: work per request and fairness ------------------------------------------------------
@@ -135,12 +137,14 @@ def test_a_heavy_request_delays_another_tokens_small_one_by_one_unit(tiny_box):
     heavy_texts = ["the red car is very fast today"] * 6  # 32 bytes each: one unit per text
     box.hold = (1, tiny_box.embed(heavy_texts[:1]).embeds.shape[1])
     answers = {}
-    heavy = threading.Thread(target=lambda: answers.update(
-        heavy=make_client(app).post("/v1/encode", json={"texts": heavy_texts})))
+    heavy = threading.Thread(
+        target=lambda: answers.update(heavy=make_client(app).post("/v1/encode", json={"texts": heavy_texts}))
+    )
     heavy.start()
     assert box.holding.wait(20)  # the heavy request is in its first unit
-    light = threading.Thread(target=lambda: answers.update(
-        light=make_client(app, OTHER).post("/v1/encode", json={"texts": ["red"]})))
+    light = threading.Thread(
+        target=lambda: answers.update(light=make_client(app, OTHER).post("/v1/encode", json={"texts": ["red"]}))
+    )
     light.start()
     assert _wait_for(lambda: app.state.service.scheduler.waiting() >= 1)
     box.hold = None
@@ -263,10 +267,24 @@ def test_a_trailing_slash_is_not_redirected_to_the_callers_host(tiny_box):
 
 def test_a_client_hanging_up_is_one_log_line(tiny_box, caplog):
     app = make_app(tiny_box)
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/encode", "raw_path": b"/v1/encode", "root_path": "", "query_string": b"",
-             "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-type", b"application/json"),
-                         (b"host", b"testserver")], "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/encode",
+        "raw_path": b"/v1/encode",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            (b"content-type", b"application/json"),
+            (b"host", b"testserver"),
+        ],
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8000),
+    }
 
     async def receive():
         return {"type": "http.disconnect"}
@@ -297,8 +315,11 @@ def test_slow_request_heads_and_bodies_are_cut(tiny_box):
         head.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
         assert head.recv(100) == b""  # closed, not waiting for good
         body = _socket(url)
-        body.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode() + b'{"texts": ')
+        body.sendall(
+            b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode()
+            + b'{"texts": '
+        )
         assert body.recv(200).startswith(b"HTTP/1.1 408")
         kept = _socket(url)  # a kept-alive connection: the next request's head is timed too
         kept.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -331,14 +352,43 @@ def test_serve_flags_reach_the_app_and_the_listener(tiny_backbone, tmp_path):
     p = argparse.ArgumentParser()
     add_serve_args(p)
     help_text = p.format_help()
-    for flag in ("--max-tokens-per-request", "--max-response-mb", "--fair-unit-tokens", "--body-timeout",
-                 "--header-timeout", "--keep-alive-timeout", "--max-connections", "--login-failures"):
+    for flag in (
+        "--max-tokens-per-request",
+        "--max-response-mb",
+        "--fair-unit-tokens",
+        "--body-timeout",
+        "--header-timeout",
+        "--keep-alive-timeout",
+        "--max-connections",
+        "--login-failures",
+    ):
         assert flag in help_text
-    args = p.parse_args(["--model", str(tiny_backbone), "--no-auth", "--max-tokens-per-request", "100",
-                         "--max-response-mb", "1", "--header-timeout", "3", "--max-connections", "9",
-                         "--login-failures", "5", "--body-timeout", "7",
-                         "--owner-secret-file", str(tmp_path / "owner-secret")])
+    args = p.parse_args(
+        [
+            "--model",
+            str(tiny_backbone),
+            "--no-auth",
+            "--max-tokens-per-request",
+            "100",
+            "--max-response-mb",
+            "1",
+            "--header-timeout",
+            "3",
+            "--max-connections",
+            "9",
+            "--login-failures",
+            "5",
+            "--body-timeout",
+            "7",
+            "--owner-secret-file",
+            str(tmp_path / "owner-secret"),
+        ]
+    )
     config = build_server(args).state.service.config
-    assert (config.max_tokens_per_request, config.max_response_bytes, config.login_failures,
-            config.body_timeout_s) == (100, 2**20, 5, 7.0)
+    assert (config.max_tokens_per_request, config.max_response_bytes, config.login_failures, config.body_timeout_s) == (
+        100,
+        2**20,
+        5,
+        7.0,
+    )
     assert listen_config(args) == ListenConfig(keep_alive_s=5.0, header_timeout_s=3.0, max_connections=9)

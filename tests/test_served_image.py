@@ -45,8 +45,10 @@ def same_adapters(local: GrayBoxModel, far: GrayBoxModel) -> None:
     local.load_state_dict(far.state_dict())
 
 
-@pytest.mark.parametrize("kind, light, stateless", [("vit", False, False), ("dinov2", True, False),
-                                                    ("vit", True, True), ("clip", False, True)])
+@pytest.mark.parametrize(
+    "kind, light, stateless",
+    [("vit", False, False), ("dinov2", True, False), ("vit", True, True), ("clip", False, True)],
+)
 def test_served_image_box_gives_local_gradients(kind, light, stateless):
     options = {"entry_points": "all", "entry_tokens_max": 2} if light else {}
     if kind == "clip":
@@ -94,15 +96,21 @@ def test_bad_pixels_and_text_routes_are_refused():
     box = VisionEncoderBox(tiny_vision())
     client = make_client(make_app(box, max_body_bytes=200_000))
     good = torch.randn(2, 3, 32, 32)
-    assert client.post("/v1/forward", content=wire.encode({"pixels": good}),
-                       headers={"Content-Type": wire.MEDIA_TYPE}).status_code == 200
-    bad = {"wrong shape": {"pixels": torch.randn(2, 3, 16, 16)},
-           "wrong dtype": {"pixels": good.long()},
-           "NaN": {"pixels": good.clone().fill_(float("nan"))},
-           "missing": {"embeds": torch.randn(2, 4, 32)},
-           "extra": {"pixels": good, "mask": torch.ones(2, 4, dtype=torch.long)},
-           "entry at dark-gray": {"pixels": good, "entry.layer.0": torch.randn(1, 32)},
-           "too large": {"pixels": torch.randn(20, 3, 32, 32)}}
+    assert (
+        client.post(
+            "/v1/forward", content=wire.encode({"pixels": good}), headers={"Content-Type": wire.MEDIA_TYPE}
+        ).status_code
+        == 200
+    )
+    bad = {
+        "wrong shape": {"pixels": torch.randn(2, 3, 16, 16)},
+        "wrong dtype": {"pixels": good.long()},
+        "NaN": {"pixels": good.clone().fill_(float("nan"))},
+        "missing": {"embeds": torch.randn(2, 4, 32)},
+        "extra": {"pixels": good, "mask": torch.ones(2, 4, dtype=torch.long)},
+        "entry at dark-gray": {"pixels": good, "entry.layer.0": torch.randn(1, 32)},
+        "too large": {"pixels": torch.randn(20, 3, 32, 32)},
+    }
     for what, tensors in bad.items():
         r = client.post("/v1/forward", content=wire.encode(tensors), headers={"Content-Type": wire.MEDIA_TYPE})
         assert 400 <= r.status_code < 500 and r.json()["error"], what
@@ -132,28 +140,110 @@ def test_cli_serves_image_boxes_and_image_tasks_train_remotely(tmp_path, capsys)
     rows = write_shapes(tmp_path / "img", 1)
     (tmp_path / "c.csv").write_text("image,caption\n" + "".join(f"{f},a {c} {s}\n" for f, c, s in rows))
     serve = ["serve", "--model", str(clip), "--no-auth", "--owner-secret-file", str(tmp_path / "secret")]
-    app = build_server(build_parser().parse_args([*serve, "--kind", "clip", "--level", "light-gray",
-                                                  "--entry-points", "1"]))
+    app = build_server(
+        build_parser().parse_args([*serve, "--kind", "clip", "--level", "light-gray", "--entry-points", "1"])
+    )
     assert set(app.state.services) == {"text", "image"}
     with running_server(app) as url:
         common = ["--images", str(tmp_path / "img"), "--remote", url]
-        assert main(["train", "--task", "image-retrieval", *common, "--captions", str(tmp_path / "c.csv"),
-                     "--epochs", "1", "--output-dir", str(tmp_path / "ret"), "--quiet", "--entry-tokens", "1"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--task",
+                    "image-retrieval",
+                    *common,
+                    "--captions",
+                    str(tmp_path / "c.csv"),
+                    "--epochs",
+                    "1",
+                    "--output-dir",
+                    str(tmp_path / "ret"),
+                    "--quiet",
+                    "--entry-tokens",
+                    "1",
+                ]
+            )
+            == 0
+        )
         config = __import__("json").loads((tmp_path / "ret" / "best" / "adapter_config.json").read_text())
         assert config["access"] == "light-gray"
-        assert main(["eval", "--task", "image-retrieval", *common, "--captions", str(tmp_path / "c.csv"),
-                     "--adapter", str(tmp_path / "ret" / "best")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--task",
+                    "image-retrieval",
+                    *common,
+                    "--captions",
+                    str(tmp_path / "c.csv"),
+                    "--adapter",
+                    str(tmp_path / "ret" / "best"),
+                ]
+            )
+            == 0
+        )
         sketchy = write_sketchy(tmp_path / "sketchy")  # the served pair's image tower, twice
-        assert main(["train", "--task", "sketch-retrieval", "--sketches", str(sketchy), "--remote", url,
-                     "--epochs", "1", "--batch-size", "8", "--output-dir", str(tmp_path / "sk"), "--quiet"]) == 0
-        assert main(["eval", "--task", "sketch-retrieval", "--sketches", str(sketchy), "--remote", url,
-                     "--adapter", str(tmp_path / "sk" / "best")]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--task",
+                    "sketch-retrieval",
+                    "--sketches",
+                    str(sketchy),
+                    "--remote",
+                    url,
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "8",
+                    "--output-dir",
+                    str(tmp_path / "sk"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "eval",
+                    "--task",
+                    "sketch-retrieval",
+                    "--sketches",
+                    str(sketchy),
+                    "--remote",
+                    url,
+                    "--adapter",
+                    str(tmp_path / "sk" / "best"),
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
     image_app = build_server(build_parser().parse_args([*serve, "--kind", "image"]))
     assert image_app.state.service.spec.modality == "image"
     with running_server(image_app) as url:
-        assert main(["train", "--task", "image-retrieval", "--images", str(tmp_path / "img"), "--remote", url,
-                     "--captions", str(tmp_path / "c.csv"), "--output-dir", str(tmp_path / "x"), "--quiet"]) == 2
+        assert (
+            main(
+                [
+                    "train",
+                    "--task",
+                    "image-retrieval",
+                    "--images",
+                    str(tmp_path / "img"),
+                    "--remote",
+                    url,
+                    "--captions",
+                    str(tmp_path / "c.csv"),
+                    "--output-dir",
+                    str(tmp_path / "x"),
+                    "--quiet",
+                ]
+            )
+            == 2
+        )
         assert "serves one image box" in capsys.readouterr().err
     with pytest.raises(Exception, match="dark-gray or light-gray"):
         build_server(build_parser().parse_args([*serve, "--kind", "image", "--level", "black"]))
@@ -167,11 +257,28 @@ def test_reliability_pixels_section_holds():
 
     result = pixels.run(SimpleNamespace(wire_examples=90))
     assert result["ok"], (result["failed"], result["problems"], result["status_classes"])
-    assert result["cases"] == 90 and result["status_classes"].get("4xx", 0) > 60 and "5xx" not in result["status_classes"]
+    assert (
+        result["cases"] == 90 and result["status_classes"].get("4xx", 0) > 60 and "5xx" not in result["status_classes"]
+    )
     assert result["checks"] >= 3 * 6 + 3 and result["relative_gradient_error_after"] < 1e-4
-    doc = {"quick": True, "command": "x", "date": "d", "machine": "m", "backbone": "b", "seconds": 1.0, "ok": True,
-           "summary": {"load_held": True, "soak_held": True, "bad_inputs_tried": 0, "server_errors_5xx": 0,
-                       "faults_survived": "0/0", "data_lost": "none"}, "sections": {"pixels": result}}
+    doc = {
+        "quick": True,
+        "command": "x",
+        "date": "d",
+        "machine": "m",
+        "backbone": "b",
+        "seconds": 1.0,
+        "ok": True,
+        "summary": {
+            "load_held": True,
+            "soak_held": True,
+            "bad_inputs_tried": 0,
+            "server_errors_5xx": 0,
+            "faults_survived": "0/0",
+            "data_lost": "none",
+        },
+        "sections": {"pixels": result},
+    }
     assert "| image box (pixels) | held:" in markdown(doc)
 
 
@@ -229,8 +336,11 @@ def test_cli_serves_image_boxes_under_the_keyed_digest(tmp_path, kind):
     secret_file = tmp_path / "secret"
 
     def served():
-        app = build_server(build_parser().parse_args(["serve", "--model", str(folder), "--no-auth", "--kind", kind,
-                                                      "--owner-secret-file", str(secret_file)]))
+        app = build_server(
+            build_parser().parse_args(
+                ["serve", "--model", str(folder), "--no-auth", "--kind", kind, "--owner-secret-file", str(secret_file)]
+            )
+        )
         services = getattr(app.state, "services", None) or {"": app.state.service}
         return {name: service.spec.model_digest for name, service in services.items()}
 

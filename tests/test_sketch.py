@@ -98,7 +98,10 @@ def test_two_folder_layout_and_errors(tmp_path):
     draw_shape("circle", "blue").save(tmp_path / "ph" / "star" / "s.png")
     with pytest.raises(DataError, match="bad.png: not a readable image"):
         load_sketch_photos(tmp_path / "sk", tmp_path / "ph")
-    with warnings.catch_warnings(), pytest.raises(DataError, match=r"no readable sketches or photos left in classes \['star'\]"):
+    with (
+        warnings.catch_warnings(),
+        pytest.raises(DataError, match=r"no readable sketches or photos left in classes \['star'\]"),
+    ):
         warnings.simplefilter("ignore")
         load_sketch_photos(tmp_path / "sk", tmp_path / "ph", skip_bad=True)
     with pytest.raises(DataError, match="not Sketchy's layout"):
@@ -115,8 +118,10 @@ def test_metric_values():
     assert m["map@all"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
     assert m["precision@100"] == pytest.approx(0.5)  # top 4 of 4: half relevant
     assert m["acc@1"] == 0.5  # query 1's own photo is first, query 0's is not
-    assert sketch_metrics(queries, gallery, [0, 1], [0, 0, 1, 1])["acc@1"] != sketch_metrics(
-        queries, gallery, [0, 1], [0, 0, 1, 1])["acc@1"]  # NaN: no pairing known
+    assert (
+        sketch_metrics(queries, gallery, [0, 1], [0, 0, 1, 1])["acc@1"]
+        != sketch_metrics(queries, gallery, [0, 1], [0, 0, 1, 1])["acc@1"]
+    )  # NaN: no pairing known
 
 
 def test_training_raises_map_on_seen_classes(box, sketchy):
@@ -137,8 +142,11 @@ def test_two_boxes_save_and_load(box, sketchy, tmp_path):
     other = VisionEncoderBox(tiny_vision("dinov2"))
     torch.manual_seed(0)
     model = SketchPhotoRetriever(box, other, photo_dga=DGAConfig.variant("output-only", modality="image"))
-    Trainer(TrainConfig(epochs=1, batch_size=8, lr=1e-2, select_metric="map@all", patience=None), tmp_path / "run",
-            progress=False).fit(model, *sketchy.split(0.25))
+    Trainer(
+        TrainConfig(epochs=1, batch_size=8, lr=1e-2, select_metric="map@all", patience=None),
+        tmp_path / "run",
+        progress=False,
+    ).fit(model, *sketchy.split(0.25))
     folder = tmp_path / "run" / "best"
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["type"] == "dga-sketch-photo-retriever" and cfg["photo_dga"]["input_adapter"] is None

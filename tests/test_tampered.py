@@ -44,6 +44,7 @@ def _set(path, value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return change
 
 
@@ -177,6 +178,7 @@ def _tensors(change):
         state = load_file(str(file))
         change(state)
         save_file(state, str(file))
+
     return edit
 
 
@@ -186,6 +188,7 @@ def _meta(change):
         meta = json.loads(file.read_text())
         change(meta)
         file.write_text(json.dumps(meta))
+
     return edit
 
 
@@ -199,8 +202,10 @@ def _first(state, part):
 CHECKPOINT_ATTACKS = {
     "NaN weights": (_tensors(lambda s: s[_first(s, "model")].fill_(float("nan"))), "NaN"),
     "weights of another shape": (_tensors(lambda s: s.update({_first(s, "model"): torch.zeros(3)})), "shape"),
-    "optimizer moment of another shape": (_tensors(lambda s: s.update({_first(s, "optimizer"): torch.zeros(2, 2)})),
-                                          "optimizer state"),
+    "optimizer moment of another shape": (
+        _tensors(lambda s: s.update({_first(s, "optimizer"): torch.zeros(2, 2)})),
+        "optimizer state",
+    ),
     "rng a float tensor": (_tensors(lambda s: s.update({_first(s, "rng"): torch.zeros(3)})), "rng"),
     "epoch a string": (_meta(lambda m: m["state"].update(epoch="one")), "state.epoch"),
     "global step negative": (_meta(lambda m: m["state"].update(global_step=-5)), "state.global_step"),

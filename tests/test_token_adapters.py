@@ -47,9 +47,16 @@ def test_lowrank_is_input_dependent_and_composes_with_shift_and_tokens(tiny_box)
     torch.testing.assert_close(embeds[:, 3:][real], (batch.embeds + expected)[:, 1:][real])
 
 
-@pytest.mark.parametrize("kwargs, match", [({"rank": 0}, "rank"), ({"rank": True}, "rank"),
-                                           ({"activation": "swish"}, "activation"),
-                                           ({"extra_tokens": -1}, "extra_tokens"), ({"init_std": -1.0}, "init_std")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rank": 0}, "rank"),
+        ({"rank": True}, "rank"),
+        ({"activation": "swish"}, "activation"),
+        ({"extra_tokens": -1}, "extra_tokens"),
+        ({"init_std": -1.0}, "init_std"),
+    ],
+)
 def test_lowrank_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TokenLowRankConfig(**kwargs)
@@ -82,14 +89,17 @@ def test_parameter_groups_split_a_tower(tiny_box):
 # -- bench names ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("dga-lowrank16", ("dga", "both+lowrank(r=16)", "dark-gray")),
-    ("dga-input-only-lowrank4-gelu", ("dga", "input-only+lowrank(r=4, gelu)", "dark-gray")),
-    ("lga-8", ("lga", "tokens=8", "light-gray")),
-    ("lga-8-upper", ("lga", "tokens=8, upper half", "light-gray")),
-    ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
-    ("lga", ("lga", "tokens=2", "light-gray")),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("dga-lowrank16", ("dga", "both+lowrank(r=16)", "dark-gray")),
+        ("dga-input-only-lowrank4-gelu", ("dga", "input-only+lowrank(r=4, gelu)", "dark-gray")),
+        ("lga-8", ("lga", "tokens=8", "light-gray")),
+        ("lga-8-upper", ("lga", "tokens=8, upper half", "light-gray")),
+        ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
+        ("lga", ("lga", "tokens=2", "light-gray")),
+    ],
+)
 def test_gray_method_names(name, expected):
     assert graymethods.describe(name, classification.METHODS) == expected
     assert graymethods.describe(name, retrieval.METHODS) == expected
@@ -114,9 +124,9 @@ def test_upper_half_entry_tokens(tiny_backbone):
     box = gray.load_box(str(tiny_backbone))
     dga = gray.dga_config(box)
     names = [e.name for e in box.spec.entry_points]
-    assert dga.entry_tokens.points == names[len(names) // 2:] and dga.entry_tokens.tokens == 3
+    assert dga.entry_tokens.points == names[len(names) // 2 :] and dga.entry_tokens.tokens == 3
     model = GrayBoxModel(box, dga)
-    assert model.entry_tokens.names == names[len(names) // 2:]
+    assert model.entry_tokens.names == names[len(names) // 2 :]
 
 
 def test_group_rates_and_budget_keys():
@@ -144,15 +154,42 @@ def test_bench_takes_gray_names_and_group_rates(tmp_path, monkeypatch, capsys):
     def fake_run(fn, name, dataset, seed, data_dir, budget, backbone):
         calls.append((name, budget.train_lrs(graymethods.parse(name).method)))
         method, variant, access = graymethods.describe(name, classification.METHODS)
-        return {"dataset": dataset, "method": method, "variant": variant, "access": access, "seed": seed,
-                "metrics": {"accuracy": 0.5, "macro_f1": 0.5}, "trainable_params": 1, "train_seconds": 1.0,
-                "seconds_per_step": 0.1, "lr": budget.lr, "n_train": 1, "n_val": 1, "n_test": 1}
+        return {
+            "dataset": dataset,
+            "method": method,
+            "variant": variant,
+            "access": access,
+            "seed": seed,
+            "metrics": {"accuracy": 0.5, "macro_f1": 0.5},
+            "trainable_params": 1,
+            "train_seconds": 1.0,
+            "seconds_per_step": 0.1,
+            "lr": budget.lr,
+            "n_train": 1,
+            "n_val": 1,
+            "n_test": 1,
+        }
 
     monkeypatch.setattr(bench, "run_isolated", fake_run)
-    argv = ["bench", "classification", "--methods", "dga-lowrank8", "lga-8-upper", "--seeds", "0",
-            "--lr", "dga=1e-3", "dga.tokens=5e-2", "--out-dir", str(tmp_path)]
+    argv = [
+        "bench",
+        "classification",
+        "--methods",
+        "dga-lowrank8",
+        "lga-8-upper",
+        "--seeds",
+        "0",
+        "--lr",
+        "dga=1e-3",
+        "dga.tokens=5e-2",
+        "--out-dir",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
-    assert calls == [("dga-lowrank8", {"lr": 1e-3, "lr_tokens": 5e-2}), ("lga-8-upper", {"lr": 1e-3, "lr_tokens": 5e-2})]
+    assert calls == [
+        ("dga-lowrank8", {"lr": 1e-3, "lr_tokens": 5e-2}),
+        ("lga-8-upper", {"lr": 1e-3, "lr_tokens": 5e-2}),
+    ]
     table = (tmp_path / "classification.md").read_text()
     assert "both+lowrank(r=8)" in table and "tokens=8, upper half" in table
     capsys.readouterr()
@@ -171,8 +208,17 @@ def test_steps_suite_takes_gray_names(tmp_path, monkeypatch, capsys):
     def fake_step(fn, name, dataset, data_dir, budget, backbone, n):
         seen.append(name)
         method, variant, access = graymethods.describe(name, classification.METHODS)
-        return {"dataset": dataset, "method": method, "variant": variant, "access": access, "batch_size": 8,
-                "trainable_params": 1, "seconds_per_step": 0.1, "seconds_per_step_p90": 0.1, "peak_memory_mb": 1}
+        return {
+            "dataset": dataset,
+            "method": method,
+            "variant": variant,
+            "access": access,
+            "batch_size": 8,
+            "trainable_params": 1,
+            "seconds_per_step": 0.1,
+            "seconds_per_step_p90": 0.1,
+            "peak_memory_mb": 1,
+        }
 
     monkeypatch.setattr(steps, "run_isolated", fake_step)
     assert main(["bench", "steps", "--methods", "dga-lowrank16", "lora", "--out-dir", str(tmp_path)]) == 0

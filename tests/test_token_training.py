@@ -43,15 +43,17 @@ def _train_a_little(model):
 
 @pytest.mark.parametrize("input_cls", [TextShiftConfig, TokenLowRankConfig])
 def test_reparameterised_tokens_start_as_plain_ones_and_fold_when_saved(input_cls, light_box, tmp_path):
-    plain = TextClassifier(light_box, LABELS, DGAConfig(input_adapter=input_cls(extra_tokens=2),
-                                                        entry_tokens=EntryTokensConfig()))
+    plain = TextClassifier(
+        light_box, LABELS, DGAConfig(input_adapter=input_cls(extra_tokens=2), entry_tokens=EntryTokensConfig())
+    )
     model = TextClassifier(light_box, LABELS, _reparam_dga(input_cls))
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)  # the same free tokens
     assert not unexpected and all("mlp" in k for k in missing)
     torch.testing.assert_close(model.predict_proba(TEXTS), plain.predict_proba(TEXTS))  # up starts at zero
     groups = parameter_groups(model)
-    mlps = {id(p) for m in (model.encoder.input_adapter.extra_mlp, model.encoder.entry_tokens.mlps)
-            for p in m.parameters()}
+    mlps = {
+        id(p) for m in (model.encoder.input_adapter.extra_mlp, model.encoder.entry_tokens.mlps) for p in m.parameters()
+    }
     assert mlps <= {id(p) for p in groups["tokens"]}
     _train_a_little(model)
     assert model.encoder.input_adapter.extra_mlp.up.weight.abs().sum() > 0  # the MLP trained
@@ -81,8 +83,9 @@ def test_reparam_is_validated(kwargs):
 
 
 def test_tokens_start_from_the_boxs_embeddings_of_words(light_box):
-    model = GrayBoxModel(light_box, DGAConfig(input_adapter=TextShiftConfig(extra_tokens=2),
-                                              entry_tokens=EntryTokensConfig(tokens=2)))
+    model = GrayBoxModel(
+        light_box, DGAConfig(input_adapter=TextShiftConfig(extra_tokens=2), entry_tokens=EntryTokensConfig(tokens=2))
+    )
     vectors = word_embeddings(light_box, LABELS)
     batch = light_box.embed(["red"])
     torch.testing.assert_close(vectors[0], batch.embeds[0, 1])  # [CLS] red [SEP]: the word's own piece
@@ -112,7 +115,8 @@ def test_bench_names_for_token_training():
     assert (gray.tokens, gray.upper, gray.reparam, gray.init) == (8, True, 64, "frequent")
     assert gray.variant == "tokens=8, upper half+rpt(h=64)+init=frequent"
     assert graymethods.describe("dga-lowrank16-rpt32-init-labels", classification.METHODS)[1] == (
-        "both+lowrank(r=16)+rpt(h=32)+init=labels")
+        "both+lowrank(r=16)+rpt(h=32)+init=labels"
+    )
     assert gray.input_config() == TextShiftConfig(reparam=64)
     with pytest.raises(ConfigError, match="output-only"):
         graymethods.parse("dga-output-only-rpt8")
@@ -122,9 +126,26 @@ def test_cli_token_options(tiny_backbone, tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in LABELS))
     run = tmp_path / "run"
-    argv = ["train", "--file", str(csv), "--backbone", str(tiny_backbone), "--epochs", "1", "--batch-size", "8",
-            "--quiet", "--token-reparam", "8", "--token-init", "labels", "--entry-tokens", "2",
-            "--output-dir", str(run)]
+    argv = [
+        "train",
+        "--file",
+        str(csv),
+        "--backbone",
+        str(tiny_backbone),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--token-reparam",
+        "8",
+        "--token-init",
+        "labels",
+        "--entry-tokens",
+        "2",
+        "--output-dir",
+        str(run),
+    ]
     assert main(argv) == 0
     saved = json.loads((run / "best" / "adapter_config.json").read_text())["dga"]
     assert "reparam" not in saved["input_adapter"] and "reparam" not in saved["entry_tokens"]

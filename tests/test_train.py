@@ -101,9 +101,17 @@ def test_checkpoints_are_json_and_safetensors_only(tiny_box, tmp_path):
     model = TextClassifier(tiny_box, train.label_names, DGAConfig())
     Trainer(TrainConfig(epochs=1, **FAST), tmp_path, progress=False).fit(model, train, val)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert files == ["best/README.md", "best/adapter_config.json", "best/adapter_model.safetensors",
-                     "best/checksums.sha256", "last/checkpoint.safetensors", "last/checksums.sha256",
-                     "last/trainer_state.json", "logs/epochs.csv", "logs/steps.csv"]  # README: the model card
+    assert files == [
+        "best/README.md",
+        "best/adapter_config.json",
+        "best/adapter_model.safetensors",
+        "best/checksums.sha256",
+        "last/checkpoint.safetensors",
+        "last/checksums.sha256",
+        "last/trainer_state.json",
+        "logs/epochs.csv",
+        "logs/steps.csv",
+    ]  # README: the model card
 
 
 def test_resume_refuses_changed_settings(tiny_box, tmp_path):
@@ -128,8 +136,14 @@ def test_every_schedule_trains_and_resumes(schedule, tiny_box, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"schedule": "zigzag"}, "schedule"),
-     ({"warmup_ratio": 1.0}, "warmup_ratio"), ({"patience": 0}, "patience"), ({"max_steps": 0}, "max_steps")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": 0}, "lr"),
+        ({"schedule": "zigzag"}, "schedule"),
+        ({"warmup_ratio": 1.0}, "warmup_ratio"),
+        ({"patience": 0}, "patience"),
+        ({"max_steps": 0}, "max_steps"),
+    ],
 )
 def test_train_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):

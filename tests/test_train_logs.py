@@ -118,11 +118,22 @@ def test_resume_with_more_epochs_extends_a_finished_run(tiny_box, tmp_path):
 def test_train_refuses_a_non_empty_output_dir_without_resume_or_overwrite(tiny_backbone, tmp_path, capsys):
     data = colour_data(30)
     file = tmp_path / "colours.csv"
-    file.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels,
-                                                                                             strict=True)))
+    file.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     out = tmp_path / "run"
-    argv = ["train", "--file", str(file), "--backbone", str(tiny_backbone), "--batch-size", "16", "--quiet",
-            "--output-dir", str(out)]
+    argv = [
+        "train",
+        "--file",
+        str(file),
+        "--backbone",
+        str(tiny_backbone),
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--output-dir",
+        str(out),
+    ]
     assert main([*argv, "--epochs", "1"]) == 0
     capsys.readouterr()
     assert main([*argv, "--epochs", "1"]) == 2

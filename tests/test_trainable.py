@@ -22,8 +22,15 @@ from exotune.whitebox import WhiteBoxClassifier
 
 from .conftest import colour_data
 
-TASK_MODELS = [TextClassifier, ImageClassifier, DualEncoder, ImageTextRetriever, VideoTextRetriever,
-               SketchPhotoRetriever, WhiteBoxClassifier]
+TASK_MODELS = [
+    TextClassifier,
+    ImageClassifier,
+    DualEncoder,
+    ImageTextRetriever,
+    VideoTextRetriever,
+    SketchPhotoRetriever,
+    WhiteBoxClassifier,
+]
 
 
 @pytest.mark.parametrize("cls", TASK_MODELS, ids=lambda c: c.__name__)
@@ -32,7 +39,6 @@ def test_every_task_model_takes_the_shared_half_from_the_mixin(cls):
     for name in ("trainable_parameters", "num_trainable", "save_pretrained", "read_config"):
         assert getattr(cls, name).__qualname__.startswith("AdapterModelMixin."), name  # written once
     assert isinstance(cls.adapter_type, str)
-
 
 
 def test_task_models_satisfy_the_trainer_protocol(tiny_box):

@@ -72,8 +72,7 @@ def edited_copy(folder, target, source: dict | None):
     return target
 
 
-def test_from_pretrained_without_a_source_tries_the_default_and_checks_the_fingerprint(trained, tmp_path,
-                                                                                        monkeypatch):
+def test_from_pretrained_without_a_source_tries_the_default_and_checks_the_fingerprint(trained, tmp_path, monkeypatch):
     from exotune.boxes import load_box, loading
 
     copy = edited_copy(trained[0], tmp_path / "old", None)
@@ -152,14 +151,32 @@ def test_embed_reads_a_column_and_refuses_parquet_without_pyarrow(trained, tmp_p
     out = tmp_path / "emb.npy"
     assert main(["embed", "--adapter", str(folder), "--input-file", str(data), "--output", str(out), "--quiet"]) == 0
     assert np.load(out).shape[0] == 3
-    assert main(["embed", "--adapter", str(folder), "--input-file", str(data), "--output", str(out),
-                 "--text-column", "body"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--adapter",
+                str(folder),
+                "--input-file",
+                str(data),
+                "--output",
+                str(out),
+                "--text-column",
+                "body",
+            ]
+        )
+        == 2
+    )
     assert "no column 'body'" in capsys.readouterr().err
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        assert main(["embed", "--adapter", str(folder), "--input-file", str(data), "--output",
-                     str(tmp_path / "e.parquet")]) == 2
+        assert (
+            main(
+                ["embed", "--adapter", str(folder), "--input-file", str(data), "--output", str(tmp_path / "e.parquet")]
+            )
+            == 2
+        )
         assert "pip install pyarrow" in capsys.readouterr().err
 
 
@@ -168,8 +185,10 @@ def test_predict_writes_label_probability_and_top_k(trained, tmp_path, suffix):
     folder, model = trained
     data = codes_file(tmp_path / f"in{suffix}", n=4, suffix=suffix)
     out = tmp_path / f"pred{suffix}"
-    assert main(["predict", "--adapter", str(folder), "--input-file", str(data), "--output", str(out),
-                 "--top-k", "2"]) == 0
+    assert (
+        main(["predict", "--adapter", str(folder), "--input-file", str(data), "--output", str(out), "--top-k", "2"])
+        == 0
+    )
     if suffix == ".csv":
         with out.open() as f:
             rows = list(csv.DictReader(f))
@@ -190,8 +209,23 @@ def test_eval_writes_a_class_report_and_confusion_matrix(trained, tmp_path):
     folder, model = trained
     data = codes_file(tmp_path / "test.csv", n=12)
     report = tmp_path / "report"
-    assert main(["eval", "--adapter", str(folder), "--file", str(data), "--label-names", "red,blue,green",
-                 "--report-dir", str(report), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--adapter",
+                str(folder),
+                "--file",
+                str(data),
+                "--label-names",
+                "red,blue,green",
+                "--report-dir",
+                str(report),
+                "--json",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((report / "metrics.json").read_text())
     with (report / "per_class.csv").open() as f:
         per_class = list(csv.DictReader(f))

@@ -91,7 +91,8 @@ def test_frames_decoded_from_a_file_and_a_folder(tmp_path):
     for i in range(5):
         draw_shape("square", "blue", seed=i).save(folder / f"{i:03d}.png")
     assert [f.tobytes() for f in read_frames(folder, 2)] == [
-        draw_shape("square", "blue", seed=i).tobytes() for i in sample_indices(5, 2)]
+        draw_shape("square", "blue", seed=i).tobytes() for i in sample_indices(5, 2)
+    ]
 
 
 def test_bad_videos_are_named_or_skipped(tmp_path):
@@ -117,8 +118,10 @@ def test_vatex_and_msrvtt_layouts(tmp_path):
     write_video(tmp_path / "abc_000001_000011.mp4", "circle", "red")
     (tmp_path / "def_000002_000012").mkdir()  # a folder of frames
     draw_shape("square", "blue").save(tmp_path / "def_000002_000012" / "0001.jpg")
-    vatex = [{"videoID": "abc_000001_000011", "enCap": ["a red circle", "a circle"], "chCap": ["x"]},
-             {"videoID": "def_000002_000012", "enCap": ["a blue square"]}]
+    vatex = [
+        {"videoID": "abc_000001_000011", "enCap": ["a red circle", "a circle"], "chCap": ["x"]},
+        {"videoID": "def_000002_000012", "enCap": ["a blue square"]},
+    ]
     (tmp_path / "vatex.json").write_text(json.dumps(vatex))
     data = load_video_captions(tmp_path / "vatex.json")
     assert len(data) == 3 and len(data.videos) == 2 and data.caption_image == [0, 0, 1]
@@ -129,8 +132,11 @@ def test_vatex_and_msrvtt_layouts(tmp_path):
     (msr / "videos" / "all").mkdir(parents=True)
     for i, (shape, colour) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green")]):
         write_video(msr / "videos" / "all" / f"video{i}.mp4", shape, colour)
-    sentences = [{"video_id": f"video{i}", "caption": f"caption {i} {j}", "sen_id": 3 * i + j}
-                 for i in range(3) for j in range(2)]
+    sentences = [
+        {"video_id": f"video{i}", "caption": f"caption {i} {j}", "sen_id": 3 * i + j}
+        for i in range(3)
+        for j in range(2)
+    ]
     (msr / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": sentences}))
     (msr / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\nvideo1\n")
     (msr / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr2,video2,a green triangle\n")
@@ -172,8 +178,12 @@ def test_mean_of_frames_at_start(pair, videos):
     _, train, _ = videos
     clip_out = pair.image.encode(read_frames(train.videos[0], 3))  # (3, O)
     for pooling in ("mean", "attention"):
-        model = VideoTextRetriever(*pair, DGAConfig.variant("none"), DGAConfig.variant("none"),
-                                   VideoTextConfig(frames=3, temporal_pooling=pooling))
+        model = VideoTextRetriever(
+            *pair,
+            DGAConfig.variant("none"),
+            DGAConfig.variant("none"),
+            VideoTextConfig(frames=3, temporal_pooling=pooling),
+        )
         with torch.no_grad():
             torch.testing.assert_close(model.image_tower([train.videos[0]])[0], clip_out.mean(0))
 
@@ -213,8 +223,11 @@ def test_trains_saves_and_loads(pair, videos, tmp_path):
     _, train, test = videos
     torch.manual_seed(0)
     model = VideoTextRetriever(*pair, config=VideoTextConfig(frames=2, temporal_pooling="attention"))
-    Trainer(TrainConfig(epochs=1, batch_size=9, lr=1e-2, select_metric="mean_recall", patience=None),
-            tmp_path / "run", progress=False).fit(model, *train.split(0.2))
+    Trainer(
+        TrainConfig(epochs=1, batch_size=9, lr=1e-2, select_metric="mean_recall", patience=None),
+        tmp_path / "run",
+        progress=False,
+    ).fit(model, *train.split(0.2))
     folder = tmp_path / "run" / "best"
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["type"] == "dga-video-text-retriever" and cfg["task"]["frames"] == 2

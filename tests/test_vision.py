@@ -129,8 +129,9 @@ def test_clip_boxes_match_the_model(legacy_eos):
     torch.testing.assert_close(text.forward(batch.embeds, batch.mask), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(text.encode(captions), expected, rtol=0, atol=1e-6)
     pixels = torch.randn(2, *IMAGE_SIZE)
-    torch.testing.assert_close(image.forward(pixels), features(model.get_image_features(pixel_values=pixels)),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        image.forward(pixels), features(model.get_image_features(pixel_values=pixels)), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["vit", "dinov2"])
@@ -160,7 +161,9 @@ def test_preprocessing_follows_the_spec(pair):
     # shorter side to 32, then the centre: a 64x32 image keeps its middle half
     wide = Image.new("RGB", (64, 32), (0, 0, 0))
     wide.paste((255, 255, 255), (16, 0, 48, 32))
-    torch.testing.assert_close(to_pixels([wide], image.spec)[0, 0], torch.full((32, 32), (1 - spec.mean[0]) / spec.std[0]))
+    torch.testing.assert_close(
+        to_pixels([wide], image.spec)[0, 0], torch.full((32, 32), (1 - spec.mean[0]) / spec.std[0])
+    )
 
 
 def test_unreadable_image_names_the_file(pair, tmp_path):
@@ -175,9 +178,17 @@ def test_unreadable_image_names_the_file(pair, tmp_path):
 # -- the pixel adapter ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("adapter", [PixelConvConfig(kernel_size=1), PixelConvConfig(), PixelConvConfig(kernel_size=5),
-                                     PixelResidualConfig(), PixelResidualConfig(activation="none", channels=2)],
-                         ids=["conv-1", "conv-3", "conv-5", "residual", "residual-affine"])
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        PixelConvConfig(kernel_size=1),
+        PixelConvConfig(),
+        PixelConvConfig(kernel_size=5),
+        PixelResidualConfig(),
+        PixelResidualConfig(activation="none", channels=2),
+    ],
+    ids=["conv-1", "conv-3", "conv-5", "residual", "residual-affine"],
+)
 def test_pixel_adapter_at_identity_leaves_outputs_unchanged(pair, adapter):
     images = [draw_shape(s, c, seed=i) for i, (s, c) in enumerate(zip(SHAPES, COLOURS, strict=True))]
     model = GrayBoxModel(pair.image, DGAConfig(adapter, None))
@@ -237,8 +248,11 @@ def test_gradients_reach_only_adapters_and_entry_tokens(clip, light_pair, shapes
     backbone = clip[0]  # test-only: the model behind both boxes
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     lga = EntryTokensConfig(tokens=2)
-    model = ImageTextRetriever(*light_pair, DGAConfig.variant("both", entry_tokens=lga),
-                               DGAConfig.variant("both", entry_tokens=lga, modality="image"))
+    model = ImageTextRetriever(
+        *light_pair,
+        DGAConfig.variant("both", entry_tokens=lga),
+        DGAConfig.variant("both", entry_tokens=lga, modality="image"),
+    )
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     model.loss(train.subset(range(12))).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trainable_parameters())
@@ -285,8 +299,11 @@ def test_training_lowers_loss_and_raises_recall(pair, shapes):
 
 
 def test_batch_with_several_captions_per_image(pair):
-    data = ImageCaptionData([draw_shape("circle", "red"), draw_shape("square", "blue")],
-                            ["a red circle", "a big red circle", "a blue square"], [0, 0, 1])
+    data = ImageCaptionData(
+        [draw_shape("circle", "red"), draw_shape("square", "blue")],
+        ["a red circle", "a big red circle", "a blue square"],
+        [0, 0, 1],
+    )
     model = ImageTextRetriever(*pair)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -298,12 +315,19 @@ def test_retriever_save_load_round_trip(clip, pair, shapes, tmp_path):
     _, train, test = shapes
     torch.manual_seed(1)
     model = ImageTextRetriever(*pair, DGAConfig(), DGAConfig(PixelResidualConfig(), None))
-    result = Trainer(TrainConfig(epochs=2, batch_size=27, lr=1e-2, select_metric="mean_recall", patience=None),
-                     tmp_path / "run", progress=False).fit(model, *train.split(0.2))
+    result = Trainer(
+        TrainConfig(epochs=2, batch_size=27, lr=1e-2, select_metric="mean_recall", patience=None),
+        tmp_path / "run",
+        progress=False,
+    ).fit(model, *train.split(0.2))
     assert result.steps > 0 and "val_t2i_recall@1" in result.history[0]
     folder = tmp_path / "run" / "best"
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json",  # README.md: the card
-                                                        "adapter_model.safetensors", "checksums.sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "adapter_config.json",  # README.md: the card
+        "adapter_model.safetensors",
+        "checksums.sha256",
+    ]
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["type"] == "dga-image-text-retriever" and cfg["dga"]["input_adapter"]["type"] == "pixel-residual"
     loaded = ImageTextRetriever.from_pretrained(folder, *pair)
@@ -342,16 +366,20 @@ def test_zero_shot_at_step_0_is_clip(pair, shape_folder):
 
 def test_image_classifier_trains_saves_and_loads(pair, shape_folder, tmp_path):
     data = load_image_folder(shape_folder)
-    model = ImageClassifier(pair.image, data.label_names, DGAConfig.variant("both", modality="image"),
-                            text_box=pair.text)
+    model = ImageClassifier(
+        pair.image, data.label_names, DGAConfig.variant("both", modality="image"), text_box=pair.text
+    )
     train, val = data.split(0.34, seed=0)
-    Trainer(TrainConfig(epochs=2, batch_size=9, lr=1e-2, patience=None), tmp_path / "run",
-            progress=False).fit(model, train, val)
+    Trainer(TrainConfig(epochs=2, batch_size=9, lr=1e-2, patience=None), tmp_path / "run", progress=False).fit(
+        model, train, val
+    )
     loaded = ImageClassifier.from_pretrained(tmp_path / "run" / "best", pair.image)  # no text tower needed
     assert loaded.evaluate(data) == model.evaluate(data)
     with pytest.raises(ConfigError, match="text_box"):
         ImageClassifier(pair.image, data.label_names)
-    linear = ImageClassifier(VisionEncoderBox(tiny_vision()), data.label_names, None, ClassificationConfig(head="linear"))
+    linear = ImageClassifier(
+        VisionEncoderBox(tiny_vision()), data.label_names, None, ClassificationConfig(head="linear")
+    )
     assert linear.predict(data.images[:2])[0] in data.label_names
 
 
@@ -361,16 +389,28 @@ def test_image_classifier_trains_saves_and_loads(pair, shape_folder, tmp_path):
 def test_caption_formats(tmp_path):
     write_shapes(tmp_path / "img", 1)
     names = sorted(p.name for p in (tmp_path / "img").iterdir())
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"image": f"img/{n}", "caption": [f"{n} one", f"{n} two"]})
-                                                for n in names))
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(json.dumps({"image": f"img/{n}", "caption": [f"{n} one", f"{n} two"]}) for n in names)
+    )
     jsonl = load_image_captions(tmp_path / "c.jsonl")
     assert len(jsonl) == 18 and len(jsonl.images) == 9 and jsonl.caption_image[:2] == [0, 0]
-    coco = {"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
-            "annotations": [{"image_id": i, "id": i, "caption": f"cap {i}"} for i in range(9)]}
+    coco = {
+        "images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+        "annotations": [{"image_id": i, "id": i, "caption": f"cap {i}"} for i in range(9)],
+    }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     assert len(load_image_captions(tmp_path / "coco.json", tmp_path / "img")) == 9
-    karpathy = {"images": [{"filename": n, "filepath": "img", "split": ["train", "restval", "test"][i % 3],
-                            "sentences": [{"raw": "a"}, {"raw": "b"}]} for i, n in enumerate(names)]}
+    karpathy = {
+        "images": [
+            {
+                "filename": n,
+                "filepath": "img",
+                "split": ["train", "restval", "test"][i % 3],
+                "sentences": [{"raw": "a"}, {"raw": "b"}],
+            }
+            for i, n in enumerate(names)
+        ]
+    }
     (tmp_path / "k.json").write_text(json.dumps(karpathy))
     assert len(load_image_captions(tmp_path / "k.json", split="train").images) == 6
     assert len(load_image_captions(tmp_path / "k.json", split="test")) == 6
@@ -447,7 +487,9 @@ def test_open_clip_layout_with_a_stand_in_model():
     batch = text.embed(captions)
     assert batch.embeds.shape[1] == 6  # trimmed to the longest text; padded back inside the box
     with torch.no_grad():
-        torch.testing.assert_close(text.forward(batch.embeds, batch.mask), model.encode_text(stand_in_tokenizer(captions)))
+        torch.testing.assert_close(
+            text.forward(batch.embeds, batch.mask), model.encode_text(stand_in_tokenizer(captions))
+        )
         pixels = torch.randn(2, *IMAGE_SIZE)
         torch.testing.assert_close(image.forward(pixels), model.encode_image(pixels))
     assert text.spec.model_digest == image.spec.model_digest and text.spec.output_dim == 8
@@ -461,9 +503,11 @@ def test_open_clip_library(tmp_path):
     open_clip = pytest.importorskip("open_clip", reason="the 'open-clip' extra (open_clip_torch) is not installed")
     from exotune.boxes.open_clip import load_open_clip_boxes
 
-    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
-                                              "head_width": 16},
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
     (tmp_path / "exotune-tiny.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / "exotune-tiny.json")
     text, image = load_open_clip_boxes("exotune-tiny")
@@ -489,8 +533,28 @@ def test_cli_image_retrieval(clip_folder, shapes, tmp_path, capsys):
     root, _, _ = shapes
     common = ["--task", "image-retrieval", "--images", str(root), "--backbone", str(clip_folder)]
     run = tmp_path / "run"
-    assert main(["train", *common, "--captions", str(root / "train.csv"), "--epochs", "1", "--batch-size", "27",
-                 "--output-dir", str(run), "--quiet", "--entry-points", "1", "--temperature", "0.07"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--captions",
+                str(root / "train.csv"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "27",
+                "--output-dir",
+                str(run),
+                "--quiet",
+                "--entry-points",
+                "1",
+                "--temperature",
+                "0.07",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and "val_mean_recall" in summary["history"][0]
     config = json.loads((run / "best" / "adapter_config.json").read_text())
@@ -506,8 +570,26 @@ def test_cli_image_retrieval(clip_folder, shapes, tmp_path, capsys):
 def test_cli_image_classification(clip_folder, shape_folder, tmp_path, capsys):
     common = ["--task", "image-classification", "--images", str(shape_folder), "--backbone", str(clip_folder)]
     run = tmp_path / "run"
-    assert main(["train", *common, "--epochs", "1", "--batch-size", "9", "--output-dir", str(run), "--quiet",
-                 "--pixel-adapter", "pixel-residual", "--kernel-size", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "9",
+                "--output-dir",
+                str(run),
+                "--quiet",
+                "--pixel-adapter",
+                "pixel-residual",
+                "--kernel-size",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", *common, "--adapter", str(run / "best")]) == 0
     assert "accuracy" in capsys.readouterr().out
@@ -518,8 +600,22 @@ def test_cli_image_classification(clip_folder, shape_folder, tmp_path, capsys):
 def test_cli_image_training_is_repeatable_with_a_seed(clip_folder, shape_folder, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    common = ["train", "--task", "image-classification", "--images", str(shape_folder), "--backbone",
-              str(clip_folder), "--epochs", "1", "--batch-size", "9", "--quiet", "--entry-tokens", "2"]
+    common = [
+        "train",
+        "--task",
+        "image-classification",
+        "--images",
+        str(shape_folder),
+        "--backbone",
+        str(clip_folder),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "9",
+        "--quiet",
+        "--entry-tokens",
+        "2",
+    ]
     runs = []
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         assert main([*common, "--seed", seed, "--output-dir", str(tmp_path / name)]) == 0
@@ -532,18 +628,43 @@ def test_cli_image_training_is_repeatable_with_a_seed(clip_folder, shape_folder,
 
 @pytest.mark.parametrize(
     "argv, fragment",
-    [(["--task", "image-retrieval", "--images", "{images}", "--backbone", "{clip}"], "needs --captions"),
-     (["--task", "image-classification", "--images", "{images}"], "needs --backbone"),
-     (["--task", "image-classification", "--images", "{images}", "--backbone", "{vit}"], "--head linear"),
-     (["--task", "image-retrieval", "--images", "{images}", "--captions", "{images}/no.csv", "--backbone",
-       "{clip}"], "no.csv: file not found"),
-     (["--task", "classification", "--images", "{images}"], "--images is for --task image-retrieval"),
-     (["--task", "image-classification", "--images", "{images}", "--backbone", "{clip}", "--kernel-size", "2"],
-      "odd"),
-     (["--task", "image-classification", "--images", "{images}", "--remote", "http://127.0.0.1:9"],
-      "could not reach http://127.0.0.1:9")],
-    ids=["no-captions", "no-backbone", "vit-prototypes", "missing-captions", "images-for-text", "even-kernel",
-         "remote-unreachable"])
+    [
+        (["--task", "image-retrieval", "--images", "{images}", "--backbone", "{clip}"], "needs --captions"),
+        (["--task", "image-classification", "--images", "{images}"], "needs --backbone"),
+        (["--task", "image-classification", "--images", "{images}", "--backbone", "{vit}"], "--head linear"),
+        (
+            [
+                "--task",
+                "image-retrieval",
+                "--images",
+                "{images}",
+                "--captions",
+                "{images}/no.csv",
+                "--backbone",
+                "{clip}",
+            ],
+            "no.csv: file not found",
+        ),
+        (["--task", "classification", "--images", "{images}"], "--images is for --task image-retrieval"),
+        (
+            ["--task", "image-classification", "--images", "{images}", "--backbone", "{clip}", "--kernel-size", "2"],
+            "odd",
+        ),
+        (
+            ["--task", "image-classification", "--images", "{images}", "--remote", "http://127.0.0.1:9"],
+            "could not reach http://127.0.0.1:9",
+        ),
+    ],
+    ids=[
+        "no-captions",
+        "no-backbone",
+        "vit-prototypes",
+        "missing-captions",
+        "images-for-text",
+        "even-kernel",
+        "remote-unreachable",
+    ],
+)
 def test_cli_image_errors(argv, fragment, clip_folder, shape_folder, tmp_path, capsys):
     vit = tmp_path / "vit"
     tiny_vision().save_pretrained(vit)

@@ -226,13 +226,25 @@ def test_bench_white_box_records(tiny_backbone, tiny_banking, tmp_path):
     from exotune.defaults import CLASSIFICATION  # the committed tables' rates
 
     assert (lora["method"], lora["variant"], lora["access"], lora["lr"]) == (
-        "lora", "r=8", "white", CLASSIFICATION.lr_for("lora"))
+        "lora",
+        "r=8",
+        "white",
+        CLASSIFICATION.lr_for("lora"),
+    )
     assert (full["method"], full["variant"], full["access"], full["lr"]) == (
-        "full-ft", "all", "white", CLASSIFICATION.lr_for("full-ft"))
+        "full-ft",
+        "all",
+        "white",
+        CLASSIFICATION.lr_for("full-ft"),
+    )
     assert lora["trainable_params"] < full["trainable_params"]
     for r in (lora, full):
         assert r["steps"] == 2 and r["seconds_per_step"] > 0 and r["peak_memory_mb"] > 0
-        assert r["eval_examples_per_second"] > 0 and (r["n_train"], r["n_val"], r["n_test"]) == (32, 8, 16)  # 10% of 80 held out
+        assert r["eval_examples_per_second"] > 0 and (r["n_train"], r["n_val"], r["n_test"]) == (
+            32,
+            8,
+            16,
+        )  # 10% of 80 held out
     path = write_results("classification", records, tmp_path / "out", {"budget": {}}, "exotune bench")
     md = path.with_suffix(".md").read_text()
     assert "## banking77" in md and "| lora | r=8 | white |" in md
@@ -253,15 +265,46 @@ def test_bench_quick_white_box(shared_data, tmp_path):
     from exotune.cli import main
 
     out = tmp_path / "results"
-    assert main(["bench", "classification", "--quick", "--methods", "lora", "full-ft",
-                 "--data-dir", str(shared_data), "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "classification",
+                "--quick",
+                "--methods",
+                "lora",
+                "full-ft",
+                "--data-dir",
+                str(shared_data),
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "classification.json").read_text())
-    required = {"dataset", "split", "method", "variant", "access", "metric", "mean", "std", "seeds",
-                "trainable_params", "train_seconds", "seconds_per_step", "peak_memory_mb",
-                "eval_examples_per_second", "lr"}
+    required = {
+        "dataset",
+        "split",
+        "method",
+        "variant",
+        "access",
+        "metric",
+        "mean",
+        "std",
+        "seeds",
+        "trainable_params",
+        "train_seconds",
+        "seconds_per_step",
+        "peak_memory_mb",
+        "eval_examples_per_second",
+        "lr",
+    }
     assert all(required <= set(r) for r in doc["records"])
     assert {(r["method"], r["variant"], r["access"]) for r in doc["records"]} == {
-        ("lora", "r=8", "white"), ("full-ft", "all", "white")}
+        ("lora", "r=8", "white"),
+        ("full-ft", "all", "white"),
+    }
     by = {r["method"]: r for r in doc["records"] if r["metric"] == "accuracy"}
     assert 0 < by["lora"]["trainable_params"] < by["full-ft"]["trainable_params"]
     assert by["full-ft"]["trainable_params"] > 20_000_000  # all of MiniLM-L6 but its pooler
@@ -278,13 +321,38 @@ def test_bench_cli_learning_rates_reach_the_budget(monkeypatch, tmp_path, capsys
     def fake_run(fn, name, dataset, seed, data_dir, budget, backbone):
         seen.append((name, budget.lr_for(bench.classification.METHODS[name][0]), budget.train_cap(dataset)))
         method, variant, access = bench.classification.METHODS[name]
-        return {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
-                "seed": seed, "trainable_params": 1, "train_seconds": 1.0, "seconds_per_step": 0.1,
-                "peak_memory_mb": 1.0, "metrics": {"accuracy": 0.5, "macro_f1": 0.4}}
+        return {
+            "dataset": dataset,
+            "split": "test",
+            "method": method,
+            "variant": variant,
+            "access": access,
+            "seed": seed,
+            "trainable_params": 1,
+            "train_seconds": 1.0,
+            "seconds_per_step": 0.1,
+            "peak_memory_mb": 1.0,
+            "metrics": {"accuracy": 0.5, "macro_f1": 0.4},
+        }
 
     monkeypatch.setattr(bench, "run_isolated", fake_run)
-    argv = ["bench", "classification", "--datasets", "sst2", "--methods", "dga-both", "lora", "full-ft",
-            "--seeds", "0", "--lr", "lora=5e-4", "dga=3e-3", "--out-dir", str(tmp_path)]
+    argv = [
+        "bench",
+        "classification",
+        "--datasets",
+        "sst2",
+        "--methods",
+        "dga-both",
+        "lora",
+        "full-ft",
+        "--seeds",
+        "0",
+        "--lr",
+        "lora=5e-4",
+        "dga=3e-3",
+        "--out-dir",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     assert seen == [("dga-both", 3e-3, 4000), ("lora", 5e-4, 4000), ("full-ft", 2e-4, 4000)]  # full-ft: the default
     doc = json.loads((tmp_path / "classification.json").read_text())

@@ -122,15 +122,32 @@ def test_bench_white_box_rows(tiny_backbone, scifact_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(bench, "run_isolated", lambda fn, *args: fn(*args))  # in this process
     out = tmp_path / "out"
-    argv = ["bench", "retrieval", "--quick", "--methods", "zero-shot", "lora", "full-ft", "--backbone",
-            str(tiny_backbone), "--data-dir", str(scifact_dir), "--out-dir", str(out)]
+    argv = [
+        "bench",
+        "retrieval",
+        "--quick",
+        "--methods",
+        "zero-shot",
+        "lora",
+        "full-ft",
+        "--backbone",
+        str(tiny_backbone),
+        "--data-dir",
+        str(scifact_dir),
+        "--out-dir",
+        str(out),
+    ]
     assert main(argv) == 0
     doc = json.loads((out / "retrieval.json").read_text())
     by = {r["method"]: r for r in doc["records"] if r["metric"] == "ndcg@10"}
     assert set(by) == {"zero-shot", "lora", "full-ft"}
     lora, full = by["lora"], by["full-ft"]
-    assert (lora["variant"], lora["access"], lora["lr"], lora["doc_side"]) == ("r=8 on queries", "white", 2e-3,
-                                                                               "output-only")
+    assert (lora["variant"], lora["access"], lora["lr"], lora["doc_side"]) == (
+        "r=8 on queries",
+        "white",
+        2e-3,
+        "output-only",
+    )
     assert (full["variant"], full["access"], full["lr"]) == ("all, on queries", "white", 2e-4)
     assert 0 < lora["trainable_params"] < full["trainable_params"]
     for r in (lora, full):

@@ -59,24 +59,43 @@ def main() -> None:
         t0 = time.perf_counter()
         result = Trainer(cfg, progress=False).fit(model, train, val)
         metrics = model.evaluate(test)
-        runs.append({"seed": seed, "basis": name, "input_basis": box.spec.input_basis, "test_accuracy": metrics["accuracy"],
-                     "val_accuracy": result.best_metric, "steps": result.steps,
-                     "seconds": round(time.perf_counter() - t0, 1)})
+        runs.append(
+            {
+                "seed": seed,
+                "basis": name,
+                "input_basis": box.spec.input_basis,
+                "test_accuracy": metrics["accuracy"],
+                "val_accuracy": result.best_metric,
+                "steps": result.steps,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         print(runs[-1], flush=True)
-    doc = {"command": "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/basis-check/run.py --data-dir ../shared/datasets",
-           "dataset": "banking77", "max_train": args.max_train, "val": len(val), "test": len(test),
-           "epochs": args.epochs, "seeds": args.seeds, "method": "dga, DGAConfig() defaults, lr 2e-3, batch 32",
-           "runs": runs}
+    doc = {
+        "command": "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/basis-check/run.py --data-dir ../shared/datasets",
+        "dataset": "banking77",
+        "max_train": args.max_train,
+        "val": len(val),
+        "test": len(test),
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "method": "dga, DGAConfig() defaults, lr 2e-3, batch 32",
+        "runs": runs,
+    }
     (HERE / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
     write_readme(doc)
 
 
 def write_readme(doc: dict) -> None:
     runs = doc["runs"]
-    rows = "\n".join(f"| {r['seed']} | {r['basis']} | {r['test_accuracy']:.4f} | {r['val_accuracy']:.4f} | {r['steps']} |"
-                     for r in runs)
-    means = {b: sum(r["test_accuracy"] for r in runs if r["basis"] == b) / sum(r["basis"] == b for r in runs)
-             for b in dict.fromkeys(r["basis"] for r in runs)}
+    rows = "\n".join(
+        f"| {r['seed']} | {r['basis']} | {r['test_accuracy']:.4f} | {r['val_accuracy']:.4f} | {r['steps']} |"
+        for r in runs
+    )
+    means = {
+        b: sum(r["test_accuracy"] for r in runs if r["basis"] == b) / sum(r["basis"] == b for r in runs)
+        for b in dict.fromkeys(r["basis"] for r in runs)
+    }
     acc = sum(means.values()) / len(means)
     se = (acc * (1 - acc) / doc["test"]) ** 0.5  # one run's sampling error on this test set
     mean_text = ", ".join(f"{b} {m:.4f}" for b, m in means.items())
@@ -91,7 +110,9 @@ def write_readme(doc: dict) -> None:
         f"is about {se:.4f}.\n\n"
         "Same computation up to a rotation; AdamW and the random extra token are not rotation-invariant, "
         "so a run in the secret basis is another draw of the same training, not the same run (with SGD "
-        "and mapped parameters the losses are equal to float error: tests/test_basis.py).\n")
+        "and mapped parameters the losses are equal to float error: tests/test_basis.py).\n"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -29,17 +29,27 @@ def main() -> int:
         with served_box(None, extra=("--device", args.device, "--dtype", dtype)) as server:
             for row in throughput_run(server.url, server.token, args.data_dir, budget):
                 rows.append({"dtype": dtype, **row})
-                print(f"[gpu] {dtype} x{row['concurrency']}: {row['pairs_per_second']:.1f} fwd+bwd/s, "
-                      f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms", flush=True)
+                print(
+                    f"[gpu] {dtype} x{row['concurrency']}: {row['pairs_per_second']:.1f} fwd+bwd/s, "
+                    f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms",
+                    flush=True,
+                )
     doc = {"suite": "gpu-served", "date": time.strftime("%Y-%m-%d"), "device": args.device, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_served.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = ["# GPU served throughput\n", f"{doc['date']}, exotune serve --device {args.device}; clients and server "
-             "on the same machine over loopback HTTP; one batch of 32 texts per call.\n",
-             "| dtype | clients | fwd+bwd pairs/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['dtype']} | {r['concurrency']} | {r['pairs_per_second']:.1f} | {r['p50_ms']:.0f} | "
-              f"{r['p99_ms']:.0f} | {r['failed']} |" for r in rows]
+    lines = [
+        "# GPU served throughput\n",
+        f"{doc['date']}, exotune serve --device {args.device}; clients and server "
+        "on the same machine over loopback HTTP; one batch of 32 texts per call.\n",
+        "| dtype | clients | fwd+bwd pairs/s | p50 ms | p99 ms | failed |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['dtype']} | {r['concurrency']} | {r['pairs_per_second']:.1f} | {r['p50_ms']:.0f} | "
+        f"{r['p99_ms']:.0f} | {r['failed']} |"
+        for r in rows
+    ]
     (out / "gpu_served.md").write_text("\n".join(lines) + "\n")
     print((out / "gpu_served.md").read_text())
     return 0

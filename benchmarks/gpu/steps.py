@@ -63,9 +63,12 @@ def time_steps(model, batch, precision: str, device: torch.device, steps: int, w
             torch.cuda.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    return {"seconds_per_step": statistics.median(times), "seconds_per_step_p90": sorted(times)[int(0.9 * len(times))],
-            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if gpu else float("nan"),
-            "trainable_params": sum(p.numel() for p in params)}
+    return {
+        "seconds_per_step": statistics.median(times),
+        "seconds_per_step_p90": sorted(times)[int(0.9 * len(times))],
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if gpu else float("nan"),
+        "trainable_params": sum(p.numel() for p in params),
+    }
 
 
 def main() -> int:
@@ -82,26 +85,46 @@ def main() -> int:
     for method in ("dga", "lora"):
         for precision in ("fp32", "bf16"):
             model = build(method, batch.label_names, device)
-            rec = {"method": method, "precision": precision, "batch_size": len(batch),
-                   **time_steps(model, batch, precision, device, args.steps)}
-            print(f"[gpu] {method} {precision}: {rec['seconds_per_step'] * 1000:.1f} ms/step, "
-                  f"peak {rec['peak_gpu_mb']:.0f} MB", flush=True)
+            rec = {
+                "method": method,
+                "precision": precision,
+                "batch_size": len(batch),
+                **time_steps(model, batch, precision, device, args.steps),
+            }
+            print(
+                f"[gpu] {method} {precision}: {rec['seconds_per_step'] * 1000:.1f} ms/step, "
+                f"peak {rec['peak_gpu_mb']:.0f} MB",
+                flush=True,
+            )
             records.append(rec)
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
-    doc = {"suite": "gpu-steps", "date": time.strftime("%Y-%m-%d"), "device": name,
-           "torch": torch.__version__, "batch": source, "steps_timed": args.steps, "records": records}
+    doc = {
+        "suite": "gpu-steps",
+        "date": time.strftime("%Y-%m-%d"),
+        "device": name,
+        "torch": torch.__version__,
+        "batch": source,
+        "steps_timed": args.steps,
+        "records": records,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_steps.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = ["# GPU steps\n", f"{doc['date']}, {doc['device']}, torch {doc['torch']}; one fixed batch of "
-             f"{len(batch)} {source} texts, median of {args.steps} steps after 3 warm-up steps, one process.\n",
-             "| method | precision | trainable params | ms/step (median) | ms/step (p90) | peak GPU MB |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['precision']} | {r['trainable_params']:,} | {r['seconds_per_step'] * 1000:.1f} | "
-              f"{r['seconds_per_step_p90'] * 1000:.1f} | {r['peak_gpu_mb']:,.0f} |" for r in records]
+    lines = [
+        "# GPU steps\n",
+        f"{doc['date']}, {doc['device']}, torch {doc['torch']}; one fixed batch of "
+        f"{len(batch)} {source} texts, median of {args.steps} steps after 3 warm-up steps, one process.\n",
+        "| method | precision | trainable params | ms/step (median) | ms/step (p90) | peak GPU MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['precision']} | {r['trainable_params']:,} | {r['seconds_per_step'] * 1000:.1f} | "
+        f"{r['seconds_per_step_p90'] * 1000:.1f} | {r['peak_gpu_mb']:,.0f} |"
+        for r in records
+    ]
     (out / "gpu_steps.md").write_text("\n".join(lines) + "\n")
     print((out / "gpu_steps.md").read_text())
     return 0

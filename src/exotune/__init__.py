@@ -7,14 +7,24 @@ __version__ = "0.1.0"
 from exotune._lazy import lazy_names  # noqa: E402
 
 _LAZY = {
-    "Box": "exotune.boxes", "BoxSpec": "exotune.boxes", "TextEncoderBox": "exotune.boxes", "load_box": "exotune.boxes",
-    "DGAConfig": "exotune.graybox", "GrayBoxModel": "exotune.graybox",
-    "ClassificationConfig": "exotune.tasks.classification", "TextClassifier": "exotune.tasks.classification",
-    "DualEncoder": "exotune.tasks.retrieval", "RetrievalConfig": "exotune.tasks.retrieval",
-    "TrainConfig": "exotune.train", "Trainer": "exotune.train",
-    "load_clip_boxes": "exotune.boxes", "load_image_box": "exotune.boxes", "TextBox": "exotune.boxes",
+    "Box": "exotune.boxes",
+    "BoxSpec": "exotune.boxes",
+    "TextEncoderBox": "exotune.boxes",
+    "load_box": "exotune.boxes",
+    "DGAConfig": "exotune.graybox",
+    "GrayBoxModel": "exotune.graybox",
+    "ClassificationConfig": "exotune.tasks.classification",
+    "TextClassifier": "exotune.tasks.classification",
+    "DualEncoder": "exotune.tasks.retrieval",
+    "RetrievalConfig": "exotune.tasks.retrieval",
+    "TrainConfig": "exotune.train",
+    "Trainer": "exotune.train",
+    "load_clip_boxes": "exotune.boxes",
+    "load_image_box": "exotune.boxes",
+    "TextBox": "exotune.boxes",
     "ImageClassifier": "exotune.tasks.image_classification",
-    "ImageTextConfig": "exotune.tasks.image_text", "ImageTextRetriever": "exotune.tasks.image_text",
+    "ImageTextConfig": "exotune.tasks.image_text",
+    "ImageTextRetriever": "exotune.tasks.image_text",
 }
 
 

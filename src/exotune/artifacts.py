@@ -36,8 +36,9 @@ MAX_JSON_BYTES = 64 << 20  # a config or trainer state: kilobytes; an EA config 
 MAX_JSON_DEPTH = 64  # what exotune writes nests < 12 deep
 
 
-def write_folder(path: str | Path,
-                 files: dict[str, dict | dict[str, torch.Tensor] | bytes | Callable[[Path], None]]) -> Path:
+def write_folder(
+    path: str | Path, files: dict[str, dict | dict[str, torch.Tensor] | bytes | Callable[[Path], None]]
+) -> Path:
     """Write ``{filename: json-able dict | tensors | bytes | writer}`` into ``path``, replacing it
     atomically, with the SHA-256 of every file written in ``checksums.sha256``. A folder with
     an adapter config (``*config.json`` with a ``type``) gets its model card, ``README.md``.
@@ -111,9 +112,11 @@ def verify_folder(path: str | Path) -> None:
     path = Path(path)
     listing = path / CHECKSUMS_NAME
     if not listing.is_file():
-        raise ArtifactError(f"{path} has no {CHECKSUMS_NAME}: its files cannot be checked, so it is not loaded "
-                            "(a folder written by an older exotune: check its files, then record them with "
-                            "exotune.artifacts.write_checksums(folder))")
+        raise ArtifactError(
+            f"{path} has no {CHECKSUMS_NAME}: its files cannot be checked, so it is not loaded "
+            "(a folder written by an older exotune: check its files, then record them with "
+            "exotune.artifacts.write_checksums(folder))"
+        )
     if listing.stat().st_size > MAX_JSON_BYTES:
         raise ArtifactError(f"{listing} is larger than {MAX_JSON_BYTES} bytes; the folder is corrupted")
     try:
@@ -140,16 +143,20 @@ def verify_folder(path: str | Path) -> None:
             present[rel] = p
     unlisted = sorted(set(present) - set(listed))
     if unlisted:
-        raise ArtifactError(f"{path / unlisted[0]} is not listed in {CHECKSUMS_NAME}: a file was added to the folder "
-                            f"or its checksum line deleted ({len(unlisted)} unlisted: {unlisted[:5]})")
+        raise ArtifactError(
+            f"{path / unlisted[0]} is not listed in {CHECKSUMS_NAME}: a file was added to the folder "
+            f"or its checksum line deleted ({len(unlisted)} unlisted: {unlisted[:5]})"
+        )
     for name, digest in listed.items():
         file = path / name
         if name not in present:
             raise ArtifactError(f"{file} is missing (it is listed in {CHECKSUMS_NAME})")
         if _sha256(file) != digest:
-            raise ArtifactError(f"{file} is corrupted: its SHA-256 differs from the one recorded in "
-                                f"{CHECKSUMS_NAME} when it was written (after a deliberate edit, "
-                                "exotune.artifacts.write_checksums(folder) records the new content)")
+            raise ArtifactError(
+                f"{file} is corrupted: its SHA-256 differs from the one recorded in "
+                f"{CHECKSUMS_NAME} when it was written (after a deliberate edit, "
+                "exotune.artifacts.write_checksums(folder) records the new content)"
+            )
 
 
 def _depth(node) -> int:
@@ -170,8 +177,7 @@ def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing")
     if path.stat().st_size > max_bytes:
-        raise ArtifactError(f"{path} is {path.stat().st_size} bytes, more than the {max_bytes} a saved "
-                            "config may hold")
+        raise ArtifactError(f"{path} is {path.stat().st_size} bytes, more than the {max_bytes} a saved config may hold")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -213,12 +219,16 @@ def check_tensors(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
         raise ArtifactError(f"{file} does not match its config: tensors {sorted(set(state) ^ set(expected))}")
     for name, t in state.items():
         if t.shape != expected[name].shape:
-            raise ArtifactError(f"{file} does not match its config: tensor {name!r} has shape "
-                                f"{tuple(t.shape)}, expected {tuple(expected[name].shape)}")
+            raise ArtifactError(
+                f"{file} does not match its config: tensor {name!r} has shape "
+                f"{tuple(t.shape)}, expected {tuple(expected[name].shape)}"
+            )
         want = expected[name].dtype
         if t.is_floating_point() != want.is_floating_point or (not want.is_floating_point and t.dtype != want):
-            raise ArtifactError(f"{file}: tensor {name!r} has dtype {t.dtype}, expected "
-                                f"{'floating point' if want.is_floating_point else want}")
+            raise ArtifactError(
+                f"{file}: tensor {name!r} has dtype {t.dtype}, expected "
+                f"{'floating point' if want.is_floating_point else want}"
+            )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ArtifactError(f"{file}: tensor {name!r} holds NaN or infinite values")
 
@@ -245,7 +255,9 @@ def flatten_state(tree, prefix: str = "") -> tuple[object, dict[str, torch.Tenso
             tensors[key] = node
             return {"__tensor__": key}
         if isinstance(node, dict):
-            return {"__dict__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(node.items())]}
+            return {
+                "__dict__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(node.items())]
+            }
         if isinstance(node, tuple):
             return {"__tuple__": [walk(v, f"{key}.{i}") for i, v in enumerate(node)]}
         if isinstance(node, list):

@@ -16,8 +16,11 @@ from exotune import __version__
 CARD_NAME = "README.md"
 # Hugging Face's id of the packaged default backbone (what ``base_model`` names)
 HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
-PIPELINES = {"classification": "text-classification", "retrieval": "sentence-similarity",
-             "image-classification": "image-classification"}
+PIPELINES = {
+    "classification": "text-classification",
+    "retrieval": "sentence-similarity",
+    "image-classification": "image-classification",
+}
 _RUN: ContextVar[dict | None] = ContextVar("exotune_run_info", default=None)
 
 
@@ -44,8 +47,14 @@ def update_run_info(**info) -> None:
 def card_for(files: dict) -> str | None:
     """The card of a folder about to hold ``files``: rendered from its config (a JSON object
     under a ``*config.json`` name with a ``type``), or None when it holds none (a checkpoint)."""
-    config = next((v for k, v in files.items() if k.endswith("config.json") and isinstance(v, dict)
-                   and isinstance(v.get("type"), str)), None)
+    config = next(
+        (
+            v
+            for k, v in files.items()
+            if k.endswith("config.json") and isinstance(v, dict) and isinstance(v.get("type"), str)
+        ),
+        None,
+    )
     return None if config is None else model_card(config, run_info())
 
 
@@ -68,29 +77,49 @@ def _adapts(config: dict) -> list[tuple[str, str]]:
         spec = config.get(key.replace("_fingerprint", "_spec"))
         if isinstance(spec, dict):
             rows.append((key.replace("_fingerprint", " digest").replace("_", " "), f"`{spec.get('model_digest')}`"))
-            rows.append((key.replace("_fingerprint", " output").replace("_", " "),
-                         f"{spec.get('modality')}, {spec.get('output_dim')} dimensions"))
+            rows.append(
+                (
+                    key.replace("_fingerprint", " output").replace("_", " "),
+                    f"{spec.get('modality')}, {spec.get('output_dim')} dimensions",
+                )
+            )
         source = config.get(key.replace("_fingerprint", "_source"))
         if isinstance(source, dict) and source:
-            rows.append((key.replace("_fingerprint", " source").replace("_", " "),
-                         ", ".join(f"{k}: {v}" for k, v in source.items())))
+            rows.append(
+                (
+                    key.replace("_fingerprint", " source").replace("_", " "),
+                    ", ".join(f"{k}: {v}" for k, v in source.items()),
+                )
+            )
     dga = config.get("dga")
     if isinstance(dga, dict):
         for side in ("input_adapter", "output_adapter", "entry_tokens"):
             part = dga.get(side)
             if isinstance(part, dict):
-                rows.append((side.replace("_", " "), str(part.get("type") or part.get("name") or
-                                                        json.dumps(part, sort_keys=True)[:80])))
+                rows.append(
+                    (
+                        side.replace("_", " "),
+                        str(part.get("type") or part.get("name") or json.dumps(part, sort_keys=True)[:80]),
+                    )
+                )
     if isinstance(config.get("whitebox"), dict):
         rows.append(("white-box method", str(config["whitebox"].get("mode"))))
         rows.append(("base model", str(config.get("base_model"))))
     if isinstance(config.get("lm"), dict):
-        rows.append(("large model (API)", ", ".join(f"{k}: {v}" for k, v in sorted(config["lm"].items())
-                                                    if isinstance(v, (str, int, float)))[:200]))
+        rows.append(
+            (
+                "large model (API)",
+                ", ".join(f"{k}: {v}" for k, v in sorted(config["lm"].items()) if isinstance(v, (str, int, float)))[
+                    :200
+                ],
+            )
+        )
     labels = (config.get("task") or {}).get("labels") if isinstance(config.get("task"), dict) else None
     labels = labels or config.get("label_names")
     if isinstance(labels, list):
-        rows.append(("classes", f"{len(labels)}: " + ", ".join(map(str, labels[:20])) + (" ..." if len(labels) > 20 else "")))
+        rows.append(
+            ("classes", f"{len(labels)}: " + ", ".join(map(str, labels[:20])) + (" ..." if len(labels) > 20 else ""))
+        )
     return rows
 
 
@@ -120,11 +149,21 @@ def model_card(config: dict, info: dict | None = None) -> str:
     names = sorted({m for split in metrics.values() for m in split})
     if names:
         front["metrics"] = names
-    lines = ["---", *(f"{k}: {_yaml(v)}" for k, v in front.items()), "---", "",
-             f"# {config.get('type')} adapter ({task})", "",
-             "An adapter trained with exotune from outside a hidden model: it holds only what was trained, "
-             "never the model's weights. It loads against the same box (the fingerprint below is checked).", "",
-             "## What it adapts", "", "| | |", "|---|---|"]
+    lines = [
+        "---",
+        *(f"{k}: {_yaml(v)}" for k, v in front.items()),
+        "---",
+        "",
+        f"# {config.get('type')} adapter ({task})",
+        "",
+        "An adapter trained with exotune from outside a hidden model: it holds only what was trained, "
+        "never the model's weights. It loads against the same box (the fingerprint below is checked).",
+        "",
+        "## What it adapts",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in _adapts(config)]
     lines += ["", "## Data", ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in data.items()] or ["- not recorded"]
@@ -133,7 +172,11 @@ def model_card(config: dict, info: dict | None = None) -> str:
         lines += ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for split, values in metrics.items():
             cells = [f"{values[n]:.4f}" if isinstance(values.get(n), float) else str(values.get(n, "")) for n in names]
-            shown = f"{split} (best epoch {info['best_epoch']})" if split == "validation" and info.get("best_epoch") else split
+            shown = (
+                f"{split} (best epoch {info['best_epoch']})"
+                if split == "validation" and info.get("best_epoch")
+                else split
+            )
             lines.append(f"| {shown} | " + " | ".join(cells) + " |")
     else:
         lines.append("- not recorded")

@@ -71,8 +71,10 @@ def check_field_types(config) -> None:
         if ok and float in kinds and not math.isfinite(value):
             ok = False
         if not ok:
-            raise ConfigError(f"{type(config).__name__}.{f.name} must be {'a finite ' if float in kinds else 'a '}"
-                              f"{f.type}, got {value!r}")
+            raise ConfigError(
+                f"{type(config).__name__}.{f.name} must be {'a finite ' if float in kinds else 'a '}"
+                f"{f.type}, got {value!r}"
+            )
 
 
 def check_int(config, name: str, low: int, high: int) -> None:

@@ -35,8 +35,7 @@ class Defaults:
             return self.gray_lr
         if method in self.white_lr:
             return self.white_lr[method]
-        raise ConfigError(f"no default learning rate for method {method!r}; "
-                          f"known: {[*GRAY_METHODS, *self.white_lr]}")
+        raise ConfigError(f"no default learning rate for method {method!r}; known: {[*GRAY_METHODS, *self.white_lr]}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -44,10 +43,12 @@ class Defaults:
         return out
 
 
-CLASSIFICATION = Defaults(epochs=5, batch_size=32, patience=2, val_fraction=0.1, gray_lr=5e-3,
-                          white_lr={"lora": 2e-3, "full-ft": 2e-4})
-RETRIEVAL = Defaults(epochs=10, batch_size=32, patience=2, val_fraction=0.1, gray_lr=2e-3,
-                     white_lr={"lora": 2e-3, "full-ft": 2e-4})
+CLASSIFICATION = Defaults(
+    epochs=5, batch_size=32, patience=2, val_fraction=0.1, gray_lr=5e-3, white_lr={"lora": 2e-3, "full-ft": 2e-4}
+)
+RETRIEVAL = Defaults(
+    epochs=10, batch_size=32, patience=2, val_fraction=0.1, gray_lr=2e-3, white_lr={"lora": 2e-3, "full-ft": 2e-4}
+)
 # the LoRA baseline of the EA suite is the classification suite's LoRA run
 TASK_DEFAULTS = {"classification": CLASSIFICATION, "retrieval": RETRIEVAL}
 

@@ -21,8 +21,14 @@ from exotune.errors import ArtifactError, ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 # a box's weight formats, by every name the command line and the API accept
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 _PRECISION_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -49,8 +55,10 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if kind == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asks for a CUDA GPU, but this machine has none that PyTorch can use "
-                          f"(torch {torch.__version__}); use --device cpu or auto")
+        raise ConfigError(
+            f"device {name!r} asks for a CUDA GPU, but this machine has none that PyTorch can use "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
     count = torch.cuda.device_count()
     i = int(index) if index is not None else torch.cuda.current_device()
     if i >= count:
@@ -95,8 +103,13 @@ def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradSca
 
 
 # a float16 scaler's state (GradScaler.state_dict); a disabled one's is empty
-SCALER_STATE = {"scale": float, "growth_factor": float, "backoff_factor": float, "growth_interval": int,
-                "_growth_tracker": int}
+SCALER_STATE = {
+    "scale": float,
+    "growth_factor": float,
+    "backoff_factor": float,
+    "growth_interval": int,
+    "_growth_tracker": int,
+}
 
 
 def restore_scaler(scaler: torch.amp.GradScaler, saved, where: str) -> None:
@@ -110,9 +123,14 @@ def restore_scaler(scaler: torch.amp.GradScaler, saved, where: str) -> None:
     for key, kind in SCALER_STATE.items():
         value = saved[key]
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not number or (kind is int and not isinstance(value, int)) or value < (0 if key == "_growth_tracker" else 1e-30):
-            raise ArtifactError(f"{where}: the gradient scaler's {key} is {value!r:.40}, not a finite positive "
-                                f"{kind.__name__}")
+        if (
+            not number
+            or (kind is int and not isinstance(value, int))
+            or value < (0 if key == "_growth_tracker" else 1e-30)
+        ):
+            raise ArtifactError(
+                f"{where}: the gradient scaler's {key} is {value!r:.40}, not a finite positive {kind.__name__}"
+            )
     scaler.load_state_dict(saved)
 
 
@@ -123,8 +141,9 @@ class Placement:
     ``inward`` moves a caller's tensor there; ``autocast`` is the context of one call.
     """
 
-    def __init__(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, precision: str = "fp32"
+    ) -> None:
         self.device = resolve_device(device) if device is not None else None  # None: where the model is
         self.dtype = parse_dtype(dtype)  # None: the model's
         self.precision = check_precision(precision, self.device)

@@ -96,8 +96,10 @@ def reduce_gradients(params: list[torch.Tensor], loss: torch.Tensor | None) -> t
     if world_size() == 1:
         return loss.detach()
     device = params[0].device
-    flat = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device, dtype=p.dtype)
-            for p in params]
+    flat = [
+        p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device, dtype=p.dtype)
+        for p in params
+    ]
     present = torch.tensor([p.grad is not None for p in params], dtype=flat[0].dtype, device=device)
     value = torch.zeros(1, dtype=flat[0].dtype, device=device) if loss is None else loss.detach().reshape(1)
     buffer = torch.cat([*flat, present, value.to(device, flat[0].dtype)])  # (sum numel + P + 1,)

@@ -34,8 +34,15 @@ def duration(seconds: float) -> str:
 class ProgressLog:
     """tqdm's small surface (iterate, ``update``, ``set_postfix``, ``close``) as log lines."""
 
-    def __init__(self, iterable=None, total: int | None = None, desc: str = "", initial: int = 0,
-                 every: float | None = None, clock=time.monotonic) -> None:
+    def __init__(
+        self,
+        iterable=None,
+        total: int | None = None,
+        desc: str = "",
+        initial: int = 0,
+        every: float | None = None,
+        clock=time.monotonic,
+    ) -> None:
         self.iterable, self.desc, self.n = iterable, desc, initial
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.every = interval() if every is None else every
@@ -79,8 +86,7 @@ class ProgressLog:
             log.info(f"{self.desc}: done, {self.n} in {duration(self._clock() - self._start)}")
 
 
-def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", enabled: bool = True,
-                 initial: int = 0):
+def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", enabled: bool = True, initial: int = 0):
     """A tqdm bar on a terminal, a ``ProgressLog`` off one; ``enabled=False``: silent."""
     if enabled and sys.stderr.isatty():
         from tqdm.auto import tqdm

@@ -3,9 +3,9 @@
 The model follows a small protocol (:class:`exotune.protocols.Trainable`): ``trainable_parameters()``,
 ``loss(data)``, ``evaluate(data) -> dict`` and ``save_pretrained(dir)``; ``data`` has ``len`` and
 ``subset(indices)``. Under ``torchrun`` it trains data-parallel (see ``exotune.distributed``):
-each rank takes its slice of every global batch and only rank 0 writes. Checkpoints hold only the user's tensors, optimiser and scheduler
-state (safetensors + JSON), written atomically, so a crash loses at most
-``checkpoint_every`` steps. ``Trainer(device=, precision=)`` are run-time knobs (see
+each rank takes its slice of every global batch and only rank 0 writes. Checkpoints hold only
+the user's tensors, optimiser and scheduler state (safetensors + JSON), written atomically, so a
+crash loses at most ``checkpoint_every`` steps. ``Trainer(device=, precision=)`` are run-time knobs (see
 ``exotune.devices``): the model moves to the device, the forward and loss run under autocast,
 and the run's summary records both; checkpoints and adapters do not (a float16 run's checkpoint
 keeps its gradient scaler's state, which a float16 resume continues from).
@@ -114,10 +114,17 @@ class TrainResult:
 
     def summary(self) -> dict:
         """What a run reports (and ``exotune train`` writes to summary.json)."""
-        return {"best_val": self.best_metric, "best_epoch": self.best_epoch, "steps": self.steps,
-                "train_seconds": round(self.train_seconds, 1), "lr_groups": self.group_lr,
-                "history": self.history, "adapter": str(self.best_dir), "device": self.device,
-                "precision": self.precision}
+        return {
+            "best_val": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "steps": self.steps,
+            "train_seconds": round(self.train_seconds, 1),
+            "lr_groups": self.group_lr,
+            "history": self.history,
+            "adapter": str(self.best_dir),
+            "device": self.device,
+            "precision": self.precision,
+        }
 
 
 def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:
@@ -150,7 +157,10 @@ def _scheduler(optimizer, config: TrainConfig, total_steps: int):
     warmup = int(config.warmup_ratio * total_steps)
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2), pct_start=max(config.warmup_ratio, 0.01)
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=max(total_steps, 2),
+            pct_start=max(config.warmup_ratio, 0.01),
         )
 
     def factor(step: int) -> float:
@@ -169,10 +179,16 @@ def _scheduler(optimizer, config: TrainConfig, total_steps: int):
 class Trainer:
     """Fits a model; with ``output_dir`` it keeps ``last/`` (resume) and ``best/`` (artifact)."""
 
-    def __init__(self, config: TrainConfig | None = None, output_dir: str | Path | None = None,
-                 progress: bool = True, callbacks: list[TrainerCallback] | None = None,
-                 report_to: tuple[str, ...] | list[str] = (), device: str | torch.device | None = None,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        config: TrainConfig | None = None,
+        output_dir: str | Path | None = None,
+        progress: bool = True,
+        callbacks: list[TrainerCallback] | None = None,
+        report_to: tuple[str, ...] | list[str] = (),
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+    ) -> None:
         """``callbacks``: hooks called on rank 0 (``exotune.callbacks.TrainerCallback``); with
         ``output_dir``, per-step and per-epoch CSV logs are written too, and TensorBoard event
         files when ``report_to`` names ``"tensorboard"``. ``device``: None, where the model is;
@@ -225,10 +241,21 @@ class Trainer:
         # one rate for all: one group, as before per-group rates existed (their checkpoints resume)
         optimizer = torch.optim.AdamW(
             params if len(set(rates.values())) == 1 else [{"params": ps, "lr": rates[g]} for g, ps in groups.items()],
-            lr=cfg.lr, weight_decay=cfg.weight_decay)
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+        )
         scheduler = _scheduler(optimizer, cfg, total)
-        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": -math.inf,
-                 "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0, "done": False}
+        state = {
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "best_metric": -math.inf,
+            "best_epoch": -1,
+            "bad_epochs": 0,
+            "history": [],
+            "train_seconds": 0.0,
+            "done": False,
+        }
         self._best_state = None
         if resume:
             state, self._best_state = self._load_last(model, optimizer, scheduler, state)
@@ -236,10 +263,15 @@ class Trainer:
         model.train()
         t_start = time.perf_counter() - state["train_seconds"]
         step_seconds = []
-        self._active = [] if not distributed.is_main() else [
-            *self.callbacks, *(loggers(self.output_dir, self.report_to) if self._writes else [])]
+        self._active = (
+            []
+            if not distributed.is_main()
+            else [*self.callbacks, *(loggers(self.output_dir, self.report_to) if self._writes else [])]
+        )
         self._groups = list(groups) if len(optimizer.param_groups) > 1 else []
-        self._call("on_train_begin", {"epoch": state["epoch"], "global_step": state["global_step"], "total_steps": total})
+        self._call(
+            "on_train_begin", {"epoch": state["epoch"], "global_step": state["global_step"], "total_steps": total}
+        )
         card_scope = card_context()  # what this fit tells the model card stays inside it
         card_scope.__enter__()
         try:
@@ -254,8 +286,10 @@ class Trainer:
                 except Exception as save_err:  # never hide the original error
                     note(f"could not save a checkpoint ({save_err})")
                 else:
-                    note(f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
-                               f"{self.output_dir / LAST} (resume to continue)")
+                    note(
+                        f"{type(err).__name__}: checkpoint of step {state['global_step']} saved to "
+                        f"{self.output_dir / LAST} (resume to continue)"
+                    )
             raise
         finally:
             card_scope.__exit__(None, None, None)
@@ -283,8 +317,12 @@ class Trainer:
         while not state["done"] and state["epoch"] < cfg.epochs and state["global_step"] < total:
             epoch = state["epoch"]
             batches = self._batches(train, epoch)
-            bar = progress_bar(total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=self._show,
-                               initial=state["step_in_epoch"])
+            bar = progress_bar(
+                total=len(batches),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                enabled=self._show,
+                initial=state["step_in_epoch"],
+            )
             losses = []
             for idx in batches[state["step_in_epoch"] :]:
                 t0 = time.perf_counter()
@@ -318,8 +356,13 @@ class Trainer:
                 raise ConfigError(f"select_metric {cfg.select_metric!r} not in {sorted(metrics)}")
             score = metrics[cfg.select_metric]
             self._call("on_evaluate", {"epoch": epoch + 1, **metrics})
-            state["history"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                                     **{f"val_{k}": v for k, v in metrics.items()}})
+            state["history"].append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": float(np.mean(losses)) if losses else None,
+                    **{f"val_{k}": v for k, v in metrics.items()},
+                }
+            )
             self._call("on_epoch", dict(state["history"][-1]))
             if score > state["best_metric"]:
                 state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
@@ -330,8 +373,10 @@ class Trainer:
             else:
                 state["bad_epochs"] += 1
             if self._show:
-                note(f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
-                           f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})")
+                note(
+                    f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
+                    f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})"
+                )
             state["epoch"] += 1
             state["step_in_epoch"] = 0
             if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
@@ -365,9 +410,14 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
 
     def _save_last(self, model, optimizer, scheduler, state, best_state) -> None:
-        tree = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "best": best_state, "rng": torch.get_rng_state(),
-                "scaler": self._scaler.state_dict()}  # float16: the scale reached; else empty
+        tree = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best": best_state,
+            "rng": torch.get_rng_state(),
+            "scaler": self._scaler.state_dict(),
+        }  # float16: the scale reached; else empty
         skeleton, tensors = flatten_state(tree)
         meta = {"state": state, "config": self.config.to_dict(), "skeleton": skeleton}
         write_folder(self.output_dir / LAST, {"trainer_state.json": meta, "checkpoint.safetensors": tensors})
@@ -384,8 +434,11 @@ class Trainer:
         with saved_config(folder / "trainer_state.json"):
             saved = TrainConfig.from_dict(json_object(meta, "config"))
             _check_state(json_object(meta, "state"), state)
-        changed = [f.name for f in fields(TrainConfig)
-                   if f.name != "epochs" and getattr(saved, f.name) != getattr(self.config, f.name)]
+        changed = [
+            f.name
+            for f in fields(TrainConfig)
+            if f.name != "epochs" and getattr(saved, f.name) != getattr(self.config, f.name)
+        ]
         if changed:
             raise ConfigError(f"cannot resume from {folder}: training settings differ ({', '.join(changed)})")
         _extend_state(saved, self.config, meta["state"], folder)  # more epochs: the schedule spans the new total
@@ -396,7 +449,11 @@ class Trainer:
             if tree["best"] is not None:
                 check_tensors(tree["best"], model.state_dict(), file)
             rng = tree["rng"]
-            if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            if (
+                not isinstance(rng, torch.Tensor)
+                or rng.dtype != torch.uint8
+                or rng.shape != torch.get_rng_state().shape
+            ):
                 raise ArtifactError(f"{file}: rng is not a random generator state")
             _check_optimizer_state(tree["optimizer"], optimizer, file)
             model.load_state_dict(tree["model"])
@@ -405,8 +462,7 @@ class Trainer:
             restore_scaler(self._scaler, tree.get("scaler"), str(file))
         torch.set_rng_state(rng)
         if self._show:
-            note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, "
-                       f"step {meta['state']['global_step']}")
+            note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, step {meta['state']['global_step']}")
         return meta["state"], tree["best"]
 
 
@@ -417,8 +473,9 @@ def _extend_state(saved: TrainConfig, config: TrainConfig, state: dict, folder: 
     if config.epochs == saved.epochs:
         return False
     if config.epochs < state["epoch"]:
-        raise ConfigError(f"cannot resume from {folder} with epochs={config.epochs}: it has run {state['epoch']} "
-                          "epochs already")
+        raise ConfigError(
+            f"cannot resume from {folder} with epochs={config.epochs}: it has run {state['epoch']} epochs already"
+        )
     if config.schedule == "onecycle":
         raise ConfigError(f"cannot change the epochs of {folder}: a onecycle schedule is fixed to its total steps")
     state.update(done=False, bad_epochs=0)
@@ -445,7 +502,12 @@ def _check_optimizer_state(saved, optimizer, file) -> None:
         if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
             raise ArtifactError(f"{file}: optimizer state names parameter {index!r:.40}, which does not exist")
         for name, t in entry.items():
-            if isinstance(t, torch.Tensor) and t.ndim and (t.shape != params[index].shape or not t.is_floating_point()
-                                                          or not bool(torch.isfinite(t).all())):
-                raise ArtifactError(f"{file}: optimizer state {name!r} of parameter {index} does not fit it "
-                                    f"(shape {tuple(t.shape)}, dtype {t.dtype})")
+            if (
+                isinstance(t, torch.Tensor)
+                and t.ndim
+                and (t.shape != params[index].shape or not t.is_floating_point() or not bool(torch.isfinite(t).all()))
+            ):
+                raise ArtifactError(
+                    f"{file}: optimizer state {name!r} of parameter {index} does not fit it "
+                    f"(shape {tuple(t.shape)}, dtype {t.dtype})"
+                )

@@ -30,8 +30,16 @@ from exotune.bench.sources import user_data
 from exotune.defaults import TASK_DEFAULTS
 from exotune.errors import ConfigError
 
-SUITES = {"classification": classification, "retrieval": retrieval, "remote": remote, "ea": ea, "steps": steps,
-          "reliability": reliability, "precision": precision, "serve": serving}
+SUITES = {
+    "classification": classification,
+    "retrieval": retrieval,
+    "remote": remote,
+    "ea": ea,
+    "steps": steps,
+    "reliability": reliability,
+    "precision": precision,
+    "serve": serving,
+}
 
 
 def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Path, datasets) -> Path:
@@ -54,8 +62,13 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Pa
     one = list(dict.fromkeys(json.dumps(b, sort_keys=True) for b in budgets.values()))
     doc_budget = next(iter(budgets.values())) if len(one) == 1 else budgets
     defaults = TASK_DEFAULTS[suite_name].to_dict()  # what the suite runs without --lr and --epochs
-    return write_results(suite_name, records, out_dir, {**extra, "budget": doc_budget, "defaults": defaults},
-                         " && ".join(c for c in commands if c))
+    return write_results(
+        suite_name,
+        records,
+        out_dir,
+        {**extra, "budget": doc_budget, "defaults": defaults},
+        " && ".join(c for c in commands if c),
+    )
 
 
 def run_suite(args: BenchOptions) -> int:
@@ -88,15 +101,18 @@ def run_suite(args: BenchOptions) -> int:
         else:
             budget.method_lr[method] = lr
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
-    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick, **({"data": own.key()} if own else {})}
+    extra = {
+        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "quick": args.quick,
+        **({"data": own.key()} if own else {}),
+    }
     source = own or args.data_dir  # where run_one finds the data: the user's, or a data root
     command = command_line()
     log = RunLog(out_dir / f".{args.suite}.runs.jsonl", fresh=args.fresh)
     for dataset in datasets:
         for name in methods:
             for seed in seeds:
-                key = {"dataset": dataset, "method": name, "seed": seed, **extra,
-                       "budget": budget.for_dataset(dataset)}
+                key = {"dataset": dataset, "method": name, "seed": seed, **extra, "budget": budget.for_dataset(dataset)}
                 run = log.get(key)
                 if run is None:
                     print(f"[bench] {dataset} {name} seed {seed} ...", file=sys.stderr, flush=True)

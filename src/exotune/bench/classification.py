@@ -74,9 +74,11 @@ class Budget:
     def for_dataset(self, dataset: str) -> dict:
         """The budget one dataset's runs get, caps resolved: what its runs are logged and
         written under, so another dataset's cap never changes this dataset's runs."""
-        out = {k: v for k, v in asdict(self).items()
-               if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val")
-               and (k != "group_lr" or v)}  # runs logged before group rates still match
+        out = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val") and (k != "group_lr" or v)
+        }  # runs logged before group rates still match
         return {**out, "train_cap": self.train_cap(dataset), "val_cap": self.val_cap(dataset)}
 
 
@@ -140,11 +142,22 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     method, variant, access = graymethods.describe(name, METHODS)
     train, val, test = split_data(dataset, source, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
-    rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
-           "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None,
-           "n_train": len(train), "n_val": len(val), "n_test": len(test),
-           "n_classes": len(train.label_names),  # the head, hence trainable parameters, grows with it
-           "label_template": None if method == "linear-probe" else task.label_template}
+    rec = {
+        "dataset": dataset,
+        "split": "test",
+        "method": method,
+        "variant": variant,
+        "access": access,
+        "seed": seed,
+        "train_seconds": 0.0,
+        "seconds_per_step": None,
+        "lr": None,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "n_classes": len(train.label_names),  # the head, hence trainable parameters, grows with it
+        "label_template": None if method == "linear-probe" else task.label_template,
+    }
     if method == "zero-shot":
         model = TextClassifier(load_box(backbone), train.label_names, config=task)
         rec["trainable_params"] = 0
@@ -176,8 +189,9 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
     method, variant, access = graymethods.describe(name, METHODS)
     train, _, _ = split_data(dataset, data_dir, budget, 0)
     batch = train.head(budget.batch_size, 0)
-    model, extra = _gradient_model(name, train, ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}")),
-                                   backbone)
+    model, extra = _gradient_model(
+        name, train, ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}")), backbone
+    )
     model.train()
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=budget.lr_for(method))
@@ -191,12 +205,25 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
             times.append(time.perf_counter() - t)
     median = statistics.median(times)
     # the results format's fields: the measured quantity is the metric (median s/step, over one seed)
-    return {"dataset": dataset, "split": "train", "method": method, "variant": extra.get("variant", variant),
-            "access": access, "metric": "seconds_per_step", "mean": median,
-            "std": float(np.std(times)), "seeds": [0], "train_seconds": float(sum(times)), "batch_size": len(batch),
-            "trainable_params": sum(p.numel() for p in params), "steps": steps,
-            "seconds_per_step": median, "seconds_per_step_p90": float(np.percentile(times, 90)),
-            "peak_memory_mb": peak_memory_mb(), "threads": torch.get_num_threads()}
+    return {
+        "dataset": dataset,
+        "split": "train",
+        "method": method,
+        "variant": extra.get("variant", variant),
+        "access": access,
+        "metric": "seconds_per_step",
+        "mean": median,
+        "std": float(np.std(times)),
+        "seeds": [0],
+        "train_seconds": float(sum(times)),
+        "batch_size": len(batch),
+        "trainable_params": sum(p.numel() for p in params),
+        "steps": steps,
+        "seconds_per_step": median,
+        "seconds_per_step_p90": float(np.percentile(times, 90)),
+        "peak_memory_mb": peak_memory_mb(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _fit(model, train, val, test, budget: Budget, lrs: dict, seed: int) -> dict:
@@ -206,10 +233,16 @@ def _fit(model, train, val, test, budget: Budget, lrs: dict, seed: int) -> dict:
 
     cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, patience=budget.patience, seed=seed, **lrs)
     result = Trainer(cfg, progress=False).fit(model, train, val)
-    rec = {"trainable_params": model.num_trainable(), "train_seconds": result.train_seconds,
-           **step_seconds(result), "steps": result.steps, "lr": cfg.lr,
-           "best_epoch": result.best_epoch, "val_accuracy": result.best_metric,
-           "val_curve": val_curve(result, "accuracy")}
+    rec = {
+        "trainable_params": model.num_trainable(),
+        "train_seconds": result.train_seconds,
+        **step_seconds(result),
+        "steps": result.steps,
+        "lr": cfg.lr,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.best_metric,
+        "val_curve": val_curve(result, "accuracy"),
+    }
     if len(lrs) > 1:
         rec["lr_groups"] = result.group_lr
     rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)
@@ -236,6 +269,11 @@ def _linear_probe(box, train, val, test, budget: Budget, seed: int) -> dict:
     speed = len(test) / (time.perf_counter() - t1)
     n_classes = len(train.label_names)
     params = x_tr.shape[1] * (n_classes if n_classes > 2 else 1) + (n_classes if n_classes > 2 else 1)
-    return {"trainable_params": params, "train_seconds": train_seconds, "probe_C": best[1],
-            "val_accuracy": best[0], "eval_examples_per_second": speed,
-            "metrics": classification_metrics(test.labels, pred, n_classes)}
+    return {
+        "trainable_params": params,
+        "train_seconds": train_seconds,
+        "probe_C": best[1],
+        "val_accuracy": best[0],
+        "eval_examples_per_second": speed,
+        "metrics": classification_metrics(test.labels, pred, n_classes),
+    }

@@ -25,8 +25,9 @@ STARTUP_S = 120.0  # a replica loads torch and its model on a busy machine
 
 def need(binary: str | None, name: str) -> str:
     if binary is None:
-        raise MissingDependencyError(f"{name} is not installed (Debian: apt-get install -y redis-server nginx; "
-                                     ".ci/run installs both)")
+        raise MissingDependencyError(
+            f"{name} is not installed (Debian: apt-get install -y redis-server nginx; .ci/run installs both)"
+        )
     return binary
 
 
@@ -71,8 +72,11 @@ def redis_server(tmp: Path, port: int | None = None):
     binary = need(REDIS, "redis-server")
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait(lambda: _listening(port), "redis-server", proc, timeout=20)
         yield f"redis://127.0.0.1:{port}/0"
@@ -110,12 +114,15 @@ def nginx(tmp: Path, upstreams: list[int], sticky: bool = False):
     tmp.mkdir(parents=True, exist_ok=True)
     temps = "".join(f"    {k}_temp_path {tmp / k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     conf = tmp / "nginx.conf"
-    conf.write_text(("user root;\n" if os.geteuid() == 0 else "") +
-                    f"daemon off;\nworker_processes 1;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'};\n"
-                    f"events {{}}\nhttp {{\n    access_log off;\n{temps}"
-                    + readme_nginx(upstreams, port, sticky) + "}\n", encoding="utf-8")
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    conf.write_text(
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"daemon off;\nworker_processes 1;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'};\n"
+        f"events {{}}\nhttp {{\n    access_log off;\n{temps}" + readme_nginx(upstreams, port, sticky) + "}\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         _wait(lambda: _listening(port), "nginx", proc, timeout=20)
         yield f"http://127.0.0.1:{port}"
@@ -134,9 +141,25 @@ def start_replica(model: Path | None, tmp: Path, tokens: list[str], *args: str) 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     log = open(tmp / f"replica-{port}.log", "wb")  # noqa: SIM115 - open while the process runs
     model_args = [] if model is None else ["--model", str(model)]
-    proc = subprocess.Popen([sys.executable, "-m", "exotune.cli", "serve", *model_args, "--port", str(port),
-                             "--tokens-file", str(tmp / "tokens"), "--owner-secret-file", str(secret), *args],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exotune.cli",
+            "serve",
+            *model_args,
+            "--port",
+            str(port),
+            "--tokens-file",
+            str(tmp / "tokens"),
+            "--owner-secret-file",
+            str(secret),
+            *args,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     return proc, port
 
 
@@ -144,5 +167,8 @@ def wait_replicas(procs: list[tuple[subprocess.Popen, int]]) -> None:
     import httpx
 
     for proc, port in procs:
-        _wait(lambda p=port: httpx.get(f"http://127.0.0.1:{p}/v1/health", timeout=2).status_code == 200,
-              f"replica on port {port}", proc)
+        _wait(
+            lambda p=port: httpx.get(f"http://127.0.0.1:{p}/v1/health", timeout=2).status_code == 200,
+            f"replica on port {port}",
+            proc,
+        )

@@ -49,7 +49,9 @@ class BenchOptions:
 
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, no GPU ({platform.machine()}, Python {platform.python_version()})"
+    return (
+        f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, no GPU ({platform.machine()}, Python {platform.python_version()})"
+    )
 
 
 def _status_kib(pid: int, key: str) -> float | None:
@@ -92,8 +94,9 @@ def run_isolated(fn, *args):
     """Run ``fn(*args)`` in a fresh process, so its peak memory is its own; the process ends
     with the suite (a killed suite leaves no run burning the cores)."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         return pool.submit(fn, *args).result()
 
 
@@ -163,16 +166,26 @@ def aggregate(runs: list[dict], metric: str) -> dict:
     first = runs[0]
     values = [r["metrics"][metric] for r in runs]
     rec = {k: v for k, v in first.items() if k not in ("metrics", "seed", "note", "val_curve")}
-    rec.update(metric=metric, mean=float(np.mean(values)), std=float(np.std(values)),
-               seeds=[r["seed"] for r in runs], values=values)
+    rec.update(
+        metric=metric,
+        mean=float(np.mean(values)),
+        std=float(np.std(values)),
+        seeds=[r["seed"] for r in runs],
+        values=values,
+    )
     curves = {str(r["seed"]): r["val_curve"] for r in runs if r.get("val_curve")}
     if curves:  # validation after each epoch, per seed: how a run rose, peaked and stopped
         rec["val_curves"] = curves
     notes = [f"seed {r['seed']}: {r['note']}" for r in runs if r.get("note")]
     if notes:  # what a reader must know about a run (added to its run-log entry by hand)
         rec["notes"] = notes
-    for key in ("train_seconds", "seconds_per_step", "wall_seconds_per_step", "peak_memory_mb",
-                "eval_examples_per_second"):
+    for key in (
+        "train_seconds",
+        "seconds_per_step",
+        "wall_seconds_per_step",
+        "peak_memory_mb",
+        "eval_examples_per_second",
+    ):
         vals = [r[key] for r in runs if r.get(key) is not None]
         rec[key] = float(np.mean(vals)) if vals else None
     return rec
@@ -189,8 +202,14 @@ def command_line() -> str:
 
 def write_results(suite: str, records: list[dict], out_dir: Path, extra: dict, command: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"suite": suite, "command": command, "date": datetime.date.today().isoformat(),
-           "machine": machine(), **extra, "records": records}
+    doc = {
+        "suite": suite,
+        "command": command,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        **extra,
+        "records": records,
+    }
     path = out_dir / f"{suite}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / f"{suite}.md").write_text(markdown_table(doc))
@@ -225,12 +244,21 @@ def _dataset_line(records: list[dict]) -> str | None:
 
 
 def markdown_table(doc: dict) -> str:
-    lines = [f"# {doc['suite']}", "", f"`{doc['command']}`", "",
-             f"{doc['date']}, {doc['machine']}, backbone {doc.get('backbone', '')}.", ""]
+    lines = [
+        f"# {doc['suite']}",
+        "",
+        f"`{doc['command']}`",
+        "",
+        f"{doc['date']}, {doc['machine']}, backbone {doc.get('backbone', '')}.",
+        "",
+    ]
     if doc.get("budget"):
         lines += [f"Budget: {doc['budget']}", ""]
-    lines += ["s/step (median): the median training step, what a step costs without contention; s/step (wall): "
-              "train s over the run's steps, validation and any contention included.", ""]
+    lines += [
+        "s/step (median): the median training step, what a step costs without contention; s/step (wall): "
+        "train s over the run's steps, validation and any contention included.",
+        "",
+    ]
     datasets = list(dict.fromkeys(r["dataset"] for r in doc["records"]))
     for ds in datasets:
         records = [r for r in doc["records"] if r["dataset"] == ds]
@@ -238,9 +266,11 @@ def markdown_table(doc: dict) -> str:
         about = _dataset_line(records)
         if about:
             lines += [about, ""]
-        lines += ["| method | variant | access | metric | mean ± std | trainable params | lr | train s | s/step "
-                  "(median) | s/step (wall) | peak MB | eval ex/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| method | variant | access | metric | mean ± std | trainable params | lr | train s | s/step "
+            "(median) | s/step (wall) | peak MB | eval ex/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in records:
             lr = "" if r.get("lr") is None else f"{r['lr']:g}"
             lines.append(
@@ -250,8 +280,12 @@ def markdown_table(doc: dict) -> str:
                 f"{_fmt(r['peak_memory_mb'], 0)} | {_fmt(r.get('eval_examples_per_second'), 0)} |"
             )
         lines.append("")
-        notes = [f"- {r['method']} ({r['variant']}), {n}" for r in records if r["metric"] == records[0]["metric"]
-                 for n in r.get("notes", [])]
+        notes = [
+            f"- {r['method']} ({r['variant']}), {n}"
+            for r in records
+            if r["metric"] == records[0]["metric"]
+            for n in r.get("notes", [])
+        ]
         if notes:
             lines += ["Notes:", "", *notes, ""]
     return "\n".join(lines)
@@ -286,8 +320,14 @@ def plot(doc: dict, out_dir: Path) -> None:
                         continue  # no training steps (zero-shot, linear probe): nothing to place
                 else:
                     x = max(x or 0, 1e-1 if xkey == "train_seconds" else 1)  # log axis: 0 sits at the left
-                ax.errorbar(x, r["mean"], yerr=r["std"], fmt=MARKERS[i % len(MARKERS)], capsize=3,
-                            label=f"{r['method']} ({r['variant']}, {r['access']})")
+                ax.errorbar(
+                    x,
+                    r["mean"],
+                    yerr=r["std"],
+                    fmt=MARKERS[i % len(MARKERS)],
+                    capsize=3,
+                    label=f"{r['method']} ({r['variant']}, {r['access']})",
+                )
             ax.set_xscale("log")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, loc="best")
@@ -303,8 +343,16 @@ def plot(doc: dict, out_dir: Path) -> None:
 def write_suite(suite: str, args, budget, out_dir: Path, markdown, plot, **fields) -> dict:
     """A suite with its own driver: ``<suite>.json`` (the command, date, machine, backbone,
     budget and ``fields``), its Markdown table (printed) and its plots; returns the document."""
-    doc = {"suite": suite, "command": command_line(), "date": datetime.date.today().isoformat(), "machine": machine(),
-           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick, **fields}
+    doc = {
+        "suite": suite,
+        "command": command_line(),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "budget": asdict(budget),
+        "quick": args.quick,
+        **fields,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{suite}.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / f"{suite}.md").write_text(markdown(doc))

@@ -63,22 +63,30 @@ class Budget:
     max_test: int | None = None
     latency_inputs: int = 200
     # the classification suite's LoRA budget (exotune.defaults)
-    lora: dict = field(default_factory=lambda: {"epochs": CLASSIFICATION.epochs,
-                                                "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}})
+    lora: dict = field(
+        default_factory=lambda: {"epochs": CLASSIFICATION.epochs, "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}}
+    )
 
     def points(self) -> list[tuple[str, float]]:
-        return [(policy, share) for policy in self.policies
-                for share in (self.budgets if policy == "ssm-first" else (1.0,))]
+        return [
+            (policy, share) for policy in self.policies for share in (self.budgets if policy == "ssm-first" else (1.0,))
+        ]
 
 
 def class_budget(budget: Budget) -> classification.Budget:
     """The classification suite's budget these runs share: samples, LoRA's, the probe's."""
-    return classification.Budget(**budget.lora, val_fraction=budget.val_fraction, max_train=budget.max_train,
-                                 max_val=budget.max_val, max_test=budget.max_test)
+    return classification.Budget(
+        **budget.lora,
+        val_fraction=budget.val_fraction,
+        max_train=budget.max_train,
+        max_val=budget.max_val,
+        max_test=budget.max_test,
+    )
 
 
-def ea_run(setting: str, dataset: str, url: str, token: str, seed: int, source, budget: Budget,
-           latency: bool = False) -> dict:
+def ea_run(
+    setting: str, dataset: str, url: str, token: str, seed: int, source, budget: Budget, latency: bool = False
+) -> dict:
     """Fit EA for one setting (a cold cache: the probe is paid and timed), then report every
     policy and budget; LM alone and the SSMs alone come from the same fit."""
     from exotune.ea import EasyAdapter, Ledger, ResponseCache, ServedBoxClient
@@ -90,18 +98,34 @@ def ea_run(setting: str, dataset: str, url: str, token: str, seed: int, source, 
     returns, ssms = SETTINGS[setting]
     train, val, test = classification.split_data(dataset, source, class_budget(budget), seed)
     template = classification.LABEL_TEMPLATES.get(dataset, "{}")
-    base = {"dataset": dataset, "split": "test", "access": "black", "seed": seed, "n_train": len(train),
-            "n_val": len(val), "n_test": len(test), "label_template": template,
-            "lm": "all-MiniLM-L6-v2 served at level black"}
+    base = {
+        "dataset": dataset,
+        "split": "test",
+        "access": "black",
+        "seed": seed,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "label_template": template,
+        "lm": "all-MiniLM-L6-v2 served at level black",
+    }
     with tempfile.TemporaryDirectory() as tmp:
+
         def client(cached: bool = True):
             cache = ResponseCache(Path(tmp) / "cache.sqlite") if cached else None
             return ServedBoxClient(url, token, returns=returns, label_template=template, cache=cache)
 
         lm = client()
         t0 = time.perf_counter()
-        model = EasyAdapter(lm=lm, ssms=ssms, n_clusters=budget.n_clusters, cv_folds=budget.cv_folds,
-                            policy="ssm-first", budget=1.0, random_state=seed).fit(train, val)
+        model = EasyAdapter(
+            lm=lm,
+            ssms=ssms,
+            n_clusters=budget.n_clusters,
+            cv_folds=budget.cv_folds,
+            policy="ssm-first",
+            budget=1.0,
+            random_state=seed,
+        ).fit(train, val)
         fit_seconds = time.perf_counter() - t0
         fit_peak = peak_memory_mb()  # training memory: before the test evaluation below
         probe = model.ledgers_["probe"].to_dict()
@@ -111,37 +135,82 @@ def ea_run(setting: str, dataset: str, url: str, token: str, seed: int, source, 
             model.recalibrate(share, policy)
             report = evaluation(model, test, compare=True)
             alone = alone or report
-            out.append({**base, "method": "ea", "variant": f"{setting}, {policy}, budget={share:g}",
-                        "setting": setting, "policy": policy, "budget": share,
-                        "metrics": report["ea"], "lm_call_share": report["lm_call_share"],
-                        "lm_answer_share": report["lm_answer_share"], "ssms": kept,
-                        "val_accuracy": model.val_accuracy_, "curve": report.get("curve"),
-                        "seconds_per_input": report["seconds_per_input"]})
+            out.append(
+                {
+                    **base,
+                    "method": "ea",
+                    "variant": f"{setting}, {policy}, budget={share:g}",
+                    "setting": setting,
+                    "policy": policy,
+                    "budget": share,
+                    "metrics": report["ea"],
+                    "lm_call_share": report["lm_call_share"],
+                    "lm_answer_share": report["lm_answer_share"],
+                    "ssms": kept,
+                    "val_accuracy": model.val_accuracy_,
+                    "curve": report.get("curve"),
+                    "seconds_per_input": report["seconds_per_input"],
+                }
+            )
         eval_peak = peak_memory_mb()  # after every policy's test evaluation
         for r in out:
-            r.update(train_seconds=fit_seconds, probe_seconds=probe["seconds"], probe_calls=probe["calls"],
-                     trainable_params=None, seconds_per_step=None, peak_memory_mb=fit_peak,
-                     peak_memory_mb_with_eval=eval_peak)
+            r.update(
+                train_seconds=fit_seconds,
+                probe_seconds=probe["seconds"],
+                probe_calls=probe["calls"],
+                trainable_params=None,
+                seconds_per_step=None,
+                peak_memory_mb=fit_peak,
+                peak_memory_mb_with_eval=eval_peak,
+            )
         lone = {**base, "setting": setting, "trainable_params": None, "seconds_per_step": None}
-        out.append({**lone, "method": "lm", "variant": setting, "metrics": alone["lm"], "train_seconds": 0.0,
-                    "trainable_params": 0, "lm_call_share": 1.0, "peak_memory_mb": None})
-        out.append({**lone, "method": "ssm", "variant": f"{setting}: {kept} (kept)", "metrics": alone["ssm"],
-                    "train_seconds": fit_seconds, "lm_call_share": 0.0, "peak_memory_mb": fit_peak,
-                    "regions": alone["regions"]})
+        out.append(
+            {
+                **lone,
+                "method": "lm",
+                "variant": setting,
+                "metrics": alone["lm"],
+                "train_seconds": 0.0,
+                "trainable_params": 0,
+                "lm_call_share": 1.0,
+                "peak_memory_mb": None,
+            }
+        )
+        out.append(
+            {
+                **lone,
+                "method": "ssm",
+                "variant": f"{setting}: {kept} (kept)",
+                "metrics": alone["ssm"],
+                "train_seconds": fit_seconds,
+                "lm_call_share": 0.0,
+                "peak_memory_mb": fit_peak,
+                "regions": alone["regions"],
+            }
+        )
         if model.ssm_candidates_:  # each candidate alone on test (the box's embeddings from the cache)
             answers = LMAnswers.ask(lm, test.texts, model.label_names_, Ledger())
             views = {"text": list(test.texts), "embedding": answers.embeddings}
             c = len(model.label_names_)
             for name, m in model.ssm_candidates_.items():
                 pred = full_proba(m, views[m.input_kind], c).argmax(1)
-                out.append({**lone, "method": "ssm", "variant": f"{setting}: {name} alone",
-                            "metrics": classification_metrics(test.labels, pred, c), "train_seconds": None,
-                            "lm_call_share": 0.0, "peak_memory_mb": None})
+                out.append(
+                    {
+                        **lone,
+                        "method": "ssm",
+                        "variant": f"{setting}: {name} alone",
+                        "metrics": classification_metrics(test.labels, pred, c),
+                        "train_seconds": None,
+                        "lm_call_share": 0.0,
+                        "peak_memory_mb": None,
+                    }
+                )
         lat = []
         if latency:
-            texts = list(test.texts[:budget.latency_inputs])
-            lat = ea_latency.ea_latency(model, client(cached=False), texts, budget.points(),
-                                        {"dataset": dataset, "setting": setting})
+            texts = list(test.texts[: budget.latency_inputs])
+            lat = ea_latency.ea_latency(
+                model, client(cached=False), texts, budget.points(), {"dataset": dataset, "setting": setting}
+            )
     return {"runs": out, "latency": lat, "selection": model.ssm_selection_}
 
 
@@ -158,8 +227,9 @@ def logged_run(method: str, dataset: str, seed: int, budget: Budget, backbone, l
         own = {"lora_lr": b.get("method_lr", {}).get("lora")} if method == "lora" else {"probe_cs": b.get("probe_cs")}
         return {**{k: v for k, v in b.items() if k not in ("lr", "method_lr", "probe_cs")}, **own}
 
-    for key, run in RunLog(log_path).matching(dataset=dataset, method=method, seed=seed, quick=False,
-                                              backbone=backbone or "all-MiniLM-L6-v2"):
+    for key, run in RunLog(log_path).matching(
+        dataset=dataset, method=method, seed=seed, quick=False, backbone=backbone or "all-MiniLM-L6-v2"
+    ):
         if relevant(key["budget"]) == relevant(want):
             return run
     return None
@@ -197,9 +267,16 @@ def run(args) -> int:
         raise ConfigError(f"suite 'ea' has no dataset {bad}; choose from {list(DATASETS)}")
     budget = Budget(max_train=args.max_train)
     if args.quick:
-        budget = Budget(max_train=args.max_train or 600, max_val=200, max_test=300, budgets=(0.3, 1.0), cv_folds=3,
-                        n_clusters=4, latency_inputs=20,
-                        lora={"epochs": 1, "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}})
+        budget = Budget(
+            max_train=args.max_train or 600,
+            max_val=200,
+            max_test=300,
+            budgets=(0.3, 1.0),
+            cv_folds=3,
+            n_clusters=4,
+            latency_inputs=20,
+            lora={"epochs": 1, "method_lr": {"lora": CLASSIFICATION.lr_for("lora")}},
+        )
     if "lora" in dict(args.lr):
         budget.lora["method_lr"] = {"lora": dict(args.lr)["lora"]}
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -207,8 +284,12 @@ def run(args) -> int:
     runs, latency, selection = [], [], {}
     # finished EA runs are logged: an interrupted call, or one with more seeds, redoes none of them
     ea_log = RunLog(out_dir / ".ea.runs.jsonl", fresh=getattr(args, "fresh", False))
-    extra = {"backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick, "budget": asdict(budget),
-             **({"data": own.key()} if own else {})}
+    extra = {
+        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "quick": args.quick,
+        "budget": asdict(budget),
+        **({"data": own.key()} if own else {}),
+    }
     with served_box(args.backbone, level="black") as server:
         for seed in seeds:  # seed by seed: a call cut short still has every dataset on its first seeds
             for dataset in datasets:
@@ -217,8 +298,9 @@ def run(args) -> int:
                     got = ea_log.get(key)
                     if got is None:
                         print(f"[bench] EA, {dataset}, {setting}, seed {seed} ...", file=sys.stderr, flush=True)
-                        got = run_isolated(ea_run, setting, dataset, server.url, server.token, seed, source,
-                                           budget, seed == seeds[0])
+                        got = run_isolated(
+                            ea_run, setting, dataset, server.url, server.token, seed, source, budget, seed == seeds[0]
+                        )
                         ea_log.add(key, got)
                     else:
                         print(f"[bench] EA, {dataset}, {setting}, seed {seed}: logged earlier, reused", file=sys.stderr)
@@ -235,28 +317,50 @@ def run(args) -> int:
                 how = "the classification suite's run with this budget, reused"
                 if got is None:
                     how = "run"
-                    got = run_isolated(classification.run_one, method, dataset, seed, source,
-                                       class_budget(budget), args.backbone)
+                    got = run_isolated(
+                        classification.run_one, method, dataset, seed, source, class_budget(budget), args.backbone
+                    )
                 print(f"[bench] {dataset} {method} seed {seed}: {how}", file=sys.stderr, flush=True)
                 runs.append({k: v for k, v in got.items() if k != "command"})
         train, _, test = classification.split_data(dataset, source, class_budget(budget), seeds[0])
-        latency.append(run_isolated(ea_latency.lora_latency, dataset, list(test.texts[:budget.latency_inputs]),
-                                    train.label_names, classification.LABEL_TEMPLATES.get(dataset, "{}"),
-                                    args.backbone))
+        latency.append(
+            run_isolated(
+                ea_latency.lora_latency,
+                dataset,
+                list(test.texts[: budget.latency_inputs]),
+                train.label_names,
+                classification.LABEL_TEMPLATES.get(dataset, "{}"),
+                args.backbone,
+            )
+        )
     for r in runs:
-        print(f"[bench]   {r['dataset']:9} {r['method']:12} {r['variant']:48} accuracy "
-              f"{r['metrics']['accuracy']:.4f}", file=sys.stderr)
+        print(
+            f"[bench]   {r['dataset']:9} {r['method']:12} {r['variant']:48} accuracy {r['metrics']['accuracy']:.4f}",
+            file=sys.stderr,
+        )
     curves = {f"{r['dataset']}: {r['variant']}": r["curve"] for r in runs if r.get("curve") and r["seed"] == seeds[0]}
-    doc = {"suite": "ea", "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick,
-           "defaults": {"lora": {"epochs": CLASSIFICATION.epochs, "lr": CLASSIFICATION.lr_for("lora")}},
-           **({"data": own.key()} if own else {}),
-           "datasets": datasets, "seeds": seeds,
-           "lm": "all-MiniLM-L6-v2 served by exotune serve --level black in its own process (loopback)",
-           "lm_server_peak_memory_mb": server_peak, "records": _records(runs), "latency": latency,
-           "ssm_selection": selection, "test_curves": curves,
-           "regions": {f"{r['dataset']}, {r['setting']}": r["regions"] for r in runs
-                       if r.get("regions") and r["seed"] == seeds[0]}}
+    doc = {
+        "suite": "ea",
+        "command": command_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "budget": asdict(budget),
+        "quick": args.quick,
+        "defaults": {"lora": {"epochs": CLASSIFICATION.epochs, "lr": CLASSIFICATION.lr_for("lora")}},
+        **({"data": own.key()} if own else {}),
+        "datasets": datasets,
+        "seeds": seeds,
+        "lm": "all-MiniLM-L6-v2 served by exotune serve --level black in its own process (loopback)",
+        "lm_server_peak_memory_mb": server_peak,
+        "records": _records(runs),
+        "latency": latency,
+        "ssm_selection": selection,
+        "test_curves": curves,
+        "regions": {
+            f"{r['dataset']}, {r['setting']}": r["regions"] for r in runs if r.get("regions") and r["seed"] == seeds[0]
+        },
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ea.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / "ea.md").write_text(markdown(doc))
@@ -271,36 +375,55 @@ def _fmt(v, spec: str) -> str:
 
 def markdown(doc: dict) -> str:
     seeds = doc.get("seeds", [])
-    lines = [f"# ea\n\n`{doc['command']}`\n", f"{doc['date']}, {doc['machine']}. LM: {doc['lm']}. "
-             f"Mean ± std over seeds {', '.join(map(str, seeds))}.\n"]
+    lines = [
+        f"# ea\n\n`{doc['command']}`\n",
+        f"{doc['date']}, {doc['machine']}. LM: {doc['lm']}. Mean ± std over seeds {', '.join(map(str, seeds))}.\n",
+    ]
     by: dict[str, dict] = {}
     for r in doc["records"]:
         by.setdefault(r["dataset"], {}).setdefault((r["method"], r["variant"]), {})[r["metric"]] = r
     for dataset, rows in by.items():
         first = next(iter(rows.values()))["accuracy"]
-        lines += [f"## {dataset}", "", f"train {first.get('n_train')}, validation {first.get('n_val')}, "
-                  f"test {first.get('n_test')} examples; the LM's label template {first.get('label_template')!r}.", "",
-                  "| method | variant | accuracy | macro-F1 | LM-call share | train s | peak MB (user process, training) "
-                  "| peak MB (with test evaluation) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {dataset}",
+            "",
+            f"train {first.get('n_train')}, validation {first.get('n_val')}, "
+            f"test {first.get('n_test')} examples; the LM's label template {first.get('label_template')!r}.",
+            "",
+            "| method | variant | accuracy | macro-F1 | LM-call share | train s | peak MB (user process, training) "
+            "| peak MB (with test evaluation) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for (method, variant), m in rows.items():
             a, f = m["accuracy"], m["macro_f1"]
-            lines.append(f"| {method} | {variant} | {a['mean']:.4f} ± {a['std']:.4f} | {f['mean']:.4f} | "
-                         f"{_fmt(a.get('lm_call_share'), '.2f')} | {_fmt(a.get('train_seconds'), '.0f')} | "
-                         f"{_fmt(a.get('peak_memory_mb'), '.0f')} | {_fmt(a.get('peak_memory_mb_with_eval'), '.0f')} |")
+            lines.append(
+                f"| {method} | {variant} | {a['mean']:.4f} ± {a['std']:.4f} | {f['mean']:.4f} | "
+                f"{_fmt(a.get('lm_call_share'), '.2f')} | {_fmt(a.get('train_seconds'), '.0f')} | "
+                f"{_fmt(a.get('peak_memory_mb'), '.0f')} | {_fmt(a.get('peak_memory_mb_with_eval'), '.0f')} |"
+            )
         if not any(method == "lora" for method, _ in rows):
             lines.append("| lora | r=8 | missing: no logged run under this budget | | | | | |")
         lines.append("")
-    lines += ["EA's training memory is the user process's peak when `fit` returns (probe, small models, "
-              "router); the last column adds evaluating every policy on the test split. LoRA's is its process's "
-              "peak, evaluation included (below its training peak). The linear probe: logistic regression on the "
-              "box's raw outputs, C chosen on validation (the classification suite's)."]
+    lines += [
+        "EA's training memory is the user process's peak when `fit` returns (probe, small models, "
+        "router); the last column adds evaluating every policy on the test split. LoRA's is its process's "
+        "peak, evaluation included (below its training peak). The linear probe: logistic regression on the "
+        "box's raw outputs, C chosen on validation (the classification suite's)."
+    ]
     if doc.get("ssm_selection"):
-        lines += ["", "## SSMs kept (chosen out of fold, checked on validation)", "",
-                  "| run | SSM | out-of-fold acc. | validation acc. | kept | why |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## SSMs kept (chosen out of fold, checked on validation)",
+            "",
+            "| run | SSM | out-of-fold acc. | validation acc. | kept | why |",
+            "|---|---|---|---|---|---|",
+        ]
         for run, table in doc["ssm_selection"].items():
             for row in table:
-                lines.append(f"| {run} | {row['name']} | {row['oof_accuracy']:.4f} | "
-                             f"{_fmt(row.get('val_accuracy'), '.4f')} | {'yes' if row['kept'] else ''} | {row['why']} |")
+                lines.append(
+                    f"| {run} | {row['name']} | {row['oof_accuracy']:.4f} | "
+                    f"{_fmt(row.get('val_accuracy'), '.4f')} | {'yes' if row['kept'] else ''} | {row['why']} |"
+                )
     lines += ea_latency.markdown(doc.get("latency", []))
     return "\n".join(lines) + "\n"
 
@@ -315,25 +438,44 @@ def plot(doc: dict, out_dir: Path) -> None:
     curves = doc.get("test_curves") or {}
     for ax, dataset in zip(axes[0], datasets, strict=True):
         acc = [r for r in doc["records"] if r["metric"] == "accuracy" and r["dataset"] == dataset]
-        for (setting, marker), colour in zip((("label-only", "o"), ("embeddings", "s")), ("tab:blue", "tab:orange"),
-                                             strict=True):
+        for (setting, marker), colour in zip(
+            (("label-only", "o"), ("embeddings", "s")), ("tab:blue", "tab:orange"), strict=True
+        ):
             # the whole trade-off: the router's least confident inputs sent to the LM, share by share
             curve = next((c for name, c in curves.items() if name.startswith(f"{dataset}: {setting}, ssm-first")), None)
             if curve:
-                ax.plot([p["share"] for p in curve], [p["accuracy"] for p in curve], "-", color=colour, alpha=0.7,
-                        label=f"EA, forced LM share ({setting}, first seed)")
-            pts = sorted((r["lm_call_share"], r["mean"]) for r in acc
-                         if r["method"] == "ea" and r["variant"].startswith(f"{setting}, ssm-first"))
+                ax.plot(
+                    [p["share"] for p in curve],
+                    [p["accuracy"] for p in curve],
+                    "-",
+                    color=colour,
+                    alpha=0.7,
+                    label=f"EA, forced LM share ({setting}, first seed)",
+                )
+            pts = sorted(
+                (r["lm_call_share"], r["mean"])
+                for r in acc
+                if r["method"] == "ea" and r["variant"].startswith(f"{setting}, ssm-first")
+            )
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker, color=colour, markersize=8,
-                        label=f"EA ssm-first, budgets chosen on validation ({setting})")
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    marker,
+                    color=colour,
+                    markersize=8,
+                    label=f"EA ssm-first, budgets chosen on validation ({setting})",
+                )
             for r in acc:
                 if r["method"] == "lm" and r["variant"] == setting:
                     ax.axhline(r["mean"], ls="--", color="gray", alpha=0.6)
         for r in acc:
             if r["method"] in ("lora", "linear-probe"):
-                ax.axhline(r["mean"], ls=":" if r["method"] == "lora" else "-.", color="black",
-                           label="LoRA (white-box)" if r["method"] == "lora" else "linear probe (raw box outputs)")
+                ax.axhline(
+                    r["mean"],
+                    ls=":" if r["method"] == "lora" else "-.",
+                    color="black",
+                    label="LoRA (white-box)" if r["method"] == "lora" else "linear probe (raw box outputs)",
+                )
         ax.set_xlabel("share of test inputs sent to the LM (cost); dashed: the LM alone")
         ax.set_ylabel(f"accuracy, {dataset} test")
         ax.grid(alpha=0.3)

@@ -85,8 +85,9 @@ class GrayMethod:
         tokens = None
         if self.tokens is not None:
             names = [e.name for e in box.spec.entry_points]
-            tokens = EntryTokensConfig(points=names[len(names) // 2:] if self.upper else "all", tokens=self.tokens,
-                                       reparam=self.reparam)
+            tokens = EntryTokensConfig(
+                points=names[len(names) // 2 :] if self.upper else "all", tokens=self.tokens, reparam=self.reparam
+            )
         return DGAConfig.variant(self.side, input_adapter=self.input_config(), entry_tokens=tokens)
 
 
@@ -105,8 +106,16 @@ def parse(name: str) -> GrayMethod | None:
         raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
     if (m["rpt"] or m["init"]) and m["side"] == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
-    return GrayMethod(name, side=m["side"] or "both", tokens=tokens, upper=bool(m["upper"]), rank=rank,
-                      activation=m["act"] or "none", reparam=int(m["rpt"] or 0), init=m["init"] or "random")
+    return GrayMethod(
+        name,
+        side=m["side"] or "both",
+        tokens=tokens,
+        upper=bool(m["upper"]),
+        rank=rank,
+        activation=m["act"] or "none",
+        reparam=int(m["rpt"] or 0),
+        init=m["init"] or "random",
+    )
 
 
 def describe(name: str, methods: dict) -> tuple[str, str, str]:
@@ -115,8 +124,10 @@ def describe(name: str, methods: dict) -> tuple[str, str, str]:
         return methods[name]
     gray = parse(name)
     if gray is None:
-        raise ConfigError(f"unknown method {name!r}; choose from {list(methods)} or a gray-box name "
-                          "(dga-lowrank16, lga-8-upper, ...: see exotune.bench.graymethods)")
+        raise ConfigError(
+            f"unknown method {name!r}; choose from {list(methods)} or a gray-box name "
+            "(dga-lowrank16, lga-8-upper, ...: see exotune.bench.graymethods)"
+        )
     return gray.method, gray.variant, gray.access
 
 
@@ -137,5 +148,4 @@ def check_group_key(key: str) -> None:
 
     family, _, group = key.partition(".")
     if not family or group not in PARAMETER_GROUPS:
-        raise ConfigError(f"a group learning rate is METHOD.GROUP=LR with GROUP one of {PARAMETER_GROUPS}, "
-                          f"got {key!r}")
+        raise ConfigError(f"a group learning rate is METHOD.GROUP=LR with GROUP one of {PARAMETER_GROUPS}, got {key!r}")

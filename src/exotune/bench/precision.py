@@ -30,8 +30,10 @@ def run(args) -> int:
     methods = args.methods or list(METHODS)
     bad = [x for x in datasets if x not in classification.DATASETS] + [m for m in methods if m not in METHODS]
     if bad:
-        raise ConfigError(f"suite 'precision' has no dataset or method {bad}; datasets "
-                          f"{list(classification.DATASETS)}, methods {list(METHODS)}")
+        raise ConfigError(
+            f"suite 'precision' has no dataset or method {bad}; datasets "
+            f"{list(classification.DATASETS)}, methods {list(METHODS)}"
+        )
     budget = classification.Budget(epochs=args.epochs or 1, max_train=args.max_train)
     repeats = 2
     device = os.environ.get("EXOTUNE_BENCH_DEVICE", "cpu")  # benchmarks/gpu/check.sh: cuda
@@ -43,8 +45,11 @@ def run(args) -> int:
         for method in methods:
             print(f"[bench] precision: {dataset} {method} ...", file=sys.stderr, flush=True)
             rec = run_isolated(measure, method, dataset, args.data_dir, budget, args.backbone, repeats, device)
-            print(f"[bench]   accuracy {rec['fp32']['accuracy']:.4f} vs {rec['bf16']['accuracy']:.4f}, "
-                  f"bf16 {rec['speedup']:.2f}x faster", file=sys.stderr)
+            print(
+                f"[bench]   accuracy {rec['fp32']['accuracy']:.4f} vs {rec['bf16']['accuracy']:.4f}, "
+                f"bf16 {rec['speedup']:.2f}x faster",
+                file=sys.stderr,
+            )
             records.append(rec)
     write_suite("precision", args, budget, out_dir, markdown, plot, repeats=repeats, records=records)
     return 0
@@ -79,16 +84,31 @@ def measure(method: str, dataset: str, data_dir, budget, backbone, repeats: int,
             box.precision = precision
             t = time.perf_counter()
             # zero-shot: the prototypes too are encoded in the precision under test
-            model = trained if trained is not None else TextClassifier(box, train.label_names, config=task).to(box.device)
+            model = (
+                trained if trained is not None else TextClassifier(box, train.label_names, config=task).to(box.device)
+            )
             predictions[precision] = model.predict_proba(test.inputs).argmax(-1).numpy()
             seconds[precision].append(time.perf_counter() - t)
-    rec = {"dataset": dataset, "split": "test", "method": method, "n_test": len(test), "n_train": len(train),
-           "train_seconds": round(train_seconds, 1), "threads": torch.get_num_threads(), "device": str(box.device),
-           "bf16_fast_path": torch.backends.cpu.get_cpu_capability()}
+    rec = {
+        "dataset": dataset,
+        "split": "test",
+        "method": method,
+        "n_test": len(test),
+        "n_train": len(train),
+        "train_seconds": round(train_seconds, 1),
+        "threads": torch.get_num_threads(),
+        "device": str(box.device),
+        "bf16_fast_path": torch.backends.cpu.get_cpu_capability(),
+    }
     for precision in PRECISIONS:
-        metrics = classification_metrics(np.asarray(test.labels), predictions[precision], len(train.label_names),
-                                          classes)
-        rec[precision] = {**metrics, "seconds": statistics.median(seconds[precision]), "all_seconds": seconds[precision]}
+        metrics = classification_metrics(
+            np.asarray(test.labels), predictions[precision], len(train.label_names), classes
+        )
+        rec[precision] = {
+            **metrics,
+            "seconds": statistics.median(seconds[precision]),
+            "all_seconds": seconds[precision],
+        }
     rec["speedup"] = rec["fp32"]["seconds"] / rec["bf16"]["seconds"]
     rec["accuracy_delta_points"] = 100 * (rec["bf16"]["accuracy"] - rec["fp32"]["accuracy"])
     rec["agreement"] = float((predictions["fp32"] == predictions["bf16"]).mean())  # same label for a text
@@ -96,19 +116,24 @@ def measure(method: str, dataset: str, data_dir, budget, backbone, repeats: int,
 
 
 def markdown(doc: dict) -> str:
-    lines = [f"# precision\n\n`{doc['command']}`\n",
-             f"{doc['date']}, {doc['machine']}, backbone {doc['backbone']}. Each model evaluated on the test split "
-             f"in fp32 and bf16 (autocast of the box's no-gradient calls), {doc['repeats']} time(s) each, "
-             "alternating which goes first, in one process; seconds are medians. DGA is trained in fp32 "
-             f"({doc['budget']['epochs']} epoch(s)).\n",
-             "| dataset | method | device | test | accuracy fp32 | accuracy bf16 | Δ points | macro-F1 fp32 | macro-F1 bf16 "
-             "| same label | s fp32 | s bf16 | bf16 speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# precision\n\n`{doc['command']}`\n",
+        f"{doc['date']}, {doc['machine']}, backbone {doc['backbone']}. Each model evaluated on the test split "
+        f"in fp32 and bf16 (autocast of the box's no-gradient calls), {doc['repeats']} time(s) each, "
+        "alternating which goes first, in one process; seconds are medians. DGA is trained in fp32 "
+        f"({doc['budget']['epochs']} epoch(s)).\n",
+        "| dataset | method | device | test | accuracy fp32 | accuracy bf16 | Δ points | macro-F1 fp32 | macro-F1 bf16 "
+        "| same label | s fp32 | s bf16 | bf16 speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in doc["records"]:
         a, b = r["fp32"], r["bf16"]
-        lines.append(f"| {r['dataset']} | {r['method']} | {r.get('device', 'cpu')} | {r['n_test']} | {a['accuracy']:.4f} | {b['accuracy']:.4f} | "
-                     f"{r['accuracy_delta_points']:+.2f} | {a['macro_f1']:.4f} | {b['macro_f1']:.4f} | "
-                     f"{r['agreement']:.4f} | {a['seconds']:.1f} | {b['seconds']:.1f} | {r['speedup']:.2f}x |")
+        lines.append(
+            f"| {r['dataset']} | {r['method']} | {r.get('device', 'cpu')} | {r['n_test']} | "
+            f"{a['accuracy']:.4f} | {b['accuracy']:.4f} | "
+            f"{r['accuracy_delta_points']:+.2f} | {a['macro_f1']:.4f} | {b['macro_f1']:.4f} | "
+            f"{r['agreement']:.4f} | {a['seconds']:.1f} | {b['seconds']:.1f} | {r['speedup']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -42,8 +42,7 @@ class Budget:
     concurrency: tuple[int, ...] = (1, 4, 16)
 
 
-def train_run(variant: str, url: str | None, token: str | None, seed: int, data_dir, budget: Budget,
-              backbone) -> dict:
+def train_run(variant: str, url: str | None, token: str | None, seed: int, data_dir, budget: Budget, backbone) -> dict:
     """One DGA (both sides) run on Banking77, against a local or a remote box."""
     from exotune.bench import classification
     from exotune.bench.classification import timed_eval
@@ -53,8 +52,9 @@ def train_run(variant: str, url: str | None, token: str | None, seed: int, data_
     from exotune.train import TrainConfig, Trainer, seed_everything
 
     seed_everything(seed)
-    split = classification.Budget(val_fraction=budget.val_fraction, max_train=budget.max_train,
-                                  max_val=budget.max_val, max_test=budget.max_test)
+    split = classification.Budget(
+        val_fraction=budget.val_fraction, max_train=budget.max_train, max_val=budget.max_val, max_test=budget.max_test
+    )
     train, val, test = classification.split_data("banking77", data_dir, split, seed)
     if url is None:
         from exotune.bench.served import BENCH_OWNER_SECRET
@@ -65,16 +65,29 @@ def train_run(variant: str, url: str | None, token: str | None, seed: int, data_
 
         box = connect(url, token=token)
     model = TextClassifier(box, train.label_names, DGAConfig())
-    cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr,
-                      patience=budget.patience, seed=seed)
+    cfg = TrainConfig(
+        epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, patience=budget.patience, seed=seed
+    )
     result = Trainer(cfg, progress=False).fit(model, train, val)
     metrics, speed = timed_eval(model, test)
-    return {"dataset": "banking77", "split": "test", "method": "dga", "variant": variant, "access": "dark-gray",
-            "seed": seed, "metrics": metrics, "trainable_params": model.num_trainable(),
-            "train_seconds": result.train_seconds, "seconds_per_step": result.seconds_per_step,
-            "best_epoch": result.best_epoch, "val_accuracy": result.best_metric,
-            "eval_examples_per_second": speed, "peak_memory_mb": peak_memory_mb(),
-            "requests": getattr(box, "stats", {}).get("requests"), "replays": getattr(box, "stats", {}).get("replays")}
+    return {
+        "dataset": "banking77",
+        "split": "test",
+        "method": "dga",
+        "variant": variant,
+        "access": "dark-gray",
+        "seed": seed,
+        "metrics": metrics,
+        "trainable_params": model.num_trainable(),
+        "train_seconds": result.train_seconds,
+        "seconds_per_step": result.seconds_per_step,
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.best_metric,
+        "eval_examples_per_second": speed,
+        "peak_memory_mb": peak_memory_mb(),
+        "requests": getattr(box, "stats", {}).get("requests"),
+        "replays": getattr(box, "stats", {}).get("replays"),
+    }
 
 
 def throughput_run(url: str, token: str, data_dir, budget: Budget) -> list[dict]:
@@ -91,13 +104,24 @@ def throughput_run(url: str, token: str, data_dir, budget: Budget) -> list[dict]
         batch = boxes[0].embed(texts)
         latencies, errors, wall = _hammer(boxes, batch, budget.pairs_per_client)
         lat = np.asarray(latencies) * 1000
-        out.append({"concurrency": n, "pairs": len(latencies), "failed": len(errors),
-                    "pairs_per_second": len(latencies) / wall, "requests_per_second": 2 * len(latencies) / wall,
-                    "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-                    "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-                    "batch_size": len(texts), "torch_threads": torch.get_num_threads()})
-        print(f"[bench]   concurrency {n}: {out[-1]['pairs_per_second']:.2f} fwd+bwd/s, "
-              f"p50 {out[-1]['p50_ms']:.0f} ms, {len(errors)} failed", file=sys.stderr)
+        out.append(
+            {
+                "concurrency": n,
+                "pairs": len(latencies),
+                "failed": len(errors),
+                "pairs_per_second": len(latencies) / wall,
+                "requests_per_second": 2 * len(latencies) / wall,
+                "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+                "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+                "batch_size": len(texts),
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+        print(
+            f"[bench]   concurrency {n}: {out[-1]['pairs_per_second']:.2f} fwd+bwd/s, "
+            f"p50 {out[-1]['p50_ms']:.0f} ms, {len(errors)} failed",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -152,15 +176,27 @@ def run(args) -> int:
         throughput = run_isolated(throughput_run, url, token, args.data_dir, budget)
         server_peak = process_peak_mb(server.proc.pid)
     for r in (local, remote):
-        print(f"[bench]   {r['variant']}: accuracy {r['metrics']['accuracy']:.4f}, "
-              f"{r['seconds_per_step']:.3f} s/step, client peak {r['peak_memory_mb']:.0f} MB", file=sys.stderr)
+        print(
+            f"[bench]   {r['variant']}: accuracy {r['metrics']['accuracy']:.4f}, "
+            f"{r['seconds_per_step']:.3f} s/step, client peak {r['peak_memory_mb']:.0f} MB",
+            file=sys.stderr,
+        )
     records = [_record(r, m) for r in (local, remote) for m in ("accuracy", "macro_f1")]
     ratio = remote["seconds_per_step"] / local["seconds_per_step"]
-    doc = {"suite": "remote", "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick,
-           "transport": "HTTP/1.1 on 127.0.0.1, safetensors bodies, server and clients on the same 2 cores",
-           "remote_over_local_seconds_per_step": ratio, "server_peak_memory_mb": server_peak,
-           "records": records, "throughput": throughput}
+    doc = {
+        "suite": "remote",
+        "command": command_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "budget": asdict(budget),
+        "quick": args.quick,
+        "transport": "HTTP/1.1 on 127.0.0.1, safetensors bodies, server and clients on the same 2 cores",
+        "remote_over_local_seconds_per_step": ratio,
+        "server_peak_memory_mb": server_peak,
+        "records": records,
+        "throughput": throughput,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "remote.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / "remote.md").write_text(markdown(doc))
@@ -170,20 +206,32 @@ def run(args) -> int:
 
 
 def markdown(doc: dict) -> str:
-    lines = [f"# remote\n\n`{doc['command']}`\n", f"{doc['date']}, {doc['machine']}, backbone {doc['backbone']}; "
-             f"{doc['transport']}.\n", "| variant | accuracy | macro-F1 | s/step | train s | client peak MB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# remote\n\n`{doc['command']}`\n",
+        f"{doc['date']}, {doc['machine']}, backbone {doc['backbone']}; {doc['transport']}.\n",
+        "| variant | accuracy | macro-F1 | s/step | train s | client peak MB |",
+        "|---|---|---|---|---|---|",
+    ]
     by = {(r["variant"], r["metric"]): r for r in doc["records"]}
     for v in ("local", "remote"):
         a, f = by[(v, "accuracy")], by[(v, "macro_f1")]
-        lines.append(f"| {v} | {a['mean']:.4f} | {f['mean']:.4f} | {a['seconds_per_step']:.3f} | "
-                     f"{a['train_seconds']:.0f} | {a['peak_memory_mb']:.0f} |")
-    lines += ["", f"Remote / local seconds per step: {doc['remote_over_local_seconds_per_step']:.2f}; "
-              f"server peak memory {doc['server_peak_memory_mb'] or 0:.0f} MB.", "",
-              "| concurrent clients | fwd+bwd pairs/s | requests/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {v} | {a['mean']:.4f} | {f['mean']:.4f} | {a['seconds_per_step']:.3f} | "
+            f"{a['train_seconds']:.0f} | {a['peak_memory_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Remote / local seconds per step: {doc['remote_over_local_seconds_per_step']:.2f}; "
+        f"server peak memory {doc['server_peak_memory_mb'] or 0:.0f} MB.",
+        "",
+        "| concurrent clients | fwd+bwd pairs/s | requests/s | p50 ms | p99 ms | failed |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in doc["throughput"]:
-        lines.append(f"| {t['concurrency']} | {t['pairs_per_second']:.2f} | {t['requests_per_second']:.2f} | "
-                     f"{t['p50_ms'] or 0:.0f} | {t['p99_ms'] or 0:.0f} | {t['failed']} |")
+        lines.append(
+            f"| {t['concurrency']} | {t['pairs_per_second']:.2f} | {t['requests_per_second']:.2f} | "
+            f"{t['p50_ms'] or 0:.0f} | {t['p99_ms'] or 0:.0f} | {t['failed']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -79,10 +79,19 @@ def measure(n: int, store: str, seconds: float, tmp: Path) -> dict:
             t.join()
         elapsed = time.monotonic() - start
     lat = {p: np.array([s for q, s in out if q == p]) * 1000 for p in ("/v1/forward", "/v1/backward")}
-    return {"replicas": n, "store": store, "clients": CLIENTS, "seconds": round(elapsed, 1), "errors": len(errors),
-            "pairs_per_s": round(len(lat["/v1/backward"]) / elapsed, 2),
-            **{f"{p.rsplit('/', 1)[1]}_{q}_ms": round(float(np.percentile(v, q)), 1)
-               for p, v in lat.items() for q in (50, 99)}}
+    return {
+        "replicas": n,
+        "store": store,
+        "clients": CLIENTS,
+        "seconds": round(elapsed, 1),
+        "errors": len(errors),
+        "pairs_per_s": round(len(lat["/v1/backward"]) / elapsed, 2),
+        **{
+            f"{p.rsplit('/', 1)[1]}_{q}_ms": round(float(np.percentile(v, q)), 1)
+            for p, v in lat.items()
+            for q in (50, 99)
+        },
+    }
 
 
 def store_cost(store: str, tmp: Path, calls: int = 2000) -> dict:
@@ -103,16 +112,29 @@ def store_cost(store: str, tmp: Path, calls: int = 2000) -> dict:
 
 
 def markdown(doc: dict) -> str:
-    lines = ["# Replicas behind nginx", "", f"{doc['machine']}; `{doc['command']}`", "",
-             f"{CLIENTS} clients, each sending training forward + backward pairs of {len(TEXTS)} texts "
-             "to stateless replicas of the packaged model behind nginx (the README's block).", "",
-             "| replicas | quota store | pairs/s | forward p50 / p99 ms | backward p50 / p99 ms | errors |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Replicas behind nginx",
+        "",
+        f"{doc['machine']}; `{doc['command']}`",
+        "",
+        f"{CLIENTS} clients, each sending training forward + backward pairs of {len(TEXTS)} texts "
+        "to stateless replicas of the packaged model behind nginx (the README's block).",
+        "",
+        "| replicas | quota store | pairs/s | forward p50 / p99 ms | backward p50 / p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in doc["runs"]:
-        lines.append(f"| {r['replicas']} | {r['store']} | {r['pairs_per_s']} | {r['forward_50_ms']} / "
-                     f"{r['forward_99_ms']} | {r['backward_50_ms']} / {r['backward_99_ms']} | {r['errors']} |")
-    lines += ["", "The quota bookkeeping of one gradient request alone (rate bucket + budget, loopback Redis):", "",
-              "| quota store | p50 ms | p99 ms |", "|---|---|---|"]
+        lines.append(
+            f"| {r['replicas']} | {r['store']} | {r['pairs_per_s']} | {r['forward_50_ms']} / "
+            f"{r['forward_99_ms']} | {r['backward_50_ms']} / {r['backward_99_ms']} | {r['errors']} |"
+        )
+    lines += [
+        "",
+        "The quota bookkeeping of one gradient request alone (rate bucket + budget, loopback Redis):",
+        "",
+        "| quota store | p50 ms | p99 ms |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c['store']} | {c['p50_ms']} | {c['p99_ms']} |" for c in doc["store_cost"]]
     return "\n".join(lines) + "\n"
 

@@ -95,8 +95,12 @@ def _shrink(corpus, keep_ids: set[str], n: int, seed: int):
     rng = np.random.default_rng(seed)
     extra = rng.choice(len(rest), size=max(0, min(len(rest), n - len(keep_ids))), replace=False)
     idx = sorted([corpus.index[d] for d in keep_ids] + [rest[i] for i in extra])
-    return Corpus([corpus.ids[i] for i in idx], [corpus.titles[i] for i in idx],
-                  [corpus.texts[i] for i in idx], f"{corpus.name}[{len(idx)}]")
+    return Corpus(
+        [corpus.ids[i] for i in idx],
+        [corpus.titles[i] for i in idx],
+        [corpus.texts[i] for i in idx],
+        f"{corpus.name}[{len(idx)}]",
+    )
 
 
 def _data(dataset: str, source, budget: Budget, seed: int):
@@ -202,9 +206,22 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     train, val, test = _data(dataset, source, budget, seed)
     gray = graymethods.parse(name) if access != "white" and method != "zero-shot" else None
     box = gray.load_box(backbone) if gray is not None else load_box(backbone)
-    rec = {"dataset": dataset, "split": "test", "method": method, "variant": variant, "access": access,
-           "seed": seed, "train_seconds": 0.0, "seconds_per_step": None, "lr": None, "n_train": len(train),
-           "n_val": len(val), "n_test": len(test), "n_corpus": len(test.corpus), "doc_side": budget.doc_side}
+    rec = {
+        "dataset": dataset,
+        "split": "test",
+        "method": method,
+        "variant": variant,
+        "access": access,
+        "seed": seed,
+        "train_seconds": 0.0,
+        "seconds_per_step": None,
+        "lr": None,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+        "n_corpus": len(test.corpus),
+        "doc_side": budget.doc_side,
+    }
     model, extra = _model(name, box, budget, backbone)
     if gray is not None:
         for tower in dict.fromkeys([model.query_tower, model.doc_encoder]):  # the same one when shared
@@ -214,12 +231,24 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
         rec["corpus_box_seconds"], rec["corpus_from_disk"] = box_corpus_outputs(model, test.corpus)
     if method != "zero-shot":
         lrs = budget.train_lrs(method)
-        cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, patience=budget.patience, seed=seed,
-                          select_metric="ndcg@10", **lrs)
+        cfg = TrainConfig(
+            epochs=budget.epochs,
+            batch_size=budget.batch_size,
+            patience=budget.patience,
+            seed=seed,
+            select_metric="ndcg@10",
+            **lrs,
+        )
         result = Trainer(cfg, progress=False).fit(model, train, val)
-        rec.update(train_seconds=result.train_seconds, **step_seconds(result), steps=result.steps, lr=cfg.lr,
-                   best_epoch=result.best_epoch, val_ndcg_at_10=result.best_metric,
-                   val_curve=val_curve(result, "ndcg@10"))
+        rec.update(
+            train_seconds=result.train_seconds,
+            **step_seconds(result),
+            steps=result.steps,
+            lr=cfg.lr,
+            best_epoch=result.best_epoch,
+            val_ndcg_at_10=result.best_metric,
+            val_curve=val_curve(result, "ndcg@10"),
+        )
         if len(lrs) > 1:
             rec["lr_groups"] = result.group_lr
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)

@@ -62,10 +62,20 @@ class Served:
 
 
 @contextmanager
-def served_box(backbone: str | None, stateless: bool = False, level: str = "dark-gray", *,
-               tokens: list[str] | None = None, n_tokens: int = 1, port: int | None = None,
-               extra: tuple[str, ...] = (), stats: bool = False, crash_after_backward: int | None = None,
-               rate: float = 100000, timeout_s: float = 180.0):
+def served_box(
+    backbone: str | None,
+    stateless: bool = False,
+    level: str = "dark-gray",
+    *,
+    tokens: list[str] | None = None,
+    n_tokens: int = 1,
+    port: int | None = None,
+    extra: tuple[str, ...] = (),
+    stats: bool = False,
+    crash_after_backward: int | None = None,
+    rate: float = 100000,
+    timeout_s: float = 180.0,
+):
     """Start a served box on 127.0.0.1 in a subprocess; yield a ``Served``; stop it after.
 
     ``tokens`` (else ``n_tokens`` fresh ones) go in its tokens file; ``extra`` are more
@@ -83,8 +93,20 @@ def served_box(backbone: str | None, stateless: bool = False, level: str = "dark
         instrumented = stats or crash_after_backward is not None
         cmd = [sys.executable, "-m", "exotune.bench.served" if instrumented else "exotune.cli"]
         cmd += ([] if instrumented else ["serve"]) + [
-            "--port", str(port), "--tokens-file", str(token_file), "--rate", str(rate), "--burst", str(int(rate)),
-            "--level", level, "--owner-secret-file", str(secret_file), *extra]
+            "--port",
+            str(port),
+            "--tokens-file",
+            str(token_file),
+            "--rate",
+            str(rate),
+            "--burst",
+            str(int(rate)),
+            "--level",
+            level,
+            "--owner-secret-file",
+            str(secret_file),
+            *extra,
+        ]
         stats_path = Path(tmp) / "stats.jsonl" if stats else None
         if stats_path:
             cmd += ["--stats", str(stats_path)]
@@ -136,11 +158,16 @@ def _drain(proc: subprocess.Popen, log: list[str]) -> None:
 def _instrument(app, stats: str | None, crash_after: int | None, interval_s: float = 1.0) -> None:
     service = app.state.service
     if stats:
+
         def write_stats() -> None:
             with open(stats, "a") as f:
                 while True:  # read only: the server purges expired handles on its own timer
-                    f.write(json.dumps({"t": time.time(), "handles": len(service.handles),
-                                        "handle_bytes": service.handles.nbytes}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {"t": time.time(), "handles": len(service.handles), "handle_bytes": service.handles.nbytes}
+                        )
+                        + "\n"
+                    )
                     f.flush()
                     time.sleep(interval_s)
 

@@ -47,7 +47,21 @@ def bench_texts(data_dir, n: int) -> tuple[list[str], str]:
         texts = load_dataset("banking77", "test", data_dir).texts
         return [texts[i % len(texts)] for i in range(n)], "banking77 test"
     except (ExotuneError, OSError):
-        words = ["card", "payment", "top", "up", "refund", "transfer", "pending", "account", "exchange", "rate", "fee", "cash", "atm"]
+        words = [
+            "card",
+            "payment",
+            "top",
+            "up",
+            "refund",
+            "transfer",
+            "pending",
+            "account",
+            "exchange",
+            "rate",
+            "fee",
+            "cash",
+            "atm",
+        ]
         return [" ".join(words[(i + j) % len(words)] for j in range(4 + i % 9)) for i in range(n)], "synthetic"
 
 
@@ -57,7 +71,7 @@ def cell(url: str, tokens: list[str], route: str, texts: list[str], n: int, budg
 
     size = budget.encode_texts if route == "encode" else budget.train_texts
     boxes = [connect(url, token=tokens[i]) for i in range(n)]
-    parts = [texts[(i * size) % len(texts):][:size] for i in range(n)]
+    parts = [texts[(i * size) % len(texts) :][:size] for i in range(n)]
     calls = [_encode(b, p) if route == "encode" else _train(b, b.embed(p)) for b, p in zip(boxes, parts, strict=True)]
     latencies, errors, lock = [], [], threading.Lock()
     clock = {}
@@ -90,10 +104,18 @@ def cell(url: str, tokens: list[str], route: str, texts: list[str], n: int, budg
     for b in boxes:
         b.close()
     lat = np.asarray(latencies) * 1000
-    return {"route": route, "clients": n, "calls": len(latencies), "failed": len(errors), "errors": errors[:3],
-            "calls_per_second": len(latencies) / wall, "texts_per_second": len(latencies) * size / wall,
-            "texts_per_call": size, "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
+    return {
+        "route": route,
+        "clients": n,
+        "calls": len(latencies),
+        "failed": len(errors),
+        "errors": errors[:3],
+        "calls_per_second": len(latencies) / wall,
+        "texts_per_second": len(latencies) * size / wall,
+        "texts_per_call": size,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+    }
 
 
 def _encode(box, texts):
@@ -119,9 +141,12 @@ def run(args) -> int:
     most = max(budget.concurrency)
     texts, source = bench_texts(args.data_dir, most * max(budget.encode_texts, budget.train_texts))
     cells = []
-    with served_box(args.backbone, stateless=True, n_tokens=most, extra=("--batch-wait-ms", "0")) as off, \
-            served_box(args.backbone, stateless=True, n_tokens=most,
-                       extra=("--batch-wait-ms", f"{budget.batch_wait_ms:g}")) as on:
+    with (
+        served_box(args.backbone, stateless=True, n_tokens=most, extra=("--batch-wait-ms", "0")) as off,
+        served_box(
+            args.backbone, stateless=True, n_tokens=most, extra=("--batch-wait-ms", f"{budget.batch_wait_ms:g}")
+        ) as on,
+    ):
         servers = {"off": off, "on": on}
         for n in budget.concurrency:
             for route in ROUTES:
@@ -129,15 +154,28 @@ def run(args) -> int:
                     s = servers[mode]
                     cells.append({"batching": mode, **cell(s.url, s.tokens, route, texts, n, budget)})
                     c = cells[-1]
-                    print(f"[bench] {route} x{n} batching {mode}: {c['calls_per_second']:.1f} calls/s, "
-                          f"p50 {c['p50_ms'] or 0:.0f} ms, p99 {c['p99_ms'] or 0:.0f} ms, {c['failed']} failed",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"[bench] {route} x{n} batching {mode}: {c['calls_per_second']:.1f} calls/s, "
+                        f"p50 {c['p50_ms'] or 0:.0f} ms, p99 {c['p99_ms'] or 0:.0f} ms, {c['failed']} failed",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         peaks = {m: process_peak_mb(s.proc.pid) for m, s in servers.items()}
-    doc = {"suite": "serve", "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-           "backbone": args.backbone or "all-MiniLM-L6-v2", "budget": asdict(budget), "quick": args.quick,
-           "texts": source, "transport": "HTTP/1.1 on 127.0.0.1, safetensors bodies; both servers and the clients "
-                                         "on the same cores, shared with other work",
-           "server_peak_memory_mb": peaks, "cells": cells, "summary": summary(cells)}
+    doc = {
+        "suite": "serve",
+        "command": command_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "budget": asdict(budget),
+        "quick": args.quick,
+        "texts": source,
+        "transport": "HTTP/1.1 on 127.0.0.1, safetensors bodies; both servers and the clients "
+        "on the same cores, shared with other work",
+        "server_peak_memory_mb": peaks,
+        "cells": cells,
+        "summary": summary(cells),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "serve.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / "serve.md").write_text(markdown(doc))
@@ -151,7 +189,9 @@ def summary(cells: list[dict]) -> dict:
     out = {}
     for route in ROUTES:
         for mode in MODES:
-            mine = sorted((c for c in cells if c["route"] == route and c["batching"] == mode), key=lambda c: c["clients"])
+            mine = sorted(
+                (c for c in cells if c["route"] == route and c["batching"] == mode), key=lambda c: c["clients"]
+            )
             base = mine[0]["calls_per_second"] or float("nan")
             out[f"{route} {mode}"] = {str(c["clients"]): c["calls_per_second"] / base for c in mine}
     return out
@@ -159,21 +199,26 @@ def summary(cells: list[dict]) -> dict:
 
 def markdown(doc: dict) -> str:
     b = doc["budget"]
-    lines = [f"# serve{' (quick)' if doc['quick'] else ''}\n", f"`{doc['command']}`\n",
-             f"{doc['date']}, {doc['machine']}, backbone {doc['backbone']}; {doc['transport']}. Texts: "
-             f"{doc['texts']}; encode requests of {b['encode_texts']} texts, forward+backward pairs on "
-             f"{b['train_texts']} texts (stateless); {b['seconds']:g} s per cell; batching on = "
-             f"`--batch-wait-ms {b['batch_wait_ms']:g}`, off = `--batch-wait-ms 0`.\n",
-             "| route | clients | off calls/s | on calls/s | on / off | off p50 / p99 ms | on p50 / p99 ms | failed |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# serve{' (quick)' if doc['quick'] else ''}\n",
+        f"`{doc['command']}`\n",
+        f"{doc['date']}, {doc['machine']}, backbone {doc['backbone']}; {doc['transport']}. Texts: "
+        f"{doc['texts']}; encode requests of {b['encode_texts']} texts, forward+backward pairs on "
+        f"{b['train_texts']} texts (stateless); {b['seconds']:g} s per cell; batching on = "
+        f"`--batch-wait-ms {b['batch_wait_ms']:g}`, off = `--batch-wait-ms 0`.\n",
+        "| route | clients | off calls/s | on calls/s | on / off | off p50 / p99 ms | on p50 / p99 ms | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by = {(c["route"], c["clients"], c["batching"]): c for c in doc["cells"]}
     for route in ROUTES:
         for n in b["concurrency"]:
             off, on = by[(route, n, "off")], by[(route, n, "on")]
-            lines.append(f"| {route} | {n} | {off['calls_per_second']:.1f} | {on['calls_per_second']:.1f} | "
-                         f"{on['calls_per_second'] / max(off['calls_per_second'], 1e-9):.2f} | "
-                         f"{off['p50_ms'] or 0:.0f} / {off['p99_ms'] or 0:.0f} | {on['p50_ms'] or 0:.0f} / "
-                         f"{on['p99_ms'] or 0:.0f} | {off['failed'] + on['failed']} |")
+            lines.append(
+                f"| {route} | {n} | {off['calls_per_second']:.1f} | {on['calls_per_second']:.1f} | "
+                f"{on['calls_per_second'] / max(off['calls_per_second'], 1e-9):.2f} | "
+                f"{off['p50_ms'] or 0:.0f} / {off['p99_ms'] or 0:.0f} | {on['p50_ms'] or 0:.0f} / "
+                f"{on['p99_ms'] or 0:.0f} | {off['failed'] + on['failed']} |"
+            )
     lines += ["", "Total throughput over one client's (same mode):", ""]
     for key, ratios in doc["summary"].items():
         lines.append(f"- {key}: " + ", ".join(f"{n} clients {r:.2f}x" for n, r in ratios.items()))
@@ -187,10 +232,10 @@ def plot(doc: dict, out_dir: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, route in zip(axes, ROUTES, strict=True):
         for mode in MODES:
-            mine = sorted((c for c in doc["cells"] if c["route"] == route and c["batching"] == mode),
-                          key=lambda c: c["clients"])
-            ax.plot([c["clients"] for c in mine], [c["calls_per_second"] for c in mine], "o-",
-                    label=f"batching {mode}")
+            mine = sorted(
+                (c for c in doc["cells"] if c["route"] == route and c["batching"] == mode), key=lambda c: c["clients"]
+            )
+            ax.plot([c["clients"] for c in mine], [c["calls_per_second"] for c in mine], "o-", label=f"batching {mode}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("calls / s" if route == "encode" else "forward+backward pairs / s")

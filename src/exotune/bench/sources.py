@@ -42,8 +42,11 @@ class UserFiles:
 
     def key(self) -> dict:
         files = {"train": self.train, "val": self.val, "test": self.test}
-        return {"files": files, "columns": [self.text_column, self.label_column],
-                "sha256": {k: _digest(Path(v)) for k, v in files.items() if v}}
+        return {
+            "files": files,
+            "columns": [self.text_column, self.label_column],
+            "sha256": {k: _digest(Path(v)) for k, v in files.items() if v},
+        }
 
     def load(self):
         """(train, validation or None, test) on the training file's label set."""
@@ -96,8 +99,10 @@ def user_data(args) -> UserFiles | BeirFolder | None:
         return None
     takes = {"classification": "file", "ea": "file", "retrieval": "beir"}.get(args.suite)
     if takes is None:
-        raise ConfigError(f"suite {args.suite!r} runs on its own datasets; --file and --beir-dir are for "
-                          "the classification, ea and retrieval suites")
+        raise ConfigError(
+            f"suite {args.suite!r} runs on its own datasets; --file and --beir-dir are for "
+            "the classification, ea and retrieval suites"
+        )
     if args.datasets:
         raise ConfigError("--datasets names known datasets; give either it or your own data, not both")
     if not args.out_dir:
@@ -109,6 +114,8 @@ def user_data(args) -> UserFiles | BeirFolder | None:
     if args.beir_dir:
         raise ConfigError(f"the {args.suite} suite takes labelled text files (--file), not --beir-dir")
     if not args.file or not args.test_file:
-        raise ConfigError("--file (training) and --test-file (scored once per run) are both needed; "
-                          "--val-file is optional (default: a share of --file)")
+        raise ConfigError(
+            "--file (training) and --test-file (scored once per run) are both needed; "
+            "--val-file is optional (default: a share of --file)"
+        )
     return UserFiles(args.file, args.test_file, args.val_file, args.text_column, args.label_column)

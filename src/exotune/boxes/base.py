@@ -52,8 +52,7 @@ class BoxBase(ABC):
     def require(self, *levels: str) -> None:
         if self.spec.access not in levels:
             raise AccessError(
-                f"this box is served at access level {self.spec.access!r}; "
-                f"the operation needs one of {levels}"
+                f"this box is served at access level {self.spec.access!r}; the operation needs one of {levels}"
             )
 
 
@@ -94,9 +93,7 @@ class TextBox(BoxBase):
                 f"embeds must have shape (batch, length, {self.spec.input_dim}), got {tuple(embeds.shape)}"
             )
         if mask.shape != embeds.shape[:2]:
-            raise BoxLimitError(
-                f"mask must have shape {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}"
-            )
+            raise BoxLimitError(f"mask must have shape {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}")
         if embeds.shape[0] > limits.max_batch:
             raise BoxLimitError(f"batch of {embeds.shape[0]} exceeds the box's max_batch {limits.max_batch}")
         if embeds.shape[1] > limits.max_length:
@@ -111,15 +108,17 @@ class TextBox(BoxBase):
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         """Outputs for ``texts`` (N, O), without gradients: the zero-shot path."""
-        return encode_sorted(self._encode_batch, texts, min(batch_size, self.spec.limits.max_batch),
-                             self.spec.output_dim, progress)
+        return encode_sorted(
+            self._encode_batch, texts, min(batch_size, self.spec.limits.max_batch), self.spec.output_dim, progress
+        )
 
 
 Box = TextBox  # the former name of the text box interface, kept for code written against it
 
 
-def encode_sorted(fn, texts: list, batch_size: int, dim: int, progress: bool = False,
-                  desc: str = "encode") -> torch.Tensor:
+def encode_sorted(
+    fn, texts: list, batch_size: int, dim: int, progress: bool = False, desc: str = "encode"
+) -> torch.Tensor:
     """``fn`` over length-sorted batches of ``texts`` (images keep their order); rows come back
     in the input order, on the CPU, whatever device ``fn`` ran on."""
     out = torch.zeros(len(texts), dim)

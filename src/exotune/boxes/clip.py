@@ -85,8 +85,14 @@ def padded_tokenizer(tokenizer):
     """A Hugging Face tokenizer as ``tokenize(texts, limit) -> (ids, mask)``, padded to the longest."""
 
     def tokenize(texts: list[str], limit: int):
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt",
-                        return_attention_mask=True)
+        enc = tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=limit,
+            return_tensors="pt",
+            return_attention_mask=True,
+        )
         return enc["input_ids"], enc["attention_mask"]  # (B, T), (B, T)
 
     return tokenize
@@ -105,9 +111,16 @@ def hf_text_tower(model: nn.Module, tokenizer) -> TextTower:
     def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return projection(text_model(input_ids=ids, attention_mask=mask).pooler_output)  # (B, O)
 
-    return TextTower(module=model, embeddings=text_model.embeddings.token_embedding,
-                     tokenize=padded_tokenizer(tokenizer), run=run,
-                     context_length=int(config.max_position_embeddings), marker=marker, filler=filler, pad=filler)
+    return TextTower(
+        module=model,
+        embeddings=text_model.embeddings.token_embedding,
+        tokenize=padded_tokenizer(tokenizer),
+        run=run,
+        context_length=int(config.max_position_embeddings),
+        marker=marker,
+        filler=filler,
+        pad=filler,
+    )
 
 
 @contextmanager
@@ -119,7 +132,9 @@ def _feed(embeddings: nn.Module, embeds: torch.Tensor):
         if threading.get_ident() != caller:
             return None
         if output.shape != embeds.shape:
-            raise RuntimeError(f"the text tower looked up {tuple(output.shape)} embeddings, the box fed {tuple(embeds.shape)}")
+            raise RuntimeError(
+                f"the text tower looked up {tuple(output.shape)} embeddings, the box fed {tuple(embeds.shape)}"
+            )
         return embeds.to(output.dtype, copy=True)  # a copy: some towers add positions in place (BLIP)
 
     handle = embeddings.register_forward_hook(hook)
@@ -158,8 +173,9 @@ class CLIPTextBox(Placed, Box):
         precision: str = "fp32",  # of the no-gradient calls
     ) -> None:
         self._placement = Placement(device, dtype, precision)  # checked before anything runs
-        access, self.__layers, points = expose(layers_of or tower.module, entry_points, entry_tokens_max, access,
-                                               opaque=owner_secret is not None)
+        access, self.__layers, points = expose(
+            layers_of or tower.module, entry_points, entry_tokens_max, access, opaque=owner_secret is not None
+        )
         tower.module.eval()
         tower.module.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self._placement.apply(tower.module)  # the given digest is of the weights before
@@ -238,8 +254,10 @@ def tower_options(options: Mapping, tower: Mapping | None) -> dict:
     may differ per tower; ``device`` and ``dtype`` are the whole model's)."""
     own = sorted(set(tower or {}) & set(MODEL_WIDE))
     if own:
-        raise ConfigError(f"{' and '.join(own)} place the whole model that both towers share: give them once, "
-                          "for both towers, not in one tower's options")
+        raise ConfigError(
+            f"{' and '.join(own)} place the whole model that both towers share: give them once, "
+            "for both towers, not in one tower's options"
+        )
     return {**options, **(tower or {})}
 
 
@@ -249,9 +267,17 @@ def pair_digest(model: nn.Module, digest: str | None = None, owner_secret: str |
     return digest or model_digest(model, owner_secret)
 
 
-def clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
-               text_options: Mapping | None = None, image_options: Mapping | None = None,
-               owner_secret: str | bytes | None = None, **options) -> BoxPair:
+def clip_boxes(
+    model: nn.Module,
+    tokenizer,
+    *,
+    image: ImageSpec | None = None,
+    digest: str | None = None,
+    text_options: Mapping | None = None,
+    image_options: Mapping | None = None,
+    owner_secret: str | bytes | None = None,
+    **options,
+) -> BoxPair:
     """A Hugging Face ``CLIPModel`` as a (text, image) pair of boxes.
 
     ``options`` (``access``, ``entry_points``, ``entry_tokens_max``, ``limits``, ``precision``;
@@ -263,8 +289,19 @@ def clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, d
     digest = pair_digest(model, digest, owner_secret)
     size = model.vision_model.config.image_size
     image = image or openai_image_spec(size if isinstance(size, int) else min(size))
-    text = CLIPTextBox(hf_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
-                       owner_secret=owner_secret, **tower_options(options, text_options))
-    vision = VisionEncoderBox(model.vision_model, projection=model.visual_projection, image=image, digest=digest,
-                              owner_secret=owner_secret, **tower_options(options, image_options))
+    text = CLIPTextBox(
+        hf_text_tower(model, tokenizer),
+        digest=digest,
+        layers_of=model.text_model,
+        owner_secret=owner_secret,
+        **tower_options(options, text_options),
+    )
+    vision = VisionEncoderBox(
+        model.vision_model,
+        projection=model.visual_projection,
+        image=image,
+        digest=digest,
+        owner_secret=owner_secret,
+        **tower_options(options, image_options),
+    )
     return BoxPair(text, vision)

@@ -89,7 +89,9 @@ def check_entry_tokens(spec: BoxSpec, entry_tokens: Mapping[str, torch.Tensor], 
     counts = {}
     for name, tokens in entry_tokens.items():
         if name not in points:
-            raise ConfigError(f"entry_tokens: unknown entry point {name!r}; this box exposes {sorted(points) or 'none'}")
+            raise ConfigError(
+                f"entry_tokens: unknown entry point {name!r}; this box exposes {sorted(points) or 'none'}"
+            )
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.shape[1] != dim or not len(tokens):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise BoxLimitError(f"entry_tokens[{name!r}] must have shape (n, {dim}) with n >= 1, got {shape}")
@@ -104,8 +106,7 @@ def check_entry_tokens(spec: BoxSpec, entry_tokens: Mapping[str, torch.Tensor], 
     n = next(iter(counts.values()))
     if length is not None and length + n > spec.limits.max_length:
         raise BoxLimitError(
-            f"sequence of {length} tokens plus {n} entry tokens exceeds the box's max_length "
-            f"{spec.limits.max_length}"
+            f"sequence of {length} tokens plus {n} entry tokens exceeds the box's max_length {spec.limits.max_length}"
         )
     return n
 
@@ -125,10 +126,12 @@ def entry_point_options(entry_points: Sequence[EntryPoint]) -> dict:
         return {}
     layers, limits = [], {e.max_tokens for e in entry_points}
     for e in entry_points:
-        index = e.name[len(ENTRY_PREFIX):]
+        index = e.name[len(ENTRY_PREFIX) :]
         if not e.name.startswith(ENTRY_PREFIX) or not index.isdigit():
-            raise ConfigError(f"entry point {e.name!r} is not a transformer layer ('{ENTRY_PREFIX}<index>'); "
-                              "a box whose owner hides its layers cannot be rebuilt here: connect to it")
+            raise ConfigError(
+                f"entry point {e.name!r} is not a transformer layer ('{ENTRY_PREFIX}<index>'); "
+                "a box whose owner hides its layers cannot be rebuilt here: connect to it"
+            )
         layers.append(int(index))
     if len(limits) != 1:
         raise ConfigError(f"entry points with different max_tokens {sorted(limits)} cannot be rebuilt")

@@ -56,8 +56,7 @@ class Channel:
     """One served box's URL, token and HTTP client (an ``httpx.Client``, safe across threads).
     ``stats`` counts requests and retries; ``spec`` and ``server`` come from ``/v1/spec``."""
 
-    def __init__(self, url: str, token: str | None = None, *, config: RemoteConfig | None = None,
-                 client=None) -> None:
+    def __init__(self, url: str, token: str | None = None, *, config: RemoteConfig | None = None, client=None) -> None:
         httpx = _httpx()
         self.url = url.rstrip("/")
         self.config = config or RemoteConfig()
@@ -100,12 +99,14 @@ class Channel:
             wait = min(cfg.max_wait_s, cfg.backoff_s * 2**attempt)
             self.stats["requests"] += 1
             try:
-                r = self._client.request(method, self.url + path, json=json, content=content,
-                                         params=params, headers=headers)
+                r = self._client.request(
+                    method, self.url + path, json=json, content=content, params=params, headers=headers
+                )
             except httpx.TransportError as err:
                 if attempt == cfg.retries:
-                    raise RemoteError(f"could not reach {self.url}{path} after {attempt + 1} tries: "
-                                      f"{err.__class__.__name__}: {err}") from err
+                    raise RemoteError(
+                        f"could not reach {self.url}{path} after {attempt + 1} tries: {err.__class__.__name__}: {err}"
+                    ) from err
             else:
                 code = _error_code(r)
                 retryable = r.status_code == 503 or (r.status_code == 429 and code == "rate_limited")

@@ -55,8 +55,14 @@ class ImageBox(BoxBase):
     @torch.no_grad()
     def encode(self, images: Sequence, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         """Outputs for ``images`` (N, O), without gradients: the zero-shot path."""
-        return encode_sorted(self._encode_batch, list(images), min(batch_size, self.spec.limits.max_batch),
-                             self.spec.output_dim, progress, "encode images")
+        return encode_sorted(
+            self._encode_batch,
+            list(images),
+            min(batch_size, self.spec.limits.max_batch),
+            self.spec.output_dim,
+            progress,
+            "encode images",
+        )
 
 
 # -- the owner's preprocessing --------------------------------------------------------------
@@ -77,16 +83,20 @@ def open_image(image, mode: str):
         with Image.open(path) as img:
             return img.convert(mode)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"image {path} cannot be read ({err.__class__.__name__}: {err}); "
-                        "the file is corrupt or not an image") from err
+        raise DataError(
+            f"image {path} cannot be read ({err.__class__.__name__}: {err}); the file is corrupt or not an image"
+        ) from err
 
 
 def _resize(img, size: tuple[int, int], spec: ImageSpec):
     """Shorter side to ``spec.resize`` then a centre crop of ``size`` (h, w); or straight to ``size``."""
     from PIL import Image
 
-    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-                "nearest": Image.Resampling.NEAREST}[spec.interpolation]
+    resample = {
+        "bicubic": Image.Resampling.BICUBIC,
+        "bilinear": Image.Resampling.BILINEAR,
+        "nearest": Image.Resampling.NEAREST,
+    }[spec.interpolation]
     h, w = size
     if not spec.resize:
         return img.resize((w, h), resample)
@@ -181,8 +191,9 @@ class VisionEncoderBox(Placed, ImageBox):
         hidden = int(config.hidden_size)
         size = size_pair(image_size or config.image_size)
         image = image or ImageSpec(mean=(0.5,) * channels, std=(0.5,) * channels, resize=0, interpolation="bilinear")
-        access, self.__layers, points = expose(model, entry_points, entry_tokens_max, access,
-                                               opaque=owner_secret is not None)
+        access, self.__layers, points = expose(
+            model, entry_points, entry_tokens_max, access, opaque=owner_secret is not None
+        )
         # entry slots are inserted at the input of layer 0, whether or not it is an entry layer
         self.__first = find_layers(model)[0] if self.__layers else None
         for module in (model, projection):
@@ -241,4 +252,6 @@ class VisionEncoderBox(Placed, ImageBox):
 
     def __repr__(self) -> str:  # never show the module
         s = self.spec
-        return f"VisionEncoderBox(access={s.access!r}, input={s.input_shape}, dim={s.output_dim}, digest={s.model_digest})"
+        return (
+            f"VisionEncoderBox(access={s.access!r}, input={s.input_shape}, dim={s.output_dim}, digest={s.model_digest})"
+        )

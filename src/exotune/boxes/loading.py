@@ -113,7 +113,8 @@ def load_clip_boxes(name_or_path: str, owner_secret: str | bytes | None = None, 
 
     ``name_or_path``: a Hugging Face ``CLIPModel``, ``SiglipModel`` or ``BlipForImageTextRetrieval``
     (``openai/clip-vit-base-patch16``, a local folder; ``exotune.boxes.pairs``) or
-    ``open_clip:MODEL[@PRETRAINED]`` (``open_clip:ViT-B-32@laion2b_s34b_b79k``, the 'open-clip' extra). ``options`` as for ``clip_boxes``. The weights must be in a local folder
+    ``open_clip:MODEL[@PRETRAINED]`` (``open_clip:ViT-B-32@laion2b_s34b_b79k``, the 'open-clip'
+    extra). ``options`` as for ``clip_boxes``. The weights must be in a local folder
     or cache, or reachable on the hub. ``owner_secret`` (a served pair's) keys the digest both
     specs show, so that it matches no hash of the public checkpoint.
     """
@@ -210,6 +211,9 @@ def _image_spec_of(data: dict):
     size = data.get("size")
     shortest = size.get("shortest_edge") if isinstance(size, dict) else (size if isinstance(size, int) else None)
     crop = bool(data.get("do_center_crop")) and shortest
-    return ImageSpec(mean=tuple(data["image_mean"]), std=tuple(data["image_std"]),
-                     resize=int(shortest) if crop else 0,
-                     interpolation=_RESAMPLE.get(data.get("resample"), "bicubic"))
+    return ImageSpec(
+        mean=tuple(data["image_mean"]),
+        std=tuple(data["image_std"]),
+        resize=int(shortest) if crop else 0,
+        interpolation=_RESAMPLE.get(data.get("resample"), "bicubic"),
+    )

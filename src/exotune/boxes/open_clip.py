@@ -42,21 +42,23 @@ def import_open_clip():
 
 def parse_name(name: str) -> tuple[str, str | None]:
     """``open_clip:MODEL[@PRETRAINED]`` -> (MODEL, PRETRAINED or None)."""
-    spec = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    spec = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     model, _, pretrained = spec.partition("@")
     if not model:
         raise ConfigError(f"an open_clip backbone is named 'open_clip:MODEL[@PRETRAINED]', got {name!r}")
     return model, pretrained or None
 
 
-def load_open_clip_boxes(model_name: str, pretrained: str | None = None, *, cache_dir: str | None = None,
-                         **options) -> BoxPair:
+def load_open_clip_boxes(
+    model_name: str, pretrained: str | None = None, *, cache_dir: str | None = None, **options
+) -> BoxPair:
     """Load an open_clip model (a name from ``open_clip.list_models()``, an ``hf-hub:`` id) with
     ``pretrained`` weights (a tag such as ``laion2b_s34b_b79k``, or a local checkpoint file)."""
     open_clip = import_open_clip()
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
-                                                                      cache_dir=cache_dir)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, cache_dir=cache_dir
+        )
         tokenizer = open_clip.get_tokenizer(model_name)
     except (RuntimeError, OSError, ValueError) as err:
         raise BackboneNotFoundError(
@@ -68,9 +70,16 @@ def load_open_clip_boxes(model_name: str, pretrained: str | None = None, *, cach
     return open_clip_boxes(model, tokenizer, image=image_spec_of(model, preprocess), **options)
 
 
-def open_clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None,
-                    text_options: Mapping | None = None, image_options: Mapping | None = None,
-                    owner_secret: str | bytes | None = None, **options) -> BoxPair:
+def open_clip_boxes(
+    model: nn.Module,
+    tokenizer,
+    *,
+    image: ImageSpec | None = None,
+    text_options: Mapping | None = None,
+    image_options: Mapping | None = None,
+    owner_secret: str | bytes | None = None,
+    **options,
+) -> BoxPair:
     """An open_clip model (``encode_text`` / ``encode_image``) and its tokenizer as two boxes.
 
     ``options`` (``access``, ``limits``, ``precision``; ``device`` and ``dtype``, which place the
@@ -85,12 +94,17 @@ def open_clip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = No
         if unknown:
             raise ConfigError(f"unknown open_clip box options {unknown}; they take {', '.join(TOWER_OPTIONS)}")
     digest = pair_digest(model, owner_secret=owner_secret)  # of the weights as given, before they are placed
-    text = CLIPTextBox(open_clip_text_tower(model, tokenizer), digest=digest,
-                       **{k: v for k, v in text_options.items() if k in TOWER_OPTIONS})
+    text = CLIPTextBox(
+        open_clip_text_tower(model, tokenizer),
+        digest=digest,
+        **{k: v for k, v in text_options.items() if k in TOWER_OPTIONS},
+    )
     size = size_pair(getattr(model.visual, "image_size", 224))
     image = image or openai_image_spec(min(size))
-    return BoxPair(text, OpenCLIPImageBox(model, size, image, digest,
-                                          **{k: v for k, v in image_options.items() if k in TOWER_OPTIONS}))
+    return BoxPair(
+        text,
+        OpenCLIPImageBox(model, size, image, digest, **{k: v for k, v in image_options.items() if k in TOWER_OPTIONS}),
+    )
 
 
 def open_clip_text_tower(model: nn.Module, tokenizer) -> TextTower:
@@ -118,18 +132,36 @@ def open_clip_text_tower(model: nn.Module, tokenizer) -> TextTower:
     def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model.encode_text(ids)  # (B, O)
 
-    return TextTower(module=model, embeddings=embeddings, tokenize=tokenize, run=run, context_length=context,
-                     marker=marker, filler=filler, pad=pad, pad_to_context=True)
+    return TextTower(
+        module=model,
+        embeddings=embeddings,
+        tokenize=tokenize,
+        run=run,
+        context_length=context,
+        marker=marker,
+        filler=filler,
+        pad=pad,
+        pad_to_context=True,
+    )
 
 
 class OpenCLIPImageBox(Placed, ImageBox):
     """The image tower of an open_clip model: ``encode_image`` from pixels. Dark-gray.
     ``device``, ``dtype`` (the whole model's) and ``precision`` as for ``CLIPTextBox``."""
 
-    def __init__(self, model: nn.Module, size: tuple[int, int], image: ImageSpec, digest: str, *,
-                 access: str | None = None, limits: BoxLimits | None = None,
-                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        size: tuple[int, int],
+        image: ImageSpec,
+        digest: str,
+        *,
+        access: str | None = None,
+        limits: BoxLimits | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        precision: str = "fp32",
+    ) -> None:
         self._placement = Placement(device, dtype, precision)  # checked before anything runs
         access = access or "dark-gray"
         model.eval()
@@ -138,9 +170,17 @@ class OpenCLIPImageBox(Placed, ImageBox):
         self.__model = model
         with torch.no_grad():
             output_dim = model.encode_image(self._placement.inward(torch.zeros(1, 3, *size))).shape[-1]
-        self.spec = BoxSpec(modality="image", input_kind="pixels", input_shape=(3, *size), output_dim=int(output_dim),
-                            access=access, model_digest=digest, pooling="model", image=image,
-                            limits=limits or BoxLimits(max_batch=256))
+        self.spec = BoxSpec(
+            modality="image",
+            input_kind="pixels",
+            input_shape=(3, *size),
+            output_dim=int(output_dim),
+            access=access,
+            model_digest=digest,
+            pooling="model",
+            image=image,
+            limits=limits or BoxLimits(max_batch=256),
+        )
 
     def forward(self, pixels: torch.Tensor, entry_tokens=None) -> torch.Tensor:
         self.require(*GRAY)
@@ -153,7 +193,9 @@ class OpenCLIPImageBox(Placed, ImageBox):
 
     def __repr__(self) -> str:  # never show the module
         s = self.spec
-        return f"OpenCLIPImageBox(access={s.access!r}, input={s.input_shape}, dim={s.output_dim}, digest={s.model_digest})"
+        return (
+            f"OpenCLIPImageBox(access={s.access!r}, input={s.input_shape}, dim={s.output_dim}, digest={s.model_digest})"
+        )
 
 
 def image_spec_of(model: nn.Module, preprocess) -> ImageSpec:
@@ -170,5 +212,9 @@ def image_spec_of(model: nn.Module, preprocess) -> ImageSpec:
         return openai_image_spec(size)
     interpolation = cfg.get("interpolation", "bicubic")
     resize_mode = cfg.get("resize_mode", "shortest")
-    return ImageSpec(mean=tuple(mean), std=tuple(std), resize=0 if resize_mode == "squash" else size,
-                     interpolation=interpolation if interpolation in ("bicubic", "bilinear") else "bicubic")
+    return ImageSpec(
+        mean=tuple(mean),
+        std=tuple(std),
+        resize=0 if resize_mode == "squash" else size,
+        interpolation=interpolation if interpolation in ("bicubic", "bilinear") else "bicubic",
+    )

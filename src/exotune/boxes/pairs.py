@@ -58,10 +58,20 @@ def siglip_text_tower(model: nn.Module, tokenizer) -> TextTower:
     def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return text_model(input_ids=ids).pooler_output  # (B, O): no mask, SigLIP attends to its padding
 
-    return TextTower(module=model, embeddings=text_model.embeddings.token_embedding, tokenize=padded_tokenizer(tokenizer),
-                     run=run, context_length=int(config.max_position_embeddings), marker=int(eos),
-                     filler=pick_filler(int(pad), int(eos)), pad=int(pad), pad_to_context=True, fill_padding=True,
-                     pooling="last", insert_at=int(_starts_with_special(tokenizer)))
+    return TextTower(
+        module=model,
+        embeddings=text_model.embeddings.token_embedding,
+        tokenize=padded_tokenizer(tokenizer),
+        run=run,
+        context_length=int(config.max_position_embeddings),
+        marker=int(eos),
+        filler=pick_filler(int(pad), int(eos)),
+        pad=int(pad),
+        pad_to_context=True,
+        fill_padding=True,
+        pooling="last",
+        insert_at=int(_starts_with_special(tokenizer)),
+    )
 
 
 def with_pair_loss(pair: BoxPair, loss: PairLoss) -> BoxPair:
@@ -71,17 +81,36 @@ def with_pair_loss(pair: BoxPair, loss: PairLoss) -> BoxPair:
     return pair
 
 
-def siglip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
-                 text_options: Mapping | None = None, image_options: Mapping | None = None,
-                 owner_secret: str | bytes | None = None, **options) -> BoxPair:
+def siglip_boxes(
+    model: nn.Module,
+    tokenizer,
+    *,
+    image: ImageSpec | None = None,
+    digest: str | None = None,
+    text_options: Mapping | None = None,
+    image_options: Mapping | None = None,
+    owner_secret: str | bytes | None = None,
+    **options,
+) -> BoxPair:
     """A Hugging Face ``SiglipModel`` as a (text, image) pair of boxes; options as ``clip_boxes``."""
     digest = pair_digest(model, digest, owner_secret)
     with torch.no_grad():  # read before the text box casts the model (dtype=)
         loss = PairLoss("sigmoid", scale=float(model.logit_scale.exp()), bias=float(model.logit_bias))
-    text = CLIPTextBox(siglip_text_tower(model, tokenizer), digest=digest, layers_of=model.text_model,
-                       owner_secret=owner_secret, **tower_options(options, text_options))
-    vision = VisionEncoderBox(model.vision_model, image=image or SIGLIP_IMAGE, pooling="model", digest=digest,
-                              owner_secret=owner_secret, **tower_options(options, image_options))
+    text = CLIPTextBox(
+        siglip_text_tower(model, tokenizer),
+        digest=digest,
+        layers_of=model.text_model,
+        owner_secret=owner_secret,
+        **tower_options(options, text_options),
+    )
+    vision = VisionEncoderBox(
+        model.vision_model,
+        image=image or SIGLIP_IMAGE,
+        pooling="model",
+        digest=digest,
+        owner_secret=owner_secret,
+        **tower_options(options, image_options),
+    )
     return with_pair_loss(BoxPair(text, vision), loss)
 
 
@@ -94,20 +123,48 @@ def blip_text_tower(model: nn.Module, tokenizer) -> TextTower:
     def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return projection(encoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0])  # (B, O)
 
-    return TextTower(module=model, embeddings=encoder.embeddings.word_embeddings, tokenize=padded_tokenizer(tokenizer),
-                     run=run, context_length=int(encoder.config.max_position_embeddings), marker=filler,
-                     filler=filler, pad=pad, pooling="cls", insert_at=int(_starts_with_special(tokenizer)))
+    return TextTower(
+        module=model,
+        embeddings=encoder.embeddings.word_embeddings,
+        tokenize=padded_tokenizer(tokenizer),
+        run=run,
+        context_length=int(encoder.config.max_position_embeddings),
+        marker=filler,
+        filler=filler,
+        pad=pad,
+        pooling="cls",
+        insert_at=int(_starts_with_special(tokenizer)),
+    )
 
 
-def blip_boxes(model: nn.Module, tokenizer, *, image: ImageSpec | None = None, digest: str | None = None,
-               text_options: Mapping | None = None, image_options: Mapping | None = None,
-               owner_secret: str | bytes | None = None, **options) -> BoxPair:
+def blip_boxes(
+    model: nn.Module,
+    tokenizer,
+    *,
+    image: ImageSpec | None = None,
+    digest: str | None = None,
+    text_options: Mapping | None = None,
+    image_options: Mapping | None = None,
+    owner_secret: str | bytes | None = None,
+    **options,
+) -> BoxPair:
     """The image-text contrastive part of a ``BlipForImageTextRetrieval`` as a (text, image) pair."""
     digest = pair_digest(model, digest, owner_secret)
-    text = CLIPTextBox(blip_text_tower(model, tokenizer), digest=digest, layers_of=model.text_encoder,
-                       owner_secret=owner_secret, **tower_options(options, text_options))
-    vision = VisionEncoderBox(model.vision_model, projection=model.vision_proj, image=image or BLIP_IMAGE,
-                              digest=digest, owner_secret=owner_secret, **tower_options(options, image_options))
+    text = CLIPTextBox(
+        blip_text_tower(model, tokenizer),
+        digest=digest,
+        layers_of=model.text_encoder,
+        owner_secret=owner_secret,
+        **tower_options(options, text_options),
+    )
+    vision = VisionEncoderBox(
+        model.vision_model,
+        projection=model.vision_proj,
+        image=image or BLIP_IMAGE,
+        digest=digest,
+        owner_secret=owner_secret,
+        **tower_options(options, image_options),
+    )
     return BoxPair(text, vision)
 
 
@@ -147,6 +204,8 @@ def pair_family(model_type: str) -> PairFamily:
     """The image-text family of a ``config.model_type``; a ConfigError names the supported ones."""
     if model_type not in PAIRS:
         names = ", ".join(f"{f.name} ({t})" for t, f in PAIRS.items())
-        raise ConfigError(f"a {model_type or 'model without a model_type'!r} model is not an image-text pair "
-                          f"with a text tower; supported image-text families: {names}")
+        raise ConfigError(
+            f"a {model_type or 'model without a model_type'!r} model is not an image-text pair "
+            f"with a text tower; supported image-text families: {names}"
+        )
     return PAIRS[model_type]

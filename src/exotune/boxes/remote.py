@@ -42,8 +42,15 @@ class _RemoteForward(torch.autograd.Function):
 class RemoteBox(ServedCalls, Box):
     """Client of a served box. ``stats`` counts requests, retries and forward replays."""
 
-    def __init__(self, url: str, token: str | None = None, *, config: RemoteConfig | None = None,
-                 client=None, channel: Channel | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        config: RemoteConfig | None = None,
+        client=None,
+        channel: Channel | None = None,
+    ) -> None:
         self._http = channel if channel is not None else Channel(url, token, config=config, client=client)
         self.url, self.config, self.stats = self._http.url, self._http.config, self._http.stats
         self.spec, self.server = self._http.spec, self._http.server
@@ -56,8 +63,9 @@ class RemoteBox(ServedCalls, Box):
         msg = self._tensors("POST", "/v1/embed", json={"texts": texts, "max_length": max_length})
         return TokenBatch(embeds=self._get(msg, "embeds"), mask=self._get(msg, "mask"))
 
-    def forward(self, embeds: torch.Tensor, mask: torch.Tensor,
-                entry_tokens: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         self.require(*GRAY)
         self.check_input(embeds, mask)
         if entry_tokens:
@@ -77,9 +85,16 @@ class RemoteBox(ServedCalls, Box):
         """Cosine similarity (N, L) of each text's output with each label text's: zero-shot."""
         texts, labels = check_texts(texts), check_texts(labels)
         # labels obey the same per-call bound as texts: more than max_batch go in column blocks
-        outs = [torch.cat([self._get(self._tensors("POST", "/v1/scores", json={"texts": part, "labels": block}), "scores")
-                           for block in self.spec.limits.batches(labels)], dim=1)
-                for part in self.spec.limits.batches(texts)]
+        outs = [
+            torch.cat(
+                [
+                    self._get(self._tensors("POST", "/v1/scores", json={"texts": part, "labels": block}), "scores")
+                    for block in self.spec.limits.batches(labels)
+                ],
+                dim=1,
+            )
+            for part in self.spec.limits.batches(texts)
+        ]
         return torch.cat(outs) if outs else torch.zeros(0, len(labels))
 
     def __repr__(self) -> str:  # never show the token
@@ -96,7 +111,9 @@ class RemoteBox(ServedCalls, Box):
 
     def _backward_call(self, handle, grad_out, embeds, mask, names, entries) -> dict[str, torch.Tensor]:
         msg = self._backward_inputs(handle, grad_out, self._inputs(embeds, mask, names, entries), embeds)
-        return self._read_grads(msg, {"embeds": embeds, **{wire_name(n): e for n, e in zip(names, entries, strict=True)}})
+        return self._read_grads(
+            msg, {"embeds": embeds, **{wire_name(n): e for n, e in zip(names, entries, strict=True)}}
+        )
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -119,8 +136,12 @@ def connect(url: str, token: str | None = None, *, config: RemoteConfig | None =
         from exotune.boxes.clip import BoxPair
 
         if sorted(channel.towers) != ["image", "text"]:
-            raise RemoteError(f"{channel.url} serves the towers {channel.towers}; connect to one: {channel.url}/<tower>")
-        text, image = (connect(f"{channel.url}/{name}", token, config=config, client=client) for name in ("text", "image"))
+            raise RemoteError(
+                f"{channel.url} serves the towers {channel.towers}; connect to one: {channel.url}/<tower>"
+            )
+        text, image = (
+            connect(f"{channel.url}/{name}", token, config=config, client=client) for name in ("text", "image")
+        )
         return BoxPair(text, image)
     if channel.spec.modality == "image":
         from exotune.boxes.remote_image import RemoteImageBox

@@ -45,13 +45,15 @@ class ServedCalls:
 
     def _forward_inputs(self, inputs: dict[str, torch.Tensor], like: torch.Tensor, train: bool):
         """(outputs on ``like``'s device and dtype, the handle or None) of ``inputs``."""
-        msg = self._http.message("POST", "/v1/forward", content=wire.encode(inputs),
-                                 params={"train": "true"} if train else None)
+        msg = self._http.message(
+            "POST", "/v1/forward", content=wire.encode(inputs), params={"train": "true"} if train else None
+        )
         out = get(msg, "outputs", (like.shape[0], self.spec.output_dim))
         return out.to(device=like.device, dtype=like.dtype), msg.meta.get("handle")
 
-    def _backward_inputs(self, handle: str | None, grad_out: torch.Tensor, inputs: dict[str, torch.Tensor],
-                         like: torch.Tensor) -> wire.Message:
+    def _backward_inputs(
+        self, handle: str | None, grad_out: torch.Tensor, inputs: dict[str, torch.Tensor], like: torch.Tensor
+    ) -> wire.Message:
         """The server's answer to the outputs' gradient ``grad_out`` (the inputs' gradients)."""
         grad = {"grad_outputs": grad_out.detach().float()}
         if handle is not None:

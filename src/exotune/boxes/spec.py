@@ -24,9 +24,7 @@ class EntryPoint:
 
     def __post_init__(self) -> None:
         if not self.name or self.max_tokens < 1:
-            raise ConfigError(
-                f"EntryPoint needs a name and max_tokens >= 1, got {self.name!r}, {self.max_tokens}"
-            )
+            raise ConfigError(f"EntryPoint needs a name and max_tokens >= 1, got {self.name!r}, {self.max_tokens}")
 
 
 @dataclass(frozen=True)
@@ -101,8 +99,15 @@ class PairLoss:
 
 # Fields added after specs were first saved: left out of ``to_dict`` while they hold these
 # defaults, so that the fingerprints of earlier (text) specs, and their adapters, stay valid.
-_ADDED_FIELDS = {"token_dim": 0, "image": None, "input_basis": "", "insert_at": 1, "prompt": "", "prompts": (),
-                 "pair_loss": None}
+_ADDED_FIELDS = {
+    "token_dim": 0,
+    "image": None,
+    "input_basis": "",
+    "insert_at": 1,
+    "prompt": "",
+    "prompts": (),
+    "pair_loss": None,
+}
 # What a black-box client needs: it sends texts and reads outputs (and scores), nothing else.
 BLACK_FIELDS = ("modality", "access", "output_dim", "model_digest", "normalized")
 

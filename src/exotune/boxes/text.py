@@ -94,8 +94,9 @@ class TextEncoderBox(Placed, Box):
                     f"entry_points need token embeddings as wide as the hidden states; this backbone has "
                     f"{embedding_dim} vs {model.config.hidden_size}"
                 )
-        access, self.__layers, points = expose(model, entry_points, entry_tokens_max, access,
-                                               opaque=owner_secret is not None)
+        access, self.__layers, points = expose(
+            model, entry_points, entry_tokens_max, access, opaque=owner_secret is not None
+        )
         model.eval()
         model.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self.__model = model
@@ -185,8 +186,12 @@ class TextEncoderBox(Placed, Box):
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
         with self.__tokenizer_lock:  # only to tokenize: the forward needs no lock
             enc = self.__tokenizer(
-                [self.__prompt + t for t in texts], padding=True, truncation=True, max_length=limit,
-                return_tensors="pt", padding_side="right",  # the user's layout: every text starts at position 0
+                [self.__prompt + t for t in texts],
+                padding=True,
+                truncation=True,
+                max_length=limit,
+                return_tensors="pt",
+                padding_side="right",  # the user's layout: every text starts at position 0
             )
         embeds = self.__embeddings(enc["input_ids"].to(self.device)).detach()  # (B, T, D), on the box's device
         return TokenBatch(embeds=embeds, mask=enc["attention_mask"].to(self.device))
@@ -258,8 +263,9 @@ def read_sentence_transformers_defaults(path: Path) -> dict:
     pooling_cfg = path / "1_Pooling" / "config.json"
     if pooling_cfg.is_file():
         cfg = json.loads(pooling_cfg.read_text())
-        defaults["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
-                               else "last" if cfg.get("pooling_mode_lasttoken") else "mean")
+        defaults["pooling"] = (
+            "cls" if cfg.get("pooling_mode_cls_token") else "last" if cfg.get("pooling_mode_lasttoken") else "mean"
+        )
         if cfg.get("include_prompt") is False:
             defaults["pool_prompt"] = False
     modules = path / "modules.json"

@@ -75,7 +75,9 @@ def _header(data: bytes, max_bytes: int) -> dict:
     if len(data) > max_bytes:
         raise WireError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
     if len(data) < 8:
-        raise WireError(f"message of {len(data)} bytes is truncated: a safetensors message starts with an 8-byte header length")
+        raise WireError(
+            f"message of {len(data)} bytes is truncated: a safetensors message starts with an 8-byte header length"
+        )
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES:
         raise WireError(f"safetensors header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES} bytes")
@@ -92,14 +94,14 @@ def _check_entry(name: str, entry, body_bytes: int) -> None:
         raise WireError(f"tensor {name!r}: header entry must have dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPES:
-        raise WireError(
-            f"tensor {name!r} has dtype {dtype}; allowed: {', '.join(DTYPES)} (float32, int64)"
-        )
+        raise WireError(f"tensor {name!r} has dtype {dtype}; allowed: {', '.join(DTYPES)} (float32, int64)")
     if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise WireError(f"tensor {name!r}: shape must be a list of at most 8 non-negative integers, got {shape!r}")
     ok = isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
     if not ok or not 0 <= offsets[0] <= offsets[1] <= body_bytes:
-        raise WireError(f"tensor {name!r}: data_offsets {offsets!r} lie outside the {body_bytes} data bytes (truncated?)")
+        raise WireError(
+            f"tensor {name!r}: data_offsets {offsets!r} lie outside the {body_bytes} data bytes (truncated?)"
+        )
     if math.prod(shape) * _ITEMSIZE[dtype] != offsets[1] - offsets[0]:
         raise WireError(f"tensor {name!r}: shape {shape} does not match its {offsets[1] - offsets[0]} bytes")
 

@@ -21,8 +21,16 @@ from exotune.cli import bench, demo, ea, embed, predict, serve, train
 from exotune.cli import eval as eval_cmd
 from exotune.errors import ExotuneError
 
-MODULES = {"demo": demo, "train": train, "eval": eval_cmd, "predict": predict, "embed": embed, "serve": serve,
-           "bench": bench, "ea": ea}
+MODULES = {
+    "demo": demo,
+    "train": train,
+    "eval": eval_cmd,
+    "predict": predict,
+    "embed": embed,
+    "serve": serve,
+    "bench": bench,
+    "ea": ea,
+}
 COMMANDS = {name: module.run for name, module in MODULES.items()}
 DEBUG_ENV = "EXOTUNE_DEBUG"  # set: errors from the standard library keep their traceback
 
@@ -50,9 +58,14 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     """The parser; ``*``: every command's arguments built; else only ``command``'s (if any)."""
     parser = Parser(prog="exotune", description="Adapt foundation models you cannot open.")
     parser.add_argument("--version", action="version", version=f"exotune {__version__}")
-    parser.add_argument("-q", "--quiet", dest="quiet_all", action="store_true",
-                        help="no progress and no notices, only results, warnings and errors (train also takes "
-                             "--quiet after the command)")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        dest="quiet_all",
+        action="store_true",
+        help="no progress and no notices, only results, warnings and errors (train also takes "
+        "--quiet after the command)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in MODULES.items():
         if command in ("*", name):
@@ -121,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:  # from user input (a file, a value) the library did not name
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"error: {type(err).__name__}: {_one_line(err)} (set {DEBUG_ENV}=1 for the traceback)",
-              file=sys.stderr)
+        print(f"error: {type(err).__name__}: {_one_line(err)} (set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,42 +22,74 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.cli.common import positive_int
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
-    p.add_argument("--datasets", nargs="+", default=None,
-                   help=f"default: the suite's first (classification: {', '.join(classification.DATASETS)}; "
-                        f"retrieval: {', '.join(retrieval.DATASETS)})")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help=f"default: all of the suite's (classification: {', '.join(classification.METHODS)}; "
-                        f"retrieval: {', '.join(retrieval.METHODS)}); classification, retrieval and steps also "
-                        "take gray-box names such as dga-lowrank16, lga-8-upper, lga-4-lowrank16-rpt64-init-labels "
-                        "(see exotune.bench.graymethods)")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        help=f"default: the suite's first (classification: {', '.join(classification.DATASETS)}; "
+        f"retrieval: {', '.join(retrieval.DATASETS)})",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"default: all of the suite's (classification: {', '.join(classification.METHODS)}; "
+        f"retrieval: {', '.join(retrieval.METHODS)}); classification, retrieval and steps also "
+        "take gray-box names such as dga-lowrank16, lga-8-upper, lga-4-lowrank16-rpt64-init-labels "
+        "(see exotune.bench.graymethods)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"default: the suite's (classification {CLASSIFICATION.epochs}, retrieval {RETRIEVAL.epochs})")
-    p.add_argument("--patience", type=positive_int, default=None,
-                   help=f"epochs without a validation gain before a run stops (default: the suite's, "
-                        f"classification {CLASSIFICATION.patience}, retrieval {RETRIEVAL.patience})")
-    p.add_argument("--max-train", type=int, default=None,
-                   help="train on a sample of this many examples (default: all; sst2: 4000)")
-    p.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", type=_method_lr,
-                   help="learning rate of a method, e.g. lora=5e-4 full-ft=5e-5 dga=3e-3 (dga: every gray-box "
-                        f"method; defaults, those of the committed tables: classification {_rates(CLASSIFICATION)}; "
-                        f"retrieval {_rates(RETRIEVAL)}); of a parameter group: dga.tokens=5e-2 (every gray-box "
-                        "method), lga.tokens=5e-2 (LGA only); groups: input, tokens, output, head")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"default: the suite's (classification {CLASSIFICATION.epochs}, retrieval {RETRIEVAL.epochs})",
+    )
+    p.add_argument(
+        "--patience",
+        type=positive_int,
+        default=None,
+        help=f"epochs without a validation gain before a run stops (default: the suite's, "
+        f"classification {CLASSIFICATION.patience}, retrieval {RETRIEVAL.patience})",
+    )
+    p.add_argument(
+        "--max-train", type=int, default=None, help="train on a sample of this many examples (default: all; sst2: 4000)"
+    )
+    p.add_argument(
+        "--lr",
+        nargs="+",
+        default=[],
+        metavar="METHOD=LR",
+        type=_method_lr,
+        help="learning rate of a method, e.g. lora=5e-4 full-ft=5e-5 dga=3e-3 (dga: every gray-box "
+        f"method; defaults, those of the committed tables: classification {_rates(CLASSIFICATION)}; "
+        f"retrieval {_rates(RETRIEVAL)}); of a parameter group: dga.tokens=5e-2 (every gray-box "
+        "method), lga.tokens=5e-2 (LGA only); groups: input, tokens, output, head",
+    )
     p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
-    p.add_argument("--out-dir", default=None,
-                   help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick); needed with your own data")
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick); needed with your own data",
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: small samples, one seed, one epoch")
-    p.add_argument("--fresh", action="store_true",
-                   help="ignore finished runs logged by an earlier, interrupted call with the same settings")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore finished runs logged by an earlier, interrupted call with the same settings",
+    )
     g = p.add_argument_group("your own data: every method of the suite on it (needs --out-dir)")
     g.add_argument("--file", help="classification, ea: training file (.csv, .tsv or .jsonl of labelled texts)")
     g.add_argument("--val-file", help="validation file: every choice is made on it (default: a share of --file)")
     g.add_argument("--test-file", help="test file, scored once per run")
     g.add_argument("--text-column", default="text", help="text column of the files (default: text)")
     g.add_argument("--label-column", default="label", help="label column of the files (default: label)")
-    g.add_argument("--beir-dir", help="retrieval: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv, "
-                                      "qrels/test.tsv; qrels/dev.tsv is the validation split when present)")
+    g.add_argument(
+        "--beir-dir",
+        help="retrieval: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv, "
+        "qrels/test.tsv; qrels/dev.tsv is the validation split when present)",
+    )
 
 
 def _rates(defaults) -> str:

@@ -29,8 +29,11 @@ def train(args, dga, train_cfg) -> int:
     model = TextClassifier(box, train_data.label_names, dga, cls_cfg)
     init_tokens(model.encoder, args.token_init, train_data.label_names, train_data.texts)  # --token-init
     if distributed.is_main():
-        print(f"training {dga.description} on {len(train_data)} examples, validating on {len(val)}; "
-              f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
+        print(
+            f"training {dga.description} on {len(train_data)} examples, validating on {len(val)}; "
+            f"{model.num_trainable():,} trainable parameters",
+            file=sys.stderr,
+        )
 
     def test():
         return model.evaluate(test_data, progress=not args.quiet)
@@ -44,8 +47,9 @@ def evaluate(args) -> int:
 
     data = load_data(args, args.split)
     if args.zero_shot:
-        model = TextClassifier(open_box(args), data.label_names, None,
-                               ClassificationConfig(label_template=args.label_template or "{}"))
+        model = TextClassifier(
+            open_box(args), data.label_names, None, ClassificationConfig(label_template=args.label_template or "{}")
+        )
     else:
         model = TextClassifier.from_pretrained(args.adapter, adapter_box(args))
     model = on_device(args, model)
@@ -57,6 +61,9 @@ def evaluate(args) -> int:
         rows, matrix = class_report(y_true, y_pred, model.label_names, classes)
         out = write_class_report(args.report_dir, metrics, rows, matrix, model.label_names)
         print(f"metrics, per-class report and confusion matrix written to {out}", file=sys.stderr)
-    print_metrics(args, metrics, f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 "
-                                 f"{metrics['macro_f1']:.4f} ({len(data)} examples)")
+    print_metrics(
+        args,
+        metrics,
+        f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} ({len(data)} examples)",
+    )
     return 0

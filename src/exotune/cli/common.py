@@ -17,8 +17,11 @@ IMAGE_TASKS = ("image-retrieval", "image-classification", "video-retrieval", "sk
 TASKS = ("classification", "retrieval", *IMAGE_TASKS)
 TEST_FILE_TASKS = ("classification", "image-retrieval", "image-classification", "video-retrieval")  # --test-file
 # the data option of each vision task: --images, --videos, --sketches
-VISION_SOURCES = {"images": ("image-retrieval", "image-classification"), "videos": ("video-retrieval",),
-                  "sketches": ("sketch-retrieval",)}
+VISION_SOURCES = {
+    "images": ("image-retrieval", "image-classification"),
+    "videos": ("video-retrieval",),
+    "sketches": ("sketch-retrieval",),
+}
 
 
 # -- argument types ----------------------------------------------------------------------------
@@ -55,27 +58,44 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str | None = None) 
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a known dataset: banking77, sst2 (classification); scifact (retrieval)")
     src.add_argument("--file", help="a .csv, .tsv or .jsonl file of labelled texts")
-    src.add_argument("--images", metavar="DIR",
-                     help="a folder of images: one sub-folder per class (--task image-classification), or the "
-                          "images that --captions names (--task image-retrieval)")
-    src.add_argument("--videos", metavar="DIR",
-                     help="the videos (files or folders of frames) that --captions names (--task video-retrieval)")
-    src.add_argument("--sketches", metavar="DIR",
-                     help="sketches: Sketchy's root (sketch/ and photo/ inside) or a folder of class sub-folders "
-                          "with --photos (--task sketch-retrieval)")
+    src.add_argument(
+        "--images",
+        metavar="DIR",
+        help="a folder of images: one sub-folder per class (--task image-classification), or the "
+        "images that --captions names (--task image-retrieval)",
+    )
+    src.add_argument(
+        "--videos",
+        metavar="DIR",
+        help="the videos (files or folders of frames) that --captions names (--task video-retrieval)",
+    )
+    src.add_argument(
+        "--sketches",
+        metavar="DIR",
+        help="sketches: Sketchy's root (sketch/ and photo/ inside) or a folder of class sub-folders "
+        "with --photos (--task sketch-retrieval)",
+    )
     g.add_argument("--data-dir", help="folder holding the known datasets (default: $EXOTUNE_DATA, else ./datasets)")
     g.add_argument("--text-column", default="text", help="text column of --file (default: text)")
     g.add_argument("--label-column", default="label", help="label column of --file (default: label)")
     add_label_names_arg(g)
     if split_default:
-        g.add_argument("--split", default=split_default, choices=["train", "test"], help=f"split of --dataset (default: {split_default})")
+        g.add_argument(
+            "--split",
+            default=split_default,
+            choices=["train", "test"],
+            help=f"split of --dataset (default: {split_default})",
+        )
 
 
 def add_split_files_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("your own validation and test files (with --file: same columns, labels by name)")
     g.add_argument("--val-file", help="validation file: selection happens on it (default: --val-fraction of --file)")
-    g.add_argument("--test-file", help="test file, scored once at the end (--eval-test); image tasks: the test "
-                                       "captions (image, video retrieval) or test image folder (image classification)")
+    g.add_argument(
+        "--test-file",
+        help="test file, scored once at the end (--eval-test); image tasks: the test "
+        "captions (image, video retrieval) or test image folder (image classification)",
+    )
     g.add_argument("--test", dest="test_file", help=argparse.SUPPRESS)  # the image tasks' former spelling
 
 
@@ -90,20 +110,34 @@ DEVICE_CHOICES = "auto, cpu, cuda or cuda:<index>"
 
 def add_box_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--backbone", default=None,
-                   help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2); "
-                        "for image tasks a CLIP, ViT or DINOv2 checkpoint (e.g. openai/clip-vit-base-patch16) or "
-                        "open_clip:MODEL@PRETRAINED")
-    g.add_argument("--remote", default=None, metavar="URL",
-                   help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)")
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help="local folder or model id of a BERT-family encoder (default: the packaged all-MiniLM-L6-v2); "
+        "for image tasks a CLIP, ViT or DINOv2 checkpoint (e.g. openai/clip-vit-base-patch16) or "
+        "open_clip:MODEL@PRETRAINED",
+    )
+    g.add_argument(
+        "--remote",
+        default=None,
+        metavar="URL",
+        help="a box served by 'exotune serve', e.g. http://127.0.0.1:8000 (token: $EXOTUNE_TOKEN)",
+    )
     d = p.add_argument_group("device and precision (recorded in a run's summary, never in an adapter)")
-    d.add_argument("--device", default="auto",
-                   help=f"where the adapters, the head and a local box run: {DEVICE_CHOICES} (default: auto, "
-                        "a CUDA GPU when there is one; under torchrun the rank's own)")
-    d.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler) for training steps and "
-                        "a local box's no-gradient calls (encode, evaluation, scores); the trained tensors stay "
-                        "float32 (default: fp32)")
+    d.add_argument(
+        "--device",
+        default="auto",
+        help=f"where the adapters, the head and a local box run: {DEVICE_CHOICES} (default: auto, "
+        "a CUDA GPU when there is one; under torchrun the rank's own)",
+    )
+    d.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler) for training steps and "
+        "a local box's no-gradient calls (encode, evaluation, scores); the trained tensors stay "
+        "float32 (default: fp32)",
+    )
 
 
 def add_texts_args(p: argparse.ArgumentParser):
@@ -158,8 +192,9 @@ def labelled_splits(args, want_test: bool):
         data, val = load_dataset(args.dataset, "train", args.data_dir).require_classes(args.dataset), None
         test = load_dataset(args.dataset, "test", args.data_dir) if want_test else None
     else:
-        data, val, test = load_text_files(args.file, args.val_file, args.test_file, args.text_column,
-                                          args.label_column, label_map=label_map(args))
+        data, val, test = load_text_files(
+            args.file, args.val_file, args.test_file, args.text_column, args.label_column, label_map=label_map(args)
+        )
         data.require_classes(args.file)  # before any model loads
         if want_test and test is None:
             raise ConfigError("--eval-test with --file needs --test-file (the file to score once at the end)")
@@ -171,8 +206,10 @@ def refuse_split_files(args, task: str) -> None:
     if args.val_file and task != "classification":
         raise ConfigError(f"--val-file is for --task classification, not --task {task}")
     if args.test_file and task not in TEST_FILE_TASKS:
-        raise ConfigError(f"--test-file is for --task {', '.join(TEST_FILE_TASKS)}, not --task {task} "
-                          + ("(--eval-test ranks the --unseen-classes)" if task == "sketch-retrieval" else ""))
+        raise ConfigError(
+            f"--test-file is for --task {', '.join(TEST_FILE_TASKS)}, not --task {task} "
+            + ("(--eval-test ranks the --unseen-classes)" if task == "sketch-retrieval" else "")
+        )
 
 
 def fill_train_defaults(args) -> None:
@@ -181,8 +218,13 @@ def fill_train_defaults(args) -> None:
     from exotune.defaults import for_task
 
     d = for_task(args.task)
-    given = {"epochs": d.epochs, "batch_size": d.batch_size, "patience": d.patience, "val_fraction": d.val_fraction,
-             "lr": d.lr_for("lga" if is_lga(args) else "dga")}
+    given = {
+        "epochs": d.epochs,
+        "batch_size": d.batch_size,
+        "patience": d.patience,
+        "val_fraction": d.val_fraction,
+        "lr": d.lr_for("lga" if is_lga(args) else "dga"),
+    }
     for name, value in given.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -208,10 +250,14 @@ def read_texts(args) -> list[str]:
 
 
 def add_label_names_arg(g) -> None:
-    g.add_argument("--label-names", default=None, metavar="NAMES|FILE",
-                   help="for files whose labels are codes: the class names in code order, comma-separated "
-                        "(code 0 is the first), or a file: a JSON object {code: name}, a JSON list, or one name "
-                        "a line")
+    g.add_argument(
+        "--label-names",
+        default=None,
+        metavar="NAMES|FILE",
+        help="for files whose labels are codes: the class names in code order, comma-separated "
+        "(code 0 is the first), or a file: a JSON object {code: name}, a JSON list, or one name "
+        "a line",
+    )
 
 
 def label_map(args) -> dict[str, str] | None:
@@ -274,8 +320,10 @@ def clip_pair(args, **options):
 
         boxes = served_boxes(args)
         if not isinstance(boxes, BoxPair):
-            raise ConfigError(f"--task {args.task} needs a CLIP model's two towers; {args.remote} serves one "
-                              f"{boxes.spec.modality} box (the owner serves both with exotune serve --kind clip)")
+            raise ConfigError(
+                f"--task {args.task} needs a CLIP model's two towers; {args.remote} serves one "
+                f"{boxes.spec.modality} box (the owner serves both with exotune serve --kind clip)"
+            )
         return boxes
     from exotune.boxes.loading import load_clip_boxes
 
@@ -325,8 +373,10 @@ def train_box(args):
     """The box to train against: for LGA, a local one is loaded light-gray with the chosen
     entry points; a served one exposes what its owner chose."""
     if args.remote and args.entry_points:
-        raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
-                          "exposes those its owner chose (see its /v1/spec)")
+        raise ConfigError(
+            "--entry-points chooses the entry points of a local box; a served box (--remote) "
+            "exposes those its owner chose (see its /v1/spec)"
+        )
     return open_box(args, **lga_box_options(args))
 
 
@@ -358,11 +408,18 @@ def adapter_box(args):
 # Per registered adapter, its config's fields from the CLI's options; an adapter not listed
 # gets its config's defaults (its own config class all the same).
 ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
-    ("input", "text-shift"): lambda a: {"shift": not a.no_shift, "extra_tokens": a.extra_tokens,
-                                        "reparam": a.token_reparam},
-    ("input", "token-lowrank"): lambda a: {"rank": a.lowrank_rank, "activation": a.lowrank_activation,
-                                           "shift": not a.no_shift, "extra_tokens": a.extra_tokens,
-                                           "reparam": a.token_reparam},
+    ("input", "text-shift"): lambda a: {
+        "shift": not a.no_shift,
+        "extra_tokens": a.extra_tokens,
+        "reparam": a.token_reparam,
+    },
+    ("input", "token-lowrank"): lambda a: {
+        "rank": a.lowrank_rank,
+        "activation": a.lowrank_activation,
+        "shift": not a.no_shift,
+        "extra_tokens": a.extra_tokens,
+        "reparam": a.token_reparam,
+    },
     ("input", "pixel-conv"): lambda a: {"kernel_size": a.kernel_size},
     ("input", "pixel-residual"): lambda a: {"kernel_size": a.kernel_size, "channels": a.pixel_channels},
     ("output", "mlp"): lambda a: {"hidden": a.mlp_hidden},
@@ -388,16 +445,29 @@ def dga_config(args, modality: str = "text"):
 def entry_tokens_config(args):
     from exotune.graybox import EntryTokensConfig
 
-    return EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS, reparam=args.token_reparam) if is_lga(args) else None
+    return (
+        EntryTokensConfig(tokens=args.entry_tokens or ENTRY_TOKENS, reparam=args.token_reparam)
+        if is_lga(args)
+        else None
+    )
 
 
 def train_config(args):
     from exotune.train import TrainConfig
 
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                       warmup_ratio=args.warmup_ratio, patience=args.patience, seed=args.seed,
-                       lr_input=args.lr_input, lr_tokens=args.lr_tokens, lr_output=args.lr_output,
-                       lr_head=args.lr_head)
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        warmup_ratio=args.warmup_ratio,
+        patience=args.patience,
+        seed=args.seed,
+        lr_input=args.lr_input,
+        lr_tokens=args.lr_tokens,
+        lr_output=args.lr_output,
+        lr_head=args.lr_head,
+    )
 
 
 # -- the end of every train --------------------------------------------------------------------
@@ -413,8 +483,14 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
 
     out = Path(args.output_dir)
     with card_context(data=data_info(args, train, val)):
-        trainer = Trainer(train_cfg, out, progress=not args.quiet, report_to=getattr(args, "report_to", None) or (),
-                          device=user_device(args), precision=args.precision)
+        trainer = Trainer(
+            train_cfg,
+            out,
+            progress=not args.quiet,
+            report_to=getattr(args, "report_to", None) or (),
+            device=user_device(args),
+            precision=args.precision,
+        )
         result = trainer.fit(model, train, val, resume=args.resume)
         if not distributed.is_main():
             return 0
@@ -423,9 +499,10 @@ def fit_and_report(args, model, train, val, train_cfg, test: Callable[[], dict] 
             summary["test"] = test()
             if result.best_dir is not None and result.best_dir.is_dir():  # the card again, with the test score
                 best = result.history[result.best_epoch - 1]
-                validation = {k[len("val_"):]: v for k, v in best.items() if k.startswith("val_")}
-                update_run_info(metrics={"validation": validation, "test": summary["test"]},
-                                best_epoch=result.best_epoch)
+                validation = {k[len("val_") :]: v for k, v in best.items() if k.startswith("val_")}
+                update_run_info(
+                    metrics={"validation": validation, "test": summary["test"]}, best_epoch=result.best_epoch
+                )
                 rewrite_card(result.best_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))

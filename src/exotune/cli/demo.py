@@ -15,9 +15,12 @@ HELP = "DGA on Banking77 with MiniLM: zero-shot vs adapted, in a few minutes"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help=HELP,
-                       description="Train DGA adapters (both sides) on Banking77 through the packaged MiniLM "
-                                   "box and compare with zero-shot on the test split.")
+    p = sub.add_parser(
+        "demo",
+        help=HELP,
+        description="Train DGA adapters (both sides) on Banking77 through the packaged MiniLM "
+        "box and compare with zero-shot on the test split.",
+    )
     p.add_argument("--data-dir", help="folder holding banking77/ (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--output-dir", default=DEMO_DIR, help=f"where the adapter goes (default: {DEMO_DIR})")
     p.add_argument("--epochs", type=int, default=1, help="passes over the training data")
@@ -43,10 +46,15 @@ def run(args) -> int:
     zero_shot = TextClassifier(box, data.label_names).evaluate(test, progress=not args.quiet)
     print(f"zero-shot on Banking77 test: accuracy {zero_shot['accuracy']:.4f}", file=sys.stderr)
     model = TextClassifier(box, data.label_names, DGAConfig())
-    print(f"training DGA input+output adapters ({model.num_trainable():,} parameters; the backbone's "
-          f"weights are never touched) on {len(train)} examples ...", file=sys.stderr)
+    print(
+        f"training DGA input+output adapters ({model.num_trainable():,} parameters; the backbone's "
+        f"weights are never touched) on {len(train)} examples ...",
+        file=sys.stderr,
+    )
     out = Path(args.output_dir)
-    Trainer(TrainConfig(epochs=args.epochs, lr=CLASSIFICATION.gray_lr), out, progress=not args.quiet).fit(model, train, val)
+    Trainer(TrainConfig(epochs=args.epochs, lr=CLASSIFICATION.gray_lr), out, progress=not args.quiet).fit(
+        model, train, val
+    )
     adapted = model.evaluate(test, progress=not args.quiet)
     print(f"\nBanking77 test ({len(test)} examples), all-MiniLM-L6-v2 behind a dark-gray box")
     print(f"  zero-shot      accuracy {zero_shot['accuracy']:.4f}   macro-F1 {zero_shot['macro_f1']:.4f}")

@@ -26,39 +26,71 @@ RETURNS = ("labels", "scores", "embeddings")
 LM_FILE = "lm.json"  # how the CLI reached the LM: kind, URL, model, answer form (never a key, never a path)
 LM_SAVED = ("lm", "base_url", "model", "returns", "label_template")
 #: the environment variable that holds the secret, per kind: only ever from the user's flag
-DEFAULT_KEY_ENV = {"served-box": "EXOTUNE_TOKEN", "openai-chat": "OPENAI_API_KEY", "openai-embeddings": "OPENAI_API_KEY"}
+DEFAULT_KEY_ENV = {
+    "served-box": "EXOTUNE_TOKEN",
+    "openai-chat": "OPENAI_API_KEY",
+    "openai-embeddings": "OPENAI_API_KEY",
+}
 
 
 def _add_lm_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("the black-box LM" + ("" if required else " (default: as at fit time)"))
-    g.add_argument("--lm", choices=LM_KINDS, required=required,
-                   help="what kind of API serves the LM; box: a text box loaded here (--model), answering as a "
-                        "served box at level black would")
-    g.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
-                                      "served-box: the root of an 'exotune serve', e.g. http://127.0.0.1:8000")
-    g.add_argument("--model", help="model name as the server knows it (not for served-box); box: a local folder "
-                                   "or model id (default: the packaged all-MiniLM-L6-v2)")
-    g.add_argument("--returns", choices=RETURNS, default=None,
-                   help="served-box, box: what the box answers with (default: labels)")
-    g.add_argument("--device", default="auto",
-                   help=f"box: where it runs, {DEVICE_CHOICES} (default: auto, a CUDA GPU when there is one); a "
-                        "served box runs where its owner chose")
-    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="box: the probe's box calls in fp32 or under bf16 / fp16 autocast (default: fp32); a "
-                        "served box's is its owner's (exotune serve --precision)")
-    g.add_argument("--api-key-env", default=None,
-                   help="environment variable holding the API key or bearer token "
-                        "(default: OPENAI_API_KEY; served-box: EXOTUNE_TOKEN)")
+    g.add_argument(
+        "--lm",
+        choices=LM_KINDS,
+        required=required,
+        help="what kind of API serves the LM; box: a text box loaded here (--model), answering as a "
+        "served box at level black would",
+    )
+    g.add_argument(
+        "--base-url",
+        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
+        "served-box: the root of an 'exotune serve', e.g. http://127.0.0.1:8000",
+    )
+    g.add_argument(
+        "--model",
+        help="model name as the server knows it (not for served-box); box: a local folder "
+        "or model id (default: the packaged all-MiniLM-L6-v2)",
+    )
+    g.add_argument(
+        "--returns", choices=RETURNS, default=None, help="served-box, box: what the box answers with (default: labels)"
+    )
+    g.add_argument(
+        "--device",
+        default="auto",
+        help=f"box: where it runs, {DEVICE_CHOICES} (default: auto, a CUDA GPU when there is one); a "
+        "served box runs where its owner chose",
+    )
+    g.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="box: the probe's box calls in fp32 or under bf16 / fp16 autocast (default: fp32); a "
+        "served box's is its owner's (exotune serve --precision)",
+    )
+    g.add_argument(
+        "--api-key-env",
+        default=None,
+        help="environment variable holding the API key or bearer token "
+        "(default: OPENAI_API_KEY; served-box: EXOTUNE_TOKEN)",
+    )
     g.add_argument("--cache", default=None, help="SQLite response cache (default: OUTPUT_DIR.responses.sqlite)")
-    g.add_argument("--concurrency", type=int, default=None,
-                   help="requests in flight at once (default: 4; served-box: 1, it computes one batch at a time)")
+    g.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests in flight at once (default: 4; served-box: 1, it computes one batch at a time)",
+    )
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
     g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts (default: 4)")
     if not required:
-        g.add_argument("--trust-folder-lm", action="store_true",
-                       help="connect to the base URL and model the adapter's lm.json names (a folder someone "
-                            "else made is not followed otherwise; the key's variable and the cache path are "
-                            "never taken from it)")
+        g.add_argument(
+            "--trust-folder-lm",
+            action="store_true",
+            help="connect to the base URL and model the adapter's lm.json names (a folder someone "
+            "else made is not followed otherwise; the key's variable and the cache path are "
+            "never taken from it)",
+        )
 
 
 HELP = "Easy Adaptation: a black-box LM plus small local models and a router"
@@ -75,18 +107,35 @@ def add_parser(sub) -> None:
     add_split_files_args(p)
     _add_lm_args(p, required=True)
     p.add_argument("--output-dir", required=True, help="where the EA adapter goes")
-    p.add_argument("--label-template", default="{}",
-                   help="text a class name is shown to the LM as, after '_' becomes ' ' (card_arrival -> "
-                        "'card arrival'), e.g. 'a question about {}' (default: '{}'); kept for predict and report")
-    p.add_argument("--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)")
-    p.add_argument("--policy", default="ssm-first", choices=POLICIES,
-                   help="who answers first: the small models (the LM only where they are unsure) or the LM")
+    p.add_argument(
+        "--label-template",
+        default="{}",
+        help="text a class name is shown to the LM as, after '_' becomes ' ' (card_arrival -> "
+        "'card arrival'), e.g. 'a question about {}' (default: '{}'); kept for predict and report",
+    )
+    p.add_argument(
+        "--ssm", nargs="+", default=["tfidf-lr"], choices=sorted(SSMS), help="small models (default: tfidf-lr)"
+    )
+    p.add_argument(
+        "--policy",
+        default="ssm-first",
+        choices=POLICIES,
+        help="who answers first: the small models (the LM only where they are unsure) or the LM",
+    )
     p.add_argument("--budget", type=float, default=0.3, help="largest share of inputs sent to the LM (default: 0.3)")
     p.add_argument("--clusters", type=int, default=8, help="k-means regions (default: 8)")
-    p.add_argument("--cv-folds", type=int, default=3,
-                   help="folds of the out-of-fold predictions the router learns from (default: 3)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="validation share carved from train when no --val-file is given (default: 0.1)")
+    p.add_argument(
+        "--cv-folds",
+        type=int,
+        default=3,
+        help="folds of the out-of-fold predictions the router learns from (default: 3)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="validation share carved from train when no --val-file is given (default: 0.1)",
+    )
     p.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the models")
     p = cmds.add_parser("predict", help="label texts with a saved EA adapter")
@@ -135,14 +184,18 @@ def _lm_settings(args, adapter: Path | None) -> dict:
     asked = {k: saved[k] for k in ("base_url", "model") if cfg[k] is None and saved.get(k)}
     if asked and not getattr(args, "trust_folder_lm", False):
         shown = ", ".join(f"{k}={v!r}" for k, v in asked.items())
-        raise ConfigError(f"{adapter / LM_FILE} asks to send the LM's requests with {shown} (lm: {cfg['lm']}); "
-                          "a folder is not followed silently: pass --trust-folder-lm to accept that, or give "
-                          "--base-url/--model yourself (the API key is always read from --api-key-env, "
-                          f"default {DEFAULT_KEY_ENV.get(cfg['lm'], 'OPENAI_API_KEY')}, never from the folder)")
+        raise ConfigError(
+            f"{adapter / LM_FILE} asks to send the LM's requests with {shown} (lm: {cfg['lm']}); "
+            "a folder is not followed silently: pass --trust-folder-lm to accept that, or give "
+            "--base-url/--model yourself (the API key is always read from --api-key-env, "
+            f"default {DEFAULT_KEY_ENV.get(cfg['lm'], 'OPENAI_API_KEY')}, never from the folder)"
+        )
     cfg.update(asked)
     if cfg["lm"] != "box" and (args.device != "auto" or args.precision != "fp32"):
-        raise ConfigError(f"--device and --precision place a box loaded here (--lm box); --lm {cfg['lm']} computes "
-                          "where and how its owner chose (a served box: exotune serve --device, --precision)")
+        raise ConfigError(
+            f"--device and --precision place a box loaded here (--lm box); --lm {cfg['lm']} computes "
+            "where and how its owner chose (a served box: exotune serve --device, --precision)"
+        )
     if cfg["lm"] == "box":
         if cfg["base_url"]:
             raise ConfigError("--lm box loads the box here (--model names it); --base-url is for a served one")
@@ -160,8 +213,12 @@ def make_client(cfg: dict, args):
     from exotune.ea.cache import ResponseCache
     from exotune.ea.clients import OpenAIChatClient, OpenAIEmbeddingClient, ServedBoxClient
 
-    common = {"cache": ResponseCache(cfg["cache"]), "timeout": args.timeout, "max_retries": args.max_retries,
-              "label_template": cfg["label_template"] or "{}"}
+    common = {
+        "cache": ResponseCache(cfg["cache"]),
+        "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "label_template": cfg["label_template"] or "{}",
+    }
     if args.concurrency is not None:  # else each client's own default
         common["max_concurrency"] = args.concurrency
     if cfg["lm"] == "box":
@@ -173,11 +230,13 @@ def make_client(cfg: dict, args):
         return ServedBoxClient(box=box, returns=cfg["returns"] or "labels", **common)
     if cfg["lm"] == "served-box":
         key_env = cfg["api_key_env"] or DEFAULT_KEY_ENV["served-box"]
-        return ServedBoxClient(cfg["base_url"], os.environ.get(key_env), returns=cfg["returns"] or "labels",
-                               key_env=key_env, **common)
+        return ServedBoxClient(
+            cfg["base_url"], os.environ.get(key_env), returns=cfg["returns"] or "labels", key_env=key_env, **common
+        )
     cls = OpenAIChatClient if cfg["lm"] == "openai-chat" else OpenAIEmbeddingClient
-    return cls(cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or DEFAULT_KEY_ENV[cfg["lm"]],
-               **common)
+    return cls(
+        cfg["model"], base_url=cfg["base_url"], api_key_env=cfg["api_key_env"] or DEFAULT_KEY_ENV[cfg["lm"]], **common
+    )
 
 
 def rounded(value, digits: int = 4):
@@ -206,16 +265,27 @@ def cmd_fit(args) -> int:
     from exotune.ea.model import EasyAdapter
 
     if args.images:
-        raise ConfigError("ea fit takes labelled texts (--dataset or --file); images are not supported at the "
-                          "black level yet")
+        raise ConfigError(
+            "ea fit takes labelled texts (--dataset or --file); images are not supported at the black level yet"
+        )
     out = Path(args.output_dir)
     args.cache = args.cache or str(out.with_name(out.name + ".responses.sqlite"))
     cfg = _lm_settings(args, None)
     train, val, test = labelled_splits(args, want_test=False)
     client, existed = make_client(cfg, args), Path(cfg["cache"]).exists()
-    model = EasyAdapter(client, ssms=tuple(args.ssm), n_clusters=args.clusters, policy=args.policy,
-                        budget=args.budget, cv_folds=args.cv_folds, random_state=args.seed)
-    print(f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...", file=sys.stderr)
+    model = EasyAdapter(
+        client,
+        ssms=tuple(args.ssm),
+        n_clusters=args.clusters,
+        policy=args.policy,
+        budget=args.budget,
+        cv_folds=args.cv_folds,
+        random_state=args.seed,
+    )
+    print(
+        f"EA: probing {cfg['model'] or cfg['base_url']} on {len(train)} + {len(val)} examples, then training ...",
+        file=sys.stderr,
+    )
     try:
         model.fit(train, val)
     except BaseException:
@@ -223,9 +293,13 @@ def cmd_fit(args) -> int:
         raise
     with card_context(data=data_info(args, train, val)):  # what the model card says of the data
         model.save_pretrained(out, extra_files={LM_FILE: {k: cfg[k] for k in LM_SAVED}})  # checksummed with the rest
-    summary = {"adapter": str(out), "val_accuracy": rounded(model.val_accuracy_),
-               "lm_call_share": rounded(model.router_.share_), "fit_seconds": round(model.fit_seconds_, 1),
-               "probe": rounded(model.ledgers_["probe"].to_dict())}
+    summary = {
+        "adapter": str(out),
+        "val_accuracy": rounded(model.val_accuracy_),
+        "lm_call_share": rounded(model.router_.share_),
+        "fit_seconds": round(model.fit_seconds_, 1),
+        "probe": rounded(model.ledgers_["probe"].to_dict()),
+    }
     if cfg["lm"] == "box":  # run-time choices: in the summary, not in the adapter
         from exotune.devices import resolve_device
 

@@ -15,8 +15,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("embed", help=HELP)
     p.add_argument("--adapter", required=True, help="adapter folder written by train (a text classifier or retriever)")
     add_box_args(p)
-    p.add_argument("--input-file", required=True,
-                   help="texts: one per line, or a .csv, .tsv or .jsonl file (its --text-column)")
+    p.add_argument(
+        "--input-file", required=True, help="texts: one per line, or a .csv, .tsv or .jsonl file (its --text-column)"
+    )
     p.add_argument("--text-column", default="text", help="text column of a .csv, .tsv or .jsonl --input-file")
     p.add_argument("--output", required=True, help="where the embeddings go: .npy, .jsonl or .parquet (needs pyarrow)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per call to the box")
@@ -34,8 +35,9 @@ def load_text_encoder(folder: str, box):
     models = {TextClassifier.adapter_type: TextClassifier, RETRIEVER: DualEncoder}
     kind = read_json(f"{folder}/{CONFIG_NAME}").get("type")  # the folder is verified by adapter_box
     if kind not in models:
-        raise ConfigError(f"{folder} holds a {kind!r} adapter; embed takes a text classifier or retriever "
-                          f"({', '.join(models)})")
+        raise ConfigError(
+            f"{folder} holds a {kind!r} adapter; embed takes a text classifier or retriever ({', '.join(models)})"
+        )
     return models[kind].from_pretrained(folder, box)
 
 

@@ -6,9 +6,14 @@ from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images, user_device
 from exotune.errors import ConfigError
 
-EVALUATORS = {"classification": classification.evaluate, "retrieval": retrieval.evaluate,
-              "image-retrieval": images.evaluate, "image-classification": images.evaluate,
-              "video-retrieval": vision.evaluate, "sketch-retrieval": vision.evaluate}  # (args) -> int
+EVALUATORS = {
+    "classification": classification.evaluate,
+    "retrieval": retrieval.evaluate,
+    "image-retrieval": images.evaluate,
+    "image-classification": images.evaluate,
+    "video-retrieval": vision.evaluate,
+    "sketch-retrieval": vision.evaluate,
+}  # (args) -> int
 
 
 HELP = "evaluate an adapter (or zero-shot) on a labelled or retrieval dataset"
@@ -21,15 +26,25 @@ def add_parser(sub) -> None:
     add_box_args(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--adapter", help="adapter folder written by train")
-    who.add_argument("--zero-shot", action="store_true",
-                     help="the bare box: class-name prototypes, or plain embeddings for retrieval")
-    p.add_argument("--label-template", default=None,
-                   help="with --zero-shot: text a class name is encoded as (default: '{}'; images: 'a photo of a {}.')")
+    who.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="the bare box: class-name prototypes, or plain embeddings for retrieval",
+    )
+    p.add_argument(
+        "--label-template",
+        default=None,
+        help="with --zero-shot: text a class name is encoded as (default: '{}'; images: 'a photo of a {}.')",
+    )
     images.add_image_args(p)
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
-    p.add_argument("--report-dir", default=None, metavar="DIR",
-                   help="classification: write metrics.json, a per-class report (per_class.csv) and the confusion "
-                        "matrix (confusion_matrix.csv and .png) into DIR")
+    p.add_argument(
+        "--report-dir",
+        default=None,
+        metavar="DIR",
+        help="classification: write metrics.json, a per-class report (per_class.csv) and the confusion "
+        "matrix (confusion_matrix.csv and .png) into DIR",
+    )
 
 
 def run(args) -> int:

@@ -28,53 +28,89 @@ from exotune.errors import ConfigError
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("images, videos, sketches (--task image-retrieval, image-classification, "
-                             "video-retrieval, sketch-retrieval)")
-    g.add_argument("--captions", metavar="FILE",
-                   help="captions of --images: a .csv/.tsv/.jsonl (image, caption columns), a COCO caption file "
-                        "or a Karpathy-split .json (COCO, Flickr30K); of --videos: a .csv/.tsv/.jsonl (video, "
-                        "caption columns), a VATEX .json or MSR-VTT's MSRVTT_data.json")
-    g.add_argument("--caption-split", default=None,
-                   help="the split of a Karpathy-split file (train, val, test) or of MSR-VTT (train: 9k, test: 1k-A)")
+    g = p.add_argument_group(
+        "images, videos, sketches (--task image-retrieval, image-classification, video-retrieval, sketch-retrieval)"
+    )
+    g.add_argument(
+        "--captions",
+        metavar="FILE",
+        help="captions of --images: a .csv/.tsv/.jsonl (image, caption columns), a COCO caption file "
+        "or a Karpathy-split .json (COCO, Flickr30K); of --videos: a .csv/.tsv/.jsonl (video, "
+        "caption columns), a VATEX .json or MSR-VTT's MSRVTT_data.json",
+    )
+    g.add_argument(
+        "--caption-split",
+        default=None,
+        help="the split of a Karpathy-split file (train, val, test) or of MSR-VTT (train: 9k, test: 1k-A)",
+    )
     g.add_argument("--image-column", default="image", help="image path column of --captions (default: image)")
     g.add_argument("--video-column", default="video", help="video path column of --captions (default: video)")
     g.add_argument("--caption-column", default="caption", help="caption column of --captions (default: caption)")
-    g.add_argument("--skip-bad-images", "--skip-bad-videos", dest="skip_bad_images", action="store_true",
-                   help="leave out missing or unreadable images or videos (counted) instead of stopping at the first")
+    g.add_argument(
+        "--skip-bad-images",
+        "--skip-bad-videos",
+        dest="skip_bad_images",
+        action="store_true",
+        help="leave out missing or unreadable images or videos (counted) instead of stopping at the first",
+    )
     g.add_argument("--frames", type=positive_int, default=8, help="video-retrieval: frames sampled per video")
-    g.add_argument("--temporal-pooling", default="mean", choices=("mean", "attention"),
-                   help="video-retrieval: frames pooled by their mean, or by learnable weights (start: the mean)")
+    g.add_argument(
+        "--temporal-pooling",
+        default="mean",
+        choices=("mean", "attention"),
+        help="video-retrieval: frames pooled by their mean, or by learnable weights (start: the mean)",
+    )
     g.add_argument("--photos", metavar="DIR", help="sketch-retrieval: photos, one sub-folder per class (the gallery)")
-    g.add_argument("--photo-backbone", default=None,
-                   help="sketch-retrieval: a second image box for the photos (default: the --backbone)")
-    g.add_argument("--unseen-classes", type=float, default=None, metavar="FRACTION",
-                   help="sketch-retrieval: hold out this share of the classes; --eval-test evaluates on them, and "
-                        "so does eval given the same share and --class-seed")
+    g.add_argument(
+        "--photo-backbone",
+        default=None,
+        help="sketch-retrieval: a second image box for the photos (default: the --backbone)",
+    )
+    g.add_argument(
+        "--unseen-classes",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="sketch-retrieval: hold out this share of the classes; --eval-test evaluates on them, and "
+        "so does eval given the same share and --class-seed",
+    )
     g.add_argument("--class-seed", type=int, default=0, help="sketch-retrieval: which classes are held out")
-    g.add_argument("--loss", choices=("infonce", "sigmoid"), default=None,
-                   help="image-retrieval: the loss (default: the model's own; sigmoid for SigLIP, with its logit "
-                        "scale and bias held fixed, InfoNCE for CLIP and BLIP); --loss sigmoid on another pair "
-                        "learns its own scale and bias (unless --fixed-temperature)")
+    g.add_argument(
+        "--loss",
+        choices=("infonce", "sigmoid"),
+        default=None,
+        help="image-retrieval: the loss (default: the model's own; sigmoid for SigLIP, with its logit "
+        "scale and bias held fixed, InfoNCE for CLIP and BLIP); --loss sigmoid on another pair "
+        "learns its own scale and bias (unless --fixed-temperature)",
+    )
 
 
-NEEDS = {"image-retrieval": "--images DIR and --captions FILE", "image-classification":
-         "--images DIR (one sub-folder per class)", "video-retrieval": "--videos DIR and --captions FILE",
-         "sketch-retrieval": "--sketches DIR (Sketchy's root, or class sub-folders with --photos DIR)"}
+NEEDS = {
+    "image-retrieval": "--images DIR and --captions FILE",
+    "image-classification": "--images DIR (one sub-folder per class)",
+    "video-retrieval": "--videos DIR and --captions FILE",
+    "sketch-retrieval": "--sketches DIR (Sketchy's root, or class sub-folders with --photos DIR)",
+}
 
 
 def check(args) -> None:
     """The vision task's arguments are complete."""
     if args.remote and getattr(args, "entry_points", None):
-        raise ConfigError("--entry-points chooses the entry points of a local box; a served box (--remote) "
-                          "exposes those its owner chose (see its /v1/spec)")
+        raise ConfigError(
+            "--entry-points chooses the entry points of a local box; a served box (--remote) "
+            "exposes those its owner chose (see its /v1/spec)"
+        )
     source = {"video-retrieval": args.videos, "sketch-retrieval": args.sketches}.get(args.task, args.images)
     if not source:
         raise ConfigError(f"--task {args.task} needs {NEEDS[args.task]}")
     if not args.backbone and not args.remote:
-        raise ConfigError(f"--task {args.task} needs --backbone: a CLIP, SigLIP or BLIP checkpoint (e.g. openai/clip-vit-base-patch16, "
-                          "a local folder, or open_clip:ViT-B-32@laion2b_s34b_b79k)"
-                          + (", or a ViT / DINOv2 one with --head linear" if args.task == "image-classification" else "")
-                          + (", or any image box (ViT, DINOv2)" if args.task == "sketch-retrieval" else ""))
+        raise ConfigError(
+            f"--task {args.task} needs --backbone: a CLIP, SigLIP or BLIP checkpoint "
+            "(e.g. openai/clip-vit-base-patch16, "
+            "a local folder, or open_clip:ViT-B-32@laion2b_s34b_b79k)"
+            + (", or a ViT / DINOv2 one with --head linear" if args.task == "image-classification" else "")
+            + (", or any image box (ViT, DINOv2)" if args.task == "sketch-retrieval" else "")
+        )
     if args.task in ("image-retrieval", "video-retrieval") and not args.captions:
         raise ConfigError(f"--task {args.task} needs --captions FILE (the captions of the {args.task[:5]}s)")
 
@@ -88,8 +124,14 @@ def _load_data(args, test: bool = False):
         return None
     captions, split = source
     if args.task == "image-retrieval":
-        data = load_image_captions(captions, args.images, image_column=args.image_column,
-                                   caption_column=args.caption_column, split=split, skip_bad=args.skip_bad_images)
+        data = load_image_captions(
+            captions,
+            args.images,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            split=split,
+            skip_bad=args.skip_bad_images,
+        )
     else:
         data = load_image_folder(captions if test else args.images, skip_bad=args.skip_bad_images)
     report_skipped(data)
@@ -116,8 +158,11 @@ def test_metrics(args, model, test_data):
     if not args.eval_test:
         return None
     if test_data is None:
-        print(f"warning: --eval-test for --task {args.task} needs --test-file PATH (or a split file's --caption-split); "
-              "skipped", file=sys.stderr)
+        print(
+            f"warning: --eval-test for --task {args.task} needs --test-file PATH (or a split file's --caption-split); "
+            "skipped",
+            file=sys.stderr,
+        )
         return None
     return lambda: model.evaluate(test_data, progress=not args.quiet)
 
@@ -150,8 +195,10 @@ def train(args, text_dga, train_cfg) -> int:
         cls_cfg = ClassificationConfig(head=args.head, label_template=_label_template(args))
         clip = has_text_tower(args)
         if args.head == "prototype" and not clip:
-            raise ConfigError(f"--head prototype encodes class names with a CLIP text tower; {args.backbone or args.remote!r} "
-                              "has none: use a CLIP backbone or --head linear")
+            raise ConfigError(
+                f"--head prototype encodes class names with a CLIP text tower; {args.backbone or args.remote!r} "
+                "has none: use a CLIP backbone or --head linear"
+            )
         if clip:
             text_box, image_box = clip_pair(args, image_options=lga)
         else:
@@ -171,8 +218,11 @@ def temperature_options(args, config_cls) -> dict:
 
 def fit_vision(args, model, what: str, train_data, val, train_cfg, test) -> int:
     """Say what trains on how much, then train (``fit_and_report``; ``test``: ``test_metrics``'s)."""
-    print(f"training {what} on {len(train_data)} examples, validating on {len(val)}; "
-          f"{model.num_trainable():,} trainable parameters", file=sys.stderr)
+    print(
+        f"training {what} on {len(train_data)} examples, validating on {len(val)}; "
+        f"{model.num_trainable():,} trainable parameters",
+        file=sys.stderr,
+    )
     return fit_and_report(args, model, train_data, val, train_cfg, test)
 
 
@@ -198,23 +248,32 @@ def evaluate(args) -> int:
     if args.task == "image-retrieval":
         model = pair_retriever(args, ImageTextRetriever)
         metrics = on_device(args, model).evaluate(data, progress=True)
-        summary = (f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
-                   f"R@10 {metrics['t2i_recall@10']:.4f}; image-to-text R@1 {metrics['i2t_recall@1']:.4f}, "
-                   f"R@5 {metrics['i2t_recall@5']:.4f}, R@10 {metrics['i2t_recall@10']:.4f} "
-                   f"({len(data)} captions, {len(data.images)} images)")
+        summary = (
+            f"{data.name}: text-to-image R@1 {metrics['t2i_recall@1']:.4f}, R@5 {metrics['t2i_recall@5']:.4f}, "
+            f"R@10 {metrics['t2i_recall@10']:.4f}; image-to-text R@1 {metrics['i2t_recall@1']:.4f}, "
+            f"R@5 {metrics['i2t_recall@5']:.4f}, R@10 {metrics['i2t_recall@10']:.4f} "
+            f"({len(data)} captions, {len(data.images)} images)"
+        )
     else:
         if args.zero_shot:
             if not has_text_tower(args):
-                raise ConfigError(f"--zero-shot classifies images by class names; {args.backbone or args.remote!r} has "
-                                  "no text tower (use a CLIP backbone)")
+                raise ConfigError(
+                    f"--zero-shot classifies images by class names; {args.backbone or args.remote!r} has "
+                    "no text tower (use a CLIP backbone)"
+                )
             text_box, image_box = clip_pair(args)
-            model = ImageClassifier(image_box, data.label_names, None,
-                                    ClassificationConfig(label_template=_label_template(args)), text_box=text_box)
+            model = ImageClassifier(
+                image_box,
+                data.label_names,
+                None,
+                ClassificationConfig(label_template=_label_template(args)),
+                text_box=text_box,
+            )
         else:
-            model = ImageClassifier.from_pretrained(args.adapter,
-                                                    open_image_box(args, **saved_options(args)))
+            model = ImageClassifier.from_pretrained(args.adapter, open_image_box(args, **saved_options(args)))
         metrics = on_device(args, model).evaluate(data, progress=True)
-        summary = (f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-                   f"({len(data)} images)")
+        summary = (
+            f"{data.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} ({len(data)} images)"
+        )
     print_metrics(args, metrics, summary)
     return 0

@@ -29,8 +29,9 @@ def check_embeddings_output(path: str | Path) -> Path:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ConfigError(f"--output {path}: writing parquet needs pyarrow (pip install pyarrow); "
-                              "or write .npy or .jsonl") from None
+            raise ConfigError(
+                f"--output {path}: writing parquet needs pyarrow (pip install pyarrow); or write .npy or .jsonl"
+            ) from None
     return path
 
 
@@ -67,8 +68,10 @@ def prediction_rows(texts: list[str], label_names: list[str], probs, top_k: int)
     rows = []
     for text, p in zip(texts, probs, strict=True):
         top = p.topk(k)
-        best = [{"label": label_names[i], "probability": round(float(v), 6)}
-                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+        best = [
+            {"label": label_names[i], "probability": round(float(v), 6)}
+            for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
         rows.append({"text": text, "label": best[0]["label"], "probability": best[0]["probability"], "top_k": best})
     return rows
 
@@ -91,8 +94,9 @@ def write_predictions(path: str | Path, rows: list[dict]) -> Path:
 REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png")
 
 
-def write_class_report(folder: str | Path, metrics: dict, rows: list[dict], matrix: np.ndarray,
-                       label_names: list[str]) -> Path:
+def write_class_report(
+    folder: str | Path, metrics: dict, rows: list[dict], matrix: np.ndarray, label_names: list[str]
+) -> Path:
     """``metrics.json``, the per-class report (``per_class.csv``) and the confusion matrix
     (``confusion_matrix.csv``, rows true and columns predicted; ``.png`` when matplotlib is
     installed) in ``folder``."""

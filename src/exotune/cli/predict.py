@@ -21,8 +21,9 @@ from exotune.errors import ConfigError, DataError
 
 TASKS = ("classification", "image-classification", "image-retrieval", "video-retrieval", "sketch-retrieval")
 
-HELP = ("label texts or images with a trained adapter, or find the nearest captions (images, videos) "
-        "or photos (sketches)")
+HELP = (
+    "label texts or images with a trained adapter, or find the nearest captions (images, videos) or photos (sketches)"
+)
 
 
 def add_parser(sub) -> None:
@@ -31,16 +32,25 @@ def add_parser(sub) -> None:
     add_box_args(p)
     p.add_argument("--adapter", required=True, help="adapter folder written by train")
     src = add_texts_args(p)
-    src.add_argument("--input", action="append", metavar="PATH",
-                     help="an image, video or sketch file, or a folder of them (repeatable; image and video tasks)")
-    p.add_argument("--candidates", metavar="FILE",
-                   help="image-, video-retrieval: the captions to choose from, one per line")
+    src.add_argument(
+        "--input",
+        action="append",
+        metavar="PATH",
+        help="an image, video or sketch file, or a folder of them (repeatable; image and video tasks)",
+    )
+    p.add_argument(
+        "--candidates", metavar="FILE", help="image-, video-retrieval: the captions to choose from, one per line"
+    )
     p.add_argument("--photos", metavar="DIR", help="sketch-retrieval: the photos to choose from (searched recursively)")
     p.add_argument("--photo-backbone", default=None, help="sketch-retrieval: the photo box, if not --backbone")
     p.add_argument("--top-k", type=int, default=1, help="labels, captions or photos to show per input")
     p.add_argument("--text-column", default="text", help="text column of a .csv, .tsv or .jsonl --input-file")
-    p.add_argument("--output", default=None, metavar="FILE",
-                   help="texts: write label, probability and the top-k labels as .csv or .jsonl (default: print)")
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="texts: write label, probability and the top-k labels as .csv or .jsonl (default: print)",
+    )
 
 
 def run(args) -> int:
@@ -52,8 +62,9 @@ def run(args) -> int:
     if not args.input:
         raise ConfigError(f"--task {args.task} predicts for --input PATH (a file or a folder), not texts")
     if not args.backbone and not args.remote:
-        raise ConfigError(f"--task {args.task} needs --backbone (the checkpoint the adapter was trained against) "
-                          "or --remote")
+        raise ConfigError(
+            f"--task {args.task} needs --backbone (the checkpoint the adapter was trained against) or --remote"
+        )
     inputs = _inputs(args.input, video=args.task == "video-retrieval")
     if args.task == "image-classification":
         return _classify(args, inputs)
@@ -86,7 +97,9 @@ def _print_labels(model, inputs, probs, top_k: int) -> None:
     k = max(1, min(top_k, len(model.label_names)))
     for item, p in zip(inputs, probs, strict=True):
         top = p.topk(k)
-        labels = ", ".join(f"{model.label_names[i]} ({v:.3f})" for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        labels = ", ".join(
+            f"{model.label_names[i]} ({v:.3f})" for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        )
         print(f"{labels}\t{item}")
 
 
@@ -104,8 +117,9 @@ def _inputs(paths: list[str], video: bool = False) -> list[str]:
         elif not path.is_dir():
             raise DataError(f"{path}: no such file or folder")
         elif video:
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS or
-                            (p.is_dir() and frame_files(p)))
+            inside = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS or (p.is_dir() and frame_files(p))
+            )
             out += [str(p) for p in inside] or [str(path)]
         else:
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -134,8 +148,11 @@ def _nearest(args, inputs: list[str]):
             raise ConfigError("--task sketch-retrieval needs --photos DIR: the photos to choose from")
         photos = _inputs([args.photos])
         sketch_box = open_image_box(args, **saved_options(args))
-        photo_box = (open_image_box(args, args.photo_backbone, **saved_options(args, "photo_box", False))
-                     if args.photo_backbone else sketch_box)
+        photo_box = (
+            open_image_box(args, args.photo_backbone, **saved_options(args, "photo_box", False))
+            if args.photo_backbone
+            else sketch_box
+        )
         model = on_device(args, SketchPhotoRetriever.from_pretrained(args.adapter, sketch_box, photo_box))
         scores, indices = model.search(inputs, photos, max(1, args.top_k))
         return scores, indices, photos

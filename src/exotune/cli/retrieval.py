@@ -16,21 +16,37 @@ from exotune.cli.common import (
 )
 from exotune.errors import ConfigError
 
-DOC_SIDES = ("same", "output-only", "frozen")  # RetrievalConfig.doc_side (a test keeps the two equal); no torch at parse time
+DOC_SIDES = (
+    "same",
+    "output-only",
+    "frozen",
+)  # RetrievalConfig.doc_side (a test keeps the two equal); no torch at parse time
 
 
 def add_retrieval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("retrieval (--task retrieval, image-retrieval)")
     g.add_argument("--shared-towers", action="store_true", help="one adapted encoder for queries and documents")
-    g.add_argument("--temperature", type=float, default=None,
-                   help="InfoNCE temperature at start (default: 0.05; image-retrieval: 0.02)")
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="InfoNCE temperature at start (default: 0.05; image-retrieval: 0.02)",
+    )
     g.add_argument("--fixed-temperature", action="store_true", help="do not learn the temperature")
-    g.add_argument("--hard-negatives", type=int, default=0,
-                   help="per query, top non-relevant docs of the zero-shot ranking added to each batch")
-    g.add_argument("--doc-side", choices=DOC_SIDES, default="same",
-                   help="adapters on the document tower: the same as the query tower's (default), the "
-                        "output adapter only, so the corpus crosses the box once and is never re-sent, or "
-                        "none (frozen: the bare box's outputs)")
+    g.add_argument(
+        "--hard-negatives",
+        type=int,
+        default=0,
+        help="per query, top non-relevant docs of the zero-shot ranking added to each batch",
+    )
+    g.add_argument(
+        "--doc-side",
+        choices=DOC_SIDES,
+        default="same",
+        help="adapters on the document tower: the same as the query tower's (default), the "
+        "output adapter only, so the corpus crosses the box once and is never re-sent, or "
+        "none (frozen: the bare box's outputs)",
+    )
 
 
 def _load(args, split: str, corpus=None):
@@ -50,9 +66,13 @@ def train(args, dga, train_cfg) -> int:
 
     box = train_box(args)
     temperature = args.temperature if args.temperature is not None else RetrievalConfig.temperature
-    cfg = RetrievalConfig(shared_towers=args.shared_towers, temperature=temperature,
-                          learn_temperature=not args.fixed_temperature, hard_negatives=args.hard_negatives,
-                          doc_side=args.doc_side)
+    cfg = RetrievalConfig(
+        shared_towers=args.shared_towers,
+        temperature=temperature,
+        learn_temperature=not args.fixed_temperature,
+        hard_negatives=args.hard_negatives,
+        doc_side=args.doc_side,
+    )
     train_cfg = replace(train_cfg, select_metric="ndcg@10")
     data = _load(args, "train")
     train_data, val = train_val(data, args)
@@ -62,9 +82,11 @@ def train(args, dga, train_cfg) -> int:
     for tower in dict.fromkeys([model.query_tower, model.doc_encoder]):  # the same one when shared
         init_tokens(tower, args.token_init, None, train_data.queries)
     towers = "one shared tower" if cfg.shared_towers else f"query and document towers, doc side {cfg.doc_side}"
-    print(f"training {dga.description} ({towers}) on {len(train_data)} queries, validating on "
-          f"{len(val)} over {len(data.corpus)} documents; {model.num_trainable():,} trainable parameters",
-          file=sys.stderr)
+    print(
+        f"training {dga.description} ({towers}) on {len(train_data)} queries, validating on "
+        f"{len(val)} over {len(data.corpus)} documents; {model.num_trainable():,} trainable parameters",
+        file=sys.stderr,
+    )
     model.mine_hard_negatives(train_data, progress=not args.quiet)
 
     def test():
@@ -83,7 +105,11 @@ def evaluate(args) -> int:
     else:  # the box the adapter was trained against (its entry points, for LGA)
         model = DualEncoder.from_pretrained(args.adapter, adapter_box(args))
     metrics = on_device(args, model).evaluate(data, progress=not getattr(args, "quiet", False))
-    print_metrics(args, metrics, f"{data.name}: nDCG@10 {metrics['ndcg@10']:.4f}, Recall@10 "
-                                 f"{metrics['recall@10']:.4f}, Recall@100 {metrics['recall@100']:.4f}, MRR@10 "
-                                 f"{metrics['mrr@10']:.4f} ({len(data)} queries, {len(data.corpus)} documents)")
+    print_metrics(
+        args,
+        metrics,
+        f"{data.name}: nDCG@10 {metrics['ndcg@10']:.4f}, Recall@10 "
+        f"{metrics['recall@10']:.4f}, Recall@100 {metrics['recall@100']:.4f}, MRR@10 "
+        f"{metrics['mrr@10']:.4f} ({len(data)} queries, {len(data.corpus)} documents)",
+    )
     return 0

@@ -35,10 +35,15 @@ def check_output_dir(args) -> None:
 
 def data_info(args, train, val) -> dict:
     """What a model card says about the data: its name and the sizes of train and validation."""
-    source = next((getattr(args, k, None) for k in ("dataset", "file", "images", "videos", "sketches")
-                   if getattr(args, k, None)), None)
-    info = {"name": Path(source).name if source and getattr(args, "dataset", None) is None else source,
-            "train_examples": len(train), "validation_examples": len(val)}
+    source = next(
+        (getattr(args, k, None) for k in ("dataset", "file", "images", "videos", "sketches") if getattr(args, k, None)),
+        None,
+    )
+    info = {
+        "name": Path(source).name if source and getattr(args, "dataset", None) is None else source,
+        "train_examples": len(train),
+        "validation_examples": len(val),
+    }
     if getattr(args, "val_file", None):
         info["validation_file"] = Path(args.val_file).name
     return {k: v for k, v in info.items() if v is not None}

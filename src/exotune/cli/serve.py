@@ -19,83 +19,137 @@ HELP = "serve a box over HTTP at a chosen access level"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("serve", help=HELP,
-                       description="Serve a backbone as a box: dark-gray and light-gray expose forward and "
-                                   "input gradients, black only outputs. Tokens come from --tokens-file or "
-                                   f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
-                                   "unless --no-auth is given.")
+    p = sub.add_parser(
+        "serve",
+        help=HELP,
+        description="Serve a backbone as a box: dark-gray and light-gray expose forward and "
+        "input gradients, black only outputs. Tokens come from --tokens-file or "
+        f"${TOKENS_ENV} (comma-separated); without one it refuses to start "
+        "unless --no-auth is given.",
+    )
     add_serve_args(p)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     from exotune.boxes.spec import ACCESS_LEVELS
 
-    p.add_argument("--model", default=None,
-                   help="local folder or model id of a text encoder (default: the packaged all-MiniLM-L6-v2); "
-                        "with --kind image, a ViT or DINOv2 checkpoint; with --kind clip, a CLIP, SigLIP or BLIP one")
-    p.add_argument("--model-name", default=None,
-                   help="the model's name on the OpenAI-compatible routes (/v1/embeddings, /v1/models) "
-                        "(default: the last part of --model, else all-MiniLM-L6-v2)")
-    p.add_argument("--kind", default="text", choices=KINDS,
-                   help="text: a text encoder; image: an image box (ViT, DINOv2, a CLIP image tower) taking "
-                        "pixels; clip: a CLIP model's two towers under /text and /image, one token set "
-                        "(image and clip: dark-gray or light-gray)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="local folder or model id of a text encoder (default: the packaged all-MiniLM-L6-v2); "
+        "with --kind image, a ViT or DINOv2 checkpoint; with --kind clip, a CLIP, SigLIP or BLIP one",
+    )
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="the model's name on the OpenAI-compatible routes (/v1/embeddings, /v1/models) "
+        "(default: the last part of --model, else all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--kind",
+        default="text",
+        choices=KINDS,
+        help="text: a text encoder; image: an image box (ViT, DINOv2, a CLIP image tower) taking "
+        "pixels; clip: a CLIP model's two towers under /text and /image, one token set "
+        "(image and clip: dark-gray or light-gray)",
+    )
     p.add_argument("--level", default="dark-gray", choices=ACCESS_LEVELS, help="access level (default: dark-gray)")
-    p.add_argument("--device", default="auto",
-                   help="where the model's weights live: auto, cpu, cuda or cuda:<index> (default: auto, a CUDA GPU "
-                        "when there is one)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="the weights' format; inputs and answers stay float32 on the wire, and the spec's digest is "
-                        "that of the weights as loaded, so adapters match either way (default: float32)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="autocast over weights in --dtype for the calls made without gradients: encode, scores, "
-                        "/v1/embeddings, forwards that keep no graph (with --stateless, training forwards too; "
-                        "their backward recomputes in --dtype); bf16 or fp16 answer faster, close to fp32 "
-                        "(default: fp32)")
-    p.add_argument("--entry-points", type=entry_points_arg, default=None,
-                   help="light-gray: 'all' or comma-separated layer indices that accept tokens")
-    p.add_argument("--entry-tokens-max", type=positive_int, default=ENTRY_TOKENS_MAX,
-                   help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the model's weights live: auto, cpu, cuda or cuda:<index> (default: auto, a CUDA GPU "
+        "when there is one)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="the weights' format; inputs and answers stay float32 on the wire, and the spec's digest is "
+        "that of the weights as loaded, so adapters match either way (default: float32)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="autocast over weights in --dtype for the calls made without gradients: encode, scores, "
+        "/v1/embeddings, forwards that keep no graph (with --stateless, training forwards too; "
+        "their backward recomputes in --dtype); bf16 or fp16 answer faster, close to fp32 "
+        "(default: fp32)",
+    )
+    p.add_argument(
+        "--entry-points",
+        type=entry_points_arg,
+        default=None,
+        help="light-gray: 'all' or comma-separated layer indices that accept tokens",
+    )
+    p.add_argument(
+        "--entry-tokens-max",
+        type=positive_int,
+        default=ENTRY_TOKENS_MAX,
+        help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})",
+    )
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--tokens-file", help=f"file with one bearer token per line (else ${TOKENS_ENV})")
-    auth.add_argument("--no-auth", action="store_true", help="serve without tokens: anyone who reaches the port may call")
+    auth.add_argument(
+        "--no-auth", action="store_true", help="serve without tokens: anyone who reaches the port may call"
+    )
     p.add_argument("--stateless", action="store_true", help="keep no graphs: backward sends the inputs again")
     p.add_argument("--max-batch", type=int, default=None, help="texts or sequences per call (default: the box's)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per sequence (default: the box's)")
-    p.add_argument("--batch-wait-ms", type=float, default=_default_batch_wait_ms(),
-                   help="gather concurrent requests of a route for up to this long into one box call of at most "
-                        "--max-batch rows (encode, scores, embed, forward, and backward with --stateless; "
-                        "0: each request alone; default: %(default)g, see the README's remote section)")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=_default_batch_wait_ms(),
+        help="gather concurrent requests of a route for up to this long into one box call of at most "
+        "--max-batch rows (encode, scores, embed, forward, and backward with --stateless; "
+        "0: each request alone; default: %(default)g, see the README's remote section)",
+    )
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body (default: 16)")
     for flag, kind, default, text in _hardening_flags():
-        p.add_argument(flag, type=kind, default=default, help=text + ("" if default is None else f" (default: {default:g})"))
+        p.add_argument(
+            flag, type=kind, default=default, help=text + ("" if default is None else f" (default: {default:g})")
+        )
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per token (default: 50)")
     p.add_argument("--burst", type=int, default=100, help="requests a token may make at once (default: 100)")
     p.add_argument("--grad-budget", type=int, default=None, help="backward calls per token (default: unlimited)")
-    p.add_argument("--quota-store", default=None, metavar="redis://HOST:PORT/DB",
-                   help="count rate limits and gradient budgets in this Redis, shared by every replica behind a "
-                        "load balancer (keys are hashes of the tokens; budgets outlive a replica's restart). "
-                        "Default: in this process, so N replicas would give a token N times its --rate and "
-                        "--grad-budget")
-    p.add_argument("--quota-fallback", default="refuse", choices=("refuse", "local"),
-                   help="when the quota store cannot be reached: 'refuse' gradient calls with 503 (default), or "
-                        "count them in each replica until it is back ('local': up to N times a budget meanwhile); "
-                        "the rate limit is then counted in each replica")
+    p.add_argument(
+        "--quota-store",
+        default=None,
+        metavar="redis://HOST:PORT/DB",
+        help="count rate limits and gradient budgets in this Redis, shared by every replica behind a "
+        "load balancer (keys are hashes of the tokens; budgets outlive a replica's restart). "
+        "Default: in this process, so N replicas would give a token N times its --rate and "
+        "--grad-budget",
+    )
+    p.add_argument(
+        "--quota-fallback",
+        default="refuse",
+        choices=("refuse", "local"),
+        help="when the quota store cannot be reached: 'refuse' gradient calls with 503 (default), or "
+        "count them in each replica until it is back ('local': up to N times a budget meanwhile); "
+        "the rate limit is then counted in each replica",
+    )
     p.add_argument("--handle-ttl", type=float, default=300.0, help="seconds a forward graph waits for its backward")
     p.add_argument("--max-handles", type=int, default=256, help="forward graphs kept at once (default: 256)")
     p.add_argument("--max-handle-mb", type=float, default=1024.0, help="memory those graphs may hold (default: 1024)")
-    p.add_argument("--owner-secret-file", default=None,
-                   help="file holding the owner secret, created with a random one if missing (default: "
-                        f"${OWNER_SECRET_ENV} if set, else {default_secret_file()}). The secret keys the spec's "
-                        "model digest (every --kind), hides which layers entry points are and, for --kind text, "
-                        "sets the secret input basis. "
-                        "Keep the file and reuse it: the same secret after a restart keeps adapters trained "
-                        "against this box valid; another secret makes the box refuse them")
-    p.add_argument("--no-basis", action="store_true",
-                   help="hand out token embeddings in the model's own coordinates, not the secret basis "
-                        "(the digest stays keyed); adapters trained with the basis are then refused")
+    p.add_argument(
+        "--owner-secret-file",
+        default=None,
+        help="file holding the owner secret, created with a random one if missing (default: "
+        f"${OWNER_SECRET_ENV} if set, else {default_secret_file()}). The secret keys the spec's "
+        "model digest (every --kind), hides which layers entry points are and, for --kind text, "
+        "sets the secret input basis. "
+        "Keep the file and reuse it: the same secret after a restart keeps adapters trained "
+        "against this box valid; another secret makes the box refuse them",
+    )
+    p.add_argument(
+        "--no-basis",
+        action="store_true",
+        help="hand out token embeddings in the model's own coordinates, not the secret basis "
+        "(the digest stays keyed); adapters trained with the basis are then refused",
+    )
 
 
 def _default_batch_wait_ms() -> float:
@@ -110,21 +164,59 @@ def _hardening_flags() -> list[tuple[str, type, float | None, str]]:
 
     serve, listen = ServeConfig(), ListenConfig()
     return [
-        ("--max-tokens-per-request", int, None, "texts x tokens one request may ask for, counted before tokenizing "
-         "as UTF-8 bytes + 2 per text, capped at max-length (default: max-batch x max-length)"),
-        ("--max-response-mb", float, serve.max_response_bytes / 2**20, "largest answer, refused before the work is done"),
-        ("--fair-unit-tokens", int, serve.fair_unit_tokens, "tokens the box works on for one bearer token before "
-         "another's turn: a small request waits about one such unit behind a large one"),
-        ("--box-workers", int, serve.box_workers, "box calls at once (more than 1 only for a box safe across threads, "
-         "as the text box is)"),
-        ("--max-inflight", int, serve.max_inflight_per_token, "requests per bearer token in progress at once; more wait"),
+        (
+            "--max-tokens-per-request",
+            int,
+            None,
+            "texts x tokens one request may ask for, counted before tokenizing "
+            "as UTF-8 bytes + 2 per text, capped at max-length (default: max-batch x max-length)",
+        ),
+        (
+            "--max-response-mb",
+            float,
+            serve.max_response_bytes / 2**20,
+            "largest answer, refused before the work is done",
+        ),
+        (
+            "--fair-unit-tokens",
+            int,
+            serve.fair_unit_tokens,
+            "tokens the box works on for one bearer token before "
+            "another's turn: a small request waits about one such unit behind a large one",
+        ),
+        (
+            "--box-workers",
+            int,
+            serve.box_workers,
+            "box calls at once (more than 1 only for a box safe across threads, as the text box is)",
+        ),
+        (
+            "--max-inflight",
+            int,
+            serve.max_inflight_per_token,
+            "requests per bearer token in progress at once; more wait",
+        ),
         ("--body-timeout", float, serve.body_timeout_s, "seconds a request body may take to arrive (else 408)"),
-        ("--header-timeout", float, listen.header_timeout_s, "seconds a request line and headers may take to arrive; "
-         "slower connections are closed"),
+        (
+            "--header-timeout",
+            float,
+            listen.header_timeout_s,
+            "seconds a request line and headers may take to arrive; slower connections are closed",
+        ),
         ("--keep-alive-timeout", float, listen.keep_alive_s, "seconds an idle connection stays open"),
-        ("--max-connections", int, listen.max_connections, "connections open at once; new ones beyond are closed on accept"),
-        ("--login-failures", int, serve.login_failures, "wrong tokens one client address may send per --login-window "
-         "before 429 (behind a proxy every client shares its address)"),
+        (
+            "--max-connections",
+            int,
+            listen.max_connections,
+            "connections open at once; new ones beyond are closed on accept",
+        ),
+        (
+            "--login-failures",
+            int,
+            serve.login_failures,
+            "wrong tokens one client address may send per --login-window "
+            "before 429 (behind a proxy every client shares its address)",
+        ),
         ("--login-window", float, serve.login_window_s, "seconds of that window"),
     ]
 
@@ -150,24 +242,40 @@ def build_server(args):
 
     tokens = _serve_tokens(args)
     if not tokens and not args.no_auth:
-        raise ConfigError(f"refusing to serve without a token: put tokens in --tokens-file or ${TOKENS_ENV}, "
-                          "or pass --no-auth explicitly")
+        raise ConfigError(
+            f"refusing to serve without a token: put tokens in --tokens-file or ${TOKENS_ENV}, "
+            "or pass --no-auth explicitly"
+        )
     try:  # every setting is checked before the model loads (which takes a while)
         TokenGate(tokens, 1.0, 1, None)
     except ConfigError as err:
-        raise ConfigError(f"{err}; check {'--tokens-file ' + args.tokens_file if args.tokens_file else '$' + TOKENS_ENV}") from None
-    config = ServeConfig(stateless=args.stateless, no_auth=args.no_auth, max_batch=args.max_batch,
-                         max_length=args.max_length, max_body_bytes=int(args.max_body_mb * 2**20),
-                         rate_per_s=args.rate, burst=args.burst, grad_budget=args.grad_budget,
-                         handle_ttl_s=args.handle_ttl, max_handles=args.max_handles,
-                         max_handle_bytes=int(args.max_handle_mb * 2**20),
-                         max_tokens_per_request=args.max_tokens_per_request,
-                         max_response_bytes=int(args.max_response_mb * 2**20), fair_unit_tokens=args.fair_unit_tokens,
-                         box_workers=args.box_workers, max_inflight_per_token=args.max_inflight,
-                         batch_wait_ms=args.batch_wait_ms,
-                         body_timeout_s=args.body_timeout, login_failures=args.login_failures,
-                         login_window_s=args.login_window, quota_store=args.quota_store,
-                         quota_fallback=args.quota_fallback)
+        raise ConfigError(
+            f"{err}; check {'--tokens-file ' + args.tokens_file if args.tokens_file else '$' + TOKENS_ENV}"
+        ) from None
+    config = ServeConfig(
+        stateless=args.stateless,
+        no_auth=args.no_auth,
+        max_batch=args.max_batch,
+        max_length=args.max_length,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        rate_per_s=args.rate,
+        burst=args.burst,
+        grad_budget=args.grad_budget,
+        handle_ttl_s=args.handle_ttl,
+        max_handles=args.max_handles,
+        max_handle_bytes=int(args.max_handle_mb * 2**20),
+        max_tokens_per_request=args.max_tokens_per_request,
+        max_response_bytes=int(args.max_response_mb * 2**20),
+        fair_unit_tokens=args.fair_unit_tokens,
+        box_workers=args.box_workers,
+        max_inflight_per_token=args.max_inflight,
+        batch_wait_ms=args.batch_wait_ms,
+        body_timeout_s=args.body_timeout,
+        login_failures=args.login_failures,
+        login_window_s=args.login_window,
+        quota_store=args.quota_store,
+        quota_fallback=args.quota_fallback,
+    )
     from exotune.devices import resolve_device
 
     resolve_device(args.device)  # a GPU that is not there is refused before the model loads
@@ -179,8 +287,7 @@ def build_server(args):
     placed = {"device": args.device, "dtype": args.dtype, "precision": args.precision}
     if args.kind != "text":
         return _vision_server(args, tokens, config, {**points, **placed})
-    kwargs = {"access": args.level, "owner_secret": served_secret(args), "basis": not args.no_basis, **points,
-              **placed}
+    kwargs = {"access": args.level, "owner_secret": served_secret(args), "basis": not args.no_basis, **points, **placed}
     name = args.model_name or (Path(args.model.rstrip("/")).name if args.model else "all-MiniLM-L6-v2")
     return create_app(load_box(args.model, **kwargs), tokens, config, name)
 
@@ -199,10 +306,14 @@ def _vision_server(args, tokens, config, points: dict):
     from exotune.serve import create_app, create_towers_app
 
     if args.level not in ("dark-gray", "light-gray"):
-        raise ConfigError(f"--kind {args.kind} serves at dark-gray or light-gray (pixels in, gradients back), "
-                          f"not {args.level}")
+        raise ConfigError(
+            f"--kind {args.kind} serves at dark-gray or light-gray (pixels in, gradients back), not {args.level}"
+        )
     if not args.model:
-        raise ConfigError(f"--kind {args.kind} needs --model: a ViT or DINOv2 checkpoint (--kind image) or a CLIP, SigLIP or BLIP one (--kind clip)")
+        raise ConfigError(
+            f"--kind {args.kind} needs --model: a ViT or DINOv2 checkpoint (--kind image) "
+            "or a CLIP, SigLIP or BLIP one (--kind clip)"
+        )
     options = {"access": args.level, "owner_secret": served_secret(args), **points}
     if args.kind == "image":
         return create_app(load_image_box(args.model, **options), tokens, config)
@@ -234,8 +345,9 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
 def listen_config(args):
     from exotune.serve.config import ListenConfig
 
-    return ListenConfig(keep_alive_s=args.keep_alive_timeout, header_timeout_s=args.header_timeout,
-                        max_connections=args.max_connections)
+    return ListenConfig(
+        keep_alive_s=args.keep_alive_timeout, header_timeout_s=args.header_timeout, max_connections=args.max_connections
+    )
 
 
 def run_server(app, host: str, port: int, listen=None) -> None:  # pragma: no cover - blocks; tests replace it
@@ -259,10 +371,15 @@ def run(args) -> int:
         print(f"warning: serving without auth on {args.host}: anyone who reaches it may call", file=sys.stderr)
     for prefix, service in services.items():
         spec = service.spec
-        print(f"serving a {spec.access} {spec.modality} box (dim {spec.output_dim}) on "
-              f"http://{args.host}:{args.port}{'/' + prefix if prefix else ''}/v1/", file=sys.stderr)
+        print(
+            f"serving a {spec.access} {spec.modality} box (dim {spec.output_dim}) on "
+            f"http://{args.host}:{args.port}{'/' + prefix if prefix else ''}/v1/",
+            file=sys.stderr,
+        )
     if getattr(app.state, "model_name", None):
-        print(f"OpenAI-compatible: base URL http://{args.host}:{args.port}/v1, model {app.state.model_name!r}",
-              file=sys.stderr)
+        print(
+            f"OpenAI-compatible: base URL http://{args.host}:{args.port}/v1, model {app.state.model_name!r}",
+            file=sys.stderr,
+        )
     run_server(app, args.host, args.port, listen)
     return 0

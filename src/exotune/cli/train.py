@@ -23,9 +23,14 @@ from exotune.cli.common import (
 from exotune.cli.runs import check_output_dir
 from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
-TRAINERS = {"classification": classification.train, "retrieval": retrieval.train,
-            "image-retrieval": images.train, "image-classification": images.train,
-            "video-retrieval": vision.train, "sketch-retrieval": vision.train}  # (args, dga, train_cfg) -> int
+TRAINERS = {
+    "classification": classification.train,
+    "retrieval": retrieval.train,
+    "image-retrieval": images.train,
+    "image-classification": images.train,
+    "video-retrieval": vision.train,
+    "sketch-retrieval": vision.train,
+}  # (args, dga, train_cfg) -> int
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -39,54 +44,113 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--variant", default="both", choices=VARIANTS, help="which sides are adapted (default: both)")
     a.add_argument("--extra-tokens", type=int, default=1, help="learnable tokens inserted into each input (default: 1)")
     a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
-    a.add_argument("--text-adapter", default="text-shift", choices=adapter_names("input", "text"),
-                   help="input adapter of a text box (default: text-shift; token-lowrank adds a per-token "
-                        "low-rank residual map e + U act(V e) before the shift and extra tokens)")
+    a.add_argument(
+        "--text-adapter",
+        default="text-shift",
+        choices=adapter_names("input", "text"),
+        help="input adapter of a text box (default: text-shift; token-lowrank adds a per-token "
+        "low-rank residual map e + U act(V e) before the shift and extra tokens)",
+    )
     a.add_argument("--lowrank-rank", type=positive_int, default=16, help="rank of token-lowrank (default: 16)")
-    a.add_argument("--lowrank-activation", default="none", choices=list(TOKEN_ACTIVATIONS),
-                   help="activation inside token-lowrank (default: none, a linear map)")
-    a.add_argument("--token-reparam", type=int, default=0, metavar="H",
-                   help="train the extra tokens and entry tokens through a residual MLP of width H, folded "
-                        "into plain tokens when saved (default: 0, plain tokens)")
-    a.add_argument("--token-init", default="random", choices=TOKEN_INITS,
-                   help="start the tokens from the box's embeddings of the class names (labels) or of the "
-                        "training texts' frequent words (default: random)")
+    a.add_argument(
+        "--lowrank-activation",
+        default="none",
+        choices=list(TOKEN_ACTIVATIONS),
+        help="activation inside token-lowrank (default: none, a linear map)",
+    )
+    a.add_argument(
+        "--token-reparam",
+        type=int,
+        default=0,
+        metavar="H",
+        help="train the extra tokens and entry tokens through a residual MLP of width H, folded "
+        "into plain tokens when saved (default: 0, plain tokens)",
+    )
+    a.add_argument(
+        "--token-init",
+        default="random",
+        choices=TOKEN_INITS,
+        help="start the tokens from the box's embeddings of the class names (labels) or of the "
+        "training texts' frequent words (default: random)",
+    )
     a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
-    a.add_argument("--pixel-adapter", default="pixel-conv", choices=adapter_names("input", "image"),
-                   help="input adapter of an image box (default: pixel-conv, an identity-initialised convolution)")
+    a.add_argument(
+        "--pixel-adapter",
+        default="pixel-conv",
+        choices=adapter_names("input", "image"),
+        help="input adapter of an image box (default: pixel-conv, an identity-initialised convolution)",
+    )
     a.add_argument("--kernel-size", type=int, default=3, help="kernel of the pixel adapter's convolution (odd)")
     a.add_argument("--pixel-channels", type=int, default=8, help="hidden channels of the pixel-residual adapter")
     a.add_argument("--head", default="prototype", choices=HEADS, help="default: prototype (zero-shot at step 0)")
-    a.add_argument("--label-template", default=None,
-                   help="text a class name is encoded as, e.g. 'a review that is {}' (default: '{}'; for "
-                        "image classification 'a photo of a {}.')")
+    a.add_argument(
+        "--label-template",
+        default=None,
+        help="text a class name is encoded as, e.g. 'a review that is {}' (default: '{}'; for "
+        "image classification 'a photo of a {}.')",
+    )
     g = p.add_argument_group("entry tokens (LGA: the box is loaded light-gray)")
-    g.add_argument("--entry-points", type=entry_points_arg, default=None,
-                   help="layers that accept tokens: 'all' or comma-separated indices, e.g. 0,2,5 (default with "
-                        "--entry-tokens: all)")
-    g.add_argument("--entry-tokens", type=positive_int, default=None, metavar="N",
-                   help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})")
+    g.add_argument(
+        "--entry-points",
+        type=entry_points_arg,
+        default=None,
+        help="layers that accept tokens: 'all' or comma-separated indices, e.g. 0,2,5 (default with "
+        "--entry-tokens: all)",
+    )
+    g.add_argument(
+        "--entry-tokens",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})",
+    )
     t = p.add_argument_group("training (defaults: those the committed tables were made with, exotune.defaults)")
     cls, ret = CLASSIFICATION, RETRIEVAL
-    t.add_argument("--epochs", type=int, default=None,
-                   help=f"passes over the training data (default: {cls.epochs}, {ret.epochs} for --task retrieval)")
-    t.add_argument("--batch-size", type=int, default=None,
-                   help=f"examples per optimisation step (default: {cls.batch_size})")
-    t.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate (default: {cls.gray_lr:g}, {ret.gray_lr:g} for --task retrieval; "
-                        "chosen on validation: benchmarks/lr-sweep)")
-    for group, what in (("input", "the input adapter's maps"), ("tokens", "extra tokens and entry tokens"),
-                        ("output", "the output adapter"), ("head", "the head and temperature")):
-        t.add_argument(f"--lr-{group}", type=float, default=None, metavar="LR",
-                       help=f"peak learning rate of {what} (default: --lr)")
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"passes over the training data (default: {cls.epochs}, {ret.epochs} for --task retrieval)",
+    )
+    t.add_argument(
+        "--batch-size", type=int, default=None, help=f"examples per optimisation step (default: {cls.batch_size})"
+    )
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate (default: {cls.gray_lr:g}, {ret.gray_lr:g} for --task retrieval; "
+        "chosen on validation: benchmarks/lr-sweep)",
+    )
+    for group, what in (
+        ("input", "the input adapter's maps"),
+        ("tokens", "extra tokens and entry tokens"),
+        ("output", "the output adapter"),
+        ("head", "the head and temperature"),
+    ):
+        t.add_argument(
+            f"--lr-{group}",
+            type=float,
+            default=None,
+            metavar="LR",
+            help=f"peak learning rate of {what} (default: --lr)",
+        )
     t.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="learning-rate schedule after warm-up")
     t.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")
-    t.add_argument("--patience", type=int, default=None,
-                   help=f"epochs without validation gain before stopping (default: {cls.patience})")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help=f"epochs without validation gain before stopping (default: {cls.patience})",
+    )
     t.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the adapters' start")
-    t.add_argument("--val-fraction", type=float, default=None,
-                   help=f"validation share carved from train when no --val-file is given (default: {cls.val_fraction})")
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help=f"validation share carved from train when no --val-file is given (default: {cls.val_fraction})",
+    )
     t.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -104,16 +168,30 @@ def add_parser(sub) -> None:
     retrieval.add_retrieval_args(p)
     images.add_image_args(p)
     p.add_argument("--output-dir", required=True, help="run folder: best/ (the adapter), last/ (checkpoint)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUTPUT_DIR/last after a crash; with a larger --epochs, extend a finished run")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in an OUTPUT_DIR that holds a run (its best/, last/, logs and summary are replaced)")
-    p.add_argument("--report-to", nargs="+", default=None, choices=["tensorboard"],
-                   help="also log to TensorBoard, in OUTPUT_DIR/tensorboard (pip install 'exotune[tensorboard]'; "
-                        "default: only the CSV logs in OUTPUT_DIR/logs)")
-    p.add_argument("--eval-test", action="store_true",
-                   help="after training, evaluate once on the test split of --dataset (or --test-file; image "
-                        "tasks: --test-file, a split file's test split, or the unseen classes of --unseen-classes)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/last after a crash; with a larger --epochs, extend a finished run",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an OUTPUT_DIR that holds a run (its best/, last/, logs and summary are replaced)",
+    )
+    p.add_argument(
+        "--report-to",
+        nargs="+",
+        default=None,
+        choices=["tensorboard"],
+        help="also log to TensorBoard, in OUTPUT_DIR/tensorboard (pip install 'exotune[tensorboard]'; "
+        "default: only the CSV logs in OUTPUT_DIR/logs)",
+    )
+    p.add_argument(
+        "--eval-test",
+        action="store_true",
+        help="after training, evaluate once on the test split of --dataset (or --test-file; image "
+        "tasks: --test-file, a split file's test split, or the unseen classes of --unseen-classes)",
+    )
 
 
 def run(args) -> int:

@@ -38,8 +38,14 @@ def load_videos(args, test: bool = False):
     if source is None:
         return None
     captions, split = source
-    data = load_video_captions(captions, args.videos, video_column=args.video_column,
-                               caption_column=args.caption_column, split=split, skip_bad=args.skip_bad_images)
+    data = load_video_captions(
+        captions,
+        args.videos,
+        video_column=args.video_column,
+        caption_column=args.caption_column,
+        split=split,
+        skip_bad=args.skip_bad_images,
+    )
     report_skipped(data, "videos")
     return data
 
@@ -84,14 +90,19 @@ def train(args, text_dga, train_cfg) -> int:
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     if args.task == "video-retrieval":
         text_box, image_box = clip_pair(args, **lga)
-        cfg = VideoTextConfig(**temperature_options(args, VideoTextConfig), frames=args.frames,
-                              temporal_pooling=args.temporal_pooling)
+        cfg = VideoTextConfig(
+            **temperature_options(args, VideoTextConfig), frames=args.frames, temporal_pooling=args.temporal_pooling
+        )
         model = VideoTextRetriever(text_box, image_box, text_dga, image_dga, cfg)
         train_cfg = replace(train_cfg, select_metric="mean_recall")
         what = f"text {model.text_dga.description}, video {model.image_dga.description}, {cfg.frames} frames"
     else:
-        model = SketchPhotoRetriever(*sketch_boxes(args, sketch=lga, photo=lga), image_dga, image_dga,
-                                     SketchConfig(**temperature_options(args, SketchConfig)))
+        model = SketchPhotoRetriever(
+            *sketch_boxes(args, sketch=lga, photo=lga),
+            image_dga,
+            image_dga,
+            SketchConfig(**temperature_options(args, SketchConfig)),
+        )
         train_cfg = replace(train_cfg, select_metric="map@all")
         what = f"sketch and photo towers, each {image_dga.description}"
     return fit_vision(args, model, what, train_data, val, train_cfg, test_metrics(args, model, test_data))
@@ -108,21 +119,28 @@ def evaluate(args) -> int:
         data = load_videos(args)
         model = pair_retriever(args, VideoTextRetriever, VideoTextConfig(frames=args.frames))
         metrics = on_device(args, model).evaluate(data, progress=True)
-        summary = (f"{data.name}: text-to-video R@1 {metrics['t2v_recall@1']:.4f}, R@5 {metrics['t2v_recall@5']:.4f}, "
-                   f"R@10 {metrics['t2v_recall@10']:.4f}, MdR {metrics['t2v_median_rank']:g}, MnR "
-                   f"{metrics['t2v_mean_rank']:.1f}; video-to-text R@1 {metrics['v2t_recall@1']:.4f}, MdR "
-                   f"{metrics['v2t_median_rank']:g} ({len(data)} captions, {len(data.videos)} videos)")
+        summary = (
+            f"{data.name}: text-to-video R@1 {metrics['t2v_recall@1']:.4f}, R@5 {metrics['t2v_recall@5']:.4f}, "
+            f"R@10 {metrics['t2v_recall@10']:.4f}, MdR {metrics['t2v_median_rank']:g}, MnR "
+            f"{metrics['t2v_mean_rank']:.1f}; video-to-text R@1 {metrics['v2t_recall@1']:.4f}, MdR "
+            f"{metrics['v2t_median_rank']:g} ({len(data)} captions, {len(data.videos)} videos)"
+        )
     else:
         full, _, unseen = load_sketches(args)
         data = unseen if unseen is not None else full
         if args.zero_shot:
             model = SketchPhotoRetriever(*sketch_boxes(args), none, none)
         else:
-            boxes = sketch_boxes(args, sketch=saved_options(args),
-                                 photo=saved_options(args, "photo_box", args.remote and not args.photo_backbone))
+            boxes = sketch_boxes(
+                args,
+                sketch=saved_options(args),
+                photo=saved_options(args, "photo_box", args.remote and not args.photo_backbone),
+            )
             model = SketchPhotoRetriever.from_pretrained(args.adapter, *boxes)
         metrics = on_device(args, model).evaluate(data, progress=True)
-        summary = (f"{data.name}: mAP@all {metrics['map@all']:.4f}, P@100 {metrics['precision@100']:.4f}, "
-                   f"acc@1 {metrics['acc@1']:.4f} ({len(data)} sketches, {len(data.photos)} photos)")
+        summary = (
+            f"{data.name}: mAP@all {metrics['map@all']:.4f}, P@100 {metrics['precision@100']:.4f}, "
+            f"acc@1 {metrics['acc@1']:.4f} ({len(data)} sketches, {len(data.photos)} photos)"
+        )
     print_metrics(args, metrics, summary)
     return 0

@@ -81,7 +81,9 @@ class RetrievalData:
 
     def __post_init__(self) -> None:
         if not len(self.query_ids) == len(self.queries) == len(self.qrels):
-            raise DataError(f"{self.name}: {len(self.query_ids)} ids, {len(self.queries)} queries, {len(self.qrels)} qrels")
+            raise DataError(
+                f"{self.name}: {len(self.query_ids)} ids, {len(self.queries)} queries, {len(self.qrels)} qrels"
+            )
         for qid, judged in zip(self.query_ids, self.qrels, strict=True):
             unknown = next((d for d in judged if d not in self.corpus.index), None)
             if unknown is not None:
@@ -96,8 +98,13 @@ class RetrievalData:
 
     def subset(self, indices, name: str | None = None) -> RetrievalData:
         idx = [int(i) for i in indices]
-        return RetrievalData([self.query_ids[i] for i in idx], [self.queries[i] for i in idx],
-                             [self.qrels[i] for i in idx], self.corpus, name or self.name)
+        return RetrievalData(
+            [self.query_ids[i] for i in idx],
+            [self.queries[i] for i in idx],
+            [self.qrels[i] for i in idx],
+            self.corpus,
+            name or self.name,
+        )
 
     def split(self, fraction: float, seed: int = 0) -> tuple[RetrievalData, RetrievalData]:
         """Query-level random split into (rest, held-out); the corpus stays shared."""
@@ -136,7 +143,9 @@ def load_corpus(path: str | Path) -> Corpus:
     ids, titles, texts, seen = [], [], [], {}
     for n, row in _jsonl_records(path, ("title", "text")):
         if row["_id"] in seen:
-            raise DataError(f"{path}, line {n}, column '_id': duplicate id {row['_id']!r} (first on line {seen[row['_id']]})")
+            raise DataError(
+                f"{path}, line {n}, column '_id': duplicate id {row['_id']!r} (first on line {seen[row['_id']]})"
+            )
         if "text" not in row:
             raise DataError(f"{path}, line {n}, column 'text': missing")
         seen[row["_id"]] = n
@@ -166,7 +175,9 @@ def load_qrels(path: str | Path, queries: dict[str, str], corpus: Corpus) -> dic
     lines = read_text(path).splitlines()
     header = tuple(c.strip() for c in lines[0].split("\t")) if lines else ()
     if header != QRELS_HEADER:
-        raise DataError(f"{path}, line 1: expected the header {'<TAB>'.join(QRELS_HEADER)!r}, got {lines[0] if lines else ''!r}")
+        raise DataError(
+            f"{path}, line 1: expected the header {'<TAB>'.join(QRELS_HEADER)!r}, got {lines[0] if lines else ''!r}"
+        )
     qrels: dict[str, dict[str, int]] = {}
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -198,18 +209,17 @@ def load_beir(folder: str | Path, split: str = "test", corpus: Corpus | None = N
     if not qrels:
         raise DataError(f"{folder / 'qrels' / f'{split}.tsv'}: no judgements (a header but no rows)")
     ids = list(qrels)
-    return RetrievalData(ids, [queries[q] for q in ids], [qrels[q] for q in ids], corpus,
-                         f"{folder.name}-{split}")
+    return RetrievalData(ids, [queries[q] for q in ids], [qrels[q] for q in ids], corpus, f"{folder.name}-{split}")
 
 
 KNOWN_RETRIEVAL_DATASETS = {
-    "scifact": ["scifact/corpus.jsonl", "scifact/queries.jsonl", "scifact/qrels/train.tsv",
-                "scifact/qrels/test.tsv"],
+    "scifact": ["scifact/corpus.jsonl", "scifact/queries.jsonl", "scifact/qrels/train.tsv", "scifact/qrels/test.tsv"],
 }
 
 
-def load_retrieval_dataset(name: str, split: str = "test", data_dir: str | Path | None = None,
-                           corpus: Corpus | None = None) -> RetrievalData:
+def load_retrieval_dataset(
+    name: str, split: str = "test", data_dir: str | Path | None = None, corpus: Corpus | None = None
+) -> RetrievalData:
     """Load a known BEIR dataset (``scifact``) from the data root, split ``train`` or ``test``."""
     if name not in KNOWN_RETRIEVAL_DATASETS:
         raise DataError(f"unknown retrieval dataset {name!r}; known: {sorted(KNOWN_RETRIEVAL_DATASETS)}")

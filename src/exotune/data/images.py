@@ -56,8 +56,12 @@ class ImageCaptionData:
         idx = [int(i) for i in indices]
         used = list(dict.fromkeys(self.caption_image[i] for i in idx))
         new = {old: j for j, old in enumerate(used)}
-        return type(self)([self.images[i] for i in used], [self.captions[i] for i in idx],
-                          [new[self.caption_image[i]] for i in idx], name or self.name)
+        return type(self)(
+            [self.images[i] for i in used],
+            [self.captions[i] for i in idx],
+            [new[self.caption_image[i]] for i in idx],
+            name or self.name,
+        )
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageCaptionData, ImageCaptionData]:
         """Image-level split into (rest, held-out): a held-out image keeps all its captions."""
@@ -96,8 +100,9 @@ class ImageLabelData(Labelled):
 
     def subset(self, indices, name: str | None = None) -> ImageLabelData:
         idx = [int(i) for i in indices]
-        return ImageLabelData([self.images[i] for i in idx], [self.labels[i] for i in idx], self.label_names,
-                              name or self.name)
+        return ImageLabelData(
+            [self.images[i] for i in idx], [self.labels[i] for i in idx], self.label_names, name or self.name
+        )
 
 
 # -- checking images --------------------------------------------------------------------------
@@ -117,8 +122,9 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def usable(paths: list[Path], where: dict[Path, str], skip_bad: bool, problem=image_problem,
-           what: str = "image") -> tuple[set[Path], int]:
+def usable(
+    paths: list[Path], where: dict[Path, str], skip_bad: bool, problem=image_problem, what: str = "image"
+) -> tuple[set[Path], int]:
     """The readable ones among ``paths`` (``problem(path)`` is None) and how many were left out;
     without ``skip_bad`` the first bad one is a DataError naming it (and ``where[path]``: where
     it was listed). ``what`` names the kind of file in messages ("image", "video")."""
@@ -129,21 +135,30 @@ def usable(paths: list[Path], where: dict[Path, str], skip_bad: bool, problem=im
             continue
         if not skip_bad:
             listed = f" (listed at {where[path]})" if path in where else ""
-            raise DataError(f"{what} {path}: {why}{listed}; fix or remove it, or skip bad {what}s "
-                            f"(skip_bad=True, --skip-bad-{what}s)")
+            raise DataError(
+                f"{what} {path}: {why}{listed}; fix or remove it, or skip bad {what}s "
+                f"(skip_bad=True, --skip-bad-{what}s)"
+            )
         bad.append((path, why))
     if bad:
-        warnings.warn(f"skipped {len(bad)} missing or unreadable {what}s (first: {bad[0][0]}: {bad[0][1]})",
-                      stacklevel=3)
+        warnings.warn(
+            f"skipped {len(bad)} missing or unreadable {what}s (first: {bad[0][0]}: {bad[0][1]})", stacklevel=3
+        )
     return set(paths) - {p for p, _ in bad}, len(bad)
 
 
 # -- captions -------------------------------------------------------------------------------
 
 
-def load_image_captions(captions: str | Path, images_dir: str | Path | None = None, *,
-                        image_column: str = "image", caption_column: str = "caption",
-                        split: str | None = None, skip_bad: bool = False) -> ImageCaptionData:
+def load_image_captions(
+    captions: str | Path,
+    images_dir: str | Path | None = None,
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    split: str | None = None,
+    skip_bad: bool = False,
+) -> ImageCaptionData:
     """Captioned images from a CSV / TSV / JSONL, COCO or Karpathy-split caption file.
 
     ``split`` picks the images of one Karpathy split (``train`` also takes ``restval``);
@@ -165,8 +180,16 @@ def load_image_captions(captions: str | Path, images_dir: str | Path | None = No
     return captioned(ImageCaptionData, pairs, root, path, name, skip_bad)
 
 
-def captioned(cls, pairs: list[tuple[str, str, str]], root: Path, path: Path, name: str, skip_bad: bool,
-              problem=image_problem, what: str = "image"):
+def captioned(
+    cls,
+    pairs: list[tuple[str, str, str]],
+    root: Path,
+    path: Path,
+    name: str,
+    skip_bad: bool,
+    problem=image_problem,
+    what: str = "image",
+):
     """``cls`` (an ``ImageCaptionData``) from (file, caption, where listed) ``pairs`` of the caption
     file ``path``, files relative to ``root``; each file checked by ``problem`` (see ``usable``)."""
     where: dict[Path, str] = {}
@@ -208,7 +231,9 @@ def row_pairs(path: Path, image_column: str, caption_column: str, what: str = "i
             raise DataError(f"{path}, line {n}, column {image_column!r}: empty or non-text {what} path {image!r}")
         value = row[caption_column]
         for caption in value if isinstance(value, list) else [value]:
-            pairs.append((image.strip(), caption_text(path, f"line {n}, column {caption_column!r}", caption), f"line {n}"))
+            pairs.append(
+                (image.strip(), caption_text(path, f"line {n}, column {caption_column!r}", caption), f"line {n}")
+            )
     return pairs
 
 
@@ -219,8 +244,10 @@ def _json_pairs(path: Path, split: str | None) -> list[tuple[str, str, str]]:
         raise DataError(f"{path}, line {err.lineno}, column {err.colno}: invalid JSON ({err.msg})") from err
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
-        raise DataError(f"{path}: expected a COCO caption file ('images' and 'annotations') or a Karpathy-split "
-                        "file ('images' with 'sentences'); a CSV/TSV/JSONL file gives one row per caption")
+        raise DataError(
+            f"{path}: expected a COCO caption file ('images' and 'annotations') or a Karpathy-split "
+            "file ('images' with 'sentences'); a CSV/TSV/JSONL file gives one row per caption"
+        )
     if "annotations" in data:
         if split is not None:
             raise DataError(f"{path}: a COCO caption file has no splits (each split has its own file)")
@@ -237,8 +264,10 @@ def _coco_pairs(path: Path, images: list, annotations) -> list[tuple[str, str, s
     for k, ann in enumerate(annotations if isinstance(annotations, list) else []):
         at = f"annotation {k}"
         if not isinstance(ann, dict) or ann.get("image_id") not in files:
-            raise DataError(f"{path}, {at}: 'image_id' {ann.get('image_id') if isinstance(ann, dict) else ann!r} "
-                            "names no entry of 'images'")
+            raise DataError(
+                f"{path}, {at}: 'image_id' {ann.get('image_id') if isinstance(ann, dict) else ann!r} "
+                "names no entry of 'images'"
+            )
         pairs.append((files[ann["image_id"]], caption_text(path, at, ann.get("caption")), at))
     return pairs
 
@@ -266,8 +295,10 @@ def load_image_folder(folder: str | Path, *, skip_bad: bool = False) -> ImageLab
     root = Path(folder)
     classes = {name: files for name, files in class_folders(root).items() if files}
     if len(classes) < 2:
-        raise DataError(f"{root}: need at least 2 class folders holding images ({', '.join(IMAGE_EXTENSIONS)}), "
-                        f"found {sorted(classes) or 'none'}")
+        raise DataError(
+            f"{root}: need at least 2 class folders holding images ({', '.join(IMAGE_EXTENSIONS)}), "
+            f"found {sorted(classes) or 'none'}"
+        )
     ok, skipped = usable([p for files in classes.values() for p in files], {}, skip_bad)
     names = list(classes)
     images, labels = [], []
@@ -287,5 +318,7 @@ def class_folders(root: Path, what: str = "image folder") -> dict[str, list[Path
     class name (sorted); a class folder without images maps to an empty list."""
     if not root.is_dir():
         raise DataError(f"{what} {root} does not exist")
-    return {sub.name: sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))}
+    return {
+        sub.name: sorted(p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    }

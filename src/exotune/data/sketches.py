@@ -41,8 +41,10 @@ class SketchPhotoData:
     def __post_init__(self) -> None:
         if self.sketch_photo is None:
             self.sketch_photo = [-1] * len(self.sketches)
-        for what, items, labels in (("sketches", self.sketches, self.sketch_labels),
-                                    ("photos", self.photos, self.photo_labels)):
+        for what, items, labels in (
+            ("sketches", self.sketches, self.sketch_labels),
+            ("photos", self.photos, self.photo_labels),
+        ):
             if len(items) != len(labels):
                 raise DataError(f"{self.name}: {len(items)} {what} but {len(labels)} labels")
             bad = next((y for y in labels if not 0 <= y < len(self.label_names)), None)
@@ -55,8 +57,9 @@ class SketchPhotoData:
                 raise DataError(f"{self.name}: sketch {i} is paired with photo {p}, not a photo of its class")
         missing = set(self.sketch_labels) - set(self.photo_labels)
         if missing:
-            raise DataError(f"{self.name}: no photos of the sketches' classes "
-                            f"{sorted(self.label_names[y] for y in missing)}")
+            raise DataError(
+                f"{self.name}: no photos of the sketches' classes {sorted(self.label_names[y] for y in missing)}"
+            )
 
     def __len__(self) -> int:
         return len(self.sketches)
@@ -64,9 +67,15 @@ class SketchPhotoData:
     def subset(self, indices, name: str | None = None) -> SketchPhotoData:
         """The sketches at ``indices``, with the whole gallery."""
         idx = [int(i) for i in indices]
-        return SketchPhotoData([self.sketches[i] for i in idx], [self.sketch_labels[i] for i in idx], self.photos,
-                               self.photo_labels, self.label_names, [self.sketch_photo[i] for i in idx],
-                               name or self.name)
+        return SketchPhotoData(
+            [self.sketches[i] for i in idx],
+            [self.sketch_labels[i] for i in idx],
+            self.photos,
+            self.photo_labels,
+            self.label_names,
+            [self.sketch_photo[i] for i in idx],
+            name or self.name,
+        )
 
     def split(self, fraction: float, seed: int = 0) -> tuple[SketchPhotoData, SketchPhotoData]:
         """Sketches split into (rest, held-out), both against the whole gallery (validation)."""
@@ -81,8 +90,10 @@ class SketchPhotoData:
         zero-shot (unseen-class) evaluation."""
         classes = sorted(set(self.sketch_labels))
         rest, held = held_out(len(classes), fraction, seed, self.name, "classes")
-        return (self.classes([classes[i] for i in rest], f"{self.name}[seen]"),
-                self.classes([classes[i] for i in held], f"{self.name}[unseen]"))
+        return (
+            self.classes([classes[i] for i in rest], f"{self.name}[seen]"),
+            self.classes([classes[i] for i in held], f"{self.name}[unseen]"),
+        )
 
     def classes(self, labels: list[int], name: str) -> SketchPhotoData:
         """Only the sketches and photos of ``labels`` (label indices kept)."""
@@ -90,9 +101,15 @@ class SketchPhotoData:
         photos = [i for i, y in enumerate(self.photo_labels) if y in keep]
         new = {old: j for j, old in enumerate(photos)}
         sketches = [i for i, y in enumerate(self.sketch_labels) if y in keep]
-        return SketchPhotoData([self.sketches[i] for i in sketches], [self.sketch_labels[i] for i in sketches],
-                               [self.photos[i] for i in photos], [self.photo_labels[i] for i in photos],
-                               self.label_names, [new.get(self.sketch_photo[i], -1) for i in sketches], name)
+        return SketchPhotoData(
+            [self.sketches[i] for i in sketches],
+            [self.sketch_labels[i] for i in sketches],
+            [self.photos[i] for i in photos],
+            [self.photo_labels[i] for i in photos],
+            self.label_names,
+            [new.get(self.sketch_photo[i], -1) for i in sketches],
+            name,
+        )
 
 
 def load_sketchy(root: str | Path, augmentation: str | None = None, *, skip_bad: bool = False) -> SketchPhotoData:
@@ -103,17 +120,20 @@ def load_sketchy(root: str | Path, augmentation: str | None = None, *, skip_bad:
         raise DataError(f"{root}: not Sketchy's layout (no sketch/ and photo/ folders)")
     options = sorted(p.name for p in (root / "sketch").iterdir() if p.is_dir())
     if augmentation is None:
-        augmentation = SKETCHY_AUGMENTATION if SKETCHY_AUGMENTATION in options else (options[0] if len(options) == 1
-                                                                                   else None)
+        augmentation = (
+            SKETCHY_AUGMENTATION if SKETCHY_AUGMENTATION in options else (options[0] if len(options) == 1 else None)
+        )
         if augmentation is None:
             raise DataError(f"{root / 'sketch'}: choose an augmentation folder among {options or 'none'}")
     photo_aug = augmentation if (root / "photo" / augmentation).is_dir() else SKETCHY_AUGMENTATION
-    return load_sketch_photos(root / "sketch" / augmentation, root / "photo" / photo_aug, skip_bad=skip_bad,
-                              name=f"sketchy-{augmentation}")
+    return load_sketch_photos(
+        root / "sketch" / augmentation, root / "photo" / photo_aug, skip_bad=skip_bad, name=f"sketchy-{augmentation}"
+    )
 
 
-def load_sketch_photos(sketches: str | Path, photos: str | Path, *, skip_bad: bool = False,
-                       name: str | None = None) -> SketchPhotoData:
+def load_sketch_photos(
+    sketches: str | Path, photos: str | Path, *, skip_bad: bool = False, name: str | None = None
+) -> SketchPhotoData:
     """Sketches from ``sketches/<class>/`` and photos from ``photos/<class>/``: the same class
     folders on both sides, none of them empty."""
     sketch_dir, photo_dir = Path(sketches), Path(photos)
@@ -149,5 +169,6 @@ def load_sketch_photos(sketches: str | Path, photos: str | Path, *, skip_bad: bo
     empty = sorted({names[y] for c in counts for y in np.flatnonzero(c == 0)})
     if empty:
         raise DataError(f"{sketch_dir}: no readable sketches or photos left in classes {empty}")
-    return SketchPhotoData(sketch_list, sketch_labels, photo_list, photo_labels, names, pairs,
-                           name or sketch_dir.name, skipped)
+    return SketchPhotoData(
+        sketch_list, sketch_labels, photo_list, photo_labels, names, pairs, name or sketch_dir.name, skipped
+    )

@@ -64,8 +64,10 @@ class Labelled:
         checked before any model loads. ``source`` names the file or dataset."""
         present = sorted({self.label_names[y] for y in self.labels})
         if len(present) < n:
-            raise DataError(f"{source} holds {len(present)} class(es) ({', '.join(present) or 'none'}); training "
-                            f"needs examples of at least {n}")
+            raise DataError(
+                f"{source} holds {len(present)} class(es) ({', '.join(present) or 'none'}); training "
+                f"needs examples of at least {n}"
+            )
         return self
 
     def aligned_to(self, label_names: list[str]):
@@ -79,10 +81,14 @@ class Labelled:
         index = {name: i for i, name in enumerate(label_names)}
         unknown = [name for name in self.label_names if name not in index]
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-            raise DataError(f"{self.name} has {len(unknown)} label(s) the model was not trained on: {shown} "
-                            f"(it knows {len(label_names)}: {', '.join(label_names[:10])}"
-                            f"{' ...' if len(label_names) > 10 else ''})")
+            shown = ", ".join(repr(u) for u in unknown[:10]) + (
+                f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            )
+            raise DataError(
+                f"{self.name} has {len(unknown)} label(s) the model was not trained on: {shown} "
+                f"(it knows {len(label_names)}: {', '.join(label_names[:10])}"
+                f"{' ...' if len(label_names) > 10 else ''})"
+            )
         classes = [index[name] for name in self.label_names]
         if classes == list(range(len(label_names))):
             return self, classes
@@ -181,13 +187,18 @@ def read_rows(path: Path):
         raise DataError(f"{path}, line 1: the file is empty (no header)")
     for row in reader:
         if None in row:  # more cells than header columns
-            raise DataError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} cells, header has {len(reader.fieldnames)}")
+            raise DataError(
+                f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} cells, "
+                f"header has {len(reader.fieldnames)}"
+            )
         yield reader.line_num, row
 
 
 def _missing_column(path: Path, n: int, row: dict, col: str, which: str) -> DataError:
-    return DataError(f"{path}, line {n}: no column {col!r}; columns are {sorted(row)} (choose one with "
-                     f"--{which.replace('_', '-')}, or {which}= in Python)")
+    return DataError(
+        f"{path}, line {n}: no column {col!r}; columns are {sorted(row)} (choose one with "
+        f"--{which.replace('_', '-')}, or {which}= in Python)"
+    )
 
 
 def read_column(path: Path, column: str = "text") -> list[str]:
@@ -257,8 +268,10 @@ def load_text_file(
         label = str(label).strip()
         if label_map is not None:
             if label not in label_map:
-                raise DataError(f"{path}, line {n}, column {label_column!r}: label code {label!r} is not among "
-                                f"the --label-names codes {list(label_map)[:10]}")
+                raise DataError(
+                    f"{path}, line {n}, column {label_column!r}: label code {label!r} is not among "
+                    f"the --label-names codes {list(label_map)[:10]}"
+                )
             label = label_map[label]
         texts.append(text)
         raw_labels.append((n, label))
@@ -305,10 +318,15 @@ def load_text_files(
         data = load_text_file(path, text_column, label_column, label_map=label_map)
         unknown = [name for name in data.label_names if name not in index]
         if unknown:
-            raise DataError(f"{path}: {len(unknown)} label(s) the training file {train} does not have: "
-                            f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
-        out.append(TextLabelData(data.texts, [index[data.label_names[y]] for y in data.labels],
-                                 train_data.label_names, data.name))
+            raise DataError(
+                f"{path}: {len(unknown)} label(s) the training file {train} does not have: "
+                f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''}"
+            )
+        out.append(
+            TextLabelData(
+                data.texts, [index[data.label_names[y]] for y in data.labels], train_data.label_names, data.name
+            )
+        )
     return train_data, out[0], out[1]
 
 
@@ -361,7 +379,9 @@ KNOWN_DATASETS = {
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None) -> TextLabelData:
     """Load a known dataset (``banking77``, ``sst2``) split ``train`` or ``test``."""
     if name not in KNOWN_DATASETS:
-        hint = " (a retrieval dataset: use load_retrieval_dataset / --task retrieval)" if name in RETRIEVAL_NAMES else ""
+        hint = (
+            " (a retrieval dataset: use load_retrieval_dataset / --task retrieval)" if name in RETRIEVAL_NAMES else ""
+        )
         raise DataError(f"unknown dataset {name!r}; known: {sorted(KNOWN_DATASETS)} (or pass a file){hint}")
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")

@@ -57,8 +57,9 @@ def _av():
     try:
         import av
     except ImportError as err:
-        raise ConfigError("decoding video files needs PyAV: pip install 'exotune[video]' "
-                          "(or give folders of extracted frames)") from err
+        raise ConfigError(
+            "decoding video files needs PyAV: pip install 'exotune[video]' (or give folders of extracted frames)"
+        ) from err
     return av
 
 
@@ -95,8 +96,9 @@ def read_frames(video: str | Path, n: int) -> list:
             return [frames[kept[i]] for i in sample_indices(len(kept), n)]
         return [frames[i] for i in wanted]
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
-        raise DataError(f"video {path} cannot be decoded ({err.__class__.__name__}: {err}); "
-                        "the file is corrupt or not a video") from err
+        raise DataError(
+            f"video {path} cannot be decoded ({err.__class__.__name__}: {err}); the file is corrupt or not a video"
+        ) from err
 
 
 def _decode(av, path: Path):
@@ -123,9 +125,15 @@ def video_problem(path: Path) -> str | None:
 # -- captions ------------------------------------------------------------------------------------
 
 
-def load_video_captions(captions: str | Path, videos_dir: str | Path | None = None, *,
-                        video_column: str = "video", caption_column: str = "caption",
-                        split: str | None = None, skip_bad: bool = False) -> VideoCaptionData:
+def load_video_captions(
+    captions: str | Path,
+    videos_dir: str | Path | None = None,
+    *,
+    video_column: str = "video",
+    caption_column: str = "caption",
+    split: str | None = None,
+    skip_bad: bool = False,
+) -> VideoCaptionData:
     """Captioned videos from a CSV / TSV / JSONL file, a VATEX JSON file or MSR-VTT's
     ``MSRVTT_data.json`` (``split``: ``train``, the 9k list, or ``test``, the 1k-A set, one
     caption per video; default videos folder: ``videos/all`` beside it)."""
@@ -160,13 +168,18 @@ def _json(path: Path):
 def _vatex_pairs(path: Path, root: Path) -> list[tuple[str, str, str]]:
     data = _json(path)
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected VATEX's list of {{'videoID', 'enCap'}} entries; a CSV/TSV/JSONL "
-                        "file gives one row per caption")
+        raise DataError(
+            f"{path}: expected VATEX's list of {{'videoID', 'enCap'}} entries; a CSV/TSV/JSONL "
+            "file gives one row per caption"
+        )
     pairs = []
     for k, entry in enumerate(data):
         at = f"entry {k}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("videoID"), str) \
-                or not isinstance(entry.get("enCap"), list):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("videoID"), str)
+            or not isinstance(entry.get("enCap"), list)
+        ):
             raise DataError(f"{path}, {at}: a VATEX entry needs 'videoID' and a list 'enCap'")
         video = _find_video(root, entry["videoID"])
         pairs += [(video, caption_text(path, at, c), at) for c in entry["enCap"]]
@@ -192,8 +205,14 @@ def _msrvtt_pairs(path: Path, split: str | None, root: Path) -> list[tuple[str, 
         if missing:
             raise DataError(f"{listed}, line {n}: no column {missing[0]!r}; columns are {sorted(row)}")
     if split == "test":  # 1k-A: one caption per video, in the split file itself
-        return [(_find_video(root, str(row["video_id"])), caption_text(listed, f"line {n}", row["sentence"]),
-                 f"{listed.name}, line {n}") for n, row in rows]
+        return [
+            (
+                _find_video(root, str(row["video_id"])),
+                caption_text(listed, f"line {n}", row["sentence"]),
+                f"{listed.name}, line {n}",
+            )
+            for n, row in rows
+        ]
     videos = {str(row["video_id"]): n for n, row in rows}
     data = _json(path)
     sentences = data.get("sentences") if isinstance(data, dict) else None
@@ -204,11 +223,15 @@ def _msrvtt_pairs(path: Path, split: str | None, root: Path) -> list[tuple[str, 
         if not isinstance(s, dict) or "video_id" not in s:
             raise DataError(f"{path}, sentence {k}: needs 'video_id' and 'caption'")
         if str(s["video_id"]) in videos:
-            pairs.append((_find_video(root, str(s["video_id"])), caption_text(path, f"sentence {k}", s.get("caption")),
-                          f"sentence {k}"))
+            pairs.append(
+                (
+                    _find_video(root, str(s["video_id"])),
+                    caption_text(path, f"sentence {k}", s.get("caption")),
+                    f"sentence {k}",
+                )
+            )
     unused = set(videos) - {str(s["video_id"]) for s in sentences}
     if unused:
         first = sorted(unused)[0]
         raise DataError(f"{listed}, line {videos[first]}: video {first!r} has no caption in {path}")
     return pairs
-

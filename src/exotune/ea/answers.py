@@ -24,8 +24,13 @@ class LMAnswers:
         labels = np.array([-1 if o.label is None else o.label for o in outs], dtype=int)
         scores = None
         if any(o.scores is not None for o in outs):
-            scores = np.array([o.scores if o.scores is not None and len(o.scores) == num_classes
-                               else [np.nan] * num_classes for o in outs], dtype=np.float32)
+            scores = np.array(
+                [
+                    o.scores if o.scores is not None and len(o.scores) == num_classes else [np.nan] * num_classes
+                    for o in outs
+                ],
+                dtype=np.float32,
+            )
         conf = np.array([np.nan if o.confidence is None else o.confidence for o in outs], dtype=float)
         emb = None
         if outs and all(o.embedding is not None for o in outs):
@@ -63,8 +68,12 @@ class LMAnswers:
 
     def take(self, idx) -> LMAnswers:
         rows = np.asarray(idx, dtype=int)
-        return LMAnswers(self.labels[rows], None if self.scores is None else self.scores[rows], self.confidence[rows],
-                         None if self.embeddings is None else self.embeddings[rows])
+        return LMAnswers(
+            self.labels[rows],
+            None if self.scores is None else self.scores[rows],
+            self.confidence[rows],
+            None if self.embeddings is None else self.embeddings[rows],
+        )
 
 
 @dataclass

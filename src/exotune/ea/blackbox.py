@@ -117,11 +117,24 @@ class BlackBoxClient(ABC):
     #: what the outputs carry: "labels", "scores", "embeddings"
     provides: ClassVar[frozenset[str]] = frozenset({"labels"})
 
-    def __init__(self, *, batch_size: int = 1, max_concurrency: int = 4, timeout: float = 60.0,
-                 max_retries: int = 4, backoff: float = 0.5, backoff_max: float = 20.0,
-                 cache=None, seed: int | None = None, label_template: str = "{}"):
-        for name, value, low in (("batch_size", batch_size, 1), ("max_concurrency", max_concurrency, 1),
-                                 ("max_retries", max_retries, 0)):
+    def __init__(
+        self,
+        *,
+        batch_size: int = 1,
+        max_concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        backoff_max: float = 20.0,
+        cache=None,
+        seed: int | None = None,
+        label_template: str = "{}",
+    ):
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("max_concurrency", max_concurrency, 1),
+            ("max_retries", max_retries, 0),
+        ):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if not timeout > 0 or backoff < 0:
@@ -163,9 +176,17 @@ class BlackBoxClient(ABC):
         key = json.dumps({**(described or self.describe()), "labels": list(label_names)}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
-    def run(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None, *,
-            chunk: int | None = None, collect=None) -> list[BlackBoxOutput] | None:
+    def run(
+        self,
+        texts: list[str],
+        label_names: list[str],
+        ledger: Ledger | None = None,
+        *,
+        chunk: int | None = None,
+        collect=None,
+    ) -> list[BlackBoxOutput] | None:
         """Blocking form of :meth:`arun` (works inside a running event loop too, via a thread)."""
+
         async def private():
             _PRIVATE_LOOP.set(True)
             return await self.arun(texts, label_names, ledger, chunk=chunk, collect=collect)
@@ -189,8 +210,15 @@ class BlackBoxClient(ABC):
             raise result["err"]
         return result["out"]
 
-    async def arun(self, texts: list[str], label_names: list[str], ledger: Ledger | None = None, *,
-                   chunk: int | None = None, collect=None) -> list[BlackBoxOutput] | None:
+    async def arun(
+        self,
+        texts: list[str],
+        label_names: list[str],
+        ledger: Ledger | None = None,
+        *,
+        chunk: int | None = None,
+        collect=None,
+    ) -> list[BlackBoxOutput] | None:
         """Outputs for ``texts``, one per text; cached answers are never asked for again.
 
         With ``collect``, the texts go ``chunk`` at a time and each chunk's outputs are handed to
@@ -214,7 +242,7 @@ class BlackBoxClient(ABC):
         bar = progress_bar(total=len(texts), desc=f"asking {type(self).__name__}")
         try:
             for start in range(0, len(texts), step):
-                part = texts[start:start + step]
+                part = texts[start : start + step]
                 known = {t: again[t] for t in part if t in again}
                 if self.cache is not None:
                     known.update(self.cache.get_many(fp, [t for t in part if t not in known]))
@@ -253,13 +281,19 @@ class BlackBoxClient(ABC):
                 self.cache.put_many(fp, batch, outs)  # at once: a crash later loses nothing paid for
             done.update(zip(batch, outs, strict=True))
             bar.update(len(batch))
-            ledger.add(calls=len(batch), unparseable=sum(o.label is None for o in outs),
-                       prompt_tokens=sum(o.prompt_tokens for o in outs),
-                       completion_tokens=sum(o.completion_tokens for o in outs), cost=sum(o.cost for o in outs))
+            ledger.add(
+                calls=len(batch),
+                unparseable=sum(o.label is None for o in outs),
+                prompt_tokens=sum(o.prompt_tokens for o in outs),
+                completion_tokens=sum(o.completion_tokens for o in outs),
+                cost=sum(o.cost for o in outs),
+            )
 
         # texts of like length batched together: a batch is padded to its longest text
         todo = sorted(todo, key=len)
-        tasks = [asyncio.ensure_future(one(todo[i:i + self.batch_size])) for i in range(0, len(todo), self.batch_size)]
+        tasks = [
+            asyncio.ensure_future(one(todo[i : i + self.batch_size])) for i in range(0, len(todo), self.batch_size)
+        ]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -298,5 +332,7 @@ class BlackBoxClient(ABC):
             except (TransientBlackBoxError, asyncio.TimeoutError, ConnectionError) as err:
                 last = err
         kind = "timed out" if isinstance(last, asyncio.TimeoutError) else str(last)
-        raise BlackBoxError(f"{type(self).__name__}: request failed after {self.max_retries + 1} attempts "
-                            f"(last error: {kind or type(last).__name__})") from last
+        raise BlackBoxError(
+            f"{type(self).__name__}: request failed after {self.max_retries + 1} attempts "
+            f"(last error: {kind or type(last).__name__})"
+        ) from last

@@ -56,10 +56,12 @@ class ResponseCache:
         with self._lock:
             db = self._db()
             for i in range(0, len(unique), 500):  # SQLite limits the number of bound variables
-                chunk = {_hash(t): t for t in unique[i:i + 500]}
+                chunk = {_hash(t): t for t in unique[i : i + 500]}
                 marks = ",".join("?" * len(chunk))
-                rows = db.execute(f"SELECT input_hash, output FROM responses WHERE fingerprint = ? "
-                                  f"AND input_hash IN ({marks})", [fingerprint, *chunk]).fetchall()
+                rows = db.execute(
+                    f"SELECT input_hash, output FROM responses WHERE fingerprint = ? AND input_hash IN ({marks})",
+                    [fingerprint, *chunk],
+                ).fetchall()
                 for h, raw in rows:
                     found[chunk[h]] = BlackBoxOutput.from_json(raw)
         return found
@@ -75,8 +77,9 @@ class ResponseCache:
         """Say what answers under ``fingerprint`` come from (client, endpoint, model, template)."""
         with self._lock:
             db = self._db()
-            db.execute("INSERT OR REPLACE INTO endpoints VALUES (?, ?)",
-                       (fingerprint, json.dumps(description, sort_keys=True)))
+            db.execute(
+                "INSERT OR REPLACE INTO endpoints VALUES (?, ?)", (fingerprint, json.dumps(description, sort_keys=True))
+            )
             db.commit()
 
     def endpoints(self) -> dict[str, dict]:

@@ -29,8 +29,9 @@ def number(value, where: str, low: float = -math.inf, high: float = math.inf, in
         value = float(value)
         ok = not math.isnan(value) and (infinite or math.isfinite(value)) and low <= value <= high
     if not ok:
-        raise ArtifactError(f"{where} must be a number in [{low}, {high}]"
-                            f"{'' if infinite else ' (finite)'}, got {value!r:.80}")
+        raise ArtifactError(
+            f"{where} must be a number in [{low}, {high}]{'' if infinite else ' (finite)'}, got {value!r:.80}"
+        )
     return value
 
 
@@ -50,10 +51,15 @@ def _binary_model(model, where: str, width: int) -> None:
         number(model, where, 0.0, 1.0)
         return
     steps = getattr(model, "steps", None) if type(model) is Pipeline else None
-    if not steps or len(steps) != 2 or type(steps[0][1]) is not StandardScaler \
-            or type(steps[1][1]) is not LogisticRegression:
-        raise ArtifactError(f"{where} must be a probability or StandardScaler + LogisticRegression, "
-                            f"got {type(model).__name__}")
+    if (
+        not steps
+        or len(steps) != 2
+        or type(steps[0][1]) is not StandardScaler
+        or type(steps[1][1]) is not LogisticRegression
+    ):
+        raise ArtifactError(
+            f"{where} must be a probability or StandardScaler + LogisticRegression, got {type(model).__name__}"
+        )
     scaler, clf = steps[0][1], steps[1][1]
     for name in ("mean_", "scale_"):
         _array(getattr(scaler, name, None), f"{where}.{name}", (width,))
@@ -81,7 +87,9 @@ def check_regions(regions, file: Path, n_labels: int) -> None:
     if type(regions) is not Regions:
         raise ArtifactError(f"{file} must hold a Regions, got {type(regions).__name__}")
     featurizer = getattr(regions, "featurizer_", None)
-    if featurizer is not None and not (isinstance(featurizer, LSAFeaturizer) or callable(getattr(featurizer, "transform", None))):
+    if featurizer is not None and not (
+        isinstance(featurizer, LSAFeaturizer) or callable(getattr(featurizer, "transform", None))
+    ):
         raise ArtifactError(f"{file}: featurizer_ must be a fitted transformer, got {type(featurizer).__name__}")
     if (featurizer is None) != (regions.featurizer == "blackbox"):
         raise ArtifactError(f"{file}: featurizer_ does not match featurizer={regions.featurizer!r:.80}")
@@ -92,8 +100,14 @@ def check_regions(regions, file: Path, n_labels: int) -> None:
     c = getattr(regions, "num_classes_", None)
     if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 1 <= c <= n_labels:
         raise ArtifactError(f"{file}: num_classes_ must be an integer in [1, {n_labels}], got {c!r:.80}")
-    for name, size, kind in (("class_n_", c, "f"), ("class_k_", c, "f"), ("cluster_n_", k, "f"),
-                             ("cluster_k_", k, "f"), ("underfit_class_", c, "b"), ("underfit_cluster_", k, "b")):
+    for name, size, kind in (
+        ("class_n_", c, "f"),
+        ("class_k_", c, "f"),
+        ("cluster_n_", k, "f"),
+        ("cluster_k_", k, "f"),
+        ("underfit_class_", c, "b"),
+        ("underfit_cluster_", k, "b"),
+    ):
         _array(getattr(regions, name, None), f"{file}: {name}", (int(size),), kind)
     number(getattr(regions, "prior_", None), f"{file}: prior_", 0.0, 1.0)
 
@@ -102,10 +116,16 @@ def check_ssm(ssm, file: Path, n_labels: int) -> None:
     if not callable(getattr(ssm, "predict_proba", None)) or type(getattr(ssm, "model_", None)) is not Pipeline:
         raise ArtifactError(f"{file} must hold a fitted SSM, got {type(ssm).__name__}")
     classes = getattr(ssm, "classes_", None)
-    if not isinstance(classes, np.ndarray) or classes.ndim != 1 or classes.dtype.kind not in "iu" or not len(classes) \
-            or classes.min() < 0 or classes.max() >= n_labels or len(np.unique(classes)) != len(classes):
-        raise ArtifactError(f"{file}: classes_ must be distinct label indices in [0, {n_labels}), "
-                            f"got {classes!r:.80}")
+    if (
+        not isinstance(classes, np.ndarray)
+        or classes.ndim != 1
+        or classes.dtype.kind not in "iu"
+        or not len(classes)
+        or classes.min() < 0
+        or classes.max() >= n_labels
+        or len(np.unique(classes)) != len(classes)
+    ):
+        raise ArtifactError(f"{file}: classes_ must be distinct label indices in [0, {n_labels}), got {classes!r:.80}")
     head_classes = getattr(ssm.model_[-1], "classes_", None)
     if head_classes is None or not np.array_equal(np.asarray(head_classes), classes):
         raise ArtifactError(f"{file}: the classifier's classes_ differ from the SSM's")
@@ -120,8 +140,11 @@ def check_config(config: dict, file: Path) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SSMS:
         raise ArtifactError(f"{file}: n_global_ssms must be an integer in [1, {MAX_SSMS}], got {n!r:.80}")
     special = config["special_regions"]
-    if not isinstance(special, list) or len(special) > MAX_SSMS or \
-            not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < 1 << 20 for r in special):
+    if (
+        not isinstance(special, list)
+        or len(special) > MAX_SSMS
+        or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < 1 << 20 for r in special)
+    ):
         raise ArtifactError(f"{file}: special_regions must be a list of region numbers, got {special!r:.80}")
     params = config["params"]
     if not isinstance(params, dict):

@@ -65,9 +65,18 @@ OPENAI_URL = "https://api.openai.com/v1"  # the SDK's endpoint when no base URL 
 
 
 class _OpenAIBase(BlackBoxClient):
-    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", price_in: float = 0.0, price_out: float = 0.0,
-                 client=None, **common):
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        price_in: float = 0.0,
+        price_out: float = 0.0,
+        client=None,
+        **common,
+    ):
         super().__init__(**common)
         if not model:
             raise ConfigError("model must name the served model, got an empty value")
@@ -115,8 +124,17 @@ class OpenAIChatClient(_OpenAIBase):
 
     provides = frozenset({"labels", "scores"})
 
-    def __init__(self, model: str, *, prompt: PromptTemplate | None = None, logprobs: bool = True,
-                 top_logprobs: int = 10, temperature: float = 0.0, max_tokens: int = 24, **kwargs):
+    def __init__(
+        self,
+        model: str,
+        *,
+        prompt: PromptTemplate | None = None,
+        logprobs: bool = True,
+        top_logprobs: int = 10,
+        temperature: float = 0.0,
+        max_tokens: int = 24,
+        **kwargs,
+    ):
         kwargs.setdefault("batch_size", 1)
         super().__init__(model, **kwargs)
         self.prompt = prompt or PromptTemplate()
@@ -125,17 +143,29 @@ class OpenAIChatClient(_OpenAIBase):
 
     def describe(self) -> dict:
         p = self.prompt
-        return {"client": "openai-chat", "endpoint": self.endpoint(), "model": self.model, "template": p.template,
-                "system": p.system, "examples": p.examples, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "label_template": self.label_template}
+        return {
+            "client": "openai-chat",
+            "endpoint": self.endpoint(),
+            "model": self.model,
+            "template": p.template,
+            "system": p.system,
+            "examples": p.examples,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "label_template": self.label_template,
+        }
 
     async def _request(self, texts, label_names):
         return list(await asyncio.gather(*(self._one(t, label_names) for t in texts)))
 
     async def _one(self, text: str, label_names: list[str]) -> BlackBoxOutput:
         label_names = self.label_texts(label_names)  # shown and parsed as words, in their order
-        kwargs = {"model": self.model, "messages": self.prompt.render(text, label_names),
-                  "temperature": self.temperature, "max_tokens": self.max_tokens}
+        kwargs = {
+            "model": self.model,
+            "messages": self.prompt.render(text, label_names),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
         if self.logprobs:
             kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
         return await self._call(self._sdk.chat.completions.create, lambda r: self._parse(r, label_names), **kwargs)
@@ -147,8 +177,13 @@ class OpenAIChatClient(_OpenAIBase):
         pt, ct = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
         choice = resp.choices[0]
         answer = (choice.message.content or "") if choice.message else ""
-        out = BlackBoxOutput(label=parse_label(answer, label_names), text=answer, prompt_tokens=pt,
-                             completion_tokens=ct, cost=self._cost(pt, ct))
+        out = BlackBoxOutput(
+            label=parse_label(answer, label_names),
+            text=answer,
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            cost=self._cost(pt, ct),
+        )
         content = getattr(getattr(choice, "logprobs", None), "content", None)
         if content:
             out.confidence = math.exp(sum(t.logprob for t in content))
@@ -170,8 +205,13 @@ class OpenAIEmbeddingClient(_OpenAIBase):
         self._protos: np.ndarray | None = None
 
     def describe(self) -> dict:
-        return {"client": "openai-embeddings", "endpoint": self.endpoint(), "model": self.model,
-                "label_template": self.label_template, "temperature": self.temperature}
+        return {
+            "client": "openai-embeddings",
+            "endpoint": self.endpoint(),
+            "model": self.model,
+            "label_template": self.label_template,
+            "temperature": self.temperature,
+        }
 
     async def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
         def parse(resp):
@@ -194,9 +234,17 @@ class OpenAIEmbeddingClient(_OpenAIBase):
         emb, tokens = await self._embed(texts)
         labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
         share = tokens / max(len(texts), 1)
-        return [BlackBoxOutput(label=int(y), scores=p, confidence=float(p.max()), embedding=e,
-                               prompt_tokens=round(share), cost=self._cost(share, 0))
-                for y, p, e in zip(labels, probs, emb, strict=True)]
+        return [
+            BlackBoxOutput(
+                label=int(y),
+                scores=p,
+                confidence=float(p.max()),
+                embedding=e,
+                prompt_tokens=round(share),
+                cost=self._cost(share, 0),
+            )
+            for y, p, e in zip(labels, probs, emb, strict=True)
+        ]
 
 
 class CallableClient(BlackBoxClient):
@@ -205,8 +253,17 @@ class CallableClient(BlackBoxClient):
     index ("labels"), a score vector ("scores") or an embedding ("embeddings"); a BlackBoxOutput
     or a dict of its fields is taken as it is. Sync functions run in a worker thread."""
 
-    def __init__(self, fn, *, returns: str = "labels", batched: bool = False, name: str | None = None,
-                 cost_per_call: float = 0.0, temperature: float = 0.05, **common):
+    def __init__(
+        self,
+        fn,
+        *,
+        returns: str = "labels",
+        batched: bool = False,
+        name: str | None = None,
+        cost_per_call: float = 0.0,
+        temperature: float = 0.05,
+        **common,
+    ):
         if returns not in ("labels", "scores", "embeddings"):
             raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
         if not callable(fn):
@@ -217,8 +274,13 @@ class CallableClient(BlackBoxClient):
         self.name = name or getattr(fn, "__qualname__", type(fn).__name__)
         self.temperature = temperature
         self._protos = None
-        self.provides = frozenset({"labels", "scores", "embeddings"} if returns == "embeddings"
-                                  else {"labels", "scores"} if returns == "scores" else {"labels"})
+        self.provides = frozenset(
+            {"labels", "scores", "embeddings"}
+            if returns == "embeddings"
+            else {"labels", "scores"}
+            if returns == "scores"
+            else {"labels"}
+        )
 
     def describe(self) -> dict:
         return {"client": "callable", "name": self.name, "returns": self.returns, "label_template": self.label_template}
@@ -230,8 +292,9 @@ class CallableClient(BlackBoxClient):
 
     async def _open(self, label_names, ledger) -> None:
         if self.returns == "embeddings":
-            self._protos = np.asarray([await self._invoke(n, label_names) for n in self.label_texts(label_names)],
-                                      dtype=np.float64)
+            self._protos = np.asarray(
+                [await self._invoke(n, label_names) for n in self.label_texts(label_names)], dtype=np.float64
+            )
 
     async def _request(self, texts, label_names):
         if self.batched:
@@ -283,8 +346,18 @@ class ServedBoxClient(BlackBoxClient):
     connections; what still fails is reported as transient (retried here) or final.
     """
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, box=None, http_client=None,
-                 returns: str = "labels", temperature: float = 0.05, key_env: str = "EXOTUNE_TOKEN", **common):
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        box=None,
+        http_client=None,
+        returns: str = "labels",
+        temperature: float = 0.05,
+        key_env: str = "EXOTUNE_TOKEN",
+        **common,
+    ):
         if returns not in ("labels", "scores", "embeddings"):
             raise ConfigError(f"returns must be 'labels', 'scores' or 'embeddings', got {returns!r}")
         common.setdefault("batch_size", 256)  # fewer round trips; the server sorts and batches within
@@ -300,8 +373,13 @@ class ServedBoxClient(BlackBoxClient):
         self._token, self._http_client = token, http_client
         self._box = box  # with a url: an HTTP channel, connected on first use, never in __init__
         self._protos, self._proto_texts = None, None  # the label names' encodings, kept from run to run
-        self.provides = frozenset({"labels", "scores", "embeddings"} if returns == "embeddings"
-                                  else {"labels", "scores"} if returns == "scores" else {"labels"})
+        self.provides = frozenset(
+            {"labels", "scores", "embeddings"}
+            if returns == "embeddings"
+            else {"labels", "scores"}
+            if returns == "scores"
+            else {"labels"}
+        )
 
     def _connect(self):
         if self._box is None:
@@ -317,9 +395,15 @@ class ServedBoxClient(BlackBoxClient):
             spec = self._connect().spec  # the model's identity keys the cache, never the URL alone
         except RemoteError as err:
             raise self._refusal(err) from err
-        info = {"client": "served-box", "endpoint": normalise_url(self.url) if self.url else None,
-                "model_digest": spec.model_digest, "pooling": spec.pooling,
-                "returns": self.returns, "temperature": self.temperature, "label_template": self.label_template}
+        info = {
+            "client": "served-box",
+            "endpoint": normalise_url(self.url) if self.url else None,
+            "model_digest": spec.model_digest,
+            "pooling": spec.pooling,
+            "returns": self.returns,
+            "temperature": self.temperature,
+            "label_template": self.label_template,
+        }
         precision = getattr(self._box, "precision", "fp32")  # a box here under autocast: its answers apart
         return info if precision == "fp32" else {**info, "precision": precision}
 
@@ -335,8 +419,10 @@ class ServedBoxClient(BlackBoxClient):
         box = self._connect()
         if not hasattr(box, "message"):
             if not hasattr(box, "scores"):  # a box loaded here: as a served box's /v1/scores computes them
-                a, b = (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-                        for z in (self._encode(texts), self._encode(labels)))
+                a, b = (
+                    z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+                    for z in (self._encode(texts), self._encode(labels))
+                )
                 return a @ b.T
             return box.scores(texts, labels).numpy()
         return self._post(box, "/v1/scores", "scores", texts, len(labels), labels=labels)
@@ -345,8 +431,10 @@ class ServedBoxClient(BlackBoxClient):
     def _post(channel, path: str, name: str, texts: list[str], width: int, **body) -> np.ndarray:
         from exotune.boxes.http import get
 
-        parts = [get(channel.message("POST", path, arrays=True, json={"texts": part, **body}), name, (len(part), width))
-                 for part in channel.spec.limits.batches(texts)]
+        parts = [
+            get(channel.message("POST", path, arrays=True, json={"texts": part, **body}), name, (len(part), width))
+            for part in channel.spec.limits.batches(texts)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float32)
 
     async def _call(self, fn, *args):
@@ -377,8 +465,9 @@ class ServedBoxClient(BlackBoxClient):
         if self.returns == "embeddings":
             emb = await self._call(self._encode, list(texts))
             labels, probs = labels_from_embeddings(emb, self._protos, self.temperature)
-            return [BlackBoxOutput(label=int(y), scores=p, embedding=e)
-                    for y, p, e in zip(labels, probs, emb, strict=True)]
+            return [
+                BlackBoxOutput(label=int(y), scores=p, embedding=e) for y, p, e in zip(labels, probs, emb, strict=True)
+            ]
         sims = (await self._call(self._scores, list(texts), self.label_texts(label_names))).astype(np.float64)
         logits = sims / self.temperature
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))

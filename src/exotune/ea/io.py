@@ -23,12 +23,29 @@ CONFIG = "ea_config.json"
 TYPE = "easy-adaptation"
 
 #: plain types the EA parts are made of, beyond skops' defaults
-BASIC_TYPES = frozenset({
-    "builtins.float", "builtins.int", "builtins.str", "builtins.dict", "builtins.list", "builtins.tuple",
-    "builtins.set", "builtins.bool", "collections.defaultdict", "collections.OrderedDict",
-    "numpy.dtype", "numpy.float64", "numpy.int64", "numpy.int32", "numpy.ndarray", "numpy.bool_",
-    "numpy.random.mtrand.RandomState", "sklearn.utils._bunch.Bunch", "scipy.sparse._csr.csr_matrix",
-})
+BASIC_TYPES = frozenset(
+    {
+        "builtins.float",
+        "builtins.int",
+        "builtins.str",
+        "builtins.dict",
+        "builtins.list",
+        "builtins.tuple",
+        "builtins.set",
+        "builtins.bool",
+        "collections.defaultdict",
+        "collections.OrderedDict",
+        "numpy.dtype",
+        "numpy.float64",
+        "numpy.int64",
+        "numpy.int32",
+        "numpy.ndarray",
+        "numpy.bool_",
+        "numpy.random.mtrand.RandomState",
+        "sklearn.utils._bunch.Bunch",
+        "scipy.sparse._csr.csr_matrix",
+    }
+)
 #: exotune's own parts of a saved adapter, beside the registered SSMs
 PARTS = (Router, Regions, LSAFeaturizer, SklearnSSM)
 
@@ -64,16 +81,23 @@ def save(model, path, extra_files: dict[str, dict] | None = None) -> Path:
     files["router.skops"] = sio.dumps(model.router_)
     files["regions.skops"] = sio.dumps(model.regions_)
     config = {
-        "type": TYPE, "version": __version__, "access": "black",
+        "type": TYPE,
+        "version": __version__,
+        "access": "black",
         "params": {k: _jsonable(getattr(model, k)) for k in model.saved_params()},
-        "label_names": model.label_names_, "n_global_ssms": len(system["global"]),
+        "label_names": model.label_names_,
+        "n_global_ssms": len(system["global"]),
         "special_regions": sorted(int(r) for r in system["special"]),
         "lm": model.lm.describe() if model.lm is not None else None,
-        "val_accuracy": model.val_accuracy_, "regions": model.regions_.table_,
+        "val_accuracy": model.val_accuracy_,
+        "regions": model.regions_.table_,
         "ssm_selection": getattr(model, "ssm_selection_", None),  # which SSMs were kept, and why
-        "router": {"threshold": float(model.router_.threshold_), "share": model.router_.share_,
-                   "trust_lm": model.router_.trust_lm_,
-                   "val_curve": model.router_.val_curve_},
+        "router": {
+            "threshold": float(model.router_.threshold_),
+            "share": model.router_.share_,
+            "trust_lm": model.router_.trust_lm_,
+            "val_curve": model.router_.val_curve_,
+        },
     }
     return write_folder(path, {**(extra_files or {}), CONFIG: config, **files})
 
@@ -89,8 +113,9 @@ def _load_skops(path: Path, extra: frozenset):
         raise ArtifactError(f"{path} is not a readable skops file ({err})") from err
     bad = sorted(set(types) - trusted_types() - extra)
     if bad:
-        raise ArtifactError(f"{path} holds types that are not trusted: {bad}; if you wrote this file, "
-                            f"pass them in trusted=[...]")
+        raise ArtifactError(
+            f"{path} holds types that are not trusted: {bad}; if you wrote this file, pass them in trusted=[...]"
+        )
     try:
         return sio.load(path, trusted=list(types))
     except Exception as err:
@@ -112,8 +137,10 @@ def load(cls, path, lm=None, embedder=None, trusted=()):
     params = {k: v for k, v in config["params"].items() if k in cls.saved_params()}
     ssms = [_load_skops(path / f"ssm_{i}.skops", extra) for i in range(config["n_global_ssms"])]
     special = {r: _load_skops(path / f"ssm_region_{r}.skops", extra) for r in config["special_regions"]}
-    for name, m in [*((f"ssm_{i}.skops", m) for i, m in enumerate(ssms)),
-                    *((f"ssm_region_{r}.skops", m) for r, m in special.items())]:
+    for name, m in [
+        *((f"ssm_{i}.skops", m) for i, m in enumerate(ssms)),
+        *((f"ssm_region_{r}.skops", m) for r, m in special.items()),
+    ]:
         check_ssm(m, path / name, n_labels)
     router, regions = _load_skops(path / "router.skops", extra), _load_skops(path / "regions.skops", extra)
     check_router(router, path / "router.skops")

@@ -35,13 +35,30 @@ class EasyAdapter(BaseEstimator):
     #: constructor arguments that are run-time objects: shared by clone, never saved
     RUNTIME = ("lm", "embedder")
 
-    def __init__(self, lm=None, embedder=None, ssms=("tfidf-lr",), featurizer="auto", n_clusters: int = 8,
-                 policy: str = "ssm-first", budget: float = 0.3, cv_folds: int = 3, underfit_weight: float = 1.0,
-                 per_region_ssm: bool = False, min_region_size: int = 50, confidence: float = 0.95,
-                 random_state: int = 0, select_ssms: bool = True):
+    def __init__(
+        self,
+        lm=None,
+        embedder=None,
+        ssms=("tfidf-lr",),
+        featurizer="auto",
+        n_clusters: int = 8,
+        policy: str = "ssm-first",
+        budget: float = 0.3,
+        cv_folds: int = 3,
+        underfit_weight: float = 1.0,
+        per_region_ssm: bool = False,
+        min_region_size: int = 50,
+        confidence: float = 0.95,
+        random_state: int = 0,
+        select_ssms: bool = True,
+    ):
         self.lm, self.embedder, self.ssms, self.featurizer = lm, embedder, ssms, featurizer
         self.n_clusters, self.policy, self.budget, self.cv_folds = n_clusters, policy, budget, cv_folds
-        self.underfit_weight, self.per_region_ssm, self.min_region_size = underfit_weight, per_region_ssm, min_region_size
+        self.underfit_weight, self.per_region_ssm, self.min_region_size = (
+            underfit_weight,
+            per_region_ssm,
+            min_region_size,
+        )
         self.confidence, self.random_state, self.select_ssms = confidence, random_state, select_ssms
 
     def __sklearn_clone__(self) -> EasyAdapter:
@@ -160,8 +177,9 @@ class EasyAdapter(BaseEstimator):
         """Out-of-fold probabilities: each row predicted by SSMs that never saw its label."""
         P = np.zeros((len(y), len(self.label_names_)), dtype=np.float32)  # half the memory; ranks the same
         for fit_idx, held_idx in self.oof_folds_:
-            P[held_idx] = self._proba(self._models(views, y, w, clusters, fit_idx), views, clusters, held_idx,
-                                      len(self._specs()))
+            P[held_idx] = self._proba(
+                self._models(views, y, w, clusters, fit_idx), views, clusters, held_idx, len(self._specs())
+            )
         release_memory(collect=False)
         return P
 
@@ -219,7 +237,9 @@ class EasyAdapter(BaseEstimator):
             self.oof_folds_ = [(a, b) for a, b in splitter.split(np.zeros(n_tr), y)]
         # pass 1: where is the SSM better than the LM? pass 2: with weights on those regions
         w = np.ones(n_tr)
-        singles = self._select(views, views_val, y, y_val, w, clusters) if self.select_ssms and len(self.ssms) > 1 else None
+        singles = (
+            self._select(views, views_val, y, y_val, w, clusters) if self.select_ssms and len(self.ssms) > 1 else None
+        )
         P = self._oof(views, y, w, clusters) if singles is None or self.per_region_ssm else singles["oof"]
         self.regions_.mark(y, clusters, P.argmax(1) == y, self.label_names_)
         if self.underfit_weight > 0 and (self.regions_.underfit_class_.any() or self.regions_.underfit_cluster_.any()):
@@ -244,13 +264,18 @@ class EasyAdapter(BaseEstimator):
         self.ssm_candidates_ = None if singles is None else dict(zip(self._names(), singles["models"], strict=True))
         acc_v = self.regions_.lm_accuracy(Pv.argmax(1), clusters_val)
         Gv = gate_features(Pv, acc_v)
-        Fv = full_features(Pv, acc_v, lm.labels[n_tr:], take_rows(lm.scores, slice(n_tr, None)), lm.confidence[n_tr:], gate=Gv)
+        Fv = full_features(
+            Pv, acc_v, lm.labels[n_tr:], take_rows(lm.scores, slice(n_tr, None)), lm.confidence[n_tr:], gate=Gv
+        )
         self.val_features_ = (Gv, Fv, Pv.argmax(1) == y_val, lm.labels[n_tr:] == y_val)
         self.router_.calibrate(*self.val_features_)
         del self.encoders_  # inside the fitted SSMs; fit's own bookkeeping
         self.fit_seconds_ = time.perf_counter() - t0
-        self.val_accuracy_ = {"lm": float((lm.labels[n_tr:] == y_val).mean()), "ssm": accuracy(Pv, y_val),
-                              "ea": max(c["accuracy"] for c in self.router_.val_curve_ if c["share"] == self.router_.share_)}
+        self.val_accuracy_ = {
+            "lm": float((lm.labels[n_tr:] == y_val).mean()),
+            "ssm": accuracy(Pv, y_val),
+            "ea": max(c["accuracy"] for c in self.router_.val_curve_ if c["share"] == self.router_.share_),
+        }
         return self
 
     def _fit_router(self, P, clusters, y, lm_ok, lm) -> None:
@@ -275,8 +300,9 @@ class EasyAdapter(BaseEstimator):
         for i, spec in enumerate(self.ssms):
             P = np.zeros((len(y), c), dtype=np.float32)
             for fit_idx, held_idx in self.oof_folds_:
-                P[held_idx] = self._proba([(i, self._fit_one(spec, i, views, y, w, fit_idx))], views, clusters,
-                                          held_idx, 1)
+                P[held_idx] = self._proba(
+                    [(i, self._fit_one(spec, i, views, y, w, fit_idx))], views, clusters, held_idx, 1
+                )
             oofs.append(P)
             models.append(self._fit_one(spec, i, views, y, w, slice(None)))
             X, encoded = view_of(views_val, i, models[-1])
@@ -288,9 +314,13 @@ class EasyAdapter(BaseEstimator):
             for i in range(n):
                 d.pop(i, None)
             d.update(moved)
-        return {"oofs": oofs, "models": models, "val_proba": val_proba,
-                "val": [accuracy(P, y_val) for P in val_proba],
-                "oof": (sum(oofs[i] for i in kept) / len(kept)).astype(np.float32)}
+        return {
+            "oofs": oofs,
+            "models": models,
+            "val_proba": val_proba,
+            "val": [accuracy(P, y_val) for P in val_proba],
+            "oof": (sum(oofs[i] for i in kept) / len(kept)).astype(np.float32),
+        }
 
     def recalibrate(self, budget: float, policy: str | None = None) -> EasyAdapter:
         """Another LM budget (and policy) without refitting: the budget only moves the routing
@@ -377,4 +407,3 @@ class EasyAdapter(BaseEstimator):
         from exotune.ea.io import load
 
         return load(cls, path, lm, embedder, trusted)
-

@@ -44,8 +44,9 @@ class LSAFeaturizer(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         # float32 and n-grams seen twice: the SVD's working memory drops from ~85 MB to ~27 MB on
         # Banking77, and the clusters only need the common directions
-        self.tfidf_ = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2 if len(X) >= 100 else 1,
-                                      dtype=np.float32).fit(list(X))
+        self.tfidf_ = TfidfVectorizer(
+            sublinear_tf=True, ngram_range=(1, 2), min_df=2 if len(X) >= 100 else 1, dtype=np.float32
+        ).fit(list(X))
         m = self.tfidf_.transform(list(X))
         k = max(1, min(self.n_components, m.shape[1] - 1, m.shape[0] - 1))
         self.svd_ = TruncatedSVD(n_components=k, random_state=0).fit(m)
@@ -107,8 +108,10 @@ class Regions(BaseEstimator):
         """Flag underfit regions given the SSM's out-of-fold correctness; build the report table."""
         y, clusters, ssm_correct = np.asarray(y), np.asarray(clusters), np.asarray(ssm_correct, dtype=float)
         rows = []
-        for kind, ids, ks, ns, flags in (("class", y, self.class_k_, self.class_n_, self.underfit_class_),
-                                         ("cluster", clusters, self.cluster_k_, self.cluster_n_, self.underfit_cluster_)):
+        for kind, ids, ks, ns, flags in (
+            ("class", y, self.class_k_, self.class_n_, self.underfit_class_),
+            ("cluster", clusters, self.cluster_k_, self.cluster_n_, self.underfit_cluster_),
+        ):
             for r in range(len(ns)):
                 if ns[r] == 0:
                     continue
@@ -116,9 +119,19 @@ class Regions(BaseEstimator):
                 ssm = float(ssm_correct[ids == r].mean())
                 flags[r] = hi < ssm - 1e-9
                 name = label_names[r] if kind == "class" and label_names else f"cluster {r}"
-                rows.append({"kind": kind, "region": int(r), "name": name, "n": int(ns[r]),
-                             "lm_accuracy": float(ks[r] / ns[r]), "lm_low": float(lo), "lm_high": float(hi),
-                             "ssm_cv_accuracy": ssm, "underfit": bool(flags[r])})
+                rows.append(
+                    {
+                        "kind": kind,
+                        "region": int(r),
+                        "name": name,
+                        "n": int(ns[r]),
+                        "lm_accuracy": float(ks[r] / ns[r]),
+                        "lm_low": float(lo),
+                        "lm_high": float(hi),
+                        "ssm_cv_accuracy": ssm,
+                        "underfit": bool(flags[r]),
+                    }
+                )
         self.table_ = rows
         return self
 

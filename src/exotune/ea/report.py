@@ -16,11 +16,18 @@ def evaluation(model, data, compare: bool = True, classes: list[int] | None = No
     y = np.asarray(data.labels)
     c = len(model.label_names_)
     r = model.route(data.texts, ask_all=compare)
-    out = {"n": len(y), "ea": classification_metrics(y, r.labels, c, classes),
-           "ssm": classification_metrics(y, r.ssm_labels, c, classes),
-           "lm_call_share": float(r.asked_lm.mean()), "lm_answer_share": float(r.used_lm.mean()),
-           "policy": model.policy, "budget": model.budget, "seconds": r.seconds,
-           "seconds_per_input": r.seconds / max(len(y), 1), "ledger": r.ledger.to_dict()}
+    out = {
+        "n": len(y),
+        "ea": classification_metrics(y, r.labels, c, classes),
+        "ssm": classification_metrics(y, r.ssm_labels, c, classes),
+        "lm_call_share": float(r.asked_lm.mean()),
+        "lm_answer_share": float(r.used_lm.mean()),
+        "policy": model.policy,
+        "budget": model.budget,
+        "seconds": r.seconds,
+        "seconds_per_input": r.seconds / max(len(y), 1),
+        "ledger": r.ledger.to_dict(),
+    }
     if compare:
         out["lm"] = classification_metrics(y, r.lm_labels, c, classes)
         out["lm_unparseable_share"] = float((r.lm_labels < 0).mean())
@@ -54,20 +61,29 @@ def markdown(report: dict) -> str:
     for key in ("lm", "ssm", "ea"):
         if key in report:
             lines.append(f"| {key.upper()} | {report[key]['accuracy']:.4f} | {report[key]['macro_f1']:.4f} |")
-    lines += ["", f"LM-call share {report['lm_call_share']:.3f} (policy {report['policy']}, budget "
-              f"{report['budget']}); cost {report['ledger']['cost']:.4f}; "
-              f"{1000 * report['seconds_per_input']:.1f} ms per input", "",
-              "| region | n | LM acc | LM 95% CI | SSM cv acc | underfit |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"LM-call share {report['lm_call_share']:.3f} (policy {report['policy']}, budget "
+        f"{report['budget']}); cost {report['ledger']['cost']:.4f}; "
+        f"{1000 * report['seconds_per_input']:.1f} ms per input",
+        "",
+        "| region | n | LM acc | LM 95% CI | SSM cv acc | underfit |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in report["regions"]:
-        lines.append(f"| {row['kind']}: {row['name']} | {row['n']} | {row['lm_accuracy']:.3f} | "
-                     f"[{row['lm_low']:.3f}, {row['lm_high']:.3f}] | {row['ssm_cv_accuracy']:.3f} | "
-                     f"{'yes' if row['underfit'] else ''} |")
+        lines.append(
+            f"| {row['kind']}: {row['name']} | {row['n']} | {row['lm_accuracy']:.3f} | "
+            f"[{row['lm_low']:.3f}, {row['lm_high']:.3f}] | {row['ssm_cv_accuracy']:.3f} | "
+            f"{'yes' if row['underfit'] else ''} |"
+        )
     if report.get("ssm_selection"):
         lines += ["", "| SSM | out-of-fold acc. | validation acc. | kept | why |", "|---|---|---|---|---|"]
         for row in report["ssm_selection"]:
             val = row.get("val_accuracy")
-            lines.append(f"| {row['name']} | {row['oof_accuracy']:.4f} | {'' if val is None else f'{val:.4f}'} | "
-                         f"{'yes' if row['kept'] else ''} | {row['why']} |")
+            lines.append(
+                f"| {row['name']} | {row['oof_accuracy']:.4f} | {'' if val is None else f'{val:.4f}'} | "
+                f"{'yes' if row['kept'] else ''} | {row['why']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -24,8 +24,17 @@ POLICIES = ("ssm-first", "lm-first")
 #: rather than LM) is below this; 0.5 is the chooser's own call, 0 never takes the LM's
 TRUST_LM = (0.5, 0.4, 0.3, 0.2, 0.1, 0.0)
 GATE_FEATURES = ["ssm_conf", "ssm_margin", "ssm_entropy", "lm_acc_class", "lm_acc_cluster"]
-FULL_FEATURES = [*GATE_FEATURES, "agree", "lm_parsed", "ssm_p_at_lm", "lm_conf", "has_lm_conf",
-                 "lm_score_at_ssm", "lm_score_max", "has_lm_scores"]
+FULL_FEATURES = [
+    *GATE_FEATURES,
+    "agree",
+    "lm_parsed",
+    "ssm_p_at_lm",
+    "lm_conf",
+    "has_lm_conf",
+    "lm_score_at_ssm",
+    "lm_score_max",
+    "has_lm_scores",
+]
 
 
 def gate_features(P: np.ndarray, region_acc: np.ndarray) -> np.ndarray:
@@ -61,13 +70,19 @@ def full_features(P, region_acc, lm_label, lm_scores=None, lm_conf=None, gate=No
         has_scores = ~np.isnan(scores).any(axis=1)
         at_ssm = np.where(has_scores, scores[rows, ssm_pred], 0.0)
         top = np.where(has_scores, np.fmax.reduce(scores, axis=1), 0.0)
-    return np.column_stack([
-        gate_features(P, region_acc) if gate is None else gate,
-        (lm_label == ssm_pred).astype(float), parsed.astype(float),
-        np.where(parsed, P[rows, np.clip(lm_label, 0, c - 1)], 0.0),
-        np.nan_to_num(conf, nan=0.0), (~np.isnan(conf)).astype(float),
-        at_ssm, top, has_scores.astype(float),
-    ])
+    return np.column_stack(
+        [
+            gate_features(P, region_acc) if gate is None else gate,
+            (lm_label == ssm_pred).astype(float),
+            parsed.astype(float),
+            np.where(parsed, P[rows, np.clip(lm_label, 0, c - 1)], 0.0),
+            np.nan_to_num(conf, nan=0.0),
+            (~np.isnan(conf)).astype(float),
+            at_ssm,
+            top,
+            has_scores.astype(float),
+        ]
+    )
 
 
 def _fit_binary(X, target, C):
@@ -148,7 +163,9 @@ class Router(BaseEstimator):
         chosen = None
         for trust in TRUST_LM:
             curve = _curve(gate, p_keep >= trust, ssm_correct, lm_correct)
-            allowed = [curve[-1]] if self.policy == "lm-first" else [c for c in curve if c["share"] <= self.budget + 1e-9]
+            allowed = (
+                [curve[-1]] if self.policy == "lm-first" else [c for c in curve if c["share"] <= self.budget + 1e-9]
+            )
             point = max(allowed, key=lambda c: (c["accuracy"], -c["share"]))
             if chosen is None or point["accuracy"] > chosen[0]["accuracy"] + 1e-12:
                 chosen = (point, trust, curve)

@@ -38,8 +38,7 @@ def choose_ssms(names: list[str], oofs: list[np.ndarray], y) -> tuple[list[int],
             best = with_it
         else:
             why[i] = f"not kept: the ensemble with it {with_it:.4f}, without {best:.4f} (out of fold)"
-    table = [{"name": names[i], "oof_accuracy": alone[i], "kept": i in kept, "why": why[i]}
-             for i in range(len(oofs))]
+    table = [{"name": names[i], "oof_accuracy": alone[i], "kept": i in kept, "why": why[i]} for i in range(len(oofs))]
     return kept, table
 
 
@@ -54,10 +53,13 @@ def fallback(table: list[dict], val_scores: list[float], ensemble_val: float) ->
         return None
     for i, row in enumerate(table):
         if i == b:
-            row["why"] = (f"fallback: alone it beats the chosen ensemble on validation "
-                          f"({val_scores[b]:.4f} > {ensemble_val:.4f})")
+            row["why"] = (
+                f"fallback: alone it beats the chosen ensemble on validation ({val_scores[b]:.4f} > {ensemble_val:.4f})"
+            )
         elif row["kept"]:
-            row["why"] = f"dropped on validation: {table[b]['name']} alone scores {val_scores[b]:.4f} above the ensemble"
+            row["why"] = (
+                f"dropped on validation: {table[b]['name']} alone scores {val_scores[b]:.4f} above the ensemble"
+            )
         row["kept"] = i == b
     return b
 
@@ -68,9 +70,13 @@ def check_selection(rows, file) -> list[dict] | None:
         return None
     fields = {"name": str, "oof_accuracy": (int, float), "kept": bool, "why": str}
     ok = isinstance(rows, list) and all(
-        isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in fields.items())
-        and isinstance(r.get("val_accuracy", 0.0), (int, float)) for r in rows)
+        isinstance(r, dict)
+        and all(isinstance(r.get(k), t) for k, t in fields.items())
+        and isinstance(r.get("val_accuracy", 0.0), (int, float))
+        for r in rows
+    )
     if not ok:
-        raise ArtifactError(f"{file}: ssm_selection must be a list of rows with name, oof_accuracy, kept and why, "
-                            f"got {rows!r:.80}")
+        raise ArtifactError(
+            f"{file}: ssm_selection must be a list of rows with name, oof_accuracy, kept and why, got {rows!r:.80}"
+        )
     return rows

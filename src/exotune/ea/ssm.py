@@ -87,8 +87,9 @@ class SSMBase(ClassifierMixin, BaseEstimator):
                 key = f"{head.steps[-1][0]}__sample_weight" if isinstance(head, Pipeline) else "sample_weight"
                 kwargs[key] = np.asarray(sample_weight)
             else:
-                warnings.warn(f"{type(last).__name__} takes no sample_weight; the underfit emphasis is ignored",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{type(last).__name__} takes no sample_weight; the underfit emphasis is ignored", stacklevel=2
+                )
         with warnings.catch_warnings():
             if self._capped:  # our own SSMs stop at max_iter on purpose: seconds, not minutes
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -107,7 +108,7 @@ def fit_encoder(encoder, X, chunk: int = 1024):
         encoder.set_params(n_components=min(X.shape))
     if hasattr(encoder, "partial_fit") and isinstance(X, np.ndarray):
         for start in range(0, len(X), chunk):
-            encoder.partial_fit(X[start:start + chunk])
+            encoder.partial_fit(X[start : start + chunk])
         return encoder
     return encoder.fit(X)
 
@@ -120,12 +121,13 @@ def transform_in_chunks(encoder, X, chunk: int = 2048):
         return encoder.transform(X)
     first = encoder.transform(X[:chunk])
     if sparse.issparse(first):
-        return sparse.vstack([first, *(encoder.transform(X[i:i + chunk]) for i in range(chunk, n, chunk))],
-                             format="csr")
+        return sparse.vstack(
+            [first, *(encoder.transform(X[i : i + chunk]) for i in range(chunk, n, chunk))], format="csr"
+        )
     out = np.empty((n, first.shape[1]), dtype=first.dtype)
     out[:chunk] = first
     for i in range(chunk, n, chunk):
-        out[i:i + chunk] = encoder.transform(X[i:i + chunk])
+        out[i : i + chunk] = encoder.transform(X[i : i + chunk])
     return out
 
 
@@ -144,21 +146,44 @@ class TfidfLogRegSSM(SSMBase):
     one-vs-rest problems run on ``n_jobs`` threads (shared memory: no copies).
     """
 
-    def __init__(self, alpha: float = 1e-5, word_ngrams=(1, 2), char_ngrams=(3, 4), max_iter: int = 15,
-                 n_jobs: int | None = -1, random_state: int = 0):
+    def __init__(
+        self,
+        alpha: float = 1e-5,
+        word_ngrams=(1, 2),
+        char_ngrams=(3, 4),
+        max_iter: int = 15,
+        n_jobs: int | None = -1,
+        random_state: int = 0,
+    ):
         self.alpha, self.word_ngrams, self.char_ngrams = alpha, word_ngrams, char_ngrams
         self.max_iter, self.n_jobs, self.random_state = max_iter, n_jobs, random_state
 
     def encoder(self):
-        return FeatureUnion([
-            ("word", TfidfVectorizer(ngram_range=tuple(self.word_ngrams), sublinear_tf=True, dtype=np.float32)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.char_ngrams), sublinear_tf=True,
-                                     min_df=2, dtype=np.float32)),
-        ])
+        return FeatureUnion(
+            [
+                ("word", TfidfVectorizer(ngram_range=tuple(self.word_ngrams), sublinear_tf=True, dtype=np.float32)),
+                (
+                    "char",
+                    TfidfVectorizer(
+                        analyzer="char_wb",
+                        ngram_range=tuple(self.char_ngrams),
+                        sublinear_tf=True,
+                        min_df=2,
+                        dtype=np.float32,
+                    ),
+                ),
+            ]
+        )
 
     def head(self):
-        return SGDClassifier(loss="log_loss", alpha=self.alpha, max_iter=self.max_iter, tol=1e-4,
-                             n_jobs=self.n_jobs, random_state=self.random_state)
+        return SGDClassifier(
+            loss="log_loss",
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            tol=1e-4,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+        )
 
     def fit_encoded(self, encoder, Z, y, sample_weight=None):
         super().fit_encoded(encoder, Z, y, sample_weight)
@@ -182,8 +207,13 @@ class EmbeddingMLPSSM(SSMBase):
         return StandardScaler()
 
     def head(self):
-        return MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, max_iter=self.max_iter,
-                             early_stopping=False, random_state=self.random_state)
+        return MLPClassifier(
+            hidden_layer_sizes=(self.hidden,),
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            early_stopping=False,
+            random_state=self.random_state,
+        )
 
 
 class EmbeddingLogRegSSM(SSMBase):
@@ -196,8 +226,9 @@ class EmbeddingLogRegSSM(SSMBase):
 
     input_kind = "embedding"
 
-    def __init__(self, C: float = 0.3, tol: float = 1e-3, max_iter: int = 500, n_components: int | None = 256,
-                 pca: bool = True):
+    def __init__(
+        self, C: float = 0.3, tol: float = 1e-3, max_iter: int = 500, n_components: int | None = 256, pca: bool = True
+    ):
         self.C, self.tol, self.max_iter, self.n_components, self.pca = C, tol, max_iter, n_components, pca
 
     def encoder(self):
@@ -248,12 +279,14 @@ def register_ssm(name: str, cls: type, **params) -> None:
 
 
 for _name, _cls, _params in (
-        ("tfidf-lr", TfidfLogRegSSM, {}), ("embedding-mlp", EmbeddingMLPSSM, {}),
-        ("embedding-lr", EmbeddingLogRegSSM, {}),
-        # candidates for selection on validation: other PCA widths, and no PCA at all
-        ("embedding-lr-128", EmbeddingLogRegSSM, {"n_components": 128}),
-        ("embedding-lr-all", EmbeddingLogRegSSM, {"n_components": None}),
-        ("embedding-lr-raw", EmbeddingLogRegSSM, {"pca": False, "C": 3.0})):
+    ("tfidf-lr", TfidfLogRegSSM, {}),
+    ("embedding-mlp", EmbeddingMLPSSM, {}),
+    ("embedding-lr", EmbeddingLogRegSSM, {}),
+    # candidates for selection on validation: other PCA widths, and no PCA at all
+    ("embedding-lr-128", EmbeddingLogRegSSM, {"n_components": 128}),
+    ("embedding-lr-all", EmbeddingLogRegSSM, {"n_components": None}),
+    ("embedding-lr-raw", EmbeddingLogRegSSM, {"pca": False, "C": 3.0}),
+):
     register_ssm(_name, _cls, **_params)
 
 

@@ -38,8 +38,12 @@ FAULTS = {
 }
 
 #: (fault, client) pairs ``fault_drill`` runs; an embedding cannot fail to name a label
-FAULT_DRILLS = [(kind, client) for kind in FAULTS for client in ("chat", "embeddings")
-                if not (kind == "garbage" and client == "embeddings")]
+FAULT_DRILLS = [
+    (kind, client)
+    for kind in FAULTS
+    for client in ("chat", "embeddings")
+    if not (kind == "garbage" and client == "embeddings")
+]
 
 
 def colour_task(n: int = 90, seed: int = 0, name: str = "colours") -> TextLabelData:
@@ -137,18 +141,38 @@ class FakeOpenAI:
             return int(fault), {"error": {"message": f"scripted {fault}", "type": "test", "code": None}}, texts
         if "embeddings" in path:
             data = [{"object": "embedding", "index": i, "embedding": embed(t)} for i, t in enumerate(texts)]
-            return 200, {"object": "list", "data": data, "model": body["model"],
-                         "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)}}, texts
+            return (
+                200,
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": 3 * len(texts), "total_tokens": 3 * len(texts)},
+                },
+                texts,
+            )
         answer = "I am not sure, maybe purple?" if fault == "garbage" else self.answer(texts)
         choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}
         if self.logprobs and body.get("logprobs"):
-            top = [{"token": answer.split()[0], "logprob": -0.1, "bytes": None},
-                   {"token": "blue" if "blue" not in answer else "red", "logprob": -2.5, "bytes": None}]
-            choice["logprobs"] = {"content": [{"token": top[0]["token"], "logprob": -0.1, "bytes": None,
-                                               "top_logprobs": top}]}
-        return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                     "choices": [choice], "usage": {"prompt_tokens": 20, "completion_tokens": 2,
-                                                    "total_tokens": 22}}, texts
+            top = [
+                {"token": answer.split()[0], "logprob": -0.1, "bytes": None},
+                {"token": "blue" if "blue" not in answer else "red", "logprob": -2.5, "bytes": None},
+            ]
+            choice["logprobs"] = {
+                "content": [{"token": top[0]["token"], "logprob": -0.1, "bytes": None, "top_logprobs": top}]
+            }
+        return (
+            200,
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [choice],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
+            },
+            texts,
+        )
 
     def __enter__(self):
         self.thread.start()
@@ -193,8 +217,9 @@ def fault_drill(kind: str, client: str = "chat", max_retries: int = 2) -> dict:
     elif kind == "garbage":  # a well-formed answer naming no label: recorded as such, never retried
         out["ok"] = answer is not None and (answer.label is None) == (client == "chat") and ledger.retries == 0
     else:
-        out["ok"] = answer is not None and answer.label == 1 and ledger.retries == 1 and clear \
-            and attempts == max_retries + 1
+        out["ok"] = (
+            answer is not None and answer.label == 1 and ledger.retries == 1 and clear and attempts == max_retries + 1
+        )
     out["attempts_when_persistent"] = attempts
     return out
 

@@ -35,7 +35,9 @@ class DGAConfig(ConfigBase):
         for name in ("input_adapter", "output_adapter", "entry_tokens"):
             value = getattr(self, name)
             if isinstance(value, (str, int, float, bool, list)):  # what JSON holds besides objects and null
-                raise ConfigError(f"DGAConfig.{name} must be an adapter config (a JSON object) or null, got {value!r:.80}")
+                raise ConfigError(
+                    f"DGAConfig.{name} must be an adapter config (a JSON object) or null, got {value!r:.80}"
+                )
         if isinstance(self.entry_tokens, dict):
             self.entry_tokens = EntryTokensConfig.from_dict(self.entry_tokens)
         if self.entry_tokens is not None and not isinstance(self.entry_tokens, EntryTokensConfig):
@@ -44,8 +46,9 @@ class DGAConfig(ConfigBase):
         self.to_dict()
 
     @classmethod
-    def variant(cls, name: str, input_adapter=None, output_adapter=None, entry_tokens=None,
-                modality: str = "text") -> DGAConfig:
+    def variant(
+        cls, name: str, input_adapter=None, output_adapter=None, entry_tokens=None, modality: str = "text"
+    ) -> DGAConfig:
         """The ablation forms: ``both``, ``input-only``, ``output-only`` (``none``: head only);
         with ``entry_tokens`` (an ``EntryTokensConfig``), the LGA form of each. The input
         adapter defaults to the paper's for ``modality``: a shift token and an extra token
@@ -90,6 +93,7 @@ class DGAConfig(ConfigBase):
 
     def folded(self) -> DGAConfig:
         """This configuration as saved: tokens re-parameterised while training are plain tokens."""
+
         def plain(config):
             has = config is not None and "reparam" in {f.name for f in fields(config)}
             return replace(config, reparam=0) if has else config

@@ -75,8 +75,9 @@ class EntryTokens(nn.Module):
         self.tokens = nn.ParameterList(
             nn.Parameter(torch.randn(config.tokens, spec.entry_dim) * config.init_std) for _ in self.names
         )
-        self.mlps = (nn.ModuleList(TokenMLP(spec.entry_dim, config.reparam) for _ in self.names)
-                     if config.reparam else None)
+        self.mlps = (
+            nn.ModuleList(TokenMLP(spec.entry_dim, config.reparam) for _ in self.names) if config.reparam else None
+        )
 
     reparam_keys = ("mlps.",)
 

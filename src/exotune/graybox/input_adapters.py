@@ -62,9 +62,7 @@ class TextShiftAdapter(nn.Module):
         dim = spec.input_dim
         self.shift = nn.Parameter(torch.zeros(dim)) if config.shift else None  # zero: identity at start
         self.extra = (
-            nn.Parameter(torch.randn(config.extra_tokens, dim) * config.init_std)
-            if config.extra_tokens
-            else None
+            nn.Parameter(torch.randn(config.extra_tokens, dim) * config.init_std) if config.extra_tokens else None
         )
         # Residual re-parameterisation of the extra tokens while training; folded when saved.
         self.extra_mlp = TokenMLP(dim, config.reparam) if config.extra_tokens and config.reparam else None

@@ -81,8 +81,10 @@ class GrayBoxModel(nn.Module):
             sets.append(extra)
         if self.entry_tokens is not None:
             if self.box.spec.entry_dim != vectors.shape[1]:
-                raise ConfigError(f"entry tokens of width {self.box.spec.entry_dim} cannot start from input "
-                                  f"embeddings of width {vectors.shape[1]}")
+                raise ConfigError(
+                    f"entry tokens of width {self.box.spec.entry_dim} cannot start from input "
+                    f"embeddings of width {vectors.shape[1]}"
+                )
             sets.extend(self.entry_tokens.tokens)
         start = 0
         for tokens in sets:
@@ -139,8 +141,9 @@ class GrayBoxModel(nn.Module):
         if self._cache is None:
             raise ConfigError("only a tower with nothing trained before or inside the box caches box outputs")
         if outputs.ndim != 2 or outputs.shape != (len(texts), self.box.spec.output_dim):
-            raise ConfigError(f"expected outputs of shape ({len(texts)}, {self.box.spec.output_dim}), "
-                              f"got {tuple(outputs.shape)}")
+            raise ConfigError(
+                f"expected outputs of shape ({len(texts)}, {self.box.spec.output_dim}), got {tuple(outputs.shape)}"
+            )
         if len(self._cache) + len(texts) > _CACHE_LIMIT:
             raise ConfigError(f"the box-output cache holds at most {_CACHE_LIMIT:,} texts")
         self._cache.update(zip(texts, outputs.detach().to(self.device), strict=True))
@@ -155,7 +158,9 @@ class GrayBoxModel(nn.Module):
     def encode(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         was_training = self.training
         self.eval()
-        out = encode_sorted(self, inputs, min(batch_size, self.box.spec.limits.max_batch), self.box.spec.output_dim, progress)
+        out = encode_sorted(
+            self, inputs, min(batch_size, self.box.spec.limits.max_batch), self.box.spec.output_dim, progress
+        )
         self.train(was_training)
         return out
 

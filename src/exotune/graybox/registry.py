@@ -55,9 +55,7 @@ def get_entry(kind: str, name: str) -> AdapterEntry:
     try:
         return _REGISTRY[(kind, name)]
     except KeyError:
-        raise ConfigError(
-            f"unknown {kind} adapter {name!r}; registered: {adapter_names(kind)}"
-        ) from None
+        raise ConfigError(f"unknown {kind} adapter {name!r}; registered: {adapter_names(kind)}") from None
 
 
 def config_from_dict(kind: str, data: dict):
@@ -89,7 +87,5 @@ def build_adapter(kind: str, config, spec: BoxSpec) -> nn.Module:
     name = config_to_dict(kind, config)["type"]
     entry = get_entry(kind, name)
     if spec.modality not in entry.modalities:
-        raise ConfigError(
-            f"{kind} adapter {name!r} works on {entry.modalities} boxes, this box is {spec.modality!r}"
-        )
+        raise ConfigError(f"{kind} adapter {name!r} works on {entry.modalities} boxes, this box is {spec.modality!r}")
     return entry.module_cls(config, spec)

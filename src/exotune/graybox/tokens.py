@@ -14,10 +14,14 @@ from exotune.errors import ConfigError
 TOKEN_INITS = ("random", "labels", "frequent")
 FREQUENT_WORDS = 64  # words the tokens start from with "frequent"
 # Words that say nothing about a task; left out of its frequent words.
-_STOPWORDS = frozenset(re.findall(r"[a-z]+",
-    "the and for that this with are was were you your have has had not but can could would should will "
-    "from they them their there what when where which who how why all any our out get got its "
-    "been being into than then too very just also more most some such only own same about over"))
+_STOPWORDS = frozenset(
+    re.findall(
+        r"[a-z]+",
+        "the and for that this with are was were you your have has had not but can could would should will "
+        "from they them their there what when where which who how why all any our out get got its "
+        "been being into than then too very just also more most some such only own same about over",
+    )
+)
 
 
 class TokenMLP(nn.Module):

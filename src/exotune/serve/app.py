@@ -33,20 +33,26 @@ from exotune.serve.service import PROTOCOL, BoxService
 
 log = logging.getLogger("exotune.serve")
 
-_TENSOR_BODY = {"requestBody": {"required": True, "content": {
-    wire.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
+_TENSOR_BODY = {
+    "requestBody": {"required": True, "content": {wire.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+}
 
 
 def _json_body(properties: dict) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "properties": properties}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object", "properties": properties}}},
+        }
+    }
 
 
 _TEXTS = {"texts": {"type": "array", "items": {"type": "string"}}}
 
 
-def error_response(status: int, code: str, message: str, retry_after: float | None = None,
-                   request: Request | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, retry_after: float | None = None, request: Request | None = None
+) -> JSONResponse:
     """The JSON refusal: ``{"error", "message"}``, or OpenAI's shape on the OpenAI routes."""
     headers = {}
     if status == 401:
@@ -79,8 +85,14 @@ class _Guard:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            msg = (f"request body of {length.decode(errors='replace')} bytes exceeds the limit of "
-                   f"{self.max_body_bytes} bytes") if length.isdigit() else "invalid Content-Length"
+            msg = (
+                (
+                    f"request body of {length.decode(errors='replace')} bytes exceeds the limit of "
+                    f"{self.max_body_bytes} bytes"
+                )
+                if length.isdigit()
+                else "invalid Content-Length"
+            )
             await error_response(413 if length.isdigit() else 400, "limit", msg)(scope, receive, send)
             return
         started = False
@@ -105,12 +117,14 @@ def check_media_type(request: Request, expected: str) -> None:
     """Refuse a body declared as something else (a missing Content-Type is taken as ``expected``)."""
     declared = request.headers.get("content-type")
     if declared is not None and declared.partition(";")[0].strip().lower() != expected:
-        raise ApiError(415, "media_type", f"{request.url.path} takes {expected} bodies, "
-                                          f"got Content-Type {declared[:100]!r}")
+        raise ApiError(
+            415, "media_type", f"{request.url.path} takes {expected} bodies, got Content-Type {declared[:100]!r}"
+        )
 
 
-async def read_body(request: Request, limit: int, media_type: str = wire.MEDIA_TYPE,
-                    timeout_s: float | None = None) -> bytes:
+async def read_body(
+    request: Request, limit: int, media_type: str = wire.MEDIA_TYPE, timeout_s: float | None = None
+) -> bytes:
     """Read at most ``limit`` bytes, whatever Content-Length said (chunked bodies included),
     all of them within ``timeout_s`` (else 408: a body sent a byte at a time holds no slot)."""
     check_media_type(request, media_type)
@@ -152,8 +166,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(err, AccessError):
             return error_response(403, "access", str(err), request=request)
         if isinstance(err, (BoxLimitError, ConfigError)):
-            return error_response(422, "limit" if isinstance(err, BoxLimitError) else "invalid", str(err),
-                                  request=request)
+            return error_response(
+                422, "limit" if isinstance(err, BoxLimitError) else "invalid", str(err), request=request
+            )
         log.error("box refused a request: %r", err)
         return error_response(422, "invalid", "the box refused the request", request=request)
 
@@ -178,16 +193,28 @@ def _gate(tokens: list[str] | None, config: ServeConfig) -> TokenGate:
         raise ConfigError("serving a box needs at least one token (or no_auth=True, explicitly)")
     if tokens and config.no_auth:
         raise ConfigError("no_auth=True contradicts the tokens given; pass one or the other")
-    return TokenGate(None if config.no_auth else list(tokens), config.rate_per_s, config.burst, config.grad_budget,
-                     login_failures=config.login_failures, login_window_s=config.login_window_s,
-                     store=quota_store(config.quota_store, config.quota_fallback))
+    return TokenGate(
+        None if config.no_auth else list(tokens),
+        config.rate_per_s,
+        config.burst,
+        config.grad_budget,
+        login_failures=config.login_failures,
+        login_window_s=config.login_window_s,
+        store=quota_store(config.quota_store, config.quota_fallback),
+    )
 
 
 def _base_app(config: ServeConfig, gate: TokenGate):
     """An app with the guard and the error handlers, and the dependency that admits a caller."""
     # no redirect of "/v1/spec/" to "/v1/spec": it would be built from the request's Host header
-    app = FastAPI(title="exotune served box", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
-                  redirect_slashes=False)
+    app = FastAPI(
+        title="exotune served box",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
     app.state.body_timeout_s = config.body_timeout_s
     app.add_middleware(_Guard, max_body_bytes=config.max_body_bytes)
     _install_error_handlers(app)
@@ -224,8 +251,14 @@ def create_towers_app(towers: dict[str, Box], tokens: list[str] | None, config: 
     return app
 
 
-def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = None,
-               model_name: str | None = None, *, gate: TokenGate | None = None) -> FastAPI:
+def create_app(
+    box: Box,
+    tokens: list[str] | None,
+    config: ServeConfig | None = None,
+    model_name: str | None = None,
+    *,
+    gate: TokenGate | None = None,
+) -> FastAPI:
     """An ASGI app serving ``box`` at its access level to holders of ``tokens`` (an image box
     takes pixels); ``gate``: one shared with other boxes of the same server. A text box also
     answers the OpenAI routes, naming the model ``model_name`` (default: ``exotune-`` and the
@@ -267,11 +300,17 @@ def create_app(box: Box, tokens: list[str] | None, config: ServeConfig | None = 
     @app.post("/v1/encode", openapi_extra=_json_body(_TEXTS))
     async def encode(request: Request, who: Caller) -> Response:
         body = await read_json(request, limit)
-        if wants_json(request) and service.spec.modality == "text":  # a few texts, for people and scripts: {"outputs": [[...], ...]}
+        if (
+            wants_json(request) and service.spec.modality == "text"
+        ):  # a few texts, for people and scripts: {"outputs": [[...], ...]}
             texts = body.get("texts")
             if isinstance(texts, list) and len(texts) > JSON_ENCODE_MAX:
-                raise ApiError(406, "too_many_for_json", f"JSON answers hold at most {JSON_ENCODE_MAX} texts, got "
-                                                         f"{len(texts)}; ask for {wire.MEDIA_TYPE} instead")
+                raise ApiError(
+                    406,
+                    "too_many_for_json",
+                    f"JSON answers hold at most {JSON_ENCODE_MAX} texts, got "
+                    f"{len(texts)}; ask for {wire.MEDIA_TYPE} instead",
+                )
             outputs = await run(who, service.encode_texts, who, texts)
             return JSONResponse({"outputs": outputs.tolist()})
         return tensors(await run(who, service.encode, who, body))

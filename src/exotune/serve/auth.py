@@ -24,9 +24,17 @@ class TokenGate:
     default; a shared one for replicas), under a hash of the token.
     """
 
-    def __init__(self, tokens: list[str] | None, rate_per_s: float, burst: int,
-                 grad_budget: int | None, clock=time.monotonic, login_failures: int = 20,
-                 login_window_s: float = 60.0, store: QuotaStore | None = None) -> None:
+    def __init__(
+        self,
+        tokens: list[str] | None,
+        rate_per_s: float,
+        burst: int,
+        grad_budget: int | None,
+        clock=time.monotonic,
+        login_failures: int = 20,
+        login_window_s: float = 60.0,
+        store: QuotaStore | None = None,
+    ) -> None:
         tokens = [t for t in (tokens or []) if t]
         if any(len(t) < 8 or any(c.isspace() for c in t) for t in tokens):
             raise ConfigError("serve tokens must be at least 8 characters without whitespace")
@@ -69,8 +77,13 @@ class TokenGate:
                 times.popleft()
             if len(times) >= self.login_failures:
                 wait = self.login_window_s - (now - times[0])
-                raise ApiError(429, "login_throttled", f"{len(times)} wrong tokens from this address within "
-                                                       f"{self.login_window_s:g} s; retry in {wait:.0f} s", retry_after=wait)
+                raise ApiError(
+                    429,
+                    "login_throttled",
+                    f"{len(times)} wrong tokens from this address within "
+                    f"{self.login_window_s:g} s; retry in {wait:.0f} s",
+                    retry_after=wait,
+                )
 
     def _failed(self, address: str | None) -> None:
         with self._lock:
@@ -84,8 +97,12 @@ class TokenGate:
         """Take one request from the caller's bucket, or refuse with 429."""
         wait = self.store.take(self._keys[caller], self.rate, self.burst)
         if wait > 0:
-            raise ApiError(429, "rate_limited", f"rate limit of {self.rate:g} requests/s "
-                          f"(burst {self.burst}) exceeded; retry in {wait:.2f} s", retry_after=wait)
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit of {self.rate:g} requests/s (burst {self.burst}) exceeded; retry in {wait:.2f} s",
+                retry_after=wait,
+            )
 
     def check_budget(self, caller: str) -> None:
         if not self.store.within(self._keys[caller], self.grad_budget):
@@ -101,5 +118,9 @@ class TokenGate:
         self.store.refund(self._keys[caller])
 
     def _spent(self) -> ApiError:
-        return ApiError(429, "budget_exhausted", f"gradient budget of {self.grad_budget} backward "
-                        "calls for this token is spent; ask the box's owner for more")
+        return ApiError(
+            429,
+            "budget_exhausted",
+            f"gradient budget of {self.grad_budget} backward "
+            "calls for this token is spent; ask the box's owner for more",
+        )

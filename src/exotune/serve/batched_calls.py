@@ -26,7 +26,7 @@ def row_groups(payloads: list[tuple]) -> list[list[Row]]:
     out: it changes nothing of the row's outputs); other inputs (pixels) are whole."""
     rows = []
     for p, (x, mask, *_) in enumerate(payloads):
-        if x.ndim == 3:  # tokens (rows, length, dim)
+        if x.ndim == 3:  # tokens (rows, length, dim)  # noqa: SIM108 (two cases, each commented)
             extents = (mask.shape[1] - (mask != 0).int().flip(1).argmax(1)).tolist()
         else:
             extents = [None] * x.shape[0]

@@ -56,17 +56,32 @@ class ServeConfig(ConfigBase):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"ServeConfig.{name} must be an integer >= 1 or None, got {value!r}")
-        for name in ("max_body_bytes", "max_text_chars", "max_handles", "max_handle_bytes", "burst",
-                     "max_response_bytes", "fair_unit_tokens", "box_workers", "max_inflight_per_token",
-                     "login_failures"):
+        for name in (
+            "max_body_bytes",
+            "max_text_chars",
+            "max_handles",
+            "max_handle_bytes",
+            "burst",
+            "max_response_bytes",
+            "fair_unit_tokens",
+            "box_workers",
+            "max_inflight_per_token",
+            "login_failures",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ServeConfig.{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.label_cache_size, int) or self.label_cache_size < 0:
             raise ConfigError(f"ServeConfig.label_cache_size must be an integer >= 0, got {self.label_cache_size!r}")
-        if isinstance(self.batch_wait_ms, bool) or not isinstance(self.batch_wait_ms, (int, float)) or not 0 <= self.batch_wait_ms <= MAX_BATCH_WAIT_MS:
-            raise ConfigError(f"ServeConfig.batch_wait_ms must be a number of milliseconds from 0 to "
-                              f"{MAX_BATCH_WAIT_MS:g}, got {self.batch_wait_ms!r}")
+        if (
+            isinstance(self.batch_wait_ms, bool)
+            or not isinstance(self.batch_wait_ms, (int, float))
+            or not 0 <= self.batch_wait_ms <= MAX_BATCH_WAIT_MS
+        ):
+            raise ConfigError(
+                f"ServeConfig.batch_wait_ms must be a number of milliseconds from 0 to "
+                f"{MAX_BATCH_WAIT_MS:g}, got {self.batch_wait_ms!r}"
+            )
         for name in ("handle_ttl_s", "rate_per_s", "body_timeout_s", "login_window_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)}")

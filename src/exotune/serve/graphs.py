@@ -48,8 +48,13 @@ class Graph:
         for out, leaf in self.parts:
             rows = out.shape[0]
             with turn():
-                got = torch.autograd.grad(out, [leaf, *(self.entries[n] for n in names)], grad[start : start + rows],
-                                          allow_unused=True, retain_graph=True)
+                got = torch.autograd.grad(
+                    out,
+                    [leaf, *(self.entries[n] for n in names)],
+                    grad[start : start + rows],
+                    allow_unused=True,
+                    retain_graph=True,
+                )
             start += rows
             embeds.append(torch.zeros_like(leaf) if got[0] is None else got[0].float())
             for n, g in zip(names, got[1:], strict=True):
@@ -60,11 +65,12 @@ class Graph:
         return answer
 
 
-def build(run, embeds: torch.Tensor, mask: torch.Tensor, entries: dict[str, torch.Tensor], rows_per_unit: int,
-          turn) -> Graph:
+def build(
+    run, embeds: torch.Tensor, mask: torch.Tensor, entries: dict[str, torch.Tensor], rows_per_unit: int, turn
+) -> Graph:
     """``run(embeds, mask, entries)`` with a graph, over slices of ``rows_per_unit`` rows."""
     graph = Graph(entries={ENTRY + n: t.detach().requires_grad_(True) for n, t in entries.items()})
-    ent = {n[len(ENTRY):]: t for n, t in graph.entries.items()}
+    ent = {n[len(ENTRY) :]: t for n, t in graph.entries.items()}
     saved = [0]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -97,8 +103,9 @@ class GraphCost:
         t1 = t2 // 2
 
         def saved(batch: int, length: int) -> int:
-            g = build(run, torch.zeros(batch, length, width), torch.ones(batch, length, dtype=torch.long), {},
-                      batch, turn)
+            g = build(
+                run, torch.zeros(batch, length, width), torch.ones(batch, length, dtype=torch.long), {}, batch, turn
+            )
             return g.saved_bytes
 
         s1, s2, s22 = saved(1, t1), saved(1, t2), saved(2, t2)

@@ -73,16 +73,22 @@ class HandleStore:
         (least recently used first) to make it; 413 if it could never fit, 503 if graphs being
         built hold the room. Give it back with ``put`` or ``release``."""
         if nbytes > self.max_bytes:
-            raise HandleError(413, f"this forward would keep about {nbytes} bytes for its backward, over the "
-                                   f"server's {self.max_bytes}; send smaller batches or shorter sequences")
+            raise HandleError(
+                413,
+                f"this forward would keep about {nbytes} bytes for its backward, over the "
+                f"server's {self.max_bytes}; send smaller batches or shorter sequences",
+            )
         with self._lock:
             self._purge_expired()
-            while self._items and (len(self._items) + self._building >= self.max_count
-                                   or self._bytes + self._reserved + nbytes > self.max_bytes):
+            while self._items and (
+                len(self._items) + self._building >= self.max_count
+                or self._bytes + self._reserved + nbytes > self.max_bytes
+            ):
                 self._drop(next(iter(self._items)))
             if self._building >= self.max_count or self._reserved + nbytes > self.max_bytes:
-                raise HandleError(503, "the server is building other forwards' graphs and has no room for "
-                                       "this one now; retry shortly")
+                raise HandleError(
+                    503, "the server is building other forwards' graphs and has no room for this one now; retry shortly"
+                )
             self._reserved += nbytes
             self._building += 1
         self._start_timer()
@@ -160,8 +166,12 @@ class HandleStore:
         with self._lock:
             if self._timer is not None:
                 return
-            self._timer = threading.Thread(target=_purge_loop, args=(weakref.ref(self), purge_interval_s(self.ttl_s)),
-                                           name="exotune-handle-purge", daemon=True)
+            self._timer = threading.Thread(
+                target=_purge_loop,
+                args=(weakref.ref(self), purge_interval_s(self.ttl_s)),
+                name="exotune-handle-purge",
+                daemon=True,
+            )
         self._timer.start()
 
     # -- under the lock ---------------------------------------------------------------------

@@ -29,8 +29,11 @@ def guarded_protocol(listen: ListenConfig):
             super().connection_made(transport)
             self._head_timer = None
             if len(self.connections) > listen.max_connections:
-                log.warning("%d connections open: closing a new one from %s", len(self.connections) - 1,
-                            self.client[0] if self.client else "?")
+                log.warning(
+                    "%d connections open: closing a new one from %s",
+                    len(self.connections) - 1,
+                    self.client[0] if self.client else "?",
+                )
                 transport.close()
                 return
             self._arm_head_timer()
@@ -61,8 +64,11 @@ def guarded_protocol(listen: ListenConfig):
         def _head_deadline(self, cycle) -> None:
             self._head_timer = None
             if self.cycle is cycle and not self.transport.is_closing():  # no request began since
-                log.info("closing a connection from %s: no request head within %g s",
-                         self.client[0] if self.client else "?", listen.header_timeout_s)
+                log.info(
+                    "closing a connection from %s: no request head within %g s",
+                    self.client[0] if self.client else "?",
+                    listen.header_timeout_s,
+                )
                 with contextlib.suppress(h11.LocalProtocolError):
                     self.conn.send(h11.ConnectionClosed())
                 self.transport.close()
@@ -75,6 +81,13 @@ def uvicorn_config(app, host: str, port: int, listen: ListenConfig | None = None
 
     listen = listen or ListenConfig()
     # uvicorn's limit counts the asking connection too: + 1, so each of max_connections is served
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=guarded_protocol(listen),
-                          timeout_keep_alive=listen.keep_alive_s, limit_concurrency=listen.max_connections + 1,
-                          h11_max_incomplete_event_size=listen.max_header_bytes)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=guarded_protocol(listen),
+        timeout_keep_alive=listen.keep_alive_s,
+        limit_concurrency=listen.max_connections + 1,
+        h11_max_incomplete_event_size=listen.max_header_bytes,
+    )

@@ -18,9 +18,16 @@ from exotune.serve.errors import ApiError
 
 OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
 MAX_INPUTS = 2048  # OpenAI's own limit per request; split here into the box's batches
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def is_openai_path(path: str) -> bool:
@@ -37,8 +44,9 @@ def _inputs(body: dict) -> list[str]:
     if isinstance(given, str):
         given = [given]
     if isinstance(given, list) and given and all(isinstance(t, (int, list)) for t in given):
-        raise ApiError(400, "token_ids", "'input' holds token ids; this box takes text only: send a string or a "
-                                         "list of strings")
+        raise ApiError(
+            400, "token_ids", "'input' holds token ids; this box takes text only: send a string or a list of strings"
+        )
     if not isinstance(given, list) or not given or not all(isinstance(t, str) for t in given):
         raise ApiError(400, "invalid_input", "'input' must be a non-empty string or a list of non-empty strings")
     if any(not t.strip() for t in given):
@@ -58,19 +66,42 @@ def install_openai_routes(app: FastAPI, service, Caller, read_json, model_name: 
     def check_model(body: dict) -> None:
         model = body.get("model")
         if model != model_name:
-            raise ApiError(404, "model_not_found", f"model {model!r} is not served here; this server serves "
-                                                   f"{model_name!r} (GET /v1/models)")
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"model {model!r} is not served here; this server serves {model_name!r} (GET /v1/models)",
+            )
 
     def encode(who: str, texts: list[str]) -> np.ndarray:
         step = service.spec.limits.max_batch
-        parts = [service.encode_texts(who, texts[i:i + step]).numpy() for i in range(0, len(texts), step)]
+        parts = [service.encode_texts(who, texts[i : i + step]).numpy() for i in range(0, len(texts), step)]
         return np.concatenate(parts).astype("<f4", copy=False)  # (N, D) little-endian float32
 
-    @app.post("/v1/embeddings", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "required": ["model", "input"], "properties": {
-            "model": {"type": "string"}, "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {
-                "type": "string"}}]}, "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-            "dimensions": {"type": "integer"}, "user": {"type": "string"}}}}}}})
+    @app.post(
+        "/v1/embeddings",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model", "input"],
+                            "properties": {
+                                "model": {"type": "string"},
+                                "input": {
+                                    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+                                },
+                                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                                "dimensions": {"type": "integer"},
+                                "user": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def embeddings(request: Request, who: Caller) -> JSONResponse:
         body = await read_json(request)
         check_model(body)
@@ -79,20 +110,31 @@ def install_openai_routes(app: FastAPI, service, Caller, read_json, model_name: 
             raise ApiError(400, "invalid_encoding_format", f"encoding_format must be 'float' or 'base64', got {fmt!r}")
         dimensions = body.get("dimensions")
         if dimensions is not None and dimensions != dim:
-            raise ApiError(400, "dimensions_not_supported", f"this box's embeddings have {dim} dimensions and "
-                                                            f"cannot be shortened; leave 'dimensions' out")
+            raise ApiError(
+                400,
+                "dimensions_not_supported",
+                f"this box's embeddings have {dim} dimensions and cannot be shortened; leave 'dimensions' out",
+            )
         texts = _inputs(body)
         vectors = await run(who, encode, who, texts)
-        data = [{"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(v.tobytes()).decode("ascii") if fmt == "base64" else v.tolist()}
-                for i, v in enumerate(vectors)]
-        return JSONResponse({"object": "list", "data": data, "model": model_name,
-                             "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.tobytes()).decode("ascii") if fmt == "base64" else v.tolist(),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        return JSONResponse(
+            {"object": "list", "data": data, "model": model_name, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        )
 
     @app.get("/v1/models")
     def models(who: Caller) -> dict:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "exotune"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "exotune"}],
+        }
 
     @app.get("/v1/models/{model}")
     def model(model: str, who: Caller) -> dict:

@@ -36,10 +36,13 @@ class PixelBoxService(BoxService):
     def describe(self) -> dict:
         info = super().describe()
         s = self.spec
-        info["wire"] = {"media_type": wire.MEDIA_TYPE, "pixels": f"float32 (batch, {', '.join(map(str, s.input_shape))})",
-                        "entry_tokens": f"float32 (n, {s.entry_dim}), named '{ENTRY}<entry point>'",
-                        "outputs": "float32", "preprocessing": "spec.image: the client resizes, crops and "
-                                                               "normalises before sending"}
+        info["wire"] = {
+            "media_type": wire.MEDIA_TYPE,
+            "pixels": f"float32 (batch, {', '.join(map(str, s.input_shape))})",
+            "entry_tokens": f"float32 (n, {s.entry_dim}), named '{ENTRY}<entry point>'",
+            "outputs": "float32",
+            "preprocessing": "spec.image: the client resizes, crops and normalises before sending",
+        }
         return info
 
     def embed(self, caller: str, body: dict) -> bytes:
@@ -53,8 +56,12 @@ class PixelBoxService(BoxService):
 
     @staticmethod
     def _texts_refused(route: str) -> ApiError:
-        return ApiError(404, "modality", f"{route} takes texts; this box takes pixels: POST /v1/forward with a "
-                                         "float32 tensor 'pixels' (batch, channels, height, width)")
+        return ApiError(
+            404,
+            "modality",
+            f"{route} takes texts; this box takes pixels: POST /v1/forward with a "
+            "float32 tensor 'pixels' (batch, channels, height, width)",
+        )
 
     def _inputs(self, tensors: dict[str, torch.Tensor]):
         """(pixels, a (B, 1) mask of ones that the box ignores, entry tokens), checked."""
@@ -68,11 +75,17 @@ class PixelBoxService(BoxService):
         self._check_float(PIXELS, pixels)
         shape = tuple(self.spec.input_shape)
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != shape:
-            raise ApiError(422, "invalid", f"'pixels' must have shape (batch, {', '.join(map(str, shape))}), "
-                                           f"got {tuple(pixels.shape)}")
+            raise ApiError(
+                422,
+                "invalid",
+                f"'pixels' must have shape (batch, {', '.join(map(str, shape))}), got {tuple(pixels.shape)}",
+            )
         if not 1 <= pixels.shape[0] <= self.spec.limits.max_batch:
-            raise ApiError(422, "limit", f"batch of {pixels.shape[0]} is outside 1..{self.spec.limits.max_batch} "
-                                         "(the box's max_batch)")
+            raise ApiError(
+                422,
+                "limit",
+                f"batch of {pixels.shape[0]} is outside 1..{self.spec.limits.max_batch} (the box's max_batch)",
+            )
         return pixels, torch.ones(pixels.shape[0], 1, dtype=torch.long), self._entry_tokens(tensors)
 
     def _run(self, pixels, mask, entries) -> torch.Tensor:
@@ -80,8 +93,12 @@ class PixelBoxService(BoxService):
         if out.ndim != 2 or out.shape != (pixels.shape[0], self.spec.output_dim):
             raise RuntimeError(f"box returned outputs of shape {tuple(out.shape)}")  # a server bug: 500
         if not torch.isfinite(out).all():
-            raise ApiError(422, "invalid", "the inputs drive the box to NaN or infinite outputs; keep 'pixels' "
-                                           "(and entry tokens) in the range the spec's normalisation gives")
+            raise ApiError(
+                422,
+                "invalid",
+                "the inputs drive the box to NaN or infinite outputs; keep 'pixels' "
+                "(and entry tokens) in the range the spec's normalisation gives",
+            )
         return out.float()
 
     def _rows_per_unit(self, pixels: torch.Tensor, entries: dict) -> int:

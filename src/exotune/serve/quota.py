@@ -142,8 +142,9 @@ class RedisQuota:
         except ImportError as err:
             raise MissingDependencyError("a Redis quota store needs redis-py: pip install 'exotune[serve]'") from err
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self._redis = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
-                                           socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
+        )
         self._take, self._spend, self._refund = (self._redis.register_script(s) for s in (_TAKE, _SPEND, _REFUND))
         self.fallback, self._clock = fallback, clock
         self.local = LocalQuota(clock)  # the rate limit while Redis is away, and owed counts
@@ -165,8 +166,11 @@ class RedisQuota:
             return AWAY
 
     def _policy(self) -> str:
-        return ("gradient calls counted in this replica until it is back" if self.fallback == "local"
-                else "gradient calls refused (503) until it is back")
+        return (
+            "gradient calls counted in this replica until it is back"
+            if self.fallback == "local"
+            else "gradient calls refused (503) until it is back"
+        )
 
     def _settle(self) -> None:
         """Add what this replica counted while Redis was away."""
@@ -181,9 +185,14 @@ class RedisQuota:
                     self.local.spend(key, None)
 
     def _away(self) -> ApiError:
-        return ApiError(503, "quota_store_unreachable", "the quota store that counts gradient budgets across "
-                        "this service's replicas cannot be reached; gradient calls are refused until it is back: "
-                        "retry in a few seconds", retry_after=RETRY_S)
+        return ApiError(
+            503,
+            "quota_store_unreachable",
+            "the quota store that counts gradient budgets across "
+            "this service's replicas cannot be reached; gradient calls are refused until it is back: "
+            "retry in a few seconds",
+            retry_after=RETRY_S,
+        )
 
     def take(self, key: str, rate: float, burst: int) -> float:
         wait = self._call("rate", self._take, [KEY_PREFIX + "rate:" + key], [rate, burst])
@@ -220,8 +229,10 @@ class RedisQuota:
 
 def check_store_url(url: str) -> str:
     if not isinstance(url, str) or not url.startswith(SCHEMES):
-        raise ConfigError(f"quota store must be a Redis URL starting with one of {SCHEMES} "
-                          f"(say redis://127.0.0.1:6379/0), got {url!r}")
+        raise ConfigError(
+            f"quota store must be a Redis URL starting with one of {SCHEMES} "
+            f"(say redis://127.0.0.1:6379/0), got {url!r}"
+        )
     return url
 
 

@@ -42,8 +42,10 @@ def dtype_name(t: torch.Tensor) -> str:
 
 def served_limits(box: Box, config: ServeConfig) -> BoxLimits:
     own = box.spec.limits
-    return BoxLimits(max_batch=min(own.max_batch, config.max_batch or own.max_batch),
-                     max_length=min(own.max_length, config.max_length or own.max_length))
+    return BoxLimits(
+        max_batch=min(own.max_batch, config.max_batch or own.max_batch),
+        max_length=min(own.max_length, config.max_length or own.max_length),
+    )
 
 
 class BoxService(BatchedCalls):
@@ -67,8 +69,13 @@ class BoxService(BatchedCalls):
             "protocol": PROTOCOL,
             "spec": self.spec.public(),  # at level black: only what a black-box client needs
             "server": self._server_limits(),
-            "wire": {"media_type": wire.MEDIA_TYPE, "embeds": "float32", "mask": "int64",
-                     "entry_tokens": f"float32, named '{ENTRY}<entry point>'", "outputs": "float32"},
+            "wire": {
+                "media_type": wire.MEDIA_TYPE,
+                "embeds": "float32",
+                "mask": "int64",
+                "entry_tokens": f"float32, named '{ENTRY}<entry point>'",
+                "outputs": "float32",
+            },
         }
 
     def _server_limits(self) -> dict:
@@ -85,16 +92,22 @@ class BoxService(BatchedCalls):
     def embed(self, caller: str, body: dict) -> bytes:
         self._require(*GRAY, what="/v1/embed")
         max_length = body.get("max_length")
-        if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2):
+        if max_length is not None and (
+            not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2
+        ):
             raise ApiError(422, "invalid", f"max_length must be an integer >= 2 or null, got {max_length!r}")
         max_length = min(max_length or self.spec.limits.max_length, self.spec.limits.max_length)
         texts = self._texts(body, "texts", max_length)
         longest = max(token_bound(t, min(max_length, self._text_length)) for t in texts)
-        self._check_answer("/v1/embed", len(texts) * longest * (self.spec.input_dim * FLOAT + 8),
-                           "send fewer texts, or a smaller max_length")
+        self._check_answer(
+            "/v1/embed",
+            len(texts) * longest * (self.spec.input_dim * FLOAT + 8),
+            "send fewer texts, or a smaller max_length",
+        )
         # tokenizing is cheap next to a forward: one unit
-        embeds, mask = self.batcher.run(("embed", max_length), Job(caller, texts, len(texts), 0),
-                                        partial(self._embed_call, max_length))
+        embeds, mask = self.batcher.run(
+            ("embed", max_length), Job(caller, texts, len(texts), 0), partial(self._embed_call, max_length)
+        )
         return wire.encode({"embeds": embeds.float(), "mask": mask.long()})
 
     def encode_texts(self, caller: str, texts) -> torch.Tensor:
@@ -141,8 +154,10 @@ class BoxService(BatchedCalls):
         embeds, mask, entries = self._inputs(tensors)
         if not keep:
             key = None if entries else "forward"  # entry tokens are one request's own: it runs alone
-            outs = [self.batcher.run(key, job, self._forward_call)
-                    for job in self._jobs(caller, embeds, entries, lambda s: (embeds[s], mask[s], entries))]
+            outs = [
+                self.batcher.run(key, job, self._forward_call)
+                for job in self._jobs(caller, embeds, entries, lambda s: (embeds[s], mask[s], entries))
+            ]
             return wire.encode({"outputs": torch.cat(outs)}, {"stateless": "1"} if train else None)
         # A training forward that keeps its graph runs alone: a graph built for several
         # requests would be freed only when the last of them sent its backward (or expired),
@@ -151,16 +166,21 @@ class BoxService(BatchedCalls):
         try:
             reservation = self.handles.reserve(self.estimate_graph_bytes(caller, embeds, entries))
         except HandleError as err:
-            raise ApiError(err.status, "limit" if err.status == 413 else "busy", str(err),
-                           retry_after=1.0 if err.status == 503 else None) from None
+            raise ApiError(
+                err.status,
+                "limit" if err.status == 413 else "busy",
+                str(err),
+                retry_after=1.0 if err.status == 503 else None,
+            ) from None
         try:
             graph = self._graph(caller, embeds, mask, entries)
         except BaseException:
             self.handles.release(reservation)
             raise
         handle = self.handles.put(Pending(caller, graph, graph.nbytes()), reservation)
-        return wire.encode({"outputs": graph.outputs()},
-                           {"handle": handle, "expires_in_s": f"{self.config.handle_ttl_s:g}"})
+        return wire.encode(
+            {"outputs": graph.outputs()}, {"handle": handle, "expires_in_s": f"{self.config.handle_ttl_s:g}"}
+        )
 
     def backward(self, caller: str, body: bytes) -> bytes:
         self._require(*GRAY, what="/v1/backward")
@@ -179,15 +199,19 @@ class BoxService(BatchedCalls):
                 if entries:  # their gradients add up over the request's units: it runs alone
                     graph = self._graph(caller, embeds, mask, entries)
                 else:  # each unit a forward+backward, gathered with other requests' units
-                    parts = [self.batcher.run("backward", job, self._backward_call)
-                             for job in self._jobs(caller, embeds, {}, lambda s: (embeds[s], mask[s], grad[s]))]
+                    parts = [
+                        self.batcher.run("backward", job, self._backward_call)
+                        for job in self._jobs(caller, embeds, {}, lambda s: (embeds[s], mask[s], grad[s]))
+                    ]
                     answer = {self.input_name: torch.cat(parts)}
             except BaseException:
                 self.gate.refund_gradient(caller)
                 raise
         else:
             if tensors:
-                raise ApiError(422, "invalid", f"with a handle, backward takes only 'grad_outputs'; got also {sorted(tensors)}")
+                raise ApiError(
+                    422, "invalid", f"with a handle, backward takes only 'grad_outputs'; got also {sorted(tensors)}"
+                )
             handle = msg.meta.get("handle")
             if not handle:
                 raise ApiError(422, "invalid", "backward needs the handle of its forward in the metadata key 'handle'")
@@ -209,11 +233,18 @@ class BoxService(BatchedCalls):
             raise
         if not all(torch.isfinite(g).all() for g in answer.values()):
             self._refuse_backward(caller, handle, pending)
-            kept = (" with the same handle: it is kept, and this call did not count against your gradient budget"
-                    if handle else "; this call did not count against your gradient budget")
-            raise ApiError(422, "invalid", "the gradients overflowed to NaN or infinity: 'grad_outputs' holds values "
-                                           f"up to {float(grad.abs().max()):.3g}; scale it down (say by 1e-3) "
-                                           f"and send it again{kept}")
+            kept = (
+                " with the same handle: it is kept, and this call did not count against your gradient budget"
+                if handle
+                else "; this call did not count against your gradient budget"
+            )
+            raise ApiError(
+                422,
+                "invalid",
+                "the gradients overflowed to NaN or infinity: 'grad_outputs' holds values "
+                f"up to {float(grad.abs().max()):.3g}; scale it down (say by 1e-3) "
+                f"and send it again{kept}",
+            )
         return wire.encode(answer)
 
     def _refuse_backward(self, caller: str, handle: str | None, pending: Pending | None) -> None:
@@ -225,8 +256,12 @@ class BoxService(BatchedCalls):
 
     def _require(self, *levels: str, what: str) -> None:
         if self.spec.access not in levels:
-            raise ApiError(403, "access", f"{what} is not available: this box is served at access level "
-                                          f"{self.spec.access!r}; it needs one of {levels}")
+            raise ApiError(
+                403,
+                "access",
+                f"{what} is not available: this box is served at access level "
+                f"{self.spec.access!r}; it needs one of {levels}",
+            )
 
     @property
     def _text_length(self) -> int:
@@ -243,7 +278,9 @@ class BoxService(BatchedCalls):
             raise ApiError(422, "limit", f"'{key}' holds {len(texts)} texts; at most {limit} per call")
         longest = max(len(t) for t in texts)
         if longest > self.config.max_text_chars:
-            raise ApiError(422, "limit", f"a text in '{key}' has {longest} characters; at most {self.config.max_text_chars}")
+            raise ApiError(
+                422, "limit", f"a text in '{key}' has {longest} characters; at most {self.config.max_text_chars}"
+            )
         for i, t in enumerate(texts):
             try:
                 t.encode("utf-8")  # JSON may carry lone surrogates (\ud800), which no tokenizer takes
@@ -252,8 +289,12 @@ class BoxService(BatchedCalls):
         length = min(max_length or self._text_length, self._text_length)
         work = sum(token_bound(t, length) for t in texts)
         if work > self.max_tokens:
-            raise ApiError(422, "limit", f"'{key}' holds up to {work} tokens (counted as UTF-8 bytes + 2 per text); "
-                                         f"at most {self.max_tokens} per call: send fewer or shorter texts")
+            raise ApiError(
+                422,
+                "limit",
+                f"'{key}' holds up to {work} tokens (counted as UTF-8 bytes + 2 per text); "
+                f"at most {self.max_tokens} per call: send fewer or shorter texts",
+            )
         return texts
 
     def _encode(self, caller: str, texts: list[str]) -> torch.Tensor:
@@ -279,8 +320,12 @@ class BoxService(BatchedCalls):
 
     def _check_answer(self, route: str, nbytes: int, advice: str) -> None:
         if nbytes > self.config.max_response_bytes:
-            raise ApiError(422, "limit", f"{route} would answer about {nbytes} bytes; at most "
-                                         f"{self.config.max_response_bytes} per call: {advice}")
+            raise ApiError(
+                422,
+                "limit",
+                f"{route} would answer about {nbytes} bytes; at most "
+                f"{self.config.max_response_bytes} per call: {advice}",
+            )
 
     def _decode(self, body: bytes) -> wire.Message:
         try:
@@ -303,7 +348,9 @@ class BoxService(BatchedCalls):
         tensors = dict(tensors)
         embeds, mask = tensors.pop("embeds", None), tensors.pop("mask", None)
         if embeds is None or mask is None:
-            raise ApiError(422, "invalid", "the request needs tensors 'embeds' (batch, length, dim) and 'mask' (batch, length)")
+            raise ApiError(
+                422, "invalid", "the request needs tensors 'embeds' (batch, length, dim) and 'mask' (batch, length)"
+            )
         unknown = sorted(n for n in tensors if not n.startswith(ENTRY))
         if unknown:
             raise ApiError(422, "invalid", f"unexpected tensors {unknown}")
@@ -312,14 +359,18 @@ class BoxService(BatchedCalls):
             raise ApiError(422, "invalid", f"'mask' must be int64, got {dtype_name(mask)}")
         lim, dim = self.spec.limits, self.spec.input_dim
         if embeds.ndim != 3 or embeds.shape[-1] != dim:
-            raise ApiError(422, "invalid", f"'embeds' must have shape (batch, length, {dim}), got {tuple(embeds.shape)}")
+            raise ApiError(
+                422, "invalid", f"'embeds' must have shape (batch, length, {dim}), got {tuple(embeds.shape)}"
+            )
         if tuple(mask.shape) != tuple(embeds.shape[:2]):
             raise ApiError(422, "invalid", f"'mask' must have shape {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}")
         b, t = embeds.shape[:2]
         if not 1 <= b <= lim.max_batch:
             raise ApiError(422, "limit", f"batch of {b} is outside 1..{lim.max_batch} (the box's max_batch)")
         if not 1 <= t <= lim.max_length:
-            raise ApiError(422, "limit", f"sequence of {t} tokens is outside 1..{lim.max_length} (the box's max_length)")
+            raise ApiError(
+                422, "limit", f"sequence of {t} tokens is outside 1..{lim.max_length} (the box's max_length)"
+            )
         if ((mask != 0) & (mask != 1)).any():
             raise ApiError(422, "invalid", "'mask' must hold only 0 and 1")
         if not mask.any(dim=1).all():
@@ -330,7 +381,7 @@ class BoxService(BatchedCalls):
         """The entry tokens among ``tensors`` (named ``entry.<point>``; nothing else left there),
         checked against the exposed entry points: name -> (n, entry_dim)."""
         dim = self.spec.entry_dim
-        entries = {name[len(ENTRY):]: t for name, t in tensors.items()}
+        entries = {name[len(ENTRY) :]: t for name, t in tensors.items()}
         if entries:
             self._require("light-gray", what="entry tokens")
         for name, tok in entries.items():
@@ -339,8 +390,12 @@ class BoxService(BatchedCalls):
                 raise ApiError(422, "invalid", f"unknown entry point {name!r}; the box exposes {sorted(self._entries)}")
             self._check_float(ENTRY + name, tok)
             if tok.ndim != 2 or tok.shape[-1] != dim or not 1 <= tok.shape[0] <= point.max_tokens:
-                raise ApiError(422, "invalid", f"entry tokens for {name!r} must have shape (n, {dim}) with "
-                                               f"1 <= n <= {point.max_tokens}, got {tuple(tok.shape)}")
+                raise ApiError(
+                    422,
+                    "invalid",
+                    f"entry tokens for {name!r} must have shape (n, {dim}) with "
+                    f"1 <= n <= {point.max_tokens}, got {tuple(tok.shape)}",
+                )
         return entries
 
     def _run(self, embeds, mask, entries) -> torch.Tensor:
@@ -348,8 +403,12 @@ class BoxService(BatchedCalls):
         if out.ndim != 2 or out.shape != (embeds.shape[0], self.spec.output_dim):
             raise RuntimeError(f"box returned outputs of shape {tuple(out.shape)}")  # a server bug: 500
         if not torch.isfinite(out).all():  # finite inputs far out of range overflow inside the box
-            raise ApiError(422, "invalid", "the inputs drive the box to NaN or infinite outputs; "
-                                           "keep 'embeds' (and entry tokens) in the range embed returns")
+            raise ApiError(
+                422,
+                "invalid",
+                "the inputs drive the box to NaN or infinite outputs; "
+                "keep 'embeds' (and entry tokens) in the range embed returns",
+            )
         return out.float()
 
     def _jobs(self, caller: str, embeds: torch.Tensor, entries: dict, payload) -> list[Job]:
@@ -357,22 +416,30 @@ class BoxService(BatchedCalls):
         (a row weighing its share of a fair unit: its tokens, or an image's)."""
         rows, total = self._rows_per_unit(embeds, entries), embeds.shape[0]
         weight = max(1, self.config.fair_unit_tokens // rows)
-        return [Job(caller, payload(slice(i, i + rows)), min(rows, total - i), min(rows, total - i) * weight,
-                    first=i == 0) for i in range(0, total, rows)]
+        return [
+            Job(caller, payload(slice(i, i + rows)), min(rows, total - i), min(rows, total - i) * weight, first=i == 0)
+            for i in range(0, total, rows)
+        ]
 
     def _rows_per_unit(self, embeds: torch.Tensor, entries: dict) -> int:
         length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
         return max(1, self.config.fair_unit_tokens // length)
 
     def _graph(self, caller: str, embeds, mask, entries):
-        return build(self._run, embeds, mask, entries, self._rows_per_unit(embeds, entries),
-                     partial(self.scheduler.turn, caller))
+        return build(
+            self._run, embeds, mask, entries, self._rows_per_unit(embeds, entries), partial(self.scheduler.turn, caller)
+        )
 
     def estimate_graph_bytes(self, caller: str, embeds, entries) -> int:
         """What the graph of this forward will hold, estimated before it is built."""
         if self._cost.coef is None:
-            self._cost.fit(lambda e, m, _: self._run(e, m, {}), self.spec.input_dim, self.spec.limits.max_length,
-                           partial(self.scheduler.turn, caller))
+            self._cost.fit(
+                lambda e, m, _: self._run(e, m, {}),
+                self.spec.input_dim,
+                self.spec.limits.max_length,
+                partial(self.scheduler.turn, caller),
+            )
         length = embeds.shape[1] + sum(t.shape[0] for t in entries.values())
-        return self._cost.estimate(embeds.shape[0], length, self.spec.input_dim, self.spec.output_dim,
-                                   self._rows_per_unit(embeds, entries))
+        return self._cost.estimate(
+            embeds.shape[0], length, self.spec.input_dim, self.spec.output_dim, self._rows_per_unit(embeds, entries)
+        )

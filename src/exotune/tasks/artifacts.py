@@ -50,8 +50,10 @@ def saved_spec_of(cfg: dict, key: str, file: Path) -> BoxSpec:
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{file} lacks or mangles {key}_spec: {err}") from err
     if spec.fingerprint() != cfg.get(f"{key}_fingerprint"):
-        raise ArtifactError(f"{file}: {key}_spec does not hash to the recorded {key}_fingerprint "
-                            f"({spec.fingerprint()} vs {cfg.get(f'{key}_fingerprint')!r}); the config was edited")
+        raise ArtifactError(
+            f"{file}: {key}_spec does not hash to the recorded {key}_fingerprint "
+            f"({spec.fingerprint()} vs {cfg.get(f'{key}_fingerprint')!r}); the config was edited"
+        )
     return spec
 
 
@@ -111,13 +113,17 @@ def open_saved_box(path: str | Path, key: str = "box", remote: str | None = None
     if not isinstance(source, dict):
         raise ArtifactError(f"{path / CONFIG_NAME}: {key}_source must be a JSON object, got {source!r:.80}")
     if "remote" in source:
-        raise ConfigError(f"the adapter in {path} was trained against the served box {source['remote']!r}: "
-                          "pass remote=URL (or box=) to load it")
+        raise ConfigError(
+            f"the adapter in {path} was trained against the served box {source['remote']!r}: "
+            "pass remote=URL (or box=) to load it"
+        )
     if spec.modality != "text":
         raise ConfigError(f"the adapter in {path} was trained against a {spec.modality} box: pass box=")
     if spec.input_basis:
-        raise ConfigError(f"the adapter in {path} was trained against a box in its owner's secret basis: "
-                          "connect to it (remote=URL) or pass box=")
+        raise ConfigError(
+            f"the adapter in {path} was trained against a box in its owner's secret basis: "
+            "connect to it (remote=URL) or pass box="
+        )
     backbone = source.get("backbone")
     if backbone is not None and not isinstance(backbone, str):
         raise ArtifactError(f"{path / CONFIG_NAME}: {key}_source.backbone must be a string, got {backbone!r:.80}")

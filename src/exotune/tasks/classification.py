@@ -104,8 +104,10 @@ class TextClassifier(AdapterModelMixin, nn.Module):
         if self.config.head == "prototype":
             label_box = label_box or box
             if label_box.spec.output_dim != dim:
-                raise ConfigError(f"class prototypes from a box with outputs of {label_box.spec.output_dim} cannot "
-                                  f"score outputs of {dim}")
+                raise ConfigError(
+                    f"class prototypes from a box with outputs of {label_box.spec.output_dim} cannot "
+                    f"score outputs of {dim}"
+                )
             protos = (
                 label_box.encode(label_texts(label_names, self.config.label_template))
                 if _init_head
@@ -142,20 +144,35 @@ class TextClassifier(AdapterModelMixin, nn.Module):
         idx = self.predict_proba(inputs, batch_size, progress).argmax(-1).tolist()
         return [self.label_names[i] for i in idx]
 
-    def encode(self, texts: str | list[str], batch_size: int = 32, normalize: bool = False,
-               convert_to: str = "numpy", progress: bool = False):
+    def encode(
+        self,
+        texts: str | list[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        convert_to: str = "numpy",
+        progress: bool = False,
+    ):
         """The adapted encoder's embeddings of ``texts`` (before the head): (N, O) as numpy (or
         torch, ``convert_to="torch"``), L2-normalised with ``normalize``; one text: (O,)."""
-        return encode_texts(self, self.encoder, texts, batch_size=batch_size, max_batch=self.box.spec.limits.max_batch,
-                            dim=self.box.spec.output_dim, normalize=normalize, convert_to=convert_to,
-                            progress=progress)
+        return encode_texts(
+            self,
+            self.encoder,
+            texts,
+            batch_size=batch_size,
+            max_batch=self.box.spec.limits.max_batch,
+            dim=self.box.spec.output_dim,
+            normalize=normalize,
+            convert_to=convert_to,
+            progress=progress,
+        )
 
     def evaluate(self, data: TextLabelData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
         y_true, y_pred, classes = self.predictions(data, batch_size, progress)
         return classification_metrics(y_true, y_pred, len(self.label_names), classes)
 
-    def predictions(self, data: TextLabelData, batch_size: int = 128,
-                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    def predictions(
+        self, data: TextLabelData, batch_size: int = 128, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(true, predicted) class indices of ``data`` in this model's numbering, and the
         classes ``data`` names (labels matched by name: any order, a subset)."""
         data, classes = data.aligned_to(self.label_names)
@@ -175,8 +192,9 @@ class TextClassifier(AdapterModelMixin, nn.Module):
         }
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, box: BoxBase | None = None, *,
-                        remote: str | None = None) -> TextClassifier:
+    def from_pretrained(
+        cls, path: str | Path, box: BoxBase | None = None, *, remote: str | None = None
+    ) -> TextClassifier:
         """The adapter in ``path`` on ``box``; without one, on the box the folder names (the
         backbone it was trained on, or the served box at ``remote``), fingerprint checked."""
         path = Path(path)
@@ -186,7 +204,8 @@ class TextClassifier(AdapterModelMixin, nn.Module):
             task = json_object(cfg, "task")
             labels = task.pop("labels")
             task.pop("type", None)
-            model = cls(box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task),
-                        _init_head=False)
+            model = cls(
+                box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task), _init_head=False
+            )
         load_trained_state(model, path)
         return model

@@ -14,9 +14,18 @@ from exotune.errors import ConfigError, DataError
 CONVERT_TO = ("numpy", "torch")
 
 
-def encode_texts(model: nn.Module, tower: Callable[[list[str]], torch.Tensor], texts: str | list[str], *,
-                 batch_size: int, max_batch: int, dim: int, normalize: bool, convert_to: str,
-                 progress: bool = False):
+def encode_texts(
+    model: nn.Module,
+    tower: Callable[[list[str]], torch.Tensor],
+    texts: str | list[str],
+    *,
+    batch_size: int,
+    max_batch: int,
+    dim: int,
+    normalize: bool,
+    convert_to: str,
+    progress: bool = False,
+):
     """``tower`` over ``texts`` with ``model`` in eval mode and no gradients, at most
     ``max_batch`` texts per call: (N, dim) rows in the input order, or (dim,) for one string."""
     if convert_to not in CONVERT_TO:

@@ -15,8 +15,13 @@ class PrototypeHead(nn.Module):
     zero-shot classifier at step 0.
     """
 
-    def __init__(self, prototypes: torch.Tensor, temperature: float = 0.05, learn_prototypes: bool = True,
-                 learn_temperature: bool = True) -> None:
+    def __init__(
+        self,
+        prototypes: torch.Tensor,
+        temperature: float = 0.05,
+        learn_prototypes: bool = True,
+        learn_temperature: bool = True,
+    ) -> None:
         super().__init__()
         protos = nn.functional.normalize(prototypes.detach().clone().float(), dim=-1)  # (C, O)
         self.prototypes = nn.Parameter(protos, requires_grad=learn_prototypes)

@@ -37,8 +37,10 @@ class ImageClassifier(TextClassifier):
             raise ConfigError(f"ImageClassifier needs an image box, got a {box.spec.modality!r} box")
         config = config or ClassificationConfig(label_template=PROMPT)
         if config.head == "prototype" and _init_head and text_box is None:
-            raise ConfigError("the prototype head encodes class names: pass text_box (the text tower of the "
-                              "image box's CLIP pair), or use head='linear'")
+            raise ConfigError(
+                "the prototype head encodes class names: pass text_box (the text tower of the "
+                "image box's CLIP pair), or use head='linear'"
+            )
         if text_box is not None and text_box.spec.modality != "text":
             raise ConfigError(f"text_box must be a text box, got a {text_box.spec.modality!r} box")
         super().__init__(box, label_names, dga, config, _init_head, label_box=text_box)

@@ -2,8 +2,8 @@
 
 Each tower has its own DGA/LGA adapters; the loss follows the model family unless the user
 chooses: CLIP's symmetric InfoNCE over a batch of caption-image pairs (CLIP, BLIP), or SigLIP's
-sigmoid loss, each caption-image pair on its own (a pair whose spec says so); evaluation ranks every image for each caption and every caption for
-each image (Recall@1/5/10 both ways).
+sigmoid loss, each caption-image pair on its own (a pair whose spec says so); evaluation ranks
+every image for each caption and every caption for each image (Recall@1/5/10 both ways).
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ class ImageTextConfig(ConfigBase):
             raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("logit_scale", "logit_bias"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            ):
                 raise ConfigError(f"{name} must be a finite number or None, got {value!r}")
         if self.logit_scale is not None and not self.logit_scale > 0:
             raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
@@ -81,15 +82,24 @@ class ImageTextRetriever(AdapterModelMixin, nn.Module):
     task_type = "image-text-retrieval"
     config_cls = ImageTextConfig
 
-    def __init__(self, text_box: BoxBase, image_box: BoxBase, text_dga: DGAConfig | None = None,
-                 image_dga: DGAConfig | None = None, config: ImageTextConfig | None = None) -> None:
+    def __init__(
+        self,
+        text_box: BoxBase,
+        image_box: BoxBase,
+        text_dga: DGAConfig | None = None,
+        image_dga: DGAConfig | None = None,
+        config: ImageTextConfig | None = None,
+    ) -> None:
         super().__init__()
         if text_box.spec.modality != "text" or image_box.spec.modality != "image":
-            raise ConfigError(f"need a text box and an image box, got {text_box.spec.modality!r} and "
-                              f"{image_box.spec.modality!r}")
+            raise ConfigError(
+                f"need a text box and an image box, got {text_box.spec.modality!r} and {image_box.spec.modality!r}"
+            )
         if text_box.spec.output_dim != image_box.spec.output_dim:
-            raise ConfigError(f"the towers' outputs differ in width ({text_box.spec.output_dim} vs "
-                              f"{image_box.spec.output_dim}): they do not share an embedding space")
+            raise ConfigError(
+                f"the towers' outputs differ in width ({text_box.spec.output_dim} vs "
+                f"{image_box.spec.output_dim}): they do not share an embedding space"
+            )
         self.text_dga = text_dga if text_dga is not None else DGAConfig.variant("both", modality="text")
         self.image_dga = image_dga if image_dga is not None else DGAConfig.variant("both", modality="image")
         config = config or self.config_cls()

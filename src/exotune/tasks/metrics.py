@@ -27,7 +27,9 @@ def classification_metrics(y_true, y_pred, num_classes: int, classes: list[int] 
     }
 
 
-def class_report(y_true, y_pred, label_names: list[str], classes: list[int] | None = None) -> tuple[list[dict], np.ndarray]:
+def class_report(
+    y_true, y_pred, label_names: list[str], classes: list[int] | None = None
+) -> tuple[list[dict], np.ndarray]:
     """Per class of ``classes`` (default: all): precision, recall, F1 and support; and the
     confusion matrix (C, C) over all ``label_names``, rows true, columns predicted."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
@@ -37,8 +39,10 @@ def class_report(y_true, y_pred, label_names: list[str], classes: list[int] | No
     if len(y_true) == 0:
         raise DataError("a class report needs at least one example")
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    rows = [{"label": label_names[c], "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for c, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)]
+    rows = [
+        {"label": label_names[c], "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for c, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    ]
     return rows, confusion_matrix(y_true, y_pred, labels=list(range(n)))
 
 
@@ -104,8 +108,11 @@ def image_text_recalls(texts: torch.Tensor, images: torch.Tensor, caption_image:
     return out
 
 
-VIDEO_TEXT_METRICS = (*(f"{d}_recall@{k}" for d in ("t2v", "v2t") for k in RECALL_KS),
-                      *(f"{d}_{s}_rank" for d in ("t2v", "v2t") for s in ("median", "mean")), "mean_recall")
+VIDEO_TEXT_METRICS = (
+    *(f"{d}_recall@{k}" for d in ("t2v", "v2t") for k in RECALL_KS),
+    *(f"{d}_{s}_rank" for d in ("t2v", "v2t") for s in ("median", "mean")),
+    "mean_recall",
+)
 
 
 def video_text_metrics(texts: torch.Tensor, videos: torch.Tensor, caption_video: list[int]) -> dict[str, float]:

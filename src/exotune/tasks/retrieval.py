@@ -63,22 +63,30 @@ class RetrievalConfig(ConfigBase):
         check_int(self, "hard_negatives", 0, MAX_TOKENS)
 
 
-def encode_normalized(fn: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int, dim: int,
-                      progress: bool = False, desc: str = "encode") -> torch.Tensor:
+def encode_normalized(
+    fn: Callable[[list[str]], torch.Tensor],
+    texts: list[str],
+    batch_size: int,
+    dim: int,
+    progress: bool = False,
+    desc: str = "encode",
+) -> torch.Tensor:
     """``fn`` over ``texts`` in batches of similar length, in input order, L2-normalised (N, O)."""
     return nn.functional.normalize(encode_sorted(fn, texts, batch_size, dim, progress, desc), dim=-1)
 
 
-def encode_in_eval(model: nn.Module, fn: Callable[[list], torch.Tensor], inputs: list, box, batch_size: int,
-                   progress: bool, desc: str) -> torch.Tensor:
+def encode_in_eval(
+    model: nn.Module, fn: Callable[[list], torch.Tensor], inputs: list, box, batch_size: int, progress: bool, desc: str
+) -> torch.Tensor:
     """:func:`encode_normalized` with ``model`` in eval mode and no gradients, at most the box's
     ``max_batch`` inputs per call; the model's mode is restored after."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return encode_normalized(fn, inputs, min(batch_size, box.spec.limits.max_batch), box.spec.output_dim,
-                                     progress, desc)
+            return encode_normalized(
+                fn, inputs, min(batch_size, box.spec.limits.max_batch), box.spec.output_dim, progress, desc
+            )
     finally:
         model.train(was_training)
 
@@ -145,8 +153,9 @@ class TwoTowerRetriever(AdapterModelMixin, nn.Module):
         return self._corpus_cache[1]
 
     @torch.no_grad()
-    def rank(self, data: RetrievalData, k: int = SEARCH_DEPTH, batch_size: int = 128,
-             progress: bool = False) -> list[list[str]]:
+    def rank(
+        self, data: RetrievalData, k: int = SEARCH_DEPTH, batch_size: int = 128, progress: bool = False
+    ) -> list[list[str]]:
         """The top ``k`` document ids per query, by exact search over the full corpus."""
         docs = self.encode_corpus(data.corpus, batch_size, progress)
         queries = self.encode_queries(data.queries, batch_size, progress)
@@ -169,12 +178,19 @@ class TwoTowerRetriever(AdapterModelMixin, nn.Module):
             return
         corpus = data.corpus
         if self._zero_shot_docs is None or self._zero_shot_docs[0] != corpus.fingerprint:
-            docs = encode_normalized(self.doc_box.encode, corpus.documents(), batch_size, self.box.spec.output_dim,
-                                     progress, "mine: encode corpus")
+            docs = encode_normalized(
+                self.doc_box.encode,
+                corpus.documents(),
+                batch_size,
+                self.box.spec.output_dim,
+                progress,
+                "mine: encode corpus",
+            )
             self._zero_shot_docs = (corpus.fingerprint, docs)
         docs = self._zero_shot_docs[1]
-        queries = encode_normalized(self.query_box.encode, [data.queries[i] for i in todo], batch_size,
-                                    self.box.spec.output_dim)
+        queries = encode_normalized(
+            self.query_box.encode, [data.queries[i] for i in todo], batch_size, self.box.spec.output_dim
+        )
         depth = k + max(len(data.positives(i)) for i in todo)
         for i, row in zip(todo, exact_search(queries, docs, depth).tolist(), strict=True):
             relevant = set(data.positives(i))
@@ -197,7 +213,8 @@ class TwoTowerRetriever(AdapterModelMixin, nn.Module):
         column = {d: j for j, d in enumerate(candidates)}
         q = nn.functional.normalize(self._forward(self.query_tower, [data.queries[i] for i in rows]), dim=-1)  # (B, O)
         d = nn.functional.normalize(
-            self._forward(self.doc_encoder, [data.corpus.document(c) for c in candidates]), dim=-1)  # (C, O)
+            self._forward(self.doc_encoder, [data.corpus.document(c) for c in candidates]), dim=-1
+        )  # (C, O)
         logits = self.log_scale.exp().clamp(max=100.0) * q @ d.T  # (B, C)
         # the query's other positives among the candidates are not negatives: leave them out
         mask = torch.zeros_like(logits, dtype=torch.bool)
@@ -225,8 +242,7 @@ class DualEncoder(TwoTowerRetriever):
         # each tower with the owner's prompt for its side, when the box has prompts
         self.query_tower = GrayBoxModel(for_role(box, "query"), self.dga)
         # shared: not registered twice, so the state dict holds each tensor once
-        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(for_role(box, "document"),
-                                                                             self._doc_dga())
+        self.doc_tower = None if self.config.shared_towers else GrayBoxModel(for_role(box, "document"), self._doc_dga())
 
     def _doc_dga(self) -> DGAConfig:
         side = self.config.doc_side
@@ -263,13 +279,27 @@ class DualEncoder(TwoTowerRetriever):
             "task": {"type": "retrieval", **asdict(self.config)},
         }
 
-    def encode(self, texts: str | list[str], batch_size: int = 32, normalize: bool = False,
-               convert_to: str = "numpy", progress: bool = False):
+    def encode(
+        self,
+        texts: str | list[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        convert_to: str = "numpy",
+        progress: bool = False,
+    ):
         """The query tower's embeddings of ``texts``: (N, O) as numpy (or torch), L2-normalised
         with ``normalize`` (search normalises); one text: (O,)."""
-        return encode_texts(self, self.query_tower, texts, batch_size=batch_size,
-                            max_batch=self.box.spec.limits.max_batch, dim=self.box.spec.output_dim,
-                            normalize=normalize, convert_to=convert_to, progress=progress)
+        return encode_texts(
+            self,
+            self.query_tower,
+            texts,
+            batch_size=batch_size,
+            max_batch=self.box.spec.limits.max_batch,
+            dim=self.box.spec.output_dim,
+            normalize=normalize,
+            convert_to=convert_to,
+            progress=progress,
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: Box | None = None, *, remote: str | None = None) -> DualEncoder:

@@ -44,8 +44,13 @@ class SketchConfig(ConfigBase):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
-def sketch_metrics(queries: torch.Tensor, gallery: torch.Tensor, query_labels: list[int],
-                   gallery_labels: list[int], pairs: list[int] | None = None) -> dict[str, float]:
+def sketch_metrics(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    query_labels: list[int],
+    gallery_labels: list[int],
+    pairs: list[int] | None = None,
+) -> dict[str, float]:
     """mAP over the whole ranking and precision in the top 100 (a photo of the sketch's class is
     relevant), from L2-normalised (Q, O) and (N, O); ``acc@1`` over the sketches whose photo is
     known (``pairs[i]`` >= 0; NaN when none is)."""
@@ -66,8 +71,11 @@ def sketch_metrics(queries: torch.Tensor, gallery: torch.Tensor, query_labels: l
         hits += int(((order[:, 0] == pair) & (pair >= 0)).sum())
     if not aps:
         return dict.fromkeys(SKETCH_METRICS, float("nan"))
-    return {"map@all": float(torch.cat(aps).mean()), "precision@100": float(torch.cat(p100).mean()),
-            "acc@1": hits / known if known else float("nan")}
+    return {
+        "map@all": float(torch.cat(aps).mean()),
+        "precision@100": float(torch.cat(p100).mean()),
+        "acc@1": hits / known if known else float("nan"),
+    }
 
 
 class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
@@ -75,22 +83,31 @@ class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
 
     adapter_type = ADAPTER_TYPE
 
-    def __init__(self, sketch_box: BoxBase, photo_box: BoxBase | None = None, sketch_dga: DGAConfig | None = None,
-                 photo_dga: DGAConfig | None = None, config: SketchConfig | None = None) -> None:
+    def __init__(
+        self,
+        sketch_box: BoxBase,
+        photo_box: BoxBase | None = None,
+        sketch_dga: DGAConfig | None = None,
+        photo_dga: DGAConfig | None = None,
+        config: SketchConfig | None = None,
+    ) -> None:
         super().__init__()
         photo_box = photo_box if photo_box is not None else sketch_box
         if sketch_box.spec.modality != "image" or photo_box.spec.modality != "image":
             raise ConfigError(f"need image boxes, got {sketch_box.spec.modality!r} and {photo_box.spec.modality!r}")
         if sketch_box.spec.output_dim != photo_box.spec.output_dim:
-            raise ConfigError(f"the towers' outputs differ in width ({sketch_box.spec.output_dim} vs "
-                              f"{photo_box.spec.output_dim}): they cannot be compared")
+            raise ConfigError(
+                f"the towers' outputs differ in width ({sketch_box.spec.output_dim} vs "
+                f"{photo_box.spec.output_dim}): they cannot be compared"
+            )
         self.sketch_dga = sketch_dga if sketch_dga is not None else DGAConfig.variant("both", modality="image")
         self.photo_dga = photo_dga if photo_dga is not None else DGAConfig.variant("both", modality="image")
         self.config = config or SketchConfig()
         self.sketch_tower = GrayBoxModel(sketch_box, self.sketch_dga)
         self.photo_tower = GrayBoxModel(photo_box, self.photo_dga)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.config.temperature)),
-                                      requires_grad=self.config.learn_temperature)
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / self.config.temperature)), requires_grad=self.config.learn_temperature
+        )
 
     @property
     def sketch_box(self) -> BoxBase:
@@ -102,8 +119,9 @@ class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
 
     def encode_sketches(self, sketches: list, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         """L2-normalised sketch embeddings (Q, O)."""
-        return encode_in_eval(self, self.sketch_tower, sketches, self.sketch_box, batch_size, progress,
-                              "encode sketches")
+        return encode_in_eval(
+            self, self.sketch_tower, sketches, self.sketch_box, batch_size, progress, "encode sketches"
+        )
 
     def encode_photos(self, photos: list, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         """L2-normalised photo embeddings (N, O)."""
@@ -132,10 +150,14 @@ class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
         p = nn.functional.normalize(self._forward(self.photo_tower, [data.photos[i] for i in picks]), dim=-1)
         logits = self.log_scale.exp().clamp(max=100.0) * s @ p.T  # (B, B)
         y = torch.as_tensor(data.sketch_labels, device=logits.device)
-        others = (y.unsqueeze(0) == y.unsqueeze(1)) & ~torch.eye(len(y), dtype=torch.bool, device=y.device)  # same class, not self
+        others = (y.unsqueeze(0) == y.unsqueeze(1)) & ~torch.eye(
+            len(y), dtype=torch.bool, device=y.device
+        )  # same class, not self
         target = torch.arange(len(y), device=y.device)
-        return (nn.functional.cross_entropy(logits.masked_fill(others, float("-inf")), target)
-                + nn.functional.cross_entropy(logits.T.masked_fill(others, float("-inf")), target)) / 2
+        return (
+            nn.functional.cross_entropy(logits.masked_fill(others, float("-inf")), target)
+            + nn.functional.cross_entropy(logits.T.masked_fill(others, float("-inf")), target)
+        ) / 2
 
     @staticmethod
     def _forward(tower: GrayBoxModel, inputs: list) -> torch.Tensor:
@@ -157,8 +179,9 @@ class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
         }
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, sketch_box: BoxBase, photo_box: BoxBase | None = None
-                        ) -> SketchPhotoRetriever:
+    def from_pretrained(
+        cls, path: str | Path, sketch_box: BoxBase, photo_box: BoxBase | None = None
+    ) -> SketchPhotoRetriever:
         path = Path(path)
         photo_box = photo_box if photo_box is not None else sketch_box
         cfg = read_adapter_config(path, ADAPTER_TYPE, sketch_box, photo_box=photo_box)

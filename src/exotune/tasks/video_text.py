@@ -68,8 +68,9 @@ class VideoTower(nn.Module):
         self.frame_model = GrayBoxModel(box, replace(dga, output_adapter=None))
         self.frames = frames
         self.pool = AttentionPooling(box.spec.output_dim, frames) if pooling == "attention" else None
-        self.output_adapter = (None if dga.output_adapter is None
-                               else build_adapter("output", dga.output_adapter, box.spec))
+        self.output_adapter = (
+            None if dga.output_adapter is None else build_adapter("output", dga.output_adapter, box.spec)
+        )
         self._cache: dict[str, torch.Tensor] | None = {} if self.frame_model.caches_box_outputs else None
         self.frames_sent = 0  # frames that crossed the box
 

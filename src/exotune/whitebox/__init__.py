@@ -8,5 +8,12 @@ from exotune.whitebox.encoder import WhiteBoxEncoder, lora_target_names
 from exotune.whitebox.model import WhiteBoxClassifier
 from exotune.whitebox.retriever import WhiteBoxRetriever
 
-__all__ = ["DEFAULT_TARGETS", "MODES", "WhiteBoxClassifier", "WhiteBoxConfig", "WhiteBoxEncoder",
-           "WhiteBoxRetriever", "lora_target_names"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "MODES",
+    "WhiteBoxClassifier",
+    "WhiteBoxConfig",
+    "WhiteBoxEncoder",
+    "WhiteBoxRetriever",
+    "lora_target_names",
+]

@@ -34,8 +34,10 @@ def lora_target_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets and not _unused(name)
     ]
     if not names:
-        raise ConfigError(f"no linear layer of this encoder is named one of {list(targets)}; "
-                          "pass target_modules that exist (e.g. q_lin, k_lin, v_lin for DistilBERT)")
+        raise ConfigError(
+            f"no linear layer of this encoder is named one of {list(targets)}; "
+            "pass target_modules that exist (e.g. q_lin, k_lin, v_lin for DistilBERT)"
+        )
     return names
 
 
@@ -59,8 +61,16 @@ def add_lora(model: nn.Module, config: WhiteBoxConfig) -> nn.Module:
 class WhiteBoxEncoder(nn.Module):
     """texts -> pooled (and optionally L2-normalised) outputs (B, H), differentiable in the weights."""
 
-    def __init__(self, model: nn.Module, tokenizer, config: WhiteBoxConfig, *, pooling: str = "mean",
-                 normalize: bool = False, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        config: WhiteBoxConfig,
+        *,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int | None = None,
+    ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -86,8 +96,9 @@ class WhiteBoxEncoder(nn.Module):
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ConfigError("texts must be a list of strings")
         device = next(self.model.parameters()).device
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         enc = {k: v.to(device) for k, v in enc.items()}
         hidden = self.model(**enc).last_hidden_state  # (B, T, H)
         if self.pooling == "cls":
@@ -122,8 +133,7 @@ class LoraState:
     whitebox: WhiteBoxConfig
 
     def _frozen_key(self, key: str, prefix: str = "") -> bool:
-        return (self.whitebox.mode == "lora" and key.startswith(prefix + self._base_prefix)
-                and LORA_MARK not in key)
+        return self.whitebox.mode == "lora" and key.startswith(prefix + self._base_prefix) and LORA_MARK not in key
 
     def state_dict(self, *args, **kwargs):
         state = super().state_dict(*args, **kwargs)
@@ -139,6 +149,8 @@ class LoraState:
         missing = [k for k in result.missing_keys if not self._frozen_key(k)]
         frozen = [k for k in state_dict if self._frozen_key(k)]
         if strict and (missing or result.unexpected_keys or frozen):
-            raise ArtifactError(f"LoRA state does not match the model: missing {missing}, "
-                                f"unexpected {list(result.unexpected_keys) + frozen}")
+            raise ArtifactError(
+                f"LoRA state does not match the model: missing {missing}, "
+                f"unexpected {list(result.unexpected_keys) + frozen}"
+            )
         return result

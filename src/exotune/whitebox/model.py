@@ -68,26 +68,44 @@ class WhiteBoxClassifier(LoraState, AdapterModelMixin, nn.Module):
         self.base_model = base_model
         # LoRA leaves the base weights untouched: their digest ties a saved adapter to them.
         self.base_digest = model_digest(model) if self.whitebox.mode == "lora" else None
-        self.encoder = WhiteBoxEncoder(model, tokenizer, self.whitebox, pooling=pooling,
-                                       normalize=normalize, max_length=max_length)
+        self.encoder = WhiteBoxEncoder(
+            model, tokenizer, self.whitebox, pooling=pooling, normalize=normalize, max_length=max_length
+        )
         dim, n = self.encoder.output_dim, len(label_names)
         if self.config.head == "prototype":
             # LoRA's B starts at zero and nothing is trained yet: this is the frozen encoder,
             # so step 0 is the zero-shot classifier, exactly as for the gray box.
-            protos = (self.encoder.encode(label_texts(label_names, self.config.label_template))
-                      if _init_head else torch.zeros(n, dim))
-            self.head = PrototypeHead(protos, self.config.temperature, self.config.learn_prototypes,
-                                      self.config.learn_temperature)
+            protos = (
+                self.encoder.encode(label_texts(label_names, self.config.label_template))
+                if _init_head
+                else torch.zeros(n, dim)
+            )
+            self.head = PrototypeHead(
+                protos, self.config.temperature, self.config.learn_prototypes, self.config.learn_temperature
+            )
         else:
             self.head = LinearHead(dim, n)
 
     @classmethod
-    def from_backbone(cls, name_or_path: str | None, label_names: list[str], whitebox: WhiteBoxConfig | None = None,
-                      config: ClassificationConfig | None = None, **encoder_kwargs) -> WhiteBoxClassifier:
+    def from_backbone(
+        cls,
+        name_or_path: str | None,
+        label_names: list[str],
+        whitebox: WhiteBoxConfig | None = None,
+        config: ClassificationConfig | None = None,
+        **encoder_kwargs,
+    ) -> WhiteBoxClassifier:
         """Load the encoder as ``load_box`` would (same pooling, normalisation, max length)."""
         model, tokenizer, defaults = load_text_encoder(name_or_path)
-        return cls(model, tokenizer, label_names, whitebox, config, base_model=name_or_path or DEFAULT_BACKBONE,
-                   **{**defaults, **encoder_kwargs})
+        return cls(
+            model,
+            tokenizer,
+            label_names,
+            whitebox,
+            config,
+            base_model=name_or_path or DEFAULT_BACKBONE,
+            **{**defaults, **encoder_kwargs},
+        )
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         return self.head(self.encoder(texts))  # (B, C)
@@ -154,17 +172,21 @@ class WhiteBoxClassifier(LoraState, AdapterModelMixin, nn.Module):
             model, tokenizer, _ = load_text_encoder(source)
             digest = model_digest(model)
             if digest != cfg.get("base_digest"):
-                raise SpecMismatchError(f"LoRA weights in {path} were trained on base weights {cfg.get('base_digest')}, "
-                                        f"{source!r} has {digest}")
+                raise SpecMismatchError(
+                    f"LoRA weights in {path} were trained on base weights {cfg.get('base_digest')}, "
+                    f"{source!r} has {digest}"
+                )
         else:
             model, tokenizer, _ = load_text_encoder(str(path / ENCODER_DIR))
             source = cfg.get("base_model")
         with saved_config(path / CONFIG_NAME):
-            clf = cls(model, tokenizer, labels, whitebox, task_config, base_model=source,
-                      _init_head=False, **encoder_kwargs)
+            clf = cls(
+                model, tokenizer, labels, whitebox, task_config, base_model=source, _init_head=False, **encoder_kwargs
+            )
         state = read_tensors(path / WEIGHTS_NAME)
-        expected = {k: v for k, v in clf.state_dict().items()
-                    if whitebox.mode == "lora" or not k.startswith("encoder.")}
+        expected = {
+            k: v for k, v in clf.state_dict().items() if whitebox.mode == "lora" or not k.startswith("encoder.")
+        }
         check_tensors(state, expected, path / WEIGHTS_NAME)
         if whitebox.mode == "lora":
             clf.load_state_dict(state)

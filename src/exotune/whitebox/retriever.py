@@ -30,27 +30,48 @@ class WhiteBoxRetriever(LoraState, TwoTowerRetriever):
 
     _base_prefix = "query_tower.model."
 
-    def __init__(self, box: Box, model: nn.Module, tokenizer, whitebox: WhiteBoxConfig | None = None,
-                 config: RetrievalConfig | None = None) -> None:
+    def __init__(
+        self,
+        box: Box,
+        model: nn.Module,
+        tokenizer,
+        whitebox: WhiteBoxConfig | None = None,
+        config: RetrievalConfig | None = None,
+    ) -> None:
         config = config or RetrievalConfig(doc_side="frozen")
         if config.doc_side not in ("frozen", "output-only"):
-            raise ConfigError("the white-box retriever's documents are the frozen box's outputs: doc_side must be "
-                              f"'frozen' or 'output-only', got {config.doc_side!r}")
+            raise ConfigError(
+                "the white-box retriever's documents are the frozen box's outputs: doc_side must be "
+                f"'frozen' or 'output-only', got {config.doc_side!r}"
+            )
         spec = box.spec
         digest = model_digest(model)
         if digest != spec.model_digest:
-            raise SpecMismatchError(f"the owned encoder's weights ({digest}) are not the box's ({spec.model_digest}): "
-                                    "queries and documents would come from different backbones")
+            raise SpecMismatchError(
+                f"the owned encoder's weights ({digest}) are not the box's ({spec.model_digest}): "
+                "queries and documents would come from different backbones"
+            )
         super().__init__(config)
         self.whitebox = whitebox or WhiteBoxConfig()
-        self.query_tower = WhiteBoxEncoder(model, tokenizer, self.whitebox, pooling=spec.pooling,
-                                           normalize=spec.normalized, max_length=spec.text_max_length)
+        self.query_tower = WhiteBoxEncoder(
+            model,
+            tokenizer,
+            self.whitebox,
+            pooling=spec.pooling,
+            normalize=spec.normalized,
+            max_length=spec.text_max_length,
+        )
         # the box's outputs are cached either way; only the output adapter (if any) trains
         self.doc_tower = GrayBoxModel(box, DGAConfig.variant("none" if config.doc_side == "frozen" else "output-only"))
 
     @classmethod
-    def from_backbone(cls, box: Box, name_or_path: str | None, whitebox: WhiteBoxConfig | None = None,
-                      config: RetrievalConfig | None = None) -> WhiteBoxRetriever:
+    def from_backbone(
+        cls,
+        box: Box,
+        name_or_path: str | None,
+        whitebox: WhiteBoxConfig | None = None,
+        config: RetrievalConfig | None = None,
+    ) -> WhiteBoxRetriever:
         """The owned encoder loaded from the backbone ``box`` was loaded from."""
         from exotune.boxes.loading import load_text_encoder
 
@@ -66,5 +87,7 @@ class WhiteBoxRetriever(LoraState, TwoTowerRetriever):
         return self.doc_tower
 
     def artifact_files(self) -> dict:
-        raise ConfigError("the white-box retriever is a benchmark baseline: it saves no adapter folder "
-                          "(train with Trainer(output_dir=None))")
+        raise ConfigError(
+            "the white-box retriever is a benchmark baseline: it saves no adapter folder "
+            "(train with Trainer(output_dir=None))"
+        )

@@ -72,11 +72,29 @@ class Budget:
 
 
 def quick_budget() -> Budget:
-    return replace(Budget(), load_steps=2, load_batch=8, soak_seconds=8.0, soak_clients=3, handle_ttl_s=2.0,
-                   fuzz_examples=6, wire_examples=60, train_rows=48, crash_at_step=4, probe_rows=40,
-                   probe_crash_at=4, probe_concurrency=(4,), cli_corruptions=1, fairness_samples=4,
-                   slow_connections=30, header_timeout_s=2.0, body_timeout_s=2.0, max_connections=64,
-                   admission_batch=4, abandon_forwards=40)
+    return replace(
+        Budget(),
+        load_steps=2,
+        load_batch=8,
+        soak_seconds=8.0,
+        soak_clients=3,
+        handle_ttl_s=2.0,
+        fuzz_examples=6,
+        wire_examples=60,
+        train_rows=48,
+        crash_at_step=4,
+        probe_rows=40,
+        probe_crash_at=4,
+        probe_concurrency=(4,),
+        cli_corruptions=1,
+        fairness_samples=4,
+        slow_connections=30,
+        header_timeout_s=2.0,
+        body_timeout_s=2.0,
+        max_connections=64,
+        admission_batch=4,
+        abandon_forwards=40,
+    )
 
 
 def _requirements() -> None:
@@ -84,7 +102,9 @@ def _requirements() -> None:
         try:
             __import__(module)
         except ImportError as err:
-            raise MissingDependencyError(f"the reliability suite needs {module}: pip install 'exotune[{extra}]'") from err
+            raise MissingDependencyError(
+                f"the reliability suite needs {module}: pip install 'exotune[{extra}]'"
+            ) from err
 
 
 def _section(name: str, fn, *args) -> dict:
@@ -95,8 +115,12 @@ def _section(name: str, fn, *args) -> dict:
     except Exception as err:  # reported, not raised: the other sections still run
         result = {"ok": False, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-3000:]}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"[bench]   {name}: {'held' if result['ok'] else 'FAILED'} ({result['seconds']:.0f} s)"
-          + ("" if result["ok"] else f": {result.get('error') or result.get('problems')}"), file=sys.stderr, flush=True)
+    print(
+        f"[bench]   {name}: {'held' if result['ok'] else 'FAILED'} ({result['seconds']:.0f} s)"
+        + ("" if result["ok"] else f": {result.get('error') or result.get('problems')}"),
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -121,10 +145,22 @@ def run(args) -> int:
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
     local = load_box(args.backbone, owner_secret=BENCH_OWNER_SECRET)  # the served box: every gradient's reference
     data = task_data(args.data_dir, budget.load_clients * budget.load_steps * budget.load_batch)
-    extra = ("--max-handles", str(budget.max_handles), "--handle-ttl", f"{budget.handle_ttl_s:g}",
-             "--max-batch", str(budget.serve_max_batch), "--header-timeout", f"{budget.header_timeout_s:g}",
-             "--body-timeout", f"{budget.body_timeout_s:g}", "--max-connections", str(budget.max_connections),
-             "--login-failures", "1000000")  # the access section sends wrong tokens by the dozen; its own app throttles
+    extra = (
+        "--max-handles",
+        str(budget.max_handles),
+        "--handle-ttl",
+        f"{budget.handle_ttl_s:g}",
+        "--max-batch",
+        str(budget.serve_max_batch),
+        "--header-timeout",
+        f"{budget.header_timeout_s:g}",
+        "--body-timeout",
+        f"{budget.body_timeout_s:g}",
+        "--max-connections",
+        str(budget.max_connections),
+        "--login-failures",
+        "1000000",
+    )  # the access section sends wrong tokens by the dozen; its own app throttles
     sections: dict[str, dict] = {}
     with served_box(args.backbone, n_tokens=4, stats=True, extra=extra) as server:
         sections["load"] = _section("load", load.run, server, local, data, budget)
@@ -137,12 +173,22 @@ def run(args) -> int:
         sections["abandon"] = _section("abandon", hostile.abandon, server, local, data, budget)
     sections["admission"] = _section("admission", hostile.admission, args.backbone, local, data, budget)
     sections["pixels"] = _section("pixels", pixels.run, budget)  # an image box, served in-process
-    doc = {"suite": "reliability", "command": command_line(), "date": time.strftime("%Y-%m-%d"),
-           "machine": machine(), "backbone": args.backbone or "all-MiniLM-L6-v2", "quick": args.quick,
-           "budget": asdict(budget), "seconds": round(time.perf_counter() - t0, 1), "cpus": os.cpu_count(),
-           "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-           "ok": all(s["ok"] for s in sections.values()), "summary": summary(sections), "sections": sections,
-           "records": []}
+    doc = {
+        "suite": "reliability",
+        "command": command_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "quick": args.quick,
+        "budget": asdict(budget),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cpus": os.cpu_count(),
+        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "ok": all(s["ok"] for s in sections.values()),
+        "summary": summary(sections),
+        "sections": sections,
+        "records": [],
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "reliability.json").write_text(json.dumps(doc, indent=2) + "\n")
     from exotune.bench.reliability.report import markdown
@@ -167,7 +213,8 @@ def summary(sections: dict[str, dict]) -> dict:
         "soak_held": bool(soak.get("ok")),
         "faults_survived": f"{sum(d['ok'] for d in drills)}/{len(drills)}",
         "bad_inputs_tried": fuzz.get("cases", 0),
-        "server_errors_5xx": fuzz.get("status_classes", {}).get("5xx", 0) + load.get("server_errors", 0)
+        "server_errors_5xx": fuzz.get("status_classes", {}).get("5xx", 0)
+        + load.get("server_errors", 0)
         + sections.get("pixels", {}).get("status_classes", {}).get("5xx", 0),
         "data_lost": faults.get("data_lost", "not measured"),
         "tampered_folders": faults.get("tampered", "not measured"),

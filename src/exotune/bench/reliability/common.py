@@ -11,8 +11,20 @@ import numpy as np
 import torch
 
 # Strings that would reveal the hidden backbone or the server's insides if an answer held them.
-LEAK_MARKERS = ("Bert", "bert.", "encoder.layer", "word_embeddings", "position_embeddings", "LayerNorm",
-                "attention.self", "state_dict", "Traceback", "site-packages", "torch.", "transformers")
+LEAK_MARKERS = (
+    "Bert",
+    "bert.",
+    "encoder.layer",
+    "word_embeddings",
+    "position_embeddings",
+    "LayerNorm",
+    "attention.self",
+    "state_dict",
+    "Traceback",
+    "site-packages",
+    "torch.",
+    "transformers",
+)
 # Tensor names a served box may answer with.
 ANSWER_TENSORS = ("outputs", "embeds", "mask", "scores")
 
@@ -71,10 +83,15 @@ def answer_problems(status: int, content_type: str, body: bytes, sent: bytes = b
     if 400 <= status < 500:
         try:
             data = json.loads(body)
-            native = isinstance(data, dict) and isinstance(data.get("error"), str) and isinstance(data.get("message"), str)
+            native = (
+                isinstance(data, dict) and isinstance(data.get("error"), str) and isinstance(data.get("message"), str)
+            )
             # the OpenAI-compatible routes answer in OpenAI's shape: {"error": {"message", "type", ...}}
-            openai = isinstance(data, dict) and isinstance(data.get("error"), dict) \
+            openai = (
+                isinstance(data, dict)
+                and isinstance(data.get("error"), dict)
                 and isinstance(data["error"].get("message"), str)
+            )
             if not (native or openai):
                 raise ValueError
         except ValueError:
@@ -95,11 +112,14 @@ def answer_problems(status: int, content_type: str, body: bytes, sent: bytes = b
 
 def latency_summary(records, wall_s: float) -> dict:
     seconds = np.asarray([r[2] for r in records if r[1] is not None and r[1] < 400]) * 1000
-    return {"requests": len(records), "failed": sum(1 for r in records if r[1] is None or r[1] >= 400),
-            "server_errors": sum(1 for r in records if r[1] is not None and r[1] >= 500),
-            "p50_ms": round(float(np.percentile(seconds, 50)), 1) if len(seconds) else None,
-            "p99_ms": round(float(np.percentile(seconds, 99)), 1) if len(seconds) else None,
-            "requests_per_s": round(len(records) / wall_s, 2) if wall_s else None}
+    return {
+        "requests": len(records),
+        "failed": sum(1 for r in records if r[1] is None or r[1] >= 400),
+        "server_errors": sum(1 for r in records if r[1] is not None and r[1] >= 500),
+        "p50_ms": round(float(np.percentile(seconds, 50)), 1) if len(seconds) else None,
+        "p99_ms": round(float(np.percentile(seconds, 99)), 1) if len(seconds) else None,
+        "requests_per_s": round(len(records) / wall_s, 2) if wall_s else None,
+    }
 
 
 def run_threads(target, args_list: list[tuple]) -> float:

@@ -29,12 +29,16 @@ def run(server, budget) -> dict:
     lim, srv = info["spec"]["limits"], info["server"]
     max_batch, max_tokens = lim["max_batch"], srv["max_tokens_per_request"]
     max_length = min(lim["max_length"], info["spec"].get("text_max_length") or lim["max_length"])  # a text's tokens
-    over_labels = http.post(server.url + "/v1/scores", json={"texts": ["a"], "labels": ["label"] * (max_batch + 1)},
-                            headers={"Authorization": f"Bearer {light}"}).status_code
+    over_labels = http.post(
+        server.url + "/v1/scores",
+        json={"texts": ["a"], "labels": ["label"] * (max_batch + 1)},
+        headers={"Authorization": f"Bearer {light}"},
+    ).status_code
     # the heaviest request allowed: max_batch texts that each tokenize to max_length tokens or more
     heaviest = {"texts": [("word " * max_length)[: 5 * max_length]] * max(1, min(max_batch, max_tokens // max_length))}
-    over_tokens = http.post(server.url + "/v1/encode", json={"texts": heaviest["texts"] * 2},
-                            headers={"Authorization": f"Bearer {light}"}).status_code
+    over_tokens = http.post(
+        server.url + "/v1/encode", json={"texts": heaviest["texts"] * 2}, headers={"Authorization": f"Bearer {light}"}
+    ).status_code
     idle = [_post(http, server.url, light, "/v1/encode", SMALL) for _ in range(budget.fairness_samples)]
 
     heavy: list[tuple[int, float]] = []
@@ -64,19 +68,29 @@ def run(server, budget) -> dict:
     if over_labels != 422 or over_tokens != 422:
         problems.append(f"over the work bound: labels HTTP {over_labels}, tokens HTTP {over_tokens} (want 422)")
     if len(idle_ms) < len(idle) or len(loaded_ms) < len(loaded) or len(heavy_s) < len(heavy):
-        problems.append(f"refused: idle {[c for c, _ in idle]}, loaded {[c for c, _ in loaded]}, "
-                        f"heavy {[c for c, _ in heavy]}")
+        problems.append(
+            f"refused: idle {[c for c, _ in idle]}, loaded {[c for c, _ in loaded]}, heavy {[c for c, _ in heavy]}"
+        )
     if ratio is None or ratio > FAIR_FACTOR:
-        problems.append(f"a small request took {ratio} x its idle latency behind the heavy one (at most {FAIR_FACTOR:g})")
-    return {"ok": not problems, "problems": problems, "max_tokens_per_request": max_tokens,
-            "fair_unit_tokens": srv.get("fair_unit_tokens"),
-            "heaviest_request": f"{len(heaviest['texts'])} texts x {max_length} tokens",
-            "heavy_requests": len(heavy), "heavy_seconds_median": round(float(np.median(heavy_s)), 2) if heavy_s else None,
-            "idle_ms": [round(x, 1) for x in idle_ms], "loaded_ms": [round(x, 1) for x in loaded_ms],
-            "idle_median_ms": round(float(np.median(idle_ms)), 1) if idle_ms else None,
-            "loaded_median_ms": round(float(np.median(loaded_ms)), 1) if loaded_ms else None,
-            "slowdown": None if ratio is None else round(ratio, 2), "slowdown_bound": FAIR_FACTOR,
-            "over_bound_status": {"labels": over_labels, "tokens": over_tokens}}
+        problems.append(
+            f"a small request took {ratio} x its idle latency behind the heavy one (at most {FAIR_FACTOR:g})"
+        )
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "max_tokens_per_request": max_tokens,
+        "fair_unit_tokens": srv.get("fair_unit_tokens"),
+        "heaviest_request": f"{len(heaviest['texts'])} texts x {max_length} tokens",
+        "heavy_requests": len(heavy),
+        "heavy_seconds_median": round(float(np.median(heavy_s)), 2) if heavy_s else None,
+        "idle_ms": [round(x, 1) for x in idle_ms],
+        "loaded_ms": [round(x, 1) for x in loaded_ms],
+        "idle_median_ms": round(float(np.median(idle_ms)), 1) if idle_ms else None,
+        "loaded_median_ms": round(float(np.median(loaded_ms)), 1) if loaded_ms else None,
+        "slowdown": None if ratio is None else round(ratio, 2),
+        "slowdown_bound": FAIR_FACTOR,
+        "over_bound_status": {"labels": over_labels, "tokens": over_tokens},
+    }
 
 
 def figure(section: dict, path) -> bool:

@@ -42,8 +42,9 @@ def _cli(argv: list[str], token: str | None = None, key: str | None = None) -> s
         env["EXOTUNE_TOKEN"] = token
     if key:
         env["OPENAI_API_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "exotune.cli", *argv], capture_output=True, text=True, env=env,
-                          timeout=CLI_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "exotune.cli", *argv], capture_output=True, text=True, env=env, timeout=CLI_TIMEOUT_S
+    )
 
 
 def _clear_failure(proc) -> tuple[bool, str]:
@@ -54,7 +55,9 @@ def _clear_failure(proc) -> tuple[bool, str]:
 
 
 def _write_csv(path: Path, data) -> Path:
-    path.write_text("text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True)))
+    path.write_text(
+        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    )
     return path
 
 
@@ -66,8 +69,24 @@ def server_killed(server, backbone, budget, work: Path) -> dict:
     from exotune.bench.served import free_port, served_box
 
     csv = _write_csv(work / "train.csv", colour_task(budget.train_rows, seed=5))
-    argv = ["train", "--file", str(csv), "--epochs", str(budget.train_epochs), "--batch-size", str(budget.train_batch),
-            "--val-fraction", "0.25", "--patience", "5", "--lr", "0.01", "--seed", "0", "--quiet"]
+    argv = [
+        "train",
+        "--file",
+        str(csv),
+        "--epochs",
+        str(budget.train_epochs),
+        "--batch-size",
+        str(budget.train_batch),
+        "--val-fraction",
+        "0.25",
+        "--patience",
+        "5",
+        "--lr",
+        "0.01",
+        "--seed",
+        "0",
+        "--quiet",
+    ]
     reference = _cli([*argv, "--remote", server.url, "--output-dir", str(work / "reference")], server.token)
     if reference.returncode != 0:
         return {"drill": "server killed mid-training", "ok": False, "error": reference.stderr[-800:]}
@@ -78,8 +97,11 @@ def server_killed(server, backbone, budget, work: Path) -> dict:
         dying.proc.wait(timeout=30)
         killed = dying.proc.returncode == -signal.SIGKILL
     clear, message = _clear_failure(crashed)
-    saved = json.loads((run_dir / "last" / "trainer_state.json").read_text())["state"]["global_step"] \
-        if (run_dir / "last" / "trainer_state.json").is_file() else None
+    saved = (
+        json.loads((run_dir / "last" / "trainer_state.json").read_text())["state"]["global_step"]
+        if (run_dir / "last" / "trainer_state.json").is_file()
+        else None
+    )
     with served_box(backbone, tokens=tokens, port=port) as again:
         resumed = _cli([*argv, "--remote", again.url, "--output-dir", str(run_dir), "--resume"], tokens[0])
     ref_summary = json.loads((work / "reference" / "summary.json").read_text())
@@ -91,18 +113,41 @@ def server_killed(server, backbone, budget, work: Path) -> dict:
             if set(a) != set(b):
                 diffs[name] = float("inf")
                 continue
-            diffs[name] = max((float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()
-                               and a[k].numel()), default=0.0)
+            diffs[name] = max(
+                (
+                    float((a[k].double() - b[k].double()).abs().max())
+                    for k in a
+                    if a[k].is_floating_point() and a[k].numel()
+                ),
+                default=0.0,
+            )
     same = bool(diffs) and all(d <= 1e-4 for d in diffs.values())
     steps_lost = (ref_summary["steps"] - summary["steps"]) if summary else None
-    ok = (killed and clear and saved == budget.crash_at_step - 1 and resumed.returncode == 0 and steps_lost == 0 and same
-          and summary.get("best_val") == ref_summary["best_val"])
-    return {"drill": "server killed mid-training", "ok": ok, "server_killed_on_backward": budget.crash_at_step,
-            "server_sigkilled": killed, "client_error": message, "client_exit": crashed.returncode,
-            "checkpoint_step": saved, "resume_exit": resumed.returncode, "steps_reference": ref_summary["steps"],
-            "steps_resumed": summary.get("steps"), "steps_lost": steps_lost, "max_weight_difference": diffs,
-            "val_accuracy": [ref_summary["best_val"], summary.get("best_val")],
-            "resume_error": resumed.stderr[-500:] if resumed.returncode else ""}
+    ok = (
+        killed
+        and clear
+        and saved == budget.crash_at_step - 1
+        and resumed.returncode == 0
+        and steps_lost == 0
+        and same
+        and summary.get("best_val") == ref_summary["best_val"]
+    )
+    return {
+        "drill": "server killed mid-training",
+        "ok": ok,
+        "server_killed_on_backward": budget.crash_at_step,
+        "server_sigkilled": killed,
+        "client_error": message,
+        "client_exit": crashed.returncode,
+        "checkpoint_step": saved,
+        "resume_exit": resumed.returncode,
+        "steps_reference": ref_summary["steps"],
+        "steps_resumed": summary.get("steps"),
+        "steps_lost": steps_lost,
+        "max_weight_difference": diffs,
+        "val_accuracy": [ref_summary["best_val"], summary.get("best_val")],
+        "resume_error": resumed.stderr[-500:] if resumed.returncode else "",
+    }
 
 
 # -- a crash while probing the black box -----------------------------------------------------
@@ -117,12 +162,42 @@ def probing_crash(budget, work: Path, concurrency: int) -> dict:
     csv = _write_csv(work / f"probe{concurrency}.csv", data)
     cache, out = work / f"probe{concurrency}.sqlite", work / f"ea{concurrency}"
     with FakeOpenAI() as lm:
-        argv = ["ea", "fit", "--file", str(csv), "--lm", "openai-chat", "--base-url", lm.base_url, "--model", "fake",
-                "--output-dir", str(out), "--cache", str(cache), "--clusters", "2", "--cv-folds", "2",
-                "--val-fraction", "0.25", "--concurrency", str(concurrency), "--max-retries", "1", "--timeout", "20"]
+        argv = [
+            "ea",
+            "fit",
+            "--file",
+            str(csv),
+            "--lm",
+            "openai-chat",
+            "--base-url",
+            lm.base_url,
+            "--model",
+            "fake",
+            "--output-dir",
+            str(out),
+            "--cache",
+            str(cache),
+            "--clusters",
+            "2",
+            "--cv-folds",
+            "2",
+            "--val-fraction",
+            "0.25",
+            "--concurrency",
+            str(concurrency),
+            "--max-retries",
+            "1",
+            "--timeout",
+            "20",
+        ]
         env = dict(os.environ, OPENAI_API_KEY="k")
-        child = subprocess.Popen([sys.executable, "-m", "exotune.cli", *argv], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "exotune.cli", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         killed = threading.Event()
 
         def kill_at(n: int):
@@ -145,14 +220,27 @@ def probing_crash(budget, work: Path, concurrency: int) -> dict:
     stored_asked_again = sorted(stored & again)
     in_flight = sorted((set(answered_first) - stored) & again)
     probe = json.loads(rerun.stdout).get("probe", {}) if rerun.returncode == 0 else {}
-    ok = (child.returncode == -signal.SIGKILL and rerun.returncode == 0 and not stored_asked_again
-          and len(in_flight) <= concurrency - 1 and probe.get("calls") == len(data) - len(stored))
-    return {"drill": f"probing crash (concurrency {concurrency})", "ok": ok, "killed_at_request": budget.probe_crash_at + 1,
-            "answered_before_kill": len(answered_first), "stored_before_kill": len(stored),
-            "asked_on_rerun": len(asked_again), "stored_asked_again": len(stored_asked_again),
-            "in_flight_asked_again": len(in_flight), "rerun_exit": rerun.returncode,
-            "rerun_calls": probe.get("calls"), "rerun_cache_hits": probe.get("cache_hits"),
-            "rerun_error": rerun.stderr[-500:] if rerun.returncode else ""}
+    ok = (
+        child.returncode == -signal.SIGKILL
+        and rerun.returncode == 0
+        and not stored_asked_again
+        and len(in_flight) <= concurrency - 1
+        and probe.get("calls") == len(data) - len(stored)
+    )
+    return {
+        "drill": f"probing crash (concurrency {concurrency})",
+        "ok": ok,
+        "killed_at_request": budget.probe_crash_at + 1,
+        "answered_before_kill": len(answered_first),
+        "stored_before_kill": len(stored),
+        "asked_on_rerun": len(asked_again),
+        "stored_asked_again": len(stored_asked_again),
+        "in_flight_asked_again": len(in_flight),
+        "rerun_exit": rerun.returncode,
+        "rerun_calls": probe.get("calls"),
+        "rerun_cache_hits": probe.get("cache_hits"),
+        "rerun_error": rerun.stderr[-500:] if rerun.returncode else "",
+    }
 
 
 # -- corrupted files -------------------------------------------------------------------------
@@ -187,7 +275,10 @@ CORRUPTIONS = {
     "config truncated": (C, lambda p: p.write_text(p.read_text()[: len(p.read_text()) // 2])),
     "config: a value changed, still valid JSON": (C, _edit_json),
     "config missing": (C, lambda p: p.unlink()),
-    "checksums: one digit changed": (S, lambda p: p.write_text(("1" if p.read_text()[0] != "1" else "2") + p.read_text()[1:])),
+    "checksums: one digit changed": (
+        S,
+        lambda p: p.write_text(("1" if p.read_text()[0] != "1" else "2") + p.read_text()[1:]),
+    ),
     "checksums emptied": (S, lambda p: p.write_text("")),
 }
 
@@ -200,8 +291,9 @@ def corrupt(folder: Path, case: str, into: Path) -> Path:
     return into
 
 
-def corrupted_files(adapter: Path, box, server, budget, work: Path, checkpoint_run: Path | None,
-                    ea_folder: Path | None) -> list[dict]:
+def corrupted_files(
+    adapter: Path, box, server, budget, work: Path, checkpoint_run: Path | None, ea_folder: Path | None
+) -> list[dict]:
     from exotune.errors import ExotuneError
     from exotune.tasks.classification import TextClassifier
 
@@ -216,7 +308,9 @@ def corrupted_files(adapter: Path, box, server, budget, work: Path, checkpoint_r
             rec["api"], api_ok = f"{type(err).__name__}: {err}"[:300], True
         cli_ok = True
         if budget.cli_corruptions is None or i < budget.cli_corruptions:
-            proc = _cli(["predict", "--remote", server.url, "--adapter", str(folder), "--text", "a red car"], server.token)
+            proc = _cli(
+                ["predict", "--remote", server.url, "--adapter", str(folder), "--text", "a red car"], server.token
+            )
             cli_ok, rec["cli"] = _clear_failure(proc)
         rec["ok"] = api_ok and cli_ok
         out.append(rec)
@@ -225,12 +319,40 @@ def corrupted_files(adapter: Path, box, server, budget, work: Path, checkpoint_r
         shutil.copytree(checkpoint_run, run)
         _flip(run / "last" / "checkpoint.safetensors", -3)
         csv = work / "train.csv"
-        proc = _cli(["train", "--file", str(csv), "--epochs", str(budget.train_epochs), "--batch-size",
-                     str(budget.train_batch), "--val-fraction", "0.25", "--patience", "5", "--lr", "0.01", "--seed", "0",
-                     "--quiet", "--remote", server.url, "--output-dir", str(run), "--resume"], server.token)
+        proc = _cli(
+            [
+                "train",
+                "--file",
+                str(csv),
+                "--epochs",
+                str(budget.train_epochs),
+                "--batch-size",
+                str(budget.train_batch),
+                "--val-fraction",
+                "0.25",
+                "--patience",
+                "5",
+                "--lr",
+                "0.01",
+                "--seed",
+                "0",
+                "--quiet",
+                "--remote",
+                server.url,
+                "--output-dir",
+                str(run),
+                "--resume",
+            ],
+            server.token,
+        )
         ok, line = _clear_failure(proc)
-        out.append({"drill": "corrupted checkpoint: one bit flipped, then --resume", "ok": ok and "corrupted" in line,
-                    "cli": line})
+        out.append(
+            {
+                "drill": "corrupted checkpoint: one bit flipped, then --resume",
+                "ok": ok and "corrupted" in line,
+                "cli": line,
+            }
+        )
     if ea_folder is not None and ea_folder.is_dir():
         from exotune.ea import EasyAdapter
 
@@ -253,13 +375,18 @@ def run(server, local, backbone, budget) -> dict:
     with tempfile.TemporaryDirectory(prefix="exotune-faults-") as tmp:
         work = Path(tmp)
         drills = [server_killed(server, backbone, budget, work)]
-        print(f"[bench]   {drills[-1]['drill']}: {'held' if drills[-1]['ok'] else 'FAILED'}", file=sys.stderr, flush=True)
+        print(
+            f"[bench]   {drills[-1]['drill']}: {'held' if drills[-1]['ok'] else 'FAILED'}", file=sys.stderr, flush=True
+        )
         drills += [fault_drill(kind, client) for kind, client in FAULT_DRILLS]
         for concurrency in budget.probe_concurrency:
             drills.append(probing_crash(budget, work, concurrency))
-        drills += corrupted_files(work / "run" / "best", local, server, budget, work,
-                                  work / "run", work / f"ea{budget.probe_concurrency[-1]}")
-        tampered_drills = tampered.drills(work / "run" / "best", local, work / f"ea{budget.probe_concurrency[-1]}", work)
+        drills += corrupted_files(
+            work / "run" / "best", local, server, budget, work, work / "run", work / f"ea{budget.probe_concurrency[-1]}"
+        )
+        tampered_drills = tampered.drills(
+            work / "run" / "best", local, work / f"ea{budget.probe_concurrency[-1]}", work
+        )
         drills += tampered_drills
     for d in drills:  # the temporary folder's name says nothing: keep the messages short
         for key in ("api", "cli", "client_error", "rerun_error", "resume_error"):
@@ -270,10 +397,19 @@ def run(server, local, backbone, budget) -> dict:
     probes = [d for d in drills if d["drill"].startswith("probing crash")]
     lost = []
     if killed.get("steps_lost") != 0 or not killed["ok"]:
-        lost.append(f"training: {killed.get('steps_lost')} steps lost, weights differ by {killed.get('max_weight_difference')}")
-    lost += [f"{d['drill']}: {d['stored_asked_again']} stored answers paid for again" for d in probes
-             if d.get("stored_asked_again")]
+        lost.append(
+            f"training: {killed.get('steps_lost')} steps lost, weights differ by {killed.get('max_weight_difference')}"
+        )
+    lost += [
+        f"{d['drill']}: {d['stored_asked_again']} stored answers paid for again"
+        for d in probes
+        if d.get("stored_asked_again")
+    ]
     lost += [f"silently loaded: {x}" for x in silent]
-    return {"ok": all(d["ok"] for d in drills), "drills": drills, "data_lost": lost or "none",
-            "calls_in_flight_asked_again": {d["drill"]: d.get("in_flight_asked_again") for d in probes},
-            "tampered": tampered.verdict(tampered_drills)}
+    return {
+        "ok": all(d["ok"] for d in drills),
+        "drills": drills,
+        "data_lost": lost or "none",
+        "calls_in_flight_asked_again": {d["drill"]: d.get("in_flight_asked_again") for d in probes},
+        "tampered": tampered.verdict(tampered_drills),
+    }

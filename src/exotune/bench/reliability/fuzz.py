@@ -24,28 +24,71 @@ from exotune.boxes import wire
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 SPECIAL = [float("nan"), float("inf"), float("-inf"), 3.4e38, -3.4e38, 1e-45, 0.0, -0.0, 1e30]
 NAMES = ["embeds", "mask", "grad_outputs", "entry.layer.0", "entry.nope", "outputs", "x", "", "é", "a" * 300]
-CONTENT_TYPES = [None, wire.MEDIA_TYPE, wire.MEDIA_TYPE + "; v=1", "application/json", "text/plain",
-                 "application/octet-stream", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded",
-                 "garbage/∅".encode().decode("latin-1")]
-HOSTILE_JSON = [b"[" * 100_000, b"[" * 50_000 + b"]" * 50_000, b'{"texts": ["a"], "max_length": ' + b"7" * 6000 + b"}",
-                b'{"texts": ["\\ud800"]}', b'{"texts": ["ok", "\\udfff\\ud800"], "labels": ["a"]}', b"NaN",
-                b'{"texts": [NaN, Infinity]}', b"\xef\xbb\xbf{}", b'{"texts": ["\xff\xfe"]}', b"", b"null",
-                b'{"texts": []}', b'{"texts": ["a"], "labels": [' + b'"x",' * 2000 + b'"y"]}',
-                b'{"texts": ' + json.dumps(["word " * 900] * 70).encode() + b"}"]
-HOSTILE_HEADERS = [b"[" * 30_000 + b"]" * 30_000, b"[" + b"9" * 5000 + b"]", b"null", b"1e999", b'"x"',
-                   b'{"__metadata__": {"handle": ' + b"1" * 5000 + b"}}", b'{"__metadata__": []}',
-                   b'{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
-                   b'{"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 4]}}',
-                   b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}']
+CONTENT_TYPES = [
+    None,
+    wire.MEDIA_TYPE,
+    wire.MEDIA_TYPE + "; v=1",
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+    "multipart/form-data; boundary=x",
+    "application/x-www-form-urlencoded",
+    "garbage/∅".encode().decode("latin-1"),
+]
+HOSTILE_JSON = [
+    b"[" * 100_000,
+    b"[" * 50_000 + b"]" * 50_000,
+    b'{"texts": ["a"], "max_length": ' + b"7" * 6000 + b"}",
+    b'{"texts": ["\\ud800"]}',
+    b'{"texts": ["ok", "\\udfff\\ud800"], "labels": ["a"]}',
+    b"NaN",
+    b'{"texts": [NaN, Infinity]}',
+    b"\xef\xbb\xbf{}",
+    b'{"texts": ["\xff\xfe"]}',
+    b"",
+    b"null",
+    b'{"texts": []}',
+    b'{"texts": ["a"], "labels": [' + b'"x",' * 2000 + b'"y"]}',
+    b'{"texts": ' + json.dumps(["word " * 900] * 70).encode() + b"}",
+]
+HOSTILE_HEADERS = [
+    b"[" * 30_000 + b"]" * 30_000,
+    b"[" + b"9" * 5000 + b"]",
+    b"null",
+    b"1e999",
+    b'"x"',
+    b'{"__metadata__": {"handle": ' + b"1" * 5000 + b"}}",
+    b'{"__metadata__": []}',
+    b'{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
+    b'{"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 4]}}',
+    b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}',
+]
 
 
 def _strategies(dim: int, out_dim: int):
     from hypothesis import strategies as st
 
     shapes = st.one_of(
-        st.sampled_from([[1, 4, dim], [2, 3, dim], [1, 4], [2, 3], [2, out_dim], [1, out_dim], [1, dim], [0, 4, dim],
-                         [1, 0, dim], [1, 4, dim + 1], [2**31, 2**31], [0, 10**12], [1] * 8, []]),
-        st.lists(st.integers(0, 6), max_size=4))
+        st.sampled_from(
+            [
+                [1, 4, dim],
+                [2, 3, dim],
+                [1, 4],
+                [2, 3],
+                [2, out_dim],
+                [1, out_dim],
+                [1, dim],
+                [0, 4, dim],
+                [1, 0, dim],
+                [1, 4, dim + 1],
+                [2**31, 2**31],
+                [0, 10**12],
+                [1] * 8,
+                [],
+            ]
+        ),
+        st.lists(st.integers(0, 6), max_size=4),
+    )
 
     @st.composite
     def tensor(draw):
@@ -57,8 +100,9 @@ def _strategies(dim: int, out_dim: int):
             values = draw(st.lists(st.sampled_from(SPECIAL) | st.floats(width=32), min_size=count, max_size=count))
             data = np.asarray(values, dtype=np.float32).tobytes()
         elif dtype == "I64" and count <= 4096:
-            data = np.asarray(draw(st.lists(st.integers(-3, 3) | st.just(2**62), min_size=count, max_size=count)),
-                              dtype=np.int64).tobytes()
+            data = np.asarray(
+                draw(st.lists(st.integers(-3, 3) | st.just(2**62), min_size=count, max_size=count)), dtype=np.int64
+            ).tobytes()
         else:
             data = draw(st.binary(min_size=0, max_size=64))  # the wrong length for most shapes
         cut = draw(st.sampled_from([0, 0, 0, -1, 1, -3]))
@@ -71,8 +115,11 @@ def _strategies(dim: int, out_dim: int):
         for name, dtype, shape, data in parts:
             header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(body), len(body) + len(data)]}
             body += data
-        meta = draw(st.none() | st.dictionaries(st.sampled_from(["handle", "x"]), st.text(max_size=40), max_size=2)
-                    | st.just({"handle": 5}))
+        meta = draw(
+            st.none()
+            | st.dictionaries(st.sampled_from(["handle", "x"]), st.text(max_size=40), max_size=2)
+            | st.just({"handle": 5})
+        )
         if meta is not None:
             header["__metadata__"] = meta
         raw = json.dumps(header).encode()
@@ -98,15 +145,24 @@ def _strategies(dim: int, out_dim: int):
     def hostile_header():
         return st.sampled_from(HOSTILE_HEADERS).map(lambda h: struct.pack("<Q", len(h)) + h)
 
-    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                               lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                               max_leaves=12)
-    near_valid = st.fixed_dictionaries({"texts": st.lists(st.text(max_size=60), max_size=6)},
-                                       optional={"labels": st.lists(st.text(max_size=20), max_size=4),
-                                                 "max_length": st.integers(-5, 10**6) | st.none() | st.text(max_size=3)})
-    json_body = st.one_of(json_values.map(lambda v: json.dumps(v).encode()),
-                          near_valid.map(lambda v: json.dumps(v).encode()),
-                          st.sampled_from(HOSTILE_JSON), st.binary(max_size=64))
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12,
+    )
+    near_valid = st.fixed_dictionaries(
+        {"texts": st.lists(st.text(max_size=60), max_size=6)},
+        optional={
+            "labels": st.lists(st.text(max_size=20), max_size=4),
+            "max_length": st.integers(-5, 10**6) | st.none() | st.text(max_size=3),
+        },
+    )
+    json_body = st.one_of(
+        json_values.map(lambda v: json.dumps(v).encode()),
+        near_valid.map(lambda v: json.dumps(v).encode()),
+        st.sampled_from(HOSTILE_JSON),
+        st.binary(max_size=64),
+    )
     return st, message, mutated, hostile_header, json_body
 
 
@@ -142,8 +198,14 @@ def run(server, local, budget) -> dict:
         if server.proc.poll() is not None:
             raise RuntimeError(f"the server died during {where} (exit {server.proc.returncode})")
 
-    fuzz_settings = settings(max_examples=budget.fuzz_examples, deadline=None, database=None, derandomize=True,
-                             phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    fuzz_settings = settings(
+        max_examples=budget.fuzz_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
 
     # -- schemathesis over the OpenAPI document (the app does not serve it: built here) --------
     import schemathesis
@@ -189,29 +251,44 @@ def run(server, local, budget) -> dict:
     per_kind = max(1, budget.wire_examples // 4)
 
     @settings(fuzz_settings, max_examples=per_kind * 2)
-    @given(route=st.sampled_from(tensor_routes), body=payload,
-           content_type=st.sampled_from([None, wire.MEDIA_TYPE, wire.MEDIA_TYPE, *CONTENT_TYPES[3:]]))
+    @given(
+        route=st.sampled_from(tensor_routes),
+        body=payload,
+        content_type=st.sampled_from([None, wire.MEDIA_TYPE, wire.MEDIA_TYPE, *CONTENT_TYPES[3:]]),
+    )
     def tensor_payloads(route, body, content_type):
         tried["payloads"] += 1
         check(_call(http, "POST", server.url + route[0], auth, body, content_type, route[1]), body, route[0])
 
     @settings(fuzz_settings, max_examples=per_kind)
-    @given(route=st.sampled_from(["/v1/embed", "/v1/encode", "/v1/scores"]), body=json_body,
-           content_type=st.sampled_from([None, "application/json", "application/json; charset=utf-8",
-                                         *CONTENT_TYPES[1:3], "text/plain"]))
+    @given(
+        route=st.sampled_from(["/v1/embed", "/v1/encode", "/v1/scores"]),
+        body=json_body,
+        content_type=st.sampled_from(
+            [None, "application/json", "application/json; charset=utf-8", *CONTENT_TYPES[1:3], "text/plain"]
+        ),
+    )
     def json_payloads(route, body, content_type):
         tried["payloads"] += 1
         check(_call(http, "POST", server.url + route, auth, body, content_type), body, route)
 
-    grads = st.one_of(message(), st.lists(st.sampled_from(SPECIAL) | st.floats(width=32), min_size=2 * out_dim,
-                                          max_size=2 * out_dim).map(lambda v: _grad(v, out_dim)))
+    grads = st.one_of(
+        message(),
+        st.lists(st.sampled_from(SPECIAL) | st.floats(width=32), min_size=2 * out_dim, max_size=2 * out_dim).map(
+            lambda v: _grad(v, out_dim)
+        ),
+    )
 
     @settings(fuzz_settings, max_examples=per_kind)
     @given(body=grads, keep_handle=st.booleans())
     def backward_on_real_handles(body, keep_handle):
         tried["payloads"] += 1
-        fwd = http.post(server.url + "/v1/forward", params={"train": "true"}, content=valid_forward,
-                        headers={**auth, "Content-Type": wire.MEDIA_TYPE})
+        fwd = http.post(
+            server.url + "/v1/forward",
+            params={"train": "true"},
+            content=valid_forward,
+            headers={**auth, "Content-Type": wire.MEDIA_TYPE},
+        )
         handle = wire.decode(fwd.content).meta["handle"]
         try:
             msg = wire.decode(body)
@@ -227,22 +304,32 @@ def run(server, local, budget) -> dict:
 
     # -- edges the generators would rarely reach, some below HTTP (raw bytes on the socket) ----
     limit = int(http.get(server.url + "/v1/spec", headers=auth).json()["server"]["max_body_bytes"])
-    for method, path, body, ctype in [("GET", "/v1/forward", b"", None), ("DELETE", "/v1/spec", b"", None),
-                                      ("GET", "/v1/nothing", b"", None),
-                                      ("POST", "/v1/forward?train=maybe", valid_forward, wire.MEDIA_TYPE),
-                                      ("POST", "/v1/forward?train=true&train=false", valid_forward, wire.MEDIA_TYPE),
-                                      ("GET", "/v1/spec?" + "a=1&" * 2000, b"", None)]:
+    for method, path, body, ctype in [
+        ("GET", "/v1/forward", b"", None),
+        ("DELETE", "/v1/spec", b"", None),
+        ("GET", "/v1/nothing", b"", None),
+        ("POST", "/v1/forward?train=maybe", valid_forward, wire.MEDIA_TYPE),
+        ("POST", "/v1/forward?train=true&train=false", valid_forward, wire.MEDIA_TYPE),
+        ("GET", "/v1/spec?" + "a=1&" * 2000, b"", None),
+    ]:
         tried["edges"] += 1
         check(_call(http, method, server.url + path, auth, body, ctype), body, f"{method} {path[:40]}")
     token = server.token.encode()
     head = b"Host: 127.0.0.1\r\nAuthorization: Bearer " + token + b"\r\n"
     raw_cases = [  # (request bytes, body chunks, whether the answer comes from the app: JSON expected)
         (b"POST /v1/forward HTTP/1.1\r\n" + head + b"Content-Length: %d\r\n\r\n" % (limit + 1), [], True),
-        (b"POST /v1/forward HTTP/1.1\r\n" + head + b"Transfer-Encoding: chunked\r\n\r\n",
-         [b"10000\r\n" + b"\0" * 65536 + b"\r\n"] * (limit // 65536 + 2) + [b"0\r\n\r\n"], True),
+        (
+            b"POST /v1/forward HTTP/1.1\r\n" + head + b"Transfer-Encoding: chunked\r\n\r\n",
+            [b"10000\r\n" + b"\0" * 65536 + b"\r\n"] * (limit // 65536 + 2) + [b"0\r\n\r\n"],
+            True,
+        ),
         (b"POST /v1/forward HTTP/1.1\r\n" + head + b"Content-Length: abc\r\n\r\n", [], False),
         (b"POST /v1/forward HTTP/1.1\r\n" + head + b"Content-Length: -5\r\n\r\n", [], False),
-        (b"GET /v1/spec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\r\n\r\n", [], True),
+        (
+            b"GET /v1/spec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\r\n\r\n",
+            [],
+            True,
+        ),
         (b"GET /v1/spec HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", [], False),
         (b"GET /v1/%ff%fe/../spec HTTP/1.1\r\n" + head + b"\r\n", [], True),
         (b"BREW /v1/spec HTTP/1.1\r\n" + head + b"\r\n", [], True),
@@ -268,10 +355,17 @@ def run(server, local, budget) -> dict:
     still_right = _gradient_check(server, local)
     http.close()
     cases = sum(tried.values())
-    return {"ok": not problems and health == 200 and still_right <= 1e-3 and classes.get("5xx", 0) == 0,
-            "cases": cases, "by_generator": tried, "status_classes": classes, "operations": operations,
-            "health_after": health, "relative_gradient_error_after": still_right,
-            "leak_markers": list(LEAK_MARKERS), "problems": problems[:20]}
+    return {
+        "ok": not problems and health == 200 and still_right <= 1e-3 and classes.get("5xx", 0) == 0,
+        "cases": cases,
+        "by_generator": tried,
+        "status_classes": classes,
+        "operations": operations,
+        "health_after": health,
+        "relative_gradient_error_after": still_right,
+        "leak_markers": list(LEAK_MARKERS),
+        "problems": problems[:20],
+    }
 
 
 class _Answer:
@@ -314,7 +408,9 @@ def _raw(port: int, request: bytes, chunks: list[bytes], timeout: float = 30.0):
         status = int(lines[0].split()[1])
     except (IndexError, ValueError):
         return None, "", b""
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.decode("latin-1").partition(":") for line in lines[1:])}
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (line.decode("latin-1").partition(":") for line in lines[1:])
+    }
     return status, headers.get("content-type", ""), body
 
 

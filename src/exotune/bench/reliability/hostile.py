@@ -76,8 +76,10 @@ def slow(server, budget) -> dict:
         s.close()
     # 2. a body sent a byte at a time: 408 within the body timeout
     body = socket.create_connection((host, port))
-    body.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Authorization: Bearer {server.token}\r\nContent-Length: 100000\r\n\r\n".encode())
+    body.sendall(
+        b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {server.token}\r\nContent-Length: 100000\r\n\r\n".encode()
+    )
     t0, answer = time.monotonic(), b""
     while not answer and time.monotonic() - t0 < budget.body_timeout_s + 10:
         try:
@@ -108,15 +110,29 @@ def slow(server, budget) -> dict:
     if not body_status.startswith("HTTP/1.1 408"):
         problems.append(f"a trickled body got {body_status!r} after {body_after} s, not 408")
     if closed_at_once < 20 or closed_by_then < len(flood):
-        problems.append(f"flood of {len(flood)}: {closed_at_once} closed on accept, {closed_by_then} after the head timeout")
+        problems.append(
+            f"flood of {len(flood)}: {closed_at_once} closed on accept, {closed_by_then} after the head timeout"
+        )
     if not healthy_after or fds_after is None or fds_before is None or fds_after > fds_before + FD_SLACK:
         problems.append(f"after: health {healthy_after}, descriptors {fds_before} -> {fds_after}")
-    return {"ok": not problems, "problems": problems, "slow_heads": len(loris), "slow_heads_cut_after_s": cut_after,
-            "health_answered_during": f"{sum(answered)}/{len(answered)}", "trickled_body": body_status,
-            "trickled_body_cut_after_s": body_after, "header_timeout_s": budget.header_timeout_s,
-            "body_timeout_s": budget.body_timeout_s, "flood": len(flood), "max_connections": budget.max_connections,
-            "closed_on_accept": closed_at_once, "closed_after_head_timeout": closed_by_then, "fds_before": fds_before,
-            "fds_peak": fds_peak, "fds_after": fds_after}
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "slow_heads": len(loris),
+        "slow_heads_cut_after_s": cut_after,
+        "health_answered_during": f"{sum(answered)}/{len(answered)}",
+        "trickled_body": body_status,
+        "trickled_body_cut_after_s": body_after,
+        "header_timeout_s": budget.header_timeout_s,
+        "body_timeout_s": budget.body_timeout_s,
+        "flood": len(flood),
+        "max_connections": budget.max_connections,
+        "closed_on_accept": closed_at_once,
+        "closed_after_head_timeout": closed_by_then,
+        "fds_before": fds_before,
+        "fds_peak": fds_peak,
+        "fds_after": fds_after,
+    }
 
 
 def _train_body(local, texts) -> bytes:
@@ -140,7 +156,8 @@ def admission(backbone, local, data, budget) -> dict:
     body = _train_body(local, texts)
     batch = local.embed(texts)
     one = create_app(local, None, ServeConfig(no_auth=True)).state.service.estimate_graph_bytes(
-        "anonymous", batch.embeds, {})
+        "anonymous", batch.embeds, {}
+    )
     bound_mb = 2.5 * one / 2**20  # two graphs fit, not four
     extra = ("--max-handle-mb", f"{bound_mb:.3f}", "--handle-ttl", "600")
     statuses, handle_bytes, rss = [], [], []
@@ -154,8 +171,12 @@ def admission(backbone, local, data, budget) -> dict:
         def client(token: str) -> None:
             with httpx.Client(timeout=600.0) as http:
                 for _ in range(budget.admission_rounds):
-                    r = http.post(server.url + "/v1/forward", params={"train": "true"}, content=body,
-                                  headers={"Authorization": f"Bearer {token}", "Content-Type": wire.MEDIA_TYPE})
+                    r = http.post(
+                        server.url + "/v1/forward",
+                        params={"train": "true"},
+                        content=body,
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": wire.MEDIA_TYPE},
+                    )
                     statuses.append((r.status_code, r.json().get("error") if r.status_code >= 400 else None))
                     handle_bytes.append((server.handle_stats() or {}).get("handle_bytes") or 0)
 
@@ -179,13 +200,22 @@ def admission(backbone, local, data, budget) -> dict:
         problems.append(f"the store held {max(handle_bytes)} bytes, over its bound {int(bound)}")
     if peak is None or rss_before is None or peak - rss_before > allowed_mb:
         problems.append(f"memory rose {None if peak is None else round(peak - rss_before)} MB, over {allowed_mb:.0f}")
-    return {"ok": not problems, "problems": problems, "clients": budget.admission_clients,
-            "rounds": budget.admission_rounds, "batch": f"{batch.embeds.shape[0]} x {batch.embeds.shape[1]} tokens",
-            "graph_estimate_mb": round(one / 2**20, 1), "handle_bound_mb": round(bound_mb, 1),
-            "admitted": admitted, "refused_busy": busy, "handle_mb_max": round(max(handle_bytes, default=0) / 2**20, 1),
-            "rss_before_mb": rss_before, "rss_peak_mb": peak,
-            "rss_rise_mb": None if peak is None or rss_before is None else round(peak - rss_before, 1),
-            "rss_rise_allowed_mb": round(allowed_mb, 1)}
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "clients": budget.admission_clients,
+        "rounds": budget.admission_rounds,
+        "batch": f"{batch.embeds.shape[0]} x {batch.embeds.shape[1]} tokens",
+        "graph_estimate_mb": round(one / 2**20, 1),
+        "handle_bound_mb": round(bound_mb, 1),
+        "admitted": admitted,
+        "refused_busy": busy,
+        "handle_mb_max": round(max(handle_bytes, default=0) / 2**20, 1),
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": peak,
+        "rss_rise_mb": None if peak is None or rss_before is None else round(peak - rss_before, 1),
+        "rss_rise_allowed_mb": round(allowed_mb, 1),
+    }
 
 
 def abandon(server, local, data, budget) -> dict:
@@ -200,8 +230,12 @@ def abandon(server, local, data, budget) -> dict:
     def client(k: int, token: str) -> None:
         with httpx.Client(timeout=120.0) as http:
             for i in range(k, budget.abandon_forwards, len(server.tokens)):
-                r = http.post(server.url + "/v1/forward", params={"train": "true"}, content=bodies[i % len(bodies)],
-                              headers={"Authorization": f"Bearer {token}", "Content-Type": wire.MEDIA_TYPE})
+                r = http.post(
+                    server.url + "/v1/forward",
+                    params={"train": "true"},
+                    content=bodies[i % len(bodies)],
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": wire.MEDIA_TYPE},
+                )
                 if r.status_code != 200:
                     failures.append(r.status_code)
                 peaks.append(process_rss_mb(pid) or 0.0)
@@ -222,8 +256,15 @@ def abandon(server, local, data, budget) -> dict:
         problems.append(f"{handles_after} handles still held after the ttl")
     if rss_before is None or rss_after is None or rss_after > RSS_RETURN * rss_before:
         problems.append(f"resident memory {rss_before} -> {rss_after} MB after the ttl (at most {RSS_RETURN}x)")
-    return {"ok": not problems, "problems": problems, "abandoned_forwards": budget.abandon_forwards,
-            "handles_held_at_end": handles_held, "handles_after_ttl": handles_after, "rss_before_mb": rss_before,
-            "rss_peak_mb": round(peak, 1), "rss_after_ttl_mb": rss_after,
-            "rss_after_share": None if not rss_before or rss_after is None else round(rss_after / rss_before, 3),
-            "rss_bound_share": RSS_RETURN}
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "abandoned_forwards": budget.abandon_forwards,
+        "handles_held_at_end": handles_held,
+        "handles_after_ttl": handles_after,
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": round(peak, 1),
+        "rss_after_ttl_mb": rss_after,
+        "rss_after_share": None if not rss_before or rss_after is None else round(rss_after / rss_before, 3),
+        "rss_bound_share": RSS_RETURN,
+    }

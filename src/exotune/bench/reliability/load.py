@@ -87,14 +87,29 @@ def run(server, local, data, budget) -> dict:
     stats = latency_summary(records, wall)
     retries = sum(box.stats["retries"] for box, _ in conns)
     replays = sum(box.stats["replays"] for box, _ in conns)
-    ok = not errors and not mismatched and stats["failed"] == 0 and retries == 0 and replays == 0 \
+    ok = (
+        not errors
+        and not mismatched
+        and stats["failed"] == 0
+        and retries == 0
+        and replays == 0
         and steps_done == n * steps
+    )
     return {
-        "ok": ok, "clients": n, "steps_per_client": steps, "batch_size": bs, "steps": steps_done,
-        "wall_s": round(wall, 1), "steps_per_s": round(steps_done / wall, 2),
+        "ok": ok,
+        "clients": n,
+        "steps_per_client": steps,
+        "batch_size": bs,
+        "steps": steps_done,
+        "wall_s": round(wall, 1),
+        "steps_per_s": round(steps_done / wall, 2),
         "step_p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
         "step_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
-        **stats, "retries": retries, "replays": replays,
-        "max_relative_gradient_error": worst, "tolerance": RTOL, "clients_with_other_gradients": mismatched,
+        **stats,
+        "retries": retries,
+        "replays": replays,
+        "max_relative_gradient_error": worst,
+        "tolerance": RTOL,
+        "clients_with_other_gradients": mismatched,
         "problems": errors[:10],
     }

@@ -23,8 +23,9 @@ def tiny_image_box():
     from exotune.boxes.image import VisionEncoderBox
 
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=8)
+    config = ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
     return VisionEncoderBox(ViTModel(config, add_pooling_layer=False).eval(), entry_points="all", entry_tokens_max=2)
 
 
@@ -50,7 +51,8 @@ def _payload(rng: np.random.Generator, box, valid: bytes) -> bytes:
     tensors = {name: t}
     if kind == 4:
         tensors["entry." + str(rng.choice(["layer.0", "layer.1", "layer.9"]))] = torch.randn(
-            int(rng.integers(0, 4)), int(rng.choice([box.spec.entry_dim, 3])))
+            int(rng.integers(0, 4)), int(rng.choice([box.spec.entry_dim, 3]))
+        )
     meta = {"handle": str(rng.choice(["", "A" * 24, "../etc"]))} if kind == 5 else None
     return wire.encode(tensors, meta)
 
@@ -77,8 +79,11 @@ def run(budget) -> dict:
             checks.append((f"{method} {path}, {label}", r.status_code == want, f"HTTP {r.status_code}"))
     handle = wire.decode(mine.post("/v1/forward?train=true", content=valid, headers=ctype).content).meta["handle"]
     grad = wire.encode({"grad_outputs": torch.ones(2, box.spec.output_dim)}, {"handle": handle})
-    for name, client, want in (("another token's handle", theirs, 404), ("the handle's owner", mine, 200),
-                               ("the same handle again", mine, 410)):
+    for name, client, want in (
+        ("another token's handle", theirs, 404),
+        ("the handle's owner", mine, 200),
+        ("the same handle again", mine, 410),
+    ):
         r = client.post("/v1/backward", content=grad, headers=ctype)
         checks.append((f"backward with {name}", r.status_code == want, f"HTTP {r.status_code}"))
 
@@ -90,15 +95,24 @@ def run(budget) -> dict:
         route = ("/v1/forward?train=true", "/v1/forward", "/v1/backward")[i % 3]
         r = mine.post(route, content=body, headers=ctype)
         classes[f"{r.status_code // 100}xx"] = classes.get(f"{r.status_code // 100}xx", 0) + 1
-        problems += [f"{route}: {p}" for p in answer_problems(r.status_code, r.headers.get("content-type", ""),
-                                                               r.content, body)]
+        problems += [
+            f"{route}: {p}" for p in answer_problems(r.status_code, r.headers.get("content-type", ""), r.content, body)
+        ]
     error = _gradient_error(box, mine)
     health = anyone.get("/v1/health").status_code
     failed = [f"{name}: {detail}" for name, ok, detail in checks if not ok]
     ok = not failed and not problems and classes.get("5xx", 0) == 0 and health == 200 and error < 1e-4
-    return {"ok": ok, "checks": len(checks), "failed": failed[:20], "cases": budget.wire_examples,
-            "status_classes": classes, "problems": problems[:20], "health_after": health,
-            "relative_gradient_error_after": error, "routes": [f"{m} {p}" for m, p in routes]}
+    return {
+        "ok": ok,
+        "checks": len(checks),
+        "failed": failed[:20],
+        "cases": budget.wire_examples,
+        "status_classes": classes,
+        "problems": problems[:20],
+        "health_after": health,
+        "relative_gradient_error_after": error,
+        "routes": [f"{m} {p}" for m, p in routes],
+    }
 
 
 def _gradient_error(box, client) -> float:

@@ -30,8 +30,15 @@ def _sampler(server, samples: list, stop: threading.Event, interval_s: float = 1
     t0 = time.monotonic()
     while not stop.is_set():
         stats = server.handle_stats() or {}
-        samples.append({"t": round(time.monotonic() - t0, 1), "rss_mb": process_rss_mb(pid), "fds": open_fds(pid),
-                        "handles": stats.get("handles"), "handle_bytes": stats.get("handle_bytes")})
+        samples.append(
+            {
+                "t": round(time.monotonic() - t0, 1),
+                "rss_mb": process_rss_mb(pid),
+                "fds": open_fds(pid),
+                "handles": stats.get("handles"),
+                "handle_bytes": stats.get("handle_bytes"),
+            }
+        )
         stop.wait(interval_s)
 
 
@@ -46,7 +53,9 @@ def _client(i: int, server, texts, local_grad, deadline: float, counts: dict, lo
             k += 1
             embeds = batch.embeds.clone().requires_grad_(True)
             if k % GARBAGE_EVERY == 0:
-                r = http.post(f"{server.url}/v1/forward", content=b"\x05\x00\x00\x00\x00\x00\x00\x00{junk", headers=auth)
+                r = http.post(
+                    f"{server.url}/v1/forward", content=b"\x05\x00\x00\x00\x00\x00\x00\x00{junk", headers=auth
+                )
                 key = "garbage_refused" if r.status_code == 400 else "unexpected"
             elif k % ABANDON_EVERY == 0:
                 box.forward(embeds, batch.mask)  # the graph is dropped here; its handle stays on the server
@@ -104,8 +113,11 @@ def run(server, local, data, budget) -> dict:
     start_mb, end_mb = float(np.median(steady[:k])), float(np.median(steady[-k:]))
     slope = float(np.polyfit(np.arange(len(steady)), steady, 1)[0] * 60) if len(steady) > 2 else 0.0
     # what the handle store does not explain: RSS less the bytes the held graphs' tensors take
-    other = [s["rss_mb"] - (s["handle_bytes"] or 0) / 2**20 for s in samples[:during]
-             if s["rss_mb"] is not None and s["handle_bytes"] is not None][warm:]
+    other = [
+        s["rss_mb"] - (s["handle_bytes"] or 0) / 2**20
+        for s in samples[:during]
+        if s["rss_mb"] is not None and s["handle_bytes"] is not None
+    ][warm:]
     other_slope = float(np.polyfit(np.arange(len(other)), other, 1)[0] * 60) if len(other) > 2 else None
     handles_max = max((s["handles"] or 0) for s in samples) if samples else None
     bytes_max = max((s["handle_bytes"] or 0) for s in samples) if samples else None
@@ -114,24 +126,49 @@ def run(server, local, data, budget) -> dict:
     stats = latency_summary(counts.get("records", []), wall)
     # refused on purpose: the garbage (400), and a handle evicted before its backward (410, replayed)
     expected_failures = counts.get("garbage_refused", 0) + counts.get("replays", 0)
-    ok = (memory_flat and not errors and not counts.get("wrong_gradient") and not counts.get("unexpected")
-          and handles_max is not None and handles_max <= budget.max_handles and final.get("handles") == 0
-          and fds_after is not None and fds_before is not None and fds_after <= fds_before + FD_SLACK
-          and stats["failed"] == expected_failures)
+    ok = (
+        memory_flat
+        and not errors
+        and not counts.get("wrong_gradient")
+        and not counts.get("unexpected")
+        and handles_max is not None
+        and handles_max <= budget.max_handles
+        and final.get("handles") == 0
+        and fds_after is not None
+        and fds_before is not None
+        and fds_after <= fds_before + FD_SLACK
+        and stats["failed"] == expected_failures
+    )
     return {
-        "ok": ok, "seconds": round(wall, 1), "clients": n, "batch_size": budget.soak_batch,
-        "trained": counts.get("trained", 0), "abandoned_forwards": counts.get("abandoned", 0),
-        "garbage_refused": counts.get("garbage_refused", 0), "wrong_gradients": counts.get("wrong_gradient", 0),
-        "requests": stats["requests"], "unexpected_failures": stats["failed"] - expected_failures,
-        "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "retries": counts.get("retries", 0),
+        "ok": ok,
+        "seconds": round(wall, 1),
+        "clients": n,
+        "batch_size": budget.soak_batch,
+        "trained": counts.get("trained", 0),
+        "abandoned_forwards": counts.get("abandoned", 0),
+        "garbage_refused": counts.get("garbage_refused", 0),
+        "wrong_gradients": counts.get("wrong_gradient", 0),
+        "requests": stats["requests"],
+        "unexpected_failures": stats["failed"] - expected_failures,
+        "p50_ms": stats["p50_ms"],
+        "p99_ms": stats["p99_ms"],
+        "retries": counts.get("retries", 0),
         "replays": counts.get("replays", 0),
-        "rss_start_mb": round(start_mb, 1), "rss_end_mb": round(end_mb, 1), "rss_max_mb": round(max(rss), 1) if rss else None,
-        "rss_growth_mb": round(end_mb - start_mb, 1), "rss_slope_mb_per_min": round(slope, 2),
+        "rss_start_mb": round(start_mb, 1),
+        "rss_end_mb": round(end_mb, 1),
+        "rss_max_mb": round(max(rss), 1) if rss else None,
+        "rss_growth_mb": round(end_mb - start_mb, 1),
+        "rss_slope_mb_per_min": round(slope, 2),
         "outside_handles_mb": [round(min(other), 1), round(max(other), 1)] if other else None,
         "outside_handles_slope_mb_per_min": None if other_slope is None else round(other_slope, 2),
-        "memory_flat": memory_flat, "memory_tolerance_mb": round(max(MEMORY_SLACK_MB, MEMORY_SLACK_SHARE * start_mb), 1),
-        "handles_max": handles_max, "handles_bound": budget.max_handles, "handle_bytes_max": bytes_max,
-        "handles_after_ttl": final.get("handles"), "fds_before": fds_before, "fds_after": fds_after,
+        "memory_flat": memory_flat,
+        "memory_tolerance_mb": round(max(MEMORY_SLACK_MB, MEMORY_SLACK_SHARE * start_mb), 1),
+        "handles_max": handles_max,
+        "handles_bound": budget.max_handles,
+        "handle_bytes_max": bytes_max,
+        "handles_after_ttl": final.get("handles"),
+        "fds_before": fds_before,
+        "fds_after": fds_after,
         "samples": [s for i, s in enumerate(samples) if i % max(1, len(samples) // 60) == 0],
         "problems": errors[:10],
     }

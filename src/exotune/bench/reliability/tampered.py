@@ -27,6 +27,7 @@ def _json(name: str, change):
         data = json.loads((folder / name).read_text())
         change(data)
         (folder / name).write_text(json.dumps(data))
+
     return edit
 
 
@@ -37,6 +38,7 @@ def _tensors(change):
         state = load_file(str(folder / W))
         change(state)
         save_file(state, str(folder / W))
+
     return edit
 
 
@@ -44,6 +46,7 @@ def _drop_line(name: str):
     def edit(folder: Path) -> None:
         text = (folder / S).read_text().splitlines()
         (folder / S).write_text("".join(f"{line}\n" for line in text if not line.endswith(f"  {name}")))
+
     return edit
 
 
@@ -59,6 +62,7 @@ def _skops(name: str, change):
         obj = sio.load(folder / name, trusted=sio.get_untrusted_types(file=folder / name))
         change(obj)
         (folder / name).write_bytes(sio.dumps(obj))
+
     return edit
 
 
@@ -76,16 +80,22 @@ def _set(*path):
         for k in keys:
             data = data[k]
         data[last] = value
+
     return change
 
 
 #: name -> (what is done to a copy of the adapter folder, whether the checksums are re-recorded)
 ADAPTER = {
     "a file added": (lambda f: (f / "notes.txt").write_text("hello"), False),
-    "weights edited, their checksum line deleted": (lambda f: (_tensors(lambda s: s[next(iter(s))].mul_(-1))(f),
-                                                               _drop_line(W)(f)), False),
+    "weights edited, their checksum line deleted": (
+        lambda f: (_tensors(lambda s: s[next(iter(s))].mul_(-1))(f), _drop_line(W)(f)),
+        False,
+    ),
     "checksum list deleted": (lambda f: (f / S).unlink(), False),
-    "extra_tokens: 10**9": (_json(C, _set("dga", "input_adapter", {"type": "text-shift", "extra_tokens": 10**9})), True),
+    "extra_tokens: 10**9": (
+        _json(C, _set("dga", "input_adapter", {"type": "text-shift", "extra_tokens": 10**9})),
+        True,
+    ),
     "temperature: 'hot'": (_json(C, _set("task", "temperature", "hot")), True),
     "dga: null": (_json(C, _set("dga", None)), True),
     "JSON nested 100,000 deep": (_deep, True),
@@ -95,8 +105,10 @@ ADAPTER = {
 }
 EA = {
     "lm.json edited": (_json("lm.json", _set("base_url", "http://127.0.0.1:9/v1")), False),
-    "router threshold '-Infinity' (a string)": (_skops("router.skops", lambda r: setattr(r, "threshold_", "-Infinity")),
-                                                True),
+    "router threshold '-Infinity' (a string)": (
+        _skops("router.skops", lambda r: setattr(r, "threshold_", "-Infinity")),
+        True,
+    ),
     "router gate swapped for another trusted estimator": (_skops("router.skops", _gate_swapped), True),
     "ea_config n_global_ssms: 10**9": (_json("ea_config.json", _set("n_global_ssms", 10**9)), True),
 }
@@ -133,8 +145,16 @@ def _lm_redirect(ea_folder: Path, into: Path) -> dict:
     folder = shutil.copytree(ea_folder, into)
     with FakeOpenAI() as evil:
         lm = json.loads((folder / "lm.json").read_text())
-        (folder / "lm.json").write_text(json.dumps({**lm, "base_url": evil.base_url, "api_key_env": "SOME_SECRET",
-                                                    "cache": str(into.parent / "evil.sqlite")}))
+        (folder / "lm.json").write_text(
+            json.dumps(
+                {
+                    **lm,
+                    "base_url": evil.base_url,
+                    "api_key_env": "SOME_SECRET",
+                    "cache": str(into.parent / "evil.sqlite"),
+                }
+            )
+        )
         write_checksums(folder)
         old = {k: os.environ.get(k) for k in ("SOME_SECRET", "OPENAI_API_KEY")}
         os.environ.update(SOME_SECRET="s3cret", OPENAI_API_KEY="users-key")
@@ -151,8 +171,13 @@ def _lm_redirect(ea_folder: Path, into: Path) -> dict:
         secret_sent = any("s3cret" in (a or "") for a in evil.authorizations)
         ok = code == 2 and not evil.requests and not secret_sent and not (into.parent / "evil.sqlite").exists()
     line = next((x for x in err.getvalue().splitlines() if x.startswith("error:")), "")
-    return {"drill": "tampered EA folder: lm.json redirected to another server and secret", "ok": ok,
-            "followed": bool(evil.requests), "secret_sent": secret_sent, "cli": line[:300]}
+    return {
+        "drill": "tampered EA folder: lm.json redirected to another server and secret",
+        "ok": ok,
+        "followed": bool(evil.requests),
+        "secret_sent": secret_sent,
+        "cli": line[:300],
+    }
 
 
 def drills(adapter: Path, box, ea_folder: Path | None, work: Path) -> list[dict]:
@@ -179,5 +204,6 @@ def verdict(records: list[dict]) -> str:
     held = sum(r["ok"] for r in records)
     if held == len(records):
         return f"no tampered folder is loaded or followed ({held}/{len(records)} refused)"
-    return f"{len(records) - held}/{len(records)} tampered folders loaded or followed: " + \
-        "; ".join(r["drill"] for r in records if not r["ok"])
+    return f"{len(records) - held}/{len(records)} tampered folders loaded or followed: " + "; ".join(
+        r["drill"] for r in records if not r["ok"]
+    )
