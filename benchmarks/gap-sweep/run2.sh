@@ -35,8 +35,6 @@ dga-lowrank16-rpt64-init-labels-5e-3 dga-lowrank16-rpt64-init-labels dga=5e-3
 lga-4-upper-5e-3-tok2e-2 lga-4-upper dga=5e-3 dga.tokens=2e-2
 dga-both-2e-3 dga-both dga=2e-3
 full-ft-2e-4 full-ft full-ft=2e-4
-lga-16-5e-3 lga-16 dga=5e-3
 lga-8-2e-3 lga-8 dga=2e-3
-lga-8-upper-5e-3 lga-8-upper dga=5e-3
 RUNS
 python benchmarks/gap-sweep/summarize.py "$out"
