@@ -77,3 +77,28 @@ def test_the_white_box_retriever_says_it_saves_nothing(tiny_box, tiny_backbone, 
     with pytest.raises(ConfigError, match="saves no adapter folder"):
         model.save_pretrained(tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()
+
+
+def test_classifiers_take_their_methods_and_heads_from_one_place():
+    import torch
+
+    from exotune.tasks.classification import ClassificationConfig, TextClassifier
+    from exotune.tasks.heads import LinearHead, PrototypeHead, make_head
+    from exotune.tasks.image_classification import ImageClassifier
+    from exotune.tasks.model import ClassifierMixin
+    from exotune.whitebox.model import WhiteBoxClassifier
+
+    for cls in (TextClassifier, ImageClassifier, WhiteBoxClassifier):
+        for name in ("loss", "predict_proba", "predict", "evaluate", "predictions"):
+            assert getattr(cls, name) is getattr(ClassifierMixin, name), (cls.__name__, name)
+    seen = []
+
+    def encode(texts):
+        seen.extend(texts)
+        return torch.ones(len(texts), 4)
+
+    head = make_head(ClassificationConfig(label_template="about {}"), ["card_arrival", "refund"], 4, encode)
+    assert isinstance(head, PrototypeHead) and seen == ["about card arrival", "about refund"]
+    assert torch.allclose(head.prototypes, torch.full((2, 4), 0.5))  # normalised
+    assert isinstance(make_head(ClassificationConfig(head="linear"), ["a", "b"], 4), LinearHead)
+    assert torch.equal(make_head(ClassificationConfig(), ["a", "b"], 4).prototypes, torch.zeros(2, 4))

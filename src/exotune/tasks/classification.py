@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,10 +20,9 @@ from exotune.artifacts import (
     saved_config,
     verify_folder,
 )
-from exotune.boxes.base import Box, BoxBase, encode_sorted
+from exotune.boxes.base import Box, BoxBase
 from exotune.boxes.entry_points import entry_point_options
 from exotune.configs import ConfigBase, check_field_types
-from exotune.data.text import TextLabelData, label_texts
 from exotune.errors import ArtifactError, ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
@@ -36,9 +34,8 @@ from exotune.tasks.artifacts import (
     saved_spec_of,
 )
 from exotune.tasks.encoding import encode_texts
-from exotune.tasks.heads import HEADS, LinearHead, PrototypeHead
-from exotune.tasks.metrics import classification_metrics
-from exotune.tasks.model import AdapterModelMixin
+from exotune.tasks.heads import HEADS, make_head
+from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
 
 ADAPTER_TYPE = "dga-classifier"
 
@@ -73,7 +70,7 @@ def saved_box_options(path: str | Path, key: str = "box") -> dict:
     return entry_point_options(saved_spec_of(cfg, key, path / CONFIG_NAME).entry_points)
 
 
-class TextClassifier(AdapterModelMixin, nn.Module):
+class TextClassifier(ClassifierMixin, AdapterModelMixin, nn.Module):
     """Adapted box + head. Everything in ``state_dict()`` belongs to the user.
 
     The prototype head starts from the class names encoded by ``label_box`` (default: the box
@@ -100,24 +97,12 @@ class TextClassifier(AdapterModelMixin, nn.Module):
         self.dga = dga if dga is not None else DGAConfig.variant("none")
         self.config = config or ClassificationConfig()
         self.encoder = GrayBoxModel(box, self.dga)
-        dim, n = box.spec.output_dim, len(label_names)
-        if self.config.head == "prototype":
-            label_box = label_box or box
-            if label_box.spec.output_dim != dim:
-                raise ConfigError(
-                    f"class prototypes from a box with outputs of {label_box.spec.output_dim} cannot "
-                    f"score outputs of {dim}"
-                )
-            protos = (
-                label_box.encode(label_texts(label_names, self.config.label_template))
-                if _init_head
-                else torch.zeros(n, dim)
+        dim, label_box = box.spec.output_dim, label_box or box
+        if self.config.head == "prototype" and label_box.spec.output_dim != dim:
+            raise ConfigError(
+                f"class prototypes from a box with outputs of {label_box.spec.output_dim} cannot score outputs of {dim}"
             )
-            self.head = PrototypeHead(
-                protos, self.config.temperature, self.config.learn_prototypes, self.config.learn_temperature
-            )
-        else:
-            self.head = LinearHead(dim, n)
+        self.head = make_head(self.config, self.label_names, dim, label_box.encode if _init_head else None)
 
     @property
     def box(self) -> BoxBase:
@@ -126,23 +111,7 @@ class TextClassifier(AdapterModelMixin, nn.Module):
     def forward(self, inputs: list) -> torch.Tensor:
         return self.head(self.encoder(inputs))  # (B, C)
 
-    # -- the training-loop protocol (exotune.protocols.Trainable) ------------------------
-
-    def loss(self, data: TextLabelData) -> torch.Tensor:
-        logits = self(data.inputs)
-        return nn.functional.cross_entropy(logits, torch.tensor(data.labels, device=logits.device))
-
-    @torch.no_grad()
-    def predict_proba(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        out = encode_sorted(lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress)
-        self.train(was_training)
-        return out
-
-    def predict(self, inputs: list, batch_size: int = 128, progress: bool = False) -> list[str]:
-        idx = self.predict_proba(inputs, batch_size, progress).argmax(-1).tolist()
-        return [self.label_names[i] for i in idx]
+    # -- the training-loop protocol (exotune.protocols.Trainable): ClassifierMixin ---------
 
     def encode(
         self,
@@ -165,19 +134,6 @@ class TextClassifier(AdapterModelMixin, nn.Module):
             convert_to=convert_to,
             progress=progress,
         )
-
-    def evaluate(self, data: TextLabelData, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
-        y_true, y_pred, classes = self.predictions(data, batch_size, progress)
-        return classification_metrics(y_true, y_pred, len(self.label_names), classes)
-
-    def predictions(
-        self, data: TextLabelData, batch_size: int = 128, progress: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """(true, predicted) class indices of ``data`` in this model's numbering, and the
-        classes ``data`` names (labels matched by name: any order, a subset)."""
-        data, classes = data.aligned_to(self.label_names)
-        pred = self.predict_proba(data.inputs, batch_size, progress).argmax(-1).numpy()
-        return np.asarray(data.labels), pred, classes
 
     # -- artifacts --------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from exotune.data.text import label_texts
+
 
 class PrototypeHead(nn.Module):
     """Cosine similarity to class prototypes, times a learnable scale.
@@ -43,3 +45,15 @@ class LinearHead(nn.Module):
 
 
 HEADS = ("prototype", "linear")
+
+
+def make_head(config, label_names: list[str], dim: int, encode=None) -> nn.Module:
+    """The head ``config.head`` names (a ``ClassificationConfig``) over outputs of ``dim``:
+    class prototypes that start as ``encode`` of the class names written with the label
+    template, so step 0 is the zero-shot classifier (zeros without ``encode``: a head about to
+    be loaded), or a linear layer."""
+    n = len(label_names)
+    if config.head != "prototype":
+        return LinearHead(dim, n)
+    protos = encode(label_texts(label_names, config.label_template)) if encode is not None else torch.zeros(n, dim)
+    return PrototypeHead(protos, config.temperature, config.learn_prototypes, config.learn_temperature)

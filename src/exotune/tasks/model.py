@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
-from exotune.boxes.base import BoxBase
+from exotune.boxes.base import BoxBase, encode_sorted
 from exotune.graybox.model import folded_state_dict
 from exotune.tasks.artifacts import read_adapter_config
+from exotune.tasks.metrics import classification_metrics
 
 
 class AdapterModelMixin:
@@ -46,3 +48,40 @@ class AdapterModelMixin:
         """The folder's config, checked: it exists, its checksums hold, it is a ``cls.adapter_type``
         and it was trained against ``box`` (and ``other_boxes``, under their own keys)."""
         return read_adapter_config(path, cls.adapter_type, box, **other_boxes)
+
+
+class ClassifierMixin:
+    """What every classifier does with its logits (``self(inputs)``, (B, C)) and
+    ``label_names``: the loss, probabilities, predicted names, metrics. Gray-box, image and
+    white-box classifiers share it."""
+
+    label_names: list[str]
+
+    def loss(self, data) -> torch.Tensor:
+        logits = self(data.inputs)
+        return nn.functional.cross_entropy(logits, torch.tensor(data.labels, device=logits.device))
+
+    @torch.no_grad()
+    def predict_proba(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        out = encode_sorted(lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress)
+        self.train(was_training)
+        return out
+
+    def predict(self, inputs: list, batch_size: int = 128, progress: bool = False) -> list[str]:
+        idx = self.predict_proba(inputs, batch_size, progress).argmax(-1).tolist()
+        return [self.label_names[i] for i in idx]
+
+    def evaluate(self, data, batch_size: int = 128, progress: bool = False) -> dict[str, float]:
+        y_true, y_pred, classes = self.predictions(data, batch_size, progress)
+        return classification_metrics(y_true, y_pred, len(self.label_names), classes)
+
+    def predictions(
+        self, data, batch_size: int = 128, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(true, predicted) class indices of ``data`` in this model's numbering, and the
+        classes ``data`` names (labels matched by name: any order, a subset)."""
+        data, classes = data.aligned_to(self.label_names)
+        pred = self.predict_proba(data.inputs, batch_size, progress).argmax(-1).numpy()
+        return np.asarray(data.labels), pred, classes

@@ -26,11 +26,10 @@ from exotune.artifacts import (
 )
 from exotune.boxes.base import model_digest
 from exotune.boxes.loading import DEFAULT_BACKBONE, load_text_encoder
-from exotune.data.text import label_texts
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
-from exotune.tasks.classification import ClassificationConfig, TextClassifier
-from exotune.tasks.heads import LinearHead, PrototypeHead
-from exotune.tasks.model import AdapterModelMixin
+from exotune.tasks.classification import ClassificationConfig
+from exotune.tasks.heads import make_head
+from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
 from exotune.whitebox.config import WhiteBoxConfig
 from exotune.whitebox.encoder import LoraState, WhiteBoxEncoder
 
@@ -38,7 +37,7 @@ ARTIFACT_TYPE = "whitebox-classifier"
 ENCODER_DIR = "encoder"  # full-ft only: the whole fine-tuned encoder, Hugging Face layout
 
 
-class WhiteBoxClassifier(LoraState, AdapterModelMixin, nn.Module):
+class WhiteBoxClassifier(LoraState, ClassifierMixin, AdapterModelMixin, nn.Module):
     """Owned encoder + head. In ``lora`` mode ``state_dict()`` holds only what is trained
     (LoRA tensors and head), like the gray-box classifier; in ``full-ft`` mode, everything."""
 
@@ -71,20 +70,10 @@ class WhiteBoxClassifier(LoraState, AdapterModelMixin, nn.Module):
         self.encoder = WhiteBoxEncoder(
             model, tokenizer, self.whitebox, pooling=pooling, normalize=normalize, max_length=max_length
         )
-        dim, n = self.encoder.output_dim, len(label_names)
-        if self.config.head == "prototype":
-            # LoRA's B starts at zero and nothing is trained yet: this is the frozen encoder,
-            # so step 0 is the zero-shot classifier, exactly as for the gray box.
-            protos = (
-                self.encoder.encode(label_texts(label_names, self.config.label_template))
-                if _init_head
-                else torch.zeros(n, dim)
-            )
-            self.head = PrototypeHead(
-                protos, self.config.temperature, self.config.learn_prototypes, self.config.learn_temperature
-            )
-        else:
-            self.head = LinearHead(dim, n)
+        # LoRA's B starts at zero and nothing is trained yet: prototypes from this encoder make
+        # step 0 the zero-shot classifier, exactly as for the gray box.
+        encode = self.encoder.encode if _init_head else None
+        self.head = make_head(self.config, self.label_names, self.encoder.output_dim, encode)
 
     @classmethod
     def from_backbone(
@@ -109,14 +98,6 @@ class WhiteBoxClassifier(LoraState, AdapterModelMixin, nn.Module):
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         return self.head(self.encoder(texts))  # (B, C)
-
-    # -- the training-loop protocol: the gray-box classifier's, shared rather than copied ----
-
-    loss = TextClassifier.loss
-    predict_proba = TextClassifier.predict_proba
-    predict = TextClassifier.predict
-    evaluate = TextClassifier.evaluate
-    predictions = TextClassifier.predictions
 
     # -- artifacts ------------------------------------------------------------------------------
 
