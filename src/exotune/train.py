@@ -17,6 +17,7 @@ import math
 import random
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from exotune.artifacts import (
     verify_folder,
     write_folder,
 )
+from exotune.averaging import ParameterAverage
 from exotune.batching import grouped_batches
 from exotune.callbacks import TrainerCallback, check_report_to, loggers
 from exotune.cards import card_context, update_run_info
@@ -72,6 +74,9 @@ class TrainConfig(ConfigBase):
     lr_tokens: float | None = None  # extra tokens and entry tokens
     lr_output: float | None = None  # output adapter
     lr_head: float | None = None  # the task's own tensors (head, temperature) and all else
+    # Evaluate, select and save an exponential moving average of the trainable tensors (the
+    # decay per step, e.g. 0.995); None: the live tensors.
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
@@ -87,6 +92,8 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.ema is not None and (isinstance(self.ema, bool) or not 0 < self.ema < 1):
+            raise ConfigError(f"ema must be a decay in (0, 1) or None, got {self.ema!r}")
         for group in PARAMETER_GROUPS:
             rate = getattr(self, f"lr_{group}")
             if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
@@ -257,6 +264,7 @@ class Trainer:
             "done": False,
         }
         self._best_state = None
+        self._average = ParameterAverage(model, cfg.ema) if cfg.ema else None
         if resume:
             state, self._best_state = self._load_last(model, optimizer, scheduler, state)
         distributed.broadcast_parameters(params)
@@ -335,6 +343,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self._scaler.step(optimizer)  # float16: skipped when a gradient overflowed
                 self._scaler.update()
+                if self._average is not None:
+                    self._average.update(model)
                 rates = [g["lr"] for g in optimizer.param_groups]  # the rates this step took
                 scheduler.step()
                 step_seconds.append(time.perf_counter() - t0)
@@ -350,33 +360,8 @@ class Trainer:
                     state["train_seconds"] = time.perf_counter() - t_start
                     self._save_last(model, optimizer, scheduler, state, self._best_state)
             bar.close()
-            # rank 0 evaluates and tells the others, so that every rank takes the same decisions
-            metrics = distributed.agree(model.evaluate, val, batch_size=cfg.eval_batch_size)
-            if cfg.select_metric not in metrics:
-                raise ConfigError(f"select_metric {cfg.select_metric!r} not in {sorted(metrics)}")
-            score = metrics[cfg.select_metric]
-            self._call("on_evaluate", {"epoch": epoch + 1, **metrics})
-            state["history"].append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": float(np.mean(losses)) if losses else None,
-                    **{f"val_{k}": v for k, v in metrics.items()},
-                }
-            )
-            self._call("on_epoch", dict(state["history"][-1]))
-            if score > state["best_metric"]:
-                state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
-                self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if self._writes:
-                    update_run_info(metrics={"validation": metrics}, best_epoch=epoch + 1)  # the model card's
-                    model.save_pretrained(self.output_dir / BEST)
-            else:
-                state["bad_epochs"] += 1
-            if self._show:
-                note(
-                    f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
-                    f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})"
-                )
+            with self._averaged(model):  # the average (if any) is what is evaluated, kept and saved
+                self._evaluate(model, val, losses, epoch, state)
             state["epoch"] += 1
             state["step_in_epoch"] = 0
             if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
@@ -384,6 +369,40 @@ class Trainer:
             state["train_seconds"] = time.perf_counter() - t_start
             if self._writes:
                 self._save_last(model, optimizer, scheduler, state, self._best_state)
+
+    def _averaged(self, model):
+        return nullcontext() if self._average is None else self._average.swapped(model)
+
+    def _evaluate(self, model, val, losses: list[float], epoch: int, state: dict) -> None:
+        """Score the epoch's model on validation; keep (and save) it when it is the best yet."""
+        cfg = self.config
+        # rank 0 evaluates and tells the others, so that every rank takes the same decisions
+        metrics = distributed.agree(model.evaluate, val, batch_size=cfg.eval_batch_size)
+        if cfg.select_metric not in metrics:
+            raise ConfigError(f"select_metric {cfg.select_metric!r} not in {sorted(metrics)}")
+        score = metrics[cfg.select_metric]
+        self._call("on_evaluate", {"epoch": epoch + 1, **metrics})
+        state["history"].append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)) if losses else None,
+                **{f"val_{k}": v for k, v in metrics.items()},
+            }
+        )
+        self._call("on_epoch", dict(state["history"][-1]))
+        if score > state["best_metric"]:
+            state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
+            self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self._writes:
+                update_run_info(metrics={"validation": metrics}, best_epoch=epoch + 1)  # the model card's
+                model.save_pretrained(self.output_dir / BEST)
+        else:
+            state["bad_epochs"] += 1
+        if self._show:
+            note(
+                f"epoch {epoch + 1}: loss {state['history'][-1]['train_loss']:.4f}, "
+                f"val {cfg.select_metric} {score:.4f} (best {state['best_metric']:.4f})"
+            )
 
     def _step_info(self, state: dict, epoch: int, loss: float, rates: list[float]) -> dict:
         info = {"step": state["global_step"], "epoch": epoch + 1, "loss": loss, "lr": rates[0]}
@@ -417,6 +436,7 @@ class Trainer:
             "best": best_state,
             "rng": torch.get_rng_state(),
             "scaler": self._scaler.state_dict(),
+            "average": None if self._average is None else self._average.state_dict(),
         }  # float16: the scale reached; else empty
         skeleton, tensors = flatten_state(tree)
         meta = {"state": state, "config": self.config.to_dict(), "skeleton": skeleton}
@@ -460,6 +480,8 @@ class Trainer:
             optimizer.load_state_dict(tree["optimizer"])
             scheduler.load_state_dict(tree["scheduler"])
             restore_scaler(self._scaler, tree.get("scaler"), str(file))
+            if self._average is not None and tree.get("average") is not None:
+                self._average.load_state_dict(tree["average"], str(file))
         torch.set_rng_state(rng)
         if self._show:
             note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, step {meta['state']['global_step']}")

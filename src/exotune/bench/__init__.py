@@ -100,6 +100,9 @@ def run_suite(args: BenchOptions) -> int:
             budget.lr = lr
         else:
             budget.method_lr[method] = lr
+    if hasattr(budget, "train_options"):
+        options = {"ema": args.ema} if args.ema else {}
+        budget.train_options.update(options, **({"group_by_length": False} if args.no_group_by_length else {}))
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     extra = {
         "backbone": args.backbone or "all-MiniLM-L6-v2",

@@ -56,6 +56,8 @@ class Budget:
     dataset_max_train: dict[str, int] = field(default_factory=lambda: {"sst2": 4000})
     dataset_max_val: dict[str, int] = field(default_factory=lambda: {"sst2": 2000})
     probe_cs: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    # TrainConfig options of every trained method beyond rates and budget (ema, group_by_length)
+    train_options: dict = field(default_factory=dict)
     group_lr: dict[str, float] = field(default_factory=dict)  # "dga.tokens": 5e-2 (see bench.graymethods)
 
     def lr_for(self, method: str) -> float:
@@ -77,8 +79,9 @@ class Budget:
         out = {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val") and (k != "group_lr" or v)
-        }  # runs logged before group rates still match
+            if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val")
+            and (k not in ("group_lr", "train_options") or v)
+        }  # runs logged before group rates (and train options) still match
         return {**out, "train_cap": self.train_cap(dataset), "val_cap": self.val_cap(dataset)}
 
 
@@ -231,7 +234,14 @@ def _fit(model, train, val, test, budget: Budget, lrs: dict, seed: int) -> dict:
     ``lrs``: the ``TrainConfig`` rates (``lr`` and any per-group ``lr_tokens``, ...)."""
     from exotune.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, patience=budget.patience, seed=seed, **lrs)
+    cfg = TrainConfig(
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        patience=budget.patience,
+        seed=seed,
+        **lrs,
+        **budget.train_options,
+    )
     result = Trainer(cfg, progress=False).fit(model, train, val)
     rec = {
         "trainable_params": model.num_trainable(),

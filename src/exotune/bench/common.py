@@ -38,6 +38,8 @@ class BenchOptions:
     out_dir: str | None = None
     quick: bool = False
     fresh: bool = False
+    ema: float | None = None  # TrainConfig.ema for every trained method
+    no_group_by_length: bool = False
     # the user's own data (exotune.bench.sources): labelled text files, or a BEIR folder
     file: str | None = None
     val_file: str | None = None

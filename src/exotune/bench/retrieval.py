@@ -64,6 +64,8 @@ class Budget:
     max_test: int | None = None
     max_corpus: int | None = None  # quick runs: judged documents + a random sample of the rest
     doc_side: str = "output-only"  # RetrievalConfig.doc_side
+    # TrainConfig options of every trained method beyond rates and budget (ema, group_by_length)
+    train_options: dict = field(default_factory=dict)
     group_lr: dict[str, float] = field(default_factory=dict)  # "dga.tokens": 5e-2 (see bench.graymethods)
 
     def lr_for(self, method: str) -> float:
@@ -79,8 +81,9 @@ class Budget:
         out = asdict(self)
         if self.method_lr == METHOD_LR:
             del out["method_lr"]
-        if not self.group_lr:
-            del out["group_lr"]
+        for key in ("group_lr", "train_options"):  # runs logged before them still match
+            if not out[key]:
+                del out[key]
         return out
 
 
@@ -238,6 +241,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
             seed=seed,
             select_metric="ndcg@10",
             **lrs,
+            **budget.train_options,
         )
         result = Trainer(cfg, progress=False).fit(model, train, val)
         rec.update(

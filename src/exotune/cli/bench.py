@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.bench import classification, retrieval
     from exotune.bench.common import RESULTS_DIR
-    from exotune.cli.common import positive_int
+    from exotune.cli.common import add_averaging_args, positive_int
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
     p.add_argument(
@@ -66,6 +66,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         f"retrieval {_rates(RETRIEVAL)}); of a parameter group: dga.tokens=5e-2 (every gray-box "
         "method), lga.tokens=5e-2 (LGA only); groups: input, tokens, output, head",
     )
+    add_averaging_args(p)
     p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
     p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument(

@@ -40,6 +40,17 @@ def entry_points_arg(value: str) -> str | list[int]:
     return layers
 
 
+def decay(value: str) -> float:
+    """A decay per step in (0, 1), e.g. of a moving average."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), e.g. 0.995, got {value!r}")
+    return number
+
+
 def positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -452,6 +463,23 @@ def entry_tokens_config(args):
     )
 
 
+def add_averaging_args(p) -> None:
+    """How batches are drawn and what is evaluated: ``train`` and ``bench`` share these."""
+    p.add_argument(
+        "--ema",
+        type=decay,
+        default=None,
+        metavar="DECAY",
+        help="evaluate, select and save a moving average of the trained tensors (decay per step, e.g. "
+        "0.995; default: the tensors as trained)",
+    )
+    p.add_argument(
+        "--no-group-by-length",
+        action="store_true",
+        help="draw batches of mixed lengths (default: batches of similar lengths, less padding)",
+    )
+
+
 def train_config(args):
     from exotune.train import TrainConfig
 
@@ -467,6 +495,8 @@ def train_config(args):
         lr_tokens=args.lr_tokens,
         lr_output=args.lr_output,
         lr_head=args.lr_head,
+        ema=args.ema,
+        group_by_length=not args.no_group_by_length,
     )
 
 

@@ -7,6 +7,7 @@ import argparse
 from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.common import (
     ENTRY_TOKENS,
+    add_averaging_args,
     add_box_args,
     add_data_args,
     add_split_files_args,
@@ -136,6 +137,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
             metavar="LR",
             help=f"peak learning rate of {what} (default: --lr)",
         )
+    add_averaging_args(t)
     t.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="learning-rate schedule after warm-up")
     t.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")
     t.add_argument(
