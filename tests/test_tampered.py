@@ -209,6 +209,7 @@ CHECKPOINT_ATTACKS = {
     "rng a float tensor": (_tensors(lambda s: s.update({_first(s, "rng"): torch.zeros(3)})), "rng"),
     "epoch a string": (_meta(lambda m: m["state"].update(epoch="one")), "state.epoch"),
     "global step negative": (_meta(lambda m: m["state"].update(global_step=-5)), "state.global_step"),
+    "loop state missing a key": (_meta(lambda m: m["state"].pop("bad_epochs")), "state.bad_epochs"),
     "skeleton names a missing tensor": (_meta(lambda m: m.update(skeleton={"__tensor__": "nope"})), "nope"),
 }
 

@@ -40,6 +40,7 @@ from exotune.averaging import ParameterAverage
 from exotune.batching import grouped_batches
 from exotune.callbacks import TrainerCallback, check_report_to, loggers
 from exotune.cards import card_context, update_run_info
+from exotune.checkpoints import check_loop_state, check_optimizer_state, extend_state
 from exotune.configs import ConfigBase
 from exotune.devices import autocast, check_precision, grad_scaler, resolve_device, restore_scaler
 from exotune.errors import ArtifactError, ConfigError
@@ -453,7 +454,7 @@ class Trainer:
         meta = read_json(folder / "trainer_state.json")
         with saved_config(folder / "trainer_state.json"):
             saved = TrainConfig.from_dict(json_object(meta, "config"))
-            _check_state(json_object(meta, "state"), state)
+            check_loop_state(json_object(meta, "state"), state)
         changed = [
             f.name
             for f in fields(TrainConfig)
@@ -461,7 +462,7 @@ class Trainer:
         ]
         if changed:
             raise ConfigError(f"cannot resume from {folder}: training settings differ ({', '.join(changed)})")
-        _extend_state(saved, self.config, meta["state"], folder)  # more epochs: the schedule spans the new total
+        extend_state(saved, self.config, meta["state"], folder)  # more epochs: the schedule spans the new total
         file = folder / "checkpoint.safetensors"
         with saved_config(file):
             tree = unflatten_state(meta["skeleton"], read_tensors(file), str(file))
@@ -475,7 +476,7 @@ class Trainer:
                 or rng.shape != torch.get_rng_state().shape
             ):
                 raise ArtifactError(f"{file}: rng is not a random generator state")
-            _check_optimizer_state(tree["optimizer"], optimizer, file)
+            check_optimizer_state(tree["optimizer"], optimizer, file)
             model.load_state_dict(tree["model"])
             optimizer.load_state_dict(tree["optimizer"])
             scheduler.load_state_dict(tree["scheduler"])
@@ -486,50 +487,3 @@ class Trainer:
         if self._show:
             note(f"resumed from {folder} at epoch {meta['state']['epoch'] + 1}, step {meta['state']['global_step']}")
         return meta["state"], tree["best"]
-
-
-def _extend_state(saved: TrainConfig, config: TrainConfig, state: dict, folder: Path) -> bool:
-    """Whether resuming with ``config.epochs`` extends the run in ``folder`` (more epochs than
-    it was given); refuse fewer epochs than it has run. An extended run that had stopped
-    (last epoch, or patience) continues, its patience counted afresh."""
-    if config.epochs == saved.epochs:
-        return False
-    if config.epochs < state["epoch"]:
-        raise ConfigError(
-            f"cannot resume from {folder} with epochs={config.epochs}: it has run {state['epoch']} epochs already"
-        )
-    if config.schedule == "onecycle":
-        raise ConfigError(f"cannot change the epochs of {folder}: a onecycle schedule is fixed to its total steps")
-    state.update(done=False, bad_epochs=0)
-    return True
-
-
-def _check_state(saved: dict, fresh: dict) -> None:
-    """A checkpoint's loop state has the keys of a fresh one, each of the same type."""
-    for key, value in fresh.items():
-        got = saved[key]
-        kind = (int, float) if isinstance(value, float) else type(value)
-        if not isinstance(got, kind) or (isinstance(got, bool) and not isinstance(value, bool)):
-            raise ConfigError(f"state.{key} must be a {type(value).__name__}, got {got!r:.80}")
-        if isinstance(got, int) and not isinstance(got, bool) and key != "best_epoch" and got < 0:
-            raise ConfigError(f"state.{key} must be >= 0, got {got}")
-
-
-def _check_optimizer_state(saved, optimizer, file) -> None:
-    """Every saved moment has the shape of its parameter, and is finite."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
-        raise ArtifactError(f"{file}: optimizer state is malformed")
-    for index, entry in saved["state"].items():
-        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
-            raise ArtifactError(f"{file}: optimizer state names parameter {index!r:.40}, which does not exist")
-        for name, t in entry.items():
-            if (
-                isinstance(t, torch.Tensor)
-                and t.ndim
-                and (t.shape != params[index].shape or not t.is_floating_point() or not bool(torch.isfinite(t).all()))
-            ):
-                raise ArtifactError(
-                    f"{file}: optimizer state {name!r} of parameter {index} does not fit it "
-                    f"(shape {tuple(t.shape)}, dtype {t.dtype})"
-                )
