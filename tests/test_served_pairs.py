@@ -12,7 +12,7 @@ pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
 
 from exotune.boxes.loading import load_clip_boxes  # noqa: E402
 from exotune.boxes.remote import connect  # noqa: E402
-from exotune.errors import SpecMismatchError  # noqa: E402
+from exotune.errors import ConfigError, SpecMismatchError  # noqa: E402
 from exotune.graybox import DGAConfig, EntryTokensConfig  # noqa: E402
 from exotune.tasks.image_text import ImageTextRetriever  # noqa: E402
 
@@ -93,4 +93,54 @@ def test_dga_and_lga_train_through_a_served_pair_and_reload(folders, family, lga
     for other in others:
         with pytest.raises(SpecMismatchError):
             ImageTextRetriever.from_pretrained(tmp_path / "adapter", *served(folders, other))
+    capsys.readouterr()
+
+
+# -- the model's own scale: BLIP's learned temperature, SigLIP's logit scale and bias ----------
+
+
+def blip_with_temperature(folder, temp: float = 0.05):
+    """A BLIP retrieval checkpoint that keeps its learned temperature ``temp`` (as the original
+    BLIP retrieval model does; the transformers class drops it on load)."""
+    model, tokenizer = build_pair("blip")
+    model.register_buffer("temp", torch.tensor(temp))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_blip_states_its_learned_temperature_and_the_task_starts_from_it(folders, tmp_path):
+    import math
+
+    from exotune.boxes.pairs import blip_boxes
+    from exotune.tasks.image_text import ImageTextConfig
+
+    pair = load_clip_boxes(str(blip_with_temperature(tmp_path / "blip-temp")))
+    assert pair.text.spec.pair_loss == pair.image.spec.pair_loss
+    assert pair.text.spec.pair_loss.kind == "softmax" and pair.text.spec.pair_loss.scale == pytest.approx(20.0)
+    model = ImageTextRetriever(*pair)
+    assert model.log_scale.item() == pytest.approx(math.log(20.0)) and model.log_scale.requires_grad
+    assert model.config.temperature == pytest.approx(0.05) and model.config.loss == "infonce"  # saved resolved
+    chosen = ImageTextRetriever(*pair, config=ImageTextConfig(temperature=0.1))
+    assert chosen.log_scale.item() == pytest.approx(math.log(10.0))  # the user's choice wins
+    in_memory = build_pair("blip")[0]
+    in_memory.register_buffer("temp", torch.tensor(0.05))
+    assert blip_boxes(in_memory, build_pair("blip")[1]).text.spec.pair_loss.scale == pytest.approx(20.0)
+    plain = load_clip_boxes(str(folders["blip"]))  # a checkpoint without one: no scale stated, the default
+    assert plain.text.spec.pair_loss is None and "pair_loss" not in plain.text.spec.to_dict()
+    assert ImageTextRetriever(*plain).config.temperature == pytest.approx(0.02)
+    assert plain.text.spec.model_digest != pair.text.spec.model_digest  # the temperature is the model's
+    with pytest.raises(ConfigError, match="temperature must be"):
+        ImageTextConfig(temperature=0.0)
+
+
+def test_served_pairs_carry_their_models_scale(folders, tmp_path, capsys):
+    import math
+
+    folders = {**folders, "blip-temp": blip_with_temperature(tmp_path / "blip-temp", temp=0.04)}
+    blip = ImageTextRetriever(*served(folders, "blip-temp"))
+    assert blip.log_scale.item() == pytest.approx(math.log(25.0)) and blip.config.loss == "infonce"
+    siglip = ImageTextRetriever(*served(folders, "siglip"))
+    assert siglip.config.loss == "sigmoid" and not siglip.log_scale.requires_grad
+    assert siglip.log_scale.exp().item() == pytest.approx(10.0) and siglip.logit_bias.item() == pytest.approx(-5.0)
     capsys.readouterr()
