@@ -144,3 +144,21 @@ def test_served_pairs_carry_their_models_scale(folders, tmp_path, capsys):
     assert siglip.config.loss == "sigmoid" and not siglip.log_scale.requires_grad
     assert siglip.log_scale.exp().item() == pytest.approx(10.0) and siglip.logit_bias.item() == pytest.approx(-5.0)
     capsys.readouterr()
+
+
+def test_a_siglip2_checkpoint_is_refused_by_name(tmp_path):
+    import transformers as hf
+
+    from exotune.boxes.loading import load_image_box
+
+    if not hasattr(hf, "Siglip2Model"):
+        pytest.skip("this transformers has no Siglip2Model")
+    from .conftest import VISION
+
+    text = dict(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    vision = {k: v for k, v in VISION.items() if k != "image_size"}
+    config = hf.Siglip2Config(text_config=text, vision_config={**vision, "num_hidden_layers": 1})
+    hf.Siglip2Model(config).save_pretrained(tmp_path / "siglip2")
+    for load in (load_clip_boxes, load_image_box):
+        with pytest.raises(ConfigError, match=r"SigLIP2 \(siglip2\).*NaFlex.*supported image-text families: CLIP"):
+            load(str(tmp_path / "siglip2"))

@@ -185,11 +185,11 @@ def load_image_box(name_or_path: str, owner_secret: str | bytes | None = None, *
     from transformers import AutoModel
 
     from exotune.boxes.image import VisionEncoderBox
-    from exotune.boxes.pairs import PAIRS
+    from exotune.boxes.pairs import PAIRS, UNFIT
 
     source, _, local = _local_source(name_or_path)
     model_type = _model_type(source, local)
-    if model_type in PAIRS:
+    if model_type in PAIRS or model_type in UNFIT:  # the pair's image tower, or its refusal
         return _load_hf_clip(source, local, model_type, **options).image
     (model,) = from_pretrained(source, local, AutoModel.from_pretrained)
     data = _processor_dict(source)  # read once: both the preprocessing and the input size

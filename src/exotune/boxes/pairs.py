@@ -216,10 +216,19 @@ PAIRS = {
 }
 
 
+# image-text families a box cannot serve, and why
+UNFIT = {
+    "siglip2": "a SigLIP2 (siglip2) model cannot be served as boxes: its vision tower takes patches with "
+    "a patch mask and their spatial shapes (NaFlex), not a fixed-size image",
+}
+
+
 def pair_family(model_type: str) -> PairFamily:
     """The image-text family of a ``config.model_type``; a ConfigError names the supported ones."""
+    names = ", ".join(f"{f.name} ({t})" for t, f in PAIRS.items())
+    if model_type in UNFIT:
+        raise ConfigError(f"{UNFIT[model_type]}; supported image-text families: {names}")
     if model_type not in PAIRS:
-        names = ", ".join(f"{f.name} ({t})" for t, f in PAIRS.items())
         raise ConfigError(
             f"a {model_type or 'model without a model_type'!r} model is not an image-text pair "
             f"with a text tower; supported image-text families: {names}"
