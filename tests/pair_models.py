@@ -81,7 +81,9 @@ def build_pair(family: str, folder: Path | None = None, seed: int = 0):
                 encoder_hidden_size=32,
                 **TEXT,
             ),
-            vision_config=VISION,
+            # BLIP's vision default draws its weights at std 1e-10: image features near zero,
+            # whose normalisation would blow every gradient up
+            vision_config={**VISION, "initializer_range": 0.02},
             image_text_hidden_size=16,
         )
         model = hf.BlipForImageTextRetrieval(config).eval()

@@ -61,6 +61,7 @@ class Channel:
         self.url = url.rstrip("/")
         self.config = config or RemoteConfig()
         token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._token = token  # kept for the server's other boxes (``at``); never shown
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._owns_client = client is None  # a client passed in keeps its own timeouts
         self._client = client if client is not None else httpx.Client(timeout=self.config.timeout_s)
@@ -76,6 +77,11 @@ class Channel:
             self.server = dict(info.get("server") or {})
         except (KeyError, TypeError, ValueError) as err:
             raise RemoteError(f"{self.url}/v1/spec did not describe a box ({err})") from err
+
+    def at(self, url: str) -> Channel:
+        """A channel to another box of the same server (a prompt's), at ``url``, with the same
+        token, settings and HTTP client."""
+        return Channel(url, self._token, config=self.config, client=self._client)
 
     def close(self) -> None:
         if self._owns_client:

@@ -137,7 +137,40 @@ def _load_hf_clip(source: str, local: bool, model_type: str, **options):
 
     family = pair_family(model_type)
     model, tokenizer = from_pretrained(source, local, family.loader(), AutoTokenizer.from_pretrained)
+    for name, tensor in checkpoint_tensors(source, family.kept).items():
+        if not hasattr(model, name):  # the class dropped it on load: the model's all the same
+            model.register_buffer(name, tensor.to(next(model.parameters()).device))
     return family.boxes(model, tokenizer, image=processor_image_spec(source), **options)
+
+
+def checkpoint_tensors(source: str, names: tuple[str, ...]) -> dict:
+    """The tensors called ``names`` in the checkpoint's safetensors weights (a folder or the
+    hub cache, one file or shards), those that are there."""
+    if not names:
+        return {}
+    import json
+
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def find(filename: str) -> str | None:
+        try:
+            return cached_file(source, filename, _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            return None
+
+    index = find("model.safetensors.index.json")
+    where = json.loads(Path(index).read_text())["weight_map"] if index else {}
+    found = {}
+    for name in names:
+        file = where.get(name) if index else "model.safetensors"
+        path = find(file) if file else None
+        if path is None:
+            continue
+        with safe_open(path, framework="pt") as weights:
+            if name in weights.keys():  # noqa: SIM118 - a safetensors file, not a dict
+                found[name] = weights.get_tensor(name)
+    return found
 
 
 def load_image_box(name_or_path: str, owner_secret: str | bytes | None = None, **options):
@@ -152,11 +185,11 @@ def load_image_box(name_or_path: str, owner_secret: str | bytes | None = None, *
     from transformers import AutoModel
 
     from exotune.boxes.image import VisionEncoderBox
-    from exotune.boxes.pairs import PAIRS
+    from exotune.boxes.pairs import PAIRS, UNFIT
 
     source, _, local = _local_source(name_or_path)
     model_type = _model_type(source, local)
-    if model_type in PAIRS:
+    if model_type in PAIRS or model_type in UNFIT:  # the pair's image tower, or its refusal
         return _load_hf_clip(source, local, model_type, **options).image
     (model,) = from_pretrained(source, local, AutoModel.from_pretrained)
     data = _processor_dict(source)  # read once: both the preprocessing and the input size

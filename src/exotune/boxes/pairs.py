@@ -10,7 +10,9 @@ Every pair's two boxes share the digest of the whole model and follow its own co
   [CLS]. Both specs carry the model's sigmoid loss: its logit scale and bias.
 * **BLIP** (the image-text contrastive part of ``BlipForImageTextRetrieval``): the text
   encoder's [CLS] state through ``text_proj``, the vision model's [CLS] state through
-  ``vision_proj``; softmax InfoNCE, as CLIP.
+  ``vision_proj``; softmax InfoNCE, as CLIP. A checkpoint that keeps the retrieval model's
+  learned temperature (``temp``, which the transformers class drops on load; the loader reads
+  it back) states its logit scale, ``1 / temp``, in both specs: the task starts from it.
 """
 
 from __future__ import annotations
@@ -137,6 +139,15 @@ def blip_text_tower(model: nn.Module, tokenizer) -> TextTower:
     )
 
 
+def blip_pair_loss(model: nn.Module) -> PairLoss | None:
+    """Softmax at the BLIP retrieval model's learned temperature, if it has one (``temp``)."""
+    temp = getattr(model, "temp", None)
+    if temp is None:
+        return None
+    with torch.no_grad():  # read before the text box casts the model (dtype=)
+        return PairLoss("softmax", scale=1.0 / float(temp))
+
+
 def blip_boxes(
     model: nn.Module,
     tokenizer,
@@ -150,6 +161,7 @@ def blip_boxes(
 ) -> BoxPair:
     """The image-text contrastive part of a ``BlipForImageTextRetrieval`` as a (text, image) pair."""
     digest = pair_digest(model, digest, owner_secret)
+    loss = blip_pair_loss(model)
     text = CLIPTextBox(
         blip_text_tower(model, tokenizer),
         digest=digest,
@@ -165,18 +177,22 @@ def blip_boxes(
         owner_secret=owner_secret,
         **tower_options(options, image_options),
     )
-    return BoxPair(text, vision)
+    pair = BoxPair(text, vision)
+    return with_pair_loss(pair, loss) if loss is not None else pair
 
 
 @dataclass(frozen=True)
 class PairFamily:
     """An image-text family: the transformers class holding both towers, and its pair builder.
-    ``architectures``: the checkpoint classes it accepts (empty: any of its model type)."""
+    ``architectures``: the checkpoint classes it accepts (empty: any of its model type);
+    ``kept``: tensors of the checkpoint the class drops on load but the builder reads (the
+    loader puts them back on the model as buffers)."""
 
     name: str
     model_class: str
     build: Callable[..., BoxPair]
     architectures: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
     def loader(self) -> Callable:
         import transformers
@@ -196,14 +212,23 @@ class PairFamily:
 PAIRS = {
     "clip": PairFamily("CLIP", "CLIPModel", clip_boxes),
     "siglip": PairFamily("SigLIP", "SiglipModel", siglip_boxes, ("SiglipModel",)),
-    "blip": PairFamily("BLIP", "BlipForImageTextRetrieval", blip_boxes, ("BlipForImageTextRetrieval",)),
+    "blip": PairFamily("BLIP", "BlipForImageTextRetrieval", blip_boxes, ("BlipForImageTextRetrieval",), ("temp",)),
+}
+
+
+# image-text families a box cannot serve, and why
+UNFIT = {
+    "siglip2": "a SigLIP2 (siglip2) model cannot be served as boxes: its vision tower takes patches with "
+    "a patch mask and their spatial shapes (NaFlex), not a fixed-size image",
 }
 
 
 def pair_family(model_type: str) -> PairFamily:
     """The image-text family of a ``config.model_type``; a ConfigError names the supported ones."""
+    names = ", ".join(f"{f.name} ({t})" for t, f in PAIRS.items())
+    if model_type in UNFIT:
+        raise ConfigError(f"{UNFIT[model_type]}; supported image-text families: {names}")
     if model_type not in PAIRS:
-        names = ", ".join(f"{f.name} ({t})" for t, f in PAIRS.items())
         raise ConfigError(
             f"a {model_type or 'model without a model_type'!r} model is not an image-text pair "
             f"with a text tower; supported image-text families: {names}"

@@ -18,7 +18,7 @@ from exotune.boxes.base import Box, TokenBatch
 from exotune.boxes.http import TOKEN_ENV, Channel, RemoteConfig, check_texts, get
 from exotune.boxes.served import ServedCalls, entry_inputs, sorted_entries, wire_name
 from exotune.boxes.spec import GRAY
-from exotune.errors import RemoteError
+from exotune.errors import ConfigError, RemoteError
 
 __all__ = ["TOKEN_ENV", "RemoteBox", "RemoteConfig", "connect"]
 
@@ -54,6 +54,16 @@ class RemoteBox(ServedCalls, Box):
         self._http = channel if channel is not None else Channel(url, token, config=config, client=client)
         self.url, self.config, self.stats = self._http.url, self._http.config, self._http.stats
         self.spec, self.server = self._http.spec, self._http.server
+        self._root = self.url  # the server's default box: its prompts are under /prompt/<name>
+
+    def prompted(self, name: str) -> RemoteBox:
+        """The same served model with its owner's prompt ``name`` before every text (applied on
+        the owner's side, as ``TextEncoderBox.prompted``)."""
+        if name not in self.spec.prompts:
+            raise ConfigError(f"this box has no prompt {name!r}; it has {sorted(self.spec.prompts) or 'none'}")
+        other = RemoteBox(self._root, channel=self._http.at(f"{self._root}/prompt/{name}"))
+        other._root = self._root
+        return other
 
     # -- the box interface ------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ def add_retrieval_args(p: argparse.ArgumentParser) -> None:
         "--temperature",
         type=float,
         default=None,
-        help="InfoNCE temperature at start (default: 0.05; image-retrieval: 0.02)",
+        help="InfoNCE temperature at start (default: 0.05; image-retrieval: the model's own when it states "
+        "one, a BLIP checkpoint's learned temperature, else 0.02)",
     )
     g.add_argument("--fixed-temperature", action="store_true", help="do not learn the temperature")
     g.add_argument(

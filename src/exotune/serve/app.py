@@ -9,6 +9,7 @@ hangs up is one log line, not an error.
 import asyncio
 import logging  # no "from __future__ import annotations": FastAPI reads the route annotations
 import math
+import re
 import time
 from typing import Annotated
 
@@ -185,6 +186,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
+PROMPT_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # the owner's prompts served under /prompt/<name>
 JSON_ENCODE_MAX = 64  # texts /v1/encode answers as JSON when asked; more travel as safetensors
 
 
@@ -258,11 +260,13 @@ def create_app(
     model_name: str | None = None,
     *,
     gate: TokenGate | None = None,
+    prompts: bool = True,
 ) -> FastAPI:
     """An ASGI app serving ``box`` at its access level to holders of ``tokens`` (an image box
     takes pixels); ``gate``: one shared with other boxes of the same server. A text box also
     answers the OpenAI routes, naming the model ``model_name`` (default: ``exotune-`` and the
-    digest's first 12)."""
+    digest's first 12). With ``prompts``, a text box with prompts of its owner's serves each as
+    the same box under ``/prompt/<name>`` (``RemoteBox.prompted``), sharing the gate."""
     config = config or ServeConfig()
     gate = gate if gate is not None else _gate(tokens, config)
     service = (PixelBoxService if box.spec.modality == "image" else BoxService)(box, config, gate)
@@ -331,4 +335,9 @@ def create_app(
         body = await read_json(request, limit)
         return tensors(await run(who, service.scores, who, body))
 
+    if prompts and hasattr(box, "prompted"):
+        for name in box.spec.prompts:
+            if PROMPT_NAME.fullmatch(name):  # a name a URL path carries as it is
+                sub = create_app(box.prompted(name), tokens, config, model_name, gate=gate, prompts=False)
+                app.mount(f"/prompt/{name}", sub)
     return app

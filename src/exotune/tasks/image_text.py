@@ -38,13 +38,16 @@ LOSSES = ("auto", "infonce", "sigmoid")
 # SigLIP's starting logit scale and bias, for a user who owns them (the box states none, or the
 # user chooses): a low enough start that most of a batch's negative pairs begin near 0
 SIGMOID_INIT = (10.0, -10.0)
+# InfoNCE's start when the pair states no scale: CLIP's logit scale ends at its ceiling, 100
+# (temperature 0.01); start below it, where the clamped scale still has a gradient both ways
+DEFAULT_TEMPERATURE = 0.02
 
 
 @dataclass
 class ImageTextConfig(ConfigBase):
-    # CLIP's logit scale ends at its ceiling, 100 (temperature 0.01); start below it, where the
-    # clamped scale still has a gradient both ways
-    temperature: float = 0.02
+    # InfoNCE's temperature at start; None: the model's own when the pair's spec states it (a BLIP
+    # checkpoint's learned one), else DEFAULT_TEMPERATURE
+    temperature: float | None = None
     learn_temperature: bool = True
     # "auto": the pair's own loss (a SigLIP pair's spec says sigmoid; InfoNCE otherwise)
     loss: str = "auto"
@@ -55,16 +58,16 @@ class ImageTextConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        for name in ("logit_scale", "logit_bias"):
+        for name in ("temperature", "logit_scale", "logit_bias"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             ):
                 raise ConfigError(f"{name} must be a finite number or None, got {value!r}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.logit_scale is not None and not self.logit_scale > 0:
             raise ConfigError(f"logit_scale must be > 0, got {self.logit_scale}")
 
@@ -108,6 +111,9 @@ class ImageTextRetriever(AdapterModelMixin, nn.Module):
         pair = text_box.spec.pair_loss or image_box.spec.pair_loss
         if config.loss == "auto":  # saved resolved: a reloaded adapter trains on as it did
             config = dataclasses.replace(config, loss="sigmoid" if pair and pair.kind == "sigmoid" else "infonce")
+        if config.temperature is None:  # the same: the start is saved
+            own = pair is not None and pair.kind == "softmax" and pair.scale > 0
+            config = dataclasses.replace(config, temperature=1.0 / pair.scale if own else DEFAULT_TEMPERATURE)
         self.config = config
         self.text_tower = GrayBoxModel(text_box, self.text_dga)
         self.image_tower = self.build_visual_tower(image_box, self.image_dga)
