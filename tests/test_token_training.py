@@ -122,6 +122,19 @@ def test_bench_names_for_token_training():
         graymethods.parse("dga-output-only-rpt8")
 
 
+def test_bench_names_set_the_extra_tokens(light_box):
+    shift_only = graymethods.parse("lga-8-x0")
+    assert shift_only.variant == "tokens=8+extra=0"
+    model = GrayBoxModel(light_box, shift_only.dga_config(light_box))
+    assert model.input_adapter.config == TextShiftConfig(extra_tokens=0)
+    assert model.added_tokens == 8  # the entry tokens' positions only
+    two = graymethods.parse("dga-x2-lowrank4").input_config()
+    assert (two.extra_tokens, two.rank) == (2, 4)
+    assert graymethods.parse("dga-both").input_config() is None  # the default adapter
+    with pytest.raises(ConfigError, match="no input adapter"):
+        graymethods.parse("dga-output-only-x0")
+
+
 def test_cli_token_options(tiny_backbone, tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in LABELS))

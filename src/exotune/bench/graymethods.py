@@ -4,7 +4,10 @@ configuration, so that a sweep can ask for any point of the grid by name:
 - ``dga``, ``dga-both``, ``dga-input-only``, ``dga-output-only``: the text-shift input adapter;
 - ``lga-N`` (N entry tokens at every layer), ``lga-N-upper`` (the upper half of the layers);
   ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both);
-- any of them with ``-lowrankR`` (``-lowrankR-gelu``, ``-relu``, ``-tanh``): the token-lowrank
+- any of them with ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
+  token alone, so that nothing of the adapter's own enters the box's mean pooling, whose share
+  would shrink as texts grow), e.g. ``dga-both-x0``, ``lga-8-x0``;
+- then ``-lowrankR`` (``-lowrankR-gelu``, ``-relu``, ``-tanh``): the token-lowrank
   input adapter of rank R (the shift token and the extra token kept), e.g. ``dga-lowrank16``,
   ``lga-4-upper-lowrank8``;
 - then ``-rptH``: the extra tokens and entry tokens re-parameterised by a residual MLP of width H
@@ -25,6 +28,7 @@ from exotune.errors import ConfigError
 
 _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?)?)"
+    r"(?:-x(?P<extra>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?$"
 )
@@ -39,6 +43,7 @@ class GrayMethod:
     upper: bool = False  # entry tokens in the upper half of the layers only
     rank: int | None = None  # token-lowrank input adapter
     activation: str = "none"
+    extra: int | None = None  # extra tokens of the input adapter (None: its default)
     reparam: int = 0  # residual MLP over the tokens while training
     init: str = "random"  # graybox.tokens.TOKEN_INITS
 
@@ -54,16 +59,18 @@ class GrayMethod:
     def variant(self) -> str:
         """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
-        extras = [] if self.rank is None else [self.input_config().variant_name]
+        extras = [f"extra={self.extra}"] * (self.extra is not None)
+        extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
         return "+".join([base, *extras])
 
     def input_config(self):
         from exotune.graybox.input_adapters import TextShiftConfig, TokenLowRankConfig
 
+        extra = {} if self.extra is None else {"extra_tokens": self.extra}
         if self.rank is not None:
-            return TokenLowRankConfig(rank=self.rank, activation=self.activation, reparam=self.reparam)
-        return TextShiftConfig(reparam=self.reparam) if self.reparam else None  # None: the default
+            return TokenLowRankConfig(rank=self.rank, activation=self.activation, reparam=self.reparam, **extra)
+        return TextShiftConfig(reparam=self.reparam, **extra) if self.reparam or extra else None  # None: the default
 
     def init_tokens(self, tower, label_names: list[str] | None, texts: list[str]) -> None:
         """Start ``tower``'s tokens from words (``init``): class names or the texts' frequent words."""
@@ -104,6 +111,8 @@ def parse(name: str) -> GrayMethod | None:
     rank = None if m["rank"] is None else int(m["rank"])
     if rank is not None and (rank < 1 or m["side"] == "output-only"):
         raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
+    if m["extra"] is not None and m["side"] == "output-only":
+        raise ConfigError(f"{name}: -x sets the input adapter's extra tokens; DGA (output-only) has no input adapter")
     if (m["rpt"] or m["init"]) and m["side"] == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
     return GrayMethod(
@@ -113,6 +122,7 @@ def parse(name: str) -> GrayMethod | None:
         upper=bool(m["upper"]),
         rank=rank,
         activation=m["act"] or "none",
+        extra=None if m["extra"] is None else int(m["extra"]),
         reparam=int(m["rpt"] or 0),
         init=m["init"] or "random",
     )
