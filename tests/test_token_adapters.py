@@ -227,3 +227,39 @@ def test_steps_suite_takes_gray_names(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["bench", "steps", "--methods", "svm", "--out-dir", str(tmp_path)]) == 2
     assert "no method 'svm'" in capsys.readouterr().err
+
+
+def test_copies_of_the_extra_tokens_follow_each_text_and_keep_its_share(tiny_box):
+    from exotune.graybox.input_adapters import TextShiftConfig
+
+    adapter = build_adapter("input", TextShiftConfig(extra_tokens=2, copies_per=3), tiny_box.spec)
+    with torch.no_grad():
+        adapter.extra.normal_()
+    texts = ["the red car is very fast today", "blue"]
+    batch = tiny_box.embed(texts)
+    lengths = batch.mask.sum(1).tolist()
+    embeds, mask = adapter(batch.embeds, batch.mask)
+    for row, n in enumerate(lengths):
+        copies = -(-n // 3)
+        assert mask[row].tolist() == [1] * (n + 2 * copies) + [0] * (mask.shape[1] - n - 2 * copies)
+        torch.testing.assert_close(embeds[row, :n], batch.embeds[row, :n] + adapter.shift)  # the text stays put
+        torch.testing.assert_close(embeds[row, n : n + 2 * copies], adapter.extra.repeat(copies, 1))
+    # a text's output does not depend on what else is in its batch
+    model = GrayBoxModel(tiny_box, DGAConfig.variant("input-only", TextShiftConfig(extra_tokens=2, copies_per=3)))
+    with torch.no_grad():
+        model.input_adapter.extra.normal_()
+    together = model(texts)
+    alone = torch.cat([model([t]) for t in texts])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    together.sum().backward()
+    assert model.input_adapter.extra.grad.abs().sum() > 0
+
+
+def test_copies_need_extra_tokens_and_a_mean_pooling_box(tiny_box):
+    from exotune.graybox.input_adapters import TextShiftConfig
+
+    with pytest.raises(ConfigError, match="extra_tokens"):
+        TextShiftConfig(extra_tokens=0, copies_per=4)
+    cls_spec = dataclasses.replace(tiny_box.spec, pooling="cls")
+    with pytest.raises(ConfigError, match="mean-pooling"):
+        build_adapter("input", TextShiftConfig(copies_per=4), cls_spec)

@@ -131,6 +131,8 @@ def test_bench_names_set_the_extra_tokens(light_box):
     two = graymethods.parse("dga-x2-lowrank4").input_config()
     assert (two.extra_tokens, two.rank) == (2, 4)
     assert graymethods.parse("dga-both").input_config() is None  # the default adapter
+    copies = graymethods.parse("lga-8-c4")
+    assert (copies.variant, copies.input_config()) == ("tokens=8+copies/4", TextShiftConfig(copies_per=4))
     with pytest.raises(ConfigError, match="no input adapter"):
         graymethods.parse("dga-output-only-x0")
 

@@ -7,6 +7,8 @@ configuration, so that a sweep can ask for any point of the grid by name:
 - any of them with ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
   token alone, so that nothing of the adapter's own enters the box's mean pooling, whose share
   would shrink as texts grow), e.g. ``dga-both-x0``, ``lga-8-x0``;
+- then ``-cN``: the extra tokens after each text, one copy of them per N of its tokens, so that
+  they keep their share of a mean-pooled output on long texts, e.g. ``dga-both-c4``;
 - then ``-lowrankR`` (``-lowrankR-gelu``, ``-relu``, ``-tanh``): the token-lowrank
   input adapter of rank R (the shift token and the extra token kept), e.g. ``dga-lowrank16``,
   ``lga-4-upper-lowrank8``;
@@ -28,7 +30,7 @@ from exotune.errors import ConfigError
 
 _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?)?)"
-    r"(?:-x(?P<extra>\d+))?"
+    r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?$"
 )
@@ -44,6 +46,7 @@ class GrayMethod:
     rank: int | None = None  # token-lowrank input adapter
     activation: str = "none"
     extra: int | None = None  # extra tokens of the input adapter (None: its default)
+    copies: int = 0  # one copy of the extra tokens per this many text tokens, after the text
     reparam: int = 0  # residual MLP over the tokens while training
     init: str = "random"  # graybox.tokens.TOKEN_INITS
 
@@ -59,7 +62,7 @@ class GrayMethod:
     def variant(self) -> str:
         """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
-        extras = [f"extra={self.extra}"] * (self.extra is not None)
+        extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
         return "+".join([base, *extras])
@@ -68,6 +71,7 @@ class GrayMethod:
         from exotune.graybox.input_adapters import TextShiftConfig, TokenLowRankConfig
 
         extra = {} if self.extra is None else {"extra_tokens": self.extra}
+        extra.update({"copies_per": self.copies} if self.copies else {})
         if self.rank is not None:
             return TokenLowRankConfig(rank=self.rank, activation=self.activation, reparam=self.reparam, **extra)
         return TextShiftConfig(reparam=self.reparam, **extra) if self.reparam or extra else None  # None: the default
@@ -111,7 +115,7 @@ def parse(name: str) -> GrayMethod | None:
     rank = None if m["rank"] is None else int(m["rank"])
     if rank is not None and (rank < 1 or m["side"] == "output-only"):
         raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
-    if m["extra"] is not None and m["side"] == "output-only":
+    if (m["extra"] is not None or m["copies"]) and m["side"] == "output-only":
         raise ConfigError(f"{name}: -x sets the input adapter's extra tokens; DGA (output-only) has no input adapter")
     if (m["rpt"] or m["init"]) and m["side"] == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
@@ -123,6 +127,7 @@ def parse(name: str) -> GrayMethod | None:
         rank=rank,
         activation=m["act"] or "none",
         extra=None if m["extra"] is None else int(m["extra"]),
+        copies=int(m["copies"] or 0),
         reparam=int(m["rpt"] or 0),
         init=m["init"] or "random",
     )

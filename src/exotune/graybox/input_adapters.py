@@ -31,13 +31,17 @@ class TextShiftConfig(ConfigBase):
 
     The extra tokens are inserted where the box says (``spec.insert_at``: right after the first
     token, [CLS], or after the owner's prompt) so that they sit at the same positions in every
-    sequence of a padded batch.
+    sequence of a padded batch. With ``copies_per`` N > 0 they go after each text instead, one
+    copy of them per N of its tokens: a mean-pooling box then gives them the same share of its
+    output, about k / (N + k), however long the text (once, their share shrinks as texts grow,
+    so an adapter trained on short texts says less on long ones).
     """
 
     shift: bool = True
     extra_tokens: int = 1
     init_std: float = 0.02
     reparam: int = 0  # hidden width of the tokens' residual MLP while training (graybox.tokens); 0: none
+    copies_per: int = 0  # one copy of the extra tokens per this many text tokens, after the text; 0: once
 
     def __post_init__(self) -> None:
         _check_tokens(self)
@@ -51,6 +55,9 @@ def _check_tokens(config) -> None:
     if not config.init_std >= 0:
         raise ConfigError(f"init_std must be >= 0, got {config.init_std}")
     check_int(config, "reparam", 0, MAX_WIDTH)
+    check_int(config, "copies_per", 0, MAX_TOKENS)
+    if config.copies_per and not config.extra_tokens:
+        raise ConfigError("copies_per copies the extra tokens: give extra_tokens >= 1")
 
 
 @register_adapter("input", "text-shift", TextShiftConfig, modalities=("text",))
@@ -59,6 +66,12 @@ class TextShiftAdapter(nn.Module):
         super().__init__()
         self.config = config
         self.at = spec.insert_at
+        if config.copies_per and spec.pooling != "mean":
+            raise ConfigError(
+                f"copies_per places tokens after the text for a mean-pooling box; this box pools by {spec.pooling!r}"
+            )
+        # the most positions it adds, for the longest text the box reads
+        self._added = config.extra_tokens * (-(-spec.text_max_length // config.copies_per) if config.copies_per else 1)
         dim = spec.input_dim
         self.shift = nn.Parameter(torch.zeros(dim)) if config.shift else None  # zero: identity at start
         self.extra = (
@@ -69,7 +82,7 @@ class TextShiftAdapter(nn.Module):
 
     @property
     def added_tokens(self) -> int:
-        return self.config.extra_tokens
+        return self._added
 
     def token_parameters(self) -> list[nn.Parameter]:
         """The tokens and their re-parameterisation (the ``tokens`` parameter group); the rest is
@@ -91,6 +104,8 @@ class TextShiftAdapter(nn.Module):
         # embeds (B, T, D), mask (B, T)
         if self.shift is not None:
             embeds = embeds + self.shift * mask.unsqueeze(-1).to(embeds.dtype)  # pads stay untouched
+        if self.extra is not None and self.config.copies_per:
+            return self._append_copies(embeds, mask)
         if self.extra is not None:
             b, k = embeds.shape[0], self.extra.shape[0]
             extra = self.extra_tokens().unsqueeze(0).expand(b, k, -1)  # (B, k, D)
@@ -99,6 +114,21 @@ class TextShiftAdapter(nn.Module):
             ones = torch.ones(b, k, dtype=mask.dtype, device=mask.device)
             mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)  # (B, T + k)
         return embeds, mask
+
+    def _append_copies(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right after each text's last token, ceil(length / copies_per) copies of the extra
+        tokens (the text's own positions unchanged); pads after them."""
+        b, t, d = embeds.shape
+        lengths = mask.sum(dim=1)  # (B,): texts start at position 0, pads follow
+        copies = (lengths + self.config.copies_per - 1) // self.config.copies_per  # (B,)
+        block = self.extra_tokens().repeat(int(copies.max()), 1)  # (C * k, D)
+        n = block.shape[0]
+        out = torch.cat([embeds, embeds.new_zeros(b, n, d)], dim=1)  # (B, T + C k, D)
+        slots = lengths.unsqueeze(1) + torch.arange(n, device=mask.device)  # (B, C k)
+        out = out.scatter(1, slots.unsqueeze(-1).expand(b, n, d), block.unsqueeze(0).expand(b, n, d))
+        ends = lengths + copies * self.extra.shape[0]  # (B,)
+        new_mask = (torch.arange(t + n, device=mask.device) < ends.unsqueeze(1)).to(mask.dtype)
+        return out, new_mask
 
 
 TOKEN_ACTIVATIONS = {"none": None, "gelu": nn.functional.gelu, "relu": torch.relu, "tanh": torch.tanh}
@@ -116,6 +146,7 @@ class TokenLowRankConfig(ConfigBase):
     extra_tokens: int = 1
     init_std: float = 0.02
     reparam: int = 0  # as TextShiftConfig's
+    copies_per: int = 0  # as TextShiftConfig's
 
     def __post_init__(self) -> None:
         _check_tokens(self)
