@@ -20,7 +20,7 @@ from exotune.tasks.video_text import VideoTextRetriever
 from exotune.train import TrainConfig, Trainer
 from exotune.whitebox import WhiteBoxClassifier
 
-from .conftest import colour_data
+from .conftest import colour_data, draw_shape
 
 TASK_MODELS = [
     TextClassifier,
@@ -102,3 +102,25 @@ def test_classifiers_take_their_methods_and_heads_from_one_place():
     assert torch.allclose(head.prototypes, torch.full((2, 4), 0.5))  # normalised
     assert isinstance(make_head(ClassificationConfig(head="linear"), ["a", "b"], 4), LinearHead)
     assert torch.equal(make_head(ClassificationConfig(), ["a", "b"], 4).prototypes, torch.zeros(2, 4))
+
+
+def test_the_image_classifier_is_its_own_class_and_its_folders_keep_their_keys(tiny_image_box, tmp_path):
+    from exotune.tasks.classification import BoxClassifierMixin, ClassificationConfig
+
+    assert not issubclass(ImageClassifier, TextClassifier)  # shared through the mixins only
+    for cls in (TextClassifier, ImageClassifier):
+        for name in ("build_classifier", "forward", "to_config_dict", "from_pretrained"):
+            assert getattr(cls, name).__qualname__.startswith("BoxClassifierMixin."), (cls.__name__, name)
+    assert issubclass(ImageClassifier, BoxClassifierMixin) and not hasattr(ImageClassifier, "encode")
+    torch.manual_seed(0)
+    model = ImageClassifier(tiny_image_box, ["round", "square"], None, ClassificationConfig(head="linear"))
+    path = model.save_pretrained(tmp_path / "adapter")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    assert config["type"] == "dga-image-classifier" and config["task"]["type"] == "classification"
+    assert set(config) >= {"type", "library_version", "access", "box_fingerprint", "box_spec", "dga", "task"}
+    assert set(config["task"]) == {"type", "labels", *ClassificationConfig().to_dict()}
+    loaded = ImageClassifier.from_pretrained(path, tiny_image_box)
+    images = [draw_shape("circle", "red"), draw_shape("square", "blue")]
+    assert torch.equal(loaded.predict_proba(images), model.predict_proba(images))
+    with pytest.raises(ArtifactError, match="expected"):
+        TextClassifier.from_pretrained(path, tiny_image_box)
