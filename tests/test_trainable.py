@@ -36,7 +36,7 @@ TASK_MODELS = [
 @pytest.mark.parametrize("cls", TASK_MODELS, ids=lambda c: c.__name__)
 def test_every_task_model_takes_the_shared_half_from_the_mixin(cls):
     assert issubclass(cls, AdapterModelMixin) and issubclass(cls, Trainable)
-    for name in ("trainable_parameters", "num_trainable", "save_pretrained", "read_config"):
+    for name in ("trainable_parameters", "num_trainable", "save_pretrained", "read_config", "load_folder"):
         assert getattr(cls, name).__qualname__.startswith("AdapterModelMixin."), name  # written once
     assert isinstance(cls.adapter_type, str)
 
@@ -124,3 +124,31 @@ def test_the_image_classifier_is_its_own_class_and_its_folders_keep_their_keys(t
     assert torch.equal(loaded.predict_proba(images), model.predict_proba(images))
     with pytest.raises(ArtifactError, match="expected"):
         TextClassifier.from_pretrained(path, tiny_image_box)
+
+
+BOXES_TAKEN = {  # how many boxes each from_pretrained takes positionally
+    TextClassifier: 1,
+    ImageClassifier: 1,
+    DualEncoder: 1,
+    ImageTextRetriever: 2,
+    VideoTextRetriever: 2,
+    SketchPhotoRetriever: 1,
+}
+
+
+@pytest.mark.parametrize("cls", list(BOXES_TAKEN), ids=lambda c: c.__name__)
+def test_every_from_pretrained_goes_through_the_one_loader(cls, monkeypatch, tmp_path):
+    """Folder, checksums, type, the boxes' fingerprints and the tensors: one path
+    (``AdapterModelMixin.load_folder``), each model adding only its ``from_config``."""
+    calls = []
+
+    def record(path, box, **other_boxes):
+        calls.append((path, box, other_boxes))
+        raise LookupError
+
+    monkeypatch.setattr(cls, "load_folder", record)
+    boxes = [object() for _ in range(BOXES_TAKEN[cls])]
+    with pytest.raises(LookupError):
+        cls.from_pretrained(tmp_path, *boxes)
+    assert len(calls) == 1 and calls[0][1] in boxes
+    assert "from_config" in {name for klass in cls.__mro__ for name in vars(klass)}

@@ -384,7 +384,7 @@ def saved_options(args, key: str = "box", served: bool | None = None) -> dict:
     """Options that rebuild the ``key`` box ``--adapter`` was trained against, for a box loaded
     here; none for a served one (``served``, default ``--remote``): it exposes what its owner
     chose, under names that may hide its layers."""
-    from exotune.tasks.classification import saved_box_options
+    from exotune.tasks.artifacts import saved_box_options
 
     return {} if (args.remote if served is None else served) else saved_box_options(args.adapter, key)
 
@@ -392,7 +392,7 @@ def saved_options(args, key: str = "box", served: bool | None = None) -> dict:
 def adapter_box(args):
     """The box an adapter was trained against: served (``--remote``), loaded from ``--backbone``
     with the same entry points, or, with neither, the backbone the adapter names."""
-    from exotune.tasks.classification import saved_box_options
+    from exotune.tasks.artifacts import saved_box_options
 
     if args.remote:
         return open_box(args)

@@ -14,26 +14,12 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import (
-    CONFIG_NAME,
-    json_object,
-    read_json,
-    saved_config,
-    verify_folder,
-)
 from exotune.boxes.base import Box, BoxBase
-from exotune.boxes.entry_points import entry_point_options
 from exotune.configs import ConfigBase, check_field_types
-from exotune.errors import ArtifactError, ConfigError
+from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import (
-    box_entries,
-    given_or_saved_box,
-    load_trained_state,
-    read_adapter_config,
-    saved_spec_of,
-)
+from exotune.tasks.artifacts import box_entries, given_or_saved_box
 from exotune.tasks.encoding import encode_texts
 from exotune.tasks.heads import HEADS, make_head
 from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
@@ -57,18 +43,6 @@ class ClassificationConfig(ConfigBase):
             raise ConfigError(f"label_template must contain '{{}}', got {self.label_template!r}")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-
-
-def saved_box_options(path: str | Path, key: str = "box") -> dict:
-    """``load_box`` options that rebuild the box an adapter was trained against: its entry
-    points (they are part of the spec's fingerprint). Empty for a DGA adapter. ``key`` names
-    the box in a folder trained against two (``"text_box"`` of an image-text retriever)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ArtifactError(f"adapter folder {path} does not exist")
-    verify_folder(path)
-    cfg = read_json(path / CONFIG_NAME)
-    return entry_point_options(saved_spec_of(cfg, key, path / CONFIG_NAME).entry_points)
 
 
 class BoxClassifierMixin:
@@ -127,18 +101,12 @@ class BoxClassifierMixin:
     def from_pretrained(cls, path: str | Path, box: BoxBase | None = None, *, remote: str | None = None):
         """The adapter in ``path`` on ``box``; without one, on the box the folder names (the
         backbone it was trained on, or the served box at ``remote``), fingerprint checked."""
-        path = Path(path)
-        box = given_or_saved_box(path, box, remote)
-        cfg = read_adapter_config(path, cls.adapter_type, box)
-        with saved_config(path / CONFIG_NAME):
-            task = json_object(cfg, "task")
-            labels = task.pop("labels")
-            task.pop("type", None)
-            model = cls(
-                box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task), _init_head=False
-            )
-        load_trained_state(model, path)
-        return model
+        return cls.load_folder(path, given_or_saved_box(path, box, remote))
+
+    @classmethod
+    def from_config(cls, cfg: dict, task: dict, box: BoxBase):
+        labels = task.pop("labels")
+        return cls(box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task), _init_head=False)
 
 
 class TextClassifier(BoxClassifierMixin, ClassifierMixin, AdapterModelMixin, nn.Module):
