@@ -152,3 +152,14 @@ def test_every_from_pretrained_goes_through_the_one_loader(cls, monkeypatch, tmp
         cls.from_pretrained(tmp_path, *boxes)
     assert len(calls) == 1 and calls[0][1] in boxes
     assert "from_config" in {name for klass in cls.__mro__ for name in vars(klass)}
+
+
+def test_the_text_models_share_one_encode(tiny_box):
+    from exotune.tasks.encoding import TextEncoderMixin
+
+    assert TextClassifier.encode is DualEncoder.encode is TextEncoderMixin.encode
+    classifier, retriever = TextClassifier(tiny_box, ["red", "blue"]), DualEncoder(tiny_box)
+    assert classifier.encoding_tower is classifier.encoder and retriever.encoding_tower is retriever.query_tower
+    texts = ["a red car", "a blue sky"]
+    assert torch.allclose(classifier.encode(texts, convert_to="torch"), classifier.encoder(texts), atol=1e-5)
+    assert retriever.encode("a red car").shape == (tiny_box.spec.output_dim,)

@@ -20,7 +20,7 @@ from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries, given_or_saved_box
-from exotune.tasks.encoding import encode_texts
+from exotune.tasks.encoding import TextEncoderMixin
 from exotune.tasks.heads import HEADS, make_head
 from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
 
@@ -109,7 +109,7 @@ class BoxClassifierMixin:
         return cls(box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task), _init_head=False)
 
 
-class TextClassifier(BoxClassifierMixin, ClassifierMixin, AdapterModelMixin, nn.Module):
+class TextClassifier(TextEncoderMixin, BoxClassifierMixin, ClassifierMixin, AdapterModelMixin, nn.Module):
     """Adapted text box + head (``BoxClassifierMixin``); ``encode`` gives the adapted
     embeddings. The prototype head starts from the class names encoded by ``label_box``
     (default: the box itself), which must give outputs as wide as the box's.
@@ -129,24 +129,7 @@ class TextClassifier(BoxClassifierMixin, ClassifierMixin, AdapterModelMixin, nn.
         super().__init__()
         self.build_classifier(box, label_names, dga, config or ClassificationConfig(), _init_head, label_box)
 
-    def encode(
-        self,
-        texts: str | list[str],
-        batch_size: int = 32,
-        normalize: bool = False,
-        convert_to: str = "numpy",
-        progress: bool = False,
-    ):
-        """The adapted encoder's embeddings of ``texts`` (before the head): (N, O) as numpy (or
-        torch, ``convert_to="torch"``), L2-normalised with ``normalize``; one text: (O,)."""
-        return encode_texts(
-            self,
-            self.encoder,
-            texts,
-            batch_size=batch_size,
-            max_batch=self.box.spec.limits.max_batch,
-            dim=self.box.spec.output_dim,
-            normalize=normalize,
-            convert_to=convert_to,
-            progress=progress,
-        )
+    @property
+    def encoding_tower(self) -> GrayBoxModel:
+        """What ``encode`` runs: the adapted box, before the head."""
+        return self.encoder

@@ -24,7 +24,7 @@ from exotune.errors import ConfigError, DataError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries, given_or_saved_box
-from exotune.tasks.encoding import encode_texts
+from exotune.tasks.encoding import TextEncoderMixin
 from exotune.tasks.metrics import retrieval_metrics
 from exotune.tasks.model import AdapterModelMixin
 
@@ -223,7 +223,7 @@ class TwoTowerRetriever(AdapterModelMixin, nn.Module):
         return torch.cat([tower(part) for part in self.box.spec.limits.batches(texts)])  # the owner's limit
 
 
-class DualEncoder(TwoTowerRetriever):
+class DualEncoder(TextEncoderMixin, TwoTowerRetriever):
     """A query tower and a document tower over the same box, each with its own DGA adapters
     (or one shared tower). Everything in ``state_dict()`` belongs to the user."""
 
@@ -273,27 +273,10 @@ class DualEncoder(TwoTowerRetriever):
             "task": {"type": "retrieval", **asdict(self.config)},
         }
 
-    def encode(
-        self,
-        texts: str | list[str],
-        batch_size: int = 32,
-        normalize: bool = False,
-        convert_to: str = "numpy",
-        progress: bool = False,
-    ):
-        """The query tower's embeddings of ``texts``: (N, O) as numpy (or torch), L2-normalised
-        with ``normalize`` (search normalises); one text: (O,)."""
-        return encode_texts(
-            self,
-            self.query_tower,
-            texts,
-            batch_size=batch_size,
-            max_batch=self.box.spec.limits.max_batch,
-            dim=self.box.spec.output_dim,
-            normalize=normalize,
-            convert_to=convert_to,
-            progress=progress,
-        )
+    @property
+    def encoding_tower(self) -> GrayBoxModel:
+        """What ``encode`` runs: the query tower (search normalises its embeddings)."""
+        return self.query_tower
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: Box | None = None, *, remote: str | None = None) -> DualEncoder:
