@@ -17,3 +17,21 @@ def one_blas_thread():
 
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+def write_csv(path, data):
+    """``data`` (texts, labels, label names) as a ``text,label`` CSV at ``path``."""
+    rows = "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
+    path.write_text("text,label\n" + rows)
+    return path
+
+
+FAST_FIT = ["--clusters", "2", "--cv-folds", "2", "--val-fraction", "0.3"]  # small and quick
+
+
+def ea_fit(train, lm: list[str], out, *extra: str) -> int:
+    """``exotune ea fit`` of the CSV ``train`` with the LM arguments ``lm`` into ``out``, at the
+    tests' small settings (``FAST_FIT``); its exit code."""
+    from exotune.cli import main
+
+    return main(["ea", "fit", "--file", str(train), *lm, "--output-dir", str(out), *FAST_FIT, *extra])

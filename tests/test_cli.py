@@ -10,7 +10,7 @@ import torch
 
 from exotune import cli
 from exotune.cli import COMMANDS, main
-from exotune.cli.common import dga_config
+from exotune.cli.configs import dga_config
 from exotune.errors import DataError
 from exotune.graybox import adapter_names, registry
 from exotune.graybox.registry import get_entry

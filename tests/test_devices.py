@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from exotune.boxes import load_box
-from exotune.cli import common as cli_common
+from exotune.cli import boxes as cli_boxes
 from exotune.cli import main
 from exotune.devices import (
     DEVICE_CHOICES,
@@ -83,7 +83,7 @@ def test_dtypes_and_precisions():
 
 
 def test_the_command_line_knows_the_same_choices():
-    assert cli_common.PRECISIONS == PRECISIONS and cli_common.DEVICE_CHOICES == DEVICE_CHOICES
+    assert cli_boxes.PRECISIONS == PRECISIONS and cli_boxes.DEVICE_CHOICES == DEVICE_CHOICES
 
 
 # -- the box: its device and format ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from exotune.cli import main
 from exotune.ea import ServedBoxClient
 
 from .conftest import colour_data
+from .ea_fakes import ea_fit, write_csv
 
 LABELS = ["red", "blue", "green"]
 TEXTS = ["the car is red", "a blue sky", "green leaf is small"]
@@ -39,10 +40,7 @@ def test_a_bf16_box_keeps_its_answers_apart_in_the_cache(tiny_backbone):
 
 def write_train(path):
     data = colour_data(60, seed=1)
-    path.write_text(
-        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
-    )
-    return path, data
+    return write_csv(path, data), data
 
 
 def test_ea_fit_and_predict_with_a_box_here_in_bf16(tiny_backbone, tmp_path, capsys, monkeypatch):
@@ -56,26 +54,7 @@ def test_ea_fit_and_predict_with_a_box_here_in_bf16(tiny_backbone, tmp_path, cap
     train, data = write_train(tmp_path / "train.csv")
     out = tmp_path / "ea"
     lm = ["--lm", "box", "--model", str(tiny_backbone), "--returns", "scores", "--device", "cpu", "--precision", "bf16"]
-    assert (
-        main(
-            [
-                "ea",
-                "fit",
-                "--file",
-                str(train),
-                *lm,
-                "--output-dir",
-                str(out),
-                "--clusters",
-                "2",
-                "--cv-folds",
-                "2",
-                "--val-fraction",
-                "0.3",
-            ]
-        )
-        == 0
-    )
+    assert ea_fit(train, lm, out) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["precision"] == "bf16" and summary["device"] == "cpu" and summary["probe"]["calls"] == 60
     assert seen[-1] == {"access": "black", "device": "cpu", "precision": "bf16"}

@@ -8,14 +8,7 @@ import pytest
 
 from exotune.cli import main
 
-from .ea_fakes import FakeOpenAI, colour_task, one_blas_thread  # noqa: F401
-
-
-def write_csv(path, data):
-    path.write_text(
-        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
-    )
-    return path
+from .ea_fakes import FakeOpenAI, colour_task, ea_fit, one_blas_thread, write_csv  # noqa: F401
 
 
 @pytest.mark.parametrize("cmd", ["fit", "predict", "report"])
@@ -32,26 +25,7 @@ def test_ea_fit_predict_report(tmp_path, capsys):
     out = tmp_path / "ea"
     with FakeOpenAI() as server:
         lm = ["--lm", "openai-chat", "--base-url", server.base_url, "--model", "fake", "--max-retries", "1"]
-        assert (
-            main(
-                [
-                    "ea",
-                    "fit",
-                    "--file",
-                    str(train),
-                    *lm,
-                    "--output-dir",
-                    str(out),
-                    "--clusters",
-                    "2",
-                    "--cv-folds",
-                    "2",
-                    "--val-fraction",
-                    "0.3",
-                ]
-            )
-            == 0
-        )
+        assert ea_fit(train, lm, out) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["probe"]["calls"] == 100 and len(server.calls("chat")) == 100
         saved = json.loads((out / "lm.json").read_text())
@@ -145,33 +119,8 @@ def test_ea_fit_unreachable_server_is_a_clean_error(tmp_path, capsys):
 def fit_folder(out, base_url):
     """``ea fit`` on 60 colour rows against ``base_url``: a small EA folder at ``out``."""
     train = write_csv(out.parent / "train.csv", colour_task(60, seed=1))
-    assert (
-        main(
-            [
-                "ea",
-                "fit",
-                "--file",
-                str(train),
-                "--lm",
-                "openai-chat",
-                "--base-url",
-                base_url,
-                "--model",
-                "fake",
-                "--output-dir",
-                str(out),
-                "--clusters",
-                "2",
-                "--cv-folds",
-                "2",
-                "--val-fraction",
-                "0.3",
-                "--max-retries",
-                "0",
-            ]
-        )
-        == 0
-    )
+    lm = ["--lm", "openai-chat", "--base-url", base_url, "--model", "fake", "--max-retries", "0"]
+    assert ea_fit(train, lm, out) == 0
     return out
 
 
@@ -246,33 +195,8 @@ def test_ea_fit_prints_rounded_shares_and_keeps_the_label_template(tmp_path, cap
     train = write_csv(tmp_path / "train.csv", colour_task(60, seed=1))
     out = tmp_path / "ea"
     with FakeOpenAI() as server:
-        assert (
-            main(
-                [
-                    "ea",
-                    "fit",
-                    "--file",
-                    str(train),
-                    "--lm",
-                    "openai-embeddings",
-                    "--base-url",
-                    server.base_url,
-                    "--model",
-                    "emb",
-                    "--label-template",
-                    "the colour {}",
-                    "--output-dir",
-                    str(out),
-                    "--clusters",
-                    "2",
-                    "--cv-folds",
-                    "2",
-                    "--val-fraction",
-                    "0.3",
-                ]
-            )
-            == 0
-        )
+        lm = ["--lm", "openai-embeddings", "--base-url", server.base_url, "--model", "emb"]
+        assert ea_fit(train, [*lm, "--label-template", "the colour {}"], out) == 0
         assert sorted(server.calls("embeddings")[0]) == sorted(f"the colour {c}" for c in colour_task(3).label_names)
     printed = capsys.readouterr().out
     summary = json.loads(printed)

@@ -162,37 +162,16 @@ def test_ea_cli_with_a_served_black_box(tiny_backbone, tmp_path, capsys, monkeyp
     from exotune.cli import main
 
     from .conftest import colour_data
+    from .ea_fakes import ea_fit, write_csv
     from .serve_helpers import TOKEN, running_server
 
     data = colour_data(90, seed=1)
-    train = tmp_path / "train.csv"
-    train.write_text(
-        "text,label\n" + "".join(f"{t},{data.label_names[y]}\n" for t, y in zip(data.texts, data.labels, strict=True))
-    )
+    train = write_csv(tmp_path / "train.csv", data)
     monkeypatch.setenv("EXOTUNE_TOKEN", TOKEN)
     out = tmp_path / "ea"
     with running_server(make_app(load_box(str(tiny_backbone), access="black"))) as url:
         lm = ["--lm", "served-box", "--base-url", url, "--returns", "scores", "--max-retries", "1"]
-        assert (
-            main(
-                [
-                    "ea",
-                    "fit",
-                    "--file",
-                    str(train),
-                    *lm,
-                    "--output-dir",
-                    str(out),
-                    "--clusters",
-                    "2",
-                    "--cv-folds",
-                    "2",
-                    "--val-fraction",
-                    "0.3",
-                ]
-            )
-            == 0
-        )
+        assert ea_fit(train, lm, out) == 0
         assert capsys.readouterr().out.count('"calls": 90') == 1
         assert main(["ea", "predict", "--adapter", str(out), "--text", "the car is red"]) == 2  # not unconfirmed
         assert "--trust-folder-lm" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from exotune.data import TextLabelData
 from exotune.errors import DataError
 
 from .conftest import colour_data
-from .ea_fakes import FakeOpenAI, colour_task, one_blas_thread  # noqa: F401
+from .ea_fakes import FakeOpenAI, colour_task, ea_fit, one_blas_thread  # noqa: F401
 
 
 def test_aligned_to_maps_by_name_and_names_the_unknown():
@@ -69,26 +69,7 @@ def test_ea_report_matches_labels_by_name(tmp_path, capsys):
     out = tmp_path / "ea"
     with FakeOpenAI() as server:
         lm = ["--lm", "openai-chat", "--base-url", server.base_url, "--model", "fake", "--max-retries", "1"]
-        assert (
-            main(
-                [
-                    "ea",
-                    "fit",
-                    "--file",
-                    str(write(tmp_path / "train.csv", train)),
-                    *lm,
-                    "--output-dir",
-                    str(out),
-                    "--clusters",
-                    "2",
-                    "--cv-folds",
-                    "2",
-                    "--val-fraction",
-                    "0.3",
-                ]
-            )
-            == 0
-        )
+        assert ea_fit(write(tmp_path / "train.csv", train), lm, out) == 0
         capsys.readouterr()
         names = list(test.label_names)
         for name, keep, order in (("re", None, names[::-1]), ("sub", set(names[:2]), None)):

@@ -11,7 +11,8 @@ from exotune.boxes.entry_points import entry_point_options
 from exotune.cli import main
 from exotune.errors import AccessError, BoxLimitError, ConfigError, SpecMismatchError
 from exotune.graybox import DGAConfig, EntryTokensConfig, GrayBoxModel
-from exotune.tasks.classification import ClassificationConfig, TextClassifier, saved_box_options
+from exotune.tasks.artifacts import saved_box_options
+from exotune.tasks.classification import ClassificationConfig, TextClassifier
 from exotune.train import TrainConfig, Trainer
 
 from .conftest import backbone_module, colour_data

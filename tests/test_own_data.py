@@ -202,7 +202,7 @@ def test_ea_fit_takes_validation_and_test_files(three_files, tmp_path, capsys):
 
 
 def test_train_options_left_unset_take_the_task_defaults():
-    from exotune.cli.common import fill_train_defaults
+    from exotune.cli.configs import fill_train_defaults
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
     def filled(*extra):

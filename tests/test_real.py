@@ -13,6 +13,7 @@ from exotune.graybox import DGAConfig
 from exotune.tasks.classification import TextClassifier
 from exotune.train import TrainConfig, Trainer
 
+from .bench_helpers import quick_bench
 from .conftest import backbone_module
 
 pytestmark = pytest.mark.real
@@ -89,97 +90,20 @@ def test_cli_train_eval_predict(shared_data, tmp_path, capsys):
 
 def test_bench_quick_smoke(shared_data, tmp_path, capsys):
     out = tmp_path / "results"
-    assert (
-        main(
-            [
-                "bench",
-                "classification",
-                "--quick",
-                "--data-dir",
-                str(shared_data),
-                "--out-dir",
-                str(out),
-                "--methods",
-                "zero-shot",
-                "linear-probe",
-                "dga-both",
-            ]
-        )
-        == 0
-    )
-    doc = json.loads((out / "classification.json").read_text())
-    required = {
-        "dataset",
-        "split",
-        "method",
-        "variant",
-        "access",
-        "metric",
-        "mean",
-        "std",
-        "seeds",
-        "trainable_params",
-        "train_seconds",
-        "seconds_per_step",
-        "peak_memory_mb",
-    }
-    assert {"suite", "command", "date", "machine", "backbone", "records"} <= set(doc)
-    assert all(required <= set(r) for r in doc["records"])
+    doc = quick_bench("classification", shared_data, out, "--methods", "zero-shot", "linear-probe", "dga-both")
     assert {r["method"] for r in doc["records"]} == {"zero-shot", "linear-probe", "dga"}
     assert (out / "classification.md").is_file() and (out / "classification_params.png").is_file()
 
 
-REQUIRED = {
-    "dataset",
-    "split",
-    "method",
-    "variant",
-    "access",
-    "metric",
-    "mean",
-    "std",
-    "seeds",
-    "trainable_params",
-    "train_seconds",
-    "seconds_per_step",
-    "peak_memory_mb",
-}
-
-
-def _doc(out, suite):
-    doc = json.loads((out / f"{suite}.json").read_text())
-    assert {"suite", "command", "date", "machine", "backbone", "records"} <= set(doc)
-    assert all(set(r) >= REQUIRED for r in doc["records"])
-    return doc
-
-
 def test_bench_retrieval_quick_smoke(shared_data, tmp_path):
     out = tmp_path / "results"
-    assert (
-        main(
-            [
-                "bench",
-                "retrieval",
-                "--quick",
-                "--data-dir",
-                str(shared_data),
-                "--out-dir",
-                str(out),
-                "--methods",
-                "zero-shot",
-                "dga-output-only",
-            ]
-        )
-        == 0
-    )
-    doc = _doc(out, "retrieval")
+    doc = quick_bench("retrieval", shared_data, out, "--methods", "zero-shot", "dga-output-only")
     assert {r["metric"] for r in doc["records"]} == {"ndcg@10", "recall@10", "recall@100", "mrr@10"}
 
 
 def test_bench_remote_quick_smoke(shared_data, tmp_path):
     out = tmp_path / "results"
-    assert main(["bench", "remote", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out)]) == 0
-    doc = _doc(out, "remote")
+    doc = quick_bench("remote", shared_data, out)
     acc = {r["variant"]: r["mean"] for r in doc["records"] if r["metric"] == "accuracy"}
     assert abs(acc["local"] - acc["remote"]) <= 0.005  # same seed, same batches, same gradients
     assert all(t["failed"] == 0 for t in doc["throughput"])
@@ -187,8 +111,7 @@ def test_bench_remote_quick_smoke(shared_data, tmp_path):
 
 def test_bench_ea_quick_smoke(shared_data, tmp_path):
     out = tmp_path / "results"
-    assert main(["bench", "ea", "--quick", "--data-dir", str(shared_data), "--out-dir", str(out)]) == 0
-    doc = _doc(out, "ea")
+    doc = quick_bench("ea", shared_data, out)
     methods = {r["method"] for r in doc["records"]}
     assert methods == {"ea", "lm", "ssm", "linear-probe", "lora"}
     assert (out / "ea_cost_quality.png").is_file()
@@ -196,24 +119,7 @@ def test_bench_ea_quick_smoke(shared_data, tmp_path):
 
 def test_bench_steps_quick_smoke(shared_data, tmp_path):
     out = tmp_path / "results"
-    assert (
-        main(
-            [
-                "bench",
-                "steps",
-                "--quick",
-                "--data-dir",
-                str(shared_data),
-                "--out-dir",
-                str(out),
-                "--methods",
-                "dga-both",
-                "lora",
-            ]
-        )
-        == 0
-    )
-    doc = _doc(out, "steps")
+    doc = quick_bench("steps", shared_data, out, "--methods", "dga-both", "lora")
     by = {r["method"]: r for r in doc["records"]}
     assert set(by) == {"dga", "lora"} and all(r["batch_size"] == 8 and r["seconds_per_step"] > 0 for r in by.values())
     assert all(r["trainable_params"] > 0 and r["peak_memory_mb"] > 0 for r in by.values())

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from exotune.artifacts import write_checksums, write_folder
 from exotune.errors import ArtifactError
 from exotune.graybox import DGAConfig, ResidualMLPConfig, TextShiftConfig
-from exotune.tasks.classification import TextClassifier, saved_box_options
+from exotune.tasks.artifacts import saved_box_options
+from exotune.tasks.classification import TextClassifier
 
 from .conftest import colour_data
 

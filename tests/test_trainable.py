@@ -20,7 +20,7 @@ from exotune.tasks.video_text import VideoTextRetriever
 from exotune.train import TrainConfig, Trainer
 from exotune.whitebox import WhiteBoxClassifier
 
-from .conftest import colour_data
+from .conftest import colour_data, draw_shape
 
 TASK_MODELS = [
     TextClassifier,
@@ -36,7 +36,7 @@ TASK_MODELS = [
 @pytest.mark.parametrize("cls", TASK_MODELS, ids=lambda c: c.__name__)
 def test_every_task_model_takes_the_shared_half_from_the_mixin(cls):
     assert issubclass(cls, AdapterModelMixin) and issubclass(cls, Trainable)
-    for name in ("trainable_parameters", "num_trainable", "save_pretrained", "read_config"):
+    for name in ("trainable_parameters", "num_trainable", "save_pretrained", "read_config", "load_folder"):
         assert getattr(cls, name).__qualname__.startswith("AdapterModelMixin."), name  # written once
     assert isinstance(cls.adapter_type, str)
 
@@ -102,3 +102,64 @@ def test_classifiers_take_their_methods_and_heads_from_one_place():
     assert torch.allclose(head.prototypes, torch.full((2, 4), 0.5))  # normalised
     assert isinstance(make_head(ClassificationConfig(head="linear"), ["a", "b"], 4), LinearHead)
     assert torch.equal(make_head(ClassificationConfig(), ["a", "b"], 4).prototypes, torch.zeros(2, 4))
+
+
+def test_the_image_classifier_is_its_own_class_and_its_folders_keep_their_keys(tiny_image_box, tmp_path):
+    from exotune.tasks.classification import BoxClassifierMixin, ClassificationConfig
+
+    assert not issubclass(ImageClassifier, TextClassifier)  # shared through the mixins only
+    for cls in (TextClassifier, ImageClassifier):
+        for name in ("build_classifier", "forward", "to_config_dict", "from_pretrained"):
+            assert getattr(cls, name).__qualname__.startswith("BoxClassifierMixin."), (cls.__name__, name)
+    assert issubclass(ImageClassifier, BoxClassifierMixin) and not hasattr(ImageClassifier, "encode")
+    torch.manual_seed(0)
+    model = ImageClassifier(tiny_image_box, ["round", "square"], None, ClassificationConfig(head="linear"))
+    path = model.save_pretrained(tmp_path / "adapter")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    assert config["type"] == "dga-image-classifier" and config["task"]["type"] == "classification"
+    assert set(config) >= {"type", "library_version", "access", "box_fingerprint", "box_spec", "dga", "task"}
+    assert set(config["task"]) == {"type", "labels", *ClassificationConfig().to_dict()}
+    loaded = ImageClassifier.from_pretrained(path, tiny_image_box)
+    images = [draw_shape("circle", "red"), draw_shape("square", "blue")]
+    assert torch.equal(loaded.predict_proba(images), model.predict_proba(images))
+    with pytest.raises(ArtifactError, match="expected"):
+        TextClassifier.from_pretrained(path, tiny_image_box)
+
+
+BOXES_TAKEN = {  # how many boxes each from_pretrained takes positionally
+    TextClassifier: 1,
+    ImageClassifier: 1,
+    DualEncoder: 1,
+    ImageTextRetriever: 2,
+    VideoTextRetriever: 2,
+    SketchPhotoRetriever: 1,
+}
+
+
+@pytest.mark.parametrize("cls", list(BOXES_TAKEN), ids=lambda c: c.__name__)
+def test_every_from_pretrained_goes_through_the_one_loader(cls, monkeypatch, tmp_path):
+    """Folder, checksums, type, the boxes' fingerprints and the tensors: one path
+    (``AdapterModelMixin.load_folder``), each model adding only its ``from_config``."""
+    calls = []
+
+    def record(path, box, **other_boxes):
+        calls.append((path, box, other_boxes))
+        raise LookupError
+
+    monkeypatch.setattr(cls, "load_folder", record)
+    boxes = [object() for _ in range(BOXES_TAKEN[cls])]
+    with pytest.raises(LookupError):
+        cls.from_pretrained(tmp_path, *boxes)
+    assert len(calls) == 1 and calls[0][1] in boxes
+    assert "from_config" in {name for klass in cls.__mro__ for name in vars(klass)}
+
+
+def test_the_text_models_share_one_encode(tiny_box):
+    from exotune.tasks.encoding import TextEncoderMixin
+
+    assert TextClassifier.encode is DualEncoder.encode is TextEncoderMixin.encode
+    classifier, retriever = TextClassifier(tiny_box, ["red", "blue"]), DualEncoder(tiny_box)
+    assert classifier.encoding_tower is classifier.encoder and retriever.encoding_tower is retriever.query_tower
+    texts = ["a red car", "a blue sky"]
+    assert torch.allclose(classifier.encode(texts, convert_to="torch"), classifier.encoder(texts), atol=1e-5)
+    assert retriever.encode("a red car").shape == (tiny_box.spec.output_dim,)

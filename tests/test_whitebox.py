@@ -262,45 +262,11 @@ def test_budget_caps_and_learning_rates():
 
 @pytest.mark.real
 def test_bench_quick_white_box(shared_data, tmp_path):
-    from exotune.cli import main
+    from .bench_helpers import RECORD_KEYS, quick_bench
 
     out = tmp_path / "results"
-    assert (
-        main(
-            [
-                "bench",
-                "classification",
-                "--quick",
-                "--methods",
-                "lora",
-                "full-ft",
-                "--data-dir",
-                str(shared_data),
-                "--out-dir",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    doc = json.loads((out / "classification.json").read_text())
-    required = {
-        "dataset",
-        "split",
-        "method",
-        "variant",
-        "access",
-        "metric",
-        "mean",
-        "std",
-        "seeds",
-        "trainable_params",
-        "train_seconds",
-        "seconds_per_step",
-        "peak_memory_mb",
-        "eval_examples_per_second",
-        "lr",
-    }
-    assert all(required <= set(r) for r in doc["records"])
+    required = {*RECORD_KEYS, "eval_examples_per_second", "lr"}
+    doc = quick_bench("classification", shared_data, out, "--methods", "lora", "full-ft", record_keys=required)
     assert {(r["method"], r["variant"], r["access"]) for r in doc["records"]} == {
         ("lora", "r=8", "white"),
         ("full-ft", "all", "white"),

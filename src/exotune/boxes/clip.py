@@ -288,20 +288,46 @@ def clip_boxes(
     """
     digest = pair_digest(model, digest, owner_secret)
     size = model.vision_model.config.image_size
-    image = image or openai_image_spec(size if isinstance(size, int) else min(size))
-    text = CLIPTextBox(
+    return tower_boxes(
         hf_text_tower(model, tokenizer),
-        digest=digest,
-        layers_of=model.text_model,
-        owner_secret=owner_secret,
-        **tower_options(options, text_options),
-    )
-    vision = VisionEncoderBox(
+        model.text_model,
         model.vision_model,
+        image=image or openai_image_spec(size if isinstance(size, int) else min(size)),
+        digest=digest,
+        owner_secret=owner_secret,
+        options=(options, text_options, image_options),
         projection=model.visual_projection,
+    )
+
+
+def tower_boxes(
+    text_tower: TextTower,
+    text_layers: nn.Module,
+    vision_model: nn.Module,
+    *,
+    image: ImageSpec,
+    digest: str,
+    owner_secret: str | bytes | None,
+    options: tuple[Mapping, Mapping | None, Mapping | None],
+    **vision,
+) -> BoxPair:
+    """The (text, image) pair every image-text family builds: ``text_tower`` (its layers in
+    ``text_layers``) and ``vision_model`` (``vision``: its projection, pooling) under one digest;
+    ``options`` are those for both towers, then the text tower's and the image tower's own."""
+    both, text_options, image_options = options
+    text = CLIPTextBox(
+        text_tower,
+        digest=digest,
+        layers_of=text_layers,
+        owner_secret=owner_secret,
+        **tower_options(both, text_options),
+    )
+    box = VisionEncoderBox(
+        vision_model,
         image=image,
         digest=digest,
         owner_secret=owner_secret,
-        **tower_options(options, image_options),
+        **vision,
+        **tower_options(both, image_options),
     )
-    return BoxPair(text, vision)
+    return BoxPair(text, box)

@@ -28,15 +28,13 @@ from exotune.boxes.clip import (
     OPENAI_MEAN,
     OPENAI_STD,
     BoxPair,
-    CLIPTextBox,
     TextTower,
     clip_boxes,
     padded_tokenizer,
     pair_digest,
     pick_filler,
-    tower_options,
+    tower_boxes,
 )
-from exotune.boxes.image import VisionEncoderBox
 from exotune.boxes.spec import ImageSpec, PairLoss
 from exotune.errors import ConfigError
 
@@ -98,22 +96,17 @@ def siglip_boxes(
     digest = pair_digest(model, digest, owner_secret)
     with torch.no_grad():  # read before the text box casts the model (dtype=)
         loss = PairLoss("sigmoid", scale=float(model.logit_scale.exp()), bias=float(model.logit_bias))
-    text = CLIPTextBox(
+    pair = tower_boxes(
         siglip_text_tower(model, tokenizer),
-        digest=digest,
-        layers_of=model.text_model,
-        owner_secret=owner_secret,
-        **tower_options(options, text_options),
-    )
-    vision = VisionEncoderBox(
+        model.text_model,
         model.vision_model,
         image=image or SIGLIP_IMAGE,
-        pooling="model",
         digest=digest,
         owner_secret=owner_secret,
-        **tower_options(options, image_options),
+        options=(options, text_options, image_options),
+        pooling="model",
     )
-    return with_pair_loss(BoxPair(text, vision), loss)
+    return with_pair_loss(pair, loss)
 
 
 def blip_text_tower(model: nn.Module, tokenizer) -> TextTower:
@@ -162,22 +155,16 @@ def blip_boxes(
     """The image-text contrastive part of a ``BlipForImageTextRetrieval`` as a (text, image) pair."""
     digest = pair_digest(model, digest, owner_secret)
     loss = blip_pair_loss(model)
-    text = CLIPTextBox(
+    pair = tower_boxes(
         blip_text_tower(model, tokenizer),
-        digest=digest,
-        layers_of=model.text_encoder,
-        owner_secret=owner_secret,
-        **tower_options(options, text_options),
-    )
-    vision = VisionEncoderBox(
+        model.text_encoder,
         model.vision_model,
-        projection=model.vision_proj,
         image=image or BLIP_IMAGE,
         digest=digest,
         owner_secret=owner_secret,
-        **tower_options(options, image_options),
+        options=(options, text_options, image_options),
+        projection=model.vision_proj,
     )
-    pair = BoxPair(text, vision)
     return with_pair_loss(pair, loss) if loss is not None else pair
 
 

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from exotune.cli.common import (
-    adapter_box,
-    fit_and_report,
-    labelled_splits,
-    load_data,
-    on_device,
-    open_box,
-    print_metrics,
-    train_box,
-)
+from exotune.cli.boxes import adapter_box, on_device, open_box, train_box
+from exotune.cli.common import fit_and_report, print_metrics
+from exotune.cli.data import labelled_splits, load_data
 
 
 def train(args, dga, train_cfg) -> int:

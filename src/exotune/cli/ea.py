@@ -8,16 +8,8 @@ import sys
 from pathlib import Path
 
 from exotune.cards import card_context
-from exotune.cli.common import (
-    DEVICE_CHOICES,
-    PRECISIONS,
-    add_data_args,
-    add_split_files_args,
-    add_texts_args,
-    labelled_splits,
-    load_data,
-    read_texts,
-)
+from exotune.cli.boxes import DEVICE_CHOICES, PRECISIONS
+from exotune.cli.data import add_data_args, add_split_files_args, add_texts_args, labelled_splits, load_data, read_texts
 from exotune.cli.runs import data_info
 from exotune.errors import ArtifactError, ConfigError
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from exotune.cli.common import adapter_box, add_box_args, positive_int, read_texts
+from exotune.cli.boxes import adapter_box, add_box_args
+from exotune.cli.common import positive_int
+from exotune.cli.data import read_texts
 from exotune.errors import ConfigError
 
 HELP = "embed texts with a trained text adapter (classifier or retriever) into .npy, .jsonl or .parquet"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from exotune.cli import classification, images, retrieval, vision
-from exotune.cli.common import add_box_args, add_data_args, add_task_arg, refuse_images, user_device
+from exotune.cli.boxes import add_box_args, user_device
+from exotune.cli.data import add_data_args, add_task_arg, refuse_images
 from exotune.errors import ConfigError
 
 EVALUATORS = {

@@ -11,19 +11,10 @@ import argparse
 import sys
 from dataclasses import replace
 
-from exotune.cli.common import (
-    clip_pair,
-    dga_config,
-    fit_and_report,
-    has_text_tower,
-    lga_box_options,
-    on_device,
-    open_image_box,
-    positive_int,
-    print_metrics,
-    saved_options,
-    train_val,
-)
+from exotune.cli.boxes import clip_pair, has_text_tower, lga_box_options, on_device, open_image_box, saved_options
+from exotune.cli.common import fit_and_report, positive_int, print_metrics
+from exotune.cli.configs import dga_config
+from exotune.cli.data import train_val
 from exotune.errors import ConfigError
 
 

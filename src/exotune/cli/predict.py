@@ -6,16 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exotune.cli.common import (
-    adapter_box,
-    add_box_args,
-    add_texts_args,
-    on_device,
-    open_image_box,
-    read_texts,
-    saved_options,
-    user_device,
-)
+from exotune.cli.boxes import adapter_box, add_box_args, on_device, open_image_box, saved_options, user_device
+from exotune.cli.data import add_texts_args, read_texts
 from exotune.cli.images import pair_retriever
 from exotune.errors import ConfigError, DataError
 

@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exotune.cli.common import (
-    adapter_box,
-    fit_and_report,
-    on_device,
-    open_box,
-    print_metrics,
-    train_box,
-    train_val,
-)
+from exotune.cli.boxes import adapter_box, on_device, open_box, train_box
+from exotune.cli.common import fit_and_report, print_metrics
+from exotune.cli.data import train_val
 from exotune.errors import ConfigError
 
 DOC_SIDES = (

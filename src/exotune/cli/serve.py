@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from exotune.cli.common import ENTRY_TOKENS_MAX, PRECISIONS, entry_points_arg, positive_int
+from exotune.cli.boxes import PRECISIONS
+from exotune.cli.common import entry_points_arg, positive_int
+from exotune.cli.configs import ENTRY_TOKENS_MAX
 from exotune.errors import ConfigError
 from exotune.serve.config import OWNER_SECRET_ENV, default_secret_file, owner_secret
 

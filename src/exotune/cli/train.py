@@ -5,22 +5,10 @@ from __future__ import annotations
 import argparse
 
 from exotune.cli import classification, images, retrieval, vision
-from exotune.cli.common import (
-    ENTRY_TOKENS,
-    add_averaging_args,
-    add_box_args,
-    add_data_args,
-    add_split_files_args,
-    add_task_arg,
-    dga_config,
-    entry_points_arg,
-    fill_train_defaults,
-    positive_int,
-    refuse_images,
-    refuse_split_files,
-    train_config,
-    user_device,
-)
+from exotune.cli.boxes import add_box_args, user_device
+from exotune.cli.common import add_averaging_args, entry_points_arg, positive_int
+from exotune.cli.configs import ENTRY_TOKENS, dga_config, fill_train_defaults, train_config
+from exotune.cli.data import add_data_args, add_split_files_args, add_task_arg, refuse_images, refuse_split_files
 from exotune.cli.runs import check_output_dir
 from exotune.defaults import CLASSIFICATION, RETRIEVAL
 

@@ -9,16 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from exotune.cli.common import (
-    clip_pair,
-    dga_config,
-    lga_box_options,
-    on_device,
-    open_image_box,
-    print_metrics,
-    saved_options,
-    train_val,
-)
+from exotune.cli.boxes import clip_pair, lga_box_options, on_device, open_image_box, saved_options
+from exotune.cli.common import print_metrics
+from exotune.cli.configs import dga_config
+from exotune.cli.data import train_val
 from exotune.cli.images import (
     caption_source,
     check,

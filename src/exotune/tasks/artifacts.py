@@ -1,4 +1,5 @@
-"""Loading a task model's adapter folder: config type, box fingerprint, trained tensors."""
+"""Opening a task model's folder, one path for all: folder and checksums, config type, box
+fingerprint, trained tensors."""
 
 from __future__ import annotations
 
@@ -10,26 +11,44 @@ from exotune.artifacts import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     check_tensors,
+    json_object,
     read_json,
     read_tensors,
     verify_folder,
 )
 from exotune.boxes.base import BoxBase
+from exotune.boxes.entry_points import entry_point_options
 from exotune.boxes.spec import BoxSpec
 from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
 
 
-def read_adapter_config(path: str | Path, adapter_type: str, box: BoxBase, **other_boxes: BoxBase) -> dict:
-    """The folder's config, checked for ``adapter_type`` and for the box it was trained on
-    (``box_spec`` / ``box_fingerprint``); ``other_boxes`` are further boxes under their own keys
-    (``text_box=...`` checks ``text_box_spec`` / ``text_box_fingerprint``)."""
+def read_folder_config(path: str | Path, artifact_type: str | None = None, what: str = "adapter folder") -> dict:
+    """The config of the folder at ``path``: the folder exists, its checksums hold, and (unless
+    ``artifact_type`` is None) its ``type`` is ``artifact_type``. Every saved task model's
+    folder is opened here."""
     path = Path(path)
     if not path.is_dir():
-        raise ArtifactError(f"adapter folder {path} does not exist")
+        raise ArtifactError(f"{what} {path} does not exist")
     verify_folder(path)
     cfg = read_json(path / CONFIG_NAME)
-    if cfg.get("type") != adapter_type:
-        raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {adapter_type!r}")
+    if artifact_type is not None and cfg.get("type") != artifact_type:
+        raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {artifact_type!r}")
+    return cfg
+
+
+def task_section(cfg: dict) -> dict:
+    """A copy of the config's ``task`` object without its ``type`` (call inside ``saved_config``)."""
+    task = json_object(cfg, "task")
+    task.pop("type", None)
+    return task
+
+
+def read_adapter_config(path: str | Path, adapter_type: str, box: BoxBase, **other_boxes: BoxBase) -> dict:
+    """The folder's config (``read_folder_config``), checked for ``adapter_type`` and for the box
+    it was trained on (``box_spec`` / ``box_fingerprint``); ``other_boxes`` are further boxes under
+    their own keys (``text_box=...`` checks ``text_box_spec`` / ``text_box_fingerprint``)."""
+    path = Path(path)
+    cfg = read_folder_config(path, adapter_type)
     for key, each in {"box": box, **other_boxes}.items():
         saved_spec = saved_spec_of(cfg, key, path / CONFIG_NAME)
         if cfg.get(f"{key}_fingerprint") != each.spec.fingerprint():
@@ -97,17 +116,12 @@ def open_saved_box(path: str | Path, key: str = "box", remote: str | None = None
     id), rebuilt with the recorded spec's pooling, normalisation and entry points. A served box
     is never connected to from what a folder says (it would send the user's token where the
     folder points): pass ``remote=``. The caller checks the fingerprint as for any box."""
-    from exotune.boxes.entry_points import entry_point_options
-
     path = Path(path)
     if remote:
         from exotune.boxes.remote import connect
 
         return connect(remote)
-    if not path.is_dir():
-        raise ArtifactError(f"adapter folder {path} does not exist")
-    verify_folder(path)
-    cfg = read_json(path / CONFIG_NAME)
+    cfg = read_folder_config(path)
     spec = saved_spec_of(cfg, key, path / CONFIG_NAME)
     source = cfg.get(f"{key}_source") or {}
     if not isinstance(source, dict):
@@ -131,6 +145,15 @@ def open_saved_box(path: str | Path, key: str = "box", remote: str | None = None
 
     options = {"pooling": spec.pooling, "normalize": spec.normalized, **entry_point_options(spec.entry_points)}
     return load_box(backbone, **options)  # no source recorded: the packaged default, if it fits
+
+
+def saved_box_options(path: str | Path, key: str = "box") -> dict:
+    """``load_box`` options that rebuild the box an adapter was trained against: its entry
+    points (they are part of the spec's fingerprint). Empty for a DGA adapter. ``key`` names
+    the box in a folder trained against two (``"text_box"`` of an image-text retriever)."""
+    path = Path(path)
+    cfg = read_folder_config(path)
+    return entry_point_options(saved_spec_of(cfg, key, path / CONFIG_NAME).entry_points)
 
 
 def load_trained_state(model: nn.Module, path: str | Path) -> None:

@@ -1,7 +1,8 @@
 """Classification on an adapted box: the model, its loss, evaluation and artifacts.
 
-``TextClassifier`` reads texts; ``exotune.tasks.image_classification.ImageClassifier`` builds
-on it to read images, with class prototypes from a text tower.
+``BoxClassifierMixin`` is the adapted box + head whatever the box reads; ``TextClassifier`` reads
+texts, ``exotune.tasks.image_classification.ImageClassifier`` images (with class prototypes
+from a text tower).
 """
 
 from __future__ import annotations
@@ -13,27 +14,13 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import (
-    CONFIG_NAME,
-    json_object,
-    read_json,
-    saved_config,
-    verify_folder,
-)
 from exotune.boxes.base import Box, BoxBase
-from exotune.boxes.entry_points import entry_point_options
 from exotune.configs import ConfigBase, check_field_types
-from exotune.errors import ArtifactError, ConfigError
+from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import (
-    box_entries,
-    given_or_saved_box,
-    load_trained_state,
-    read_adapter_config,
-    saved_spec_of,
-)
-from exotune.tasks.encoding import encode_texts
+from exotune.tasks.artifacts import box_entries, given_or_saved_box
+from exotune.tasks.encoding import TextEncoderMixin
 from exotune.tasks.heads import HEADS, make_head
 from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
 
@@ -58,23 +45,74 @@ class ClassificationConfig(ConfigBase):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
-def saved_box_options(path: str | Path, key: str = "box") -> dict:
-    """``load_box`` options that rebuild the box an adapter was trained against: its entry
-    points (they are part of the spec's fingerprint). Empty for a DGA adapter. ``key`` names
-    the box in a folder trained against two (``"text_box"`` of an image-text retriever)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ArtifactError(f"adapter folder {path} does not exist")
-    verify_folder(path)
-    cfg = read_json(path / CONFIG_NAME)
-    return entry_point_options(saved_spec_of(cfg, key, path / CONFIG_NAME).entry_points)
+class BoxClassifierMixin:
+    """An adapted box + a head, whatever the box reads: built by ``build_classifier``, saved
+    with its head, loaded by ``from_pretrained``. ``TextClassifier`` and
+    ``exotune.tasks.image_classification.ImageClassifier`` mix it in beside
+    ``ClassifierMixin`` and ``AdapterModelMixin``; everything in ``state_dict()`` is the user's."""
+
+    adapter_type: str
+
+    def build_classifier(
+        self,
+        box: BoxBase,
+        label_names: list[str],
+        dga: DGAConfig | None,
+        config: ClassificationConfig,
+        init_head: bool,
+        label_box: BoxBase | None,
+    ) -> None:
+        """Set the labels, the adapted encoder over ``box`` and the head; the prototype head
+        starts from the class names encoded by ``label_box`` (default: the box itself), which
+        must give outputs as wide as the box's."""
+        if not isinstance(label_names, (list, tuple)) or not all(isinstance(x, str) for x in label_names):
+            raise ConfigError(f"label_names must be a list of strings, got {label_names!r:.80}")
+        if len(label_names) < 2:
+            raise ConfigError(f"need at least 2 classes, got {label_names!r}")
+        self.label_names = list(label_names)
+        self.dga = dga if dga is not None else DGAConfig.variant("none")
+        self.config = config
+        self.encoder = GrayBoxModel(box, self.dga)
+        dim, label_box = box.spec.output_dim, label_box or box
+        if self.config.head == "prototype" and label_box.spec.output_dim != dim:
+            raise ConfigError(
+                f"class prototypes from a box with outputs of {label_box.spec.output_dim} cannot score outputs of {dim}"
+            )
+        self.head = make_head(self.config, self.label_names, dim, label_box.encode if init_head else None)
+
+    @property
+    def box(self) -> BoxBase:
+        return self.encoder.box
+
+    def forward(self, inputs: list) -> torch.Tensor:
+        return self.head(self.encoder(inputs))  # (B, C)
+
+    def to_config_dict(self) -> dict:
+        return {
+            "type": self.adapter_type,
+            "library_version": __version__,
+            "access": self.dga.access,
+            **box_entries("box", self.box),
+            "dga": self.dga.folded().to_dict(),
+            "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
+        }
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, box: BoxBase | None = None, *, remote: str | None = None):
+        """The adapter in ``path`` on ``box``; without one, on the box the folder names (the
+        backbone it was trained on, or the served box at ``remote``), fingerprint checked."""
+        return cls.load_folder(path, given_or_saved_box(path, box, remote))
+
+    @classmethod
+    def from_config(cls, cfg: dict, task: dict, box: BoxBase):
+        labels = task.pop("labels")
+        return cls(box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task), _init_head=False)
 
 
-class TextClassifier(ClassifierMixin, AdapterModelMixin, nn.Module):
-    """Adapted box + head. Everything in ``state_dict()`` belongs to the user.
-
-    The prototype head starts from the class names encoded by ``label_box`` (default: the box
-    itself), which must give outputs as wide as the box's.
+class TextClassifier(TextEncoderMixin, BoxClassifierMixin, ClassifierMixin, AdapterModelMixin, nn.Module):
+    """Adapted text box + head (``BoxClassifierMixin``); ``encode`` gives the adapted
+    embeddings. The prototype head starts from the class names encoded by ``label_box``
+    (default: the box itself), which must give outputs as wide as the box's.
     """
 
     adapter_type = ADAPTER_TYPE
@@ -89,79 +127,9 @@ class TextClassifier(ClassifierMixin, AdapterModelMixin, nn.Module):
         label_box: Box | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(label_names, (list, tuple)) or not all(isinstance(x, str) for x in label_names):
-            raise ConfigError(f"label_names must be a list of strings, got {label_names!r:.80}")
-        if len(label_names) < 2:
-            raise ConfigError(f"need at least 2 classes, got {label_names!r}")
-        self.label_names = list(label_names)
-        self.dga = dga if dga is not None else DGAConfig.variant("none")
-        self.config = config or ClassificationConfig()
-        self.encoder = GrayBoxModel(box, self.dga)
-        dim, label_box = box.spec.output_dim, label_box or box
-        if self.config.head == "prototype" and label_box.spec.output_dim != dim:
-            raise ConfigError(
-                f"class prototypes from a box with outputs of {label_box.spec.output_dim} cannot score outputs of {dim}"
-            )
-        self.head = make_head(self.config, self.label_names, dim, label_box.encode if _init_head else None)
+        self.build_classifier(box, label_names, dga, config or ClassificationConfig(), _init_head, label_box)
 
     @property
-    def box(self) -> BoxBase:
-        return self.encoder.box
-
-    def forward(self, inputs: list) -> torch.Tensor:
-        return self.head(self.encoder(inputs))  # (B, C)
-
-    # -- the training-loop protocol (exotune.protocols.Trainable): ClassifierMixin ---------
-
-    def encode(
-        self,
-        texts: str | list[str],
-        batch_size: int = 32,
-        normalize: bool = False,
-        convert_to: str = "numpy",
-        progress: bool = False,
-    ):
-        """The adapted encoder's embeddings of ``texts`` (before the head): (N, O) as numpy (or
-        torch, ``convert_to="torch"``), L2-normalised with ``normalize``; one text: (O,)."""
-        return encode_texts(
-            self,
-            self.encoder,
-            texts,
-            batch_size=batch_size,
-            max_batch=self.box.spec.limits.max_batch,
-            dim=self.box.spec.output_dim,
-            normalize=normalize,
-            convert_to=convert_to,
-            progress=progress,
-        )
-
-    # -- artifacts --------------------------------------------------------------------------
-
-    def to_config_dict(self) -> dict:
-        return {
-            "type": self.adapter_type,
-            "library_version": __version__,
-            "access": self.dga.access,
-            **box_entries("box", self.box),
-            "dga": self.dga.folded().to_dict(),
-            "task": {"type": "classification", "labels": self.label_names, **asdict(self.config)},
-        }
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | Path, box: BoxBase | None = None, *, remote: str | None = None
-    ) -> TextClassifier:
-        """The adapter in ``path`` on ``box``; without one, on the box the folder names (the
-        backbone it was trained on, or the served box at ``remote``), fingerprint checked."""
-        path = Path(path)
-        box = given_or_saved_box(path, box, remote)
-        cfg = read_adapter_config(path, cls.adapter_type, box)
-        with saved_config(path / CONFIG_NAME):
-            task = json_object(cfg, "task")
-            labels = task.pop("labels")
-            task.pop("type", None)
-            model = cls(
-                box, labels, DGAConfig.from_dict(cfg["dga"]), ClassificationConfig.from_dict(task), _init_head=False
-            )
-        load_trained_state(model, path)
-        return model
+    def encoding_tower(self) -> GrayBoxModel:
+        """What ``encode`` runs: the adapted box, before the head."""
+        return self.encoder

@@ -49,3 +49,30 @@ def encode_texts(
     if single:
         out = out[0]
     return out.numpy() if convert_to == "numpy" else out
+
+
+class TextEncoderMixin:
+    """``encode(texts)`` for a task model over a text box: its ``encoding_tower`` (an adapted
+    tower, texts -> (B, O)) within the limits of its ``box``."""
+
+    def encode(
+        self,
+        texts: str | list[str],
+        batch_size: int = 32,
+        normalize: bool = False,
+        convert_to: str = "numpy",
+        progress: bool = False,
+    ):
+        """The ``encoding_tower``'s embeddings of ``texts``: (N, O) as numpy (or torch,
+        ``convert_to="torch"``), L2-normalised with ``normalize``; one text: (O,)."""
+        return encode_texts(
+            self,
+            self.encoding_tower,
+            texts,
+            batch_size=batch_size,
+            max_batch=self.box.spec.limits.max_batch,
+            dim=self.box.spec.output_dim,
+            normalize=normalize,
+            convert_to=convert_to,
+            progress=progress,
+        )

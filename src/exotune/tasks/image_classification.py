@@ -8,18 +8,22 @@ whose prototype is nearest (cosine) to its embedding. Training then adapts the i
 
 from __future__ import annotations
 
+from torch import nn
+
 from exotune.boxes.base import Box, BoxBase
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
-from exotune.tasks.classification import ClassificationConfig, TextClassifier
+from exotune.tasks.classification import BoxClassifierMixin, ClassificationConfig
+from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
 
 ADAPTER_TYPE = "dga-image-classifier"
 PROMPT = "a photo of a {}."  # CLIP's prompt for zero-shot classification
 
 
-class ImageClassifier(TextClassifier):
-    """Adapted image box + head; ``text_box`` (the CLIP text tower) encodes the class names for
-    the prototype head. Saved folders hold the prototypes, so loading needs the image box only.
+class ImageClassifier(BoxClassifierMixin, ClassifierMixin, AdapterModelMixin, nn.Module):
+    """Adapted image box + head (``BoxClassifierMixin``); ``text_box`` (the CLIP text tower)
+    encodes the class names for the prototype head. Saved folders hold the prototypes, so
+    loading needs the image box only.
     """
 
     adapter_type = ADAPTER_TYPE
@@ -43,4 +47,5 @@ class ImageClassifier(TextClassifier):
             )
         if text_box is not None and text_box.spec.modality != "text":
             raise ConfigError(f"text_box must be a text box, got a {text_box.spec.modality!r} box")
-        super().__init__(box, label_names, dga, config, _init_head, label_box=text_box)
+        super().__init__()
+        self.build_classifier(box, label_names, dga, config, _init_head, text_box)

@@ -17,18 +17,13 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, json_object, saved_config
 from exotune.boxes.base import BoxBase
 from exotune.configs import ConfigBase, check_field_types
 from exotune.data.images import ImageCaptionData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import (
-    box_entries,
-    load_trained_state,
-    read_adapter_config,
-)
+from exotune.tasks.artifacts import box_entries
 from exotune.tasks.metrics import image_text_recalls
 from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
@@ -222,12 +217,9 @@ class ImageTextRetriever(AdapterModelMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_box: BoxBase, image_box: BoxBase) -> ImageTextRetriever:
-        path = Path(path)
-        cfg = read_adapter_config(path, cls.adapter_type, image_box, text_box=text_box)
-        with saved_config(path / CONFIG_NAME):
-            task = json_object(cfg, "task")
-            task.pop("type", None)
-            image_dga, text_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["text_dga"])
-            model = cls(text_box, image_box, text_dga, image_dga, cls.config_cls.from_dict(task))
-        load_trained_state(model, path)
-        return model
+        return cls.load_folder(path, image_box, text_box=text_box)
+
+    @classmethod
+    def from_config(cls, cfg: dict, task: dict, box: BoxBase, text_box: BoxBase) -> ImageTextRetriever:
+        image_dga, text_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["text_dga"])
+        return cls(text_box, box, text_dga, image_dga, cls.config_cls.from_dict(task))

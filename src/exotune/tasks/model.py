@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, write_folder
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, saved_config, write_folder
 from exotune.boxes.base import BoxBase, encode_sorted
 from exotune.graybox.model import folded_state_dict
-from exotune.tasks.artifacts import read_adapter_config
+from exotune.tasks.artifacts import load_trained_state, read_adapter_config, task_section
 from exotune.tasks.metrics import classification_metrics
 
 
@@ -20,8 +20,9 @@ class AdapterModelMixin:
     """Mixed in before ``nn.Module``. A model provides ``adapter_type`` and ``to_config_dict()``;
     it gets the generic half of :class:`exotune.protocols.Trainable` and of its artifact:
     ``save_pretrained`` writes the config and ``saved_tensors()`` (override ``artifact_files``
-    for more files), and ``from_pretrained`` starts from ``read_config`` (folder, checksums,
-    type, the box's fingerprint)."""
+    for more files), and ``load_folder`` is every ``from_pretrained``'s one path: ``read_config``
+    (folder, checksums, type, the boxes' fingerprints), the model's own ``from_config``, the
+    trained tensors."""
 
     adapter_type: str
 
@@ -48,6 +49,19 @@ class AdapterModelMixin:
         """The folder's config, checked: it exists, its checksums hold, it is a ``cls.adapter_type``
         and it was trained against ``box`` (and ``other_boxes``, under their own keys)."""
         return read_adapter_config(path, cls.adapter_type, box, **other_boxes)
+
+    @classmethod
+    def load_folder(cls, path: str | Path, box: BoxBase, **other_boxes: BoxBase):
+        """The model saved in ``path`` on ``box`` (and ``other_boxes``, under the keys its config
+        names them by): ``read_config``, then ``cls.from_config(cfg, task, box, **other_boxes)``
+        (``task``: the config's task section without its type; a missing or invalid saved value
+        names the file), then the trained tensors, names, shapes and values checked."""
+        path = Path(path)
+        cfg = cls.read_config(path, box, **other_boxes)
+        with saved_config(path / CONFIG_NAME):
+            model = cls.from_config(cfg, task_section(cfg), box, **other_boxes)
+        load_trained_state(model, path)
+        return model
 
 
 class ClassifierMixin:

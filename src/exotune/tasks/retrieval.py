@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, json_object, saved_config
 from exotune.boxes.base import Box, encode_sorted, model_digest
 from exotune.boxes.text import for_role
 from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
@@ -24,13 +23,8 @@ from exotune.data.beir import Corpus, RetrievalData
 from exotune.errors import ConfigError, DataError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import (
-    box_entries,
-    given_or_saved_box,
-    load_trained_state,
-    read_adapter_config,
-)
-from exotune.tasks.encoding import encode_texts
+from exotune.tasks.artifacts import box_entries, given_or_saved_box
+from exotune.tasks.encoding import TextEncoderMixin
 from exotune.tasks.metrics import retrieval_metrics
 from exotune.tasks.model import AdapterModelMixin
 
@@ -229,7 +223,7 @@ class TwoTowerRetriever(AdapterModelMixin, nn.Module):
         return torch.cat([tower(part) for part in self.box.spec.limits.batches(texts)])  # the owner's limit
 
 
-class DualEncoder(TwoTowerRetriever):
+class DualEncoder(TextEncoderMixin, TwoTowerRetriever):
     """A query tower and a document tower over the same box, each with its own DGA adapters
     (or one shared tower). Everything in ``state_dict()`` belongs to the user."""
 
@@ -271,7 +265,7 @@ class DualEncoder(TwoTowerRetriever):
 
     def to_config_dict(self) -> dict:
         return {
-            "type": ADAPTER_TYPE,
+            "type": self.adapter_type,
             "library_version": __version__,
             "access": "light-gray" if self.dga.entry_tokens is not None else "dark-gray",
             **box_entries("box", self.box),
@@ -279,38 +273,17 @@ class DualEncoder(TwoTowerRetriever):
             "task": {"type": "retrieval", **asdict(self.config)},
         }
 
-    def encode(
-        self,
-        texts: str | list[str],
-        batch_size: int = 32,
-        normalize: bool = False,
-        convert_to: str = "numpy",
-        progress: bool = False,
-    ):
-        """The query tower's embeddings of ``texts``: (N, O) as numpy (or torch), L2-normalised
-        with ``normalize`` (search normalises); one text: (O,)."""
-        return encode_texts(
-            self,
-            self.query_tower,
-            texts,
-            batch_size=batch_size,
-            max_batch=self.box.spec.limits.max_batch,
-            dim=self.box.spec.output_dim,
-            normalize=normalize,
-            convert_to=convert_to,
-            progress=progress,
-        )
+    @property
+    def encoding_tower(self) -> GrayBoxModel:
+        """What ``encode`` runs: the query tower (search normalises its embeddings)."""
+        return self.query_tower
 
     @classmethod
     def from_pretrained(cls, path: str | Path, box: Box | None = None, *, remote: str | None = None) -> DualEncoder:
         """The adapter in ``path`` on ``box``; without one, on the box the folder names (the
         backbone it was trained on, or the served box at ``remote``), fingerprint checked."""
-        path = Path(path)
-        box = given_or_saved_box(path, box, remote)
-        cfg = read_adapter_config(path, ADAPTER_TYPE, box)
-        with saved_config(path / CONFIG_NAME):
-            task = json_object(cfg, "task")
-            task.pop("type", None)
-            model = cls(box, DGAConfig.from_dict(cfg["dga"]), RetrievalConfig.from_dict(task))
-        load_trained_state(model, path)
-        return model
+        return cls.load_folder(path, given_or_saved_box(path, box, remote))
+
+    @classmethod
+    def from_config(cls, cfg: dict, task: dict, box: Box) -> DualEncoder:
+        return cls(box, DGAConfig.from_dict(cfg["dga"]), RetrievalConfig.from_dict(task))

@@ -17,14 +17,13 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import CONFIG_NAME, json_object, saved_config
 from exotune.boxes.base import BoxBase
 from exotune.configs import ConfigBase, check_field_types
 from exotune.data.sketches import SketchPhotoData
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
-from exotune.tasks.artifacts import box_entries, load_trained_state, read_adapter_config
+from exotune.tasks.artifacts import box_entries
 from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
 
@@ -168,7 +167,7 @@ class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
     def to_config_dict(self) -> dict:
         light = "light-gray" in (self.sketch_dga.access, self.photo_dga.access)
         return {
-            "type": ADAPTER_TYPE,
+            "type": self.adapter_type,
             "library_version": __version__,
             "access": "light-gray" if light else "dark-gray",
             **box_entries("box", self.sketch_box),
@@ -182,13 +181,9 @@ class SketchPhotoRetriever(AdapterModelMixin, nn.Module):
     def from_pretrained(
         cls, path: str | Path, sketch_box: BoxBase, photo_box: BoxBase | None = None
     ) -> SketchPhotoRetriever:
-        path = Path(path)
-        photo_box = photo_box if photo_box is not None else sketch_box
-        cfg = read_adapter_config(path, ADAPTER_TYPE, sketch_box, photo_box=photo_box)
-        with saved_config(path / CONFIG_NAME):
-            task = json_object(cfg, "task")
-            task.pop("type", None)
-            sketch_dga, photo_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["photo_dga"])
-            model = cls(sketch_box, photo_box, sketch_dga, photo_dga, SketchConfig.from_dict(task))
-        load_trained_state(model, path)
-        return model
+        return cls.load_folder(path, sketch_box, photo_box=photo_box if photo_box is not None else sketch_box)
+
+    @classmethod
+    def from_config(cls, cfg: dict, task: dict, box: BoxBase, photo_box: BoxBase) -> SketchPhotoRetriever:
+        sketch_dga, photo_dga = DGAConfig.from_dict(cfg["dga"]), DGAConfig.from_dict(cfg["photo_dga"])
+        return cls(box, photo_box, sketch_dga, photo_dga, SketchConfig.from_dict(task))

@@ -14,19 +14,11 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.artifacts import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    check_tensors,
-    json_object,
-    read_json,
-    read_tensors,
-    saved_config,
-    verify_folder,
-)
+from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, check_tensors, json_object, read_tensors, saved_config
 from exotune.boxes.base import model_digest
 from exotune.boxes.loading import DEFAULT_BACKBONE, load_text_encoder
-from exotune.errors import ArtifactError, ConfigError, SpecMismatchError
+from exotune.errors import ConfigError, SpecMismatchError
+from exotune.tasks.artifacts import read_folder_config, task_section
 from exotune.tasks.classification import ClassificationConfig
 from exotune.tasks.heads import make_head
 from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
@@ -135,17 +127,11 @@ class WhiteBoxClassifier(LoraState, ClassifierMixin, AdapterModelMixin, nn.Modul
         """Load a saved classifier; a LoRA one loads its base from ``backbone`` (default: the
         base it was trained on) and fails if those weights differ."""
         path = Path(path)
-        if not path.is_dir():
-            raise ArtifactError(f"white-box folder {path} does not exist")
-        verify_folder(path)
-        cfg = read_json(path / CONFIG_NAME)
-        if cfg.get("type") != ARTIFACT_TYPE:
-            raise ArtifactError(f"{path / CONFIG_NAME}: type is {cfg.get('type')!r}, expected {ARTIFACT_TYPE!r}")
+        cfg = read_folder_config(path, cls.adapter_type, "white-box folder")  # no box: the base digest below
         with saved_config(path / CONFIG_NAME):
             whitebox = WhiteBoxConfig.from_dict(cfg["whitebox"])
-            task = json_object(cfg, "task")
+            task = task_section(cfg)
             labels = task.pop("labels")
-            task.pop("type", None)
             encoder_kwargs = json_object(cfg, "encoder")
             task_config = ClassificationConfig.from_dict(task)
         if whitebox.mode == "lora":

@@ -61,15 +61,10 @@ def _write_csv(path: Path, data) -> Path:
     return path
 
 
-# -- the server killed mid-training ------------------------------------------------------------
-
-
-def server_killed(server, backbone, budget, work: Path) -> dict:
-    from exotune.artifacts import read_tensors
-    from exotune.bench.served import free_port, served_box
-
-    csv = _write_csv(work / "train.csv", colour_task(budget.train_rows, seed=5))
-    argv = [
+def train_argv(csv: Path, budget) -> list[str]:
+    """``exotune train`` of the drills: ``csv`` at the budget's epochs and batch size, quiet (the
+    box, ``--remote``, and the run folder are the caller's)."""
+    return [
         "train",
         "--file",
         str(csv),
@@ -87,6 +82,17 @@ def server_killed(server, backbone, budget, work: Path) -> dict:
         "0",
         "--quiet",
     ]
+
+
+# -- the server killed mid-training ------------------------------------------------------------
+
+
+def server_killed(server, backbone, budget, work: Path) -> dict:
+    from exotune.artifacts import read_tensors
+    from exotune.bench.served import free_port, served_box
+
+    csv = _write_csv(work / "train.csv", colour_task(budget.train_rows, seed=5))
+    argv = train_argv(csv, budget)
     reference = _cli([*argv, "--remote", server.url, "--output-dir", str(work / "reference")], server.token)
     if reference.returncode != 0:
         return {"drill": "server killed mid-training", "ok": False, "error": reference.stderr[-800:]}
@@ -318,33 +324,8 @@ def corrupted_files(
         run = work / "corrupt-run"
         shutil.copytree(checkpoint_run, run)
         _flip(run / "last" / "checkpoint.safetensors", -3)
-        csv = work / "train.csv"
-        proc = _cli(
-            [
-                "train",
-                "--file",
-                str(csv),
-                "--epochs",
-                str(budget.train_epochs),
-                "--batch-size",
-                str(budget.train_batch),
-                "--val-fraction",
-                "0.25",
-                "--patience",
-                "5",
-                "--lr",
-                "0.01",
-                "--seed",
-                "0",
-                "--quiet",
-                "--remote",
-                server.url,
-                "--output-dir",
-                str(run),
-                "--resume",
-            ],
-            server.token,
-        )
+        argv = [*train_argv(work / "train.csv", budget), "--remote", server.url, "--output-dir", str(run), "--resume"]
+        proc = _cli(argv, server.token)
         ok, line = _clear_failure(proc)
         out.append(
             {
