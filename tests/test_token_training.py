@@ -165,3 +165,20 @@ def test_cli_token_options(tiny_backbone, tmp_path):
     saved = json.loads((run / "best" / "adapter_config.json").read_text())["dga"]
     assert "reparam" not in saved["input_adapter"] and "reparam" not in saved["entry_tokens"]
     assert main(["eval", "--file", str(csv), "--backbone", str(tiny_backbone), "--adapter", str(run / "best")]) == 0
+
+
+def test_cli_copies_and_moving_average(tiny_backbone, tmp_path, capsys):
+    csv = tmp_path / "d.csv"
+    csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in LABELS))
+    run = tmp_path / "run"
+    common = ["--file", str(csv), "--backbone", str(tiny_backbone)]
+    argv = ["train", *common, "--epochs", "2", "--batch-size", "8", "--quiet", "--output-dir", str(run)]
+    assert main([*argv, "--copies-per", "3", "--ema", "0.9", "--no-group-by-length"]) == 0
+    saved = json.loads((run / "best" / "adapter_config.json").read_text())["dga"]
+    assert saved["input_adapter"]["copies_per"] == 3
+    state = json.loads((run / "last" / "trainer_state.json").read_text())["config"]
+    assert (state["ema"], state["group_by_length"]) == (0.9, False)
+    assert main(["eval", *common, "--adapter", str(run / "best")]) == 0
+    with pytest.raises(SystemExit):
+        main([*argv, "--overwrite", "--ema", "1.5"])
+    assert "must be a number in (0, 1)" in capsys.readouterr().err

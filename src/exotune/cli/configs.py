@@ -39,6 +39,7 @@ ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
         "shift": not a.no_shift,
         "extra_tokens": a.extra_tokens,
         "reparam": a.token_reparam,
+        "copies_per": a.copies_per,
     },
     ("input", "token-lowrank"): lambda a: {
         "rank": a.lowrank_rank,
@@ -46,6 +47,7 @@ ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
         "shift": not a.no_shift,
         "extra_tokens": a.extra_tokens,
         "reparam": a.token_reparam,
+        "copies_per": a.copies_per,
     },
     ("input", "pixel-conv"): lambda a: {"kernel_size": a.kernel_size},
     ("input", "pixel-residual"): lambda a: {"kernel_size": a.kernel_size, "channels": a.pixel_channels},

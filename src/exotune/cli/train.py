@@ -32,6 +32,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("adapters (DGA)")
     a.add_argument("--variant", default="both", choices=VARIANTS, help="which sides are adapted (default: both)")
     a.add_argument("--extra-tokens", type=int, default=1, help="learnable tokens inserted into each input (default: 1)")
+    a.add_argument(
+        "--copies-per",
+        type=int,
+        default=0,
+        metavar="N",
+        help="put the extra tokens after each text, one copy of them per N of its tokens, so that "
+        "they keep their share of a mean-pooled output on long texts (default: 0, once after [CLS])",
+    )
     a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
     a.add_argument(
         "--text-adapter",
