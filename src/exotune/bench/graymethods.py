@@ -91,7 +91,7 @@ class GrayMethod:
 
     def dga_config(self, box, modality: str = "text"):
         """The configuration for ``box`` (loaded by ``load_box``: it names the layers); an image
-        box's input adapter is the pixel one (a low-rank input adapter is for token inputs)."""
+        box's input adapter is the pixel one (the name's text forms: low rank, extra tokens)."""
         from exotune.graybox import DGAConfig, EntryTokensConfig
 
         tokens = None
