@@ -118,79 +118,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# -- images: tiny CLIP / ViT / DINOv2 built in the test, and a synthetic captioned image set -----
+# -- images: tiny CLIP / ViT / DINOv2 built in the test, and drawn captioned images -------------
+# (the tiny CLIP and the drawings live in the package: exotune bench vision --quick runs on them)
 
-SHAPES = ["circle", "square", "triangle"]
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230)}
-CLIP_WORDS = ["a", "an", "photo", "of", "the", "image", *SHAPES, *COLOURS, "small", "big", "dog", "cat"]
-VISION = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+from exotune.bench.tiny_clip import (  # noqa: E402, F401  (the tests import them from here)
+    CLIP_WORDS,
+    COLOURS,
+    SHAPES,
+    VISION,
+    build_tiny_clip,
+    draw_shape,
+    tiny_clip_tokenizer,
+    write_shapes,
 )
-
-
-def tiny_clip_tokenizer(eos_last: bool = True):
-    """A word-level tokenizer with CLIP's layout: <start> words <end>, padded; built in memory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(CLIP_WORDS)}}
-    vocab["<start>"] = len(vocab)
-    vocab["<end>"] = len(vocab)  # the last id, as CLIP's end-of-text token
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<start> $A <end>", special_tokens=[("<start>", vocab["<start>"]), ("<end>", vocab["<end>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<start>", eos_token="<end>"
-    )
-
-
-def build_tiny_clip(folder: Path | None = None, seed: int = 0, legacy_eos: bool = False):
-    """A randomly initialised CLIPModel (hidden 32, 2 layers, 32x32 images, patch 8) and its
-    tokenizer; saved with a preprocessor config to ``folder`` when given."""
-    import json
-
-    from transformers import CLIPConfig, CLIPModel
-
-    tokenizer = tiny_clip_tokenizer()
-    eos = tokenizer.convert_tokens_to_ids("<end>")
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            pad_token_id=0,
-            bos_token_id=eos - 1,
-            eos_token_id=2 if legacy_eos else eos,
-        ),
-        vision_config=VISION,
-        projection_dim=16,
-    )
-    model = CLIPModel(config).eval()
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "preprocessor_config.json").write_text(
-            json.dumps(
-                {
-                    "image_processor_type": "CLIPImageProcessor",
-                    "do_resize": True,
-                    "size": {"shortest_edge": 32},
-                    "do_center_crop": True,
-                    "crop_size": {"height": 32, "width": 32},
-                    "resample": 3,
-                    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-                    "image_std": [0.26862954, 0.26130258, 0.27577711],
-                }
-            )
-        )
-    return model, tokenizer
 
 
 def tiny_vision(kind: str = "vit", seed: int = 0):
@@ -222,40 +162,6 @@ def tiny_image_box():
     from exotune.boxes.image import VisionEncoderBox
 
     return VisionEncoderBox(tiny_vision())
-
-
-def draw_shape(shape: str, colour: str, seed: int = 0, size: int = 32):
-    """A PIL image: one filled shape in one colour on a grey background, jittered by ``seed``."""
-    import random
-
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    img = Image.new("RGB", (size, size), (128, 128, 128))
-    draw = ImageDraw.Draw(img)
-    r = rng.randint(8, 12)
-    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return img
-
-
-def write_shapes(folder: Path, per_pair: int = 1, seed: int = 0) -> list[tuple[str, str, str]]:
-    """Draw ``per_pair`` images of every (colour, shape) into ``folder``; (file name, colour, shape)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for k in range(per_pair):
-        for colour in COLOURS:
-            for shape in SHAPES:
-                name = f"{colour}-{shape}-{k}.png"
-                draw_shape(shape, colour, seed=seed * 1000 + len(rows)).save(folder / name)
-                rows.append((name, colour, shape))
-    return rows
 
 
 # -- open_clip's layout without the package ------------------------------------------------------

@@ -16,6 +16,7 @@ from exotune.bench import (
     retrieval,
     serving,
     steps,
+    vision,
 )
 from exotune.bench.common import (
     RESULTS_DIR,
@@ -39,6 +40,7 @@ SUITES = {
     "reliability": reliability,
     "precision": precision,
     "serve": serving,
+    "vision": vision,
 }
 
 
@@ -61,7 +63,9 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Pa
         rec.pop("command", None)
     one = list(dict.fromkeys(json.dumps(b, sort_keys=True) for b in budgets.values()))
     doc_budget = next(iter(budgets.values())) if len(one) == 1 else budgets
-    defaults = TASK_DEFAULTS[suite_name].to_dict()  # what the suite runs without --lr and --epochs
+    # what the suite runs without --lr and --epochs
+    defaults = getattr(suite, "DEFAULTS", None) or TASK_DEFAULTS[suite_name]
+    defaults = defaults.to_dict()
     return write_results(
         suite_name,
         records,
@@ -77,6 +81,8 @@ def run_suite(args: BenchOptions) -> int:
     own = user_data(args)  # the user's files or BEIR folder, else None: the suite's datasets
     if hasattr(suite, "run"):  # a suite with its own driver
         return suite.run(args)
+    if hasattr(suite, "check"):  # what a suite needs beyond the generic options
+        suite.check(args)
     datasets = [own.name] if own else args.datasets or list(suite.DATASETS[:1])
     methods = args.methods or list(suite.METHODS)
     checks = [] if own else [("dataset", datasets, suite.DATASETS)]
@@ -105,7 +111,7 @@ def run_suite(args: BenchOptions) -> int:
         budget.train_options.update(options, **({"group_by_length": False} if args.no_group_by_length else {}))
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     extra = {
-        "backbone": args.backbone or "all-MiniLM-L6-v2",
+        "backbone": args.backbone or getattr(suite, "DEFAULT_BACKBONE", "all-MiniLM-L6-v2"),
         "quick": args.quick,
         **({"data": own.key()} if own else {}),
     }

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from exotune.bench import graymethods
-from exotune.bench.common import peak_memory_mb, step_seconds, val_curve
+from exotune.bench.common import fit_record, peak_memory_mb, run_record
 from exotune.bench.sources import splits
 from exotune.defaults import CLASSIFICATION
 
@@ -146,18 +146,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     train, val, test = split_data(dataset, source, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
     rec = {
-        "dataset": dataset,
-        "split": "test",
-        "method": method,
-        "variant": variant,
-        "access": access,
-        "seed": seed,
-        "train_seconds": 0.0,
-        "seconds_per_step": None,
-        "lr": None,
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_test": len(test),
+        **run_record(dataset, seed, (method, variant, access), train, val, test),
         "n_classes": len(train.label_names),  # the head, hence trainable parameters, grows with it
         "label_template": None if method == "linear-probe" else task.label_template,
     }
@@ -232,29 +221,7 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
 def _fit(model, train, val, test, budget: Budget, lrs: dict, seed: int) -> dict:
     """The shared gradient protocol: the same Trainer, budget and selection for every method;
     ``lrs``: the ``TrainConfig`` rates (``lr`` and any per-group ``lr_tokens``, ...)."""
-    from exotune.train import TrainConfig, Trainer
-
-    cfg = TrainConfig(
-        epochs=budget.epochs,
-        batch_size=budget.batch_size,
-        patience=budget.patience,
-        seed=seed,
-        **lrs,
-        **budget.train_options,
-    )
-    result = Trainer(cfg, progress=False).fit(model, train, val)
-    rec = {
-        "trainable_params": model.num_trainable(),
-        "train_seconds": result.train_seconds,
-        **step_seconds(result),
-        "steps": result.steps,
-        "lr": cfg.lr,
-        "best_epoch": result.best_epoch,
-        "val_accuracy": result.best_metric,
-        "val_curve": val_curve(result, "accuracy"),
-    }
-    if len(lrs) > 1:
-        rec["lr_groups"] = result.group_lr
+    rec = {"trainable_params": model.num_trainable(), **fit_record(model, train, val, budget, lrs, seed, "accuracy")}
     rec["metrics"], rec["eval_examples_per_second"] = timed_eval(model, test)
     return rec
 

@@ -47,6 +47,8 @@ class BenchOptions:
     text_column: str = "text"
     label_column: str = "label"
     beir_dir: str | None = None
+    data: str | None = None  # vision: a caption file
+    images: str | None = None  # vision: the images' folder (default: the caption file's)
 
 
 def machine() -> str:
@@ -190,6 +192,56 @@ def aggregate(runs: list[dict], metric: str) -> dict:
     ):
         vals = [r[key] for r in runs if r.get(key) is not None]
         rec[key] = float(np.mean(vals)) if vals else None
+    return rec
+
+
+def run_record(dataset: str, seed: int, described: tuple[str, str, str], train, val, test) -> dict:
+    """The fields a suite's run record starts with; ``described``: (method, variant, access)."""
+    method, variant, access = described
+    return {
+        "dataset": dataset,
+        "split": "test",
+        "method": method,
+        "variant": variant,
+        "access": access,
+        "seed": seed,
+        "train_seconds": 0.0,
+        "seconds_per_step": None,
+        "lr": None,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+    }
+
+
+def fit_record(model, train, val, budget, lrs: dict, seed: int, metric: str) -> dict:
+    """The shared gradient protocol: the same Trainer, budget and selection (``metric`` on
+    validation) for every method; ``lrs``: the ``TrainConfig`` rates (``lr`` and any per-group
+    ``lr_tokens``, ...), ``budget.train_options`` the other options (ema, group_by_length).
+    Returns the run record's training fields."""
+    from exotune.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        patience=budget.patience,
+        seed=seed,
+        select_metric=metric,
+        **lrs,
+        **budget.train_options,
+    )
+    result = Trainer(cfg, progress=False).fit(model, train, val)
+    rec = {
+        "train_seconds": result.train_seconds,
+        **step_seconds(result),
+        "steps": result.steps,
+        "lr": cfg.lr,
+        "best_epoch": result.best_epoch,
+        f"val_{metric.replace('@', '_at_')}": result.best_metric,
+        "val_curve": val_curve(result, metric),
+    }
+    if len(lrs) > 1:
+        rec["lr_groups"] = result.group_lr
     return rec
 
 

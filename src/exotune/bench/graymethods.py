@@ -89,8 +89,9 @@ class GrayMethod:
             return load_box(backbone)
         return load_box(backbone, entry_points="all", entry_tokens_max=max(8, self.tokens))
 
-    def dga_config(self, box):
-        """The configuration for ``box`` (loaded by ``load_box``: it names the layers)."""
+    def dga_config(self, box, modality: str = "text"):
+        """The configuration for ``box`` (loaded by ``load_box``: it names the layers); an image
+        box's input adapter is the pixel one (the name's text forms: low rank, extra tokens)."""
         from exotune.graybox import DGAConfig, EntryTokensConfig
 
         tokens = None
@@ -99,7 +100,8 @@ class GrayMethod:
             tokens = EntryTokensConfig(
                 points=names[len(names) // 2 :] if self.upper else "all", tokens=self.tokens, reparam=self.reparam
             )
-        return DGAConfig.variant(self.side, input_adapter=self.input_config(), entry_tokens=tokens)
+        inputs = self.input_config() if modality == "text" else None
+        return DGAConfig.variant(self.side, input_adapter=inputs, entry_tokens=tokens, modality=modality)
 
 
 def parse(name: str) -> GrayMethod | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from exotune.bench import graymethods
-from exotune.bench.common import peak_memory_mb, step_seconds, val_curve
+from exotune.bench.common import fit_record, peak_memory_mb, run_record
 from exotune.bench.sources import splits
 from exotune.defaults import RETRIEVAL
 
@@ -202,7 +202,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     import torch
 
     from exotune.boxes import load_box
-    from exotune.train import TrainConfig, Trainer, seed_everything
+    from exotune.train import seed_everything
 
     seed_everything(seed)
     method, variant, access = graymethods.describe(name, METHODS)
@@ -210,18 +210,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     gray = graymethods.parse(name) if access != "white" and method != "zero-shot" else None
     box = gray.load_box(backbone) if gray is not None else load_box(backbone)
     rec = {
-        "dataset": dataset,
-        "split": "test",
-        "method": method,
-        "variant": variant,
-        "access": access,
-        "seed": seed,
-        "train_seconds": 0.0,
-        "seconds_per_step": None,
-        "lr": None,
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_test": len(test),
+        **run_record(dataset, seed, (method, variant, access), train, val, test),
         "n_corpus": len(test.corpus),
         "doc_side": budget.doc_side,
     }
@@ -233,28 +222,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     if model.doc_encoder.caches_box_outputs and not budget.max_corpus:  # quick runs: in memory only
         rec["corpus_box_seconds"], rec["corpus_from_disk"] = box_corpus_outputs(model, test.corpus)
     if method != "zero-shot":
-        lrs = budget.train_lrs(method)
-        cfg = TrainConfig(
-            epochs=budget.epochs,
-            batch_size=budget.batch_size,
-            patience=budget.patience,
-            seed=seed,
-            select_metric="ndcg@10",
-            **lrs,
-            **budget.train_options,
-        )
-        result = Trainer(cfg, progress=False).fit(model, train, val)
-        rec.update(
-            train_seconds=result.train_seconds,
-            **step_seconds(result),
-            steps=result.steps,
-            lr=cfg.lr,
-            best_epoch=result.best_epoch,
-            val_ndcg_at_10=result.best_metric,
-            val_curve=val_curve(result, "ndcg@10"),
-        )
-        if len(lrs) > 1:
-            rec["lr_groups"] = result.group_lr
+        rec.update(fit_record(model, train, val, budget, budget.train_lrs(method), seed, "ndcg@10"))
     rec["metrics"], rec["eval_examples_per_second"] = _timed_eval(model, test)
     rec["peak_memory_mb"] = peak_memory_mb()
     rec["threads"] = torch.get_num_threads()  # training seconds depend on it (OMP_NUM_THREADS)

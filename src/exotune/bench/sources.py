@@ -1,5 +1,5 @@
-"""A user's own data for a suite: labelled text files (classification, ea) or a BEIR folder
-(retrieval). Each names its runs in the run log by paths, columns and file digests, so an
+"""A user's own data for a suite: labelled text files (classification, ea), a BEIR folder
+(retrieval) or captioned images (vision). Each names its runs in the run log by paths, columns and file digests, so an
 interrupted suite resumes, and an edited file is run again rather than reused."""
 
 from __future__ import annotations
@@ -81,32 +81,76 @@ class BeirFolder:
         return train, val, load_beir(folder, "test", corpus=train.corpus)
 
 
+@dataclass(frozen=True)
+class CaptionFiles:
+    """Captioned images, read as ``exotune train --task image-retrieval`` reads them: a caption
+    file (CSV/TSV/JSONL, COCO) with ``test`` (and optionally ``val``), or a Karpathy-split .json
+    alone (its train, val and test splits). Images are relative to ``images`` (default: each
+    caption file's folder)."""
+
+    train: str
+    test: str | None = None
+    val: str | None = None
+    images: str | None = None
+
+    @property
+    def name(self) -> str:
+        return _name(Path(self.train))
+
+    @property
+    def split_file(self) -> bool:
+        return self.test is None and self.val is None and Path(self.train).suffix.lower() == ".json"
+
+    def key(self) -> dict:
+        files = {"train": self.train, "val": self.val, "test": self.test}
+        return {
+            "captions": files,
+            "images": self.images,
+            "sha256": {k: _digest(Path(v)) for k, v in files.items() if v},
+        }
+
+    def load(self):
+        """(train, validation or None, test)."""
+        from exotune.data import load_image_captions
+
+        def read(path: str, split: str | None = None):
+            return load_image_captions(path, self.images, split=split)
+
+        if self.split_file:
+            return read(self.train, "train"), read(self.train, "val"), read(self.train, "test")
+        return read(self.train), read(self.val) if self.val else None, read(self.test)
+
+
 def splits(source, val_fraction: float, seed: int, known: Callable):
     """(train, validation, test): the user's data when ``source`` is a ``UserFiles`` or
     ``BeirFolder``, else ``known(source)`` (a known dataset under the data root ``source``);
     validation carved from train (``val_fraction``) when none is given."""
-    train, val, test = source.load() if isinstance(source, (UserFiles, BeirFolder)) else known(source)
+    train, val, test = source.load() if isinstance(source, (UserFiles, BeirFolder, CaptionFiles)) else known(source)
     if val is None:
         train, val = train.split(val_fraction, seed=seed)
     return train, val, test
 
 
-def user_data(args) -> UserFiles | BeirFolder | None:
-    """The user's data named by a suite's options (``--file`` with ``--test-file``, or
-    ``--beir-dir``), or ``None`` for the suite's known datasets."""
+def user_data(args) -> UserFiles | BeirFolder | CaptionFiles | None:
+    """The user's data named by a suite's options (``--file`` with ``--test-file``, ``--beir-dir``,
+    or ``--data``), or ``None`` for the suite's known datasets."""
     files = args.file or args.val_file or args.test_file
-    if not files and not args.beir_dir:
+    if not files and not args.beir_dir and not args.data:
         return None
-    takes = {"classification": "file", "ea": "file", "retrieval": "beir"}.get(args.suite)
+    takes = {"classification": "file", "ea": "file", "retrieval": "beir", "vision": "data"}.get(args.suite)
     if takes is None:
         raise ConfigError(
-            f"suite {args.suite!r} runs on its own datasets; --file and --beir-dir are for "
-            "the classification, ea and retrieval suites"
+            f"suite {args.suite!r} runs on its own datasets; --file, --beir-dir and --data are for "
+            "the classification, ea, retrieval and vision suites"
         )
     if args.datasets:
         raise ConfigError("--datasets names known datasets; give either it or your own data, not both")
     if not args.out_dir:
         raise ConfigError("your own data needs --out-dir: the folder its results go to")
+    if takes == "data":
+        return _caption_files(args)
+    if args.data:
+        raise ConfigError(f"--data is the vision suite's captioned images; the {args.suite} suite does not take it")
     if takes == "beir":
         if files:
             raise ConfigError("the retrieval suite takes a BEIR folder (--beir-dir), not --file")
@@ -119,3 +163,17 @@ def user_data(args) -> UserFiles | BeirFolder | None:
             "--val-file is optional (default: a share of --file)"
         )
     return UserFiles(args.file, args.test_file, args.val_file, args.text_column, args.label_column)
+
+
+def _caption_files(args) -> CaptionFiles:
+    if args.file or args.beir_dir:
+        raise ConfigError("the vision suite takes captioned images (--data), not --file or --beir-dir")
+    if not args.data:
+        raise ConfigError("--val-file and --test-file go with --data (the training captions)")
+    own = CaptionFiles(args.data, args.test_file, args.val_file, args.images)
+    if own.test is None and not own.split_file:
+        raise ConfigError(
+            "--data needs --test-file (the captions scored once per run), unless it is a Karpathy-split "
+            ".json (its own train, val and test splits); --val-file is optional (default: a share of --data)"
+        )
+    return own

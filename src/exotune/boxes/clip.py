@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch, model_digest
+from exotune.boxes.basis import OwnerBasis
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
 from exotune.boxes.http import check_texts
 from exotune.boxes.image import ImageBox, VisionEncoderBox
@@ -151,7 +152,10 @@ class CLIPTextBox(Placed, Box):
     light-gray with ``entry_points`` (Hugging Face towers; n positions at the tower's
     ``insert_at``, after the start token). The spec's pooling is the tower's: ``"eos"`` for
     CLIP, the state at each text's last token. ``owner_secret`` (a served box's) names entry
-    points ``"point.<j>"``; ``digest`` is then the pair's keyed one (``pair_digest``).
+    points ``"point.<j>"`` and, unless ``basis=False``, hands out token embeddings in the
+    secret's orthogonal basis (``E @ R``, undone inside before the tower and on entry tokens;
+    ``encode`` is unchanged), as ``TextEncoderBox`` does; ``digest`` is then the pair's keyed
+    one (``pair_digest``).
     ``device`` and ``dtype`` place and cast the whole model the tower belongs to (``digest`` is
     of the weights as given), ``precision`` autocasts its no-gradient calls, as for
     ``TextEncoderBox``.
@@ -168,11 +172,14 @@ class CLIPTextBox(Placed, Box):
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
         owner_secret: str | bytes | None = None,
+        basis: bool = True,
         device: str | torch.device | None = None,  # default: where the model is
         dtype: str | torch.dtype | None = None,  # default: the model's
         precision: str = "fp32",  # of the no-gradient calls
     ) -> None:
         self._placement = Placement(device, dtype, precision)  # checked before anything runs
+        if not isinstance(basis, bool):
+            raise ConfigError(f"basis must be True or False, got {basis!r}")
         access, self.__layers, points = expose(
             layers_of or tower.module, entry_points, entry_tokens_max, access, opaque=owner_secret is not None
         )
@@ -180,6 +187,8 @@ class CLIPTextBox(Placed, Box):
         tower.module.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
         self._placement.apply(tower.module)  # the given digest is of the weights before
         self.__tower = tower
+        dim = int(tower.embeddings.embedding_dim)
+        self.__basis = OwnerBasis(owner_secret, dim) if owner_secret is not None and basis else None
         with torch.no_grad():
             ids, mask = tower.tokenize(["a"], tower.context_length)
             output_dim = self._run(tower.embeddings(ids.to(self.device)), mask.to(self.device)).shape[-1]
@@ -187,7 +196,7 @@ class CLIPTextBox(Placed, Box):
         self.spec = BoxSpec(
             modality="text",
             input_kind="token-embeddings",
-            input_shape=(None, int(tower.embeddings.embedding_dim)),
+            input_shape=(None, dim),
             output_dim=int(output_dim),
             access=access,
             model_digest=digest,
@@ -196,20 +205,40 @@ class CLIPTextBox(Placed, Box):
             insert_at=tower.insert_at,
             entry_points=points,
             limits=limits or BoxLimits(max_length=ctx),
+            input_basis=self.__basis.id if self.__basis else "",
         )
 
     @torch.no_grad()
     def embed(self, texts: list[str], max_length: int | None = None) -> TokenBatch:
         self.require("dark-gray", "light-gray")
+        batch = self._embed(texts, max_length)
+        if self.__basis is not None:
+            batch.embeds = self.__basis.to_user(batch.embeds)  # (B, T, D) in the owner's secret basis
+        return batch
+
+    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
+        self.require("dark-gray", "light-gray")
+        self.check_input(embeds, mask)
+        if self.__basis is not None:  # the user's tokens in the model's own coordinates
+            embeds = self.__basis.to_model(embeds)
+            entry_tokens = {name: self.__basis.to_model(t) for name, t in (entry_tokens or {}).items()}
+        return self._forward(embeds, mask, entry_tokens)
+
+    def _embed(self, texts: list[str], max_length: int | None) -> TokenBatch:
         check_texts(texts)
         limit = min(max_length or self.spec.text_max_length, self.spec.text_max_length)
         ids, mask = self.__tower.tokenize(list(texts), limit)
         embeds = self.__tower.embeddings(ids.to(self.device)).detach().float()  # the user's side stays float32
         return TokenBatch(embeds=embeds, mask=mask.to(self.device))  # (B, T, D), (B, T), on the box's device
 
-    def forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
-        self.require("dark-gray", "light-gray")
-        self.check_input(embeds, mask)
+    def _encode_batch(self, texts: list[str]) -> torch.Tensor:
+        # in the model's own coordinates: encode never takes the round trip through the basis
+        batch = self._embed(texts, None)
+        self.check_input(batch.embeds, batch.mask)
+        return self._forward(batch.embeds, batch.mask)
+
+    def _forward(self, embeds: torch.Tensor, mask: torch.Tensor, entry_tokens=None) -> torch.Tensor:
+        """``forward`` from embeddings in the model's own coordinates."""
         back = {"device": embeds.device, "dtype": embeds.dtype}  # the answer lands where the question came from
         place = self._placement
         embeds, mask = place.inward(embeds), mask.to(self.device)
@@ -252,6 +281,11 @@ MODEL_WIDE = ("device", "dtype")  # the towers share one model: it is placed and
 def tower_options(options: Mapping, tower: Mapping | None) -> dict:
     """Options for one tower: those given to both, overridden by that tower's own (``precision``
     may differ per tower; ``device`` and ``dtype`` are the whole model's)."""
+    if "basis" in options:
+        raise ConfigError(
+            "basis is the text tower's (its token embeddings; pixels have none): give it in text_options, "
+            "e.g. text_options={'basis': False}"
+        )
     own = sorted(set(tower or {}) & set(MODEL_WIDE))
     if own:
         raise ConfigError(

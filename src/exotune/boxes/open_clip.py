@@ -84,20 +84,22 @@ def open_clip_boxes(
 
     ``options`` (``access``, ``limits``, ``precision``; ``device`` and ``dtype``, which place the
     whole model) apply to both towers, ``text_options`` / ``image_options`` to one; entry points
-    are refused (dark-gray only). ``owner_secret`` (a served pair's) keys the shared digest.
+    are refused (dark-gray only). ``owner_secret`` (a served pair's) keys the shared digest and
+    sets the text tower's secret input basis (``text_options={"basis": False}``: none).
     """
     text_options, image_options = tower_options(options, text_options), tower_options(options, image_options)
-    for given in (text_options, image_options):
+    for given, own in ((text_options, ("basis",)), (image_options, ())):
         if given.get("entry_points") is not None:
             raise ConfigError("open_clip boxes have no entry points (LGA); load a Hugging Face CLIP checkpoint for LGA")
-        unknown = sorted(set(given) - {*TOWER_OPTIONS, "entry_points", "entry_tokens_max"})
+        unknown = sorted(set(given) - {*TOWER_OPTIONS, *own, "entry_points", "entry_tokens_max"})
         if unknown:
             raise ConfigError(f"unknown open_clip box options {unknown}; they take {', '.join(TOWER_OPTIONS)}")
     digest = pair_digest(model, owner_secret=owner_secret)  # of the weights as given, before they are placed
     text = CLIPTextBox(
         open_clip_text_tower(model, tokenizer),
         digest=digest,
-        **{k: v for k, v in text_options.items() if k in TOWER_OPTIONS},
+        owner_secret=owner_secret,
+        **{k: v for k, v in text_options.items() if k in (*TOWER_OPTIONS, "basis")},
     )
     size = size_pair(getattr(model.visual, "image_size", 224))
     image = image or openai_image_spec(min(size))

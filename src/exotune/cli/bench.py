@@ -68,7 +68,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     )
     add_averaging_args(p)
     p.add_argument("--data-dir", help="folder holding the datasets (default: $EXOTUNE_DATA, else ./datasets)")
-    p.add_argument("--backbone", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="default: the packaged all-MiniLM-L6-v2; vision: a CLIP, SigLIP or BLIP checkpoint (a name, a "
+        "local folder, open_clip:MODEL@PRETRAINED), needed unless --quick (a tiny random CLIP)",
+    )
     p.add_argument(
         "--out-dir",
         default=None,
@@ -82,7 +87,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("your own data: every method of the suite on it (needs --out-dir)")
     g.add_argument("--file", help="classification, ea: training file (.csv, .tsv or .jsonl of labelled texts)")
-    g.add_argument("--val-file", help="validation file: every choice is made on it (default: a share of --file)")
+    g.add_argument(
+        "--val-file", help="validation file: every choice is made on it (default: a share of --file or --data)"
+    )
     g.add_argument("--test-file", help="test file, scored once per run")
     g.add_argument("--text-column", default="text", help="text column of the files (default: text)")
     g.add_argument("--label-column", default="label", help="label column of the files (default: label)")
@@ -91,6 +98,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="retrieval: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv, "
         "qrels/test.tsv; qrels/dev.tsv is the validation split when present)",
     )
+    g.add_argument(
+        "--data",
+        metavar="FILE",
+        help="vision: captioned images, as exotune train --task image-retrieval --captions reads them "
+        "(.csv/.tsv/.jsonl with image and caption columns, a COCO caption file: with --test-file; or a "
+        "Karpathy-split .json alone: its train, val and test splits)",
+    )
+    g.add_argument("--images", metavar="DIR", help="vision: the images' folder (default: each caption file's)")
 
 
 def _rates(defaults) -> str:

@@ -141,8 +141,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="file holding the owner secret, created with a random one if missing (default: "
         f"${OWNER_SECRET_ENV} if set, else {default_secret_file()}). The secret keys the spec's "
-        "model digest (every --kind), hides which layers entry points are and, for --kind text, "
-        "sets the secret input basis. "
+        "model digest (every --kind), hides which layers entry points are and, for --kind text "
+        "and the text tower of --kind clip, sets the secret input basis. "
         "Keep the file and reuse it: the same secret after a restart keeps adapters trained "
         "against this box valid; another secret makes the box refuse them",
     )
@@ -150,7 +150,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--no-basis",
         action="store_true",
         help="hand out token embeddings in the model's own coordinates, not the secret basis "
-        "(the digest stays keyed); adapters trained with the basis are then refused",
+        "(the digest stays keyed); adapters trained with the basis are then refused. --kind text "
+        "and clip (its text tower); refused for --kind image (pixels have no basis)",
     )
 
 
@@ -307,6 +308,11 @@ def _vision_server(args, tokens, config, points: dict):
     from exotune.boxes.loading import load_clip_boxes, load_image_box
     from exotune.serve import create_app, create_towers_app
 
+    if args.kind == "image" and args.no_basis:
+        raise ConfigError(
+            "--no-basis turns off the secret basis of token embeddings (--kind text, and the text tower of "
+            "--kind clip); --kind image takes pixels, which have none: leave --no-basis out"
+        )
     if args.level not in ("dark-gray", "light-gray"):
         raise ConfigError(
             f"--kind {args.kind} serves at dark-gray or light-gray (pixels in, gradients back), not {args.level}"
@@ -319,6 +325,8 @@ def _vision_server(args, tokens, config, points: dict):
     options = {"access": args.level, "owner_secret": served_secret(args), **points}
     if args.kind == "image":
         return create_app(load_image_box(args.model, **options), tokens, config)
+    if args.no_basis:  # the text tower's token embeddings; the image tower's pixels have no basis
+        options["text_options"] = {"basis": False}
     text, image = load_clip_boxes(args.model, **options)
     return create_towers_app({"text": text, "image": image}, tokens, config)
 

@@ -1,0 +1,93 @@
+"""``exotune bench vision``: the image-text suite end to end on a tiny random CLIP and drawn
+images (``--quick``), and on the user's own caption files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import exotune.bench
+from exotune.cli import main
+
+from .conftest import build_tiny_clip, write_shapes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Runs in this process (a spawned one per run would only re-import the library)."""
+    monkeypatch.setattr(exotune.bench, "run_isolated", lambda fn, *args: fn(*args))
+
+
+def test_quick_writes_the_results_and_resumes_from_its_log(tmp_path, in_process, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "vision", "--quick", "--out-dir", str(out)]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    assert doc["suite"] == "vision" and doc["backbone"] == "tiny-random-clip" and doc["quick"] is True
+    methods = {(r["method"], r["variant"]) for r in doc["records"]}
+    assert methods == {
+        ("zero-shot", "bare towers"),
+        ("dga", "input-only"),
+        ("dga", "output-only"),
+        ("dga", "both"),
+        ("lga", "tokens=2"),
+    }
+    assert not {"lora", "full-ft"} & {m for m, _ in methods}  # no white-box path for a pair: no rows
+    main_rows = [r for r in doc["records"] if r["metric"] == "mean_recall"]
+    assert len(main_rows) == 5 and all(0.0 <= r["mean"] <= 1.0 for r in main_rows)
+    trained = [r for r in main_rows if r["method"] != "zero-shot"]
+    assert {r["lr"] for r in trained} == {doc["budget"]["lr"]}  # one budget for every method
+    assert all(r["trainable_params"] > 0 and r["n_test"] == 18 for r in trained)
+    assert next(r for r in main_rows if r["method"] == "zero-shot")["trainable_params"] == 0
+    assert "| lga | tokens=2 | light-gray | mean_recall |" in (out / "vision.md").read_text()
+    if exotune.plotting.pyplot() is not None:
+        assert (out / "vision_params.png").is_file()
+    assert len((out / ".vision.runs.jsonl").read_text().splitlines()) == 5
+    capsys.readouterr()
+    assert main(["bench", "vision", "--quick", "--out-dir", str(out), "--methods", "dga-both"]) == 0
+    assert "logged earlier, reused" in capsys.readouterr().err
+
+
+def _captions(data, split: str, per_pair: int, seed: int):
+    """Drawn images under ``data/split/`` and their caption file ``data/split.csv``."""
+    rows = write_shapes(data / split, per_pair, seed)
+    path = data / f"{split}.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        for file, colour, shape in rows:
+            w.writerow([f"{split}/{file}", f"a photo of a {colour} {shape}"])
+    return path
+
+
+def test_own_caption_files_and_a_clip_folder(tmp_path, in_process):
+    clip = tmp_path / "clip"
+    build_tiny_clip(clip)
+    data = tmp_path / "shapes-data"
+    train, test = _captions(data, "train", 2, seed=1), _captions(data, "test", 1, seed=2)
+    out = tmp_path / "out"
+    args = ["bench", "vision", "--backbone", str(clip), "--out-dir", str(out), "--seeds", "0", "--epochs", "1"]
+    assert main([*args, "--data", str(train), "--test-file", str(test), "--methods", "zero-shot", "dga-both"]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    assert doc["backbone"] == str(clip) and doc["data"]["captions"]["test"] == str(test)
+    rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
+    assert set(rows) == {"zero-shot", "dga"}
+    assert rows["dga"]["dataset"] == "shapes-data"  # a generic file stem: the folder names it
+    assert (rows["dga"]["n_test"], rows["dga"]["n_test_images"], rows["dga"]["n_train"]) == (9, 9, 16)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "needs --backbone"),
+        (["--backbone", "x"], "needs --data"),
+        (["--backbone", "x", "--data", "caps.csv"], "needs --test-file"),
+        (["--backbone", "x", "--beir-dir", "b"], "not --file or --beir-dir"),
+    ],
+)
+def test_what_the_suite_needs_is_said(tmp_path, extra, message, capsys):
+    assert main(["bench", "vision", "--out-dir", str(tmp_path), *extra]) != 0
+    assert message in capsys.readouterr().err
