@@ -394,10 +394,10 @@ def plot(doc: dict, out_dir: Path) -> None:
         plt.close(fig)
 
 
-def write_suite(suite: str, args, budget, out_dir: Path, markdown, plot, **fields) -> dict:
-    """A suite with its own driver: ``<suite>.json`` (the command, date, machine, backbone,
-    budget and ``fields``), its Markdown table (printed) and its plots; returns the document."""
-    doc = {
+def suite_header(suite: str, args, budget) -> dict:
+    """What every suite's document starts with: the suite, the command, date, machine, backbone,
+    budget and whether it was a quick run."""
+    return {
         "suite": suite,
         "command": command_line(),
         "date": datetime.date.today().isoformat(),
@@ -405,8 +405,13 @@ def write_suite(suite: str, args, budget, out_dir: Path, markdown, plot, **field
         "backbone": args.backbone or "all-MiniLM-L6-v2",
         "budget": asdict(budget),
         "quick": args.quick,
-        **fields,
     }
+
+
+def write_suite(suite: str, args, budget, out_dir: Path, markdown, plot, **fields) -> dict:
+    """A suite with its own driver: ``<suite>.json`` (the command, date, machine, backbone,
+    budget and ``fields``), its Markdown table (printed) and its plots; returns the document."""
+    doc = {**suite_header(suite, args, budget), **fields}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{suite}.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out_dir / f"{suite}.md").write_text(markdown(doc))

@@ -29,10 +29,9 @@ from exotune.bench.common import (
     RESULTS_DIR,
     RunLog,
     aggregate,
-    command_line,
-    machine,
     peak_memory_mb,
     run_isolated,
+    suite_header,
 )
 from exotune.bench.sources import user_data
 from exotune.defaults import CLASSIFICATION
@@ -340,13 +339,7 @@ def run(args) -> int:
         )
     curves = {f"{r['dataset']}: {r['variant']}": r["curve"] for r in runs if r.get("curve") and r["seed"] == seeds[0]}
     doc = {
-        "suite": "ea",
-        "command": command_line(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "backbone": args.backbone or "all-MiniLM-L6-v2",
-        "budget": asdict(budget),
-        "quick": args.quick,
+        **suite_header("ea", args, budget),
         "defaults": {"lora": {"epochs": CLASSIFICATION.epochs, "lr": CLASSIFICATION.lr_for("lora")}},
         **({"data": own.key()} if own else {}),
         "datasets": datasets,

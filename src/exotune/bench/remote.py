@@ -12,17 +12,16 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from exotune.bench.common import (
-    command_line,
-    machine,
     peak_memory_mb,
     process_peak_mb,
     run_isolated,
+    suite_header,
 )
 from exotune.bench.served import served_box
 from exotune.plotting import pyplot
@@ -184,13 +183,7 @@ def run(args) -> int:
     records = [_record(r, m) for r in (local, remote) for m in ("accuracy", "macro_f1")]
     ratio = remote["seconds_per_step"] / local["seconds_per_step"]
     doc = {
-        "suite": "remote",
-        "command": command_line(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "backbone": args.backbone or "all-MiniLM-L6-v2",
-        "budget": asdict(budget),
-        "quick": args.quick,
+        **suite_header("remote", args, budget),
         "transport": "HTTP/1.1 on 127.0.0.1, safetensors bodies, server and clients on the same 2 cores",
         "remote_over_local_seconds_per_step": ratio,
         "server_peak_memory_mb": server_peak,

@@ -15,12 +15,12 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from exotune.bench.common import command_line, machine, process_peak_mb
+from exotune.bench.common import process_peak_mb, suite_header
 from exotune.bench.served import served_box
 from exotune.plotting import pyplot
 from exotune.serve.config import ServeConfig
@@ -162,13 +162,7 @@ def run(args) -> int:
                     )
         peaks = {m: process_peak_mb(s.proc.pid) for m, s in servers.items()}
     doc = {
-        "suite": "serve",
-        "command": command_line(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "backbone": args.backbone or "all-MiniLM-L6-v2",
-        "budget": asdict(budget),
-        "quick": args.quick,
+        **suite_header("serve", args, budget),
         "texts": source,
         "transport": "HTTP/1.1 on 127.0.0.1, safetensors bodies; both servers and the clients "
         "on the same cores, shared with other work",
