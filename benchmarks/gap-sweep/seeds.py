@@ -1,5 +1,7 @@
-"""Three seeds of the rows round 2 chose on validation: seed 0 from runs2/, seeds 1 and 2 from
-runs3/ (``<name>-s1``, ``<name>-s2``); writes results3.md (means ± std over the seeds found)."""
+"""Three seeds of the rows chosen on validation: seed 0 from the round that chose them, seeds 1
+and 2 (``<name>-s1``, ``<name>-s2``) from the round that ran them: round 2's rows (runs2/,
+runs3/) and rounds 4-5's rows with the moving average (runs4/, runs6/). Writes results3.md
+(round 3's rows) and results6.md (all rows): means ± std over the seeds found."""
 
 import json
 import pathlib
@@ -7,7 +9,8 @@ import statistics
 import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/gap-sweep")
-ROWS = ["lora-1e-3", "lga-8-5e-3", "dga-both-5e-3-tok2e-2"]
+ROUND3 = [(name, "runs2", "runs3") for name in ("lora-1e-3", "lga-8-5e-3", "dga-both-5e-3-tok2e-2")]
+ROUND6 = [(name, "runs4", "runs6") for name in ("lga-8-5e-3-ema995", "dga-both-5e-3-tok2e-2-ema995")]
 
 
 def record(folder: pathlib.Path) -> dict | None:
@@ -22,20 +25,30 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
-lines = [
-    "| run | method | variant | seeds | val accuracy | test accuracy | best epochs | train s (mean) |",
-    "|---|---|---|---|---|---|---|---|",
-]
-for name in ROWS:
-    recs = [record(root / "runs2" / name)] + [record(root / "runs3" / f"{name}-s{s}") for s in (1, 2)]
+def table(rows: list[tuple[str, str, str]]) -> list[str]:
+    lines = [
+        "| run | method | variant | seeds | val accuracy | test accuracy | best epochs | train s (mean) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, first, more in rows:
+        lines += row(name, first, more)
+    return lines
+
+
+def row(name: str, first: str, more: str) -> list[str]:
+    recs = [record(root / first / name)] + [record(root / more / f"{name}-s{s}") for s in (1, 2)]
     recs = [r for r in recs if r]
     if not recs:
-        continue
+        return []
     seeds = [r["seeds"][0] for r in recs]
-    lines.append(
+    return [
         f"| {name} | {recs[0]['method']} | {recs[0]['variant']} | {', '.join(map(str, seeds))} | "
         f"{spread([r['val_accuracy'] for r in recs])} | {spread([r['mean'] for r in recs])} | "
         f"{', '.join(str(r['best_epoch']) for r in recs)} | {statistics.mean(r['train_seconds'] for r in recs):.0f} |"
-    )
-print("\n".join(lines))
-(root / "results3.md").write_text("\n".join(lines) + "\n")
+    ]
+
+
+for rows, file in ((ROUND3, "results3.md"), (ROUND3 + ROUND6, "results6.md")):
+    lines = table(rows)
+    print("\n".join(lines))
+    (root / file).write_text("\n".join(lines) + "\n")
