@@ -107,8 +107,9 @@ class DGAConfig(ConfigBase):
             "entry_tokens": None if self.entry_tokens is None else self.entry_tokens.to_dict(),
         }
         for part in (out["input_adapter"], out["entry_tokens"]):
-            if part is not None and part.get("reparam") == 0:
-                del part["reparam"]  # plain tokens: saved as before re-parameterisation existed
+            for key in ("reparam", "copies_per"):  # off: saved as before the option existed
+                if part is not None and part.get(key) == 0:
+                    del part[key]
         return out
 
     @classmethod
