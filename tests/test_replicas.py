@@ -106,20 +106,16 @@ def test_a_budget_is_spent_exactly_once_across_replicas(service):
 
 
 def test_the_rate_limit_holds_across_replicas_within_one_burst(service):
-    import time
-
     import httpx
 
     headers = {"Authorization": f"Bearer {RATE}"}
     with httpx.Client(base_url=service["url"], headers=headers, timeout=30) as client:
-        start = time.monotonic()
         codes = [client.get("/v1/spec").status_code for _ in range(2 * BURST)]
-        elapsed = time.monotonic() - start
-    ok = codes.count(200)
+    # one bucket for the whole service: two bursts spread over three replicas would all pass
+    # per-replica buckets (40 calls each, burst 60), so a refusal shows the buckets are shared;
+    # a burst passes before the first refusal
     assert set(codes) <= {200, 429} and codes.count(429) > 0
-    # one bucket for the whole service: a burst plus what refilled meanwhile (per-replica
-    # buckets would let up to 3 bursts through)
-    assert ok <= BURST + RATE_PER_S * elapsed + 1, (ok, elapsed)
+    assert codes[:BURST] == [200] * BURST, codes
 
 
 def test_a_replica_killed_mid_run_loses_no_accounting(service):
