@@ -293,3 +293,22 @@ def test_train_eval_and_predict_through_a_served_box(tiny_box, tmp_path, monkeyp
         assert "owner chose" in capsys.readouterr().err
     local = TextClassifier.from_pretrained(tmp_path / "run" / "best", tiny_box)  # the same box, locally
     assert local.predict(["a red car"])[0] in data.label_names
+
+
+def test_throughput_run_counts_timed_pairs_only_and_names_failures(tiny_box, shared_data):
+    """The remote suite's load generator: warm-up pairs are not counted; a failure is counted and
+    its message kept in the row, not raised."""
+    from exotune.bench.remote import Budget, throughput_run
+
+    budget = Budget(batch_size=4, pairs_per_client=2, concurrency=(1, 2), warmup_pairs=1)
+    with running_server(make_app(tiny_box)) as url:
+        rows = throughput_run(url, TOKEN, shared_data, budget)
+        assert [(r["concurrency"], r["pairs"], r["failed"], r["errors"]) for r in rows] == [
+            (1, 2, 0, []),
+            (2, 4, 0, []),
+        ]
+    budget = Budget(batch_size=4, pairs_per_client=2, concurrency=(1,), warmup_pairs=1)
+    with running_server(make_app(tiny_box, grad_budget=2)) as url:  # the warm-up and one timed pair
+        (row,) = throughput_run(url, TOKEN, shared_data, budget)
+    assert (row["pairs"], row["failed"]) == (1, 1)
+    assert len(row["errors"]) == 1 and "budget" in row["errors"][0]

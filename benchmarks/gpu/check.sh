@@ -5,6 +5,7 @@
 # benchmarks/results/gpu/ beside the others. Well under ten minutes on one recent GPU.
 #
 #   bash benchmarks/gpu/check.sh            # from the repository root
+#   bash benchmarks/gpu/check.sh --skip-tests   # the benchmark parts only (tests run before)
 #
 # Needs exotune installed with a CUDA build of PyTorch (not the CPU one constraints.txt pins) and,
 # for the Banking77 parts, the datasets in $EXOTUNE_DATA (default ../shared/datasets); without
@@ -17,9 +18,11 @@ export EXOTUNE_DATA="${EXOTUNE_DATA:-../shared/datasets}" HF_HUB_OFFLINE="${HF_H
 python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to PyTorch ' + torch.__version__)" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
 status=0
-echo "== tests (devices and precision)"
-timeout 240 python -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_devices_pairs.py tests/test_devices_cuda.py tests/test_train.py \
-    -m "not real" 2>&1 | tee "$OUT/tests.txt" | tail -5 || status=1
+if [ "${1:-}" != "--skip-tests" ]; then
+    echo "== tests (devices and precision)"
+    timeout 240 python -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_devices_pairs.py \
+        tests/test_devices_cuda.py tests/test_train.py -m "not real" 2>&1 | tee "$OUT/tests.txt" | tail -5 || status=1
+fi
 echo "== DGA vs LoRA s/step and peak memory, fp32 / bf16"
 timeout 120 python benchmarks/gpu/steps.py --out "$OUT" --data-dir "$EXOTUNE_DATA" || status=1
 if [ -d "$EXOTUNE_DATA/banking77" ]; then

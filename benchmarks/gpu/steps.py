@@ -1,7 +1,7 @@
 """GPU steps: seconds per training step and peak GPU memory of DGA (both sides) and LoRA (r=8)
-on one fixed batch, in fp32 and under bf16 autocast, all in one process on one GPU.
+on one fixed batch (32 and 256 texts), in fp32 and under bf16 autocast, all in one process on one GPU.
 
-    python benchmarks/gpu/steps.py --out benchmarks/results/gpu [--data-dir DIR] [--steps 20]
+    python benchmarks/gpu/steps.py --out benchmarks/results/gpu [--data-dir DIR] [--steps 20] [--batch-sizes 32 256]
 
 The batch is Banking77's first training texts when the datasets are found (--data-dir, else
 $EXOTUNE_DATA), else synthetic sentences of similar length (said in the results).
@@ -10,6 +10,7 @@ $EXOTUNE_DATA), else synthetic sentences of similar length (said in the results)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -77,29 +78,28 @@ def main() -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     args = p.parse_args()
     device = resolve_device(args.device)
-    batch, source = batch_of(args.data_dir, args.batch_size)
     records = []
-    for method in ("dga", "lora"):
-        for precision in ("fp32", "bf16"):
-            model = build(method, batch.label_names, device)
-            rec = {
-                "method": method,
-                "precision": precision,
-                "batch_size": len(batch),
-                **time_steps(model, batch, precision, device, args.steps),
-            }
-            print(
-                f"[gpu] {method} {precision}: {rec['seconds_per_step'] * 1000:.1f} ms/step, "
-                f"peak {rec['peak_gpu_mb']:.0f} MB",
-                flush=True,
-            )
-            records.append(rec)
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    for method, batch_size, precision in itertools.product(("dga", "lora"), args.batch_sizes, ("fp32", "bf16")):
+        batch, source = batch_of(args.data_dir, batch_size)
+        model = build(method, batch.label_names, device)
+        rec = {
+            "method": method,
+            "precision": precision,
+            "batch_size": len(batch),
+            **time_steps(model, batch, precision, device, args.steps),
+        }
+        print(
+            f"[gpu] {method} batch {len(batch)} {precision}: {rec['seconds_per_step'] * 1000:.1f} ms/step, "
+            f"peak {rec['peak_gpu_mb']:.0f} MB",
+            flush=True,
+        )
+        records.append(rec)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     doc = {
         "suite": "gpu-steps",
@@ -115,13 +115,14 @@ def main() -> int:
     (out / "gpu_steps.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [
         "# GPU steps\n",
-        f"{doc['date']}, {doc['device']}, torch {doc['torch']}; one fixed batch of "
-        f"{len(batch)} {source} texts, median of {args.steps} steps after 3 warm-up steps, one process.\n",
-        "| method | precision | trainable params | ms/step (median) | ms/step (p90) | peak GPU MB |",
-        "|---|---|---|---|---|---|",
+        f"{doc['date']}, {doc['device']}, torch {doc['torch']}; one fixed batch of {source} texts per row, "
+        f"median of {args.steps} steps after 3 warm-up steps, one process.\n",
+        "| method | batch | precision | trainable params | ms/step (median) | ms/step (p90) | peak GPU MB |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['method']} | {r['precision']} | {r['trainable_params']:,} | {r['seconds_per_step'] * 1000:.1f} | "
+        f"| {r['method']} | {r['batch_size']} | {r['precision']} | {r['trainable_params']:,} | "
+        f"{r['seconds_per_step'] * 1000:.1f} | "
         f"{r['seconds_per_step_p90'] * 1000:.1f} | {r['peak_gpu_mb']:,.0f} |"
         for r in records
     ]

@@ -53,9 +53,11 @@ class BenchOptions:
 
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, no GPU ({platform.machine()}, Python {platform.python_version()})"
-    )
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    system = f"{platform.machine()}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, {gpu} ({system})"
 
 
 def _status_kib(pid: int, key: str) -> float | None:

@@ -39,6 +39,7 @@ class Budget:
     max_test: int | None = None
     pairs_per_client: int = 8
     concurrency: tuple[int, ...] = (1, 4, 16)
+    warmup_pairs: int = 0  # untimed pairs each client makes first (a GPU builds its kernels on first calls)
 
 
 def train_run(variant: str, url: str | None, token: str | None, seed: int, data_dir, budget: Budget, backbone) -> dict:
@@ -101,6 +102,8 @@ def throughput_run(url: str, token: str, data_dir, budget: Budget) -> list[dict]
     for n in budget.concurrency:
         boxes = [connect(url, token=token) for _ in range(n)]
         batch = boxes[0].embed(texts)
+        if budget.warmup_pairs:
+            _hammer(boxes, batch, budget.warmup_pairs)
         latencies, errors, wall = _hammer(boxes, batch, budget.pairs_per_client)
         lat = np.asarray(latencies) * 1000
         out.append(
@@ -114,6 +117,7 @@ def throughput_run(url: str, token: str, data_dir, budget: Budget) -> list[dict]
                 "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
                 "batch_size": len(texts),
                 "torch_threads": torch.get_num_threads(),
+                "errors": sorted(set(errors))[:3],  # what failed, where anything did
             }
         )
         print(
