@@ -111,6 +111,26 @@ def test_stateless_forward_and_backward_gathered_give_the_outputs_and_gradients_
         assert torch.allclose(out, want_out, atol=1e-5) and torch.allclose(grad, want_grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", [None, "cuda"])
+def test_a_box_on_a_gpu_gets_larger_calls_and_fair_units(tiny_box, device):
+    """On a CPU a call's rows go through the box 16 at a time and a fair unit is 512 tokens; a
+    box on a GPU (where a small forward costs about what a large one does) takes a call's rows
+    at once and 8192-token units. Answers are the same either way."""
+    box = CountingBox(tiny_box)
+    if device:
+        box.device = torch.device(device)  # only the sizes read it: the inner box stays on the CPU
+    app = make_app(box, stateless=True)
+    texts = [" ".join(["red", "car"] * (1 + i % 5)) for i in range(20)]
+    spec = make_client(app).get("/v1/spec").json()
+    assert spec["server"]["fair_unit_tokens"] == (8192 if device else 512), spec
+    with remote(app) as rb:
+        out, grad, _ = input_grads(rb, tiny_box, texts)
+    rows = [r for _, r, _ in box.forwards()]
+    assert rows == ([20, 20] if device else [16, 4, 16, 4]), rows  # forward, then backward's forward
+    want_out, want_grad, _ = input_grads(tiny_box, tiny_box, texts)
+    assert torch.allclose(out, want_out, atol=1e-5) and torch.allclose(grad, want_grad, atol=1e-5)
+
+
 def test_a_bad_request_in_a_batch_fails_alone(tiny_box):
     box = CountingBox(tiny_box)
     app = make_app(box, tokens=TOKENS, batch_wait_ms=WAIT_MS, stateless=True)

@@ -24,17 +24,18 @@ def main() -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--pairs-per-client", type=int, default=16)
     p.add_argument("--warmup-pairs", type=int, default=2, help="untimed pairs per client first")
-    args = p.parse_args()
-    budget = Budget(concurrency=(1, 16), pairs_per_client=args.pairs_per_client, warmup_pairs=args.warmup_pairs)
+    p.add_argument("--backbone", default=None, help="a model folder (default: the packaged MiniLM)")
+    p.add_argument("--modes", nargs="+", default=["stateful", "stateless"], choices=["stateful", "stateless"])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--max-handle-mb", type=int, default=8192, help="the server's graph store (a GPU has room)")
     args = p.parse_args()
     budget = Budget(concurrency=(1, 16), pairs_per_client=args.pairs_per_client, warmup_pairs=args.warmup_pairs)
     rows = []
     # stateful: forwards keep graphs (unbatched); stateless: backward recomputes, so concurrent
     # clients' backward calls are gathered into one box call (the batching engine)
-    for mode, dtype in itertools.product(("stateful", "stateless"), ("float32", "bfloat16")):
+    for mode, dtype in itertools.product(args.modes, args.dtypes):
         extra = ("--device", args.device, "--dtype", dtype, "--max-handle-mb", str(args.max_handle_mb))
-        with served_box(None, stateless=mode == "stateless", extra=extra) as server:
+        with served_box(args.backbone, stateless=mode == "stateless", extra=extra) as server:
             for row in throughput_run(server.url, server.token, args.data_dir, budget):
                 rows.append({"mode": mode, "dtype": dtype, **row})
                 print(
@@ -46,6 +47,7 @@ def main() -> int:
         "suite": "gpu-served",
         "date": time.strftime("%Y-%m-%d"),
         "device": args.device,
+        "backbone": args.backbone or "all-MiniLM-L6-v2 (packaged)",
         "max_handle_mb": args.max_handle_mb,
         "rows": rows,
     }
@@ -54,7 +56,7 @@ def main() -> int:
     (out / "gpu_served.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [
         "# GPU served throughput\n",
-        f"{doc['date']}, exotune serve --device {args.device}; clients and server "
+        f"{doc['date']}, exotune serve --device {args.device}, backbone {doc['backbone']}; clients and server "
         f"on the same machine over loopback HTTP; one batch of 32 texts per call; each client makes "
         f"{args.warmup_pairs} untimed pairs, then {args.pairs_per_client} timed ones; the server keeps "
         f"forward graphs in up to {args.max_handle_mb} MB (--max-handle-mb).\n",

@@ -10,19 +10,30 @@ import torch
 
 from exotune.serve.graphs import build
 
-# Rows per forward inside a call (texts of /v1/encode and /v1/scores, sorted by length; rows
-# of forward and backward units, grouped by length): padding is most of the work in large
-# groups. Served MiniLM, one thread, 64 Banking77 texts: 0.48 s in groups of 16 or 8, 0.58 s
-# of 32, 1.21 s of 64; 1.09 s as 16 separate requests of 4.
+# Rows per forward inside a call on a CPU (texts of /v1/encode and /v1/scores, sorted by
+# length; rows of forward and backward units, grouped by length): padding is most of the work
+# in large groups. Served MiniLM, one thread, 64 Banking77 texts: 0.48 s in groups of 16 or 8,
+# 0.58 s of 32, 1.21 s of 64; 1.09 s as 16 separate requests of 4. On a GPU a forward costs
+# about the same for 16 rows as for hundreds (it waits on kernel launches, not arithmetic),
+# so there a call's rows go in groups of the box's max_batch.
 CHUNK_ROWS = 16
+CPU_UNIT_TOKENS, GPU_UNIT_TOKENS = 512, 8192  # ServeConfig.fair_unit_tokens when it is None
+
+
+def call_sizes(device: torch.device | None, max_batch: int, fair_unit_tokens: int | None) -> tuple[int, int]:
+    """(rows per forward inside a call, tokens of one fair unit) for a box on ``device`` (None:
+    a box that does not say, taken as on the CPU)."""
+    gpu = device is not None and device.type != "cpu"
+    unit = fair_unit_tokens or (GPU_UNIT_TOKENS if gpu else CPU_UNIT_TOKENS)
+    return (max_batch if gpu else min(CHUNK_ROWS, max_batch)), unit
 
 
 Row = tuple[int, int, int | None]  # (payload, row, extent): a row's length up to its last real token
 
 
-def row_groups(payloads: list[tuple]) -> list[list[Row]]:
+def row_groups(payloads: list[tuple], chunk_rows: int = CHUNK_ROWS) -> list[list[Row]]:
     """Every row of ``payloads`` (inputs and mask first), shortest first, in groups of
-    ``CHUNK_ROWS``. Rows of tokens are cut after their last real token (what follows is masked
+    ``chunk_rows``. Rows of tokens are cut after their last real token (what follows is masked
     out: it changes nothing of the row's outputs); other inputs (pixels) are whole."""
     rows = []
     for p, (x, mask, *_) in enumerate(payloads):
@@ -32,7 +43,7 @@ def row_groups(payloads: list[tuple]) -> list[list[Row]]:
             extents = [None] * x.shape[0]
         rows += [(p, r, e) for r, e in enumerate(extents)]
     rows.sort(key=lambda row: row[2] or 0)
-    return [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+    return [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
 
 
 def stack_rows(tensors: list[torch.Tensor], group: list[Row]) -> torch.Tensor:
@@ -46,6 +57,8 @@ def stack_rows(tensors: list[torch.Tensor], group: list[Row]) -> torch.Tensor:
 class BatchedCalls:
     """What ``BoxService`` hands its batcher: ``call(payloads) -> one answer per payload``."""
 
+    chunk_rows: int = CHUNK_ROWS  # rows per forward inside a call (``call_sizes``)
+
     def _embed_call(self, max_length: int, payloads: list[list[str]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Several requests' texts embedded at once; each answer cut to its own longest text."""
         batch = self.box.embed([t for texts in payloads for t in texts], max_length=max_length)
@@ -58,7 +71,7 @@ class BatchedCalls:
 
     def _encode_call(self, payloads: list[list[str]]) -> list[torch.Tensor]:
         texts = [t for part in payloads for t in part]
-        out = self.box.encode(texts, batch_size=min(CHUNK_ROWS, self.spec.limits.max_batch)).float()
+        out = self.box.encode(texts, batch_size=self.chunk_rows).float()
         return list(out.split([len(part) for part in payloads]))
 
     def _forward_call(self, payloads: list[tuple]) -> list[torch.Tensor]:
@@ -66,7 +79,7 @@ class BatchedCalls:
         one, those run alone), their rows regrouped by length."""
         inputs, masks = [p[0] for p in payloads], [p[1] for p in payloads]
         answers = [torch.zeros(x.shape[0], self.spec.output_dim) for x in inputs]
-        for group in row_groups(payloads):
+        for group in row_groups(payloads, self.chunk_rows):
             with torch.no_grad():
                 out = self._run(stack_rows(inputs, group), stack_rows(masks, group), payloads[0][2])
             for (p, r, _), o in zip(group, out, strict=True):
@@ -79,7 +92,7 @@ class BatchedCalls:
         its place (zero after its last real token, where it is zero alone too)."""
         inputs, masks, grads = [p[0] for p in payloads], [p[1] for p in payloads], [p[2] for p in payloads]
         answers = [torch.zeros_like(x) for x in inputs]
-        for group in row_groups(payloads):
+        for group in row_groups(payloads, self.chunk_rows):
             x = stack_rows(inputs, group)
             graph = build(self._run, x, stack_rows(masks, group), {}, x.shape[0], nullcontext)
             got = graph.grads(torch.stack([grads[p][r] for p, r, _ in group]), nullcontext)[graph.input_name]

@@ -27,7 +27,9 @@ class ServeConfig(ConfigBase):
     # at max_length: no tokenizer makes more tokens than that.
     max_tokens_per_request: int | None = None
     max_response_bytes: int = 64 * 2**20  # an answer's size, checked before the work is done
-    fair_unit_tokens: int = 512  # work the box does for one token before another's turn
+    # work the box does for one token before another's turn; None: 512 on a CPU, where work
+    # grows with tokens, 8192 on a GPU, where a small call costs about what a large one does
+    fair_unit_tokens: int | None = None
     box_workers: int = 1  # box calls run at once (1: one after another, fairly between tokens)
     # concurrent requests of one route gathered for up to this long into one box call (0: each
     # alone); at most max_batch rows, and of each token at most fair_unit_tokens of work
@@ -52,7 +54,7 @@ class ServeConfig(ConfigBase):
     quota_fallback: str = "refuse"
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_length", "grad_budget", "max_tokens_per_request"):
+        for name in ("max_batch", "max_length", "grad_budget", "max_tokens_per_request", "fair_unit_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"ServeConfig.{name} must be an integer >= 1 or None, got {value!r}")
@@ -63,7 +65,6 @@ class ServeConfig(ConfigBase):
             "max_handle_bytes",
             "burst",
             "max_response_bytes",
-            "fair_unit_tokens",
             "box_workers",
             "max_inflight_per_token",
             "login_failures",

@@ -17,7 +17,7 @@ from exotune.boxes.base import Box
 from exotune.boxes.spec import GRAY, BoxLimits
 from exotune.errors import WireError
 from exotune.serve.auth import TokenGate
-from exotune.serve.batched_calls import BatchedCalls
+from exotune.serve.batched_calls import BatchedCalls, call_sizes
 from exotune.serve.batcher import Batcher, Job
 from exotune.serve.config import ServeConfig
 from exotune.serve.errors import ApiError
@@ -52,9 +52,11 @@ class BoxService(BatchedCalls):
     input_name = "embeds"  # the wire name of the input and of its gradient
 
     def __init__(self, box: Box, config: ServeConfig, gate: TokenGate) -> None:
-        self.box, self.config, self.gate = box, config, gate
         self.spec = replace(box.spec, limits=served_limits(box, config))
         lim = self.spec.limits
+        self.chunk_rows, unit = call_sizes(getattr(box, "device", None), lim.max_batch, config.fair_unit_tokens)
+        config = replace(config, fair_unit_tokens=unit)
+        self.box, self.config, self.gate = box, config, gate
         self.max_tokens = config.max_tokens_per_request or lim.max_batch * lim.max_length
         self.handles = HandleStore(config.max_handles, config.max_handle_bytes, config.handle_ttl_s)
         self.scheduler = FairScheduler(config.box_workers)
