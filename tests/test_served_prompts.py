@@ -53,3 +53,16 @@ def test_retrieval_towers_take_their_prompts_through_a_served_box(boxes):
     torch.testing.assert_close(served.encode_corpus(corpus), local.encode_corpus(corpus), atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="no prompt 'passage'"):
         far.prompted("passage")
+
+
+def test_serve_lists_the_prompt_routes_at_start(tmp_path, monkeypatch, capsys):
+    from exotune.cli import main
+    from exotune.cli import serve as serve_cli
+
+    monkeypatch.setattr(serve_cli, "run_server", lambda *a, **k: None)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    folder = st_folder(tmp_path / "st", include_prompt=False)
+    assert main(["serve", "--model", str(folder), "--no-auth", "--port", "8123"]) == 0
+    err = capsys.readouterr().err
+    for name in ("query", "document"):
+        assert f"http://127.0.0.1:8123/prompt/{name}/v1/" in err, err

@@ -24,12 +24,11 @@ class ParameterAverage:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
-        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.shadow = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     def _live(self, model: nn.Module) -> dict[str, nn.Parameter]:
         params = dict(model.named_parameters())
-        return {name: params[name] for name in self.names}
+        return {name: params[name] for name in self.shadow}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

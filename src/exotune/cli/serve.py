@@ -387,6 +387,8 @@ def run(args) -> int:
             f"http://{args.host}:{args.port}{'/' + prefix if prefix else ''}/v1/",
             file=sys.stderr,
         )
+    for route in getattr(app.state, "prompt_routes", []):
+        print(f"  with the owner's prompt under http://{args.host}:{args.port}{route}/v1/", file=sys.stderr)
     if getattr(app.state, "model_name", None):
         print(
             f"OpenAI-compatible: base URL http://{args.host}:{args.port}/v1, model {app.state.model_name!r}",

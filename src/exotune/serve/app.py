@@ -236,10 +236,11 @@ def create_towers_app(towers: dict[str, Box], tokens: list[str] | None, config: 
     config = config or ServeConfig()
     gate = _gate(tokens, config)
     app, Caller = _base_app(config, gate)
-    app.state.services = {}
+    app.state.services, app.state.prompt_routes = {}, []
     for name, box in towers.items():
         sub = create_app(box, tokens, config, gate=gate)
         app.state.services[name] = sub.state.service
+        app.state.prompt_routes += [f"/{name}{route}" for route in sub.state.prompt_routes]
         app.mount(f"/{name}", sub)
 
     @app.get("/v1/health")
@@ -335,9 +336,11 @@ def create_app(
         body = await read_json(request, limit)
         return tensors(await run(who, service.scores, who, body))
 
+    app.state.prompt_routes = []  # what `exotune serve` lists at start
     if prompts and hasattr(box, "prompted"):
         for name in box.spec.prompts:
             if PROMPT_NAME.fullmatch(name):  # a name a URL path carries as it is
                 sub = create_app(box.prompted(name), tokens, config, model_name, gate=gate, prompts=False)
                 app.mount(f"/prompt/{name}", sub)
+                app.state.prompt_routes.append(f"/prompt/{name}")
     return app
