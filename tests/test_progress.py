@@ -20,7 +20,8 @@ class Lines(logging.Handler):
 
     def __enter__(self):
         log = logging.getLogger("exotune.progress")
-        self.level, log.level = log.level, logging.INFO
+        self.level = log.level
+        log.setLevel(logging.INFO)  # setLevel, not an assignment: it clears the logger's cached answers
         log.addHandler(self)
         return self
 
@@ -90,3 +91,24 @@ def test_training_off_a_terminal_logs_progress_and_quiet_silences_it(tiny_backbo
     assert main(["--quiet", *argv, "--output-dir", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert "epoch 1/1:" not in err and "ETA" not in err and "Loading" not in err
+
+
+def test_the_trainer_can_say_one_line_per_epoch_and_no_bar(tiny_box):
+    """``progress="epochs"`` (a benchmark's log): a line per epoch with its validation score."""
+    import pytest
+
+    from exotune.errors import ConfigError
+    from exotune.graybox import DGAConfig
+    from exotune.tasks.classification import TextClassifier
+    from exotune.train import TrainConfig, Trainer
+
+    from .conftest import colour_data
+
+    train, val = colour_data(48, seed=0), colour_data(16, seed=1)
+    model = TextClassifier(tiny_box, train.label_names, DGAConfig())
+    with Lines() as seen:
+        Trainer(TrainConfig(epochs=2, batch_size=16, patience=None), progress="epochs").fit(model, train, val)
+    assert [line.split(":")[0] for line in seen.lines] == ["epoch 1", "epoch 2"], seen.lines
+    assert all("val accuracy" in line for line in seen.lines)
+    with pytest.raises(ConfigError, match="progress"):
+        Trainer(progress="bars")

@@ -103,3 +103,34 @@ def note(message: str) -> None:
         tqdm.write(message, file=sys.stderr)
     else:
         log.info(message)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Plain lines on whatever ``sys.stderr`` is at the time of writing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class sets it; stderr is looked up when writing
+        pass
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """exotune's log lines (progress off a terminal, notices) on stderr; ``quiet``: warnings
+    only. The libraries that load the backbone draw no bars then, nor off a terminal."""
+    log = logging.getLogger("exotune")
+    if not any(isinstance(h, StderrHandler) for h in log.handlers):
+        log.addHandler(StderrHandler())
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet or not sys.stderr.isatty():  # off a terminal a bar is a line of carriage returns
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()

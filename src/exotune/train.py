@@ -191,7 +191,7 @@ class Trainer:
         self,
         config: TrainConfig | None = None,
         output_dir: str | Path | None = None,
-        progress: bool = True,
+        progress: bool | str = True,
         callbacks: list[TrainerCallback] | None = None,
         report_to: tuple[str, ...] | list[str] = (),
         device: str | torch.device | None = None,
@@ -200,9 +200,12 @@ class Trainer:
         """``callbacks``: hooks called on rank 0 (``exotune.callbacks.TrainerCallback``); with
         ``output_dir``, per-step and per-epoch CSV logs are written too, and TensorBoard event
         files when ``report_to`` names ``"tensorboard"``. ``device``: None, where the model is;
-        "auto", CUDA when present."""
+        "auto", CUDA when present. ``progress``: bars and a line per epoch; ``"epochs"``: the
+        lines alone (a benchmark's log); False: nothing."""
         self.config = config or TrainConfig()
         self.output_dir = Path(output_dir) if output_dir else None
+        if progress not in (True, False, "epochs"):
+            raise ConfigError(f"progress must be True, False or 'epochs', got {progress!r}")
         self.progress = progress
         self.callbacks = list(callbacks or [])
         self.report_to = tuple(report_to)
@@ -329,7 +332,7 @@ class Trainer:
             bar = progress_bar(
                 total=len(batches),
                 desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                enabled=self._show,
+                enabled=self._show and self.progress is True,
                 initial=state["step_in_epoch"],
             )
             losses = []

@@ -101,9 +101,24 @@ def run_isolated(fn, *args):
     with the suite (a killed suite leaves no run burning the cores)."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=1, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),)
+        max_workers=1, mp_context=ctx, initializer=start_worker, initargs=(os.getpid(), _quiet())
     ) as pool:
         return pool.submit(fn, *args).result()
+
+
+def _quiet() -> bool:
+    """Whether this process shows only warnings (``--quiet``, or no log set up: a library call)."""
+    import logging
+
+    return not logging.getLogger("exotune").isEnabledFor(logging.INFO)
+
+
+def start_worker(parent: int, quiet: bool) -> None:
+    """A suite's worker process: its log lines as its parent's, and it ends with its parent."""
+    from exotune.progress import setup_logging
+
+    setup_logging(quiet)
+    exit_with_parent(parent)
 
 
 def exit_with_parent(parent: int, every: float = 1.0) -> None:
@@ -232,7 +247,7 @@ def fit_record(model, train, val, budget, lrs: dict, seed: int, metric: str) -> 
         **lrs,
         **budget.train_options,
     )
-    result = Trainer(cfg, progress=False).fit(model, train, val)
+    result = Trainer(cfg, progress="epochs").fit(model, train, val)  # a line per epoch in the suite's log
     rec = {
         "train_seconds": result.train_seconds,
         **step_seconds(result),

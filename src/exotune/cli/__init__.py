@@ -9,7 +9,6 @@ mistyped command answer without importing anything heavy.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shlex
 import sys
@@ -20,6 +19,7 @@ from exotune.cards import card_context
 from exotune.cli import bench, demo, ea, embed, predict, serve, train
 from exotune.cli import eval as eval_cmd
 from exotune.errors import ExotuneError
+from exotune.progress import setup_logging
 
 MODULES = {
     "demo": demo,
@@ -85,37 +85,6 @@ def _one_line(err: BaseException) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)  # the message, not the source line that raised it
-
-
-class StderrHandler(logging.StreamHandler):
-    """Plain lines on whatever ``sys.stderr`` is at the time of writing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # the base class sets it; stderr is looked up when writing
-        pass
-
-
-def setup_logging(quiet: bool = False) -> None:
-    """exotune's log lines (progress off a terminal, notices) on stderr; ``quiet``: warnings
-    only. The libraries that load the backbone draw no bars then, nor off a terminal."""
-    log = logging.getLogger("exotune")
-    if not any(isinstance(h, StderrHandler) for h in log.handlers):
-        log.addHandler(StderrHandler())
-        log.propagate = False
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    if quiet or not sys.stderr.isatty():  # off a terminal a bar is a line of carriage returns
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        if "transformers" in sys.modules:
-            sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
