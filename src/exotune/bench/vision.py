@@ -1,16 +1,18 @@
-"""Vision suite: zero-shot, DGA variants and LGA on image-text retrieval, both towers of one
+"""Vision suite: zero-shot, DGA variants, LGA, LoRA and full fine-tuning on image-text retrieval, both towers of one
 CLIP-family model (``--backbone NAME|PATH``: a Hugging Face CLIP, SigLIP or BLIP checkpoint, a
 local folder, or ``open_clip:MODEL@PRETRAINED``) on the user's captioned images (``--data``:
 the caption files ``exotune train --task image-retrieval`` reads, with the same loaders).
 
-Every gradient method gets the same budget (epochs, batch, learning rate, early stopping);
-the epoch is chosen on validation (mean recall), and the test split is scored once per run.
+Every gradient method gets the same budget (epochs, batch, early stopping; the gray-box methods
+one learning rate, LoRA and full fine-tuning their own, as in the classification suite); the
+epoch is chosen on validation (mean recall), and the test split is scored once per run.
 Validation is the data's own (a Karpathy-split file's ``val``, or ``--val-file``), else a
 share of the training images carved off whole (an image keeps all its captions).
 
-White-box rows are left out: exotune has no white-box path for an image-text pair (its LoRA
-and full fine-tuning baselines train text encoders only), so the suite reports none rather
-than a stand-in. Video and sketch retrieval are not in the suite yet.
+The white-box rows (``exotune.whitebox.pair``) train both towers of the same checkpoint with
+the same loss, temperature and evaluation: LoRA (PEFT, r=8) on both towers' attention
+projections, or every weight of both towers (Hugging Face checkpoints; not open_clip). Video
+and sketch retrieval are not in the suite yet.
 
 ``--quick`` runs on a tiny random ``CLIPModel`` built here (``exotune.bench.tiny_clip``) and
 drawn images, so CI can run the suite end to end; its numbers say nothing about real models.
@@ -33,18 +35,22 @@ METHODS = {
     "dga-output-only": ("dga", "output-only", "dark-gray"),
     "dga-both": ("dga", "both", "dark-gray"),
     "lga-2": ("lga", "tokens=2", "light-gray"),
+    "lora": ("lora", "r=8, both towers", "white"),
+    "full-ft": ("full-ft", "all, both towers", "white"),
 }
 DATASETS = ("shapes",)  # drawn images (--quick); real data comes with --data
 METRICS = ("mean_recall", "t2i_recall@1", "t2i_recall@5", "t2i_recall@10", "i2t_recall@1", "i2t_recall@5")
 DEFAULTS = for_task("image-retrieval")  # what exotune train --task image-retrieval runs with
 DEFAULT_BACKBONE = "tiny-random-clip"  # the records' name of the model --quick builds (no --backbone)
+METHOD_LR = dict(DEFAULTS.white_lr)  # LoRA's and full fine-tuning's rates; the gray-box methods: Budget.lr
 
 
 @dataclass
 class Budget:
     epochs: int = DEFAULTS.epochs
     batch_size: int = DEFAULTS.batch_size
-    lr: float = DEFAULTS.gray_lr  # every method: DGA and LGA share one rate
+    lr: float = DEFAULTS.gray_lr  # the gray-box methods: DGA and LGA share one rate; others: method_lr
+    method_lr: dict[str, float] = field(default_factory=lambda: dict(METHOD_LR))
     val_fraction: float = DEFAULTS.val_fraction
     patience: int = DEFAULTS.patience
     max_train: int | None = None  # training captions
@@ -53,11 +59,19 @@ class Budget:
     # TrainConfig options of every trained method beyond rates and budget (ema, group_by_length)
     train_options: dict = field(default_factory=dict)
 
+    def lr_for(self, method: str) -> float:
+        return self.method_lr.get(method, self.lr)
+
     def train_lrs(self, method: str) -> dict:
-        return {"lr": self.lr}
+        return {"lr": self.lr_for(method)}
 
     def for_dataset(self, dataset: str) -> dict:
-        return asdict(self)
+        """What runs are logged under: the fields, ``method_lr`` only when changed from
+        ``METHOD_LR``, so that runs logged before the white-box rows existed still match."""
+        out = asdict(self)
+        if self.method_lr == METHOD_LR:
+            del out["method_lr"]
+        return out
 
 
 def quick_budget() -> Budget:
@@ -117,7 +131,10 @@ def _model(name: str, backbone: str | None):
     from exotune.graybox import DGAConfig
     from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
 
-    method, _, _ = graymethods.describe(name, METHODS)
+    method, _, access = graymethods.describe(name, METHODS)
+    if access == "white":
+        model = _white_model(method, backbone)
+        return model, None, {"whitebox": model.whitebox.to_dict()}
     gray = graymethods.parse(name) if method != "zero-shot" else None
     text_box, image_box = _pair(backbone, gray)
     if gray is None:
@@ -126,6 +143,18 @@ def _model(name: str, backbone: str | None):
     text_dga, image_dga = gray.dga_config(text_box), gray.dga_config(image_box, "image")
     model = ImageTextRetriever(text_box, image_box, text_dga, image_dga)
     return model, gray, {"dga": image_dga.to_dict(), "text_dga": text_dga.to_dict()}
+
+
+def _white_model(method: str, backbone: str | None):
+    """Both towers of the checkpoint, owned: LoRA (r=8, the family's attention projections) or all."""
+    from exotune.whitebox import WhiteBoxConfig, WhiteBoxPairRetriever
+
+    wb = None if method == "lora" else WhiteBoxConfig.full_ft()
+    if backbone is None:
+        from exotune.bench.tiny_clip import build_tiny_clip
+
+        return WhiteBoxPairRetriever(*build_tiny_clip(seed=0), wb)
+    return WhiteBoxPairRetriever.from_backbone(backbone, wb)
 
 
 def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
