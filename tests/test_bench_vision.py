@@ -9,6 +9,7 @@ import json
 import pytest
 
 import exotune.bench
+from exotune.bench import vision
 from exotune.cli import main
 
 from .conftest import build_tiny_clip, write_shapes
@@ -34,18 +35,30 @@ def test_quick_writes_the_results_and_resumes_from_its_log(tmp_path, in_process,
         ("dga", "output-only"),
         ("dga", "both"),
         ("lga", "tokens=2"),
+        ("lora", "r=8, both towers"),
+        ("full-ft", "all, both towers"),
     }
-    assert not {"lora", "full-ft"} & {m for m, _ in methods}  # no white-box path for a pair: no rows
     main_rows = [r for r in doc["records"] if r["metric"] == "mean_recall"]
-    assert len(main_rows) == 5 and all(0.0 <= r["mean"] <= 1.0 for r in main_rows)
+    assert len(main_rows) == 7 and all(0.0 <= r["mean"] <= 1.0 for r in main_rows)
+    rows = {r["method"]: r for r in main_rows if r["method"] in ("zero-shot", "lora", "full-ft")}
     trained = [r for r in main_rows if r["method"] != "zero-shot"]
-    assert {r["lr"] for r in trained} == {doc["budget"]["lr"]}  # one budget for every method
-    assert all(r["trainable_params"] > 0 and r["n_test"] == 18 for r in trained)
-    assert next(r for r in main_rows if r["method"] == "zero-shot")["trainable_params"] == 0
-    assert "| lga | tokens=2 | light-gray | mean_recall |" in (out / "vision.md").read_text()
+    gray = [r for r in trained if r["access"] != "white"]
+    assert {r["lr"] for r in gray} == {doc["budget"]["lr"]}  # one budget for every gray-box method
+    assert {m: rows[m]["lr"] for m in ("lora", "full-ft")} == vision.METHOD_LR  # their own, as in classification
+    assert all(r["trainable_params"] > 0 and r["n_test"] == 18 and r["train_seconds"] > 0 for r in trained)
+    assert rows["zero-shot"]["trainable_params"] == 0
+    # LoRA trains a share of the weights, full fine-tuning every weight of both towers (and the temperature)
+    assert rows["lora"]["trainable_params"] < rows["full-ft"]["trainable_params"]
+    assert all(rows[m]["peak_memory_mb"] > 0 for m in ("lora", "full-ft"))
+    table = (out / "vision.md").read_text()
+    assert "| lga | tokens=2 | light-gray | mean_recall |" in table
+    assert (
+        "| lora | r=8, both towers | white | mean_recall |" in table
+        and "| full-ft | all, both towers | white |" in table
+    )
     if exotune.plotting.pyplot() is not None:
         assert (out / "vision_params.png").is_file()
-    assert len((out / ".vision.runs.jsonl").read_text().splitlines()) == 5
+    assert len((out / ".vision.runs.jsonl").read_text().splitlines()) == 7
     capsys.readouterr()
     assert main(["bench", "vision", "--quick", "--out-dir", str(out), "--methods", "dga-both"]) == 0
     assert "logged earlier, reused" in capsys.readouterr().err
@@ -70,11 +83,13 @@ def test_own_caption_files_and_a_clip_folder(tmp_path, in_process):
     train, test = _captions(data, "train", 2, seed=1), _captions(data, "test", 1, seed=2)
     out = tmp_path / "out"
     args = ["bench", "vision", "--backbone", str(clip), "--out-dir", str(out), "--seeds", "0", "--epochs", "1"]
-    assert main([*args, "--data", str(train), "--test-file", str(test), "--methods", "zero-shot", "dga-both"]) == 0
+    methods = ["--methods", "zero-shot", "dga-both", "lora", "--lr", "lora=0.01"]
+    assert main([*args, "--data", str(train), "--test-file", str(test), *methods]) == 0
     doc = json.loads((out / "vision.json").read_text())
     assert doc["backbone"] == str(clip) and doc["data"]["captions"]["test"] == str(test)
     rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
-    assert set(rows) == {"zero-shot", "dga"}
+    assert set(rows) == {"zero-shot", "dga", "lora"}
+    assert rows["lora"]["lr"] == 0.01 and rows["dga"]["lr"] == doc["budget"]["lr"]
     assert rows["dga"]["dataset"] == "shapes-data"  # a generic file stem: the folder names it
     assert (rows["dga"]["n_test"], rows["dga"]["n_test_images"], rows["dga"]["n_train"]) == (9, 9, 16)
 
