@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,42 @@ def test_own_caption_files_and_a_clip_folder(tmp_path, in_process):
     assert (rows["dga"]["n_test"], rows["dga"]["n_test_images"], rows["dga"]["n_train"]) == (9, 9, 16)
 
 
+def test_quick_video_retrieval_on_drawn_videos(tmp_path, in_process):
+    out = tmp_path / "out"
+    methods = ["--methods", "zero-shot", "dga-output-only", "lga-2", "lora", "full-ft"]
+    assert main(["bench", "vision", "--quick", "--task", "video-retrieval", "--out-dir", str(out), *methods]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
+    assert set(rows) == {"zero-shot", "dga", "lga", "lora", "full-ft"}
+    assert all(r["dataset"] == "shape-videos" and r["task"] == "video-retrieval" for r in rows.values())
+    assert all(r["n_test_videos"] == 18 and r["frames"] == vision.FRAMES for r in rows.values())
+    assert {r["metric"] for r in doc["records"]} == set(vision.VIDEO_METRICS)  # the video task's metrics
+    assert rows["lora"]["trainable_params"] < rows["full-ft"]["trainable_params"]
+    assert "| lora | r=8, both towers | white | t2v_recall@1 |" in (out / "vision.md").read_text()
+
+
+def test_own_captioned_videos(tmp_path, in_process):
+    from exotune.bench.tiny_clip import shape_videos
+
+    clip, root = tmp_path / "clip", tmp_path / "clips"
+    build_tiny_clip(clip)
+    files = {}
+    for split, per_pair, seed in (("train", 2, 1), ("test", 1, 2)):
+        data = shape_videos(root / split, per_pair, seed)
+        files[split] = tmp_path / f"{split}.csv"
+        with files[split].open("w", newline="") as f:
+            rows = [[f"{split}/{Path(v).name}", c] for v, c in zip(data.videos, data.captions, strict=True)]
+            csv.writer(f).writerows([["video", "caption"], *rows])
+    out = tmp_path / "out"
+    args = ["bench", "vision", "--backbone", str(clip), "--out-dir", str(out), "--seeds", "0", "--epochs", "1"]
+    args += ["--task", "video-retrieval", "--data", str(files["train"]), "--test-file", str(files["test"])]
+    assert main([*args, "--videos", str(root), "--methods", "dga-both", "lora"]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    assert doc["data"]["task"] == "video-retrieval" and doc["data"]["images"] == str(root)
+    rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
+    assert set(rows) == {"dga", "lora"} and all(r["n_test_videos"] == 9 and r["n_train"] == 16 for r in rows.values())
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -101,6 +138,8 @@ def test_own_caption_files_and_a_clip_folder(tmp_path, in_process):
         (["--backbone", "x"], "needs --data"),
         (["--backbone", "x", "--data", "caps.csv"], "needs --test-file"),
         (["--backbone", "x", "--beir-dir", "b"], "not --file or --beir-dir"),
+        (["--backbone", "x", "--data", "c.csv", "--test-file", "t.csv", "--videos", "v"], "--videos with --task video"),
+        (["--quick", "--task", "video-retrieval", "--datasets", "shapes"], "--datasets names another task's"),
     ],
 )
 def test_what_the_suite_needs_is_said(tmp_path, extra, message, capsys):

@@ -115,3 +115,23 @@ def test_a_clip_folder_loads_as_its_boxes_would(tmp_path):
     assert model.image_box.spec.image.resize == 32  # the folder's own preprocessing
     zero = white("clip")
     torch.testing.assert_close(model.encode_images(data.images), zero.encode_images(data.images))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_video_towers_start_as_zero_shot_and_train_lora_through_the_frames(tmp_path, pooling):
+    from exotune.bench.tiny_clip import shape_videos
+    from exotune.tasks.video_text import VideoTextConfig, VideoTextRetriever
+    from exotune.whitebox import WhiteBoxVideoRetriever
+
+    data = shape_videos(tmp_path, frames=2)
+    cfg = VideoTextConfig(frames=2, temporal_pooling=pooling)
+    model = WhiteBoxVideoRetriever(*build_tiny_clip(seed=0), None, cfg)
+    none = DGAConfig.variant("none")
+    zero = VideoTextRetriever(*PAIRS["clip"].boxes(*build_tiny_clip(seed=0)), none, none, cfg)
+    torch.testing.assert_close(model.encode_videos(data.videos), zero.encode_videos(data.videos))
+    assert model.evaluate(data) == zero.evaluate(data) and "t2v_median_rank" in model.evaluate(data)
+    model.loss(data).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    vision = [g for n, g in grads.items() if "vision_model" in n and ".lora_B." in n]
+    assert vision and all(g is not None and g.abs().sum() > 0 for g in vision)  # through every video's frames
+    assert ("image_tower.pool.score" in grads) == (pooling == "attention")

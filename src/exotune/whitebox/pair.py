@@ -23,9 +23,11 @@ from exotune.boxes.clip import TextTower, hf_text_tower
 from exotune.boxes.http import check_texts
 from exotune.boxes.pairs import blip_text_tower, pair_family, siglip_text_tower
 from exotune.boxes.spec import ImageSpec
+from exotune.data.videos import read_frames
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
+from exotune.tasks.video_text import AttentionPooling, VideoTextRetriever
 from exotune.whitebox.config import WhiteBoxConfig
 from exotune.whitebox.encoder import LORA_MARK, LoraState, add_lora, lora_target_names
 
@@ -145,7 +147,11 @@ class WhiteBoxPairRetriever(LoraState, ImageTextRetriever):
         for name, p in model.named_parameters():
             p.requires_grad_(LORA_MARK in name if whitebox.mode == "lora" else _on_path(name, owned))
         self.text_tower = OwnedTextTower(text_box, owned.text_tower(model, tokenizer))
-        self.image_tower = OwnedImageTower(image_box)
+        self.image_tower = self.owned_visual_tower(image_box)
+
+    def owned_visual_tower(self, box: BoxBase) -> nn.Module:
+        """The visual side through the owned weights: items -> (B, O)."""
+        return OwnedImageTower(box)
 
     @classmethod
     def from_backbone(
@@ -167,3 +173,32 @@ class WhiteBoxPairRetriever(LoraState, ImageTextRetriever):
             "the white-box image-text retriever is a benchmark baseline: it saves no adapter folder "
             "(train with Trainer(output_dir=None))"
         )
+
+
+class OwnedVideoTower(nn.Module):
+    """videos (files or frame folders) -> (B, O): ``frames`` frames each through the owned image
+    tower, pooled over time as the gray-box video tower pools them (the mean, or its attention)."""
+
+    def __init__(self, box: BoxBase, frames: int, pooling: str = "mean") -> None:
+        super().__init__()
+        self.frame_tower = OwnedImageTower(box)
+        self.frames = frames
+        self.pool = AttentionPooling(box.spec.output_dim, frames) if pooling == "attention" else None
+
+    @property
+    def box(self) -> BoxBase:
+        return self.frame_tower.box
+
+    def forward(self, videos: list) -> torch.Tensor:
+        frames = [img for video in videos for img in read_frames(str(video), self.frames)]
+        z = torch.cat([self.frame_tower(part) for part in self.box.spec.limits.batches(frames)])
+        z = z.view(len(videos), self.frames, -1)  # (B, F, O)
+        return z.mean(1) if self.pool is None else self.pool(z)  # (B, O)
+
+
+class WhiteBoxVideoRetriever(WhiteBoxPairRetriever, VideoTextRetriever):
+    """Text-video retrieval through both owned towers: the video task's frames, pooling, config
+    (``VideoTextConfig``) and metrics; otherwise as ``WhiteBoxPairRetriever``."""
+
+    def owned_visual_tower(self, box: BoxBase) -> nn.Module:
+        return OwnedVideoTower(box, self.config.frames, self.config.temporal_pooling)
