@@ -126,9 +126,28 @@ def test_own_captioned_videos(tmp_path, in_process):
     args += ["--task", "video-retrieval", "--data", str(files["train"]), "--test-file", str(files["test"])]
     assert main([*args, "--videos", str(root), "--methods", "dga-both", "lora"]) == 0
     doc = json.loads((out / "vision.json").read_text())
-    assert doc["data"]["task"] == "video-retrieval" and doc["data"]["images"] == str(root)
+    assert doc["data"]["task"] == "video-retrieval" and doc["data"]["videos"] == str(root)
     rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
     assert set(rows) == {"dga", "lora"} and all(r["n_test_videos"] == 9 and r["n_train"] == 16 for r in rows.values())
+
+
+def test_msrvtt_data_json_alone_is_its_train_and_test_splits(tmp_path):
+    from exotune.bench.sources import CaptionFiles
+    from exotune.bench.tiny_clip import draw_shape
+
+    msr = tmp_path / "msrvtt"
+    for i in range(3):  # frame folders as the videos
+        (msr / "videos" / "all" / f"video{i}").mkdir(parents=True)
+        draw_shape("circle", "red", seed=i).save(msr / "videos" / "all" / f"video{i}" / "0.png")
+    sentences = [{"video_id": f"video{i}", "caption": f"a red circle {j}"} for i in range(3) for j in range(2)]
+    (msr / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": sentences}))
+    (msr / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\nvideo1\n")
+    (msr / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr2,video2,a red circle\n")
+    own = CaptionFiles(str(msr / "MSRVTT_data.json"), task="video-retrieval")
+    assert own.split_file and own.key()["task"] == "video-retrieval"
+    train, val, test = own.load()
+    assert val is None and len(train) == 4 and len(train.videos) == 2  # validation: carved from train
+    assert test.captions == ["a red circle"] and test.videos[0].endswith("video2")
 
 
 @pytest.mark.parametrize(

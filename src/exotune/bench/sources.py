@@ -111,12 +111,13 @@ class CaptionFiles:
 
     def key(self) -> dict:
         files = {"train": self.train, "val": self.val, "test": self.test}
-        return {
-            "captions": files,
-            "images": self.images,
-            "sha256": {k: _digest(Path(v)) for k, v in files.items() if v},
-            **({"task": self.task} if self.task != VISION_TASKS[0] else {}),  # image runs logged before match
-        }
+        if self.task == VISION_TASKS[0]:  # as image runs were logged before tasks
+            return {"captions": files, "images": self.images, "sha256": self._digests(files)}
+        return {"captions": files, "videos": self.images, "sha256": self._digests(files), "task": self.task}
+
+    @staticmethod
+    def _digests(files: dict) -> dict:
+        return {k: _digest(Path(v)) for k, v in files.items() if v}
 
     def load(self):
         """(train, validation or None, test)."""

@@ -104,7 +104,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="vision: captioned images, as exotune train --task image-retrieval --captions reads them "
         "(.csv/.tsv/.jsonl with image and caption columns, a COCO caption file: with --test-file; or a "
-        "Karpathy-split .json alone: its train, val and test splits)",
+        "Karpathy-split .json alone: its train, val and test splits); with --task video-retrieval, "
+        "captioned videos as exotune train --task video-retrieval reads them (MSRVTT_data.json alone: "
+        "its train and test splits)",
     )
     g.add_argument("--images", metavar="DIR", help="vision: the images' folder (default: each caption file's)")
     g.add_argument(
