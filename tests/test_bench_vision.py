@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 import exotune.bench
+from exotune.bench import vision
 from exotune.cli import main
 
 from .conftest import build_tiny_clip, write_shapes
@@ -34,18 +36,30 @@ def test_quick_writes_the_results_and_resumes_from_its_log(tmp_path, in_process,
         ("dga", "output-only"),
         ("dga", "both"),
         ("lga", "tokens=2"),
+        ("lora", "r=8, both towers"),
+        ("full-ft", "all, both towers"),
     }
-    assert not {"lora", "full-ft"} & {m for m, _ in methods}  # no white-box path for a pair: no rows
     main_rows = [r for r in doc["records"] if r["metric"] == "mean_recall"]
-    assert len(main_rows) == 5 and all(0.0 <= r["mean"] <= 1.0 for r in main_rows)
+    assert len(main_rows) == 7 and all(0.0 <= r["mean"] <= 1.0 for r in main_rows)
+    rows = {r["method"]: r for r in main_rows if r["method"] in ("zero-shot", "lora", "full-ft")}
     trained = [r for r in main_rows if r["method"] != "zero-shot"]
-    assert {r["lr"] for r in trained} == {doc["budget"]["lr"]}  # one budget for every method
-    assert all(r["trainable_params"] > 0 and r["n_test"] == 18 for r in trained)
-    assert next(r for r in main_rows if r["method"] == "zero-shot")["trainable_params"] == 0
-    assert "| lga | tokens=2 | light-gray | mean_recall |" in (out / "vision.md").read_text()
+    gray = [r for r in trained if r["access"] != "white"]
+    assert {r["lr"] for r in gray} == {doc["budget"]["lr"]}  # one budget for every gray-box method
+    assert {m: rows[m]["lr"] for m in ("lora", "full-ft")} == vision.METHOD_LR  # their own, as in classification
+    assert all(r["trainable_params"] > 0 and r["n_test"] == 18 and r["train_seconds"] > 0 for r in trained)
+    assert rows["zero-shot"]["trainable_params"] == 0
+    # LoRA trains a share of the weights, full fine-tuning every weight of both towers (and the temperature)
+    assert rows["lora"]["trainable_params"] < rows["full-ft"]["trainable_params"]
+    assert all(rows[m]["peak_memory_mb"] > 0 for m in ("lora", "full-ft"))
+    table = (out / "vision.md").read_text()
+    assert "| lga | tokens=2 | light-gray | mean_recall |" in table
+    assert (
+        "| lora | r=8, both towers | white | mean_recall |" in table
+        and "| full-ft | all, both towers | white |" in table
+    )
     if exotune.plotting.pyplot() is not None:
         assert (out / "vision_params.png").is_file()
-    assert len((out / ".vision.runs.jsonl").read_text().splitlines()) == 5
+    assert len((out / ".vision.runs.jsonl").read_text().splitlines()) == 7
     capsys.readouterr()
     assert main(["bench", "vision", "--quick", "--out-dir", str(out), "--methods", "dga-both"]) == 0
     assert "logged earlier, reused" in capsys.readouterr().err
@@ -70,13 +84,70 @@ def test_own_caption_files_and_a_clip_folder(tmp_path, in_process):
     train, test = _captions(data, "train", 2, seed=1), _captions(data, "test", 1, seed=2)
     out = tmp_path / "out"
     args = ["bench", "vision", "--backbone", str(clip), "--out-dir", str(out), "--seeds", "0", "--epochs", "1"]
-    assert main([*args, "--data", str(train), "--test-file", str(test), "--methods", "zero-shot", "dga-both"]) == 0
+    methods = ["--methods", "zero-shot", "dga-both", "lora", "--lr", "lora=0.01"]
+    assert main([*args, "--data", str(train), "--test-file", str(test), *methods]) == 0
     doc = json.loads((out / "vision.json").read_text())
     assert doc["backbone"] == str(clip) and doc["data"]["captions"]["test"] == str(test)
     rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
-    assert set(rows) == {"zero-shot", "dga"}
+    assert set(rows) == {"zero-shot", "dga", "lora"}
+    assert rows["lora"]["lr"] == 0.01 and rows["dga"]["lr"] == doc["budget"]["lr"]
     assert rows["dga"]["dataset"] == "shapes-data"  # a generic file stem: the folder names it
     assert (rows["dga"]["n_test"], rows["dga"]["n_test_images"], rows["dga"]["n_train"]) == (9, 9, 16)
+
+
+def test_quick_video_retrieval_on_drawn_videos(tmp_path, in_process):
+    out = tmp_path / "out"
+    methods = ["--methods", "zero-shot", "dga-output-only", "lga-2", "lora", "full-ft"]
+    assert main(["bench", "vision", "--quick", "--task", "video-retrieval", "--out-dir", str(out), *methods]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
+    assert set(rows) == {"zero-shot", "dga", "lga", "lora", "full-ft"}
+    assert all(r["dataset"] == "shape-videos" and r["task"] == "video-retrieval" for r in rows.values())
+    assert all(r["n_test_videos"] == 18 and r["frames"] == vision.FRAMES for r in rows.values())
+    assert {r["metric"] for r in doc["records"]} == set(vision.VIDEO_METRICS)  # the video task's metrics
+    assert rows["lora"]["trainable_params"] < rows["full-ft"]["trainable_params"]
+    assert "| lora | r=8, both towers | white | t2v_recall@1 |" in (out / "vision.md").read_text()
+
+
+def test_own_captioned_videos(tmp_path, in_process):
+    from exotune.bench.tiny_clip import shape_videos
+
+    clip, root = tmp_path / "clip", tmp_path / "clips"
+    build_tiny_clip(clip)
+    files = {}
+    for split, per_pair, seed in (("train", 2, 1), ("test", 1, 2)):
+        data = shape_videos(root / split, per_pair, seed)
+        files[split] = tmp_path / f"{split}.csv"
+        with files[split].open("w", newline="") as f:
+            rows = [[f"{split}/{Path(v).name}", c] for v, c in zip(data.videos, data.captions, strict=True)]
+            csv.writer(f).writerows([["video", "caption"], *rows])
+    out = tmp_path / "out"
+    args = ["bench", "vision", "--backbone", str(clip), "--out-dir", str(out), "--seeds", "0", "--epochs", "1"]
+    args += ["--task", "video-retrieval", "--data", str(files["train"]), "--test-file", str(files["test"])]
+    assert main([*args, "--videos", str(root), "--methods", "dga-both", "lora"]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    assert doc["data"]["task"] == "video-retrieval" and doc["data"]["videos"] == str(root)
+    rows = {r["method"]: r for r in doc["records"] if r["metric"] == "mean_recall"}
+    assert set(rows) == {"dga", "lora"} and all(r["n_test_videos"] == 9 and r["n_train"] == 16 for r in rows.values())
+
+
+def test_msrvtt_data_json_alone_is_its_train_and_test_splits(tmp_path):
+    from exotune.bench.sources import CaptionFiles
+    from exotune.bench.tiny_clip import draw_shape
+
+    msr = tmp_path / "msrvtt"
+    for i in range(3):  # frame folders as the videos
+        (msr / "videos" / "all" / f"video{i}").mkdir(parents=True)
+        draw_shape("circle", "red", seed=i).save(msr / "videos" / "all" / f"video{i}" / "0.png")
+    sentences = [{"video_id": f"video{i}", "caption": f"a red circle {j}"} for i in range(3) for j in range(2)]
+    (msr / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": sentences}))
+    (msr / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\nvideo1\n")
+    (msr / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr2,video2,a red circle\n")
+    own = CaptionFiles(str(msr / "MSRVTT_data.json"), task="video-retrieval")
+    assert own.split_file and own.key()["task"] == "video-retrieval"
+    train, val, test = own.load()
+    assert val is None and len(train) == 4 and len(train.videos) == 2  # validation: carved from train
+    assert test.captions == ["a red circle"] and test.videos[0].endswith("video2")
 
 
 @pytest.mark.parametrize(
@@ -86,6 +157,8 @@ def test_own_caption_files_and_a_clip_folder(tmp_path, in_process):
         (["--backbone", "x"], "needs --data"),
         (["--backbone", "x", "--data", "caps.csv"], "needs --test-file"),
         (["--backbone", "x", "--beir-dir", "b"], "not --file or --beir-dir"),
+        (["--backbone", "x", "--data", "c.csv", "--test-file", "t.csv", "--videos", "v"], "--videos with --task video"),
+        (["--quick", "--task", "video-retrieval", "--datasets", "shapes"], "--datasets names another task's"),
     ],
 )
 def test_what_the_suite_needs_is_said(tmp_path, extra, message, capsys):

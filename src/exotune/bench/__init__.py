@@ -57,7 +57,7 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Pa
     records = []
     for (_, _), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
         runs = sorted(runs, key=lambda r: r["seed"])
-        records += [aggregate(runs, metric) for metric in suite.METRICS]
+        records += [aggregate(runs, metric) for metric in _metrics(suite, runs[0])]
     commands = list(dict.fromkeys(r.get("command", "") for runs in groups.values() for r in runs))
     for rec in records:
         rec.pop("command", None)
@@ -75,6 +75,11 @@ def _write(suite_name: str, suite, log: RunLog, extra: dict, budget, out_dir: Pa
     )
 
 
+def _metrics(suite, run: dict) -> tuple[str, ...]:
+    """The metrics of a suite's run: the suite's, or those of the run's task (``run_metrics``)."""
+    return suite.run_metrics(run) if hasattr(suite, "run_metrics") else suite.METRICS
+
+
 def run_suite(args: BenchOptions) -> int:
     """Run (or reuse from the suite's log) every dataset x method x seed asked for, then write the results."""
     suite = SUITES[args.suite]
@@ -83,7 +88,8 @@ def run_suite(args: BenchOptions) -> int:
         return suite.run(args)
     if hasattr(suite, "check"):  # what a suite needs beyond the generic options
         suite.check(args)
-    datasets = [own.name] if own else args.datasets or list(suite.DATASETS[:1])
+    default = suite.default_datasets(args) if hasattr(suite, "default_datasets") else suite.DATASETS[:1]
+    datasets = [own.name] if own else args.datasets or list(default)
     methods = args.methods or list(suite.METHODS)
     checks = [] if own else [("dataset", datasets, suite.DATASETS)]
     for kind, given, known in checks:
@@ -129,7 +135,7 @@ def run_suite(args: BenchOptions) -> int:
                     log.add(key, {**run, "command": command})
                 else:
                     print(f"[bench] {dataset} {name} seed {seed}: logged earlier, reused", file=sys.stderr)
-                main = suite.METRICS[0]
+                main = _metrics(suite, run)[0]
                 print(f"[bench]   {main} {run['metrics'][main]:.4f}, {run['train_seconds']:.0f} s", file=sys.stderr)
             # after each method: nothing lost
             path = _write(args.suite, suite, log, extra, budget, out_dir, datasets if own else suite.DATASETS)

@@ -49,6 +49,8 @@ class BenchOptions:
     beir_dir: str | None = None
     data: str | None = None  # vision: a caption file
     images: str | None = None  # vision: the images' folder (default: the caption file's)
+    task: str | None = None  # vision: image-retrieval (default) or video-retrieval
+    videos: str | None = None  # vision, video-retrieval: the videos' folder
 
 
 def machine() -> str:

@@ -81,17 +81,23 @@ class BeirFolder:
         return train, val, load_beir(folder, "test", corpus=train.corpus)
 
 
+VISION_TASKS = ("image-retrieval", "video-retrieval")
+SPLIT_FILES = {"image-retrieval": ".json", "video-retrieval": "MSRVTT_data.json"}  # their own splits
+
+
 @dataclass(frozen=True)
 class CaptionFiles:
-    """Captioned images, read as ``exotune train --task image-retrieval`` reads them: a caption
-    file (CSV/TSV/JSONL, COCO) with ``test`` (and optionally ``val``), or a Karpathy-split .json
-    alone (its train, val and test splits). Images are relative to ``images`` (default: each
-    caption file's folder)."""
+    """Captioned images (or videos: ``task="video-retrieval"``), read as ``exotune train --task
+    image-retrieval`` (``video-retrieval``) reads them: a caption file (CSV/TSV/JSONL, COCO;
+    VATEX) with ``test`` (and optionally ``val``), or a file with its own splits alone (a
+    Karpathy-split .json: train, val and test; MSR-VTT's ``MSRVTT_data.json``: train and
+    test). Images (videos) are relative to ``images`` (default: as the loaders find them)."""
 
     train: str
     test: str | None = None
     val: str | None = None
-    images: str | None = None
+    images: str | None = None  # the images' or the videos' folder
+    task: str = "image-retrieval"
 
     @property
     def name(self) -> str:
@@ -99,25 +105,33 @@ class CaptionFiles:
 
     @property
     def split_file(self) -> bool:
-        return self.test is None and self.val is None and Path(self.train).suffix.lower() == ".json"
+        path = Path(self.train)
+        own = SPLIT_FILES[self.task]
+        return self.test is None and self.val is None and (path.name == own or path.suffix.lower() == own)
 
     def key(self) -> dict:
         files = {"train": self.train, "val": self.val, "test": self.test}
-        return {
-            "captions": files,
-            "images": self.images,
-            "sha256": {k: _digest(Path(v)) for k, v in files.items() if v},
-        }
+        if self.task == VISION_TASKS[0]:  # as image runs were logged before tasks
+            return {"captions": files, "images": self.images, "sha256": self._digests(files)}
+        return {"captions": files, "videos": self.images, "sha256": self._digests(files), "task": self.task}
+
+    @staticmethod
+    def _digests(files: dict) -> dict:
+        return {k: _digest(Path(v)) for k, v in files.items() if v}
 
     def load(self):
         """(train, validation or None, test)."""
         from exotune.data import load_image_captions
+        from exotune.data.videos import load_video_captions
 
         def read(path: str, split: str | None = None):
+            if self.task == "video-retrieval":
+                return load_video_captions(path, self.images, split=split)
             return load_image_captions(path, self.images, split=split)
 
         if self.split_file:
-            return read(self.train, "train"), read(self.train, "val"), read(self.train, "test")
+            val = read(self.train, "val") if self.task == "image-retrieval" else None
+            return read(self.train, "train"), val, read(self.train, "test")
         return read(self.train), read(self.val) if self.val else None, read(self.test)
 
 
@@ -170,10 +184,15 @@ def _caption_files(args) -> CaptionFiles:
         raise ConfigError("the vision suite takes captioned images (--data), not --file or --beir-dir")
     if not args.data:
         raise ConfigError("--val-file and --test-file go with --data (the training captions)")
-    own = CaptionFiles(args.data, args.test_file, args.val_file, args.images)
+    task = args.task or VISION_TASKS[0]
+    video = task == "video-retrieval"
+    if (args.videos and not video) or (args.images and video):
+        raise ConfigError("--images goes with --task image-retrieval, --videos with --task video-retrieval")
+    own = CaptionFiles(args.data, args.test_file, args.val_file, args.videos if video else args.images, task)
     if own.test is None and not own.split_file:
         raise ConfigError(
             "--data needs --test-file (the captions scored once per run), unless it is a Karpathy-split "
-            ".json (its own train, val and test splits); --val-file is optional (default: a share of --data)"
+            ".json (its own train, val and test splits) or, for videos, MSR-VTT's MSRVTT_data.json; "
+            "--val-file is optional (default: a share of --data)"
         )
     return own

@@ -1,5 +1,5 @@
-"""A tiny random CLIP and tiny drawn images: what ``exotune bench vision --quick`` runs on (and
-the tests build their image-text models and images from).
+"""A tiny random CLIP and tiny drawn images (and videos, as folders of frames): what ``exotune
+bench vision --quick`` runs on (and the tests build their image-text models and images from).
 
 The model is a real ``transformers`` ``CLIPModel`` (hidden 32, 2 layers, 32x32 images, patch 8)
 with a word-level tokenizer in CLIP's layout, randomly initialised from a seed: no download.
@@ -127,3 +127,22 @@ def shape_captions(per_pair: int = 1, seed: int = 0, name: str = "shapes"):
                 images.append(draw_shape(shape, colour, seed=seed * 1000 + k * 100 + len(images)))
                 captions.append(f"a photo of a {colour} {shape}")
     return ImageCaptionData(images, captions, list(range(len(images))), name)
+
+
+def shape_videos(folder: Path, per_pair: int = 1, seed: int = 0, frames: int = 3, name: str = "shape-videos"):
+    """Captioned drawn videos (a ``VideoCaptionData`` of frame folders written under ``folder``):
+    ``per_pair`` videos of every (colour, shape), the shape jittered from frame to frame, each
+    captioned "a <colour> <shape>"."""
+    from exotune.data.videos import VideoCaptionData
+
+    videos, captions = [], []
+    for k in range(per_pair):
+        for colour in COLOURS:
+            for shape in SHAPES:
+                video = folder / f"{colour}-{shape}-{seed}-{k}"
+                video.mkdir(parents=True, exist_ok=True)
+                for i in range(frames):
+                    draw_shape(shape, colour, seed=(seed * 1000 + len(videos)) * 100 + i).save(video / f"{i:03d}.png")
+                videos.append(str(video))
+                captions.append(f"a {colour} {shape}")
+    return VideoCaptionData(videos, captions, list(range(len(videos))), name)

@@ -1,24 +1,31 @@
-"""Vision suite: zero-shot, DGA variants and LGA on image-text retrieval, both towers of one
-CLIP-family model (``--backbone NAME|PATH``: a Hugging Face CLIP, SigLIP or BLIP checkpoint, a
-local folder, or ``open_clip:MODEL@PRETRAINED``) on the user's captioned images (``--data``:
-the caption files ``exotune train --task image-retrieval`` reads, with the same loaders).
+"""Vision suite: zero-shot, DGA variants, LGA, LoRA and full fine-tuning on image-text retrieval
+(``--task image-retrieval``, the default) or text-video retrieval (``--task video-retrieval``),
+both towers of one CLIP-family model (``--backbone NAME|PATH``: a Hugging Face CLIP, SigLIP or
+BLIP checkpoint, a local folder, or ``open_clip:MODEL@PRETRAINED``) on the user's captioned
+images or videos (``--data``: the caption files ``exotune train --task image-retrieval`` or
+``video-retrieval`` reads, with the same loaders; ``--images`` / ``--videos`` their folder).
 
-Every gradient method gets the same budget (epochs, batch, learning rate, early stopping);
-the epoch is chosen on validation (mean recall), and the test split is scored once per run.
+Every gradient method gets the same budget (epochs, batch, early stopping; the gray-box methods
+one learning rate, LoRA and full fine-tuning their own, as in the classification suite); the
+epoch is chosen on validation (mean recall), and the test split is scored once per run.
 Validation is the data's own (a Karpathy-split file's ``val``, or ``--val-file``), else a
-share of the training images carved off whole (an image keeps all its captions).
+share of the training images (videos) carved off whole (one keeps all its captions). A video is
+``Budget.frames`` frames sampled uniformly, pooled by their mean (``exotune.tasks.video_text``).
 
-White-box rows are left out: exotune has no white-box path for an image-text pair (its LoRA
-and full fine-tuning baselines train text encoders only), so the suite reports none rather
-than a stand-in. Video and sketch retrieval are not in the suite yet.
+The white-box rows (``exotune.whitebox.pair``) train both towers of the same checkpoint with
+the same loss, temperature and evaluation: LoRA (PEFT, r=8) on both towers' attention
+projections, or every weight of both towers (Hugging Face checkpoints; not open_clip).
+Sketch retrieval is not in the suite yet.
 
 ``--quick`` runs on a tiny random ``CLIPModel`` built here (``exotune.bench.tiny_clip``) and
-drawn images, so CI can run the suite end to end; its numbers say nothing about real models.
+drawn images (or videos: frame folders), so CI can run the suite end to end; its numbers say
+nothing about real models.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from exotune.bench import graymethods
 from exotune.bench.classification import timed_eval
@@ -33,31 +40,62 @@ METHODS = {
     "dga-output-only": ("dga", "output-only", "dark-gray"),
     "dga-both": ("dga", "both", "dark-gray"),
     "lga-2": ("lga", "tokens=2", "light-gray"),
+    "lora": ("lora", "r=8, both towers", "white"),
+    "full-ft": ("full-ft", "all, both towers", "white"),
 }
-DATASETS = ("shapes",)  # drawn images (--quick); real data comes with --data
+# drawn images and drawn videos (--quick, by --task); real data comes with --data
+DATASETS = ("shapes", "shape-videos")
+DATASET_TASK = {"shapes": "image-retrieval", "shape-videos": "video-retrieval"}
 METRICS = ("mean_recall", "t2i_recall@1", "t2i_recall@5", "t2i_recall@10", "i2t_recall@1", "i2t_recall@5")
+VIDEO_METRICS = ("mean_recall", "t2v_recall@1", "t2v_recall@5", "t2v_recall@10", "v2t_recall@1", "t2v_median_rank")
+TASK_METRICS = {"image-retrieval": METRICS, "video-retrieval": VIDEO_METRICS}
+FRAMES = 8  # sampled per video (VideoTextConfig's default)
 DEFAULTS = for_task("image-retrieval")  # what exotune train --task image-retrieval runs with
 DEFAULT_BACKBONE = "tiny-random-clip"  # the records' name of the model --quick builds (no --backbone)
+METHOD_LR = dict(DEFAULTS.white_lr)  # LoRA's and full fine-tuning's rates; the gray-box methods: Budget.lr
 
 
 @dataclass
 class Budget:
     epochs: int = DEFAULTS.epochs
     batch_size: int = DEFAULTS.batch_size
-    lr: float = DEFAULTS.gray_lr  # every method: DGA and LGA share one rate
+    lr: float = DEFAULTS.gray_lr  # the gray-box methods: DGA and LGA share one rate; others: method_lr
+    method_lr: dict[str, float] = field(default_factory=lambda: dict(METHOD_LR))
     val_fraction: float = DEFAULTS.val_fraction
     patience: int = DEFAULTS.patience
     max_train: int | None = None  # training captions
     max_val: int | None = None
     max_test: int | None = None
+    frames: int = FRAMES  # video-retrieval: frames sampled per video
     # TrainConfig options of every trained method beyond rates and budget (ema, group_by_length)
     train_options: dict = field(default_factory=dict)
 
+    def lr_for(self, method: str) -> float:
+        return self.method_lr.get(method, self.lr)
+
     def train_lrs(self, method: str) -> dict:
-        return {"lr": self.lr}
+        return {"lr": self.lr_for(method)}
 
     def for_dataset(self, dataset: str) -> dict:
-        return asdict(self)
+        """What runs are logged under: the fields, ``method_lr`` and ``frames`` only when changed
+        from their defaults, so that runs logged before them still match."""
+        out = asdict(self)
+        if self.method_lr == METHOD_LR:
+            del out["method_lr"]
+        if self.frames == FRAMES:
+            del out["frames"]
+        return out
+
+
+def run_metrics(run: dict) -> tuple[str, ...]:
+    """The metrics a run's rows report: its task's (image runs logged before tasks have none)."""
+    return TASK_METRICS[run.get("task", "image-retrieval")]
+
+
+def default_datasets(args) -> list[str]:
+    """Without data: the drawn dataset of ``--task``."""
+    task = args.task or "image-retrieval"
+    return [next(d for d, t in DATASET_TASK.items() if t == task)]
 
 
 def quick_budget() -> Budget:
@@ -66,6 +104,8 @@ def quick_budget() -> Budget:
 
 def check(args) -> None:
     """What the suite needs beyond the generic options: a backbone and data, unless ``--quick``."""
+    if args.task and args.datasets and any(DATASET_TASK.get(d, args.task) != args.task for d in args.datasets):
+        raise ConfigError(f"--task {args.task} runs on {default_datasets(args)[0]}; --datasets names another task's")
     if args.quick:
         return
     if not args.backbone:
@@ -75,18 +115,24 @@ def check(args) -> None:
         )
     if not args.data:
         raise ConfigError(
-            "the vision suite needs --data: your captioned images (a caption file, as for exotune train "
-            "--task image-retrieval --captions, with --test-file, or a Karpathy-split .json); --quick "
-            "runs it on drawn images instead"
+            "the vision suite needs --data: your captioned images or videos (a caption file, as for exotune "
+            "train --task image-retrieval|video-retrieval --captions, with --test-file, or a Karpathy-split "
+            ".json, MSR-VTT's MSRVTT_data.json); --quick runs it on drawn images or videos instead"
         )
 
 
-def _data(dataset: str, source, budget: Budget, seed: int):
-    """(train, validation, test): the user's caption files, or the drawn shapes; then the budget's samples."""
+def _data(dataset: str, source, budget: Budget, seed: int, task: str, folder: Path):
+    """(train, validation, test): the user's caption files, or the drawn shapes (videos: frame
+    folders written under ``folder``); then the budget's samples."""
     from exotune.bench.sources import splits
-    from exotune.bench.tiny_clip import shape_captions
+    from exotune.bench.tiny_clip import shape_captions, shape_videos
 
     def drawn(_root):
+        if task == "video-retrieval":
+            return tuple(
+                shape_videos(folder / part, n, seed=k)
+                for part, n, k in (("train", 3, 1), ("val", 1, 2), ("test", 2, 3))
+            )
         return shape_captions(3, seed=1), shape_captions(1, seed=2), shape_captions(2, seed=3)
 
     train, val, test = splits(source, budget.val_fraction, seed, drawn)
@@ -113,38 +159,69 @@ def _pair(backbone: str | None, gray):
     return load_clip_boxes(backbone, **options)
 
 
-def _model(name: str, backbone: str | None):
+def _model(name: str, backbone: str | None, task: str, frames: int):
     from exotune.graybox import DGAConfig
     from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
+    from exotune.tasks.video_text import VideoTextConfig, VideoTextRetriever
 
-    method, _, _ = graymethods.describe(name, METHODS)
+    method, _, access = graymethods.describe(name, METHODS)
+    video = task == "video-retrieval"
+    config_cls, options = (VideoTextConfig, {"frames": frames}) if video else (ImageTextConfig, {})
+    if access == "white":
+        model = _white_model(method, backbone, config_cls(**options) if video else None)
+        return model, None, {"whitebox": model.whitebox.to_dict()}
+    retriever = VideoTextRetriever if video else ImageTextRetriever
     gray = graymethods.parse(name) if method != "zero-shot" else None
     text_box, image_box = _pair(backbone, gray)
     if gray is None:
-        none, bare = DGAConfig.variant("none"), ImageTextConfig(learn_temperature=False)
-        return ImageTextRetriever(text_box, image_box, none, none, bare), gray, {}
+        none, bare = DGAConfig.variant("none"), config_cls(learn_temperature=False, **options)
+        return retriever(text_box, image_box, none, none, bare), gray, {}
     text_dga, image_dga = gray.dga_config(text_box), gray.dga_config(image_box, "image")
-    model = ImageTextRetriever(text_box, image_box, text_dga, image_dga)
+    model = retriever(text_box, image_box, text_dga, image_dga, config_cls(**options))
     return model, gray, {"dga": image_dga.to_dict(), "text_dga": text_dga.to_dict()}
+
+
+def _white_model(method: str, backbone: str | None, video):
+    """Both towers of the checkpoint, owned: LoRA (r=8, the family's attention projections) or
+    all; ``video``: a ``VideoTextConfig`` for text-video retrieval, else None."""
+    from exotune.whitebox import WhiteBoxConfig, WhiteBoxPairRetriever, WhiteBoxVideoRetriever
+
+    wb = None if method == "lora" else WhiteBoxConfig.full_ft()
+    retriever = WhiteBoxPairRetriever if video is None else WhiteBoxVideoRetriever
+    if backbone is None:
+        from exotune.bench.tiny_clip import build_tiny_clip
+
+        return retriever(*build_tiny_clip(seed=0), wb, video)
+    return retriever.from_backbone(backbone, wb, video)
 
 
 def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
     """One (method, dataset, seed) run; meant for a fresh process (see ``run_isolated``).
-    ``source``: the user's ``CaptionFiles``, or None for the drawn shapes; ``backbone`` None:
-    the tiny random CLIP."""
+    ``source``: the user's ``CaptionFiles``, or None for the drawn shapes (or videos, written to
+    a temporary folder for the run); ``backbone`` None: the tiny random CLIP."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="exotune-vision-") as folder:
+        return _run(name, dataset, seed, source, budget, backbone, Path(folder))
+
+
+def _run(name: str, dataset: str, seed: int, source, budget: Budget, backbone, folder: Path) -> dict:
     import torch
 
     from exotune.train import seed_everything
 
     seed_everything(seed)
     method, variant, access = graymethods.describe(name, METHODS)
-    train, val, test = _data(dataset, source, budget, seed)
-    model, gray, extra = _model(name, backbone)
+    task = getattr(source, "task", None) or DATASET_TASK[dataset]
+    video = task == "video-retrieval"
+    train, val, test = _data(dataset, source, budget, seed, task, folder)
+    model, gray, extra = _model(name, backbone, task, budget.frames)
     if gray is not None:
         gray.init_tokens(model.text_tower, None, train.captions)
     rec = {
         **run_record(dataset, seed, (method, variant, access), train, val, test),
-        "n_test_images": len(test.images),
+        **({"task": task, "frames": budget.frames, "n_test_videos": len(test.videos)} if video else {}),
+        **({} if video else {"n_test_images": len(test.images)}),
         **extra,
         "trainable_params": model.num_trainable(),
     }

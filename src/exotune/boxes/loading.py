@@ -131,6 +131,14 @@ def load_clip_boxes(name_or_path: str, owner_secret: str | bytes | None = None, 
 def _load_hf_clip(source: str, local: bool, model_type: str, **options):
     """A Hugging Face image-text checkpoint, already resolved, as a ``BoxPair`` (any other
     ``model_type`` is refused by name)."""
+    from exotune.boxes.pairs import pair_family
+
+    model, tokenizer, image = _pair_model(source, local, model_type)
+    return pair_family(model_type).boxes(model, tokenizer, image=image, **options)
+
+
+def _pair_model(source: str, local: bool, model_type: str):
+    """(model, tokenizer, image spec) of a resolved Hugging Face image-text checkpoint."""
     from transformers import AutoTokenizer
 
     from exotune.boxes.pairs import pair_family
@@ -140,7 +148,21 @@ def _load_hf_clip(source: str, local: bool, model_type: str, **options):
     for name, tensor in checkpoint_tensors(source, family.kept).items():
         if not hasattr(model, name):  # the class dropped it on load: the model's all the same
             model.register_buffer(name, tensor.to(next(model.parameters()).device))
-    return family.boxes(model, tokenizer, image=processor_image_spec(source), **options)
+    return model, tokenizer, processor_image_spec(source)
+
+
+def load_pair_model(name_or_path: str):
+    """(model, tokenizer, image spec): a Hugging Face CLIP, SigLIP or BLIP checkpoint as
+    ``load_clip_boxes`` loads it, for the owner to train (the white-box baselines)."""
+    if not name_or_path:
+        raise ConfigError("a CLIP backbone must be named, e.g. 'openai/clip-vit-base-patch16'")
+    if _is_open_clip(name_or_path):
+        raise ConfigError(
+            "the white-box image-text baselines train Hugging Face CLIP, SigLIP or BLIP checkpoints; "
+            f"{name_or_path!r} is an open_clip model"
+        )
+    source, _, local = _local_source(name_or_path)
+    return _pair_model(source, local, _model_type(source, local))
 
 
 def checkpoint_tensors(source: str, names: tuple[str, ...]) -> dict:

@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.bench import classification, retrieval
     from exotune.bench.common import RESULTS_DIR
+    from exotune.bench.sources import VISION_TASKS
     from exotune.cli.common import add_averaging_args, positive_int
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
@@ -103,9 +104,23 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="vision: captioned images, as exotune train --task image-retrieval --captions reads them "
         "(.csv/.tsv/.jsonl with image and caption columns, a COCO caption file: with --test-file; or a "
-        "Karpathy-split .json alone: its train, val and test splits)",
+        "Karpathy-split .json alone: its train, val and test splits); with --task video-retrieval, "
+        "captioned videos as exotune train --task video-retrieval reads them (MSRVTT_data.json alone: "
+        "its train and test splits)",
     )
     g.add_argument("--images", metavar="DIR", help="vision: the images' folder (default: each caption file's)")
+    g.add_argument(
+        "--task",
+        choices=VISION_TASKS,
+        default=None,
+        help="vision: image-text (default) or text-video retrieval; --quick draws images or videos",
+    )
+    g.add_argument(
+        "--videos",
+        metavar="DIR",
+        help="vision, video-retrieval: the videos' folder, files or folders of frames (default: as "
+        "exotune train --task video-retrieval finds them)",
+    )
 
 
 def _rates(defaults) -> str:

@@ -6,6 +6,7 @@ Baselines only: they show how close the gray- and black-box methods come without
 from exotune.whitebox.config import DEFAULT_TARGETS, MODES, WhiteBoxConfig
 from exotune.whitebox.encoder import WhiteBoxEncoder, lora_target_names
 from exotune.whitebox.model import WhiteBoxClassifier
+from exotune.whitebox.pair import WhiteBoxPairRetriever, WhiteBoxVideoRetriever
 from exotune.whitebox.retriever import WhiteBoxRetriever
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "WhiteBoxClassifier",
     "WhiteBoxConfig",
     "WhiteBoxEncoder",
+    "WhiteBoxPairRetriever",
     "WhiteBoxRetriever",
+    "WhiteBoxVideoRetriever",
     "lora_target_names",
 ]

@@ -42,9 +42,17 @@ class WhiteBoxConfig(ConfigBase):
                 raise ConfigError(f"target_modules must be non-empty module names, got {self.target_modules!r}")
 
     @classmethod
-    def lora(cls, r: int = 8, alpha: float | None = None, dropout: float = 0.1, dense: bool = False) -> WhiteBoxConfig:
-        """LoRA on query/key/value (plus every ``dense`` projection if asked); alpha = 2r by default."""
-        targets = (*DEFAULT_TARGETS, "dense") if dense else DEFAULT_TARGETS
+    def lora(
+        cls,
+        r: int = 8,
+        alpha: float | None = None,
+        dropout: float = 0.1,
+        dense: bool = False,
+        targets: tuple[str, ...] = DEFAULT_TARGETS,
+    ) -> WhiteBoxConfig:
+        """LoRA on ``targets`` (default: query/key/value, plus every ``dense`` projection if asked);
+        alpha = 2r by default."""
+        targets = (*targets, "dense") if dense else tuple(targets)
         return cls("lora", r, float(alpha if alpha is not None else 2 * r), dropout, targets)
 
     @classmethod

@@ -41,15 +41,16 @@ def lora_target_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
     return names
 
 
-def add_lora(model: nn.Module, config: WhiteBoxConfig) -> nn.Module:
-    """Inject LoRA layers in place; afterwards only the LoRA tensors require grad."""
+def add_lora(model: nn.Module, config: WhiteBoxConfig, names: list[str] | None = None) -> nn.Module:
+    """Inject LoRA layers in place; afterwards only the LoRA tensors require grad. ``names``: the
+    full names of the layers to adapt (default: ``lora_target_names(model, config.target_modules)``)."""
     peft = _import_peft()
     lora = peft.LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         # full names, so that "dense" never reaches the unused pooler
-        target_modules=lora_target_names(model, config.target_modules),
+        target_modules=names if names is not None else lora_target_names(model, config.target_modules),
         bias="none",
     )
     model = peft.inject_adapter_in_model(lora, model)
