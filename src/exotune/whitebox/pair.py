@@ -8,6 +8,8 @@ tokenisation, pooling, preprocessing and projection; ``exotune.boxes.pairs``): t
 is the model's own forward from token ids (so full fine-tuning trains the token embeddings
 too), the image tower the image box's forward from its own preprocessed pixels, both now
 differentiable in the weights. LoRA's B starts at zero: the untrained model ranks as zero-shot.
+Text-video retrieval runs each frame through the owned image tower; sketch-to-photo retrieval
+runs sketches and photos through the one owned vision tower (``WhiteBoxSketchRetriever``).
 """
 
 from __future__ import annotations
@@ -121,6 +123,17 @@ class OwnedImageTower(nn.Module):
         return self.box.forward(self.box.preprocess(images).to(self.device_anchor.device))  # (B, O)
 
 
+def own(model: nn.Module, tokenizer, whitebox: WhiteBoxConfig | None, image: ImageSpec | None, towers: tuple):
+    """(the model, LoRA added on ``towers`` in ``lora`` mode; the white-box config, default
+    LoRA on the family's attention projections; the model's boxes)."""
+    owned = owned_pair(model)
+    whitebox = whitebox or WhiteBoxConfig.lora(targets=owned.attention)
+    if whitebox.mode == "lora":
+        model = add_lora(model, whitebox, pair_lora_names(model, whitebox, owned, towers))
+    family = pair_family(str(model.config.model_type))
+    return model, whitebox, family.boxes(model, tokenizer, **({"image": image} if image else {}))
+
+
 class OwnedBaseline(LoraState):
     """What the white-box retrievers share: the owned model at ``model``, its trained weights one
     parameter group, and no artifact (a benchmark baseline). Mixed in before the task's model."""
@@ -137,6 +150,13 @@ class OwnedBaseline(LoraState):
 
         model, tokenizer, image = load_pair_model(name_or_path)
         return cls(model, tokenizer, whitebox, config, image=image)
+
+    def take(self, model: nn.Module, whitebox: WhiteBoxConfig, towers: tuple) -> None:
+        """Own ``model``: the boxes froze it; the owner trains the LoRA tensors, or ``towers`` whole."""
+        self.whitebox = whitebox
+        self.model = model
+        for name, p in model.named_parameters():
+            p.requires_grad_(LORA_MARK in name if whitebox.mode == "lora" else _on_path(name, towers))
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The trained weights (LoRA tensors, or all): ``weights``; the temperature goes with the head."""
@@ -168,18 +188,10 @@ class WhiteBoxPairRetriever(OwnedBaseline, ImageTextRetriever):
         image: ImageSpec | None = None,
     ) -> None:
         owned = owned_pair(model)
-        family = pair_family(str(model.config.model_type))
-        whitebox = whitebox or WhiteBoxConfig.lora(targets=owned.attention)
-        if whitebox.mode == "lora":
-            model = add_lora(model, whitebox, pair_lora_names(model, whitebox, owned))
-        text_box, image_box = family.boxes(model, tokenizer, **({"image": image} if image else {}))
+        model, whitebox, (text_box, image_box) = own(model, tokenizer, whitebox, image, owned.towers)
         none = DGAConfig.variant("none")
         super().__init__(text_box, image_box, none, none, config)
-        self.whitebox = whitebox
-        self.model = model
-        # the boxes froze the model: the owner trains the LoRA tensors, or both towers whole
-        for name, p in model.named_parameters():
-            p.requires_grad_(LORA_MARK in name if whitebox.mode == "lora" else _on_path(name, owned.towers))
+        self.take(model, whitebox, owned.towers)
         self.text_tower = OwnedTextTower(text_box, owned.text_tower(model, tokenizer))
         self.image_tower = self.owned_visual_tower(image_box)
 
@@ -238,17 +250,9 @@ class WhiteBoxSketchRetriever(OwnedBaseline, SketchPhotoRetriever):
         *,
         image: ImageSpec | None = None,
     ) -> None:
-        owned = owned_pair(model)
-        family = pair_family(str(model.config.model_type))
-        vision = owned.towers[1::2]  # the vision tower and its projection
-        whitebox = whitebox or WhiteBoxConfig.lora(targets=owned.attention)
-        if whitebox.mode == "lora":
-            model = add_lora(model, whitebox, pair_lora_names(model, whitebox, owned, vision))
-        image_box = family.boxes(model, tokenizer, **({"image": image} if image else {})).image
+        vision = owned_pair(model).towers[1::2]  # the vision tower and its projection
+        model, whitebox, boxes = own(model, tokenizer, whitebox, image, vision)
         none = DGAConfig.variant("none", modality="image")
-        super().__init__(image_box, image_box, none, none, config)
-        self.whitebox = whitebox
-        self.model = model
-        for name, p in model.named_parameters():
-            p.requires_grad_(LORA_MARK in name if whitebox.mode == "lora" else _on_path(name, vision))
-        self.sketch_tower = self.photo_tower = OwnedImageTower(image_box)
+        super().__init__(boxes.image, boxes.image, none, none, config)
+        self.take(model, whitebox, vision)
+        self.sketch_tower = self.photo_tower = OwnedImageTower(boxes.image)
