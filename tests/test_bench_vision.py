@@ -243,6 +243,7 @@ def test_a_bad_sketch_folder_is_said(tmp_path, in_process, capsys, folders, mess
         (["--backbone", "x", "--sketches", "s", "--unseen-classes", "1.5"], r"--unseen-classes is a share"),
         (["--backbone", "x", "--sketches", "s", "--data", "c.csv"], "not caption or text files"),
         (["--quick", "--datasets", "shapes"], "--datasets names another task's"),
+        (["--quick", "--unseen-classes", "0.5"], "--unseen-classes chooses the test classes of --sketches"),
     ],
 )
 def test_what_the_sketch_suite_needs_is_said(tmp_path, extra, message, capsys):

@@ -209,7 +209,7 @@ def user_data(args) -> UserFiles | BeirFolder | CaptionFiles | SketchFolders | N
         raise ConfigError("your own data needs --out-dir: the folder its results go to")
     if takes == "data":
         return _sketch_folders(args) if args.task == "sketch-retrieval" else _caption_files(args)
-    if args.data or args.sketches:
+    if args.data or args.sketches or args.photos:
         raise ConfigError(
             f"--data and --sketches are the vision suite's images; the {args.suite} suite does not take them"
         )

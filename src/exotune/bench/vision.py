@@ -124,6 +124,11 @@ def check(args) -> None:
     """What the suite needs beyond the generic options: a backbone and data, unless ``--quick``."""
     if args.task and args.datasets and any(DATASET_TASK.get(d, args.task) != args.task for d in args.datasets):
         raise ConfigError(f"--task {args.task} runs on {default_datasets(args)[0]}; --datasets names another task's")
+    if args.unseen_classes is not None and not args.sketches:
+        raise ConfigError(
+            f"--unseen-classes chooses the test classes of --sketches; --quick's drawn sketches hold out "
+            f"{QUICK_UNSEEN:g} of theirs"
+        )
     if args.quick:
         return
     sketch = args.task == "sketch-retrieval"
