@@ -1,10 +1,11 @@
-"""``exotune bench vision``: the image-text suite end to end on a tiny random CLIP and drawn
-images (``--quick``), and on the user's own caption files."""
+"""``exotune bench vision``: the image-text, video and sketch suites end to end on a tiny random
+CLIP and drawn images, videos or sketches (``--quick``), and on the user's own data."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,93 @@ def test_msrvtt_data_json_alone_is_its_train_and_test_splits(tmp_path):
 def test_what_the_suite_needs_is_said(tmp_path, extra, message, capsys):
     assert main(["bench", "vision", "--out-dir", str(tmp_path), *extra]) != 0
     assert message in capsys.readouterr().err
+
+
+def test_quick_sketch_retrieval_on_drawn_sketches(tmp_path, in_process):
+    out = tmp_path / "out"
+    methods = ["--methods", "zero-shot", "dga-both", "lga-2", "lora", "full-ft"]
+    assert main(["bench", "vision", "--quick", "--task", "sketch-retrieval", "--out-dir", str(out), *methods]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    rows = {r["method"]: r for r in doc["records"] if r["metric"] == "map@all"}  # chosen on validation mAP@all
+    assert set(rows) == {"zero-shot", "dga", "lga", "lora", "full-ft"}
+    assert {r["metric"] for r in doc["records"]} == {"map@all", "precision@100", "acc@1"}
+    # the test split: the 2 unseen classes of 5, 3 photos each, 2 sketches of each photo
+    assert all(r["dataset"] == "shape-sketches" and r["task"] == "sketch-retrieval" for r in rows.values())
+    assert all((r["n_test"], r["n_test_photos"], r["n_test_classes"]) == (12, 6, 2) for r in rows.values())
+    assert all(0.0 <= r["mean"] <= 1.0 for r in doc["records"])
+    assert all("val_map_at_all" in r and r["trainable_params"] > 0 for m, r in rows.items() if m != "zero-shot")
+    assert rows["lora"]["trainable_params"] < rows["full-ft"]["trainable_params"]
+    assert rows["lora"]["variant"] == "r=8, vision tower (shared)"
+    table = (out / "vision.md").read_text()
+    assert "| lga | tokens=2 | light-gray | map@all |" in table and "| dga | both | dark-gray | acc@1 |" in table
+    assert "| full-ft | all, vision tower (shared) | white | precision@100 |" in table
+
+
+def test_own_sketchy_folder(tmp_path, in_process):
+    from .test_sketch import write_sketchy
+
+    clip, root = tmp_path / "clip", write_sketchy(tmp_path / "sketchy")
+    build_tiny_clip(clip)
+    out = tmp_path / "out"
+    args = ["bench", "vision", "--backbone", str(clip), "--out-dir", str(out), "--seeds", "0", "--epochs", "1"]
+    args += ["--task", "sketch-retrieval", "--sketches", str(root), "--unseen-classes", "0.5", "--class-seed", "1"]
+    assert main([*args, "--methods", "dga-output-only", "lora"]) == 0
+    doc = json.loads((out / "vision.json").read_text())
+    assert doc["data"]["sketches"] == str(root) and doc["data"]["unseen_classes"] == 0.5
+    assert doc["data"]["class_seed"] == 1 and doc["data"]["sha256"]["sketches"] != "missing"
+    rows = {r["method"]: r for r in doc["records"] if r["metric"] == "map@all"}
+    assert set(rows) == {"dga", "lora"} and all(r["dataset"] == "sketchy" for r in rows.values())
+    # 2 of 4 classes held out: their 6 photos and 12 sketches; the other 12 sketches train and validate
+    assert all((r["n_test"], r["n_test_photos"], r["n_train"] + r["n_val"]) == (12, 6, 12) for r in rows.values())
+
+
+def _sketch_folders(root: Path, empty: str | None = None) -> Path:
+    """Two class folders of drawn sketches and photos under ``root``; ``empty``: a class without sketches."""
+    from exotune.bench.tiny_clip import draw_shape, draw_sketch
+
+    for shape in ("circle", "square", "triangle"):
+        for side in ("sketches", "photos"):
+            (root / side / shape).mkdir(parents=True)
+            if side == "sketches" and shape == empty:
+                continue
+            for i in range(2):
+                img = draw_sketch(shape, i) if side == "sketches" else draw_shape(shape, "red", i)
+                img.save(root / side / shape / f"{shape}{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "folders, message",
+    [
+        (lambda root: (root / "nowhere", root / "photos"), "sketch folder .*nowhere does not exist"),
+        (lambda root: (_sketch_folders(root, empty="square") / "sketches", root / "photos"), r"empty class.*square"),
+        (lambda root: (_sketch_folders(root) / "sketches", root / "photos" / "circle"), "other class folders"),
+    ],
+)
+def test_a_bad_sketch_folder_is_said(tmp_path, in_process, capsys, folders, message):
+    sketches, photos = folders(tmp_path / "data")
+    args = ["bench", "vision", "--backbone", "x", "--out-dir", str(tmp_path / "out"), "--task", "sketch-retrieval"]
+    assert main([*args, "--sketches", str(sketches), "--photos", str(photos), "--methods", "dga-both"]) != 0
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backbone", "x"], "needs --sketches DIR"),
+        (["--backbone", "x", "--sketches", "s", "--unseen-classes", "1.5"], r"--unseen-classes is a share"),
+        (["--backbone", "x", "--sketches", "s", "--data", "c.csv"], "not caption or text files"),
+        (["--quick", "--datasets", "shapes"], "--datasets names another task's"),
+        (["--quick", "--unseen-classes", "0.5"], "--unseen-classes chooses the test classes of --sketches"),
+    ],
+)
+def test_what_the_sketch_suite_needs_is_said(tmp_path, extra, message, capsys):
+    assert main(["bench", "vision", "--task", "sketch-retrieval", "--out-dir", str(tmp_path), *extra]) != 0
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_sketch_options_go_with_the_sketch_task(tmp_path, capsys):
+    args = ["bench", "vision", "--backbone", "x", "--data", "c.csv", "--test-file", "t.csv", "--sketches", "s"]
+    assert main([*args, "--out-dir", str(tmp_path)]) != 0
+    assert "go with --task sketch-retrieval" in capsys.readouterr().err

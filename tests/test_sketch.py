@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from exotune.bench.tiny_clip import draw_sketch
 from exotune.boxes import VisionEncoderBox
 from exotune.data.sketches import SketchPhotoData, load_sketch_photos, load_sketchy
 from exotune.errors import ConfigError, DataError, SpecMismatchError
@@ -20,26 +21,6 @@ from .conftest import SHAPES, draw_shape, tiny_vision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = [*SHAPES, "ring"]
-
-
-def draw_sketch(shape: str, seed: int = 0, size: int = 32):
-    """A black outline on white: what a sketch of ``shape`` looks like."""
-    import random
-
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    r = rng.randint(8, 12)
-    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
-    if shape in ("circle", "ring"):
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(0, 0, 0), width=2 if shape == "circle" else 4)
-    elif shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), outline=(0, 0, 0), width=2)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], outline=(0, 0, 0))
-    return img
 
 
 def write_sketchy(root, per_class: int = 3, sketches_per_photo: int = 2):

@@ -135,3 +135,38 @@ def test_video_towers_start_as_zero_shot_and_train_lora_through_the_frames(tmp_p
     vision = [g for n, g in grads.items() if "vision_model" in n and ".lora_B." in n]
     assert vision and all(g is not None and g.abs().sum() > 0 for g in vision)  # through every video's frames
     assert ("image_tower.pool.score" in grads) == (pooling == "attention")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["lora", "full-ft"])
+def test_sketch_towers_share_the_owned_vision_tower(tmp_path, family, mode):
+    """Sketches and photos cross one owned vision tower: untrained it ranks as the gray-box sketch
+    model with no adapters over the same image box; training moves only that tower's weights."""
+    from exotune.bench.tiny_clip import shape_sketches
+    from exotune.tasks.sketch import SketchConfig, SketchPhotoRetriever
+    from exotune.whitebox import WhiteBoxSketchRetriever
+
+    data = shape_sketches(2, 1)
+    wb = None if mode == "lora" else WhiteBoxConfig.full_ft()
+    torch.manual_seed(0)
+    model = WhiteBoxSketchRetriever(*tiny(family), wb, SketchConfig(temperature=0.1))
+    none = DGAConfig.variant("none", modality="image")
+    box = PAIRS[family].boxes(*tiny(family)).image
+    zero = SketchPhotoRetriever(box, box, none, none, SketchConfig(temperature=0.1))
+    assert model.sketch_tower is model.photo_tower  # one tower, not two copies
+    assert model.evaluate(data) == zero.evaluate(data)
+    trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.split(".")[0] in ("vision_model", "visual_projection", "vision_proj") for n in trainable)
+    assert mode == "full-ft" or all("lora_" in n for n in trainable)
+    assert set(model.state_dict()) >= {"log_scale"} and all(
+        "lora_" in k for k in model.state_dict() if k != "log_scale"
+    ) == (mode == "lora")
+    before = _snapshot(model)
+    train, val = data.split(0.25)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-2, patience=1, seed=0, select_metric="map@all")
+    Trainer(cfg, progress=False).fit(model, train, val)
+    after = _snapshot(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and changed <= trainable
+    with pytest.raises(ConfigError, match="sketch-photo retriever is a benchmark baseline"):
+        model.save_pretrained(tmp_path / "out")

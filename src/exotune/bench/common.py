@@ -49,8 +49,12 @@ class BenchOptions:
     beir_dir: str | None = None
     data: str | None = None  # vision: a caption file
     images: str | None = None  # vision: the images' folder (default: the caption file's)
-    task: str | None = None  # vision: image-retrieval (default) or video-retrieval
+    task: str | None = None  # vision: image-retrieval (default), video-retrieval or sketch-retrieval
     videos: str | None = None  # vision, video-retrieval: the videos' folder
+    sketches: str | None = None  # vision, sketch-retrieval: Sketchy's root, or sketches' class folders
+    photos: str | None = None  # vision, sketch-retrieval: the photos' class folders (with --sketches)
+    unseen_classes: float | None = None  # vision, sketch-retrieval: the test classes' share
+    class_seed: int = 0  # vision, sketch-retrieval: which classes are the test's
 
 
 def machine() -> str:

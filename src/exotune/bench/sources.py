@@ -81,7 +81,7 @@ class BeirFolder:
         return train, val, load_beir(folder, "test", corpus=train.corpus)
 
 
-VISION_TASKS = ("image-retrieval", "video-retrieval")
+VISION_TASKS = ("image-retrieval", "video-retrieval", "sketch-retrieval")
 SPLIT_FILES = {"image-retrieval": ".json", "video-retrieval": "MSRVTT_data.json"}  # their own splits
 
 
@@ -135,36 +135,84 @@ class CaptionFiles:
         return read(self.train), read(self.val) if self.val else None, read(self.test)
 
 
+UNSEEN_CLASSES = 0.2  # sketch-retrieval's test classes by default (Sketchy's zero-shot split: 25 of 125)
+
+
+@dataclass(frozen=True)
+class SketchFolders:
+    """Sketches and photos, read as ``exotune train --task sketch-retrieval`` reads them: Sketchy's
+    root (``sketches``), or class sub-folders of sketches and of ``photos``. The test split is
+    ``unseen_classes`` of the classes (chosen by ``class_seed``), sketches and photos alike: none
+    of them is trained or validated on, as in zero-shot (unseen-class) sketch retrieval."""
+
+    sketches: str
+    photos: str | None = None
+    unseen_classes: float = UNSEEN_CLASSES
+    class_seed: int = 0
+    task: str = "sketch-retrieval"
+
+    @property
+    def name(self) -> str:
+        return _name(Path(self.sketches))
+
+    def key(self) -> dict:
+        folders = {"sketches": self.sketches, "photos": self.photos}
+        listing = {k: _listing_digest(Path(v)) for k, v in folders.items() if v}
+        split = {"unseen_classes": self.unseen_classes, "class_seed": self.class_seed}
+        return {**folders, **split, "sha256": listing, "task": self.task}
+
+    def load(self):
+        """(seen classes, None: validation is carved from them, unseen classes)."""
+        from exotune.data.sketches import load_sketch_photos, load_sketchy
+
+        data = load_sketch_photos(self.sketches, self.photos) if self.photos else load_sketchy(self.sketches)
+        seen, unseen = data.class_split(self.unseen_classes, seed=self.class_seed)
+        return seen, None, unseen
+
+
+def _listing_digest(folder: Path) -> str:
+    """A digest of the files under ``folder`` (relative paths and sizes): an edited set of images runs again."""
+    if not folder.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def splits(source, val_fraction: float, seed: int, known: Callable):
     """(train, validation, test): the user's data when ``source`` is a ``UserFiles`` or
     ``BeirFolder``, else ``known(source)`` (a known dataset under the data root ``source``);
     validation carved from train (``val_fraction``) when none is given."""
-    train, val, test = source.load() if isinstance(source, (UserFiles, BeirFolder, CaptionFiles)) else known(source)
+    own = (UserFiles, BeirFolder, CaptionFiles, SketchFolders)
+    train, val, test = source.load() if isinstance(source, own) else known(source)
     if val is None:
         train, val = train.split(val_fraction, seed=seed)
     return train, val, test
 
 
-def user_data(args) -> UserFiles | BeirFolder | CaptionFiles | None:
+def user_data(args) -> UserFiles | BeirFolder | CaptionFiles | SketchFolders | None:
     """The user's data named by a suite's options (``--file`` with ``--test-file``, ``--beir-dir``,
-    or ``--data``), or ``None`` for the suite's known datasets."""
+    ``--data``, or ``--sketches``), or ``None`` for the suite's known datasets."""
     files = args.file or args.val_file or args.test_file
-    if not files and not args.beir_dir and not args.data:
+    if not files and not args.beir_dir and not args.data and not args.sketches and not args.photos:
         return None
     takes = {"classification": "file", "ea": "file", "retrieval": "beir", "vision": "data"}.get(args.suite)
     if takes is None:
         raise ConfigError(
-            f"suite {args.suite!r} runs on its own datasets; --file, --beir-dir and --data are for "
-            "the classification, ea, retrieval and vision suites"
+            f"suite {args.suite!r} runs on its own datasets; --file, --beir-dir, --data and --sketches "
+            "are for the classification, ea, retrieval and vision suites"
         )
     if args.datasets:
         raise ConfigError("--datasets names known datasets; give either it or your own data, not both")
     if not args.out_dir:
         raise ConfigError("your own data needs --out-dir: the folder its results go to")
     if takes == "data":
-        return _caption_files(args)
-    if args.data:
-        raise ConfigError(f"--data is the vision suite's captioned images; the {args.suite} suite does not take it")
+        return _sketch_folders(args) if args.task == "sketch-retrieval" else _caption_files(args)
+    if args.data or args.sketches or args.photos:
+        raise ConfigError(
+            f"--data and --sketches are the vision suite's images; the {args.suite} suite does not take them"
+        )
     if takes == "beir":
         if files:
             raise ConfigError("the retrieval suite takes a BEIR folder (--beir-dir), not --file")
@@ -179,9 +227,25 @@ def user_data(args) -> UserFiles | BeirFolder | CaptionFiles | None:
     return UserFiles(args.file, args.test_file, args.val_file, args.text_column, args.label_column)
 
 
+def _sketch_folders(args) -> SketchFolders:
+    if args.file or args.beir_dir or args.data or args.val_file or args.test_file:
+        raise ConfigError(
+            "--task sketch-retrieval takes sketches and photos (--sketches DIR, and --photos DIR unless "
+            "Sketchy's root), not caption or text files; its test split is the --unseen-classes"
+        )
+    if not args.sketches:
+        raise ConfigError("--photos goes with --sketches DIR (the sketches' class folders)")
+    unseen = UNSEEN_CLASSES if args.unseen_classes is None else args.unseen_classes
+    if not 0.0 < unseen < 1.0:
+        raise ConfigError(f"--unseen-classes is a share of the classes, in (0, 1); got {unseen}")
+    return SketchFolders(args.sketches, args.photos, unseen, args.class_seed)
+
+
 def _caption_files(args) -> CaptionFiles:
     if args.file or args.beir_dir:
         raise ConfigError("the vision suite takes captioned images (--data), not --file or --beir-dir")
+    if args.sketches or args.photos or args.unseen_classes is not None:
+        raise ConfigError("--sketches, --photos and --unseen-classes go with --task sketch-retrieval")
     if not args.data:
         raise ConfigError("--val-file and --test-file go with --data (the training captions)")
     task = args.task or VISION_TASKS[0]

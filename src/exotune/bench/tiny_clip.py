@@ -4,7 +4,8 @@ bench vision --quick`` runs on (and the tests build their image-text models and 
 The model is a real ``transformers`` ``CLIPModel`` (hidden 32, 2 layers, 32x32 images, patch 8)
 with a word-level tokenizer in CLIP's layout, randomly initialised from a seed: no download.
 The images are one filled shape in one colour on grey, jittered by a seed; their captions name
-the colour and the shape.
+the colour and the shape. Sketches (``--task sketch-retrieval``) are black outlines on white, each
+drawn from one photo of its class.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 from pathlib import Path
 
 SHAPES = ["circle", "square", "triangle"]
+SKETCH_SHAPES = (*SHAPES, "diamond", "bar")  # the drawn sketch classes (--task sketch-retrieval)
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230)}
 CLIP_WORDS = ["a", "an", "photo", "of", "the", "image", *SHAPES, *COLOURS, "small", "big", "dog", "cat"]
 VISION = dict(
@@ -95,11 +97,59 @@ def draw_shape(shape: str, colour: str, seed: int = 0, size: int = 32):
     fill = COLOURS[colour]
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape in ("square", "bar"):
+        draw.rectangle(_box(shape, cx, cy, r), fill=fill)
     else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        draw.polygon(_corners(shape, cx, cy, r), fill=fill)
     return img
+
+
+def _box(shape: str, cx: int, cy: int, r: int) -> tuple[int, int, int, int]:
+    return (cx - r, cy - r // 3, cx + r, cy + r // 3) if shape == "bar" else (cx - r, cy - r, cx + r, cy + r)
+
+
+def _corners(shape: str, cx: int, cy: int, r: int) -> list[tuple[int, int]]:
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+    return [(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)]  # a triangle
+
+
+def draw_sketch(shape: str, seed: int = 0, size: int = 32):
+    """A PIL image: a black outline of ``shape`` on white (a ring: a thick circle), jittered by ``seed``."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    r = rng.randint(8, 12)
+    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+    black = (0, 0, 0)
+    if shape in ("circle", "ring"):
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=black, width=2 if shape == "circle" else 4)
+    elif shape in ("square", "bar"):
+        draw.rectangle(_box(shape, cx, cy, r), outline=black, width=2)
+    else:
+        draw.polygon(_corners(shape, cx, cy, r), outline=black)
+    return img
+
+
+def shape_sketches(photos: int = 3, per_photo: int = 2, seed: int = 0, name: str = "shape-sketches"):
+    """Drawn sketches and photos in memory (a ``SketchPhotoData`` of PIL images): ``photos``
+    photos of every shape in ``SKETCH_SHAPES`` (filled, coloured), and ``per_photo`` sketches
+    (outlines) of each, paired with it."""
+    from exotune.data.sketches import SketchPhotoData
+
+    sketches, sketch_labels, pairs, images, labels = [], [], [], [], []
+    for label, shape in enumerate(SKETCH_SHAPES):
+        for k in range(photos):
+            colour = list(COLOURS)[k % len(COLOURS)]
+            for _ in range(per_photo):
+                sketches.append(draw_sketch(shape, seed=seed * 1000 + len(sketches)))
+                sketch_labels.append(label)
+                pairs.append(len(images))
+            images.append(draw_shape(shape, colour, seed=seed * 1000 + len(images)))
+            labels.append(label)
+    return SketchPhotoData(sketches, sketch_labels, images, labels, list(SKETCH_SHAPES), pairs, name)
 
 
 def write_shapes(folder: Path, per_pair: int = 1, seed: int = 0) -> list[tuple[str, str, str]]:

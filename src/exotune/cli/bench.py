@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.bench import classification, retrieval
     from exotune.bench.common import RESULTS_DIR
-    from exotune.bench.sources import VISION_TASKS
+    from exotune.bench.sources import UNSEEN_CLASSES, VISION_TASKS
     from exotune.cli.common import add_averaging_args, positive_int
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
 
@@ -113,7 +113,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "--task",
         choices=VISION_TASKS,
         default=None,
-        help="vision: image-text (default) or text-video retrieval; --quick draws images or videos",
+        help="vision: image-text (default), text-video or sketch-to-photo retrieval; --quick draws "
+        "images, videos or sketches and photos",
     )
     g.add_argument(
         "--videos",
@@ -121,6 +122,22 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="vision, video-retrieval: the videos' folder, files or folders of frames (default: as "
         "exotune train --task video-retrieval finds them)",
     )
+    g.add_argument(
+        "--sketches",
+        metavar="DIR",
+        help="vision, sketch-retrieval (instead of --data): Sketchy's root (sketch/ and photo/ inside), "
+        "or a folder of class sub-folders with --photos",
+    )
+    g.add_argument("--photos", metavar="DIR", help="vision, sketch-retrieval: photos, one sub-folder per class")
+    g.add_argument(
+        "--unseen-classes",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help=f"vision, sketch-retrieval: the share of the classes held out as the test split, sketches and "
+        f"photos never trained on (default {UNSEEN_CLASSES})",
+    )
+    g.add_argument("--class-seed", type=int, default=0, help="vision, sketch-retrieval: which classes are held out")
 
 
 def _rates(defaults) -> str:

@@ -6,7 +6,7 @@ Baselines only: they show how close the gray- and black-box methods come without
 from exotune.whitebox.config import DEFAULT_TARGETS, MODES, WhiteBoxConfig
 from exotune.whitebox.encoder import WhiteBoxEncoder, lora_target_names
 from exotune.whitebox.model import WhiteBoxClassifier
-from exotune.whitebox.pair import WhiteBoxPairRetriever, WhiteBoxVideoRetriever
+from exotune.whitebox.pair import WhiteBoxPairRetriever, WhiteBoxSketchRetriever, WhiteBoxVideoRetriever
 from exotune.whitebox.retriever import WhiteBoxRetriever
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "WhiteBoxEncoder",
     "WhiteBoxPairRetriever",
     "WhiteBoxRetriever",
+    "WhiteBoxSketchRetriever",
     "WhiteBoxVideoRetriever",
     "lora_target_names",
 ]

@@ -8,6 +8,8 @@ tokenisation, pooling, preprocessing and projection; ``exotune.boxes.pairs``): t
 is the model's own forward from token ids (so full fine-tuning trains the token embeddings
 too), the image tower the image box's forward from its own preprocessed pixels, both now
 differentiable in the weights. LoRA's B starts at zero: the untrained model ranks as zero-shot.
+Text-video retrieval runs each frame through the owned image tower; sketch-to-photo retrieval
+runs sketches and photos through the one owned vision tower (``WhiteBoxSketchRetriever``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from exotune.data.videos import read_frames
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.tasks.image_text import ImageTextConfig, ImageTextRetriever
+from exotune.tasks.sketch import SketchConfig, SketchPhotoRetriever
 from exotune.tasks.video_text import AttentionPooling, VideoTextRetriever
 from exotune.whitebox.config import WhiteBoxConfig
 from exotune.whitebox.encoder import LORA_MARK, LoraState, add_lora, lora_target_names
 
 ADAPTER_TYPE = "whitebox-image-text-retriever"
+SKETCH_ADAPTER_TYPE = "whitebox-sketch-photo-retriever"
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,18 @@ def owned_pair(model: nn.Module) -> OwnedPair:
     return OWNED[model_type]
 
 
-def _on_path(name: str, owned: OwnedPair) -> bool:
-    return name.split(".", 1)[0] in owned.towers and not any(part in name.split(".") for part in OFF_PATH)
+def _on_path(name: str, towers: tuple[str, ...]) -> bool:
+    return name.split(".", 1)[0] in towers and not any(part in name.split(".") for part in OFF_PATH)
 
 
-def pair_lora_names(model: nn.Module, config: WhiteBoxConfig, owned: OwnedPair) -> list[str]:
-    """The layers LoRA adapts: those ``config`` targets on the contrastive path, in both towers."""
-    names = [n for n in lora_target_names(model, config.target_modules) if _on_path(n, owned)]
-    for tower in owned.towers[:2]:
+def pair_lora_names(
+    model: nn.Module, config: WhiteBoxConfig, owned: OwnedPair, towers: tuple[str, ...] | None = None
+) -> list[str]:
+    """The layers LoRA adapts: those ``config`` targets on the contrastive path, in both towers
+    (``towers``: only on these submodules, e.g. the vision tower and its projection)."""
+    towers = towers or owned.towers
+    names = [n for n in lora_target_names(model, config.target_modules) if _on_path(n, towers)]
+    for tower in (t for t in owned.towers[:2] if t in towers):
         if not any(n.startswith(tower + ".") for n in names):
             raise ConfigError(
                 f"LoRA on both towers: no layer of {tower} is named one of {list(config.target_modules)} "
@@ -115,14 +123,60 @@ class OwnedImageTower(nn.Module):
         return self.box.forward(self.box.preprocess(images).to(self.device_anchor.device))  # (B, O)
 
 
-class WhiteBoxPairRetriever(LoraState, ImageTextRetriever):
+def own(model: nn.Module, tokenizer, whitebox: WhiteBoxConfig | None, image: ImageSpec | None, towers: tuple):
+    """(the model, LoRA added on ``towers`` in ``lora`` mode; the white-box config, default
+    LoRA on the family's attention projections; the model's boxes)."""
+    owned = owned_pair(model)
+    whitebox = whitebox or WhiteBoxConfig.lora(targets=owned.attention)
+    if whitebox.mode == "lora":
+        model = add_lora(model, whitebox, pair_lora_names(model, whitebox, owned, towers))
+    family = pair_family(str(model.config.model_type))
+    return model, whitebox, family.boxes(model, tokenizer, **({"image": image} if image else {}))
+
+
+class OwnedBaseline(LoraState):
+    """What the white-box retrievers share: the owned model at ``model``, its trained weights one
+    parameter group, and no artifact (a benchmark baseline). Mixed in before the task's model."""
+
+    _base_prefix = "model."
+    model: nn.Module
+    baseline: str  # what its messages call it
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str, whitebox: WhiteBoxConfig | None = None, config=None):
+        """The model a Hugging Face CLIP, SigLIP or BLIP checkpoint (a name or a folder) holds,
+        with the preprocessing its boxes would use."""
+        from exotune.boxes.loading import load_pair_model
+
+        model, tokenizer, image = load_pair_model(name_or_path)
+        return cls(model, tokenizer, whitebox, config, image=image)
+
+    def take(self, model: nn.Module, whitebox: WhiteBoxConfig, towers: tuple) -> None:
+        """Own ``model``: the boxes froze it; the owner trains the LoRA tensors, or ``towers`` whole."""
+        self.whitebox = whitebox
+        self.model = model
+        for name, p in model.named_parameters():
+            p.requires_grad_(LORA_MARK in name if whitebox.mode == "lora" else _on_path(name, towers))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trained weights (LoRA tensors, or all): ``weights``; the temperature goes with the head."""
+        return {"weights": [p for p in self.model.parameters() if p.requires_grad]}
+
+    def artifact_files(self) -> dict:
+        raise ConfigError(
+            f"the {self.baseline} is a benchmark baseline: it saves no adapter folder "
+            "(train with Trainer(output_dir=None))"
+        )
+
+
+class WhiteBoxPairRetriever(OwnedBaseline, ImageTextRetriever):
     """Both towers of an owned CLIP, SigLIP or BLIP model, LoRA-adapted or fully fine-tuned, with
     the image-text task's loss and metrics. In ``lora`` mode ``state_dict()`` holds only the LoRA
     tensors and the temperature. A benchmark baseline: it trains and evaluates through
     ``Trainer``, but saves no artifact."""
 
-    _base_prefix = "model."
     adapter_type = ADAPTER_TYPE
+    baseline = "white-box image-text retriever"
 
     def __init__(
         self,
@@ -134,45 +188,16 @@ class WhiteBoxPairRetriever(LoraState, ImageTextRetriever):
         image: ImageSpec | None = None,
     ) -> None:
         owned = owned_pair(model)
-        family = pair_family(str(model.config.model_type))
-        whitebox = whitebox or WhiteBoxConfig.lora(targets=owned.attention)
-        if whitebox.mode == "lora":
-            model = add_lora(model, whitebox, pair_lora_names(model, whitebox, owned))
-        text_box, image_box = family.boxes(model, tokenizer, **({"image": image} if image else {}))
+        model, whitebox, (text_box, image_box) = own(model, tokenizer, whitebox, image, owned.towers)
         none = DGAConfig.variant("none")
         super().__init__(text_box, image_box, none, none, config)
-        self.whitebox = whitebox
-        self.model = model
-        # the boxes froze the model: the owner trains the LoRA tensors, or both towers whole
-        for name, p in model.named_parameters():
-            p.requires_grad_(LORA_MARK in name if whitebox.mode == "lora" else _on_path(name, owned))
+        self.take(model, whitebox, owned.towers)
         self.text_tower = OwnedTextTower(text_box, owned.text_tower(model, tokenizer))
         self.image_tower = self.owned_visual_tower(image_box)
 
     def owned_visual_tower(self, box: BoxBase) -> nn.Module:
         """The visual side through the owned weights: items -> (B, O)."""
         return OwnedImageTower(box)
-
-    @classmethod
-    def from_backbone(
-        cls, name_or_path: str, whitebox: WhiteBoxConfig | None = None, config: ImageTextConfig | None = None
-    ) -> WhiteBoxPairRetriever:
-        """The model a Hugging Face CLIP, SigLIP or BLIP checkpoint (a name or a folder) holds,
-        with the preprocessing its boxes would use."""
-        from exotune.boxes.loading import load_pair_model
-
-        model, tokenizer, image = load_pair_model(name_or_path)
-        return cls(model, tokenizer, whitebox, config, image=image)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The trained weights (LoRA tensors, or all): ``weights``; the temperature goes with the head."""
-        return {"weights": [p for p in self.model.parameters() if p.requires_grad]}
-
-    def artifact_files(self) -> dict:
-        raise ConfigError(
-            "the white-box image-text retriever is a benchmark baseline: it saves no adapter folder "
-            "(train with Trainer(output_dir=None))"
-        )
 
 
 class OwnedVideoTower(nn.Module):
@@ -202,3 +227,32 @@ class WhiteBoxVideoRetriever(WhiteBoxPairRetriever, VideoTextRetriever):
 
     def owned_visual_tower(self, box: BoxBase) -> nn.Module:
         return OwnedVideoTower(box, self.config.frames, self.config.temporal_pooling)
+
+
+class WhiteBoxSketchRetriever(OwnedBaseline, SketchPhotoRetriever):
+    """Sketch-to-photo retrieval through the owned vision tower of a CLIP, SigLIP or BLIP model,
+    LoRA on its attention projections or all its weights (with its projection), with the sketch
+    task's loss, temperature and metrics (``SketchPhotoRetriever``).
+
+    One tower shared by sketches and photos, not two copies: the gray-box rows' two towers cross
+    one box, so the owner adapts the one model that box holds; two copies would give full
+    fine-tuning twice the weights (and memory) of the model compared."""
+
+    adapter_type = SKETCH_ADAPTER_TYPE
+    baseline = "white-box sketch-photo retriever"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        whitebox: WhiteBoxConfig | None = None,
+        config: SketchConfig | None = None,
+        *,
+        image: ImageSpec | None = None,
+    ) -> None:
+        vision = owned_pair(model).towers[1::2]  # the vision tower and its projection
+        model, whitebox, boxes = own(model, tokenizer, whitebox, image, vision)
+        none = DGAConfig.variant("none", modality="image")
+        super().__init__(boxes.image, boxes.image, none, none, config)
+        self.take(model, whitebox, vision)
+        self.sketch_tower = self.photo_tower = OwnedImageTower(boxes.image)
