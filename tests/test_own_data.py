@@ -427,11 +427,20 @@ def test_the_retrieval_suite_runs_on_a_beir_folder(tiny_backbone, tmp_path, caps
         (["bench", "steps", "--file", "t.csv", "--test-file", "x.csv", "--out-dir", "o"], "runs on its own datasets"),
         (["bench", "retrieval", "--file", "t.csv", "--out-dir", "o"], "--beir-dir"),
         (["bench", "ea", "--beir-dir", "b", "--out-dir", "o"], "--file"),
+        (["bench", "classification", "--task", "video-retrieval"], "the vision suite's options"),
+        (["bench", "steps", "--videos", "v"], "--videos: the vision suite's options"),
+        (["bench", "retrieval", "--unseen-classes", "0.2"], "--unseen-classes"),
     ],
 )
 def test_own_data_misuse_is_a_clean_error(capsys, argv, fragment):
     assert main(argv) == 2
     assert_clean_error(capsys, fragment)
+
+
+def test_an_out_dir_that_is_a_file_is_a_clean_error(capsys, tmp_path):
+    (tmp_path / "results").write_text("not a folder")
+    assert main(["bench", "steps", "--out-dir", str(tmp_path / "results")]) == 2
+    assert_clean_error(capsys, "is a file, not a folder")
 
 
 def test_wall_seconds_per_step_sits_beside_the_median():

@@ -80,9 +80,25 @@ def _metrics(suite, run: dict) -> tuple[str, ...]:
     return suite.run_metrics(run) if hasattr(suite, "run_metrics") else suite.METRICS
 
 
+VISION_ONLY = ("task", "videos", "images", "unseen_classes")  # options only the vision suite reads
+
+
+def check_options(args: BenchOptions) -> None:
+    """Options another suite would quietly ignore, and an output folder that cannot be one."""
+    if args.suite != "vision":
+        given = [f"--{name.replace('_', '-')}" for name in VISION_ONLY if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)}: the vision suite's options; the {args.suite} suite does not take them"
+            )
+    if args.out_dir and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise ConfigError(f"--out-dir {args.out_dir} is a file, not a folder")
+
+
 def run_suite(args: BenchOptions) -> int:
     """Run (or reuse from the suite's log) every dataset x method x seed asked for, then write the results."""
     suite = SUITES[args.suite]
+    check_options(args)
     own = user_data(args)  # the user's files or BEIR folder, else None: the suite's datasets
     if hasattr(suite, "run"):  # a suite with its own driver
         return suite.run(args)
