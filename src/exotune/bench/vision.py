@@ -44,7 +44,7 @@ from exotune.bench.classification import timed_eval
 from exotune.bench.common import fit_record, peak_memory_mb, run_record
 from exotune.defaults import for_task
 from exotune.errors import ConfigError
-from exotune.tasks.sketch import SKETCH_METRICS
+from exotune.tasks.metrics import SKETCH_METRICS  # not tasks.sketch: the suite imports no torch at load
 
 METHODS = {
     # name: (method, variant, access); and any gray-box name bench.graymethods parses

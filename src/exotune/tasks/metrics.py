@@ -10,6 +10,8 @@ from sklearn.metrics import f1_score
 
 from exotune.errors import DataError
 
+SKETCH_METRICS = ("map@all", "precision@100", "acc@1")  # sketch-to-photo retrieval's (Sketchy's protocol)
+
 if TYPE_CHECKING:  # torch only where tensors come in: EA's metrics run without it
     import torch
 

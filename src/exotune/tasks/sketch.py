@@ -24,11 +24,11 @@ from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries
+from exotune.tasks.metrics import SKETCH_METRICS
 from exotune.tasks.model import AdapterModelMixin
 from exotune.tasks.retrieval import encode_in_eval
 
 ADAPTER_TYPE = "dga-sketch-photo-retriever"
-SKETCH_METRICS = ("map@all", "precision@100", "acc@1")
 _CHUNK = 256  # queries ranked at once
 
 
