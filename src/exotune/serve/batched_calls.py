@@ -31,7 +31,7 @@ def call_sizes(device: torch.device | None, max_batch: int, fair_unit_tokens: in
 Row = tuple[int, int, int | None]  # (payload, row, extent): a row's length up to its last real token
 
 
-def row_groups(payloads: list[tuple], chunk_rows: int = CHUNK_ROWS) -> list[list[Row]]:
+def row_groups(payloads: list[tuple], chunk_rows: int) -> list[list[Row]]:
     """Every row of ``payloads`` (inputs and mask first), shortest first, in groups of
     ``chunk_rows``. Rows of tokens are cut after their last real token (what follows is masked
     out: it changes nothing of the row's outputs); other inputs (pixels) are whole."""
@@ -57,7 +57,7 @@ def stack_rows(tensors: list[torch.Tensor], group: list[Row]) -> torch.Tensor:
 class BatchedCalls:
     """What ``BoxService`` hands its batcher: ``call(payloads) -> one answer per payload``."""
 
-    chunk_rows: int = CHUNK_ROWS  # rows per forward inside a call (``call_sizes``)
+    chunk_rows: int  # rows per forward inside a call: the service sets it (``call_sizes``)
 
     def _embed_call(self, max_length: int, payloads: list[list[str]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Several requests' texts embedded at once; each answer cut to its own longest text."""
