@@ -15,7 +15,9 @@ configuration, so that a sweep can ask for any point of the grid by name:
 - then ``-rptH``: the extra tokens and entry tokens re-parameterised by a residual MLP of width H
   while training (folded when saved), and ``-init-labels`` / ``-init-frequent``: the tokens start
   from the box's embeddings of the class names / of the training texts' frequent words, e.g.
-  ``lga-8-upper-rpt64-init-frequent``.
+  ``lga-8-upper-rpt64-init-frequent``;
+- then ``-dropP``: dropout of P percent on the token embeddings the box is given, while
+  training (``DGAConfig.input_dropout``), e.g. ``dga-both-drop10``, ``lga-8-drop20``.
 
 Per-group learning rates come with the budget: ``--lr dga.tokens=5e-2`` applies to every
 gray-box method's tokens, ``--lr lga.tokens=5e-2`` to LGA's only (groups: ``PARAMETER_GROUPS``).
@@ -32,7 +34,7 @@ _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?)?)"
     r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
-    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?$"
+    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?$"
 )
 LGA_TOKENS = 2  # plain "lga": the classification suite's row
 
@@ -49,6 +51,7 @@ class GrayMethod:
     copies: int = 0  # one copy of the extra tokens per this many text tokens, after the text
     reparam: int = 0  # residual MLP over the tokens while training
     init: str = "random"  # graybox.tokens.TOKEN_INITS
+    dropout: float = 0.0  # on the token embeddings given to the box, while training
 
     @property
     def method(self) -> str:
@@ -65,6 +68,7 @@ class GrayMethod:
         extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
+        extras += [f"dropout={self.dropout:g}"] * bool(self.dropout)
         return "+".join([base, *extras])
 
     def input_config(self):
@@ -101,7 +105,9 @@ class GrayMethod:
                 points=names[len(names) // 2 :] if self.upper else "all", tokens=self.tokens, reparam=self.reparam
             )
         inputs = self.input_config() if modality == "text" else None
-        return DGAConfig.variant(self.side, input_adapter=inputs, entry_tokens=tokens, modality=modality)
+        return DGAConfig.variant(
+            self.side, input_adapter=inputs, entry_tokens=tokens, modality=modality, input_dropout=self.dropout
+        )
 
 
 def parse(name: str) -> GrayMethod | None:
@@ -121,6 +127,9 @@ def parse(name: str) -> GrayMethod | None:
         raise ConfigError(f"{name}: -x sets the input adapter's extra tokens; DGA (output-only) has no input adapter")
     if (m["rpt"] or m["init"]) and m["side"] == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
+    drop = int(m["drop"] or 0)
+    if drop >= 100:
+        raise ConfigError(f"{name}: -dropP is a dropout in percent, below 100")
     return GrayMethod(
         name,
         side=m["side"] or "both",
@@ -132,6 +141,7 @@ def parse(name: str) -> GrayMethod | None:
         copies=int(m["copies"] or 0),
         reparam=int(m["rpt"] or 0),
         init=m["init"] or "random",
+        dropout=drop / 100,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
-from exotune.configs import ConfigBase
+from exotune.configs import ConfigBase, check_field_types
 from exotune.errors import ConfigError
 from exotune.graybox.entry_tokens import EntryTokensConfig
 from exotune.graybox.input_adapters import PixelConvConfig, TextShiftConfig
@@ -21,11 +21,17 @@ class DGAConfig(ConfigBase):
     """Adapters on either side of the hidden backbone; ``None`` switches a side off.
 
     With ``entry_tokens`` set this is LGA (DGA plus tokens at a light-gray box's entry points).
+
+    ``input_dropout``: while training, dropout on every token embedding a text box is given (the
+    text's and the adapter's tokens). A box runs its model in evaluation mode, so none of the
+    model's own dropout acts on the user's training; this is the part of it the user's side can
+    apply, on the inputs it controls. No effect on outputs once trained.
     """
 
     input_adapter: object | None = field(default_factory=TextShiftConfig)
     output_adapter: object | None = field(default_factory=LinearOutputConfig)
     entry_tokens: EntryTokensConfig | None = None
+    input_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.input_adapter, dict):
@@ -38,6 +44,10 @@ class DGAConfig(ConfigBase):
                 raise ConfigError(
                     f"DGAConfig.{name} must be an adapter config (a JSON object) or null, got {value!r:.80}"
                 )
+        check_field_types(self)
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ConfigError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
+        self.input_dropout = float(self.input_dropout)
         if isinstance(self.entry_tokens, dict):
             self.entry_tokens = EntryTokensConfig.from_dict(self.entry_tokens)
         if self.entry_tokens is not None and not isinstance(self.entry_tokens, EntryTokensConfig):
@@ -47,7 +57,13 @@ class DGAConfig(ConfigBase):
 
     @classmethod
     def variant(
-        cls, name: str, input_adapter=None, output_adapter=None, entry_tokens=None, modality: str = "text"
+        cls,
+        name: str,
+        input_adapter=None,
+        output_adapter=None,
+        entry_tokens=None,
+        modality: str = "text",
+        input_dropout: float = 0.0,
     ) -> DGAConfig:
         """The ablation forms: ``both``, ``input-only``, ``output-only`` (``none``: head only);
         with ``entry_tokens`` (an ``EntryTokensConfig``), the LGA form of each. The input
@@ -63,6 +79,7 @@ class DGAConfig(ConfigBase):
             input_adapter=(input_adapter or DEFAULT_INPUT_ADAPTERS[modality]()) if use_in else None,
             output_adapter=(output_adapter or LinearOutputConfig()) if use_out else None,
             entry_tokens=entry_tokens,
+            input_dropout=input_dropout,
         )
 
     @property
@@ -79,6 +96,7 @@ class DGAConfig(ConfigBase):
     def description(self) -> str:
         """For people: ``DGA (both)``, ``LGA (output-only, tokens=2)``."""
         parts = [self.variant_name] + ([] if self.entry_tokens is None else [self.entry_tokens.variant_name])
+        parts += [f"input dropout {self.input_dropout:g}"] * bool(self.input_dropout)
         return f"{self.method.upper()} ({', '.join(parts)})"
 
     @property
@@ -110,6 +128,8 @@ class DGAConfig(ConfigBase):
             for key in ("reparam", "copies_per"):  # off: saved as before the option existed
                 if part is not None and part.get(key) == 0:
                     del part[key]
+        if self.input_dropout:  # off: saved as before the option existed
+            out["input_dropout"] = self.input_dropout
         return out
 
     @classmethod

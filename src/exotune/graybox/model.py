@@ -36,9 +36,13 @@ class GrayBoxModel(nn.Module):
         self.output_adapter = None if cfg.output_adapter is None else build_adapter("output", cfg.output_adapter, spec)
         self.entry_tokens = None if cfg.entry_tokens is None else EntryTokens(cfg.entry_tokens, spec)
         self.images = spec.modality == "image"
-        # With nothing trained before or inside the box, its outputs for an input never change:
-        # cache them (texts by their text, images by their file path).
-        frozen_box = self.input_adapter is None and self.entry_tokens is None
+        if cfg.input_dropout and self.images:
+            raise ConfigError("input_dropout acts on token embeddings; an image box takes pixels")
+        # no parameters: the saved state stays the adapters'
+        self.input_drop = nn.Dropout(cfg.input_dropout) if cfg.input_dropout else None
+        # With nothing trained before or inside the box, and no dropout on its inputs, its
+        # outputs for an input never change: cache them (texts by their text, images by path).
+        frozen_box = self.input_adapter is None and self.entry_tokens is None and self.input_drop is None
         self._cache: dict[str, torch.Tensor] | None = {} if frozen_box else None
         # Follows ``.to(device)`` (not saved): where the user's side runs, so that each batch
         # moves there once, whatever device (or machine) the box answers from.
@@ -128,6 +132,8 @@ class GrayBoxModel(nn.Module):
         embeds, mask = batch.embeds.to(self.device), batch.mask.to(self.device)  # (B, T, D), (B, T)
         if self.input_adapter is not None:
             embeds, mask = self.input_adapter(embeds, mask)  # (B, T + k, D)
+        if self.input_drop is not None:  # training only (evaluation mode: identity)
+            embeds = self.input_drop(embeds)
         return self.box.forward(embeds, mask, tokens).to(self.device)
 
     @property
