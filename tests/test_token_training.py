@@ -36,6 +36,12 @@ def _reparam_dga(input_cls=TextShiftConfig):
     return DGAConfig(input_adapter=input_cls(extra_tokens=2, reparam=8), entry_tokens=EntryTokensConfig(reparam=8))
 
 
+def _labelled_csv(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in LABELS))
+    return csv
+
+
 def _train_a_little(model):
     cfg = TrainConfig(epochs=1, batch_size=16, lr=5e-2, patience=None)
     Trainer(cfg, progress=False).fit(model, colour_data(32, seed=0), colour_data(12, seed=1))
@@ -138,8 +144,7 @@ def test_bench_names_set_the_extra_tokens(light_box):
 
 
 def test_cli_token_options(tiny_backbone, tmp_path):
-    csv = tmp_path / "d.csv"
-    csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in LABELS))
+    csv = _labelled_csv(tmp_path)
     run = tmp_path / "run"
     argv = [
         "train",
@@ -168,8 +173,7 @@ def test_cli_token_options(tiny_backbone, tmp_path):
 
 
 def test_cli_copies_and_moving_average(tiny_backbone, tmp_path, capsys):
-    csv = tmp_path / "d.csv"
-    csv.write_text("text,label\n" + "".join(f"the {c} car {i},{c}\n" for i in range(10) for c in LABELS))
+    csv = _labelled_csv(tmp_path)
     run = tmp_path / "run"
     common = ["--file", str(csv), "--backbone", str(tiny_backbone)]
     argv = ["train", *common, "--epochs", "2", "--batch-size", "8", "--quiet", "--output-dir", str(run)]
@@ -182,3 +186,68 @@ def test_cli_copies_and_moving_average(tiny_backbone, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--overwrite", "--ema", "1.5"])
     assert "must be a number in (0, 1)" in capsys.readouterr().err
+
+
+def test_input_dropout_acts_while_training_only(light_box):
+    drop = TextClassifier(light_box, LABELS, DGAConfig(input_dropout=0.5, entry_tokens=EntryTokensConfig()))
+    plain = TextClassifier(light_box, LABELS, DGAConfig(entry_tokens=EntryTokensConfig()))
+    assert set(drop.state_dict()) == set(plain.state_dict())  # dropout adds nothing to the saved state
+    plain.load_state_dict(drop.state_dict())
+    torch.testing.assert_close(drop.predict_proba(TEXTS), plain.predict_proba(TEXTS))  # evaluation: none
+    drop.train()
+    torch.manual_seed(0)
+    first = drop.encoder(TEXTS)
+    second = drop.encoder(TEXTS)
+    assert not torch.allclose(first, second)  # each training pass drops other entries
+    (first.sum() + second.sum()).backward()
+    assert drop.encoder.entry_tokens.tokens[0].grad is not None
+
+
+def test_input_dropout_turns_the_box_output_cache_off(tiny_box):
+    assert GrayBoxModel(tiny_box, DGAConfig.variant("output-only")).caches_box_outputs
+    assert not GrayBoxModel(tiny_box, DGAConfig.variant("output-only", input_dropout=0.1)).caches_box_outputs
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "0.1", True, float("nan")])
+def test_input_dropout_is_validated(value):
+    with pytest.raises(ConfigError, match="input_dropout"):
+        DGAConfig(input_dropout=value)
+
+
+def test_input_dropout_is_saved_and_reloaded(light_box, tmp_path):
+    cfg = DGAConfig(input_dropout=0.2)
+    assert DGAConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert "input_dropout" not in DGAConfig().to_dict()  # off: saved as before the option existed
+    assert "input dropout 0.2" in cfg.description
+    model = TextClassifier(light_box, LABELS, cfg)
+    model.save_pretrained(tmp_path / "a")
+    back = TextClassifier.from_pretrained(tmp_path / "a", light_box)
+    assert back.encoder.config.input_dropout == 0.2
+    torch.testing.assert_close(back.predict_proba(TEXTS), model.predict_proba(TEXTS))
+
+
+def test_bench_names_for_input_dropout(light_box):
+    gray = graymethods.parse("lga-8-rpt16-drop10")
+    assert (gray.tokens, gray.reparam, gray.dropout) == (8, 16, 0.1)
+    assert gray.variant == "tokens=8+rpt(h=16)+dropout=0.1"
+    assert gray.dga_config(light_box).input_dropout == 0.1
+    assert graymethods.parse("dga-both").dropout == 0.0
+    with pytest.raises(ConfigError, match="percent"):
+        graymethods.parse("dga-both-drop100")
+
+
+def test_cli_input_dropout(tiny_backbone, tmp_path, capsys):
+    csv = _labelled_csv(tmp_path)
+    run = tmp_path / "run"
+    common = ["--file", str(csv), "--backbone", str(tiny_backbone)]
+    argv = ["train", *common, "--epochs", "1", "--batch-size", "8", "--quiet", "--output-dir", str(run)]
+    assert main([*argv, "--input-dropout", "0.1"]) == 0
+    assert json.loads((run / "best" / "adapter_config.json").read_text())["dga"]["input_dropout"] == 0.1
+    assert main(["eval", *common, "--adapter", str(run / "best")]) == 0
+    assert main([*argv, "--overwrite", "--input-dropout", "1.5"]) != 0
+    assert "input_dropout must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_input_dropout_is_for_text_boxes(tiny_image_box):
+    with pytest.raises(ConfigError, match="image box takes pixels"):
+        GrayBoxModel(tiny_image_box, DGAConfig.variant("both", modality="image", input_dropout=0.1))

@@ -68,7 +68,8 @@ def dga_config(args, modality: str = "text"):
 
     inp = adapter_config("input", args.pixel_adapter if modality == "image" else args.text_adapter, args)
     out = adapter_config("output", args.output_adapter, args)
-    return DGAConfig.variant(args.variant, inp, out, entry_tokens_config(args), modality)
+    dropout = args.input_dropout if modality == "text" else 0.0
+    return DGAConfig.variant(args.variant, inp, out, entry_tokens_config(args), modality, dropout)
 
 
 def entry_tokens_config(args):

@@ -70,6 +70,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="start the tokens from the box's embeddings of the class names (labels) or of the "
         "training texts' frequent words (default: random)",
     )
+    a.add_argument(
+        "--input-dropout",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="while training, dropout of this rate on the token embeddings a text box is given "
+        "(the box runs its model without dropout; default: 0, none)",
+    )
     a.add_argument("--output-adapter", default="linear", choices=adapter_names("output"), help="default: linear")
     a.add_argument("--mlp-hidden", type=int, default=128, help="hidden width of the mlp output adapter")
     a.add_argument(
