@@ -96,6 +96,38 @@ def test_own_caption_files_and_a_clip_folder(tmp_path, in_process):
     assert (rows["dga"]["n_test"], rows["dga"]["n_test_images"], rows["dga"]["n_train"]) == (9, 9, 16)
 
 
+def test_unreadable_images_stop_the_suite_or_are_skipped(tmp_path, in_process, capsys):
+    clip = tmp_path / "clip"
+    build_tiny_clip(clip)
+    data = tmp_path / "shapes-data"
+    train, test = _captions(data, "train", 2, seed=1), _captions(data, "test", 1, seed=2)
+    bad = sorted((data / "train").iterdir())[0]
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = ["bench", "vision", "--backbone", str(clip), "--out-dir", str(out), "--seeds", "0", "--epochs", "1"]
+    args += ["--data", str(train), "--test-file", str(test), "--methods", "dga-output-only"]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert bad.name in err and "--skip-bad-images" in err and "Traceback" not in err
+    assert main([*args, "--skip-bad-images"]) == 0
+    assert "train.csv: skipped 1 missing or unreadable files" in capsys.readouterr().err
+    doc = json.loads((out / "vision.json").read_text())
+    assert doc["data"]["skip_bad"] is True
+    assert next(r for r in doc["records"] if r["method"] == "dga")["n_train"] == 15
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["vision", "--quick", "--skip-bad-images"], "goes with your own images"),
+        (["classification", "--quick", "--skip-bad-images"], "the vision suite's options"),
+    ],
+)
+def test_skip_bad_images_goes_with_own_images(tmp_path, extra, message, capsys):
+    assert main(["bench", *extra, "--out-dir", str(tmp_path)]) != 0
+    assert message in capsys.readouterr().err
+
+
 def test_quick_video_retrieval_on_drawn_videos(tmp_path, in_process):
     out = tmp_path / "out"
     methods = ["--methods", "zero-shot", "dga-output-only", "lga-2", "lora", "full-ft"]

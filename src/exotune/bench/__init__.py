@@ -80,7 +80,7 @@ def _metrics(suite, run: dict) -> tuple[str, ...]:
     return suite.run_metrics(run) if hasattr(suite, "run_metrics") else suite.METRICS
 
 
-VISION_ONLY = ("task", "videos", "images", "unseen_classes")  # options only the vision suite reads
+VISION_ONLY = ("task", "videos", "images", "unseen_classes", "skip_bad_images")  # options only the vision suite reads
 
 
 def check_options(args: BenchOptions) -> None:

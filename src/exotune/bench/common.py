@@ -55,6 +55,7 @@ class BenchOptions:
     photos: str | None = None  # vision, sketch-retrieval: the photos' class folders (with --sketches)
     unseen_classes: float | None = None  # vision, sketch-retrieval: the test classes' share
     class_seed: int = 0  # vision, sketch-retrieval: which classes are the test's
+    skip_bad_images: bool | None = None  # vision, own data: leave out unreadable files (counted)
 
 
 def machine() -> str:

@@ -5,6 +5,7 @@ interrupted suite resumes, and an edited file is run again rather than reused.""
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ class CaptionFiles:
     val: str | None = None
     images: str | None = None  # the images' or the videos' folder
     task: str = "image-retrieval"
+    skip_bad: bool = False  # leave out missing or unreadable files (counted), else stop at the first
 
     @property
     def name(self) -> str:
@@ -111,9 +113,10 @@ class CaptionFiles:
 
     def key(self) -> dict:
         files = {"train": self.train, "val": self.val, "test": self.test}
+        skip = {"skip_bad": True} if self.skip_bad else {}  # off: logged as before the option
         if self.task == VISION_TASKS[0]:  # as image runs were logged before tasks
-            return {"captions": files, "images": self.images, "sha256": self._digests(files)}
-        return {"captions": files, "videos": self.images, "sha256": self._digests(files), "task": self.task}
+            return {"captions": files, "images": self.images, "sha256": self._digests(files), **skip}
+        return {"captions": files, "videos": self.images, "sha256": self._digests(files), "task": self.task, **skip}
 
     @staticmethod
     def _digests(files: dict) -> dict:
@@ -125,9 +128,8 @@ class CaptionFiles:
         from exotune.data.videos import load_video_captions
 
         def read(path: str, split: str | None = None):
-            if self.task == "video-retrieval":
-                return load_video_captions(path, self.images, split=split)
-            return load_image_captions(path, self.images, split=split)
+            load = load_video_captions if self.task == "video-retrieval" else load_image_captions
+            return skipped(load(path, self.images, split=split, skip_bad=self.skip_bad), Path(path).name)
 
         if self.split_file:
             val = read(self.train, "val") if self.task == "image-retrieval" else None
@@ -150,6 +152,7 @@ class SketchFolders:
     unseen_classes: float = UNSEEN_CLASSES
     class_seed: int = 0
     task: str = "sketch-retrieval"
+    skip_bad: bool = False  # leave out missing or unreadable files (counted), else stop at the first
 
     @property
     def name(self) -> str:
@@ -159,15 +162,27 @@ class SketchFolders:
         folders = {"sketches": self.sketches, "photos": self.photos}
         listing = {k: _listing_digest(Path(v)) for k, v in folders.items() if v}
         split = {"unseen_classes": self.unseen_classes, "class_seed": self.class_seed}
-        return {**folders, **split, "sha256": listing, "task": self.task}
+        skip = {"skip_bad": True} if self.skip_bad else {}  # off: logged as before the option
+        return {**folders, **split, "sha256": listing, "task": self.task, **skip}
 
     def load(self):
         """(seen classes, None: validation is carved from them, unseen classes)."""
         from exotune.data.sketches import load_sketch_photos, load_sketchy
 
-        data = load_sketch_photos(self.sketches, self.photos) if self.photos else load_sketchy(self.sketches)
+        if self.photos:
+            data = load_sketch_photos(self.sketches, self.photos, skip_bad=self.skip_bad)
+        else:
+            data = load_sketchy(self.sketches, skip_bad=self.skip_bad)
+        skipped(data, Path(self.sketches).name)
         seen, unseen = data.class_split(self.unseen_classes, seed=self.class_seed)
         return seen, None, unseen
+
+
+def skipped(data, name: str):
+    """``data``, after saying how many of its files were left out (``skip_bad``), if any."""
+    if getattr(data, "skipped", 0):
+        print(f"[bench] {name}: skipped {data.skipped} missing or unreadable files", file=sys.stderr)
+    return data
 
 
 def _listing_digest(folder: Path) -> str:
@@ -196,6 +211,8 @@ def user_data(args) -> UserFiles | BeirFolder | CaptionFiles | SketchFolders | N
     ``--data``, or ``--sketches``), or ``None`` for the suite's known datasets."""
     files = args.file or args.val_file or args.test_file
     if not files and not args.beir_dir and not args.data and not args.sketches and not args.photos:
+        if args.skip_bad_images:
+            raise ConfigError("--skip-bad-images goes with your own images (--data, or --sketches)")
         return None
     takes = {"classification": "file", "ea": "file", "retrieval": "beir", "vision": "data"}.get(args.suite)
     if takes is None:
@@ -238,7 +255,7 @@ def _sketch_folders(args) -> SketchFolders:
     unseen = UNSEEN_CLASSES if args.unseen_classes is None else args.unseen_classes
     if not 0.0 < unseen < 1.0:
         raise ConfigError(f"--unseen-classes is a share of the classes, in (0, 1); got {unseen}")
-    return SketchFolders(args.sketches, args.photos, unseen, args.class_seed)
+    return SketchFolders(args.sketches, args.photos, unseen, args.class_seed, skip_bad=bool(args.skip_bad_images))
 
 
 def _caption_files(args) -> CaptionFiles:
@@ -252,7 +269,14 @@ def _caption_files(args) -> CaptionFiles:
     video = task == "video-retrieval"
     if (args.videos and not video) or (args.images and video):
         raise ConfigError("--images goes with --task image-retrieval, --videos with --task video-retrieval")
-    own = CaptionFiles(args.data, args.test_file, args.val_file, args.videos if video else args.images, task)
+    own = CaptionFiles(
+        args.data,
+        args.test_file,
+        args.val_file,
+        args.videos if video else args.images,
+        task,
+        skip_bad=bool(args.skip_bad_images),
+    )
     if own.test is None and not own.split_file:
         raise ConfigError(
             "--data needs --test-file (the captions scored once per run), unless it is a Karpathy-split "

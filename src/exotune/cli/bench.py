@@ -138,6 +138,15 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         f"photos never trained on (default {UNSEEN_CLASSES})",
     )
     g.add_argument("--class-seed", type=int, default=0, help="vision, sketch-retrieval: which classes are held out")
+    g.add_argument(
+        "--skip-bad-images",
+        "--skip-bad-videos",
+        dest="skip_bad_images",
+        action="store_true",
+        default=None,
+        help="vision, your own data: leave out missing or unreadable images, videos or sketches "
+        "(counted) instead of stopping at the first",
+    )
 
 
 def _rates(defaults) -> str:
