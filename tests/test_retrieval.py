@@ -205,7 +205,8 @@ def _count_box_rows(box, monkeypatch) -> list[int]:
     return rows
 
 
-def test_doc_side_output_only(tiny_box, beir, monkeypatch):
+@pytest.mark.parametrize("input_dropout", [0.0, 0.2])  # the query side's dropout stays there
+def test_doc_side_output_only(tiny_box, beir, monkeypatch, input_dropout):
     from exotune.cli import retrieval as cli_retrieval
     from exotune.tasks import retrieval
 
@@ -215,8 +216,9 @@ def test_doc_side_output_only(tiny_box, beir, monkeypatch):
     with pytest.raises(ConfigError, match="shared_towers"):
         RetrievalConfig(shared_towers=True, doc_side="output-only")
     train, test = beir
-    model = DualEncoder(tiny_box, DGAConfig(), RetrievalConfig(doc_side="output-only"))
+    model = DualEncoder(tiny_box, DGAConfig(input_dropout=input_dropout), RetrievalConfig(doc_side="output-only"))
     assert model.doc_tower.input_adapter is None and model.doc_tower.output_adapter is not None
+    assert model.query_tower.config.input_dropout == input_dropout
     assert model.query_tower.input_adapter is not None and model.doc_encoder.caches_box_outputs
     rows = _count_box_rows(tiny_box, monkeypatch)
     first = model.evaluate(test)

@@ -243,7 +243,8 @@ class DualEncoder(TextEncoderMixin, TwoTowerRetriever):
         if side == "same":
             return self.dga
         output = None if side == "frozen" else self.dga.output_adapter
-        return replace(self.dga, input_adapter=None, entry_tokens=None, output_adapter=output)
+        # nothing of the input side: the corpus crosses the box once, its outputs cached
+        return replace(self.dga, input_adapter=None, entry_tokens=None, output_adapter=output, input_dropout=0.0)
 
     @property
     def box(self) -> Box:
