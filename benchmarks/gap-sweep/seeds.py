@@ -1,7 +1,8 @@
 """Three seeds of the rows chosen on validation: seed 0 from the round that chose them, seeds 1
 and 2 (``<name>-s1``, ``<name>-s2``) from the round that ran them: round 2's rows (runs2/,
-runs3/) and rounds 4-5's rows with the moving average (runs4/, runs6/). Writes results3.md
-(round 3's rows) and results6.md (all rows): means ± std over the seeds found."""
+runs3/), rounds 4-5's rows with the moving average (runs4/, runs6/) and round 10's LGA with
+input dropout (runs11/, its seeds there too). Writes results3.md (round 3's rows), results6.md
+(rounds 3 and 6) and results11-seeds.md (all rows): means ± std over the seeds found."""
 
 import json
 import pathlib
@@ -11,6 +12,7 @@ import sys
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/gap-sweep")
 ROUND3 = [(name, "runs2", "runs3") for name in ("lora-1e-3", "lga-8-5e-3", "dga-both-5e-3-tok2e-2")]
 ROUND6 = [(name, "runs4", "runs6") for name in ("lga-8-5e-3-ema995", "dga-both-5e-3-tok2e-2-ema995")]
+ROUND11 = [("lga-8-drop10-5e-3-ema995", "runs11", "runs11")]
 
 
 def record(folder: pathlib.Path) -> dict | None:
@@ -48,7 +50,8 @@ def row(name: str, first: str, more: str) -> list[str]:
     ]
 
 
-for rows, file in ((ROUND3, "results3.md"), (ROUND3 + ROUND6, "results6.md")):
+TABLES = ((ROUND3, "results3.md"), (ROUND3 + ROUND6, "results6.md"), (ROUND3 + ROUND6 + ROUND11, "results11-seeds.md"))
+for rows, file in TABLES:
     lines = table(rows)
     print("\n".join(lines))
     (root / file).write_text("\n".join(lines) + "\n")
