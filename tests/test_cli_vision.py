@@ -334,6 +334,11 @@ def test_cli_image_predict_and_eval_test(clip_folder, shape_folders, tmp_path, c
             "nothing.png: no such file",
         ),
         (["predict", "--adapter", "{tmp}", "--input", "{tmp}"], "--input is for image tasks"),
+        (
+            ["train", "--task", "image-classification", "--images", "{tmp}", "--backbone", "{clip}"]
+            + ["--input-dropout", "0.1"],
+            "--task image-classification trains none",
+        ),
     ],
     ids=[
         "video-no-captions",
@@ -343,6 +348,7 @@ def test_cli_image_predict_and_eval_test(clip_folder, shape_folders, tmp_path, c
         "predict-texts-for-images",
         "predict-missing-input",
         "predict-input-for-texts",
+        "input-dropout-without-text-tower",
     ],
 )
 def test_cli_vision_errors(argv, fragment, clip_folder, tmp_path, capsys):
