@@ -93,6 +93,8 @@ def refuse_images(args) -> None:
             raise ConfigError(f"--{option} is for --task {' or '.join(tasks)}, not --task {args.task}")
     if getattr(args, "token_init", "random") != "random" and args.task in IMAGE_TASKS:
         raise ConfigError("--token-init starts text tokens from words; image tasks take random tokens")
+    if getattr(args, "input_dropout", 0.0) and args.task in ("image-classification", "sketch-retrieval"):
+        raise ConfigError(f"--input-dropout acts on a text tower's token embeddings; --task {args.task} trains none")
 
 
 def train_val(data, args, val=None):

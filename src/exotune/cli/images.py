@@ -91,8 +91,6 @@ def check(args) -> None:
             "--entry-points chooses the entry points of a local box; a served box (--remote) "
             "exposes those its owner chose (see its /v1/spec)"
         )
-    if args.input_dropout and args.task in ("image-classification", "sketch-retrieval"):
-        raise ConfigError(f"--input-dropout acts on a text tower's token embeddings; --task {args.task} trains none")
     source = {"video-retrieval": args.videos, "sketch-retrieval": args.sketches}.get(args.task, args.images)
     if not source:
         raise ConfigError(f"--task {args.task} needs {NEEDS[args.task]}")
