@@ -1,6 +1,6 @@
 """Three seeds of the rows chosen on validation: seed 0 from the round that chose them, seeds 1
 and 2 (``<name>-s1``, ``<name>-s2``) from the round that ran them: round 2's rows (runs2/,
-runs3/), rounds 4-5's rows with the moving average (runs4/, runs6/) and round 10's LGA with
+runs3/), rounds 4-5's rows with the moving average (runs4/, runs6/) and round 11's LGA with
 input dropout (runs11/, its seeds there too). Writes results3.md (round 3's rows), results6.md
 (rounds 3 and 6) and results11-seeds.md (all rows): means ± std over the seeds found."""
 
