@@ -5,7 +5,6 @@ interrupted suite resumes, and an edited file is run again rather than reused.""
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +124,14 @@ class CaptionFiles:
     def load(self):
         """(train, validation or None, test)."""
         from exotune.data import load_image_captions
+        from exotune.data.images import report_skipped
         from exotune.data.videos import load_video_captions
 
         def read(path: str, split: str | None = None):
             load = load_video_captions if self.task == "video-retrieval" else load_image_captions
-            return skipped(load(path, self.images, split=split, skip_bad=self.skip_bad), Path(path).name)
+            data = load(path, self.images, split=split, skip_bad=self.skip_bad)
+            report_skipped(data, "files", f"[bench] {Path(path).name}")
+            return data
 
         if self.split_file:
             val = read(self.train, "val") if self.task == "image-retrieval" else None
@@ -167,22 +169,16 @@ class SketchFolders:
 
     def load(self):
         """(seen classes, None: validation is carved from them, unseen classes)."""
+        from exotune.data.images import report_skipped
         from exotune.data.sketches import load_sketch_photos, load_sketchy
 
         if self.photos:
             data = load_sketch_photos(self.sketches, self.photos, skip_bad=self.skip_bad)
         else:
             data = load_sketchy(self.sketches, skip_bad=self.skip_bad)
-        skipped(data, Path(self.sketches).name)
+        report_skipped(data, "files", f"[bench] {Path(self.sketches).name}")
         seen, unseen = data.class_split(self.unseen_classes, seed=self.class_seed)
         return seen, None, unseen
-
-
-def skipped(data, name: str):
-    """``data``, after saying how many of its files were left out (``skip_bad``), if any."""
-    if getattr(data, "skipped", 0):
-        print(f"[bench] {name}: skipped {data.skipped} missing or unreadable files", file=sys.stderr)
-    return data
 
 
 def _listing_digest(folder: Path) -> str:

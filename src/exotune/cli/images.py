@@ -109,6 +109,7 @@ def check(args) -> None:
 def _load_data(args, test: bool = False):
     """The task's data (``test``: the test data for ``--eval-test``, or None when there is none)."""
     from exotune.data import load_image_captions, load_image_folder
+    from exotune.data.images import report_skipped
 
     source = caption_source(args, test)
     if source is None:
@@ -137,11 +138,6 @@ def caption_source(args, test: bool = False) -> tuple[str, str | None] | None:
     if args.test_file:
         return args.test_file, None
     return (args.captions, "test") if args.caption_split is not None else None
-
-
-def report_skipped(data, what: str = "images") -> None:
-    if data.skipped:
-        print(f"skipped {data.skipped} missing or unreadable {what}", file=sys.stderr)
 
 
 def test_metrics(args, model, test_data):

@@ -18,7 +18,6 @@ from exotune.cli.images import (
     check,
     fit_vision,
     pair_retriever,
-    report_skipped,
     temperature_options,
     test_metrics,
 )
@@ -26,6 +25,7 @@ from exotune.cli.images import (
 
 def load_videos(args, test: bool = False):
     """The captioned videos (``test``: those of ``--test-file`` or the test split, None without)."""
+    from exotune.data.images import report_skipped
     from exotune.data.videos import load_video_captions
 
     source = caption_source(args, test)
@@ -47,6 +47,7 @@ def load_videos(args, test: bool = False):
 def load_sketches(args):
     """(all, seen, unseen): the sketches and photos, and with ``--unseen-classes`` the class split
     (else seen is all and unseen None)."""
+    from exotune.data.images import report_skipped
     from exotune.data.sketches import load_sketch_photos, load_sketchy
 
     if args.photos:

@@ -13,6 +13,7 @@ names it, or, with ``skip_bad=True``, is left out and counted (``data.skipped``)
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +289,14 @@ def _karpathy_pairs(path: Path, images: list, split: str | None) -> list[tuple[s
 
 
 # -- image folders ----------------------------------------------------------------------------
+
+
+def report_skipped(data, what: str = "images", source: str = "") -> None:
+    """Say on stderr how many files ``data`` left out (loaded with ``skip_bad``), if any;
+    ``source`` names where they were read from."""
+    if getattr(data, "skipped", 0):
+        lead = f"{source}: " if source else ""
+        print(f"{lead}skipped {data.skipped} missing or unreadable {what}", file=sys.stderr)
 
 
 def load_image_folder(folder: str | Path, *, skip_bad: bool = False) -> ImageLabelData:
