@@ -9,6 +9,8 @@ import pathlib
 import statistics
 import sys
 
+from summarize import spread  # the same folder: run as a script
+
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/gap-sweep")
 ROUND3 = [(name, "runs2", "runs3") for name in ("lora-1e-3", "lga-8-5e-3", "dga-both-5e-3-tok2e-2")]
 ROUND6 = [(name, "runs4", "runs6") for name in ("lga-8-5e-3-ema995", "dga-both-5e-3-tok2e-2-ema995")]
@@ -20,11 +22,6 @@ def record(folder: pathlib.Path) -> dict | None:
     if not f.exists():
         return None
     return next(r for r in json.loads(f.read_text())["records"] if r["metric"] == "accuracy")
-
-
-def spread(values: list[float]) -> str:
-    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
 def table(rows: list[tuple[str, str, str]]) -> list[str]:
