@@ -1,8 +1,10 @@
 """Three seeds of the rows chosen on validation: seed 0 from the round that chose them, seeds 1
 and 2 (``<name>-s1``, ``<name>-s2``) from the round that ran them: round 2's rows (runs2/,
 runs3/), rounds 4-5's rows with the moving average (runs4/, runs6/) and round 11's LGA with
-input dropout (runs11/, its seeds there too). Writes results3.md (round 3's rows), results6.md
-(rounds 3 and 6) and results11-seeds.md (all rows): means ± std over the seeds found."""
+input dropout (runs11/, its seeds there too); Banking77's long-budget rows of round 7 with
+their seeds from round 13 (runs7/). Writes results3.md (round 3's rows), results6.md (rounds 3
+and 6), results11-seeds.md (SST-2's rows) and results13-seeds.md (Banking77's, with the linear
+probe of the committed table beside them): means ± std over the seeds found."""
 
 import json
 import pathlib
@@ -15,6 +17,9 @@ root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/gap-sweep"
 ROUND3 = [(name, "runs2", "runs3") for name in ("lora-1e-3", "lga-8-5e-3", "dga-both-5e-3-tok2e-2")]
 ROUND6 = [(name, "runs4", "runs6") for name in ("lga-8-5e-3-ema995", "dga-both-5e-3-tok2e-2-ema995")]
 ROUND11 = [("lga-8-drop10-5e-3-ema995", "runs11", "runs11")]
+ROUND13 = [
+    (name, "runs7", "runs7") for name in ("b77-lora", "b77-lga-8-5e-3-ema995", "b77-dga-both-5e-3-tok2e-2-ema995")
+]
 
 
 def record(folder: pathlib.Path) -> dict | None:
@@ -47,8 +52,24 @@ def row(name: str, first: str, more: str) -> list[str]:
     ]
 
 
-TABLES = ((ROUND3, "results3.md"), (ROUND3 + ROUND6, "results6.md"), (ROUND3 + ROUND6 + ROUND11, "results11-seeds.md"))
-for rows, file in TABLES:
-    lines = table(rows)
+def probe(dataset: str) -> list[str]:
+    """The linear probe on the box's outputs (level black) of the committed classification table."""
+    results = json.loads((root.resolve().parent / "results" / "classification.json").read_text())["records"]
+    r = next(r for r in results if (r["dataset"], r["method"], r["metric"]) == (dataset, "linear-probe", "accuracy"))
+    seeds = ", ".join(map(str, r["seeds"]))
+    return [
+        f"| linear probe (committed table) | linear-probe | {r['variant']} | {seeds} | {r['val_accuracy']:.4f} | "
+        f"{r['mean']:.4f} ± {r['std']:.4f} | | |"
+    ]
+
+
+TABLES = (
+    (ROUND3, "results3.md", []),
+    (ROUND3 + ROUND6, "results6.md", []),
+    (ROUND3 + ROUND6 + ROUND11, "results11-seeds.md", []),
+    (ROUND13, "results13-seeds.md", probe("banking77")),
+)
+for rows, file, extra in TABLES:
+    lines = table(rows) + extra
     print("\n".join(lines))
     (root / file).write_text("\n".join(lines) + "\n")
