@@ -20,8 +20,16 @@ def classification_table(out: pathlib.Path) -> list[str]:
         for r in json.loads(f.read_text())["records"]:
             if r["metric"] == "accuracy":
                 rows.append(
-                    (f.parent.name, r["method"], r["variant"], r["lr"], r.get("val_accuracy"), r["mean"])
-                    + (r.get("best_epoch"), r.get("steps"))
+                    (
+                        f.parent.name,
+                        r["method"],
+                        r["variant"],
+                        r["lr"],
+                        r.get("val_accuracy"),
+                        r["mean"],
+                        r.get("best_epoch"),
+                        r.get("steps"),
+                    )
                 )
     if not rows:
         return []
