@@ -3,7 +3,9 @@ configuration, so that a sweep can ask for any point of the grid by name:
 
 - ``dga``, ``dga-both``, ``dga-input-only``, ``dga-output-only``: the text-shift input adapter;
 - ``lga-N`` (N entry tokens at every layer), ``lga-N-upper`` (the upper half of the layers);
-  ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both);
+  ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both); then ``-add``: a box whose
+  entry points add the tokens to their positions' hidden states (``entry_mode="add"``), e.g.
+  ``lga-8-add``, ``lga-4-upper-add``;
 - any of them with ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
   token alone, so that nothing of the adapter's own enters the box's mean pooling, whose share
   would shrink as texts grow), e.g. ``dga-both-x0``, ``lga-8-x0``;
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from exotune.errors import ConfigError
 
 _NAME = re.compile(
-    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?)?)"
+    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?P<add>-add)?)?)"
     r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?$"
@@ -45,6 +47,7 @@ class GrayMethod:
     side: str = "both"  # DGAConfig.variant
     tokens: int | None = None  # entry tokens per layer: LGA
     upper: bool = False  # entry tokens in the upper half of the layers only
+    add: bool = False  # a box whose entry points add the tokens (entry_mode="add")
     rank: int | None = None  # token-lowrank input adapter
     activation: str = "none"
     extra: int | None = None  # extra tokens of the input adapter (None: its default)
@@ -65,6 +68,7 @@ class GrayMethod:
     def variant(self) -> str:
         """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
+        base += ", added" if self.add else ""
         extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
@@ -89,9 +93,14 @@ class GrayMethod:
     def load_box(self, backbone):
         from exotune.boxes import load_box
 
+        return load_box(backbone, **self.box_options())
+
+    def box_options(self) -> dict:
+        """The light-gray box options LGA needs (none for DGA)."""
         if self.tokens is None:
-            return load_box(backbone)
-        return load_box(backbone, entry_points="all", entry_tokens_max=max(8, self.tokens))
+            return {}
+        mode = {"entry_mode": "add"} if self.add else {}
+        return {"entry_points": "all", "entry_tokens_max": max(8, self.tokens), **mode}
 
     def dga_config(self, box, modality: str = "text"):
         """The configuration for ``box`` (loaded by ``load_box``: it names the layers); an image
@@ -135,6 +144,7 @@ def parse(name: str) -> GrayMethod | None:
         side=m["side"] or "both",
         tokens=tokens,
         upper=bool(m["upper"]),
+        add=bool(m["add"]),
         rank=rank,
         activation=m["act"] or "none",
         extra=None if m["extra"] is None else int(m["extra"]),

@@ -185,8 +185,7 @@ def _pair(backbone: str | None, gray, image_only: bool = False):
     from exotune.boxes import clip_boxes
     from exotune.boxes.loading import load_clip_boxes, load_image_box
 
-    lga = gray is not None and gray.tokens is not None
-    options = {"entry_points": "all", "entry_tokens_max": max(8, gray.tokens)} if lga else {}
+    options = {} if gray is None else gray.box_options()
     if backbone is None:
         from exotune.bench.tiny_clip import build_tiny_clip
 

@@ -171,6 +171,7 @@ class CLIPTextBox(Placed, Box):
         limits: BoxLimits | None = None,
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
+        entry_mode: str = "replace",
         owner_secret: str | bytes | None = None,
         basis: bool = True,
         device: str | torch.device | None = None,  # default: where the model is
@@ -181,7 +182,12 @@ class CLIPTextBox(Placed, Box):
         if not isinstance(basis, bool):
             raise ConfigError(f"basis must be True or False, got {basis!r}")
         access, self.__layers, points = expose(
-            layers_of or tower.module, entry_points, entry_tokens_max, access, opaque=owner_secret is not None
+            layers_of or tower.module,
+            entry_points,
+            entry_tokens_max,
+            access,
+            opaque=owner_secret is not None,
+            entry_mode=entry_mode,
         )
         tower.module.eval()
         tower.module.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
@@ -206,6 +212,7 @@ class CLIPTextBox(Placed, Box):
             entry_points=points,
             limits=limits or BoxLimits(max_length=ctx),
             input_basis=self.__basis.id if self.__basis else "",
+            entry_mode=entry_mode,
         )
 
     @torch.no_grad()
@@ -249,7 +256,7 @@ class CLIPTextBox(Placed, Box):
                 entry_tokens = {name: place.inward(t) for name, t in entry_tokens.items()}
                 at = self.__tower.insert_at
                 embeds, mask = reserve(embeds, mask, n, at)  # (B, n + T, D): slots after the start token
-                with inject(self.__layers, entry_tokens, n, at):
+                with inject(self.__layers, entry_tokens, n, at, self.spec.entry_mode):
                     return self._run(embeds, mask).to(**back)
             return self._run(embeds, mask).to(**back)
 
@@ -314,8 +321,8 @@ def clip_boxes(
 ) -> BoxPair:
     """A Hugging Face ``CLIPModel`` as a (text, image) pair of boxes.
 
-    ``options`` (``access``, ``entry_points``, ``entry_tokens_max``, ``limits``, ``precision``;
-    ``device`` and ``dtype``, which place the whole model) apply to both towers;
+    ``options`` (``access``, ``entry_points``, ``entry_tokens_max``, ``entry_mode``, ``limits``,
+    ``precision``; ``device`` and ``dtype``, which place the whole model) apply to both towers;
     ``text_options`` / ``image_options`` override them for one. ``image`` describes the
     preprocessing (default: OpenAI CLIP's at the model's input size). ``owner_secret`` (a
     served pair's) keys the shared digest and names entry points ``"point.<j>"``.

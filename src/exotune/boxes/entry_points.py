@@ -6,7 +6,9 @@ names the layers it exposes ``"point.0"`` .. ``"point.<k-1>"`` instead (in layer
 that the names reveal neither which layers they are nor how many the model has. Tokens occupy
 n reserved positions right after the first token ([CLS], or a text's start token); at each
 entry layer a forward pre-hook overwrites those positions' hidden states with that layer's
-tokens (VPT-deep). A text box reserves the positions in its input embeddings (``reserve``); a
+tokens (VPT-deep), or, with the owner's ``entry_mode="add"``, adds the tokens to them: the
+positions then carry what earlier layers read from the input, so the prefixes each layer's
+attention sees depend on the input. A text box reserves the positions in its input embeddings (``reserve``); a
 vision box, whose input is pixels, inserts them at the input of its first layer (``insert``).
 """
 
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from exotune.boxes.spec import BoxSpec, EntryPoint
+from exotune.boxes.spec import ENTRY_MODES, BoxSpec, EntryPoint
 from exotune.errors import BoxLimitError, ConfigError
 
 ENTRY_PREFIX = "layer."
@@ -56,14 +58,25 @@ def entry_layers(entry_points, n_layers: int) -> tuple[int, ...]:
     return tuple(sorted(entry_points))
 
 
-def expose(model: nn.Module, entry_points, entry_tokens_max: int, access: str | None, opaque: bool = False):
+def expose(
+    model: nn.Module,
+    entry_points,
+    entry_tokens_max: int,
+    access: str | None,
+    opaque: bool = False,
+    entry_mode: str = "replace",
+):
     """The owner's entry point options, checked: (access, entry layers by name, spec entry points).
 
     Without ``entry_points`` the box is dark-gray (unless ``access`` says otherwise) and
     exposes nothing; with them it must be light-gray. ``opaque``: names ``point.<j>``, not
-    ``layer.<i>``.
+    ``layer.<i>``. ``entry_mode`` (``ENTRY_MODES``) is checked here with them.
     """
+    if entry_mode not in ENTRY_MODES:
+        raise ConfigError(f"entry_mode must be one of {ENTRY_MODES}, got {entry_mode!r}")
     if entry_points is None:
+        if entry_mode != "replace":
+            raise ConfigError(f"entry_mode={entry_mode!r} needs entry_points (a light-gray box)")
         return access or "dark-gray", {}, ()
     access = access or "light-gray"
     if access != "light-gray":
@@ -120,8 +133,9 @@ def reserve(embeds: torch.Tensor, mask: torch.Tensor, n: int, at: int = 1) -> tu
     return embeds, full_mask
 
 
-def entry_point_options(entry_points: Sequence[EntryPoint]) -> dict:
-    """Constructor options that rebuild a box exposing ``entry_points`` (e.g. from a saved spec)."""
+def entry_point_options(entry_points: Sequence[EntryPoint], entry_mode: str = "replace") -> dict:
+    """Constructor options that rebuild a box exposing ``entry_points`` in ``entry_mode`` (e.g.
+    from a saved spec)."""
     if not entry_points:
         return {}
     layers, limits = [], {e.max_tokens for e in entry_points}
@@ -135,7 +149,8 @@ def entry_point_options(entry_points: Sequence[EntryPoint]) -> dict:
         layers.append(int(index))
     if len(limits) != 1:
         raise ConfigError(f"entry points with different max_tokens {sorted(limits)} cannot be rebuilt")
-    return {"entry_points": layers, "entry_tokens_max": limits.pop()}
+    mode = {} if entry_mode == "replace" else {"entry_mode": entry_mode}
+    return {"entry_points": layers, "entry_tokens_max": limits.pop(), **mode}
 
 
 def _hidden_of(args, kwargs) -> torch.Tensor:
@@ -173,8 +188,15 @@ def insert(first_layer: nn.Module, n: int, at: int = 1):
 
 
 @contextmanager
-def inject(layers: Mapping[str, nn.Module], entry_tokens: Mapping[str, torch.Tensor], n: int, at: int = 1):
-    """Overwrite positions at..at+n-1 (1..n) at the input of each entry layer, for one call.
+def inject(
+    layers: Mapping[str, nn.Module],
+    entry_tokens: Mapping[str, torch.Tensor],
+    n: int,
+    at: int = 1,
+    mode: str = "replace",
+):
+    """Overwrite positions at..at+n-1 (1..n) at the input of each entry layer, for one call
+    (``mode="add"``: add the tokens to what those positions hold).
 
     The hooks act only in the calling thread, so a forward that another thread runs on the
     same model meanwhile (a served box) passes through them untouched.
@@ -187,6 +209,8 @@ def inject(layers: Mapping[str, nn.Module], entry_tokens: Mapping[str, torch.Ten
                 return None
             hidden = _hidden_of(args, kwargs)  # (B, n + T, H)
             rows = tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], n, -1)  # (B, n, H)
+            if mode == "add":
+                rows = hidden[:, at : at + n] + rows  # (B, n, H): the positions' own states, moved
             return _with_hidden(args, kwargs, torch.cat([hidden[:, :at], rows, hidden[:, at + n :]], dim=1))
 
         return hook

@@ -144,7 +144,8 @@ class VisionEncoderBox(Placed, ImageBox):
     given), the mean of the patch states (``"mean"``) or the model's own pooler (``"model"``:
     SigLIP's attention-pooling head). ``entry_points`` makes it light-gray: n positions
     inserted after [CLS] (at the front of a model without one) at the first layer's input
-    carry each entry layer's tokens (VPT-deep), named ``"layer.<i>"`` as for text boxes.
+    carry each entry layer's tokens (VPT-deep), named ``"layer.<i>"`` as for text boxes
+    (``entry_mode`` as there).
 
     ``image`` describes the preprocessing (default: resize straight to the model's input size,
     mean 0.5 and std 0.5 per channel, the ViT convention); ``digest`` identifies the weights
@@ -168,6 +169,7 @@ class VisionEncoderBox(Placed, ImageBox):
         limits: BoxLimits | None = None,
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
+        entry_mode: str = "replace",
         digest: str | None = None,
         owner_secret: str | bytes | None = None,
         device: str | torch.device | None = None,
@@ -192,7 +194,7 @@ class VisionEncoderBox(Placed, ImageBox):
         size = size_pair(image_size or config.image_size)
         image = image or ImageSpec(mean=(0.5,) * channels, std=(0.5,) * channels, resize=0, interpolation="bilinear")
         access, self.__layers, points = expose(
-            model, entry_points, entry_tokens_max, access, opaque=owner_secret is not None
+            model, entry_points, entry_tokens_max, access, opaque=owner_secret is not None, entry_mode=entry_mode
         )
         # entry slots are inserted at the input of layer 0, whether or not it is an entry layer
         self.__first = find_layers(model)[0] if self.__layers else None
@@ -221,6 +223,7 @@ class VisionEncoderBox(Placed, ImageBox):
             limits=limits or BoxLimits(max_batch=256),
             token_dim=hidden,
             image=image,
+            entry_mode=entry_mode,
         )
         self._placement.apply(model, projection)  # the digest above is of the weights as given
 
@@ -234,7 +237,10 @@ class VisionEncoderBox(Placed, ImageBox):
                 self.require("light-gray")
                 n = check_entry_tokens(self.spec, entry_tokens)
                 entry_tokens = {name: place.inward(t) for name, t in entry_tokens.items()}
-                with insert(self.__first, n, self.__at), inject(self.__layers, entry_tokens, n, self.__at):
+                with (
+                    insert(self.__first, n, self.__at),
+                    inject(self.__layers, entry_tokens, n, self.__at, self.spec.entry_mode),
+                ):
                     return self._run(place.inward(pixels), n).to(**back)
             return self._run(place.inward(pixels), 0).to(**back)
 

@@ -91,7 +91,7 @@ def open_clip_boxes(
     for given, own in ((text_options, ("basis",)), (image_options, ())):
         if given.get("entry_points") is not None:
             raise ConfigError("open_clip boxes have no entry points (LGA); load a Hugging Face CLIP checkpoint for LGA")
-        unknown = sorted(set(given) - {*TOWER_OPTIONS, *own, "entry_points", "entry_tokens_max"})
+        unknown = sorted(set(given) - {*TOWER_OPTIONS, *own, "entry_points", "entry_tokens_max", "entry_mode"})
         if unknown:
             raise ConfigError(f"unknown open_clip box options {unknown}; they take {', '.join(TOWER_OPTIONS)}")
     digest = pair_digest(model, owner_secret=owner_secret)  # of the weights as given, before they are placed

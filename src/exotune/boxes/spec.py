@@ -13,6 +13,10 @@ ACCESS_LEVELS = ("black", "dark-gray", "light-gray")
 GRAY = ("dark-gray", "light-gray")  # the levels that see token embeddings or pixels
 MODALITIES = ("text", "image")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# How an entry point's tokens meet the hidden states at their positions: "replace" overwrites
+# them (VPT-deep: fixed tokens at every layer), "add" adds to them (the positions carry what the
+# layers before read from the input, plus the layer's tokens: prefixes that depend on the input).
+ENTRY_MODES = ("replace", "add")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ _ADDED_FIELDS = {
     "prompt": "",
     "prompts": (),
     "pair_loss": None,
+    "entry_mode": "replace",
 }
 # What a black-box client needs: it sends texts and reads outputs (and scores), nothing else.
 BLACK_FIELDS = ("modality", "access", "output_dim", "model_digest", "normalized")
@@ -128,7 +133,8 @@ class BoxSpec:
     token) or after the owner's prompt. ``prompt`` names the prompt (``"query"``, ``"document"``)
     the owner puts before each text, one of ``prompts``; the prompt's text is not shown.
     ``pair_loss``: a tower of an image-text pair that says how its model compares the towers
-    (None: softmax InfoNCE, as CLIP).
+    (None: softmax InfoNCE, as CLIP). ``entry_mode``: whether entry tokens overwrite the hidden
+    states at their positions (``"replace"``) or are added to them (``"add"``).
     """
 
     modality: str
@@ -149,8 +155,13 @@ class BoxSpec:
     prompt: str = ""  # text: the name of the prompt the owner puts before each text ("" none)
     prompts: tuple[str, ...] = ()  # text: the names of the prompts the owner has
     pair_loss: PairLoss | None = None  # an image-text pair's tower: how the model compares the towers
+    entry_mode: str = "replace"  # light-gray: how entry tokens meet their positions (ENTRY_MODES)
 
     def __post_init__(self) -> None:
+        if self.entry_mode not in ENTRY_MODES:
+            raise ConfigError(f"BoxSpec.entry_mode must be one of {ENTRY_MODES}, got {self.entry_mode!r}")
+        if self.entry_mode != "replace" and not self.entry_points:
+            raise ConfigError(f"BoxSpec.entry_mode={self.entry_mode!r} needs entry points")
         object.__setattr__(self, "prompts", tuple(self.prompts))  # JSON gives a list
         if isinstance(self.insert_at, bool) or not isinstance(self.insert_at, int) or self.insert_at < 0:
             raise ConfigError(f"BoxSpec.insert_at must be an integer >= 0, got {self.insert_at!r}")

@@ -34,7 +34,8 @@ class TextEncoderBox(Placed, Box):
 
     ``entry_points`` (``"all"`` or layer indices) makes it a light-gray box: the input of each
     named transformer layer accepts up to ``entry_tokens_max`` tokens (VPT-deep), exposed as
-    ``spec.entry_points`` named ``"layer.<i>"``.
+    ``spec.entry_points`` named ``"layer.<i>"``; ``entry_mode="add"`` adds them to the hidden
+    states of their positions instead of overwriting them (``spec.entry_mode``).
 
     The model's family (``config.model_type``) sets its conventions: the positions it can take,
     the poolings it allows (default: its first, ``"mean"`` for an encoder, ``"last"`` for a
@@ -71,6 +72,7 @@ class TextEncoderBox(Placed, Box):
         limits: BoxLimits | None = None,
         entry_points: str | Sequence[int] | None = None,
         entry_tokens_max: int = 8,
+        entry_mode: str = "replace",
         owner_secret: str | bytes | None = None,
         basis: bool = True,
         prompts: Mapping[str, str] | None = None,
@@ -95,7 +97,7 @@ class TextEncoderBox(Placed, Box):
                     f"{embedding_dim} vs {model.config.hidden_size}"
                 )
         access, self.__layers, points = expose(
-            model, entry_points, entry_tokens_max, access, opaque=owner_secret is not None
+            model, entry_points, entry_tokens_max, access, opaque=owner_secret is not None, entry_mode=entry_mode
         )
         model.eval()
         model.requires_grad_(False)  # explicit and idempotent: no weight gradients ever
@@ -130,6 +132,7 @@ class TextEncoderBox(Placed, Box):
             input_basis=self.__basis.id if self.__basis else "",
             insert_at=self.__at,
             prompts=tuple(sorted(self.__prompts)),
+            entry_mode=entry_mode,
         )
         if prompt:
             self._use_prompt(prompt)
@@ -210,10 +213,11 @@ class TextEncoderBox(Placed, Box):
     def _forward_with_entry_tokens(self, embeds, mask, entry_tokens, n: int) -> torch.Tensor:
         # VPT-deep: n reserved positions right after [CLS] (a decoder's front, when its texts
         # start with no special token) ride through every layer; each entry layer overwrites
-        # them with its own tokens, layers without tokens carry them through.
+        # them with its own tokens (or adds them: spec.entry_mode), layers without tokens carry
+        # them through.
         at = self.__at
         embeds, full_mask = reserve(embeds, mask, n, at)  # (B, n + T, D), (B, n + T)
-        with inject(self.__layers, entry_tokens, n, at):
+        with inject(self.__layers, entry_tokens, n, at, self.spec.entry_mode):
             hidden = self._run(embeds, full_mask)
         # Pooling leaves the reserved positions out, as VPT-deep drops the prompts' outputs: the
         # tokens act on the text through attention, and the pooled output stays a pooling of the

@@ -132,21 +132,31 @@ def has_text_tower(args) -> bool:
 
 
 def lga_box_options(args) -> dict:
-    """Box options for training: light-gray with the chosen entry points for LGA."""
+    """Box options for training: light-gray with the chosen entry points (and entry mode) for LGA."""
+    mode = getattr(args, "entry_mode", None)
     if not is_lga(args):
+        if mode:
+            raise ConfigError("--entry-mode sets how entry tokens are taken: give --entry-tokens or --entry-points")
         return {}
     n = args.entry_tokens or ENTRY_TOKENS
-    return {"entry_points": args.entry_points or "all", "entry_tokens_max": max(ENTRY_TOKENS_MAX, n)}
+    options = {"entry_points": args.entry_points or "all", "entry_tokens_max": max(ENTRY_TOKENS_MAX, n)}
+    return {**options, "entry_mode": mode} if mode and mode != "replace" else options
+
+
+def refuse_entry_options_for_served(args) -> None:
+    """--entry-points and --entry-mode shape a local box; a served one is its owner's."""
+    for flag in ("entry_points", "entry_mode"):
+        if args.remote and getattr(args, flag, None):
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} shapes the entry points of a local box; a served box (--remote) "
+                "exposes those its owner chose (see its /v1/spec)"
+            )
 
 
 def train_box(args):
     """The box to train against: for LGA, a local one is loaded light-gray with the chosen
     entry points; a served one exposes what its owner chose."""
-    if args.remote and args.entry_points:
-        raise ConfigError(
-            "--entry-points chooses the entry points of a local box; a served box (--remote) "
-            "exposes those its owner chose (see its /v1/spec)"
-        )
+    refuse_entry_options_for_served(args)
     return open_box(args, **lga_box_options(args))
 
 

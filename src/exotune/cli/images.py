@@ -11,7 +11,15 @@ import argparse
 import sys
 from dataclasses import replace
 
-from exotune.cli.boxes import clip_pair, has_text_tower, lga_box_options, on_device, open_image_box, saved_options
+from exotune.cli.boxes import (
+    clip_pair,
+    has_text_tower,
+    lga_box_options,
+    on_device,
+    open_image_box,
+    refuse_entry_options_for_served,
+    saved_options,
+)
 from exotune.cli.common import fit_and_report, positive_int, print_metrics
 from exotune.cli.configs import dga_config
 from exotune.cli.data import train_val
@@ -86,11 +94,7 @@ NEEDS = {
 
 def check(args) -> None:
     """The vision task's arguments are complete."""
-    if args.remote and getattr(args, "entry_points", None):
-        raise ConfigError(
-            "--entry-points chooses the entry points of a local box; a served box (--remote) "
-            "exposes those its owner chose (see its /v1/spec)"
-        )
+    refuse_entry_options_for_served(args)
     source = {"video-retrieval": args.videos, "sketch-retrieval": args.sketches}.get(args.task, args.images)
     if not source:
         raise ConfigError(f"--task {args.task} needs {NEEDS[args.task]}")

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from exotune.boxes.spec import ENTRY_MODES
 from exotune.cli.boxes import PRECISIONS
 from exotune.cli.common import entry_points_arg, positive_int
 from exotune.cli.configs import ENTRY_TOKENS_MAX
@@ -89,6 +90,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=ENTRY_TOKENS_MAX,
         help=f"tokens each entry point accepts (default: {ENTRY_TOKENS_MAX})",
+    )
+    p.add_argument(
+        "--entry-mode",
+        choices=ENTRY_MODES,
+        default="replace",
+        help="light-gray: entry tokens overwrite the hidden states at their positions ('replace', "
+        "VPT-deep) or are added to them ('add') (default: replace)",
     )
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
@@ -288,6 +296,10 @@ def build_server(args):
         if args.level != "light-gray":
             raise ConfigError(f"--entry-points needs --level light-gray, got {args.level}")
         points = {"entry_points": args.entry_points, "entry_tokens_max": args.entry_tokens_max}
+        if args.entry_mode != "replace":
+            points["entry_mode"] = args.entry_mode
+    elif args.entry_mode != "replace":
+        raise ConfigError("--entry-mode sets how entry points take tokens: give --entry-points")
     placed = {"device": args.device, "dtype": args.dtype, "precision": args.precision}
     if args.kind != "text":
         return _vision_server(args, tokens, config, {**points, **placed})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from exotune.boxes.spec import ENTRY_MODES
 from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.boxes import add_box_args, user_device
 from exotune.cli.common import add_averaging_args, entry_points_arg, positive_int
@@ -109,6 +110,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help=f"learnable tokens per entry point (default with --entry-points: {ENTRY_TOKENS})",
+    )
+    g.add_argument(
+        "--entry-mode",
+        choices=ENTRY_MODES,
+        default=None,
+        help="how the local box's entry points take the tokens: 'replace' overwrites the hidden states "
+        "at their positions at each layer (VPT-deep), 'add' adds to them, so the positions carry what "
+        "earlier layers read from the text (default: replace)",
     )
     t = p.add_argument_group("training (defaults: those the committed tables were made with, exotune.defaults)")
     cls, ret = CLASSIFICATION, RETRIEVAL

@@ -143,17 +143,23 @@ def open_saved_box(path: str | Path, key: str = "box", remote: str | None = None
         raise ArtifactError(f"{path / CONFIG_NAME}: {key}_source.backbone must be a string, got {backbone!r:.80}")
     from exotune.boxes.loading import load_box
 
-    options = {"pooling": spec.pooling, "normalize": spec.normalized, **entry_point_options(spec.entry_points)}
+    options = {
+        "pooling": spec.pooling,
+        "normalize": spec.normalized,
+        **entry_point_options(spec.entry_points, spec.entry_mode),
+    }
     return load_box(backbone, **options)  # no source recorded: the packaged default, if it fits
 
 
 def saved_box_options(path: str | Path, key: str = "box") -> dict:
     """``load_box`` options that rebuild the box an adapter was trained against: its entry
-    points (they are part of the spec's fingerprint). Empty for a DGA adapter. ``key`` names
-    the box in a folder trained against two (``"text_box"`` of an image-text retriever)."""
+    points and how they take tokens (part of the spec's fingerprint). Empty for a DGA adapter.
+    ``key`` names the box in a folder trained against two (``"text_box"`` of an image-text
+    retriever)."""
     path = Path(path)
     cfg = read_folder_config(path)
-    return entry_point_options(saved_spec_of(cfg, key, path / CONFIG_NAME).entry_points)
+    spec = saved_spec_of(cfg, key, path / CONFIG_NAME)
+    return entry_point_options(spec.entry_points, spec.entry_mode)
 
 
 def load_trained_state(model: nn.Module, path: str | Path) -> None:
