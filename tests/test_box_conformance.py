@@ -30,6 +30,12 @@ TEXTS = ["the car is red", "a blue sky is big", "green leaf"]
 LIGHT = {"entry_points": "all", "entry_tokens_max": 4}
 
 
+def options(light) -> dict:
+    """Box options: dark-gray (False), light-gray (True), or light-gray whose entry points add
+    their tokens to the positions' hidden states ("add")."""
+    return {**LIGHT, "entry_mode": light} if isinstance(light, str) else (LIGHT if light else {})
+
+
 @dataclass
 class Case:
     box: object
@@ -39,7 +45,7 @@ class Case:
 
 def text_box(backbone, light=False):
     model, tokenizer, _ = load_text_encoder(str(backbone))
-    return Case(TextEncoderBox(model, tokenizer, normalize=False, **(LIGHT if light else {})), model)
+    return Case(TextEncoderBox(model, tokenizer, normalize=False, **options(light)), model)
 
 
 def family_box(backbone, family: str, light=False):
@@ -51,17 +57,17 @@ def family_box(backbone, family: str, light=False):
 
 def clip_tower(tower: str, light=False):
     model, tokenizer = build_tiny_clip()
-    return Case(getattr(clip_boxes(model, tokenizer, **(LIGHT if light else {})), tower), model)
+    return Case(getattr(clip_boxes(model, tokenizer, **options(light)), tower), model)
 
 
 def vision_box(kind: str, light=False):
     model = tiny_vision(kind)
-    return Case(VisionEncoderBox(model, **(LIGHT if light else {})), model)
+    return Case(VisionEncoderBox(model, **options(light)), model)
 
 
 def pair_tower(family: str, tower: str, light=False):
     model, tokenizer = build_pair(family)
-    return Case(getattr(PAIRS[family].build(model, tokenizer, **(LIGHT if light else {})), tower), model)
+    return Case(getattr(PAIRS[family].build(model, tokenizer, **options(light)), tower), model)
 
 
 def open_clip_tower(tower: str):
@@ -87,12 +93,15 @@ def served_image(light=False, stateless=False):
 KINDS = {
     "text": lambda b: text_box(b),
     "text-light": lambda b: text_box(b, light=True),
+    "text-light-add": lambda b: text_box(b, light="add"),
     "clip-text": lambda b: clip_tower("text"),
     "clip-text-light": lambda b: clip_tower("text", light=True),
+    "clip-text-light-add": lambda b: clip_tower("text", light="add"),
     "clip-image": lambda b: clip_tower("image"),
     "clip-image-light": lambda b: clip_tower("image", light=True),
     "vit": lambda b: vision_box("vit"),
     "vit-light": lambda b: vision_box("vit", light=True),
+    "vit-light-add": lambda b: vision_box("vit", light="add"),
     "dinov2": lambda b: vision_box("dinov2"),
     "dinov2-light": lambda b: vision_box("dinov2", light=True),
     "open-clip-text": lambda b: open_clip_tower("text"),
@@ -101,6 +110,7 @@ KINDS = {
     "remote-stateless": lambda b: served(b, stateless=True),
     "remote-light": lambda b: served(b, light=True),
     "remote-light-stateless": lambda b: served(b, light=True, stateless=True),
+    "remote-light-add": lambda b: served(b, light="add"),
     "remote-qwen2-light": lambda b: served(b, light=True, family="qwen2"),
     "remote-image": lambda b: served_image(),
     "remote-image-light-stateless": lambda b: served_image(light=True, stateless=True),

@@ -366,3 +366,94 @@ def test_cli_entry_points_beyond_the_backbone_return_2(tiny_backbone, tmp_path, 
     ]
     assert main(argv) == 2
     assert "entry_points" in capsys.readouterr().err
+
+
+# -- entry mode "add": tokens added to what their positions hold --------------------------------
+
+
+def test_entry_mode_is_in_the_spec_and_its_fingerprint(tiny_backbone, box):
+    added = light_box(tiny_backbone, entry_tokens_max=4, entry_mode="add")
+    assert added.spec.entry_mode == "add" and box.spec.entry_mode == "replace"
+    assert "entry_mode" not in box.spec.to_dict()  # the default: saved specs stay as they were
+    assert BoxSpec.from_dict(json.loads(json.dumps(added.spec.to_dict()))) == added.spec
+    assert added.spec.fingerprint() != box.spec.fingerprint()
+    assert box.spec.differences(added.spec) == ["entry_mode"]
+    assert entry_point_options(added.spec.entry_points, added.spec.entry_mode) == {
+        "entry_points": [0, 1],
+        "entry_tokens_max": 4,
+        "entry_mode": "add",
+    }
+
+
+def test_entry_mode_validates(tiny_backbone, box):
+    with pytest.raises(ConfigError, match="entry_mode must be one of"):
+        light_box(tiny_backbone, entry_mode="prepend")
+    with pytest.raises(ConfigError, match="needs entry_points"):
+        load_box(str(tiny_backbone), entry_mode="add")
+    with pytest.raises(ConfigError, match="needs entry points"):
+        BoxSpec.from_dict({**box.spec.to_dict(), "entry_points": [], "entry_mode": "add"})
+    with pytest.raises(ConfigError, match="entry_mode must be one of"):
+        BoxSpec.from_dict({**box.spec.to_dict(), "entry_mode": "sum"})
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_entry_mode_sets_what_each_layer_sees(tiny_backbone, mode):
+    box = light_box(tiny_backbone, entry_tokens_max=4, entry_mode=mode)
+    layers = backbone_module(box).encoder.layer
+    seen = {}
+
+    def out0(module, args, out):
+        seen["out0"] = (out[0] if isinstance(out, tuple) else out).detach()
+
+    def in1(module, args, kwargs, out):  # a forward hook sees the inputs the pre-hooks made
+        seen["in1"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    hooks = [layers[0].register_forward_hook(out0), layers[1].register_forward_hook(in1, with_kwargs=True)]
+    batch = box.embed(TEXTS)
+    tokens = {"layer.0": torch.randn(2, 16), "layer.1": torch.randn(2, 16)}
+    try:
+        box.forward(batch.embeds, batch.mask, tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    before, after = seen["out0"], seen["in1"]  # (B, 1 + 2 + T, H): [CLS], the 2 slots, the text
+    expected = tokens["layer.1"] + (before[:, 1:3] if mode == "add" else 0)
+    torch.testing.assert_close(after[:, 1:3], expected.expand_as(after[:, 1:3]))
+    torch.testing.assert_close(after[:, 3:], before[:, 3:])  # the text's positions untouched
+    torch.testing.assert_close(after[:, :1], before[:, :1])
+
+
+def test_entry_mode_add_adapter_saves_and_rebuilds_its_box(tiny_backbone, box, tmp_path):
+    added = light_box(tiny_backbone, entry_tokens_max=4, entry_mode="add")
+    data = colour_data(20)
+    model = TextClassifier(added, data.label_names, lga(tokens=2))
+    with torch.no_grad():
+        for p in model.encoder.entry_tokens.parameters():
+            p.normal_()
+    model.save_pretrained(tmp_path / "lga")
+    options = saved_box_options(tmp_path / "lga")
+    assert options == {"entry_points": [0, 1], "entry_tokens_max": 4, "entry_mode": "add"}
+    fresh = load_box(str(tiny_backbone), pooling="mean", normalize=False, **options)
+    reloaded = TextClassifier.from_pretrained(tmp_path / "lga", fresh)
+    assert torch.equal(reloaded.predict_proba(data.texts), model.predict_proba(data.texts))
+    with pytest.raises(SpecMismatchError, match="entry_mode"):
+        TextClassifier.from_pretrained(tmp_path / "lga", box)  # the same entry points, replacing
+
+
+def test_cli_entry_mode(tiny_backbone, tmp_path, capsys):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text,label\n" + "".join(f"t {i},{'ab'[i % 2]}\n" for i in range(20)))
+    common = ["train", "--file", str(csv), "--backbone", str(tiny_backbone), "--quiet", "--epochs", "1"]
+    assert main([*common, "--entry-mode", "add", "--output-dir", str(tmp_path / "dga")]) == 2
+    assert "--entry-mode sets how entry tokens are taken" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main([*common, "--entry-tokens", "2", "--entry-mode", "add", "--output-dir", str(run)]) == 0
+    assert json.loads((run / "best" / "adapter_config.json").read_text())["box_spec"]["entry_mode"] == "add"
+    capsys.readouterr()
+    argv = ["predict", "--backbone", str(tiny_backbone), "--adapter", str(run / "best"), "--text", "t 3"]
+    assert main(argv) == 0 and capsys.readouterr().out.count("\t") == 1
+    remote = ["train", "--file", str(csv), "--remote", "http://127.0.0.1:9", "--entry-mode", "add"]
+    assert main([*remote, "--output-dir", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "--entry-mode shapes the entry points of a local box" in capsys.readouterr().err
+    assert main(["serve", "--no-auth", "--entry-mode", "add"]) == 2
+    assert "give --entry-points" in capsys.readouterr().err

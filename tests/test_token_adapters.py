@@ -96,6 +96,7 @@ def test_parameter_groups_split_a_tower(tiny_box):
         ("dga-input-only-lowrank4-gelu", ("dga", "input-only+lowrank(r=4, gelu)", "dark-gray")),
         ("lga-8", ("lga", "tokens=8", "light-gray")),
         ("lga-8-upper", ("lga", "tokens=8, upper half", "light-gray")),
+        ("lga-8-add-drop10", ("lga", "tokens=8, added+dropout=0.1", "light-gray")),
         ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
         ("lga", ("lga", "tokens=2", "light-gray")),
     ],
@@ -113,7 +114,9 @@ def test_table_names_keep_their_variants():
                 assert (gray.method, gray.variant, gray.access) == (method, variant, access)
 
 
-@pytest.mark.parametrize("name", ["dga-output-only-lowrank8", "dga-lowrank0", "lga-0", "svm", "dga-lowrank8-swish"])
+@pytest.mark.parametrize(
+    "name", ["dga-output-only-lowrank8", "dga-lowrank0", "lga-0", "svm", "dga-lowrank8-swish", "dga-both-add"]
+)
 def test_bad_gray_method_names_are_clear(name):
     with pytest.raises(ConfigError, match=name if name != "svm" else "unknown method"):
         graymethods.describe(name, classification.METHODS)
@@ -127,6 +130,10 @@ def test_upper_half_entry_tokens(tiny_backbone):
     assert dga.entry_tokens.points == names[len(names) // 2 :] and dga.entry_tokens.tokens == 3
     model = GrayBoxModel(box, dga)
     assert model.entry_tokens.names == names[len(names) // 2 :]
+    assert box.spec.entry_mode == "replace"
+    added = graymethods.parse("lga-3-upper-add").load_box(str(tiny_backbone))
+    assert added.spec.entry_mode == "add" and added.spec.entry_points == box.spec.entry_points
+    assert graymethods.parse("dga-both").box_options() == {}
 
 
 def test_group_rates_and_budget_keys():
