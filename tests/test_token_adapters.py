@@ -97,6 +97,7 @@ def test_parameter_groups_split_a_tower(tiny_box):
         ("lga-8", ("lga", "tokens=8", "light-gray")),
         ("lga-8-upper", ("lga", "tokens=8, upper half", "light-gray")),
         ("lga-8-add-drop10", ("lga", "tokens=8, added+dropout=0.1", "light-gray")),
+        ("lga-8-input-only-drop10", ("lga", "input-only, tokens=8+dropout=0.1", "light-gray")),
         ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
         ("lga", ("lga", "tokens=2", "light-gray")),
     ],
@@ -115,7 +116,16 @@ def test_table_names_keep_their_variants():
 
 
 @pytest.mark.parametrize(
-    "name", ["dga-output-only-lowrank8", "dga-lowrank0", "lga-0", "svm", "dga-lowrank8-swish", "dga-both-add"]
+    "name",
+    [
+        "dga-output-only-lowrank8",
+        "dga-lowrank0",
+        "lga-0",
+        "svm",
+        "dga-lowrank8-swish",
+        "dga-both-add",
+        "lga-2-output-only-x2",
+    ],
 )
 def test_bad_gray_method_names_are_clear(name):
     with pytest.raises(ConfigError, match=name if name != "svm" else "unknown method"):

@@ -5,7 +5,8 @@ configuration, so that a sweep can ask for any point of the grid by name:
 - ``lga-N`` (N entry tokens at every layer), ``lga-N-upper`` (the upper half of the layers);
   ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both); then ``-add``: a box whose
   entry points add the tokens to their positions' hidden states (``entry_mode="add"``), e.g.
-  ``lga-8-add``, ``lga-4-upper-add``;
+  ``lga-8-add``, ``lga-4-upper-add``; then ``-input-only`` / ``-output-only``: LGA with one
+  side of DGA, e.g. ``lga-8-input-only`` (no output adapter: the tokens and the head);
 - any of them with ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
   token alone, so that nothing of the adapter's own enters the box's mean pooling, whose share
   would shrink as texts grow), e.g. ``dga-both-x0``, ``lga-8-x0``;
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from exotune.errors import ConfigError
 
 _NAME = re.compile(
-    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?P<add>-add)?)?)"
+    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?P<add>-add)?(?:-(?P<lside>input-only|output-only))?)?)"
     r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?$"
@@ -68,6 +69,7 @@ class GrayMethod:
     def variant(self) -> str:
         """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
+        base = base if self.tokens is None or self.side == "both" else f"{self.side}, {base}"
         base += ", added" if self.add else ""
         extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
@@ -129,19 +131,20 @@ def parse(name: str) -> GrayMethod | None:
         tokens = LGA_TOKENS if tokens is None else int(tokens)
         if tokens < 1:
             raise ConfigError(f"{name}: LGA needs at least 1 token per layer")
+    side = m["side"] or m["lside"] or "both"
     rank = None if m["rank"] is None else int(m["rank"])
-    if rank is not None and (rank < 1 or m["side"] == "output-only"):
+    if rank is not None and (rank < 1 or side == "output-only"):
         raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
-    if (m["extra"] is not None or m["copies"]) and m["side"] == "output-only":
+    if (m["extra"] is not None or m["copies"]) and side == "output-only":
         raise ConfigError(f"{name}: -x sets the input adapter's extra tokens; DGA (output-only) has no input adapter")
-    if (m["rpt"] or m["init"]) and m["side"] == "output-only" and tokens is None:
+    if (m["rpt"] or m["init"]) and side == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
     drop = int(m["drop"] or 0)
     if drop >= 100:
         raise ConfigError(f"{name}: -dropP is a dropout in percent, below 100")
     return GrayMethod(
         name,
-        side=m["side"] or "both",
+        side=side,
         tokens=tokens,
         upper=bool(m["upper"]),
         add=bool(m["add"]),
