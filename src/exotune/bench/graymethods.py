@@ -20,7 +20,9 @@ configuration, so that a sweep can ask for any point of the grid by name:
   from the box's embeddings of the class names / of the training texts' frequent words, e.g.
   ``lga-8-upper-rpt64-init-frequent``;
 - then ``-dropP``: dropout of P percent on the token embeddings the box is given, while
-  training (``DGAConfig.input_dropout``), e.g. ``dga-both-drop10``, ``lga-8-drop20``.
+  training (``DGAConfig.input_dropout``), e.g. ``dga-both-drop10``, ``lga-8-drop20``;
+- then ``-boxdrop``: a box whose owner lets training calls pass through the model's own
+  dropout layers (``training_dropout=True``), e.g. ``lga-8-boxdrop``.
 
 Per-group learning rates come with the budget: ``--lr dga.tokens=5e-2`` applies to every
 gray-box method's tokens, ``--lr lga.tokens=5e-2`` to LGA's only (groups: ``PARAMETER_GROUPS``).
@@ -37,7 +39,7 @@ _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?P<add>-add)?(?:-(?P<lside>input-only|output-only))?)?)"
     r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
-    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?$"
+    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
 )
 LGA_TOKENS = 2  # plain "lga": the classification suite's row
 
@@ -56,6 +58,7 @@ class GrayMethod:
     reparam: int = 0  # residual MLP over the tokens while training
     init: str = "random"  # graybox.tokens.TOKEN_INITS
     dropout: float = 0.0  # on the token embeddings given to the box, while training
+    box_dropout: bool = False  # the box's own dropout on training calls (training_dropout=True)
 
     @property
     def method(self) -> str:
@@ -74,7 +77,7 @@ class GrayMethod:
         extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
-        extras += [f"dropout={self.dropout:g}"] * bool(self.dropout)
+        extras += [f"dropout={self.dropout:g}"] * bool(self.dropout) + ["box dropout"] * self.box_dropout
         return "+".join([base, *extras])
 
     def input_config(self):
@@ -98,11 +101,13 @@ class GrayMethod:
         return load_box(backbone, **self.box_options())
 
     def box_options(self) -> dict:
-        """The light-gray box options LGA needs (none for DGA)."""
+        """The box options the method needs: light-gray entry points for LGA, the model's
+        dropout on training calls for ``-boxdrop``."""
+        options = {"training_dropout": True} if self.box_dropout else {}
         if self.tokens is None:
-            return {}
+            return options
         mode = {"entry_mode": "add"} if self.add else {}
-        return {"entry_points": "all", "entry_tokens_max": max(8, self.tokens), **mode}
+        return {"entry_points": "all", "entry_tokens_max": max(8, self.tokens), **mode, **options}
 
     def dga_config(self, box, modality: str = "text"):
         """The configuration for ``box`` (loaded by ``load_box``: it names the layers); an image
@@ -155,6 +160,7 @@ def parse(name: str) -> GrayMethod | None:
         reparam=int(m["rpt"] or 0),
         init=m["init"] or "random",
         dropout=drop / 100,
+        box_dropout=bool(m["boxdrop"]),
     )
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.basis import OwnerBasis
+from exotune.boxes.dropout import model_dropout, trains
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
 from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
@@ -58,6 +59,10 @@ class TextEncoderBox(Placed, Box):
     and so the adapters that match it, do not depend on them); inputs move to the box and
     outputs come back on the caller's device in the caller's format. ``precision`` (``"bf16"``,
     ``"fp16"``) autocasts the calls made without gradients (encode, evaluation, scores).
+
+    ``training_dropout`` (the owner's choice, off by default): calls that carry gradients back
+    (a user's training steps) pass through the model's dropout layers as in training
+    (``exotune.boxes.dropout``); every other call is as without it.
     """
 
     def __init__(
@@ -81,8 +86,12 @@ class TextEncoderBox(Placed, Box):
         device: str | torch.device | None = None,  # default: where the model is
         dtype: str | torch.dtype | None = None,  # default: the model's
         precision: str = "fp32",  # of the no-gradient calls
+        training_dropout: bool = False,
     ) -> None:
         self._placement = Placement(device, dtype, precision)  # checked before anything runs
+        if not isinstance(training_dropout, bool):
+            raise ConfigError(f"training_dropout must be True or False, got {training_dropout!r}")
+        self.__training_dropout = training_dropout
         family = family_of(str(getattr(model.config, "model_type", "")))
         pooling = pooling or family.poolings[0]
         if pooling not in family.poolings:
@@ -172,7 +181,8 @@ class TextEncoderBox(Placed, Box):
         self.check_input(embeds, mask)
         back = {"device": embeds.device, "dtype": embeds.dtype}  # the answer lands where the question came from
         mask = mask.to(self.device)
-        with self._placement.autocast():
+        dropout = self.__training_dropout and trains(embeds, *(entry_tokens or {}).values())
+        with self._placement.autocast(), model_dropout(self.__model, dropout):
             if entry_tokens:
                 self.require("light-gray")
                 n = self._check_entry_tokens(entry_tokens, embeds.shape[1])
