@@ -457,3 +457,44 @@ def test_cli_entry_mode(tiny_backbone, tmp_path, capsys):
     assert "--entry-mode shapes the entry points of a local box" in capsys.readouterr().err
     assert main(["serve", "--no-auth", "--entry-mode", "add"]) == 2
     assert "give --entry-points" in capsys.readouterr().err
+
+
+# -- the model's own dropout on training calls (the owner's training_dropout) -------------------
+
+
+def test_training_dropout_acts_on_training_calls_only(tiny_backbone, tiny_box):
+    box = light_box(tiny_backbone, entry_tokens_max=4, training_dropout=True)
+    assert box.training_dropout and not tiny_box.training_dropout
+    assert box.spec == light_box(tiny_backbone, entry_tokens_max=4).spec  # adapters move between them
+    dropouts = [m for m in backbone_module(box).modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    assert dropouts  # the tiny encoder has dropout layers to act on
+    batch = box.embed(TEXTS)
+    plain = tiny_box.forward(batch.embeds, batch.mask)
+    with torch.no_grad():  # evaluation: exactly the plain box
+        assert torch.equal(box.forward(batch.embeds, batch.mask), plain)
+    assert torch.equal(box.forward(batch.embeds, batch.mask), plain)  # nothing asks for gradients
+    torch.manual_seed(0)
+    embeds = batch.embeds.clone().requires_grad_(True)
+    a, b = box.forward(embeds, batch.mask), box.forward(embeds, batch.mask)
+    assert not torch.allclose(a, plain) and not torch.allclose(a, b)  # a fresh mask per call
+    a.pow(2).sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+    tokens = {"layer.1": torch.randn(2, 16, requires_grad=True)}  # entry tokens alone ask for gradients
+    with_tokens = box.forward(batch.embeds, batch.mask, tokens)
+    with torch.no_grad():
+        assert not torch.allclose(with_tokens, box.forward(batch.embeds, batch.mask, tokens))
+    with_tokens.sum().backward()
+    assert tokens["layer.1"].grad.abs().sum() > 0
+    assert all(not m._forward_hooks for m in dropouts)  # the hooks leave with the call
+    assert all(p.grad is None for p in backbone_module(box).parameters())
+    with pytest.raises(ConfigError, match="training_dropout must be True or False"):
+        light_box(tiny_backbone, training_dropout="yes")
+
+
+def test_training_dropout_box_is_not_served(tiny_backbone):
+    pytest.importorskip("fastapi")
+    from exotune.serve import ServeConfig, create_app
+
+    box = load_box(str(tiny_backbone), training_dropout=True)
+    with pytest.raises(ConfigError, match="for local use"):
+        create_app(box, ["t" * 32], ServeConfig())

@@ -98,6 +98,7 @@ def test_parameter_groups_split_a_tower(tiny_box):
         ("lga-8-upper", ("lga", "tokens=8, upper half", "light-gray")),
         ("lga-8-add-drop10", ("lga", "tokens=8, added+dropout=0.1", "light-gray")),
         ("lga-8-input-only-drop10", ("lga", "input-only, tokens=8+dropout=0.1", "light-gray")),
+        ("dga-both-drop10-boxdrop", ("dga", "both+dropout=0.1+box dropout", "dark-gray")),
         ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
         ("lga", ("lga", "tokens=2", "light-gray")),
     ],
@@ -144,6 +145,7 @@ def test_upper_half_entry_tokens(tiny_backbone):
     added = graymethods.parse("lga-3-upper-add").load_box(str(tiny_backbone))
     assert added.spec.entry_mode == "add" and added.spec.entry_points == box.spec.entry_points
     assert graymethods.parse("dga-both").box_options() == {}
+    assert graymethods.parse("dga-both-boxdrop").box_options() == {"training_dropout": True}
 
 
 def test_group_rates_and_budget_keys():

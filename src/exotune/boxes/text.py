@@ -147,6 +147,11 @@ class TextEncoderBox(Placed, Box):
             self._use_prompt(prompt)
         self._placement.apply(model)  # the digest above is of the weights as given
 
+    @property
+    def training_dropout(self) -> bool:
+        """Whether training calls pass through the model's dropout layers (the owner's option)."""
+        return self.__training_dropout
+
     def prompted(self, name: str) -> TextEncoderBox:
         """The same hidden model with the owner's prompt ``name`` before every text."""
         other = copy.copy(self)

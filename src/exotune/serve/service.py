@@ -15,7 +15,7 @@ import torch
 from exotune.boxes import wire
 from exotune.boxes.base import Box
 from exotune.boxes.spec import GRAY, BoxLimits
-from exotune.errors import WireError
+from exotune.errors import ConfigError, WireError
 from exotune.serve.auth import TokenGate
 from exotune.serve.batched_calls import BatchedCalls, call_sizes
 from exotune.serve.batcher import Batcher, Job
@@ -52,6 +52,10 @@ class BoxService(BatchedCalls):
     input_name = "embeds"  # the wire name of the input and of its gradient
 
     def __init__(self, box: Box, config: ServeConfig, gate: TokenGate) -> None:
+        if getattr(box, "training_dropout", False):
+            # a served training call's outputs and its backward (kept graph, or recomputed)
+            # would need one dropout mask across requests and recomputes: not offered yet
+            raise ConfigError("a box with training_dropout is for local use; serve it without the option")
         self.spec = replace(box.spec, limits=served_limits(box, config))
         lim = self.spec.limits
         self.chunk_rows, unit = call_sizes(getattr(box, "device", None), lim.max_batch, config.fair_unit_tokens)
