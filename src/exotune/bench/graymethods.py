@@ -5,7 +5,8 @@ configuration, so that a sweep can ask for any point of the grid by name:
 - ``lga-N`` (N entry tokens at every layer), ``lga-N-upper`` (the upper half of the layers);
   ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both); then ``-add``: a box whose
   entry points add the tokens to their positions' hidden states (``entry_mode="add"``), e.g.
-  ``lga-8-add``, ``lga-4-upper-add``; then ``-input-only`` / ``-output-only``: LGA with one
+  ``lga-8-add``, ``lga-4-upper-add``, or ``-shift``: whose entry points add the tokens' sum to
+  every position (``entry_mode="shift"``), e.g. ``lga-1-shift``; then ``-input-only`` / ``-output-only``: LGA with one
   side of DGA, e.g. ``lga-8-input-only`` (no output adapter: the tokens and the head);
 - any of them with ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
   token alone, so that nothing of the adapter's own enters the box's mean pooling, whose share
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from exotune.errors import ConfigError
 
 _NAME = re.compile(
-    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?P<add>-add)?(?:-(?P<lside>input-only|output-only))?)?)"
+    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?:-(?P<mode>add|shift))?(?:-(?P<lside>input-only|output-only))?)?)"
     r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
@@ -50,7 +51,7 @@ class GrayMethod:
     side: str = "both"  # DGAConfig.variant
     tokens: int | None = None  # entry tokens per layer: LGA
     upper: bool = False  # entry tokens in the upper half of the layers only
-    add: bool = False  # a box whose entry points add the tokens (entry_mode="add")
+    entry_mode: str = "replace"  # how the box's entry points take the tokens (-add, -shift)
     rank: int | None = None  # token-lowrank input adapter
     activation: str = "none"
     extra: int | None = None  # extra tokens of the input adapter (None: its default)
@@ -73,7 +74,7 @@ class GrayMethod:
         """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
         base = base if self.tokens is None or self.side == "both" else f"{self.side}, {base}"
-        base += ", added" if self.add else ""
+        base += {"replace": "", "add": ", added", "shift": ", shifts"}[self.entry_mode]
         extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
@@ -106,7 +107,7 @@ class GrayMethod:
         options = {"training_dropout": True} if self.box_dropout else {}
         if self.tokens is None:
             return options
-        mode = {"entry_mode": "add"} if self.add else {}
+        mode = {} if self.entry_mode == "replace" else {"entry_mode": self.entry_mode}
         return {"entry_points": "all", "entry_tokens_max": max(8, self.tokens), **mode, **options}
 
     def dga_config(self, box, modality: str = "text"):
@@ -152,7 +153,7 @@ def parse(name: str) -> GrayMethod | None:
         side=side,
         tokens=tokens,
         upper=bool(m["upper"]),
-        add=bool(m["add"]),
+        entry_mode=m["mode"] or "replace",
         rank=rank,
         activation=m["act"] or "none",
         extra=None if m["extra"] is None else int(m["extra"]),

@@ -21,7 +21,7 @@ from torch import nn
 
 from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.basis import OwnerBasis
-from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve, reserved
 from exotune.boxes.http import check_texts
 from exotune.boxes.image import ImageBox, VisionEncoderBox
 from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
@@ -254,7 +254,7 @@ class CLIPTextBox(Placed, Box):
                 self.require("light-gray")
                 n = check_entry_tokens(self.spec, entry_tokens, embeds.shape[1])
                 entry_tokens = {name: place.inward(t) for name, t in entry_tokens.items()}
-                at = self.__tower.insert_at
+                at, n = self.__tower.insert_at, reserved(self.spec.entry_mode, n)
                 embeds, mask = reserve(embeds, mask, n, at)  # (B, n + T, D): slots after the start token
                 with inject(self.__layers, entry_tokens, n, at, self.spec.entry_mode):
                     return self._run(embeds, mask).to(**back)

@@ -8,8 +8,10 @@ n reserved positions right after the first token ([CLS], or a text's start token
 entry layer a forward pre-hook overwrites those positions' hidden states with that layer's
 tokens (VPT-deep), or, with the owner's ``entry_mode="add"``, adds the tokens to them: the
 positions then carry what earlier layers read from the input, so the prefixes each layer's
-attention sees depend on the input. A text box reserves the positions in its input embeddings (``reserve``); a
-vision box, whose input is pixels, inserts them at the input of its first layer (``insert``).
+attention sees depend on the input. With ``entry_mode="shift"`` no positions are reserved:
+each entry layer adds the sum of its tokens to every position's hidden state. A text box
+reserves the positions in its input embeddings (``reserve``); a vision box, whose input is
+pixels, inserts them at the input of its first layer (``insert``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def expose(
     return access, named, tuple(EntryPoint(name, entry_tokens_max) for name in named)
 
 
+def reserved(mode: str, n: int) -> int:
+    """Sequence positions that n tokens per entry point take: n, none when they shift (``"shift"``)."""
+    return 0 if mode == "shift" else n
+
+
 def check_entry_tokens(spec: BoxSpec, entry_tokens: Mapping[str, torch.Tensor], length: int | None = None) -> int:
     """Validate names, shapes and counts against ``spec``; return n, the tokens per entry point.
 
@@ -117,7 +124,7 @@ def check_entry_tokens(spec: BoxSpec, entry_tokens: Mapping[str, torch.Tensor], 
     if len(set(counts.values())) > 1:
         raise BoxLimitError(f"entry_tokens must give the same number of tokens to every entry point, got {counts}")
     n = next(iter(counts.values()))
-    if length is not None and length + n > spec.limits.max_length:
+    if length is not None and length + reserved(spec.entry_mode, n) > spec.limits.max_length:
         raise BoxLimitError(
             f"sequence of {length} tokens plus {n} entry tokens exceeds the box's max_length {spec.limits.max_length}"
         )
@@ -196,7 +203,8 @@ def inject(
     mode: str = "replace",
 ):
     """Overwrite positions at..at+n-1 (1..n) at the input of each entry layer, for one call
-    (``mode="add"``: add the tokens to what those positions hold).
+    (``mode="add"``: add the tokens to what those positions hold; ``"shift"``: add their sum to
+    every position, n unused).
 
     The hooks act only in the calling thread, so a forward that another thread runs on the
     same model meanwhile (a served box) passes through them untouched.
@@ -208,6 +216,8 @@ def inject(
             if threading.get_ident() != caller:
                 return None
             hidden = _hidden_of(args, kwargs)  # (B, n + T, H)
+            if mode == "shift":
+                return _with_hidden(args, kwargs, hidden + tokens.sum(0).to(hidden.dtype))  # (B, T, H)
             rows = tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], n, -1)  # (B, n, H)
             if mode == "add":
                 rows = hidden[:, at : at + n] + rows  # (B, n, H): the positions' own states, moved

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from exotune.boxes.base import BoxBase, encode_sorted, model_digest
-from exotune.boxes.entry_points import check_entry_tokens, expose, find_layers, inject, insert
+from exotune.boxes.entry_points import check_entry_tokens, expose, find_layers, inject, insert, reserved
 from exotune.boxes.spec import GRAY, BoxLimits, BoxSpec, ImageSpec
 from exotune.devices import Placed, Placement
 from exotune.errors import BoxLimitError, ConfigError, DataError
@@ -235,7 +235,7 @@ class VisionEncoderBox(Placed, ImageBox):
         with place.autocast():
             if entry_tokens:
                 self.require("light-gray")
-                n = check_entry_tokens(self.spec, entry_tokens)
+                n = reserved(self.spec.entry_mode, check_entry_tokens(self.spec, entry_tokens))
                 entry_tokens = {name: place.inward(t) for name, t in entry_tokens.items()}
                 with (
                     insert(self.__first, n, self.__at),

@@ -13,10 +13,12 @@ ACCESS_LEVELS = ("black", "dark-gray", "light-gray")
 GRAY = ("dark-gray", "light-gray")  # the levels that see token embeddings or pixels
 MODALITIES = ("text", "image")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-# How an entry point's tokens meet the hidden states at their positions: "replace" overwrites
-# them (VPT-deep: fixed tokens at every layer), "add" adds to them (the positions carry what the
-# layers before read from the input, plus the layer's tokens: prefixes that depend on the input).
-ENTRY_MODES = ("replace", "add")
+# How an entry point's tokens meet the hidden states: "replace" overwrites those of n reserved
+# positions (VPT-deep: fixed tokens at every layer), "add" adds to them (the positions carry what
+# the layers before read from the input, plus the layer's tokens: prefixes that depend on the
+# input), "shift" adds the tokens' sum to every position's state (no positions reserved: a shift
+# of the layer's input, as DGA's shift token is of the box's input).
+ENTRY_MODES = ("replace", "add", "shift")
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ class BoxSpec:
     the owner puts before each text, one of ``prompts``; the prompt's text is not shown.
     ``pair_loss``: a tower of an image-text pair that says how its model compares the towers
     (None: softmax InfoNCE, as CLIP). ``entry_mode``: whether entry tokens overwrite the hidden
-    states at their positions (``"replace"``) or are added to them (``"add"``).
+    states at their positions (``"replace"``), are added to them (``"add"``), or shift every
+    position's state by their sum (``"shift"``).
     """
 
     modality: str

@@ -17,7 +17,7 @@ from torch import nn
 from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.basis import OwnerBasis
 from exotune.boxes.dropout import model_dropout, trains
-from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve
+from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve, reserved
 from exotune.boxes.families import family_of
 from exotune.boxes.http import check_texts
 from exotune.boxes.spec import BoxLimits, BoxSpec
@@ -230,7 +230,7 @@ class TextEncoderBox(Placed, Box):
         # start with no special token) ride through every layer; each entry layer overwrites
         # them with its own tokens (or adds them: spec.entry_mode), layers without tokens carry
         # them through.
-        at = self.__at
+        at, n = self.__at, reserved(self.spec.entry_mode, n)
         embeds, full_mask = reserve(embeds, mask, n, at)  # (B, n + T, D), (B, n + T)
         with inject(self.__layers, entry_tokens, n, at, self.spec.entry_mode):
             hidden = self._run(embeds, full_mask)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from exotune.boxes.entry_points import reserved
 from exotune.boxes.spec import BoxSpec
 from exotune.configs import MAX_TOKENS, MAX_WIDTH, ConfigBase, check_field_types, check_int
 from exotune.errors import AccessError, ConfigError
@@ -75,6 +76,7 @@ class EntryTokens(nn.Module):
         self.tokens = nn.ParameterList(
             nn.Parameter(torch.randn(config.tokens, spec.entry_dim) * config.init_std) for _ in self.names
         )
+        self._added = reserved(spec.entry_mode, config.tokens)
         self.mlps = (
             nn.ModuleList(TokenMLP(spec.entry_dim, config.reparam) for _ in self.names) if config.reparam else None
         )
@@ -83,8 +85,8 @@ class EntryTokens(nn.Module):
 
     @property
     def added_tokens(self) -> int:
-        """Sequence positions the box reserves for the tokens."""
-        return self.config.tokens
+        """Sequence positions the box reserves for the tokens (none when its entry points shift)."""
+        return self._added
 
     def forward(self) -> dict[str, torch.Tensor]:
         if self.mlps is None:
