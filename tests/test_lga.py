@@ -396,7 +396,7 @@ def test_entry_mode_validates(tiny_backbone, box):
         BoxSpec.from_dict({**box.spec.to_dict(), "entry_mode": "sum"})
 
 
-@pytest.mark.parametrize("mode", ["replace", "add"])
+@pytest.mark.parametrize("mode", ["replace", "add", "shift"])
 def test_entry_mode_sets_what_each_layer_sees(tiny_backbone, mode):
     box = light_box(tiny_backbone, entry_tokens_max=4, entry_mode=mode)
     layers = backbone_module(box).encoder.layer
@@ -417,6 +417,10 @@ def test_entry_mode_sets_what_each_layer_sees(tiny_backbone, mode):
         for h in hooks:
             h.remove()
     before, after = seen["out0"], seen["in1"]  # (B, 1 + 2 + T, H): [CLS], the 2 slots, the text
+    if mode == "shift":  # nothing reserved: every position moves by the tokens' sum
+        assert after.shape == before.shape == (2, batch.embeds.shape[1], 16)
+        torch.testing.assert_close(after, before + tokens["layer.1"].sum(0))
+        return
     expected = tokens["layer.1"] + (before[:, 1:3] if mode == "add" else 0)
     torch.testing.assert_close(after[:, 1:3], expected.expand_as(after[:, 1:3]))
     torch.testing.assert_close(after[:, 3:], before[:, 3:])  # the text's positions untouched
@@ -498,3 +502,15 @@ def test_training_dropout_box_is_not_served(tiny_backbone):
     box = load_box(str(tiny_backbone), training_dropout=True)
     with pytest.raises(ConfigError, match="for local use"):
         create_app(box, ["t" * 32], ServeConfig())
+
+
+def test_entry_mode_shift_reserves_nothing(tiny_backbone, tiny_box):
+    box = light_box(tiny_backbone, entry_tokens_max=4, entry_mode="shift", limits=BoxLimits(max_length=12))
+    batch = box.embed(["a b c d e f g h i j"])  # 12 tokens with [CLS] and [SEP]: the box's whole length
+    zeros = {e.name: torch.zeros(3, 16) for e in box.spec.entry_points}
+    torch.testing.assert_close(box.forward(batch.embeds, batch.mask, zeros), tiny_box.forward(batch.embeds, batch.mask))
+    model = GrayBoxModel(box, lga(tokens=3))
+    assert model.entry_tokens.added_tokens == 0 and model.added_tokens == 1  # the input adapter's extra token
+    replacing = light_box(tiny_backbone, entry_tokens_max=4, limits=BoxLimits(max_length=12))
+    with pytest.raises(BoxLimitError, match="entry tokens exceeds"):
+        replacing.forward(batch.embeds, batch.mask, zeros)
