@@ -95,6 +95,8 @@ KINDS = {
     "text-light": lambda b: text_box(b, light=True),
     "text-light-add": lambda b: text_box(b, light="add"),
     "text-light-shift": lambda b: text_box(b, light="shift"),
+    "text-light-affine": lambda b: text_box(b, light="affine"),
+    "remote-light-affine": lambda b: served(b, light="affine"),
     "clip-text": lambda b: clip_tower("text"),
     "clip-text-light": lambda b: clip_tower("text", light=True),
     "clip-text-light-add": lambda b: clip_tower("text", light="add"),

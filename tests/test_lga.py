@@ -396,7 +396,7 @@ def test_entry_mode_validates(tiny_backbone, box):
         BoxSpec.from_dict({**box.spec.to_dict(), "entry_mode": "sum"})
 
 
-@pytest.mark.parametrize("mode", ["replace", "add", "shift"])
+@pytest.mark.parametrize("mode", ["replace", "add", "shift", "affine"])
 def test_entry_mode_sets_what_each_layer_sees(tiny_backbone, mode):
     box = light_box(tiny_backbone, entry_tokens_max=4, entry_mode=mode)
     layers = backbone_module(box).encoder.layer
@@ -417,9 +417,12 @@ def test_entry_mode_sets_what_each_layer_sees(tiny_backbone, mode):
         for h in hooks:
             h.remove()
     before, after = seen["out0"], seen["in1"]  # (B, 1 + 2 + T, H): [CLS], the 2 slots, the text
-    if mode == "shift":  # nothing reserved: every position moves by the tokens' sum
+    if mode in ("shift", "affine"):  # nothing reserved: every position moves
         assert after.shape == before.shape == (2, batch.embeds.shape[1], 16)
-        torch.testing.assert_close(after, before + tokens["layer.1"].sum(0))
+        scale, shift = (
+            (1 + tokens["layer.1"][0], tokens["layer.1"][1]) if mode == "affine" else (1, tokens["layer.1"].sum(0))
+        )
+        torch.testing.assert_close(after, before * scale + shift)
         return
     expected = tokens["layer.1"] + (before[:, 1:3] if mode == "add" else 0)
     torch.testing.assert_close(after[:, 1:3], expected.expand_as(after[:, 1:3]))

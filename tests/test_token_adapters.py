@@ -98,6 +98,7 @@ def test_parameter_groups_split_a_tower(tiny_box):
         ("lga-8-upper", ("lga", "tokens=8, upper half", "light-gray")),
         ("lga-8-add-drop10", ("lga", "tokens=8, added+dropout=0.1", "light-gray")),
         ("lga-1-shift", ("lga", "tokens=1, shifts", "light-gray")),
+        ("lga-2-affine", ("lga", "tokens=2, affine", "light-gray")),
         ("lga-8-input-only-drop10", ("lga", "input-only, tokens=8+dropout=0.1", "light-gray")),
         ("dga-both-drop10-boxdrop", ("dga", "both+dropout=0.1+box dropout", "dark-gray")),
         ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),

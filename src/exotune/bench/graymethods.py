@@ -5,9 +5,11 @@ configuration, so that a sweep can ask for any point of the grid by name:
 - ``lga-N`` (N entry tokens at every layer), ``lga-N-upper`` (the upper half of the layers);
   ``lga`` alone: 2 tokens; LGA adapts both sides as DGA (both); then ``-add``: a box whose
   entry points add the tokens to their positions' hidden states (``entry_mode="add"``), e.g.
-  ``lga-8-add``, ``lga-4-upper-add``, or ``-shift``: whose entry points add the tokens' sum to
-  every position (``entry_mode="shift"``), e.g. ``lga-1-shift``; then ``-input-only`` / ``-output-only``: LGA with one
-  side of DGA, e.g. ``lga-8-input-only`` (no output adapter: the tokens and the head);
+  ``lga-8-add``, ``lga-4-upper-add``, ``-shift``: whose entry points add the tokens' sum to
+  every position (``entry_mode="shift"``), e.g. ``lga-1-shift``, or ``-affine``: scale every
+  position by 1 + the first token and shift it by the others (``lga-2-affine``); then
+  ``-input-only`` / ``-output-only``: LGA with one side of DGA, e.g. ``lga-8-input-only`` (no
+  output adapter: the tokens and the head);
 - any of them with ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
   token alone, so that nothing of the adapter's own enters the box's mean pooling, whose share
   would shrink as texts grow), e.g. ``dga-both-x0``, ``lga-8-x0``;
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from exotune.errors import ConfigError
 
 _NAME = re.compile(
-    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?:-(?P<mode>add|shift))?(?:-(?P<lside>input-only|output-only))?)?)"
+    r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?:-(?P<mode>add|shift|affine))?(?:-(?P<lside>input-only|output-only))?)?)"
     r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
@@ -74,7 +76,7 @@ class GrayMethod:
         """What the records call it: ``both``, ``tokens=4, upper half``, ``both+lowrank(r=16)``."""
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
         base = base if self.tokens is None or self.side == "both" else f"{self.side}, {base}"
-        base += {"replace": "", "add": ", added", "shift": ", shifts"}[self.entry_mode]
+        base += {"replace": "", "add": ", added", "shift": ", shifts", "affine": ", affine"}[self.entry_mode]
         extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")

@@ -9,7 +9,9 @@ entry layer a forward pre-hook overwrites those positions' hidden states with th
 tokens (VPT-deep), or, with the owner's ``entry_mode="add"``, adds the tokens to them: the
 positions then carry what earlier layers read from the input, so the prefixes each layer's
 attention sees depend on the input. With ``entry_mode="shift"`` no positions are reserved:
-each entry layer adds the sum of its tokens to every position's hidden state. A text box
+each entry layer adds the sum of its tokens to every position's hidden state; with
+``entry_mode="affine"`` it scales every position's state by 1 + its first token and adds the
+sum of the others. A text box
 reserves the positions in its input embeddings (``reserve``); a vision box, whose input is
 pixels, inserts them at the input of its first layer (``insert``).
 """
@@ -92,8 +94,9 @@ def expose(
 
 
 def reserved(mode: str, n: int) -> int:
-    """Sequence positions that n tokens per entry point take: n, none when they shift (``"shift"``)."""
-    return 0 if mode == "shift" else n
+    """Sequence positions that n tokens per entry point take: n, none when they act on every
+    position (``"shift"``, ``"affine"``)."""
+    return 0 if mode in ("shift", "affine") else n
 
 
 def check_entry_tokens(spec: BoxSpec, entry_tokens: Mapping[str, torch.Tensor], length: int | None = None) -> int:
@@ -204,7 +207,8 @@ def inject(
 ):
     """Overwrite positions at..at+n-1 (1..n) at the input of each entry layer, for one call
     (``mode="add"``: add the tokens to what those positions hold; ``"shift"``: add their sum to
-    every position, n unused).
+    every position, n unused; ``"affine"``: scale every position by 1 + the first token, then
+    add the sum of the others).
 
     The hooks act only in the calling thread, so a forward that another thread runs on the
     same model meanwhile (a served box) passes through them untouched.
@@ -218,6 +222,9 @@ def inject(
             hidden = _hidden_of(args, kwargs)  # (B, n + T, H)
             if mode == "shift":
                 return _with_hidden(args, kwargs, hidden + tokens.sum(0).to(hidden.dtype))  # (B, T, H)
+            if mode == "affine":
+                t = tokens.to(hidden.dtype)
+                return _with_hidden(args, kwargs, hidden * (1 + t[0]) + t[1:].sum(0))  # (B, T, H)
             rows = tokens.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], n, -1)  # (B, n, H)
             if mode == "add":
                 rows = hidden[:, at : at + n] + rows  # (B, n, H): the positions' own states, moved

@@ -17,8 +17,10 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 # positions (VPT-deep: fixed tokens at every layer), "add" adds to them (the positions carry what
 # the layers before read from the input, plus the layer's tokens: prefixes that depend on the
 # input), "shift" adds the tokens' sum to every position's state (no positions reserved: a shift
-# of the layer's input, as DGA's shift token is of the box's input).
-ENTRY_MODES = ("replace", "add", "shift")
+# of the layer's input, as DGA's shift token is of the box's input), "affine" scales every
+# position's state by 1 + the first token and shifts it by the sum of the others (a learnt
+# affine map of the layer's input, as a layer norm's gain and bias).
+ENTRY_MODES = ("replace", "add", "shift", "affine")
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,9 @@ class BoxSpec:
     the owner puts before each text, one of ``prompts``; the prompt's text is not shown.
     ``pair_loss``: a tower of an image-text pair that says how its model compares the towers
     (None: softmax InfoNCE, as CLIP). ``entry_mode``: whether entry tokens overwrite the hidden
-    states at their positions (``"replace"``), are added to them (``"add"``), or shift every
-    position's state by their sum (``"shift"``).
+    states at their positions (``"replace"``), are added to them (``"add"``), shift every
+    position's state by their sum (``"shift"``), or scale it by 1 + the first and shift it by
+    the sum of the others (``"affine"``).
     """
 
     modality: str

@@ -96,8 +96,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         choices=ENTRY_MODES,
         default="replace",
         help="light-gray: entry tokens overwrite the hidden states at their positions ('replace', "
-        "VPT-deep), are added to them ('add'), or shift every position by their sum ('shift') "
-        "(default: replace)",
+        "VPT-deep), are added to them ('add'), shift every position by their sum ('shift'), or scale "
+        "every position by 1 + the first and shift it by the others ('affine') (default: replace)",
     )
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")

@@ -117,7 +117,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="how the local box's entry points take the tokens: 'replace' overwrites the hidden states "
         "at their positions at each layer (VPT-deep), 'add' adds to them, so the positions carry what "
-        "earlier layers read from the text, 'shift' adds their sum to every position (default: replace)",
+        "earlier layers read from the text, 'shift' adds their sum to every position, 'affine' scales "
+        "every position by 1 + the first and adds the others (default: replace)",
     )
     t = p.add_argument_group("training (defaults: those the committed tables were made with, exotune.defaults)")
     cls, ret = CLASSIFICATION, RETRIEVAL
