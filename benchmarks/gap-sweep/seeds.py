@@ -2,9 +2,12 @@
 and 2 (``<name>-s1``, ``<name>-s2``) from the round that ran them: round 2's rows (runs2/,
 runs3/), rounds 4-5's rows with the moving average (runs4/, runs6/) and round 11's LGA with
 input dropout (runs11/, its seeds there too); Banking77's long-budget rows of round 7 with
-their seeds from round 13 (runs7/). Writes results3.md (round 3's rows), results6.md (rounds 3
-and 6), results11-seeds.md (SST-2's rows) and results13-seeds.md (Banking77's, with the linear
-probe of the committed table beside them): means ± std over the seeds found."""
+their seeds from round 13 (runs7/); the entry modes of rounds 20-22, shift (runs20/, runs21/)
+and affine (runs22/), on SST-2 and Banking77 (runs21/). Writes results3.md (round 3's rows),
+results6.md (rounds 3 and 6), results11-seeds.md (SST-2's rows), results13-seeds.md
+(Banking77's, with the linear probe of the committed table beside them), results21-seeds.md
+(SST-2 with the entry modes) and results21-b77-seeds.md (Banking77 with them): means ± std
+over the seeds found."""
 
 import json
 import pathlib
@@ -20,6 +23,9 @@ ROUND11 = [("lga-8-drop10-5e-3-ema995", "runs11", "runs11")]
 ROUND13 = [
     (name, "runs7", "runs7") for name in ("b77-lora", "b77-lga-8-5e-3-ema995", "b77-dga-both-5e-3-tok2e-2-ema995")
 ]
+
+ROUND21 = [("lga-1-shift-5e-3-ema995", "runs20", "runs21"), ("lga-2-affine-5e-3-ema995", "runs22", "runs22")]
+ROUND21_B77 = [("b77-lga-1-shift-5e-3-ema995", "runs21", "runs21")]
 
 
 def record(folder: pathlib.Path) -> dict | None:
@@ -68,6 +74,8 @@ TABLES = (
     (ROUND3 + ROUND6, "results6.md", []),
     (ROUND3 + ROUND6 + ROUND11, "results11-seeds.md", []),
     (ROUND13, "results13-seeds.md", probe("banking77")),
+    (ROUND3[:1] + ROUND21 + ROUND11 + ROUND6, "results21-seeds.md", probe("sst2")),
+    (ROUND13 + ROUND21_B77, "results21-b77-seeds.md", probe("banking77")),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra
