@@ -53,7 +53,7 @@ class GrayMethod:
     side: str = "both"  # DGAConfig.variant
     tokens: int | None = None  # entry tokens per layer: LGA
     upper: bool = False  # entry tokens in the upper half of the layers only
-    entry_mode: str = "replace"  # how the box's entry points take the tokens (-add, -shift)
+    entry_mode: str = "replace"  # how the box's entry points take the tokens (-add, -shift, -affine)
     rank: int | None = None  # token-lowrank input adapter
     activation: str = "none"
     extra: int | None = None  # extra tokens of the input adapter (None: its default)

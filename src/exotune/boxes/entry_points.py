@@ -11,9 +11,8 @@ positions then carry what earlier layers read from the input, so the prefixes ea
 attention sees depend on the input. With ``entry_mode="shift"`` no positions are reserved:
 each entry layer adds the sum of its tokens to every position's hidden state; with
 ``entry_mode="affine"`` it scales every position's state by 1 + its first token and adds the
-sum of the others. A text box
-reserves the positions in its input embeddings (``reserve``); a vision box, whose input is
-pixels, inserts them at the input of its first layer (``insert``).
+sum of the others. A text box reserves the positions in its input embeddings (``reserve``); a
+vision box, whose input is pixels, inserts them at the input of its first layer (``insert``).
 """
 
 from __future__ import annotations
