@@ -35,8 +35,10 @@ class TextEncoderBox(Placed, Box):
 
     ``entry_points`` (``"all"`` or layer indices) makes it a light-gray box: the input of each
     named transformer layer accepts up to ``entry_tokens_max`` tokens (VPT-deep), exposed as
-    ``spec.entry_points`` named ``"layer.<i>"``; ``entry_mode="add"`` adds them to the hidden
-    states of their positions instead of overwriting them (``spec.entry_mode``).
+    ``spec.entry_points`` named ``"layer.<i>"``; ``entry_mode`` (``spec.entry_mode``) says how
+    they act: overwriting reserved positions (``"replace"``), added to them (``"add"``), or on
+    every position, as a shift (``"shift"``) or a gain and a shift (``"affine"``) of the layer's
+    input (``exotune.boxes.entry_points``).
 
     The model's family (``config.model_type``) sets its conventions: the positions it can take,
     the poolings it allows (default: its first, ``"mean"`` for an encoder, ``"last"`` for a
@@ -229,7 +231,7 @@ class TextEncoderBox(Placed, Box):
         # VPT-deep: n reserved positions right after [CLS] (a decoder's front, when its texts
         # start with no special token) ride through every layer; each entry layer overwrites
         # them with its own tokens (or adds them: spec.entry_mode), layers without tokens carry
-        # them through.
+        # them through. The modes that act on every position ("shift", "affine") reserve none.
         at, n = self.__at, reserved(self.spec.entry_mode, n)
         embeds, full_mask = reserve(embeds, mask, n, at)  # (B, n + T, D), (B, n + T)
         with inject(self.__layers, entry_tokens, n, at, self.spec.entry_mode):
