@@ -11,7 +11,6 @@ token ids the tower sees only mark where each text ends, which is where CLIP poo
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import nn
 from exotune.boxes.base import Box, TokenBatch, model_digest
 from exotune.boxes.basis import OwnerBasis
 from exotune.boxes.entry_points import check_entry_tokens, expose, inject, reserve, reserved
+from exotune.boxes.hooks import removed_after, this_thread
 from exotune.boxes.http import check_texts
 from exotune.boxes.image import ImageBox, VisionEncoderBox
 from exotune.boxes.spec import BoxLimits, BoxSpec, ImageSpec
@@ -127,22 +127,16 @@ def hf_text_tower(model: nn.Module, tokenizer) -> TextTower:
 @contextmanager
 def _feed(embeddings: nn.Module, embeds: torch.Tensor):
     """For one call in this thread, the embedding lookup returns ``embeds`` whatever the ids."""
-    caller = threading.get_ident()
 
     def hook(module, args, output):
-        if threading.get_ident() != caller:
-            return None
         if output.shape != embeds.shape:
             raise RuntimeError(
                 f"the text tower looked up {tuple(output.shape)} embeddings, the box fed {tuple(embeds.shape)}"
             )
         return embeds.to(output.dtype, copy=True)  # a copy: some towers add positions in place (BLIP)
 
-    handle = embeddings.register_forward_hook(hook)
-    try:
+    with removed_after([embeddings.register_forward_hook(this_thread(hook))]):
         yield
-    finally:
-        handle.remove()
 
 
 class CLIPTextBox(Placed, Box):

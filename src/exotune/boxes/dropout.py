@@ -4,16 +4,17 @@ A box runs its model in evaluation mode, so none of the model's dropout acts whi
 trains against it (a white-box method, LoRA, trains with it). An owner who allows it lets the
 calls that carry gradients (the user's training steps) pass through the model's dropout layers
 as in training; every other call (encode, evaluation) is exactly as before. The hooks act only
-in the calling thread, as entry tokens' do, so other calls running meanwhile are untouched.
+in the calling thread (``exotune.boxes.hooks``), so other calls running meanwhile are untouched.
 """
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from exotune.boxes.hooks import removed_after, this_thread
 
 
 @contextmanager
@@ -23,19 +24,13 @@ def model_dropout(model: nn.Module, active: bool):
     if not active:
         yield
         return
-    caller = threading.get_ident()
 
     def hook(module, args, out):
-        if threading.get_ident() != caller:
-            return None
         return nn.functional.dropout(args[0], module.p, training=True)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
-    try:
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    with removed_after(m.register_forward_hook(this_thread(hook)) for m in drops):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def trains(*tensors: torch.Tensor) -> bool:

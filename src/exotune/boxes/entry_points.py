@@ -17,13 +17,13 @@ vision box, whose input is pixels, inserts them at the input of its first layer 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from exotune.boxes.hooks import removed_after, this_thread
 from exotune.boxes.spec import ENTRY_MODES, BoxSpec, EntryPoint
 from exotune.errors import BoxLimitError, ConfigError
 
@@ -180,20 +180,14 @@ def insert(first_layer: nn.Module, n: int, at: int = 1):
     Registered before ``inject``'s hooks, so that an entry token set for that layer lands in
     them. As in VPT-deep the positions get no position embedding. Calling thread only.
     """
-    caller = threading.get_ident()
 
     def hook(module, args, kwargs):
-        if threading.get_ident() != caller:
-            return None
         hidden = _hidden_of(args, kwargs)  # (B, at + P, H)
         slots = hidden.new_zeros(hidden.shape[0], n, hidden.shape[2])  # (B, n, H)
         return _with_hidden(args, kwargs, torch.cat([hidden[:, :at], slots, hidden[:, at:]], dim=1))
 
-    handle = first_layer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    with removed_after([first_layer.register_forward_pre_hook(this_thread(hook), with_kwargs=True)]):
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
@@ -212,12 +206,9 @@ def inject(
     The hooks act only in the calling thread, so a forward that another thread runs on the
     same model meanwhile (a served box) passes through them untouched.
     """
-    caller = threading.get_ident()
 
     def hook_for(tokens: torch.Tensor):
         def hook(module, args, kwargs):
-            if threading.get_ident() != caller:
-                return None
             hidden = _hidden_of(args, kwargs)  # (B, n + T, H)
             if mode == "shift":
                 return _with_hidden(args, kwargs, hidden + tokens.sum(0).to(hidden.dtype))  # (B, T, H)
@@ -229,14 +220,11 @@ def inject(
                 rows = hidden[:, at : at + n] + rows  # (B, n, H): the positions' own states, moved
             return _with_hidden(args, kwargs, torch.cat([hidden[:, :at], rows, hidden[:, at + n :]], dim=1))
 
-        return hook
+        return this_thread(hook)
 
     handles = [
         layers[name].register_forward_pre_hook(hook_for(tokens), with_kwargs=True)
         for name, tokens in entry_tokens.items()
     ]
-    try:
+    with removed_after(handles):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
