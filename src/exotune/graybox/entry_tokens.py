@@ -85,7 +85,8 @@ class EntryTokens(nn.Module):
 
     @property
     def added_tokens(self) -> int:
-        """Sequence positions the box reserves for the tokens (none when its entry points shift)."""
+        """Sequence positions the box reserves for the tokens (none when its entry points act on every
+        position: shift, affine)."""
         return self._added
 
     def forward(self) -> dict[str, torch.Tensor]:
