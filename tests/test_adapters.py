@@ -27,7 +27,7 @@ def test_registry_lists_the_builtin_adapters():
     assert {"linear", "mlp"} <= set(OUTPUT_ADAPTERS)
     assert {"text-shift", "pixel-conv", "pixel-residual"} <= set(INPUT_ADAPTERS)
     assert adapter_names("input", "image") == ["pixel-conv", "pixel-residual"]
-    assert adapter_names("input", "text") == ["text-shift", "token-lowrank"]
+    assert adapter_names("input", "text") == ["text-shift", "token-conditioned", "token-lowrank"]
 
 
 @pytest.mark.parametrize("name", OUTPUT_ADAPTERS)
@@ -54,7 +54,8 @@ def _adapt_and_run(adapter, box):
         torch.testing.assert_close(out, pixels)  # identity at start
         return box.forward(out)
     batch = box.embed(["the red car", "blue sky is big"])
-    embeds, mask = adapter(batch.embeds, batch.mask)
+    context = [box.forward(batch.embeds, batch.mask).detach()] if getattr(adapter, "takes_context", False) else []
+    embeds, mask = adapter(batch.embeds, batch.mask, *context)
     assert embeds.shape[0] == 2 and embeds.shape[2] == box.spec.input_dim
     assert mask.shape == embeds.shape[:2]
     return box.forward(embeds, mask)

@@ -1,4 +1,5 @@
-"""The input-dependent text adapter (token-lowrank) and the bench's gray-box method names."""
+"""The input-dependent text adapters (token-lowrank, token-conditioned) and the bench's gray-box
+method names."""
 
 import dataclasses
 
@@ -8,7 +9,7 @@ import torch
 from exotune.bench import classification, graymethods, retrieval
 from exotune.errors import ConfigError
 from exotune.graybox import DGAConfig, GrayBoxModel
-from exotune.graybox.input_adapters import TokenLowRankConfig
+from exotune.graybox.input_adapters import TextShiftConfig, TokenConditionedConfig, TokenLowRankConfig
 from exotune.graybox.registry import build_adapter
 from exotune.tasks.classification import TextClassifier
 
@@ -86,6 +87,54 @@ def test_parameter_groups_split_a_tower(tiny_box):
     assert groups["output"] == {id(p) for p in model.output_adapter.parameters()}
 
 
+def test_conditioned_tokens_follow_each_text(tiny_box):
+    """Offsets of the shift and extra tokens come from the plain box's output for each text; the
+    tower computes it once per text, without gradient."""
+    cfg = TokenConditionedConfig(rank=3, activation="tanh", extra_tokens=2)
+    model = GrayBoxModel(tiny_box, DGAConfig(cfg, None))
+    plain = GrayBoxModel(tiny_box, DGAConfig(TextShiftConfig(extra_tokens=2), None))
+    plain.input_adapter.load_state_dict(model.input_adapter.state_dict(), strict=False)
+    texts = ["the red car", "a sky is very blue"]
+    torch.testing.assert_close(model.encode(texts), plain.encode(texts))  # U = 0: text-shift
+    adapter = _moved(model.input_adapter, 0.05)
+    batch = tiny_box.embed(texts)
+    context = tiny_box.forward(batch.embeds, batch.mask)
+    embeds, mask = adapter(batch.embeds, batch.mask, context)
+    assert embeds.shape[1] == batch.embeds.shape[1] + 2 and mask[:, 1:3].eq(1).all()
+    offsets = adapter.up(torch.tanh(adapter.down(context))).view(2, 3, -1)
+    torch.testing.assert_close(embeds[:, 1:3], adapter.extra + offsets[:, 1:])  # per text
+    assert not torch.allclose(embeds[0, 1:3], embeds[1, 1:3])
+    torch.testing.assert_close(embeds[:, 0], batch.embeds[:, 0] + adapter.shift + offsets[:, 0])
+
+    calls = []
+    forward = tiny_box.forward
+    tiny_box.forward = lambda *a, **k: calls.append(torch.is_grad_enabled()) or forward(*a, **k)
+    try:
+        fresh = ["green grass", "a red sky at night"]  # encode() above met the others
+        model(fresh).sum().backward()
+        model(fresh[::-1]).sum().backward()
+    finally:
+        del tiny_box.forward
+    assert calls == [False, True, True]  # the plain call once per text, without gradient
+    assert adapter.down.weight.grad.abs().sum() > 0 and adapter.up.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone_module(tiny_box).parameters())
+
+
+def test_conditioned_tokens_copies_and_round_trip(tiny_box, tmp_path):
+    dga = DGAConfig(input_adapter=TokenConditionedConfig(rank=2, extra_tokens=1, copies_per=2, shift=False))
+    assert DGAConfig.from_dict(dga.to_dict()) == dga
+    model = TextClassifier(tiny_box, ["red", "blue"], dga)
+    _moved(model.encoder.input_adapter, 0.1)
+    texts = ["the red car", "blue sky is big and wide"]
+    model(texts).sum().backward()
+    model.save_pretrained(tmp_path / "a")
+    again = TextClassifier.from_pretrained(tmp_path / "a", tiny_box)
+    assert again.dga == dga
+    torch.testing.assert_close(again.predict_proba(texts), model.predict_proba(texts))
+    with pytest.raises(ConfigError, match="rank"):
+        TokenConditionedConfig(rank=0)
+
+
 # -- bench names ------------------------------------------------------------------------------
 
 
@@ -103,6 +152,8 @@ def test_parameter_groups_split_a_tower(tiny_box):
         ("dga-both-drop10-boxdrop", ("dga", "both+dropout=0.1+box dropout", "dark-gray")),
         ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
         ("lga", ("lga", "tokens=2", "light-gray")),
+        ("dga-both-cond16", ("dga", "both+conditioned(r=16)", "dark-gray")),
+        ("lga-2-affine-cond8-gelu", ("lga", "tokens=2, affine+conditioned(r=8, gelu)", "light-gray")),
     ],
 )
 def test_gray_method_names(name, expected):
@@ -122,6 +173,7 @@ def test_table_names_keep_their_variants():
     "name",
     [
         "dga-output-only-lowrank8",
+        "dga-output-only-cond8",
         "dga-lowrank0",
         "lga-0",
         "svm",

@@ -17,7 +17,9 @@ configuration, so that a sweep can ask for any point of the grid by name:
   they keep their share of a mean-pooled output on long texts, e.g. ``dga-both-c4``;
 - then ``-lowrankR`` (``-lowrankR-gelu``, ``-relu``, ``-tanh``): the token-lowrank
   input adapter of rank R (the shift token and the extra token kept), e.g. ``dga-lowrank16``,
-  ``lga-4-upper-lowrank8``;
+  ``lga-4-upper-lowrank8``, or ``-condR`` (same activations): the token-conditioned one, whose
+  shift and extra tokens move with a rank-R map of the plain box's output for each text, e.g.
+  ``dga-both-cond16``;
 - then ``-rptH``: the extra tokens and entry tokens re-parameterised by a residual MLP of width H
   while training (folded when saved), and ``-init-labels`` / ``-init-frequent``: the tokens start
   from the box's embeddings of the class names / of the training texts' frequent words, e.g.
@@ -41,7 +43,7 @@ from exotune.errors import ConfigError
 _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?:-(?P<mode>add|shift|affine))?(?:-(?P<lside>input-only|output-only))?)?)"
     r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
-    r"(?:-lowrank(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
+    r"(?:-(?P<map>lowrank|cond)(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
 )
 LGA_TOKENS = 2  # plain "lga": the classification suite's row
@@ -54,7 +56,8 @@ class GrayMethod:
     tokens: int | None = None  # entry tokens per layer: LGA
     upper: bool = False  # entry tokens in the upper half of the layers only
     entry_mode: str = "replace"  # how the box's entry points take the tokens (-add, -shift, -affine)
-    rank: int | None = None  # token-lowrank input adapter
+    rank: int | None = None  # token-lowrank (or token-conditioned) input adapter
+    conditioned: bool = False  # token-conditioned rather than token-lowrank
     activation: str = "none"
     extra: int | None = None  # extra tokens of the input adapter (None: its default)
     copies: int = 0  # one copy of the extra tokens per this many text tokens, after the text
@@ -84,12 +87,13 @@ class GrayMethod:
         return "+".join([base, *extras])
 
     def input_config(self):
-        from exotune.graybox.input_adapters import TextShiftConfig, TokenLowRankConfig
+        from exotune.graybox.input_adapters import TextShiftConfig, TokenConditionedConfig, TokenLowRankConfig
 
         extra = {} if self.extra is None else {"extra_tokens": self.extra}
         extra.update({"copies_per": self.copies} if self.copies else {})
         if self.rank is not None:
-            return TokenLowRankConfig(rank=self.rank, activation=self.activation, reparam=self.reparam, **extra)
+            kind = TokenConditionedConfig if self.conditioned else TokenLowRankConfig
+            return kind(rank=self.rank, activation=self.activation, reparam=self.reparam, **extra)
         return TextShiftConfig(reparam=self.reparam, **extra) if self.reparam or extra else None  # None: the default
 
     def init_tokens(self, tower, label_names: list[str] | None, texts: list[str]) -> None:
@@ -157,6 +161,7 @@ def parse(name: str) -> GrayMethod | None:
         upper=bool(m["upper"]),
         entry_mode=m["mode"] or "replace",
         rank=rank,
+        conditioned=m["map"] == "cond",
         activation=m["act"] or "none",
         extra=None if m["extra"] is None else int(m["extra"]),
         copies=int(m["copies"] or 0),

@@ -44,11 +44,9 @@ ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
     ("input", "token-lowrank"): lambda a: {
         "rank": a.lowrank_rank,
         "activation": a.lowrank_activation,
-        "shift": not a.no_shift,
-        "extra_tokens": a.extra_tokens,
-        "reparam": a.token_reparam,
-        "copies_per": a.copies_per,
+        **ADAPTER_OPTIONS["input", "text-shift"](a),
     },
+    ("input", "token-conditioned"): lambda a: ADAPTER_OPTIONS["input", "token-lowrank"](a),
     ("input", "pixel-conv"): lambda a: {"kernel_size": a.kernel_size},
     ("input", "pixel-residual"): lambda a: {"kernel_size": a.kernel_size, "channels": a.pixel_channels},
     ("output", "mlp"): lambda a: {"hidden": a.mlp_hidden},

@@ -47,14 +47,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default="text-shift",
         choices=adapter_names("input", "text"),
         help="input adapter of a text box (default: text-shift; token-lowrank adds a per-token "
-        "low-rank residual map e + U act(V e) before the shift and extra tokens)",
+        "low-rank residual map e + U act(V e) before the shift and extra tokens; token-conditioned "
+        "offsets the shift and extra tokens by a low-rank map of the plain box's output for each text)",
     )
-    a.add_argument("--lowrank-rank", type=positive_int, default=16, help="rank of token-lowrank (default: 16)")
+    a.add_argument(
+        "--lowrank-rank", type=positive_int, default=16, help="rank of token-lowrank / token-conditioned (default: 16)"
+    )
     a.add_argument(
         "--lowrank-activation",
         default="none",
         choices=list(TOKEN_ACTIVATIONS),
-        help="activation inside token-lowrank (default: none, a linear map)",
+        help="activation inside token-lowrank / token-conditioned (default: none, a linear map)",
     )
     a.add_argument(
         "--token-reparam",

@@ -7,6 +7,7 @@ from exotune.graybox.input_adapters import (
     PixelConvConfig,
     PixelResidualConfig,
     TextShiftConfig,
+    TokenConditionedConfig,
     TokenLowRankConfig,
 )
 from exotune.graybox.model import GrayBoxModel
@@ -24,6 +25,7 @@ __all__ = [
     "PixelResidualConfig",
     "ResidualMLPConfig",
     "TextShiftConfig",
+    "TokenConditionedConfig",
     "TokenLowRankConfig",
     "adapter_names",
     "register_adapter",

@@ -102,31 +102,37 @@ class TextShiftAdapter(nn.Module):
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # embeds (B, T, D), mask (B, T)
-        if self.shift is not None:
-            embeds = embeds + self.shift * mask.unsqueeze(-1).to(embeds.dtype)  # pads stay untouched
-        if self.extra is not None and self.config.copies_per:
-            return self._append_copies(embeds, mask)
-        if self.extra is not None:
-            b, k = embeds.shape[0], self.extra.shape[0]
-            extra = self.extra_tokens().unsqueeze(0).expand(b, k, -1)  # (B, k, D)
+        extra = None if self.extra is None else self.extra_tokens().unsqueeze(0).expand(embeds.shape[0], -1, -1)
+        return self._place(embeds, mask, self.shift, extra)
+
+    def _place(self, embeds, mask, shift, extra) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add ``shift`` ((D,) or (B, D); None: none) to every real token and insert ``extra``
+        ((B, k, D); None: none) where the config says."""
+        if shift is not None:
+            shift = shift if shift.ndim == 1 else shift.unsqueeze(1)  # (D,) or (B, 1, D)
+            embeds = embeds + shift * mask.unsqueeze(-1).to(embeds.dtype)  # pads stay untouched
+        if extra is not None and self.config.copies_per:
+            return self._append_copies(embeds, mask, extra)
+        if extra is not None:
+            b, k = extra.shape[:2]
             at = self.at
             embeds = torch.cat([embeds[:, :at], extra, embeds[:, at:]], dim=1)  # (B, T + k, D)
             ones = torch.ones(b, k, dtype=mask.dtype, device=mask.device)
             mask = torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1)  # (B, T + k)
         return embeds, mask
 
-    def _append_copies(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _append_copies(self, embeds, mask, extra) -> tuple[torch.Tensor, torch.Tensor]:
         """Right after each text's last token, ceil(length / copies_per) copies of the extra
-        tokens (the text's own positions unchanged); pads after them."""
+        tokens ``extra`` (B, k, D) (the text's own positions unchanged); pads after them."""
         b, t, d = embeds.shape
         lengths = mask.sum(dim=1)  # (B,): texts start at position 0, pads follow
         copies = (lengths + self.config.copies_per - 1) // self.config.copies_per  # (B,)
-        block = self.extra_tokens().repeat(int(copies.max()), 1)  # (C * k, D)
-        n = block.shape[0]
+        block = extra.repeat(1, int(copies.max()), 1)  # (B, C * k, D)
+        n = block.shape[1]
         out = torch.cat([embeds, embeds.new_zeros(b, n, d)], dim=1)  # (B, T + C k, D)
         slots = lengths.unsqueeze(1) + torch.arange(n, device=mask.device)  # (B, C k)
-        out = out.scatter(1, slots.unsqueeze(-1).expand(b, n, d), block.unsqueeze(0).expand(b, n, d))
-        ends = lengths + copies * self.extra.shape[0]  # (B,)
+        out = out.scatter(1, slots.unsqueeze(-1).expand(b, n, d), block)
+        ends = lengths + copies * extra.shape[1]  # (B,)
         new_mask = (torch.arange(t + n, device=mask.device) < ends.unsqueeze(1)).to(mask.dtype)
         return out, new_mask
 
@@ -172,12 +178,56 @@ class TokenLowRankAdapter(TextShiftAdapter):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.down(embeds)  # (B, T, r)
-        act = TOKEN_ACTIVATIONS[self.config.activation]
-        if act is not None:
-            hidden = act(hidden)
-        embeds = embeds + self.up(hidden) * mask.unsqueeze(-1).to(embeds.dtype)  # (B, T, D); pads untouched
+        hidden = _low_rank(self, embeds)  # (B, T, D)
+        embeds = embeds + hidden * mask.unsqueeze(-1).to(embeds.dtype)  # pads untouched
         return super().forward(embeds, mask)
+
+
+def _low_rank(adapter, x: torch.Tensor) -> torch.Tensor:
+    """``U act(V x)`` with the adapter's ``up``, ``down`` and configured activation."""
+    hidden = adapter.down(x)
+    act = TOKEN_ACTIVATIONS[adapter.config.activation]
+    return adapter.up(hidden if act is None else act(hidden))
+
+
+@dataclass
+class TokenConditionedConfig(TokenLowRankConfig):
+    """Instance-dependent tokens: the shift token and the ``extra_tokens`` extra tokens of
+    ``text-shift``, each offset by a low-rank map of the box's own output for the plain text,
+    ``U act(V z)`` (``U`` starts at zero, so step 0 is ``text-shift``). ``z`` comes from a first
+    call of the box without gradient (what level black already gives), kept per text, so that
+    a text costs that call once however many epochs see it."""
+
+    @property
+    def variant_name(self) -> str:
+        return super().variant_name.replace("lowrank", "conditioned")
+
+
+@register_adapter("input", "token-conditioned", TokenConditionedConfig, modalities=("text",))
+class TokenConditionedAdapter(TextShiftAdapter):
+    """The shift and extra tokens of each text offset by a map of the plain box's output for it
+    (``context``, (B, O), given by the tower: ``takes_context``)."""
+
+    takes_context = True
+
+    def __init__(self, config: TokenConditionedConfig, spec: BoxSpec) -> None:
+        super().__init__(config, spec)
+        self.slots = int(config.shift) + config.extra_tokens  # token vectors offset per text
+        self.dim = spec.input_dim
+        self.down = nn.Linear(spec.output_dim, config.rank, bias=False)  # V
+        self.up = nn.Linear(config.rank, self.slots * spec.input_dim, bias=False)  # U
+        nn.init.zeros_(self.up.weight)
+
+    def forward(
+        self, embeds: torch.Tensor, mask: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # embeds (B, T, D), mask (B, T), context (B, O): the plain box's outputs
+        offsets = _low_rank(self, context.to(embeds.dtype)).view(-1, self.slots, self.dim)  # (B, slots, D)
+        shift = None if self.shift is None else self.shift + offsets[:, 0]  # (B, D)
+        extra = None
+        if self.extra is not None:
+            extra = self.extra_tokens().unsqueeze(0) + offsets[:, int(self.shift is not None) :]  # (B, k, D)
+        return self._place(embeds, mask, shift, extra)
 
 
 # -- images: maps of the pixels ---------------------------------------------------------------

@@ -44,6 +44,7 @@ class GrayBoxModel(nn.Module):
         # outputs for an input never change: cache them (texts by their text, images by path).
         frozen_box = self.input_adapter is None and self.entry_tokens is None and self.input_drop is None
         self._cache: dict[str, torch.Tensor] | None = {} if frozen_box else None
+        self._contexts: dict[str, torch.Tensor] = {}  # text -> the plain box's output (takes_context)
         # Follows ``.to(device)`` (not saved): where the user's side runs, so that each batch
         # moves there once, whatever device (or machine) the box answers from.
         self.register_buffer("device_anchor", torch.empty(0), persistent=False)
@@ -130,11 +131,28 @@ class GrayBoxModel(nn.Module):
             return self.box.forward(pixels, tokens).to(self.device)  # a box elsewhere may answer there
         batch = self.embed(inputs)
         embeds, mask = batch.embeds.to(self.device), batch.mask.to(self.device)  # (B, T, D), (B, T)
-        if self.input_adapter is not None:
+        if getattr(self.input_adapter, "takes_context", False):
+            context = self._plain_outputs(inputs, embeds, mask)  # (B, O)
+            embeds, mask = self.input_adapter(embeds, mask, context)  # (B, T + k, D)
+        elif self.input_adapter is not None:
             embeds, mask = self.input_adapter(embeds, mask)  # (B, T + k, D)
         if self.input_drop is not None:  # training only (evaluation mode: identity)
             embeds = self.input_drop(embeds)
         return self.box.forward(embeds, mask, tokens).to(self.device)
+
+    @torch.no_grad()
+    def _plain_outputs(self, texts: list[str], embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The plain box's outputs (B, O) for ``texts`` (embedded as ``embeds``, ``mask``), for an
+        input adapter that takes them: one call without gradient, kept per text."""
+        cache = self._contexts
+        missing = [i for i, t in enumerate(texts) if t not in cache]
+        if missing:
+            index = torch.tensor(missing, device=embeds.device)
+            out = self.box.forward(embeds[index], mask[index]).to(self.device)
+            if len(cache) + len(missing) > _CACHE_LIMIT:
+                cache.clear()
+            cache.update(zip([texts[i] for i in missing], out, strict=True))
+        return torch.stack([cache[t] for t in texts])
 
     @property
     def caches_box_outputs(self) -> bool:
