@@ -113,9 +113,11 @@ def test_conditioned_tokens_follow_each_text(tiny_box):
         fresh = ["green grass", "a red sky at night"]  # encode() above met the others
         model(fresh).sum().backward()
         model(fresh[::-1]).sum().backward()
+        model.forget_plain_outputs()  # as in a first epoch again (the steps suite's dearest step)
+        model(fresh).sum().backward()
     finally:
         del tiny_box.forward
-    assert calls == [False, True, True]  # the plain call once per text, without gradient
+    assert calls == [False, True, True, False, True]  # the plain call once per text, without gradient
     assert adapter.down.weight.grad.abs().sum() > 0 and adapter.up.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone_module(tiny_box).parameters())
 

@@ -174,6 +174,7 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
 
     import torch
 
+    from exotune.graybox import GrayBoxModel
     from exotune.tasks.classification import ClassificationConfig
     from exotune.train import seed_everything
 
@@ -187,8 +188,13 @@ def step_time(name: str, dataset: str, data_dir, budget: Budget, backbone, steps
     model.train()
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=budget.lr_for(method))
+    # A tower that keeps the plain box's outputs per text (token-conditioned) forgets them before
+    # each step: every step pays the gradient-free call a text costs in its first epoch.
+    towers = [m for m in model.modules() if isinstance(m, GrayBoxModel)]
     times = []
     for i in range(warmup + steps):
+        for tower in towers:
+            tower.forget_plain_outputs()
         t = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         model.loss(batch).backward()

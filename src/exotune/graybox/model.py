@@ -154,6 +154,11 @@ class GrayBoxModel(nn.Module):
             cache.update(zip([texts[i] for i in missing], out, strict=True))
         return torch.stack([cache[t] for t in texts])
 
+    def forget_plain_outputs(self) -> None:
+        """Drop the plain box's outputs kept per text (``takes_context``): the next call of each
+        text pays its gradient-free box call again, as in its first epoch."""
+        self._contexts.clear()
+
     @property
     def caches_box_outputs(self) -> bool:
         """Nothing trained before or inside the box: its output for a text never changes."""
