@@ -112,11 +112,30 @@ def test_shift_leaves_padding_alone(tiny_box):
     torch.testing.assert_close(embeds[~pad], batch.embeds[~pad] + 1.0)
 
 
+def test_gain_scales_real_tokens_then_shifts(tiny_box):
+    model = GrayBoxModel(tiny_box, DGAConfig(TextShiftConfig(extra_tokens=0, gain=True), None))
+    texts = ["the red car is fast", "blue"]
+    torch.testing.assert_close(model.encode(texts), tiny_box.encode(texts))  # g = 0: the identity
+    adapter = model.input_adapter
+    with torch.no_grad():
+        adapter.gain.fill_(0.5)
+        adapter.shift.fill_(1.0)
+    batch = tiny_box.embed(texts)
+    embeds, _ = adapter(batch.embeds, batch.mask)
+    pad = batch.mask == 0
+    torch.testing.assert_close(embeds[pad], batch.embeds[pad])
+    torch.testing.assert_close(embeds[~pad], batch.embeds[~pad] * 1.5 + 1.0)
+    model(texts).sum().backward()
+    assert adapter.gain.grad.abs().sum() > 0
+    assert {id(p) for p in model.parameter_groups()["input"]} == {id(adapter.shift), id(adapter.gain)}
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"extra_tokens": -1}, "extra_tokens"),
         ({"shift": False, "extra_tokens": 0}, "learns nothing"),
+        ({"gain": 1}, "gain"),
         ({"init_std": -1.0}, "init_std"),
     ],
 )

@@ -133,6 +133,7 @@ def test_cli_train_flags_reach_the_run(tiny_backbone, tmp_path, capsys):
         "3",
         "--lowrank-activation",
         "gelu",
+        "--input-gain",
         "--lr",
         "1e-3",
         "--lr-tokens",
@@ -153,6 +154,7 @@ def test_cli_train_flags_reach_the_run(tiny_backbone, tmp_path, capsys):
         "shift": True,
         "extra_tokens": 1,
         "init_std": 0.02,
+        "gain": True,
     }
     capsys.readouterr()
     assert main([*argv[:-2], "--lr-tokens", "-1", "--output-dir", str(tmp_path / "bad")]) == 2

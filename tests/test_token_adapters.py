@@ -155,6 +155,7 @@ def test_conditioned_tokens_copies_and_round_trip(tiny_box, tmp_path):
         ("lga-4-upper-lowrank8", ("lga", "tokens=4, upper half+lowrank(r=8)", "light-gray")),
         ("lga", ("lga", "tokens=2", "light-gray")),
         ("dga-both-cond16", ("dga", "both+conditioned(r=16)", "dark-gray")),
+        ("dga-both-gain-x0", ("dga", "both+gain+extra=0", "dark-gray")),
         ("lga-2-affine-cond8-gelu", ("lga", "tokens=2, affine+conditioned(r=8, gelu)", "light-gray")),
     ],
 )
@@ -176,6 +177,7 @@ def test_table_names_keep_their_variants():
     [
         "dga-output-only-lowrank8",
         "dga-output-only-cond8",
+        "dga-output-only-gain",
         "dga-lowrank0",
         "lga-0",
         "svm",

@@ -10,7 +10,9 @@ configuration, so that a sweep can ask for any point of the grid by name:
   position by 1 + the first token and shift it by the others (``lga-2-affine``); then
   ``-input-only`` / ``-output-only``: LGA with one side of DGA, e.g. ``lga-8-input-only`` (no
   output adapter: the tokens and the head);
-- any of them with ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
+- any of them with ``-gain``: a learnt gain of every token embedding besides the shift token,
+  ``e * (1 + g) + shift`` (``TextShiftConfig.gain``), e.g. ``dga-both-gain``;
+- then ``-xK``: K extra tokens in the input adapter (default 1; ``-x0``: the shift
   token alone, so that nothing of the adapter's own enters the box's mean pooling, whose share
   would shrink as texts grow), e.g. ``dga-both-x0``, ``lga-8-x0``;
 - then ``-cN``: the extra tokens after each text, one copy of them per N of its tokens, so that
@@ -42,7 +44,7 @@ from exotune.errors import ConfigError
 
 _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?:-(?P<mode>add|shift|affine))?(?:-(?P<lside>input-only|output-only))?)?)"
-    r"(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
+    r"(?P<gain>-gain)?(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-(?P<map>lowrank|cond)(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
 )
@@ -60,6 +62,7 @@ class GrayMethod:
     conditioned: bool = False  # token-conditioned rather than token-lowrank
     activation: str = "none"
     extra: int | None = None  # extra tokens of the input adapter (None: its default)
+    gain: bool = False  # a gain of every token embedding in the input adapter
     copies: int = 0  # one copy of the extra tokens per this many text tokens, after the text
     reparam: int = 0  # residual MLP over the tokens while training
     init: str = "random"  # graybox.tokens.TOKEN_INITS
@@ -80,7 +83,8 @@ class GrayMethod:
         base = self.side if self.tokens is None else f"tokens={self.tokens}" + (", upper half" if self.upper else "")
         base = base if self.tokens is None or self.side == "both" else f"{self.side}, {base}"
         base += {"replace": "", "add": ", added", "shift": ", shifts", "affine": ", affine"}[self.entry_mode]
-        extras = [f"extra={self.extra}"] * (self.extra is not None) + [f"copies/{self.copies}"] * bool(self.copies)
+        extras = ["gain"] * self.gain + [f"extra={self.extra}"] * (self.extra is not None)
+        extras += [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
         extras += [f"dropout={self.dropout:g}"] * bool(self.dropout) + ["box dropout"] * self.box_dropout
@@ -91,6 +95,7 @@ class GrayMethod:
 
         extra = {} if self.extra is None else {"extra_tokens": self.extra}
         extra.update({"copies_per": self.copies} if self.copies else {})
+        extra.update({"gain": True} if self.gain else {})
         if self.rank is not None:
             kind = TokenConditionedConfig if self.conditioned else TokenLowRankConfig
             return kind(rank=self.rank, activation=self.activation, reparam=self.reparam, **extra)
@@ -147,8 +152,8 @@ def parse(name: str) -> GrayMethod | None:
     rank = None if m["rank"] is None else int(m["rank"])
     if rank is not None and (rank < 1 or side == "output-only"):
         raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
-    if (m["extra"] is not None or m["copies"]) and side == "output-only":
-        raise ConfigError(f"{name}: -x sets the input adapter's extra tokens; DGA (output-only) has no input adapter")
+    if (m["extra"] is not None or m["copies"] or m["gain"]) and side == "output-only":
+        raise ConfigError(f"{name}: -gain, -x and -c shape the input adapter; DGA (output-only) has none")
     if (m["rpt"] or m["init"]) and side == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
     drop = int(m["drop"] or 0)
@@ -164,6 +169,7 @@ def parse(name: str) -> GrayMethod | None:
         conditioned=m["map"] == "cond",
         activation=m["act"] or "none",
         extra=None if m["extra"] is None else int(m["extra"]),
+        gain=bool(m["gain"]),
         copies=int(m["copies"] or 0),
         reparam=int(m["rpt"] or 0),
         init=m["init"] or "random",

@@ -37,6 +37,7 @@ def is_lga(args) -> bool:
 ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
     ("input", "text-shift"): lambda a: {
         "shift": not a.no_shift,
+        "gain": a.input_gain,
         "extra_tokens": a.extra_tokens,
         "reparam": a.token_reparam,
         "copies_per": a.copies_per,

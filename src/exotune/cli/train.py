@@ -43,6 +43,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     a.add_argument("--no-shift", action="store_true", help="no shift token on the input side")
     a.add_argument(
+        "--input-gain",
+        action="store_true",
+        help="a learnt gain of every token embedding besides the shift: e * (1 + g) + shift (g zero at start)",
+    )
+    a.add_argument(
         "--text-adapter",
         default="text-shift",
         choices=adapter_names("input", "text"),

@@ -125,7 +125,7 @@ class DGAConfig(ConfigBase):
             "entry_tokens": None if self.entry_tokens is None else self.entry_tokens.to_dict(),
         }
         for part in (out["input_adapter"], out["entry_tokens"]):
-            for key in ("reparam", "copies_per"):  # off: saved as before the option existed
+            for key in ("reparam", "copies_per", "gain"):  # off (0, False): saved as before the option existed
                 if part is not None and part.get(key) == 0:
                     del part[key]
         if self.input_dropout:  # off: saved as before the option existed

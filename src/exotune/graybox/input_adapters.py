@@ -42,11 +42,12 @@ class TextShiftConfig(ConfigBase):
     init_std: float = 0.02
     reparam: int = 0  # hidden width of the tokens' residual MLP while training (graybox.tokens); 0: none
     copies_per: int = 0  # one copy of the extra tokens per this many text tokens, after the text; 0: once
+    gain: bool = False  # also a learnt gain of every token embedding: e * (1 + g) + shift (g zero at start)
 
     def __post_init__(self) -> None:
         _check_tokens(self)
-        if not self.shift and self.extra_tokens == 0:
-            raise ConfigError("text-shift adapter with shift=False and extra_tokens=0 learns nothing")
+        if not self.shift and self.extra_tokens == 0 and not self.gain:
+            raise ConfigError("text-shift adapter with shift=False, extra_tokens=0 and no gain learns nothing")
 
 
 def _check_tokens(config) -> None:
@@ -74,6 +75,7 @@ class TextShiftAdapter(nn.Module):
         self._added = config.extra_tokens * (-(-spec.text_max_length // config.copies_per) if config.copies_per else 1)
         dim = spec.input_dim
         self.shift = nn.Parameter(torch.zeros(dim)) if config.shift else None  # zero: identity at start
+        self.gain = nn.Parameter(torch.zeros(dim)) if config.gain else None  # zero: identity at start
         self.extra = (
             nn.Parameter(torch.randn(config.extra_tokens, dim) * config.init_std) if config.extra_tokens else None
         )
@@ -106,8 +108,10 @@ class TextShiftAdapter(nn.Module):
         return self._place(embeds, mask, self.shift, extra)
 
     def _place(self, embeds, mask, shift, extra) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add ``shift`` ((D,) or (B, D); None: none) to every real token and insert ``extra``
-        ((B, k, D); None: none) where the config says."""
+        """Scale every real token by 1 + the gain (if any), add ``shift`` ((D,) or (B, D); None:
+        none) and insert ``extra`` ((B, k, D); None: none) where the config says."""
+        if self.gain is not None:
+            embeds = embeds * (1 + self.gain * mask.unsqueeze(-1).to(embeds.dtype))  # pads stay untouched
         if shift is not None:
             shift = shift if shift.ndim == 1 else shift.unsqueeze(1)  # (D,) or (B, 1, D)
             embeds = embeds + shift * mask.unsqueeze(-1).to(embeds.dtype)  # pads stay untouched
@@ -153,6 +157,7 @@ class TokenLowRankConfig(ConfigBase):
     init_std: float = 0.02
     reparam: int = 0  # as TextShiftConfig's
     copies_per: int = 0  # as TextShiftConfig's
+    gain: bool = False  # as TextShiftConfig's
 
     def __post_init__(self) -> None:
         _check_tokens(self)
