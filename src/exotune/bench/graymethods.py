@@ -153,7 +153,7 @@ def parse(name: str) -> GrayMethod | None:
     if rank is not None and (rank < 1 or side == "output-only"):
         raise ConfigError(f"{name}: a low-rank input adapter needs rank >= 1 and an input side")
     if (m["extra"] is not None or m["copies"] or m["gain"]) and side == "output-only":
-        raise ConfigError(f"{name}: -gain, -x and -c shape the input adapter; DGA (output-only) has none")
+        raise ConfigError(f"{name}: -gain, -x and -c shape the input adapter; DGA (output-only) has no input adapter")
     if (m["rpt"] or m["init"]) and side == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
     drop = int(m["drop"] or 0)
