@@ -108,18 +108,8 @@ class GrayBoxModel(nn.Module):
         adapter and entry tokens."""
         keys = [_cache_key(x) for x in inputs] if self._cache is not None else None
         if keys is not None and None not in keys:
-            cache = self._cache
             first = dict(zip(keys, inputs, strict=True))  # key -> an input it stands for
-            missing = [k for k in first if k not in cache]
-            if missing:
-                with torch.no_grad():
-                    out = self._box_outputs([first[k] for k in missing])
-                if len(cache) + len(missing) <= _CACHE_LIMIT:
-                    cache.update(zip(missing, out, strict=True))
-                else:
-                    lookup = dict(zip(missing, out, strict=True))
-                    return torch.stack([cache.get(k, lookup.get(k)) for k in keys])
-            return torch.stack([cache[k] for k in keys])
+            return _through_cache(self._cache, keys, lambda missing: self._box_outputs([first[k] for k in missing]))
         return self._box_outputs(inputs)
 
     def _box_outputs(self, inputs: list) -> torch.Tensor:
@@ -140,19 +130,16 @@ class GrayBoxModel(nn.Module):
             embeds = self.input_drop(embeds)
         return self.box.forward(embeds, mask, tokens).to(self.device)
 
-    @torch.no_grad()
     def _plain_outputs(self, texts: list[str], embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The plain box's outputs (B, O) for ``texts`` (embedded as ``embeds``, ``mask``), for an
         input adapter that takes them: one call without gradient, kept per text."""
-        cache = self._contexts
-        missing = [i for i, t in enumerate(texts) if t not in cache]
-        if missing:
-            index = torch.tensor(missing, device=embeds.device)
-            out = self.box.forward(embeds[index], mask[index]).to(self.device)
-            if len(cache) + len(missing) > _CACHE_LIMIT:
-                cache.clear()
-            cache.update(zip([texts[i] for i in missing], out, strict=True))
-        return torch.stack([cache[t] for t in texts])
+        row = {t: i for i, t in enumerate(texts)}  # text -> a row that holds it
+
+        def plain(missing: list[str]) -> torch.Tensor:
+            index = torch.tensor([row[t] for t in missing], device=embeds.device)
+            return self.box.forward(embeds[index], mask[index]).to(self.device)
+
+        return _through_cache(self._contexts, texts, plain)
 
     def forget_plain_outputs(self) -> None:
         """Drop the plain box's outputs kept per text (``takes_context``): the next call of each
@@ -192,6 +179,20 @@ class GrayBoxModel(nn.Module):
         )
         self.train(was_training)
         return out
+
+
+def _through_cache(cache: dict[str, torch.Tensor], keys: list[str], compute) -> torch.Tensor:
+    """Outputs (B, O) for ``keys`` from ``cache``; ``compute(missing keys)`` (called without
+    gradient, once per key) gives the others, kept while the cache holds fewer than
+    ``_CACHE_LIMIT``."""
+    missing = [k for k in dict.fromkeys(keys) if k not in cache]
+    if not missing:
+        return torch.stack([cache[k] for k in keys])
+    with torch.no_grad():
+        fresh = dict(zip(missing, compute(missing), strict=True))
+    if len(cache) + len(missing) <= _CACHE_LIMIT:
+        cache.update(fresh)
+    return torch.stack([cache[k] if k in cache else fresh[k] for k in keys])
 
 
 def _cache_key(item) -> str | None:
