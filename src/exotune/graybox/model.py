@@ -108,8 +108,12 @@ class GrayBoxModel(nn.Module):
         adapter and entry tokens."""
         keys = [_cache_key(x) for x in inputs] if self._cache is not None else None
         if keys is not None and None not in keys:
-            first = dict(zip(keys, inputs, strict=True))  # key -> an input it stands for
-            return _through_cache(self._cache, keys, lambda missing: self._box_outputs([first[k] for k in missing]))
+
+            def compute(missing: list[str]) -> torch.Tensor:  # only when some key is not kept
+                first = dict(zip(keys, inputs, strict=True))  # key -> an input it stands for
+                return self._box_outputs([first[k] for k in missing])
+
+            return _through_cache(self._cache, keys, compute)
         return self._box_outputs(inputs)
 
     def _box_outputs(self, inputs: list) -> torch.Tensor:
@@ -133,9 +137,9 @@ class GrayBoxModel(nn.Module):
     def _plain_outputs(self, texts: list[str], embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The plain box's outputs (B, O) for ``texts`` (embedded as ``embeds``, ``mask``), for an
         input adapter that takes them: one call without gradient, kept per text."""
-        row = {t: i for i, t in enumerate(texts)}  # text -> a row that holds it
 
-        def plain(missing: list[str]) -> torch.Tensor:
+        def plain(missing: list[str]) -> torch.Tensor:  # only when some text is not kept
+            row = {t: i for i, t in enumerate(texts)}  # text -> a row that holds it
             index = torch.tensor([row[t] for t in missing], device=embeds.device)
             return self.box.forward(embeds[index], mask[index]).to(self.device)
 
