@@ -10,6 +10,7 @@ from exotune.bench import classification, graymethods, retrieval
 from exotune.errors import ConfigError
 from exotune.graybox import DGAConfig, GrayBoxModel
 from exotune.graybox.input_adapters import TextShiftConfig, TokenConditionedConfig, TokenLowRankConfig
+from exotune.graybox.output_adapters import LinearOutputConfig, ResidualMLPAdapter, ResidualMLPConfig
 from exotune.graybox.registry import build_adapter
 from exotune.tasks.classification import TextClassifier
 
@@ -157,6 +158,8 @@ def test_conditioned_tokens_copies_and_round_trip(tiny_box, tmp_path):
         ("dga-both-cond16", ("dga", "both+conditioned(r=16)", "dark-gray")),
         ("dga-both-gain-x0", ("dga", "both+gain+extra=0", "dark-gray")),
         ("lga-2-affine-cond8-gelu", ("lga", "tokens=2, affine+conditioned(r=8, gelu)", "light-gray")),
+        ("dga-both-gain-mlp256-drop10", ("dga", "both+gain+mlp(h=256)+dropout=0.1", "dark-gray")),
+        ("dga-output-only-mlp64", ("dga", "output-only+mlp(h=64)", "dark-gray")),
     ],
 )
 def test_gray_method_names(name, expected):
@@ -184,6 +187,8 @@ def test_table_names_keep_their_variants():
         "dga-lowrank8-swish",
         "dga-both-add",
         "lga-2-output-only-x2",
+        "dga-input-only-mlp64",
+        "dga-both-mlp0",
     ],
 )
 def test_bad_gray_method_names_are_clear(name):
@@ -204,6 +209,16 @@ def test_upper_half_entry_tokens(tiny_backbone):
     assert added.spec.entry_mode == "add" and added.spec.entry_points == box.spec.entry_points
     assert graymethods.parse("dga-both").box_options() == {}
     assert graymethods.parse("dga-both-boxdrop").box_options() == {"training_dropout": True}
+
+
+def test_mlp_output_adapter_by_name(tiny_box):
+    dga = graymethods.parse("dga-both-gain-mlp8").dga_config(tiny_box)
+    assert dga.output_adapter == ResidualMLPConfig(hidden=8) and dga.input_adapter.gain
+    assert graymethods.parse("dga-both").dga_config(tiny_box).output_adapter == LinearOutputConfig()
+    model = TextClassifier(tiny_box, ["red", "blue"], dga)
+    model(["the red car", "blue sky"]).sum().backward()
+    adapter = model.encoder.output_adapter
+    assert isinstance(adapter, ResidualMLPAdapter) and adapter.up.weight.grad.abs().sum() > 0
 
 
 def test_group_rates_and_budget_keys():

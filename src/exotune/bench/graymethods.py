@@ -26,6 +26,8 @@ configuration, so that a sweep can ask for any point of the grid by name:
   while training (folded when saved), and ``-init-labels`` / ``-init-frequent``: the tokens start
   from the box's embeddings of the class names / of the training texts' frequent words, e.g.
   ``lga-8-upper-rpt64-init-frequent``;
+- then ``-mlpH``: a residual MLP of width H as the output adapter (``ResidualMLPConfig``) in
+  place of the paper's linear map, e.g. ``dga-both-gain-mlp256``;
 - then ``-dropP``: dropout of P percent on the token embeddings the box is given, while
   training (``DGAConfig.input_dropout``), e.g. ``dga-both-drop10``, ``lga-8-drop20``;
 - then ``-boxdrop``: a box whose owner lets training calls pass through the model's own
@@ -46,7 +48,7 @@ _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?:-(?P<mode>add|shift|affine))?(?:-(?P<lside>input-only|output-only))?)?)"
     r"(?P<gain>-gain)?(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
     r"(?:-(?P<map>lowrank|cond)(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
-    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
+    r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-mlp(?P<mlp>\d+))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
 )
 LGA_TOKENS = 2  # plain "lga": the classification suite's row
 
@@ -66,6 +68,7 @@ class GrayMethod:
     copies: int = 0  # one copy of the extra tokens per this many text tokens, after the text
     reparam: int = 0  # residual MLP over the tokens while training
     init: str = "random"  # graybox.tokens.TOKEN_INITS
+    mlp: int = 0  # width of a residual-MLP output adapter (0: the linear one)
     dropout: float = 0.0  # on the token embeddings given to the box, while training
     box_dropout: bool = False  # the box's own dropout on training calls (training_dropout=True)
 
@@ -87,6 +90,7 @@ class GrayMethod:
         extras += [f"copies/{self.copies}"] * bool(self.copies)
         extras += [] if self.rank is None else [self.input_config().variant_name]
         extras += [f"rpt(h={self.reparam})"] * bool(self.reparam) + [f"init={self.init}"] * (self.init != "random")
+        extras += [f"mlp(h={self.mlp})"] * bool(self.mlp)
         extras += [f"dropout={self.dropout:g}"] * bool(self.dropout) + ["box dropout"] * self.box_dropout
         return "+".join([base, *extras])
 
@@ -125,6 +129,7 @@ class GrayMethod:
         """The configuration for ``box`` (loaded by ``load_box``: it names the layers); an image
         box's input adapter is the pixel one (the name's text forms: low rank, extra tokens)."""
         from exotune.graybox import DGAConfig, EntryTokensConfig
+        from exotune.graybox.output_adapters import ResidualMLPConfig
 
         tokens = None
         if self.tokens is not None:
@@ -133,8 +138,14 @@ class GrayMethod:
                 points=names[len(names) // 2 :] if self.upper else "all", tokens=self.tokens, reparam=self.reparam
             )
         inputs = self.input_config() if modality == "text" else None
+        outputs = ResidualMLPConfig(hidden=self.mlp) if self.mlp else None
         return DGAConfig.variant(
-            self.side, input_adapter=inputs, entry_tokens=tokens, modality=modality, input_dropout=self.dropout
+            self.side,
+            input_adapter=inputs,
+            output_adapter=outputs,
+            entry_tokens=tokens,
+            modality=modality,
+            input_dropout=self.dropout,
         )
 
 
@@ -156,6 +167,9 @@ def parse(name: str) -> GrayMethod | None:
         raise ConfigError(f"{name}: -gain, -x and -c shape the input adapter; DGA (output-only) has no input adapter")
     if (m["rpt"] or m["init"]) and side == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
+    mlp = int(m["mlp"] or 0)
+    if m["mlp"] is not None and (mlp < 1 or side == "input-only"):
+        raise ConfigError(f"{name}: -mlpH is the output adapter: it needs H >= 1 and an output side")
     drop = int(m["drop"] or 0)
     if drop >= 100:
         raise ConfigError(f"{name}: -dropP is a dropout in percent, below 100")
@@ -173,6 +187,7 @@ def parse(name: str) -> GrayMethod | None:
         copies=int(m["copies"] or 0),
         reparam=int(m["rpt"] or 0),
         init=m["init"] or "random",
+        mlp=mlp,
         dropout=drop / 100,
         box_dropout=bool(m["boxdrop"]),
     )
