@@ -4,13 +4,15 @@ rounds 4-5's rows with the moving average (runs4/, runs6/) and round 11's LGA wi
 (runs11/, its seeds there too); Banking77's long-budget rows of round 7 with their seeds from
 round 13 (runs7/); the entry modes of rounds 20-22, shift (runs20/, runs21/) and affine
 (runs22/), on SST-2 and Banking77 (runs21/, runs23/); DGA with the input gain and dropout
-(runs25/; Banking77: runs26/) and with more dropout or the input side alone (runs27/). Writes
+(runs25/; Banking77: runs26/) and with more dropout or the input side alone (runs27/; the input
+side alone on Banking77: runs29/). Writes
 results3.md (round 3's rows), results6.md (rounds 3 and 6), results11-seeds.md (SST-2's rows),
 results13-seeds.md (Banking77's, with the linear probe of the committed table beside them),
 results21-seeds.md (SST-2 with the entry modes), results21-b77-seeds.md and
 results23-b77-seeds.md (Banking77 with them), results25-seeds.md (SST-2 with the input gain),
-results26-b77-seeds.md (Banking77 with it) and results27-seeds.md (SST-2 with more dropout, or
-the input side alone): means ± std over the seeds found."""
+results26-b77-seeds.md (Banking77 with it), results27-seeds.md (SST-2 with more dropout, or
+the input side alone) and results29-b77-seeds.md (Banking77 with the input side alone): means ±
+std over the seeds found."""
 
 import json
 import pathlib
@@ -32,6 +34,7 @@ ROUND21_B77 = [("b77-lga-1-shift-5e-3-ema995", "runs21", "runs21")]
 ROUND23_B77 = [("b77-lga-2-affine-5e-3-ema995", "runs23", "runs23")]
 ROUND25 = [("dga-both-gain-drop10-5e-3-tok2e-2-ema995", "runs25", "runs25")]
 ROUND26_B77 = [("b77-dga-both-gain-drop10-5e-3-tok2e-2-ema995", "runs26", "runs26")]
+ROUND29_B77 = [("b77-dga-input-only-gain-drop10-5e-3-tok2e-2-ema995", "runs29", "runs29")]
 ROUND27 = [
     (name, "runs27", "runs27")
     for name in ("dga-both-gain-drop20-5e-3-tok2e-2-ema995", "dga-input-only-gain-drop10-5e-3-tok2e-2-ema995")
@@ -90,6 +93,11 @@ TABLES = (
     (ROUND3[:1] + ROUND21 + ROUND11 + ROUND6 + ROUND25, "results25-seeds.md", probe("sst2")),
     (ROUND13 + ROUND21_B77 + ROUND23_B77 + ROUND26_B77, "results26-b77-seeds.md", probe("banking77")),
     (ROUND3[:1] + ROUND21 + ROUND11 + ROUND6 + ROUND25 + ROUND27, "results27-seeds.md", probe("sst2")),
+    (
+        ROUND13 + ROUND21_B77 + ROUND23_B77 + ROUND26_B77 + ROUND29_B77,
+        "results29-b77-seeds.md",
+        probe("banking77"),
+    ),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra
