@@ -159,3 +159,38 @@ def test_the_validation_curve_of_every_seed_is_kept():
     rec = aggregate(runs, "accuracy")
     assert rec["val_curves"] == {"0": [0.5, 0.6], "1": [0.5, 0.7]}
     assert "val_curve" not in rec
+
+
+def _phrases(path, n):
+    """A labelled CSV of ``n`` phrases of 1 to 12 words, both labels at every length."""
+    rows = ["text,label"] + [f"{' '.join(['word'] * (1 + i % 12))},{'ab'[i % 2]}" for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_a_validation_length_keeps_long_phrases_and_leaves_train_alone(tmp_path):
+    from exotune.bench.sources import UserFiles
+    from exotune.errors import DataError
+
+    files = UserFiles(_phrases(tmp_path / "train.csv", 240), _phrases(tmp_path / "test.csv", 24))
+    train, val, test = classification.split_data("d", files, classification.Budget(), 0)
+    long_train, long_val, long_test = classification.split_data(
+        "d", files, classification.Budget(val_min_words=10), 0
+    )
+    assert long_train.texts == train.texts and long_test.texts == test.texts  # same training sample
+    assert long_val.texts == [t for t in val.texts if len(t.split()) >= 10] and 0 < len(long_val) < len(val)
+    with pytest.raises(DataError, match="--val-min-words"):
+        classification.split_data("d", files, classification.Budget(val_min_words=13), 0)
+    # a budget without it is keyed as before (logged runs still match); with it, apart
+    assert "val_min_words" not in classification.Budget().for_dataset("sst2")
+    assert classification.Budget(val_min_words=10).for_dataset("sst2")["val_min_words"] == 10
+
+
+def test_a_validation_length_is_the_classification_suites_alone(tmp_path):
+    from exotune.bench import check_options
+    from exotune.bench.common import BenchOptions
+    from exotune.errors import ConfigError
+
+    check_options(BenchOptions(suite="classification", val_min_words=10))
+    with pytest.raises(ConfigError, match="--val-min-words"):
+        check_options(BenchOptions(suite="retrieval", val_min_words=10))

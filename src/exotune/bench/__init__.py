@@ -91,6 +91,10 @@ def check_options(args: BenchOptions) -> None:
             raise ConfigError(
                 f"{', '.join(given)}: the vision suite's options; the {args.suite} suite does not take them"
             )
+    if args.val_min_words is not None and args.suite != "classification":
+        raise ConfigError(
+            f"--val-min-words: the classification suite's option; the {args.suite} suite does not take it"
+        )
     if args.out_dir and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
         raise ConfigError(f"--out-dir {args.out_dir} is a file, not a folder")
 
@@ -114,7 +118,8 @@ def run_suite(args: BenchOptions) -> int:
             raise ConfigError(f"suite {args.suite!r} has no {kind} {bad}; choose from {list(known)}")
     for name in methods:
         graymethods.describe(name, suite.METHODS)  # a clear error for an unknown name
-    sized = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v}
+    given = (("epochs", args.epochs), ("patience", args.patience), ("val_min_words", args.val_min_words))
+    sized = {k: v for k, v in given if v}
     budget = suite.Budget(**sized, max_train=args.max_train)
     seeds = args.seeds
     if args.quick:

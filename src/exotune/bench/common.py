@@ -32,6 +32,7 @@ class BenchOptions:
     epochs: int | None = None
     patience: int | None = None
     max_train: int | None = None
+    val_min_words: int | None = None  # classification: validation keeps phrases of this many words or more
     lr: list[tuple[str, float]] = field(default_factory=list)  # (method, learning rate)
     data_dir: str | None = None
     backbone: str | None = None

@@ -57,6 +57,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "--max-train", type=int, default=None, help="train on a sample of this many examples (default: all; sst2: 4000)"
     )
     p.add_argument(
+        "--val-min-words",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="classification: validate on phrases of at least N words only (carved from train as before; "
+        "train unchanged), for sets whose test sentences are longer than most training phrases (sst2)",
+    )
+    p.add_argument(
         "--lr",
         nargs="+",
         default=[],
