@@ -174,9 +174,7 @@ def test_a_validation_length_keeps_long_phrases_and_leaves_train_alone(tmp_path)
 
     files = UserFiles(_phrases(tmp_path / "train.csv", 240), _phrases(tmp_path / "test.csv", 24))
     train, val, test = classification.split_data("d", files, classification.Budget(), 0)
-    long_train, long_val, long_test = classification.split_data(
-        "d", files, classification.Budget(val_min_words=10), 0
-    )
+    long_train, long_val, long_test = classification.split_data("d", files, classification.Budget(val_min_words=10), 0)
     assert long_train.texts == train.texts and long_test.texts == test.texts  # same training sample
     assert long_val.texts == [t for t in val.texts if len(t.split()) >= 10] and 0 < len(long_val) < len(val)
     with pytest.raises(DataError, match="--val-min-words"):
