@@ -5,14 +5,15 @@ rounds 4-5's rows with the moving average (runs4/, runs6/) and round 11's LGA wi
 round 13 (runs7/); the entry modes of rounds 20-22, shift (runs20/, runs21/) and affine
 (runs22/), on SST-2 and Banking77 (runs21/, runs23/); DGA with the input gain and dropout
 (runs25/; Banking77: runs26/) and with more dropout or the input side alone (runs27/; the input
-side alone on Banking77: runs29/). Writes
+side alone on Banking77: runs29/); SST-2 validated on phrases of 10 words or more (runs31/). Writes
 results3.md (round 3's rows), results6.md (rounds 3 and 6), results11-seeds.md (SST-2's rows),
 results13-seeds.md (Banking77's, with the linear probe of the committed table beside them),
 results21-seeds.md (SST-2 with the entry modes), results21-b77-seeds.md and
 results23-b77-seeds.md (Banking77 with them), results25-seeds.md (SST-2 with the input gain),
 results26-b77-seeds.md (Banking77 with it), results27-seeds.md (SST-2 with more dropout, or
-the input side alone) and results29-b77-seeds.md (Banking77 with the input side alone): means ±
-std over the seeds found."""
+the input side alone), results29-b77-seeds.md (Banking77 with the input side alone) and
+results31-seeds.md (SST-2 validated on long phrases, its own linear probe beside the rows): means
+± std over the seeds found."""
 
 import json
 import pathlib
@@ -40,6 +41,22 @@ ROUND27 = [
     for name in ("dga-both-gain-drop20-5e-3-tok2e-2-ema995", "dga-input-only-gain-drop10-5e-3-tok2e-2-ema995")
 ]
 
+ROUND31 = [
+    (name, "runs31", "runs31")
+    for name in (
+        "lora-1e-3-vw10",
+        "lga-2-affine-5e-3-ema995-vw10",
+        "dga-input-only-gain-drop10-5e-3-tok2e-2-ema995-vw10",
+        "linear-probe-vw10",
+    )
+]
+# what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
+ROUND31_BEFORE = [
+    ("lora-1e-3", "runs2", "runs3"),
+    ("lga-2-affine-5e-3-ema995", "runs22", "runs22"),
+    ("dga-input-only-gain-drop10-5e-3-tok2e-2-ema995", "runs27", "runs27"),
+]
+
 
 def record(folder: pathlib.Path) -> dict | None:
     f = folder / "classification.json"
@@ -58,17 +75,31 @@ def table(rows: list[tuple[str, str, str]]) -> list[str]:
     return lines
 
 
-def row(name: str, first: str, more: str) -> list[str]:
+def records(name: str, first: str, more: str) -> list[dict]:
+    """The records found of a row's seeds 0 (in ``first``), 1 and 2 (in ``more``)."""
     recs = [record(root / first / name)] + [record(root / more / f"{name}-s{s}") for s in (1, 2)]
-    recs = [r for r in recs if r]
+    return [r for r in recs if r]
+
+
+def row(name: str, first: str, more: str, seeds: list[int] | None = None) -> list[str]:
+    recs = [r for r in records(name, first, more) if seeds is None or r["seeds"][0] in seeds]
     if not recs:
         return []
     seeds = [r["seeds"][0] for r in recs]
     return [
         f"| {name} | {recs[0]['method']} | {recs[0]['variant']} | {', '.join(map(str, seeds))} | "
         f"{spread([r['val_accuracy'] for r in recs])} | {spread([r['mean'] for r in recs])} | "
-        f"{', '.join(str(r['best_epoch']) for r in recs)} | {statistics.mean(r['train_seconds'] for r in recs):.0f} |"
+        f"{', '.join(str(r['best_epoch']) for r in recs if 'best_epoch' in r)} | "  # a probe has no epochs
+        f"{statistics.mean(r['train_seconds'] for r in recs):.0f} |"
     ]
+
+
+def same_seeds(rows: list[tuple[str, str, str]], earlier: list[tuple[str, str, str]]) -> list[str]:
+    """The ``earlier`` rows on the seeds their ``rows`` counterparts have (pairs, in order)."""
+    lines = ["", "The same seeds under the selection of the rounds that chose these rows:", ""] + table([])
+    for new, old in zip(rows, earlier, strict=True):
+        lines += row(*old, seeds=[r["seeds"][0] for r in records(*new)])
+    return lines
 
 
 def probe(dataset: str) -> list[str]:
@@ -98,6 +129,7 @@ TABLES = (
         "results29-b77-seeds.md",
         probe("banking77"),
     ),
+    (ROUND31, "results31-seeds.md", same_seeds(ROUND31[:3], ROUND31_BEFORE) + probe("sst2")),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra

@@ -39,7 +39,8 @@ def classification_table(out: pathlib.Path) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for n, m, v, lr, va, te, be, st in rows:
-        lines.append(f"| {n} | {m} | {v} | {lr:g} | {va:.4f} | {te:.4f} | {be} | {st} |")
+        lr = "" if lr is None else f"{lr:g}"  # a probe: no rate, epochs or steps
+        lines.append(f"| {n} | {m} | {v} | {lr} | {va:.4f} | {te:.4f} | {be or ''} | {st or ''} |")
     return lines
 
 
