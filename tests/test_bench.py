@@ -192,3 +192,22 @@ def test_a_validation_length_is_the_classification_suites_alone(tmp_path):
     check_options(BenchOptions(suite="classification", val_min_words=10))
     with pytest.raises(ConfigError, match="--val-min-words"):
         check_options(BenchOptions(suite="retrieval", val_min_words=10))
+
+
+def test_quick_keeps_the_validation_length(tmp_path, monkeypatch):
+    """``--quick`` swaps in the smoke test's sizes, not another kind of validation."""
+    import exotune.bench
+    from exotune.bench.common import BenchOptions
+
+    class Started(Exception):
+        pass
+
+    def first_run(fn, name, dataset, seed, source, budget, backbone):
+        raise Started(budget)
+
+    monkeypatch.setattr(exotune.bench, "run_isolated", first_run)
+    files = {"file": _phrases(tmp_path / "train.csv", 48), "test_file": _phrases(tmp_path / "test.csv", 12)}
+    opts = BenchOptions("classification", methods=["zero-shot"], quick=True, out_dir=str(tmp_path / "out"))
+    with pytest.raises(Started) as started:
+        exotune.bench.run_suite(BenchOptions(**{**vars(opts), **files, "val_min_words": 10}))
+    assert started.value.args[0].val_min_words == 10 and started.value.args[0].epochs == 1

@@ -124,6 +124,8 @@ def run_suite(args: BenchOptions) -> int:
     seeds = args.seeds
     if args.quick:
         budget = suite.quick_budget()
+        if args.val_min_words:  # what the validation is, kept: only its size is the smoke test's
+            budget.val_min_words = args.val_min_words
         seeds = seeds[:1]
     for method, lr in args.lr:
         if "." in method:
