@@ -80,21 +80,21 @@ def _metrics(suite, run: dict) -> tuple[str, ...]:
     return suite.run_metrics(run) if hasattr(suite, "run_metrics") else suite.METRICS
 
 
-VISION_ONLY = ("task", "videos", "images", "unseen_classes", "skip_bad_images")  # options only the vision suite reads
+# options only one suite reads
+SUITE_ONLY = {
+    "vision": ("task", "videos", "images", "unseen_classes", "skip_bad_images"),
+    "classification": ("val_min_words",),
+}
 
 
 def check_options(args: BenchOptions) -> None:
     """Options another suite would quietly ignore, and an output folder that cannot be one."""
-    if args.suite != "vision":
-        given = [f"--{name.replace('_', '-')}" for name in VISION_ONLY if getattr(args, name) is not None]
-        if given:
+    for suite, names in SUITE_ONLY.items():
+        given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) is not None]
+        if given and args.suite != suite:
             raise ConfigError(
-                f"{', '.join(given)}: the vision suite's options; the {args.suite} suite does not take them"
+                f"{', '.join(given)}: the {suite} suite's options; the {args.suite} suite does not take them"
             )
-    if args.val_min_words is not None and args.suite != "classification":
-        raise ConfigError(
-            f"--val-min-words: the classification suite's option; the {args.suite} suite does not take it"
-        )
     if args.out_dir and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
         raise ConfigError(f"--out-dir {args.out_dir} is a file, not a folder")
 
@@ -118,15 +118,14 @@ def run_suite(args: BenchOptions) -> int:
             raise ConfigError(f"suite {args.suite!r} has no {kind} {bad}; choose from {list(known)}")
     for name in methods:
         graymethods.describe(name, suite.METHODS)  # a clear error for an unknown name
-    given = (("epochs", args.epochs), ("patience", args.patience), ("val_min_words", args.val_min_words))
-    sized = {k: v for k, v in given if v}
+    sized = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v}
     budget = suite.Budget(**sized, max_train=args.max_train)
     seeds = args.seeds
     if args.quick:
         budget = suite.quick_budget()
-        if args.val_min_words:  # what the validation is, kept: only its size is the smoke test's
-            budget.val_min_words = args.val_min_words
         seeds = seeds[:1]
+    if args.val_min_words:  # what the validation is, under the full budget or the smoke test's
+        budget.val_min_words = args.val_min_words
     for method, lr in args.lr:
         if "." in method:
             graymethods.check_group_key(method)
