@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from exotune.bench import classification
 from exotune.bench.common import RunLog
@@ -192,6 +193,38 @@ def test_a_validation_length_is_the_classification_suites_alone(tmp_path):
     check_options(BenchOptions(suite="classification", val_min_words=10))
     with pytest.raises(ConfigError, match="--val-min-words"):
         check_options(BenchOptions(suite="retrieval", val_min_words=10))
+
+
+@pytest.mark.parametrize("method", ["dga-both", "lora"])
+def test_a_prototype_start_reaches_every_trained_method(tmp_path, monkeypatch, tiny_backbone, method):
+    """``--prototype-start class-means``: gray and white methods alike start at the class means
+    of the same training sample; the budget is keyed apart, and other suites refuse it."""
+    from exotune.bench import check_options
+    from exotune.bench.common import BenchOptions
+    from exotune.bench.sources import UserFiles
+    from exotune.errors import ConfigError
+    from exotune.tasks.classification import ClassificationConfig
+
+    started = {}
+
+    def fit(model, train, val, test, budget, lrs, seed):
+        started["model"] = model
+        return {}
+
+    monkeypatch.setattr(classification, "_fit", fit)
+    files = UserFiles(_phrases(tmp_path / "train.csv", 64), _phrases(tmp_path / "test.csv", 12))
+    budget = classification.Budget(prototype_start="class-means")
+    classification.run_one(method, "d", 0, files, budget, str(tiny_backbone))
+    model = started["model"]
+    assert model.config.prototype_start == "class-means"
+    names = classification._gradient_model(
+        method, classification.split_data("d", files, budget, 0)[0], ClassificationConfig(), str(tiny_backbone)
+    )[0]
+    assert not torch.allclose(model.head.prototypes, names.head.prototypes)  # not the class names
+    assert "prototype_start" not in classification.Budget().for_dataset("sst2")
+    assert budget.for_dataset("sst2")["prototype_start"] == "class-means"
+    with pytest.raises(ConfigError, match="--prototype-start"):
+        check_options(BenchOptions(suite="retrieval", prototype_start="class-means"))
 
 
 def test_quick_keeps_the_validation_length(tmp_path, monkeypatch):

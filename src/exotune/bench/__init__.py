@@ -83,7 +83,7 @@ def _metrics(suite, run: dict) -> tuple[str, ...]:
 # options only one suite reads
 SUITE_ONLY = {
     "vision": ("task", "videos", "images", "unseen_classes", "skip_bad_images"),
-    "classification": ("val_min_words",),
+    "classification": ("val_min_words", "prototype_start"),
 }
 
 
@@ -126,6 +126,8 @@ def run_suite(args: BenchOptions) -> int:
         seeds = seeds[:1]
     if args.val_min_words:  # what the validation is, under the full budget or the smoke test's
         budget.val_min_words = args.val_min_words
+    if args.prototype_start:
+        budget.prototype_start = args.prototype_start
     for method, lr in args.lr:
         if "." in method:
             graymethods.check_group_key(method)

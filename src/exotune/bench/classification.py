@@ -11,7 +11,7 @@ run, at the end.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -55,6 +55,9 @@ class Budget:
     # validation: only phrases of at least this many words (SST-2's test sentences are longer
     # than most of its training phrases); None: all of the carved share
     val_min_words: int | None = None
+    # where every gradient method's prototype head starts (ClassificationConfig.prototype_start):
+    # None, the class names; "class-means", the training sample's class means through the model
+    prototype_start: str | None = None
     # SST-2 has 67k training phrases: a fixed sample keeps the suite (full FT included) near an
     # hour on 2 cores; every method sees the same sample for a given seed.
     dataset_max_train: dict[str, int] = field(default_factory=lambda: {"sst2": 4000})
@@ -84,8 +87,8 @@ class Budget:
             k: v
             for k, v in asdict(self).items()
             if k not in ("max_train", "max_val", "dataset_max_train", "dataset_max_val")
-            and (k not in ("group_lr", "train_options", "val_min_words") or v)
-        }  # runs logged before group rates (train options, a validation length) still match
+            and (k not in ("group_lr", "train_options", "val_min_words", "prototype_start") or v)
+        }  # runs logged before group rates (train options, a validation length, ...) still match
         return {**out, "train_cap": self.train_cap(dataset), "val_cap": self.val_cap(dataset)}
 
 
@@ -137,12 +140,14 @@ def _gradient_model(name: str, train, task, backbone):
 
         wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
         model = WhiteBoxClassifier.from_backbone(backbone, train.label_names, wb, task)
+        model.start_head(train)
         return model, {"variant": wb.variant_name, "whitebox": wb.to_dict()}
     gray = graymethods.parse(name)
     box = gray.load_box(backbone)
     dga = gray.dga_config(box)
     model = TextClassifier(box, train.label_names, dga, task)
     gray.init_tokens(model.encoder, train.label_names, train.texts)
+    model.start_head(train)
     return model, {"dga": dga.to_dict()}
 
 
@@ -159,6 +164,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     method, variant, access = graymethods.describe(name, METHODS)
     train, val, test = split_data(dataset, source, budget, seed)
     task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
+    trained = replace(task, prototype_start=budget.prototype_start or task.prototype_start)  # gradient methods
     rec = {
         **run_record(dataset, seed, (method, variant, access), train, val, test),
         "n_classes": len(train.label_names),  # the head, hence trainable parameters, grows with it
@@ -171,7 +177,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     elif method == "linear-probe":
         rec.update(_linear_probe(load_box(backbone), train, val, test, budget, seed))
     else:
-        model, extra = _gradient_model(name, train, task, backbone)
+        model, extra = _gradient_model(name, train, trained, backbone)
         rec.update(extra)
         rec.update(_fit(model, train, val, test, budget, budget.train_lrs(method), seed))
     rec["peak_memory_mb"] = peak_memory_mb()

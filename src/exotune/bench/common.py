@@ -33,6 +33,7 @@ class BenchOptions:
     patience: int | None = None
     max_train: int | None = None
     val_min_words: int | None = None  # classification: validation keeps phrases of this many words or more
+    prototype_start: str | None = None  # classification: where every trained method's prototype head starts
     lr: list[tuple[str, float]] = field(default_factory=list)  # (method, learning rate)
     data_dir: str | None = None
     backbone: str | None = None

@@ -22,6 +22,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.bench.sources import UNSEEN_CLASSES, VISION_TASKS
     from exotune.cli.common import add_averaging_args, positive_int
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
+    from exotune.tasks.heads import PROTOTYPE_STARTS
 
     p.add_argument(
         "--datasets",
@@ -63,6 +64,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="classification: validate on phrases of at least N words only (carved from train as before; "
         "train unchanged), for sets whose test sentences are longer than most training phrases (sst2)",
+    )
+    p.add_argument(
+        "--prototype-start",
+        choices=PROTOTYPE_STARTS,
+        default=None,
+        help="classification: where every trained method's prototype head starts: the class names "
+        "(default; step 0 is zero-shot) or class-means (the training sample's class means through the "
+        "model at step 0)",
     )
     p.add_argument(
         "--lr",

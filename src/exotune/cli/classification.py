@@ -15,12 +15,15 @@ def train(args, dga, train_cfg) -> int:
     from exotune.tasks.classification import ClassificationConfig, TextClassifier
     from exotune.train import seed_everything
 
-    cls_cfg = ClassificationConfig(head=args.head, label_template=args.label_template or "{}")
+    cls_cfg = ClassificationConfig(
+        head=args.head, label_template=args.label_template or "{}", prototype_start=args.prototype_start
+    )
     train_data, val, test_data = labelled_splits(args, want_test=args.eval_test)
     box = train_box(args)
     seed_everything(args.seed)  # the adapters' random initial tokens: --seed makes a run repeatable
     model = TextClassifier(box, train_data.label_names, dga, cls_cfg)
     init_tokens(model.encoder, args.token_init, train_data.label_names, train_data.texts)  # --token-init
+    model.start_head(train_data, progress=not args.quiet)  # --prototype-start class-means
     if distributed.is_main():
         print(
             f"training {dga.description} on {len(train_data)} examples, validating on {len(val)}; "

@@ -87,7 +87,8 @@ def load_data(args, split: str):
 
 
 def refuse_images(args) -> None:
-    """``--images``, ``--videos`` or ``--sketches`` given to a task that does not read them."""
+    """``--images``, ``--videos``, ``--sketches`` and the other task-bound options given to a
+    task that does not read them."""
     for option, tasks in VISION_SOURCES.items():
         if getattr(args, option, None) and args.task not in tasks:
             raise ConfigError(f"--{option} is for --task {' or '.join(tasks)}, not --task {args.task}")
@@ -95,6 +96,9 @@ def refuse_images(args) -> None:
         raise ConfigError("--token-init starts text tokens from words; image tasks take random tokens")
     if getattr(args, "input_dropout", 0.0) and args.task in ("image-classification", "sketch-retrieval"):
         raise ConfigError(f"--input-dropout acts on a text tower's token embeddings; --task {args.task} trains none")
+    classifiers = ("classification", "image-classification")
+    if getattr(args, "prototype_start", "names") != "names" and args.task not in classifiers:
+        raise ConfigError(f"--prototype-start starts a classifier's head; --task {args.task} has none")
 
 
 def train_val(data, args, val=None):

@@ -183,7 +183,9 @@ def train(args, text_dga, train_cfg) -> int:
         train_cfg = replace(train_cfg, select_metric="mean_recall")
         what = f"text {model.text_dga.description}, image {model.image_dga.description}"
     else:
-        cls_cfg = ClassificationConfig(head=args.head, label_template=_label_template(args))
+        cls_cfg = ClassificationConfig(
+            head=args.head, label_template=_label_template(args), prototype_start=args.prototype_start
+        )
         clip = has_text_tower(args)
         if args.head == "prototype" and not clip:
             raise ConfigError(
@@ -195,6 +197,7 @@ def train(args, text_dga, train_cfg) -> int:
         else:
             text_box, image_box = None, open_image_box(args, **lga)
         model = ImageClassifier(image_box, data.label_names, image_dga, cls_cfg, text_box=text_box)
+        model.start_head(train_data, progress=not args.quiet)  # --prototype-start class-means
         what = image_dga.description
     test = test_metrics(args, model, _load_data(args, test=True) if args.eval_test else None)
     return fit_vision(args, model, what, train_data, val, train_cfg, test)

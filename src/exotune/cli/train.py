@@ -27,7 +27,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     from exotune.graybox import VARIANTS, adapter_names
     from exotune.graybox.input_adapters import TOKEN_ACTIVATIONS
     from exotune.graybox.tokens import TOKEN_INITS
-    from exotune.tasks.heads import HEADS
+    from exotune.tasks.heads import HEADS, PROTOTYPE_STARTS
     from exotune.train import SCHEDULES
 
     a = p.add_argument_group("adapters (DGA)")
@@ -98,6 +98,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--kernel-size", type=int, default=3, help="kernel of the pixel adapter's convolution (odd)")
     a.add_argument("--pixel-channels", type=int, default=8, help="hidden channels of the pixel-residual adapter")
     a.add_argument("--head", default="prototype", choices=HEADS, help="default: prototype (zero-shot at step 0)")
+    a.add_argument(
+        "--prototype-start",
+        default="names",
+        choices=PROTOTYPE_STARTS,
+        help="classification, prototype head: start at the class names (default) or at the class means of "
+        "the training examples' outputs (one gradient-free pass before training)",
+    )
     a.add_argument(
         "--label-template",
         default=None,

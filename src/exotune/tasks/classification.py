@@ -21,7 +21,7 @@ from exotune.graybox.config import DGAConfig
 from exotune.graybox.model import GrayBoxModel
 from exotune.tasks.artifacts import box_entries, given_or_saved_box
 from exotune.tasks.encoding import TextEncoderMixin
-from exotune.tasks.heads import HEADS, make_head
+from exotune.tasks.heads import HEADS, PROTOTYPE_STARTS, make_head
 from exotune.tasks.model import AdapterModelMixin, ClassifierMixin
 
 ADAPTER_TYPE = "dga-classifier"
@@ -34,11 +34,16 @@ class ClassificationConfig(ConfigBase):
     temperature: float = 0.05
     learn_prototypes: bool = True
     learn_temperature: bool = True
+    prototype_start: str = "names"  # PROTOTYPE_STARTS: the class names, or the training class means
 
     def __post_init__(self) -> None:
         check_field_types(self)
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.prototype_start not in PROTOTYPE_STARTS:
+            raise ConfigError(f"prototype_start must be one of {PROTOTYPE_STARTS}, got {self.prototype_start!r}")
+        if self.prototype_start != "names" and self.head != "prototype":
+            raise ConfigError(f"prototype_start {self.prototype_start!r} needs the prototype head, not {self.head!r}")
         if "{}" not in self.label_template:
             raise ConfigError(f"label_template must contain '{{}}', got {self.label_template!r}")
         if not self.temperature > 0:

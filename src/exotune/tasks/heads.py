@@ -29,6 +29,16 @@ class PrototypeHead(nn.Module):
         self.prototypes = nn.Parameter(protos, requires_grad=learn_prototypes)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
 
+    @torch.no_grad()
+    def start_at_class_means(self, outputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Each prototype becomes the mean of its class's unit-length ``outputs`` (N, O), labels
+        (N,) in this head's numbering: the nearest-class-mean classifier. A class with no row
+        keeps its prototype."""
+        z = nn.functional.normalize(outputs.float(), dim=-1)
+        sums = torch.zeros_like(self.prototypes).index_add_(0, labels, z)  # (C, O)
+        seen = torch.bincount(labels, minlength=len(sums)) > 0
+        self.prototypes[seen] = nn.functional.normalize(sums[seen], dim=-1)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = nn.functional.normalize(z, dim=-1)  # (B, O)
         protos = nn.functional.normalize(self.prototypes, dim=-1)  # (C, O)
@@ -45,6 +55,9 @@ class LinearHead(nn.Module):
 
 
 HEADS = ("prototype", "linear")
+# where a prototype head starts: the class names encoded (the zero-shot classifier), or the
+# class means of the training examples' outputs (the nearest-class-mean classifier)
+PROTOTYPE_STARTS = ("names", "class-means")
 
 
 def make_head(config, label_names: list[str], dim: int, encode=None) -> nn.Module:

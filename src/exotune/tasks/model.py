@@ -71,6 +71,24 @@ class ClassifierMixin:
 
     label_names: list[str]
 
+    def start_head(self, data, batch_size: int = 128, progress: bool = False) -> None:
+        """Before training, under ``config.prototype_start == "class-means"``: the prototype head
+        starts at the class means of ``data``'s outputs through the model as it stands (step 0
+        is the nearest-class-mean classifier, not the zero-shot one); a class ``data`` lacks
+        keeps its name. Otherwise nothing. One gradient-free pass over ``data``."""
+        if getattr(self.config, "prototype_start", "names") != "class-means":
+            return
+        data, _ = data.aligned_to(self.label_names)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                dim = self.head.prototypes.shape[1]
+                outputs = encode_sorted(self.encoder, list(data.inputs), batch_size, dim, progress)  # (N, O)
+        finally:
+            self.train(was_training)
+        self.head.start_at_class_means(outputs, torch.as_tensor(data.labels, dtype=torch.long))
+
     def loss(self, data) -> torch.Tensor:
         logits = self(data.inputs)
         return nn.functional.cross_entropy(logits, torch.tensor(data.labels, device=logits.device))
