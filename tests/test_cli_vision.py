@@ -207,11 +207,15 @@ def test_cli_image_predict_and_eval_test(clip_folder, shape_folders, tmp_path, c
                 "--eval-test",
                 "--test",
                 str(shape_folders / "test"),
+                "--prototype-start",
+                "class-means",
             ]
         )
         == 0
     )  # the former spelling still works
     assert "accuracy" in json.loads((run / "summary.json").read_text())["test"]
+    saved = json.loads((run / "best" / "adapter_config.json").read_text())
+    assert saved["task"]["prototype_start"] == "class-means"  # the head started at the image class means
     capsys.readouterr()
     assert (
         main(

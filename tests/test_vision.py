@@ -364,6 +364,19 @@ def test_zero_shot_at_step_0_is_clip(pair, shape_folder):
     assert torch.equal(model.predict_proba(data.images).argmax(-1), expected)
 
 
+def test_an_image_classifier_can_start_at_the_class_means(pair, shape_folder):
+    """``prototype_start="class-means"``: the head starts at the images' class means (step 0:
+    the nearest class mean), not at the class names through the text tower."""
+    data = load_image_folder(shape_folder)
+    config = ClassificationConfig(label_template="a photo of a {}.", prototype_start="class-means")
+    model = ImageClassifier(pair.image, data.label_names, config=config, text_box=pair.text)
+    model.start_head(data)
+    images = nn.functional.normalize(pair.image.encode(data.images), dim=-1)
+    labels = torch.tensor(data.labels)
+    means = torch.stack([nn.functional.normalize(images[labels == c].mean(0), dim=0) for c in range(3)])
+    assert torch.allclose(model.head.prototypes, means, atol=1e-5)
+
+
 def test_image_classifier_trains_saves_and_loads(pair, shape_folder, tmp_path):
     data = load_image_folder(shape_folder)
     model = ImageClassifier(
