@@ -244,3 +244,7 @@ def test_quick_keeps_the_validation_length(tmp_path, monkeypatch):
     with pytest.raises(Started) as started:
         exotune.bench.run_suite(BenchOptions(**{**vars(opts), **files, "val_min_words": 10}))
     assert started.value.args[0].val_min_words == 10 and started.value.args[0].epochs == 1
+    with pytest.raises(Started) as started:  # an --epochs or --patience given holds under --quick too
+        exotune.bench.run_suite(BenchOptions(**{**vars(opts), **files, "epochs": 3, "patience": 2}))
+    quick = started.value.args[0]
+    assert (quick.epochs, quick.patience, quick.max_train) == (3, 2, 256)

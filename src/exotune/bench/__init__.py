@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from exotune.bench import (
@@ -121,8 +122,8 @@ def run_suite(args: BenchOptions) -> int:
     sized = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v}
     budget = suite.Budget(**sized, max_train=args.max_train)
     seeds = args.seeds
-    if args.quick:
-        budget = suite.quick_budget()
+    if args.quick:  # the smoke test's sizes; an --epochs or --patience given still holds
+        budget = replace(suite.quick_budget(), **sized)
         seeds = seeds[:1]
     if args.val_min_words:  # what the validation is, under the full budget or the smoke test's
         budget.val_min_words = args.val_min_words

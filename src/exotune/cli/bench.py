@@ -97,7 +97,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"default: {RESULTS_DIR} ({RESULTS_DIR}/quick with --quick); needed with your own data",
     )
-    p.add_argument("--quick", action="store_true", help="smoke test: small samples, one seed, one epoch")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke test: small samples, one seed, one epoch (unless --epochs)"
+    )
     p.add_argument(
         "--fresh",
         action="store_true",
