@@ -5,15 +5,16 @@ rounds 4-5's rows with the moving average (runs4/, runs6/) and round 11's LGA wi
 round 13 (runs7/); the entry modes of rounds 20-22, shift (runs20/, runs21/) and affine
 (runs22/), on SST-2 and Banking77 (runs21/, runs23/); DGA with the input gain and dropout
 (runs25/; Banking77: runs26/) and with more dropout or the input side alone (runs27/; the input
-side alone on Banking77: runs29/); SST-2 validated on phrases of 10 words or more (runs31/). Writes
+side alone on Banking77: runs29/); SST-2 validated on phrases of 10 words or more (runs31/);
+Banking77's gain row with its head started at the class means (runs33/). Writes
 results3.md (round 3's rows), results6.md (rounds 3 and 6), results11-seeds.md (SST-2's rows),
 results13-seeds.md (Banking77's, with the linear probe of the committed table beside them),
 results21-seeds.md (SST-2 with the entry modes), results21-b77-seeds.md and
 results23-b77-seeds.md (Banking77 with them), results25-seeds.md (SST-2 with the input gain),
 results26-b77-seeds.md (Banking77 with it), results27-seeds.md (SST-2 with more dropout, or
 the input side alone), results29-b77-seeds.md (Banking77 with the input side alone) and
-results31-seeds.md (SST-2 validated on long phrases, its own linear probe beside the rows): means
-± std over the seeds found."""
+results31-seeds.md (SST-2 validated on long phrases, its own linear probe beside the rows) and
+results33-b77-seeds.md (Banking77 with the class-means start): means ± std over the seeds found."""
 
 import json
 import pathlib
@@ -50,6 +51,7 @@ ROUND31 = [
         "linear-probe-vw10",
     )
 ]
+ROUND33_B77 = [("b77-dga-both-gain-drop10-5e-3-tok2e-2-ema995-means", "runs33", "runs33")]
 # what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
 ROUND31_BEFORE = [
     ("lora-1e-3", "runs2", "runs3"),
@@ -130,6 +132,11 @@ TABLES = (
         probe("banking77"),
     ),
     (ROUND31, "results31-seeds.md", same_seeds(ROUND31[:3], ROUND31_BEFORE) + probe("sst2")),
+    (
+        ROUND13 + ROUND21_B77 + ROUND23_B77 + ROUND26_B77 + ROUND29_B77 + ROUND33_B77,
+        "results33-b77-seeds.md",
+        probe("banking77"),
+    ),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra

@@ -34,7 +34,8 @@ class PrototypeHead(nn.Module):
         """Each prototype becomes the mean of its class's unit-length ``outputs`` (N, O), labels
         (N,) in this head's numbering: the nearest-class-mean classifier. A class with no row
         keeps its prototype."""
-        z = nn.functional.normalize(outputs.float(), dim=-1)
+        z = nn.functional.normalize(outputs.to(self.prototypes), dim=-1)
+        labels = labels.to(self.prototypes.device)
         sums = torch.zeros_like(self.prototypes).index_add_(0, labels, z)  # (C, O)
         seen = torch.bincount(labels, minlength=len(sums)) > 0
         self.prototypes[seen] = nn.functional.normalize(sums[seen], dim=-1)
