@@ -11,7 +11,7 @@ run, at the end.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -131,7 +131,8 @@ def timed_eval(model, data, batch_size=128):
 
 
 def _gradient_model(name: str, train, task, backbone):
-    """The model a gradient method trains (DGA, LGA, LoRA, full FT) and its extra record fields."""
+    """The model a gradient method trains (DGA, LGA, LoRA, full FT), its head started as ``task``
+    says (``start_head``), and its extra record fields."""
     from exotune.tasks.classification import TextClassifier
 
     method, variant, access = graymethods.describe(name, METHODS)
@@ -140,15 +141,16 @@ def _gradient_model(name: str, train, task, backbone):
 
         wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
         model = WhiteBoxClassifier.from_backbone(backbone, train.label_names, wb, task)
-        model.start_head(train)
-        return model, {"variant": wb.variant_name, "whitebox": wb.to_dict()}
-    gray = graymethods.parse(name)
-    box = gray.load_box(backbone)
-    dga = gray.dga_config(box)
-    model = TextClassifier(box, train.label_names, dga, task)
-    gray.init_tokens(model.encoder, train.label_names, train.texts)
+        extra = {"variant": wb.variant_name, "whitebox": wb.to_dict()}
+    else:
+        gray = graymethods.parse(name)
+        box = gray.load_box(backbone)
+        dga = gray.dga_config(box)
+        model = TextClassifier(box, train.label_names, dga, task)
+        gray.init_tokens(model.encoder, train.label_names, train.texts)
+        extra = {"dga": dga.to_dict()}
     model.start_head(train)
-    return model, {"dga": dga.to_dict()}
+    return model, extra
 
 
 def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
@@ -163,8 +165,9 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     seed_everything(seed)
     method, variant, access = graymethods.describe(name, METHODS)
     train, val, test = split_data(dataset, source, budget, seed)
-    task = ClassificationConfig(label_template=LABEL_TEMPLATES.get(dataset, "{}"))
-    trained = replace(task, prototype_start=budget.prototype_start or task.prototype_start)  # gradient methods
+    task = ClassificationConfig(  # the start is read by trained methods only (start_head)
+        label_template=LABEL_TEMPLATES.get(dataset, "{}"), prototype_start=budget.prototype_start or "names"
+    )
     rec = {
         **run_record(dataset, seed, (method, variant, access), train, val, test),
         "n_classes": len(train.label_names),  # the head, hence trainable parameters, grows with it
@@ -177,7 +180,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
     elif method == "linear-probe":
         rec.update(_linear_probe(load_box(backbone), train, val, test, budget, seed))
     else:
-        model, extra = _gradient_model(name, train, trained, backbone)
+        model, extra = _gradient_model(name, train, task, backbone)
         rec.update(extra)
         rec.update(_fit(model, train, val, test, budget, budget.train_lrs(method), seed))
     rec["peak_memory_mb"] = peak_memory_mb()

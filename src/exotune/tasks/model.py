@@ -76,30 +76,31 @@ class ClassifierMixin:
         starts at the class means of ``data``'s outputs through the model as it stands (step 0
         is the nearest-class-mean classifier, not the zero-shot one); a class ``data`` lacks
         keeps its name. Otherwise nothing. One gradient-free pass over ``data``."""
-        if getattr(self.config, "prototype_start", "names") != "class-means":
+        if self.config.prototype_start != "class-means":
             return
         data, _ = data.aligned_to(self.label_names)
+        outputs = self._gradient_free(self.encoder, data.inputs, batch_size, self.head.prototypes.shape[1], progress)
+        self.head.start_at_class_means(outputs, torch.as_tensor(data.labels, dtype=torch.long))
+
+    def _gradient_free(self, fn, inputs: list, batch_size: int, dim: int, progress: bool) -> torch.Tensor:
+        """``fn`` over ``inputs`` in batches, (N, dim) in input order, in eval mode without
+        gradients; the model's mode is restored after."""
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                dim = self.head.prototypes.shape[1]
-                outputs = encode_sorted(self.encoder, list(data.inputs), batch_size, dim, progress)  # (N, O)
+                return encode_sorted(fn, inputs, batch_size, dim, progress)
         finally:
             self.train(was_training)
-        self.head.start_at_class_means(outputs, torch.as_tensor(data.labels, dtype=torch.long))
 
     def loss(self, data) -> torch.Tensor:
         logits = self(data.inputs)
         return nn.functional.cross_entropy(logits, torch.tensor(data.labels, device=logits.device))
 
-    @torch.no_grad()
     def predict_proba(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        out = encode_sorted(lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress)
-        self.train(was_training)
-        return out
+        return self._gradient_free(
+            lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress
+        )
 
     def predict(self, inputs: list, batch_size: int = 128, progress: bool = False) -> list[str]:
         idx = self.predict_proba(inputs, batch_size, progress).argmax(-1).tolist()
