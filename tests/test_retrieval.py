@@ -170,6 +170,62 @@ def test_trainer_with_hard_negatives(tiny_box, beir, tmp_path):
     assert metrics["recall@100"] == 1.0  # nine documents: everything is in the top 100
 
 
+def test_mining_reuses_the_document_towers_box_outputs(tiny_box, beir, monkeypatch):
+    """A document tower with nothing before the box keeps the bare box's outputs: mining ranks
+    the corpus by them (the same negatives as the box's own encoding) without sending it again."""
+    train, _ = beir
+    reference = DualEncoder(tiny_box, DGAConfig(), RetrievalConfig(hard_negatives=2))  # doc side "same"
+    reference.mine_hard_negatives(train)
+    model = DualEncoder(tiny_box, DGAConfig(), RetrievalConfig(hard_negatives=2, doc_side="output-only"))
+    docs = train.corpus.documents()
+    model.doc_encoder.remember(docs, tiny_box.encode(docs))
+
+    sent = []  # the texts the box encodes from here on
+    encode_batch = type(tiny_box)._encode_batch
+
+    def counted(box, texts):
+        sent.extend(texts)
+        return encode_batch(box, texts)
+
+    monkeypatch.setattr(type(tiny_box), "_encode_batch", counted)
+    monkeypatch.setattr(model.doc_encoder, "_box_outputs", lambda inputs: pytest.fail("the corpus was re-sent"))
+    model.mine_hard_negatives(train)
+    assert model._negatives == reference._negatives
+    assert sorted(sent) == sorted(train.queries)  # the queries only
+
+
+@pytest.mark.parametrize("method", ["dga-both", "lora"])
+def test_bench_hard_negatives_reach_every_trained_method(tiny_backbone, tmp_path, monkeypatch, method):
+    """``exotune bench retrieval --hard-negatives N``: gray and white methods alike train against
+    the bare box's top N non-relevant documents; the budget is keyed apart only when set, and
+    other suites refuse the option."""
+    from exotune.bench import check_options, retrieval
+    from exotune.bench.common import BenchOptions
+    from exotune.bench.sources import BeirFolder
+
+    trained = {}
+    fit_record = retrieval.fit_record
+
+    def fit(model, *args):
+        trained["model"] = model
+        return fit_record(model, *args)
+
+    monkeypatch.setattr(retrieval, "fit_record", fit)
+    folder = BeirFolder(str(synthetic_beir(tmp_path / "beir")))
+    budget = retrieval.Budget(epochs=1, hard_negatives=2)
+    rec = retrieval.run_one(method, "beir", 0, folder, budget, str(tiny_backbone))
+    model = trained["model"]
+    assert rec["hard_negatives"] == 2 and model.config.hard_negatives == 2
+    train = retrieval._data("beir", folder, budget, 0)[0]
+    assert set(model._negatives) == set(train.query_ids)  # mined for every training query
+    for i, qid in enumerate(train.query_ids):
+        assert len(model._negatives[qid]) == 2 and not set(model._negatives[qid]) & set(train.positives(i))
+    assert "hard_negatives" not in retrieval.Budget().for_dataset("scifact")
+    assert budget.for_dataset("scifact")["hard_negatives"] == 2
+    with pytest.raises(ConfigError, match="--hard-negatives"):
+        check_options(BenchOptions(suite="classification", hard_negatives=2))
+
+
 def test_corpus_cache(tiny_box, beir):
     train, test = beir
     model = DualEncoder(tiny_box, DGAConfig())

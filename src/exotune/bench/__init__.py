@@ -85,6 +85,7 @@ def _metrics(suite, run: dict) -> tuple[str, ...]:
 SUITE_ONLY = {
     "vision": ("task", "videos", "images", "unseen_classes", "skip_bad_images"),
     "classification": ("val_min_words", "prototype_start"),
+    "retrieval": ("hard_negatives",),
 }
 
 
@@ -129,6 +130,8 @@ def run_suite(args: BenchOptions) -> int:
         budget.val_min_words = args.val_min_words
     if args.prototype_start:
         budget.prototype_start = args.prototype_start
+    if args.hard_negatives:
+        budget.hard_negatives = args.hard_negatives
     for method, lr in args.lr:
         if "." in method:
             graymethods.check_group_key(method)

@@ -34,6 +34,7 @@ class BenchOptions:
     max_train: int | None = None
     val_min_words: int | None = None  # classification: validation keeps phrases of this many words or more
     prototype_start: str | None = None  # classification: where every trained method's prototype head starts
+    hard_negatives: int | None = None  # retrieval: the bare box's top non-relevant documents per query, each step
     lr: list[tuple[str, float]] = field(default_factory=list)  # (method, learning rate)
     data_dir: str | None = None
     backbone: str | None = None

@@ -64,6 +64,7 @@ class Budget:
     max_test: int | None = None
     max_corpus: int | None = None  # quick runs: judged documents + a random sample of the rest
     doc_side: str = "output-only"  # RetrievalConfig.doc_side
+    hard_negatives: int = 0  # RetrievalConfig.hard_negatives, for every trained method alike
     # TrainConfig options of every trained method beyond rates and budget (ema, group_by_length)
     train_options: dict = field(default_factory=dict)
     group_lr: dict[str, float] = field(default_factory=dict)  # "dga.tokens": 5e-2 (see bench.graymethods)
@@ -81,7 +82,7 @@ class Budget:
         out = asdict(self)
         if self.method_lr == METHOD_LR:
             del out["method_lr"]
-        for key in ("group_lr", "train_options"):  # runs logged before them still match
+        for key in ("group_lr", "train_options", "hard_negatives"):  # runs logged before them still match
             if not out[key]:
                 del out[key]
         return out
@@ -186,14 +187,14 @@ def _model(name: str, box, budget: Budget, backbone):
     method, variant, access = graymethods.describe(name, METHODS)
     if method == "zero-shot":
         return DualEncoder(box, DGAConfig.variant("none"), RetrievalConfig(learn_temperature=False)), {}
+    task = RetrievalConfig(doc_side=budget.doc_side, hard_negatives=budget.hard_negatives)
     if access == "white":
         from exotune.whitebox import WhiteBoxConfig, WhiteBoxRetriever
 
         wb = WhiteBoxConfig.lora(r=8) if method == "lora" else WhiteBoxConfig.full_ft()
-        model = WhiteBoxRetriever.from_backbone(box, backbone, wb, RetrievalConfig(doc_side=budget.doc_side))
-        return model, {"whitebox": wb.to_dict()}
+        return WhiteBoxRetriever.from_backbone(box, backbone, wb, task), {"whitebox": wb.to_dict()}
     dga = graymethods.parse(name).dga_config(box)
-    return DualEncoder(box, dga, RetrievalConfig(doc_side=budget.doc_side)), {"dga": dga.to_dict()}
+    return DualEncoder(box, dga, task), {"dga": dga.to_dict()}
 
 
 def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone) -> dict:
@@ -213,6 +214,7 @@ def run_one(name: str, dataset: str, seed: int, source, budget: Budget, backbone
         **run_record(dataset, seed, (method, variant, access), train, val, test),
         "n_corpus": len(test.corpus),
         "doc_side": budget.doc_side,
+        **({"hard_negatives": budget.hard_negatives} if budget.hard_negatives else {}),
     }
     model, extra = _model(name, box, budget, backbone)
     if gray is not None:

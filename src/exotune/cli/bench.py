@@ -74,6 +74,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "model at step 0)",
     )
     p.add_argument(
+        "--hard-negatives",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="retrieval: every trained method also scores each training query against the bare box's "
+        "top N non-relevant documents (mined once, from the box's outputs), beside the batch's others",
+    )
+    p.add_argument(
         "--lr",
         nargs="+",
         default=[],

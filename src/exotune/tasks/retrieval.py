@@ -172,8 +172,11 @@ class TwoTowerRetriever(AdapterModelMixin, nn.Module):
             return
         corpus = data.corpus
         if self._zero_shot_docs is None or self._zero_shot_docs[0] != corpus.fingerprint:
+            # a document tower with nothing before the box keeps the bare box's outputs (a corpus
+            # remembered from disk, or encoded once): the corpus is not sent through the box again
+            tower = self.doc_encoder
             docs = encode_normalized(
-                self.doc_box.encode,
+                tower.backbone_outputs if getattr(tower, "caches_box_outputs", False) else self.doc_box.encode,
                 corpus.documents(),
                 batch_size,
                 self.box.spec.output_dim,
