@@ -52,7 +52,9 @@ def test_light_gray_gradients_match_with_entry_tokens(tiny_box, stateless):
 
 def _classifier(box, seed=0, input_adapter="text-shift"):
     torch.manual_seed(seed)
-    dga = DGAConfig(input_adapter=get_entry("input", input_adapter).config_cls())
+    name, _, kernel = input_adapter.partition(":")  # "token-lowrank:3": its kernel
+    config = get_entry("input", name).config_cls(**({"kernel": int(kernel)} if kernel else {}))
+    dga = DGAConfig(input_adapter=config)
     return TextClassifier(box, ["red", "blue", "green"], dga, ClassificationConfig(head="prototype"))
 
 
@@ -62,7 +64,7 @@ def _fit(model, max_steps=4):
     return Trainer(cfg, progress=False).fit(model, train, val)
 
 
-@pytest.mark.parametrize("input_adapter", adapter_names("input", "text"))
+@pytest.mark.parametrize("input_adapter", [*adapter_names("input", "text"), "token-lowrank:3"])
 def test_dga_training_through_the_remote_box_matches_local(tiny_box, input_adapter):
     local = _classifier(tiny_box, input_adapter=input_adapter)
     start = {k: v.clone() for k, v in local.state_dict().items()}

@@ -49,9 +49,40 @@ def test_lowrank_is_input_dependent_and_composes_with_shift_and_tokens(tiny_box)
     torch.testing.assert_close(embeds[:, 3:][real], (batch.embeds + expected)[:, 1:][real])
 
 
+def test_lowrank_kernel_reads_the_neighbours_and_not_the_pads(tiny_box):
+    """``kernel=3``: a token's offset moves with the token beside it, never with a pad; at the
+    start (``W`` the identity at the centre) it is the kernel-1 map with the same ``U`` and ``V``."""
+    wide = build_adapter("input", TokenLowRankConfig(rank=4, kernel=3, shift=False, extra_tokens=0), tiny_box.spec)
+    narrow = build_adapter("input", TokenLowRankConfig(rank=4, shift=False, extra_tokens=0), tiny_box.spec)
+    batch = tiny_box.embed(["the red car is fast", "blue"])
+    torch.testing.assert_close(wide(batch.embeds, batch.mask)[0], batch.embeds)  # U = 0: the identity
+    with torch.no_grad():
+        narrow.down.weight.copy_(wide.down.weight)
+    _moved(wide), _moved(narrow)
+    torch.testing.assert_close(wide(batch.embeds, batch.mask)[0], narrow(batch.embeds, batch.mask)[0])
+    with torch.no_grad():
+        wide.mix.weight.add_(0.1)  # now the neighbours count
+    before = wide(batch.embeds, batch.mask)[0]
+    changed = batch.embeds.clone()
+    changed[0, 3] += 1.0  # the first text's third word
+    after = wide(changed, batch.mask)[0]
+    moved = (after - before).abs().sum(-1)[0] > 1e-6  # (T,): the first text's positions that moved
+    assert moved[2:5].all() and not moved[:2].any() and not moved[5:].any()
+    pad = batch.mask == 0
+    padded = batch.embeds.clone()
+    padded[pad] += 5.0  # whatever sits in the pads
+    out = wide(padded, batch.mask)[0]
+    torch.testing.assert_close(out[~pad], before[~pad])  # the real tokens do not read pads
+    torch.testing.assert_close(out[pad], padded[pad])  # and pads stay untouched
+    with pytest.raises(ConfigError, match="kernel"):  # one map per text: no neighbours to read
+        TokenConditionedConfig(kernel=3)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        ({"kernel": 2}, "kernel"),
+        ({"kernel": 0}, "kernel"),
         ({"rank": 0}, "rank"),
         ({"rank": True}, "rank"),
         ({"activation": "swish"}, "activation"),
@@ -64,15 +95,21 @@ def test_lowrank_config_validation(kwargs, match):
         TokenLowRankConfig(**kwargs)
 
 
-def test_lowrank_trains_only_the_users_tensors_and_round_trips(tiny_box, tmp_path):
-    dga = DGAConfig(input_adapter=TokenLowRankConfig(rank=3, activation="gelu"))
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_lowrank_trains_only_the_users_tensors_and_round_trips(tiny_box, tmp_path, kernel):
+    dga = DGAConfig(input_adapter=TokenLowRankConfig(rank=3, activation="gelu", kernel=kernel))
     assert DGAConfig.from_dict(dga.to_dict()) == dga
+    assert ("kernel" in dga.to_dict()["input_adapter"]) == (kernel != 1)  # off: saved as before it existed
     model = TextClassifier(tiny_box, ["red", "blue"], dga)
     _moved(model.encoder.input_adapter)
     texts = ["the red car", "blue sky is big"]
     model(texts).sum().backward()
     assert all(p.grad is None for p in backbone_module(tiny_box).parameters())
     assert model.encoder.input_adapter.down.weight.grad.abs().sum() > 0
+    if kernel > 1:
+        mix = model.encoder.input_adapter.mix.weight
+        assert mix.grad.abs().sum() > 0
+        assert id(mix) in {id(p) for p in model.encoder.parameter_groups()["input"]}
     model.save_pretrained(tmp_path / "a")
     again = TextClassifier.from_pretrained(tmp_path / "a", tiny_box)
     assert again.dga == dga
@@ -160,6 +197,8 @@ def test_conditioned_tokens_copies_and_round_trip(tiny_box, tmp_path):
         ("lga-2-affine-cond8-gelu", ("lga", "tokens=2, affine+conditioned(r=8, gelu)", "light-gray")),
         ("dga-both-gain-mlp256-drop10", ("dga", "both+gain+mlp(h=256)+dropout=0.1", "dark-gray")),
         ("dga-output-only-mlp64", ("dga", "output-only+mlp(h=64)", "dark-gray")),
+        ("dga-input-only-lowrank32-gelu-k3", ("dga", "input-only+lowrank(r=32, gelu, k=3)", "dark-gray")),
+        ("dga-both-gain-lowrank16-k5-drop10", ("dga", "both+gain+lowrank(r=16, k=5)+dropout=0.1", "dark-gray")),
     ],
 )
 def test_gray_method_names(name, expected):
@@ -189,6 +228,8 @@ def test_table_names_keep_their_variants():
         "lga-2-output-only-x2",
         "dga-input-only-mlp64",
         "dga-both-mlp0",
+        "dga-lowrank8-k2",
+        "dga-both-cond8-k3",
     ],
 )
 def test_bad_gray_method_names_are_clear(name):

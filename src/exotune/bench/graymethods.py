@@ -21,7 +21,8 @@ configuration, so that a sweep can ask for any point of the grid by name:
   input adapter of rank R (the shift token and the extra token kept), e.g. ``dga-lowrank16``,
   ``lga-4-upper-lowrank8``, or ``-condR`` (same activations): the token-conditioned one, whose
   shift and extra tokens move with a rank-R map of the plain box's output for each text, e.g.
-  ``dga-both-cond16``;
+  ``dga-both-cond16``; then ``-kK`` (token-lowrank only): each token's map reads the K
+  positions around it (``TokenLowRankConfig.kernel``), e.g. ``dga-input-only-lowrank32-gelu-k3``;
 - then ``-rptH``: the extra tokens and entry tokens re-parameterised by a residual MLP of width H
   while training (folded when saved), and ``-init-labels`` / ``-init-frequent``: the tokens start
   from the box's embeddings of the class names / of the training texts' frequent words, e.g.
@@ -47,7 +48,7 @@ from exotune.errors import ConfigError
 _NAME = re.compile(
     r"^(?:dga(?:-(?P<side>both|input-only|output-only))?|lga(?:-(?P<tokens>\d+)(?P<upper>-upper)?(?:-(?P<mode>add|shift|affine))?(?:-(?P<lside>input-only|output-only))?)?)"
     r"(?P<gain>-gain)?(?:-x(?P<extra>\d+))?(?:-c(?P<copies>\d+))?"
-    r"(?:-(?P<map>lowrank|cond)(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?)?"
+    r"(?:-(?P<map>lowrank|cond)(?P<rank>\d+)(?:-(?P<act>gelu|relu|tanh))?(?:-k(?P<kernel>\d+))?)?"
     r"(?:-rpt(?P<rpt>\d+))?(?:-init-(?P<init>labels|frequent))?(?:-mlp(?P<mlp>\d+))?(?:-drop(?P<drop>\d+))?(?P<boxdrop>-boxdrop)?$"
 )
 LGA_TOKENS = 2  # plain "lga": the classification suite's row
@@ -63,6 +64,7 @@ class GrayMethod:
     rank: int | None = None  # token-lowrank (or token-conditioned) input adapter
     conditioned: bool = False  # token-conditioned rather than token-lowrank
     activation: str = "none"
+    kernel: int = 1  # positions each token's low-rank map reads (token-lowrank)
     extra: int | None = None  # extra tokens of the input adapter (None: its default)
     gain: bool = False  # a gain of every token embedding in the input adapter
     copies: int = 0  # one copy of the extra tokens per this many text tokens, after the text
@@ -102,6 +104,7 @@ class GrayMethod:
         extra.update({"gain": True} if self.gain else {})
         if self.rank is not None:
             kind = TokenConditionedConfig if self.conditioned else TokenLowRankConfig
+            extra.update({"kernel": self.kernel} if self.kernel != 1 else {})
             return kind(rank=self.rank, activation=self.activation, reparam=self.reparam, **extra)
         return TextShiftConfig(reparam=self.reparam, **extra) if self.reparam or extra else None  # None: the default
 
@@ -167,6 +170,9 @@ def parse(name: str) -> GrayMethod | None:
         raise ConfigError(f"{name}: -gain, -x and -c shape the input adapter; DGA (output-only) has no input adapter")
     if (m["rpt"] or m["init"]) and side == "output-only" and tokens is None:
         raise ConfigError(f"{name}: -rpt and -init act on tokens; DGA (output-only) has none")
+    kernel = int(m["kernel"] or 1)
+    if m["kernel"] is not None and (m["map"] != "lowrank" or kernel % 2 == 0):
+        raise ConfigError(f"{name}: -kK is how many tokens each low-rank map reads: an odd K, after -lowrankR")
     mlp = int(m["mlp"] or 0)
     if m["mlp"] is not None and (mlp < 1 or side == "input-only"):
         raise ConfigError(f"{name}: -mlpH is the output adapter: it needs H >= 1 and an output side")
@@ -182,6 +188,7 @@ def parse(name: str) -> GrayMethod | None:
         rank=rank,
         conditioned=m["map"] == "cond",
         activation=m["act"] or "none",
+        kernel=kernel,
         extra=None if m["extra"] is None else int(m["extra"]),
         gain=bool(m["gain"]),
         copies=int(m["copies"] or 0),

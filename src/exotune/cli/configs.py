@@ -45,6 +45,7 @@ ADAPTER_OPTIONS: dict[tuple[str, str], Callable[[argparse.Namespace], dict]] = {
     ("input", "token-lowrank"): lambda a: {
         "rank": a.lowrank_rank,
         "activation": a.lowrank_activation,
+        "kernel": a.lowrank_kernel,
         **ADAPTER_OPTIONS["input", "text-shift"](a),
     },
     ("input", "token-conditioned"): lambda a: ADAPTER_OPTIONS["input", "token-lowrank"](a),

@@ -65,6 +65,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="activation inside token-lowrank / token-conditioned (default: none, a linear map)",
     )
     a.add_argument(
+        "--lowrank-kernel",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="token-lowrank: each token's map reads the K positions around it, an odd K (default: 1, "
+        "itself only): e_t + U act(sum_j W_j V e_(t+j))",
+    )
+    a.add_argument(
         "--token-reparam",
         type=int,
         default=0,

@@ -16,6 +16,11 @@ VARIANTS = ("both", "input-only", "output-only", "none")
 DEFAULT_INPUT_ADAPTERS = {"text": TextShiftConfig, "image": PixelConvConfig}
 
 
+# options added after the first saved adapters, and their off value: a config with one off is
+# saved without it, byte for byte as before the option existed
+_OFF = {"reparam": 0, "copies_per": 0, "gain": False, "kernel": 1}
+
+
 @dataclass
 class DGAConfig(ConfigBase):
     """Adapters on either side of the hidden backbone; ``None`` switches a side off.
@@ -125,8 +130,8 @@ class DGAConfig(ConfigBase):
             "entry_tokens": None if self.entry_tokens is None else self.entry_tokens.to_dict(),
         }
         for part in (out["input_adapter"], out["entry_tokens"]):
-            for key in ("reparam", "copies_per", "gain"):  # off (0, False): saved as before the option existed
-                if part is not None and part.get(key) == 0:
+            for key, off in _OFF.items():  # off: saved as before the option existed
+                if part is not None and key in part and part[key] == off:
                     del part[key]
         if self.input_dropout:  # off: saved as before the option existed
             out["input_dropout"] = self.input_dropout

@@ -148,10 +148,15 @@ TOKEN_ACTIVATIONS = {"none": None, "gelu": nn.functional.gelu, "relu": torch.rel
 class TokenLowRankConfig(ConfigBase):
     """An input-dependent map of every token: ``e + U act(V e)`` of rank ``rank`` (``U`` starts
     at zero: the identity at step 0; ``activation="none"`` keeps it linear), then the shift token
-    and ``extra_tokens`` extra tokens of ``text-shift``."""
+    and ``extra_tokens`` extra tokens of ``text-shift``. With ``kernel`` K > 1 each token's map
+    reads its neighbours too: ``e_t + U act(sum_j W_j V e_(t+j))`` over the K positions around
+    it (a convolution of the rank-R projections along the text; ``W`` starts as the identity at
+    the centre and zero elsewhere, pads count as zero), so that a word can be read in the light
+    of the words beside it ("not good") before the box sees it."""
 
     rank: int = 16
     activation: str = "none"
+    kernel: int = 1  # positions each token's map reads (odd): 1, itself only
     shift: bool = True
     extra_tokens: int = 1
     init_std: float = 0.02
@@ -164,11 +169,15 @@ class TokenLowRankConfig(ConfigBase):
         check_int(self, "rank", 1, MAX_WIDTH)
         if self.activation not in TOKEN_ACTIVATIONS:
             raise ConfigError(f"activation must be one of {list(TOKEN_ACTIVATIONS)}, got {self.activation!r}")
+        check_int(self, "kernel", 1, MAX_KERNEL)
+        if self.kernel % 2 == 0:
+            raise ConfigError(f"kernel must be odd (as many neighbours on each side), got {self.kernel}")
 
     @property
     def variant_name(self) -> str:
         act = "" if self.activation == "none" else f", {self.activation}"
-        return f"lowrank(r={self.rank}{act})"
+        kernel = "" if self.kernel == 1 else f", k={self.kernel}"
+        return f"lowrank(r={self.rank}{act}{kernel})"
 
 
 @register_adapter("input", "token-lowrank", TokenLowRankConfig, modalities=("text",))
@@ -181,16 +190,25 @@ class TokenLowRankAdapter(TextShiftAdapter):
         self.down = nn.Linear(spec.input_dim, config.rank, bias=False)  # V
         self.up = nn.Linear(config.rank, spec.input_dim, bias=False)  # U
         nn.init.zeros_(self.up.weight)
+        self.mix = None  # W: the neighbours' share (kernel > 1)
+        if config.kernel > 1:
+            self.mix = nn.Conv1d(config.rank, config.rank, config.kernel, padding=config.kernel // 2, bias=False)
+            nn.init.dirac_(self.mix.weight)  # each position its own projection at the start
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = _low_rank(self, embeds)  # (B, T, D)
-        embeds = embeds + hidden * mask.unsqueeze(-1).to(embeds.dtype)  # pads untouched
+        real = mask.unsqueeze(-1).to(embeds.dtype)  # (B, T, 1)
+        hidden = _low_rank(self, embeds, None if self.mix is None else real)  # (B, T, D)
+        embeds = embeds + hidden * real  # pads untouched
         return super().forward(embeds, mask)
 
 
-def _low_rank(adapter, x: torch.Tensor) -> torch.Tensor:
-    """``U act(V x)`` with the adapter's ``up``, ``down`` and configured activation."""
+def _low_rank(adapter, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """``U act(V x)`` with the adapter's ``up``, ``down`` and configured activation; given
+    ``real`` (B, T, 1), the sequence's real positions, ``V x`` is first mixed along the sequence
+    by the adapter's ``mix`` (pads read as zero)."""
     hidden = adapter.down(x)
+    if real is not None:
+        hidden = adapter.mix((hidden * real).transpose(1, 2)).transpose(1, 2)  # (B, T, R)
     act = TOKEN_ACTIVATIONS[adapter.config.activation]
     return adapter.up(hidden if act is None else act(hidden))
 
@@ -202,6 +220,11 @@ class TokenConditionedConfig(TokenLowRankConfig):
     ``U act(V z)`` (``U`` starts at zero, so step 0 is ``text-shift``). ``z`` comes from a first
     call of the box without gradient (what level black already gives), kept per text, so that
     a text costs that call once however many epochs see it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kernel != 1:
+            raise ConfigError("kernel spans neighbouring tokens; token-conditioned maps one output per text")
 
     @property
     def variant_name(self) -> str:
