@@ -81,7 +81,7 @@ def _metrics(suite, run: dict) -> tuple[str, ...]:
     return suite.run_metrics(run) if hasattr(suite, "run_metrics") else suite.METRICS
 
 
-# options only one suite reads
+# options only one suite reads (classification, retrieval: fields of the suite's Budget, set from them)
 SUITE_ONLY = {
     "vision": ("task", "videos", "images", "unseen_classes", "skip_bad_images"),
     "classification": ("val_min_words", "prototype_start"),
@@ -126,12 +126,9 @@ def run_suite(args: BenchOptions) -> int:
     if args.quick:  # the smoke test's sizes; an --epochs or --patience given still holds
         budget = replace(suite.quick_budget(), **sized)
         seeds = seeds[:1]
-    if args.val_min_words:  # what the validation is, under the full budget or the smoke test's
-        budget.val_min_words = args.val_min_words
-    if args.prototype_start:
-        budget.prototype_start = args.prototype_start
-    if args.hard_negatives:
-        budget.hard_negatives = args.hard_negatives
+    for name in SUITE_ONLY.get(args.suite, ()):  # fields of its budget, under the full one or the smoke test's
+        if getattr(args, name):
+            setattr(budget, name, getattr(args, name))
     for method, lr in args.lr:
         if "." in method:
             graymethods.check_group_key(method)

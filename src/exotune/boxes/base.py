@@ -129,3 +129,17 @@ def encode_sorted(
         bar.update(len(idx))
     bar.close()
     return out
+
+
+def encode_sorted_in_eval(
+    model: nn.Module, fn, inputs: list, batch_size: int, dim: int, progress: bool = False, desc: str = "encode"
+) -> torch.Tensor:
+    """:func:`encode_sorted` with ``model`` in eval mode and without gradients; its mode is
+    restored after, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return encode_sorted(fn, inputs, batch_size, dim, progress, desc)
+    finally:
+        model.train(was_training)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from exotune.boxes.base import BoxBase, TokenBatch, encode_sorted
+from exotune.boxes.base import BoxBase, TokenBatch, encode_sorted_in_eval
 from exotune.errors import ConfigError
 from exotune.graybox.config import DGAConfig
 from exotune.graybox.entry_tokens import EntryTokens
@@ -174,15 +174,9 @@ class GrayBoxModel(nn.Module):
             z = self.output_adapter(z)
         return z
 
-    @torch.no_grad()
     def encode(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        out = encode_sorted(
-            self, inputs, min(batch_size, self.box.spec.limits.max_batch), self.box.spec.output_dim, progress
-        )
-        self.train(was_training)
-        return out
+        batch_size, dim = min(batch_size, self.box.spec.limits.max_batch), self.box.spec.output_dim
+        return encode_sorted_in_eval(self, self, inputs, batch_size, dim, progress)  # (N, O)
 
 
 def _through_cache(cache: dict[str, torch.Tensor], keys: list[str], compute) -> torch.Tensor:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from exotune.boxes.base import encode_sorted
+from exotune.boxes.base import encode_sorted_in_eval
 from exotune.errors import ConfigError, DataError
 
 CONVERT_TO = ("numpy", "torch")
@@ -37,13 +37,7 @@ def encode_texts(
     bad = next((t for t in items if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"encode takes texts (str), got a {type(bad).__name__}: {bad!r:.80}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = encode_sorted(tower, items, min(batch_size, max_batch), dim, progress)  # (N, dim)
-    finally:
-        model.train(was_training)
+    out = encode_sorted_in_eval(model, tower, items, min(batch_size, max_batch), dim, progress)  # (N, dim)
     if normalize:
         out = nn.functional.normalize(out, dim=-1)
     if single:

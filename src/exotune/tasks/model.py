@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from exotune.artifacts import CONFIG_NAME, WEIGHTS_NAME, saved_config, write_folder
-from exotune.boxes.base import BoxBase, encode_sorted
+from exotune.boxes.base import BoxBase, encode_sorted_in_eval
 from exotune.graybox.model import folded_state_dict
 from exotune.tasks.artifacts import load_trained_state, read_adapter_config, task_section
 from exotune.tasks.metrics import classification_metrics
@@ -79,27 +79,17 @@ class ClassifierMixin:
         if self.config.prototype_start != "class-means":
             return
         data, _ = data.aligned_to(self.label_names)
-        outputs = self._gradient_free(self.encoder, data.inputs, batch_size, self.head.prototypes.shape[1], progress)
+        dim = self.head.prototypes.shape[1]
+        outputs = encode_sorted_in_eval(self, self.encoder, list(data.inputs), batch_size, dim, progress)  # (N, O)
         self.head.start_at_class_means(outputs, torch.as_tensor(data.labels, dtype=torch.long))
-
-    def _gradient_free(self, fn, inputs: list, batch_size: int, dim: int, progress: bool) -> torch.Tensor:
-        """``fn`` over ``inputs`` in batches, (N, dim) in input order, in eval mode without
-        gradients; the model's mode is restored after."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return encode_sorted(fn, inputs, batch_size, dim, progress)
-        finally:
-            self.train(was_training)
 
     def loss(self, data) -> torch.Tensor:
         logits = self(data.inputs)
         return nn.functional.cross_entropy(logits, torch.tensor(data.labels, device=logits.device))
 
     def predict_proba(self, inputs: list, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        return self._gradient_free(
-            lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress
+        return encode_sorted_in_eval(
+            self, lambda batch: self(batch).softmax(-1), inputs, batch_size, len(self.label_names), progress
         )
 
     def predict(self, inputs: list, batch_size: int = 128, progress: bool = False) -> list[str]:

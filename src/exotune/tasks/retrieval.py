@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from exotune import __version__
-from exotune.boxes.base import Box, encode_sorted, model_digest
+from exotune.boxes.base import Box, encode_sorted, encode_sorted_in_eval, model_digest
 from exotune.boxes.text import for_role
 from exotune.configs import MAX_TOKENS, ConfigBase, check_field_types, check_int
 from exotune.data.beir import Corpus, RetrievalData
@@ -74,15 +74,9 @@ def encode_in_eval(
 ) -> torch.Tensor:
     """:func:`encode_normalized` with ``model`` in eval mode and no gradients, at most the box's
     ``max_batch`` inputs per call; the model's mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return encode_normalized(
-                fn, inputs, min(batch_size, box.spec.limits.max_batch), box.spec.output_dim, progress, desc
-            )
-    finally:
-        model.train(was_training)
+    batch_size = min(batch_size, box.spec.limits.max_batch)
+    out = encode_sorted_in_eval(model, fn, inputs, batch_size, box.spec.output_dim, progress, desc)  # (N, O)
+    return nn.functional.normalize(out, dim=-1)
 
 
 def exact_search(queries: torch.Tensor, docs: torch.Tensor, k: int = SEARCH_DEPTH) -> torch.Tensor:
