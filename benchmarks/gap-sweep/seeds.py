@@ -6,7 +6,8 @@ round 13 (runs7/); the entry modes of rounds 20-22, shift (runs20/, runs21/) and
 (runs22/), on SST-2 and Banking77 (runs21/, runs23/); DGA with the input gain and dropout
 (runs25/; Banking77: runs26/) and with more dropout or the input side alone (runs27/; the input
 side alone on Banking77: runs29/); SST-2 validated on phrases of 10 words or more (runs31/);
-Banking77's gain row with its head started at the class means (runs33/). Writes
+Banking77's gain row with its head started at the class means (runs33/); round 31's rows with
+their seed 2 and the rank-4 kernel-3 token map (seed 0: runs36/) with seeds 1 and 2 (runs37/). Writes
 results3.md (round 3's rows), results6.md (rounds 3 and 6), results11-seeds.md (SST-2's rows),
 results13-seeds.md (Banking77's, with the linear probe of the committed table beside them),
 results21-seeds.md (SST-2 with the entry modes), results21-b77-seeds.md and
@@ -14,7 +15,8 @@ results23-b77-seeds.md (Banking77 with them), results25-seeds.md (SST-2 with the
 results26-b77-seeds.md (Banking77 with it), results27-seeds.md (SST-2 with more dropout, or
 the input side alone), results29-b77-seeds.md (Banking77 with the input side alone) and
 results31-seeds.md (SST-2 validated on long phrases, its own linear probe beside the rows) and
-results33-b77-seeds.md (Banking77 with the class-means start): means ± std over the seeds found."""
+results33-b77-seeds.md (Banking77 with the class-means start) and results37-seeds.md (SST-2 validated
+on long phrases, 3 seeds, with the kernel-3 map): means ± std over the seeds found."""
 
 import json
 import pathlib
@@ -51,6 +53,10 @@ ROUND31 = [
         "linear-probe-vw10",
     )
 ]
+ROUND37 = [(name, "runs31", ("runs31", "runs37")) for name, _, _ in ROUND31[:3]] + [
+    ("dga-input-only-gain-lowrank4-k3-drop10-5e-3-tok2e-2-ema995-vw10", "runs36", "runs37"),
+    ROUND31[3],
+]
 ROUND33_B77 = [("b77-dga-both-gain-drop10-5e-3-tok2e-2-ema995-means", "runs33", "runs33")]
 # what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
 ROUND31_BEFORE = [
@@ -67,7 +73,10 @@ def record(folder: pathlib.Path) -> dict | None:
     return next(r for r in json.loads(f.read_text())["records"] if r["metric"] == "accuracy")
 
 
-def table(rows: list[tuple[str, str, str]]) -> list[str]:
+Row = tuple[str, str, str | tuple[str, str]]  # name, seed 0's folder, seeds 1 and 2's (one or each)
+
+
+def table(rows: list[Row]) -> list[str]:
     lines = [
         "| run | method | variant | seeds | val accuracy | test accuracy | best epochs | train s (mean) |",
         "|---|---|---|---|---|---|---|---|",
@@ -77,13 +86,15 @@ def table(rows: list[tuple[str, str, str]]) -> list[str]:
     return lines
 
 
-def records(name: str, first: str, more: str) -> list[dict]:
-    """The records found of a row's seeds 0 (in ``first``), 1 and 2 (in ``more``)."""
-    recs = [record(root / first / name)] + [record(root / more / f"{name}-s{s}") for s in (1, 2)]
+def records(name: str, first: str, more: str | tuple[str, str]) -> list[dict]:
+    """The records found of a row's seeds 0 (in ``first``), 1 and 2 (in ``more``, or each in its own)."""
+    later = (more, more) if isinstance(more, str) else more
+    recs = [record(root / first / name)]
+    recs += [record(root / f / f"{name}-s{s}") for s, f in zip((1, 2), later, strict=True)]
     return [r for r in recs if r]
 
 
-def row(name: str, first: str, more: str, seeds: list[int] | None = None) -> list[str]:
+def row(name: str, first: str, more: str | tuple[str, str], seeds: list[int] | None = None) -> list[str]:
     recs = [r for r in records(name, first, more) if seeds is None or r["seeds"][0] in seeds]
     if not recs:
         return []
@@ -96,7 +107,7 @@ def row(name: str, first: str, more: str, seeds: list[int] | None = None) -> lis
     ]
 
 
-def same_seeds(rows: list[tuple[str, str, str]], earlier: list[tuple[str, str, str]]) -> list[str]:
+def same_seeds(rows: list[Row], earlier: list[Row]) -> list[str]:
     """The ``earlier`` rows on the seeds their ``rows`` counterparts have (pairs, in order)."""
     lines = ["", "The same seeds under the selection of the rounds that chose these rows:", ""] + table([])
     for new, old in zip(rows, earlier, strict=True):
@@ -137,6 +148,7 @@ TABLES = (
         "results33-b77-seeds.md",
         probe("banking77"),
     ),
+    (ROUND37, "results37-seeds.md", same_seeds(ROUND37[:3], ROUND31_BEFORE) + probe("sst2")),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra
