@@ -41,6 +41,19 @@ def test_serve_checks_tokens_before_loading_the_model(monkeypatch, capsys):
     assert "at least 8 characters" in err and "EXOTUNE_TOKENS" in err and loaded == []
 
 
+@pytest.mark.parametrize("port", ["99999", "0", "-5", "http"])
+def test_serve_refuses_a_port_that_cannot_be_bound_before_loading(port, monkeypatch, capsys):
+    import exotune.boxes
+
+    loaded = []
+    monkeypatch.setattr(exotune.boxes, "load_box", lambda *a, **k: loaded.append(a))
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--no-auth", "--port", port])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "must be a TCP port, 1 to 65535" in err and "Traceback" not in err
+    assert loaded == []
+
+
 def test_resume_without_checkpoint_is_a_clean_notice(tiny_backbone, tmp_path, capsys):
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"the car is {c},{c}\n" for c in ("red", "blue") * 6))

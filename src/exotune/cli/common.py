@@ -35,6 +35,17 @@ def positive_int(value: str) -> int:
     return number
 
 
+def port_number(value: str) -> int:
+    """A TCP port to listen on: 1 to 65535."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value!r}")
+    return number
+
+
 def decay(value: str) -> float:
     """A decay per step in (0, 1), e.g. of a moving average."""
     try:

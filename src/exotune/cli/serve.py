@@ -9,7 +9,7 @@ from pathlib import Path
 
 from exotune.boxes.spec import ENTRY_MODES
 from exotune.cli.boxes import PRECISIONS
-from exotune.cli.common import entry_points_arg, positive_int
+from exotune.cli.common import entry_points_arg, port_number, positive_int
 from exotune.cli.configs import ENTRY_TOKENS_MAX
 from exotune.errors import ConfigError
 from exotune.serve.config import OWNER_SECRET_ENV, default_secret_file, owner_secret
@@ -100,7 +100,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "every position by 1 + the first and shift it by the others ('affine') (default: replace)",
     )
     p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port to listen on (default: 8000)")
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--tokens-file", help=f"file with one bearer token per line (else ${TOKENS_ENV})")
     auth.add_argument(
