@@ -54,6 +54,22 @@ def test_serve_refuses_a_port_that_cannot_be_bound_before_loading(port, monkeypa
     assert loaded == []
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "classification", "--seeds", "0", "-1"],
+        ["train", "--dataset", "banking77", "--seed", "2x", "--output-dir", "out"],
+        ["ea", "fit", "--dataset", "banking77", "--seed", "4294967296", "--output-dir", "out"],
+        ["bench", "vision", "--class-seed", "-3"],
+    ],
+)
+def test_a_seed_outside_what_the_generators_take_is_an_argument_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "must be an integer from 0 to 4294967295" in err and "Traceback" not in err
+
+
 def test_resume_without_checkpoint_is_a_clean_notice(tiny_backbone, tmp_path, capsys):
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"the car is {c},{c}\n" for c in ("red", "blue") * 6))

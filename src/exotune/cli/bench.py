@@ -20,7 +20,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.bench import classification, retrieval
     from exotune.bench.common import RESULTS_DIR
     from exotune.bench.sources import UNSEEN_CLASSES, VISION_TASKS
-    from exotune.cli.common import add_averaging_args, positive_int
+    from exotune.cli.common import add_averaging_args, positive_int, seed_number
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
     from exotune.tasks.heads import PROTOTYPE_STARTS
 
@@ -40,7 +40,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "take gray-box names such as dga-lowrank16, lga-8-upper, lga-4-lowrank16-rpt64-init-labels "
         "(see exotune.bench.graymethods)",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
+    p.add_argument("--seeds", nargs="+", type=seed_number, default=[0, 1, 2], help="one run per seed")
     p.add_argument(
         "--epochs",
         type=int,
@@ -164,7 +164,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help=f"vision, sketch-retrieval: the share of the classes held out as the test split, sketches and "
         f"photos never trained on (default {UNSEEN_CLASSES})",
     )
-    g.add_argument("--class-seed", type=int, default=0, help="vision, sketch-retrieval: which classes are held out")
+    g.add_argument(
+        "--class-seed", type=seed_number, default=0, help="vision, sketch-retrieval: which classes are held out"
+    )
     g.add_argument(
         "--skip-bad-images",
         "--skip-bad-videos",

@@ -46,6 +46,17 @@ def port_number(value: str) -> int:
     return number
 
 
+def seed_number(value: str) -> int:
+    """A random seed: 0 to 2**32 - 1, what every generator the runs seed takes."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {value!r}")
+    return number
+
+
 def decay(value: str) -> float:
     """A decay per step in (0, 1), e.g. of a moving average."""
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from exotune.cards import card_context
 from exotune.cli.boxes import DEVICE_CHOICES, PRECISIONS
+from exotune.cli.common import seed_number
 from exotune.cli.data import add_data_args, add_split_files_args, add_texts_args, labelled_splits, load_data, read_texts
 from exotune.cli.runs import data_info
 from exotune.errors import ArtifactError, ConfigError
@@ -129,7 +130,7 @@ def add_parser(sub) -> None:
         help="validation share carved from train when no --val-file is given (default: 0.1)",
     )
     p.add_argument("--max-train", type=int, default=None, help="train on a random sample of this many examples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the models")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of the split, the sampling and the models")
     p = cmds.add_parser("predict", help="label texts with a saved EA adapter")
     p.add_argument("--adapter", required=True, help="folder written by 'ea fit'")
     _add_lm_args(p, required=False)

@@ -20,7 +20,7 @@ from exotune.cli.boxes import (
     refuse_entry_options_for_served,
     saved_options,
 )
-from exotune.cli.common import fit_and_report, positive_int, print_metrics
+from exotune.cli.common import fit_and_report, positive_int, print_metrics, seed_number
 from exotune.cli.configs import dga_config
 from exotune.cli.data import train_val
 from exotune.errors import ConfigError
@@ -73,7 +73,7 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
         help="sketch-retrieval: hold out this share of the classes; --eval-test evaluates on them, and "
         "so does eval given the same share and --class-seed",
     )
-    g.add_argument("--class-seed", type=int, default=0, help="sketch-retrieval: which classes are held out")
+    g.add_argument("--class-seed", type=seed_number, default=0, help="sketch-retrieval: which classes are held out")
     g.add_argument(
         "--loss",
         choices=("infonce", "sigmoid"),

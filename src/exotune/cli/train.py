@@ -7,7 +7,7 @@ import argparse
 from exotune.boxes.spec import ENTRY_MODES
 from exotune.cli import classification, images, retrieval, vision
 from exotune.cli.boxes import add_box_args, user_device
-from exotune.cli.common import add_averaging_args, entry_points_arg, positive_int
+from exotune.cli.common import add_averaging_args, entry_points_arg, positive_int, seed_number
 from exotune.cli.configs import ENTRY_TOKENS, dga_config, fill_train_defaults, train_config
 from exotune.cli.data import add_data_args, add_split_files_args, add_task_arg, refuse_images, refuse_split_files
 from exotune.cli.runs import check_output_dir
@@ -183,7 +183,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"epochs without validation gain before stopping (default: {cls.patience})",
     )
-    t.add_argument("--seed", type=int, default=0, help="seed of the split, the sampling and the adapters' start")
+    t.add_argument(
+        "--seed", type=seed_number, default=0, help="seed of the split, the sampling and the adapters' start"
+    )
     t.add_argument(
         "--val-fraction",
         type=float,
