@@ -17,8 +17,10 @@ the input side alone), results29-b77-seeds.md (Banking77 with the input side alo
 results31-seeds.md (SST-2 validated on long phrases, its own linear probe beside the rows) and
 results33-b77-seeds.md (Banking77 with the class-means start) and results37-seeds.md (SST-2 validated
 on long phrases, 3 seeds, with the kernel-3 map), results39-seeds.md (with the affine row given
-the map too, runs39/) and results40-b77-seeds.md (Banking77's dark-gray row with the kernel-3 map,
-runs40/): means ± std over the seeds found."""
+the map too, runs39/), results40-b77-seeds.md (Banking77's dark-gray row with the kernel-3 map,
+runs40/), results41-seeds.md (SST-2 validated on long phrases with round 41's variants of the
+map, runs41/) and results42-seeds.md (SST-2's long-budget rows with full fine-tuning's seeds 1
+and 2, runs42/): means ± std over the seeds found."""
 
 import json
 import pathlib
@@ -62,6 +64,16 @@ ROUND37 = [(name, "runs31", ("runs31", "runs37")) for name, _, _ in ROUND31[:3]]
 ROUND39 = [("lga-2-affine-lowrank4-k3-5e-3-ema995-vw10", "runs39", "runs39")]
 ROUND33_B77 = [("b77-dga-both-gain-drop10-5e-3-tok2e-2-ema995-means", "runs33", "runs33")]
 ROUND40_B77 = [("b77-dga-input-only-gain-lowrank4-k3-drop10-5e-3-tok2e-2-ema995", "runs40", "runs40")]
+ROUND41 = [
+    (f"dga-{name}-drop{drop}-5e-3-tok2e-2-ema995-vw10", "runs41", "runs41")
+    for name, drop in (
+        ("input-only-gain-lowrank4-k5", 10),
+        ("input-only-gain-lowrank2-k3", 10),
+        ("both-gain-lowrank4-k3", 10),
+        ("input-only-gain-lowrank4-k3", 20),
+    )
+]
+ROUND42 = [("full-ft-2e-4", "runs2", "runs42")]
 # what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
 ROUND31_BEFORE = [
     ("lora-1e-3", "runs2", "runs3"),
@@ -153,6 +165,8 @@ TABLES = (
     (ROUND37, "results37-seeds.md", same_seeds(ROUND37[:3], ROUND31_BEFORE) + SST2_PROBE),
     (ROUND37 + ROUND39, "results39-seeds.md", SST2_PROBE),
     (B77_29 + ROUND40_B77, "results40-b77-seeds.md", B77_PROBE),
+    (ROUND37 + ROUND39 + ROUND41, "results41-seeds.md", SST2_PROBE),
+    (SST2_27 + ROUND27 + ROUND42, "results42-seeds.md", SST2_PROBE),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra
