@@ -19,8 +19,9 @@ results33-b77-seeds.md (Banking77 with the class-means start) and results37-seed
 on long phrases, 3 seeds, with the kernel-3 map), results39-seeds.md (with the affine row given
 the map too, runs39/), results40-b77-seeds.md (Banking77's dark-gray row with the kernel-3 map,
 runs40/), results41-seeds.md (SST-2 validated on long phrases with round 41's variants of the
-map, runs41/) and results42-seeds.md (SST-2's long-budget rows with full fine-tuning's seeds 1
-and 2, runs42/): means ± std over the seeds found."""
+map, runs41/) results42-seeds.md (SST-2's long-budget rows with full fine-tuning's seeds 1
+and 2, runs42/) and results43-seeds.md (every SST-2 long-budget row under 10+ word validation,
+runs43/ with the rounds before): means ± std over the seeds found."""
 
 import json
 import pathlib
@@ -74,6 +75,19 @@ ROUND41 = [
     )
 ]
 ROUND42 = [("full-ft-2e-4", "runs2", "runs42")]
+# SST-2's long-budget rows (results42-seeds.md) not run under 10+ word validation before round 43
+ROUND43 = [
+    (f"{name}-vw10", "runs43", "runs43")
+    for name in (
+        "dga-both-5e-3-tok2e-2-ema995",
+        "dga-both-gain-drop10-5e-3-tok2e-2-ema995",
+        "dga-both-gain-drop20-5e-3-tok2e-2-ema995",
+        "lga-1-shift-5e-3-ema995",
+        "lga-8-drop10-5e-3-ema995",
+        "lga-8-5e-3-ema995",
+        "full-ft-2e-4",
+    )
+]
 # what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
 ROUND31_BEFORE = [
     ("lora-1e-3", "runs2", "runs3"),
@@ -167,6 +181,7 @@ TABLES = (
     (B77_29 + ROUND40_B77, "results40-b77-seeds.md", B77_PROBE),
     (ROUND37 + ROUND39 + ROUND41, "results41-seeds.md", SST2_PROBE),
     (SST2_27 + ROUND27 + ROUND42, "results42-seeds.md", SST2_PROBE),
+    (ROUND37 + ROUND39 + ROUND41 + ROUND43, "results43-seeds.md", SST2_PROBE),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra
