@@ -190,9 +190,42 @@ def test_a_validation_length_is_the_classification_suites_alone(tmp_path):
     from exotune.bench.common import BenchOptions
     from exotune.errors import ConfigError
 
-    check_options(BenchOptions(suite="classification", val_min_words=10))
+    check_options(BenchOptions(suite="classification", val_min_words=10, val_fraction=0.3, max_val=500))
     with pytest.raises(ConfigError, match="--val-min-words"):
         check_options(BenchOptions(suite="retrieval", val_min_words=10))
+    with pytest.raises(ConfigError, match="--val-fraction, --max-val"):
+        check_options(BenchOptions(suite="ea", val_fraction=0.3, max_val=500))
+
+
+def test_a_larger_validation_share_and_cap_reach_the_split_and_the_runs_key(tmp_path):
+    """``--val-fraction`` / ``--max-val``: more validation examples, the same test; a budget
+    with them is logged apart from the default one, which keeps its key."""
+    from exotune.bench.sources import UserFiles
+
+    files = UserFiles(_phrases(tmp_path / "train.csv", 400), _phrases(tmp_path / "test.csv", 24))
+    _, val, test = classification.split_data("d", files, classification.Budget(), 0)
+    wide = classification.Budget(val_fraction=0.3, max_val=100)
+    _, wide_val, wide_test = classification.split_data("d", files, wide, 0)
+    assert len(val) == 40 and len(wide_val) == 100 and wide_test.texts == test.texts
+    _, long_val, _ = classification.split_data("d", files, classification.Budget(val_fraction=0.3, val_min_words=10), 0)
+    assert len(long_val) > 10 and all(len(t.split()) >= 10 for t in long_val.texts)  # 120 carved, then the long ones
+    default = classification.Budget().for_dataset("sst2")
+    assert (default["val_fraction"], default["val_cap"]) == (0.1, 2000)
+    assert (wide.for_dataset("sst2")["val_fraction"], wide.for_dataset("sst2")["val_cap"]) == (0.3, 100)
+
+
+def test_the_validation_options_parse_into_the_bench_options():
+    import argparse
+
+    from exotune.cli.bench import add_bench_args
+
+    p = argparse.ArgumentParser()
+    add_bench_args(p)
+    args = p.parse_args(["--val-fraction", "0.3", "--max-val", "8000", "--val-min-words", "10"])
+    assert (args.val_fraction, args.max_val, args.val_min_words) == (0.3, 8000, 10)
+    for bad in (["--val-fraction", "1.5"], ["--val-fraction", "0"], ["--max-val", "0"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
 
 
 @pytest.mark.parametrize("method", ["dga-both", "lora"])

@@ -84,7 +84,7 @@ def _metrics(suite, run: dict) -> tuple[str, ...]:
 # options only one suite reads (classification, retrieval: fields of the suite's Budget, set from them)
 SUITE_ONLY = {
     "vision": ("task", "videos", "images", "unseen_classes", "skip_bad_images"),
-    "classification": ("val_min_words", "prototype_start"),
+    "classification": ("val_min_words", "val_fraction", "max_val", "prototype_start"),
     "retrieval": ("hard_negatives",),
 }
 

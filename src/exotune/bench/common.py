@@ -33,6 +33,8 @@ class BenchOptions:
     patience: int | None = None
     max_train: int | None = None
     val_min_words: int | None = None  # classification: validation keeps phrases of this many words or more
+    val_fraction: float | None = None  # classification: the share of train carved for validation
+    max_val: int | None = None  # classification: validation's sample size (else the suite's caps)
     prototype_start: str | None = None  # classification: where every trained method's prototype head starts
     hard_negatives: int | None = None  # retrieval: the bare box's top non-relevant documents per query, each step
     lr: list[tuple[str, float]] = field(default_factory=list)  # (method, learning rate)

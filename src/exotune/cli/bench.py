@@ -20,7 +20,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     from exotune.bench import classification, retrieval
     from exotune.bench.common import RESULTS_DIR
     from exotune.bench.sources import UNSEEN_CLASSES, VISION_TASKS
-    from exotune.cli.common import add_averaging_args, positive_int, seed_number
+    from exotune.cli.common import add_averaging_args, positive_int, seed_number, share
     from exotune.defaults import CLASSIFICATION, RETRIEVAL
     from exotune.tasks.heads import PROTOTYPE_STARTS
 
@@ -64,6 +64,22 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="classification: validate on phrases of at least N words only (carved from train as before; "
         "train unchanged), for sets whose test sentences are longer than most training phrases (sst2)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=share,
+        default=None,
+        metavar="F",
+        help=f"classification: the share of train carved for validation where a set has no validation "
+        f"split (default: {CLASSIFICATION.val_fraction}); the training sample is drawn from the rest",
+    )
+    p.add_argument(
+        "--max-val",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="classification: validate on a sample of at most N examples (default: all; sst2: 2000); "
+        "a larger one tells closer runs apart",
     )
     p.add_argument(
         "--prototype-start",

@@ -57,6 +57,17 @@ def seed_number(value: str) -> int:
     return number
 
 
+def share(value: str) -> float:
+    """A share of a whole in (0, 1), e.g. of the training examples carved for validation."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), e.g. 0.1, got {value!r}")
+    return number
+
+
 def decay(value: str) -> float:
     """A decay per step in (0, 1), e.g. of a moving average."""
     try:
