@@ -25,58 +25,40 @@ def entry_points_arg(value: str) -> str | list[int]:
     return layers
 
 
-def positive_int(value: str) -> int:
+def checked_number(value: str, parse: Callable[[str], float], ok: Callable[[float], bool], expect: str):
+    """``value`` parsed (``int`` or ``float``) if ``ok`` holds for it, else an argument error that
+    says what was expected (``must be EXPECT, got VALUE``): the shape of every number type below."""
     try:
-        number = int(value)
+        number = parse(value)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+        number = None
+    if number is None or not ok(number):
+        raise argparse.ArgumentTypeError(f"must be {expect}, got {value!r}")
     return number
+
+
+def positive_int(value: str) -> int:
+    return checked_number(value, int, lambda n: n >= 1, "an integer >= 1")
 
 
 def port_number(value: str) -> int:
     """A TCP port to listen on: 1 to 65535."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value!r}")
-    return number
+    return checked_number(value, int, lambda n: 1 <= n <= 65535, "a TCP port, 1 to 65535")
 
 
 def seed_number(value: str) -> int:
     """A random seed: 0 to 2**32 - 1, what every generator the runs seed takes."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if not 0 <= number < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {value!r}")
-    return number
+    return checked_number(value, int, lambda n: 0 <= n < 2**32, "an integer from 0 to 4294967295")
 
 
 def share(value: str) -> float:
     """A share of a whole in (0, 1), e.g. of the training examples carved for validation."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), e.g. 0.1, got {value!r}")
-    return number
+    return checked_number(value, float, lambda x: 0 < x < 1, "a number in (0, 1), e.g. 0.1")
 
 
 def decay(value: str) -> float:
     """A decay per step in (0, 1), e.g. of a moving average."""
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), e.g. 0.995, got {value!r}")
-    return number
+    return checked_number(value, float, lambda x: 0 < x < 1, "a number in (0, 1), e.g. 0.995")
 
 
 def add_averaging_args(p) -> None:
