@@ -88,6 +88,7 @@ ROUND43 = [
         "full-ft-2e-4",
     )
 ]
+ROUND44_B77 = [("b77-full-ft", "runs44", "runs44")]
 # what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
 ROUND31_BEFORE = [
     ("lora-1e-3", "runs2", "runs3"),
@@ -185,6 +186,7 @@ TABLES = (
     (SST2_VW41, "results41-seeds.md", SST2_PROBE),
     (SST2_LONG + ROUND42, "results42-seeds.md", SST2_PROBE),
     (SST2_VW41 + ROUND43, "results43-seeds.md", SST2_PROBE),
+    (B77_29 + ROUND40_B77 + ROUND44_B77, "results44-b77-seeds.md", B77_PROBE),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra
