@@ -89,6 +89,23 @@ ROUND43 = [
     )
 ]
 ROUND44_B77 = [("b77-full-ft", "runs44", "runs44")]
+# SST-2 validated on ~7,500 long phrases (10+ words, 30% held out, at most 8,000)
+ROUND45 = [
+    (f"{name}-vl", "runs45", "runs45")
+    for name in (
+        "lora-1e-3",
+        *(
+            f"dga-{name}-drop{drop}-5e-3-tok2e-2-ema995"
+            for name, drop in (
+                ("input-only-gain-lowrank4-k5", 10),
+                ("input-only-gain-lowrank2-k3", 10),
+                ("input-only-gain-lowrank4-k3", 20),
+                ("both-gain-lowrank4-k3", 10),
+                ("input-only-gain-lowrank4-k3", 10),
+            )
+        ),
+    )
+]
 # what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
 ROUND31_BEFORE = [
     ("lora-1e-3", "runs2", "runs3"),
@@ -187,6 +204,7 @@ TABLES = (
     (SST2_LONG + ROUND42, "results42-seeds.md", SST2_PROBE),
     (SST2_VW41 + ROUND43, "results43-seeds.md", SST2_PROBE),
     (B77_29 + ROUND40_B77 + ROUND44_B77, "results44-b77-seeds.md", B77_PROBE),
+    (ROUND45, "results45-seeds.md", SST2_PROBE),
 )
 for rows, file, extra in TABLES:
     lines = table(rows) + extra
