@@ -65,15 +65,21 @@ ROUND37 = [(name, "runs31", ("runs31", "runs37")) for name, _, _ in ROUND31[:3]]
 ROUND39 = [("lga-2-affine-lowrank4-k3-5e-3-ema995-vw10", "runs39", "runs39")]
 ROUND33_B77 = [("b77-dga-both-gain-drop10-5e-3-tok2e-2-ema995-means", "runs33", "runs33")]
 ROUND40_B77 = [("b77-dga-input-only-gain-lowrank4-k3-drop10-5e-3-tok2e-2-ema995", "runs40", "runs40")]
-ROUND41 = [
-    (f"dga-{name}-drop{drop}-5e-3-tok2e-2-ema995-vw10", "runs41", "runs41")
-    for name, drop in (
-        ("input-only-gain-lowrank4-k5", 10),
-        ("input-only-gain-lowrank2-k3", 10),
-        ("both-gain-lowrank4-k3", 10),
-        ("input-only-gain-lowrank4-k3", 20),
-    )
-]
+# the dark-gray token maps: round 41's variants of round 37's map (its variant, input dropout 0.1)
+MAPS_41 = (
+    ("input-only-gain-lowrank4-k5", 10),
+    ("input-only-gain-lowrank2-k3", 10),
+    ("both-gain-lowrank4-k3", 10),
+    ("input-only-gain-lowrank4-k3", 20),
+)
+MAP_37 = ("input-only-gain-lowrank4-k3", 10)
+
+
+def map_run(variant: str, drop: int) -> str:
+    return f"dga-{variant}-drop{drop}-5e-3-tok2e-2-ema995"
+
+
+ROUND41 = [(f"{map_run(*m)}-vw10", "runs41", "runs41") for m in MAPS_41]
 ROUND42 = [("full-ft-2e-4", "runs2", "runs42")]
 # SST-2's long-budget rows (results42-seeds.md) not run under 10+ word validation before round 43
 ROUND43 = [
@@ -90,22 +96,7 @@ ROUND43 = [
 ]
 ROUND44_B77 = [("b77-full-ft", "runs44", "runs44")]
 # SST-2 validated on ~7,500 long phrases (10+ words, 30% held out, at most 8,000)
-ROUND45 = [
-    (f"{name}-vl", "runs45", "runs45")
-    for name in (
-        "lora-1e-3",
-        *(
-            f"dga-{name}-drop{drop}-5e-3-tok2e-2-ema995"
-            for name, drop in (
-                ("input-only-gain-lowrank4-k5", 10),
-                ("input-only-gain-lowrank2-k3", 10),
-                ("input-only-gain-lowrank4-k3", 20),
-                ("both-gain-lowrank4-k3", 10),
-                ("input-only-gain-lowrank4-k3", 10),
-            )
-        ),
-    )
-]
+ROUND45 = [(f"{name}-vl", "runs45", "runs45") for name in ("lora-1e-3", *(map_run(*m) for m in (*MAPS_41, MAP_37)))]
 # what round 31's rows were validated as before: LoRA (round 3), the affine row, SST-2's dark-gray row
 ROUND31_BEFORE = [
     ("lora-1e-3", "runs2", "runs3"),
