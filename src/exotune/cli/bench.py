@@ -54,8 +54,16 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help=f"epochs without a validation gain before a run stops (default: the suite's, "
         f"classification {CLASSIFICATION.patience}, retrieval {RETRIEVAL.patience})",
     )
+    budget = classification.Budget()  # the suite's per-set samples, said in the help as they are
+
+    def caps(per_set: dict[str, int]) -> str:
+        return "".join(f"; {name}: {n}" for name, n in per_set.items())
+
     p.add_argument(
-        "--max-train", type=int, default=None, help="train on a sample of this many examples (default: all; sst2: 4000)"
+        "--max-train",
+        type=int,
+        default=None,
+        help=f"train on a sample of this many examples (default: all{caps(budget.dataset_max_train)})",
     )
     p.add_argument(
         "--val-min-words",
@@ -78,8 +86,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="classification: validate on a sample of at most N examples (default: all; sst2: 2000); "
-        "a larger one tells closer runs apart",
+        help=f"classification: validate on a sample of at most N examples (default: all"
+        f"{caps(budget.dataset_max_val)}); a larger one tells closer runs apart",
     )
     p.add_argument(
         "--prototype-start",
